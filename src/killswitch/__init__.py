@@ -1,0 +1,3 @@
+"""killswitch: an event-driven risk kill-switch daemon for Binance, MEXC and BingX spot."""
+
+__version__ = "0.1.0"

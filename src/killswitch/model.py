@@ -1,0 +1,292 @@
+"""Domain types shared by handlers, engine and exchange connectors.
+
+Frozen, slotted dataclasses: values, not objects with behaviour. Venue-native strings
+(symbols, ids, statuses) are kept as the venue sent them; `canonical_symbol` is the one
+place where `BTC-USDT` and `BTCUSDT` are made comparable.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+VENUES: tuple[str, ...] = ("binance", "mexc", "bingx")
+
+
+def canonical_symbol(symbol: str) -> str:
+    """Return the venue-independent form of a symbol: upper case, no separator."""
+    return symbol.replace("-", "").replace("_", "").replace("/", "").upper()
+
+
+class Mode(enum.StrEnum):
+    """What a trigger asks for: a latched kill, or a one-shot cancel."""
+
+    KILL = "kill"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRef:
+    """One venue account, as named in the configuration."""
+
+    venue: str
+    account: str
+
+    def __str__(self) -> str:
+        return f"{self.venue}/{self.account}"
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order as a venue reports it. Ids are strings: BingX ids overflow a double."""
+
+    symbol: str
+    order_id: str
+    client_order_id: str = ""
+    side: str = ""
+    order_type: str = ""
+    price: str = "0"
+    orig_qty: str = "0"
+    executed_qty: str = "0"
+    status: str = "NEW"
+    list_id: str | None = None
+    time_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OrderList:
+    """An order list (Binance OCO/OTO, BingX OCO): cancelling it cancels every leg."""
+
+    symbol: str
+    list_id: str
+    list_client_order_id: str = ""
+    order_ids: tuple[str, ...] = ()
+    client_order_ids: tuple[str, ...] = ()
+    contingency_type: str = "OCO"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Open orders and order lists of one account, read from the venue at `server_time_ms`."""
+
+    orders: tuple[Order, ...] = ()
+    lists: tuple[OrderList, ...] = ()
+    server_time_ms: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.orders and not self.lists
+
+    def symbols(self) -> set[str]:
+        return {o.symbol for o in self.orders} | {lst.symbol for lst in self.lists}
+
+
+class ExecType(enum.StrEnum):
+    """Normalised kind of an order event from a user-data stream."""
+
+    NEW = "new"
+    TRADE = "trade"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    REPLACED = "replaced"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    """One order change seen on a user-data stream, normalised across venues.
+
+    `is_open` says whether the order is still working after this event; it is the only field
+    the tracker needs. `last_qty`/`last_price` describe the fill of a TRADE event.
+    """
+
+    symbol: str
+    order_id: str
+    client_order_id: str
+    exec_type: ExecType
+    status: str
+    is_open: bool
+    event_time_ms: int
+    side: str = ""
+    order_type: str = ""
+    price: str = "0"
+    orig_qty: str = "0"
+    last_qty: str = "0"
+    last_price: str = "0"
+    list_id: str | None = None
+
+    def to_order(self) -> Order:
+        return Order(
+            symbol=self.symbol,
+            order_id=self.order_id,
+            client_order_id=self.client_order_id,
+            side=self.side,
+            order_type=self.order_type,
+            price=self.price,
+            orig_qty=self.orig_qty,
+            status=self.status,
+            list_id=self.list_id,
+            time_ms=self.event_time_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ListEvent:
+    """An order list changed (Binance `listStatus`). `is_open` false once ALL_DONE."""
+
+    symbol: str
+    list_id: str
+    list_client_order_id: str
+    is_open: bool
+    order_ids: tuple[str, ...]
+    event_time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTerminated:
+    """The venue ended the subscription or asked us to reconnect (eventStreamTerminated,
+    serverShutdown, listenKey expiry). The stream iterator ends after yielding it."""
+
+    reason: str
+
+
+StreamEvent = OrderEvent | ListEvent | StreamTerminated
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a trigger covers. An empty field means "all"; fields narrow by intersection."""
+
+    venues: frozenset[str] = frozenset()
+    accounts: frozenset[str] = frozenset()
+    symbols: frozenset[str] = frozenset()  # canonical symbols
+    client_order_id_prefix: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        venues: Iterable[str] = (),
+        accounts: Iterable[str] = (),
+        symbols: Iterable[str] = (),
+        client_order_id_prefix: str | None = None,
+    ) -> Scope:
+        return cls(
+            venues=frozenset(v.lower() for v in venues),
+            accounts=frozenset(accounts),
+            symbols=frozenset(canonical_symbol(s) for s in symbols),
+            client_order_id_prefix=client_order_id_prefix or None,
+        )
+
+    @property
+    def is_everything(self) -> bool:
+        return not (self.venues or self.accounts or self.symbols or self.client_order_id_prefix)
+
+    def covers_account(self, ref: AccountRef) -> bool:
+        return (not self.venues or ref.venue in self.venues) and (
+            not self.accounts or ref.account in self.accounts
+        )
+
+    def covers_symbol(self, symbol: str) -> bool:
+        return not self.symbols or canonical_symbol(symbol) in self.symbols
+
+    def covers_client_id(self, client_order_id: str) -> bool:
+        prefix = self.client_order_id_prefix
+        return prefix is None or client_order_id.startswith(prefix)
+
+    def covers_order(self, order: Order | OrderEvent) -> bool:
+        return self.covers_symbol(order.symbol) and self.covers_client_id(order.client_order_id)
+
+    def covers_list(self, order_list: OrderList) -> bool:
+        if not self.covers_symbol(order_list.symbol):
+            return False
+        prefix = self.client_order_id_prefix
+        if prefix is None:
+            return True
+        return order_list.list_client_order_id.startswith(prefix) or any(
+            c.startswith(prefix) for c in order_list.client_order_ids
+        )
+
+    def contains(self, other: Scope) -> bool:
+        """True when every order `other` covers is also covered by this scope."""
+
+        def wider(mine: frozenset[str], theirs: frozenset[str]) -> bool:
+            return not mine or (bool(theirs) and theirs <= mine)
+
+        prefix_ok = self.client_order_id_prefix is None or (
+            other.client_order_id_prefix is not None
+            and other.client_order_id_prefix.startswith(self.client_order_id_prefix)
+        )
+        return (
+            wider(self.venues, other.venues)
+            and wider(self.accounts, other.accounts)
+            and wider(self.symbols, other.symbols)
+            and prefix_ok
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "venues": sorted(self.venues),
+            "accounts": sorted(self.accounts),
+            "symbols": sorted(self.symbols),
+            "client_order_id_prefix": self.client_order_id_prefix,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Scope:
+        def strs(key: str) -> list[str]:
+            value = data.get(key) or []
+            if not isinstance(value, list):
+                raise TypeError(f"scope.{key} must be a list")
+            return [str(v) for v in value]
+
+        prefix = data.get("client_order_id_prefix")
+        return cls.of(
+            strs("venues"),
+            strs("accounts"),
+            strs("symbols"),
+            str(prefix) if prefix else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """A decision to cancel: from an alert, an operator, a heartbeat watch or a risk rule."""
+
+    id: str
+    source: str
+    mode: Mode
+    reason: str
+    scope: Scope = field(default_factory=Scope)
+    created_ms: int = 0  # wall clock at the producer (alert `ts`), ms since the epoch
+    received_ms: int = 0  # wall clock when the daemon accepted it
+    actor: str = ""  # who: operator name, alert producer, rule name
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "mode": self.mode.value,
+            "reason": self.reason,
+            "scope": self.scope.to_json(),
+            "created_ms": self.created_ms,
+            "received_ms": self.received_ms,
+            "actor": self.actor,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Trigger:
+        scope = data.get("scope") or {}
+        if not isinstance(scope, dict):
+            raise TypeError("trigger.scope must be an object")
+        return cls(
+            id=str(data["id"]),
+            source=str(data.get("source", "")),
+            mode=Mode(str(data.get("mode", "kill"))),
+            reason=str(data.get("reason", "")),
+            scope=Scope.from_json(scope),
+            created_ms=int(str(data.get("created_ms", 0))),
+            received_ms=int(str(data.get("received_ms", 0))),
+            actor=str(data.get("actor", "")),
+        )
