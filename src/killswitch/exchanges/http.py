@@ -1,0 +1,119 @@
+"""The REST transport the venue connectors share: one warm aiohttp pool per account.
+
+It sends bytes a connector already encoded and signed, and turns transport failures into the
+taxonomy, separating "never sent" from "sent, no answer"::
+
+    connect refused / DNS / TLS before sending  -> Transient      (not applied, retry)
+    timeout or disconnect after sending         -> OutcomeUnknown (may have been applied)
+
+HTTP statuses and bodies are the connector's to classify: the transport returns them raw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from killswitch.exchanges.base import OutcomeUnknown, Transient
+
+
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class RestTransport:
+    """Keep-alive HTTP client for one venue account."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        venue: str,
+        account: str,
+        timeout_s: float = 5.0,
+        connect_timeout_s: float = 2.0,
+        pool_size: int = 64,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.venue = venue
+        self.account = account
+        self.timeout = aiohttp.ClientTimeout(
+            total=timeout_s, connect=connect_timeout_s, sock_connect=connect_timeout_s
+        )
+        self.pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self.pool_size,
+            keepalive_timeout=75,
+            ttl_dns_cache=3600,
+            enable_cleanup_closed=True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self.timeout, skip_auto_headers=("User-Agent",)
+        )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("transport not started")
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> RawResponse:
+        """Send exactly `query` and `body` (already encoded and signed) and return the answer."""
+        url = f"{self.base_url}{path}"
+        if query:
+            url = f"{url}?{query}"
+        endpoint = f"{method} {path}"
+        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
+        try:
+            async with self.session.request(
+                method,
+                URL(url, encoded=True),
+                data=body,
+                headers=headers,
+                timeout=timeout or self.timeout,
+            ) as resp:
+                payload = await resp.read()
+                return RawResponse(resp.status, resp.headers, payload)
+        except aiohttp.ClientConnectorError as exc:
+            raise Transient(
+                f"connect failed: {type(exc).__name__}",
+                venue=self.venue,
+                account=self.account,
+                endpoint=endpoint,
+            ) from exc
+        except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            raise OutcomeUnknown(
+                f"no answer: {type(exc).__name__}",
+                venue=self.venue,
+                account=self.account,
+                endpoint=endpoint,
+            ) from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise OutcomeUnknown(
+                "truncated answer", venue=self.venue, account=self.account, endpoint=endpoint
+            ) from exc
