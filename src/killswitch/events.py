@@ -1,0 +1,53 @@
+"""Event records: what the engine tells the audit log, the Kafka events topic and metrics.
+
+One JSON object per step of a kill (triggered, wave, outcome, flat, confirmed, failed, reset,
+...). Every record carries `type`, `seq` (per process, increasing), `ts_ms` (wall clock) and
+`mono_ms` (monotonic, for durations). Sinks must not block the engine: `emit` is synchronous and
+cheap; a sink that does I/O queues the record and drains it elsewhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+EventRecord = dict[str, object]
+
+_seq = itertools.count(1)
+
+
+def make_event(event_type: str, **fields: object) -> EventRecord:
+    """Build an event record stamped with sequence, wall and monotonic times."""
+    return {
+        "type": event_type,
+        "seq": next(_seq),
+        "ts_ms": int(time.time() * 1000),
+        "mono_ms": round(time.monotonic() * 1000, 3),
+        **fields,
+    }
+
+
+class EventSink(Protocol):
+    """Receives every event record. Must return quickly and never raise into the engine."""
+
+    def emit(self, event: EventRecord) -> None: ...
+
+
+class FanOut:
+    """Emit to several sinks; one failing sink never stops the others."""
+
+    def __init__(self, sinks: Iterable[EventSink] = ()) -> None:
+        self.sinks: list[EventSink] = list(sinks)
+        self.failures = 0
+
+    def add(self, sink: EventSink) -> None:
+        self.sinks.append(sink)
+
+    def emit(self, event: EventRecord) -> None:
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except Exception:  # noqa: BLE001 - a sink bug must not stop a kill; counted
+                self.failures += 1
