@@ -291,8 +291,9 @@ class SimBook:
         self.closed[order.order_id] = order
         while len(self.closed) > self.history_limit:
             old_id, old = self.closed.popitem(last=False)
-            self.by_client_id.pop(old.client_order_id, None)
-            del old_id
+            # A client id may have been reused by a newer order: unmap only our own.
+            if self.by_client_id.get(old.client_order_id) == old_id:
+                del self.by_client_id[old.client_order_id]
 
 
 def _copy_list(order_list: SimOrderList) -> SimOrderList:

@@ -15,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 
 class FaultKind(enum.StrEnum):
     LATENCY = "latency"  # add latency_ms +/- jitter_ms to every matching request
@@ -65,16 +67,48 @@ class Fault:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fault:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known - {"duration_s"}
-        if unknown:
-            raise ValueError(f"unknown fault fields: {sorted(unknown)}")
-        kw = {k: v for k, v in data.items() if k in known and k != "id"}
-        kw["kind"] = FaultKind(str(data["kind"]))
-        fault = cls(**kw)
-        if data.get("duration_s") is not None:
-            fault.until_s = time.monotonic() + float(data["duration_s"])
-        return fault
+        """Build a fault from config or admin JSON; a `ValueError` names each bad field."""
+        return FaultSpec.model_validate(data).to_fault()
+
+
+class FaultSpec(BaseModel):
+    """The validated input form of a `Fault` (sim TOML and `POST /_sim/faults`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: FaultKind
+    account: str | None = None
+    endpoint: str | None = None
+    probability: float = Field(1.0, ge=0.0, le=1.0)
+    count: int | None = Field(None, ge=0)
+    duration_s: float | None = Field(None, gt=0.0)
+    until_s: float | None = None  # as `to_json` reports it, so a listed fault can be re-added
+    latency_ms: float = Field(0.0, ge=0.0)
+    jitter_ms: float = Field(0.0, ge=0.0)
+    http_status: int = Field(503, ge=500, le=599)
+    stall_s: float = Field(30.0, gt=0.0)
+    retry_after_s: int = Field(1, ge=0)
+    skew_ms: int = 0
+    id: int = 0  # ignored: the venue's FaultSet numbers faults
+
+    def to_fault(self) -> Fault:
+        until_s = self.until_s
+        if self.duration_s is not None:
+            until_s = time.monotonic() + self.duration_s
+        return Fault(
+            kind=self.kind,
+            account=self.account,
+            endpoint=self.endpoint,
+            probability=self.probability,
+            count=self.count,
+            until_s=until_s,
+            latency_ms=self.latency_ms,
+            jitter_ms=self.jitter_ms,
+            http_status=self.http_status,
+            stall_s=self.stall_s,
+            retry_after_s=self.retry_after_s,
+            skew_ms=self.skew_ms,
+        )
 
 
 @dataclass(slots=True)

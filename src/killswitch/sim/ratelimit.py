@@ -89,6 +89,8 @@ class BanTracker:
         self.blocked_until = max(self.blocked_until, now + retry_after_s)
 
     def clear(self) -> None:
+        """Forget everything, escalation history included (admin `reset-limits`)."""
         self.blocked_until = 0.0
         self.strikes = 0
         self.banned_until = 0.0
+        self.bans = 0

@@ -13,7 +13,7 @@ Admin routes live under `/_sim/` and are never rate limited or faulted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import random
 import time
 from abc import ABC, abstractmethod
@@ -26,11 +26,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from killswitch.sim.book import OrderSpec, SimBook
+from killswitch.sim.book import OrderSpec, SimBook, UnknownOrder
 from killswitch.sim.faults import Fault, FaultKind, FaultSet
 from killswitch.sim.ratelimit import BanTracker, Verdict
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -61,6 +63,8 @@ class VenueSettings:
     ping_interval_s: float | None = None  # None: the venue's documented interval
     rate_limit_scale: float = 1.0  # multiply documented limits (drills on slow machines)
     faults: list[Fault] = field(default_factory=list)
+    symbols: list[str] = field(default_factory=list)  # listed by exchangeInfo; empty: defaults
+    shutdown_timeout_s: float = 1.0  # how long stop() lets in-flight requests finish
 
 
 def json_response(
@@ -207,12 +211,11 @@ class SimVenue(ABC):
         """Bans, weight windows and 429 storms. Returns the weight used and a refusal if any."""
         now = time.monotonic()
         client = self.client_id(request)
-        tracker = self.bans.setdefault(
-            client,
-            BanTracker(
+        tracker = self.bans.get(client)
+        if tracker is None:
+            tracker = self.bans[client] = BanTracker(
                 strikes_to_ban=self.settings.strikes_to_ban, first_ban_s=self.settings.first_ban_s
-            ),
-        )
+            )
         verdict = tracker.check(now)
         if verdict is not None:
             return {}, self._refuse(verdict, request)
@@ -273,30 +276,33 @@ class SimVenue(ABC):
         return len(orders), len(lists)
 
     async def _admin_seed(self, request: web.Request) -> web.Response:
-        data = orjson.loads(await request.read())
+        data = await _admin_json(request)
         account = self._admin_account(data.get("account"))
-        orders = [spec_from_json(o) for o in data.get("orders", [])]
-        lists = [
-            (
-                [spec_from_json(leg) for leg in lst["legs"]],
-                str(lst.get("contingency_type", "OCO")),
-                str(lst.get("list_client_order_id", "")),
-            )
-            for lst in data.get("lists", [])
-        ]
-        gen = data.get("generate")
-        if gen:
-            orders_gen, lists_gen = generate_workload(
-                symbols=list(gen["symbols"]),
-                per_symbol=int(gen.get("per_symbol", 10)),
-                list_fraction=float(gen.get("list_fraction", 0.0))
-                if self.supports_lists()
-                else 0.0,
-                client_id_prefix=str(gen.get("client_id_prefix", "")),
-                rng=self.rng,
-            )
-            orders += orders_gen
-            lists += lists_gen
+        try:
+            orders = [spec_from_json(o) for o in data.get("orders", [])]
+            lists = [
+                (
+                    [spec_from_json(leg) for leg in lst["legs"]],
+                    str(lst.get("contingency_type", "OCO")),
+                    str(lst.get("list_client_order_id", "")),
+                )
+                for lst in data.get("lists", [])
+            ]
+            gen = data.get("generate")
+            if gen:
+                orders_gen, lists_gen = generate_workload(
+                    symbols=[str(s) for s in gen["symbols"]],
+                    per_symbol=int(gen.get("per_symbol", 10)),
+                    list_fraction=float(gen.get("list_fraction", 0.0))
+                    if self.supports_lists()
+                    else 0.0,
+                    client_id_prefix=str(gen.get("client_id_prefix", "")),
+                    rng=self.rng,
+                )
+                orders += orders_gen
+                lists += lists_gen
+        except (AttributeError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            return json_response({"error": f"bad seed request: {exc!r}"}, status=400)
         n_orders, n_lists = self.seed(account, orders, lists)
         return json_response({"account": account.name, "orders": n_orders, "lists": n_lists})
 
@@ -340,8 +346,8 @@ class SimVenue(ABC):
 
     async def _admin_add_fault(self, request: web.Request) -> web.Response:
         try:
-            fault = Fault.from_json(orjson.loads(await request.read()))
-        except (ValueError, KeyError, TypeError) as exc:
+            fault = Fault.from_json(await _admin_json(request))
+        except ValueError as exc:
             return json_response({"error": str(exc)}, status=400)
         self.faults.add(fault)
         self.on_fault(fault)
@@ -355,31 +361,55 @@ class SimVenue(ABC):
         return json_response({"cleared": True})
 
     async def _admin_remove_fault(self, request: web.Request) -> web.Response:
-        removed = self.faults.remove(int(request.match_info["fault_id"]))
+        fault_id = request.match_info["fault_id"]
+        if not fault_id.isdigit():
+            return json_response({"error": f"fault id must be an integer: {fault_id!r}"}, 400)
+        removed = self.faults.remove(int(fault_id))
         return json_response({"removed": removed}, status=200 if removed else 404)
 
     async def _admin_counters(self, request: web.Request) -> web.Response:
         return json_response(dict(self.counters))
 
     async def _admin_log(self, request: web.Request) -> web.Response:
-        limit = int(request.query.get("limit", "200"))
-        return json_response(list(self.request_log)[-limit:])
+        limit = request.query.get("limit", "200")
+        if not limit.isdigit():
+            return json_response({"error": f"limit must be an integer: {limit!r}"}, 400)
+        entries = list(self.request_log)
+        return json_response(entries[-int(limit) :] if int(limit) else [])
 
     async def _admin_fill(self, request: web.Request) -> web.Response:
-        data = orjson.loads(await request.read())
+        data = await _admin_json(request)
         account = self._admin_account(data.get("account"))
+        if "order_id" not in data:
+            return json_response({"error": "order_id is required"}, 400)
         qty = data.get("quantity")
-        order = self.book(account).fill(str(data["order_id"]), Decimal(str(qty)) if qty else None)
+        try:
+            quantity = Decimal(str(qty)) if qty is not None else None
+        except ArithmeticError:
+            return json_response({"error": f"bad quantity: {qty!r}"}, 400)
+        try:
+            order = self.book(account).fill(str(data["order_id"]), quantity)
+        except UnknownOrder:
+            return json_response({"error": f"no open order {data['order_id']!r}"}, 404)
         return json_response({"orderId": order.order_id, "status": order.status})
 
     async def _admin_reset_limits(self, request: web.Request) -> web.Response:
+        self.reset_limits()
+        return json_response({"reset": True})
+
+    def reset_limits(self) -> None:
+        """Lift bans and 429 blocks. Dialects that keep weight windows extend this to clear them."""
         for tracker in self.bans.values():
             tracker.clear()
-        return json_response({"reset": True})
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.settings.shutdown_timeout_s,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
         await site.start()
@@ -396,11 +426,22 @@ class SimVenue(ABC):
         return task
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
+        """Stop background tasks and the server. Safe to call twice."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            # asyncio.wait, not `suppress(CancelledError)`: a cancel aimed at our caller must
+            # still reach it.
+            await asyncio.wait(tasks)
+            for task in tasks:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error(
+                        "sim task failed venue=%s task=%s",
+                        self.name,
+                        task.get_name(),
+                        exc_info=task.exception(),
+                    )
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -423,6 +464,17 @@ class SimVenue(ABC):
             "ws_url": self.ws_url,
             "accounts": sorted(self.accounts),
         }
+
+
+async def _admin_json(request: web.Request) -> dict[str, Any]:
+    """The JSON object body of an admin request, or a 400."""
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(text=f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return data
 
 
 def spec_from_json(data: dict[str, Any]) -> OrderSpec:
