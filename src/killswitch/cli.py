@@ -1,0 +1,236 @@
+"""The `killswitch` command: one argparse subcommand per module that owns it.
+
+To add a subcommand, write `add_parser(subparsers)` in your module (it sets `func=`, a function
+taking the parsed arguments and returning the exit code) and list it in `registrars()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from killswitch import __version__
+from killswitch.daemon import EXIT_CONFIG
+from killswitch.logs import setup_logging
+from killswitch.settings import ConfigError, Settings, config_path, load_settings
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    # What `add_parser(subparsers)` receives; import it under TYPE_CHECKING in your module.
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+    Registrar: TypeAlias = Callable[[Subparsers], None]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def registrars() -> list[Registrar]:
+    """Return the functions that add the subcommands, in help order."""
+    return [add_run_parser, add_check_config_parser, add_demo_placeholder]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--config` and `--log-level`, for subcommands that read the configuration."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="TOML config file (default: $KILLSWITCH_CONFIG, else /etc/killswitch/killswitch.toml)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=None,
+        help="override logging.level from the config",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Load the configuration named by `--config`; raise `ConfigError` when it is invalid."""
+    path: Path | None = getattr(args, "config", None)
+    return load_settings(path)
+
+
+def configure_logging(args: argparse.Namespace, settings: Settings | None = None) -> None:
+    """Set up logging from `--log-level` and the config, redacting the config's secrets."""
+    cli_level: str | None = getattr(args, "log_level", None)
+    if settings is None:
+        setup_logging(cli_level or "INFO", "auto")
+        return
+    setup_logging(
+        cli_level or settings.logging.level,
+        settings.logging.format,
+        settings.secret_values(),
+    )
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def add_run_parser(subparsers: Subparsers) -> None:
+    """Register `killswitch run`."""
+    parser = subparsers.add_parser("run", help="run the daemon (what systemd starts)")
+    add_config_arguments(parser)
+    parser.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from killswitch import daemon
+
+    configure_logging(args)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        for line in exc.errors:
+            log.error("config error: %s", line)
+        return EXIT_CONFIG
+    configure_logging(args, settings)
+    log.info(
+        "killswitch starting version=%s config=%s accounts=%s",
+        __version__,
+        config_path(args.config),
+        ",".join(a.label for a in settings.accounts),
+    )
+    return daemon.run(settings)
+
+
+# -- check-config ------------------------------------------------------------------------------
+
+
+def add_check_config_parser(subparsers: Subparsers) -> None:
+    """Register `killswitch check-config`."""
+    parser = subparsers.add_parser(
+        "check-config", help="validate the config and print it as TOML, secrets masked"
+    )
+    add_config_arguments(parser)
+    parser.set_defaults(func=_cmd_check_config)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        for line in exc.errors:
+            sys.stderr.write(f"{line}\n")
+        return EXIT_CONFIG
+    sys.stdout.write(f"# effective configuration from {config_path(args.config)}; secrets masked\n")
+    sys.stdout.write(to_toml(settings.model_dump(mode="json")))
+    return 0
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Render a JSON-like mapping as TOML; `None` values are left out (TOML has no null)."""
+    lines: list[str] = []
+    _toml_table(lines, [], data)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_table(lines: list[str], path: list[str], table: dict[str, Any]) -> None:
+    tables = []
+    for key, value in table.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) or _is_table_array(value):
+            tables.append((key, value))
+        else:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in tables:
+        header = ".".join(_toml_key(k) for k in [*path, key])
+        if isinstance(value, dict):
+            lines.extend(["", f"[{header}]"])
+            _toml_table(lines, [*path, key], value)
+        else:
+            for item in value:
+                lines.extend(["", f"[[{header}]]"])
+                _toml_table(lines, [*path, key], item)
+
+
+def _is_table_array(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    # JSON escapes are valid TOML basic-string escapes; DEL is the one control JSON leaves raw.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(
+            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
+        )
+        return "{" + inner + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+# -- demo (placeholder until the kill engine lands) --------------------------------------------
+
+
+def add_demo_placeholder(subparsers: Subparsers) -> None:
+    """Register `killswitch demo`, which says plainly that it does not exist yet."""
+    parser = subparsers.add_parser("demo", help="(not yet) a drill against the simulator")
+    parser.set_defaults(func=_cmd_demo_placeholder)
+
+
+def _cmd_demo_placeholder(args: argparse.Namespace) -> int:
+    del args
+    sys.stderr.write(
+        "killswitch demo: not yet. The drill lands with the kill engine; "
+        "`make test` is what works today.\n"
+    )
+    return 1
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the `killswitch` argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="killswitch",
+        description="Risk kill switch: cancel every open order on Binance, MEXC and BingX spot.",
+    )
+    parser.add_argument("--version", action="version", version=f"killswitch {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in registrars():
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `killswitch` command; return its exit code."""
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,494 @@
+"""Load and validate the daemon's configuration.
+
+Sources, highest priority first:
+
+1. `KILLSWITCH_*` environment variables, `__` between nested names
+   (`KILLSWITCH_KAFKA__BOOTSTRAP_SERVERS`);
+2. files in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), named like the variable in
+   lower case (`killswitch_accounts__binance__mm-1__api_secret`, `killswitch_kafka__sasl_password`);
+3. the TOML file (`--config`, else `$KILLSWITCH_CONFIG`, else `/etc/killswitch/killswitch.toml`).
+
+`accounts` is a list in TOML; the other two sources address one account by venue and name
+(`accounts__<venue>__<name>__<field>`) and are overlaid on the matching list entry, so keys
+never need to sit in the TOML file. A variable naming a field that does not exist fails the
+start (a typo would otherwise be ignored silently).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from killswitch.model import VENUES, Scope
+
+DEFAULT_CONFIG_PATH = Path("/etc/killswitch/killswitch.toml")
+ENV_PREFIX = "KILLSWITCH_"
+CONFIG_ENV = "KILLSWITCH_CONFIG"
+CREDENTIALS_PREFIX = "killswitch_"
+# Variables under this prefix belong to the test suite (e.g. KILLSWITCH_TEST_KAFKA), not the daemon.
+TEST_ENV_PREFIX = "KILLSWITCH_TEST_"
+
+Venue = Literal["binance", "mexc", "bingx"]
+TriggerMode = Literal["kill", "cancel"]
+
+DEFAULT_URLS: dict[str, tuple[str, str]] = {
+    "binance": ("https://api.binance.com", "wss://ws-api.binance.com:443/ws-api/v3"),
+    "mexc": ("https://api.mexc.com", "wss://wbs-api.mexc.com/ws"),
+    "bingx": ("https://open-api.bingx.com", "wss://open-api-ws.bingx.com/market"),
+}
+
+_SECTION = ConfigDict(frozen=True, extra="forbid")
+
+
+class ScopeSettings(BaseModel):
+    """What a heartbeat or rule covers; an empty list means all."""
+
+    model_config = _SECTION
+
+    venues: list[Venue] = []
+    accounts: list[str] = []
+    symbols: list[str] = []
+    client_order_id_prefix: str | None = None
+
+    def to_scope(self) -> Scope:
+        """Return the domain scope this section describes."""
+        return Scope.of(self.venues, self.accounts, self.symbols, self.client_order_id_prefix)
+
+
+class AccountSettings(BaseModel):
+    """One exchange account the daemon can cancel on."""
+
+    model_config = _SECTION
+
+    venue: Venue
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    rest_url: str = ""
+    ws_url: str = ""
+    key_type: Literal["hmac", "ed25519"] = "hmac"
+    api_key: SecretStr
+    api_secret: SecretStr
+    symbols: list[str] = []
+    timeout_s: float = Field(default=5.0, gt=0)
+    recv_window_ms: int = Field(default=5000, gt=0, le=60000)
+    dead_mans_switch_s: int = 0
+
+    @model_validator(mode="after")
+    def _check_venue_options(self) -> AccountSettings:
+        rest, ws = DEFAULT_URLS[self.venue]
+        # Frozen model: defaults that depend on another field are filled in here.
+        if not self.rest_url:
+            object.__setattr__(self, "rest_url", rest)
+        if not self.ws_url:
+            object.__setattr__(self, "ws_url", ws)
+        if self.key_type == "ed25519" and self.venue != "binance":
+            raise ValueError("key_type ed25519 is only supported for binance")
+        if self.dead_mans_switch_s:
+            if self.venue != "bingx":
+                raise ValueError("dead_mans_switch_s: only bingx has a native dead man's switch")
+            if not 10 <= self.dead_mans_switch_s <= 120:
+                raise ValueError("dead_mans_switch_s must be 0 (off) or between 10 and 120")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.venue}/{self.name}"
+
+
+class KafkaSettings(BaseModel):
+    """The alert bus: where alerts come from and where events go."""
+
+    model_config = _SECTION
+
+    enabled: bool = True
+    bootstrap_servers: str = "localhost:9092"
+    alerts_topic: str = "risk.alerts"
+    events_topic: str = "risk.killswitch.events"
+    dead_letter_topic: str = "risk.alerts.dlq"
+    latch_topic: str = "risk.killswitch.latch"
+    group_id: str = "killswitch"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    alert_hmac_key: SecretStr | None = None
+    allow_reset: bool = False
+    alert_ttl_ms: int | None = Field(default=None, gt=0)
+    event_buffer: int = Field(default=10000, gt=0)
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            raise ValueError(f"sasl_mechanism is required with {self.security_protocol}")
+        return self
+
+
+class EngineSettings(BaseModel):
+    """How hard and how long a kill tries."""
+
+    model_config = _SECTION
+
+    deadline_s: float = Field(default=30.0, gt=0)
+    retry_initial_s: float = Field(default=0.05, gt=0)
+    retry_max_s: float = Field(default=2.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    quiet_window_s: float = Field(default=2.0, ge=0)
+    sweep_interval_s: float = Field(default=15.0, gt=0)
+    grace_period_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_retry_bounds(self) -> EngineSettings:
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError("retry_max_s must be >= retry_initial_s")
+        return self
+
+
+class StreamSettings(BaseModel):
+    """User-data stream upkeep."""
+
+    model_config = _SECTION
+
+    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    backoff_initial_s: float = Field(default=0.2, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+
+
+class HeartbeatSettings(BaseModel):
+    """A producer whose silence for `timeout_s` triggers a kill or cancel."""
+
+    model_config = _SECTION
+
+    source: str = Field(min_length=1)
+    timeout_s: float = Field(gt=0)
+    mode: TriggerMode = "kill"
+    scope: ScopeSettings = ScopeSettings()
+
+
+class RuleSettings(BaseModel):
+    """A local risk rule evaluated on one account's user-data stream."""
+
+    model_config = _SECTION
+
+    kind: Literal["fill_notional", "order_rate", "stream_down"]
+    venue: Venue
+    account: str
+    limit: float = Field(gt=0)
+    window_s: float = Field(default=60.0, gt=0)
+    mode: TriggerMode = "kill"
+    scope: ScopeSettings | None = None  # None: the rule's own account
+
+
+class ControlSettings(BaseModel):
+    """The local operator socket."""
+
+    model_config = _SECTION
+
+    socket_path: Path = Path("/run/killswitch/control.sock")
+
+
+class MetricsSettings(BaseModel):
+    """The Prometheus endpoint (off by default)."""
+
+    model_config = _SECTION
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class LoggingSettings(BaseModel):
+    """Log level and line format (`auto`: JSON unless stdout is a terminal)."""
+
+    model_config = _SECTION
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "killswitch_config_file", default=None
+)
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one daemon."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    state_dir: Path = Path("/var/lib/killswitch")
+    accounts: list[AccountSettings] = Field(min_length=1)
+    kafka: KafkaSettings = KafkaSettings()
+    engine: EngineSettings = EngineSettings()
+    streams: StreamSettings = StreamSettings()
+    heartbeats: list[HeartbeatSettings] = []
+    rules: list[RuleSettings] = []
+    control: ControlSettings = ControlSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        credentials = NestedSecretsSettingsSource(
+            file_secret_settings,
+            secrets_prefix=CREDENTIALS_PREFIX,
+            secrets_nested_delimiter="__",
+            secrets_dir_missing="error",
+        )
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file.get())
+        return (init_settings, _AccountOverlay(settings_cls, [env_settings, credentials, toml]))
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        seen: set[tuple[str, str]] = set()
+        for account in self.accounts:
+            key = (account.venue, account.name.casefold())
+            if key in seen:
+                raise ValueError(f"accounts: {account.label} is configured twice")
+            seen.add(key)
+        names = {(a.venue, a.name) for a in self.accounts}
+        for i, rule in enumerate(self.rules):
+            if (rule.venue, rule.account) not in names:
+                raise ValueError(f"rules[{i}]: no account {rule.venue}/{rule.account} in accounts")
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Return every configured secret in clear, for the log redaction filter."""
+        found = [s.get_secret_value() for s in _walk_secrets(self)]
+        return [s for s in found if s]
+
+    def account(self, venue: str, name: str) -> AccountSettings:
+        """Return the account configured as `venue`/`name`."""
+        for account in self.accounts:
+            if account.venue == venue and account.name == name:
+                return account
+        raise KeyError(f"{venue}/{name}")
+
+
+class _AccountOverlay(PydanticBaseSettingsSource):
+    """Merge sources by priority, overlaying `accounts.<venue>.<name>` maps on the list."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], sources: Sequence[PydanticBaseSettingsSource]
+    ) -> None:
+        super().__init__(settings_cls)
+        self.sources = list(sources)  # highest priority first
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for source in reversed(self.sources):
+            data = dict(source())
+            overlay = data.pop("accounts", None)
+            merged = _deep_update(merged, data)
+            if isinstance(overlay, Mapping):
+                merged["accounts"] = _overlay_accounts(merged.get("accounts"), overlay)
+            elif overlay is not None:
+                merged["accounts"] = overlay
+        return merged
+
+
+def _deep_update(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    result = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = _deep_update(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def _overlay_accounts(accounts: object, overlay: Mapping[str, Any]) -> list[Any]:
+    if not isinstance(accounts, list):
+        raise SettingsError(
+            "accounts: per-account variables or credentials need the account in the config file"
+        )
+    result: list[Any] = [dict(a) if isinstance(a, Mapping) else a for a in accounts]
+    for venue, by_name in overlay.items():
+        if not isinstance(by_name, Mapping):
+            raise SettingsError(f"accounts__{venue}: expected accounts__{venue}__<name>__<field>")
+        for name, fields in by_name.items():
+            target = next(
+                (
+                    a
+                    for a in result
+                    if isinstance(a, dict)
+                    and str(a.get("venue", "")).lower() == venue.lower()
+                    and str(a.get("name", "")).casefold() == name.casefold()
+                ),
+                None,
+            )
+            if target is None:
+                raise SettingsError(f"accounts__{venue}__{name}: no such account in the config")
+            if not isinstance(fields, Mapping):
+                raise SettingsError(f"accounts__{venue}__{name}: expected __<field> after the name")
+            target.update(fields)
+    return result
+
+
+def _walk_secrets(model: BaseModel) -> Iterator[SecretStr]:
+    for name in type(model).model_fields:
+        yield from _secrets_in(getattr(model, name))
+
+
+def _secrets_in(value: object) -> Iterator[SecretStr]:
+    if isinstance(value, SecretStr):
+        yield value
+    elif isinstance(value, BaseModel):
+        yield from _walk_secrets(value)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _secrets_in(item)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` holds one line per problem, naming the field."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = list(errors)
+
+
+def config_path(explicit: Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """Return the config file to read: `--config`, else `$KILLSWITCH_CONFIG`, else the default."""
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        return explicit
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Return the `KILLSWITCH_*` variables that name no setting."""
+    env = os.environ if environ is None else environ
+    unknown = []
+    for var in sorted(env):
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
+            continue
+        if upper.startswith(TEST_ENV_PREFIX):
+            continue
+        if not _names_a_setting(upper[len(ENV_PREFIX) :].lower().split("__")):
+            unknown.append(var)
+    return unknown
+
+
+def _names_a_setting(path: list[str]) -> bool:
+    head, *rest = path
+    field = Settings.model_fields.get(head)
+    if field is None:
+        return False
+    if head == "accounts":
+        # KILLSWITCH_ACCOUNTS (a JSON list) or KILLSWITCH_ACCOUNTS__<venue>__<name>__<field>
+        return not rest or (
+            len(rest) == 3 and rest[0] in VENUES and rest[2] in AccountSettings.model_fields
+        )
+    model = field.annotation
+    for name in rest:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+        sub = model.model_fields.get(name)
+        if sub is None:
+            return False
+        model = sub.annotation
+    return True
+
+
+def load_settings(
+    path: Path | None = None, *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load, merge and validate the configuration; raise `ConfigError` naming each bad field.
+
+    `environ` defaults to the process environment; the environment sources of pydantic-settings
+    always read `os.environ`, so a different mapping only changes which file and credentials
+    directory are used and which variables are checked.
+    """
+    env = os.environ if environ is None else environ
+    explicit = path is not None or bool(env.get(CONFIG_ENV))
+    file = config_path(path, env)
+    errors = [f"{var}: unknown setting (no such field)" for var in unknown_env_vars(env)]
+    if explicit and not file.is_file():
+        errors.append(f"config: no such file {file}")
+    if errors:
+        raise ConfigError(errors)
+    credentials_dir = env.get("CREDENTIALS_DIRECTORY") or None
+    token = _config_file.set(file if file.is_file() else None)
+    try:
+        return Settings(_secrets_dir=credentials_dir)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    except (SettingsError, ValueError, OSError) as exc:
+        # TOML syntax errors and unreadable credential directories land here.
+        raise ConfigError([f"config: {exc}"]) from None
+    finally:
+        _config_file.reset(token)
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """Return one line per error, `dotted.field: message`, never echoing the input value."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = _dotted(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc:
+            # Cross-field checks on the whole config name their field in the message.
+            lines.append(msg)
+            continue
+        if err["type"] == "missing":
+            msg = "required, not set"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown setting (no such field)"
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+def _dotted(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
