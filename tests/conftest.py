@@ -1,0 +1,38 @@
+"""Generic test helpers shared by every suite: `eventually` and `free_port`.
+
+Import them explicitly (`from tests.conftest import eventually, free_port`); fixtures belong
+in `tests/fixtures/` or a suite's own conftest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], T | Awaitable[T]], *, timeout_s: float = 10.0, interval_s: float = 0.01
+) -> T:
+    """Poll `check` until it returns a truthy value (or an awaitable of one); fail after timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        result = check()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s: {check!r}")
+        await asyncio.sleep(interval_s)
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
