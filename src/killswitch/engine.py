@@ -1,0 +1,1122 @@
+"""The kill: accept triggers, journal and latch, plan, cancel with retries, verify flat, sweep.
+
+The engine owns every state change and does no I/O of its own beyond the journal: it talks to
+venues through `Exchange` connectors and tells the world through `events` (a `FanOut`).
+
+    submit(trigger) -> journal (fsync) -> latch (mode kill) -> kill task in the background
+    kill: per account, concurrently
+        wave 1   plan from tracker + configured symbols and send at once, while a venue
+                 snapshot is read; then cover what only the snapshot shows
+        verify   snapshot in scope; anything left starts another wave
+        ...      until every account is flat (FLAT) or the deadline passes (FAILED)
+        quiet    still flat after `quiet_window_s` with no new order on the streams: CONFIRMED
+    latched: new orders seen on a stream in scope are cancelled at once; the scopes are swept
+             every `sweep_interval_s`; a restart resumes latched and unfinished kills before
+             `start()` returns (so before the daemon reports READY). Reset is explicit.
+
+Retries follow the taxonomy in `exchanges/base.py`: `AlreadyGone` is success and never retried;
+`RateLimited` waits its `retry_after_s`; `ClockSkew` retries at once (the connector resyncs);
+`OutcomeUnknown` re-reads the venue before sending again; `Transient` backs off with full
+jitter; `Fatal` stops that account with an alarm. One account's failure never stops another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import itertools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from killswitch.events import EventRecord, FanOut, make_event
+from killswitch.exchanges.base import (
+    AlreadyGone,
+    CancelAck,
+    ClockSkew,
+    Exchange,
+    Fatal,
+    IpBanned,
+    OutcomeUnknown,
+    RateLimited,
+    VenueError,
+)
+from killswitch.journal import Journal
+from killswitch.model import (
+    AccountRef,
+    ListEvent,
+    Mode,
+    Order,
+    OrderEvent,
+    OrderList,
+    Scope,
+    Snapshot,
+    Trigger,
+)
+from killswitch.planner import CancelRequest, RequestKind, in_scope, plan
+
+log = logging.getLogger(__name__)
+
+_GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own clock
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class SubmitResult(enum.StrEnum):
+    """What `Engine.submit` did with a trigger."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+
+
+class KillState(enum.StrEnum):
+    """Where a kill is: running, flat (proved empty), confirmed (still flat after the quiet
+    window), failed (deadline passed or an account stopped), or aborted by a reset."""
+
+    RUNNING = "running"
+    FLAT = "flat"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+class AccountState(enum.StrEnum):
+    RUNNING = "running"
+    FLAT = "flat"
+    FAILED = "failed"  # deadline passed with orders still open (or unverified)
+    STOPPED = "stopped"  # a Fatal answer: no more requests to this account in this kill
+
+
+class TrackerView(Protocol):
+    """What the engine reads from an account's order tracker (`exchanges.tracker.OrderTracker`)."""
+
+    @property
+    def trusted(self) -> bool:
+        """True while the stream is live and reconciled: the view can start a wave."""
+
+    def as_snapshot(self) -> Snapshot:
+        """The open orders and lists the tracker believes in."""
+
+
+@dataclass(slots=True)
+class Account:
+    """One configured venue account as the engine drives it."""
+
+    ref: AccountRef
+    exchange: Exchange
+    symbols: tuple[str, ...] = ()  # configured symbols, venue-native
+    tracker: TrackerView | None = None
+    dead_mans_switch_s: int = 0
+    stream_state: Callable[[], str] | None = None  # for status; the stream supervisor's state
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Timing of kills, retries and sweeps."""
+
+    deadline_s: float = 30.0
+    retry_initial_s: float = 0.05
+    retry_max_s: float = 2.0
+    quiet_window_s: float = 2.0
+    sweep_interval_s: float = 10.0
+    clock_skew_retries: int = 3  # immediate retries on ClockSkew before backing off
+
+
+@dataclass(slots=True)
+class AccountResult:
+    """One account's part of a kill."""
+
+    ref: AccountRef
+    state: AccountState = AccountState.RUNNING
+    orders_before: int = 0
+    lists_before: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    waves: int = 0
+    cancelled: set[str] = field(default_factory=set)
+    lists_cancelled: set[str] = field(default_factory=set)
+    still_open: Snapshot | None = None
+    verified: bool = False
+    error: dict[str, object] | None = None
+    first_cancel_ms: float | None = None
+    flat_ms: float | None = None
+    known: dict[str, Order] = field(default_factory=dict)  # every in-scope order seen
+
+    def to_json(self) -> dict[str, object]:
+        still = self.still_open or Snapshot()
+        return {
+            "venue": self.ref.venue,
+            "account": self.ref.account,
+            "state": self.state.value,
+            "orders_before": self.orders_before,
+            "lists_before": self.lists_before,
+            "cancelled": len(self.cancelled),
+            "lists_cancelled": len(self.lists_cancelled),
+            "requests": self.requests,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+            "waves": self.waves,
+            "verified": self.verified,
+            "still_open": open_json(still),
+            "error": self.error,
+            "time_to_first_cancel_ms": self.first_cancel_ms,
+            "time_to_flat_ms": self.flat_ms,
+        }
+
+
+class Kill:
+    """One kill (or sweep) in progress. Tests and callers wait on its events."""
+
+    def __init__(
+        self,
+        kill_id: str,
+        kind: str,
+        scope: Scope,
+        mode: Mode,
+        triggers: list[Trigger],
+        started: float,
+        deadline: float,
+    ) -> None:
+        self.id = kill_id
+        self.kind = kind  # trigger | resume | sweep | stream
+        self.scope = scope
+        self.mode = mode
+        self.triggers = triggers
+        self.started = started
+        self.deadline = deadline
+        self.state = KillState.RUNNING
+        self.accounts: dict[AccountRef, AccountResult] = {}
+        self.first_cancel_ms: float | None = None
+        self.local_flat_ms: float | None = None
+        self.time_to_flat_ms: float | None = None
+        self.new_orders_seen = 0
+        self.flat = asyncio.Event()  # proved flat
+        self.done = asyncio.Event()  # flat or failed: the result is known
+        self.finished = asyncio.Event()  # confirmation over too; the kill task has ended
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def origin_ms(self) -> int:
+        """Wall time the kill counts from: the trigger's produce time, else its receipt."""
+        first = self.triggers[0] if self.triggers else None
+        if first is None:
+            return 0
+        return first.created_ms or first.received_ms
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "kill_id": self.id,
+            "kind": self.kind,
+            "trigger_ids": [t.id for t in self.triggers],
+            "mode": self.mode.value,
+            "scope": self.scope.to_json(),
+            "state": self.state.value,
+            "time_to_first_cancel_ms": self.first_cancel_ms,
+            "time_to_flat_ms": self.time_to_flat_ms,
+            "local_time_to_flat_ms": self.local_flat_ms,
+            "accounts": [r.to_json() for r in self.accounts.values()],
+        }
+
+
+class _AccountStopped(Exception):
+    """A Fatal answer: stop this account's part of the kill."""
+
+    def __init__(self, error: VenueError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _DeadlinePassed(Exception):
+    """The kill's deadline passed for this account."""
+
+
+@dataclass(slots=True)
+class _Outcome:
+    result: str  # ok | gone | verified | <error kind>
+    cancelled: int = 0
+    attempts: int = 0
+    error: VenueError | None = None
+
+
+def open_json(snapshot: Snapshot) -> dict[str, object]:
+    """Describe what is open, exactly: ids, client ids and symbols (for `failed` events)."""
+    return {
+        "orders": [
+            {"symbol": o.symbol, "order_id": o.order_id, "client_order_id": o.client_order_id}
+            for o in snapshot.orders
+        ],
+        "lists": [
+            {
+                "symbol": lst.symbol,
+                "list_id": lst.list_id,
+                "list_client_order_id": lst.list_client_order_id,
+            }
+            for lst in snapshot.lists
+        ],
+    }
+
+
+def _retriable(exc: BaseException) -> bool:
+    return isinstance(exc, VenueError) and exc.retriable
+
+
+class Engine:
+    """The kill engine. `start()` replays the journal and resumes latched kills."""
+
+    def __init__(
+        self,
+        accounts: Sequence[Account],
+        journal: Journal,
+        config: EngineConfig | None = None,
+        *,
+        events: FanOut | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+        wall_ms: Callable[[], int] | None = None,
+        rng: random.Random | None = None,
+        healthy: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.accounts: dict[AccountRef, Account] = {a.ref: a for a in accounts}
+        self.journal = journal
+        self.config = config or EngineConfig()
+        self.events = events if events is not None else FanOut()
+        self._sleep = sleep
+        self._clock = clock
+        self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
+        self._rng = rng or random.Random()
+        self._healthy = healthy
+        self._latches: dict[str, Scope] = {}
+        self._seen: set[str] = set()
+        self.kills: dict[str, Kill] = {}  # by trigger id (joined triggers share one Kill)
+        self._running: set[Kill] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._stream_pending: dict[AccountRef, dict[str, Order | OrderList]] = {}
+        self._stream_recent: dict[AccountRef, dict[str, float]] = {}
+        self._stream_tasks: dict[AccountRef, asyncio.Task[None]] = {}
+        self._dms_state: dict[AccountRef, str] = {}
+        self.last_kill: dict[str, object] | None = None
+        self._started = False
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Replay the journal; resume latched and unfinished kills and wait until each is flat
+        or failed; then start the sweeper and the dead-man's-switch keepers."""
+        if self._started:
+            raise RuntimeError("engine already started")
+        self._started = True
+        state = self.journal.state if self.journal.is_open else self.journal.open()
+        self._seen = set(state.seen)
+        self._latches = dict(state.latches)
+        self.last_kill = state.last_kill
+        resumed: list[Kill] = []
+        for trigger_id, trigger in list(state.triggers.items()):
+            latched = trigger_id in self._latches
+            if not latched and trigger_id not in state.unfinished:
+                continue
+            scope = self._latches.get(trigger_id, trigger.scope)
+            if any(k.scope.contains(scope) and k.mode is trigger.mode for k in resumed):
+                joined = next(k for k in resumed if k.scope.contains(scope))
+                joined.triggers.append(trigger)
+                self.kills[trigger_id] = joined
+                continue
+            log.warning("resuming kill trigger_id=%s latched=%s", trigger_id, latched)
+            resumed.append(self._launch(trigger, scope, kind="resume"))
+        if resumed:
+            await asyncio.gather(*(k.done.wait() for k in resumed))
+        self._spawn(self._sweep_loop(), "sweeper")
+        for account in self.accounts.values():
+            caps = account.exchange.capabilities
+            if account.dead_mans_switch_s > 0 and caps.dead_mans_switch:
+                self._spawn(self._dms_loop(account), f"dms {account.ref}")
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Let kills in flight finish for up to `grace_s`, then cancel what is left."""
+        self._stopping = True
+        running = [k.task for k in self._running if k.task is not None]
+        running += list(self._stream_tasks.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_s)
+            if pending:
+                log.warning("stop cancelled kills in flight count=%d", len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.journal.close()
+
+    async def wait_idle(self) -> None:
+        """Wait until no kill, sweep or stream cancel is in flight (for tests and drains)."""
+        while True:
+            busy = [k.task for k in self._running if k.task is not None]
+            busy += list(self._stream_tasks.values())
+            if not busy:
+                return
+            await asyncio.wait(busy)
+
+    # -- the public API -------------------------------------------------------------------------
+    async def submit(self, trigger: Trigger) -> SubmitResult:
+        """Journal the trigger (fsync), latch its scope (mode kill) and start the kill."""
+        if trigger.id in self._seen:
+            self._emit("duplicate", trigger_id=trigger.id, source=trigger.source)
+            return SubmitResult.DUPLICATE
+        self._seen.add(trigger.id)
+        if not trigger.received_ms:
+            trigger = _with_received(trigger, self._wall_ms())
+        await self.journal.append_async("trigger", trigger=trigger.to_json())
+        if trigger.mode is Mode.KILL:
+            await self.journal.append_async(
+                "latch", trigger_id=trigger.id, scope=trigger.scope.to_json()
+            )
+            self._latches[trigger.id] = trigger.scope
+        log.warning(
+            "kill triggered trigger_id=%s source=%s mode=%s scope=%s reason=%r",
+            trigger.id,
+            trigger.source,
+            trigger.mode.value,
+            trigger.scope.to_json(),
+            trigger.reason,
+        )
+        self._emit("triggered", trigger=trigger.to_json())
+        if trigger.mode is Mode.KILL:
+            self._emit("latched", trigger_id=trigger.id, scope=trigger.scope.to_json())
+        joined = self._joinable(trigger)
+        if joined is not None:
+            joined.triggers.append(trigger)
+            self.kills[trigger.id] = joined
+            self._emit("joined", trigger_id=trigger.id, kill_id=joined.id)
+        else:
+            self._launch(trigger, trigger.scope, kind="trigger")
+        return SubmitResult.ACCEPTED
+
+    async def reset(self, *, actor: str, reason: str, origin: str = "local") -> bool:
+        """Release every latch (audited: who, why, from where). False if nothing was latched."""
+        released = [{"trigger_id": t, "scope": s.to_json()} for t, s in self._latches.items()]
+        await self.journal.append_async(
+            "reset", actor=actor, reason=reason, origin=origin, released=released
+        )
+        was_latched = bool(self._latches)
+        self._latches.clear()
+        for kill in list(self._running):
+            if kill.mode is Mode.KILL and kill.task is not None:
+                kill.task.cancel()
+        log.warning(
+            "reset actor=%s origin=%s reason=%r released=%d", actor, origin, reason, len(released)
+        )
+        self._emit("reset", actor=actor, reason=reason, origin=origin, released=released)
+        return was_latched
+
+    def latched(self) -> bool:
+        return bool(self._latches)
+
+    def latch_scopes(self) -> list[Scope]:
+        return list(self._latches.values())
+
+    def kill_for(self, trigger_id: str) -> Kill | None:
+        """The kill a trigger started or joined."""
+        return self.kills.get(trigger_id)
+
+    def on_stream_event(self, ref: AccountRef, event: OrderEvent | ListEvent) -> None:
+        """A stream saw an order change: cancel new open orders in a latched scope at once."""
+        if not event.is_open:
+            return
+        account = self.accounts.get(ref)
+        if account is None:
+            return
+        if isinstance(event, OrderEvent):
+            for kill in self._running:
+                if kill.scope.covers_account(ref) and kill.scope.covers_order(event):
+                    kill.new_orders_seen += 1
+            scope = self._latch_covering(ref, event)
+            if scope is None:
+                return
+            item: Order | OrderList = event.to_order()
+            key = f"o:{event.order_id}"
+        else:
+            order_list = OrderList(
+                symbol=event.symbol,
+                list_id=event.list_id,
+                list_client_order_id=event.list_client_order_id,
+                order_ids=event.order_ids,
+            )
+            scope = next(
+                (
+                    s
+                    for s in self._latches.values()
+                    if s.covers_account(ref) and s.covers_list(order_list)
+                ),
+                None,
+            )
+            if scope is None:
+                return
+            item = order_list
+            key = f"l:{event.list_id}"
+        recent = self._stream_recent.setdefault(ref, {})
+        now = self._clock()
+        if key in recent and now - recent[key] < self.config.deadline_s:
+            return
+        recent[key] = now
+        if len(recent) > 10_000:
+            for old in [k for k, t in recent.items() if now - t >= self.config.deadline_s]:
+                del recent[old]
+        self._stream_pending.setdefault(ref, {})[key] = item
+        if ref not in self._stream_tasks:
+            task = asyncio.get_running_loop().create_task(self._drain_stream(account, scope))
+            self._stream_tasks[ref] = task
+            task.add_done_callback(functools.partial(self._stream_done, ref))
+
+    def status(self) -> dict[str, object]:
+        """Everything `killswitch status` shows: latch, kills, per-account view."""
+        accounts: list[dict[str, object]] = []
+        for account in self.accounts.values():
+            entry: dict[str, object] = {
+                "venue": account.ref.venue,
+                "account": account.ref.account,
+                "stream": account.stream_state() if account.stream_state else "unknown",
+                "dead_mans_switch": self._dms_state.get(account.ref, "off"),
+            }
+            if account.tracker is not None:
+                view = account.tracker.as_snapshot()
+                entry["open_orders"] = len(view.orders)
+                entry["open_lists"] = len(view.lists)
+                entry["tracker_trusted"] = account.tracker.trusted
+            accounts.append(entry)
+        return {
+            "latched": self.latched(),
+            "latches": [{"trigger_id": t, "scope": s.to_json()} for t, s in self._latches.items()],
+            "running": [k.summary() for k in self._running if k.kind != "stream"],
+            "last_kill": self.last_kill,
+            "accounts": accounts,
+        }
+
+    # -- kills ----------------------------------------------------------------------------------
+    def _joinable(self, trigger: Trigger) -> Kill | None:
+        for kill in self._running:
+            if (
+                kill.kind in ("trigger", "resume")
+                and kill.state is KillState.RUNNING
+                and kill.mode is trigger.mode
+                and kill.scope.contains(trigger.scope)
+            ):
+                return kill
+        return None
+
+    def _launch(self, trigger: Trigger | None, scope: Scope, *, kind: str) -> Kill:
+        now = self._clock()
+        mode = trigger.mode if trigger is not None else Mode.KILL
+        kill_id = trigger.id if trigger is not None else f"{kind}-{next(self._ids)}"
+        kill = Kill(
+            kill_id,
+            kind,
+            scope,
+            mode,
+            [trigger] if trigger is not None else [],
+            now,
+            now + self.config.deadline_s,
+        )
+        if trigger is not None:
+            self.kills[trigger.id] = kill
+        self._running.add(kill)
+        kill.task = asyncio.get_running_loop().create_task(
+            self._run_kill(kill), name=f"kill {kill_id}"
+        )
+        return kill
+
+    async def _run_kill(self, kill: Kill) -> None:
+        accounts = [a for a in self.accounts.values() if kill.scope.covers_account(a.ref)]
+        for account in accounts:
+            kill.accounts[account.ref] = AccountResult(account.ref)
+        if kill.kind != "sweep":
+            log.warning("kill start kill_id=%s accounts=%d", kill.id, len(accounts))
+        try:
+            await self._to_done(kill, accounts)
+            kill.done.set()
+            if kill.state is KillState.FLAT and kill.kind != "sweep":
+                await self._confirm(kill, accounts)
+        except asyncio.CancelledError:
+            kill.state = KillState.ABORTED
+            self._emit("aborted", kill_id=kill.id, kind=kill.kind)
+            raise
+        finally:
+            self._running.discard(kill)
+            kill.done.set()
+            kill.finished.set()
+            await self._record_done(kill)
+
+    async def _to_done(
+        self, kill: Kill, accounts: Sequence[Account], *, again: bool = False
+    ) -> None:
+        """Run every account to flat or failure; `again` re-verifies a kill already flat."""
+        if not accounts:
+            log.warning("kill has no configured account in scope kill_id=%s", kill.id)
+        fast = kill.kind != "sweep" and not again
+        await asyncio.gather(*(self._run_account(kill, a, fast=fast) for a in accounts))
+        results = list(kill.accounts.values())
+        if all(r.state is AccountState.FLAT for r in results):
+            kill.state = KillState.FLAT
+            if again:
+                return
+            kill.local_flat_ms = (self._clock() - kill.started) * 1000
+            if kill.origin_ms:
+                kill.time_to_flat_ms = float(self._wall_ms() - kill.origin_ms)
+            else:
+                kill.time_to_flat_ms = kill.local_flat_ms
+            kill.flat.set()
+            if kill.kind == "sweep":
+                self._emit("sweep", kill_id=kill.id, result="flat", **self._sweep_counts(kill))
+            else:
+                log.warning(
+                    "kill flat kill_id=%s time_to_flat_ms=%s", kill.id, kill.time_to_flat_ms
+                )
+                self._emit("flat", **kill.summary())
+            return
+        kill.state = KillState.FAILED
+        open_now = {
+            str(r.ref): open_json(r.still_open or Snapshot())
+            for r in results
+            if r.state is not AccountState.FLAT
+        }
+        log.error("kill failed kill_id=%s kind=%s open=%s", kill.id, kill.kind, open_now)
+        self._emit("failed", still_open=open_now, **kill.summary())
+
+    async def _confirm(self, kill: Kill, accounts: Sequence[Account]) -> None:
+        """Flat, then still flat after a quiet window with no new order on the streams."""
+        window = self.config.quiet_window_s
+        give_up = kill.deadline + window
+        while True:
+            seen = kill.new_orders_seen
+            await asyncio.sleep(window)
+            quiet = kill.new_orders_seen == seen
+            if not quiet:
+                # Orders arrived during the window: give their waves time of their own.
+                kill.deadline = max(kill.deadline, self._clock() + self.config.deadline_s / 2)
+            # One more look at the venues: consecutive empty snapshots, not our own word.
+            await self._to_done(kill, accounts, again=True)
+            if kill.state is not KillState.FLAT:
+                return
+            if quiet and kill.new_orders_seen == seen:
+                kill.state = KillState.CONFIRMED
+                log.warning("kill confirmed kill_id=%s", kill.id)
+                self._emit("confirmed", kill_id=kill.id, time_to_flat_ms=kill.time_to_flat_ms)
+                return
+            if self._clock() >= give_up:
+                self._emit("unconfirmed", kill_id=kill.id, reason="new orders kept arriving")
+                return
+
+    async def _record_done(self, kill: Kill) -> None:
+        if kill.kind in ("sweep", "stream"):
+            return
+        summary = kill.summary()
+        self.last_kill = summary
+        for trigger in kill.triggers:
+            try:
+                await self.journal.append_async(
+                    "kill_done", trigger_id=trigger.id, state=kill.state.value, summary=summary
+                )
+            except asyncio.CancelledError:
+                raise
+            except OSError:
+                log.exception("journal write of kill_done failed trigger_id=%s", trigger.id)
+
+    async def _run_account(self, kill: Kill, account: Account, *, fast: bool) -> None:
+        result = kill.accounts[account.ref]
+        result.state = AccountState.RUNNING
+        guard_s = max(0.0, kill.deadline - self._clock()) + _GUARD_S
+        try:
+            async with asyncio.timeout(guard_s):
+                await self._account_waves(kill, account, result, fast=fast)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            log.error(
+                "kill account overran its deadline kill_id=%s account=%s", kill.id, account.ref
+            )
+            result.state = AccountState.FAILED
+        except _AccountStopped as stop:
+            result.state = AccountState.STOPPED
+            result.error = stop.error.to_json()
+            self._alarm(kill, account.ref, stop.error)
+        except _DeadlinePassed:
+            result.state = AccountState.FAILED
+        except Exception as exc:  # a bug on one account must not stop the others
+            log.exception("kill account crashed kill_id=%s account=%s", kill.id, account.ref)
+            result.state = AccountState.FAILED
+            result.error = {"kind": type(exc).__name__}
+            self._emit("alarm", kill_id=kill.id, account=str(account.ref), error=result.error)
+
+    async def _account_waves(
+        self, kill: Kill, account: Account, result: AccountResult, *, fast: bool
+    ) -> None:
+        scope = kill.scope
+        caps = account.exchange.capabilities
+        tracked: Snapshot | None = None
+        if account.tracker is not None and account.tracker.trusted:
+            tracked = in_scope(scope, account.tracker.as_snapshot())
+            self._remember(result, tracked)
+        first: list[CancelRequest] = []
+        if fast:
+            first = plan(scope, tracked, None, account.symbols, caps)
+        snap_task = asyncio.ensure_future(self._read(kill, account, result, tracked))
+        wave_no = result.waves + 1
+        wave1 = asyncio.ensure_future(self._wave(kill, account, result, first, wave_no))
+        try:
+            snapshot = await snap_task
+        except BaseException:
+            wave1.cancel()
+            with contextlib.suppress(asyncio.CancelledError, _AccountStopped):
+                await wave1
+            raise
+        if result.waves == 0:
+            result.orders_before = len(
+                {o.order_id for o in snapshot.orders}
+                | {o.order_id for o in (tracked or Snapshot()).orders}
+            )
+            result.lists_before = len(
+                {x.list_id for x in snapshot.lists}
+                | {x.list_id for x in (tracked or Snapshot()).lists}
+            )
+        extra = [] if snapshot.empty else plan(scope, None, snapshot, (), caps, already=first)
+        await asyncio.gather(wave1, self._wave(kill, account, result, extra, wave_no))
+        if first or extra:
+            result.waves = wave_no
+        # With nothing sent, the snapshot already is the verification.
+        verify: Snapshot | None = snapshot if not first and not extra else None
+        while True:
+            if verify is None:
+                verify = await self._read(kill, account, result, None)
+            result.still_open = verify
+            result.verified = True
+            if verify.empty:
+                result.state = AccountState.FLAT
+                result.flat_ms = (self._clock() - kill.started) * 1000
+                return
+            self._check_deadline(kill)
+            result.waves += 1
+            requests = plan(scope, None, verify, (), caps)
+            verify = None
+            await self._wave(kill, account, result, requests, result.waves)
+
+    async def _wave(
+        self,
+        kill: Kill,
+        account: Account,
+        result: AccountResult,
+        requests: Sequence[CancelRequest],
+        wave: int,
+    ) -> None:
+        if not requests:
+            return
+        if kill.kind != "stream":
+            self._emit(
+                "wave",
+                kill_id=kill.id,
+                account=str(account.ref),
+                wave=wave,
+                requests=len(requests),
+            )
+        outcomes = await asyncio.gather(*(self._send(kill, account, result, r) for r in requests))
+        for outcome in outcomes:
+            if isinstance(outcome.error, Fatal):
+                raise _AccountStopped(outcome.error)
+
+    async def _read(
+        self, kill: Kill, account: Account, result: AccountResult, tracked: Snapshot | None
+    ) -> Snapshot:
+        """Snapshot the account in scope, retried per the taxonomy until the deadline."""
+        symbols = self._snapshot_symbols(kill.scope, account, result)
+
+        async def once() -> Snapshot:
+            return await account.exchange.snapshot(symbols)
+
+        try:
+            snap = await self._retrying(kill, result, once)
+        except Fatal as exc:
+            raise _AccountStopped(exc) from exc
+        except VenueError as exc:
+            result.error = exc.to_json()
+            if result.still_open is None:
+                result.still_open = tracked or Snapshot(tuple(result.known.values()))
+            raise _DeadlinePassed from exc
+        filtered = in_scope(kill.scope, snap)
+        self._remember(result, filtered)
+        return filtered
+
+    def _snapshot_symbols(
+        self, scope: Scope, account: Account, result: AccountResult
+    ) -> list[str] | None:
+        if account.exchange.capabilities.open_orders_without_symbol:
+            return None
+        known = set(account.symbols) | {o.symbol for o in result.known.values()}
+        if account.tracker is not None:
+            known |= account.tracker.as_snapshot().symbols()
+        return sorted(s for s in known if scope.covers_symbol(s))
+
+    def _remember(self, result: AccountResult, snapshot: Snapshot) -> None:
+        for order in snapshot.orders:
+            result.known.setdefault(order.order_id, order)
+
+    def _check_deadline(self, kill: Kill) -> None:
+        if self._clock() >= kill.deadline:
+            raise _DeadlinePassed
+
+    async def _send(
+        self, kill: Kill, account: Account, result: AccountResult, request: CancelRequest
+    ) -> _Outcome:
+        """Send one planned request with retries; return its outcome (never raises VenueError)."""
+        started = self._clock()
+        attempts = 0
+        current: CancelRequest | None = request
+        reread = False
+        cancelled = 0
+        verified = False
+
+        async def once() -> CancelAck | None:
+            nonlocal attempts, current, reread, cancelled, verified
+            attempts += 1
+            if attempts > 1:
+                result.retries += 1
+            if reread:
+                assert current is not None
+                current, gone = await self._narrow(kill, account, result, current)
+                cancelled += gone
+                reread = False
+                if current is None:
+                    verified = True
+                    return None
+            assert current is not None
+            result.requests += 1
+            try:
+                ack = await self._call(account.exchange, current)
+            except OutcomeUnknown:
+                reread = True
+                raise
+            except RateLimited as exc:
+                result.rate_limited += 1
+                if isinstance(exc, IpBanned):
+                    self._alarm(kill, account.ref, exc)
+                raise
+            except _BatchPartial as partial:
+                cancelled += self._count(result, partial.ack)
+                current = partial.rest
+                raise partial.error from None
+            cancelled += self._count(result, ack)
+            return ack
+
+        outcome: _Outcome
+        try:
+            await self._retrying(kill, result, once)
+            outcome = _Outcome("verified" if verified else "ok", cancelled, attempts)
+        except AlreadyGone:
+            outcome = _Outcome("gone", cancelled, attempts)
+        except VenueError as exc:
+            outcome = _Outcome(exc.kind, cancelled, attempts, exc)
+        if outcome.result in ("ok", "gone", "verified") and kill.first_cancel_ms is None:
+            kill.first_cancel_ms = (self._clock() - kill.started) * 1000
+        if outcome.result in ("ok", "gone", "verified") and result.first_cancel_ms is None:
+            result.first_cancel_ms = (self._clock() - kill.started) * 1000
+        self._emit(
+            "outcome",
+            kill_id=kill.id,
+            account=str(account.ref),
+            venue=account.ref.venue,
+            request=request.kind.value,
+            symbols=list(request.symbols),
+            ids=len(request.order_ids),
+            result=outcome.result,
+            cancelled=outcome.cancelled,
+            attempts=outcome.attempts,
+            duration_ms=round((self._clock() - started) * 1000, 3),
+            error=outcome.error.to_json() if outcome.error is not None else None,
+        )
+        return outcome
+
+    async def _narrow(
+        self, kill: Kill, account: Account, result: AccountResult, request: CancelRequest
+    ) -> tuple[CancelRequest | None, int]:
+        """After an unknown outcome: re-read the venue; return what is still to send, if any,
+        and how many orders the request was meant to cancel are gone now."""
+        symbols = list(request.symbols) if request.symbols else None
+        caps = account.exchange.capabilities
+        if symbols is None and not caps.open_orders_without_symbol:
+            symbols = self._snapshot_symbols(kill.scope, account, result)
+        snap = in_scope(kill.scope, await account.exchange.snapshot(symbols))
+        open_ids = {o.order_id for o in snap.orders}
+        open_lists = {x.list_id for x in snap.lists}
+        gone = self._coverage(result, request) - open_ids - result.cancelled
+        result.cancelled.update(gone)
+        kind = request.kind
+        if kind is RequestKind.CANCEL_ALL:
+            left = tuple(s for s in request.symbols if s in snap.symbols())
+            return (CancelRequest(kind, symbols=left) if left else None), len(gone)
+        if kind is RequestKind.CANCEL_ALL_ACCOUNT:
+            return (None if snap.empty else request), len(gone)
+        if kind is RequestKind.CANCEL_LIST:
+            return (request if request.list_id in open_lists else None), len(gone)
+        ids = tuple(i for i in request.order_ids if i in open_ids)
+        if not ids:
+            return None, len(gone)
+        if len(ids) == 1:
+            return CancelRequest(RequestKind.CANCEL_ORDER, request.symbols, ids), len(gone)
+        return CancelRequest(kind, request.symbols, ids), len(gone)
+
+    def _coverage(self, result: AccountResult, request: CancelRequest) -> set[str]:
+        if request.order_ids:
+            return set(request.order_ids)
+        if request.kind is RequestKind.CANCEL_ALL:
+            wanted = set(request.symbols)
+            return {o.order_id for o in result.known.values() if o.symbol in wanted}
+        if request.kind is RequestKind.CANCEL_ALL_ACCOUNT:
+            return set(result.known)
+        return {o.order_id for o in result.known.values() if o.list_id == request.list_id}
+
+    def _count(self, result: AccountResult, ack: CancelAck) -> int:
+        fresh = [i for i in ack.cancelled if i not in result.cancelled]
+        result.cancelled.update(ack.cancelled)
+        result.lists_cancelled.update(ack.lists_cancelled)
+        return len(fresh)
+
+    async def _call(self, exchange: Exchange, request: CancelRequest) -> CancelAck:
+        kind = request.kind
+        if kind is RequestKind.CANCEL_ALL:
+            return await exchange.cancel_all(list(request.symbols))
+        if kind is RequestKind.CANCEL_ALL_ACCOUNT:
+            return await exchange.cancel_all(None)
+        if kind is RequestKind.CANCEL_LIST:
+            assert request.list_id is not None
+            return await exchange.cancel_order_list(request.symbols[0], request.list_id)
+        if kind is RequestKind.CANCEL_ORDER:
+            return await exchange.cancel_order(request.symbols[0], request.order_ids[0])
+        batch = await exchange.cancel_orders(request.symbols[0], list(request.order_ids))
+        ack = CancelAck(cancelled=batch.cancelled + batch.gone)
+        if not batch.failed:
+            return ack
+        failed_ids = tuple(i for i, _ in batch.failed)
+        errors = [e for _, e in batch.failed]
+        worst = next((e for e in errors if isinstance(e, Fatal)), None) or errors[0]
+        if all(isinstance(e, AlreadyGone) for e in errors):
+            return CancelAck(cancelled=ack.cancelled + failed_ids)
+        rest = CancelRequest(
+            RequestKind.CANCEL_ORDERS if len(failed_ids) > 1 else RequestKind.CANCEL_ORDER,
+            request.symbols,
+            failed_ids,
+        )
+        raise _BatchPartial(ack, rest, worst)
+
+    async def _retrying(
+        self, kill: Kill, result: AccountResult, fn: Callable[[], Awaitable[T]]
+    ) -> T:
+        skew_streak = 0
+
+        def wait(state: RetryCallState) -> float:
+            nonlocal skew_streak
+            assert state.outcome is not None
+            exc = state.outcome.exception()
+            remaining = max(0.0, kill.deadline - self._clock())
+            if isinstance(exc, ClockSkew) and skew_streak < self.config.clock_skew_retries:
+                skew_streak += 1
+                return 0.0
+            if isinstance(exc, RateLimited):
+                # The connector's budget blocks for the same period; sleeping it here as well
+                # costs nothing (the two waits overlap) and holds even for a connector that
+                # did not block.
+                return min(exc.retry_after_s, remaining)
+            cap = min(
+                self.config.retry_max_s,
+                self.config.retry_initial_s * 2 ** (state.attempt_number - 1),
+            )
+            return min(self._rng.uniform(0.0, cap), remaining)
+
+        def stop(state: RetryCallState) -> bool:
+            assert state.outcome is not None
+            exc = state.outcome.exception()
+            remaining = kill.deadline - self._clock()
+            if remaining <= 0:
+                return True
+            return isinstance(exc, IpBanned) and exc.retry_after_s >= remaining
+
+        retrying = AsyncRetrying(
+            sleep=self._sleep,
+            stop=stop,
+            wait=wait,
+            retry=retry_if_exception(_retriable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await fn()
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _alarm(self, kill: Kill, ref: AccountRef, error: VenueError) -> None:
+        log.error("kill account stopped kill_id=%s account=%s error=%s", kill.id, ref, error)
+        self._emit("alarm", kill_id=kill.id, account=str(ref), error=error.to_json())
+
+    # -- latched: streams, sweeps, dead-man's switch ----------------------------------------------
+    def _latch_covering(self, ref: AccountRef, event: OrderEvent) -> Scope | None:
+        for scope in self._latches.values():
+            if scope.covers_account(ref) and scope.covers_order(event):
+                return scope
+        return None
+
+    async def _drain_stream(self, account: Account, scope: Scope) -> None:
+        ref = account.ref
+        pending = self._stream_pending.setdefault(ref, {})
+        while pending:
+            items = list(pending.values())
+            pending.clear()
+            now = self._clock()
+            kill = Kill(
+                f"stream-{next(self._ids)}",
+                "stream",
+                scope,
+                Mode.KILL,
+                [],
+                now,
+                now + self.config.deadline_s,
+            )
+            result = kill.accounts.setdefault(ref, AccountResult(ref))
+            orders = tuple(i for i in items if isinstance(i, Order))
+            lists = tuple(i for i in items if isinstance(i, OrderList))
+            # Cancel exactly what the stream showed, by id: a cancel-all here could race a
+            # wave and costs more than the few orders a stream burst brings.
+            by_id = Scope(
+                scope.venues, scope.accounts, scope.symbols, scope.client_order_id_prefix or ""
+            )
+            requests = plan(by_id, Snapshot(orders, lists), None, (), account.exchange.capabilities)
+            self._emit(
+                "stream_cancel",
+                account=str(ref),
+                orders=[o.order_id for o in orders],
+                lists=[x.list_id for x in lists],
+            )
+            try:
+                await self._wave(kill, account, result, requests, 0)
+            except asyncio.CancelledError:
+                raise
+            except _AccountStopped as stop:
+                self._alarm(kill, ref, stop.error)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            if self._stopping:
+                return
+            await self.sweep()
+
+    async def sweep(self) -> list[Kill]:
+        """Re-sweep every latched scope not already being killed; return the sweeps started."""
+        started: list[Kill] = []
+        for scope in _widest(self._latches.values()):
+            if any(k.scope.contains(scope) for k in self._running if k.kind != "stream"):
+                continue
+            started.append(self._launch(None, scope, kind="sweep"))
+        if started:
+            await asyncio.gather(*(k.finished.wait() for k in started))
+        return started
+
+    def _sweep_counts(self, kill: Kill) -> dict[str, object]:
+        return {
+            "accounts": {
+                str(r.ref): {
+                    "found": r.orders_before + r.lists_before,
+                    "cancelled": len(r.cancelled),
+                }
+                for r in kill.accounts.values()
+            }
+        }
+
+    async def _dms_loop(self, account: Account) -> None:
+        timeout_s = account.dead_mans_switch_s
+        low, high = account.exchange.capabilities.dead_mans_switch_range_s or (timeout_s, timeout_s)
+        timeout_s = max(low, min(high, timeout_s))
+        ref = account.ref
+        while True:
+            if self._healthy():
+                try:
+                    state = await account.exchange.arm_dead_mans_switch(timeout_s)
+                except asyncio.CancelledError:
+                    raise
+                except VenueError as exc:
+                    log.warning("dead man's switch arm failed account=%s error=%s", ref, exc)
+                    if self._dms_state.get(ref) != "failed":
+                        self._emit(
+                            "alarm",
+                            account=str(ref),
+                            dead_mans_switch="arm failed",
+                            error=exc.to_json(),
+                        )
+                    self._dms_state[ref] = "failed"
+                else:
+                    if self._dms_state.get(ref) != "armed":
+                        self._emit("dms", account=str(ref), armed=state.active, timeout_s=timeout_s)
+                    self._dms_state[ref] = "armed" if state.active else "off"
+            elif self._dms_state.get(ref) == "armed":
+                log.warning("dead man's switch left to expire: daemon unhealthy account=%s", ref)
+                self._dms_state[ref] = "expiring"
+                self._emit("dms", account=str(ref), armed=False, reason="unhealthy")
+            await asyncio.sleep(timeout_s / 3)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine task died name=%s error=%r", task.get_name(), task.exception())
+
+    def _stream_done(self, ref: AccountRef, task: asyncio.Task[None]) -> None:
+        self._stream_tasks.pop(ref, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stream cancel task died account=%s error=%r", ref, task.exception())
+
+    def _emit(self, event_type: str, **fields: object) -> EventRecord:
+        record = make_event(event_type, **fields)
+        self.events.emit(record)
+        return record
+
+
+class _BatchPartial(Exception):
+    """A batch cancel where some ids failed: count what went, retry the rest."""
+
+    def __init__(self, ack: CancelAck, rest: CancelRequest, error: VenueError) -> None:
+        super().__init__(str(error))
+        self.ack = ack
+        self.rest = rest
+        self.error = error
+
+
+def _with_received(trigger: Trigger, now_ms: int) -> Trigger:
+    return Trigger(
+        id=trigger.id,
+        source=trigger.source,
+        mode=trigger.mode,
+        reason=trigger.reason,
+        scope=trigger.scope,
+        created_ms=trigger.created_ms,
+        received_ms=now_ms,
+        actor=trigger.actor,
+    )
+
+
+def _widest(scopes: Iterable[Scope]) -> list[Scope]:
+    """Drop every scope another one contains."""
+    unique = list(dict.fromkeys(scopes))
+    return [s for s in unique if not any(o is not s and o.contains(s) and o != s for o in unique)]
