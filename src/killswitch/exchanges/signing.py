@@ -62,3 +62,18 @@ def binance_ed25519_private_key(secret: str) -> Ed25519PrivateKey:
     if len(raw) != 32:
         raise ValueError("an Ed25519 private key is 32 raw bytes")
     return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+# -- MEXC ---------------------------------------------------------------------------------
+
+
+def mexc_query(params: Iterable[tuple[str, str]]) -> str:
+    """Percent-encode `params` in order as `k=v&k=v`, escapes in uppercase hex: commas in a
+    symbol list go out as `%2C`, as MEXC asks for batch values before signing [MX-DOC "SIGNED"]."""
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params)
+
+
+def mexc_hmac_signature(secret: str, total_params: str) -> str:
+    """HMAC-SHA256 of totalParams (the query string immediately followed by the body, no `&`
+    between them) keyed with `secret`, as lowercase hex [MX-DOC "SIGNED"]."""
+    return hmac.new(secret.encode(), total_params.encode(), hashlib.sha256).hexdigest()

@@ -1,0 +1,714 @@
+"""MEXC spot v3 connector: signed REST cancels and reads, listenKey stream of protobuf pushes.
+
+Venue facts (`exchange-apis.md` §2): HMAC-SHA256 over the query string followed by the body;
+every endpoint has its own budget of 500 weight per 10 s; `DELETE /api/v3/openOrders` cancels
+up to 5 comma-separated symbols including OCO legs; there is no batch cancel by ids, no
+order-list endpoint and no dead-man's switch. The user stream needs a listenKey (60 min,
+extended every 30 min) and pushes `PushDataV3ApiWrapper` protobuf frames.
+
+Unverified in the docs, handled both ways: `GET /api/v3/openOrders` without a symbol. The
+connector asks without one first; if MEXC refuses, it reads the symbols it knows (configured
+hint, symbols seen on the stream, in snapshots and cancels) five per call from then on, and
+says so in `capabilities.open_orders_without_symbol`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from killswitch.exchanges import mexc_proto as pb
+from killswitch.exchanges.base import (
+    AlreadyGone,
+    BatchResult,
+    CancelAck,
+    Capabilities,
+    ClockSkew,
+    DeadMansSwitchState,
+    Fatal,
+    IpBanned,
+    OutcomeUnknown,
+    RateLimited,
+    RateLimits,
+    Transient,
+    VenueError,
+)
+from killswitch.exchanges.budget import Priority, RateBudget
+from killswitch.exchanges.clock import ServerClock
+from killswitch.exchanges.http import RawResponse, RestTransport
+from killswitch.exchanges.signing import mexc_hmac_signature, mexc_query
+from killswitch.model import ExecType, Order, OrderEvent, Snapshot, StreamEvent, StreamTerminated
+
+log = logging.getLogger(__name__)
+
+VENUE = "mexc"
+MAX_SYMBOLS_PER_CALL = 5
+SUBSCRIBE = orjson.dumps({"method": "SUBSCRIPTION", "params": [pb.ORDERS_CHANNEL]}).decode()
+PING = '{"method":"PING"}'
+INVALID_LISTEN_KEY = "Invalid listen key"
+
+# Per endpoint: 500 weight per 10 s [MX-DOC "LIMITS"]. Weights: cancels 1, openOrders 3.
+MEXC_RATE_LIMITS = RateLimits(
+    weight_per_window=500,
+    window_s=10.0,
+    cancel_weight=1,
+    snapshot_weight=3,
+    snapshot_symbol_weight=3,
+    list_snapshot_weight=0,
+)
+
+MEXC_CAPABILITIES = Capabilities(
+    cancel_all_max_symbols=MAX_SYMBOLS_PER_CALL,
+    # `DELETE /api/v3/order/all` is known only from ccxt: not planned on.
+    cancel_all_without_symbol=False,
+    cancel_all_covers_lists=True,  # "including OCO pending orders"
+    batch_cancel_max=0,
+    has_order_lists=False,
+    open_orders_without_symbol=True,  # tried first; turned off if MEXC refuses (see above)
+    dead_mans_switch=False,
+    rate_limits=MEXC_RATE_LIMITS,
+)
+
+# -- error table ------------------------------------------------------------------------------
+_CODES: dict[int, type[VenueError]] = {
+    -2011: AlreadyGone,  # "Unknown order sent"
+    -2013: AlreadyGone,  # "Order does not exist." (order query)
+    700003: ClockSkew,  # timestamp outside recvWindow
+    10073: ClockSkew,  # "invalid Request-Time"
+    429: RateLimited,
+    500: OutcomeUnknown,
+    503: OutcomeUnknown,  # "5XX means status UNKNOWN" [MX-DOC "HTTP Return Codes"]
+    504: OutcomeUnknown,
+    # auth, permission
+    400: Fatal,  # api key required
+    401: Fatal,
+    403: Fatal,
+    602: Fatal,
+    10072: Fatal,
+    700001: Fatal,
+    700002: Fatal,
+    700006: Fatal,
+    700007: Fatal,
+    # bad request
+    26: Fatal,
+    10007: Fatal,
+    30014: Fatal,
+    30021: Fatal,
+    30026: Fatal,
+    30029: Fatal,
+    33333: Fatal,
+    44444: Fatal,
+    700004: Fatal,
+    700005: Fatal,
+    700008: Fatal,
+    730708: Fatal,  # listen key information error
+}
+AUTH_CODES = frozenset({400, 401, 403, 602, 10072, 700001, 700002, 700006, 700007})
+LISTEN_KEY_GONE = 730708
+
+
+def _message_rule(code: int, msg: str) -> type[VenueError] | None:
+    """Codes whose meaning depends on the message."""
+    if code == -2011 and "restriction" in msg.lower():
+        # Binance uses -2011 for refusals too; MEXC documents only "Unknown order sent", so
+        # anything naming a restriction is a refusal, not a gone order.
+        return Fatal
+    return None
+
+
+def classify(
+    http_status: int,
+    code: int | str | None,
+    msg: str,
+    *,
+    retry_after_s: float | None = None,
+) -> VenueError | None:
+    """Map a MEXC answer to the taxonomy; None when it is a success."""
+    icode = _int_code(code)
+    if 200 <= http_status < 300 and icode in (None, 0, 200):
+        return None
+    cls: type[VenueError] | None
+    if http_status == 418:
+        cls = IpBanned
+    elif http_status == 429:
+        cls = RateLimited
+    elif http_status >= 500:
+        cls = OutcomeUnknown
+    elif icode is not None:
+        cls = _message_rule(icode, msg) or _CODES.get(icode)
+    else:
+        cls = None
+    if cls is None:
+        cls = Fatal  # an unknown 4xx: retrying the same request cannot help
+    text = msg or f"http {http_status}"
+    if issubclass(cls, RateLimited):
+        default = 120.0 if cls is IpBanned else 10.0
+        return cls(
+            text,
+            retry_after_s=retry_after_s if retry_after_s is not None else default,
+            venue=VENUE,
+            http_status=http_status,
+            code=icode if icode is not None else code,
+        )
+    return cls(
+        text, venue=VENUE, http_status=http_status, code=icode if icode is not None else code
+    )
+
+
+def _int_code(code: int | str | None) -> int | None:
+    if code is None or isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    try:
+        return int(code)
+    except ValueError:
+        return None
+
+
+# -- stream decoding --------------------------------------------------------------------------
+_EXEC_TYPES: dict[int, ExecType] = {
+    pb.STATUS_NEW: ExecType.NEW,
+    pb.STATUS_FILLED: ExecType.TRADE,
+    pb.STATUS_PARTIALLY_FILLED: ExecType.TRADE,
+    pb.STATUS_CANCELED: ExecType.CANCELED,
+    pb.STATUS_PARTIALLY_CANCELED: ExecType.CANCELED,
+}
+
+
+def decode_push(frame: bytes) -> OrderEvent | None:
+    """Decode one binary push; an `OrderEvent` for `privateOrders`, None for other bodies."""
+    wrapper = pb.PushDataV3ApiWrapper.FromString(frame)
+    if wrapper.WhichOneof("body") != "privateOrders":
+        return None
+    o = wrapper.privateOrders
+    status = int(o.status)
+    return OrderEvent(
+        symbol=wrapper.symbol,
+        order_id=o.id,
+        client_order_id=o.clientId,
+        exec_type=_EXEC_TYPES.get(status, ExecType.OTHER),
+        status=pb.STATUS_NAMES.get(status, str(status)),
+        is_open=status in pb.OPEN_STATUS_CODES,
+        event_time_ms=int(wrapper.sendTime or wrapper.createTime or o.createTime),
+        side="BUY" if o.tradeType == pb.TRADE_TYPE_BUY else "SELL",
+        order_type=pb.ORDER_TYPE_NAMES.get(int(o.orderType), str(o.orderType)),
+        price=o.price or "0",
+        orig_qty=o.quantity or "0",
+        last_qty=o.lastDealQuantity if o.HasField("lastDealQuantity") else "0",
+        last_price=(o.avgPrice or o.price or "0") if o.HasField("lastDealQuantity") else "0",
+        list_id=o.ocoId if o.HasField("ocoId") and o.ocoId else None,
+    )
+
+
+def order_from_row(row: dict[str, Any]) -> Order:
+    """An open-orders row as an `Order` (ids kept as strings, never through a float)."""
+    list_id = row.get("orderListId")
+    return Order(
+        symbol=str(row["symbol"]),
+        order_id=_id(row["orderId"]),
+        client_order_id=str(row.get("clientOrderId") or ""),
+        side=str(row.get("side", "")),
+        order_type=str(row.get("type", "")),
+        price=str(row.get("price", "0")),
+        orig_qty=str(row.get("origQty", "0")),
+        executed_qty=str(row.get("executedQty", "0")),
+        status=str(row.get("status", "NEW")),
+        list_id=None if list_id in (None, -1, "-1", "") else _id(list_id),
+        time_ms=int(row.get("time") or 0),
+    )
+
+
+def _id(value: object) -> str:
+    if isinstance(value, float):
+        raise TypeError("an order id arrived as a float; it may have lost digits")
+    return str(value)
+
+
+# -- the connector ------------------------------------------------------------------------------
+class MexcExchange:
+    """One MEXC spot account."""
+
+    venue = VENUE
+
+    def __init__(
+        self,
+        *,
+        account: str,
+        api_key: str,
+        api_secret: str,
+        key_type: str = "hmac",
+        rest_url: str,
+        ws_url: str,
+        timeout_s: float = 5.0,
+        recv_window_ms: int = 5000,
+        clock_refresh_s: float = 60.0,
+        symbols_hint: Sequence[str] = (),
+        rate_limits: RateLimits = MEXC_RATE_LIMITS,
+        listen_key_keepalive_s: float = 1800.0,
+        stream_ping_interval_s: float = 20.0,
+        stream_pong_timeout_s: float = 10.0,
+        budget_clock: Callable[[], float] = time.time,
+        budget_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if key_type != "hmac":
+            raise ValueError("MEXC spot keys are HMAC only")
+        self.account = account
+        self.capabilities = replace(MEXC_CAPABILITIES, rate_limits=rate_limits)
+        self._api_key = api_key
+        self._secret = api_secret
+        self._ws_url = ws_url
+        self._timeout_s = timeout_s
+        self._recv_window = str(recv_window_ms)
+        self._clock_refresh_s = clock_refresh_s
+        self._keepalive_s = listen_key_keepalive_s
+        self._ping_interval_s = stream_ping_interval_s
+        self._pong_timeout_s = stream_pong_timeout_s
+        self._budget_clock = budget_clock
+        self._budget_sleep = budget_sleep
+        self._headers = {"X-MEXC-APIKEY": api_key, "Content-Type": "application/json"}
+        self._rest = RestTransport(rest_url, venue=VENUE, account=account, timeout_s=timeout_s)
+        self._clock = ServerClock()
+        self._budgets: dict[str, RateBudget] = {}
+        self._blocked_until = 0.0  # budget_clock time; applies to budgets created later too
+        self._banned = False
+        self.known_symbols: set[str] = set(symbols_hint)
+        self._no_symbol_refused = False
+        self._listen_key: str | None = None
+        self._lost_keys: set[str] = set()
+        self._streams: dict[ClientConnection, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"MexcExchange(account={self.account!r})"
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the pool, measure the clock offset, keep it fresh, warm a few connections."""
+        if self._started:
+            raise RuntimeError("MexcExchange already started")
+        self._started = True
+        await self._rest.start()
+        await self.resync_clock()
+        self._spawn(self._clock.keep_synced(self._fetch_server_time, self._clock_refresh_s))
+        # A kill sends several cancels at once: open those connections now, not then.
+        await asyncio.gather(*(self._call("GET", "/api/v3/ping", signed=False) for _ in range(3)))
+
+    async def close(self) -> None:
+        """Stop background work, drop the listenKey, close sockets. Safe twice."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for ws in list(self._streams):
+            await ws.close()
+        key, self._listen_key = self._listen_key, None
+        if key is not None and self._started:
+            try:
+                await asyncio.wait_for(self._delete_listen_key(key), timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except (VenueError, TimeoutError) as exc:
+                log.info("listenKey delete failed account=%s error=%s", self.account, exc)
+        await self._rest.close()
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- transport ------------------------------------------------------------------------------
+    def _budget(self, endpoint: str) -> RateBudget:
+        budget = self._budgets.get(endpoint)
+        if budget is None:
+            budget = self._budgets[endpoint] = RateBudget(
+                self.capabilities.rate_limits, clock=self._budget_clock, sleep=self._budget_sleep
+            )
+            remaining = self._blocked_until - self._budget_clock()
+            if remaining > 0:
+                budget.block(remaining, banned=self._banned)
+        return budget
+
+    def _block_all(self, seconds: float, *, banned: bool) -> None:
+        # A 429 is per endpoint, but MEXC bans the IP of a client that keeps sending after
+        # one: stop every endpoint for the Retry-After.
+        self._blocked_until = max(self._blocked_until, self._budget_clock() + seconds)
+        self._banned = self._banned or banned
+        for budget in self._budgets.values():
+            budget.block(seconds, banned=banned)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        params: Sequence[tuple[str, str]] = (),
+        *,
+        signed: bool = True,
+        weight: int = 1,
+        priority: Priority = Priority.KILL,
+    ) -> Any:
+        """Send one request; on `ClockSkew`, resync once and send it again."""
+        try:
+            return await self._send(method, path, params, signed, weight, priority)
+        except ClockSkew:
+            log.warning("clock skew account=%s endpoint=%s %s: resync", self.account, method, path)
+            await self.resync_clock()
+            return await self._send(method, path, params, signed, weight, priority)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: Sequence[tuple[str, str]],
+        signed: bool,
+        weight: int,
+        priority: Priority,
+    ) -> Any:
+        endpoint = f"{method} {path}"
+        await self._budget(endpoint).acquire(weight, priority)
+        query = mexc_query(params)
+        if signed:
+            stamp = f"recvWindow={self._recv_window}&timestamp={self._clock.now_ms()}"
+            query = f"{query}&{stamp}" if query else stamp
+            query = f"{query}&signature={mexc_hmac_signature(self._secret, query)}"
+        response = await self._rest.request(method, path, query=query, headers=self._headers)
+        return self._parse(response, endpoint)
+
+    def _parse(self, response: RawResponse, endpoint: str) -> Any:
+        data: Any = None
+        if response.body:
+            try:
+                data = orjson.loads(response.body)
+            except orjson.JSONDecodeError:
+                data = None
+        code: int | str | None = None
+        msg = ""
+        if isinstance(data, dict) and "code" in data and ("msg" in data or "message" in data):
+            code = data["code"]
+            msg = str(data.get("msg") or data.get("message") or "")
+        ok = 200 <= response.status < 300
+        if ok and data is None and response.body:
+            raise OutcomeUnknown(
+                "unparseable success body", venue=VENUE, account=self.account, endpoint=endpoint
+            )
+        error = classify(response.status, code, msg, retry_after_s=_retry_after(response.headers))
+        if error is None:
+            return data
+        error.account = self.account
+        error.endpoint = endpoint
+        if isinstance(error, RateLimited):
+            self._block_all(error.retry_after_s, banned=isinstance(error, IpBanned))
+            log.warning(
+                "throttled account=%s endpoint=%s http=%s retry_after_s=%s",
+                self.account,
+                endpoint,
+                response.status,
+                error.retry_after_s,
+            )
+        raise error
+
+    # -- clock ----------------------------------------------------------------------------------
+    async def _fetch_server_time(self) -> int:
+        return await self.server_time_ms()
+
+    async def server_time_ms(self) -> int:
+        data = await self._send("GET", "/api/v3/time", (), False, 1, Priority.KILL)
+        return int(data["serverTime"])
+
+    async def resync_clock(self) -> None:
+        offset = await self._clock.sync(self._fetch_server_time)
+        log.debug("clock synced account=%s offset_ms=%.1f", self.account, offset)
+
+    # -- reads ----------------------------------------------------------------------------------
+    async def snapshot(
+        self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
+    ) -> Snapshot:
+        """Open orders of every symbol (or of `symbols`); MEXC has no order-list read."""
+        read_at = self._clock.now_ms()
+        rows: list[dict[str, Any]] | None = None
+        if symbols is None and not self._no_symbol_refused:
+            try:
+                rows = await self._call("GET", "/api/v3/openOrders", weight=3, priority=priority)
+            except Fatal as exc:
+                if exc.code in AUTH_CODES:
+                    raise
+                self._no_symbol_refused = True
+                self.capabilities = replace(self.capabilities, open_orders_without_symbol=False)
+                log.warning(
+                    "openOrders without symbol refused account=%s code=%s: reading known symbols",
+                    self.account,
+                    exc.code,
+                )
+        if rows is None:
+            wanted = list(
+                dict.fromkeys(symbols if symbols is not None else sorted(self.known_symbols))
+            )
+            rows = []
+            for part in await _gather_all(
+                self._read_symbols(chunk, priority) for chunk in _chunks(wanted)
+            ):
+                rows.extend(part)
+        orders = tuple(order_from_row(row) for row in rows)
+        self.known_symbols.update(o.symbol for o in orders)
+        return Snapshot(orders=orders, lists=(), server_time_ms=read_at)
+
+    async def _read_symbols(
+        self, symbols: Sequence[str], priority: Priority
+    ) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self._call(
+            "GET",
+            "/api/v3/openOrders",
+            [("symbol", ",".join(symbols))],
+            weight=3,
+            priority=priority,
+        )
+        return rows
+
+    # -- cancels --------------------------------------------------------------------------------
+    async def cancel_all(
+        self, symbols: Sequence[str] | None, *, priority: Priority = Priority.KILL
+    ) -> CancelAck:
+        """Cancel everything on `symbols`, five per request; None reads the open symbols first."""
+        if symbols is None:
+            symbols = sorted((await self.snapshot(priority=priority)).symbols())
+        wanted = list(dict.fromkeys(symbols))
+        if not wanted:
+            return CancelAck()
+        acks = await _gather_all(self._cancel_chunk(chunk, priority) for chunk in _chunks(wanted))
+        return CancelAck(cancelled=tuple(i for ack in acks for i in ack.cancelled))
+
+    async def _cancel_chunk(self, symbols: Sequence[str], priority: Priority) -> CancelAck:
+        self.known_symbols.update(symbols)
+        try:
+            rows = await self._call(
+                "DELETE", "/api/v3/openOrders", [("symbol", ",".join(symbols))], priority=priority
+            )
+        except AlreadyGone:
+            return CancelAck()  # nothing open there: an empty ack, not an error
+        return CancelAck(cancelled=tuple(_id(row["orderId"]) for row in rows or ()))
+
+    async def cancel_order(
+        self, symbol: str, order_id: str, *, priority: Priority = Priority.KILL
+    ) -> CancelAck:
+        self.known_symbols.add(symbol)
+        row = await self._call(
+            "DELETE",
+            "/api/v3/order",
+            [("symbol", symbol), ("orderId", order_id)],
+            priority=priority,
+        )
+        return CancelAck(cancelled=(_id(row.get("orderId", order_id)),))
+
+    async def cancel_orders(
+        self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
+    ) -> BatchResult:
+        """MEXC spot has no batch cancel: single cancels, all in flight at once."""
+
+        async def one(order_id: str) -> tuple[str, CancelAck | VenueError]:
+            try:
+                return order_id, await self.cancel_order(symbol, order_id, priority=priority)
+            except VenueError as exc:
+                return order_id, exc
+
+        results = await asyncio.gather(*(one(i) for i in dict.fromkeys(order_ids)))
+        cancelled: list[str] = []
+        gone: list[str] = []
+        failed: list[tuple[str, VenueError]] = []
+        for order_id, result in results:
+            if isinstance(result, AlreadyGone):
+                gone.append(order_id)
+            elif isinstance(result, VenueError):
+                failed.append((order_id, result))
+            else:
+                cancelled.append(order_id)
+        return BatchResult(cancelled=tuple(cancelled), gone=tuple(gone), failed=tuple(failed))
+
+    async def cancel_order_list(self, symbol: str, list_id: str) -> CancelAck:
+        raise Fatal(
+            "MEXC spot has no order-list cancel; cancel_all covers OCO orders",
+            venue=VENUE,
+            account=self.account,
+        )
+
+    async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:
+        raise Fatal("MEXC spot has no dead-man's switch", venue=VENUE, account=self.account)
+
+    async def disarm_dead_mans_switch(self) -> DeadMansSwitchState:
+        raise Fatal("MEXC spot has no dead-man's switch", venue=VENUE, account=self.account)
+
+    # -- listenKey ----------------------------------------------------------------------------
+    async def _ensure_listen_key(self) -> str:
+        if self._listen_key is None:
+            data = await self._call("POST", "/api/v3/userDataStream", priority=Priority.KILL)
+            self._listen_key = str(data["listenKey"])
+        if self._keepalive_task is None or self._keepalive_task.done():
+            self._keepalive_task = self._spawn(self._keep_listen_key_alive())
+        return self._listen_key
+
+    async def _delete_listen_key(self, key: str) -> None:
+        await self._call("DELETE", "/api/v3/userDataStream", [("listenKey", key)])
+
+    async def extend_listen_key(self) -> None:
+        """Push the listenKey's expiry out to 60 min; a dead key ends the streams using it."""
+        key = self._listen_key
+        if key is None:
+            return
+        try:
+            await self._call(
+                "PUT", "/api/v3/userDataStream", [("listenKey", key)], priority=Priority.BACKGROUND
+            )
+        except Fatal as exc:
+            if exc.code != LISTEN_KEY_GONE:
+                raise
+            log.warning("listenKey expired account=%s: ending its streams", self.account)
+            self._listen_key = None
+            self._lost_keys.add(key)
+            for ws, ws_key in list(self._streams.items()):
+                if ws_key == key:
+                    await ws.close()
+
+    async def _keep_listen_key_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self._keepalive_s)
+            try:
+                await self.extend_listen_key()
+            except asyncio.CancelledError:
+                raise
+            except VenueError as exc:
+                log.warning("listenKey keepalive failed account=%s error=%s", self.account, exc)
+
+    # -- user stream ------------------------------------------------------------------------------
+    async def user_stream(self) -> AsyncIterator[StreamEvent]:
+        """Connect, subscribe to order pushes and yield them until the connection ends."""
+        key = await self._ensure_listen_key()
+        url = f"{self._ws_url}?listenKey={key}"
+        try:
+            ws = await websockets.connect(
+                url,
+                ping_interval=None,  # MEXC's keepalive is the JSON PING below
+                open_timeout=self._timeout_s,
+                close_timeout=1.0,
+                max_size=2**20,
+                compression=None,
+            )
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            raise Transient(
+                f"stream connect failed: {type(exc).__name__}",
+                venue=VENUE,
+                account=self.account,
+                endpoint="ws",
+            ) from exc
+        self._streams[ws] = key
+        try:
+            await ws.send(SUBSCRIBE)
+            async for event in self._read_stream(ws, key):
+                yield event
+        finally:
+            self._streams.pop(ws, None)
+            await ws.close()
+
+    async def _read_stream(self, ws: ClientConnection, key: str) -> AsyncIterator[StreamEvent]:
+        loop = asyncio.get_running_loop()
+        subscribe_deadline: float | None = loop.time() + self._timeout_s
+        next_ping = loop.time() + self._ping_interval_s
+        pong_due: float | None = None
+        while True:
+            deadline = pong_due if pong_due is not None else next_ping
+            if subscribe_deadline is not None:
+                deadline = min(deadline, subscribe_deadline)
+            try:
+                frame = await asyncio.wait_for(ws.recv(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                now = loop.time()
+                if subscribe_deadline is not None and now >= subscribe_deadline:
+                    raise self._stream_error("no subscription ack") from None
+                if pong_due is not None:
+                    raise self._stream_error("no PONG to our PING") from None
+                await self._send_ping(ws)
+                pong_due = now + self._pong_timeout_s
+                next_ping = now + self._ping_interval_s
+                continue
+            except ConnectionClosed as exc:
+                if key in self._lost_keys:
+                    yield StreamTerminated("listenKey expired")
+                    return
+                raise self._stream_error(f"connection closed code={exc.code}") from exc
+            if isinstance(frame, bytes):
+                event = decode_push(frame)
+                if event is not None:
+                    self.known_symbols.add(event.symbol)
+                    yield event
+                continue
+            if INVALID_LISTEN_KEY in frame:
+                if self._listen_key == key:
+                    self._listen_key = None
+                yield StreamTerminated(f"{INVALID_LISTEN_KEY}: listenKey expired or closed")
+                return
+            msg = _control_msg(frame)
+            if msg == "PONG":
+                pong_due = None
+            elif msg == pb.ORDERS_CHANNEL:
+                subscribe_deadline = None
+            elif msg is not None and subscribe_deadline is not None and "Not Subscribed" in msg:
+                raise Fatal(
+                    f"subscription refused: {msg}", venue=VENUE, account=self.account, endpoint="ws"
+                )
+
+    async def _send_ping(self, ws: ClientConnection) -> None:
+        try:
+            await ws.send(PING)
+        except ConnectionClosed as exc:
+            raise self._stream_error(f"connection closed code={exc.code}") from exc
+
+    def _stream_error(self, what: str) -> Transient:
+        return Transient(what, venue=VENUE, account=self.account, endpoint="ws")
+
+
+def _control_msg(frame: str) -> str | None:
+    try:
+        data = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, dict) and "msg" in data:
+        return str(data["msg"])
+    return None
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _chunks(symbols: Sequence[str]) -> list[list[str]]:
+    return [list(symbols[i : i + MAX_SYMBOLS_PER_CALL]) for i in range(0, len(symbols), 5)]
+
+
+async def _gather_all(coros: Any) -> list[Any]:
+    """Run concurrently, wait for all, then raise the first failure (none is left running)."""
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
