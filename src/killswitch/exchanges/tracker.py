@@ -80,6 +80,10 @@ class OrderTracker:
         self.stale_events = 0  # open events for orders already closed: ignored
 
     # -- state -----------------------------------------------------------------------------
+    def now(self) -> float:
+        """The tracker's clock (monotonic seconds unless injected)."""
+        return self._now()
+
     @property
     def trusted(self) -> bool:
         """True when the state came from a snapshot with no stream gap since."""
