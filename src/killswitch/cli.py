@@ -20,6 +20,7 @@ from killswitch import __version__
 from killswitch.daemon import EXIT_CONFIG
 from killswitch.logs import setup_logging
 from killswitch.settings import ConfigError, Settings, config_path, load_settings
+from killswitch.sim.cli import add_parser as add_sim_parser
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 def registrars() -> list[Registrar]:
     """Return the functions that add the subcommands, in help order."""
-    return [add_run_parser, add_check_config_parser, add_demo_placeholder]
+    return [add_run_parser, add_check_config_parser, add_sim_parser, add_demo_placeholder]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

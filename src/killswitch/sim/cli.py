@@ -1,0 +1,124 @@
+"""`killswitch sim --config PATH`: serve the simulated venues of a sim TOML file until stopped.
+
+When every venue is serving, it prints one JSON line per venue to stdout
+(`{"venue", "rest_url", "ws_url", "accounts": [...], ...}`) and nothing else there; logs go to
+stderr. SIGINT or SIGTERM stops it cleanly (exit 0). Also runnable as
+`python -m killswitch.sim.cli --config PATH`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from killswitch.logs import setup_logging
+
+if TYPE_CHECKING:
+    from killswitch.cli import Subparsers
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2  # same as the daemon's: the config cannot be used
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `sim` command's arguments to `parser`."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="sim TOML file (example: src/killswitch/sim/example.toml)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        default="INFO",
+        help="log level (logs go to stderr)",
+    )
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """Register `killswitch sim`."""
+    parser = subparsers.add_parser(
+        "sim",
+        help="serve simulated Binance/MEXC/BingX spot venues on loopback (drills, tests)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=cmd_sim)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    """Run `killswitch sim` to completion; return the exit code."""
+    return asyncio.run(run_sim(args))
+
+
+async def run_sim(args: argparse.Namespace) -> int:
+    """Serve the venues of `args.config` until SIGINT/SIGTERM; return the exit code."""
+    # Imported here so that building the `killswitch` parser does not load the simulator.
+    from killswitch.sim.server import SimCluster, SimConfigError
+
+    setup_logging(args.log_level, "auto", stream=sys.stderr)
+    try:
+        cluster = SimCluster.from_file(args.config)
+    except SimConfigError as exc:
+        for line in exc.errors:
+            sys.stderr.write(f"{exc.source}: {line}\n")
+        return EXIT_CONFIG
+    setup_logging(args.log_level, "auto", cluster.secrets(), stream=sys.stderr)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stopping.is_set():
+            log.warning("sim already stopping signal=%s", signum.name)
+            return
+        log.info("sim stopping signal=%s", signum.name)
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        try:
+            await cluster.start()
+        except OSError as exc:
+            log.error("sim cannot serve error=%s", exc)
+            return EXIT_FAILED
+        try:
+            for venue in cluster.describe():
+                sys.stdout.write(orjson.dumps(venue).decode() + "\n")
+            sys.stdout.flush()
+            log.info("sim ready venues=%s", ",".join(cluster.venues))
+            await stopping.wait()
+        finally:
+            await cluster.stop()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    log.info("sim stopped")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m killswitch.sim.cli --config PATH`."""
+    parser = argparse.ArgumentParser(prog="killswitch sim", description=__doc__)
+    add_arguments(parser)
+    return cmd_sim(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
