@@ -177,6 +177,7 @@ class MexcSim(SimVenue):
         self.ws_max_lifetime_s = ws_max_lifetime_s
         self.ws_max_messages_per_s = ws_max_messages_per_s
         self.max_open_orders = max_open_orders
+        self.answer_pings = True  # tests turn it off to play a venue whose heartbeat stopped
         self.listen_keys: dict[str, ListenKey] = {}
         self.conns: set[StreamConn] = set()
         self._windows: dict[str, WeightWindow] = {}
@@ -628,7 +629,9 @@ class MexcSim(SimVenue):
             return
         method = str(data.get("method", "")).upper()
         if method == "PING":
-            conn.queue.put_nowait('{"id":0,"code":0,"msg":"PONG"}')
+            self.counters["ws pings"] += 1
+            if self.answer_pings:
+                conn.queue.put_nowait('{"id":0,"code":0,"msg":"PONG"}')
             return
         params = data.get("params") or []
         if method not in ("SUBSCRIPTION", "UNSUBSCRIPTION") or not isinstance(params, list):
