@@ -76,6 +76,7 @@ class ScriptedFault:
     error: VenueError
     times: int = 1
     applied: bool = False
+    when: Callable[[tuple[object, ...]], bool] | None = None
 
 
 @dataclass(slots=True)
@@ -97,6 +98,7 @@ class FakeExchange:
     calls: list[Call] = field(default_factory=list)
     before_call: list[Callable[[str, tuple[object, ...]], None]] = field(default_factory=list)
     dms_armed: list[int] = field(default_factory=list)
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
     started: bool = False
     closed: bool = False
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
@@ -136,9 +138,20 @@ class FakeExchange:
         return lst.list_id
 
     def fail(
-        self, method: str, error: VenueError, *, times: int = 1, applied: bool = False
+        self,
+        method: str,
+        error: VenueError,
+        *,
+        times: int = 1,
+        applied: bool = False,
+        when: Callable[[tuple[object, ...]], bool] | None = None,
     ) -> None:
-        self.faults.append(ScriptedFault(method, error, times, applied))
+        """Raise `error` from the next `times` calls of `method` whose args match `when`."""
+        self.faults.append(ScriptedFault(method, error, times, applied, when))
+
+    def hold(self, method: str, gate: asyncio.Event) -> None:
+        """Make calls of `method` wait for `gate` before they read or change the book."""
+        self.gates[method] = gate
 
     def open_ids(self) -> set[str]:
         return set(self.book.orders)
@@ -160,6 +173,8 @@ class FakeExchange:
         return
 
     async def snapshot(self, symbols: Sequence[str] | None = None) -> Snapshot:
+        if "snapshot" in self.gates:
+            await self.gates["snapshot"].wait()
         fault = self._enter("snapshot", (None if symbols is None else tuple(symbols),))
         if fault is not None:
             raise fault.error
@@ -272,7 +287,11 @@ class FakeExchange:
         for hook in list(self.before_call):
             hook(method, args)
         for fault in self.faults:
-            if fault.method == method and fault.times > 0:
+            if (
+                fault.method == method
+                and fault.times > 0
+                and (fault.when is None or fault.when(args))
+            ):
                 fault.times -= 1
                 self.calls[-1].result = fault.error.kind
                 return fault

@@ -555,8 +555,10 @@ class Engine:
         finally:
             self._running.discard(kill)
             kill.done.set()
-            kill.finished.set()
-            await self._record_done(kill)
+            try:
+                await self._record_done(kill)
+            finally:
+                kill.finished.set()
 
     async def _to_done(
         self, kill: Kill, accounts: Sequence[Account], *, again: bool = False
