@@ -109,10 +109,8 @@ def test_a_secret_containing_another_is_redacted_whole() -> None:
 
 def test_the_daemons_logging_redacts_every_configured_secret(out: io.StringIO) -> None:
     settings = Settings(
-        accounts=[
-            {"venue": "binance", "name": "a", "api_key": "key-aaaa-1", "api_secret": SECRET}  # type: ignore[list-item]
-        ],
-        kafka={"alert_hmac_key": "hmac-bbbb-2"},  # type: ignore[arg-type]
+        accounts=[{"venue": "binance", "name": "a", "api_key": "key-aaaa-1", "api_secret": SECRET}],
+        kafka={"alert_hmac_key": "hmac-bbbb-2"},
     )
     configure_logging(argparse.Namespace(log_level="DEBUG"), settings)
     handler = logging.getLogger().handlers[-1]

@@ -327,7 +327,7 @@ def test_sections_are_frozen() -> None:
     kafka = KafkaSettings()
 
     with pytest.raises(ValidationError):
-        kafka.enabled = False  # type: ignore[misc]
+        kafka.enabled = False
 
 
 def test_secret_values_lists_every_configured_secret(tmp_path: Path) -> None:
@@ -435,7 +435,7 @@ def test_to_toml_round_trips_through_tomllib(data: dict[str, object]) -> None:
 
 def test_settings_can_be_built_directly_for_tests() -> None:
     settings = Settings(
-        accounts=[{"venue": "mexc", "name": "t", "api_key": "k", "api_secret": "s"}]  # type: ignore[list-item]
+        accounts=[{"venue": "mexc", "name": "t", "api_key": "k", "api_secret": "s"}]
     )
 
     assert settings.accounts[0].rest_url == DEFAULT_URLS["mexc"][0]
