@@ -9,13 +9,13 @@ import aiohttp
 import pytest
 
 from killswitch.sim.faults import Fault, FaultKind
+from tests.conftest import eventually
 from tests.fixtures.sim import (
     TINY_KEY_2,
     TINY_SECRET_2,
     TINY_WEIGHT_LIMIT,
     TinySim,
     admin,
-    eventually,
     running,
     tiny_call,
     tiny_settings,
