@@ -77,3 +77,26 @@ def mexc_hmac_signature(secret: str, total_params: str) -> str:
     """HMAC-SHA256 of totalParams (the query string immediately followed by the body, no `&`
     between them) keyed with `secret`, as lowercase hex [MX-DOC "SIGNED"]."""
     return hmac.new(secret.encode(), total_params.encode(), hashlib.sha256).hexdigest()
+
+
+# -- BingX --------------------------------------------------------------------------------
+
+
+def bingx_signature(secret: str, payload: str) -> str:
+    """HMAC-SHA256 of `payload` keyed with `secret`, as lowercase hex [BX-DOC "签名认证"]."""
+    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+
+
+def bingx_signed_query(secret: str, params: Iterable[tuple[str, str]]) -> str:
+    """Sign `params` the way BingX verifies them and return the query string to send.
+
+    The signature covers `k=v&k=v` with the raw values in the order given; the query carries
+    the same pairs with only the values percent-encoded, then `signature` [BX-DOC; ccxt
+    bingx.sign: it signs `orderIds=1,2` and sends `orderIds=1%2C2`]. Pass the params sorted by
+    name: the current docs sign them sorted, the older ones in any order as sent.
+    """
+    pairs = list(params)
+    payload = "&".join(f"{k}={v}" for k, v in pairs)
+    sent = "&".join(f"{k}={quote(v, safe='')}" for k, v in pairs)
+    signature = bingx_signature(secret, payload)
+    return f"{sent}&signature={signature}" if sent else f"signature={signature}"

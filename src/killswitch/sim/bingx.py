@@ -1,0 +1,1053 @@
+"""BingX spot, simulated: REST under `/openApi/...`, the listenKey stream at `/market`.
+
+Facts from `reference/exchange-apis.md` §3 [BX-DOC]. What the docs leave open is a constructor
+option, so tests can run the connector against each reading:
+
+* `cancel_all_covers_oco`: whether `cancelOpenOrders` also removes OCO legs (UNVERIFIED; by
+  default it does not, so a kill has to sweep `oco/openOrderList` explicitly).
+* `gone_style`: how a cancel of an order that is not open is refused. `"codes"` (default) answers
+  80016 "order not exist" / 80018 "order already filled"; `"docs_table"` answers as the spot
+  error table does: 100421 "cancel fail, order not exist" for an unknown id and 100400 "...is
+  FILLED or CANCELLED already..." for a closed one.
+
+Signing: the values are URL-decoded and joined `k=v&...` in the order received (query string,
+then a form body); a JSON body is signed with its keys sorted a-z. Every server frame on the
+stream is gzip-compressed; the server pings `{"ping":id,"time":...}` every 5 s and drops a client
+that leaves `max_missed_pongs` pings unanswered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import hmac
+import itertools
+import math
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from functools import partial
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from killswitch.sim.book import BookEvent, BookEventKind, OrderSpec, SimBook, SimOrder
+from killswitch.sim.faults import Fault, FaultKind
+from killswitch.sim.ratelimit import Verdict, WeightWindow
+from killswitch.sim.venue import SimAccount, SimVenue, VenueSettings, json_response
+
+SPOT = "/openApi/spot/v1"
+USER_DATA_STREAM = "/openApi/user/auth/userDataStream"
+STREAM_PATH = "/market"
+EXECUTION_REPORT = "spot.executionReport"
+
+DEFAULT_SYMBOLS = ("BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT", "DOGE-USDT", "SUI-USDT")
+
+# path -> (UID requests per second, IP group) [BX-DOC "3-现货/5-交易", reference §3.2/§3.3].
+# IP group 1 (market): 100 per 10 s in total; groups 2 and 3 (account): 1000 per 10 s in total,
+# and per interface 100 (group 2) or 200 (group 3) per 10 s [BX-DOC "基础信息"].
+ENDPOINT_LIMITS: dict[str, tuple[int | None, int]] = {
+    f"{SPOT}/trade/order": (5, 3),
+    f"{SPOT}/trade/cancel": (10, 3),
+    f"{SPOT}/trade/cancelOrders": (10, 3),
+    f"{SPOT}/trade/cancelOpenOrders": (10, 3),
+    f"{SPOT}/trade/cancelAllAfter": (10, 2),
+    f"{SPOT}/trade/openOrders": (10, 2),
+    f"{SPOT}/trade/query": (10, 2),
+    f"{SPOT}/oco/order": (2, 2),
+    f"{SPOT}/oco/cancel": (10, 2),
+    f"{SPOT}/oco/openOrderList": (5, 2),
+    f"{SPOT}/oco/orderList": (5, 2),
+    USER_DATA_STREAM: (None, 2),
+    f"{SPOT}/server/time": (None, 1),
+    "/openApi/swap/v2/server/time": (None, 1),
+    f"{SPOT}/common/symbols": (None, 1),
+}
+IP_GROUP_TOTAL = {1: 100, 2: 1000, 3: 1000}  # per 10 s
+IP_GROUP_PER_API = {1: 100, 2: 100, 3: 200}  # per 10 s
+
+OPEN_STATUSES = ("NEW", "PENDING", "PARTIALLY_FILLED")
+ORDER_TYPES = frozenset(
+    {"MARKET", "LIMIT", "TAKE_STOP_LIMIT", "TAKE_STOP_MARKET", "TRIGGER_LIMIT", "TRIGGER_MARKET"}
+)
+TRIGGER_TYPES = frozenset(
+    {"TAKE_STOP_LIMIT", "TAKE_STOP_MARKET", "TRIGGER_LIMIT", "TRIGGER_MARKET"}
+)
+# The book is venue-neutral and admin seeds use Binance's type names: say them in BingX words.
+TYPE_NAMES = {
+    "LIMIT_MAKER": "LIMIT",
+    "STOP_LOSS_LIMIT": "TAKE_STOP_LIMIT",
+    "TAKE_PROFIT_LIMIT": "TAKE_STOP_LIMIT",
+    "STOP_LOSS": "TAKE_STOP_MARKET",
+    "TAKE_PROFIT": "TAKE_STOP_MARKET",
+}
+CLIENT_ID = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+SYMBOL = re.compile(r"^[A-Z0-9]+-[A-Z0-9]+$")
+CANCEL_RESTRICTIONS = frozenset(OPEN_STATUSES)
+
+TIMESTAMP_MSG = "Null timestamp or timestamp mismatch"
+CHINA_TZ = timezone(timedelta(hours=8))
+
+
+class BxError(Exception):
+    """A refusal in BingX's envelope: `{"code", "msg", "debugMsg", "data"}`."""
+
+    def __init__(self, code: int, msg: str, status: int = 200) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.status = status
+
+
+def envelope(data: Any) -> web.Response:
+    return json_response({"code": 0, "msg": "", "debugMsg": "", "data": data})
+
+
+def error_response(code: int, msg: str, status: int = 200, **headers: str) -> web.Response:
+    return json_response(
+        {"code": code, "msg": msg, "debugMsg": "", "data": {}}, status=status, headers=headers
+    )
+
+
+def num(value: Decimal) -> str:
+    """A decimal as BingX writes it in REST bodies: a plain string, no exponent."""
+    return format(value, "f")
+
+
+def decode_pairs(raw: str) -> list[tuple[str, str]]:
+    """`k=v&k=v` into URL-decoded pairs, in order, empty parts skipped."""
+    pairs: list[tuple[str, str]] = []
+    for part in raw.split("&"):
+        if part:
+            key, _, value = part.partition("=")
+            pairs.append((unquote(key), unquote(value)))
+    return pairs
+
+
+def json_value(value: Any) -> str:
+    """A JSON body value as it appears in the signed `k=v` string."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One `/market` websocket of one account."""
+
+    account: str
+    listen_key: str
+    ws: web.WebSocketResponse
+    transport: asyncio.BaseTransport | None
+    queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    topics: set[str] = field(default_factory=set)
+    unanswered: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _ListenKey:
+    account: str
+    expires_at: float  # monotonic
+
+
+@dataclass(slots=True)
+class _DeadMansSwitch:
+    deadline: float = 0.0  # monotonic
+    trigger_time_s: int = 0
+    timer: asyncio.TimerHandle | None = None
+    firing: bool = False
+
+
+class BingxSim(SimVenue):
+    """BingX spot in its own words: envelope, codes, 19-digit ids, gzip stream, cancelAllAfter."""
+
+    name = "bingx"
+    key_header = "X-BX-APIKEY"
+
+    def __init__(
+        self,
+        settings: VenueSettings,
+        *,
+        cancel_all_covers_oco: bool = False,
+        gone_style: str = "codes",
+        listen_key_ttl_s: float = 3600.0,
+        max_missed_pongs: int = 3,
+        rate_limit_penalty_s: float = 300.0,
+        dead_mans_switch_time_scale: float = 1.0,
+        dead_mans_switch_batch: int = 200,
+    ) -> None:
+        if gone_style not in ("codes", "docs_table"):
+            raise ValueError(f"gone_style must be 'codes' or 'docs_table', not {gone_style!r}")
+        self.cancel_all_covers_oco = cancel_all_covers_oco
+        self.gone_style = gone_style
+        self.listen_key_ttl_s = listen_key_ttl_s
+        self.max_missed_pongs = max_missed_pongs
+        self.rate_limit_penalty_s = rate_limit_penalty_s
+        self.dms_time_scale = dead_mans_switch_time_scale
+        self.dms_batch = max(1, dead_mans_switch_batch)
+        # One id sequence for the venue: ids are unique across accounts and above 2**53, so a
+        # client that parses them as doubles visibly corrupts them.
+        self._order_ids = itertools.count(1_976_495_057_808_654_337, 7919)
+        self._list_ids = itertools.count(1_876_495_057_808_000_011, 104_729)
+        self._secrets: dict[str, bytes] = {}
+        self._windows: dict[str, WeightWindow] = {}
+        self._listen_keys: dict[str, _ListenKey] = {}
+        self._streams: dict[str, set[_Stream]] = {}
+        self._dms: dict[str, _DeadMansSwitch] = {}
+        self._symbols: dict[str, None] = dict.fromkeys(settings.symbols or DEFAULT_SYMBOLS)
+        super().__init__(settings)
+        for account in self.accounts.values():
+            self._secrets[account.name] = account.secret.encode()
+            self._streams[account.name] = set()
+            self._dms[account.name] = _DeadMansSwitch()
+            self.book(account).subscribe(partial(self._on_book_event, account.name))
+
+    # -- hooks -----------------------------------------------------------------------------
+    def new_book(self) -> SimBook:
+        return SimBook(
+            new_order_id=lambda: str(next(self._order_ids)),
+            new_list_id=lambda: str(next(self._list_ids)),
+            now_ms=self.now_ms,
+        )
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        signed: list[tuple[str, str, Callable[[SimAccount, dict[str, str]], Any]]] = [
+            ("POST", f"{SPOT}/trade/order", self._place_order),
+            ("POST", f"{SPOT}/trade/cancel", self._cancel),
+            ("POST", f"{SPOT}/trade/cancelOrders", self._cancel_orders),
+            ("POST", f"{SPOT}/trade/cancelOpenOrders", self._cancel_open_orders),
+            ("POST", f"{SPOT}/trade/cancelAllAfter", self._cancel_all_after),
+            ("GET", f"{SPOT}/trade/openOrders", self._open_orders),
+            ("GET", f"{SPOT}/trade/query", self._query),
+            ("POST", f"{SPOT}/oco/order", self._oco_order),
+            ("POST", f"{SPOT}/oco/cancel", self._oco_cancel),
+            ("GET", f"{SPOT}/oco/openOrderList", self._oco_open_order_list),
+            ("GET", f"{SPOT}/oco/orderList", self._oco_order_list),
+        ]
+        for method, path, handler in signed:
+            r.add_route(method, path, self._signed_route(handler))
+        r.add_get(f"{SPOT}/server/time", self._server_time)
+        r.add_get("/openApi/swap/v2/server/time", self._server_time)
+        r.add_get(f"{SPOT}/common/symbols", self._common_symbols)
+        r.add_post(USER_DATA_STREAM, self._listen_key_create)
+        r.add_put(USER_DATA_STREAM, self._listen_key_extend)
+        r.add_delete(USER_DATA_STREAM, self._listen_key_delete)
+        r.add_get(STREAM_PATH, self._market_ws)
+
+    def client_id(self, request: web.Request) -> str:
+        # BingX limits each API of each UID on its own ("each api has its own independent rate
+        # limit") and disables that API for ~5 min: 429 blocks and strikes are per endpoint.
+        key = request.headers.get(self.key_header) or (request.remote or "?")
+        return f"{key} {request.path}"
+
+    def weight(self, request: web.Request, account: SimAccount | None) -> list[tuple[str, int]]:
+        limits = ENDPOINT_LIMITS.get(request.path)
+        if limits is None:
+            return []
+        per_uid, group = limits
+        # The venue counts its IP groups per IP; loopback clients share one IP, so the sim keys
+        # them by API key like the base does for bans.
+        client = request.headers.get(self.key_header) or (request.remote or "?")
+        buckets: list[tuple[str, int]] = []
+        if per_uid is not None and account is not None:
+            buckets.append(self._bucket(f"uid {account.name} {request.path}", per_uid, 1.0))
+        buckets.append(self._bucket(f"ip {client} {request.path}", IP_GROUP_PER_API[group], 10.0))
+        buckets.append(self._bucket(f"group{group} {client}", IP_GROUP_TOTAL[group], 10.0))
+        return buckets
+
+    def _bucket(self, key: str, limit: int, window_s: float) -> tuple[str, int]:
+        if key not in self._windows:
+            scaled = max(1, int(limit * self.settings.rate_limit_scale))
+            self._windows[key] = WeightWindow(limit=scaled, window_s=window_s)
+        return key, 1
+
+    def spend(self, bucket: str, weight: int, now: float) -> Verdict:
+        # Windows aligned to the wall clock, as a client's budget counts them.
+        verdict = self._windows[bucket].spend(weight, time.time())
+        if not verdict.ok:
+            verdict.retry_after_s = max(1, math.ceil(self.rate_limit_penalty_s))
+        return verdict
+
+    def throttled(self, verdict: Verdict, request: web.Request) -> web.Response:
+        until_ms = int(time.time() * 1000) + verdict.retry_after_s * 1000
+        if verdict.banned:
+            msg = (
+                "your IP has been banned for continuing to send requests after receiving 429, "
+                f"it will be unblocked after {until_ms}"
+            )
+            status = 418
+        else:
+            msg = (
+                "code:100410:The endpoint trigger frequency limit rule is currently in the "
+                f"disabled period and will be unblocked after {until_ms}"
+            )
+            status = 429
+        return error_response(100410, msg, status, **{"Retry-After": str(verdict.retry_after_s)})
+
+    def server_error(self, status: int, request: web.Request) -> web.Response:
+        if status == 504:
+            # [BX-DOC]: 504 = sent to the service centre, no answer; the outcome is unknown.
+            return error_response(101500, "rpc timeout", 504)
+        if status in (502, 503):
+            return error_response(100503, "Server busy", status)
+        return error_response(100500, "Internal system error", status)
+
+    def decorate(
+        self, response: web.StreamResponse, request: web.Request, used: dict[str, int]
+    ) -> None:
+        if not used:
+            return
+        key = next((b for b in used if b.startswith("uid ")), next(iter(used)))
+        window = self._windows[key]
+        now = time.time()
+        response.headers["X-RateLimit-Requests-Remain"] = str(window.remaining(now))
+        response.headers["X-RateLimit-Requests-Expire"] = str(int(window.reset_in_s(now) * 1000))
+
+    def reset_limits(self) -> None:
+        super().reset_limits()
+        self._windows.clear()
+
+    def on_fault(self, fault: Fault) -> None:
+        if fault.kind in (FaultKind.WS_DROP, FaultKind.SERVER_SHUTDOWN):
+            closed = 0
+            for stream in self._matching_streams(fault):
+                closed += 1
+                if fault.kind is FaultKind.WS_DROP:
+                    self._abort(stream)
+                else:
+                    # BingX documents no shutdown notice: a restart just closes the socket.
+                    self.spawn(self._close(stream, 1001, "server restarting"))
+            if closed and fault.count is not None:
+                fault.count -= 1
+        elif fault.kind is FaultKind.LISTEN_KEY_EXPIRY:
+            for key, entry in list(self._listen_keys.items()):
+                if fault.account is None or entry.account == fault.account:
+                    self._expire_key(key)
+            self.faults.remove(fault.id)
+
+    def supports_lists(self) -> bool:
+        return True
+
+    async def stop(self) -> None:
+        for dms in self._dms.values():
+            if dms.timer is not None:
+                dms.timer.cancel()
+                dms.timer = None
+        for streams in self._streams.values():
+            for stream in list(streams):
+                self._abort(stream)
+        await super().stop()
+
+    # -- authentication ------------------------------------------------------------------
+    def _signed_route(
+        self, handler: Callable[[SimAccount, dict[str, str]], Any]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def route(request: web.Request) -> web.StreamResponse:
+            try:
+                account, params = await self._authenticate(request)
+                result = handler(account, params)
+                if asyncio.iscoroutine(result):
+                    result = await result
+            except BxError as exc:
+                return error_response(exc.code, exc.msg, exc.status)
+            return envelope(result)
+
+        return route
+
+    async def _authenticate(self, request: web.Request) -> tuple[SimAccount, dict[str, str]]:
+        api_key = request.headers.get(self.key_header)
+        if not api_key:
+            raise BxError(100413, "Null apiKey", 401)
+        account = self.accounts_by_key.get(api_key)
+        if account is None:
+            raise BxError(100413, "Incorrect apiKey", 401)
+        pairs = decode_pairs(request.query_string)
+        body_pairs: list[tuple[str, str]] = []
+        json_signature: str | None = None
+        if request.body_exists:
+            raw = await request.read()
+            if raw:
+                if request.content_type == "application/json":
+                    try:
+                        data = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        raise BxError(100400, "invalid JSON body") from None
+                    if not isinstance(data, dict):
+                        raise BxError(100400, "invalid JSON body")
+                    sig = data.pop("signature", None)
+                    json_signature = None if sig is None else str(sig)
+                    body_pairs = sorted((str(k), json_value(v)) for k, v in data.items())
+                else:
+                    body_pairs = decode_pairs(raw.decode("utf-8", "replace"))
+        signature = json_signature
+        signed: list[tuple[str, str]] = []
+        for key, value in itertools.chain(pairs, body_pairs):
+            if key == "signature":
+                signature = value
+            else:
+                signed.append((key, value))
+        if not signature:
+            self.counters["signature_failures"] += 1
+            raise BxError(100412, "Null signature", 401)
+        payload = "&".join(f"{k}={v}" for k, v in signed).encode()
+        expected = hmac.new(self._secrets[account.name], payload, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature.lower()):
+            self.counters["signature_failures"] += 1
+            raise BxError(100001, "Signature verification failed", 401)
+        params = dict(signed)
+        self._check_timestamp(account, params)
+        return account, params
+
+    def _check_timestamp(self, account: SimAccount, params: dict[str, str]) -> None:
+        raw = params.get("timestamp", "")
+        if not raw.isdigit():
+            raise BxError(100421, TIMESTAMP_MSG)
+        window = 5000.0
+        if "recvWindow" in params:
+            try:
+                window = float(params["recvWindow"]) or 5000.0
+            except ValueError:
+                raise BxError(100400, "recvWindow is invalid") from None
+        # [BX-DOC]: the timestamp must be within 5 s of server time, or within recvWindow.
+        if abs(self.now_ms(account.name) - int(raw)) > window:
+            self.counters["timestamp_failures"] += 1
+            raise BxError(100421, TIMESTAMP_MSG)
+
+    # -- rendering -------------------------------------------------------------------------
+    @staticmethod
+    def status_of(order: SimOrder) -> str:
+        if order.status == "NEW" and TYPE_NAMES.get(order.order_type, order.order_type) in (
+            TRIGGER_TYPES
+        ):
+            return "PENDING"  # a stop/trigger order waiting for its price
+        if order.status == "EXPIRED":
+            return "CANCELED"  # BingX has no EXPIRED: an OCO sibling ends cancelled
+        return order.status
+
+    def order_json(self, order: SimOrder) -> dict[str, Any]:
+        return {
+            "symbol": order.symbol,
+            "orderId": int(order.order_id),
+            "price": num(order.price),
+            "stopPrice": num(order.stop_price),
+            "origQty": num(order.orig_qty),
+            "executedQty": num(order.executed_qty),
+            "cummulativeQuoteQty": num(order.cum_quote_qty),
+            "status": self.status_of(order),
+            "type": TYPE_NAMES.get(order.order_type, order.order_type),
+            "side": order.side,
+            "time": order.time_ms,
+            "updateTime": order.update_time_ms,
+            "origQuoteOrderQty": "0",
+            "clientOrderID": order.client_order_id,
+        }
+
+    def oco_leg_json(self, order: SimOrder, book: SimBook) -> dict[str, Any]:
+        order_list = book.get_list(order.list_id or "")
+        first = order_list is not None and order_list.order_ids[0] == order.order_id
+        return {
+            "transactionTime": order.time_ms,
+            "orderId": order.order_id,
+            "clientOrderId": order.client_order_id,
+            "symbol": order.symbol,
+            "orderType": "ocoLimit" if first else "ocoTps",
+            "side": order.side,
+            "triggerPrice": float(order.stop_price),
+            "price": float(order.price),
+            "quantity": float(order.orig_qty),
+            "orderListId": order.list_id,
+            "status": self.status_of(order),
+        }
+
+    def execution_report(self, event: BookEvent) -> dict[str, Any] | None:
+        """`spot.executionReport` data for a book change, or None for list-only changes."""
+        order = event.order
+        if order is None:
+            return None
+        if event.kind is BookEventKind.TRADE:
+            exec_type = "TRADE"
+        elif event.kind is BookEventKind.CANCELED:
+            exec_type = "CANCELED"
+        else:
+            exec_type = "NEW"
+        last_quote = event.last_qty * event.last_price
+        return {
+            "e": "executionReport",
+            "E": event.time_ms,
+            "s": order.symbol,
+            "S": order.side,
+            "o": TYPE_NAMES.get(order.order_type, order.order_type),
+            "q": float(order.orig_qty),
+            "p": float(order.price),
+            "x": exec_type,
+            "X": self.status_of(order),
+            "i": int(order.order_id),
+            "C": order.client_order_id,
+            "l": float(event.last_qty),
+            "z": float(order.executed_qty),
+            "L": float(event.last_price),
+            "n": 0,
+            "N": order.symbol.partition("-")[2],
+            "T": event.time_ms,
+            "t": int(event.time_ms) if exec_type == "TRADE" else -1,
+            "O": order.time_ms,
+            "Z": float(order.cum_quote_qty),
+            "Y": float(last_quote),
+            "Q": 0,
+            "m": exec_type == "TRADE",
+        }
+
+    # -- lookups ---------------------------------------------------------------------------
+    @staticmethod
+    def _required(params: dict[str, str], *names: str) -> None:
+        for name in names:
+            if not params.get(name):
+                raise BxError(100400, f"miss arguments: {name} is required")
+
+    @staticmethod
+    def _symbol(params: dict[str, str]) -> str:
+        symbol = params.get("symbol", "")
+        if not symbol:
+            raise BxError(100400, "miss arguments: symbol is required")
+        if not SYMBOL.match(symbol):
+            raise BxError(100400, "invalid symbol, send symbol like BTC-USDT")
+        return symbol
+
+    def _find(self, book: SimBook, order_id: str | None, client_id: str | None) -> SimOrder | None:
+        if order_id:
+            return book.get(order_id) if order_id.isdigit() else None
+        if client_id:
+            return book.get_by_client_id(client_id)
+        raise BxError(100400, "miss arguments: orderId or clientOrderID is required")
+
+    def _not_open(self, order: SimOrder | None) -> BxError:
+        """The refusal for cancelling an order that is unknown or no longer open."""
+        if self.gone_style == "docs_table":
+            if order is None:
+                return BxError(100421, "cancel fail, order not exist")
+            return BxError(
+                100400,
+                "the order you want to cancel is FILLED or CANCELLED already, or is not a "
+                "valid order id ,please verify",
+            )
+        if order is not None and order.status == "FILLED":
+            return BxError(80018, "order already filled")
+        return BxError(80016, "order not exist")
+
+    @staticmethod
+    def _fail_text(order: SimOrder | None) -> str:
+        if order is None:
+            return "cancel order fail, order not exist"
+        status = "FILLED" if order.status == "FILLED" else "CANCELED"
+        return f"cancel order fail, order status :{status},can not delete"
+
+    # -- REST: trading -------------------------------------------------------------------
+    def _place_order(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:
+        symbol = self._symbol(p)
+        self._required(p, "side", "type")
+        side, order_type = p["side"], p["type"]
+        if side not in ("BUY", "SELL"):
+            raise BxError(100400, f"invalid side: {side}")
+        if order_type not in ORDER_TYPES:
+            raise BxError(100400, f"invalid type: {order_type}")
+        price = _decimal(p, "price")
+        quantity = _decimal(p, "quantity")
+        quote_qty = _decimal(p, "quoteOrderQty")
+        stop_price = _decimal(p, "stopPrice")
+        if order_type.endswith("LIMIT") and price <= 0:
+            raise BxError(100400, "price can't be lte 0 in limit order")
+        if quantity <= 0 and quote_qty <= 0:
+            raise BxError(100400, "quantity/quoteOrderQty can't both be lte 0 in limit order")
+        if order_type in TRIGGER_TYPES and stop_price <= 0:
+            raise BxError(100400, "stopPrice is required for trigger orders")
+        client_id = p.get("newClientOrderId", "")
+        if client_id and not CLIENT_ID.match(client_id):
+            raise BxError(100400, "newClientOrderId only supports letters, numbers and _, 1-40")
+        if quantity <= 0:
+            quantity = quote_qty / (price if price > 0 else Decimal(1))
+        self._symbols.setdefault(symbol)
+        book = self.book(account)
+        order = book.place(
+            OrderSpec(
+                symbol=symbol,
+                side=side,
+                order_type=order_type,
+                price=price if price > 0 else Decimal(1),
+                quantity=quantity,
+                client_order_id=client_id,
+                time_in_force=p.get("timeInForce", "GTC"),
+                stop_price=stop_price,
+            )
+        )
+        if order_type == "MARKET":
+            book.fill(order.order_id)  # no matching engine: a market order fills at once
+        body = self.order_json(order)
+        body["transactTime"] = order.update_time_ms
+        return body
+
+    def _cancel(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:
+        symbol = self._symbol(p)
+        restriction = p.get("cancelRestrictions")
+        if restriction is not None and restriction not in CANCEL_RESTRICTIONS:
+            raise BxError(100400, f"invalid cancelRestrictions: {restriction}")
+        book = self.book(account)
+        order = self._find(book, p.get("orderId"), p.get("clientOrderID"))
+        if order is None or order.symbol != symbol or not order.is_open:
+            raise self._not_open(order if order is not None and order.symbol == symbol else None)
+        if restriction is not None and self.status_of(order) != restriction:
+            raise BxError(
+                100400,
+                f"cancel restrictions not met: order status {self.status_of(order)}, "
+                f"cancelRestrictions {restriction}",
+            )
+        book.cancel(order.order_id)
+        return self.order_json(order)
+
+    def _cancel_orders(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:
+        symbol = self._symbol(p)
+        process = p.get("process", "0")
+        if process not in ("0", "1"):
+            raise BxError(100400, f"invalid process: {process}")
+        order_ids = [x for x in p.get("orderIds", "").split(",") if x]
+        client_ids = [x for x in p.get("clientOrderIDs", "").split(",") if x]
+        if not order_ids and not client_ids:
+            raise BxError(100400, "miss arguments: orderIds or clientOrderIDs is required")
+        book = self.book(account)
+        wanted: list[tuple[str, SimOrder | None]] = [
+            (oid, book.get(oid) if oid.isdigit() else None) for oid in order_ids
+        ] + [(cid, book.get_by_client_id(cid)) for cid in client_ids]
+        fails: list[dict[str, str]] = []
+        valid: list[SimOrder] = []
+        for ident, order in wanted:
+            if order is None or order.symbol != symbol or not order.is_open:
+                shown = order if order is not None and order.symbol == symbol else None
+                fails.append({"orderId": ident, "error": self._fail_text(shown)})
+            else:
+                valid.append(order)
+        if fails and process == "0":
+            # process=0: one bad id fails the whole batch [BX-DOC].
+            raise BxError(100400, f"{fails[0]['error']}, orderId: {fails[0]['orderId']}")
+        done: list[dict[str, Any]] = []
+        for order in valid:
+            if order.is_open:
+                book.cancel(order.order_id)
+            done.append(self.order_json(order))
+        return {"orders": done, "fails": fails}
+
+    def _cancel_open_orders(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:
+        symbols = None
+        if p.get("symbol"):
+            symbols = [self._symbol(p)]
+        gone = self.book(account).cancel_symbols(symbols, include_lists=self.cancel_all_covers_oco)
+        return {"orders": [self.order_json(o) for o in gone]}
+
+    def _cancel_all_after(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:
+        kind = p.get("type", "")
+        dms = self._dms[account.name]
+        if kind not in ("ACTIVATE", "CLOSE"):
+            raise BxError(100400, f"invalid type: {kind!r}, must be ACTIVATE or CLOSE")
+        if dms.firing:
+            # [BX-DOC]: while the mass cancel runs, ACTIVATE and CLOSE are rejected.
+            return {
+                "triggerTime": dms.trigger_time_s,
+                "status": "FAILED",
+                "note": "cancelling all pending orders, please try again later",
+            }
+        if kind == "CLOSE":
+            if dms.timer is not None:
+                dms.timer.cancel()
+                dms.timer = None
+            dms.trigger_time_s = 0
+            return {"triggerTime": 0, "status": "CLOSED", "note": "closed successfully"}
+        raw = p.get("timeOut", "")
+        if not raw.lstrip("-").isdigit():
+            raise BxError(100400, "miss arguments: timeOut is required")
+        timeout_s = int(raw)
+        if not 10 <= timeout_s <= 120:
+            raise BxError(100400, f"timeOut {timeout_s} out of range, must be 10-120 seconds")
+        delay_s = timeout_s * self.dms_time_scale
+        if dms.timer is not None:
+            dms.timer.cancel()
+        loop = asyncio.get_running_loop()
+        dms.deadline = time.monotonic() + delay_s
+        dms.trigger_time_s = int(time.time() + delay_s)
+        dms.timer = loop.call_later(delay_s, self._fire_dead_mans_switch, account.name)
+        return {
+            "triggerTime": dms.trigger_time_s,
+            "status": "ACTIVATED",
+            "note": f"all pending orders will be cancelled in {timeout_s}s unless renewed",
+        }
+
+    def _fire_dead_mans_switch(self, account_name: str) -> None:
+        dms = self._dms[account_name]
+        dms.timer = None
+        dms.firing = True
+        self.counters["dead_mans_switch fired"] += 1
+        self.spawn(self._mass_cancel(account_name))
+
+    async def _mass_cancel(self, account_name: str) -> None:
+        book = self.book(self.accounts[account_name])
+        dms = self._dms[account_name]
+        try:
+            # [BX-DOC]: pending orders are cancelled in batches, which can take a while.
+            while book.orders:
+                for order_id in list(book.orders)[: self.dms_batch]:
+                    if order_id in book.orders:
+                        book.cancel(order_id)
+                await asyncio.sleep(0)
+        finally:
+            dms.firing = False
+            dms.trigger_time_s = 0
+
+    # -- REST: OCO -------------------------------------------------------------------------
+    def _oco_order(self, account: SimAccount, p: dict[str, str]) -> list[dict[str, Any]]:
+        symbol = self._symbol(p)
+        self._required(p, "side", "quantity", "limitPrice", "orderPrice", "triggerPrice")
+        side = p["side"]
+        if side not in ("BUY", "SELL"):
+            raise BxError(100400, f"invalid side: {side}")
+        for name in ("listClientOrderId", "aboveClientOrderId", "belowClientOrderId"):
+            if p.get(name) and not p[name].isdigit():
+                raise BxError(100400, f"{name} only supports numeric strings")
+        quantity = _decimal(p, "quantity")
+        legs = [
+            OrderSpec(
+                symbol,
+                side,
+                "LIMIT",
+                _decimal(p, "limitPrice"),
+                quantity,
+                p.get("aboveClientOrderId", ""),
+            ),
+            OrderSpec(
+                symbol,
+                side,
+                "TAKE_STOP_LIMIT",
+                _decimal(p, "orderPrice"),
+                quantity,
+                p.get("belowClientOrderId", ""),
+                stop_price=_decimal(p, "triggerPrice"),
+            ),
+        ]
+        self._symbols.setdefault(symbol)
+        book = self.book(account)
+        order_list = book.place_list(legs, list_client_order_id=p.get("listClientOrderId", ""))
+        return [self.oco_leg_json(book.orders[oid], book) for oid in order_list.order_ids]
+
+    def _oco_cancel(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:
+        book = self.book(account)
+        order_id, client_id = p.get("orderId"), p.get("clientOrderId")
+        if not order_id and not client_id:
+            raise BxError(100400, "miss arguments: orderId or clientOrderId is required")
+        order = self._find(book, order_id, client_id)
+        if order is None or order.list_id is None or order.list_id not in book.lists:
+            raise self._not_open(order if order is not None and order.list_id else None)
+        book.cancel_list(order.list_id)
+        return {"orderId": order.order_id, "clientOrderId": order.client_order_id}
+
+    def _oco_open_order_list(self, account: SimAccount, p: dict[str, str]) -> list[Any]:
+        self._required(p, "pageIndex", "pageSize")
+        try:
+            page, size = int(p["pageIndex"]), int(p["pageSize"])
+        except ValueError:
+            raise BxError(100400, "pageIndex and pageSize must be integers") from None
+        if page < 1 or size < 1:
+            raise BxError(100400, "pageIndex and pageSize must be > 0")
+        book = self.book(account)
+        legs = [
+            book.orders[oid]
+            for order_list in book.open_lists()
+            for oid in order_list.order_ids
+            if oid in book.orders
+        ]
+        start = (page - 1) * size
+        return [self.oco_leg_json(o, book) for o in legs[start : start + size]]
+
+    def _oco_order_list(self, account: SimAccount, p: dict[str, str]) -> list[Any]:
+        book = self.book(account)
+        list_id = p.get("orderListId")
+        client_id = p.get("clientOrderId")
+        if not list_id and not client_id:
+            raise BxError(100400, "miss arguments: orderListId or clientOrderId is required")
+        found = None
+        if list_id:
+            found = book.get_list(list_id)
+        else:
+            found = next(
+                (
+                    lst
+                    for lst in itertools.chain(book.lists.values(), book.closed_lists.values())
+                    if lst.list_client_order_id == client_id
+                ),
+                None,
+            )
+        if found is None:
+            raise BxError(80016, "order not exist")
+        legs = [book.get(oid) for oid in found.order_ids]
+        return [self.oco_leg_json(o, book) for o in legs if o is not None]
+
+    # -- REST: reads -----------------------------------------------------------------------
+    def _open_orders(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:
+        symbols = [self._symbol(p)] if p.get("symbol") else None
+        orders = self.book(account).open_orders(symbols)
+        return {"orders": [self.order_json(o) for o in orders[:2000]]}
+
+    def _query(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:
+        symbol = self._symbol(p)
+        order = self._find(self.book(account), p.get("orderId"), p.get("clientOrderID"))
+        if order is None or order.symbol != symbol:
+            raise BxError(80016, "order not exist")
+        body = self.order_json(order)
+        body.update({"fee": "0", "feeAsset": symbol.partition("-")[2], "avgPrice": "0"})
+        return body
+
+    async def _server_time(self, request: web.Request) -> web.Response:
+        account = self.account_for_key(request.headers.get(self.key_header))
+        return envelope({"serverTime": self.now_ms(account.name if account else None)})
+
+    async def _common_symbols(self, request: web.Request) -> web.Response:
+        for account in self.accounts.values():
+            for symbol in self.book(account).symbols():
+                self._symbols.setdefault(symbol)
+        return envelope(
+            {
+                "symbols": [
+                    {
+                        "symbol": symbol,
+                        "minQty": 0,
+                        "maxQty": 0,
+                        "minNotional": 2,
+                        "maxNotional": 20000000,
+                        "status": 1,
+                        "tickSize": 0.0001,
+                        "stepSize": 0.0001,
+                        "apiStateSell": True,
+                        "apiStateBuy": True,
+                        "timeOnline": 1672502400000,
+                        "offTime": 0,
+                        "maxMarketNotional": 20000000,
+                    }
+                    for symbol in self._symbols
+                ]
+            }
+        )
+
+    # -- listenKey -------------------------------------------------------------------------
+    async def _listen_key_create(self, request: web.Request) -> web.Response:
+        account = self.account_for_key(request.headers.get(self.key_header))
+        if account is None:
+            return error_response(100413, "Incorrect apiKey", 401)
+        key = uuid.uuid4().hex + uuid.uuid4().hex
+        self._listen_keys[key] = _ListenKey(account.name, time.monotonic() + self.listen_key_ttl_s)
+        return json_response({"listenKey": key})
+
+    def _listen_key_param(self, request: web.Request) -> tuple[str, web.Response | None]:
+        key = request.query.get("listenKey", "")
+        if not request.query_string:
+            return key, web.Response(status=204)  # [BX-DOC]: 204 when no parameters were sent
+        entry = self._listen_keys.get(key)
+        if entry is None or entry.expires_at <= time.monotonic():
+            return key, web.Response(status=404)  # [BX-DOC]: 404 when the key does not exist
+        return key, None
+
+    async def _listen_key_extend(self, request: web.Request) -> web.Response:
+        key, refusal = self._listen_key_param(request)
+        if refusal is not None:
+            return refusal
+        self._listen_keys[key].expires_at = time.monotonic() + self.listen_key_ttl_s
+        return json_response({})
+
+    async def _listen_key_delete(self, request: web.Request) -> web.Response:
+        key, refusal = self._listen_key_param(request)
+        if refusal is not None:
+            return refusal
+        self._expire_key(key)
+        return json_response({})
+
+    def _expire_key(self, key: str) -> None:
+        entry = self._listen_keys.pop(key, None)
+        if entry is None:
+            return
+        for stream in list(self._streams.get(entry.account, ())):
+            if stream.listen_key == key:
+                self.spawn(self._close(stream, 1000, "listenKey expired"))
+
+    # -- the user-data stream --------------------------------------------------------------
+    def _matching_streams(self, fault: Fault) -> list[_Stream]:
+        return [
+            stream
+            for name, streams in self._streams.items()
+            if fault.account is None or fault.account == name
+            for stream in streams
+            if fault.matches(name, STREAM_PATH)
+        ]
+
+    @staticmethod
+    def _abort(stream: _Stream) -> None:
+        """Drop the TCP connection without a close frame, as a network failure does."""
+        if stream.transport is not None:
+            stream.transport.close()
+        stream.queue.put_nowait(None)
+
+    async def _close(self, stream: _Stream, code: int, reason: str) -> None:
+        stream.queue.put_nowait(None)
+        await stream.ws.close(code=code, message=reason.encode())
+
+    def _on_book_event(self, account_name: str, event: BookEvent) -> None:
+        streams = self._streams[account_name]
+        if not streams:
+            return
+        if self.faults.active(FaultKind.WS_SILENT, account_name, STREAM_PATH) is not None:
+            return
+        data = self.execution_report(event)
+        if data is None:
+            return
+        frame = gzip.compress(
+            orjson.dumps({"code": 0, "dataType": EXECUTION_REPORT, "data": data}),
+            compresslevel=1,
+            mtime=0,
+        )
+        for stream in streams:
+            if EXECUTION_REPORT in stream.topics:
+                stream.queue.put_nowait(frame)
+
+    async def _market_ws(self, request: web.Request) -> web.StreamResponse:
+        key = request.query.get("listenKey", "")
+        entry = self._listen_keys.get(key)
+        if entry is None or entry.expires_at <= time.monotonic():
+            return web.Response(status=404, text="listenKey does not exist")
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        stream = _Stream(entry.account, key, ws, request.transport)
+        drop = self.faults.draw(FaultKind.WS_DROP, entry.account, STREAM_PATH)
+        if drop is not None:
+            self.counters["faults ws_drop"] += 1
+            self._abort(stream)
+            return ws
+        self._streams[entry.account].add(stream)
+        self.counters["streams opened"] += 1
+        writer = asyncio.ensure_future(self._write(stream))
+        pinger = asyncio.ensure_future(self._ping(stream))
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    await self._on_client_text(stream, msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    try:
+                        text = gzip.decompress(msg.data).decode()
+                    except (OSError, EOFError, UnicodeDecodeError):
+                        text = msg.data.decode("utf-8", "replace")
+                    await self._on_client_text(stream, text)
+                else:
+                    break
+        finally:
+            self._streams[entry.account].discard(stream)
+            pinger.cancel()
+            stream.queue.put_nowait(None)
+            await asyncio.wait([writer, pinger])
+        return ws
+
+    async def _on_client_text(self, stream: _Stream, text: str) -> None:
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(msg, dict):
+            return
+        if "pong" in msg:
+            stream.unanswered.pop(str(msg["pong"]), None)
+            return
+        req_type = msg.get("reqType")
+        if req_type not in ("sub", "unsub"):
+            return
+        data_type = str(msg.get("dataType", ""))
+        reply: dict[str, Any] = {
+            "code": 0,
+            "id": msg.get("id", ""),
+            "msg": "SUCCESS",
+            "timestamp": self.now_ms(stream.account),
+        }
+        if data_type not in (EXECUTION_REPORT, "ACCOUNT_UPDATE"):
+            reply.update(code=100400, msg=f"invalid dataType: {data_type}")
+        elif req_type == "sub":
+            if len(stream.topics) >= 200:
+                reply.update(code=80403, msg="subscribe topics exceed the limit of 200")
+            else:
+                stream.topics.add(data_type)
+        else:
+            stream.topics.discard(data_type)
+        stream.queue.put_nowait(gzip.compress(orjson.dumps(reply), compresslevel=1, mtime=0))
+
+    async def _write(self, stream: _Stream) -> None:
+        while True:
+            frame = await stream.queue.get()
+            if frame is None or stream.ws.closed:
+                return
+            try:
+                await stream.ws.send_bytes(frame)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def _ping(self, stream: _Stream) -> None:
+        interval = self.settings.ping_interval_s or 5.0
+        while True:
+            await asyncio.sleep(interval)
+            key = self._listen_keys.get(stream.listen_key)
+            if key is None or key.expires_at <= time.monotonic():
+                self._expire_key(stream.listen_key)
+                await self._close(stream, 1000, "listenKey expired")
+                return
+            if len(stream.unanswered) >= self.max_missed_pongs:
+                self.counters["streams dropped for missed pongs"] += 1
+                await self._close(stream, 1000, "pong timeout")
+                return
+            ping_id = str(uuid.uuid4())
+            stream.unanswered[ping_id] = time.monotonic()
+            when = datetime.now(CHINA_TZ).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0800"
+            stream.queue.put_nowait(
+                gzip.compress(
+                    orjson.dumps({"ping": ping_id, "time": when}), compresslevel=1, mtime=0
+                )
+            )
+
+    # -- helpers for tests, drills and bots --------------------------------------------------
+    def listen_keys(self, account: str) -> list[str]:
+        """The live listenKeys of `account`."""
+        now = time.monotonic()
+        return [
+            k for k, v in self._listen_keys.items() if v.account == account and v.expires_at > now
+        ]
+
+    def stream_count(self, account: str) -> int:
+        return len(self._streams.get(account, ()))
+
+    def dead_mans_switch_armed(self, account: str) -> bool:
+        return self._dms[account].timer is not None
+
+    def symbols(self) -> Iterable[str]:
+        return list(self._symbols)
+
+
+def _decimal(params: dict[str, str], name: str) -> Decimal:
+    raw = params.get(name)
+    if not raw:
+        return Decimal(0)
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise BxError(100400, f"{name} is invalid: {raw}") from None
+    if not value.is_finite():
+        raise BxError(100400, f"{name} is invalid: {raw}")
+    return value
