@@ -1,0 +1,920 @@
+"""Binance Spot connector: the WebSocket API on the kill path, REST for fallback and reads.
+
+Facts from `reference/exchange-apis.md` §1. One warm WebSocket API session per account carries
+cancels (`openOrders.cancelAll`, `order.cancel`, `orderList.cancel`) and reads
+(`openOrders.status`, `openOrderLists.status`); Ed25519 keys log the session on, HMAC keys sign
+each request ad hoc. While the session is down (not yet open, dropped, `serverShutdown`), the
+same request goes over REST. A request sent on the session and not answered within the timeout
+is `OutcomeUnknown`; one that could not be sent goes over REST instead.
+
+The user-data stream is a separate connection per `user_stream()` call:
+`userDataStream.subscribe.signature` (any key type) or `session.logon` +
+`userDataStream.subscribe` (Ed25519). The REST listenKey stream is retired [BN-CL 2026-01-21].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from multidict import CIMultiDictProxy
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from killswitch.exchanges.base import (
+    AlreadyGone,
+    BatchResult,
+    CancelAck,
+    Capabilities,
+    ClockSkew,
+    DeadMansSwitchState,
+    Fatal,
+    IpBanned,
+    OutcomeUnknown,
+    RateLimited,
+    RateLimits,
+    Transient,
+    VenueError,
+)
+from killswitch.exchanges.budget import Priority, RateBudget
+from killswitch.exchanges.clock import ServerClock
+from killswitch.exchanges.http import RestTransport
+from killswitch.exchanges.signing import (
+    binance_ed25519_private_key,
+    binance_ed25519_signature,
+    binance_hmac_signature,
+    binance_query,
+    binance_ws_payload,
+)
+from killswitch.model import (
+    ExecType,
+    ListEvent,
+    Order,
+    OrderEvent,
+    OrderList,
+    Snapshot,
+    StreamEvent,
+    StreamTerminated,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+VENUE = "binance"
+WS_API_PATH = "/ws-api/v3"
+OPEN_STATUSES = frozenset({"NEW", "PARTIALLY_FILLED", "PENDING_NEW"})
+# A ws-api connection lives at most 24 h [BN-WS]: reconnect on our terms before that.
+SESSION_MAX_AGE_S = 23.5 * 3600
+STREAM_MAX_AGE_S = 23.5 * 3600
+MIN_BACKOFF_S = 0.25
+MAX_BACKOFF_S = 30.0
+STABLE_SESSION_S = 5.0
+FIRST_BAN_S = 120.0  # Binance bans last 2 min to 3 days; used when a 418 carries no Retry-After
+
+RATE_LIMITS = RateLimits(
+    weight_per_window=6000,  # REQUEST_WEIGHT per IP per calendar minute [BN-REST "LIMITS"]
+    window_s=60.0,
+    cancel_weight=1,
+    snapshot_weight=80,  # GET /api/v3/openOrders without a symbol
+    snapshot_symbol_weight=6,
+    list_snapshot_weight=6,  # GET /api/v3/openOrderList
+)
+CAPABILITIES = Capabilities(
+    cancel_all_max_symbols=1,
+    cancel_all_without_symbol=False,
+    cancel_all_covers_lists=True,  # DELETE /api/v3/openOrders cancels list legs too [BN-REST]
+    batch_cancel_max=0,  # no batch cancel by id on Spot [§1.2]
+    has_order_lists=True,
+    open_orders_without_symbol=True,
+    dead_mans_switch=False,  # none on Binance Spot [§1.2]
+    dead_mans_switch_range_s=None,
+    rate_limits=RATE_LIMITS,
+)
+
+_WS_INT_PARAMS = frozenset({"orderId", "orderListId"})  # LONG params go as JSON integers
+_EXEC_TYPES = {
+    "NEW": ExecType.NEW,
+    "TRADE": ExecType.TRADE,
+    "CANCELED": ExecType.CANCELED,
+    "EXPIRED": ExecType.EXPIRED,
+    "TRADE_PREVENTION": ExecType.EXPIRED,
+    "REJECTED": ExecType.REJECTED,
+    "REPLACED": ExecType.REPLACED,
+}
+
+# -- error table -------------------------------------------------------------------------------
+# Binance error codes [BN-ERR] to the taxonomy. -2011 CANCEL_REJECTED is ambiguous: the message
+# decides (`_CANCEL_REJECTED`). Any HTTP 5xx is OutcomeUnknown whatever the code [BN-REST].
+_CODES: dict[int, type[VenueError]] = {
+    -1000: OutcomeUnknown,  # UNKNOWN: an unknown error while processing the request
+    -1001: Transient,  # DISCONNECTED: please try again
+    -1002: Fatal,  # UNAUTHORIZED
+    -1003: RateLimited,  # TOO_MANY_REQUESTS
+    -1006: OutcomeUnknown,  # UNEXPECTED_RESP: execution status unknown
+    -1007: OutcomeUnknown,  # TIMEOUT: send status unknown; execution status unknown
+    -1008: Transient,  # SERVER_BUSY
+    -1015: RateLimited,  # TOO_MANY_ORDERS
+    -1016: Fatal,  # SERVICE_SHUTTING_DOWN: this service is no longer available
+    -1021: ClockSkew,  # INVALID_TIMESTAMP
+    -1022: Fatal,  # INVALID_SIGNATURE
+    -1099: Fatal,  # not found, authenticated, or authorized
+    -1102: Fatal,  # mandatory parameter missing or malformed
+    -1121: Fatal,  # BAD_SYMBOL
+    -1145: Fatal,  # INVALID_CANCEL_RESTRICTIONS
+    -2010: Fatal,  # NEW_ORDER_REJECTED
+    -2013: AlreadyGone,  # NO_SUCH_ORDER
+    -2014: Fatal,  # BAD_API_KEY_FMT
+    -2015: Fatal,  # REJECTED_MBX_KEY
+    -2026: AlreadyGone,  # ORDER_ARCHIVED
+}
+_CANCEL_REJECTED: dict[str, type[VenueError]] = {
+    "Unknown order sent.": AlreadyGone,  # nothing open by that id (or on that symbol)
+    "Order was not canceled due to cancel restrictions.": Fatal,  # still live
+    "This account may not place or cancel orders.": Fatal,
+    "This action is disabled on this account.": Fatal,
+    "Market is closed.": Transient,  # still live; may open again
+}
+
+
+def classify(
+    http_status: int | None, code: int | None, msg: str, *, retry_after_s: float = 0.0
+) -> VenueError | None:
+    """Map a Binance answer to the error taxonomy; None when it is a success."""
+    status = http_status or 0
+    if code is None and 200 <= status < 300:
+        return None
+    kw: dict[str, Any] = {"venue": VENUE, "http_status": http_status, "code": code}
+    if status == 418:
+        return IpBanned(msg, retry_after_s=retry_after_s or FIRST_BAN_S, **kw)
+    if status == 429:
+        return RateLimited(msg, retry_after_s=retry_after_s or 1.0, **kw)
+    if status >= 500:
+        return OutcomeUnknown(msg, **kw)
+    if code == -2011:
+        # Unknown messages are not "gone": the order may be live. Retry after a backoff.
+        return _CANCEL_REJECTED.get(msg, Transient)(msg, **kw)
+    cls = _CODES.get(code) if code is not None else None
+    if cls is None:
+        if -1199 <= (code or 0) <= -1100:
+            cls = Fatal  # 11xx: request issues [BN-ERR]
+        elif status in (401, 403):
+            cls = Fatal  # bad key / WAF block
+        else:
+            cls = Transient
+    if issubclass(cls, RateLimited):
+        return cls(msg, retry_after_s=retry_after_s or 1.0, **kw)
+    return cls(msg, **kw)
+
+
+class _NotSent(Exception):
+    """The ws-api session could not take the request: send it over REST instead."""
+
+
+class WsApiSession:
+    """One WebSocket API connection: requests matched to answers by `id`."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.logged_on = False
+        self.draining = False  # serverShutdown seen: finish in-flight work, take no more
+        self.opened_at = asyncio.get_running_loop().time()
+        self.closed = asyncio.Event()
+        self.lost = asyncio.Event()  # closed or draining: time for a new session
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader = asyncio.create_task(self._read(), name="binance-ws-api-reader")
+
+    @property
+    def up(self) -> bool:
+        return not self.closed.is_set() and not self.draining
+
+    async def call(self, method: str, params: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send one request and return the answer frame."""
+        if not self.up:
+            raise _NotSent(method)
+        req_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = future
+        frame = orjson.dumps({"id": req_id, "method": method, "params": params}).decode()
+        try:
+            try:
+                await self.ws.send(frame)
+            except ConnectionClosed as exc:
+                raise _NotSent(method) from exc
+            try:
+                return await asyncio.wait_for(future, timeout_s)
+            except TimeoutError:
+                raise OutcomeUnknown(
+                    f"no answer within {timeout_s}s", venue=VENUE, endpoint=f"ws {method}"
+                ) from None
+        finally:
+            self._pending.pop(req_id, None)
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                try:
+                    frame = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    log.warning("binance ws-api sent a frame that is not JSON")
+                    continue
+                if not isinstance(frame, dict):
+                    continue
+                future = self._pending.get(frame.get("id"))  # type: ignore[arg-type]
+                if future is not None and not future.done():
+                    future.set_result(frame)
+                    continue
+                event = frame.get("event")
+                if isinstance(event, dict) and event.get("e") == "serverShutdown":
+                    log.warning("binance ws-api session got serverShutdown; reconnecting")
+                    self.draining = True
+                    self.lost.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+            self.lost.set()
+            for req_id, future in list(self._pending.items()):
+                if not future.done():
+                    future.set_exception(
+                        OutcomeUnknown(
+                            "ws-api connection closed before the answer",
+                            venue=VENUE,
+                            endpoint=f"ws id={req_id}",
+                        )
+                    )
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.wait([self._reader])
+
+
+class BinanceExchange:
+    """One Binance Spot account."""
+
+    venue = VENUE
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        *,
+        account: str,
+        api_key: str,
+        api_secret: str,
+        key_type: str = "hmac",
+        rest_url: str,
+        ws_url: str,
+        timeout_s: float = 5.0,
+        recv_window_ms: int = 5000,
+        clock_refresh_s: float = 60.0,
+        budget: RateBudget | None = None,
+        use_ws_api: bool = True,
+    ) -> None:
+        if key_type not in ("hmac", "ed25519"):
+            raise ValueError(f"binance key_type must be hmac or ed25519, not {key_type!r}")
+        self.account = account
+        self.key_type = key_type
+        self._api_key = api_key
+        self._secret = api_secret if key_type == "hmac" else ""
+        self._ed_key: Ed25519PrivateKey | None = (
+            binance_ed25519_private_key(api_secret) if key_type == "ed25519" else None
+        )
+        self._headers = {"X-MBX-APIKEY": api_key}
+        self.timeout_s = timeout_s
+        self.recv_window_ms = recv_window_ms
+        self.clock_refresh_s = clock_refresh_s
+        self.use_ws_api = use_ws_api
+        self.budget = budget if budget is not None else RateBudget(RATE_LIMITS)
+        self.clock = ServerClock()
+        self.transport = RestTransport(rest_url, venue=VENUE, account=account, timeout_s=timeout_s)
+        self.ws_url = ws_api_url(ws_url)
+        self.session: WsApiSession | None = None
+        self._session_ready = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"BinanceExchange(account={self.account!r}, key_type={self.key_type!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the REST pool, measure the clock offset, open the ws-api session."""
+        if self._started:
+            raise RuntimeError("BinanceExchange.start() called twice")
+        self._started = True
+        await self.transport.start()
+        await self.resync_clock()
+        self._spawn(self.clock.keep_synced(self._background_time, self.clock_refresh_s))
+        if self.use_ws_api:
+            self._spawn(self._keep_session())
+            # Warm before any kill; if the session cannot open now, REST carries the kill.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._session_ready.wait(), self.timeout_s)
+
+    async def close(self) -> None:
+        """Stop background work and close every connection. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        session, self.session = self.session, None
+        if session is not None:
+            await session.close()
+        await self.transport.close()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _keep_session(self) -> None:
+        """Keep one logged-on ws-api session open; reconnect with backoff when it goes."""
+        loop = asyncio.get_running_loop()
+        backoff = MIN_BACKOFF_S
+        while True:
+            try:
+                fresh = await self._open_session()
+            except (VenueError, OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+                log.warning(
+                    "binance ws-api session failed account=%s error=%s retry_in_s=%.2f",
+                    self.account,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            old, self.session = self.session, fresh
+            self._session_ready.set()
+            if old is not None:
+                await old.close()
+            log.info("binance ws-api session up account=%s", self.account)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fresh.lost.wait(), SESSION_MAX_AGE_S)
+            if loop.time() - fresh.opened_at < STABLE_SESSION_S:
+                # Dropped right after opening: back off instead of reconnecting in a loop.
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+            else:
+                backoff = MIN_BACKOFF_S
+
+    async def _open_session(self) -> WsApiSession:
+        await self.budget.acquire(2, Priority.BACKGROUND)  # a connection costs 2 weight
+        ws = await _connect(self.ws_url, self.timeout_s)
+        session = WsApiSession(ws)
+        if self._ed_key is not None:
+            try:
+                await self._logon(session)
+            except BaseException:
+                await session.close()
+                raise
+        return session
+
+    async def _logon(self, session: WsApiSession) -> None:
+        for attempt in (1, 2):
+            await self.budget.acquire(2, Priority.BACKGROUND)
+            frame = await session.call("session.logon", self._logon_params(), self.timeout_s)
+            try:
+                self._ws_result(frame, "session.logon")
+            except ClockSkew:
+                if attempt == 2:
+                    raise
+                await self.resync_clock()
+                continue
+            session.logged_on = True
+            return
+
+    # -- signing -----------------------------------------------------------------------------
+    def _sign(self, payload: str) -> str:
+        if self._ed_key is not None:
+            return binance_ed25519_signature(self._ed_key, payload)
+        return binance_hmac_signature(self._secret, payload)
+
+    def _signed_query(self, params: Sequence[tuple[str, str]]) -> str:
+        query = binance_query(
+            [
+                *params,
+                ("recvWindow", str(self.recv_window_ms)),
+                ("timestamp", str(self.clock.now_ms())),
+            ]
+        )
+        return f"{query}&signature={quote(self._sign(query), safe='')}"
+
+    def _ws_signed(self, params: dict[str, Any]) -> dict[str, Any]:
+        signed: dict[str, Any] = {
+            **params,
+            "apiKey": self._api_key,
+            "recvWindow": self.recv_window_ms,
+            "timestamp": self.clock.now_ms(),
+        }
+        signed["signature"] = self._sign(binance_ws_payload(signed))
+        return signed
+
+    def _logon_params(self) -> dict[str, Any]:
+        return self._ws_signed({})
+
+    # -- requests ----------------------------------------------------------------------------
+    async def _rest(
+        self,
+        method: str,
+        path: str,
+        params: Sequence[tuple[str, str]] = (),
+        *,
+        signed: bool = True,
+    ) -> Any:
+        query = self._signed_query(params) if signed else binance_query(params)
+        raw = await self.transport.request(method, path, query=query, headers=self._headers)
+        self._observe_headers(raw.headers)
+        try:
+            body = orjson.loads(raw.body) if raw.body else None
+        except orjson.JSONDecodeError:
+            body = None
+        if 200 <= raw.status < 300 and body is not None:
+            return body
+        code, msg = _code_msg(body, raw.body)
+        retry_after = _seconds(raw.headers.get("Retry-After"))
+        raise self._error(raw.status, code, msg, retry_after, f"{method} {path}")
+
+    def _error(
+        self, status: int | None, code: int | None, msg: str, retry_after_s: float, endpoint: str
+    ) -> VenueError:
+        error = classify(status, code, msg, retry_after_s=retry_after_s)
+        if error is None:
+            error = Transient("unexpected answer", venue=VENUE, http_status=status, code=code)
+        error.account = self.account
+        error.endpoint = endpoint
+        if isinstance(error, RateLimited):
+            # Block the budget, so the next request waits; never sleep here as well.
+            self.budget.block(error.retry_after_s, banned=isinstance(error, IpBanned))
+        return error
+
+    def _observe_headers(self, headers: CIMultiDictProxy[str]) -> None:
+        used = headers.get("X-MBX-USED-WEIGHT-1M")
+        if used is not None and used.isdigit():
+            self.budget.observe_used(int(used))
+
+    def _ws_result(self, frame: dict[str, Any], method: str) -> Any:
+        for limit in frame.get("rateLimits") or ():
+            if limit.get("rateLimitType") == "REQUEST_WEIGHT" and limit.get("interval") == "MINUTE":
+                self.budget.observe_used(int(limit.get("count", 0)))
+        status = frame.get("status")
+        if status == 200:
+            return frame.get("result")
+        error = frame.get("error") or {}
+        code = error.get("code")
+        data = error.get("data") or {}
+        retry_after_s = 0.0
+        if isinstance(data, dict) and data.get("retryAfter") is not None:
+            # ws-api gives retryAfter as an epoch-ms timestamp, not seconds [BN-WS "IP limits"].
+            now_ms = data.get("serverTime") or self.clock.now_ms()
+            retry_after_s = max(0.0, (int(data["retryAfter"]) - int(now_ms)) / 1000.0)
+        raise self._error(
+            int(status) if isinstance(status, int) else None,
+            int(code) if isinstance(code, int) else None,
+            str(error.get("msg", "")),
+            retry_after_s,
+            f"ws {method}",
+        )
+
+    async def _call(
+        self,
+        ws_method: str,
+        rest_method: str,
+        path: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        weight: int,
+        priority: Priority,
+    ) -> Any:
+        """One signed request: on the ws-api session when it is up, else over REST.
+
+        A `ClockSkew` answer resyncs the clock once and retries at once.
+        """
+
+        async def attempt() -> Any:
+            await self.budget.acquire(weight, priority)
+            session = self.session
+            if session is not None and session.up:
+                ws_params: dict[str, Any] = {
+                    k: int(v) if k in _WS_INT_PARAMS and v.isdigit() else v for k, v in params
+                }
+                if session.logged_on:
+                    ws_params["recvWindow"] = self.recv_window_ms
+                    ws_params["timestamp"] = self.clock.now_ms()
+                else:
+                    ws_params = self._ws_signed(ws_params)
+                try:
+                    frame = await session.call(ws_method, ws_params, self.timeout_s)
+                except _NotSent:
+                    log.info("binance ws-api down, using REST account=%s", self.account)
+                else:
+                    return self._ws_result(frame, ws_method)
+            return await self._rest(rest_method, path, params)
+
+        return await self._with_resync(attempt)
+
+    async def _with_resync(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await attempt()
+        except ClockSkew as exc:
+            log.warning("binance clock skew account=%s error=%s; resyncing", self.account, exc)
+            await self.resync_clock()
+            return await attempt()
+
+    # -- the Exchange protocol -----------------------------------------------------------------
+    async def server_time_ms(self) -> int:
+        """Ask Binance for its time (`GET /api/v3/time`, weight 1)."""
+        return await self._time(Priority.KILL)
+
+    async def _background_time(self) -> int:
+        return await self._time(Priority.BACKGROUND)
+
+    async def _time(self, priority: Priority) -> int:
+        await self.budget.acquire(1, priority)
+        body = await self._rest("GET", "/api/v3/time", signed=False)
+        return int(body["serverTime"])
+
+    async def resync_clock(self) -> None:
+        """Measure the server-time offset again now."""
+        await self.clock.sync(self.server_time_ms)
+
+    async def snapshot(
+        self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
+    ) -> Snapshot:
+        """Open orders and order lists: all symbols (weight 80 + 6) or per symbol (6 each)."""
+        taken_ms = self.clock.now_ms()
+        lists_call = self._call(
+            "openOrderLists.status",
+            "GET",
+            "/api/v3/openOrderList",
+            (),
+            weight=RATE_LIMITS.list_snapshot_weight,
+            priority=priority,
+        )
+        if symbols is None:
+            order_calls = [
+                self._call(
+                    "openOrders.status",
+                    "GET",
+                    "/api/v3/openOrders",
+                    (),
+                    weight=RATE_LIMITS.snapshot_weight,
+                    priority=priority,
+                )
+            ]
+        else:
+            order_calls = [
+                self._call(
+                    "openOrders.status",
+                    "GET",
+                    "/api/v3/openOrders",
+                    (("symbol", s),),
+                    weight=RATE_LIMITS.snapshot_symbol_weight,
+                    priority=priority,
+                )
+                for s in dict.fromkeys(symbols)
+            ]
+        rows_lists, *rows_orders = await _gather(lists_call, *order_calls)
+        orders = tuple(_order(row) for rows in rows_orders for row in rows)
+        lists = tuple(_order_list(row) for row in rows_lists)
+        if symbols is not None:
+            wanted = set(symbols)
+            lists = tuple(lst for lst in lists if lst.symbol in wanted)
+        return Snapshot(orders=orders, lists=lists, server_time_ms=taken_ms)
+
+    async def cancel_all(
+        self, symbols: Sequence[str] | None, *, priority: Priority = Priority.KILL
+    ) -> CancelAck:
+        """Cancel everything open on each symbol (`openOrders.cancelAll`, lists included).
+
+        Binance has no cancel-all without a symbol: with None, the symbols come from one
+        all-symbols snapshot. A symbol with nothing open is an empty ack.
+        """
+        if symbols is None:
+            symbols = sorted((await self.snapshot(priority=priority)).symbols())
+        acks = await _gather(*(self._cancel_symbol(s, priority) for s in dict.fromkeys(symbols)))
+        return CancelAck(
+            cancelled=tuple(i for ack in acks for i in ack.cancelled),
+            lists_cancelled=tuple(i for ack in acks for i in ack.lists_cancelled),
+        )
+
+    async def _cancel_symbol(self, symbol: str, priority: Priority) -> CancelAck:
+        try:
+            result = await self._call(
+                "openOrders.cancelAll",
+                "DELETE",
+                "/api/v3/openOrders",
+                (("symbol", symbol),),
+                weight=RATE_LIMITS.cancel_weight,
+                priority=priority,
+            )
+        except AlreadyGone:
+            return CancelAck()  # -2011 "Unknown order sent.": nothing open on the symbol
+        return _ack(result)
+
+    async def cancel_order(
+        self, symbol: str, order_id: str, *, priority: Priority = Priority.KILL
+    ) -> CancelAck:
+        """Cancel one order (a list leg cancels its whole list). `AlreadyGone` if not open."""
+        id_param = "orderId" if order_id.isdigit() else "origClientOrderId"
+        result = await self._call(
+            "order.cancel",
+            "DELETE",
+            "/api/v3/order",
+            (("symbol", symbol), (id_param, order_id)),
+            weight=RATE_LIMITS.cancel_weight,
+            priority=priority,
+        )
+        return _ack(result)
+
+    async def cancel_orders(
+        self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
+    ) -> BatchResult:
+        """No batch cancel on Binance Spot: single cancels, concurrently."""
+        ids = list(dict.fromkeys(order_ids))
+        outcomes = await asyncio.gather(
+            *(self.cancel_order(symbol, i, priority=priority) for i in ids),
+            return_exceptions=True,
+        )
+        cancelled: list[str] = []
+        gone: list[str] = []
+        failed: list[tuple[str, VenueError]] = []
+        for order_id, outcome in zip(ids, outcomes, strict=True):
+            if isinstance(outcome, CancelAck):
+                cancelled.append(order_id)
+            elif isinstance(outcome, AlreadyGone):
+                gone.append(order_id)
+            elif isinstance(outcome, VenueError):
+                failed.append((order_id, outcome))
+            else:
+                raise outcome
+        return BatchResult(cancelled=tuple(cancelled), gone=tuple(gone), failed=tuple(failed))
+
+    async def cancel_order_list(
+        self, symbol: str, list_id: str, *, priority: Priority = Priority.KILL
+    ) -> CancelAck:
+        """Cancel a whole order list (`orderList.cancel`). `AlreadyGone` if not open."""
+        result = await self._call(
+            "orderList.cancel",
+            "DELETE",
+            "/api/v3/orderList",
+            (("symbol", symbol), ("orderListId", list_id)),
+            weight=RATE_LIMITS.cancel_weight,
+            priority=priority,
+        )
+        return _ack(result)
+
+    async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:
+        """Binance Spot has no dead-man's switch."""
+        raise Fatal("Binance Spot has no dead-man's switch", venue=VENUE, account=self.account)
+
+    async def disarm_dead_mans_switch(self) -> DeadMansSwitchState:
+        """Binance Spot has no dead-man's switch."""
+        raise Fatal("Binance Spot has no dead-man's switch", venue=VENUE, account=self.account)
+
+    async def user_stream(self) -> AsyncIterator[StreamEvent]:
+        """Subscribe one user-data stream on its own ws-api connection and yield its events.
+
+        Raises `Transient` when the connection drops (the server pings every 20 s and
+        `websockets` pings too, so a dead peer is noticed); yields `StreamTerminated` and
+        stops on `eventStreamTerminated`, `serverShutdown`, or before the 24 h limit.
+        """
+        await self.budget.acquire(4, Priority.BACKGROUND)  # connect 2 + subscribe 2
+        try:
+            ws = await _connect(self.ws_url, self.timeout_s)
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise Transient(
+                f"user stream connect failed: {type(exc).__name__}",
+                venue=VENUE,
+                account=self.account,
+                endpoint="ws user stream",
+            ) from exc
+        try:
+            await self._subscribe_stream(ws)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STREAM_MAX_AGE_S
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    yield StreamTerminated("connection age limit")
+                    return
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), remaining)
+                except TimeoutError:
+                    continue
+                except ConnectionClosed as exc:
+                    raise Transient(
+                        f"user stream closed: {exc}",
+                        venue=VENUE,
+                        account=self.account,
+                        endpoint="ws user stream",
+                    ) from exc
+                event = _event_of(raw)
+                if event is None:
+                    continue
+                kind = event.get("e")
+                if kind == "executionReport":
+                    yield _order_event(event)
+                elif kind == "listStatus":
+                    yield _list_event(event)
+                elif kind in ("eventStreamTerminated", "serverShutdown"):
+                    yield StreamTerminated(str(kind))
+                    return
+        finally:
+            await ws.close()
+
+    async def _subscribe_stream(self, ws: ClientConnection) -> None:
+        ids = itertools.count(1)
+        for attempt in (1, 2):
+            try:
+                if self._ed_key is not None:
+                    await self._stream_request(ws, next(ids), "session.logon", self._logon_params())
+                    await self._stream_request(ws, next(ids), "userDataStream.subscribe", None)
+                else:
+                    params = self._ws_signed({})
+                    await self._stream_request(
+                        ws, next(ids), "userDataStream.subscribe.signature", params
+                    )
+            except ClockSkew:
+                if attempt == 2:
+                    raise
+                await self.resync_clock()
+            else:
+                return
+
+    async def _stream_request(
+        self, ws: ClientConnection, req_id: int, method: str, params: dict[str, Any] | None
+    ) -> Any:
+        request: dict[str, Any] = {"id": req_id, "method": method}
+        if params is not None:
+            request["params"] = params
+        try:
+            await ws.send(orjson.dumps(request).decode())
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    frame = orjson.loads(await ws.recv())
+                    if isinstance(frame, dict) and frame.get("id") == req_id:
+                        return self._ws_result(frame, method)
+        except (ConnectionClosed, TimeoutError) as exc:
+            raise Transient(
+                f"{method} not acknowledged: {type(exc).__name__}",
+                venue=VENUE,
+                account=self.account,
+                endpoint=f"ws {method}",
+            ) from exc
+
+
+# -- parsing -------------------------------------------------------------------------------------
+def ws_api_url(ws_url: str) -> str:
+    """The WebSocket API endpoint: `ws_url` itself, or its `/ws-api/v3` when it has no path."""
+    if urlsplit(ws_url).path in ("", "/"):
+        return ws_url.rstrip("/") + WS_API_PATH
+    return ws_url
+
+
+async def _connect(url: str, timeout_s: float) -> ClientConnection:
+    # No proxy from the environment and no compression: nothing slow on the kill path.
+    return await connect(
+        url,
+        open_timeout=timeout_s,
+        proxy=None,
+        compression=None,
+        max_size=1 << 24,
+        close_timeout=2.0,
+        user_agent_header=None,
+    )
+
+
+async def _gather(*calls: Awaitable[Any]) -> list[Any]:
+    """Run calls concurrently; raise the first failure after all have finished."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+def _code_msg(body: Any, raw: bytes) -> tuple[int | None, str]:
+    if isinstance(body, dict):
+        code = body.get("code")
+        return (int(code) if isinstance(code, int) else None), str(body.get("msg", ""))
+    return None, raw[:200].decode("utf-8", "replace")
+
+
+def _seconds(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _list_id(value: Any) -> str | None:
+    return None if value is None or int(value) < 0 else str(value)
+
+
+def _order(row: dict[str, Any]) -> Order:
+    return Order(
+        symbol=row["symbol"],
+        order_id=str(row["orderId"]),
+        client_order_id=row.get("clientOrderId", ""),
+        side=row.get("side", ""),
+        order_type=row.get("type", ""),
+        price=row.get("price", "0"),
+        orig_qty=row.get("origQty", "0"),
+        executed_qty=row.get("executedQty", "0"),
+        status=row.get("status", "NEW"),
+        list_id=_list_id(row.get("orderListId")),
+        time_ms=int(row.get("time", 0)),
+    )
+
+
+def _order_list(row: dict[str, Any]) -> OrderList:
+    legs = row.get("orders") or ()
+    return OrderList(
+        symbol=row["symbol"],
+        list_id=str(row["orderListId"]),
+        list_client_order_id=row.get("listClientOrderId", ""),
+        order_ids=tuple(str(leg["orderId"]) for leg in legs),
+        client_order_ids=tuple(leg.get("clientOrderId", "") for leg in legs),
+        contingency_type=row.get("contingencyType", "OCO"),
+    )
+
+
+def _ack(result: Any) -> CancelAck:
+    """What a cancel answer says went: plain cancels and whole lists, mixed [BN-REST]."""
+    items = result if isinstance(result, list) else [result]
+    cancelled: list[str] = []
+    lists: list[str] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if "orderReports" in item or "orders" in item:
+            lists.append(str(item["orderListId"]))
+            reports = item.get("orderReports") or item.get("orders") or ()
+            cancelled.extend(str(r["orderId"]) for r in reports)
+        elif "orderId" in item:
+            cancelled.append(str(item["orderId"]))
+    return CancelAck(cancelled=tuple(cancelled), lists_cancelled=tuple(lists))
+
+
+def _event_of(raw: str | bytes) -> dict[str, Any] | None:
+    try:
+        frame = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        log.warning("binance user stream sent a frame that is not JSON")
+        return None
+    if not isinstance(frame, dict):
+        return None
+    event = frame.get("event")
+    return event if isinstance(event, dict) else None
+
+
+def _order_event(ev: dict[str, Any]) -> OrderEvent:
+    """An `executionReport` as an `OrderEvent` [BN-UDS]."""
+    exec_type = str(ev.get("x", ""))
+    status = str(ev.get("X", ""))
+    original = ev.get("C") or ""
+    # On a cancel `c` is the cancel request's own id; the order's is in `C`.
+    client_id = original if exec_type == "CANCELED" and original else str(ev.get("c") or "")
+    return OrderEvent(
+        symbol=str(ev["s"]),
+        order_id=str(ev["i"]),
+        client_order_id=client_id,
+        exec_type=_EXEC_TYPES.get(exec_type, ExecType.OTHER),
+        status=status,
+        is_open=status in OPEN_STATUSES,
+        event_time_ms=int(ev.get("E", 0)),
+        side=str(ev.get("S", "")),
+        order_type=str(ev.get("o", "")),
+        price=str(ev.get("p", "0")),
+        orig_qty=str(ev.get("q", "0")),
+        last_qty=str(ev.get("l", "0")),
+        last_price=str(ev.get("L", "0")),
+        list_id=_list_id(ev.get("g")),
+    )
+
+
+def _list_event(ev: dict[str, Any]) -> ListEvent:
+    """A `listStatus` as a `ListEvent`: open until ALL_DONE [BN-UDS]."""
+    done = ev.get("l") == "ALL_DONE" or ev.get("L") in ("ALL_DONE", "REJECT")
+    return ListEvent(
+        symbol=str(ev["s"]),
+        list_id=str(ev["g"]),
+        list_client_order_id=str(ev.get("C", "")),
+        is_open=not done,
+        order_ids=tuple(str(leg["i"]) for leg in ev.get("O") or ()),
+        event_time_ms=int(ev.get("E", 0)),
+    )
