@@ -1,19 +1,277 @@
-"""Compose the daemon's services from the settings (the engine's owner fills this in)."""
+"""Compose the daemon's services from the settings.
+
+    accounts -> connectors -> trackers -> stream supervisors -> engine -> control socket
+             (-> Kafka alert consumer and event producer, added by the Kafka issue)
+
+Start order is the list order; the daemon stops them in reverse. The venues start first (warm
+sessions, synced clocks), then the engine (journal replay and, if latched, the re-sweep: all
+before READY=1), then the inputs that produce triggers.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from killswitch.audit import AuditLog
+from killswitch.engine import Account, Engine, EngineConfig
+from killswitch.events import FanOut
+from killswitch.exchanges.base import Exchange
+from killswitch.exchanges.factory import build_exchange
+from killswitch.exchanges.stream import StreamSupervisor
+from killswitch.exchanges.tracker import OrderTracker
+from killswitch.handlers.control import ControlServer
+from killswitch.journal import Journal
+from killswitch.model import AccountRef, ListEvent, OrderEvent
 
 if TYPE_CHECKING:
     from killswitch.daemon import CriticalTasks, Service
-    from killswitch.settings import Settings
+    from killswitch.metrics import Metrics
+    from killswitch.settings import AccountSettings, Settings
+
+log = logging.getLogger(__name__)
 
 
 def build_services(settings: Settings, critical: CriticalTasks) -> list[Service]:
-    """Return the services to run, in start order (stopped in reverse).
+    """Return the services to run, in start order (stopped in reverse)."""
+    parts = build_parts(settings, critical)
+    services: list[Service] = [parts.venues, parts.engine_service, parts.control]
+    if parts.metrics_service is not None:
+        services.append(parts.metrics_service)
+    # -- Kafka (its own issue): the alert consumer calls `parts.engine.submit(trigger)` and the
+    # events producer is added to `parts.events`; append those services here.
+    return services
 
-    `critical` runs work that must survive the shutdown cancel, such as a kill in flight:
-    `await critical.run(engine.kill(trigger), name=f"kill {trigger.id}")`.
-    """
-    del settings, critical
-    return []
+
+@dataclass(slots=True)
+class Parts:
+    """Everything `build_services` wires together, for tests and the Kafka services."""
+
+    events: FanOut
+    audit: AuditLog
+    engine: Engine
+    venues: VenueService
+    engine_service: EngineService
+    control: ControlServer
+    metrics: Metrics | None = None
+    metrics_service: MetricsService | None = None
+
+
+def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Parts:
+    """Build connectors, trackers, supervisors, the engine and the control socket."""
+    events = FanOut()
+    audit = AuditLog(settings.state_dir / "audit.jsonl")
+    events.add(audit)
+    venues = VenueService()
+    accounts: list[Account] = []
+    for account_settings in settings.accounts:
+        ref = AccountRef(account_settings.venue, account_settings.name)
+        exchange = connector(account_settings)
+        tracker = OrderTracker(ref)
+        supervisor = StreamSupervisor(
+            exchange,
+            tracker,
+            on_event=venues.forward,
+            backoff_initial_s=settings.streams.backoff_initial_s,
+            backoff_max_s=settings.streams.backoff_max_s,
+            reconcile_interval_s=settings.streams.reconcile_interval_s,
+        )
+        venues.add(exchange, supervisor)
+        accounts.append(
+            Account(
+                ref,
+                exchange,
+                symbols=tuple(account_settings.symbols),
+                tracker=tracker,
+                dead_mans_switch_s=account_settings.dead_mans_switch_s,
+                stream_state=_state_of(supervisor),
+            )
+        )
+    e = settings.engine
+    config = EngineConfig(
+        deadline_s=e.deadline_s,
+        retry_initial_s=e.retry_initial_s,
+        retry_max_s=e.retry_max_s,
+        quiet_window_s=e.quiet_window_s,
+        sweep_interval_s=e.sweep_interval_s,
+    )
+    engine = Engine(
+        accounts,
+        Journal(settings.state_dir / "journal.jsonl"),
+        config,
+        events=events,
+        spawn=critical.spawn if critical is not None else None,
+    )
+    venues.engine = engine
+    parts = Parts(
+        events=events,
+        audit=audit,
+        engine=engine,
+        venues=venues,
+        engine_service=EngineService(engine, audit, grace_s=e.grace_period_s),
+        control=ControlServer(engine, settings.control.socket_path),
+    )
+    if settings.metrics.enabled:
+        from killswitch.metrics import Metrics
+
+        parts.metrics = Metrics(status=engine.status)
+        events.add(parts.metrics)
+        parts.metrics_service = MetricsService(
+            parts.metrics, settings.metrics.host, settings.metrics.port
+        )
+    return parts
+
+
+def connector(account: AccountSettings) -> Exchange:
+    """Build one account's connector from its settings (secrets unwrapped only here)."""
+    return build_exchange(
+        account.venue,
+        account=account.name,
+        api_key=account.api_key.get_secret_value(),
+        api_secret=account.api_secret.get_secret_value(),
+        key_type=account.key_type,
+        rest_url=account.rest_url,
+        ws_url=account.ws_url,
+        timeout_s=account.timeout_s,
+        recv_window_ms=account.recv_window_ms,
+    )
+
+
+def _state_of(supervisor: StreamSupervisor) -> Callable[[], str]:
+    return lambda: supervisor.state.value
+
+
+@dataclass(slots=True)
+class VenueService:
+    """The connectors and their stream supervisors."""
+
+    name: str = "venues"
+    exchanges: list[Exchange] = field(default_factory=list)
+    supervisors: list[StreamSupervisor] = field(default_factory=list)
+    engine: Engine | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    failed_starts: dict[str, str] = field(default_factory=dict)
+
+    def add(self, exchange: Exchange, supervisor: StreamSupervisor) -> None:
+        self.exchanges.append(exchange)
+        self.supervisors.append(supervisor)
+
+    def forward(self, ref: AccountRef, event: object) -> None:
+        """Hand a stream event to the engine (the supervisors' `on_event`)."""
+        if self.engine is not None and isinstance(event, OrderEvent | ListEvent):
+            self.engine.on_stream_event(ref, event)
+
+    async def start(self) -> None:
+        """Open sessions and sync clocks. A venue that fails to start is logged, not fatal:
+        the other venues must stay killable, and its connector retries on first use."""
+
+        async def one(exchange: Exchange) -> None:
+            try:
+                await exchange.start()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one venue down must not stop the daemon
+                label = f"{exchange.venue}/{exchange.account}"
+                self.failed_starts[label] = type(exc).__name__
+                log.error("venue start failed account=%s error=%s", label, exc)
+
+        await asyncio.gather(*(one(e) for e in self.exchanges))
+
+    async def run(self) -> None:
+        self._tasks = [
+            asyncio.create_task(s.run(), name=f"stream {s.ref}") for s in self.supervisors
+        ]
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for exchange in self.exchanges:
+            try:
+                await exchange.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # closing is best effort at shutdown
+                log.warning("venue close failed account=%s", exchange.account, exc_info=True)
+
+    def healthy(self) -> bool:
+        # A venue's stream being down is the venue's state (status shows it), not a wedged
+        # daemon: restarting us would not bring it back.
+        return all(not t.done() for t in self._tasks)
+
+    def status(self) -> str:
+        states = [f"{s.ref}={s.state.value}" for s in self.supervisors]
+        return " ".join(states) or "no accounts"
+
+
+class EngineService:
+    """The engine as a daemon service; closes the audit log after the engine stops."""
+
+    name = "engine"
+
+    def __init__(self, engine: Engine, audit: AuditLog, *, grace_s: float) -> None:
+        self.engine = engine
+        self.audit = audit
+        self.grace_s = grace_s
+        self._stopped = asyncio.Event()
+        self._started = False
+
+    async def start(self) -> None:
+        await self.engine.start()
+        self._started = True
+
+    async def run(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._started:
+            await self.engine.stop(self.grace_s)
+        self.audit.close()
+
+    def healthy(self) -> bool:
+        return self._started and self.engine.healthy()
+
+    def status(self) -> str:
+        if not self.engine.latched():
+            return "armed, not latched"
+        return f"LATCHED ({len(self.engine.latch_scopes())})"
+
+
+class MetricsService:
+    """The Prometheus endpoint."""
+
+    name = "metrics"
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        self.port = await asyncio.to_thread(self.metrics.serve, self.host, self.port)
+
+    async def run(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        self.metrics.close()
+
+    def healthy(self) -> bool:
+        return True
+
+    def status(self) -> str:
+        return f"port {self.port}"

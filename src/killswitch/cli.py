@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from killswitch import __version__
+from killswitch.control_client import add_parsers as add_control_parsers
 from killswitch.daemon import EXIT_CONFIG
 from killswitch.logs import setup_logging
 from killswitch.settings import ConfigError, Settings, config_path, load_settings
@@ -36,7 +37,13 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 def registrars() -> list[Registrar]:
     """Return the functions that add the subcommands, in help order."""
-    return [add_run_parser, add_check_config_parser, add_sim_parser, add_demo_placeholder]
+    return [
+        add_run_parser,
+        add_check_config_parser,
+        add_control_parsers,
+        add_sim_parser,
+        add_demo_placeholder,
+    ]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,9 +30,9 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
@@ -69,6 +69,12 @@ _GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
+
+
+class Spawn(Protocol):
+    """Start a coroutine as a task (the daemon's `CriticalTasks.spawn`)."""
+
+    def __call__(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]: ...
 
 
 class SubmitResult(enum.StrEnum):
@@ -285,6 +291,7 @@ class Engine:
         wall_ms: Callable[[], int] | None = None,
         rng: random.Random | None = None,
         healthy: Callable[[], bool] = lambda: True,
+        spawn: Spawn | None = None,
     ) -> None:
         self.accounts: dict[AccountRef, Account] = {a.ref: a for a in accounts}
         self.journal = journal
@@ -295,6 +302,7 @@ class Engine:
         self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
         self._rng = rng or random.Random()
         self._healthy = healthy
+        self._spawn_kill = spawn
         self._latches: dict[str, Scope] = {}
         self._seen: set[str] = set()
         self.kills: dict[str, Kill] = {}  # by trigger id (joined triggers share one Kill)
@@ -421,6 +429,10 @@ class Engine:
         self._emit("reset", actor=actor, reason=reason, origin=origin, released=released)
         return was_latched
 
+    def healthy(self) -> bool:
+        """True while started and its background loops (sweeper, dead-man's switches) run."""
+        return self._started and not self._stopping and all(not t.done() for t in self._tasks)
+
     def latched(self) -> bool:
         return bool(self._latches)
 
@@ -532,9 +544,13 @@ class Engine:
         if trigger is not None:
             self.kills[trigger.id] = kill
         self._running.add(kill)
-        kill.task = asyncio.get_running_loop().create_task(
-            self._run_kill(kill), name=f"kill {kill_id}"
-        )
+        if self._spawn_kill is not None and kind != "sweep":
+            # Kills run as the daemon's critical work: a shutdown lets them finish.
+            kill.task = self._spawn_kill(self._run_kill(kill), name=f"kill {kill_id}")
+        else:
+            kill.task = asyncio.get_running_loop().create_task(
+                self._run_kill(kill), name=f"kill {kill_id}"
+            )
         return kill
 
     async def _run_kill(self, kill: Kill) -> None:
@@ -785,10 +801,11 @@ class Engine:
         current: CancelRequest | None = request
         reread = False
         cancelled = 0
+        limited = 0
         verified = False
 
         async def once() -> CancelAck | None:
-            nonlocal attempts, current, reread, cancelled, verified
+            nonlocal attempts, current, reread, cancelled, verified, limited
             attempts += 1
             if attempts > 1:
                 result.retries += 1
@@ -809,6 +826,7 @@ class Engine:
                 raise
             except RateLimited as exc:
                 result.rate_limited += 1
+                limited += 1
                 if isinstance(exc, IpBanned):
                     self._alarm(kill, account.ref, exc)
                 raise
@@ -842,6 +860,7 @@ class Engine:
             result=outcome.result,
             cancelled=outcome.cancelled,
             attempts=outcome.attempts,
+            rate_limited=limited,
             duration_ms=round((self._clock() - started) * 1000, 3),
             error=outcome.error.to_json() if outcome.error is not None else None,
         )

@@ -1,0 +1,151 @@
+"""Prometheus metrics, only when enabled: time to flat and first cancel, open orders per account,
+stream state, 429s and retries.
+
+`Metrics` is an event sink (counters and histograms from the engine's records) plus a collector
+that reads the live per-account view (open orders, lists, stream state, latch) at scrape time.
+It uses its own registry, so tests and several engines in one process never collide.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from killswitch.events import EventRecord
+
+log = logging.getLogger(__name__)
+
+STREAM_STATES = ("connecting", "syncing", "live", "down", "unknown")
+_TTF_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    """Counters and histograms fed by events; gauges read from `status` at scrape time."""
+
+    def __init__(
+        self,
+        status: Callable[[], dict[str, object]] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.time_to_flat = Histogram(
+            "killswitch_time_to_flat_seconds",
+            "From the trigger's produce time to the first all-empty verification.",
+            buckets=_TTF_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_cancel = Histogram(
+            "killswitch_time_to_first_cancel_seconds",
+            "From the kill's start to the first acknowledged cancel.",
+            buckets=_TTF_BUCKETS,
+            registry=self.registry,
+        )
+        self.kills = Counter(
+            "killswitch_kills", "Kills by result.", ["result"], registry=self.registry
+        )
+        self.requests = Counter(
+            "killswitch_cancel_requests",
+            "Cancel requests by account, kind and result.",
+            ["account", "request", "result"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "killswitch_retries", "Retried request attempts.", ["account"], registry=self.registry
+        )
+        self.rate_limited = Counter(
+            "killswitch_rate_limited",
+            "429/418 answers seen by the kill path.",
+            ["account"],
+            registry=self.registry,
+        )
+        self.alarms = Counter(
+            "killswitch_alarms", "Alarm events.", ["account"], registry=self.registry
+        )
+        if status is not None:
+            self.registry.register(_StatusCollector(status))
+        self._server: Any = None
+
+    def emit(self, event: EventRecord) -> None:
+        """Update counters and histograms from one event record."""
+        kind = event.get("type")
+        if kind == "outcome":
+            account = str(event.get("account", ""))
+            self.requests.labels(account, str(event.get("request")), str(event.get("result"))).inc()
+            attempts = _number(event.get("attempts"))
+            if attempts > 1:
+                self.retries.labels(account).inc(attempts - 1)
+            limited = _number(event.get("rate_limited"))
+            if limited:
+                self.rate_limited.labels(account).inc(limited)
+        elif kind == "flat":
+            ttf = event.get("time_to_flat_ms")
+            if isinstance(ttf, int | float):
+                self.time_to_flat.observe(ttf / 1000)
+            first = event.get("time_to_first_cancel_ms")
+            if isinstance(first, int | float):
+                self.time_to_first_cancel.observe(first / 1000)
+            self.kills.labels("flat").inc()
+        elif kind in ("failed", "confirmed", "aborted"):
+            self.kills.labels(str(kind)).inc()
+        elif kind == "alarm":
+            self.alarms.labels(str(event.get("account", ""))).inc()
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve `/metrics` on a background thread; return the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        bound = int(server.server_address[1])
+        log.info("metrics listening host=%s port=%d", host, bound)
+        return bound
+
+    def close(self) -> None:
+        """Stop the HTTP server. Safe to call twice."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+class _StatusCollector(Collector):
+    def __init__(self, status: Callable[[], dict[str, object]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        status = self._status()
+        latched = GaugeMetricFamily("killswitch_latched", "1 while a kill latch is held.")
+        latched.add_metric([], 1.0 if status.get("latched") else 0.0)
+        yield latched
+        orders = GaugeMetricFamily(
+            "killswitch_open_orders", "Open orders the tracker holds.", labels=["account"]
+        )
+        lists = GaugeMetricFamily(
+            "killswitch_open_order_lists", "Open order lists the tracker holds.", labels=["account"]
+        )
+        stream = GaugeMetricFamily(
+            "killswitch_stream_state",
+            "1 for the stream's current state.",
+            labels=["account", "state"],
+        )
+        accounts = status.get("accounts")
+        for entry in accounts if isinstance(accounts, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            label = f"{entry.get('venue')}/{entry.get('account')}"
+            if "open_orders" in entry:
+                orders.add_metric([label], _number(entry["open_orders"]))
+                lists.add_metric([label], _number(entry.get("open_lists")))
+            current = str(entry.get("stream", "unknown"))
+            for state in STREAM_STATES:
+                stream.add_metric([label, state], 1.0 if state == current else 0.0)
+        yield orders
+        yield lists
+        yield stream
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
