@@ -15,6 +15,7 @@ says so in `capabilities.open_orders_without_symbol`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -617,7 +618,9 @@ class MexcExchange:
             ) from exc
         self._streams[ws] = key
         try:
-            await ws.send(SUBSCRIBE)
+            with contextlib.suppress(ConnectionClosed):
+                # A refused key is closed at once; its reason is still waiting to be read.
+                await ws.send(SUBSCRIBE)
             async for event in self._read_stream(ws, key):
                 yield event
         finally:
@@ -649,7 +652,7 @@ class MexcExchange:
                 if key in self._lost_keys:
                     yield StreamTerminated("listenKey expired")
                     return
-                raise self._stream_error(f"connection closed code={exc.code}") from exc
+                raise self._stream_error(f"connection closed code={_close_code(exc)}") from exc
             if isinstance(frame, bytes):
                 event = decode_push(frame)
                 if event is not None:
@@ -675,10 +678,14 @@ class MexcExchange:
         try:
             await ws.send(PING)
         except ConnectionClosed as exc:
-            raise self._stream_error(f"connection closed code={exc.code}") from exc
+            raise self._stream_error(f"connection closed code={_close_code(exc)}") from exc
 
     def _stream_error(self, what: str) -> Transient:
         return Transient(what, venue=VENUE, account=self.account, endpoint="ws")
+
+
+def _close_code(exc: ConnectionClosed) -> int | None:
+    return exc.rcvd.code if exc.rcvd is not None else None
 
 
 def _control_msg(frame: str) -> str | None:
