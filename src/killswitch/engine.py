@@ -605,7 +605,7 @@ class Engine:
             return
         kill.state = KillState.FAILED
         open_now = {
-            str(r.ref): open_json(r.still_open or Snapshot())
+            str(r.ref): {**open_json(r.still_open or Snapshot()), "verified": r.verified}
             for r in results
             if r.state is not AccountState.FLAT
         }
@@ -668,6 +668,10 @@ class Engine:
         except _AccountStopped as stop:
             result.state = AccountState.STOPPED
             result.error = stop.error.to_json()
+            if result.still_open is None:
+                # Never verified: report what we last knew to be open, marked unverified.
+                left = tuple(o for o in result.known.values() if o.order_id not in result.cancelled)
+                result.still_open = Snapshot(left)
             self._alarm(kill, account.ref, stop.error)
         except _DeadlinePassed:
             result.state = AccountState.FAILED
@@ -694,22 +698,27 @@ class Engine:
         wave1 = asyncio.ensure_future(self._wave(kill, account, result, first, wave_no))
         try:
             snapshot = await snap_task
-        except BaseException:
+        except asyncio.CancelledError:
             wave1.cancel()
             with contextlib.suppress(asyncio.CancelledError, _AccountStopped):
                 await wave1
             raise
-        if result.waves == 0:
-            result.orders_before = len(
-                {o.order_id for o in snapshot.orders}
-                | {o.order_id for o in (tracked or Snapshot()).orders}
-            )
-            result.lists_before = len(
-                {x.list_id for x in snapshot.lists}
-                | {x.list_id for x in (tracked or Snapshot()).lists}
-            )
+        except (_AccountStopped, _DeadlinePassed):
+            # Cancels already on their way still count: let them land before reporting.
+            with contextlib.suppress(_AccountStopped):
+                await wave1
+            raise
         extra = [] if snapshot.empty else plan(scope, None, snapshot, (), caps, already=first)
         await asyncio.gather(wave1, self._wave(kill, account, result, extra, wave_no))
+        if result.waves == 0:
+            # What was open at the first look: the snapshot may have been read after the
+            # first cancels landed, so their acknowledgements count too.
+            seen = {o.order_id for o in snapshot.orders} | result.cancelled
+            seen |= {o.order_id for o in (tracked or Snapshot()).orders}
+            result.orders_before = len(seen)
+            lists = {x.list_id for x in snapshot.lists} | result.lists_cancelled
+            lists |= {x.list_id for x in (tracked or Snapshot()).lists}
+            result.lists_before = len(lists)
         if first or extra:
             result.waves = wave_no
         # With nothing sent, the snapshot already is the verification.
