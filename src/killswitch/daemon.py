@@ -79,7 +79,12 @@ class CriticalTasks:
         """Run `coro` to completion even if the caller is cancelled meanwhile; return its result."""
         task = self.spawn(coro, name=name)
         self._awaited.add(task)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Nobody will see its outcome now: let the done callback log a failure.
+            self._awaited.discard(task)
+            raise
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -132,6 +137,7 @@ class Daemon:
         self.failed = False
         self._started: list[Service] = []
         self._last_status = ""
+        self._deadline: float | None = None  # monotonic end of the grace period
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -145,7 +151,14 @@ class Daemon:
                 log.info("already stopping signal=%s", sig.name)
             return
         log.info("stopping signal=%s grace_period_s=%s", sig.name, self.grace_period_s)
+        self._begin_stop()
+
+    def _begin_stop(self) -> float:
+        """Start the one grace period shared by all work in flight; return when it ends."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.grace_period_s
         self.should_exit.set()
+        return self._deadline
 
     def _install_signal_handlers(self) -> list[signal.Signals]:
         loop = asyncio.get_running_loop()
@@ -178,6 +191,9 @@ class Daemon:
         stop = asyncio.create_task(self.should_exit.wait(), name="startup-stop-watch")
         try:
             await asyncio.wait({startup, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            startup.cancel()
+            raise
         finally:
             stop.cancel()
         if not startup.done():
@@ -214,23 +230,28 @@ class Daemon:
                 supervisor = tg.create_task(self._supervise(), name="supervisor")
                 await self.should_exit.wait()
                 await self._stop_services()
-                leftover = await self._wait_grace(set(runs))
+                # Critical work is waited for too, but never cancelled here: see _shutdown.
+                await self._wait_grace(set(runs) | self.critical.pending())
+                leftover = [t for t in runs if not t.done()]
                 for task in leftover:
                     task.cancel()
                 supervisor.cancel()
                 self._log_cancelled([t.get_name() for t in leftover])
-        except* Exception as group:
+        except* Exception:
+            # Logged in _run_service with the service's name; the TaskGroup cancelled the rest.
             self.failed = True
-            for exc in group.exceptions:
-                log.error("service failed, stopping", exc_info=exc)
 
     async def _run_service(self, service: Service) -> None:
-        await service.run()
+        try:
+            await service.run()
+        except Exception:
+            log.exception("service failed, stopping the daemon service=%s", service.name)
+            raise
         if not self.should_exit.is_set():
             log.info("service finished service=%s", service.name)
 
     async def _shutdown(self) -> None:
-        self.should_exit.set()
+        self._begin_stop()
         self.notifier.stopping("stopping")
         # Services are stopped already on a signal; after a crash or a failed start they are not.
         await self._stop_services()
@@ -258,11 +279,11 @@ class Daemon:
 
     async def _wait_grace(self, tasks: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
         """Wait for `tasks` until the grace period ends or exit is forced; return the rest."""
+        deadline = self._begin_stop()
         pending = {t for t in tasks if not t.done()}
         if not pending or self.force_exit.is_set():
             return pending
         force = asyncio.create_task(self.force_exit.wait(), name="force-exit-watch")
-        deadline = time.monotonic() + self.grace_period_s
         try:
             while pending and not force.done():
                 remaining = deadline - time.monotonic()

@@ -37,8 +37,10 @@ class RedactSecrets(logging.Filter):
             if not secret:
                 continue
             variants.add(secret)
-            # A secret printed through repr() (in a tuple, a dict, an error) escapes newlines.
+            # A secret printed through repr() (in a tuple, a dict, an error) or inside a JSON
+            # string is escaped: redact those spellings too.
             variants.add(repr(secret)[1:-1])
+            variants.add(orjson.dumps(secret).decode()[1:-1])
         # Longest first, so a secret containing another is replaced whole.
         self._secrets = sorted(variants, key=len, reverse=True)
 
@@ -63,6 +65,18 @@ class RedactSecrets(logging.Filter):
             if key not in _RECORD_ATTRS and isinstance(value, str):
                 setattr(record, key, self.redact(value))
         return True
+
+
+class _Redacting(logging.Formatter):
+    """Redact the formatted line too: extras that are not strings bypass the filter."""
+
+    def __init__(self, inner: logging.Formatter, redactor: RedactSecrets) -> None:
+        super().__init__()
+        self.inner = inner
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor.redact(self.inner.format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -117,7 +131,8 @@ def setup_logging(
     if _handler is not None:
         root.removeHandler(_handler)
     handler = logging.StreamHandler(out)
-    handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
+    inner = TextFormatter() if fmt == "text" else JsonFormatter()
+    handler.setFormatter(_Redacting(inner, _redactor))
     handler.addFilter(_redactor)
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -12,11 +12,20 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_hex
 
 import orjson
 import pytest
 
-from killswitch.daemon import EXIT_CONFIG, EXIT_FAILED, EXIT_FORCED, EXIT_OK, Daemon, Service
+from killswitch.daemon import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_FORCED,
+    EXIT_OK,
+    CriticalTasks,
+    Daemon,
+    Service,
+)
 from killswitch.notify import Notifier
 from tests.conftest import eventually
 
@@ -76,7 +85,14 @@ async def listener(tmp_path: Path) -> AsyncIterator[NotifyListener]:
 # -- the real daemon in a subprocess ----------------------------------------------------------
 
 
-def write_config(tmp_path: Path, extra: str = "") -> Path:
+def write_config(
+    tmp_path: Path,
+    extra: str = "",
+    *,
+    rest_url: str = "http://127.0.0.1:9",
+    ws_url: str = "ws://127.0.0.1:9/ws-api/v3",
+    keys: str = f'api_key = "{API_KEY}"\napi_secret = "{SECRET}"',
+) -> Path:
     path = tmp_path / "killswitch.toml"
     path.write_text(
         f"""
@@ -85,10 +101,9 @@ state_dir = "{tmp_path / "state"}"
 [[accounts]]
 venue = "binance"
 name = "drill"
-rest_url = "http://127.0.0.1:9"
-ws_url = "ws://127.0.0.1:9/ws-api/v3"
-api_key = "{API_KEY}"
-api_secret = "{SECRET}"
+rest_url = "{rest_url}"
+ws_url = "{ws_url}"
+{keys}
 
 [kafka]
 enabled = false
@@ -102,6 +117,53 @@ socket_path = "{tmp_path / "control.sock"}"
 """
     )
     return path
+
+
+@dataclass(frozen=True)
+class SimBinance:
+    rest_url: str
+    ws_api_url: str
+    api_key: str
+    secret: str
+
+
+@pytest.fixture
+async def sim_binance(tmp_path: Path) -> AsyncIterator[SimBinance]:
+    """A `killswitch sim` subprocess serving Binance spot with one fresh HMAC account."""
+    api_key, secret = token_hex(32), token_hex(32)
+    config = tmp_path / "sim.toml"
+    config.write_text(
+        f"""
+host = "127.0.0.1"
+[venues.binance]
+port = 0
+symbols = ["BTCUSDT"]
+[[venues.binance.accounts]]
+name = "drill"
+api_key = "{api_key}"
+secret = "{secret}"
+"""
+    )
+    with (tmp_path / "sim.err").open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            *killswitch_command(),
+            "sim",
+            "--config",
+            str(config),
+            env=child_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+        )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+        assert line, (tmp_path / "sim.err").read_text()
+        venue = orjson.loads(line)
+        yield SimBinance(venue["rest_url"], venue["ws_api_url"], api_key, secret)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            await asyncio.wait_for(proc.wait(), timeout=30)
 
 
 def killswitch_command() -> list[str]:
@@ -158,33 +220,44 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
 
 
 async def test_run_reports_ready_feeds_the_watchdog_and_stops_cleanly_on_sigterm(
-    tmp_path: Path, listener: NotifyListener, spawn: Spawn
+    tmp_path: Path, listener: NotifyListener, spawn: Spawn, sim_binance: SimBinance
 ) -> None:
-    config = write_config(tmp_path)
+    # Keys reach the daemon as systemd credentials, never through the config file.
+    config = write_config(
+        tmp_path, rest_url=sim_binance.rest_url, ws_url=sim_binance.ws_api_url, keys=""
+    )
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "killswitch_accounts__binance__drill__api_key").write_text(sim_binance.api_key)
+    (creds / "killswitch_accounts__binance__drill__api_secret").write_text(sim_binance.secret)
     watchdog_usec = 200_000  # the daemon should ping every 0.1 s
-    env = child_env(NOTIFY_SOCKET=str(listener.path), WATCHDOG_USEC=str(watchdog_usec))
+    env = child_env(
+        NOTIFY_SOCKET=str(listener.path),
+        WATCHDOG_USEC=str(watchdog_usec),
+        CREDENTIALS_DIRECTORY=str(creds),
+    )
     loop = asyncio.get_running_loop()
 
     child = await spawn("run", "--config", str(config), "--log-level", "DEBUG", env=env)
     await eventually(lambda: listener.count("READY=1"), timeout_s=60)
     ready_at = loop.time()
-    pings_before_ready = listener.count("WATCHDOG=1")
-    await eventually(lambda: listener.count("WATCHDOG=1") >= pings_before_ready + 3, timeout_s=60)
+    pings_at_ready = listener.count("WATCHDOG=1")
+    await eventually(lambda: listener.count("WATCHDOG=1") >= pings_at_ready + 3, timeout_s=60)
     elapsed_s = loop.time() - ready_at
     child.proc.send_signal(signal.SIGTERM)
     code = await asyncio.wait_for(child.proc.wait(), timeout=30)
 
-    pings = listener.count("WATCHDOG=1")
+    pings = listener.count("WATCHDOG=1") - pings_at_ready
     assert code == EXIT_OK
     assert listener.count("STOPPING=1") == 1
     # Never more often than every WATCHDOG_USEC/2 (a slow machine may send fewer, never more).
-    assert pings <= elapsed_s / (watchdog_usec / 2e6) + 3
-    assert any("no inputs configured" in s for s in listener.statuses())
+    assert pings <= elapsed_s / (watchdog_usec / 2e6) + 2
+    assert any(s.startswith("running") for s in listener.statuses())
     messages = [r["msg"] for r in child.records()]
     assert "stopping signal=SIGTERM grace_period_s=30.0" in messages
     assert "stopped failed=False" in messages
-    assert SECRET not in child.output()
-    assert API_KEY not in child.output()
+    assert sim_binance.secret not in child.output()
+    assert sim_binance.api_key not in child.output()
 
 
 async def test_sigint_stops_the_daemon_cleanly_too(
@@ -459,3 +532,24 @@ async def test_a_stop_during_startup_exits_0_without_ready(listener: NotifyListe
     assert await serving == EXIT_OK
     assert events == ["start hung", "stop hung"]
     assert listener.count("READY=1") == 0
+
+
+async def test_a_critical_task_failing_after_its_caller_left_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    critical = CriticalTasks()
+    release = asyncio.Event()
+
+    async def kill() -> None:
+        await release.wait()
+        raise RuntimeError("venue refused")
+
+    caller = asyncio.create_task(critical.run(kill(), name="kill t-3"))
+    await eventually(lambda: critical.names() == ["kill t-3"])
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    release.set()
+    await eventually(lambda: len(critical) == 0)
+
+    assert "critical task failed task=kill t-3" in caplog.messages

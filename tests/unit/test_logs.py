@@ -93,6 +93,16 @@ def test_a_secret_in_message_arguments_and_traceback_is_redacted(out: io.StringI
     assert "ValueError: bad key [redacted]" in records[2]["exc"]
 
 
+def test_a_secret_inside_a_non_string_extra_field_is_redacted(out: io.StringIO) -> None:
+    setup_logging("INFO", "json", secrets=[SECRET], stream=out)
+
+    log.info("request", extra={"params": {"signature": SECRET, "n": 1}})
+
+    record = orjson.loads(lines(out)[0])
+    assert record["params"] == {"signature": REDACTED, "n": 1}
+    assert SECRET not in out.getvalue()
+
+
 def test_a_multiline_secret_printed_through_repr_is_redacted() -> None:
     pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIabc\n-----END PRIVATE KEY-----"
     redactor = RedactSecrets([pem])
