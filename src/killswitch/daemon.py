@@ -237,7 +237,7 @@ class Daemon:
                     task.cancel()
                 supervisor.cancel()
                 self._log_cancelled([t.get_name() for t in leftover])
-        except* Exception:
+        except* Exception:  # noqa: BLE001 - logged with its service name in _run_service
             # Logged in _run_service with the service's name; the TaskGroup cancelled the rest.
             self.failed = True
 
