@@ -6,9 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 import pytest
 
 from killswitch.sim.faults import Fault, FaultKind
+from killswitch.sim.server import dialect_class
+from killswitch.sim.venue import SimAccount, SimVenue, VenueSettings
 from tests.conftest import eventually
 from tests.fixtures.sim import (
     TINY_KEY_2,
@@ -34,7 +37,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def open_ids(http: aiohttp.ClientSession, sim: TinySim, account: str = "a") -> list[str]:
+async def open_ids(http: aiohttp.ClientSession, sim: SimVenue, account: str = "a") -> list[str]:
     status, book = await admin(http, sim, "GET", "book", account=account)
     assert status == 200
     return [o["orderId"] for o in book["orders"]]
@@ -407,3 +410,98 @@ async def test_stop_returns_promptly_with_a_stalled_request_in_flight_and_twice(
         await sim.stop()
         with pytest.raises(aiohttp.ClientError):
             await request
+
+
+# -- the same admin API on each real venue dialect --------------------------------------------
+
+DIALECT_TIME = {
+    "binance": "/api/v3/time",
+    "mexc": "/api/v3/time",
+    "bingx": "/openApi/spot/v1/server/time",
+}
+
+
+@pytest.fixture(params=sorted(DIALECT_TIME))
+async def dialect(request: pytest.FixtureRequest) -> AsyncIterator[SimVenue]:
+    cls = dialect_class(request.param, None)
+    accounts = [
+        SimAccount(name="a", api_key="dialect-key-a", secret="dialect-secret-a"),
+        SimAccount(name="b", api_key="dialect-key-b", secret="dialect-secret-b"),
+    ]
+    async with running(cls(VenueSettings(accounts=accounts))) as venue:
+        yield venue
+
+
+async def test_each_dialect_seeds_lists_and_fills_through_the_admin_api(
+    dialect: SimVenue, http: aiohttp.ClientSession
+) -> None:
+    symbol = "BTC-USDT" if dialect.name == "bingx" else "BTCUSDT"
+    status, body = await admin(
+        http,
+        dialect,
+        "POST",
+        "seed",
+        {
+            "account": "b",
+            "orders": [{"symbol": symbol, "price": "100", "quantity": "2"}],
+            "generate": {"symbols": [symbol], "per_symbol": 6, "list_fraction": 0.34},
+        },
+    )
+    assert status == 200
+    with_lists = dialect.supports_lists()
+    assert body == {"account": "b", "orders": 5 if with_lists else 7, "lists": int(with_lists)}
+    _, book = await admin(http, dialect, "GET", "book", account="b")
+    assert len(book["orders"]) == 7
+    assert len(book["lists"]) == int(with_lists)
+    assert await open_ids(http, dialect, "a") == []
+    first = book["orders"][0]["orderId"]
+    status, filled = await admin(
+        http, dialect, "POST", "fill", {"account": "b", "order_id": first, "quantity": "0.5"}
+    )
+    assert (status, filled["status"]) == (200, "PARTIALLY_FILLED")
+    status, filled = await admin(http, dialect, "POST", "fill", {"account": "b", "order_id": first})
+    assert (status, filled["status"]) == (200, "FILLED")
+    assert first not in await open_ids(http, dialect, "b")
+
+
+async def test_each_dialect_escalates_a_429_storm_to_418_and_reset_limits_lifts_it(
+    dialect: SimVenue, http: aiohttp.ClientSession
+) -> None:
+    url = f"{dialect.base_url}{DIALECT_TIME[dialect.name]}"
+    status, fault = await admin(
+        http, dialect, "POST", "faults", {"kind": "rate_limit", "retry_after_s": 60, "count": 1}
+    )
+    assert status == 200
+    seen = []
+    for _ in range(4):
+        async with http.get(url) as resp:
+            seen.append((resp.status, resp.headers.get("Retry-After")))
+    assert seen[0] == (429, "60")
+    assert seen[-1][0] == 418
+    assert int(seen[-1][1] or 0) >= 60
+    _, counters = await admin(http, dialect, "GET", "counters")
+    assert counters["http 418"] == 1
+    assert counters["faults rate_limit"] == 1
+    assert counters[f"requests GET {DIALECT_TIME[dialect.name]}"] == 4
+    status, _ = await admin(http, dialect, "POST", "reset-limits")
+    assert status == 200
+    async with http.get(url) as resp:
+        assert resp.status == 200
+    _, entries = await admin(http, dialect, "GET", "log", limit="1")
+    assert entries[0]["path"] == DIALECT_TIME[dialect.name]
+    status, _ = await admin(http, dialect, "DELETE", f"faults/{fault['id']}")
+    assert status == 200
+
+
+async def test_each_dialect_answers_a_5xx_fault_in_its_own_words(
+    dialect: SimVenue, http: aiohttp.ClientSession
+) -> None:
+    await admin(http, dialect, "POST", "faults", {"kind": "error_before", "http_status": 503})
+    async with http.get(f"{dialect.base_url}{DIALECT_TIME[dialect.name]}") as resp:
+        assert resp.status == 503
+        body = orjson.loads(await resp.read())
+    assert "code" in body
+    assert "msg" in body
+    await admin(http, dialect, "DELETE", "faults")
+    async with http.get(f"{dialect.base_url}{DIALECT_TIME[dialect.name]}") as resp:
+        assert resp.status == 200
