@@ -650,6 +650,22 @@ async def test_connection_without_subscription_and_idle_connection_are_closed() 
         assert sim.counters["ws closed idle"] == 1
 
 
+async def test_connections_are_closed_at_their_lifetime_cap() -> None:
+    async with mexc_sim(ws_max_lifetime_s=0.3) as (sim, _), MexcRawClient(sim) as client:
+        ws, _ = await open_ws(sim, client)
+        await ws.subscribe()
+        await ws.closed()
+        assert sim.counters["ws closed lifetime"] == 1
+
+
+async def test_ccxt_market_loading_endpoints_answer(env: Env) -> None:
+    _, client = env
+    status, data, _ = await client.raw("GET", "/api/v1/contract/detail")
+    assert (status, data) == (200, {"success": True, "code": 0, "data": []})
+    status, data, _ = await client.request("GET", "/api/v3/capital/config/getall")
+    assert (status, data) == (200, [])
+
+
 async def test_a_listen_key_serves_at_most_five_connections(env: Env) -> None:
     sim, client = env
     first, key = await open_ws(sim, client)
@@ -727,6 +743,16 @@ async def test_deleting_the_listen_key_closes_its_streams(env: Env) -> None:
     await ws.subscribe()
     await client.request("DELETE", "/api/v3/userDataStream", [("listenKey", key)])
     await ws.closed()
+
+
+async def test_exchange_info_lists_the_configured_symbols() -> None:
+    settings = account_settings(1, symbols=["PEPEUSDT"])
+    async with mexc_sim(settings=settings) as (sim, _), MexcRawClient(sim) as client:
+        _, info, _ = await client.raw("GET", "/api/v3/exchangeInfo")
+        assert [s["symbol"] for s in info["symbols"]] == ["PEPEUSDT"]
+        await client.place("BTCUSDT")
+        _, info, _ = await client.raw("GET", "/api/v3/exchangeInfo")
+        assert [s["symbol"] for s in info["symbols"]] == ["BTCUSDT", "PEPEUSDT"]
 
 
 def test_settings_helper_names_accounts_and_keys() -> None:

@@ -586,14 +586,19 @@ class MexcExchange:
                     await ws.close()
 
     async def _keep_listen_key_alive(self) -> None:
+        delay = self._keepalive_s
         while True:
-            await asyncio.sleep(self._keepalive_s)
+            await asyncio.sleep(delay)
             try:
                 await self.extend_listen_key()
             except asyncio.CancelledError:
                 raise
             except VenueError as exc:
+                # Retry well before the 60-minute expiry rather than a full interval later.
+                delay = min(self._keepalive_s, 60.0)
                 log.warning("listenKey keepalive failed account=%s error=%s", self.account, exc)
+            else:
+                delay = self._keepalive_s
 
     # -- user stream ------------------------------------------------------------------------------
     async def user_stream(self) -> AsyncIterator[StreamEvent]:

@@ -153,7 +153,7 @@ class MexcSim(SimVenue):
         *,
         open_orders_requires_symbol: bool = False,
         order_all_enabled: bool = True,
-        symbols: Sequence[str] = DEFAULT_SYMBOLS,
+        symbols: Sequence[str] = (),
         listen_key_ttl_s: float = 3600.0,
         max_listen_keys: int = 60,
         max_connections_per_key: int = 5,
@@ -168,7 +168,8 @@ class MexcSim(SimVenue):
         self._trade_seq = itertools.count(1)
         self.open_orders_requires_symbol = open_orders_requires_symbol
         self.order_all_enabled = order_all_enabled
-        self.known_symbols: set[str] = set(symbols)
+        # exchangeInfo lists these, plus every symbol an order is placed on.
+        self.known_symbols: set[str] = set(symbols or settings.symbols or DEFAULT_SYMBOLS)
         self.listen_key_ttl_s = listen_key_ttl_s
         self.max_listen_keys = max_listen_keys
         self.max_connections_per_key = max_connections_per_key
@@ -210,6 +211,9 @@ class MexcSim(SimVenue):
         r.add_get("/api/v3/userDataStream", self._signed(self._list_listen_keys))
         r.add_delete("/api/v3/userDataStream", self._signed(self._close_listen_key))
         r.add_get(WS_PATH, self._ws_handler)
+        # What ccxt's mexc class also reads when it loads markets and currencies.
+        r.add_get("/api/v1/contract/detail", self._contract_detail)
+        r.add_get("/api/v3/capital/config/getall", self._signed(self._capital_config))
 
     def weight(self, request: web.Request, account: SimAccount | None) -> list[tuple[str, int]]:
         endpoint = f"{request.method} {request.path}"
@@ -354,6 +358,15 @@ class MexcSim(SimVenue):
                 "symbols": [_symbol_info(s) for s in symbols],
             }
         )
+
+    async def _contract_detail(self, request: web.Request) -> web.Response:
+        # The futures API's envelope; a spot-only venue lists no contracts.
+        return json_response({"success": True, "code": 0, "data": []})
+
+    async def _capital_config(
+        self, request: web.Request, account: SimAccount, params: dict[str, str]
+    ) -> web.Response:
+        return json_response([])
 
     # -- trading ----------------------------------------------------------------------------
     def _symbol(self, params: dict[str, str]) -> str:
