@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -685,7 +685,7 @@ class BinanceExchange:
         """Binance Spot has no dead-man's switch."""
         raise Fatal("Binance Spot has no dead-man's switch", venue=VENUE, account=self.account)
 
-    async def user_stream(self) -> AsyncIterator[StreamEvent]:
+    async def user_stream(self) -> AsyncGenerator[StreamEvent, None]:
         """Subscribe one user-data stream on its own ws-api connection and yield its events.
 
         Raises `Transient` when the connection drops (the server pings every 20 s and
@@ -722,17 +722,10 @@ class BinanceExchange:
                         account=self.account,
                         endpoint="ws user stream",
                     ) from exc
-                event = _event_of(raw)
-                if event is None:
-                    continue
-                kind = event.get("e")
-                if kind == "executionReport":
-                    yield _order_event(event)
-                elif kind == "listStatus":
-                    yield _list_event(event)
-                elif kind in ("eventStreamTerminated", "serverShutdown"):
-                    yield StreamTerminated(str(kind))
-                    return
+                for item in parse_frame(raw):
+                    yield item
+                    if isinstance(item, StreamTerminated):
+                        return
         finally:
             await ws.close()
 
@@ -868,6 +861,21 @@ def _ack(result: Any) -> CancelAck:
         elif "orderId" in item:
             cancelled.append(str(item["orderId"]))
     return CancelAck(cancelled=tuple(cancelled), lists_cancelled=tuple(lists))
+
+
+def parse_frame(raw: str | bytes) -> list[StreamEvent]:
+    """Decode one user-stream frame into the events it carries (none for other frames)."""
+    event = _event_of(raw)
+    if event is None:
+        return []
+    kind = event.get("e")
+    if kind == "executionReport":
+        return [_order_event(event)]
+    if kind == "listStatus":
+        return [_list_event(event)]
+    if kind in ("eventStreamTerminated", "serverShutdown"):
+        return [StreamTerminated(str(kind))]
+    return []
 
 
 def _event_of(raw: str | bytes) -> dict[str, Any] | None:
