@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import asdict, fields
 from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.sim.book import BookEvent, BookEventKind, OrderSpec, SimBook, UnknownOrder
+from killswitch.sim.book import (
+    BookEvent,
+    BookEventKind,
+    OrderSpec,
+    SimBook,
+    SimOrder,
+    UnknownOrder,
+)
 
 
 def make_book(history_limit: int = 100_000) -> tuple[SimBook, list[BookEvent]]:
@@ -293,3 +301,18 @@ def test_the_event_stream_alone_reconstructs_the_open_book(
     for order in book.orders.values():
         assert order.list_id is None or order.list_id in book.lists
         assert order.order_id not in book.closed
+
+
+def test_an_order_copy_carries_every_field() -> None:
+    values = {}
+    for i, f in enumerate(fields(SimOrder)):
+        if f.type in ("Decimal",):
+            values[f.name] = Decimal(i + 1)
+        elif f.type in ("int",):
+            values[f.name] = i + 1
+        else:
+            values[f.name] = f"v{i}"
+    order = SimOrder(**values)
+    copy = order.copy()
+    assert copy is not order
+    assert asdict(copy) == asdict(order) == values

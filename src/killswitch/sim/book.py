@@ -47,6 +47,27 @@ class SimOrder:
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
 
+    def copy(self) -> SimOrder:
+        """A snapshot for an event (`dataclasses.replace` is several times slower)."""
+        return SimOrder(
+            self.order_id,
+            self.client_order_id,
+            self.symbol,
+            self.side,
+            self.order_type,
+            self.price,
+            self.orig_qty,
+            self.time_ms,
+            self.executed_qty,
+            self.cum_quote_qty,
+            self.status,
+            self.time_in_force,
+            self.stop_price,
+            self.list_id,
+            self.update_time_ms,
+            self.cancel_client_order_id,
+        )
+
 
 @dataclass(slots=True)
 class SimOrderList:
@@ -169,8 +190,8 @@ class SimBook:
         )
         self.orders[order_id] = order
         self.by_client_id[client_id] = order_id
-        if publish:
-            self._publish(BookEvent(BookEventKind.NEW, now, order=replace(order)))
+        if publish and self.listeners:
+            self._publish(BookEvent(BookEventKind.NEW, now, order=order.copy()))
         return order
 
     def place_list(
@@ -194,9 +215,12 @@ class SimBook:
             time_ms=now,
         )
         self.lists[list_id] = order_list
-        for order in orders:
-            self._publish(BookEvent(BookEventKind.NEW, now, order=replace(order)))
-        self._publish(BookEvent(BookEventKind.LIST_STATUS, now, order_list=_copy_list(order_list)))
+        if self.listeners:
+            for order in orders:
+                self._publish(BookEvent(BookEventKind.NEW, now, order=order.copy()))
+            self._publish(
+                BookEvent(BookEventKind.LIST_STATUS, now, order_list=_copy_list(order_list))
+            )
         return order_list
 
     def cancel(self, order_id: str, *, cancel_client_order_id: str = "") -> list[SimOrder]:
@@ -255,11 +279,16 @@ class SimBook:
             self._remember(order)
         else:
             order.status = "PARTIALLY_FILLED"
-        self._publish(
-            BookEvent(
-                BookEventKind.TRADE, now, order=replace(order), last_qty=qty, last_price=order.price
+        if self.listeners:
+            self._publish(
+                BookEvent(
+                    BookEventKind.TRADE,
+                    now,
+                    order=order.copy(),
+                    last_qty=qty,
+                    last_price=order.price,
+                )
             )
-        )
         if order.status == "FILLED" and order.list_id is not None and order.list_id in self.lists:
             order_list = self.lists.pop(order.list_id)
             for oid in order_list.order_ids:
@@ -275,7 +304,8 @@ class SimBook:
         order.update_time_ms = now
         order.cancel_client_order_id = cancel_client_order_id or f"cancel{order.order_id[-8:]}"
         self._remember(order)
-        self._publish(BookEvent(BookEventKind.CANCELED, now, order=replace(order)))
+        if self.listeners:
+            self._publish(BookEvent(BookEventKind.CANCELED, now, order=order.copy()))
         return order
 
     def _finish_list(self, order_list: SimOrderList) -> None:
