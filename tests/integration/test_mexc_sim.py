@@ -702,6 +702,17 @@ async def test_ws_drop_closes_streams_and_refuses_new_ones_while_active(env: Env
     await fresh.ws.close()
 
 
+async def test_a_ws_drop_with_a_count_of_one_drops_once_and_allows_reconnects(env: Env) -> None:
+    sim, client = env
+    ws, key = await open_ws(sim, client)
+    await ws.subscribe()
+    await add_fault(sim, kind="ws_drop", account="acct0", count=1)
+    await ws.closed()
+    again = WsClient(await client.session.ws_connect(f"{sim.ws_url}/ws?listenKey={key}"))
+    await again.subscribe()
+    await again.ws.close()
+
+
 async def test_silent_stream_answers_pong_but_delivers_no_events(env: Env) -> None:
     sim, client = env
     ws, _ = await open_ws(sim, client)

@@ -597,7 +597,9 @@ class MexcSim(SimVenue):
             # UNVERIFIED: the 5-connections-per-key limit is documented, its refusal is not.
             await ws.close(code=1008, message=b"too many connections for this listenKey")
             return ws
-        if self.faults.active(FaultKind.WS_DROP, account.name, WS_PATH) is not None:
+        # A standing drop (no count) refuses every connection until cleared; a counted one
+        # spends a count per refusal.
+        if self.faults.draw(FaultKind.WS_DROP, account.name, WS_PATH) is not None:
             self.counters["faults ws_drop"] += 1
             await ws.close(code=1011, message=b"ws_drop")
             return ws
@@ -686,10 +688,14 @@ class MexcSim(SimVenue):
         conn.queue.put_nowait(None)
 
     def _close_matching(self, fault: Fault, reason: str, *, code: int) -> None:
+        closed = 0
         for conn in list(self.conns):
-            if fault.matches(conn.account.name, WS_PATH):
+            if not conn.closing and fault.matches(conn.account.name, WS_PATH):
                 self.counters[f"faults {reason}"] += 1
                 self._close_conn(conn, code)
+                closed += 1
+        if closed and fault.count is not None:
+            fault.count -= 1  # one firing: `count=1` drops the live streams once
 
     async def _housekeeping(self) -> None:
         """Expire listenKeys and enforce the documented idle/no-subscription/24 h closes."""
