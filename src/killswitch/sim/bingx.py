@@ -967,7 +967,8 @@ class BingxSim(SimVenue):
         if not isinstance(msg, dict):
             return
         if "pong" in msg:
-            stream.unanswered.pop(str(msg["pong"]), None)
+            if stream.unanswered.pop(str(msg["pong"]), None) is not None:
+                self.counters["stream pongs"] += 1
             return
         req_type = msg.get("reqType")
         if req_type not in ("sub", "unsub"):
@@ -1031,7 +1032,12 @@ class BingxSim(SimVenue):
         ]
 
     def stream_count(self, account: str) -> int:
+        """Open `/market` connections of `account`."""
         return len(self._streams.get(account, ()))
+
+    def subscribed_count(self, account: str) -> int:
+        """Connections of `account` that receive `spot.executionReport` events."""
+        return sum(EXECUTION_REPORT in s.topics for s in self._streams.get(account, ()))
 
     def dead_mans_switch_armed(self, account: str) -> bool:
         return self._dms[account].timer is not None
