@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from killswitch import __version__
 from killswitch.control_client import add_parsers as add_control_parsers
 from killswitch.daemon import EXIT_CONFIG
+from killswitch.demo import add_parser as add_demo_parser
 from killswitch.logs import setup_logging
 from killswitch.settings import ConfigError, Settings, config_path, load_settings
 from killswitch.sim.cli import add_parser as add_sim_parser
@@ -42,7 +43,7 @@ def registrars() -> list[Registrar]:
         add_check_config_parser,
         add_control_parsers,
         add_sim_parser,
-        add_demo_placeholder,
+        add_demo_parser,
     ]
 
 
@@ -201,24 +202,6 @@ def _toml_value(value: object) -> str:
         )
         return "{" + inner + "}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-# -- demo (placeholder until the kill engine lands) --------------------------------------------
-
-
-def add_demo_placeholder(subparsers: Subparsers) -> None:
-    """Register `killswitch demo`, which says plainly that it does not exist yet."""
-    parser = subparsers.add_parser("demo", help="(not yet) a drill against the simulator")
-    parser.set_defaults(func=_cmd_demo_placeholder)
-
-
-def _cmd_demo_placeholder(args: argparse.Namespace) -> int:
-    del args
-    sys.stderr.write(
-        "killswitch demo: not yet. The drill lands with the kill engine; "
-        "`make test` is what works today.\n"
-    )
-    return 1
 
 
 # -- entry point -------------------------------------------------------------------------------

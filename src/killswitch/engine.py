@@ -386,11 +386,11 @@ class Engine:
         self._seen.add(trigger.id)
         if not trigger.received_ms:
             trigger = _with_received(trigger, self._wall_ms())
-        await self.journal.append_async("trigger", trigger=trigger.to_json())
+        records: list[tuple[str, dict[str, object]]] = [("trigger", {"trigger": trigger.to_json()})]
         if trigger.mode is Mode.KILL:
-            await self.journal.append_async(
-                "latch", trigger_id=trigger.id, scope=trigger.scope.to_json()
-            )
+            records.append(("latch", {"trigger_id": trigger.id, "scope": trigger.scope.to_json()}))
+        await self.journal.append_many_async(records)
+        if trigger.mode is Mode.KILL:
             self._latches[trigger.id] = trigger.scope
         log.warning(
             "kill triggered trigger_id=%s source=%s mode=%s scope=%s reason=%r",
@@ -730,7 +730,8 @@ class Engine:
             result.verified = True
             if verify.empty:
                 result.state = AccountState.FLAT
-                result.flat_ms = (self._clock() - kill.started) * 1000
+                if result.flat_ms is None:
+                    result.flat_ms = (self._clock() - kill.started) * 1000
                 return
             self._check_deadline(kill)
             result.waves += 1

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from killswitch.model import Scope, Trigger
+from killswitch.model import Mode, Scope, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,10 @@ class JournalState:
             self._see(trigger.id, seen_limit)
             self.triggers[trigger.id] = trigger
             self.unfinished.add(trigger.id)
+            if trigger.mode is Mode.KILL:
+                # The intent to kill is the latch: a crash before the `latch` record must
+                # not come back unlatched.
+                self.latches[trigger.id] = trigger.scope
         elif kind == "latch":
             trigger_id = str(record["trigger_id"])
             scope = record["scope"]
@@ -73,6 +77,8 @@ class JournalState:
             self.latches[trigger_id] = Scope.from_json(scope)
         elif kind == "reset":
             self.latches.clear()
+            # A reset aborts the kills it released; a restart must not resume them.
+            self.unfinished -= {t for t in self.unfinished if self.triggers[t].mode is Mode.KILL}
             self.last_reset = record
             self._forget_finished()
         elif kind == "kill_done":
@@ -149,24 +155,36 @@ class Journal:
     # -- writing -------------------------------------------------------------------------------
     def append(self, kind: str, **fields: object) -> dict[str, object]:
         """Write one record and fsync it; returns the record. Blocks the caller for the fsync."""
+        return self.append_many([(kind, fields)])[0]
+
+    def append_many(self, records: list[tuple[str, dict[str, object]]]) -> list[dict[str, object]]:
+        """Write several records with one fsync (a crash may keep a prefix of them)."""
         if self._fd is None:
             raise RuntimeError("journal not open")
-        record: dict[str, object] = {"kind": kind, "ts_ms": int(time.time() * 1000), **fields}
-        line = orjson.dumps(record) + b"\n"
+        now = int(time.time() * 1000)
+        out: list[dict[str, object]] = [{"kind": k, "ts_ms": now, **f} for k, f in records]
+        data = b"".join(orjson.dumps(r) + b"\n" for r in out)
         written = 0
-        while written < len(line):
-            written += os.write(self._fd, line[written:])
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
         os.fsync(self._fd)
-        self._size += len(line)
-        self.state.apply(record, seen_limit=self.seen_limit)
+        self._size += len(data)
+        for record in out:
+            self.state.apply(record, seen_limit=self.seen_limit)
         if self._size > self.compact_bytes:
             self.compact()
-        return record
+        return out
 
     async def append_async(self, kind: str, **fields: object) -> dict[str, object]:
         """`append` on a worker thread, one at a time, so a slow disk never stalls the loop."""
+        return (await self.append_many_async([(kind, fields)]))[0]
+
+    async def append_many_async(
+        self, records: list[tuple[str, dict[str, object]]]
+    ) -> list[dict[str, object]]:
+        """`append_many` on a worker thread, one write at a time."""
         async with self._lock:
-            return await asyncio.to_thread(self.append, kind, **fields)
+            return await asyncio.to_thread(self.append_many, records)
 
     def record_trigger(self, trigger: Trigger) -> None:
         self.append("trigger", trigger=trigger.to_json())

@@ -142,3 +142,24 @@ def test_sigkill_mid_write_loses_no_acknowledged_record(tmp_path: Path, compact_
     journal.close()
     assert set(acked) <= set(state.seen)
     assert set(acked) <= set(state.latches)
+
+
+def test_a_kill_trigger_without_its_latch_record_still_comes_back_latched(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.open()
+    journal.record_trigger(trigger("k", symbols=["BTCUSDT"]))  # crash before the latch record
+    journal.close()
+    state, _ = replay(tmp_path / "journal.jsonl")
+    assert state.latches == {"k": Scope.of(symbols=["BTCUSDT"])}
+
+
+def test_a_kill_released_by_reset_is_not_resumed_after_a_crash(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.open()
+    journal.record_trigger(trigger("k"))
+    journal.record_trigger(trigger("c", Mode.CANCEL))
+    journal.append("reset", actor="ops", reason="false alarm")  # crash before kill_done
+    journal.close()
+    state, _ = replay(tmp_path / "journal.jsonl")
+    assert not state.latched
+    assert state.unfinished == {"c"}  # a one-shot cancel is not released by a reset
