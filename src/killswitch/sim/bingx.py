@@ -127,7 +127,9 @@ def decode_pairs(raw: str) -> list[tuple[str, str]]:
     for part in raw.split("&"):
         if part:
             key, _, value = part.partition("=")
-            pairs.append((unquote(key), unquote(value)))
+            if "%" in part:
+                key, value = unquote(key), unquote(value)
+            pairs.append((key, value))
     return pairs
 
 
@@ -202,6 +204,7 @@ class BingxSim(SimVenue):
         self._list_ids = itertools.count(1_876_495_057_808_000_011, 104_729)
         self._secrets: dict[str, bytes] = {}
         self._windows: dict[str, WeightWindow] = {}
+        self._bucket_cache: dict[tuple[str, str | None, str], list[tuple[str, int]]] = {}
         self._listen_keys: dict[str, _ListenKey] = {}
         self._streams: dict[str, set[_Stream]] = {}
         self._dms: dict[str, _DeadMansSwitch] = {}
@@ -253,17 +256,28 @@ class BingxSim(SimVenue):
         return f"{key} {request.path}"
 
     def weight(self, request: web.Request, account: SimAccount | None) -> list[tuple[str, int]]:
-        limits = ENDPOINT_LIMITS.get(request.path)
+        # The venue counts its IP groups per IP; loopback clients share one IP, so the sim keys
+        # them by API key like the base does for bans.
+        if request.path not in ENDPOINT_LIMITS:
+            return []
+        client = request.headers.get(self.key_header) or (request.remote or "?")
+        cache_key = (client, account.name if account else None, request.path)
+        buckets = self._bucket_cache.get(cache_key)
+        if buckets is None:
+            if len(self._bucket_cache) > 10_000:  # junk keys from a misbehaving client
+                self._bucket_cache.clear()
+            buckets = self._bucket_cache[cache_key] = self._buckets(request.path, client, account)
+        return buckets
+
+    def _buckets(self, path: str, client: str, account: SimAccount | None) -> list[tuple[str, int]]:
+        limits = ENDPOINT_LIMITS.get(path)
         if limits is None:
             return []
         per_uid, group = limits
-        # The venue counts its IP groups per IP; loopback clients share one IP, so the sim keys
-        # them by API key like the base does for bans.
-        client = request.headers.get(self.key_header) or (request.remote or "?")
         buckets: list[tuple[str, int]] = []
         if per_uid is not None and account is not None:
-            buckets.append(self._bucket(f"uid {account.name} {request.path}", per_uid, 1.0))
-        buckets.append(self._bucket(f"ip {client} {request.path}", IP_GROUP_PER_API[group], 10.0))
+            buckets.append(self._bucket(f"uid {account.name} {path}", per_uid, 1.0))
+        buckets.append(self._bucket(f"ip {client} {path}", IP_GROUP_PER_API[group], 10.0))
         buckets.append(self._bucket(f"group{group} {client}", IP_GROUP_TOTAL[group], 10.0))
         return buckets
 
@@ -318,6 +332,7 @@ class BingxSim(SimVenue):
     def reset_limits(self) -> None:
         super().reset_limits()
         self._windows.clear()
+        self._bucket_cache.clear()
 
     def on_fault(self, fault: Fault) -> None:
         if fault.kind in (FaultKind.WS_DROP, FaultKind.SERVER_SHUTDOWN):
