@@ -32,7 +32,7 @@ def connector_class(venue: str) -> type[Any]:
         )
     if cls is None:
         raise ImportError(f"{module_name} has no {class_name}")
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def build_exchange(venue: str, **kwargs: Any) -> Exchange:
