@@ -12,6 +12,7 @@ import pytest
 from killswitch.exchanges.base import (
     AlreadyGone,
     Exchange,
+    Fatal,
     IpBanned,
     OutcomeUnknown,
     RateLimited,
@@ -80,6 +81,66 @@ async def test_cancel_all_twice_is_an_empty_ack_not_an_error(venue_env: VenueEnv
     assert venue_env.book_ids() == {kept}
 
 
+async def test_cancel_all_covers_as_many_symbols_as_the_capabilities_promise(
+    venue_env: VenueEnv,
+) -> None:
+    ex = await venue_env.started()
+    a = await venue_env.seed(venue_env.symbol, 2)
+    b = await venue_env.seed(venue_env.other_symbol, 2)
+    if ex.capabilities.cancel_all_max_symbols >= 2:
+        ack = await ex.cancel_all([venue_env.symbol, venue_env.other_symbol])
+        assert set(ack.cancelled) == {*a, *b}
+    if ex.capabilities.cancel_all_without_symbol:
+        await venue_env.seed(venue_env.symbol)
+        await ex.cancel_all(None)
+    else:
+        for symbol in (venue_env.symbol, venue_env.other_symbol):
+            await ex.cancel_all([symbol])
+    assert venue_env.book_ids() == set()
+
+
+async def test_snapshot_of_named_symbols_holds_only_those(venue_env: VenueEnv) -> None:
+    ex = await venue_env.started()
+    wanted = await venue_env.seed(venue_env.symbol, 2)
+    await venue_env.seed(venue_env.other_symbol, 2)
+    snap = await ex.snapshot([venue_env.symbol])
+    assert {o.order_id for o in snap.orders} == set(wanted)
+
+
+async def test_cancel_all_that_promises_to_cover_lists_leaves_no_leg(venue_env: VenueEnv) -> None:
+    ex = await venue_env.started()
+    if not (ex.capabilities.has_order_lists and ex.capabilities.cancel_all_covers_lists):
+        pytest.skip(f"{venue_env.venue}: cancel-all is not promised to cover order lists")
+    await venue_env.seed_list(venue_env.symbol)
+    await venue_env.seed(venue_env.symbol)
+    await ex.cancel_all([venue_env.symbol])
+    assert venue_env.book_ids() == set()
+    assert venue_env.book_list_ids() == set()
+
+
+async def test_dead_mans_switch_arms_and_disarms_where_the_venue_has_one(
+    venue_env: VenueEnv,
+) -> None:
+    ex = await venue_env.started()
+    caps = ex.capabilities
+    if not caps.dead_mans_switch:
+        with pytest.raises(Fatal):
+            await ex.arm_dead_mans_switch(60)
+        return
+    assert caps.dead_mans_switch_range_s is not None
+    low, high = caps.dead_mans_switch_range_s
+    first = await ex.arm_dead_mans_switch(low)
+    armed = await ex.arm_dead_mans_switch(high)  # arming again pushes the deadline out
+    assert first.active
+    assert armed.active
+    assert first.trigger_time_s is not None
+    assert armed.trigger_time_s is not None
+    assert armed.trigger_time_s > first.trigger_time_s
+    assert armed.trigger_time_s * 1000 > venue_env.sim.now_ms()
+    disarmed = await ex.disarm_dead_mans_switch()
+    assert not disarmed.active
+
+
 async def test_cancel_orders_by_id_reports_already_gone_ids_as_gone(venue_env: VenueEnv) -> None:
     ex = await venue_env.started()
     [a, b, c] = await venue_env.seed(venue_env.symbol, 3)
@@ -118,6 +179,29 @@ async def test_a_stall_past_the_timeout_is_outcome_unknown(venue_env: VenueEnv) 
         await ex.cancel_order(venue_env.symbol, oid)
     assert venue_env.book_ids() == {oid}  # the stalled request was never applied
     await ex.cancel_order(venue_env.symbol, oid)
+    assert venue_env.book_ids() == set()
+
+
+@pytest.mark.parametrize(
+    ("kind", "applied"), [("error_before", False), ("error_after", True)], ids=["before", "after"]
+)
+async def test_a_5xx_is_outcome_unknown_whether_or_not_the_cancel_was_applied(
+    venue_env: VenueEnv, kind: str, applied: bool
+) -> None:
+    ex = await venue_env.started()
+    [oid] = await venue_env.seed(venue_env.symbol)
+    await venue_env.add_fault(kind, account=venue_env.account, http_status=503, count=1)
+    with pytest.raises(OutcomeUnknown):
+        await ex.cancel_order(venue_env.symbol, oid)
+    assert venue_env.book_ids() == (set() if applied else {oid})
+    # Re-reading decides; a repeated cancel is safe either way.
+    snap = await ex.snapshot()
+    assert {o.order_id for o in snap.orders} == venue_env.book_ids()
+    if applied:
+        with pytest.raises(AlreadyGone):
+            await ex.cancel_order(venue_env.symbol, oid)
+    else:
+        await ex.cancel_order(venue_env.symbol, oid)
     assert venue_env.book_ids() == set()
 
 
@@ -196,10 +280,13 @@ async def test_a_silent_stream_is_detected_reconnected_and_resnapshotted(
     assert sup.gaps == gaps
 
 
-async def test_a_venue_ended_stream_is_resubscribed_and_resnapshotted(venue_env: VenueEnv) -> None:
+@pytest.mark.parametrize("kind", ["listen_key_expiry", "server_shutdown"])
+async def test_a_venue_ended_stream_is_resubscribed_and_resnapshotted(
+    venue_env: VenueEnv, kind: str
+) -> None:
     ex = await venue_env.started()
     sup = await venue_env.supervise(ex)
-    fault = await venue_env.add_fault("listen_key_expiry", account=venue_env.account)
+    fault = await venue_env.add_fault(kind, account=venue_env.account)
     await eventually(lambda: sup.gaps >= 1)
     await venue_env.remove_fault(fault)
     [oid] = await venue_env.seed(venue_env.symbol)
