@@ -135,6 +135,10 @@ class EngineConfig:
     quiet_window_s: float = 2.0
     sweep_interval_s: float = 10.0
     clock_skew_retries: int = 3  # immediate retries on ClockSkew before backing off
+    max_in_flight: int = 32  # requests in flight per account once the venue answered OK
+    probe_first: bool = True  # after a quiet spell, one request goes alone before a burst
+    open_for_s: float = 5.0  # how long an OK answer keeps the account open for bursts
+    careful_s: float = 30.0  # after a 429: one request at a time for this long
 
 
 @dataclass(slots=True)
@@ -234,6 +238,67 @@ class Kill:
         }
 
 
+class _Gate:
+    """How many requests one account may have in flight, so a 429 can never become a 418.
+
+    A venue that bans a client for sending "after a 429" counts requests already in flight
+    when the 429 left. So after a quiet spell the first request goes alone (a probe); an OK
+    answer opens the account to `max_in_flight` for `open_for_s`; a 429 closes it to one
+    request at a time for `careful_s`. The probe is a cancel: it is never wasted.
+    """
+
+    def __init__(self, config: EngineConfig, clock: Clock) -> None:
+        self._config = config
+        self._clock = clock
+        self._in_flight = 0
+        self._ok_at = -1e18
+        self._limited_at = -1e18
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def mode(self) -> str:
+        now = self._clock()
+        if now - self._limited_at < self._config.careful_s:
+            return "careful"
+        if not self._config.probe_first or now - self._ok_at < self._config.open_for_s:
+            return "open"
+        return "probe"
+
+    def _limit(self) -> int:
+        return self._config.max_in_flight if self.mode == "open" else 1
+
+    async def run(self, call: Callable[[], Awaitable[T]]) -> T:
+        while self._in_flight >= self._limit():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self._in_flight += 1
+        try:
+            result = await call()
+        except RateLimited:
+            self._limited_at = self._clock()
+            raise
+        except VenueError:
+            self._ok_at = self._clock()  # the venue answered: it is not throttling us
+            raise
+        else:
+            self._ok_at = self._clock()
+            return result
+        finally:
+            self._in_flight -= 1
+            self._wake()
+
+    def _wake(self) -> None:
+        free = self._limit() - self._in_flight
+        for waiter in self._waiters[: max(0, free)]:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class _AccountStopped(Exception):
     """A Fatal answer: stop this account's part of the kill."""
 
@@ -313,6 +378,7 @@ class Engine:
         self._stream_recent: dict[AccountRef, dict[str, float]] = {}
         self._stream_tasks: dict[AccountRef, asyncio.Task[None]] = {}
         self._dms_state: dict[AccountRef, str] = {}
+        self._gates: dict[AccountRef, _Gate] = {}
         self.last_kill: dict[str, object] | None = None
         self._started = False
         self._stopping = False
@@ -692,10 +758,15 @@ class Engine:
             self._remember(result, tracked)
         first: list[CancelRequest] = []
         if fast:
-            first = plan(scope, tracked, None, account.symbols, caps)
-        snap_task = asyncio.ensure_future(self._read(kill, account, result, tracked))
+            first = _biggest_first(plan(scope, tracked, None, account.symbols, caps), tracked)
         wave_no = result.waves + 1
-        wave1 = asyncio.ensure_future(self._wave(kill, account, result, first, wave_no))
+        rest = first
+        if first and self._gate(account).mode != "open":
+            # The probe goes alone, and it is the cancel that covers the most orders.
+            await self._wave(kill, account, result, first[:1], wave_no)
+            rest = first[1:]
+        snap_task = asyncio.ensure_future(self._read(kill, account, result, tracked))
+        wave1 = asyncio.ensure_future(self._wave(kill, account, result, rest, wave_no))
         try:
             snapshot = await snap_task
         except asyncio.CancelledError:
@@ -769,7 +840,7 @@ class Engine:
         symbols = self._snapshot_symbols(kill.scope, account, result)
 
         async def once() -> Snapshot:
-            return await account.exchange.snapshot(symbols)
+            return await self._gate(account).run(lambda: account.exchange.snapshot(symbols))
 
         try:
             snap = await self._retrying(kill, result, once)
@@ -830,7 +901,10 @@ class Engine:
             assert current is not None
             result.requests += 1
             try:
-                ack = await self._call(account.exchange, current)
+                request_now = current
+                ack = await self._gate(account).run(
+                    lambda: self._call(account.exchange, request_now)
+                )
             except OutcomeUnknown:
                 reread = True
                 raise
@@ -885,7 +959,10 @@ class Engine:
         caps = account.exchange.capabilities
         if symbols is None and not caps.open_orders_without_symbol:
             symbols = self._snapshot_symbols(kill.scope, account, result)
-        snap = in_scope(kill.scope, await account.exchange.snapshot(symbols))
+        snap = in_scope(
+            kill.scope,
+            await self._gate(account).run(lambda: account.exchange.snapshot(symbols)),
+        )
         open_ids = {o.order_id for o in snap.orders}
         open_lists = {x.list_id for x in snap.lists}
         gone = self._coverage(result, request) - open_ids - result.cancelled
@@ -895,7 +972,10 @@ class Engine:
             left = tuple(s for s in request.symbols if s in snap.symbols())
             return (CancelRequest(kind, symbols=left) if left else None), len(gone)
         if kind is RequestKind.CANCEL_ALL_ACCOUNT:
-            return (None if snap.empty else request), len(gone)
+            # Lists the venue's cancel-all does not cover have requests of their own.
+            covers_lists = caps.cancel_all_covers_lists
+            rest = [o for o in snap.orders if covers_lists or o.list_id is None]
+            return (request if rest else None), len(gone)
         if kind is RequestKind.CANCEL_LIST:
             return (request if request.list_id in open_lists else None), len(gone)
         ids = tuple(i for i in request.order_ids if i in open_ids)
@@ -991,6 +1071,12 @@ class Engine:
             with attempt:
                 return await fn()
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _gate(self, account: Account) -> _Gate:
+        gate = self._gates.get(account.ref)
+        if gate is None:
+            gate = self._gates[account.ref] = _Gate(self.config, self._clock)
+        return gate
 
     def _alarm(self, kill: Kill, ref: AccountRef, error: VenueError) -> None:
         log.error("kill account stopped kill_id=%s account=%s error=%s", kill.id, ref, error)
@@ -1132,6 +1218,24 @@ class _BatchPartial(Exception):
         self.ack = ack
         self.rest = rest
         self.error = error
+
+
+def _biggest_first(requests: list[CancelRequest], tracked: Snapshot | None) -> list[CancelRequest]:
+    """Order requests by how many known orders each covers, most first."""
+    if tracked is None:
+        return requests
+    per_symbol: dict[str, int] = {}
+    for order in tracked.orders:
+        per_symbol[order.symbol] = per_symbol.get(order.symbol, 0) + 1
+
+    def weight(request: CancelRequest) -> int:
+        if request.kind is RequestKind.CANCEL_ALL_ACCOUNT:
+            return len(tracked.orders) + 1
+        if request.order_ids:
+            return len(request.order_ids)
+        return sum(per_symbol.get(sym, 0) for sym in request.symbols)
+
+    return sorted(requests, key=weight, reverse=True)
 
 
 def _with_received(trigger: Trigger, now_ms: int) -> Trigger:
