@@ -864,15 +864,27 @@ def _ack(result: Any) -> CancelAck:
 
 
 def parse_frame(raw: str | bytes) -> list[StreamEvent]:
-    """Decode one user-stream frame into the events it carries (none for other frames)."""
+    """Decode one user-stream frame into the events it carries (none for other frames).
+
+    Raises `Transient` for an order or list event it cannot read.
+    """
     event = _event_of(raw)
     if event is None:
         return []
     kind = event.get("e")
-    if kind == "executionReport":
-        return [_order_event(event)]
-    if kind == "listStatus":
-        return [_list_event(event)]
+    try:
+        if kind == "executionReport":
+            return [_order_event(event)]
+        if kind == "listStatus":
+            return [_list_event(event)]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # An order event we cannot read may hide an open order: end the stream (the supervisor
+        # marks a gap and resnapshots) rather than skip it.
+        raise Transient(
+            f"malformed {kind} event: {type(exc).__name__}",
+            venue=VENUE,
+            endpoint="ws user stream",
+        ) from exc
     if kind in ("eventStreamTerminated", "serverShutdown"):
         return [StreamTerminated(str(kind))]
     return []

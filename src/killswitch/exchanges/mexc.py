@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 import websockets
+from google.protobuf.message import DecodeError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -187,8 +188,15 @@ _EXEC_TYPES: dict[int, ExecType] = {
 
 
 def decode_push(frame: bytes) -> OrderEvent | None:
-    """Decode one binary push; an `OrderEvent` for `privateOrders`, None for other bodies."""
-    wrapper = pb.PushDataV3ApiWrapper.FromString(frame)
+    """Decode one binary push; an `OrderEvent` for `privateOrders`, None for other bodies.
+
+    Raises `Transient` for a frame that is not a valid push: it may have been an order event,
+    so the stream ends and the supervisor resnapshots.
+    """
+    try:
+        wrapper = pb.PushDataV3ApiWrapper.FromString(frame)
+    except DecodeError as exc:
+        raise Transient(f"corrupt protobuf push: {exc}", venue=VENUE, endpoint="ws") from exc
     if wrapper.WhichOneof("body") != "privateOrders":
         return None
     o = wrapper.privateOrders
