@@ -651,6 +651,20 @@ async def test_cancel_all_after_fires_and_cancels_everything_with_events_on_the_
         assert sim.counters["dead_mans_switch fired"] == 1
 
 
+async def test_cancel_all_after_is_refused_while_a_fired_switch_is_still_cancelling(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with bingx_venue() as (sim, _):
+        sim._dms["bx0"].firing = True  # the moment between firing and the last batch
+        _, _, body = await bx_call(
+            session, sim, "POST", CANCEL_AFTER, {"type": "ACTIVATE", "timeOut": "10"}
+        )
+        _, _, close = await bx_call(session, sim, "POST", CANCEL_AFTER, {"type": "CLOSE"})
+        assert body["code"] == close["code"] == 0
+        assert body["data"]["status"] == close["data"]["status"] == "FAILED"
+        assert not sim.dead_mans_switch_armed("bx0")
+
+
 # -- the user-data stream ---------------------------------------------------------------------
 
 

@@ -167,6 +167,16 @@ def test_the_documented_execution_report_decodes_from_a_gzip_frame() -> None:
     assert event.event_time_ms == 1709800000000
 
 
+def test_a_frame_of_several_gzip_members_is_read_whole() -> None:
+    frame = gzip.compress(b'{"code":0,') + gzip.compress(b'"dataType":"x"}')
+    assert decode_frame(frame) == {"code": 0, "dataType": "x"}
+
+
+def test_a_frame_that_is_not_gzip_is_refused() -> None:
+    with pytest.raises(gzip.BadGzipFile):
+        decode_frame(b'{"ping":"1"}')
+
+
 @pytest.mark.parametrize(
     ("status", "is_open"),
     [("NEW", True), ("PENDING", True), ("PARTIALLY_FILLED", True), ("CANCELED", False)],

@@ -24,6 +24,7 @@ import logging
 import re
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -78,6 +79,7 @@ OCO_OPEN_LIST = f"{SPOT}/oco/openOrderList"
 SERVER_TIME = f"{SPOT}/server/time"
 USER_DATA_STREAM = "/openApi/user/auth/userDataStream"
 EXECUTION_REPORT = "spot.executionReport"
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib: expect a gzip header and trailer
 
 OPEN_STATUSES = frozenset({"NEW", "PENDING", "PARTIALLY_FILLED"})
 OPEN_ORDERS_MAX = 2000  # [BX-DOC]: openOrders returns at most 2000 orders
@@ -259,7 +261,14 @@ _EXEC_TYPES = {
 def decode_frame(frame: bytes | str) -> Any:
     """One server frame as JSON: BingX gzips every frame."""
     if isinstance(frame, bytes):
-        frame = gzip.decompress(frame)
+        # One gzip member per frame: zlib reads it about twice as fast as gzip.decompress,
+        # which stays the fallback for anything else (several members, odd headers).
+        inflater = zlib.decompressobj(GZIP_WBITS)
+        try:
+            text = inflater.decompress(frame)
+        except zlib.error:
+            text = b""
+        frame = text if inflater.eof and not inflater.unused_data else gzip.decompress(frame)
     return orjson.loads(frame)
 
 
@@ -959,12 +968,15 @@ class BingxExchange:
         ]
 
     async def _key_alive(self, key: str) -> bool:
+        """After a close: is the key still valid? Bounded, so a blocked budget (a ban) cannot
+        hold the stream open; when we cannot tell, the close is reported as a drop."""
         try:
-            return await self.extend_listen_key(key)
+            async with asyncio.timeout(self.timeout_s):
+                return await self.extend_listen_key(key)
         except asyncio.CancelledError:
             raise
-        except VenueError:
-            return True  # cannot tell: report the drop, the supervisor reconnects
+        except (VenueError, TimeoutError):
+            return True
 
     async def _keep_listen_key(
         self, key: str, ws: ClientConnection, expired: asyncio.Event
