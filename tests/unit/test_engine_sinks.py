@@ -1,0 +1,78 @@
+"""The engine's sinks: the audit log on disk and the Prometheus metrics."""
+
+from __future__ import annotations
+
+import random
+import stat
+from pathlib import Path
+
+from prometheus_client import generate_latest
+
+from killswitch.audit import AuditLog, read_audit
+from killswitch.engine import Account, Engine, EngineConfig
+from killswitch.exchanges.base import RateLimited
+from killswitch.journal import Journal
+from killswitch.metrics import Metrics
+from killswitch.model import AccountRef, Mode, Scope, Trigger
+from tests.fakes import FakeClock, FakeExchange, StaticTracker
+
+
+async def run_kill(tmp_path: Path, *sinks: object) -> Engine:
+    venue = FakeExchange("binance", "mm-1")
+    venue.place("BTCUSDT", n=3)
+    venue.fail("cancel_all", RateLimited("429", retry_after_s=1.0, http_status=429))
+    tracker = StaticTracker(held=await venue.snapshot())
+    clock = FakeClock()
+    engine = Engine(
+        [Account(AccountRef("binance", "mm-1"), venue, tracker=tracker)],
+        Journal(tmp_path / "journal.jsonl"),
+        EngineConfig(quiet_window_s=0.01, sweep_interval_s=3600),
+        sleep=clock.sleep,
+        clock=clock,
+        rng=random.Random(1),
+    )
+    for sink in sinks:
+        engine.events.add(sink)  # type: ignore[arg-type]
+    await engine.start()
+    await engine.submit(Trigger("t", "test", Mode.KILL, "why", Scope(), created_ms=1))
+    kill = engine.kill_for("t")
+    assert kill is not None
+    await kill.finished.wait()
+    return engine
+
+
+async def test_audit_log_holds_every_step_as_one_json_line_and_is_owner_only(
+    tmp_path: Path,
+) -> None:
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    engine = await run_kill(tmp_path, audit)
+    await engine.reset(actor="ops", reason="done")
+    await engine.stop()
+    audit.close()
+
+    records = read_audit(tmp_path / "audit.jsonl")
+    types = [r["type"] for r in records]
+    for expected in ("triggered", "latched", "wave", "outcome", "flat", "confirmed", "reset"):
+        assert expected in types
+    assert all({"seq", "ts_ms", "mono_ms"} <= r.keys() for r in records)
+    assert [r["seq"] for r in records] == sorted(r["seq"] for r in records)  # type: ignore[type-var]
+    assert stat.S_IMODE((tmp_path / "audit.jsonl").stat().st_mode) == 0o600
+
+
+async def test_metrics_count_requests_retries_429s_and_time_to_flat(tmp_path: Path) -> None:
+    engine_holder: list[Engine] = []
+
+    def status() -> dict[str, object]:
+        return engine_holder[0].status() if engine_holder else {}
+
+    m = Metrics(status=status)
+    engine = await run_kill(tmp_path, m)
+    engine_holder.append(engine)
+    text = generate_latest(m.registry).decode()
+    await engine.stop()
+
+    assert 'killswitch_rate_limited_total{account="binance/mm-1"} 1.0' in text
+    assert 'killswitch_retries_total{account="binance/mm-1"} 1.0' in text
+    assert "killswitch_time_to_flat_seconds_count 1.0" in text
+    assert "killswitch_latched 1.0" in text
+    assert 'killswitch_open_orders{account="binance/mm-1"} 3.0' in text  # the tracker's view
