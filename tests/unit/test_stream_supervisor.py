@@ -435,10 +435,12 @@ async def test_stream_end_during_the_snapshot_read_abandons_that_snapshot(
     h.start()
     await h.exchange.snapshot_started.wait()
     h.exchange.snapshot_started.clear()
+    h.exchange.place("1")  # heard before the drop: still reported, though the read is dropped
     h.exchange.drop()
     await h.exchange.snapshot_started.wait()  # a second connection reads a second snapshot
     assert not h.tracker.trusted
     assert h.supervisor.gaps == 1
+    assert [e.order_id for e in h.events if isinstance(e, OrderEvent)] == ["1"]
     h.exchange.snapshot_gate.set()
     assert await h.supervisor.wait_live(5)
 

@@ -34,7 +34,14 @@ from typing import Any
 from killswitch.exchanges.base import Exchange, VenueError
 from killswitch.exchanges.budget import Priority
 from killswitch.exchanges.tracker import Divergence, OrderTracker
-from killswitch.model import AccountRef, ListEvent, OrderEvent, Snapshot, StreamEvent
+from killswitch.model import (
+    AccountRef,
+    ListEvent,
+    OrderEvent,
+    Snapshot,
+    StreamEvent,
+    StreamTerminated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -278,11 +285,17 @@ class StreamSupervisor:
             return self._first_end(self._inbox)
         return read.result()
 
-    @staticmethod
-    def _first_end(inbox: asyncio.Queue[StreamEvent | _End]) -> _End:
+    def _first_end(self, inbox: asyncio.Queue[StreamEvent | _End]) -> _End:
+        # The snapshot was abandoned, but the events that came before the end are real: the
+        # tracker (untrusted anyway) and the engine still hear them.
         while not inbox.empty():
             item = inbox.get_nowait()
-            if isinstance(item, _End):
+            if isinstance(item, OrderEvent | ListEvent):
+                self.tracker.apply(item)
+                self._notify(item)
+            elif isinstance(item, StreamTerminated):
+                return _End(f"terminated: {item.reason}")
+            else:
                 return item
         return _End("aborted while reading the snapshot")
 
