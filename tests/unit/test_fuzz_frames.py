@@ -9,8 +9,10 @@ once: a log warning or the raised error, never both, never a stream of them.
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 from killswitch.exchanges import mexc_proto as pb
 from killswitch.exchanges.base import Transient, VenueError
 from killswitch.exchanges.binance import parse_frame
+from killswitch.exchanges.bingx import EXECUTION_REPORT, BingxExchange, decode_frame, stream_error
 from killswitch.exchanges.mexc import _control_msg, decode_push
 from killswitch.model import ListEvent, OrderEvent, StreamTerminated
 from tests.fixtures.fuzz import FUZZ, JSON_VALUES, counting, dumps, hostile_bytes, mutated
@@ -157,6 +160,87 @@ def test_mexc_pushes_decode_to_an_event_none_or_a_typed_error(frame: bytes) -> N
 def test_mexc_control_messages_never_raise(frame: bytes) -> None:
     msg = _control_msg(frame.decode("utf-8", "replace"))
     assert msg is None or isinstance(msg, str)
+
+
+BINGX_REPORT: dict[str, Any] = {
+    "e": "executionReport",
+    "E": 1763676000123,
+    "s": "BTC-USDT",
+    "S": "BUY",
+    "o": "LIMIT",
+    "q": 0.5,
+    "p": 100.0,
+    "x": "NEW",
+    "X": "NEW",
+    "i": 1735964079647111280,
+    "C": "desk1_o1",
+}
+
+
+def _bingx_frame(message: Any) -> bytes:
+    return gzip.compress(dumps(message))
+
+
+BINGX_FRAMES = hostile_bytes(
+    _bingx_frame({"code": 0, "dataType": EXECUTION_REPORT, "data": BINGX_REPORT}),
+    _bingx_frame({"ping": "2b8c", "time": "2022-06-07T16:27:36.323+0800"}),
+    plausible=st.one_of(
+        mutated(BINGX_REPORT).map(
+            lambda d: _bingx_frame({"code": 0, "dataType": EXECUTION_REPORT, "data": d})
+        ),
+        mutated({"id": "x", "code": 100001, "msg": "bad"}).map(_bingx_frame),
+        JSON_VALUES.map(_bingx_frame),
+    ),
+)
+
+
+def bingx_frame_events(connector: BingxExchange, frame: bytes) -> list[Any]:
+    """What the connector's stream loop (`_frames`) makes of one frame; pings are answered there."""
+    try:
+        msg = decode_frame(frame)
+    except (OSError, EOFError, orjson.JSONDecodeError):
+        return []  # the loop logs and skips an undecodable frame
+    if not isinstance(msg, dict) or "ping" in msg:
+        return []
+    if msg.get("dataType") == EXECUTION_REPORT and isinstance(msg.get("data"), dict):
+        return connector._order_events(msg["data"])
+    error = stream_error(msg)
+    if error is not None:
+        raise error
+    return []
+
+
+@FUZZ
+@given(frame=BINGX_FRAMES)
+def test_bingx_frames_decode_to_events_or_a_typed_error(frame: bytes) -> None:
+    connector = BingxExchange(
+        account="fuzz", api_key="k", api_secret="s", rest_url="http://127.0.0.1:9", ws_url="ws://x"
+    )
+    try:
+        events = bingx_frame_events(connector, frame)
+    except VenueError:
+        return
+    _checked(events)
+
+
+def test_a_corrupt_bingx_gzip_frame_is_refused_as_the_stream_loop_expects() -> None:
+    valid = _bingx_frame({"ping": "1"})
+    corrupt = valid[:10] + b"\xff" * (len(valid) - 10)
+    with pytest.raises(gzip.BadGzipFile, match="corrupt gzip stream"):
+        decode_frame(corrupt)
+
+
+def test_a_bingx_execution_report_with_an_unreadable_time_ends_the_stream_as_transient() -> None:
+    connector = BingxExchange(
+        account="fuzz", api_key="k", api_secret="s", rest_url="http://127.0.0.1:9", ws_url="ws://x"
+    )
+    with pytest.raises(Transient, match="malformed executionReport"):
+        connector._order_events({**BINGX_REPORT, "E": "yesterday"})
+
+
+def test_a_bingx_subscription_answer_with_an_unreadable_code_is_an_error() -> None:
+    assert isinstance(stream_error({"id": "x", "code": "abc", "msg": "?"}), VenueError)
+    assert stream_error({"id": "x", "code": 0, "msg": "SUCCESS"}) is None
 
 
 def test_a_binance_execution_report_without_its_order_id_ends_the_stream_as_transient() -> None:

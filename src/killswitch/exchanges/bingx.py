@@ -259,7 +259,10 @@ _EXEC_TYPES = {
 
 
 def decode_frame(frame: bytes | str) -> Any:
-    """One server frame as JSON: BingX gzips every frame."""
+    """One server frame as JSON: BingX gzips every frame.
+
+    Raises `OSError`, `EOFError` or `orjson.JSONDecodeError` for a frame that is not gzipped JSON.
+    """
     if isinstance(frame, bytes):
         # One gzip member per frame: zlib reads it about twice as fast as gzip.decompress,
         # which stays the fallback for anything else (several members, odd headers).
@@ -268,8 +271,23 @@ def decode_frame(frame: bytes | str) -> Any:
             text = inflater.decompress(frame)
         except zlib.error:
             text = b""
-        frame = text if inflater.eof and not inflater.unused_data else gzip.decompress(frame)
+        if inflater.eof and not inflater.unused_data:
+            frame = text
+        else:
+            try:
+                frame = gzip.decompress(frame)
+            except zlib.error as exc:  # a corrupt deflate stream behind a valid header
+                raise gzip.BadGzipFile(f"corrupt gzip stream: {exc}") from exc
     return orjson.loads(frame)
+
+
+def stream_error(msg: dict[str, Any]) -> VenueError | None:
+    """The error a stream control message (a subscription answer) reports, if any."""
+    code = msg.get("code")
+    if "id" not in msg or code in (None, 0):
+        return None
+    number = code if isinstance(code, int) else -1  # a code we cannot read is no success
+    return classify(200, number, str(msg.get("msg") or ""))
 
 
 def parse_execution_report(data: dict[str, Any], list_id: str | None = None) -> OrderEvent:
@@ -939,17 +957,27 @@ class BingxExchange:
                 for event in self._order_events(msg["data"]):
                     yield event
                 continue
-            if "id" in msg and msg.get("code") not in (None, 0):
-                error = classify(200, int(msg["code"]), str(msg.get("msg") or ""))
-                if error is not None:
-                    error.account = self.account
-                    error.endpoint = "ws /market subscribe"
-                    raise error
+            error = stream_error(msg)
+            if error is not None:
+                error.account = self.account
+                error.endpoint = "ws /market subscribe"
+                raise error
 
     def _order_events(self, data: dict[str, Any]) -> list[StreamEvent]:
-        order_id = order_id_str(data.get("i"))
-        list_id = self._leg_list.get(order_id)
-        event = parse_execution_report(data, list_id)
+        """The events one `spot.executionReport` payload means; `Transient` if unreadable."""
+        try:
+            order_id = order_id_str(data.get("i"))
+            list_id = self._leg_list.get(order_id)
+            event = parse_execution_report(data, list_id)
+        except (TypeError, ValueError) as exc:
+            # An order event we cannot read may hide an open order: end the stream so the
+            # supervisor resnapshots, rather than skip it.
+            raise Transient(
+                f"malformed executionReport: {type(exc).__name__}",
+                venue=self.venue,
+                account=self.account,
+                endpoint="ws /market",
+            ) from exc
         if list_id is None or event.is_open:
             return [event]
         # One OCO leg done ends the list (the other leg is cancelled with it) [BX-DOC].
