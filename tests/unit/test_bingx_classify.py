@@ -19,6 +19,7 @@ from killswitch.exchanges.base import (
     VenueError,
 )
 from killswitch.exchanges.bingx import (
+    MalformedAnswer,
     classify,
     decode_frame,
     fail_is_gone,
@@ -128,9 +129,10 @@ def test_nineteen_digit_ids_survive_json_decoding_exactly() -> None:
     assert order_id_str(orjson.loads(raw)["orderId"]) == "1976495057808654337"
 
 
-def test_an_id_that_arrived_as_a_float_is_refused_not_rounded() -> None:
-    with pytest.raises(Fatal):
-        order_id_str(1.9764950578086543e18)
+@pytest.mark.parametrize("bad", [1.9764950578086543e18, None, "", [1], True])
+def test_an_id_that_is_not_an_int_or_a_string_is_refused_not_rounded(bad: object) -> None:
+    with pytest.raises(MalformedAnswer):
+        order_id_str(bad)
 
 
 def test_numbers_are_rendered_without_float_noise() -> None:

@@ -36,6 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from killswitch.exchanges.base import (
+    MALFORMED_ANSWER,
     AlreadyGone,
     BatchResult,
     CancelAck,
@@ -49,6 +50,7 @@ from killswitch.exchanges.base import (
     RateLimits,
     Transient,
     VenueError,
+    malformed_is_unknown,
 )
 from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
@@ -231,11 +233,25 @@ def fail_is_gone(error: str) -> bool:
 # -- wire parsing ---------------------------------------------------------------------------------
 
 
+class MalformedAnswer(ValueError):
+    """A venue answer we cannot read; `malformed_is_unknown` reports it as `OutcomeUnknown`."""
+
+
 def order_id_str(value: object) -> str:
-    """An order id as a string. Ints and strings pass; a float means precision was lost."""
-    if isinstance(value, (bool, float)):
-        raise Fatal(f"order id arrived as {type(value).__name__}: {value!r}", venue="bingx")
-    return str(value)
+    """An order or list id as a string. Ints and digit strings pass; anything else (a float
+    that lost precision, null, a list) means we cannot trust the answer."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and value:
+        return value
+    raise MalformedAnswer(f"id arrived as {type(value).__name__}: {value!r}")
+
+
+def _int(value: object) -> int:
+    """A time in ms or s: an int, or a string of digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise MalformedAnswer(f"expected an integer, got {type(value).__name__}")
+    return int(value)
 
 
 def num_str(value: object) -> str:
@@ -294,13 +310,13 @@ def parse_execution_report(data: dict[str, Any], list_id: str | None = None) -> 
     """A `spot.executionReport` payload as a normalised `OrderEvent`."""
     status = str(data.get("X", ""))
     return OrderEvent(
-        symbol=str(data.get("s", "")),
-        order_id=order_id_str(data.get("i")),
+        symbol=str(data["s"]),
+        order_id=order_id_str(data["i"]),
         client_order_id=str(data.get("C") or data.get("c") or ""),
         exec_type=_EXEC_TYPES.get(str(data.get("x", "")), ExecType.OTHER),
         status=status,
         is_open=status in OPEN_STATUSES,
-        event_time_ms=int(data.get("E") or 0),
+        event_time_ms=_int(data.get("E") or 0),
         side=str(data.get("S", "")),
         order_type=str(data.get("o", "")),
         price=num_str(data.get("p")),
@@ -314,8 +330,8 @@ def parse_execution_report(data: dict[str, Any], list_id: str | None = None) -> 
 def parse_order(data: dict[str, Any], list_id: str | None = None) -> Order:
     """An order from openOrders / query / cancel answers."""
     return Order(
-        symbol=str(data.get("symbol", "")),
-        order_id=order_id_str(data.get("orderId")),
+        symbol=str(data["symbol"]),
+        order_id=order_id_str(data["orderId"]),
         client_order_id=str(data.get("clientOrderID") or data.get("clientOrderId") or ""),
         side=str(data.get("side", "")),
         order_type=str(data.get("type", "")),
@@ -324,7 +340,7 @@ def parse_order(data: dict[str, Any], list_id: str | None = None) -> Order:
         executed_qty=num_str(data.get("executedQty")),
         status=str(data.get("status", "")),
         list_id=list_id,
-        time_ms=int(data.get("time") or 0),
+        time_ms=_int(data.get("time") or 0),
     )
 
 
@@ -334,9 +350,10 @@ def _items(data: Any, key: str) -> list[dict[str, Any]]:
         data = data.get(key)
     if data is None:
         return []
-    if not isinstance(data, list):
-        raise OutcomeUnknown(f"unexpected answer shape for {key}", venue="bingx")
-    return [item for item in data if isinstance(item, dict)]
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        # Never skip a row we cannot read: it may be an order that is still open.
+        raise MalformedAnswer(f"{key}: expected a list of objects")
+    return data
 
 
 T = TypeVar("T")
@@ -456,9 +473,7 @@ class BingxExchange:
     # -- time ------------------------------------------------------------------------------
     async def _fetch_time(self, priority: Priority) -> int:
         data = await self._request("GET", SERVER_TIME, signed=False, priority=priority)
-        if not isinstance(data, dict) or "serverTime" not in data:
-            raise OutcomeUnknown("server time answer without serverTime", venue=self.venue)
-        return int(data["serverTime"])
+        return _int(data["serverTime"])
 
     async def _fetch_time_background(self) -> int:
         return await self._fetch_time(Priority.BACKGROUND)
@@ -466,6 +481,7 @@ class BingxExchange:
     async def _fetch_time_kill(self) -> int:
         return await self._fetch_time(Priority.KILL)
 
+    @malformed_is_unknown
     async def server_time_ms(self) -> int:
         """Ask the venue for its time (one request)."""
         return await self._fetch_time(Priority.BACKGROUND)
@@ -578,6 +594,7 @@ class BingxExchange:
         return body
 
     # -- reads -----------------------------------------------------------------------------
+    @malformed_is_unknown
     async def snapshot(
         self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
     ) -> Snapshot:
@@ -590,12 +607,10 @@ class BingxExchange:
         results = await _gather([self._open_oco_legs(priority), *order_reads])
         legs, order_batches = results[0], results[1:]
         wanted = None if symbols is None else set(symbols)
-        lists = self._lists_from_legs(legs, wanted)
         orders: dict[str, Order] = {}
+        lists = self._lists_from_legs(legs, wanted)
         for batch in order_batches:
-            for raw in batch:
-                order = parse_order(raw)
-                orders[order.order_id] = order
+            orders.update((o.order_id, o) for o in map(parse_order, batch))
         if symbols is None and len(orders) >= OPEN_ORDERS_MAX:
             # The no-symbol read is capped: read each symbol seen on its own to see past it.
             log.warning("bingx openOrders hit its cap account=%s: reading per symbol", self.account)
@@ -603,15 +618,13 @@ class BingxExchange:
                 [self._open_orders(s, priority) for s in {o.symbol for o in orders.values()}]
             )
             for batch in per_symbol:
-                for raw in batch:
-                    order = parse_order(raw)
-                    orders[order.order_id] = order
+                orders.update((o.order_id, o) for o in map(parse_order, batch))
         for leg in legs:
-            order_id = order_id_str(leg.get("orderId"))
-            list_id = str(leg.get("orderListId"))
-            symbol = str(leg.get("symbol", ""))
+            symbol = str(leg["symbol"])
             if wanted is not None and symbol not in wanted:
                 continue
+            order_id = order_id_str(leg["orderId"])
+            list_id = order_id_str(leg["orderListId"])
             known = orders.get(order_id)
             if known is None:
                 # OCO legs the open-orders read does not list are open orders all the same.
@@ -625,7 +638,7 @@ class BingxExchange:
                     orig_qty=num_str(leg.get("quantity")),
                     status=str(leg.get("status") or "NEW"),
                     list_id=list_id,
-                    time_ms=int(leg.get("transactionTime") or 0),
+                    time_ms=_int(leg.get("transactionTime") or 0),
                 )
             elif known.list_id != list_id:
                 orders[order_id] = replace(known, list_id=list_id)
@@ -656,17 +669,17 @@ class BingxExchange:
     ) -> list[OrderList]:
         grouped: dict[str, list[dict[str, Any]]] = {}
         for leg in legs:
-            grouped.setdefault(str(leg.get("orderListId")), []).append(leg)
+            grouped.setdefault(order_id_str(leg["orderListId"]), []).append(leg)
         # Every OCO read lists all open lists: it replaces what we knew, so the maps stay small.
         list_legs: dict[str, tuple[str, ...]] = {}
         leg_list: dict[str, str] = {}
         lists: list[OrderList] = []
         for list_id, members in grouped.items():
-            order_ids = tuple(order_id_str(m.get("orderId")) for m in members)
+            order_ids = tuple(order_id_str(m["orderId"]) for m in members)
             list_legs[list_id] = order_ids
             for order_id in order_ids:
                 leg_list[order_id] = list_id
-            symbol = str(members[0].get("symbol", ""))
+            symbol = str(members[0]["symbol"])
             if wanted is not None and symbol not in wanted:
                 continue
             lists.append(
@@ -681,6 +694,7 @@ class BingxExchange:
         self._list_legs, self._leg_list = list_legs, leg_list
         return lists
 
+    @malformed_is_unknown
     async def query_order(
         self, symbol: str, order_id: str, *, priority: Priority = Priority.BACKGROUND
     ) -> Order:
@@ -693,6 +707,7 @@ class BingxExchange:
         return parse_order(data, self._leg_list.get(order_id))
 
     # -- cancels ---------------------------------------------------------------------------
+    @malformed_is_unknown
     async def cancel_all(
         self, symbols: Sequence[str] | None, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
@@ -711,8 +726,9 @@ class BingxExchange:
             data = await self._request("POST", CANCEL_OPEN_ORDERS, params, priority=priority)
         except AlreadyGone:
             return []  # nothing open on that symbol is not an error
-        return [order_id_str(o.get("orderId")) for o in _items(data, "orders")]
+        return [order_id_str(o["orderId"]) for o in _items(data, "orders")]
 
+    @malformed_is_unknown
     async def cancel_order(
         self, symbol: str, order_id: str, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
@@ -722,6 +738,7 @@ class BingxExchange:
         )
         return CancelAck(cancelled=(order_id,))
 
+    @malformed_is_unknown
     async def cancel_orders(
         self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
     ) -> BatchResult:
@@ -746,6 +763,7 @@ class BingxExchange:
                 failed.extend(result.failed)
         return BatchResult(tuple(cancelled), tuple(gone), tuple(failed))
 
+    @malformed_is_unknown
     async def _cancel_chunk(self, symbol: str, chunk: list[str], priority: Priority) -> BatchResult:
         data = await self._request(
             "POST",
@@ -790,6 +808,7 @@ class BingxExchange:
                 )
         return BatchResult(cancelled, tuple(gone), tuple(failed))
 
+    @malformed_is_unknown
     async def cancel_order_list(
         self, symbol: str, list_id: str, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
@@ -813,6 +832,7 @@ class BingxExchange:
             self._leg_list.pop(order_id, None)
 
     # -- dead man's switch -----------------------------------------------------------------
+    @malformed_is_unknown
     async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:
         """`cancelAllAfter` ACTIVATE: everything is cancelled `timeout_s` (10-120) from now."""
         low, high = CAPABILITIES.dead_mans_switch_range_s or (10, 120)
@@ -824,6 +844,7 @@ class BingxExchange:
             )
         return await self._cancel_all_after([("timeOut", str(timeout_s)), ("type", "ACTIVATE")])
 
+    @malformed_is_unknown
     async def disarm_dead_mans_switch(self) -> DeadMansSwitchState:
         """`cancelAllAfter` CLOSE."""
         return await self._cancel_all_after([("type", "CLOSE")])
@@ -846,6 +867,7 @@ class BingxExchange:
         )
 
     # -- user-data stream ------------------------------------------------------------------
+    @malformed_is_unknown
     async def create_listen_key(self, *, priority: Priority = Priority.BACKGROUND) -> str:
         """`POST userDataStream`: a key valid for 1 h."""
         data = await self._request("POST", USER_DATA_STREAM, priority=priority)
@@ -854,6 +876,7 @@ class BingxExchange:
             raise Transient("no listenKey in the answer", venue=self.venue, account=self.account)
         return str(key)
 
+    @malformed_is_unknown
     async def extend_listen_key(self, key: str) -> bool:
         """`PUT userDataStream`: False when the venue no longer knows the key (404)."""
         try:
@@ -969,7 +992,7 @@ class BingxExchange:
             order_id = order_id_str(data.get("i"))
             list_id = self._leg_list.get(order_id)
             event = parse_execution_report(data, list_id)
-        except (TypeError, ValueError) as exc:
+        except MALFORMED_ANSWER as exc:
             # An order event we cannot read may hide an open order: end the stream so the
             # supervisor resnapshots, rather than skip it.
             raise Transient(
