@@ -1,0 +1,711 @@
+"""Consume risk alerts from Kafka, hand them to the engine, dead-letter what cannot be acted upon.
+
+Delivery is at-least-once and the offset is the promise: a partition's offset is committed
+only past records that are done, meaning the trigger was journaled (`engine.submit` returned),
+the heartbeat or reset was applied, or the rejected record is confirmed in the dead-letter
+topic. A crash anywhere before the commit replays the record; the engine answers a replayed
+trigger with DUPLICATE, so a replay is a no-op.
+
+Each daemon is its own consumer group and assigns itself every partition of the alerts topic
+(no group membership): every replica sees every alert, start-up needs no rebalance, and the
+committed offsets still live in Kafka. A group's first start pins its position at the end of
+the topic (history is not replayed into kills); a later reconnect that finds no committed
+offset (the broker lost them) reads from the beginning, where duplicates are harmless.
+
+The broker going away never stops the daemon: the loop keeps probing, reports `disconnected`
+in `status()`, reconnects with backoff and resumes from the committed offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from killswitch.events import FanOut, make_event
+from killswitch.handlers.alerts import (
+    Alert,
+    AlertAction,
+    AlertRejected,
+    RefusedAlert,
+    check_policy,
+    parse_alert,
+)
+from killswitch.model import AccountRef, Trigger
+
+if TYPE_CHECKING:
+    from killswitch.engine import SubmitResult
+    from killswitch.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class Record(Protocol):
+    """The fields of an aiokafka `ConsumerRecord` we read."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+T = TypeVar("T")
+
+# Errors that mean "the broker or the network", as opposed to a bug in our code.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
+
+
+class AlertEngine(Protocol):
+    """What the consumer needs of the engine."""
+
+    events: FanOut
+
+    async def submit(self, trigger: Trigger) -> SubmitResult: ...
+
+    async def reset(self, *, actor: str, reason: str, origin: str = "local") -> bool: ...
+
+    def status(self) -> dict[str, object]: ...
+
+
+class HeartbeatListener(Protocol):
+    """Where heartbeat alerts go (`handlers.heartbeat.HeartbeatWatch`)."""
+
+    def beat(self, source: str, ts_ms: int) -> bool: ...
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Return the connection and security options every aiokafka client of ours uses."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
+            certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+            keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        )
+    elif settings.ssl_cafile:
+        options["ssl_context"] = ssl.create_default_context(cafile=str(settings.ssl_cafile))
+    if settings.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return options
+
+
+def new_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """Return a producer with acks=all (not idempotent: not every broker we meet supports it)."""
+    options = client_options(settings) | {
+        "acks": "all",
+        "enable_idempotence": False,
+        "request_timeout_ms": 10_000,
+        "client_id": f"killswitch-{settings.group_id}",
+    }
+    return AIOKafkaProducer(**(options | overrides))
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter that resets after a success."""
+
+    initial_s: float = 0.2
+    max_s: float = 10.0
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        cap = min(self.max_s, self.initial_s * (2**self.attempt))
+        self.attempt += 1
+        return self.rng.uniform(cap / 2, cap)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass
+class ConsumerStats:
+    """Counters for `status()` and metrics."""
+
+    consumed: int = 0
+    triggers: int = 0
+    duplicates: int = 0
+    heartbeats: int = 0
+    resets: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    dead_lettered: int = 0
+    dead_letter_failures: int = 0
+    dead_letter_lost: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    engine_failures: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        data = {k: v for k, v in vars(self).items() if k != "rejected"}
+        data["rejected"] = dict(self.rejected)
+        return data
+
+
+@dataclass
+class _DeadLetter:
+    offset: int
+    record: Record
+    error: AlertRejected
+    future: asyncio.Future[Any] | None = None
+    attempts: int = 0
+
+
+class _RateGate:
+    """Allow `per_s` events per second, counting what it holds back (rejection floods)."""
+
+    def __init__(self, per_s: float, clock: Callable[[], float]) -> None:
+        self.per_s = per_s
+        self.clock = clock
+        self.tokens = per_s
+        self.last = clock()
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.per_s, self.tokens + (now - self.last) * self.per_s)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.suppressed += 1
+        return False
+
+
+class KafkaAlertConsumer:
+    """The alerts input: a daemon `Service` that turns alert records into engine calls."""
+
+    name = "kafka-alerts"
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        engine: AlertEngine,
+        *,
+        accounts: Iterable[AccountRef] | None = None,
+        heartbeats: HeartbeatListener | None = None,
+        start_timeout_s: float = 10.0,
+        probe_interval_s: float = 2.0,
+        poll_timeout_ms: int = 200,
+        max_records: int = 500,
+        backoff: Backoff | None = None,
+        dead_letter_pending_limit: int = 10_000,
+        io_timeout_s: float = 10.0,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.accounts = list(accounts) if accounts is not None else None
+        self.heartbeats = heartbeats
+        self.start_timeout_s = start_timeout_s
+        self.probe_interval_s = probe_interval_s
+        self.poll_timeout_ms = poll_timeout_ms
+        self.max_records = max_records
+        self.backoff = backoff or Backoff()
+        self.dead_letter_pending_limit = dead_letter_pending_limit
+        self.io_timeout_s = io_timeout_s
+        self._wall_ms = wall_ms
+        self._clock = clock
+        key = settings.alert_hmac_key
+        self._hmac_key = key.get_secret_value().encode() if key is not None else None
+        self.stats = ConsumerStats()
+        self.connected = False
+        self.last_error = ""
+        self.stalled = ""  # why the consumer is stuck on one record, if it is
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: list[TopicPartition] = []
+        self._first_connect = True
+        self._done: dict[TopicPartition, int] = {}  # next offset past the processed records
+        self._committed: dict[TopicPartition, int] = {}
+        self._dead_letters: dict[TopicPartition, deque[_DeadLetter]] = {}
+        self._last_probe = 0.0
+        self._last_tick = clock()
+        self._stopping = asyncio.Event()
+        self._started = False
+        self._event_gate = _RateGate(10.0, clock)
+        # Called with the offsets just before they are committed; a test seam for crash tests.
+        self.before_commit: Callable[[dict[TopicPartition, int]], Any] | None = None
+
+    # -- Service ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect once (bounded); a broker that is down is retried by `run()`, not fatal."""
+        if self._started:
+            raise RuntimeError("consumer already started")
+        self._started = True
+        try:
+            async with asyncio.timeout(self.start_timeout_s):
+                await self._connect()
+        except asyncio.CancelledError:
+            raise
+        except RECONNECT_ERRORS as exc:
+            await self._disconnect(exc)
+            log.warning("kafka alerts not connected at start, will retry error=%s", exc)
+
+    async def run(self) -> None:
+        """Consume until `stop()`: poll, act, dead-letter, commit; reconnect on broker loss."""
+        try:
+            while not self._stopping.is_set():
+                self._last_tick = self._clock()
+                if self._consumer is None:
+                    await self._reconnect()
+                    continue
+                try:
+                    await self._poll_once()
+                except asyncio.CancelledError:
+                    raise
+                except _Stopping:
+                    await self._commit()
+                    break
+                except RECONNECT_ERRORS as exc:
+                    await self._disconnect(exc)
+        finally:
+            await self._teardown()
+
+    async def stop(self) -> None:
+        """Stop taking alerts; `run()` finishes the record in hand, commits and returns."""
+        self._stopping.set()
+        if not self._started:
+            await self._teardown()
+
+    def healthy(self) -> bool:
+        """True while the loop turns; a broker outage is reported, not a reason to restart."""
+        limit = max(30.0, 3 * self.backoff.max_s)
+        return self._clock() - self._last_tick < limit
+
+    def status(self) -> str:
+        """Say whether alerts can arrive, and what went wrong if not."""
+        if self.stalled:
+            return f"stalled: {self.stalled}"
+        if self.connected:
+            lag = self.lag()
+            return f"connected, {self.stats.consumed} consumed, lag {lag}"
+        return f"disconnected: {self.last_error or 'connecting'}"
+
+    def lag(self) -> int | None:
+        """Records in the alerts topic not processed yet (None if unknown)."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        total = 0
+        for tp in self._partitions:
+            high = consumer.highwater(tp)
+            if high is None:
+                return None
+            total += max(0, high - self._done.get(tp, high))
+        return total
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything `killswitch status` shows about the alerts input."""
+        return {
+            "connected": self.connected,
+            "last_error": self.last_error,
+            "stalled": self.stalled,
+            "lag": self.lag(),
+            "committed": {f"{tp.topic}:{tp.partition}": o for tp, o in self._committed.items()},
+            **self.stats.to_json(),
+        }
+
+    # -- connection -------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        settings = self.settings
+        producer = new_producer(settings, linger_ms=5)
+        self._producer = producer
+        await producer.start()
+        consumer = AIOKafkaConsumer(
+            **client_options(settings),
+            group_id=settings.group_id,
+            client_id=f"killswitch-{settings.group_id}",
+            enable_auto_commit=False,
+            # first start: do not replay history into kills; reconnect: the broker lost our
+            # offsets, so what the topic holds now is newer than what we saw
+            auto_offset_reset="latest" if self._first_connect else "earliest",
+            max_poll_records=self.max_records,
+        )
+        self._consumer = consumer
+        await consumer.start()
+        partitions = consumer.partitions_for_topic(settings.alerts_topic)
+        if not partitions:
+            raise _TopicMissing(f"topic {settings.alerts_topic} does not exist")
+        tps = [TopicPartition(settings.alerts_topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        pin: dict[TopicPartition, int] = {}
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            if committed is None:
+                pin[tp] = await consumer.position(tp)
+            else:
+                self._committed[tp] = committed
+        if pin:
+            await consumer.commit(pin)
+            self._committed.update(pin)
+            log.info("kafka alerts position pinned offsets=%s", _fmt(pin))
+        self._partitions = tps
+        self._done = {}
+        self._dead_letters = {}
+        self._first_connect = False
+        self._last_probe = self._clock()
+        self.connected = True
+        self.last_error = ""
+        self.backoff.reset()
+        self.stats.connects += 1
+        log.info(
+            "kafka alerts connected topic=%s partitions=%d group=%s",
+            settings.alerts_topic,
+            len(tps),
+            settings.group_id,
+        )
+        self._emit("kafka_connected", topic=settings.alerts_topic, partitions=len(tps))
+
+    async def _reconnect(self) -> None:
+        delay = self.backoff.next_delay() if self.stats.disconnects else 0.0
+        if delay:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
+        try:
+            await self._connect()
+        except asyncio.CancelledError:
+            raise
+        except RECONNECT_ERRORS as exc:
+            await self._disconnect(exc)
+
+    async def _disconnect(self, exc: BaseException) -> None:
+        was_connected = self.connected
+        self.connected = False
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.stats.disconnects += 1
+        if was_connected:
+            log.warning("kafka alerts disconnected error=%s", self.last_error)
+            self._emit("kafka_disconnected", error=self.last_error)
+        else:
+            log.info("kafka alerts connect failed error=%s", self.last_error)
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        self.connected = False
+        for client in (consumer, producer):
+            if client is not None:
+                await stop_client(client)
+
+    async def _probe(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        async with asyncio.timeout(max(1.0, self.probe_interval_s * 2)):
+            await consumer.topics()
+        parts = consumer.partitions_for_topic(self.settings.alerts_topic) or set()
+        if {tp.partition for tp in self._partitions} != parts:
+            raise _TopicMissing(f"partitions of {self.settings.alerts_topic} changed: {parts}")
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _poll_once(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        batch = await consumer.getmany(
+            timeout_ms=self.poll_timeout_ms, max_records=self.max_records
+        )
+        for tp, records in batch.items():
+            for record in records:
+                await self._process(tp, record)
+                self._done[tp] = record.offset + 1
+                if self._stopping.is_set():
+                    break
+            if self._stopping.is_set():
+                break
+        await self._settle_dead_letters(wait=bool(batch))
+        await self._commit()
+        if self._clock() - self._last_probe >= self.probe_interval_s:
+            self._last_probe = self._clock()
+            await self._probe()
+
+    async def _process(self, tp: TopicPartition, record: Record) -> None:
+        self.stats.consumed += 1
+        now_ms = self._wall_ms()
+        try:
+            alert = parse_alert(record.value, record.headers, hmac_key=self._hmac_key)
+            unknown = check_policy(
+                alert,
+                now_ms=now_ms,
+                ttl_ms=self.settings.alert_ttl_ms,
+                allow_reset=self.settings.allow_reset,
+                accounts=self.accounts,
+            )
+            if alert.action is AlertAction.RESET:
+                self._check_reset_is_fresh(alert)
+        except AlertRejected as exc:
+            await self._reject(tp, record, exc)
+            return
+        if unknown:
+            log.warning("alert names unknown accounts alert_id=%s accounts=%s", alert.id, unknown)
+            self._emit("alert_unknown_accounts", alert_id=alert.id, accounts=unknown)
+        if alert.action is AlertAction.HEARTBEAT:
+            self.stats.heartbeats += 1
+            if self.heartbeats is None or not self.heartbeats.beat(alert.source, alert.ts):
+                log.debug("heartbeat from an unwatched source source=%s", alert.source)
+            return
+        if alert.action is AlertAction.RESET:
+            await self._reset(alert)
+            return
+        await self._submit(alert.to_trigger(received_ms=now_ms))
+
+    async def _submit(self, trigger: Trigger) -> None:
+        result = await self._engine_call(f"alert {trigger.id}", lambda: self.engine.submit(trigger))
+        if result == "duplicate":
+            self.stats.duplicates += 1
+            log.info("duplicate alert ignored alert_id=%s", trigger.id)
+        else:
+            self.stats.triggers += 1
+
+    async def _engine_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run an engine call until it succeeds: an alert is never skipped for a journal error."""
+        backoff = Backoff(initial_s=0.05, max_s=2.0)
+        while True:
+            try:
+                result = await call()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.engine_failures += 1
+                self.stalled = f"{what} not journaled: {type(exc).__name__}: {exc}"[:300]
+                log.exception("engine call failed, retrying what=%s", what)
+                if self._stopping.is_set():
+                    # left uncommitted: the record is delivered again after the restart
+                    raise _Stopping from exc
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff.next_delay()):
+                        await self._stopping.wait()
+                continue
+            self.stalled = ""
+            return result
+
+    def _check_reset_is_fresh(self, alert: Alert) -> None:
+        # A replayed reset (crash before its commit) must not release a kill latched after it.
+        newest = latest_latch_ms(self.engine)
+        if newest is not None and alert.ts < newest:
+            raise RefusedAlert(
+                f"reset issued at {alert.ts} is older than a latch received at {newest}",
+                kind="stale_reset",
+            )
+
+    async def _reset(self, alert: Alert) -> None:
+        self.stats.resets += 1
+        released = await self._engine_call(
+            f"reset {alert.id}",
+            lambda: self.engine.reset(
+                actor=f"kafka:{alert.source}", reason=alert.reason or alert.id, origin="kafka"
+            ),
+        )
+        log.warning("reset from kafka alert_id=%s released=%s", alert.id, released)
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    async def _reject(self, tp: TopicPartition, record: Record, exc: AlertRejected) -> None:
+        self.stats.rejected[exc.kind] += 1
+        log.info(
+            "alert rejected kind=%s partition=%d offset=%d error=%s",
+            exc.kind,
+            record.partition,
+            record.offset,
+            exc.msg,
+        )
+        if self._event_gate.allow():
+            self._emit(
+                "alert_rejected",
+                kind=exc.kind,
+                error=exc.msg,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                suppressed=self._event_gate.suppressed,
+            )
+        letter = _DeadLetter(record.offset, record, exc)
+        await self._send_dead_letter(letter)
+        self._dead_letters.setdefault(tp, deque()).append(letter)
+
+    async def _send_dead_letter(self, letter: _DeadLetter) -> None:
+        producer = self._producer
+        assert producer is not None
+        record = letter.record
+        headers = [
+            *record.headers,
+            ("x-dlq-error-kind", letter.error.kind.encode()),
+            ("x-dlq-error", letter.error.msg[:1000].encode()),
+            ("x-dlq-topic", record.topic.encode()),
+            ("x-dlq-partition", str(record.partition).encode()),
+            ("x-dlq-offset", str(record.offset).encode()),
+            ("x-dlq-group", self.settings.group_id.encode()),
+        ]
+        letter.attempts += 1
+        try:
+            letter.future = await producer.send(
+                self.settings.dead_letter_topic,
+                value=record.value if record.value is not None else b"",
+                key=record.key,
+                headers=headers,
+            )
+        except asyncio.CancelledError:
+            raise
+        except BROKER_ERRORS as exc:
+            self.stats.dead_letter_failures += 1
+            log.warning("dead letter not queued offset=%d error=%s", record.offset, exc)
+            letter.future = None
+
+    async def _settle_dead_letters(self, *, wait: bool) -> None:
+        """Confirm dead letters in order; resend the failed; give up on the oldest past the bound.
+
+        A broken dead-letter topic must never hold up kills: records behind a pending dead
+        letter are still acted upon; only the commit waits for it.
+        """
+        for letters in self._dead_letters.values():
+            futures = [lt.future for lt in letters if lt.future is not None]
+            if wait and futures:
+                await asyncio.wait(futures, timeout=self.io_timeout_s)
+            while letters:
+                head = letters[0]
+                fut = head.future
+                if fut is not None and fut.done() and not fut.cancelled() and not fut.exception():
+                    letters.popleft()
+                    self.stats.dead_lettered += 1
+                    continue
+                break
+            for letter in letters:
+                fut = letter.future
+                failed = fut is None or (fut.done() and (fut.cancelled() or fut.exception()))
+                if failed:
+                    if fut is not None and not fut.cancelled():
+                        self.stats.dead_letter_failures += 1
+                        log.warning(
+                            "dead letter failed offset=%d error=%s", letter.offset, fut.exception()
+                        )
+                    await self._send_dead_letter(letter)
+            while len(letters) > self.dead_letter_pending_limit:
+                lost = letters.popleft()
+                self.stats.dead_letter_lost += 1
+                log.error(
+                    "dead letter given up topic=%s partition=%d offset=%d kind=%s",
+                    lost.record.topic,
+                    lost.record.partition,
+                    lost.offset,
+                    lost.error.kind,
+                )
+
+    # -- commits ----------------------------------------------------------------------------
+
+    def commit_offsets(self) -> dict[TopicPartition, int]:
+        """Offsets safe to commit now: past processed records, before the first pending letter."""
+        offsets: dict[TopicPartition, int] = {}
+        for tp, done in self._done.items():
+            letters = self._dead_letters.get(tp)
+            offset = min(done, letters[0].offset) if letters else done
+            if offset > self._committed.get(tp, -1):
+                offsets[tp] = offset
+        return offsets
+
+    async def _commit(self) -> None:
+        consumer = self._consumer
+        offsets = self.commit_offsets()
+        if consumer is None or not offsets:
+            return
+        if self.before_commit is not None:
+            hook = self.before_commit(offsets)
+            if asyncio.iscoroutine(hook):
+                await hook
+        try:
+            async with asyncio.timeout(self.io_timeout_s):
+                await consumer.commit(offsets)
+        except asyncio.CancelledError:
+            raise
+        except BROKER_ERRORS as exc:
+            # cumulative: the next commit covers these offsets too
+            self.stats.commit_failures += 1
+            log.warning("commit failed offsets=%s error=%s", _fmt(offsets), exc)
+            return
+        self.stats.commits += 1
+        self._committed.update(offsets)
+
+    def _emit(self, event_type: str, **fields: object) -> None:
+        self.engine.events.emit(make_event(event_type, input="kafka", **fields))
+
+
+class _TopicMissing(Exception):
+    """The alerts topic does not exist (yet) or its partitions changed."""
+
+
+RECONNECT_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, _TopicMissing)
+
+
+class _Stopping(Exception):
+    """The daemon stops while a record could not be finished; it stays uncommitted."""
+
+
+async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop an aiokafka client; its own failures are logged, a cancel aimed at us still raises.
+
+    aiokafka's fetcher `close()` awaits its cancelled fetch tasks, and one caught in its retry
+    sleep re-raises that CancelledError into `stop()`. Run it as a task: `asyncio.wait` tells a
+    cancelled child (dropped) from a cancel of the caller (raised).
+    """
+    task = asyncio.ensure_future(client.stop())
+    await asyncio.wait({task})
+    if task.cancelled():
+        log.debug("kafka client stop was cancelled inside aiokafka")
+    elif (exc := task.exception()) is not None:
+        log.debug("kafka client stop failed error=%s", exc)
+
+
+def latest_latch_ms(engine: AlertEngine) -> int | None:
+    """Return when the newest latch still held was received (our clock), if the engine says."""
+    latches = engine.status().get("latches")
+    kill_for = getattr(engine, "kill_for", None)
+    if not isinstance(latches, list) or kill_for is None:
+        return None
+    newest: int | None = None
+    for latch in latches:
+        trigger_id = latch.get("trigger_id") if isinstance(latch, dict) else None
+        kill = kill_for(trigger_id) if trigger_id else None
+        for trigger in getattr(kill, "triggers", ()):
+            if trigger.id == trigger_id and trigger.received_ms:
+                newest = max(newest or 0, trigger.received_ms)
+    return newest
+
+
+def _fmt(offsets: dict[TopicPartition, int]) -> str:
+    return ",".join(f"{tp.partition}:{o}" for tp, o in sorted(offsets.items()))
+
+
+__all__: Sequence[str] = (
+    "AlertEngine",
+    "Backoff",
+    "ConsumerStats",
+    "KafkaAlertConsumer",
+    "client_options",
+    "new_producer",
+)

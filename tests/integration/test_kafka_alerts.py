@@ -1,0 +1,389 @@
+"""The alerts consumer against a real broker, with an in-memory engine behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import SecretStr
+
+from killswitch.handlers.alerts import signature
+from killswitch.handlers.kafka import Backoff, KafkaAlertConsumer
+from killswitch.model import AccountRef, Mode
+from killswitch.settings import KafkaSettings
+from tests.conftest import eventually
+from tests.fixtures.kafka import (
+    KafkaBroker,
+    ProxiedBroker,
+    create_topics,
+    kafka_broker,
+    producer,
+    proxied_broker,
+    read_topic,
+    unique_name,
+)
+from tests.fixtures.kafka_engine import FakeEngine
+
+__all__ = ["kafka_broker", "proxied_broker"]
+
+pytestmark = pytest.mark.kafka
+
+
+def alert(alert_id: str, action: str = "kill", **fields: Any) -> bytes:
+    body = {"id": alert_id, "ts": int(time.time() * 1000), "source": "pnl-monitor"}
+    return orjson.dumps(body | {"action": action} | fields)
+
+
+class Beats:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def beat(self, source: str, ts_ms: int) -> bool:
+        self.seen.append((source, ts_ms))
+        return True
+
+
+async def kafka_settings(broker: KafkaBroker | ProxiedBroker, **overrides: Any) -> KafkaSettings:
+    names = {
+        "alerts_topic": unique_name("alerts"),
+        "dead_letter_topic": unique_name("dlq"),
+        "events_topic": unique_name("events"),
+        "latch_topic": unique_name("latch"),
+        "group_id": unique_name("group"),
+    }
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap, **(names | overrides))
+    await create_topics(broker.bootstrap, settings.alerts_topic, settings.dead_letter_topic)
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def running(consumer: KafkaAlertConsumer) -> AsyncIterator[asyncio.Task[None]]:
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield task
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def committed(settings: KafkaSettings, partition: int = 0) -> int | None:
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+    )
+    await reader.start()
+    try:
+        result: int | None = await reader.committed(
+            TopicPartition(settings.alerts_topic, partition)
+        )
+        return result
+    finally:
+        await reader.stop()
+
+
+def new_consumer(settings: KafkaSettings, engine: FakeEngine, **kw: Any) -> KafkaAlertConsumer:
+    kw.setdefault("backoff", Backoff(initial_s=0.05, max_s=0.5))
+    kw.setdefault("probe_interval_s", 0.5)
+    return KafkaAlertConsumer(settings, engine, **kw)
+
+
+async def test_a_kill_alert_is_committed_only_after_the_engine_journaled_it(
+    kafka_broker: KafkaBroker,
+) -> None:
+    settings = await kafka_settings(kafka_broker)
+    engine = FakeEngine()
+    engine.gate = asyncio.Event()
+    submitted = asyncio.Event()
+    engine.on_submit = lambda _t: submitted.set()
+    consumer = new_consumer(settings, engine)
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        assert await committed(settings) == 0  # first start pins the end of the topic
+        await prod.send_and_wait(settings.alerts_topic, alert("a-1", reason="drawdown"))
+        await asyncio.wait_for(submitted.wait(), 30)
+        # the engine has not returned: nothing may be committed past the alert
+        assert await committed(settings) == 0
+        assert engine.journal == []
+        engine.gate.set()
+        await eventually(lambda: committed(settings), timeout_s=30)
+        assert await committed(settings) == 1
+    [trigger] = engine.journal
+    assert (trigger.id, trigger.mode, trigger.reason, trigger.actor) == (
+        "a-1",
+        Mode.KILL,
+        "drawdown",
+        "pnl-monitor",
+    )
+
+
+async def test_a_duplicate_alert_is_a_no_op_and_counted(kafka_broker: KafkaBroker) -> None:
+    settings = await kafka_settings(kafka_broker)
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine)
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        for _ in range(2):
+            await prod.send_and_wait(settings.alerts_topic, alert("dup-1"))
+        await eventually(lambda: consumer.stats.consumed == 2, timeout_s=30)
+    assert [t.id for t in engine.journal] == ["dup-1"]
+    assert consumer.stats.triggers == 1
+    assert consumer.stats.duplicates == 1
+    assert [e["trigger_id"] for e in engine.sink.of_type("duplicate")] == ["dup-1"]
+
+
+async def test_alerts_published_before_a_groups_first_start_are_not_replayed(
+    kafka_broker: KafkaBroker,
+) -> None:
+    settings = await kafka_settings(kafka_broker)
+    async with producer(kafka_broker.bootstrap) as prod:
+        await prod.send_and_wait(settings.alerts_topic, alert("old-kill"))
+        engine = FakeEngine()
+        consumer = new_consumer(settings, engine)
+        async with running(consumer):
+            await prod.send_and_wait(settings.alerts_topic, alert("new-kill"))
+            await eventually(lambda: engine.journal, timeout_s=30)
+    assert [t.id for t in engine.journal] == ["new-kill"]
+
+
+async def test_a_restarted_consumer_resumes_after_the_committed_offset(
+    kafka_broker: KafkaBroker,
+) -> None:
+    settings = await kafka_settings(kafka_broker)
+    async with producer(kafka_broker.bootstrap) as prod:
+        first = FakeEngine()
+        consumer = new_consumer(settings, first)
+        async with running(consumer):
+            await prod.send_and_wait(settings.alerts_topic, alert("k-1"))
+            await prod.send_and_wait(settings.alerts_topic, alert("k-2"))
+            await eventually(lambda: len(first.journal) == 2, timeout_s=30)
+            await eventually(lambda: consumer.commit_offsets() == {}, timeout_s=30)
+        await prod.send_and_wait(settings.alerts_topic, alert("k-3"))
+        second = FakeEngine()  # no memory of k-1, k-2: a replay would show
+        async with running(new_consumer(settings, second)):
+            await eventually(lambda: second.journal, timeout_s=30)
+            await eventually(lambda: committed(settings), timeout_s=30)
+    assert [t.id for t in second.submitted] == ["k-3"]
+    assert await committed(settings) == 3
+
+
+async def test_malformed_records_go_to_the_dead_letter_topic_and_valid_ones_still_act(
+    kafka_broker: KafkaBroker,
+) -> None:
+    settings = await kafka_settings(kafka_broker)
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine)
+    bad = [b"not json", b"[1]", alert("x", action="nuke"), alert("y", scpoe={})]
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        for i, value in enumerate(bad):
+            await prod.send(settings.alerts_topic, value, key=f"k{i}".encode())
+            await prod.send(settings.alerts_topic, alert(f"good-{i}"))
+        await prod.flush()
+        await eventually(lambda: len(engine.journal) == 4, timeout_s=30)
+        await eventually(lambda: consumer.stats.dead_lettered == 4, timeout_s=30)
+        await eventually(lambda: consumer.commit_offsets() == {} and consumer.stats.commits)
+        assert consumer.connected
+    assert [t.id for t in engine.journal] == ["good-0", "good-1", "good-2", "good-3"]
+    assert await committed(settings) == 8
+    letters = await read_topic(kafka_broker.bootstrap, settings.dead_letter_topic, count=4)
+    assert [(r.key, r.value) for r in letters] == [(f"k{i}".encode(), v) for i, v in enumerate(bad)]
+    headers = [dict(r.headers) for r in letters]
+    assert [h["x-dlq-error-kind"] for h in headers] == [b"malformed"] * 4
+    assert [int(h["x-dlq-offset"]) for h in headers] == [0, 2, 4, 6]
+    assert b"action" in headers[2]["x-dlq-error"]
+    assert b"scpoe" in headers[3]["x-dlq-error"]
+    assert {h["x-dlq-topic"] for h in headers} == {settings.alerts_topic.encode()}
+    assert consumer.stats.rejected == {"malformed": 4}
+    assert len(engine.sink.of_type("alert_rejected")) == 4
+
+
+async def test_with_a_key_configured_only_correctly_signed_alerts_act(
+    kafka_broker: KafkaBroker,
+) -> None:
+    key = b"alert-key-for-tests"
+    settings = await kafka_settings(kafka_broker, alert_hmac_key=SecretStr(key.decode()))
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine)
+    unsigned = alert("unsigned-kill")
+    forged = alert("forged-kill")
+    signed = alert("signed-kill")
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        await prod.send(settings.alerts_topic, unsigned)
+        await prod.send(
+            settings.alerts_topic,
+            forged,
+            headers=[("x-signature", signature(b"other", forged).encode())],
+        )
+        await prod.send(
+            settings.alerts_topic,
+            signed,
+            headers=[("x-signature", signature(key, signed).encode())],
+        )
+        await prod.flush()
+        await eventually(lambda: consumer.stats.consumed == 3, timeout_s=30)
+        await eventually(lambda: consumer.stats.dead_lettered == 2, timeout_s=30)
+    assert [t.id for t in engine.journal] == ["signed-kill"]
+    letters = await read_topic(kafka_broker.bootstrap, settings.dead_letter_topic, count=2)
+    assert [dict(r.headers)["x-dlq-error-kind"] for r in letters] == [b"unsigned", b"bad_signature"]
+    assert [r.value for r in letters] == [unsigned, forged]
+
+
+async def test_a_reset_alert_is_refused_unless_allowed(kafka_broker: KafkaBroker) -> None:
+    settings = await kafka_settings(kafka_broker)
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine)
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        await prod.send_and_wait(settings.alerts_topic, alert("k-1"))
+        await prod.send_and_wait(settings.alerts_topic, alert("r-1", action="reset"))
+        await eventually(lambda: consumer.stats.dead_lettered == 1, timeout_s=30)
+    assert engine.latched()
+    assert engine.resets == []
+    letters = await read_topic(kafka_broker.bootstrap, settings.dead_letter_topic, count=1)
+    assert dict(letters[0].headers)["x-dlq-error-kind"] == b"refused"
+
+
+async def test_an_allowed_reset_alert_releases_the_latch_with_its_actor(
+    kafka_broker: KafkaBroker,
+) -> None:
+    settings = await kafka_settings(kafka_broker, allow_reset=True)
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine)
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        await prod.send_and_wait(settings.alerts_topic, alert("k-1"))
+        await eventually(lambda: engine.latched(), timeout_s=30)
+        await prod.send_and_wait(
+            settings.alerts_topic, alert("r-1", action="reset", reason="risk cleared", source="ops")
+        )
+        await eventually(lambda: engine.resets, timeout_s=30)
+    assert not engine.latched()
+    assert engine.resets == [{"actor": "kafka:ops", "reason": "risk cleared", "origin": "kafka"}]
+
+
+async def test_a_replayed_reset_older_than_the_current_latch_is_refused(
+    kafka_broker: KafkaBroker,
+) -> None:
+    settings = await kafka_settings(kafka_broker, allow_reset=True)
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine)
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        await prod.send_and_wait(settings.alerts_topic, alert("k-1"))
+        await eventually(lambda: engine.latched(), timeout_s=30)
+        stale = int(time.time() * 1000) - 60_000
+        await prod.send_and_wait(settings.alerts_topic, alert("r-old", action="reset", ts=stale))
+        await eventually(lambda: consumer.stats.dead_lettered == 1, timeout_s=30)
+    assert engine.latched()
+    assert consumer.stats.rejected == {"stale_reset": 1}
+
+
+async def test_heartbeat_alerts_reach_the_heartbeat_watch(kafka_broker: KafkaBroker) -> None:
+    settings = await kafka_settings(kafka_broker)
+    engine = FakeEngine()
+    beats = Beats()
+    consumer = new_consumer(settings, engine, heartbeats=beats)
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        await prod.send_and_wait(
+            settings.alerts_topic, alert("hb-1", action="heartbeat", source="bot-7", ts=1234)
+        )
+        await eventually(lambda: beats.seen, timeout_s=30)
+    assert beats.seen == [("bot-7", 1234)]
+    assert engine.submitted == []
+
+
+async def test_a_kill_for_no_configured_account_is_dead_lettered(
+    kafka_broker: KafkaBroker,
+) -> None:
+    settings = await kafka_settings(kafka_broker)
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine, accounts=[AccountRef("binance", "mm-1")])
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        await prod.send_and_wait(settings.alerts_topic, alert("k-x", scope={"accounts": ["mm-9"]}))
+        await prod.send_and_wait(
+            settings.alerts_topic, alert("k-1", scope={"accounts": ["mm-1", "mm-9"]})
+        )
+        await eventually(lambda: engine.journal, timeout_s=30)
+    assert [t.id for t in engine.journal] == ["k-1"]
+    assert consumer.stats.rejected == {"no_account": 1}
+    assert engine.sink.of_type("alert_unknown_accounts")[0]["accounts"] == ["mm-9"]
+
+
+async def test_an_alert_is_retried_until_journaled_and_never_skipped(
+    kafka_broker: KafkaBroker,
+) -> None:
+    settings = await kafka_settings(kafka_broker)
+    engine = FakeEngine()
+    engine.failures = 3
+    consumer = new_consumer(settings, engine)
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        await prod.send_and_wait(settings.alerts_topic, alert("k-1"))
+        await prod.send_and_wait(settings.alerts_topic, alert("k-2"))
+        await eventually(lambda: len(engine.journal) == 2, timeout_s=30)
+        await eventually(lambda: committed(settings), timeout_s=30)
+    assert [t.id for t in engine.journal] == ["k-1", "k-2"]
+    assert [t.id for t in engine.submitted] == ["k-1"] * 4 + ["k-2"]
+    assert consumer.stats.engine_failures == 3
+    assert consumer.stalled == ""
+    assert await committed(settings) == 2
+
+
+async def test_broker_loss_is_reported_and_consumption_resumes_from_the_committed_offset(
+    proxied_broker: ProxiedBroker,
+) -> None:
+    settings = await kafka_settings(proxied_broker)
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine)
+    async with running(consumer) as task, producer(proxied_broker.bootstrap) as prod:
+        await prod.send_and_wait(settings.alerts_topic, alert("before"))
+        await eventually(lambda: engine.journal, timeout_s=30)
+        await eventually(lambda: consumer.commit_offsets() == {}, timeout_s=30)
+        await proxied_broker.cut()
+        await eventually(lambda: not consumer.connected, timeout_s=30)
+        assert consumer.status().startswith("disconnected")
+        assert consumer.healthy()
+        assert not task.done()
+        await proxied_broker.restore()
+        await eventually(lambda: consumer.connected, timeout_s=60)
+        await prod.send_and_wait(settings.alerts_topic, alert("after"))
+        await eventually(lambda: len(engine.journal) == 2, timeout_s=30)
+    assert [t.id for t in engine.submitted] == ["before", "after"]  # nothing replayed
+    kafka_events = [e["type"] for e in engine.sink.records if str(e["type"]).startswith("kafka_")]
+    assert kafka_events == ["kafka_connected", "kafka_disconnected", "kafka_connected"]
+
+
+async def test_an_alert_published_as_the_broker_returns_is_not_lost(
+    proxied_broker: ProxiedBroker,
+) -> None:
+    settings = await kafka_settings(proxied_broker)
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine)
+    async with running(consumer):
+        await proxied_broker.cut()
+        await eventually(lambda: not consumer.connected, timeout_s=30)
+        await proxied_broker.restore()
+        # published whether or not the consumer has reconnected yet
+        async with producer(proxied_broker.bootstrap) as prod:
+            await prod.send_and_wait(settings.alerts_topic, alert("returning"))
+        await eventually(lambda: engine.journal, timeout_s=60)
+    assert [t.id for t in engine.journal] == ["returning"]
+
+
+async def test_a_consumer_started_while_the_broker_is_down_connects_when_it_comes_up(
+    proxied_broker: ProxiedBroker,
+) -> None:
+    settings = await kafka_settings(proxied_broker)
+    await proxied_broker.cut()
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine, start_timeout_s=1.0)
+    async with running(consumer):
+        assert not consumer.connected
+        assert consumer.healthy()
+        assert consumer.status().startswith("disconnected")
+        await proxied_broker.restore()
+        await eventually(lambda: consumer.connected, timeout_s=60)
+        async with producer(proxied_broker.bootstrap) as prod:
+            await prod.send_and_wait(settings.alerts_topic, alert("k-1"))
+        await eventually(lambda: engine.journal, timeout_s=30)
