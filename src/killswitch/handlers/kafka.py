@@ -208,6 +208,7 @@ class KafkaAlertConsumer:
         probe_interval_s: float = 2.0,
         poll_timeout_ms: int = 200,
         max_records: int = 500,
+        fetch_max_wait_ms: int = 25,
         backoff: Backoff | None = None,
         dead_letter_pending_limit: int = 10_000,
         io_timeout_s: float = 10.0,
@@ -222,6 +223,7 @@ class KafkaAlertConsumer:
         self.probe_interval_s = probe_interval_s
         self.poll_timeout_ms = poll_timeout_ms
         self.max_records = max_records
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.backoff = backoff or Backoff()
         self.dead_letter_pending_limit = dead_letter_pending_limit
         self.io_timeout_s = io_timeout_s
@@ -344,6 +346,9 @@ class KafkaAlertConsumer:
             # offsets, so what the topic holds now is newer than what we saw
             auto_offset_reset="latest" if self._first_connect else "earliest",
             max_poll_records=self.max_records,
+            # a broker that does not answer a waiting fetch when data arrives (Tansu) adds up
+            # to this much latency to every alert; Kafka answers at once either way
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
         )
         self._consumer = consumer
         await consumer.start()
