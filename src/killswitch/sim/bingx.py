@@ -165,7 +165,6 @@ class _ListenKey:
 
 @dataclass(slots=True)
 class _DeadMansSwitch:
-    deadline: float = 0.0  # monotonic
     trigger_time_s: int = 0
     timer: asyncio.TimerHandle | None = None
     firing: bool = False
@@ -253,7 +252,7 @@ class BingxSim(SimVenue):
         # BingX limits each API of each UID on its own ("each api has its own independent rate
         # limit") and disables that API for ~5 min: 429 blocks and strikes are per endpoint.
         key = request.headers.get(self.key_header) or (request.remote or "?")
-        return f"{key} {request.path}"
+        return f"{key} {request.path}" if request.path in ENDPOINT_LIMITS else key
 
     def weight(self, request: web.Request, account: SimAccount | None) -> list[tuple[str, int]]:
         # The venue counts its IP groups per IP; loopback clients share one IP, so the sim keys
@@ -696,7 +695,6 @@ class BingxSim(SimVenue):
         if dms.timer is not None:
             dms.timer.cancel()
         loop = asyncio.get_running_loop()
-        dms.deadline = time.monotonic() + delay_s
         dms.trigger_time_s = int(time.time() + delay_s)
         dms.timer = loop.call_later(delay_s, self._fire_dead_mans_switch, account.name)
         return {
