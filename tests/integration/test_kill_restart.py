@@ -158,9 +158,10 @@ async def test_sigkill_in_the_middle_of_a_kill_then_restart_ends_flat_and_latche
 async def test_reset_over_the_daemon_socket_unlatches_and_is_audited(tmp_path: Path) -> None:
     async with drill(tmp_path) as d, d.daemon("one") as (_proc, notify):
         assert await notify.wait_for("READY=1", 60), (d.workdir / "one.log").read_text()
-        fired = await d.ask({"op": "fire", "reason": "risk", "wait": "done", "timeout_s": 30})
-        assert fired["ok"] is True
-        assert d.open_orders() == dict.fromkeys(d.open_orders(), 0)
+        fired = await d.ask({"op": "fire", "reason": "risk", "wait": "done", "timeout_s": 25})
+        log = (d.workdir / "one.log").read_text()
+        assert fired["ok"] is True, (fired, log)
+        assert d.open_orders() == dict.fromkeys(d.open_orders(), 0), (fired, log)
         reset = await d.ask({"op": "reset", "reason": "false alarm"})
         assert reset["was_latched"] is True
         status = await d.ask({"op": "status"})
