@@ -433,14 +433,18 @@ class BingxExchange:
         return f"BingxExchange(account={self.account!r})"
 
     # -- lifecycle -------------------------------------------------------------------------
+    @malformed_is_unknown
     async def start(self) -> None:
         """Open the pool, measure the clock offset, warm connections, keep the clock fresh."""
         if self._started:
             raise RuntimeError("BingxExchange.start() called twice")
-        self._started = True
+        if self._closed:
+            raise RuntimeError("BingxExchange is closed")
         await self._transport.start()
-        extra = [self._fetch_time(Priority.BACKGROUND) for _ in range(self.warm_connections - 1)]
-        await _gather([self.clock.sync(self._fetch_time_background), *extra])
+        # Only the clock must be measured; the other requests just open pooled connections.
+        warm = [self._warm() for _ in range(self.warm_connections - 1)]
+        await _gather([self.clock.sync(self._fetch_time_background), *warm])
+        self._started = True  # a failed start may be retried
         self._sync_task = asyncio.create_task(
             self.clock.keep_synced(self._fetch_time_background, self.clock_refresh_s),
             name=f"bingx-clock-{self.account}",
@@ -470,6 +474,12 @@ class BingxExchange:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _warm(self) -> None:
+        try:
+            await self._fetch_time(Priority.BACKGROUND)
+        except VenueError as exc:
+            log.info("bingx warm-up request failed account=%s error=%s", self.account, exc)
+
     # -- time ------------------------------------------------------------------------------
     async def _fetch_time(self, priority: Priority) -> int:
         data = await self._request("GET", SERVER_TIME, signed=False, priority=priority)
@@ -486,6 +496,7 @@ class BingxExchange:
         """Ask the venue for its time (one request)."""
         return await self._fetch_time(Priority.BACKGROUND)
 
+    @malformed_is_unknown
     async def resync_clock(self) -> None:
         """Measure the server-time offset again now."""
         await self.clock.sync(self._fetch_time_kill)
