@@ -574,6 +574,17 @@ async def test_a_dropped_stream_raises_transient() -> None:
         assert isinstance(consumer.error, Transient)
 
 
+async def test_a_binary_frame_that_is_not_gzip_json_raises_transient() -> None:
+    async with started() as (sim, exchange, _):
+        consumer = Consumer(exchange)
+        await connected(sim)
+        [stream] = sim._streams["bx0"]
+        stream.queue.put_nowait(b"\x1f\x8b\x08\x00not a deflate stream")
+        await asyncio.wait_for(consumer.ended.wait(), 10)
+        assert isinstance(consumer.error, Transient)
+        assert "undecodable" in consumer.error.msg
+
+
 async def test_a_stream_without_server_pings_raises_transient() -> None:
     async with started(ping_interval_s=60.0, ex_heartbeat_timeout_s=0.3) as (_, exchange, _):
         consumer = Consumer(exchange)

@@ -931,11 +931,16 @@ class BingxExchange:
             self._keep_listen_key(key, ws, expired), name=f"bingx-listenkey-{self.account}"
         )
         try:
-            await ws.send(
-                orjson.dumps(
-                    {"id": str(uuid.uuid4()), "reqType": "sub", "dataType": EXECUTION_REPORT}
-                ).decode()
-            )
+            subscribe = {"id": str(uuid.uuid4()), "reqType": "sub", "dataType": EXECUTION_REPORT}
+            try:
+                await ws.send(orjson.dumps(subscribe).decode())
+            except ConnectionClosed as exc:
+                raise Transient(
+                    "stream closed before the subscription",
+                    venue=self.venue,
+                    account=self.account,
+                    endpoint="ws /market",
+                ) from exc
             async for event in self._frames(ws, key, expired):
                 yield event
                 if isinstance(event, StreamTerminated):
@@ -974,9 +979,18 @@ class BingxExchange:
                 ) from exc
             try:
                 msg = decode_frame(frame)
-            except (OSError, EOFError, orjson.JSONDecodeError):
-                log.warning("bingx undecodable stream frame account=%s", self.account)
-                continue
+            except (OSError, EOFError, orjson.JSONDecodeError) as exc:
+                if isinstance(frame, str):
+                    # Order events come gzipped; stray text cannot be one of them.
+                    log.warning("bingx unexpected text frame account=%s", self.account)
+                    continue
+                # A binary frame we cannot read may have been an order event: resnapshot.
+                raise Transient(
+                    f"undecodable stream frame: {type(exc).__name__}",
+                    venue=self.venue,
+                    account=self.account,
+                    endpoint="ws /market",
+                ) from exc
             if not isinstance(msg, dict):
                 continue
             if "ping" in msg:
