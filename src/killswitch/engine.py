@@ -406,6 +406,7 @@ class Engine:
                 self.kills[trigger_id] = joined
                 continue
             log.warning("resuming kill trigger_id=%s latched=%s", trigger_id, latched)
+            self._emit("resumed", trigger_id=trigger_id, latched=latched, scope=scope.to_json())
             resumed.append(self._launch(trigger, scope, kind="resume"))
         if resumed:
             await asyncio.gather(*(k.done.wait() for k in resumed))

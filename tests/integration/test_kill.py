@@ -6,6 +6,8 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from killswitch.demo import BASES, symbol
 from killswitch.engine import AccountState, EngineConfig, KillState
 from killswitch.model import Mode, Scope, Trigger
@@ -220,3 +222,22 @@ async def test_a_latched_restart_sweeps_what_appeared_while_down_before_start_re
         assert rig.open_orders("mexc/mm-2") == 0  # swept before start() returned
         assert again.latched()
         await again.stop()
+
+
+@pytest.mark.slow
+async def test_bingx_dead_mans_switch_is_kept_armed_while_running_and_fires_when_we_are_gone(
+    tmp_path: Path,
+) -> None:
+    async with kill_rig(tmp_path, supervise=False, dead_mans_switch_s={"bingx/mm-1": 10}) as rig:
+        sim = rig.sim("bingx")
+        sim.dms_time_scale = 0.45  # 10 s on the venue is 4.5 s here; we re-arm every 3.3 s
+        arms = "requests POST /openApi/spot/v1/trade/cancelAllAfter"
+        await eventually(lambda: sim.counters[arms] >= 3, timeout_s=20)  # armed, re-armed
+        assert sim.counters["dead_mans_switch fired"] == 0
+        assert rig.open_orders("bingx/mm-1") > 0
+        assert rig.engine.status()["accounts"]  # type: ignore[truthy-bool]
+
+        await rig.engine.stop()  # the daemon is gone: nobody re-arms
+        await eventually(lambda: sim.counters["dead_mans_switch fired"] == 1, timeout_s=20)
+        await eventually(lambda: rig.open_orders("bingx/mm-1") == 0, timeout_s=10)
+        assert rig.open_orders("bingx/mm-2") > 0  # its switch was never armed
