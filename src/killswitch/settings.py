@@ -188,7 +188,12 @@ class HeartbeatSettings(BaseModel):
 
 
 class RuleSettings(BaseModel):
-    """A local risk rule evaluated on one account's user-data stream."""
+    """A local risk rule evaluated on one account's user-data stream.
+
+    `limit` is in the rule's unit: `fill_notional` quote currency filled per `window_s`;
+    `order_rate` new orders per second, averaged over `window_s`; `stream_down` seconds the
+    stream may stay not live (and, with `silent_s`, seconds it may stay live without an event).
+    """
 
     model_config = _SECTION
 
@@ -197,8 +202,15 @@ class RuleSettings(BaseModel):
     account: str
     limit: float = Field(gt=0)
     window_s: float = Field(default=60.0, gt=0)
+    silent_s: float | None = Field(default=None, gt=0)  # stream_down only; None: idle is normal
     mode: TriggerMode = "kill"
     scope: ScopeSettings | None = None  # None: the rule's own account
+
+    @model_validator(mode="after")
+    def _check_silence(self) -> RuleSettings:
+        if self.silent_s is not None and self.kind != "stream_down":
+            raise ValueError("silent_s applies to stream_down rules only")
+        return self
 
 
 class ControlSettings(BaseModel):
