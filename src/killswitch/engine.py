@@ -51,6 +51,7 @@ from killswitch.exchanges.base import (
 from killswitch.journal import Journal
 from killswitch.model import (
     AccountRef,
+    ExecType,
     ListEvent,
     Mode,
     Order,
@@ -518,9 +519,10 @@ class Engine:
         if account is None:
             return
         if isinstance(event, OrderEvent):
-            for kill in self._running:
-                if kill.scope.covers_account(ref) and kill.scope.covers_order(event):
-                    kill.new_orders_seen += 1
+            if event.exec_type in (ExecType.NEW, ExecType.REPLACED):
+                for kill in self._running:
+                    if kill.scope.covers_account(ref) and kill.scope.covers_order(event):
+                        kill.new_orders_seen += 1
             scope = self._latch_covering(ref, event)
             if scope is None:
                 return
@@ -1110,10 +1112,10 @@ class Engine:
             orders = tuple(i for i in items if isinstance(i, Order))
             lists = tuple(i for i in items if isinstance(i, OrderList))
             # Cancel exactly what the stream showed, by id: a cancel-all here could race a
-            # wave and costs more than the few orders a stream burst brings.
-            by_id = Scope(
-                scope.venues, scope.accounts, scope.symbols, scope.client_order_id_prefix or ""
-            )
+            # wave and costs more than the few orders a stream burst brings. Every item was
+            # matched against a latched scope when it was queued; the empty prefix only makes
+            # the planner cancel by id.
+            by_id = Scope(client_order_id_prefix="")
             requests = plan(by_id, Snapshot(orders, lists), None, (), account.exchange.capabilities)
             self._emit(
                 "stream_cancel",

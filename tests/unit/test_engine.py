@@ -522,3 +522,21 @@ async def test_status_reports_latch_and_last_kill(rig: Rig) -> None:
     assert isinstance(last, dict)
     assert last["state"] == "confirmed"
     assert {a["venue"] for a in status["accounts"]} == {"binance", "mexc", "bingx"}  # type: ignore[union-attr]
+
+
+async def test_stream_orders_under_two_different_latches_are_all_cancelled(rig: Rig) -> None:
+    await rig.engine.submit(kill_trigger("b", venues=["binance"], symbols=["BTCUSDT"]))
+    await rig.engine.submit(kill_trigger("e", venues=["binance"], symbols=["ETHUSDT"]))
+    await finished(rig, "b")
+    await finished(rig, "e")
+    binance = rig.venues["binance"]
+    (btc,) = binance.place("BTCUSDT", "late-b")
+    (eth,) = binance.place("ETHUSDT", "late-e")
+    (sol,) = binance.place("SOLUSDT", "free")
+    ref = AccountRef("binance", "mm-1")
+    for order_id in (btc, eth, sol):
+        rig.engine.on_stream_event(ref, new_order_event(binance, order_id))
+    await rig.engine.wait_idle()
+    assert btc not in binance.book.orders
+    assert eth not in binance.book.orders
+    assert sol in binance.book.orders
