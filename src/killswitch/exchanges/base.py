@@ -17,9 +17,10 @@ triggers or scopes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from killswitch.model import Snapshot, StreamEvent
 
@@ -108,6 +109,43 @@ class Transient(VenueError):
 
 class Fatal(VenueError):
     """Bad key, signature, permission or request: retrying cannot help."""
+
+
+# What reading a venue answer of the wrong shape raises: a missing field, a wrong type.
+MALFORMED_ANSWER: tuple[type[Exception], ...] = (
+    KeyError,
+    IndexError,
+    TypeError,
+    ValueError,
+    AttributeError,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def malformed_is_unknown(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Make a connector method raise `OutcomeUnknown` for an answer it cannot read.
+
+    A 2xx body with a field missing or of the wrong type says nothing reliable about what the
+    venue did: the engine re-reads and retries, as after a 5xx, instead of giving up on the
+    account. Connectors decorate each `Exchange` method that reads an answer.
+    """
+
+    @functools.wraps(fn)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except MALFORMED_ANSWER as exc:
+            owner = args[0] if args else None
+            raise OutcomeUnknown(
+                f"malformed answer: {type(exc).__name__}: {exc}"[:300],
+                venue=str(getattr(owner, "venue", "")),
+                account=str(getattr(owner, "account", "")),
+                endpoint=fn.__name__,
+            ) from exc
+
+    return guarded
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from killswitch.exchanges.base import (
     RateLimits,
     Transient,
     VenueError,
+    malformed_is_unknown,
 )
 from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
@@ -209,8 +210,11 @@ class WsApiSession:
                 await self.ws.send(frame)
             except ConnectionClosed as exc:
                 raise _NotSent(method) from exc
+            # asyncio.timeout, never wait_for: on 3.11 wait_for can swallow a cancel that
+            # races the result, and a cancelled close() would then wait forever.
             try:
-                return await asyncio.wait_for(future, timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    return await future
             except TimeoutError:
                 raise OutcomeUnknown(
                     f"no answer within {timeout_s}s", venue=VENUE, endpoint=f"ws {method}"
@@ -318,7 +322,8 @@ class BinanceExchange:
             self._spawn(self._keep_session())
             # Warm before any kill; if the session cannot open now, REST carries the kill.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._session_ready.wait(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):
+                    await self._session_ready.wait()
 
     async def close(self) -> None:
         """Stop background work and close every connection. Safe to call twice."""
@@ -363,7 +368,8 @@ class BinanceExchange:
                 await old.close()
             log.info("binance ws-api session up account=%s", self.account)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fresh.lost.wait(), SESSION_MAX_AGE_S)
+                async with asyncio.timeout(SESSION_MAX_AGE_S):
+                    await fresh.lost.wait()
             if loop.time() - fresh.opened_at < STABLE_SESSION_S:
                 # Dropped right after opening: back off instead of reconnecting in a loop.
                 await asyncio.sleep(backoff)
@@ -535,6 +541,7 @@ class BinanceExchange:
             return await attempt()
 
     # -- the Exchange protocol -----------------------------------------------------------------
+    @malformed_is_unknown
     async def server_time_ms(self) -> int:
         """Ask Binance for its time (`GET /api/v3/time`, weight 1)."""
         return await self._time(Priority.KILL)
@@ -551,6 +558,7 @@ class BinanceExchange:
         """Measure the server-time offset again now."""
         await self.clock.sync(self.server_time_ms)
 
+    @malformed_is_unknown
     async def snapshot(
         self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
     ) -> Snapshot:
@@ -595,6 +603,7 @@ class BinanceExchange:
             lists = tuple(lst for lst in lists if lst.symbol in wanted)
         return Snapshot(orders=orders, lists=lists, server_time_ms=taken_ms)
 
+    @malformed_is_unknown
     async def cancel_all(
         self, symbols: Sequence[str] | None, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
@@ -625,6 +634,7 @@ class BinanceExchange:
             return CancelAck()  # -2011 "Unknown order sent.": nothing open on the symbol
         return _ack(result)
 
+    @malformed_is_unknown
     async def cancel_order(
         self, symbol: str, order_id: str, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
@@ -640,6 +650,7 @@ class BinanceExchange:
         )
         return _ack(result)
 
+    @malformed_is_unknown
     async def cancel_orders(
         self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
     ) -> BatchResult:
@@ -663,6 +674,7 @@ class BinanceExchange:
                 raise outcome
         return BatchResult(cancelled=tuple(cancelled), gone=tuple(gone), failed=tuple(failed))
 
+    @malformed_is_unknown
     async def cancel_order_list(
         self, symbol: str, list_id: str, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
@@ -712,7 +724,8 @@ class BinanceExchange:
                     yield StreamTerminated("connection age limit")
                     return
                 try:
-                    raw = await asyncio.wait_for(ws.recv(), remaining)
+                    async with asyncio.timeout(remaining):
+                        raw = await ws.recv()
                 except TimeoutError:
                     continue
                 except ConnectionClosed as exc:

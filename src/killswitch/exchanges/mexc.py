@@ -43,6 +43,7 @@ from killswitch.exchanges.base import (
     RateLimits,
     Transient,
     VenueError,
+    malformed_is_unknown,
 )
 from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
@@ -437,6 +438,7 @@ class MexcExchange:
     async def _fetch_server_time(self) -> int:
         return await self.server_time_ms()
 
+    @malformed_is_unknown
     async def server_time_ms(self) -> int:
         data = await self._send("GET", "/api/v3/time", (), False, 1, Priority.KILL)
         return int(data["serverTime"])
@@ -446,6 +448,7 @@ class MexcExchange:
         log.debug("clock synced account=%s offset_ms=%.1f", self.account, offset)
 
     # -- reads ----------------------------------------------------------------------------------
+    @malformed_is_unknown
     async def snapshot(
         self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
     ) -> Snapshot:
@@ -491,6 +494,7 @@ class MexcExchange:
         return rows
 
     # -- cancels --------------------------------------------------------------------------------
+    @malformed_is_unknown
     async def cancel_all(
         self, symbols: Sequence[str] | None, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
@@ -513,6 +517,7 @@ class MexcExchange:
             return CancelAck()  # nothing open there: an empty ack, not an error
         return CancelAck(cancelled=tuple(_id(row["orderId"]) for row in rows or ()))
 
+    @malformed_is_unknown
     async def cancel_order(
         self, symbol: str, order_id: str, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
@@ -525,6 +530,7 @@ class MexcExchange:
         )
         return CancelAck(cancelled=(_id(row.get("orderId", order_id)),))
 
+    @malformed_is_unknown
     async def cancel_orders(
         self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
     ) -> BatchResult:
