@@ -183,6 +183,7 @@ class WsConn:
     session_account: SimAccount | None = None
     authorized_ms: int | None = None
     subs: dict[int, Subscription] = field(default_factory=dict)
+    signers: set[str] = field(default_factory=set)  # accounts whose key came on this connection
     sub_ids: itertools.count[int] = field(default_factory=itertools.count)
     out: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     last_pong: float = 0.0
@@ -193,7 +194,7 @@ class WsConn:
             self.out.put_nowait(orjson.dumps(frame).decode())
 
     def accounts(self) -> set[str]:
-        names = {sub.account.name for sub in self.subs.values()}
+        names = {sub.account.name for sub in self.subs.values()} | self.signers
         if self.session_account is not None:
             names.add(self.session_account.name)
         return names
@@ -879,6 +880,8 @@ class BinanceSim(SimVenue):
         api_key = params.get("apiKey")
         account = self.account_for_key(str(api_key)) if api_key else conn.session_account
         name = account.name if account else None
+        if name is not None:
+            conn.signers.add(name)
         self.request_log.append({"t": time.time(), "method": "WS", "path": method, "account": name})
         refusal, used = self._ws_admit(conn, account, method, weight)
         if refusal is not None:
