@@ -632,7 +632,7 @@ class BinanceExchange:
             )
         except AlreadyGone:
             return CancelAck()  # -2011 "Unknown order sent.": nothing open on the symbol
-        return _ack(result)
+        return cancel_ack(result)
 
     @malformed_is_unknown
     async def cancel_order(
@@ -648,7 +648,7 @@ class BinanceExchange:
             weight=RATE_LIMITS.cancel_weight,
             priority=priority,
         )
-        return _ack(result)
+        return cancel_ack(result)
 
     @malformed_is_unknown
     async def cancel_orders(
@@ -687,7 +687,7 @@ class BinanceExchange:
             weight=RATE_LIMITS.cancel_weight,
             priority=priority,
         )
-        return _ack(result)
+        return cancel_ack(result)
 
     async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:
         """Binance Spot has no dead-man's switch."""
@@ -859,7 +859,7 @@ def _order_list(row: dict[str, Any]) -> OrderList:
     )
 
 
-def _ack(result: Any) -> CancelAck:
+def cancel_ack(result: Any) -> CancelAck:
     """What a cancel answer says went: plain cancels and whole lists, mixed [BN-REST]."""
     items = result if isinstance(result, list) else [result]
     cancelled: list[str] = []
@@ -887,9 +887,9 @@ def parse_frame(raw: str | bytes) -> list[StreamEvent]:
     kind = event.get("e")
     try:
         if kind == "executionReport":
-            return [_order_event(event)]
+            return [execution_report_event(event)]
         if kind == "listStatus":
-            return [_list_event(event)]
+            return [list_status_event(event)]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         # An order event we cannot read may hide an open order: end the stream (the supervisor
         # marks a gap and resnapshots) rather than skip it.
@@ -915,7 +915,7 @@ def _event_of(raw: str | bytes) -> dict[str, Any] | None:
     return event if isinstance(event, dict) else None
 
 
-def _order_event(ev: dict[str, Any]) -> OrderEvent:
+def execution_report_event(ev: dict[str, Any]) -> OrderEvent:
     """An `executionReport` as an `OrderEvent` [BN-UDS]."""
     exec_type = str(ev.get("x", ""))
     status = str(ev.get("X", ""))
@@ -940,7 +940,7 @@ def _order_event(ev: dict[str, Any]) -> OrderEvent:
     )
 
 
-def _list_event(ev: dict[str, Any]) -> ListEvent:
+def list_status_event(ev: dict[str, Any]) -> ListEvent:
     """A `listStatus` as a `ListEvent`: open until ALL_DONE [BN-UDS]."""
     done = ev.get("l") == "ALL_DONE" or ev.get("L") in ("ALL_DONE", "REJECT")
     return ListEvent(
