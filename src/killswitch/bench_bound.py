@@ -1,0 +1,173 @@
+"""The lower bound on time to flat: what no client can beat on a given workload.
+
+A kill is proved flat when every account in scope has had its cancels acknowledged and then
+shown an empty open-orders snapshot. With a round trip of R per request, any client needs at
+least:
+
+1. **One cancel wave.** All of a wave's requests may be in flight at once, so a wave costs one
+   round trip, R. The fewest requests that cover an account follow from the venue's
+   capabilities alone (the same facts the planner uses):
+
+   * a venue whose cancel-all can omit the symbol (BingX): one request for the whole account;
+   * else one cancel-all per group of `cancel_all_max_symbols` symbols with open orders
+     (Binance 1, MEXC 5): `ceil(symbols / max)` requests;
+   * plus one request per order list where the venue's cancel-all is not known to cover lists
+     (BingX OCO): there is no batch cancel for lists.
+
+   The client is assumed to know which symbols have open orders before the alert (a warm
+   tracker, as the daemon keeps): a client that must first look costs one more round.
+
+2. **Rate limits may stretch the wave.** A venue counts weight in fixed windows aligned to its
+   clock (`limit` weight per `window_s`). N requests of total weight G in one bucket need
+   `k = ceil(G / limit)` distinct windows. The luckiest client sends its first burst at the
+   very end of one window and its last at the very start of the k-th, so the wave's sends span
+   at least `(k - 2) * window_s` (zero when k <= 2). The longest span over an account's buckets
+   counts; accounts run in parallel, so the kill's span is the longest over accounts. Assuming
+   perfect window alignment makes this a bound, not a typical figure: it is below what any
+   real client, ours included, gets on average.
+
+3. **One verification round.** After the last acknowledgement, one snapshot round (its reads
+   in parallel, each in its own bucket), R.
+
+    bound = max over accounts (rate-limit span) + R (cancel wave) + R (verification)
+
+An account with nothing open needs only the verification round, R. The limits are the venues'
+documented ones as the simulator enforces them (per API key: loopback clients share one IP).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from killswitch.exchanges.base import Capabilities
+
+
+@dataclass(frozen=True, slots=True)
+class AccountLoad:
+    """What one account has open when the alert arrives."""
+
+    venue: str
+    symbols: int  # symbols with at least one open order
+    orders: int  # open orders, list legs included
+    lists: int = 0  # open order lists
+
+    @property
+    def empty(self) -> bool:
+        return self.orders == 0 and self.lists == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One rate-limit window a request spends in: `limit` weight per `window_s`."""
+
+    name: str
+    limit: int
+    window_s: float
+
+
+# (bucket, weight) pairs each planned request kind spends, per venue. Sources: reference
+# exchange-apis.md §1.6 (Binance REQUEST_WEIGHT 6000/min per IP, cancels weight 1), §2.5 (MEXC
+# 500 per 10 s per endpoint), §3.2/§3.5 (BingX per-UID 10/s per API, IP group per-API 200
+# (group 3) or 100 (group 2) per 10 s, 1000 per 10 s per group).
+_BN_WEIGHT = Bucket("binance request weight", 6000, 60.0)
+_MX_CANCEL_ALL = Bucket("mexc DELETE /api/v3/openOrders", 500, 10.0)
+_BX_CANCEL_ALL_UID = Bucket("bingx uid cancelOpenOrders", 10, 1.0)
+_BX_CANCEL_ALL_IP = Bucket("bingx ip cancelOpenOrders", 200, 10.0)
+_BX_GROUP3 = Bucket("bingx ip group 3", 1000, 10.0)
+_BX_OCO_UID = Bucket("bingx uid oco/cancel", 10, 1.0)
+_BX_OCO_IP = Bucket("bingx ip oco/cancel", 100, 10.0)
+_BX_GROUP2 = Bucket("bingx ip group 2", 1000, 10.0)
+
+REQUEST_BUCKETS: Mapping[str, Mapping[str, tuple[tuple[Bucket, int], ...]]] = {
+    "binance": {"cancel_all": ((_BN_WEIGHT, 1),), "cancel_list": ((_BN_WEIGHT, 1),)},
+    "mexc": {"cancel_all": ((_MX_CANCEL_ALL, 1),)},
+    "bingx": {
+        "cancel_all": ((_BX_CANCEL_ALL_UID, 1), (_BX_CANCEL_ALL_IP, 1), (_BX_GROUP3, 1)),
+        "cancel_list": ((_BX_OCO_UID, 1), (_BX_OCO_IP, 1), (_BX_GROUP2, 1)),
+    },
+}
+
+
+def cancel_requests(load: AccountLoad, caps: Capabilities) -> dict[str, int]:
+    """The fewest cancel requests that cover `load`, by kind (`cancel_all`, `cancel_list`)."""
+    if load.empty:
+        return {}
+    out: dict[str, int] = {}
+    if caps.cancel_all_without_symbol:
+        out["cancel_all"] = 1
+    elif load.symbols:
+        out["cancel_all"] = math.ceil(load.symbols / max(1, caps.cancel_all_max_symbols))
+    if load.lists and caps.has_order_lists and not caps.cancel_all_covers_lists:
+        out["cancel_list"] = load.lists
+    return out
+
+
+def windows_span_s(total_weight: int, bucket: Bucket) -> float:
+    """The shortest time over which `total_weight` can be sent through `bucket`'s windows."""
+    windows = math.ceil(total_weight / bucket.limit) if total_weight > 0 else 0
+    return max(0, windows - 2) * bucket.window_s
+
+
+def rate_span_s(load: AccountLoad, caps: Capabilities) -> float:
+    """How far rate limits at best stretch this account's cancel wave, in seconds."""
+    buckets = REQUEST_BUCKETS.get(load.venue, {})
+    spent: dict[Bucket, int] = {}
+    for kind, count in cancel_requests(load, caps).items():
+        for bucket, weight in buckets.get(kind, ()):
+            spent[bucket] = spent.get(bucket, 0) + weight * count
+    return max((windows_span_s(w, b) for b, w in spent.items()), default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """The lower bound and how it is made up."""
+
+    seconds: float
+    round_trip_s: float
+    rate_span_s: float
+    requests: int  # cancel requests over all accounts
+    rounds: int  # sequential round trips (cancel wave + verification)
+
+    @property
+    def ms(self) -> float:
+        return self.seconds * 1000.0
+
+
+def lower_bound(
+    loads: Sequence[AccountLoad],
+    capabilities: Mapping[str, Capabilities],
+    round_trip_s: float,
+) -> Bound:
+    """The least time to flat any client needs for `loads` (see the module docstring)."""
+    spans = [0.0]
+    requests = 0
+    any_cancel = False
+    for load in loads:
+        caps = capabilities[load.venue]
+        wanted = cancel_requests(load, caps)
+        requests += sum(wanted.values())
+        any_cancel = any_cancel or bool(wanted)
+        spans.append(rate_span_s(load, caps))
+    rounds = 2 if any_cancel else 1
+    span = max(spans)
+    return Bound(span + rounds * round_trip_s, round_trip_s, span, requests, rounds)
+
+
+def loads_of(
+    books: Iterable[tuple[str, Iterable[tuple[str, str | None]]]],
+) -> list[AccountLoad]:
+    """Account loads from books: per account its venue and (symbol, list id or None) per order."""
+    out = []
+    for venue, orders in books:
+        rows = list(orders)
+        out.append(
+            AccountLoad(
+                venue=venue,
+                symbols=len({symbol for symbol, _ in rows}),
+                orders=len(rows),
+                lists=len({list_id for _, list_id in rows if list_id is not None}),
+            )
+        )
+    return out
