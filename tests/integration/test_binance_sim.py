@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from yarl import URL
 
 from killswitch.sim.binance import BinanceSim
@@ -18,7 +19,7 @@ from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.venue import SimAccount, VenueSettings
 from tests.conftest import eventually
-from tests.fixtures.binance import BinanceVenue, binance_venue, ws_api, ws_signed
+from tests.fixtures.binance import BinanceVenue, binance_venue, make_account, ws_api, ws_signed
 from tests.fixtures.sim import running
 
 # The example key, secret and signatures published in Binance's docs [BN-REST], [BN-WS].
@@ -846,3 +847,46 @@ async def test_stream_faults_can_be_set_through_the_admin_api(venue: BinanceVenu
             assert resp.status == 200
         await asyncio.wait_for(client.closed.wait(), 5)
     await eventually(lambda: not venue.sim.conns)
+
+
+async def test_an_ed25519_account_may_hold_its_public_key_as_pem() -> None:
+    acct = make_account(0, "ed25519")
+    assert acct.private_key is not None
+    pem = (
+        acct.private_key.public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    sim_account = SimAccount(name="acct0", api_key=acct.api_key, secret=pem, key_type="ed25519")
+    sim = BinanceSim(VenueSettings(accounts=[sim_account]))
+    async with running(sim), aiohttp.ClientSession() as http:
+        venue = BinanceVenue(sim, {"acct0": acct}, http)
+        status, _, body = await venue.rest("acct0", "GET", "/api/v3/openOrders")
+        assert (status, body) == (200, [])
+
+
+async def test_orders_and_oco_lists_can_be_placed_over_the_ws_api(venue: BinanceVenue) -> None:
+    acct = venue.accounts["acct0"]
+    async with ws_api(venue) as client:
+        order = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC"}
+        order |= {"quantity": "1", "price": "10", "newClientOrderId": "ws-1"}
+        frame = await client.call("order.place", ws_signed(acct, order))
+        assert frame["status"] == 200, frame
+        assert frame["result"]["clientOrderId"] == "ws-1"
+        assert [r["rateLimitType"] for r in frame["rateLimits"]] == [
+            "ORDERS",
+            "ORDERS",
+            "REQUEST_WEIGHT",
+        ]
+        frame = await client.call("order.place", ws_signed(acct, order))
+        assert frame["error"] == {"code": -2010, "msg": "Duplicate order sent."}
+        oco = {"symbol": "BTCUSDT", "side": "SELL", "quantity": "1"}
+        oco |= {"aboveType": "LIMIT_MAKER", "abovePrice": "20"}
+        oco |= {"belowType": "STOP_LOSS", "belowStopPrice": "5"}
+        frame = await client.call("orderList.place.oco", ws_signed(acct, oco))
+        assert frame["status"] == 200, frame
+        assert len(frame["result"]["orders"]) == 2
+        frame = await client.call("userDataStream.start", {"apiKey": acct.api_key})
+        assert frame["error"] == {"code": -1016, "msg": "This service is no longer available."}
+    book = venue.sim.book(venue.sim.accounts["acct0"])
+    assert (len(book.open_orders()), len(book.open_lists())) == (3, 1)

@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -35,6 +35,7 @@ from killswitch.exchanges.base import (
     Capabilities,
     ClockSkew,
     DeadMansSwitchState,
+    Exchange,
     Fatal,
     IpBanned,
     OutcomeUnknown,
@@ -951,3 +952,9 @@ def list_status_event(ev: dict[str, Any]) -> ListEvent:
         order_ids=tuple(str(leg["i"]) for leg in ev.get("O") or ()),
         event_time_ms=int(ev.get("E", 0)),
     )
+
+
+if TYPE_CHECKING:  # the connector satisfies the Exchange protocol, checked by mypy
+
+    def _conforms(exchange: BinanceExchange) -> Exchange:
+        return exchange

@@ -799,8 +799,7 @@ class BinanceSim(SimVenue):
             self._forget(conn)
             pinger.cancel()
             conn.out.put_nowait(None)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(writer), timeout=1.0)
+            await asyncio.wait([writer], timeout=1.0)  # let queued frames out, briefly
         return ws
 
     def _forget(self, conn: WsConn) -> None:
