@@ -464,3 +464,32 @@ async def test_two_accounts_get_only_their_own_events(hmac_venue: BinanceVenue) 
     assert isinstance(event, OrderEvent)
     assert event.order_id == str(placed["orderId"])
     await stream.aclose()
+
+
+async def test_an_unanswered_ws_api_request_retires_the_session_for_rest(
+    hmac_venue: BinanceVenue,
+) -> None:
+    exchange = await hmac_venue.connect("acct0", timeout_s=0.3)
+    first = exchange.session
+    placed = await hmac_venue.place("acct0", "BTCUSDT")
+    hmac_venue.sim.faults.add(Fault(FaultKind.STALL, endpoint="order.cancel", stall_s=3.0))
+    with pytest.raises(OutcomeUnknown):
+        await exchange.cancel_order("BTCUSDT", str(placed["orderId"]))
+    # The same cancel again goes over REST (the stall fault only matches the ws-api method).
+    await exchange.cancel_order("BTCUSDT", str(placed["orderId"]))
+    assert hmac_venue.sim.counters["requests DELETE /api/v3/order"] == 1
+    await eventually(lambda: exchange.session is not first and exchange.session is not None)
+
+
+async def test_server_shutdown_on_the_kill_session_opens_a_fresh_one(venue: BinanceVenue) -> None:
+    exchange = await venue.connect("acct0")
+    first = exchange.session
+    venue.sim.on_fault(Fault(FaultKind.SERVER_SHUTDOWN))
+    await eventually(lambda: exchange.session is not first)
+    session = exchange.session
+    assert session is not None
+    assert session.up
+    assert session.logged_on is (exchange.key_type == "ed25519")
+    placed = await venue.place("acct0", "BTCUSDT")
+    await exchange.cancel_order("BTCUSDT", str(placed["orderId"]))
+    assert venue.sim.counters["requests ws order.cancel"] == 1

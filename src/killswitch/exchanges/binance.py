@@ -217,6 +217,12 @@ class WsApiSession:
                 async with asyncio.timeout(timeout_s):
                     return await future
             except TimeoutError:
+                # A session that leaves a request unanswered may be dead without knowing it
+                # (pings take up to 40 s to tell): retire it, so the next request goes over
+                # REST while a fresh session opens.
+                log.warning("binance ws-api request unanswered; replacing the session")
+                self.draining = True
+                self.lost.set()
                 raise OutcomeUnknown(
                     f"no answer within {timeout_s}s", venue=VENUE, endpoint=f"ws {method}"
                 ) from None
