@@ -26,7 +26,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from multidict import CIMultiDictProxy
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from killswitch.exchanges.base import (
     AlreadyGone,
@@ -359,13 +359,20 @@ class BinanceExchange:
         while True:
             try:
                 fresh = await self._open_session()
-            except (VenueError, OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            except (VenueError, _NotSent, OSError, TimeoutError, WebSocketException) as exc:
                 log.warning(
                     "binance ws-api session failed account=%s error=%s retry_in_s=%.2f",
                     self.account,
                     exc,
                     backoff,
                 )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            except Exception:
+                # A bug here must not end the keeper: REST is the fallback, but the kill path
+                # should get its session back.
+                log.exception("binance ws-api session keeper error account=%s", self.account)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
@@ -714,7 +721,7 @@ class BinanceExchange:
         await self.budget.acquire(4, Priority.BACKGROUND)  # connect 2 + subscribe 2
         try:
             ws = await _connect(self.ws_url, self.timeout_s)
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
+        except (OSError, TimeoutError, WebSocketException) as exc:
             raise Transient(
                 f"user stream connect failed: {type(exc).__name__}",
                 venue=VENUE,
