@@ -17,6 +17,7 @@ from yarl import URL
 from killswitch.sim.binance import BinanceSim
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
+from killswitch.sim.ratelimit import BanTracker
 from killswitch.sim.venue import SimAccount, VenueSettings
 from tests.conftest import eventually
 from tests.fixtures.binance import BinanceVenue, binance_venue, make_account, ws_api, ws_signed
@@ -890,3 +891,36 @@ async def test_orders_and_oco_lists_can_be_placed_over_the_ws_api(venue: Binance
         assert frame["error"] == {"code": -1016, "msg": "This service is no longer available."}
     book = venue.sim.book(venue.sim.accounts["acct0"])
     assert (len(book.open_orders()), len(book.open_lists())) == (3, 1)
+
+
+async def test_too_many_new_orders_answer_1015_with_order_count_headers() -> None:
+    async with binance_venue(1, rate_limit_scale=0.02) as venue:  # 1 order per 10 s
+        params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC"}
+        params |= {"quantity": "1", "price": "1"}
+        for _ in range(3):  # a 10 s window may turn between two requests: try again then
+            status, headers, _ = await venue.rest("acct0", "POST", "/api/v3/order", params)
+            assert status == 200
+            assert headers["X-MBX-ORDER-COUNT-10S"] == "1"
+            status, _, body = await venue.rest("acct0", "POST", "/api/v3/order", params)
+            if status == 429:
+                break
+        assert (status, body) == (
+            429,
+            {"code": -1015, "msg": "Too many new orders; current limit is 1 orders per 10 SECOND."},
+        )
+
+
+async def test_a_banned_client_gets_418_on_the_ws_api_and_is_disconnected(
+    venue: BinanceVenue,
+) -> None:
+    acct = venue.accounts["acct0"]
+    tracker = BanTracker()
+    tracker.banned_until = time.monotonic() + 300
+    venue.sim.bans[acct.api_key] = tracker
+    async with ws_api(venue) as client:
+        frame = await client.call("openOrders.status", ws_signed(acct, {}))
+        assert frame["status"] == 418
+        assert (
+            frame["error"]["data"]["retryAfter"] - frame["error"]["data"]["serverTime"] >= 299_000
+        )
+        await asyncio.wait_for(client.closed.wait(), 5)
