@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
+from aiohttp import web
 
 from killswitch.exchanges.base import (
     AlreadyGone,
@@ -19,7 +20,7 @@ from killswitch.exchanges.base import (
     RateLimited,
     Transient,
 )
-from killswitch.exchanges.binance import CAPABILITIES, RATE_LIMITS
+from killswitch.exchanges.binance import CAPABILITIES, RATE_LIMITS, BinanceExchange
 from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.model import ExecType, ListEvent, OrderEvent, StreamEvent, StreamTerminated
 from killswitch.sim.book import OrderSpec
@@ -493,3 +494,35 @@ async def test_server_shutdown_on_the_kill_session_opens_a_fresh_one(venue: Bina
     placed = await venue.place("acct0", "BTCUSDT")
     await exchange.cancel_order("BTCUSDT", str(placed["orderId"]))
     assert venue.sim.counters["requests ws order.cancel"] == 1
+
+
+async def test_a_success_answer_that_cannot_be_read_is_outcome_unknown() -> None:
+    async def garbled(request: web.Request) -> web.Response:
+        return web.Response(status=200, body=b"<html>proxy says hi</html>")
+
+    async def server_time(request: web.Request) -> web.Response:
+        return web.json_response({"serverTime": int(time.time() * 1000)})
+
+    app = web.Application()
+    app.router.add_get("/api/v3/time", server_time)
+    app.router.add_delete("/api/v3/order", garbled)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    exchange = BinanceExchange(
+        account="a",
+        api_key="k",
+        api_secret="s",
+        rest_url=f"http://127.0.0.1:{port}",
+        ws_url=f"ws://127.0.0.1:{port}",
+        use_ws_api=False,
+    )
+    try:
+        await exchange.start()
+        with pytest.raises(OutcomeUnknown):
+            await exchange.cancel_order("BTCUSDT", "1")
+    finally:
+        await exchange.close()
+        await runner.cleanup()

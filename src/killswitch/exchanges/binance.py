@@ -473,7 +473,8 @@ class BinanceExchange:
     ) -> VenueError:
         error = classify(status, code, msg, retry_after_s=retry_after_s)
         if error is None:
-            error = Transient("unexpected answer", venue=VENUE, http_status=status, code=code)
+            # A success we cannot read: it may have been applied, so re-read before deciding.
+            error = OutcomeUnknown("unreadable answer", venue=VENUE, http_status=status, code=code)
         error.account = self.account
         error.endpoint = endpoint
         if isinstance(error, RateLimited):
