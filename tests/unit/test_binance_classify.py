@@ -16,6 +16,7 @@ from killswitch.exchanges.base import (
     VenueError,
 )
 from killswitch.exchanges.binance import (
+    BinanceExchange,
     cancel_ack,
     classify,
     execution_report_event,
@@ -159,3 +160,20 @@ def test_a_cancel_all_answer_mixes_orders_and_lists() -> None:
 )
 def test_the_ws_api_url_gets_its_path_when_given_a_bare_host(given: str, expected: str) -> None:
     assert ws_api_url(given) == expected
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"id": 1},
+        {"id": 1, "status": 200},
+        {"id": 1, "status": "200", "result": {}},
+        {"id": 1, "status": 400, "error": "nope"},
+    ],
+)
+def test_a_ws_api_answer_that_cannot_be_read_is_outcome_unknown(frame: dict[str, object]) -> None:
+    exchange = BinanceExchange(
+        account="a", api_key="k", api_secret="s", rest_url="http://x", ws_url="ws://x"
+    )
+    with pytest.raises(OutcomeUnknown):
+        exchange._ws_result(frame, "order.cancel")

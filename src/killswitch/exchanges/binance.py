@@ -492,9 +492,18 @@ class BinanceExchange:
             if limit.get("rateLimitType") == "REQUEST_WEIGHT" and limit.get("interval") == "MINUTE":
                 self.budget.observe_used(int(limit.get("count", 0)))
         status = frame.get("status")
-        if status == 200:
-            return frame.get("result")
-        error = frame.get("error") or {}
+        if status == 200 and "result" in frame:
+            return frame["result"]
+        error = frame.get("error")
+        if not isinstance(status, int) or status == 200 or not isinstance(error, dict):
+            # An answer we cannot read may hide an applied request: re-read before deciding.
+            raise OutcomeUnknown(
+                "unreadable ws-api answer",
+                venue=VENUE,
+                account=self.account,
+                http_status=status if isinstance(status, int) else None,
+                endpoint=f"ws {method}",
+            )
         code = error.get("code")
         data = error.get("data") or {}
         retry_after_s = 0.0
@@ -789,7 +798,8 @@ class BinanceExchange:
                     frame = orjson.loads(await ws.recv())
                     if isinstance(frame, dict) and frame.get("id") == req_id:
                         return self._ws_result(frame, method)
-        except (ConnectionClosed, TimeoutError) as exc:
+        except (ConnectionClosed, TimeoutError, ValueError, TypeError, AttributeError) as exc:
+            # Closed, silent or unreadable: this connection cannot carry the stream.
             raise Transient(
                 f"{method} not acknowledged: {type(exc).__name__}",
                 venue=VENUE,
