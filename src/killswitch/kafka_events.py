@@ -65,6 +65,7 @@ class KafkaEventSink:
         self._stopping = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._started = False
+        self._running = False
         self._last_tick = clock()
         self.connected = False
         self.last_error = ""
@@ -101,6 +102,7 @@ class KafkaEventSink:
 
     async def run(self) -> None:
         """Drain the buffer until `stop()`, then flush what the flush timeout allows."""
+        self._running = True
         try:
             while not self._stopping.is_set():
                 self._last_tick = self._clock()
@@ -119,7 +121,7 @@ class KafkaEventSink:
         """Stop draining after a last bounded flush; safe twice and before `start()`."""
         self._stopping.set()
         self._wake.set()
-        if not self._started:
+        if not self._running:  # no run() to tear the clients down
             await self._teardown()
 
     def healthy(self) -> bool:

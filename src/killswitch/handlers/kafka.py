@@ -246,6 +246,7 @@ class KafkaAlertConsumer:
         self._last_tick = clock()
         self._stopping = asyncio.Event()
         self._started = False
+        self._running = False
         self._event_gate = _RateGate(10.0, clock)
         # Called with the offsets just before they are committed; a test seam for crash tests.
         self.before_commit: Callable[[dict[TopicPartition, int]], Any] | None = None
@@ -268,6 +269,7 @@ class KafkaAlertConsumer:
 
     async def run(self) -> None:
         """Consume until `stop()`: poll, act, dead-letter, commit; reconnect on broker loss."""
+        self._running = True
         try:
             while not self._stopping.is_set():
                 self._last_tick = self._clock()
@@ -289,7 +291,7 @@ class KafkaAlertConsumer:
     async def stop(self) -> None:
         """Stop taking alerts; `run()` finishes the record in hand, commits and returns."""
         self._stopping.set()
-        if not self._started:
+        if not self._running:  # no run() to tear the clients down
             await self._teardown()
 
     def healthy(self) -> bool:
