@@ -7,6 +7,8 @@ that the supervisor keeps exactly equal to the venue's book through drops, silen
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from killswitch.exchanges.base import (
@@ -234,6 +236,36 @@ async def test_an_order_placed_by_another_client_appears_in_the_tracker(
     await eventually(lambda: sup.tracker.get(oid) is None)
     assert venue_env.tracker_matches_book(sup.tracker)
     assert sup.gaps == 0  # delivered by the stream, not repaired by a resnapshot
+
+
+async def test_a_busy_account_settles_and_stays_live_without_false_alarms(
+    venue_env: VenueEnv,
+) -> None:
+    ex = await venue_env.started()
+    stop = asyncio.Event()
+    rounds = 0
+
+    async def churn() -> None:
+        # Another client keeps placing, and the market keeps filling, through the connect.
+        nonlocal rounds
+        working: list[str] = []
+        while not stop.is_set():
+            working += await venue_env.seed(venue_env.symbol)
+            if len(working) > 5:
+                await venue_env.fill(working.pop(0))
+            rounds += 1
+
+    task = asyncio.create_task(churn())
+    try:
+        sup = await venue_env.supervise(ex, reconcile_interval_s=0.3, reconcile_grace_ms=300)
+        checks = sup.reconciles
+        await eventually(lambda: sup.reconciles >= checks + 3)  # checks while orders flow
+    finally:
+        stop.set()
+        await task
+    assert rounds > 20
+    await eventually(lambda: venue_env.tracker_matches_book(sup.tracker))
+    assert sup.gaps == 0, sup.last_gap_reason
 
 
 async def test_a_dropped_stream_is_reconnected_and_resnapshotted_to_equal_the_book(

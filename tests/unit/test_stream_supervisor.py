@@ -445,11 +445,28 @@ async def test_stream_end_during_the_snapshot_read_abandons_that_snapshot(
     assert await h.supervisor.wait_live(5)
 
 
+async def test_an_event_lost_before_the_subscription_is_repaired_in_place(make: Make) -> None:
+    h = make(reconcile_interval_s=30.0, reconcile_grace_ms=200)
+    h.exchange.silent = True  # the venue has not started delivering yet
+    h.start()
+    assert await h.supervisor.wait_live(5)
+    h.exchange.place("raced")  # after the snapshot, before the subscription
+    h.exchange.silent = False
+    await eventually(lambda: h.supervisor.reconciles >= 1)
+    assert h.tracked_ids() == h.venue_ids() == {"raced"}
+    assert (h.supervisor.repairs, h.supervisor.gaps) == (1, 0)
+    assert len(h.exchange.connections) == 1  # no reconnect: that would only race again
+    assert h.tracker.trusted
+    h.exchange.place("heard")
+    await eventually(lambda: h.tracked_ids() == {"raced", "heard"})
+
+
 async def test_silent_stream_is_caught_by_reconcile_and_resnapshotted(make: Make) -> None:
     h = make(reconcile_interval_s=0.05, reconcile_grace_ms=20)
     h.exchange.place("1")
     h.start()
     assert await h.supervisor.wait_live(5)
+    await eventually(lambda: h.supervisor.reconciles >= 1)  # past the post-connect check
     h.exchange.silent = True  # pings fine, no events
     h.exchange.place("2")
     h.exchange.cancel("1")

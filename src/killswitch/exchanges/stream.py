@@ -8,9 +8,11 @@ One `StreamSupervisor` per account runs until cancelled::
   are buffered and re-applied on top of the snapshot, so nothing falls between subscribe and
   snapshot. Then the tracker is trusted and the state is LIVE.
 * LIVE: every event is applied and handed to `on_event`. A watchdog reconciles with a
-  background snapshot (first soon after going live, to close the subscribe/snapshot race, then
-  every `reconcile_interval_s`): an order open on the venue the tracker lacks, or the reverse,
-  still unexplained after `reconcile_grace_ms`, means the stream missed events.
+  background snapshot every `reconcile_interval_s`: an order open on the venue the tracker
+  lacks, or the reverse, still unexplained after `reconcile_grace_ms`, means the stream missed
+  events. The first check comes `reconcile_grace_ms` after going live and repairs in place
+  instead: the first snapshot usually lands before the venue has confirmed the subscription,
+  and an event in that window is the race's, not the stream's.
 * Any end of the stream (`Transient` or another `VenueError`, `StreamTerminated`, iterator end,
   watchdog divergence, silence, age limit, `resync()`) marks a gap in the tracker, then the
   supervisor reconnects with exponential backoff and full jitter, reset once a connection has
@@ -114,6 +116,7 @@ class StreamSupervisor:
         self.last_event_at: float | None = None
         self.last_gap_reason: str | None = None
         self.reconciles = 0
+        self.repairs = 0  # divergences fixed in place after a connect (see _watch_reconcile)
         self.last_divergence: Divergence | None = None
         self.backoff_delays: list[float] = []  # the last few delays, for status and tests
 
@@ -123,6 +126,7 @@ class StreamSupervisor:
         self._abort = asyncio.Event()  # an _End was posted: stop a snapshot read in flight
         self._wake = asyncio.Event()  # cut a backoff short
         self._resync_pending: str | None = None
+        self._recorders: list[list[OrderEvent | ListEvent]] = []  # reconcile reads in flight
         try:
             params = inspect.signature(exchange.snapshot).parameters
         except (TypeError, ValueError):
@@ -179,16 +183,30 @@ class StreamSupervisor:
         self._post(_End(f"resync requested: {reason}", at_once=True))
         self._wake.set()
 
-    async def reconcile(self) -> Divergence:
-        """Compare a background snapshot with the tracker; return what stays unexplained."""
+    async def reconcile(self, *, repair: bool = False) -> Divergence:
+        """Compare a background snapshot with the tracker; return what stays unexplained.
+
+        With `repair`, a divergence is fixed in place: the tracker is reset to the snapshot
+        plus every event that arrived since the read began. Right only while the stream is
+        known to be subscribed; a stream that misses events needs a reconnect instead.
+        """
         held_before = self.tracker.now()
-        snapshot = await self._read_snapshot(background=True)
-        divergence = self.tracker.divergence(snapshot, held_before=held_before)
-        self.tracker.adopt_lists(snapshot.lists)
-        if divergence:
-            # Events may be in flight: give them the grace period before judging.
-            await asyncio.sleep(self.reconcile_grace_s)
-            divergence = self.tracker.confirm(divergence)
+        recorded: list[OrderEvent | ListEvent] = []
+        self._recorders.append(recorded)
+        try:
+            snapshot = await self._read_snapshot(background=True)
+            divergence = self.tracker.divergence(snapshot, held_before=held_before)
+            self.tracker.adopt_lists(snapshot.lists)
+            if divergence:
+                # Events may be in flight: give them the grace period before judging.
+                await asyncio.sleep(self.reconcile_grace_s)
+                divergence = self.tracker.confirm(divergence)
+            if divergence and repair and self.tracker.trusted:
+                self.tracker.reset(snapshot, buffered=recorded)
+                self.repairs += 1
+                log.info("stream tracker repaired account=%s %s", self.ref, divergence.describe())
+        finally:
+            self._recorders.remove(recorded)
         self.reconciles += 1
         self.last_divergence = divergence
         return divergence
@@ -308,6 +326,9 @@ class StreamSupervisor:
             if kind is OrderEvent or kind is ListEvent:
                 tracker.apply(item)  # type: ignore[arg-type]
                 self.last_event_at = clock()
+                if self._recorders:
+                    for recorded in self._recorders:
+                        recorded.append(item)  # type: ignore[arg-type]
                 if self.on_event is not None:
                     self._notify(item)  # type: ignore[arg-type]
             elif kind is _End:
@@ -360,14 +381,17 @@ class StreamSupervisor:
     # -- watchdogs -------------------------------------------------------------------------
     async def _watch_reconcile(self) -> None:
         assert self.reconcile_interval_s is not None
-        # The first check comes soon: an order placed after the snapshot was taken but before
-        # the subscription was active is visible to nobody else.
+        # The connector does not say when its subscription is active, and the first snapshot
+        # usually returns before it is: an event in between is heard by nobody. So the first
+        # check comes soon and repairs in place (reconnecting would only race again on a busy
+        # account); later checks treat a divergence as a broken stream.
         delay = min(self.reconcile_grace_s, self.reconcile_interval_s)
+        first = True
         while True:
             await asyncio.sleep(delay)
             delay = self.reconcile_interval_s
             try:
-                divergence = await self.reconcile()
+                divergence = await self.reconcile(repair=first)
             except asyncio.CancelledError:
                 raise
             except (VenueError, TimeoutError) as exc:
@@ -375,6 +399,9 @@ class StreamSupervisor:
                 continue
             except Exception:  # a failed check is not a broken stream
                 log.exception("stream reconcile failed account=%s", self.ref)
+                continue
+            if first:
+                first = False
                 continue
             if divergence:
                 self._post(_End(f"stream missed events: {divergence.describe()}"))
