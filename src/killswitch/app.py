@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec
 
 from killswitch.audit import AuditLog
 from killswitch.engine import Account, Engine, EngineConfig
@@ -25,8 +25,13 @@ from killswitch.exchanges.factory import build_exchange
 from killswitch.exchanges.stream import StreamSupervisor
 from killswitch.exchanges.tracker import OrderTracker
 from killswitch.handlers.control import ControlServer
+from killswitch.handlers.heartbeat import HeartbeatWatch
+from killswitch.handlers.kafka import KafkaAlertConsumer
+from killswitch.handlers.rules import RiskRules
 from killswitch.journal import Journal
+from killswitch.kafka_events import KafkaEventSink
 from killswitch.model import AccountRef, ListEvent, OrderEvent
+from killswitch.replicas import LatchReplicator
 
 if TYPE_CHECKING:
     from killswitch.daemon import CriticalTasks, Service
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+
 
 def build_services(settings: Settings, critical: CriticalTasks) -> list[Service]:
     """Return the services to run, in start order (stopped in reverse)."""
@@ -42,9 +49,59 @@ def build_services(settings: Settings, critical: CriticalTasks) -> list[Service]
     services: list[Service] = [parts.venues, parts.engine_service, parts.control]
     if parts.metrics_service is not None:
         services.append(parts.metrics_service)
-    # -- Kafka (its own issue): the alert consumer calls `parts.engine.submit(trigger)` and the
-    # events producer is added to `parts.events`; append those services here.
+    services += input_services(settings, parts)
     return services
+
+
+def input_services(settings: Settings, parts: Parts) -> list[Service]:
+    """Risk rules on the streams and, with Kafka, the latch replicator, the events producer,
+    the heartbeat watch and the alert consumer (last: it is the input that brings triggers)."""
+    engine = parts.engine
+    services: list[Service] = []
+    if settings.rules:
+        rules = RiskRules(settings.rules, engine.submit, emit=parts.events.emit)
+        for supervisor in parts.venues.supervisors:
+            supervisor.on_event = _chain(supervisor.on_event, rules.on_event)
+            supervisor.on_state = _chain(supervisor.on_state, rules.on_state)
+        services.append(rules)
+    kafka = settings.kafka
+    if not kafka.enabled:
+        return services
+    # events and latches carry the replica's name: keyed, ordered, never echoed
+    replica = kafka.replica_name()
+    sink = KafkaEventSink(kafka, key=replica)
+    parts.events.add(sink)
+    if kafka.share_latch:
+        replicator = LatchReplicator(kafka, engine, replica_id=replica)
+        parts.events.add(replicator)
+        services.append(replicator)
+    services.append(sink)
+    consumer = KafkaAlertConsumer(
+        kafka, engine, accounts=[AccountRef(a.venue, a.name) for a in settings.accounts]
+    )
+    if settings.heartbeats:
+        watch = HeartbeatWatch(
+            settings.heartbeats,
+            engine.submit,
+            hearing=lambda: consumer.connected,
+            emit=parts.events.emit,
+        )
+        consumer.heartbeats = watch
+        services.append(watch)
+    services.append(consumer)
+    return services
+
+
+def _chain(first: Callable[P, None] | None, second: Callable[P, None]) -> Callable[P, None]:
+    """Call `first` (if any), then `second`, with the same arguments."""
+    if first is None:
+        return second
+
+    def both(*args: P.args, **kwargs: P.kwargs) -> None:
+        first(*args, **kwargs)
+        second(*args, **kwargs)
+
+    return both
 
 
 @dataclass(slots=True)

@@ -44,6 +44,7 @@ class KafkaEventSink:
         self,
         settings: KafkaSettings,
         *,
+        key: str | None = None,
         buffer: int | None = None,
         batch_max: int = 500,
         start_timeout_s: float = 5.0,
@@ -53,7 +54,7 @@ class KafkaEventSink:
     ) -> None:
         self.settings = settings
         self.topic = settings.events_topic
-        self.key = settings.group_id.encode()
+        self.key = (key or settings.replica_name()).encode()
         self.batch_max = batch_max
         self.start_timeout_s = start_timeout_s
         self.flush_timeout_s = flush_timeout_s

@@ -175,7 +175,7 @@ class LatchReplicator:
     ) -> None:
         self.settings = settings
         self.engine = engine
-        self.replica_id = replica_id or settings.group_id
+        self.replica_id = replica_id or settings.replica_name()
         self.topic = settings.latch_topic
         self.tp = TopicPartition(self.topic, 0)
         self.sync_timeout_s = sync_timeout_s

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -138,6 +139,14 @@ class KafkaSettings(BaseModel):
     allow_reset: bool = False
     alert_ttl_ms: int | None = Field(default=None, gt=0)
     event_buffer: int = Field(default=10000, gt=0)
+    # Replicas: share the latch over `latch_topic`. Each replica needs its own `group_id`;
+    # `replica_id` names it in latch records and keys its events (default group_id@hostname).
+    share_latch: bool = True
+    replica_id: str | None = Field(default=None, min_length=1)
+
+    def replica_name(self) -> str:
+        """Return this daemon's name among replicas."""
+        return self.replica_id or f"{self.group_id}@{socket.gethostname()}"
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSettings:

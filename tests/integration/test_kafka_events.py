@@ -65,7 +65,7 @@ async def test_events_reach_the_topic_in_order_on_one_partition_keyed_by_replica
             sink.emit(make_event("wave", kill_id="k-1", wave=i))
         await eventually(lambda: sink.sent == 50, timeout_s=30)
     records = await read_topic(kafka_broker.bootstrap, settings.events_topic, count=50)
-    assert {r.key for r in records} == {settings.group_id.encode()}
+    assert {r.key for r in records} == {settings.replica_name().encode()}
     assert len({r.partition for r in records}) == 1
     events = decoded(records)
     assert [e["wave"] for e in events] == list(range(50))

@@ -117,7 +117,7 @@ def latch_settings(kafka_broker: KafkaBroker) -> KafkaSettings:
 def replicator(
     settings: KafkaSettings, replica: str, engine: FakeEngine, **kw: Any
 ) -> LatchReplicator:
-    group = settings.model_copy(update={"group_id": replica})
+    group = settings.model_copy(update={"group_id": replica, "replica_id": replica})
     rep = LatchReplicator(group, engine, backoff=Backoff(initial_s=0.05, max_s=0.5), **kw)
     engine.events.add(rep)
     return rep
