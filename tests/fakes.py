@@ -27,7 +27,15 @@ from killswitch.exchanges.base import (
     RateLimits,
     VenueError,
 )
-from killswitch.model import ExecType, Order, OrderEvent, OrderList, Snapshot, StreamEvent
+from killswitch.model import (
+    ExecType,
+    Order,
+    OrderEvent,
+    OrderList,
+    Snapshot,
+    StreamEvent,
+    StreamSubscribed,
+)
 from killswitch.sim.book import (
     BookEvent,
     BookEventKind,
@@ -276,6 +284,7 @@ class FakeExchange:
         queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
         self._queues.append(queue)
         try:
+            yield StreamSubscribed()
             while True:
                 yield await queue.get()
         finally:

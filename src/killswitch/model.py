@@ -145,6 +145,14 @@ class ListEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamSubscribed:
+    """The venue confirmed the subscription: every order change from here on is delivered.
+
+    A connector yields it once per connection, before any event; the supervisor reads its
+    snapshot only after it, so no event can fall between the snapshot and the subscription."""
+
+
+@dataclass(frozen=True, slots=True)
 class StreamTerminated:
     """The venue ended the subscription or asked us to reconnect (eventStreamTerminated,
     serverShutdown, listenKey expiry). The stream iterator ends after yielding it."""
@@ -152,7 +160,7 @@ class StreamTerminated:
     reason: str
 
 
-StreamEvent = OrderEvent | ListEvent | StreamTerminated
+StreamEvent = OrderEvent | ListEvent | StreamSubscribed | StreamTerminated
 
 
 @dataclass(frozen=True, slots=True)

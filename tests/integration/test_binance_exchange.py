@@ -22,7 +22,14 @@ from killswitch.exchanges.base import (
 )
 from killswitch.exchanges.binance import CAPABILITIES, RATE_LIMITS, BinanceExchange
 from killswitch.exchanges.budget import Priority, RateBudget
-from killswitch.model import ExecType, ListEvent, OrderEvent, StreamEvent, StreamTerminated
+from killswitch.model import (
+    ExecType,
+    ListEvent,
+    OrderEvent,
+    StreamEvent,
+    StreamSubscribed,
+    StreamTerminated,
+)
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.ratelimit import BanTracker
@@ -363,6 +370,7 @@ async def test_the_stream_yields_orders_placed_and_cancelled_by_another_client(
 ) -> None:
     exchange = await venue.connect("acct0")
     stream = exchange.user_stream()
+    assert await next_event(stream) == StreamSubscribed()
     first = asyncio.ensure_future(anext(stream))
     await subscribed(venue)
     placed = await venue.place("acct0", "BTCUSDT", client_order_id="bot-7")
@@ -389,6 +397,7 @@ async def test_the_stream_yields_orders_placed_and_cancelled_by_another_client(
 async def test_the_stream_reports_lists_opening_and_closing(hmac_venue: BinanceVenue) -> None:
     exchange = await hmac_venue.connect("acct0")
     stream = exchange.user_stream()
+    assert await next_event(stream) == StreamSubscribed()
     first = asyncio.ensure_future(anext(stream))
     await subscribed(hmac_venue)
     seed(hmac_venue)
@@ -410,6 +419,7 @@ async def test_the_stream_reports_lists_opening_and_closing(hmac_venue: BinanceV
 async def test_a_dropped_stream_raises_transient(venue: BinanceVenue) -> None:
     exchange = await venue.connect("acct0")
     stream = exchange.user_stream()
+    assert await next_event(stream) == StreamSubscribed()
     first = asyncio.ensure_future(anext(stream))
     await subscribed(venue)
     venue.sim.on_fault(Fault(FaultKind.WS_DROP, account="acct0"))
@@ -429,6 +439,7 @@ async def test_the_stream_ends_with_stream_terminated(
 ) -> None:
     exchange = await venue.connect("acct0")
     stream = exchange.user_stream()
+    assert await next_event(stream) == StreamSubscribed()
     first = asyncio.ensure_future(anext(stream))
     await subscribed(venue)
     venue.sim.on_fault(Fault(kind, account="acct0"))
@@ -440,6 +451,7 @@ async def test_the_stream_ends_with_stream_terminated(
 async def test_a_silent_stream_stays_connected_with_no_events(hmac_venue: BinanceVenue) -> None:
     exchange = await hmac_venue.connect("acct0")
     stream = exchange.user_stream()
+    assert await next_event(stream) == StreamSubscribed()
     first = asyncio.ensure_future(anext(stream))
     await subscribed(hmac_venue)
     hmac_venue.sim.faults.add(silent := Fault(FaultKind.WS_SILENT, account="acct0"))
@@ -457,6 +469,7 @@ async def test_a_silent_stream_stays_connected_with_no_events(hmac_venue: Binanc
 async def test_two_accounts_get_only_their_own_events(hmac_venue: BinanceVenue) -> None:
     mine = await hmac_venue.connect("acct0")
     stream = mine.user_stream()
+    assert await next_event(stream) == StreamSubscribed()
     first = asyncio.ensure_future(anext(stream))
     await subscribed(hmac_venue)
     await hmac_venue.place("acct1", "BTCUSDT")

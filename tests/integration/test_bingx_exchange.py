@@ -21,7 +21,14 @@ from killswitch.exchanges.base import (
     Transient,
 )
 from killswitch.exchanges.bingx import BingxExchange
-from killswitch.model import ExecType, ListEvent, OrderEvent, StreamEvent, StreamTerminated
+from killswitch.model import (
+    ExecType,
+    ListEvent,
+    OrderEvent,
+    StreamEvent,
+    StreamSubscribed,
+    StreamTerminated,
+)
 from killswitch.sim.bingx import BingxSim
 from tests.conftest import eventually
 from tests.fixtures.bingx import ExchangeFactory, bingx_venue, bx_call
@@ -605,7 +612,7 @@ async def test_listen_key_expiry_ends_the_stream_with_stream_terminated(
         events = []
         while not consumer.events.empty():
             events.append(consumer.events.get_nowait())
-        assert events == [StreamTerminated("listenKey expired")]
+        assert events == [StreamSubscribed(), StreamTerminated("listenKey expired")]
 
 
 async def test_the_listen_key_is_kept_alive_past_its_validity(
@@ -636,7 +643,9 @@ async def test_a_cancelled_oco_leg_closes_its_list_on_the_stream(
         await exchange.cancel_order_list("ETH-USDT", list_id)
         seen: list[StreamEvent] = []
         while not any(isinstance(e, ListEvent) for e in seen):
-            seen.append(await asyncio.wait_for(consumer.events.get(), 10))
+            event = await asyncio.wait_for(consumer.events.get(), 10)
+            if not isinstance(event, StreamSubscribed):
+                seen.append(event)
         await consumer.stop()
         closing = [e for e in seen if isinstance(e, ListEvent)]
         assert closing[0].list_id == list_id

@@ -22,7 +22,7 @@ from killswitch.exchanges.base import (
 )
 from killswitch.exchanges.budget import Priority
 from killswitch.exchanges.mexc import MexcExchange
-from killswitch.model import ExecType, OrderEvent, StreamEvent, StreamTerminated
+from killswitch.model import ExecType, OrderEvent, StreamEvent, StreamSubscribed, StreamTerminated
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.mexc import MexcSim
@@ -489,7 +489,7 @@ async def test_a_silent_stream_keeps_answering_pings_and_yields_nothing(
     sim.book(sim.accounts["acct0"]).place(OrderSpec("BTCUSDT"))
     pings = sim.counters["ws pings"]
     await eventually(lambda: sim.counters["ws pings"] >= pings + 3)
-    assert collector.events == []
+    assert collector.events == [StreamSubscribed()]
     assert not collector.ended.is_set()
     assert sim.counters["ws silenced_events"] == 1
 
@@ -543,7 +543,7 @@ async def test_keepalive_extends_the_key_and_a_dead_key_ends_the_stream(
     sim.listen_keys.clear()  # the venue forgets the key without closing the socket
     await asyncio.wait_for(collector.ended.wait(), 5)
     assert collector.error is None
-    assert collector.events == [StreamTerminated("listenKey expired")]
+    assert collector.events == [StreamSubscribed(), StreamTerminated("listenKey expired")]
 
 
 async def test_a_bad_listen_key_at_connect_ends_with_stream_terminated(

@@ -32,6 +32,7 @@ from killswitch.model import (
     OrderEvent,
     Snapshot,
     StreamEvent,
+    StreamSubscribed,
     StreamTerminated,
 )
 from tests.conftest import eventually
@@ -74,6 +75,7 @@ class FakeExchange:
         self.snapshot_started = asyncio.Event()
         self.release_after_snapshot = False
         self.snapshot_priorities: list[Priority] = []
+        self.subscribe_gate: asyncio.Event | None = None  # holds back the venue's confirmation
 
     # -- the venue side: another client places and cancels ---------------------------------
     def place(self, order_id: str, symbol: str = "BTCUSDT") -> None:
@@ -132,6 +134,9 @@ class FakeExchange:
         self.connections.append(conn)
         self.connected.set()
         try:
+            if self.subscribe_gate is not None:
+                await self.subscribe_gate.wait()
+            yield StreamSubscribed()
             while True:
                 item = await conn.queue.get()
                 if item is _CLOSE:
@@ -445,20 +450,35 @@ async def test_stream_end_during_the_snapshot_read_abandons_that_snapshot(
     assert await h.supervisor.wait_live(5)
 
 
-async def test_an_event_lost_before_the_subscription_is_repaired_in_place(make: Make) -> None:
-    h = make(reconcile_interval_s=30.0, reconcile_grace_ms=200)
-    h.exchange.silent = True  # the venue has not started delivering yet
+async def test_the_snapshot_waits_for_the_venue_to_confirm_the_subscription(
+    make: Make,
+) -> None:
+    h = make(reconcile_interval_s=30.0)
+    h.exchange.subscribe_gate = asyncio.Event()
+    h.exchange.silent = True  # the venue does not deliver before it confirms
     h.start()
-    assert await h.supervisor.wait_live(5)
-    h.exchange.place("raced")  # after the snapshot, before the subscription
+    await h.exchange.connected.wait()
+    h.exchange.place("before-confirmation")  # reaches nobody on the stream
+    await asyncio.sleep(0.05)
+    assert not h.exchange.snapshot_started.is_set()
+    assert h.supervisor.state is StreamState.CONNECTING
     h.exchange.silent = False
-    await eventually(lambda: h.supervisor.reconciles >= 1)
-    assert h.tracked_ids() == h.venue_ids() == {"raced"}
-    assert (h.supervisor.repairs, h.supervisor.gaps) == (1, 0)
-    assert len(h.exchange.connections) == 1  # no reconnect: that would only race again
-    assert h.tracker.trusted
+    h.exchange.subscribe_gate.set()
+    assert await h.supervisor.wait_live(5)
+    assert h.tracked_ids() == h.venue_ids() == {"before-confirmation"}
     h.exchange.place("heard")
-    await eventually(lambda: h.tracked_ids() == {"raced", "heard"})
+    await eventually(lambda: h.tracked_ids() == {"before-confirmation", "heard"})
+    assert (h.supervisor.repairs, h.supervisor.gaps) == (0, 0)
+
+
+async def test_a_stream_that_never_confirms_is_reconnected(make: Make) -> None:
+    h = make(snapshot_timeout_s=0.2)
+    h.exchange.subscribe_gate = asyncio.Event()  # never set
+    h.start()
+    await eventually(lambda: h.supervisor.gaps >= 1)
+    assert h.supervisor.last_gap_reason is not None
+    assert "no subscription confirmation" in h.supervisor.last_gap_reason
+    assert not h.exchange.snapshot_started.is_set()
 
 
 async def test_silent_stream_is_caught_by_reconcile_and_resnapshotted(make: Make) -> None:

@@ -254,6 +254,7 @@ class Exchange(Protocol):
     def user_stream(self) -> AsyncIterator[StreamEvent]:
         """Connect one user-data stream and yield normalised events until it ends.
 
+        The first item is `StreamSubscribed`, yielded once the venue confirmed the subscription.
         The iterator raises `Transient` when the connection drops or its heartbeat fails, and
         yields `StreamTerminated` then stops when the venue ends the subscription. It does not
         reconnect: the stream supervisor does that and resnapshots after every connect.

@@ -63,6 +63,7 @@ from killswitch.model import (
     OrderList,
     Snapshot,
     StreamEvent,
+    StreamSubscribed,
     StreamTerminated,
 )
 
@@ -740,6 +741,7 @@ class BinanceExchange:
             ) from exc
         try:
             await self._subscribe_stream(ws)
+            yield StreamSubscribed()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + STREAM_MAX_AGE_S
             while True:

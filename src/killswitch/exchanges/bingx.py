@@ -64,6 +64,7 @@ from killswitch.model import (
     OrderList,
     Snapshot,
     StreamEvent,
+    StreamSubscribed,
     StreamTerminated,
 )
 
@@ -941,7 +942,7 @@ class BingxExchange:
                     account=self.account,
                     endpoint="ws /market",
                 ) from exc
-            async for event in self._frames(ws, key, expired):
+            async for event in self._frames(ws, key, expired, str(subscribe["id"])):
                 yield event
                 if isinstance(event, StreamTerminated):
                     return
@@ -951,9 +952,10 @@ class BingxExchange:
             await ws.close()
 
     async def _frames(
-        self, ws: ClientConnection, key: str, expired: asyncio.Event
+        self, ws: ClientConnection, key: str, expired: asyncio.Event, sub_id: str
     ) -> AsyncIterator[StreamEvent]:
         loop = asyncio.get_running_loop()
+        subscribed = False
         last_ping = loop.time()
         while True:
             wait_s = last_ping + self.heartbeat_timeout_s - loop.time()
@@ -1004,6 +1006,10 @@ class BingxExchange:
             if msg.get("dataType") == EXECUTION_REPORT and isinstance(msg.get("data"), dict):
                 for event in self._order_events(msg["data"]):
                     yield event
+                continue
+            if not subscribed and msg.get("id") == sub_id and msg.get("code") == 0:
+                subscribed = True
+                yield StreamSubscribed()
                 continue
             error = stream_error(msg)
             if error is not None:

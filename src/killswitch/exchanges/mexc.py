@@ -49,7 +49,15 @@ from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.http import RawResponse, RestTransport
 from killswitch.exchanges.signing import mexc_hmac_signature, mexc_query
-from killswitch.model import ExecType, Order, OrderEvent, Snapshot, StreamEvent, StreamTerminated
+from killswitch.model import (
+    ExecType,
+    Order,
+    OrderEvent,
+    Snapshot,
+    StreamEvent,
+    StreamSubscribed,
+    StreamTerminated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -687,7 +695,9 @@ class MexcExchange:
             if msg == "PONG":
                 pong_due = None
             elif msg == pb.ORDERS_CHANNEL:
-                subscribe_deadline = None
+                if subscribe_deadline is not None:
+                    subscribe_deadline = None
+                    yield StreamSubscribed()
             elif msg is not None and subscribe_deadline is not None and "Not Subscribed" in msg:
                 raise Fatal(
                     f"subscription refused: {msg}", venue=VENUE, account=self.account, endpoint="ws"

@@ -4,15 +4,14 @@ One `StreamSupervisor` per account runs until cancelled::
 
     DOWN -> CONNECTING -> SYNCING -> LIVE -> DOWN (gap) -> backoff -> CONNECTING ...
 
-* CONNECTING/SYNCING: the stream is opened and a snapshot is read; events arriving meanwhile
-  are buffered and re-applied on top of the snapshot, so nothing falls between subscribe and
-  snapshot. Then the tracker is trusted and the state is LIVE.
+* CONNECTING/SYNCING: the stream is opened; once the connector yields `StreamSubscribed` (the
+  venue confirmed the subscription) a snapshot is read; events arriving meanwhile are buffered
+  and re-applied on top of the snapshot, so nothing falls between subscribe and snapshot. Then
+  the tracker is trusted and the state is LIVE.
 * LIVE: every event is applied and handed to `on_event`. A watchdog reconciles with a
   background snapshot every `reconcile_interval_s`: an order open on the venue the tracker
   lacks, or the reverse, still unexplained after `reconcile_grace_ms`, means the stream missed
-  events. The first check comes `reconcile_grace_ms` after going live and repairs in place
-  instead: the first snapshot usually lands before the venue has confirmed the subscription,
-  and an event in that window is the race's, not the stream's.
+  events.
 * Any end of the stream (`Transient` or another `VenueError`, `StreamTerminated`, iterator end,
   watchdog divergence, silence, age limit, `resync()`) marks a gap in the tracker, then the
   supervisor reconnects with exponential backoff and full jitter, reset once a connection has
@@ -42,6 +41,7 @@ from killswitch.model import (
     OrderEvent,
     Snapshot,
     StreamEvent,
+    StreamSubscribed,
     StreamTerminated,
 )
 
@@ -239,16 +239,21 @@ class StreamSupervisor:
             self._set_state(StreamState.CONNECTING, "opening user stream")
             stream = self.exchange.user_stream()
             helpers.append(asyncio.create_task(self._pump(stream), name=f"stream-pump {self.ref}"))
+            buffered: list[OrderEvent | ListEvent] = []
+            not_subscribed = await self._await_subscribed(inbox, buffered)
+            if not_subscribed is not None:
+                return not_subscribed
             self._set_state(StreamState.SYNCING, "reading snapshot")
             snapshot = await self._first_snapshot()
             if isinstance(snapshot, _End):
                 return snapshot
-            buffered: list[OrderEvent | ListEvent] = []
             ended: _End | None = None
             while not inbox.empty():
                 item = inbox.get_nowait()
                 if isinstance(item, OrderEvent | ListEvent):
                     buffered.append(item)
+                elif isinstance(item, StreamSubscribed):
+                    continue
                 else:
                     ended = (
                         _End(f"terminated: {item.reason}") if not isinstance(item, _End) else item
@@ -288,6 +293,26 @@ class StreamSupervisor:
             self._inbox = None
             await self._stop(helpers)
 
+    async def _await_subscribed(
+        self, inbox: asyncio.Queue[StreamEvent | _End], early: list[OrderEvent | ListEvent]
+    ) -> _End | None:
+        """Wait for the venue's subscription confirmation; the end of the stream if it came
+        first. Events before the confirmation (none expected) are kept in `early`."""
+        try:
+            async with asyncio.timeout(self.snapshot_timeout_s):
+                while True:
+                    item = await inbox.get()
+                    if isinstance(item, StreamSubscribed):
+                        return None
+                    if isinstance(item, OrderEvent | ListEvent):
+                        early.append(item)
+                    elif isinstance(item, StreamTerminated):
+                        return _End(f"terminated: {item.reason}")
+                    else:
+                        return item
+        except TimeoutError:
+            return _End(f"no subscription confirmation after {self.snapshot_timeout_s}s")
+
     async def _first_snapshot(self) -> Snapshot | _End:
         read = asyncio.create_task(self._read_snapshot(background=False))
         aborted = asyncio.create_task(self._abort.wait())
@@ -313,7 +338,7 @@ class StreamSupervisor:
                 self._notify(item)
             elif isinstance(item, StreamTerminated):
                 return _End(f"terminated: {item.reason}")
-            else:
+            elif isinstance(item, _End):
                 return item
         return _End("aborted while reading the snapshot")
 
@@ -333,6 +358,8 @@ class StreamSupervisor:
                     self._notify(item)  # type: ignore[arg-type]
             elif kind is _End:
                 return item  # type: ignore[return-value]
+            elif kind is StreamSubscribed:
+                continue
             else:
                 return _End(f"terminated: {item.reason}")  # type: ignore[union-attr]
 
@@ -381,17 +408,10 @@ class StreamSupervisor:
     # -- watchdogs -------------------------------------------------------------------------
     async def _watch_reconcile(self) -> None:
         assert self.reconcile_interval_s is not None
-        # The connector does not say when its subscription is active, and the first snapshot
-        # usually returns before it is: an event in between is heard by nobody. So the first
-        # check comes soon and repairs in place (reconnecting would only race again on a busy
-        # account); later checks treat a divergence as a broken stream.
-        delay = min(self.reconcile_grace_s, self.reconcile_interval_s)
-        first = True
         while True:
-            await asyncio.sleep(delay)
-            delay = self.reconcile_interval_s
+            await asyncio.sleep(self.reconcile_interval_s)
             try:
-                divergence = await self.reconcile(repair=first)
+                divergence = await self.reconcile()
             except asyncio.CancelledError:
                 raise
             except (VenueError, TimeoutError) as exc:
@@ -399,9 +419,6 @@ class StreamSupervisor:
                 continue
             except Exception:  # a failed check is not a broken stream
                 log.exception("stream reconcile failed account=%s", self.ref)
-                continue
-            if first:
-                first = False
                 continue
             if divergence:
                 self._post(_End(f"stream missed events: {divergence.describe()}"))
