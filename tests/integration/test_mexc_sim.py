@@ -412,6 +412,16 @@ async def test_endpoint_budget_gives_429_with_retry_after_then_418_for_persistin
     assert sim.counters["http 418"] >= 2
 
 
+async def test_reset_limits_also_clears_the_endpoint_windows(env: Env) -> None:
+    sim, client = env
+    sim.settings.rate_limit_scale = 0.02  # 10 weight per 10 s per endpoint
+    statuses = [(await client.request("GET", "/api/v3/openOrders"))[0] for _ in range(4)]
+    assert statuses[-1] == 429
+    sim.reset_limits()
+    status, _, _ = await client.request("GET", "/api/v3/openOrders")
+    assert status == 200
+
+
 async def test_open_orders_reads_spend_their_documented_weight_of_three(env: Env) -> None:
     sim, client = env
     sim.settings.rate_limit_scale = 0.02  # 10 weight per 10 s per endpoint

@@ -225,6 +225,10 @@ class MexcSim(SimVenue):
             buckets.append((f"uid:{account.name}|{endpoint}", 1))
         return buckets
 
+    def reset_limits(self) -> None:
+        super().reset_limits()
+        self._windows.clear()
+
     def spend(self, bucket: str, weight: int, now: float) -> Verdict:
         window = self._windows.get(bucket)
         if window is None:
