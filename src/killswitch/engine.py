@@ -457,7 +457,12 @@ class Engine:
         records: list[tuple[str, dict[str, object]]] = [("trigger", {"trigger": trigger.to_json()})]
         if trigger.mode is Mode.KILL:
             records.append(("latch", {"trigger_id": trigger.id, "scope": trigger.scope.to_json()}))
-        await self.journal.append_many_async(records)
+        try:
+            await self.journal.append_many_async(records)
+        except BaseException:
+            # not journaled: a retry of this trigger must not be answered DUPLICATE
+            self._seen.discard(trigger.id)
+            raise
         if trigger.mode is Mode.KILL:
             self._latches[trigger.id] = trigger.scope
         log.warning(

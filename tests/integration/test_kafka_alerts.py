@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,8 +14,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
+from killswitch.engine import Engine, EngineConfig
 from killswitch.handlers.alerts import signature
-from killswitch.handlers.kafka import Backoff, KafkaAlertConsumer
+from killswitch.handlers.kafka import AlertEngine, Backoff, KafkaAlertConsumer
+from killswitch.journal import Journal, replay
 from killswitch.model import AccountRef, Mode
 from killswitch.settings import KafkaSettings
 from tests.conftest import eventually
@@ -89,7 +92,7 @@ async def committed(settings: KafkaSettings, partition: int = 0) -> int | None:
         await reader.stop()
 
 
-def new_consumer(settings: KafkaSettings, engine: FakeEngine, **kw: Any) -> KafkaAlertConsumer:
+def new_consumer(settings: KafkaSettings, engine: AlertEngine, **kw: Any) -> KafkaAlertConsumer:
     kw.setdefault("backoff", Backoff(initial_s=0.05, max_s=0.5))
     kw.setdefault("probe_interval_s", 0.5)
     return KafkaAlertConsumer(settings, engine, **kw)
@@ -387,3 +390,38 @@ async def test_a_consumer_started_while_the_broker_is_down_connects_when_it_come
         async with producer(proxied_broker.bootstrap) as prod:
             await prod.send_and_wait(settings.alerts_topic, alert("k-1"))
         await eventually(lambda: engine.journal, timeout_s=30)
+
+
+class FlakyJournal(Journal):
+    """A journal whose next `failures` writes fail, as a full disk would."""
+
+    failures = 0
+
+    async def append_many_async(
+        self, records: list[tuple[str, dict[str, object]]]
+    ) -> list[dict[str, object]]:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        return await super().append_many_async(records)
+
+
+async def test_with_the_real_engine_a_failed_journal_write_is_retried_not_taken_for_a_duplicate(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    settings = await kafka_settings(kafka_broker)
+    journal = FlakyJournal(tmp_path / "journal.jsonl")
+    engine = Engine([], journal, EngineConfig(quiet_window_s=0.0))
+    await engine.start()
+    journal.failures = 2
+    consumer = new_consumer(settings, engine)
+    try:
+        async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+            await prod.send_and_wait(settings.alerts_topic, alert("k-1"))
+            await eventually(lambda: committed(settings), timeout_s=30)
+    finally:
+        await engine.stop(grace_s=1.0)
+    state, _ = replay(tmp_path / "journal.jsonl")
+    assert list(state.latches) == ["k-1"]
+    assert consumer.stats.engine_failures == 2
+    assert consumer.stats.duplicates == 0
