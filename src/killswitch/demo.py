@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from killswitch.control_client import ControlUnreachable, format_kill, request
+from killswitch.sim.broker import BrokerUnavailable, DrillKafka
 from killswitch.sim.rogue import RogueBot
 from killswitch.sim.server import SimCluster
 from killswitch.sim.venue import SimVenue
@@ -142,9 +143,11 @@ def daemon_toml(
     *,
     engine: dict[str, float] | None = None,
     inline_secrets: bool = False,
+    kafka: Sequence[str] | None = None,
 ) -> str:
     """The daemon's config for the drill. Keys go to the credentials directory unless
-    `inline_secrets` (tests that start the daemon without one)."""
+    `inline_secrets` (tests that start the daemon without one); `kafka` is the `[kafka]`
+    section's lines (Kafka off when None)."""
     symbols_of = {
         v: [symbol(v, b) for b in BASES] for v in VENUE_ORDER
     }  # configured symbols: a superset, as a desk would list them
@@ -162,7 +165,7 @@ def daemon_toml(
         if inline_secrets:
             lines += [f'api_key = "{account.api_key}"', f'api_secret = "{account.secret}"']
         lines.append("")
-    lines += ["[kafka]", "enabled = false", "", "[engine]"]
+    lines += [*(kafka or ["[kafka]", "enabled = false"]), "", "[engine]"]
     settings = {"deadline_s": 30.0, "quiet_window_s": 1.0, "sweep_interval_s": 5.0}
     settings.update(engine or {})
     lines += [f"{k} = {v}" for k, v in settings.items()]
@@ -264,6 +267,7 @@ class DrillResult:
     flat: bool
     daemon_exit: int | None
     notes: list[str] = field(default_factory=list)
+    fired_via: str = "the control socket"
 
     @property
     def ok(self) -> bool:
@@ -282,20 +286,37 @@ async def run_drill(
     *,
     rogue_rate_per_s: float = 5.0,
     rogue_after_s: float = 1.0,
+    via_kafka: bool = True,
 ) -> DrillResult:
-    """Run the whole drill in `workdir`; return what happened."""
+    """Run the whole drill in `workdir`; return what happened. With `via_kafka` (and Tansu
+    installed) a local broker is started and the kill is a risk alert published to Kafka."""
     accounts = drill_accounts(workload.accounts_per_venue)
     cluster = SimCluster.from_toml(sim_toml(accounts, workload), "<demo sim>")
     await cluster.start()
     notify: NotifySocket | None = None
     proc: asyncio.subprocess.Process | None = None
     rogue: RogueBot | None = None
+    kafka: DrillKafka | None = None
     notes: list[str] = []
     try:
+        if via_kafka:
+            try:
+                kafka = DrillKafka.start()
+                await kafka.create_topics()
+            except BrokerUnavailable as exc:
+                notes.append(f"no local Kafka broker ({exc}): the kill goes through the socket")
         state_dir = workdir / "state"
         socket_path = workdir / "control.sock"
         config = workdir / "killswitch.toml"
-        config.write_text(daemon_toml(state_dir, socket_path, accounts, cluster))
+        config.write_text(
+            daemon_toml(
+                state_dir,
+                socket_path,
+                accounts,
+                cluster,
+                kafka=kafka.toml_lines() if kafka is not None else None,
+            )
+        )
         credentials = workdir / "credentials"
         write_credentials(credentials, accounts)
         notify = NotifySocket(workdir / "notify.sock")
@@ -337,18 +358,23 @@ async def run_drill(
         before = {a.label: book_counts(cluster, a) for a in accounts}
 
         fired = time.monotonic()
-        answer = await asyncio.to_thread(
-            request,
-            socket_path,
-            {
-                "op": "fire",
-                "reason": "demo drill: flatten everything",
-                "wait": "done",
-                "timeout_s": 60,
-                "actor": "demo",
-            },
-            timeout_s=90.0,
-        )
+        if kafka is not None:
+            alert_id = f"demo-{int(time.time() * 1000)}"
+            await kafka.publish_kill(alert_id, "demo drill: flatten everything")
+            answer = await _wait_kill(socket_path, alert_id, 60.0)
+        else:
+            answer = await asyncio.to_thread(
+                request,
+                socket_path,
+                {
+                    "op": "fire",
+                    "reason": "demo drill: flatten everything",
+                    "wait": "done",
+                    "timeout_s": 60,
+                    "actor": "demo",
+                },
+                timeout_s=90.0,
+            )
         fire_to_flat_ms = (time.monotonic() - fired) * 1000
         if not answer.get("trigger_id"):
             raise DrillError(f"the daemon refused the kill: {answer.get('error')}")
@@ -392,6 +418,11 @@ async def run_drill(
             flat=flat,
             daemon_exit=exit_code,
             notes=notes,
+            fired_via=(
+                f"a Kafka alert on {kafka.topics['alerts_topic']}"
+                if kafka
+                else "the control socket"
+            ),
         )
     finally:
         if rogue is not None and rogue.running:
@@ -400,7 +431,24 @@ async def run_drill(
             await _stop_daemon(proc)
         if notify is not None:
             notify.close()
+        if kafka is not None:
+            kafka.stop()
         await cluster.stop()
+
+
+async def _wait_kill(socket_path: Path, trigger_id: str, timeout_s: float) -> dict[str, Any]:
+    """Wait until the daemon has consumed the alert and its kill is done; return the answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = await asyncio.to_thread(
+            request,
+            socket_path,
+            {"op": "wait", "trigger_id": trigger_id, "until": "done", "timeout_s": timeout_s},
+            timeout_s=timeout_s + 30.0,
+        )
+        if answer.get("error") != "no such trigger" or time.monotonic() > deadline:
+            return {"trigger_id": trigger_id, **answer}
+        await asyncio.sleep(0.02)  # the alert is on its way through Kafka
 
 
 class DrillError(Exception):
@@ -459,7 +507,7 @@ def render(result: DrillResult) -> str:
         f"state {str(kill.get('state', 'unknown')).upper()}",
         f"time to first cancel {_ms(kill.get('time_to_first_cancel_ms'))}, "
         f"time to flat {_ms(kill.get('time_to_flat_ms'))} (trigger to verified empty); "
-        f"fire to flat answer {_ms(result.fire_to_flat_ms)} (CLI round trip)",
+        f"fire to flat answer {_ms(result.fire_to_flat_ms)} (kill sent as {result.fired_via})",
         "",
         f"{'VENUE/ACCOUNT':<16} {'BEFORE':>13} {'AFTER':>11} {'REQUESTS':>8} {'RETRIES':>7} "
         f"{'429s':>5} {'1ST CANCEL':>10} {'FLAT':>9}  STATE",

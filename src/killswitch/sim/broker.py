@@ -184,3 +184,61 @@ def running_tansu(port: int | None = None) -> Iterator[TansuBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+class DrillKafka:
+    """A broker and fresh topics for one drill, and the daemon's `[kafka]` section for them."""
+
+    def __init__(self, broker: TansuBroker) -> None:
+        self.broker = broker
+        suffix = os.urandom(4).hex()
+        self.topics = {
+            "alerts_topic": f"drill.alerts.{suffix}",
+            "events_topic": f"drill.events.{suffix}",
+            "dead_letter_topic": f"drill.alerts.dlq.{suffix}",
+            "latch_topic": f"drill.latch.{suffix}",
+        }
+
+    @classmethod
+    def start(cls) -> DrillKafka:
+        """Start a broker; raise `BrokerUnavailable` where Tansu is not installed."""
+        broker = TansuBroker()
+        broker.start()
+        return cls(broker)
+
+    def stop(self) -> None:
+        self.broker.stop()
+
+    def toml_lines(self, group: str = "drill") -> list[str]:
+        """The daemon's `[kafka]` section: this broker, these topics."""
+        values = {"bootstrap_servers": self.broker.bootstrap, "group_id": group, **self.topics}
+        return ["[kafka]", *(f'{k} = "{v}"' for k, v in values.items())]
+
+    async def create_topics(self) -> None:
+        """Create the drill's topics (the latch topic is created by the daemon, compacted)."""
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
+        await admin.start()
+        try:
+            names = [v for k, v in self.topics.items() if k != "latch_topic"]
+            await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+        finally:
+            await admin.close()
+
+    async def publish_kill(self, alert_id: str, reason: str, source: str = "demo") -> int:
+        """Publish a kill alert as a risk engine would; return its `ts` (the produce time)."""
+        import orjson
+        from aiokafka import AIOKafkaProducer
+
+        ts = int(time.time() * 1000)
+        value = {"id": alert_id, "ts": ts, "source": source, "action": "kill", "reason": reason}
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.broker.bootstrap, acks="all", enable_idempotence=False
+        )
+        await producer.start()
+        try:
+            await producer.send_and_wait(self.topics["alerts_topic"], orjson.dumps(value))
+        finally:
+            await producer.stop()
+        return ts
