@@ -26,7 +26,7 @@ from killswitch.exchanges.stream import StreamSupervisor
 from killswitch.exchanges.tracker import OrderTracker
 from killswitch.handlers.control import ControlServer
 from killswitch.handlers.heartbeat import HeartbeatWatch
-from killswitch.handlers.kafka import KafkaAlertConsumer
+from killswitch.handlers.kafka import KafkaAlertConsumer, KafkaCollector
 from killswitch.handlers.rules import RiskRules
 from killswitch.journal import Journal
 from killswitch.kafka_events import KafkaEventSink
@@ -71,6 +71,7 @@ def input_services(settings: Settings, parts: Parts) -> list[Service]:
     replica = kafka.replica_name()
     sink = KafkaEventSink(kafka, key=replica)
     parts.events.add(sink)
+    replicator = None
     if kafka.share_latch:
         replicator = LatchReplicator(kafka, engine, replica_id=replica)
         parts.events.add(replicator)
@@ -89,6 +90,8 @@ def input_services(settings: Settings, parts: Parts) -> list[Service]:
         consumer.heartbeats = watch
         services.append(watch)
     services.append(consumer)
+    if parts.metrics is not None:
+        parts.metrics.registry.register(KafkaCollector(consumer, sink, replicator))
     return services
 
 

@@ -12,11 +12,12 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import SecretStr
 
 from killswitch.engine import Engine, EngineConfig
 from killswitch.handlers.alerts import signature
-from killswitch.handlers.kafka import AlertEngine, Backoff, KafkaAlertConsumer
+from killswitch.handlers.kafka import AlertEngine, Backoff, KafkaAlertConsumer, KafkaCollector
 from killswitch.journal import Journal, replay
 from killswitch.model import AccountRef, Mode
 from killswitch.settings import KafkaSettings
@@ -425,3 +426,21 @@ async def test_with_the_real_engine_a_failed_journal_write_is_retried_not_taken_
     assert list(state.latches) == ["k-1"]
     assert consumer.stats.engine_failures == 2
     assert consumer.stats.duplicates == 0
+
+
+async def test_metrics_show_the_connection_counts_and_rejections(kafka_broker: KafkaBroker) -> None:
+    settings = await kafka_settings(kafka_broker)
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine)
+    registry = CollectorRegistry()
+    registry.register(KafkaCollector(consumer))
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        await prod.send_and_wait(settings.alerts_topic, alert("k-1"))
+        await prod.send_and_wait(settings.alerts_topic, b"junk")
+        await eventually(lambda: consumer.stats.dead_lettered == 1, timeout_s=30)
+        text = generate_latest(registry).decode()
+    assert 'killswitch_kafka_connected{component="alerts"} 1.0' in text
+    assert "killswitch_kafka_alerts_consumed_total 2.0" in text
+    assert "killswitch_kafka_alerts_triggers_total 1.0" in text
+    assert 'killswitch_kafka_alerts_rejected_total{kind="malformed"} 1.0' in text
+    assert "killswitch_kafka_alerts_lag 0.0" in text
