@@ -256,7 +256,7 @@ class BinanceSim(SimVenue):
     def add_routes(self, app: web.Application) -> None:
         r = app.router
         r.add_get("/api/v3/ping", self._public(dict))
-        r.add_get("/api/v3/time", self._public(lambda: {"serverTime": self.now_ms()}))
+        r.add_get("/api/v3/time", self._server_time)
         r.add_get("/api/v3/exchangeInfo", self._exchange_info)
         r.add_post("/api/v3/order", self._signed(self.op_place))
         r.add_delete("/api/v3/order", self._signed(self.op_cancel))
@@ -282,6 +282,12 @@ class BinanceSim(SimVenue):
             return json_response(result())
 
         return handler
+
+    async def _server_time(self, request: web.Request) -> web.Response:
+        # A clock-skew fault on an account shows in the time it is told as well as in its
+        # timestamp checks, as on MEXC and BingX: resyncing to this answer must cure the skew.
+        account = self.account_for_key(request.headers.get(self.key_header))
+        return json_response({"serverTime": self.now_ms(account.name if account else None)})
 
     def _signed(self, op: Op) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
@@ -1001,7 +1007,8 @@ class BinanceSim(SimVenue):
         if method == "ping":
             return {}, None
         if method == "time":
-            return {"serverTime": self.now_ms()}, None
+            account = conn.session_account
+            return {"serverTime": self.now_ms(account.name if account else None)}, None
         if method == "exchangeInfo":
             return {
                 "timezone": "UTC",
