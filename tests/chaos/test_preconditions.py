@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.trials import CHAOS_CONFIG, VENUES, WORKLOAD
+from killswitch.sim.ratelimit import BanTracker
+from tests.chaos.trials import BAN_GRACE_S, CHAOS_CONFIG, VENUES, WORKLOAD
 from tests.fixtures.kill import kill_rig
 
 
@@ -25,3 +26,27 @@ async def test_a_clock_skew_on_one_account_shows_in_its_server_time_and_a_resync
             # the connector resyncs from the time endpoint and the read goes through.
             snapshot = await exchange.snapshot(None)
             assert snapshot.orders, venue
+
+
+def test_requests_in_flight_when_a_429_left_are_refused_without_a_strike() -> None:
+    tracker = BanTracker(strikes_to_ban=3, grace_s=BAN_GRACE_S)
+    tracker.limited(100.0, retry_after_s=1)
+    for i in range(10):  # a wave already on its way
+        verdict = tracker.check(100.0 + i * 0.001)
+        assert verdict is not None
+        assert not verdict.banned
+    assert tracker.strikes == 0
+
+
+def test_requests_sent_into_the_retry_after_past_the_grace_still_earn_a_418() -> None:
+    tracker = BanTracker(strikes_to_ban=3, grace_s=BAN_GRACE_S)
+    tracker.limited(100.0, retry_after_s=1)
+    verdicts = [tracker.check(100.0 + BAN_GRACE_S + 0.001 + i * 0.01) for i in range(3)]
+    assert [v.banned for v in verdicts if v is not None] == [False, False, True]
+
+
+def test_without_a_grace_every_request_into_the_wait_is_a_strike() -> None:
+    tracker = BanTracker(strikes_to_ban=3)
+    tracker.limited(100.0, retry_after_s=1)
+    verdicts = [tracker.check(100.0 + i * 0.0001) for i in range(3)]
+    assert [v.banned for v in verdicts if v is not None] == [False, False, True]

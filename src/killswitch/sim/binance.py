@@ -949,7 +949,9 @@ class BinanceSim(SimVenue):
         tracker = self.bans.get(client)
         if tracker is None:
             tracker = self.bans[client] = BanTracker(
-                strikes_to_ban=self.settings.strikes_to_ban, first_ban_s=self.settings.first_ban_s
+                strikes_to_ban=self.settings.strikes_to_ban,
+                first_ban_s=self.settings.first_ban_s,
+                grace_s=self.settings.ban_grace_s,
             )
         return tracker
 

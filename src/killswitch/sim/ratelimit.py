@@ -4,6 +4,9 @@ A `WeightWindow` is a fixed window (Binance counts weight per calendar minute, M
 BingX per second): `spend` adds a request's weight and says whether it fits. A `BanTracker`
 escalates: a client that sends again while told to wait (after a 429) collects strikes, and at
 `strikes_to_ban` gets a 418 ban that doubles each time, as Binance documents (2 min to 3 days).
+With `grace_s` > 0, requests arriving that soon after the 429 was issued are refused without a
+strike: they were in flight when it left ("failing to back off after receiving 429s" is what
+Binance bans for). The default, 0, counts every request sent into the wait.
 """
 
 from __future__ import annotations
@@ -60,10 +63,12 @@ class BanTracker:
     strikes_to_ban: int = 3
     first_ban_s: float = 120.0
     max_ban_s: float = 3 * 24 * 3600.0
+    grace_s: float = 0.0  # after a 429, requests this soon are in flight: refused, no strike
     blocked_until: float = 0.0  # after a 429: the client should stay away until then
     strikes: int = 0
     banned_until: float = 0.0
     bans: int = 0
+    last_limited: float = float("-inf")  # when the last 429 was issued
 
     def check(self, now: float) -> Verdict | None:
         """Before serving a request: a 418 if banned, a strike if it ignored a Retry-After."""
@@ -72,6 +77,10 @@ class BanTracker:
                 ok=False, used=0, retry_after_s=math.ceil(self.banned_until - now), banned=True
             )
         if now < self.blocked_until:
+            if now - self.last_limited < self.grace_s:
+                return Verdict(
+                    ok=False, used=0, retry_after_s=max(1, math.ceil(self.blocked_until - now))
+                )
             self.strikes += 1
             if self.strikes >= self.strikes_to_ban:
                 ban_s = min(self.max_ban_s, self.first_ban_s * (2**self.bans))
@@ -87,6 +96,7 @@ class BanTracker:
     def limited(self, now: float, retry_after_s: int) -> None:
         """Record that a 429 told the client to wait `retry_after_s`."""
         self.blocked_until = max(self.blocked_until, now + retry_after_s)
+        self.last_limited = now
 
     def clear(self) -> None:
         """Forget everything, escalation history included (admin `reset-limits`)."""
@@ -94,3 +104,4 @@ class BanTracker:
         self.strikes = 0
         self.banned_until = 0.0
         self.bans = 0
+        self.last_limited = float("-inf")

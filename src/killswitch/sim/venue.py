@@ -58,6 +58,7 @@ class VenueSettings:
     seed: int | None = None
     strikes_to_ban: int = 3
     first_ban_s: float = 120.0
+    ban_grace_s: float = 0.0  # requests this soon after a 429 were in flight: no strike
     fill_fraction: float = 0.0  # share of open orders filled per fill_interval_s
     fill_interval_s: float = 1.0
     ping_interval_s: float | None = None  # None: the venue's documented interval
@@ -214,7 +215,9 @@ class SimVenue(ABC):
         tracker = self.bans.get(client)
         if tracker is None:
             tracker = self.bans[client] = BanTracker(
-                strikes_to_ban=self.settings.strikes_to_ban, first_ban_s=self.settings.first_ban_s
+                strikes_to_ban=self.settings.strikes_to_ban,
+                first_ban_s=self.settings.first_ban_s,
+                grace_s=self.settings.ban_grace_s,
             )
         verdict = tracker.check(now)
         if verdict is not None:
