@@ -444,3 +444,40 @@ async def test_metrics_show_the_connection_counts_and_rejections(kafka_broker: K
     assert "killswitch_kafka_alerts_triggers_total 1.0" in text
     assert 'killswitch_kafka_alerts_rejected_total{kind="malformed"} 1.0' in text
     assert "killswitch_kafka_alerts_lag 0.0" in text
+
+
+async def test_a_broken_dead_letter_topic_holds_back_the_commit_never_the_alerts_behind(
+    kafka_broker: KafkaBroker,
+) -> None:
+    settings = await kafka_settings(kafka_broker)
+    broken = settings.model_copy(update={"dead_letter_topic": "no such topic!"})  # illegal name
+    engine = FakeEngine()
+    # a dead-letter send gives up only after 60 s: the kill behind it must not wait for that
+    consumer = new_consumer(broken, engine, io_timeout_s=60.0, stop_wait_s=0.1)
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        await prod.send_and_wait(settings.alerts_topic, b"junk")
+        await prod.send_and_wait(settings.alerts_topic, alert("k-1"))
+        await eventually(lambda: engine.journal, timeout_s=30)
+        assert await committed(settings) == 0  # the junk is in no dead-letter topic yet
+        assert consumer.stats.dead_lettered == 0
+    assert [t.id for t in engine.journal] == ["k-1"]
+
+
+async def test_dead_letters_failing_for_good_are_given_up_past_the_bound_and_counted(
+    kafka_broker: KafkaBroker,
+) -> None:
+    settings = await kafka_settings(kafka_broker)
+    broken = settings.model_copy(update={"dead_letter_topic": "no such topic!"})  # illegal name
+    engine = FakeEngine()
+    consumer = new_consumer(
+        broken, engine, io_timeout_s=0.2, dead_letter_pending_limit=3, stop_wait_s=0.1
+    )
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        for _ in range(6):
+            await prod.send(settings.alerts_topic, b"junk")
+        await prod.send(settings.alerts_topic, alert("k-1"))
+        await prod.flush()
+        await eventually(lambda: engine.journal, timeout_s=30)
+        await eventually(lambda: consumer.stats.dead_letter_lost, timeout_s=60)
+    assert consumer.stats.dead_letter_failures >= 3
+    assert consumer.stats.dead_lettered == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import ssl
@@ -172,6 +173,11 @@ class _DeadLetter:
     future: asyncio.Future[Any] | None = None
     attempts: int = 0
 
+    @property
+    def delivered(self) -> bool:
+        fut = self.future
+        return fut is not None and fut.done() and not fut.cancelled() and not fut.exception()
+
 
 class _RateGate:
     """Allow `per_s` events per second, counting what it holds back (rejection floods)."""
@@ -212,8 +218,9 @@ class KafkaAlertConsumer:
         max_records: int = 500,
         fetch_max_wait_ms: int = 25,
         backoff: Backoff | None = None,
-        dead_letter_pending_limit: int = 10_000,
+        dead_letter_pending_limit: int = 2_000,
         io_timeout_s: float = 10.0,
+        stop_wait_s: float = 5.0,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -229,6 +236,7 @@ class KafkaAlertConsumer:
         self.backoff = backoff or Backoff()
         self.dead_letter_pending_limit = dead_letter_pending_limit
         self.io_timeout_s = io_timeout_s
+        self.stop_wait_s = stop_wait_s  # on stop, for dead letters in flight
         self._wall_ms = wall_ms
         self._clock = clock
         key = settings.alert_hmac_key
@@ -244,6 +252,9 @@ class KafkaAlertConsumer:
         self._done: dict[TopicPartition, int] = {}  # next offset past the processed records
         self._committed: dict[TopicPartition, int] = {}
         self._dead_letters: dict[TopicPartition, deque[_DeadLetter]] = {}
+        self._letter_queue: asyncio.Queue[_DeadLetter] = asyncio.Queue()
+        self._letter_sender: asyncio.Task[None] | None = None
+        self._letters_failed: list[_DeadLetter] = []  # sends that failed, to resend
         self._last_probe = 0.0
         self._last_tick = clock()
         self._stopping = asyncio.Event()
@@ -283,10 +294,10 @@ class KafkaAlertConsumer:
                 except asyncio.CancelledError:
                     raise
                 except _Stopping:
-                    await self._commit()
                     break
                 except RECONNECT_ERRORS as exc:
                     await self._disconnect(exc)
+            await self._last_commit()
         finally:
             await self._teardown()
 
@@ -338,9 +349,12 @@ class KafkaAlertConsumer:
 
     async def _connect(self) -> None:
         settings = self.settings
-        producer = new_producer(settings, linger_ms=5)
+        producer = new_producer(
+            settings, linger_ms=5, request_timeout_ms=int(self.io_timeout_s * 1000)
+        )
         self._producer = producer
         await producer.start()
+        self._letter_sender = asyncio.create_task(self._send_letters(producer), name="dead letters")
         consumer = AIOKafkaConsumer(
             **client_options(settings),
             group_id=settings.group_id,
@@ -374,7 +388,6 @@ class KafkaAlertConsumer:
             log.info("kafka alerts position pinned offsets=%s", _fmt(pin))
         self._partitions = tps
         self._done = {}
-        self._dead_letters = {}
         self._first_connect = False
         self._last_probe = self._clock()
         self.connected = True
@@ -416,10 +429,33 @@ class KafkaAlertConsumer:
             log.info("kafka alerts connect failed error=%s", self.last_error)
         await self._teardown()
 
+    async def _last_commit(self) -> None:
+        """On stop: give dead letters in flight a bounded wait, commit what is done."""
+        if self._consumer is None:
+            return
+        try:
+            await self._settle_dead_letters(wait_s=self.stop_wait_s)
+            await self._commit()
+        except asyncio.CancelledError:
+            raise
+        except RECONNECT_ERRORS as exc:
+            log.warning("last commit failed error=%s", exc)
+
     async def _teardown(self) -> None:
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         self.connected = False
+        for letters in self._dead_letters.values():
+            for letter in letters:
+                if letter.future is not None:
+                    letter.future.cancel()  # not committed: the record comes back
+        self._dead_letters = {}
+        self._letters_failed = []
+        self._letter_queue = asyncio.Queue()
+        sender, self._letter_sender = self._letter_sender, None
+        if sender is not None:
+            sender.cancel()
+            await asyncio.wait({sender})
         for client in (consumer, producer):
             if client is not None:
                 await stop_client(client)
@@ -449,7 +485,7 @@ class KafkaAlertConsumer:
                     break
             if self._stopping.is_set():
                 break
-        await self._settle_dead_letters(wait=bool(batch))
+        await self._settle_dead_letters()
         await self._commit()
         if self._clock() - self._last_probe >= self.probe_interval_s:
             self._last_probe = self._clock()
@@ -556,75 +592,108 @@ class KafkaAlertConsumer:
                 suppressed=self._event_gate.suppressed,
             )
         letter = _DeadLetter(record.offset, record, exc)
-        await self._send_dead_letter(letter)
+        self._send_dead_letter(letter)
         self._dead_letters.setdefault(tp, deque()).append(letter)
 
-    async def _send_dead_letter(self, letter: _DeadLetter) -> None:
-        producer = self._producer
-        assert producer is not None
-        record = letter.record
-        headers = [
-            *record.headers,
-            ("x-dlq-error-kind", letter.error.kind.encode()),
-            ("x-dlq-error", letter.error.msg[:1000].encode()),
-            ("x-dlq-topic", record.topic.encode()),
-            ("x-dlq-partition", str(record.partition).encode()),
-            ("x-dlq-offset", str(record.offset).encode()),
-            ("x-dlq-group", self.settings.group_id.encode()),
-        ]
-        letter.attempts += 1
-        try:
-            letter.future = await producer.send(
-                self.settings.dead_letter_topic,
-                value=record.value if record.value is not None else b"",
-                key=record.key,
-                headers=headers,
-            )
-        except asyncio.CancelledError:
-            raise
-        except BROKER_ERRORS as exc:
-            self.stats.dead_letter_failures += 1
-            log.warning("dead letter not queued offset=%d error=%s", record.offset, exc)
-            letter.future = None
+    def _send_dead_letter(self, letter: _DeadLetter) -> None:
+        """Queue one dead letter for the sender task; its future resolves once delivered.
 
-    async def _settle_dead_letters(self, *, wait: bool) -> None:
-        """Confirm dead letters in order; resend the failed; give up on the oldest past the bound.
-
-        A broken dead-letter topic must never hold up kills: records behind a pending dead
-        letter are still acted upon; only the commit waits for it.
+        A send can wait out the request timeout (metadata of a broken topic): it happens in
+        its own task so the alerts behind never wait for the dead-letter topic.
         """
+        letter.attempts += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda fut: self._letter_done(letter, fut))
+        letter.future = future
+        self._letter_queue.put_nowait(letter)
+
+    def _letter_done(self, letter: _DeadLetter, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            self._letters_failed.append(letter)
+
+    async def _send_letters(self, producer: AIOKafkaProducer) -> None:
+        """Send queued dead letters in order (sends return at once while the topic is known)."""
+        while True:
+            letter = await self._letter_queue.get()
+            target = letter.future
+            if target is None or target.done():
+                continue  # given up or cancelled at a disconnect
+            record = letter.record
+            headers = [
+                *record.headers,
+                ("x-dlq-error-kind", letter.error.kind.encode()),
+                ("x-dlq-error", letter.error.msg[:1000].encode()),
+                ("x-dlq-topic", record.topic.encode()),
+                ("x-dlq-partition", str(record.partition).encode()),
+                ("x-dlq-offset", str(record.offset).encode()),
+                ("x-dlq-group", self.settings.group_id.encode()),
+            ]
+            try:
+                delivery = await producer.send(
+                    self.settings.dead_letter_topic,
+                    value=record.value if record.value is not None else b"",
+                    key=record.key,
+                    headers=headers,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - handed to the letter, counted and resent
+                if not target.done():
+                    target.set_exception(exc)
+                continue
+            delivery.add_done_callback(functools.partial(_forward, target))
+
+    async def _settle_dead_letters(self, *, wait_s: float = 0.0) -> None:
+        """Confirm dead letters in order, resend the failed, and bound what is pending.
+
+        A dead letter never holds up the alerts behind it: only the commit waits for it. Past
+        `dead_letter_pending_limit` letters undelivered, the consumer waits for the oldest (at most
+        a second per poll: a slow topic slows a flood of bad records), gives up on letters that
+        failed three times, and beyond ten times the limit on the oldest whatever their state
+        (each counted and logged with its offset: the record is still in the alerts topic).
+        """
+        if wait_s:
+            futures = {lt.future for q in self._dead_letters.values() for lt in q if lt.future}
+            if futures:
+                await asyncio.wait(futures, timeout=wait_s)
+        undelivered = sum(len(q) for q in self._dead_letters.values())
+        crowded = undelivered >= self.dead_letter_pending_limit
+        failed, self._letters_failed = self._letters_failed, []
+        for letter in failed:
+            self.stats.dead_letter_failures += 1
+            fut = letter.future
+            error = fut.exception() if fut is not None and not fut.cancelled() else None
+            if crowded and letter.attempts >= 3:
+                letter.future = None  # given up when it reaches the head of its queue
+                continue
+            log.warning("dead letter failed, resending offset=%d error=%s", letter.offset, error)
+            self._send_dead_letter(letter)
+        overflow = undelivered - 10 * self.dead_letter_pending_limit
         for letters in self._dead_letters.values():
-            futures = [lt.future for lt in letters if lt.future is not None]
-            if wait and futures:
-                await asyncio.wait(futures, timeout=self.io_timeout_s)
             while letters:
                 head = letters[0]
-                fut = head.future
-                if fut is not None and fut.done() and not fut.cancelled() and not fut.exception():
-                    letters.popleft()
+                if overflow > 0 and head.future is not None and not head.future.done():
+                    head.future.cancel()
+                    head.future = None
+                    overflow -= 1
+                if head.future is not None and not head.delivered:
+                    break
+                letters.popleft()
+                if head.future is not None:
                     self.stats.dead_lettered += 1
                     continue
-                break
-            for letter in letters:
-                fut = letter.future
-                failed = fut is None or (fut.done() and (fut.cancelled() or fut.exception()))
-                if failed:
-                    if fut is not None and not fut.cancelled():
-                        self.stats.dead_letter_failures += 1
-                        log.warning(
-                            "dead letter failed offset=%d error=%s", letter.offset, fut.exception()
-                        )
-                    await self._send_dead_letter(letter)
-            while len(letters) > self.dead_letter_pending_limit:
-                lost = letters.popleft()
                 self.stats.dead_letter_lost += 1
                 log.error(
                     "dead letter given up topic=%s partition=%d offset=%d kind=%s",
-                    lost.record.topic,
-                    lost.record.partition,
-                    lost.offset,
-                    lost.error.kind,
+                    head.record.topic,
+                    head.record.partition,
+                    head.offset,
+                    head.error.kind,
                 )
+        if crowded:
+            oldest = [q[0].future for q in self._dead_letters.values() if q and q[0].future]
+            if oldest:
+                await asyncio.wait(oldest, timeout=1.0)
 
     # -- commits ----------------------------------------------------------------------------
 
@@ -704,6 +773,17 @@ def latest_latch_ms(engine: AlertEngine) -> int | None:
             if trigger.id == trigger_id and trigger.received_ms:
                 newest = max(newest or 0, trigger.received_ms)
     return newest
+
+
+def _forward(target: asyncio.Future[None], delivery: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if delivery.cancelled():
+        target.cancel()
+    elif (exc := delivery.exception()) is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(None)
 
 
 def _fmt(offsets: dict[TopicPartition, int]) -> str:
