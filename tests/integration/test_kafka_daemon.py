@@ -11,10 +11,16 @@ import pytest
 from killswitch.handlers.alerts import signature
 from killswitch.sim.book import OrderSpec
 from tests.conftest import eventually
-from tests.fixtures.kafka import KafkaBroker, kafka_broker, read_topic
+from tests.fixtures.kafka import (
+    KafkaBroker,
+    ProxiedBroker,
+    kafka_broker,
+    proxied_broker,
+    read_topic,
+)
 from tests.fixtures.kafka_daemon import alert, hold_commit_command, kafka_drill
 
-__all__ = ["kafka_broker"]
+__all__ = ["kafka_broker", "proxied_broker"]
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -280,3 +286,30 @@ async def test_a_reset_on_one_replica_unlatches_the_other(
             await eventually(a_unlatched, timeout_s=60)
         resets = [r for r in a.audit() if r["type"] == "reset"]
     assert [(r["origin"], r["reason"]) for r in resets] == [("replica:b", "false alarm")]
+
+
+async def test_without_the_broker_the_daemon_says_so_still_kills_and_resumes_when_it_returns(
+    tmp_path: Path, proxied_broker: ProxiedBroker
+) -> None:
+    async with kafka_drill(tmp_path, proxied_broker.bootstrap) as d:
+        async with d.daemon("a") as daemon:
+            await daemon.ready()
+            await d.wait_live(daemon)
+            await proxied_broker.cut()
+
+            def reported() -> bool:
+                return any("kafka-alerts: disconnected" in line for line in daemon.notify.lines)
+
+            await eventually(reported, timeout_s=60, interval_s=0.1)
+            assert daemon.proc.returncode is None
+            fired = await daemon.ask({"op": "fire", "reason": "operator", "wait": "done"})
+            assert fired["ok"] is True  # the control socket works without Kafka
+            assert d.flat()
+            await daemon.ask({"op": "reset", "reason": "drill over"})
+            bingx = d.sim("bingx")
+            bingx.book(bingx.accounts["mm-1"]).place(OrderSpec("SOL-USDT", client_order_id="late"))
+            await proxied_broker.restore()
+            await d.publish(alert("after-outage"))
+            await eventually(d.flat, timeout_s=60)
+        triggers = [r["trigger"]["id"] for r in daemon.journal_records() if r["kind"] == "trigger"]
+    assert triggers[1:] == ["after-outage"]
