@@ -1,0 +1,759 @@
+"""Time to flat, end to end, next to the lower bound and a naive baseline, in one run.
+
+Everything is real and on this machine:
+
+* the simulator: Binance, MEXC and BingX spot on loopback, every request delayed by a set
+  round trip (`--rtt-ms`, default 30), each venue's documented rate limits;
+* a Tansu Kafka broker, started the way the test fixture starts it;
+* the daemon as systemd runs it: `killswitch run --config FILE`, keys from a credentials
+  directory, READY=1 on a notify socket, alerts from Kafka.
+
+One measured run: seed the workload into the simulator's books, wait until the daemon's
+trackers hold every order, publish a kill alert (its `ts` is the produce time), then read
+
+* time to first cancel: the first cancel request the simulator received (its request log is
+  stamped on arrival, before the simulated round trip is added) minus the alert's `ts`;
+* time to flat: the daemon's `flat` event (audit log, the same record the events topic gets):
+  the first all-empty verification snapshot, minus the alert's `ts`.
+
+then wait for the kill to be confirmed, check the books are empty, reset the latch.
+
+Workloads: S = 3 venues x 1 account x 5 symbols x 10 orders; L = 3 venues x 2 accounts, 20
+orders per symbol, 100 symbols per account on Binance and BingX and 25 on MEXC (its cap is 500
+open orders per account), a tenth of the orders in two-leg OCO lists where the venue has lists
+(9,000 orders). The lower bound comes from `killswitch.bench_bound` (its docstring explains it).
+
+The baseline is what most trading bots do on shutdown: per account, fetch the open orders, then
+cancel them one by one, waiting out any 429. It runs on the same simulator through the same
+connectors (same signing, warm pool and rate budget), one client per account, all accounts at
+once, so only the strategy differs; its time runs from its first request to its last cancel.
+
+Usage: python bench/time_to_flat.py [--quick] [--runs 20] [--baseline-runs 3] [--rtt-ms 30]
+       [--workloads S,L] [--trigger kafka|control] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the Kafka test fixture's broker start function
+
+from tests.fixtures.kafka import create_topics, producer, running_tansu  # noqa: E402
+
+from killswitch.bench_bound import AccountLoad, loads_of, lower_bound  # noqa: E402
+from killswitch.control_client import ControlUnreachable, request  # noqa: E402
+from killswitch.demo import (  # noqa: E402
+    DrillAccount,
+    NotifySocket,
+    daemon_env,
+    killswitch_command,
+    write_credentials,
+    ws_url,
+)
+from killswitch.exchanges.base import (  # noqa: E402
+    AlreadyGone,
+    Capabilities,
+    Exchange,
+    OutcomeUnknown,
+    RateLimited,
+    Transient,
+)
+from killswitch.exchanges.factory import build_exchange  # noqa: E402
+from killswitch.sim.server import SimCluster  # noqa: E402
+from killswitch.sim.venue import SimVenue, generate_workload  # noqa: E402
+
+VENUES = ("binance", "mexc", "bingx")
+CANCEL_ENDPOINTS = frozenset(
+    {
+        "openOrders.cancelAll",
+        "order.cancel",
+        "orderList.cancel",
+        "DELETE /api/v3/openOrders",
+        "DELETE /api/v3/order",
+        "DELETE /api/v3/orderList",
+        "POST /openApi/spot/v1/trade/cancelOpenOrders",
+        "POST /openApi/spot/v1/trade/cancel",
+        "POST /openApi/spot/v1/trade/cancelOrders",
+        "POST /openApi/spot/v1/oco/cancel",
+    }
+)
+TOPICS = ("risk.alerts", "risk.killswitch.events", "risk.alerts.dlq")
+LATCH_TOPIC = "risk.killswitch.latch"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A workload: per venue, accounts and symbols per account; orders per symbol; lists."""
+
+    name: str
+    accounts: int
+    symbols: dict[str, int]
+    per_symbol: int
+    list_fraction: float
+
+    def symbol_names(self, venue: str) -> list[str]:
+        sep = "-" if venue == "bingx" else ""
+        return [f"B{i:03d}{sep}USDT" for i in range(self.symbols[venue])]
+
+
+WORKLOADS = {
+    "S": Spec("S", 1, dict.fromkeys(VENUES, 5), per_symbol=10, list_fraction=0.0),
+    "L": Spec("L", 2, {"binance": 100, "mexc": 25, "bingx": 100}, per_symbol=20, list_fraction=0.1),
+}
+
+
+@dataclass
+class Run:
+    time_to_flat_ms: float
+    first_cancel_ms: float
+    alert_to_trigger_ms: float | None
+    requests: int
+
+
+@dataclass
+class Result:
+    """Everything measured on one workload."""
+
+    workload: str
+    orders: int
+    lists: int
+    bound: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+    baseline_s: list[float] = field(default_factory=list)
+    baseline_requests: int = 0
+    baseline_429s: int = 0
+    peak_rss_mb: float | None = None
+    rss_mb: float | None = None
+
+    def ttf(self) -> list[float]:
+        return [r.time_to_flat_ms for r in self.runs]
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-quantile (nearest rank) of `values`."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+# -- set-up ------------------------------------------------------------------------------------
+
+
+def accounts_for(spec: Spec) -> list[DrillAccount]:
+    return [
+        DrillAccount(v, f"mm-{i + 1}", secrets.token_hex(24), secrets.token_hex(32))
+        for v in VENUES
+        for i in range(spec.accounts)
+    ]
+
+
+def sim_toml(spec: Spec, accounts: Sequence[DrillAccount], rtt_ms: float) -> str:
+    lines = ['host = "127.0.0.1"', "seed = 7", ""]
+    for venue in VENUES:
+        names = ", ".join(f'"{s}"' for s in spec.symbol_names(venue))
+        lines += [
+            f"[venues.{venue}]",
+            "port = 0",
+            f"latency_ms = {rtt_ms}",
+            f"symbols = [{names}]",
+            "",
+        ]
+        for account in (a for a in accounts if a.venue == venue):
+            lines += [
+                f"[[venues.{venue}.accounts]]",
+                f'name = "{account.name}"',
+                f'api_key = "{account.api_key}"',
+                f'secret = "{account.secret}"',
+                "",
+            ]
+    return "\n".join(lines)
+
+
+def daemon_toml(
+    workdir: Path, accounts: Sequence[DrillAccount], cluster: SimCluster, bootstrap: str
+) -> str:
+    lines = [f'state_dir = "{workdir / "state"}"', ""]
+    for account in accounts:
+        sim = cluster.venues[account.venue]
+        lines += [
+            "[[accounts]]",
+            f'venue = "{account.venue}"',
+            f'name = "{account.name}"',
+            f'rest_url = "{sim.base_url}"',
+            f'ws_url = "{ws_url(account.venue, sim)}"',
+            "",
+        ]
+    lines += [
+        "[kafka]",
+        f'bootstrap_servers = "{bootstrap}"',
+        f'group_id = "bench-{secrets.token_hex(4)}"',
+        "",
+        "[engine]",
+        "deadline_s = 60.0",
+        "quiet_window_s = 0.5",
+        "sweep_interval_s = 300.0",
+        "",
+        "[control]",
+        f'socket_path = "{workdir / "control.sock"}"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def seed(cluster: SimCluster, spec: Spec, accounts: Sequence[DrillAccount]) -> list[AccountLoad]:
+    """Place the workload in the books; return each account's load, read back from its book."""
+    loads = []
+    for account in accounts:
+        sim = cluster.venues[account.venue]
+        orders, lists = generate_workload(
+            symbols=spec.symbol_names(account.venue),
+            per_symbol=spec.per_symbol,
+            # "where the venue has them": MEXC spot has no order-list API
+            list_fraction=spec.list_fraction
+            if capabilities()[account.venue].has_order_lists
+            else 0.0,
+            client_id_prefix=f"b{secrets.token_hex(2)}_",
+            rng=sim.rng,
+        )
+        acct = sim.accounts[account.name]
+        sim.seed(acct, orders, lists)
+        book = sim.book(acct)
+        rows = [(o.symbol, o.list_id) for o in book.open_orders()]
+        loads += loads_of([(account.venue, rows)])
+    return loads
+
+
+def book_open(cluster: SimCluster, account: DrillAccount) -> int:
+    sim = cluster.venues[account.venue]
+    book = sim.book(sim.accounts[account.name])
+    return len(book.orders) + len(book.lists)
+
+
+# -- the daemon --------------------------------------------------------------------------------
+
+
+class Daemon:
+    """`killswitch run` as a subprocess, with its notify socket and control socket."""
+
+    def __init__(self, workdir: Path, accounts: Sequence[DrillAccount]) -> None:
+        self.workdir = workdir
+        self.accounts = accounts
+        self.socket = workdir / "control.sock"
+        self.audit = workdir / "state" / "audit.jsonl"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.notify: NotifySocket | None = None
+        self._audit_offset = 0
+        self._audit_records: list[dict[str, Any]] = []
+
+    async def start(self, config: Path) -> float:
+        credentials = self.workdir / "credentials"
+        write_credentials(credentials, self.accounts)
+        self.notify = NotifySocket(self.workdir / "notify.sock")
+        log = (self.workdir / "daemon.log").open("wb")
+        started = time.monotonic()
+        self.proc = await asyncio.create_subprocess_exec(
+            *killswitch_command(),
+            "run",
+            "--config",
+            str(config),
+            env=daemon_env(
+                NOTIFY_SOCKET=str(self.notify.path),
+                CREDENTIALS_DIRECTORY=str(credentials),
+                KILLSWITCH_LOGGING__FORMAT="text",
+            ),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        if not await self.notify.wait_for("READY=1", 120.0):
+            raise RuntimeError(f"daemon not READY; log: {self.workdir / 'daemon.log'}")
+        return time.monotonic() - started
+
+    async def control(self, payload: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
+        return await asyncio.to_thread(request, self.socket, payload, timeout_s=timeout_s)
+
+    async def wait_tracking(self, cluster: SimCluster, timeout_s: float = 300.0) -> None:
+        """Wait until every stream is live and each tracker holds what the book holds."""
+        want = {f"{a.venue}/{a.name}": a for a in self.accounts}
+        deadline = time.monotonic() + timeout_s
+        behind: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ControlUnreachable):
+                status = (await self.control({"op": "status"})).get("status") or {}
+                behind = {}
+                for acc in status.get("accounts") or []:
+                    label = f"{acc['venue']}/{acc['account']}"
+                    if label not in want:
+                        continue
+                    sim = cluster.venues[acc["venue"]]
+                    book = sim.book(sim.accounts[acc["account"]])
+                    tracked = (acc.get("stream"), acc.get("open_orders"), acc.get("open_lists"))
+                    if tracked != ("live", len(book.orders), len(book.lists)):
+                        behind[label] = (tracked, len(book.orders), len(book.lists))
+                if not behind and status.get("accounts"):
+                    return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"the daemon did not catch up with the books: {behind}")
+
+    def read_audit(self) -> list[dict[str, Any]]:
+        """Records appended to the audit log since the last call."""
+        if not self.audit.exists():
+            return []
+        with self.audit.open("rb") as f:
+            f.seek(self._audit_offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self._audit_offset += end
+        fresh = [orjson.loads(line) for line in data[:end].splitlines() if line.strip()]
+        self._audit_records += fresh
+        return fresh
+
+    async def wait_event(self, event_type: str, kill_id: str, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.read_audit()
+            for record in self._audit_records:
+                if record.get("type") == event_type and (
+                    record.get("kill_id") == kill_id
+                    or kill_id in (record.get("trigger_ids") or ())
+                    or (record.get("trigger") or {}).get("id") == kill_id
+                ):
+                    return record
+            await asyncio.sleep(0.005)
+        raise RuntimeError(f"no {event_type} event for {kill_id} within {timeout_s}s")
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(current, peak) resident set size of the daemon, in MB."""
+        assert self.proc is not None
+        fields = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                async with asyncio.timeout(30):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self.notify is not None:
+            self.notify.close()
+
+
+# -- one workload ------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rtt_ms: float = args.rtt_ms
+        # 418s and 429s the simulators answered, to our daemon and to the baseline
+        self.counters: dict[str, int] = {
+            "ours 418": 0,
+            "ours 429": 0,
+            "baseline 418": 0,
+            "baseline 429": 0,
+        }
+        self.measured_rtt_ms: float | None = None
+        self.last_kill_done = time.monotonic()
+
+    async def workload(self, spec: Spec, bootstrap: str, runs: int, baseline_runs: int) -> Result:
+        accounts = accounts_for(spec)
+        cluster = SimCluster.from_toml(sim_toml(spec, accounts, self.rtt_ms), f"<bench {spec}>")
+        await cluster.start()
+        workdir = Path(tempfile.mkdtemp(prefix=f"ks-bench-{spec.name}-"))
+        daemon = Daemon(workdir, accounts)
+        try:
+            config = workdir / "killswitch.toml"
+            config.write_text(daemon_toml(workdir, accounts, cluster, bootstrap))
+            ready_s = await daemon.start(config)
+            print(f"  [{spec.name}] daemon READY after {ready_s:.1f} s", flush=True)
+            if self.measured_rtt_ms is None:
+                self.measured_rtt_ms = await measure_rtt(cluster.venues["binance"])
+            async with producer(bootstrap) as prod:
+                warm = await self.warm_up(daemon, prod)
+                # A kill's confirmation re-sweeps its scope: seed only once it is over.
+                await daemon.control(
+                    {"op": "wait", "trigger_id": warm, "until": "confirmed", "timeout_s": 60},
+                    timeout_s=90.0,
+                )
+                self.last_kill_done = time.monotonic()
+                loads = seed(cluster, spec, accounts)
+                caps = capabilities()
+                bound = lower_bound(loads, caps, self.rtt_ms / 1000.0)
+                result = Result(
+                    spec.name,
+                    orders=sum(a.orders for a in loads),
+                    lists=sum(a.lists for a in loads),
+                    bound=asdict(bound) | {"ms": bound.ms},
+                )
+                for i in range(runs):
+                    if i:
+                        seed(cluster, spec, accounts)
+                    run = await self.one_run(spec, i, cluster, daemon, prod, accounts)
+                    result.runs.append(run)
+                    rss, peak = daemon.rss_mb()
+                    result.rss_mb, result.peak_rss_mb = rss, peak
+                    print(
+                        f"  [{spec.name}] run {i + 1}/{runs}: time to flat "
+                        f"{run.time_to_flat_ms:.0f} ms, first cancel {run.first_cancel_ms:.1f} ms, "
+                        f"bound {bound.ms:.0f} ms, daemon RSS {rss:.0f} MB (peak {peak:.0f})",
+                        flush=True,
+                    )
+            self.count(cluster, "ours")
+            for i in range(baseline_runs):
+                seed(cluster, spec, accounts)
+                await daemon.wait_tracking(cluster)
+                seconds, requests, limited = await naive_baseline(cluster, accounts)
+                result.baseline_s.append(seconds)
+                result.baseline_requests = requests
+                result.baseline_429s += limited
+                left = {a.label: book_open(cluster, a) for a in accounts if book_open(cluster, a)}
+                if left:
+                    raise RuntimeError(f"the baseline left orders open: {left}")
+                print(
+                    f"  [{spec.name}] baseline {i + 1}/{baseline_runs}: {seconds:.1f} s, "
+                    f"{requests} requests, {limited} x 429 waited out",
+                    flush=True,
+                )
+                for sim in cluster.venues.values():
+                    sim.reset_limits()
+            return result
+        finally:
+            await daemon.stop()
+            self.count(cluster, "baseline" if baseline_runs else "ours")
+            await cluster.stop()
+            if not self.args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                print(f"  [{spec.name}] work directory kept: {workdir}")
+
+    def count(self, cluster: SimCluster, phase: str) -> None:
+        """Add the 418s and 429s the sims answered since the last count to `phase`."""
+        for sim in cluster.venues.values():
+            for code in ("418", "429"):
+                self.counters[f"{phase} {code}"] += sim.counters.pop(f"http {code}", 0)
+
+    async def warm_up(self, daemon: Daemon, prod: Any) -> str:
+        """A cancel of nothing, through the whole path: proves the consumer is assigned."""
+        for _ in range(60):
+            alert_id = f"warmup-{secrets.token_hex(4)}"
+            await self.fire(daemon, prod, alert_id, "cancel")
+            with contextlib.suppress(RuntimeError):
+                await daemon.wait_event("flat", alert_id, 2.0)
+                return alert_id
+        raise RuntimeError("the daemon never acted on a warm-up alert")
+
+    async def fire(self, daemon: Daemon, prod: Any, alert_id: str, action: str) -> float:
+        """Publish one alert (or fire over the control socket); return its produce time, s."""
+        now = time.time()
+        now_ms = int(now * 1000)
+        if self.args.trigger == "control":
+            answer = await daemon.control(
+                {"op": "fire", "reason": "bench", "id": alert_id, "cancel_only": action != "kill"}
+            )
+            if not answer.get("ok"):
+                raise RuntimeError(f"fire refused: {answer}")
+            return now
+        alert = {
+            "id": alert_id,
+            "ts": now_ms,
+            "source": "bench",
+            "action": action,
+            "reason": "time-to-flat bench",
+            "scope": {},
+        }
+        await prod.send_and_wait("risk.alerts", orjson.dumps(alert))
+        return now
+
+    async def one_run(
+        self,
+        spec: Spec,
+        i: int,
+        cluster: SimCluster,
+        daemon: Daemon,
+        prod: Any,
+        accounts: Sequence[DrillAccount],
+    ) -> Run:
+        await daemon.wait_tracking(cluster)
+        # A real alert finds the daemon idle: let the last kill's traffic go quiet first, or
+        # the engine skips its after-a-quiet-spell probe and the figure flatters us.
+        quiet = self.args.settle_s - (time.monotonic() - self.last_kill_done)
+        if quiet > 0:
+            await asyncio.sleep(quiet)
+        for sim in cluster.venues.values():
+            sim.reset_limits()
+            sim.request_log.clear()
+        alert_id = f"bench-{spec.name}-{i}-{secrets.token_hex(3)}"
+        sent = await self.fire(daemon, prod, alert_id, "kill")
+        sent_ms = int(sent * 1000)  # the alert's `ts`
+        flat = await daemon.wait_event("flat", alert_id, 120.0)
+        triggered = await daemon.wait_event("triggered", alert_id, 5.0)
+        await daemon.control(
+            {"op": "wait", "trigger_id": alert_id, "until": "confirmed", "timeout_s": 60},
+            timeout_s=90.0,
+        )
+        left = {a.label: book_open(cluster, a) for a in accounts if book_open(cluster, a)}
+        if left:
+            raise RuntimeError(f"flat reported but the books hold {left}")
+        cancels = [
+            entry["t"]
+            for sim in cluster.venues.values()
+            for entry in sim.request_log
+            if _endpoint(entry) in CANCEL_ENDPOINTS and entry["t"] >= sent
+        ]
+        requests = sum(
+            1 for sim in cluster.venues.values() for e in sim.request_log if e["account"]
+        )
+        self.last_kill_done = time.monotonic()
+        answer = await daemon.control({"op": "reset", "reason": "bench: next run"})
+        if not answer.get("ok"):
+            raise RuntimeError(f"reset refused: {answer}")
+        ttf = flat.get("time_to_flat_ms")
+        if not isinstance(ttf, int | float):
+            ttf = float(flat["ts_ms"]) - sent_ms
+        return Run(
+            time_to_flat_ms=float(ttf),
+            first_cancel_ms=(min(cancels) - sent) * 1000 if cancels else float("nan"),
+            alert_to_trigger_ms=float(triggered["ts_ms"]) - sent_ms,
+            requests=requests,
+        )
+
+
+def _endpoint(entry: dict[str, Any]) -> str:
+    if entry.get("method") == "WS":
+        return str(entry["path"])
+    return f"{entry['method']} {entry['path']}"
+
+
+def capabilities() -> dict[str, Capabilities]:
+    from killswitch.exchanges.binance import CAPABILITIES as BINANCE
+    from killswitch.exchanges.bingx import CAPABILITIES as BINGX
+    from killswitch.exchanges.mexc import MEXC_CAPABILITIES as MEXC
+
+    return {"binance": BINANCE, "mexc": MEXC, "bingx": BINGX}
+
+
+async def measure_rtt(sim: SimVenue, n: int = 20) -> float:
+    """The median time of an unsigned request to the simulator: the round trip R really paid."""
+    times = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(n + 2):
+            t0 = time.perf_counter()
+            async with session.get(f"{sim.base_url}/api/v3/time") as resp:
+                await resp.read()
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times[2:])
+
+
+# -- the naive baseline ------------------------------------------------------------------------
+
+
+async def naive_baseline(
+    cluster: SimCluster, accounts: Sequence[DrillAccount]
+) -> tuple[float, int, int]:
+    """Per account: fetch open orders, cancel one by one. Returns (seconds, requests, 429s)."""
+    exchanges: list[Exchange] = []
+    for account in accounts:
+        sim = cluster.venues[account.venue]
+        options: dict[str, Any] = {"use_ws_api": False} if account.venue == "binance" else {}
+        exchange = build_exchange(
+            account.venue,
+            account=account.name,
+            api_key=account.api_key,
+            api_secret=account.secret,
+            rest_url=sim.base_url,
+            ws_url=ws_url(account.venue, sim),
+            **options,
+        )
+        await exchange.start()
+        exchanges.append(exchange)
+    before = {n: sum(s.counters.values()) for n, s in cluster.venues.items()}
+    started = time.monotonic()
+    try:
+        results = await asyncio.gather(*(naive_account(e) for e in exchanges))
+    finally:
+        seconds = time.monotonic() - started
+        for exchange in exchanges:
+            await exchange.close()
+    del before
+    return seconds, sum(r[0] for r in results), sum(r[1] for r in results)
+
+
+async def naive_account(exchange: Exchange) -> tuple[int, int]:
+    """Fetch, then cancel each order in turn; a list once (its legs go with it)."""
+    requests = 1
+    limited = 0
+    snapshot = await exchange.snapshot(None)
+    lists_done: set[str] = set()
+    for order in snapshot.orders:
+        if order.list_id is not None and order.list_id in lists_done:
+            continue
+        while True:
+            requests += 1
+            try:
+                if order.list_id is not None and exchange.capabilities.has_order_lists:
+                    await exchange.cancel_order_list(order.symbol, order.list_id)
+                    lists_done.add(order.list_id)
+                else:
+                    await exchange.cancel_order(order.symbol, order.order_id)
+            except AlreadyGone:
+                pass
+            except RateLimited as exc:
+                limited += 1
+                await asyncio.sleep(exc.retry_after_s)
+                continue
+            except (OutcomeUnknown, Transient):
+                await asyncio.sleep(0.05)
+                continue
+            break
+    return requests, limited
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def table(results: Sequence[Result], bench: Bench) -> str:
+    head = (
+        f"{'workload':<9}{'orders':>7}{'lists':>6}  {'ours: TTF median / p95':>24}  "
+        f"{'lower bound':>11}  {'ratio':>6}  {'baseline':>10}  {'speed-up':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        ttf = r.ttf()
+        med = statistics.median(ttf)
+        base = f"{statistics.median(r.baseline_s):.1f} s" if r.baseline_s else "-"
+        speed = f"{statistics.median(r.baseline_s) * 1000 / med:.0f}x" if r.baseline_s else "-"
+        lines.append(
+            f"{r.workload:<9}{r.orders:>7}{r.lists:>6}  "
+            f"{f'{med:.0f} / {pct(ttf, 0.95):.0f} ms':>24}  {r.bound['ms']:>8.0f} ms  "
+            f"{med / r.bound['ms']:>5.2f}x  {base:>10}  {speed:>9}"
+        )
+    lines.append("")
+    for r in results:
+        first = [x.first_cancel_ms for x in r.runs]
+        hop = [x.alert_to_trigger_ms for x in r.runs if x.alert_to_trigger_ms is not None]
+        lines.append(
+            f"{r.workload}: {len(r.runs)} runs; alert to first cancel on the wire median "
+            f"{statistics.median(first):.1f} ms, p95 {pct(first, 0.95):.1f} ms "
+            f"(stamped on arrival, before the simulated round trip); alert to trigger accepted "
+            f"median {statistics.median(hop):.1f} ms; p95 ratio "
+            f"{pct(r.ttf(), 0.95) / r.bound['ms']:.2f}x; bound = {r.bound['rounds']} rounds x "
+            f"{r.bound['round_trip_s'] * 1000:.0f} ms + {r.bound['rate_span_s']:.1f} s of "
+            f"rate-limit span, {r.bound['requests']} cancel requests"
+        )
+        if r.baseline_s:
+            lines.append(
+                f"{r.workload}: baseline {len(r.baseline_s)} runs: "
+                + ", ".join(f"{s:.1f} s" for s in r.baseline_s)
+                + f"; {r.baseline_requests} requests per run, {r.baseline_429s} x 429 waited out"
+            )
+        if r.peak_rss_mb is not None:
+            lines.append(
+                f"{r.workload}: daemon RSS {r.rss_mb:.0f} MB after the last run, "
+                f"peak {r.peak_rss_mb:.0f} MB"
+            )
+    lines.append(
+        f"round trip R: set {bench.rtt_ms:.0f} ms, measured {bench.measured_rtt_ms or 0:.1f} ms "
+        f"(median unsigned request); 418s: ours {bench.counters['ours 418']}, baseline "
+        f"{bench.counters['baseline 418']}; 429s: ours {bench.counters['ours 429']}, baseline "
+        f"{bench.counters['baseline 429']}"
+    )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, {platform.system()}"
+    )
+
+
+async def main(args: argparse.Namespace) -> int:
+    bench = Bench(args)
+    results: list[Result] = []
+    print(f"time to flat bench on {machine()}; R = {args.rtt_ms:.0f} ms", flush=True)
+    with running_tansu() as broker:
+        await create_topics(broker.bootstrap, *TOPICS)
+        await create_topics(broker.bootstrap, LATCH_TOPIC, compact=True)
+        for name in args.workloads.split(","):
+            spec = WORKLOADS[name.strip()]
+            baseline = args.baseline_runs if spec.name in args.baseline_on.split(",") else 0
+            results.append(await bench.workload(spec, broker.bootstrap, args.runs, baseline))
+    report = table(results, bench)
+    print()
+    print(report)
+    if args.json:
+        await asyncio.to_thread(
+            Path(args.json).write_bytes,
+            orjson.dumps(
+                {
+                    "machine": machine(),
+                    "rtt_ms": args.rtt_ms,
+                    "measured_rtt_ms": bench.measured_rtt_ms,
+                    "counters": bench.counters,
+                    "results": [asdict(r) for r in results],
+                    "table": report,
+                },
+                option=orjson.OPT_INDENT_2,
+            ),
+        )
+    return 0 if bench.counters["ours 418"] == 0 else 1
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="measured kills per workload")
+    parser.add_argument("--baseline-runs", type=int, default=3, help="naive baseline runs")
+    parser.add_argument("--baseline-on", default="S,L", help="workloads that get the baseline")
+    parser.add_argument("--rtt-ms", type=float, default=30.0, help="simulated round trip")
+    parser.add_argument("--workloads", default="S,L")
+    parser.add_argument("--trigger", choices=("kafka", "control"), default="kafka")
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=6.0,
+        help="idle time before each kill (the engine probes after 5 s of quiet): cold kills",
+    )
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directories")
+    parser.add_argument(
+        "--quick", action="store_true", help="5 runs, baseline once on S: a smoke test"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs = min(args.runs, 5)
+        args.baseline_runs = 1
+        args.baseline_on = "S"
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))
