@@ -649,6 +649,10 @@ class Engine:
                 await self._record_done(kill)
             finally:
                 kill.finished.set()
+                # The orders a kill saw matter only while it runs; a finished kill stays in
+                # `kills` for `kill_for`, and must not hold every order it met for ever.
+                for result in kill.accounts.values():
+                    result.known.clear()
 
     async def _to_done(
         self, kill: Kill, accounts: Sequence[Account], *, again: bool = False
