@@ -142,6 +142,7 @@ class Result:
     baseline_429s: int = 0
     peak_rss_mb: float | None = None
     rss_mb: float | None = None
+    first_peak_rss_mb: float | None = None  # after the first kill: tracking plus one kill
 
     def ttf(self) -> list[float]:
         return [r.time_to_flat_ms for r in self.runs]
@@ -417,6 +418,8 @@ class Bench:
                     result.runs.append(run)
                     rss, peak = daemon.rss_mb()
                     result.rss_mb, result.peak_rss_mb = rss, peak
+                    if result.first_peak_rss_mb is None:
+                        result.first_peak_rss_mb = peak
                     print(
                         f"  [{spec.name}] run {i + 1}/{runs}: time to flat "
                         f"{run.time_to_flat_ms:.0f} ms, first cancel {run.first_cancel_ms:.1f} ms, "
@@ -446,10 +449,11 @@ class Bench:
             await daemon.stop()
             self.count(cluster, "baseline" if baseline_runs else "ours")
             await cluster.stop()
-            if not self.args.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
+            failed = sys.exc_info()[0] is not None
+            if self.args.keep or failed:
+                print(f"  [{spec.name}] work directory kept: {workdir}", flush=True)
             else:
-                print(f"  [{spec.name}] work directory kept: {workdir}")
+                shutil.rmtree(workdir, ignore_errors=True)
 
     def count(self, cluster: SimCluster, phase: str) -> None:
         """Add the 418s and 429s the sims answered since the last count to `phase`."""
@@ -676,8 +680,9 @@ def table(results: Sequence[Result], bench: Bench) -> str:
             )
         if r.peak_rss_mb is not None:
             lines.append(
-                f"{r.workload}: daemon RSS {r.rss_mb:.0f} MB after the last run, "
-                f"peak {r.peak_rss_mb:.0f} MB"
+                f"{r.workload}: daemon peak RSS {r.first_peak_rss_mb:.0f} MB tracking the "
+                f"workload through its first kill; {r.rss_mb:.0f} MB (peak "
+                f"{r.peak_rss_mb:.0f} MB) after {len(r.runs)} kills"
             )
     lines.append(
         f"round trip R: set {bench.rtt_ms:.0f} ms, measured {bench.measured_rtt_ms or 0:.1f} ms "
