@@ -291,11 +291,18 @@ async def test_clock_skew_is_resynced_and_the_cancel_succeeds(venue: BinanceVenu
 
 async def test_a_clock_skew_that_persists_after_resync_is_raised(hmac_venue: BinanceVenue) -> None:
     exchange = await hmac_venue.connect("acct0", recv_window_ms=1000)
-    # Only signed requests see the skew (the time endpoint answers honestly), so resyncing
-    # cannot fix it: the connector retries once, then gives up.
+    resyncs: list[int] = []
+
+    async def resync_that_cannot_cure() -> None:
+        # A venue whose time endpoint disagrees with its timestamp check: resyncing does not
+        # help, so the connector must retry once and then give up, not loop.
+        resyncs.append(1)
+
+    exchange.resync_clock = resync_that_cannot_cure  # type: ignore[method-assign]
     hmac_venue.sim.faults.add(Fault(FaultKind.CLOCK_SKEW, account="acct0", skew_ms=-20_000))
     with pytest.raises(ClockSkew):
         await exchange.cancel_all(["BTCUSDT"])
+    assert resyncs == [1]
 
 
 async def test_the_budget_follows_the_weight_the_venue_reports(hmac_venue: BinanceVenue) -> None:

@@ -152,6 +152,7 @@ def classify(
 ) -> VenueError | None:
     """Map a Binance answer to the error taxonomy; None when it is a success."""
     status = http_status or 0
+    retry_after_s = max(0.0, retry_after_s)  # a Retry-After in the past means "now"
     if code is None and 200 <= status < 300:
         return None
     kw: dict[str, Any] = {"venue": VENUE, "http_status": http_status, "code": code}
