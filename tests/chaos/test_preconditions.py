@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -50,3 +51,22 @@ def test_without_a_grace_every_request_into_the_wait_is_a_strike() -> None:
     tracker.limited(100.0, retry_after_s=1)
     verdicts = [tracker.check(100.0 + i * 0.0001) for i in range(3)]
     assert [v.banned for v in verdicts if v is not None] == [False, False, True]
+
+
+async def test_a_bingx_client_paced_by_the_skewed_venue_clock_is_never_throttled(
+    tmp_path: Path,
+) -> None:
+    async with kill_rig(tmp_path, WORKLOAD, CHAOS_CONFIG, supervise=False) as rig:
+        # A skew with a fraction of a second: the venue's 1 s windows start 0.325 s off the
+        # host's. Our BingX budget counts windows on the venue's clock, as the venue must.
+        rig.fault("bingx", kind="clock_skew", account="mm-1", skew_ms=11_325)
+        exchange = rig.exchanges["bingx/mm-1"]
+        await exchange.resync_clock()
+        deadline = time.monotonic() + 2.5
+
+        async def reader() -> None:
+            while time.monotonic() < deadline:
+                await exchange.snapshot(None)  # each reads oco/openOrderList: 5/s per UID
+
+        await asyncio.gather(*(reader() for _ in range(4)))
+        assert rig.sim("bingx").counters["http 429"] == 0

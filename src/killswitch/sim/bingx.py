@@ -203,6 +203,7 @@ class BingxSim(SimVenue):
         self._list_ids = itertools.count(1_876_495_057_808_000_011, 104_729)
         self._secrets: dict[str, bytes] = {}
         self._windows: dict[str, WeightWindow] = {}
+        self._window_account: dict[str, str | None] = {}  # whose clock counts the window
         self._bucket_cache: dict[tuple[str, str | None, str], list[tuple[str, int]]] = {}
         self._listen_keys: dict[str, _ListenKey] = {}
         self._streams: dict[str, set[_Stream]] = {}
@@ -274,21 +275,29 @@ class BingxSim(SimVenue):
             return []
         per_uid, group = limits
         buckets: list[tuple[str, int]] = []
+        name = account.name if account is not None else None
         if per_uid is not None and account is not None:
-            buckets.append(self._bucket(f"uid {account.name} {path}", per_uid, 1.0))
-        buckets.append(self._bucket(f"ip {client} {path}", IP_GROUP_PER_API[group], 10.0))
-        buckets.append(self._bucket(f"group{group} {client}", IP_GROUP_TOTAL[group], 10.0))
+            buckets.append(self._bucket(f"uid {account.name} {path}", per_uid, 1.0, name))
+        buckets.append(self._bucket(f"ip {client} {path}", IP_GROUP_PER_API[group], 10.0, name))
+        buckets.append(self._bucket(f"group{group} {client}", IP_GROUP_TOTAL[group], 10.0, name))
         return buckets
 
-    def _bucket(self, key: str, limit: int, window_s: float) -> tuple[str, int]:
+    def _bucket(
+        self, key: str, limit: int, window_s: float, account: str | None
+    ) -> tuple[str, int]:
         if key not in self._windows:
             scaled = max(1, int(limit * self.settings.rate_limit_scale))
             self._windows[key] = WeightWindow(limit=scaled, window_s=window_s)
+            self._window_account[key] = account
         return key, 1
 
+    def _window_clock(self, bucket: str) -> float:
+        # The venue counts its windows by its own clock: with a clock-skew fault on the
+        # account, the skewed one (which is also what a client that synced to it counts by).
+        return self.now_ms(self._window_account.get(bucket)) / 1000.0
+
     def spend(self, bucket: str, weight: int, now: float) -> Verdict:
-        # Windows aligned to the wall clock, as a client's budget counts them.
-        verdict = self._windows[bucket].spend(weight, time.time())
+        verdict = self._windows[bucket].spend(weight, self._window_clock(bucket))
         if not verdict.ok:
             verdict.retry_after_s = max(1, math.ceil(self.rate_limit_penalty_s))
         return verdict
@@ -324,13 +333,14 @@ class BingxSim(SimVenue):
             return
         key = next((b for b in used if b.startswith("uid ")), next(iter(used)))
         window = self._windows[key]
-        now = time.time()
+        now = self._window_clock(key)
         response.headers["X-RateLimit-Requests-Remain"] = str(window.remaining(now))
         response.headers["X-RateLimit-Requests-Expire"] = str(int(window.reset_in_s(now) * 1000))
 
     def reset_limits(self) -> None:
         super().reset_limits()
         self._windows.clear()
+        self._window_account.clear()
         self._bucket_cache.clear()
 
     def on_fault(self, fault: Fault) -> None:
