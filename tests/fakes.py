@@ -222,7 +222,7 @@ class FakeExchange:
             raise fault.error
         self._log_result(f"cancelled={len(gone)}")
         return CancelAck(
-            cancelled=tuple(o.order_id for o in gone),
+            cancelled=tuple((o.symbol, o.order_id) for o in gone),
             lists_cancelled=tuple(sorted(lists_before - lists_after)),
         )
 
@@ -238,7 +238,7 @@ class FakeExchange:
         if fault is not None:
             raise fault.error
         self._log_result(f"cancelled={len(gone)}")
-        return CancelAck(cancelled=tuple(o.order_id for o in gone))
+        return CancelAck(cancelled=tuple((o.symbol, o.order_id) for o in gone))
 
     async def cancel_orders(self, symbol: str, order_ids: Sequence[str]) -> BatchResult:
         fault = self._enter("cancel_orders", (symbol, tuple(order_ids)))
@@ -265,7 +265,9 @@ class FakeExchange:
             raise AlreadyGone("Unknown order list.", venue=self.venue, code=-2011) from None
         if fault is not None:
             raise fault.error
-        return CancelAck(cancelled=tuple(o.order_id for o in gone), lists_cancelled=(list_id,))
+        return CancelAck(
+            cancelled=tuple((o.symbol, o.order_id) for o in gone), lists_cancelled=(list_id,)
+        )
 
     async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:
         fault = self._enter("arm_dead_mans_switch", (timeout_s,))

@@ -56,6 +56,7 @@ from killswitch.model import (
     Mode,
     Order,
     OrderEvent,
+    OrderKey,
     OrderList,
     Scope,
     Snapshot,
@@ -154,14 +155,14 @@ class AccountResult:
     retries: int = 0
     rate_limited: int = 0
     waves: int = 0
-    cancelled: set[str] = field(default_factory=set)
+    cancelled: set[OrderKey] = field(default_factory=set)
     lists_cancelled: set[str] = field(default_factory=set)
     still_open: Snapshot | None = None
     verified: bool = False
     error: dict[str, object] | None = None
     first_cancel_ms: float | None = None
     flat_ms: float | None = None
-    known: dict[str, Order] = field(default_factory=dict)  # every in-scope order seen
+    known: dict[OrderKey, Order] = field(default_factory=dict)  # every in-scope order seen
 
     def to_json(self) -> dict[str, object]:
         still = self.still_open or Snapshot()
@@ -275,8 +276,7 @@ class _Gate:
             try:
                 await waiter
             finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+                self._waiters.remove(waiter)
         self._in_flight += 1
         try:
             result = await call()
@@ -294,8 +294,10 @@ class _Gate:
             self._wake()
 
     def _wake(self) -> None:
-        free = self._limit() - self._in_flight
-        for waiter in self._waiters[: max(0, free)]:
+        # Every waiter is woken and re-checks the limit itself. Waking only as many as there
+        # are free slots loses a wake-up when a woken waiter is cancelled before it runs: the
+        # slot it was given is then handed to nobody, and the waiters behind it wait for ever.
+        for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -532,7 +534,7 @@ class Engine:
             if scope is None:
                 return
             item: Order | OrderList = event.to_order()
-            key = f"o:{event.order_id}"
+            key = f"o:{event.symbol}:{event.order_id}"
         else:
             order_list = OrderList(
                 symbol=event.symbol,
@@ -551,7 +553,7 @@ class Engine:
             if scope is None:
                 return
             item = order_list
-            key = f"l:{event.list_id}"
+            key = f"l:{event.symbol}:{event.list_id}"
         recent = self._stream_recent.setdefault(ref, {})
         now = self._clock()
         if key in recent and now - recent[key] < self.config.deadline_s:
@@ -748,7 +750,7 @@ class Engine:
             result.error = stop.error.to_json()
             if result.still_open is None:
                 # Never verified: report what we last knew to be open, marked unverified.
-                left = tuple(o for o in result.known.values() if o.order_id not in result.cancelled)
+                left = tuple(o for o in result.known.values() if o.key not in result.cancelled)
                 result.still_open = Snapshot(left)
             self._alarm(kill, account.ref, stop.error)
         except _DeadlinePassed:
@@ -796,8 +798,8 @@ class Engine:
         if result.waves == 0:
             # What was open at the first look: the snapshot may have been read after the
             # first cancels landed, so their acknowledgements count too.
-            seen = {o.order_id for o in snapshot.orders} | result.cancelled
-            seen |= {o.order_id for o in (tracked or Snapshot()).orders}
+            seen = {o.key for o in snapshot.orders} | result.cancelled
+            seen |= {o.key for o in (tracked or Snapshot()).orders}
             result.orders_before = len(seen)
             lists = {x.list_id for x in snapshot.lists} | result.lists_cancelled
             lists |= {x.list_id for x in (tracked or Snapshot()).lists}
@@ -879,7 +881,7 @@ class Engine:
 
     def _remember(self, result: AccountResult, snapshot: Snapshot) -> None:
         for order in snapshot.orders:
-            result.known.setdefault(order.order_id, order)
+            result.known.setdefault(order.key, order)
 
     def _check_deadline(self, kill: Kill) -> None:
         if self._clock() >= kill.deadline:
@@ -975,9 +977,9 @@ class Engine:
             kill.scope,
             await self._gate(account).run(lambda: account.exchange.snapshot(symbols)),
         )
-        open_ids = {o.order_id for o in snap.orders}
+        open_keys = {o.key for o in snap.orders}
         open_lists = {x.list_id for x in snap.lists}
-        gone = self._coverage(result, request) - open_ids - result.cancelled
+        gone = self._coverage(result, request) - open_keys - result.cancelled
         result.cancelled.update(gone)
         kind = request.kind
         if kind is RequestKind.CANCEL_ALL:
@@ -990,22 +992,24 @@ class Engine:
             return (request if rest else None), len(gone)
         if kind is RequestKind.CANCEL_LIST:
             return (request if request.list_id in open_lists else None), len(gone)
-        ids = tuple(i for i in request.order_ids if i in open_ids)
+        symbol = request.symbols[0] if request.symbols else ""
+        ids = tuple(i for i in request.order_ids if (symbol, i) in open_keys)
         if not ids:
             return None, len(gone)
         if len(ids) == 1:
             return CancelRequest(RequestKind.CANCEL_ORDER, request.symbols, ids), len(gone)
         return CancelRequest(kind, request.symbols, ids), len(gone)
 
-    def _coverage(self, result: AccountResult, request: CancelRequest) -> set[str]:
+    def _coverage(self, result: AccountResult, request: CancelRequest) -> set[OrderKey]:
         if request.order_ids:
-            return set(request.order_ids)
+            symbol = request.symbols[0] if request.symbols else ""
+            return {(symbol, i) for i in request.order_ids}
         if request.kind is RequestKind.CANCEL_ALL:
             wanted = set(request.symbols)
-            return {o.order_id for o in result.known.values() if o.symbol in wanted}
+            return {o.key for o in result.known.values() if o.symbol in wanted}
         if request.kind is RequestKind.CANCEL_ALL_ACCOUNT:
             return set(result.known)
-        return {o.order_id for o in result.known.values() if o.list_id == request.list_id}
+        return {o.key for o in result.known.values() if o.list_id == request.list_id}
 
     def _count(self, result: AccountResult, ack: CancelAck) -> int:
         fresh = [i for i in ack.cancelled if i not in result.cancelled]
@@ -1024,15 +1028,16 @@ class Engine:
             return await exchange.cancel_order_list(request.symbols[0], request.list_id)
         if kind is RequestKind.CANCEL_ORDER:
             return await exchange.cancel_order(request.symbols[0], request.order_ids[0])
-        batch = await exchange.cancel_orders(request.symbols[0], list(request.order_ids))
-        ack = CancelAck(cancelled=batch.cancelled + batch.gone)
+        symbol = request.symbols[0]
+        batch = await exchange.cancel_orders(symbol, list(request.order_ids))
+        ack = CancelAck(cancelled=tuple((symbol, i) for i in batch.cancelled + batch.gone))
         if not batch.failed:
             return ack
         failed_ids = tuple(i for i, _ in batch.failed)
         errors = [e for _, e in batch.failed]
         worst = next((e for e in errors if isinstance(e, Fatal)), None) or errors[0]
         if all(isinstance(e, AlreadyGone) for e in errors):
-            return CancelAck(cancelled=ack.cancelled + failed_ids)
+            return CancelAck(cancelled=ack.cancelled + tuple((symbol, i) for i in failed_ids))
         rest = CancelRequest(
             RequestKind.CANCEL_ORDERS if len(failed_ids) > 1 else RequestKind.CANCEL_ORDER,
             request.symbols,
@@ -1129,7 +1134,7 @@ class Engine:
             self._emit(
                 "stream_cancel",
                 account=str(ref),
-                orders=[o.order_id for o in orders],
+                orders=[{"symbol": o.symbol, "order_id": o.order_id} for o in orders],
                 lists=[x.list_id for x in lists],
             )
             try:

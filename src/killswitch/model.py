@@ -37,6 +37,10 @@ class AccountRef:
         return f"{self.venue}/{self.account}"
 
 
+OrderKey = tuple[str, str]
+"""(symbol, order id): an order's identity. Binance numbers orders per symbol [BN-REST §1.6]."""
+
+
 @dataclass(frozen=True, slots=True)
 class Order:
     """An order as a venue reports it. Ids are strings: BingX ids overflow a double."""
@@ -53,6 +57,10 @@ class Order:
     list_id: str | None = None
     time_ms: int = 0
 
+    @property
+    def key(self) -> OrderKey:
+        return (self.symbol, self.order_id)
+
 
 @dataclass(frozen=True, slots=True)
 class OrderList:
@@ -68,15 +76,25 @@ class OrderList:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Open orders and order lists of one account, read from the venue at `server_time_ms`."""
+    """Open orders and order lists of one account, read from the venue at `server_time_ms`.
+
+    `complete` is False when the read may have been cut short (a capped page, a symbol left
+    unread): what it lists is open, but more may be. Such a snapshot is never proof of flat.
+    """
 
     orders: tuple[Order, ...] = ()
     lists: tuple[OrderList, ...] = ()
     server_time_ms: int = 0
+    complete: bool = True
 
     @property
     def empty(self) -> bool:
         return not self.orders and not self.lists
+
+    @property
+    def proves_flat(self) -> bool:
+        """Nothing open, and the read was complete."""
+        return self.complete and self.empty
 
     def symbols(self) -> set[str]:
         return {o.symbol for o in self.orders} | {lst.symbol for lst in self.lists}

@@ -60,6 +60,7 @@ def in_scope(scope: Scope, snapshot: Snapshot) -> Snapshot:
         orders=tuple(o for o in snapshot.orders if scope.covers_order(o)),
         lists=tuple(lst for lst in snapshot.lists if scope.covers_list(lst)),
         server_time_ms=snapshot.server_time_ms,
+        complete=snapshot.complete,
     )
 
 

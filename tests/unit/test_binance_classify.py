@@ -146,8 +146,9 @@ def test_a_cancel_all_answer_mixes_orders_and_lists() -> None:
             "orderReports": [{"orderId": 20}, {"orderId": 21}],
         },
     ]
-    ack = cancel_ack(answer)
-    assert (ack.cancelled, ack.lists_cancelled) == (("11", "20", "21"), ("1929",))
+    ack = cancel_ack(answer, "BTCUSDT")
+    keys = (("BTCUSDT", "11"), ("BTCUSDT", "20"), ("BTCUSDT", "21"))
+    assert (ack.cancelled, ack.lists_cancelled) == (keys, ("1929",))
 
 
 @pytest.mark.parametrize(

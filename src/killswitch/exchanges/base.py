@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from killswitch.model import Snapshot, StreamEvent
+from killswitch.model import OrderKey, Snapshot, StreamEvent
 
 
 class VenueError(Exception):
@@ -184,9 +184,9 @@ class Capabilities:
 
 @dataclass(frozen=True, slots=True)
 class CancelAck:
-    """What a cancel request acknowledged. `cancelled` lists order ids the venue reported."""
+    """What a cancel request acknowledged: the (symbol, order id) keys the venue reported."""
 
-    cancelled: tuple[str, ...] = ()
+    cancelled: tuple[OrderKey, ...] = ()
     lists_cancelled: tuple[str, ...] = ()
 
 

@@ -60,6 +60,7 @@ from killswitch.model import (
     ListEvent,
     Order,
     OrderEvent,
+    OrderKey,
     OrderList,
     Snapshot,
     StreamEvent,
@@ -658,7 +659,7 @@ class BinanceExchange:
             )
         except AlreadyGone:
             return CancelAck()  # -2011 "Unknown order sent.": nothing open on the symbol
-        return cancel_ack(result)
+        return cancel_ack(result, symbol)
 
     @malformed_is_unknown
     async def cancel_order(
@@ -674,7 +675,7 @@ class BinanceExchange:
             weight=RATE_LIMITS.cancel_weight,
             priority=priority,
         )
-        return cancel_ack(result)
+        return cancel_ack(result, symbol)
 
     @malformed_is_unknown
     async def cancel_orders(
@@ -713,7 +714,7 @@ class BinanceExchange:
             weight=RATE_LIMITS.cancel_weight,
             priority=priority,
         )
-        return cancel_ack(result)
+        return cancel_ack(result, symbol)
 
     async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:
         """Binance Spot has no dead-man's switch."""
@@ -887,10 +888,10 @@ def _order_list(row: dict[str, Any]) -> OrderList:
     )
 
 
-def cancel_ack(result: Any) -> CancelAck:
-    """What a cancel answer says went: plain cancels and whole lists, mixed [BN-REST]."""
+def cancel_ack(result: Any, symbol: str) -> CancelAck:
+    """What a cancel answer on `symbol` says went: orders and whole lists, mixed [BN-REST]."""
     items = result if isinstance(result, list) else [result]
-    cancelled: list[str] = []
+    cancelled: list[OrderKey] = []
     lists: list[str] = []
     for item in items:
         if not isinstance(item, dict):
@@ -898,9 +899,9 @@ def cancel_ack(result: Any) -> CancelAck:
         if "orderReports" in item or "orders" in item:
             lists.append(str(item["orderListId"]))
             reports = item.get("orderReports") or item.get("orders") or ()
-            cancelled.extend(str(r["orderId"]) for r in reports)
+            cancelled.extend((symbol, str(r["orderId"])) for r in reports)
         elif "orderId" in item:
-            cancelled.append(str(item["orderId"]))
+            cancelled.append((symbol, str(item["orderId"])))
     return CancelAck(cancelled=tuple(cancelled), lists_cancelled=tuple(lists))
 
 

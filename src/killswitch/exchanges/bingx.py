@@ -61,6 +61,7 @@ from killswitch.model import (
     ListEvent,
     Order,
     OrderEvent,
+    OrderKey,
     OrderList,
     Snapshot,
     StreamEvent,
@@ -732,13 +733,16 @@ class BingxExchange:
             )
         return CancelAck(cancelled=tuple(i for ack in acks for i in ack))
 
-    async def _cancel_open_orders(self, symbol: str | None, priority: Priority) -> list[str]:
+    async def _cancel_open_orders(self, symbol: str | None, priority: Priority) -> list[OrderKey]:
         params = [("symbol", symbol)] if symbol else []
         try:
             data = await self._request("POST", CANCEL_OPEN_ORDERS, params, priority=priority)
         except AlreadyGone:
             return []  # nothing open on that symbol is not an error
-        return [order_id_str(o["orderId"]) for o in _items(data, "orders")]
+        return [
+            (str(o.get("symbol") or symbol or ""), order_id_str(o["orderId"]))
+            for o in _items(data, "orders")
+        ]
 
     @malformed_is_unknown
     async def cancel_order(
@@ -748,7 +752,7 @@ class BingxExchange:
         await self._request(
             "POST", CANCEL, [("orderId", order_id), ("symbol", symbol)], priority=priority
         )
-        return CancelAck(cancelled=(order_id,))
+        return CancelAck(cancelled=((symbol, order_id),))
 
     @malformed_is_unknown
     async def cancel_orders(
@@ -837,7 +841,7 @@ class BingxExchange:
                 endpoint=f"POST {OCO_CANCEL}",
             )
         await self._request("POST", OCO_CANCEL, [("orderId", legs[0])], priority=priority)
-        return CancelAck(cancelled=legs, lists_cancelled=(list_id,))
+        return CancelAck(cancelled=tuple((symbol, leg) for leg in legs), lists_cancelled=(list_id,))
 
     def _forget_list(self, list_id: str) -> None:
         for order_id in self._list_legs.pop(list_id, ()):

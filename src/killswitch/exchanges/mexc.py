@@ -523,7 +523,11 @@ class MexcExchange:
             )
         except AlreadyGone:
             return CancelAck()  # nothing open there: an empty ack, not an error
-        return CancelAck(cancelled=tuple(_id(row["orderId"]) for row in rows or ()))
+        return CancelAck(
+            cancelled=tuple(
+                (str(row.get("symbol") or symbols[0]), _id(row["orderId"])) for row in rows or ()
+            )
+        )
 
     @malformed_is_unknown
     async def cancel_order(
@@ -536,7 +540,7 @@ class MexcExchange:
             [("symbol", symbol), ("orderId", order_id)],
             priority=priority,
         )
-        return CancelAck(cancelled=(_id(row.get("orderId", order_id)),))
+        return CancelAck(cancelled=((symbol, _id(row.get("orderId", order_id))),))
 
     @malformed_is_unknown
     async def cancel_orders(
