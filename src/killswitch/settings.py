@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextvars
 import os
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +42,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from killswitch.model import VENUES, Scope
+from killswitch.model import VENUES, AccountRef, Scope
 
 DEFAULT_CONFIG_PATH = Path("/etc/killswitch/killswitch.toml")
 ENV_PREFIX = "KILLSWITCH_"
@@ -75,6 +76,33 @@ class ScopeSettings(BaseModel):
     def to_scope(self) -> Scope:
         """Return the domain scope this section describes."""
         return Scope.of(self.venues, self.accounts, self.symbols, self.client_order_id_prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class Unmatched:
+    """A name in a scope that matches no configured account: `field` is `venues` or `accounts`."""
+
+    field: str
+    name: str
+    message: str
+
+
+def unmatched(scope: Scope, accounts: Collection[AccountRef]) -> list[Unmatched]:
+    """Return each venue and account `scope` names that selects no account in `accounts`.
+
+    A name counts only together with the rest of the scope: `venues = ["mexc"]` with
+    `accounts = ["mm-1"]` names nothing when mm-1 is configured on binance alone.
+    """
+    found: list[Unmatched] = []
+    for venue in sorted(scope.venues):
+        if not any(ref.venue == venue and scope.covers_account(ref) for ref in accounts):
+            among = f" among accounts {sorted(scope.accounts)}" if scope.accounts else ""
+            found.append(Unmatched("venues", venue, f"no configured account on {venue}{among}"))
+    for name in sorted(scope.accounts):
+        if not any(ref.account == name and scope.covers_account(ref) for ref in accounts):
+            on = f" on {', '.join(sorted(scope.venues))}" if scope.venues else ""
+            found.append(Unmatched("accounts", name, f"no configured account {name}{on}"))
+    return found
 
 
 class AccountSettings(BaseModel):
@@ -306,10 +334,22 @@ class Settings(BaseSettings):
             if key in seen:
                 raise ValueError(f"accounts: {account.label} is configured twice")
             seen.add(key)
-        names = {(a.venue, a.name) for a in self.accounts}
+        refs = [AccountRef(a.venue, a.name) for a in self.accounts]
+        problems: list[str] = []
         for i, rule in enumerate(self.rules):
-            if (rule.venue, rule.account) not in names:
-                raise ValueError(f"rules[{i}]: no account {rule.venue}/{rule.account} in accounts")
+            if AccountRef(rule.venue, rule.account) not in refs:
+                problems.append(f"rules[{i}]: no account {rule.venue}/{rule.account} in accounts")
+        # A scope naming something unconfigured would fire a kill of nothing that looks done.
+        scoped = [(f"heartbeats[{i}].scope", hb.scope) for i, hb in enumerate(self.heartbeats)]
+        scoped += [(f"rules[{i}].scope", r.scope) for i, r in enumerate(self.rules) if r.scope]
+        configured = ", ".join(str(ref) for ref in refs)
+        for where, scope in scoped:
+            problems += [
+                f"{where}.{m.field}: {m.message} (configured: {configured})"
+                for m in unmatched(scope.to_scope(), refs)
+            ]
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def secret_values(self) -> list[str]:
@@ -494,8 +534,8 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
         loc = _dotted(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if not loc:
-            # Cross-field checks on the whole config name their field in the message.
-            lines.append(msg)
+            # Cross-field checks on the whole config name their field, one problem a line.
+            lines.extend(msg.splitlines())
             continue
         if err["type"] == "missing":
             msg = "required, not set"

@@ -150,6 +150,103 @@ def test_a_rule_on_an_unconfigured_account_is_rejected(tmp_path: Path) -> None:
     ]
 
 
+TWO_ACCOUNTS = (
+    BASE
+    + """
+[[accounts]]
+venue = "bingx"
+name = "mm-2"
+api_key = "bingx-key-0002"
+api_secret = "bingx-secret-0002"
+"""
+)
+CONFIGURED = "(configured: binance/mm-1, bingx/mm-2)"
+
+
+def test_a_heartbeat_scope_naming_an_unconfigured_account_is_rejected_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    heartbeat = (
+        '\n[[heartbeats]]\nsource = "bot-7"\ntimeout_s = 10\n'
+        '[heartbeats.scope]\naccounts = ["mm-l"]\n'
+    )
+
+    assert errors_of(write(tmp_path, TWO_ACCOUNTS + heartbeat)) == [
+        f"heartbeats[0].scope.accounts: no configured account mm-l {CONFIGURED}"
+    ]
+
+
+def test_a_rule_scope_naming_a_venue_without_accounts_is_rejected(tmp_path: Path) -> None:
+    rule = (
+        '\n[[rules]]\nkind = "order_rate"\nvenue = "binance"\naccount = "mm-1"\nlimit = 50\n'
+        '[rules.scope]\nvenues = ["mexc"]\n'
+    )
+
+    assert errors_of(write(tmp_path, TWO_ACCOUNTS + rule)) == [
+        f"rules[0].scope.venues: no configured account on mexc {CONFIGURED}"
+    ]
+
+
+def test_a_scope_whose_venue_and_account_match_no_one_account_is_rejected(tmp_path: Path) -> None:
+    # Both names exist, but mm-1 is not on bingx: the scope selects no account.
+    heartbeat = (
+        '\n[[heartbeats]]\nsource = "bot-7"\ntimeout_s = 10\n'
+        '[heartbeats.scope]\nvenues = ["bingx"]\naccounts = ["mm-1"]\n'
+    )
+
+    assert errors_of(write(tmp_path, TWO_ACCOUNTS + heartbeat)) == [
+        f"heartbeats[0].scope.venues: no configured account on bingx among accounts ['mm-1'] "
+        f"{CONFIGURED}",
+        f"heartbeats[0].scope.accounts: no configured account mm-1 on bingx {CONFIGURED}",
+    ]
+
+
+def test_a_scope_with_an_unknown_venue_name_is_rejected_naming_the_field(tmp_path: Path) -> None:
+    heartbeat = (
+        '\n[[heartbeats]]\nsource = "bot-7"\ntimeout_s = 10\n'
+        '[heartbeats.scope]\nvenues = ["binanse"]\n'
+    )
+
+    errors = errors_of(write(tmp_path, TWO_ACCOUNTS + heartbeat))
+
+    assert len(errors) == 1
+    assert errors[0].startswith("heartbeats[0].scope.venues[0]: Input should be")
+
+
+def test_scopes_that_select_configured_accounts_are_accepted(tmp_path: Path) -> None:
+    text = TWO_ACCOUNTS + (
+        '\n[[heartbeats]]\nsource = "bot-7"\ntimeout_s = 10\n'
+        '[heartbeats.scope]\nvenues = ["binance", "bingx"]\naccounts = ["mm-1", "mm-2"]\n'
+        '\n[[rules]]\nkind = "order_rate"\nvenue = "bingx"\naccount = "mm-2"\nlimit = 50\n'
+        '[rules.scope]\nsymbols = ["BTC-USDT"]\nclient_order_id_prefix = "b7-"\n'
+    )
+
+    settings = load_settings(write(tmp_path, text))
+
+    assert settings.heartbeats[0].scope.accounts == ["mm-1", "mm-2"]
+
+
+def test_check_config_exits_2_with_one_line_per_scope_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = TWO_ACCOUNTS + (
+        '\n[[heartbeats]]\nsource = "bot-7"\ntimeout_s = 10\n'
+        '[heartbeats.scope]\naccounts = ["mm-9"]\n'
+        '\n[[rules]]\nkind = "order_rate"\nvenue = "bingx"\naccount = "mm-2"\nlimit = 50\n'
+        '[rules.scope]\nvenues = ["mexc"]\n'
+    )
+
+    code = main(["check-config", "--config", str(write(tmp_path, text))])
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"heartbeats[0].scope.accounts: no configured account mm-9 {CONFIGURED}",
+        f"rules[0].scope.venues: no configured account on mexc {CONFIGURED}",
+    ]
+
+
 def test_environment_overrides_the_file_with_double_underscore_nesting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
