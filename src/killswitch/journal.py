@@ -36,6 +36,19 @@ class JournalCorrupt(Exception):
     """A journal line other than the last one cannot be read."""
 
 
+class FileOps:
+    """The system calls behind every journal write: the seam where tests inject a failing disk."""
+
+    def write(self, fd: int, data: bytes) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+
 @dataclass(slots=True)
 class JournalState:
     """What the journal says: rebuilt by `replay`, kept current by `Journal`'s writers."""
@@ -76,9 +89,15 @@ class JournalState:
                 raise TypeError("latch record without a scope object")
             self.latches[trigger_id] = Scope.from_json(scope)
         elif kind == "reset":
-            self.latches.clear()
-            # A reset aborts the kills it released; a restart must not resume them.
-            self.unfinished -= {t for t in self.unfinished if self.triggers[t].mode is Mode.KILL}
+            # A reset releases exactly the latches it names (older records without the list
+            # released everything), and aborts their kills: a restart must not resume them.
+            named = _released_ids(record)
+            gone = set(self.latches) if named is None else named & set(self.latches)
+            for trigger_id in gone:
+                del self.latches[trigger_id]
+            self.unfinished -= {
+                t for t in self.unfinished if t in gone and self.triggers[t].mode is Mode.KILL
+            }
             self.last_reset = record
             self._forget_finished()
         elif kind == "kill_done":
@@ -116,8 +135,10 @@ class Journal:
         *,
         compact_bytes: int = DEFAULT_COMPACT_BYTES,
         seen_limit: int = DEFAULT_SEEN_LIMIT,
+        ops: FileOps | None = None,
     ) -> None:
         self.path = path
+        self.ops = ops or FileOps()
         self.compact_bytes = compact_bytes
         self.seen_limit = seen_limit
         self.state = JournalState()
@@ -134,8 +155,8 @@ class Journal:
         self.state, good_bytes = replay(self.path, seen_limit=self.seen_limit)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         if self.state.torn_tail:
-            os.ftruncate(fd, good_bytes)
-            os.fsync(fd)
+            self.ops.ftruncate(fd, good_bytes)
+            self.ops.fsync(fd)
         self._fd = fd
         self._size = good_bytes
         if self._size > self.compact_bytes:
@@ -166,8 +187,8 @@ class Journal:
         data = b"".join(orjson.dumps(r) + b"\n" for r in out)
         written = 0
         while written < len(data):
-            written += os.write(self._fd, data[written:])
-        os.fsync(self._fd)
+            written += self.ops.write(self._fd, data[written:])
+        self.ops.fsync(self._fd)
         self._size += len(data)
         for record in out:
             self.state.apply(record, seen_limit=self.seen_limit)
@@ -210,8 +231,8 @@ class Journal:
         tmp = self.path.with_name(self.path.name + ".compact")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
+            self.ops.write(fd, data)
+            self.ops.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
@@ -223,6 +244,16 @@ class Journal:
         log.info(
             "journal compacted path=%s records=%d bytes=%d", self.path, len(records), len(data)
         )
+
+
+def _released_ids(record: dict[str, object]) -> set[str] | None:
+    """The trigger ids a reset record names, or None for an old record that named none."""
+    released = record.get("released")
+    if released is None:
+        return None
+    if not isinstance(released, list):
+        raise TypeError("reset record with a released field that is not a list")
+    return {str(r["trigger_id"]) if isinstance(r, dict) else str(r) for r in released}
 
 
 def replay(path: Path, *, seen_limit: int = DEFAULT_SEEN_LIMIT) -> tuple[JournalState, int]:
