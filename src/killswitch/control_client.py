@@ -1,4 +1,9 @@
-"""`killswitch fire|status|reset`: talk to the running daemon over its control socket."""
+"""`killswitch fire|status|reset`: talk to the running daemon over its control socket.
+
+Every command here exits by one table (`EXIT_CODES_HELP`, printed by `fire --help` and kept in
+the README): 0 only when a fire's kill is flat or confirmed, 1 failed, 2 refused or bad
+arguments, 3 unreachable, 4 still running when the wait ended.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,25 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2  # argparse's own code for bad arguments; also a request the daemon refused
 EXIT_UNREACHABLE = 3
+EXIT_RUNNING = 4
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  flat or confirmed: the venues showed nothing open in scope
+  1  failed: the kill ended without proving flat (failed, or aborted by a reset),
+     or the daemon could not carry the request out
+  2  usage: bad arguments, or the daemon refused the request (unknown venue or
+     account, bad field); nothing was fired
+  3  unreachable: daemon not running, socket missing or not permitted, or no
+     answer (then whether the fire was accepted is unknown: run `status`)
+  4  still running when the wait ended (--timeout passed, or --no-wait)
+"""
 
 
 class ControlUnreachable(Exception):
-    """The daemon's control socket cannot be reached."""
+    """The daemon's control socket cannot be reached, or gave no usable answer."""
 
 
 def socket_path(config: Path | None, explicit: Path | None = None) -> Path:
@@ -44,11 +63,13 @@ def socket_path(config: Path | None, explicit: Path | None = None) -> Path:
 
 def request(path: Path, payload: dict[str, Any], *, timeout_s: float = 10.0) -> dict[str, Any]:
     """Send one request line and return the answer."""
+    sent = False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout_s)
             sock.connect(str(path))
             sock.sendall(orjson.dumps(payload) + b"\n")
+            sent = True
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = sock.recv(65536)
@@ -58,13 +79,38 @@ def request(path: Path, payload: dict[str, Any], *, timeout_s: float = 10.0) -> 
     except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
         raise ControlUnreachable(f"{path}: {exc.strerror or exc}") from exc
     except TimeoutError as exc:
-        raise ControlUnreachable(f"{path}: no answer within {timeout_s}s") from exc
+        raise ControlUnreachable(f"{path}: no answer within {timeout_s}s{_sent(sent)}") from exc
+    except OSError as exc:
+        raise ControlUnreachable(f"{path}: {exc.strerror or exc}{_sent(sent)}") from exc
     if not buf:
-        raise ControlUnreachable(f"{path}: connection closed without an answer")
-    answer = orjson.loads(buf)
+        raise ControlUnreachable(f"{path}: connection closed without an answer{_sent(sent)}")
+    try:
+        answer = orjson.loads(buf)
+    except orjson.JSONDecodeError as exc:
+        raise ControlUnreachable(f"{path}: answer is not JSON{_sent(sent)}") from exc
     if not isinstance(answer, dict):
-        raise ControlUnreachable(f"{path}: answer is not an object")
+        raise ControlUnreachable(f"{path}: answer is not an object{_sent(sent)}")
     return answer
+
+
+def _sent(sent: bool) -> str:
+    return " (the request was sent: check `killswitch status`)" if sent else ""
+
+
+def exit_code(answer: dict[str, Any]) -> int:
+    """The exit code an answer earns (module docstring): 0 only for flat or confirmed."""
+    outcome = answer.get("outcome")
+    if outcome is None:
+        if answer.get("ok") is True:
+            return EXIT_OK
+        return EXIT_USAGE if answer.get("refused") is True else EXIT_FAILED
+    if answer.get("ok") is True and outcome in ("flat", "confirmed"):
+        return EXIT_OK
+    if outcome in ("failed", "aborted", "unknown"):
+        return EXIT_FAILED
+    if outcome == "running" or answer.get("timed_out") is True:
+        return EXIT_RUNNING
+    return EXIT_FAILED
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -73,7 +119,12 @@ def request(path: Path, payload: dict[str, Any], *, timeout_s: float = 10.0) -> 
 def add_parsers(subparsers: Subparsers) -> None:
     """Register `fire`, `status` and `reset`."""
     fire = subparsers.add_parser(
-        "fire", help="cancel now and latch (a kill) over the control socket"
+        "fire",
+        help="cancel now and latch (a kill) over the control socket",
+        description="Cancel every open order in scope now and latch the scope (a kill), or "
+        "cancel once (--cancel-only), then wait until the venues show nothing open.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(fire)
     fire.add_argument("--venue", action="append", default=[], help="repeatable; default all")
@@ -82,20 +133,39 @@ def add_parsers(subparsers: Subparsers) -> None:
     fire.add_argument("--prefix", default=None, help="client order id prefix (strategy, desk)")
     fire.add_argument("--reason", required=True, help="why (goes to the audit log)")
     fire.add_argument("--cancel-only", action="store_true", help="cancel once, do not latch")
-    fire.add_argument("--no-wait", action="store_true", help="return once the kill is accepted")
-    fire.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for flat")
+    fire.add_argument(
+        "--no-wait", action="store_true", help="return once the kill is accepted (exit 4)"
+    )
+    fire.add_argument(
+        "--timeout", type=_positive, default=120.0, help="seconds to wait for flat (default 120)"
+    )
     fire.add_argument("--json", action="store_true", help="print the raw answer")
     fire.set_defaults(func=cmd_fire)
 
-    status = subparsers.add_parser("status", help="latch, streams, open orders, last kill")
+    status = subparsers.add_parser(
+        "status",
+        help="latch, streams, open orders, last kill",
+        epilog="exit codes: 0 answered, 1 the daemon could not answer, 3 unreachable",
+    )
     _common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
-    reset = subparsers.add_parser("reset", help="release the latch (audited)")
+    reset = subparsers.add_parser(
+        "reset",
+        help="release the latch (audited)",
+        epilog="exit codes: 0 reset recorded, 1 failed, 2 refused, 3 unreachable",
+    )
     _common(reset)
     reset.add_argument("--reason", required=True, help="why (goes to the audit log)")
     reset.set_defaults(func=cmd_reset)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -127,13 +197,15 @@ def cmd_fire(args: argparse.Namespace) -> int:
     }
     if not args.no_wait:
         payload |= {"wait": "done", "timeout_s": args.timeout}
-    answer = _call(args, payload, timeout_s=args.timeout + 10.0)
+    answer = _call(args, payload, timeout_s=(10.0 if args.no_wait else args.timeout + 10.0))
     if answer is None:
         return EXIT_UNREACHABLE
+    code = exit_code(answer)
     if args.json:
         sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif "error" in answer:
-        sys.stderr.write(f"killswitch fire refused: {answer['error']}\n")
+    elif "trigger_id" not in answer:
+        verb = "refused" if code == EXIT_USAGE else "failed"
+        sys.stderr.write(f"killswitch fire {verb}: {answer.get('error')}\n")
     else:
         sys.stdout.write(
             f"{answer['result']} trigger {answer['trigger_id']} mode {answer['mode']} "
@@ -142,7 +214,14 @@ def cmd_fire(args: argparse.Namespace) -> int:
         kill = answer.get("kill")
         if isinstance(kill, dict):
             sys.stdout.write(format_kill(kill) + "\n")
-    return EXIT_OK if answer.get("ok") else EXIT_FAILED
+    if code == EXIT_RUNNING and not args.json:
+        waited = "not waited for (--no-wait)" if args.no_wait else f"not flat after {args.timeout}s"
+        sys.stderr.write(
+            f"killswitch fire: still running, {waited}; `killswitch status` shows progress\n"
+        )
+    elif code == EXIT_FAILED and "trigger_id" in answer and not args.json:
+        sys.stderr.write(f"killswitch fire: NOT flat: the kill is {answer.get('outcome')}\n")
+    return code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -166,7 +245,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     if not answer.get("ok"):
         sys.stderr.write(f"killswitch reset refused: {answer.get('error')}\n")
-        return EXIT_FAILED
+        return exit_code(answer)
     what = "latch released" if answer.get("was_latched") else "was not latched"
     sys.stdout.write(f"{what}; reset by {answer.get('actor')} recorded in the audit log\n")
     return EXIT_OK

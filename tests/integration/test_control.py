@@ -18,6 +18,7 @@ import pytest
 from killswitch.audit import AuditLog, read_audit
 from killswitch.control_client import format_status, request
 from killswitch.engine import Account, Engine, EngineConfig
+from killswitch.exchanges.base import Fatal
 from killswitch.handlers.control import ControlServer
 from killswitch.journal import Journal
 from killswitch.model import AccountRef
@@ -63,9 +64,33 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     audit.close()
 
 
-async def test_the_socket_is_owner_only(served: Served) -> None:
-    assert stat.S_IMODE(served.path.stat().st_mode) == 0o600
+async def test_the_socket_is_read_write_for_its_owner_and_group_only(served: Served) -> None:
+    # Members of the daemon's group (killswitch under systemd) may use the socket.
+    info = served.path.stat()
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o660
+    assert (info.st_uid, info.st_gid) == (os.geteuid(), os.getegid())
     assert served.server.healthy()
+
+
+async def test_a_stale_socket_is_replaced_with_the_same_mode_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "run" / "control.sock"
+    engine = Engine([], Journal(tmp_path / "journal.jsonl"), EngineConfig())
+    first = ControlServer(engine, path)
+    await first.start()
+    first._server.close()  # type: ignore[union-attr]  # a crash: the file stays behind
+    old = os.umask(0o022)
+    try:
+        second = ControlServer(engine, path)
+        await second.start()
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+    finally:
+        await second.stop()
 
 
 async def test_fire_kills_latches_and_records_the_kernel_reported_user(served: Served) -> None:
@@ -84,18 +109,123 @@ async def test_fire_kills_latches_and_records_the_kernel_reported_user(served: S
     assert triggered[0]["trigger"]["actor"] == f"{ME} (as mallory)"  # type: ignore[index]
 
 
+def untouched(served: Served) -> None:
+    """Nothing was fired: no latch, no trigger in the audit log, every order still open."""
+    assert not served.engine.latched()
+    assert not [r for r in read_audit(served.audit_path) if r["type"] == "triggered"]
+    assert len(served.venues["binance"].book.orders) == 3
+    assert len(served.venues["bingx"].book.orders) == 2
+
+
 async def test_a_fire_whose_scope_covers_no_configured_account_is_refused(served: Served) -> None:
     answer = await served.ask({"op": "fire", "reason": "x", "accounts": ["mm-typo"]})
     assert answer["ok"] is False
+    assert answer["refused"] is True
     assert "covers no configured account" in str(answer["error"])
-    assert not served.engine.latched()
+    assert "accounts: no configured account mm-typo" in str(answer["error"])
     unknown = await served.ask({"op": "fire", "reason": "x", "venues": ["kraken"]})
     assert "unknown venue" in str(unknown["error"])
+    untouched(served)
+
+
+@pytest.mark.parametrize(
+    ("scope", "named"),
+    [
+        # mm-1 is on binance only: the pair selects no account, though both names exist.
+        ({"venues": ["bingx"], "accounts": ["mm-1"]}, "accounts: no configured account mm-1"),
+        # No mexc account is configured here.
+        ({"venues": ["mexc"]}, "venues: no configured account on mexc"),
+    ],
+)
+async def test_a_venue_and_account_pair_that_selects_nothing_is_refused(
+    served: Served, scope: dict[str, object], named: str
+) -> None:
+    answer = await served.ask({"op": "fire", "reason": "x", **scope})
+    assert answer["ok"] is False
+    assert named in str(answer["error"])
+    untouched(served)
+
+
+async def test_a_fire_naming_one_unknown_account_among_known_ones_fires_nothing(
+    served: Served,
+) -> None:
+    # Killing mm-1 alone and answering "flat" would tell the operator mm-typo is flat too.
+    answer = await served.ask(
+        {"op": "fire", "reason": "x", "accounts": ["mm-1", "mm-typo"], "wait": "done"}
+    )
+    assert answer["ok"] is False
+    assert answer["refused"] is True
+    assert "accounts: no configured account mm-typo" in str(answer["error"])
+    assert "nothing was fired" in str(answer["error"])
+    untouched(served)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"prefix": 5}, "prefix: Input should be a valid string"),
+        ({"prefix": ""}, "prefix must not be empty"),
+        ({"cancel_only": "no"}, "cancel_only: Input should be a valid boolean"),
+        ({"accounts": "mm-1"}, "accounts: Input should be a valid list"),
+        ({"symbols": [7]}, "symbols.0: Input should be a valid string"),
+        ({"wait": "forever"}, "wait: Input should be 'done' or 'confirmed'"),
+        ({"timeout_s": "soon"}, "timeout_s: Input should be a valid number"),
+        ({"timeout_s": -1}, "timeout_s: Input should be greater than 0"),
+        ({"id": 12}, "id: Input should be a valid string"),
+        # A misspelt scope field must not widen the kill to everything.
+        ({"account": ["mm-1"]}, "account: unknown field"),
+        ({"scope": {"accounts": ["mm-1"]}}, "scope: unknown field"),
+    ],
+)
+async def test_a_malformed_fire_is_refused_and_changes_nothing(
+    served: Served, fields: dict[str, object], error: str
+) -> None:
+    answer = await served.ask({"op": "fire", "reason": "x", **fields})
+    assert answer["ok"] is False
+    assert answer["refused"] is True
+    assert error in str(answer["error"])
+    untouched(served)
+
+
+async def test_a_refused_prefix_never_reaches_the_latch_and_stream_cancels_still_work(
+    served: Served,
+) -> None:
+    await served.ask({"op": "fire", "reason": "x", "prefix": ["s7-"]})
+    answer = await served.ask({"op": "fire", "reason": "y", "prefix": "s7-", "wait": "done"})
+    assert answer["ok"] is True
+    assert [s.client_order_id_prefix for s in served.engine.latch_scopes()] == ["s7-"]
+    assert not served.venues["binance"].book.orders
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"op": "reset", "reason": 3},
+        {"op": "reset"},
+        {"op": "reset", "reason": "r", "force": True},
+        {"op": "wait", "trigger_id": "t", "until": "later"},
+        {"op": "wait", "trigger_id": ["t"]},
+        {"op": "status", "verbose": True},
+    ],
+)
+async def test_other_malformed_requests_are_refused(
+    served: Served, payload: dict[str, object]
+) -> None:
+    await served.ask({"op": "fire", "reason": "risk", "wait": "done"})
+    answer = await served.ask(payload)
+    assert answer["ok"] is False
+    assert answer["refused"] is True
+    assert served.engine.latched()  # a malformed reset released nothing
 
 
 async def test_a_fire_without_a_reason_is_refused(served: Served) -> None:
     answer = await served.ask({"op": "fire", "reason": "  "})
-    assert answer == {"ok": False, "error": "reason is required"}
+    assert answer == {
+        "ok": False,
+        "refused": True,
+        "error": "bad fire request: reason must not be empty",
+    }
+    untouched(served)
 
 
 async def test_cancel_only_does_not_latch_and_a_repeated_id_is_a_duplicate(served: Served) -> None:
@@ -116,6 +246,11 @@ async def test_garbage_gets_an_error_and_the_server_keeps_serving(served: Served
     writer.close()
     await writer.wait_closed()
     assert [a["ok"] for a in answers] == [False, False, False]
+    assert [a["error"] for a in answers] == [
+        "not JSON",
+        "a request is a JSON object",
+        "unknown op 'nope'; have fire, status, reset, wait",
+    ]
     status = await served.ask({"op": "status"})
     assert status["ok"] is True
 
@@ -174,3 +309,94 @@ async def test_cli_says_plainly_when_the_daemon_is_not_there(tmp_path: Path) -> 
     result = await asyncio.to_thread(cli, "status", "--socket", str(tmp_path / "none.sock"))
     assert result.returncode == 3
     assert "cannot reach the daemon" in result.stderr
+
+
+# -- exit codes a script can trust: 0 flat/confirmed, 1 failed, 2 refused, 3 unreachable, 4 running
+
+
+def fire_cli(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli("fire", "--socket", str(served.path), *args)
+
+
+async def test_a_wait_that_ends_while_the_kill_runs_is_not_ok_and_fire_exits_4(
+    served: Served,
+) -> None:
+    gate = asyncio.Event()  # every venue read waits: the kill cannot finish
+    for venue in served.venues.values():
+        venue.hold("snapshot", gate)
+    try:
+        answer = await served.ask({"op": "fire", "reason": "r", "wait": "done", "timeout_s": 0.2})
+        assert answer["ok"] is False
+        assert answer["outcome"] == "running"
+        assert answer["timed_out"] is True
+        waited = await served.ask(
+            {"op": "wait", "trigger_id": answer["trigger_id"], "timeout_s": 0.2}
+        )
+        assert (waited["ok"], waited["outcome"], waited["timed_out"]) == (False, "running", True)
+
+        fired = await asyncio.to_thread(fire_cli, served, "--reason", "r2", "--timeout", "0.3")
+        assert fired.returncode == 4, fired.stderr
+        assert "still running" in fired.stderr
+    finally:
+        gate.set()
+
+
+async def test_fire_no_wait_exits_4_because_nothing_is_proved_yet(served: Served) -> None:
+    gate = asyncio.Event()
+    served.venues["binance"].hold("snapshot", gate)
+    try:
+        fired = await asyncio.to_thread(fire_cli, served, "--reason", "r", "--no-wait")
+        assert fired.returncode == 4, fired.stderr
+        assert "accepted" in fired.stdout
+        assert served.engine.latched()
+    finally:
+        gate.set()
+
+
+async def test_fire_exits_1_when_the_kill_fails(served: Served) -> None:
+    served.venues["binance"].fail("snapshot", Fatal("bad key", code=-2015), times=1000)
+    served.venues["binance"].fail("cancel_all", Fatal("bad key", code=-2015), times=1000)
+
+    fired = await asyncio.to_thread(fire_cli, served, "--reason", "r", "--venue", "binance")
+
+    assert fired.returncode == 1, (fired.stdout, fired.stderr)
+    assert "NOT flat: the kill is failed" in fired.stderr
+    assert served.venues["binance"].book.orders
+
+
+async def test_fire_exits_0_when_flat_and_the_answer_says_so(served: Served) -> None:
+    fired = await asyncio.to_thread(fire_cli, served, "--reason", "r", "--json")
+
+    assert fired.returncode == 0, fired.stderr
+    answer = orjson.loads(fired.stdout)
+    assert answer["ok"] is True
+    assert answer["outcome"] in ("flat", "confirmed")
+    assert answer["timed_out"] is False
+
+
+async def test_fire_exits_2_when_the_daemon_refuses_and_nothing_is_fired(served: Served) -> None:
+    fired = await asyncio.to_thread(fire_cli, served, "--reason", "r", "--account", "mm-typo")
+    assert fired.returncode == 2, fired.stderr
+    assert "refused" in fired.stderr
+    assert "mm-typo" in fired.stderr
+    prefix = await asyncio.to_thread(fire_cli, served, "--reason", "r", "--prefix", "x" * 37)
+    assert prefix.returncode == 2, prefix.stderr
+    usage = await asyncio.to_thread(fire_cli, served)  # no --reason: argparse's usage error
+    assert usage.returncode == 2
+    untouched(served)
+
+
+async def test_fire_exits_3_when_no_daemon_listens(tmp_path: Path) -> None:
+    result = await asyncio.to_thread(
+        cli, "fire", "--socket", str(tmp_path / "none.sock"), "--reason", "r"
+    )
+    assert result.returncode == 3
+    assert "cannot reach the daemon" in result.stderr
+
+
+def test_fire_help_prints_the_exit_code_table() -> None:
+    result = cli("fire", "--help")
+    assert result.returncode == 0
+    table = result.stdout[result.stdout.index("exit codes:") :]
+    for code in ("0  flat or confirmed", "1  failed", "2  usage", "3  unreachable", "4  still"):
+        assert code in table

@@ -1,4 +1,7 @@
-"""The operator's control socket: a local unix socket (mode 0600) speaking JSON lines.
+"""The operator's control socket: a local unix socket (mode 0660) speaking JSON lines.
+
+The socket is owned by the daemon's user and group: the service user and members of its
+group (`killswitch`, systemd/killswitch.sysusers) may connect; nobody else.
 
 One request object per line, one answer object per line::
 
@@ -8,10 +11,20 @@ One request object per line, one answer object per line::
     {"op": "reset", "reason": "..."}
     {"op": "wait", "trigger_id": "...", "until": "done" | "confirmed", "timeout_s": 60}
 
-Answers are `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. The actor of a fire or reset
-is the peer's user as the kernel reports it (SO_PEERCRED), never what the client claims; a
-claimed name is recorded next to it. A fire whose scope names no configured account is refused:
-an operator's typo must not become a kill of nothing that reports success.
+Each request is validated as strictly as a Kafka alert (one pydantic model per op, unknown
+fields refused, no type coercion) before anything changes.
+
+Answers are `{"ok": true, ...}` or `{"ok": false, "error": "..."}`; a request refused for its
+content (nothing changed) also says `"refused": true`. A fire or wait answer carries `outcome`,
+the kill's state when the answer was written (`running`, `flat`, `confirmed`, `failed`,
+`aborted`; `unknown` when the daemon no longer holds the kill), and `timed_out` when a wait
+ended first. `ok` on a fire that waited (and on a wait) is true only when the kill is flat or
+confirmed and the wait did not time out.
+
+The actor of a fire or reset is the peer's user as the kernel reports it (SO_PEERCRED), never
+what the client claims; a claimed name is recorded next to it. A fire whose scope names a venue
+or account that selects no configured account is refused: an operator's typo must not become a
+kill of nothing (or of less than was asked) that reports success.
 """
 
 from __future__ import annotations
@@ -27,21 +40,120 @@ import struct
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from killswitch.engine import Engine, Kill, KillState
-from killswitch.model import VENUES, Mode, Scope, Trigger
+from killswitch.handlers.alerts import AlertScope
+from killswitch.model import Mode, Trigger
+from killswitch.settings import unmatched
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
 DEFAULT_WAIT_S = 120.0
+MAX_WAIT_S = 24 * 3600.0
+SOCKET_MODE = 0o660
+
+_REQUEST = ConfigDict(frozen=True, extra="forbid", strict=True, str_strip_whitespace=True)
 
 
 class ControlError(Exception):
     """A request the control socket refuses; the message goes back to the client."""
+
+
+class FireRequest(AlertScope):
+    """`fire`: cancel in scope now, and latch it unless `cancel_only`."""
+
+    model_config = _REQUEST
+
+    op: Literal["fire"]
+    client_order_id_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=36,
+        validation_alias=AliasChoices("prefix", "client_order_id_prefix"),
+    )
+    reason: str = Field(min_length=1, max_length=2000)
+    cancel_only: bool = False
+    id: str | None = Field(default=None, min_length=1, max_length=200)
+    actor: str | None = Field(default=None, max_length=200)
+    wait: Literal["done", "confirmed"] | None = None
+    timeout_s: float = Field(default=DEFAULT_WAIT_S, gt=0, le=MAX_WAIT_S)
+
+
+class StatusRequest(BaseModel):
+    """`status`: latch, streams, open orders, last kill."""
+
+    model_config = _REQUEST
+
+    op: Literal["status"]
+
+
+class ResetRequest(BaseModel):
+    """`reset`: release the latch (audited with who and why)."""
+
+    model_config = _REQUEST
+
+    op: Literal["reset"]
+    reason: str = Field(min_length=1, max_length=2000)
+    actor: str | None = Field(default=None, max_length=200)
+
+
+class WaitRequest(BaseModel):
+    """`wait`: until a trigger's kill is done (flat or failed) or confirmed."""
+
+    model_config = _REQUEST
+
+    op: Literal["wait"]
+    trigger_id: str = Field(min_length=1, max_length=200)
+    until: Literal["done", "confirmed"] = "done"
+    timeout_s: float = Field(default=DEFAULT_WAIT_S, gt=0, le=MAX_WAIT_S)
+
+
+Request = FireRequest | StatusRequest | ResetRequest | WaitRequest
+REQUESTS: dict[str, type[Request]] = {
+    "fire": FireRequest,
+    "status": StatusRequest,
+    "reset": ResetRequest,
+    "wait": WaitRequest,
+}
+
+
+def parse_request(line: bytes) -> Request:
+    """Decode and validate one request line; raise `ControlError` saying what is wrong."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise ControlError("not JSON") from None
+    if not isinstance(data, dict):
+        raise ControlError("a request is a JSON object")
+    op = data.get("op")
+    model = REQUESTS.get(op) if isinstance(op, str) else None
+    if model is None:
+        raise ControlError(f"unknown op {op!r}; have {', '.join(REQUESTS)}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ControlError(f"bad {op} request: {describe_request_errors(exc)}") from None
+
+
+def describe_request_errors(exc: ValidationError) -> str:
+    """Summarise a validation error by field, never echoing the input."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        if err["type"] == "missing":
+            parts.append(f"{where} is required")
+        elif err["type"] == "string_too_short" and err.get("ctx", {}).get("min_length") == 1:
+            parts.append(f"{where} must not be empty")
+        elif err["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown field")
+        else:
+            parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 class ControlServer:
@@ -59,21 +171,26 @@ class ControlServer:
 
     # -- service ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Bind the socket with mode 0600 (a stale socket file from a crash is replaced)."""
+        """Bind the socket with mode 0660 (a stale socket file from a crash is replaced).
+
+        The socket's group is the daemon's group (under systemd, `Group=killswitch`): its
+        members may connect. The umask is set so the socket is never wider, not even between
+        bind and chmod.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() or self.path.is_symlink():
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise ControlError(f"{self.path} exists and is not a socket")
             self.path.unlink()
-        old_umask = os.umask(0o177)
+        old_umask = os.umask(0o777 & ~SOCKET_MODE)
         try:
             self._server = await asyncio.start_unix_server(
                 self._client, path=str(self.path), limit=MAX_LINE
             )
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-        log.info("control socket listening path=%s", self.path)
+        os.chmod(self.path, SOCKET_MODE)
+        log.info("control socket listening path=%s mode=%o", self.path, SOCKET_MODE)
 
     async def run(self) -> None:
         await self._stopped.wait()
@@ -108,7 +225,7 @@ class ControlServer:
                 try:
                     line = await reader.readline()
                 except ValueError:
-                    await _answer(writer, {"ok": False, "error": "request line too long"})
+                    await _answer(writer, _refusal("request line too long"))
                     return
                 if not line:
                     return
@@ -127,60 +244,54 @@ class ControlServer:
         """Answer one request line from `peer`."""
         self.requests += 1
         try:
-            request = orjson.loads(line)
-            if not isinstance(request, dict):
-                return {"ok": False, "error": "a request is a JSON object"}
+            request = parse_request(line)
             return await self._dispatch(request, peer)
-        except orjson.JSONDecodeError:
-            return {"ok": False, "error": "not JSON"}
         except ControlError as exc:
-            return {"ok": False, "error": str(exc)}
-        except (TypeError, ValueError) as exc:
-            return {"ok": False, "error": f"bad request: {exc}"}
+            return _refusal(str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the operator gets an answer, the log the traceback
+            log.exception("control request failed")
+            return {"ok": False, "error": f"failed: {type(exc).__name__}: {exc}"[:500]}
 
-    async def _dispatch(self, request: dict[str, Any], peer: str) -> dict[str, object]:
-        op = request.get("op")
-        if op == "status":
+    async def _dispatch(self, request: Request, peer: str) -> dict[str, object]:
+        if isinstance(request, StatusRequest):
             return {"ok": True, "status": self.engine.status()}
-        if op == "fire":
+        if isinstance(request, FireRequest):
             return await self._fire(request, peer)
-        if op == "reset":
-            reason = _text(request, "reason")
-            actor = _actor(peer, request)
-            released = await self.engine.reset(actor=actor, reason=reason, origin="control")
+        if isinstance(request, ResetRequest):
+            actor = _actor(peer, request.actor)
+            released = await self.engine.reset(actor=actor, reason=request.reason, origin="control")
             return {"ok": True, "was_latched": released, "actor": actor}
-        if op == "wait":
-            kill = self.engine.kill_for(_text(request, "trigger_id"))
-            if kill is None:
-                raise ControlError("no such trigger")
-            return await _wait(kill, request)
-        raise ControlError(f"unknown op {op!r}; have fire, status, reset, wait")
+        kill = self.engine.kill_for(request.trigger_id)
+        if kill is None:
+            raise ControlError("no such trigger")
+        return await _wait(kill, request.until, request.timeout_s)
 
-    async def _fire(self, request: dict[str, Any], peer: str) -> dict[str, object]:
-        reason = _text(request, "reason")
-        venues = _strings(request, "venues")
-        unknown = sorted({v.lower() for v in venues} - set(VENUES))
-        if unknown:
-            raise ControlError(f"unknown venue(s) {unknown}; known: {list(VENUES)}")
-        scope = Scope.of(
-            venues,
-            _strings(request, "accounts"),
-            _strings(request, "symbols"),
-            request.get("prefix") or None,
-        )
-        if not any(scope.covers_account(ref) for ref in self.engine.accounts):
-            configured = sorted(str(ref) for ref in self.engine.accounts)
-            raise ControlError(f"the scope covers no configured account; configured: {configured}")
+    async def _fire(self, request: FireRequest, peer: str) -> dict[str, object]:
+        scope = request.to_scope()
+        configured = sorted(self.engine.accounts, key=str)
+        missing = unmatched(scope, configured)
+        if missing:
+            if any(scope.covers_account(ref) for ref in configured):
+                what = "the scope names what no configured account matches"
+            else:
+                what = "the scope covers no configured account"
+            detail = "; ".join(f"{m.field}: {m.message}" for m in missing)
+            raise ControlError(
+                f"{what} ({detail}); nothing was fired; "
+                f"configured: {', '.join(str(r) for r in configured)}"
+            )
         now_ms = int(time.time() * 1000)
         trigger = Trigger(
-            id=str(request.get("id") or f"ctl-{uuid.uuid4().hex[:16]}"),
+            id=request.id or f"ctl-{uuid.uuid4().hex[:16]}",
             source="control",
-            mode=Mode.CANCEL if request.get("cancel_only") else Mode.KILL,
-            reason=reason,
+            mode=Mode.CANCEL if request.cancel_only else Mode.KILL,
+            reason=request.reason,
             scope=scope,
             created_ms=now_ms,
             received_ms=now_ms,
-            actor=_actor(peer, request),
+            actor=_actor(peer, request.actor),
         )
         result = await self.engine.submit(trigger)
         answer: dict[str, object] = {
@@ -191,29 +302,36 @@ class ControlServer:
             "scope": scope.to_json(),
             "actor": trigger.actor,
         }
-        if request.get("wait"):
-            kill = self.engine.kill_for(trigger.id)
-            if kill is not None:
-                answer.update(await _wait(kill, {**request, "until": request["wait"]}))
+        kill = self.engine.kill_for(trigger.id)
+        if kill is None:
+            # Nothing to wait on (the daemon no longer holds the kill this id started).
+            answer.update(ok=request.wait is None, outcome="unknown", timed_out=False)
+        elif request.wait is not None:
+            answer.update(await _wait(kill, request.wait, request.timeout_s))
+        else:
+            answer.update(outcome=kill.state.value, timed_out=False)
         return answer
 
 
-async def _wait(kill: Kill, request: dict[str, Any]) -> dict[str, object]:
-    until = str(request.get("until") or "done")
-    if until not in ("done", "confirmed"):
-        raise ControlError("until is done or confirmed")
-    timeout_s = float(request.get("timeout_s") or DEFAULT_WAIT_S)
+async def _wait(kill: Kill, until: str, timeout_s: float) -> dict[str, object]:
+    """Wait for `kill` to be done (or confirmed); `ok` only when it is flat or confirmed."""
     event = kill.done if until == "done" else kill.finished
+    timed_out = False
     try:
         async with asyncio.timeout(timeout_s):
             await event.wait()
     except TimeoutError:
-        return {"ok": True, "timed_out": True, "kill": kill.summary()}
+        timed_out = True
     return {
-        "ok": kill.state in (KillState.FLAT, KillState.CONFIRMED),
-        "timed_out": False,
+        "ok": not timed_out and kill.state in (KillState.FLAT, KillState.CONFIRMED),
+        "outcome": kill.state.value,
+        "timed_out": timed_out,
         "kill": kill.summary(),
     }
+
+
+def _refusal(error: str) -> dict[str, object]:
+    return {"ok": False, "refused": True, "error": error}
 
 
 async def _answer(writer: asyncio.StreamWriter, answer: dict[str, object]) -> None:
@@ -221,23 +339,8 @@ async def _answer(writer: asyncio.StreamWriter, answer: dict[str, object]) -> No
     await writer.drain()
 
 
-def _text(request: dict[str, Any], key: str) -> str:
-    value = request.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ControlError(f"{key} is required")
-    return value.strip()
-
-
-def _strings(request: dict[str, Any], key: str) -> list[str]:
-    value = request.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ControlError(f"{key} is a list of strings")
-    return [v for v in value if v]
-
-
-def _actor(peer: str, request: dict[str, Any]) -> str:
-    claimed = request.get("actor")
-    if isinstance(claimed, str) and claimed and claimed != peer:
+def _actor(peer: str, claimed: str | None) -> str:
+    if claimed and claimed != peer:
         return f"{peer} (as {claimed})"
     return peer
 
