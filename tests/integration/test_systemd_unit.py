@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from killswitch.handlers.control import SOCKET_MODE
 from killswitch.settings import ControlSettings, EngineSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "killswitch.service"
+SYSUSERS = ROOT / "systemd" / "killswitch.sysusers"
 EXAMPLE = ROOT / "systemd" / "killswitch.example.toml"
 MAX_EXPOSURE = 2.0
 
@@ -128,6 +130,21 @@ def test_the_units_directories_match_the_default_paths() -> None:
     assert state_default == Path("/var/lib/killswitch")
     assert unit["RuntimeDirectory"] == ["killswitch"]
     assert ControlSettings().socket_path.parent == Path("/run/killswitch")
+
+
+def test_members_of_the_service_group_can_reach_the_control_socket_and_others_cannot() -> None:
+    unit = unit_settings(UNIT.read_text())
+    # sysusers `u killswitch` creates the user and a group of the same name.
+    users = [line.split() for line in SYSUSERS.read_text().splitlines() if line.startswith("u ")]
+    assert [u[1] for u in users] == ["killswitch"]
+    assert unit["Group"] == ["killswitch"]
+    # The runtime directory lets the group in (search) and nobody else; the socket in it is
+    # created with the daemon's group, read-write for owner and group only.
+    [runtime_mode] = unit["RuntimeDirectoryMode"]
+    mode = int(runtime_mode, 8)
+    assert mode & 0o010
+    assert not mode & 0o007
+    assert SOCKET_MODE == 0o660
 
 
 def test_the_example_config_is_valid_with_keys_from_credential_files(
