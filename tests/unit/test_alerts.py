@@ -241,3 +241,43 @@ def test_a_scope_naming_some_unknown_accounts_acts_and_reports_them() -> None:
         accounts=ACCOUNTS,
     )
     assert unknown == ["typo"]
+
+
+def _refusal(scope: dict[str, object], action: str = "kill") -> RefusedAlert:
+    with pytest.raises(RefusedAlert) as info:
+        check_policy(
+            _alert(action=action, scope=scope),
+            now_ms=1,
+            ttl_ms=None,
+            allow_reset=False,
+            accounts=ACCOUNTS,
+        )
+    return info.value
+
+
+def test_a_refusal_names_what_in_the_scope_matched_no_configured_account() -> None:
+    typo = _refusal({"accounts": ["mm-l"]})
+    assert typo.kind == "no_account"
+    assert typo.msg == ("scope covers no configured account (accounts: no configured account mm-l)")
+    venue = _refusal({"venues": ["bingx"]}, action="cancel")
+    assert (
+        venue.msg == "scope covers no configured account (venues: no configured account on bingx)"
+    )
+    # Both names are configured, but mm-1 is not a MEXC account: the pair selects nothing.
+    pair = _refusal({"venues": ["mexc"], "accounts": ["mm-1"]})
+    assert pair.msg == (
+        "scope covers no configured account (venues: no configured account on mexc among "
+        "accounts ['mm-1']; accounts: no configured account mm-1 on mexc)"
+    )
+
+
+def test_an_account_named_on_the_wrong_venue_is_reported_as_unknown() -> None:
+    # mm-2 exists, but on mexc: in a binance-only scope it matches nothing.
+    unknown = check_policy(
+        _alert(scope={"venues": ["binance"], "accounts": ["mm-1", "mm-2"]}),
+        now_ms=1,
+        ttl_ms=None,
+        allow_reset=False,
+        accounts=ACCOUNTS,
+    )
+    assert unknown == ["mm-2"]

@@ -24,6 +24,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from killswitch.model import VENUES, AccountRef, Mode, Scope, Trigger
+from killswitch.settings import unmatched
 
 SIGNATURE_HEADER = "x-signature"
 MAX_ALERT_BYTES = 64 * 1024
@@ -201,8 +202,10 @@ def check_policy(
 
     `ttl_ms` is the opt-in age policy: None (the default) never drops an alert for its age;
     when set, an alert older than its own `ttl_ms` (or else this one) is expired. A kill or
-    cancel whose scope covers none of `accounts` is refused: it would cancel nothing and look
-    done. One naming some unknown accounts still acts on the known ones.
+    cancel whose scope covers none of `accounts` (unknown accounts, a venue with no account
+    here, a venue/account pair that matches nothing) is refused, naming what matched nothing:
+    it would cancel nothing and look done. One that also covers configured accounts acts on
+    them (the others may be another shard's) and returns the account names that matched none.
     """
     if ttl_ms is not None:
         limit = alert.ttl_ms or ttl_ms
@@ -215,7 +218,8 @@ def check_policy(
         return []
     known = list(accounts)
     scope = alert.scope.to_scope()
+    missing = unmatched(scope, known)
     if not any(scope.covers_account(ref) for ref in known):
-        raise RefusedAlert("scope covers no configured account", kind="no_account")
-    names = {ref.account for ref in known}
-    return sorted(set(scope.accounts) - names)
+        detail = "; ".join(f"{m.field}: {m.message}" for m in missing) or "no account configured"
+        raise RefusedAlert(f"scope covers no configured account ({detail})", kind="no_account")
+    return [m.name for m in missing if m.field == "accounts"]
