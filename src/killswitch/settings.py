@@ -71,7 +71,16 @@ class ScopeSettings(BaseModel):
     venues: list[Venue] = []
     accounts: list[str] = []
     symbols: list[str] = []
-    client_order_id_prefix: str | None = None
+    # "" would read as "no prefix": a typo must not widen a strategy's scope to everything.
+    client_order_id_prefix: str | None = Field(default=None, min_length=1)
+
+    @field_validator("accounts", "symbols")
+    @classmethod
+    def _no_empty_names(cls, names: list[str]) -> list[str]:
+        # An empty symbol matches no order: the kill would be flat at once, of nothing.
+        if any(not n.strip() for n in names):
+            raise ValueError("names must not be empty")
+        return names
 
     def to_scope(self) -> Scope:
         """Return the domain scope this section describes."""

@@ -213,6 +213,26 @@ def test_a_scope_with_an_unknown_venue_name_is_rejected_naming_the_field(tmp_pat
     assert errors[0].startswith("heartbeats[0].scope.venues[0]: Input should be")
 
 
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ('client_order_id_prefix = ""', "String should have at least 1 character"),
+        ('symbols = ["BTCUSDT", ""]', "names must not be empty"),
+        ('accounts = [" "]', "names must not be empty"),
+    ],
+)
+def test_an_empty_name_in_a_scope_is_rejected(tmp_path: Path, line: str, error: str) -> None:
+    # An empty prefix would widen the scope to everything; an empty symbol match nothing.
+    heartbeat = f'\n[[heartbeats]]\nsource = "bot-7"\ntimeout_s = 10\n[heartbeats.scope]\n{line}\n'
+    field = line.split()[0]
+
+    errors = errors_of(write(tmp_path, TWO_ACCOUNTS + heartbeat))
+
+    assert len(errors) == 1
+    assert errors[0].startswith(f"heartbeats[0].scope.{field}: ")
+    assert error in errors[0]
+
+
 def test_scopes_that_select_configured_accounts_are_accepted(tmp_path: Path) -> None:
     text = TWO_ACCOUNTS + (
         '\n[[heartbeats]]\nsource = "bot-7"\ntimeout_s = 10\n'
