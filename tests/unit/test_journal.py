@@ -1,18 +1,28 @@
-"""The journal: every acknowledged record survives a crash; a torn tail is cut and reported."""
+"""The journal: every acknowledged record survives a crash; a torn tail is cut and reported;
+a failed append leaves nothing behind; a journal damaged mid-file opens latched on everything."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import pytest
 
-from killswitch.journal import Journal, JournalCorrupt, replay
+from killswitch.journal import FileOps, Journal, JournalCorrupt, replay
 from killswitch.model import Mode, Scope, Trigger
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def trigger(trigger_id: str, mode: Mode = Mode.KILL, **scope: object) -> Trigger:
@@ -68,19 +78,6 @@ def test_a_torn_last_line_is_reported_cut_and_appending_goes_on(tmp_path: Path) 
     state, _ = replay(path)
     assert not state.torn_tail
     assert state.latched
-
-
-def test_a_damaged_line_before_the_end_refuses_to_guess(tmp_path: Path) -> None:
-    path = tmp_path / "journal.jsonl"
-    journal = Journal(path)
-    journal.open()
-    journal.record_trigger(trigger("a"))
-    journal.append("latch", trigger_id="a", scope=Scope().to_json())
-    journal.close()
-    lines = path.read_bytes().splitlines(keepends=True)
-    path.write_bytes(b"garbage\n" + lines[1])
-    with pytest.raises(JournalCorrupt):
-        Journal(path).open()
 
 
 def test_compaction_keeps_state_and_shrinks_the_file(tmp_path: Path) -> None:
@@ -163,3 +160,326 @@ def test_a_kill_released_by_reset_is_not_resumed_after_a_crash(tmp_path: Path) -
     state, _ = replay(tmp_path / "journal.jsonl")
     assert not state.latched
     assert state.unfinished == {"c"}  # a one-shot cancel is not released by a reset
+
+
+# -- a disk that fails -----------------------------------------------------------------------------
+
+
+class FailingDisk(FileOps):
+    """Real system calls, until told to fail: a disk that fills up after `room` more bytes (the
+    write that crosses it is short, the next raises ENOSPC) or after `writes` more write calls,
+    and fsyncs or truncations that fail a given number of times."""
+
+    def __init__(self) -> None:
+        self.room: int | None = None
+        self.writes: int | None = None
+        self.fsync_failures = 0
+        self.truncate_failures = 0
+
+    def write(self, fd: int, data: bytes) -> int:
+        if self.writes is not None:
+            if self.writes == 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.writes -= 1
+        if self.room is None:
+            return super().write(fd, data)
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = super().write(fd, data[: self.room])
+        self.room -= written
+        return written
+
+    def fsync(self, fd: int) -> None:
+        if self.fsync_failures:
+            self.fsync_failures -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        super().fsync(fd)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        if self.truncate_failures:
+            self.truncate_failures -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        super().ftruncate(fd, size)
+
+
+def test_a_short_write_then_a_full_disk_leaves_no_fragment_and_the_journal_reads_back(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    disk = FailingDisk()
+    journal = Journal(path, ops=disk)
+    journal.open()
+    journal.record_trigger(trigger("a"))
+    disk.room = 40  # half of the next record fits
+    with pytest.raises(OSError, match="No space") as failed:
+        journal.record_trigger(trigger("b"))
+    assert failed.value.errno == errno.ENOSPC
+    disk.room = None  # space freed: the caller retries, then goes on
+    journal.record_trigger(trigger("c"))
+    journal.record_trigger(trigger("d"))
+    journal.close()
+
+    state = Journal(path).open()
+    assert list(state.seen) == ["a", "c", "d"]
+    assert set(state.latches) == {"a", "c", "d"}
+    assert path.read_bytes().count(b"\n") == 3
+
+
+def test_a_failed_fsync_cuts_the_record_it_could_not_make_durable(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    disk = FailingDisk()
+    journal = Journal(path, ops=disk)
+    journal.open()
+    journal.record_trigger(trigger("a"))
+    size = path.stat().st_size
+    disk.fsync_failures = 1
+    with pytest.raises(OSError, match="Input/output"):
+        journal.record_trigger(trigger("b"))
+    assert path.stat().st_size == size
+    assert "b" not in journal.state.seen
+    journal.record_trigger(trigger("c"))
+    journal.close()
+
+    state, _ = replay(path)
+    assert list(state.seen) == ["a", "c"]
+
+
+def test_a_cut_that_fails_is_made_before_the_next_append(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    disk = FailingDisk()
+    journal = Journal(path, ops=disk)
+    journal.open()
+    journal.record_trigger(trigger("a"))
+    disk.room, disk.truncate_failures = 40, 1
+    with pytest.raises(OSError, match="No space"):
+        journal.record_trigger(trigger("b"))
+    disk.room = None
+    journal.record_trigger(trigger("c"))
+    journal.close()
+
+    state, _ = replay(path)
+    assert list(state.seen) == ["a", "c"]
+    assert not state.torn_tail
+
+
+def test_a_compaction_that_fails_does_not_fail_the_append_it_follows(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    disk = FailingDisk()
+    journal = Journal(path, compact_bytes=1_000, ops=disk)
+    journal.open()
+    for i in range(3):
+        journal.record_trigger(trigger(f"c{i}", Mode.CANCEL))
+        journal.append("kill_done", trigger_id=f"c{i}", state="flat")
+    size = path.stat().st_size
+    disk.writes = 1  # the record fits; the compacted copy that follows does not
+    journal.record_trigger(trigger("k"))  # durable, so acknowledged
+    disk.writes = None
+    assert path.stat().st_size > size
+    assert not list(tmp_path.glob("*.compact"))
+    journal.close()
+
+    state, _ = replay(path)
+    assert "k" in state.latches
+
+
+def test_compaction_keeps_a_finished_kill_that_is_still_latched_finished(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.record_trigger(trigger("k"))
+    journal.append("kill_done", trigger_id="k", state="confirmed")
+    journal.record_trigger(trigger("c", Mode.CANCEL))
+    journal.append("kill_done", trigger_id="c", state="flat")
+    journal.record_trigger(trigger("d", Mode.CANCEL))
+    journal.compact()
+    journal.close()
+
+    state, _ = replay(path)
+    assert state.latches == {"k": Scope()}
+    assert state.unfinished == {"d"}
+    assert state.last_kill is not None
+    assert state.last_kill["trigger_id"] == "c"
+
+
+# -- cancellation --------------------------------------------------------------------------------
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting jobs submitted while another is still running."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=4)
+        self._mu = threading.Lock()
+        self.running = 0
+        self.submitted = 0
+        self.overlaps = 0
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        with self._mu:
+            self.submitted += 1
+            self.overlaps += self.running > 0
+            self.running += 1
+
+        def run() -> R:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._mu:
+                    self.running -= 1
+
+        return super().submit(run)
+
+
+class GatedDisk(FileOps):
+    """The first write waits for `gate` and tells the loop, through `started`, that it began."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, started: asyncio.Event) -> None:
+        self.gate = threading.Event()
+        self._loop = loop
+        self._started = started
+        self._first = True
+
+    def write(self, fd: int, data: bytes) -> int:
+        if self._first:
+            self._first = False
+            self._loop.call_soon_threadsafe(self._started.set)
+            self.gate.wait(timeout=60)  # a guard against a hang, never the expected path
+        return super().write(fd, data)
+
+
+async def test_a_cancelled_append_keeps_the_next_one_out_until_its_write_is_done(
+    tmp_path: Path,
+) -> None:
+    loop = asyncio.get_running_loop()
+    executor = CountingExecutor()
+    loop.set_default_executor(executor)
+    started = asyncio.Event()
+    disk = GatedDisk(loop, started)
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path, ops=disk)
+    journal.open()
+    try:
+        first = asyncio.create_task(journal.append_async("trigger", trigger=trigger("a").to_json()))
+        await started.wait()  # its write is in flight on the worker thread
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        second = asyncio.create_task(
+            journal.append_async("trigger", trigger=trigger("b").to_json())
+        )
+        # One pass of the loop runs `second` up to its first wait: tasks run in the order they
+        # were scheduled. By then it has either handed its write to a thread, or queued.
+        await asyncio.sleep(0)
+        assert executor.overlaps == 0
+    finally:
+        disk.gate.set()
+    await second
+    journal.close()
+    assert executor.submitted == 2
+    assert executor.overlaps == 0
+    state, _ = replay(path)
+    assert list(state.seen) == ["a", "b"]
+
+
+# -- a journal that cannot be read ----------------------------------------------------------------
+
+
+def test_a_journal_damaged_mid_file_opens_latched_on_everything_and_is_kept_aside(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.record_trigger(trigger("a", venues=["binance"]))
+    journal.append("latch", trigger_id="a", scope=Scope.of(venues=["binance"]).to_json())
+    journal.record_trigger(trigger("c", Mode.CANCEL))
+    journal.record_trigger(trigger("b", accounts=["mm-1"]))
+    journal.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    damaged = b"".join(lines[:2]) + b"\x00\x00 api_secret=hunter2\n" + b"".join(lines[2:])
+    path.write_bytes(damaged)
+
+    journal = Journal(path)
+    state = journal.open()
+    assert state.unreadable is not None
+    assert "hunter2" not in state.unreadable
+    failsafe = [t for t in state.latches if t.startswith("journal-unreadable-")]
+    assert len(failsafe) == 1
+    assert state.latches[failsafe[0]] == Scope()
+    made = state.triggers[failsafe[0]]
+    assert (made.source, made.mode, made.scope) == ("journal", Mode.KILL, Scope())
+    assert "hunter2" not in made.reason
+    assert failsafe[0] in state.unfinished
+    # what could be read is kept: the latches before and after the damage, the unfinished cancel
+    assert state.latches["a"] == Scope.of(venues=["binance"])
+    assert state.latches["b"] == Scope.of(accounts=["mm-1"])
+    assert {"a", "b", "c"} <= state.unfinished
+    kept = list(tmp_path.glob("journal.jsonl.unreadable-*"))
+    assert kept == [state.unreadable_copy]
+    assert kept[0].read_bytes() == damaged
+    journal.append("kill_done", trigger_id="c", state="flat")
+    journal.close()
+
+    # the fresh journal reads back, and is still latched on everything until a reset
+    state, _ = replay(path)
+    assert state.unreadable is None
+    assert state.latches[failsafe[0]] == Scope()
+    assert set(state.latches) == {failsafe[0], "a", "b"}
+    assert state.unfinished == {failsafe[0], "a", "b"}
+
+
+def test_a_damaged_journal_that_cannot_be_rewritten_still_opens_latched_on_everything(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.record_trigger(trigger("a", venues=["mexc"]))
+    journal.close()
+    damaged = b"{not json\n" + path.read_bytes()
+    path.write_bytes(damaged)
+    disk = FailingDisk()
+    disk.room = 0  # nothing can be written at all
+
+    journal = Journal(path, ops=disk)
+    state = journal.open()
+    journal.close()
+    assert state.unreadable is not None
+    assert [s for t, s in state.latches.items() if t.startswith("journal-unreadable-")] == [Scope()]
+    assert state.latches["a"] == Scope.of(venues=["mexc"])
+    assert path.read_bytes() == damaged  # the evidence is untouched
+
+    # the next start, with a disk that works, is fail-safe again and this time journals it
+    state = Journal(path).open()
+    assert state.unreadable is not None
+    assert Scope() in state.latches.values()
+    assert replay(path)[0].latches == state.latches
+
+
+def test_replay_alone_still_refuses_a_journal_damaged_mid_file(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.record_trigger(trigger("a"))
+    journal.close()
+    path.write_bytes(b"garbage\n" + path.read_bytes())
+    with pytest.raises(JournalCorrupt, match="record 1 at byte 0"):
+        replay(path)
+
+
+def test_a_torn_last_record_reads_back_as_everything_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.record_trigger(trigger("a"))
+    journal.record_trigger(Trigger("b", "test", Mode.KILL, "perte > 5 % — arrêt", Scope()))
+    journal.close()
+    whole = path.read_bytes()
+    start = whole.rindex(b"\n", 0, len(whole) - 1) + 1
+    for cut in range(start, len(whole)):  # every prefix of the last record, short of its newline
+        path.write_bytes(whole[:cut])
+        journal = Journal(path)
+        state = journal.open()
+        journal.close()
+        assert (list(state.seen), state.unreadable) == (["a"], None), cut
+        assert path.read_bytes() == whole[:start], cut
