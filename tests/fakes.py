@@ -7,6 +7,10 @@ applied, or after it (`applied=True`: the outcome-unknown case). `before_call` h
 act as a rogue bot placing orders while a kill runs. Every call is logged in `calls`.
 
 Capabilities presets mirror the venues: `BINANCE_CAPS`, `MEXC_CAPS`, `BINGX_CAPS`.
+
+Orders are keyed by (symbol, id) as in the simulator's book. With `ids_per_symbol=True` the fake
+numbers orders per symbol as Binance does, so two symbols hold the same id (off by default:
+tests written before that compare bare ids).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from killswitch.model import (
     ExecType,
     Order,
     OrderEvent,
+    OrderKey,
     OrderList,
     Snapshot,
     StreamEvent,
@@ -109,17 +114,30 @@ class FakeExchange:
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     started: bool = False
     closed: bool = False
+    ids_per_symbol: bool = False
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
+    _symbol_ids: dict[str, itertools.count[int]] = field(default_factory=dict)
     _list_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _queues: list[asyncio.Queue[StreamEvent]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.book = SimBook(
-            new_order_id=lambda: str(next(self._ids)),
-            new_list_id=lambda: str(next(self._list_ids)),
-            now_ms=lambda: 0,
-        )
+        if self.ids_per_symbol:
+            self.book = SimBook(
+                new_symbol_order_id=self._next_symbol_id,
+                new_list_id=lambda: str(next(self._list_ids)),
+                now_ms=lambda: 0,
+            )
+        else:
+            self.book = SimBook(
+                new_order_id=lambda: str(next(self._ids)),
+                new_list_id=lambda: str(next(self._list_ids)),
+                now_ms=lambda: 0,
+            )
         self.book.subscribe(self._publish)
+
+    def _next_symbol_id(self, symbol: str) -> str:
+        counter = self._symbol_ids.setdefault(symbol, itertools.count(1000))
+        return str(next(counter))
 
     # -- test helpers ------------------------------------------------------------------------
     def place(self, symbol: str, client_order_id: str = "", n: int = 1) -> list[str]:
@@ -162,7 +180,12 @@ class FakeExchange:
         self.gates[method] = gate
 
     def open_ids(self) -> set[str]:
+        """Bare ids of the open orders (ambiguous when ids repeat across symbols)."""
         return set(self.book.orders)
+
+    def open_keys(self) -> set[OrderKey]:
+        """(symbol, id) keys of the open orders."""
+        return set(self.book.open)
 
     def count(self, method: str) -> int:
         return sum(1 for c in self.calls if c.method == method)
@@ -193,11 +216,7 @@ class FakeExchange:
                 list_id=x.list_id,
                 list_client_order_id=x.list_client_order_id,
                 order_ids=tuple(x.order_ids),
-                client_order_ids=tuple(
-                    o.client_order_id
-                    for oid in x.order_ids
-                    if (o := self.book.get(oid)) is not None
-                ),
+                client_order_ids=tuple(o.client_order_id for o in self.book.legs(x)),
                 contingency_type=x.contingency_type,
             )
             for x in self.book.open_lists(symbols)
@@ -231,7 +250,7 @@ class FakeExchange:
         if fault is not None and not fault.applied:
             raise fault.error
         try:
-            gone = self.book.cancel(order_id)
+            gone = self.book.cancel(order_id, symbol=symbol)
         except UnknownOrder:
             self._log_result("gone")
             raise AlreadyGone("Unknown order sent.", venue=self.venue, code=-2011) from None
@@ -248,7 +267,7 @@ class FakeExchange:
         missing: list[str] = []
         for order_id in order_ids:
             try:
-                cancelled.extend(o.order_id for o in self.book.cancel(order_id))
+                cancelled.extend(o.order_id for o in self.book.cancel(order_id, symbol=symbol))
             except UnknownOrder:
                 missing.append(order_id)
         if fault is not None:
@@ -259,10 +278,10 @@ class FakeExchange:
         fault = self._enter("cancel_order_list", (symbol, list_id))
         if fault is not None and not fault.applied:
             raise fault.error
-        try:
-            gone = self.book.cancel_list(list_id)
-        except UnknownOrder:
-            raise AlreadyGone("Unknown order list.", venue=self.venue, code=-2011) from None
+        open_list = self.book.lists.get(list_id)
+        if open_list is None or open_list.symbol != symbol:
+            raise AlreadyGone("Unknown order list sent.", venue=self.venue, code=-2011)
+        gone = self.book.cancel_list(list_id)
         if fault is not None:
             raise fault.error
         return CancelAck(

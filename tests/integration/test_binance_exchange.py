@@ -81,8 +81,9 @@ def seed(venue: BinanceVenue, name: str = "acct0") -> None:
     )
 
 
-def book_ids(venue: BinanceVenue, name: str = "acct0") -> set[str]:
-    return {o.order_id for o in venue.sim.book(venue.sim.accounts[name]).open_orders()}
+def book_ids(venue: BinanceVenue, name: str = "acct0") -> set[tuple[str, str]]:
+    """(symbol, order id) of the sim's open orders: ids alone repeat across symbols."""
+    return set(venue.sim.book(venue.sim.accounts[name]).open)
 
 
 async def subscribed(venue: BinanceVenue, name: str = "acct0") -> None:
@@ -140,7 +141,7 @@ async def test_cancelling_twice_gives_already_gone_the_second_time(
     exchange = await venue.connect("acct0", use_ws_api=use_ws_api)
     placed = await venue.place("acct0", "BTCUSDT")
     ack = await exchange.cancel_order("BTCUSDT", str(placed["orderId"]))
-    assert ack.cancelled == (str(placed["orderId"]),)
+    assert ack.cancelled == (("BTCUSDT", str(placed["orderId"])),)
     with pytest.raises(AlreadyGone) as caught:
         await exchange.cancel_order("BTCUSDT", str(placed["orderId"]))
     assert (caught.value.code, caught.value.http_status) == (-2011, 400)
@@ -179,7 +180,7 @@ async def test_cancel_order_list_cancels_every_leg(venue: BinanceVenue) -> None:
     (lst,) = venue.sim.book(venue.sim.accounts["acct0"]).open_lists()
     ack = await exchange.cancel_order_list("ETHUSDT", lst.list_id)
     assert ack.lists_cancelled == (lst.list_id,)
-    assert set(ack.cancelled) == set(lst.order_ids)
+    assert set(ack.cancelled) == {("ETHUSDT", oid) for oid in lst.order_ids}
     with pytest.raises(AlreadyGone):
         await exchange.cancel_order_list("ETHUSDT", lst.list_id)
 
@@ -284,7 +285,7 @@ async def test_clock_skew_is_resynced_and_the_cancel_succeeds(venue: BinanceVenu
     placed = await venue.place("acct0", "BTCUSDT")
     venue.sim.faults.add(Fault(FaultKind.CLOCK_SKEW, skew_ms=-20_000))
     ack = await exchange.cancel_order("BTCUSDT", str(placed["orderId"]))
-    assert ack.cancelled == (str(placed["orderId"]),)
+    assert ack.cancelled == (("BTCUSDT", str(placed["orderId"])),)
     assert venue.sim.counters["requests GET /api/v3/time"] == 2  # start, then the resync
     assert exchange.clock.offset_ms == pytest.approx(-20_000, abs=2_000)
 
@@ -334,9 +335,9 @@ async def test_the_snapshot_equals_the_sims_book(venue: BinanceVenue) -> None:
     exchange = await venue.connect("acct0")
     snapshot = await exchange.snapshot()
     book = venue.sim.book(venue.sim.accounts["acct0"])
-    assert {o.order_id for o in snapshot.orders} == {o.order_id for o in book.open_orders()}
+    assert {o.key for o in snapshot.orders} == set(book.open)
     for order in snapshot.orders:
-        sim_order = book.orders[order.order_id]
+        sim_order = book.open[order.key]
         assert isinstance(order.order_id, str)
         assert (order.symbol, order.client_order_id, order.side, order.status) == (
             sim_order.symbol,

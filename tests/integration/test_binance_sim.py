@@ -248,6 +248,38 @@ async def test_a_cancel_answers_the_documented_body_and_a_second_cancel_is_unkno
     assert (status, body) == (400, {"code": -2011, "msg": "Unknown order sent."})
 
 
+async def test_orders_are_numbered_per_symbol_and_one_symbols_cancel_leaves_the_other(
+    venue: BinanceVenue,
+) -> None:
+    # Binance's orderId is unique per symbol only [§1.6]: the sim numbers each symbol alone.
+    btc = await venue.place("acct0", "BTCUSDT", client_order_id="bot-btc")
+    eth = await venue.place("acct0", "ETHUSDT", client_order_id="bot-eth")
+    assert btc["orderId"] == eth["orderId"]
+    order_id = str(btc["orderId"])
+    status, _, body = await venue.rest(
+        "acct0", "DELETE", "/api/v3/order", {"symbol": "BTCUSDT", "orderId": order_id}
+    )
+    assert (status, body["symbol"], body["status"]) == (200, "BTCUSDT", "CANCELED")
+    status, _, rows = await venue.rest("acct0", "GET", "/api/v3/openOrders")
+    assert [(r["symbol"], str(r["orderId"])) for r in rows] == [("ETHUSDT", order_id)]
+    status, _, body = await venue.rest(
+        "acct0", "GET", "/api/v3/order", {"symbol": "BTCUSDT", "orderId": order_id}
+    )
+    assert (status, body["status"]) == (200, "CANCELED")
+    status, _, body = await venue.rest(
+        "acct0", "GET", "/api/v3/order", {"symbol": "ETHUSDT", "origClientOrderId": "bot-eth"}
+    )
+    assert (status, body["status"], str(body["orderId"])) == (200, "NEW", order_id)
+    status, _, body = await venue.rest(
+        "acct0", "DELETE", "/api/v3/order", {"symbol": "BTCUSDT", "orderId": order_id}
+    )
+    assert (status, body) == (400, {"code": -2011, "msg": "Unknown order sent."})
+    status, _, body = await venue.rest(
+        "acct0", "DELETE", "/api/v3/order", {"symbol": "ETHUSDT", "origClientOrderId": "bot-eth"}
+    )
+    assert (status, body["symbol"], str(body["orderId"])) == (200, "ETHUSDT", order_id)
+
+
 async def test_cancel_by_both_ids_must_match_one_order(venue: BinanceVenue) -> None:
     placed = await venue.place("acct0", "BTCUSDT", client_order_id="mine")
     params = {"symbol": "BTCUSDT", "orderId": str(placed["orderId"]), "origClientOrderId": "x"}

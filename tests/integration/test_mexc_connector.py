@@ -234,7 +234,7 @@ async def test_cancel_twice_gives_already_gone_the_second_time(
     sim, exchange = started
     order = sim.book(sim.accounts["acct0"]).place(OrderSpec("BTCUSDT"))
     ack = await exchange.cancel_order("BTCUSDT", order.order_id)
-    assert ack.cancelled == (order.order_id,)
+    assert ack.cancelled == (("BTCUSDT", order.order_id),)
     assert open_ids(sim) == set()
     with pytest.raises(AlreadyGone) as info:
         await exchange.cancel_order("BTCUSDT", order.order_id)
@@ -389,7 +389,7 @@ async def test_clock_skew_is_resynced_and_the_cancel_succeeds(
     order = sim.book(sim.accounts["acct0"]).place(OrderSpec("BTCUSDT"))
     sim.faults.add(Fault(FaultKind.CLOCK_SKEW, account="acct0", skew_ms=20_000))
     ack = await exchange.cancel_order("BTCUSDT", order.order_id)
-    assert ack.cancelled == (order.order_id,)
+    assert ack.cancelled == (("BTCUSDT", order.order_id),)
     assert sim.counters["timestamp_failures"] == 1
     assert requests(sim, "GET /api/v3/time") == 2  # start, then the resync
 

@@ -215,7 +215,10 @@ def check_result(name: str, result: object) -> None:
         assert isinstance(result, int)
     elif name.startswith("cancel"):
         assert isinstance(result, CancelAck)
-        assert all(isinstance(i, str) for i in result.cancelled)
+        assert all(
+            isinstance(key, tuple) and len(key) == 2 and all(isinstance(p, str) for p in key)
+            for key in result.cancelled
+        )
 
 
 async def exercise(server: CannedServer, venue: str, name: str, answer: Canned) -> None:

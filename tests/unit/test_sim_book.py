@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from killswitch.sim.book import (
+    AmbiguousOrder,
     BookEvent,
     BookEventKind,
     OrderSpec,
@@ -20,16 +21,31 @@ from killswitch.sim.book import (
 )
 
 
-def make_book(history_limit: int = 100_000) -> tuple[SimBook, list[BookEvent]]:
+def make_book(
+    history_limit: int = 100_000, *, per_symbol: bool = False
+) -> tuple[SimBook, list[BookEvent]]:
     ids = itertools.count(7_000_000_000_000_000_001)
+    symbol_ids: dict[str, itertools.count[int]] = {}
     list_ids = itertools.count(1)
     clock = itertools.count(1_700_000_000_000)
-    book = SimBook(
-        new_order_id=lambda: str(next(ids)),
-        new_list_id=lambda: f"L{next(list_ids)}",
-        now_ms=lambda: next(clock),
-        history_limit=history_limit,
-    )
+
+    def per_symbol_id(symbol: str) -> str:
+        return str(next(symbol_ids.setdefault(symbol, itertools.count(1))))
+
+    if per_symbol:  # as Binance numbers orders: one counter per symbol
+        book = SimBook(
+            new_symbol_order_id=per_symbol_id,
+            new_list_id=lambda: f"L{next(list_ids)}",
+            now_ms=lambda: next(clock),
+            history_limit=history_limit,
+        )
+    else:
+        book = SimBook(
+            new_order_id=lambda: str(next(ids)),
+            new_list_id=lambda: f"L{next(list_ids)}",
+            now_ms=lambda: next(clock),
+            history_limit=history_limit,
+        )
     events: list[BookEvent] = []
     book.subscribe(events.append)
     return book, events
@@ -85,6 +101,47 @@ def test_cancel_closes_the_order_keeps_it_queryable_and_publishes_canceled() -> 
     assert closed.status == "CANCELED"
     assert closed.cancel_client_order_id == "kill-1"
     assert events[-1].kind is BookEventKind.CANCELED
+
+
+def test_the_same_id_on_two_symbols_is_two_orders_and_closing_one_leaves_the_other() -> None:
+    book, events = make_book(per_symbol=True)
+    btc = book.place(OrderSpec("BTCUSDT", client_order_id="same"))
+    eth = book.place(OrderSpec("ETHUSDT", client_order_id="same"))
+    assert btc.order_id == eth.order_id == "1"
+    assert set(book.open) == {("BTCUSDT", "1"), ("ETHUSDT", "1")}
+    assert len(book.orders) == 2
+    with pytest.raises(AmbiguousOrder):
+        book.cancel("1")  # a bare id that two symbols share names no one order
+    gone = book.cancel("1", symbol="BTCUSDT")
+    assert [(o.symbol, o.order_id) for o in gone] == [("BTCUSDT", "1")]
+    assert [o.symbol for o in book.open_orders()] == ["ETHUSDT"]
+    assert book.get("1", "ETHUSDT") is eth
+    assert eth.is_open
+    closed = book.get("1", "BTCUSDT")
+    assert closed is btc
+    assert closed.status == "CANCELED"
+    assert book.get_by_client_id("same", "BTCUSDT") is btc
+    assert book.get_by_client_id("same", "ETHUSDT") is eth
+    assert "1" in book.orders  # ETHUSDT's is still open
+    book.fill("1", symbol="ETHUSDT")
+    assert "1" not in book.orders
+    assert [(e.kind, e.order.symbol) for e in events if e.order is not None][-2:] == [
+        (BookEventKind.CANCELED, "BTCUSDT"),
+        (BookEventKind.TRADE, "ETHUSDT"),
+    ]
+
+
+def test_list_legs_are_looked_up_on_the_lists_symbol() -> None:
+    book, _ = make_book(per_symbol=True)
+    plain = book.place(OrderSpec("ETHUSDT"))
+    lst = book.place_list(oco("BTCUSDT"))
+    assert lst.order_ids[0] == plain.order_id  # "1" on both symbols
+    book.cancel(plain.order_id, symbol="ETHUSDT")
+    assert [x.list_id for x in book.open_lists()] == [lst.list_id]
+    assert [o.order_id for o in book.legs(lst)] == lst.order_ids
+    book.fill(lst.order_ids[0], symbol="BTCUSDT")
+    assert book.open_lists() == []
+    assert book.open_orders() == []
 
 
 def test_cancelling_twice_raises_unknown_order_the_second_time() -> None:
@@ -241,16 +298,17 @@ def test_an_unsubscribed_listener_hears_nothing_more() -> None:
     assert events == []
 
 
-def replay(events: list[BookEvent]) -> tuple[set[str], set[str]]:
-    """What a stream client that saw only `events` believes is open (orders, lists)."""
-    orders: set[str] = set()
+def replay(events: list[BookEvent]) -> tuple[set[tuple[str, str]], set[str]]:
+    """What a stream client that saw only `events` believes is open (order keys, lists)."""
+    orders: set[tuple[str, str]] = set()
     lists: set[str] = set()
     for event in events:
         if event.order is not None:
+            key = (event.order.symbol, event.order.order_id)
             if event.order.is_open:
-                orders.add(event.order.order_id)
+                orders.add(key)
             else:
-                orders.discard(event.order.order_id)
+                orders.discard(key)
         if event.order_list is not None:
             if event.order_list.open:
                 lists.add(event.order_list.list_id)
@@ -270,37 +328,38 @@ OPS = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(OPS)
+@given(OPS, st.booleans())
 def test_the_event_stream_alone_reconstructs_the_open_book(
-    ops: list[tuple[str, int, str]],
+    ops: list[tuple[str, int, str]], per_symbol: bool
 ) -> None:
-    book, events = make_book()
+    book, events = make_book(per_symbol=per_symbol)
     for op, n, symbol in ops:
-        open_ids = sorted(book.orders)
-        pick = open_ids[n % len(open_ids)] if open_ids else None
+        open_keys = sorted(book.open)
+        pick = open_keys[n % len(open_keys)] if open_keys else None
         list_ids = sorted(book.lists)
         if op == "place":
             book.place(OrderSpec(symbol, quantity=Decimal(2)))
         elif op == "list":
             book.place_list(oco(symbol, prefix=str(n)))
         elif op == "cancel" and pick:
-            book.cancel(pick)
+            book.cancel(pick[1], symbol=pick[0])
         elif op == "cancel_list" and list_ids:
             book.cancel_list(list_ids[n % len(list_ids)])
         elif op == "fill" and pick:
-            book.fill(pick)
+            book.fill(pick[1], symbol=pick[0])
         elif op == "partial" and pick:
             book.fill(pick, Decimal(1))
         elif op == "sweep":
             book.cancel_symbols([symbol], include_lists=n % 2 == 0)
     orders, lists = replay(events)
-    assert orders == set(book.orders)
+    assert orders == set(book.open)
     assert lists == set(book.lists)
     for order_list in book.lists.values():
-        assert all(oid in book.orders for oid in order_list.order_ids)
-    for order in book.orders.values():
+        assert all((order_list.symbol, oid) in book.open for oid in order_list.order_ids)
+    for key, order in book.open.items():
+        assert key == (order.symbol, order.order_id)
         assert order.list_id is None or order.list_id in book.lists
-        assert order.order_id not in book.closed
+        assert key not in book.closed
 
 
 def test_an_order_copy_carries_every_field() -> None:

@@ -90,12 +90,16 @@ def ids(tracker: OrderTracker) -> set[str]:
     return {o.order_id for o in tracker.open_orders()}
 
 
+def keys(tracker: OrderTracker) -> set[tuple[str, str]]:
+    return {o.key for o in tracker.open_orders()}
+
+
 def test_new_event_adds_an_open_order_and_cancel_removes_it() -> None:
     tracker = OrderTracker(REF)
     tracker.apply(new("1"))
     assert ids(tracker) == {"1"}
     assert len(tracker) == 1
-    got = tracker.get("1")
+    got = tracker.get(("BTCUSDT", "1"))
     assert got is not None
     assert (got.symbol, got.client_order_id, got.price, got.status) == (
         "BTCUSDT",
@@ -105,15 +109,63 @@ def test_new_event_adds_an_open_order_and_cancel_removes_it() -> None:
     )
     tracker.apply(cancel("1"))
     assert ids(tracker) == set()
-    assert tracker.get("1") is None
-    assert tracker.is_closed("1")
+    assert tracker.get(("BTCUSDT", "1")) is None
+    assert tracker.is_closed(("BTCUSDT", "1"))
+
+
+def test_the_same_order_id_on_two_symbols_is_two_orders() -> None:
+    # Binance numbers orders per symbol [§1.6]: BTCUSDT and ETHUSDT can both have order 1.
+    tracker = OrderTracker(REF)
+    tracker.apply(new("1", "BTCUSDT"))
+    tracker.apply(new("1", "ETHUSDT"))
+    tracker.apply(cancel("1", "BTCUSDT"))
+    assert keys(tracker) == {("ETHUSDT", "1")}  # the ETHUSDT order is still open
+    assert tracker.count_by_symbol() == {"ETHUSDT": 1}
+    assert tracker.is_closed(("BTCUSDT", "1"))
+    assert not tracker.is_closed(("ETHUSDT", "1"))
+    # A NEW for id 2 on ETHUSDT after BTCUSDT's order 2 closed is a new order, not a stale one.
+    tracker.apply(new("2", "BTCUSDT"))
+    tracker.apply(cancel("2", "BTCUSDT"))
+    tracker.apply(new("2", "ETHUSDT"))
+    assert keys(tracker) == {("ETHUSDT", "1"), ("ETHUSDT", "2")}
+    assert tracker.stale_events == 0
+
+
+def test_colliding_ids_in_a_snapshot_lists_and_divergence_stay_apart() -> None:
+    clock = FakeClock()
+    tracker = OrderTracker(REF, now=clock)
+    tracker.reset(
+        Snapshot(
+            orders=(
+                order("1", "BTCUSDT", list_id="7"),
+                order("2", "BTCUSDT", list_id="7"),
+                order("1", "ETHUSDT"),
+                order("2", "ETHUSDT", list_id="7"),
+            ),
+            lists=(
+                OrderList("BTCUSDT", "7", order_ids=("1", "2")),
+                OrderList("ETHUSDT", "7", order_ids=("2",)),
+            ),
+        )
+    )
+    assert len(tracker) == 4
+    assert len(tracker.open_lists()) == 2
+    tracker.apply(cancel("1", "ETHUSDT"))
+    tracker.apply(cancel("2", "ETHUSDT"))  # closes ETHUSDT's list 7, not BTCUSDT's
+    assert keys(tracker) == {("BTCUSDT", "1"), ("BTCUSDT", "2")}
+    assert [(lst.symbol, lst.list_id) for lst in tracker.open_lists()] == [("BTCUSDT", "7")]
+    clock.t += 10
+    venue = Snapshot(orders=(order("1", "BTCUSDT", list_id="7"), order("2", "SOLUSDT")))
+    div = tracker.divergence(venue, held_before=clock())
+    assert div == Divergence(missing=(("SOLUSDT", "2"),), extra=(("BTCUSDT", "2"),))
+    assert "SOLUSDT:2" in div.describe()
 
 
 def test_cancel_arriving_before_its_new_does_not_resurrect_the_order() -> None:
     tracker = OrderTracker(REF)
     tracker.apply(cancel("7"))
     tracker.apply(new("7"))
-    assert "7" not in tracker
+    assert ("BTCUSDT", "7") not in tracker
     assert tracker.stale_events == 1
 
 
@@ -134,13 +186,13 @@ def test_partial_fill_keeps_the_order_open_and_accumulates_executed_quantity() -
     tracker.apply(new("1", t=10))
     tracker.apply(trade("1", "0.5", filled=False))
     tracker.apply(trade("1", "0.25", filled=False))
-    got = tracker.get("1")
+    got = tracker.get(("BTCUSDT", "1"))
     assert got is not None
     assert got.status == "PARTIALLY_FILLED"
     assert got.executed_qty == "0.75"
     assert got.time_ms == 10  # creation time kept, not the fill's
     tracker.apply(trade("1", "1.25", filled=True))
-    assert "1" not in tracker
+    assert ("BTCUSDT", "1") not in tracker
 
 
 def test_counts_by_symbol_follow_adds_and_removes() -> None:
@@ -198,7 +250,13 @@ def test_closed_memory_is_bounded() -> None:
     tracker = OrderTracker(REF, closed_memory=3)
     for i in range(5):
         tracker.apply(cancel(str(i)))
-    assert [tracker.is_closed(str(i)) for i in range(5)] == [False, False, True, True, True]
+    assert [tracker.is_closed(("BTCUSDT", str(i))) for i in range(5)] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
 
 
 def test_list_event_tracks_a_list_and_all_done_closes_it() -> None:
@@ -206,7 +264,7 @@ def test_list_event_tracks_a_list_and_all_done_closes_it() -> None:
     tracker.apply(new("1", list_id="L1"))
     tracker.apply(new("2", list_id="L1"))
     tracker.apply(list_event("L1", ("1", "2"), is_open=True))
-    got = tracker.get_list("L1")
+    got = tracker.get_list(("BTCUSDT", "L1"))
     assert got is not None
     assert got.order_ids == ("1", "2")
     assert tracker.symbols() == {"BTCUSDT"}
@@ -235,7 +293,7 @@ def test_no_list_markers_from_venues_are_not_list_ids() -> None:
     tracker = OrderTracker(REF)
     tracker.apply(new("1", list_id="-1"))
     tracker.apply(new("2", list_id="0"))
-    assert [tracker.get(i).list_id for i in ("1", "2")] == [None, None]  # type: ignore[union-attr]
+    assert [tracker.get(("BTCUSDT", i)).list_id for i in ("1", "2")] == [None, None]  # type: ignore[union-attr]
 
 
 def test_as_snapshot_round_trips_through_reset() -> None:
@@ -261,10 +319,14 @@ def test_divergence_reports_missing_and_extra_orders_and_confirm_drops_explained
     tracker.apply(new("young"))  # arrived during the read: not comparable
     venue = Snapshot(orders=(order("held"), order("unseen"), order("inflight")))
     div = tracker.divergence(venue, held_before=read_started)
-    assert div == Divergence(missing=("unseen", "inflight"), extra=("gone",))
+    assert div == Divergence(
+        missing=(("BTCUSDT", "unseen"), ("BTCUSDT", "inflight")), extra=(("BTCUSDT", "gone"),)
+    )
     assert "missing=2" in div.describe()
     tracker.apply(new("inflight"))  # the event was only late
-    assert tracker.confirm(div) == Divergence(missing=("unseen",), extra=("gone",))
+    assert tracker.confirm(div) == Divergence(
+        missing=(("BTCUSDT", "unseen"),), extra=(("BTCUSDT", "gone"),)
+    )
     tracker.apply(cancel("gone"))
     tracker.apply(new("unseen"))
     assert not tracker.confirm(div)
@@ -304,9 +366,11 @@ def test_open_set_and_counts_match_the_orders_never_closed_whatever_the_order(
 ) -> None:
     per_order: list[list[OrderEvent]] = []
     expected: Counter[str] = Counter()
-    expected_ids: set[str] = set()
-    for i, (symbol, closed, dup, reorder) in enumerate(fates):
-        oid = str(i)
+    expected_keys: set[tuple[str, str]] = set()
+    numbered: Counter[str] = Counter()
+    for symbol, closed, dup, reorder in fates:
+        oid = str(numbered[symbol])  # numbered per symbol, as Binance does: ids collide
+        numbered[symbol] += 1
         news = [new(oid, symbol)] * (2 if dup else 1)
         if closed:
             per_order.append(
@@ -315,7 +379,7 @@ def test_open_set_and_counts_match_the_orders_never_closed_whatever_the_order(
         else:
             per_order.append(news)
             expected[symbol] += 1
-            expected_ids.add(oid)
+            expected_keys.add((symbol, oid))
     tracker = OrderTracker(REF)
     # Interleave the orders at random; each order's own events stay in delivery order.
     pending = [seq for seq in per_order if seq]
@@ -324,6 +388,6 @@ def test_open_set_and_counts_match_the_orders_never_closed_whatever_the_order(
         tracker.apply(seq.pop(0))
         if not seq:
             pending.remove(seq)
-    assert ids(tracker) == expected_ids
+    assert keys(tracker) == expected_keys
     assert tracker.count_by_symbol() == dict(expected)
     assert len(tracker) == sum(expected.values())

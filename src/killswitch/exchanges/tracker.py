@@ -1,9 +1,11 @@
 """Track the open orders and order lists of one account from a snapshot plus stream events.
 
 Pure and synchronous: no I/O, O(1) per order event. The stream supervisor feeds it; the engine
-reads it. Three rules keep it true under the races a user-data stream has:
+reads it. Orders are keyed by (symbol, order id) and lists by (symbol, list id): Binance numbers
+orders per symbol, so an id alone may name two orders [§1.6]. Three rules keep it true under the
+races a user-data stream has:
 
-* an order closed once never opens again: ids seen closed are remembered (bounded), so a late
+* an order closed once never opens again: keys seen closed are remembered (bounded), so a late
   or duplicated NEW, or a cancel that overtook its NEW, cannot resurrect an order;
 * a list whose legs are all closed is closed, even when the venue's stream has no list events
   (BingX) or the list event was lost;
@@ -25,9 +27,13 @@ from killswitch.model import (
     ListEvent,
     Order,
     OrderEvent,
+    OrderKey,
     OrderList,
     Snapshot,
 )
+
+ListKey = tuple[str, str]
+"""(symbol, list id): an order list's identity, as an order's is (symbol, order id)."""
 
 # Venues write "no list" as -1 (Binance `g`) or 0 (MEXC `ocoId`); connectors should send None.
 _NO_LIST = frozenset({"", "-1", "0"})
@@ -37,15 +43,15 @@ _NO_LIST = frozenset({"", "-1", "0"})
 class Divergence:
     """Where a venue snapshot and the tracker disagree about open orders."""
 
-    missing: tuple[str, ...] = ()  # open on the venue, unknown to the tracker
-    extra: tuple[str, ...] = ()  # open in the tracker, not on the venue
+    missing: tuple[OrderKey, ...] = ()  # open on the venue, unknown to the tracker
+    extra: tuple[OrderKey, ...] = ()  # open in the tracker, not on the venue
 
     def __bool__(self) -> bool:
         return bool(self.missing or self.extra)
 
     def describe(self, limit: int = 5) -> str:
-        def ids(values: tuple[str, ...]) -> str:
-            shown = ",".join(values[:limit])
+        def ids(values: tuple[OrderKey, ...]) -> str:
+            shown = ",".join(f"{symbol}:{order_id}" for symbol, order_id in values[:limit])
             return shown + (f",+{len(values) - limit}" if len(values) > limit else "")
 
         missing, extra = self.missing, self.extra
@@ -65,14 +71,14 @@ class OrderTracker:
         self.ref = ref
         self._now = now
         self._closed_memory = closed_memory
-        self._orders: dict[str, Order] = {}
-        self._seen_at: dict[str, float] = {}  # local time the tracker first held each order
+        self._orders: dict[OrderKey, Order] = {}
+        self._seen_at: dict[OrderKey, float] = {}  # local time the tracker first held each order
         self._counts: dict[str, int] = {}
-        self._lists: dict[str, OrderList] = {}
-        self._list_of_leg: dict[str, str] = {}
+        self._lists: dict[ListKey, OrderList] = {}
+        self._list_of_leg: dict[OrderKey, ListKey] = {}
         self._list_symbols: dict[str, int] = {}
-        self._closed: OrderedDict[str, None] = OrderedDict()
-        self._closed_lists: OrderedDict[str, None] = OrderedDict()
+        self._closed: OrderedDict[OrderKey, None] = OrderedDict()
+        self._closed_lists: OrderedDict[ListKey, None] = OrderedDict()
         self._trusted_since: float | None = None
         self._gap_reason: str | None = "no snapshot yet"
         self.last_event_ms = 0  # venue time of the newest event or snapshot applied
@@ -116,12 +122,12 @@ class OrderTracker:
         now = self._now()
         closed = self._closed
         for order in snapshot.orders:
-            if order.order_id in closed:
+            if (order.symbol, order.order_id) in closed:
                 continue  # a snapshot read from a lagging replica: the stream knows better
             self._add(order, now)
         closed_lists = self._closed_lists
         for order_list in snapshot.lists:
-            if order_list.list_id not in closed_lists:
+            if (order_list.symbol, order_list.list_id) not in closed_lists:
                 self._put_list(order_list)
         self.last_event_ms = max(self.last_event_ms, snapshot.server_time_ms)
         for event in buffered:
@@ -142,13 +148,14 @@ class OrderTracker:
 
     def _apply_order(self, event: OrderEvent) -> None:
         order_id = event.order_id
+        key = (event.symbol, order_id)
         if not event.is_open:
-            self._close(order_id)
+            self._close(key)
             return
-        if order_id in self._closed:
+        if key in self._closed:
             self.stale_events += 1
             return
-        old = self._orders.get(order_id)
+        old = self._orders.get(key)
         list_id = event.list_id if event.list_id not in _NO_LIST else None
         if old is None:
             self._add(
@@ -171,7 +178,7 @@ class OrderTracker:
         executed = old.executed_qty
         if event.exec_type is ExecType.TRADE:
             executed = _add_qty(executed, event.last_qty)
-        self._orders[order_id] = Order(
+        self._orders[key] = Order(
             symbol=old.symbol,
             order_id=order_id,
             # On Binance a cancel's `c` is the cancel request's id; keep the order's own.
@@ -188,13 +195,14 @@ class OrderTracker:
 
     def _apply_list(self, event: ListEvent) -> None:
         list_id = event.list_id
+        key = (event.symbol, list_id)
         if not event.is_open:
-            self._close_list(list_id)
+            self._close_list(key)
             return
-        if list_id in self._closed_lists:
+        if key in self._closed_lists:
             self.stale_events += 1
             return
-        old = self._lists.get(list_id)
+        old = self._lists.get(key)
         self._put_list(
             OrderList(
                 symbol=event.symbol,
@@ -208,59 +216,65 @@ class OrderTracker:
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _add(self, order: Order, now: float) -> None:
-        order_id = order.order_id
-        old = self._orders.get(order_id)
-        self._orders[order_id] = order
+        key = (order.symbol, order.order_id)
+        old = self._orders.get(key)
+        self._orders[key] = order
         if old is None:
-            self._seen_at[order_id] = now
+            self._seen_at[key] = now
             self._counts[order.symbol] = self._counts.get(order.symbol, 0) + 1
 
-    def _close(self, order_id: str) -> None:
+    def _close(self, key: OrderKey) -> None:
         closed = self._closed
-        closed[order_id] = None
+        closed[key] = None
         if len(closed) > self._closed_memory:
             closed.popitem(last=False)
-        old = self._orders.pop(order_id, None)
+        old = self._orders.pop(key, None)
         if old is None:
             return
-        del self._seen_at[order_id]
-        left = self._counts[old.symbol] - 1
+        del self._seen_at[key]
+        symbol = old.symbol
+        left = self._counts[symbol] - 1
         if left:
-            self._counts[old.symbol] = left
+            self._counts[symbol] = left
         else:
-            del self._counts[old.symbol]
-        list_id = self._list_of_leg.get(order_id) or old.list_id
-        if list_id is not None and list_id in self._lists:
-            legs = self._lists[list_id].order_ids
-            if not any(leg in self._orders for leg in legs):
-                self._close_list(list_id)
+            del self._counts[symbol]
+        list_key = self._list_of_leg.get(key)
+        if list_key is None and old.list_id is not None:
+            list_key = (symbol, old.list_id)
+        if list_key is not None and list_key in self._lists:
+            legs = self._lists[list_key].order_ids
+            if not any((symbol, leg) in self._orders for leg in legs):
+                self._close_list(list_key)
 
     def _put_list(self, order_list: OrderList) -> None:
-        old = self._lists.get(order_list.list_id)
+        symbol = order_list.symbol
+        key = (symbol, order_list.list_id)
+        old = self._lists.get(key)
         if old is not None:
             self._drop_list(old)
-        self._lists[order_list.list_id] = order_list
+        self._lists[key] = order_list
         for leg in order_list.order_ids:
-            self._list_of_leg[leg] = order_list.list_id
-        symbol = order_list.symbol
+            self._list_of_leg[(symbol, leg)] = key
         self._list_symbols[symbol] = self._list_symbols.get(symbol, 0) + 1
 
     def _drop_list(self, order_list: OrderList) -> None:
+        symbol = order_list.symbol
+        key = (symbol, order_list.list_id)
         for leg in order_list.order_ids:
-            if self._list_of_leg.get(leg) == order_list.list_id:
-                del self._list_of_leg[leg]
-        left = self._list_symbols[order_list.symbol] - 1
+            if self._list_of_leg.get((symbol, leg)) == key:
+                del self._list_of_leg[(symbol, leg)]
+        left = self._list_symbols[symbol] - 1
         if left:
-            self._list_symbols[order_list.symbol] = left
+            self._list_symbols[symbol] = left
         else:
-            del self._list_symbols[order_list.symbol]
+            del self._list_symbols[symbol]
 
-    def _close_list(self, list_id: str) -> None:
+    def _close_list(self, key: ListKey) -> None:
         closed = self._closed_lists
-        closed[list_id] = None
+        closed[key] = None
         if len(closed) > self._closed_memory:
             closed.popitem(last=False)
-        old = self._lists.pop(list_id, None)
+        old = self._lists.pop(key, None)
         if old is not None:
             self._drop_list(old)
 
@@ -269,20 +283,32 @@ class OrderTracker:
         """The number of open orders (list legs included)."""
         return len(self._orders)
 
-    def __contains__(self, order_id: object) -> bool:
-        return order_id in self._orders
+    # Reads take a (symbol, id) key. A bare id is accepted for callers written before orders
+    # were keyed (tests): it scans, O(n), and `get` refuses an id that two symbols share.
+    def __contains__(self, key: object) -> bool:
+        """True when the order with this (symbol, id) key (or bare id) is open."""
+        if isinstance(key, str):
+            return any(order_id == key for _, order_id in self._orders)
+        return key in self._orders
 
-    def get(self, order_id: str) -> Order | None:
-        """The open order with this id, or None."""
-        return self._orders.get(order_id)
+    def get(self, key: OrderKey | str) -> Order | None:
+        """The open order with this (symbol, id) key, or None."""
+        if isinstance(key, str):
+            found = [o for (_, order_id), o in self._orders.items() if order_id == key]
+            if len(found) > 1:
+                raise LookupError(f"order id {key} is open on several symbols: give the symbol")
+            return found[0] if found else None
+        return self._orders.get(key)
 
-    def get_list(self, list_id: str) -> OrderList | None:
-        """The open order list with this id, or None."""
-        return self._lists.get(list_id)
+    def get_list(self, key: ListKey) -> OrderList | None:
+        """The open order list with this (symbol, list id) key, or None."""
+        return self._lists.get(key)
 
-    def is_closed(self, order_id: str) -> bool:
+    def is_closed(self, key: OrderKey | str) -> bool:
         """True when the tracker has seen this order close (within its bounded memory)."""
-        return order_id in self._closed
+        if isinstance(key, str):
+            return any(order_id == key for _, order_id in self._closed)
+        return key in self._closed
 
     def open_orders(self) -> list[Order]:
         """Every open order."""
@@ -316,16 +342,14 @@ class OrderTracker:
         before the read started, yet not open on the venue. Either may still be an event in
         flight; `confirm` re-checks after a grace period.
         """
-        venue_ids = {o.order_id for o in snapshot.orders}
+        venue_keys = dict.fromkeys((o.symbol, o.order_id) for o in snapshot.orders)
         orders = self._orders
         closed = self._closed
-        missing = tuple(
-            o.order_id
-            for o in snapshot.orders
-            if o.order_id not in orders and o.order_id not in closed
-        )
+        missing = tuple(key for key in venue_keys if key not in orders and key not in closed)
         seen_at = self._seen_at
-        extra = tuple(oid for oid in orders if oid not in venue_ids and seen_at[oid] <= held_before)
+        extra = tuple(
+            key for key in orders if key not in venue_keys and seen_at[key] <= held_before
+        )
         return Divergence(missing=missing, extra=extra)
 
     def confirm(self, divergence: Divergence) -> Divergence:
@@ -334,9 +358,9 @@ class OrderTracker:
         closed = self._closed
         return Divergence(
             missing=tuple(
-                oid for oid in divergence.missing if oid not in orders and oid not in closed
+                key for key in divergence.missing if key not in orders and key not in closed
             ),
-            extra=tuple(oid for oid in divergence.extra if oid in orders),
+            extra=tuple(key for key in divergence.extra if key in orders),
         )
 
     def adopt_lists(self, lists: Iterable[OrderList]) -> int:
@@ -347,10 +371,12 @@ class OrderTracker:
         """
         adopted = 0
         for order_list in lists:
-            list_id = order_list.list_id
-            if list_id in self._lists or list_id in self._closed_lists:
+            symbol = order_list.symbol
+            key = (symbol, order_list.list_id)
+            if key in self._lists or key in self._closed_lists:
                 continue
-            if order_list.order_ids and all(leg in self._orders for leg in order_list.order_ids):
+            legs = order_list.order_ids
+            if legs and all((symbol, leg) in self._orders for leg in legs):
                 self._put_list(order_list)
                 adopted += 1
         return adopted

@@ -118,6 +118,10 @@ WS_WEIGHTS: dict[str, int] = {
 }
 
 UNKNOWN_ORDER = "Unknown order sent."
+# Not in errors.md; what users of binance-java-api #377 and python-binance #1221 report for a
+# list that is not open (§1.6). `list_unknown_message` switches it for the older reading.
+UNKNOWN_ORDER_LIST = "Unknown order list sent."
+FIRST_ORDER_ID = 12_510_053_279
 
 
 class BnError(Exception):
@@ -209,9 +213,17 @@ class BinanceSim(SimVenue):
     name = "binance"
     key_header = "X-MBX-APIKEY"
 
-    def __init__(self, settings: VenueSettings, *, max_connection_s: float = MAX_CONNECTION_S):
+    def __init__(
+        self,
+        settings: VenueSettings,
+        *,
+        max_connection_s: float = MAX_CONNECTION_S,
+        list_unknown_message: str = UNKNOWN_ORDER,
+    ):
         # The base constructor mints books and routes, so the counters must exist first.
-        self._order_ids = itertools.count(12_510_053_279)
+        # Binance numbers orders per symbol [§1.6]: every symbol has its own counter, all
+        # starting at the same value, so orders on two symbols meet the same id.
+        self._order_ids: dict[str, itertools.count[int]] = {}
         self._list_ids = itertools.count(1000)
         self._trade_ids = itertools.count(1)
         self._exec_ids = itertools.count(1)
@@ -219,6 +231,7 @@ class BinanceSim(SimVenue):
         self._public_keys: dict[str, Ed25519PublicKey] = {}
         self.conns: set[WsConn] = set()
         self.max_connection_s = max_connection_s
+        self.list_unknown_message = list_unknown_message
         super().__init__(settings)
         scale = settings.rate_limit_scale
         self.weight_limit = max(1, int(WEIGHT_PER_MINUTE * scale))
@@ -240,10 +253,16 @@ class BinanceSim(SimVenue):
     # -- ids and books ---------------------------------------------------------------------
     def new_book(self) -> SimBook:
         return SimBook(
-            new_order_id=lambda: str(next(self._order_ids)),
+            new_symbol_order_id=self._next_order_id,
             new_list_id=lambda: str(next(self._list_ids)),
             now_ms=self.now_ms,
         )
+
+    def _next_order_id(self, symbol: str) -> str:
+        counter = self._order_ids.get(symbol)
+        if counter is None:
+            counter = self._order_ids[symbol] = itertools.count(FIRST_ORDER_ID)
+        return str(next(counter))
 
     @property
     def ws_api_url(self) -> str:
@@ -548,7 +567,7 @@ class BinanceSim(SimVenue):
         ctx.orders_count = self._count_order(ctx.account)
         order = book.place(spec)
         if order_type == "MARKET":  # no matching engine: a market order fills at once
-            book.fill(order.order_id)
+            book.fill(order.order_id, symbol=symbol)
         resp_type = p.get("newOrderRespType") or (
             "FULL" if order_type in ("LIMIT", "MARKET") else "ACK"
         )
@@ -593,7 +612,7 @@ class BinanceSim(SimVenue):
         stop = _decimal(p, name("stopPrice"))
         if order_type in STOP_TYPES and stop is None:
             raise _missing(name("stopPrice"))
-        if client_id and _open_client_id(book, client_id):
+        if client_id and _open_client_id(book, symbol, client_id):
             raise BnError(400, -2010, "Duplicate order sent.")
         return OrderSpec(
             symbol=symbol,
@@ -628,7 +647,7 @@ class BinanceSim(SimVenue):
         order_list = book.place_list(
             legs, contingency_type="OCO", list_client_order_id=p.get("listClientOrderId", "")
         )
-        reports = [book.orders[oid] for oid in order_list.order_ids]
+        reports = book.legs(order_list)
         return _list_json(order_list, book, [_placed_json(o) for o in reports])
 
     def _find_open(self, book: SimBook, p: dict[str, str], symbol: str) -> SimOrder | None:
@@ -643,15 +662,12 @@ class BinanceSim(SimVenue):
         if order_id:
             if not order_id.isdigit():
                 raise _illegal("orderId", "^[0-9]{1,20}$")
-            order = book.orders.get(order_id)
+            order = book.open.get((symbol, order_id))
             if order is not None and client_id and order.client_order_id != client_id:
                 return None
-        else:
-            found = book.by_client_id.get(client_id or "")
-            order = book.orders.get(found) if found is not None else None
-        if order is None or order.symbol != symbol:
-            return None
-        return order
+            return order
+        found = book.by_symbol_client_id.get((symbol, client_id or ""))
+        return book.open.get(found) if found is not None else None
 
     def op_cancel(self, ctx: Ctx) -> Any:
         p = ctx.params
@@ -666,7 +682,9 @@ class BinanceSim(SimVenue):
         if restriction is not None and order.status != restriction.removeprefix("ONLY_"):
             raise BnError(400, -2011, "Order was not canceled due to cancel restrictions.")
         list_id = order.list_id if order.list_id in book.lists else None
-        gone = book.cancel(order.order_id, cancel_client_order_id=p.get("newClientOrderId", ""))
+        gone = book.cancel(
+            order.order_id, symbol=symbol, cancel_client_order_id=p.get("newClientOrderId", "")
+        )
         if list_id is not None:
             # Cancelling a leg cancels the whole list; the answer has the list shape [BN-REST].
             closed = book.get_list(list_id)
@@ -683,7 +701,7 @@ class BinanceSim(SimVenue):
             raise BnError(400, -2011, UNKNOWN_ORDER)
         result: list[dict[str, Any]] = []
         for order in targets:
-            if order.order_id not in book.orders:
+            if (symbol, order.order_id) not in book.open:
                 continue  # went with its list
             if order.list_id is not None and order.list_id in book.lists:
                 gone = book.cancel_list(order.list_id)
@@ -691,7 +709,7 @@ class BinanceSim(SimVenue):
                 assert closed is not None
                 result.append(_list_json(closed, book, [_cancel_json(o) for o in gone]))
             else:
-                result.extend(_cancel_json(o) for o in book.cancel(order.order_id))
+                result.extend(_cancel_json(o) for o in book.cancel(order.order_id, symbol=symbol))
         return result
 
     def _find_list(self, book: SimBook, p: dict[str, str]) -> SimOrderList | None:
@@ -722,7 +740,7 @@ class BinanceSim(SimVenue):
         book = self.book(ctx.account)
         found = self._find_list(book, p)
         if found is None or not found.open or found.symbol != symbol:
-            raise BnError(400, -2011, UNKNOWN_ORDER)
+            raise BnError(400, -2011, self.list_unknown_message)
         gone = book.cancel_list(found.list_id, cancel_client_order_id=p.get("newClientOrderId", ""))
         closed = book.get_list(found.list_id)
         assert closed is not None
@@ -752,7 +770,11 @@ class BinanceSim(SimVenue):
                 -1102,
                 "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!",
             )
-        order = book.get(order_id) if order_id else book.get_by_client_id(client_id or "")
+        order = (
+            book.get(order_id, symbol)
+            if order_id
+            else book.get_by_client_id(client_id or "", symbol)
+        )
         if (
             order is None
             or order.symbol != symbol
@@ -1228,9 +1250,9 @@ def _decimal(params: dict[str, str], name: str) -> Decimal | None:
     return value
 
 
-def _open_client_id(book: SimBook, client_id: str) -> bool:
-    order_id = book.by_client_id.get(client_id)
-    return order_id is not None and order_id in book.orders
+def _open_client_id(book: SimBook, symbol: str, client_id: str) -> bool:
+    key = book.by_symbol_client_id.get((symbol, client_id))
+    return key is not None and key in book.open
 
 
 def _server_error(status: int) -> BnError:
@@ -1352,7 +1374,7 @@ def _list_json(
 ) -> dict[str, Any]:
     orders = []
     for oid in lst.order_ids:
-        leg = book.get(oid)
+        leg = book.get(oid, lst.symbol)
         orders.append(
             {
                 "symbol": lst.symbol,
@@ -1387,7 +1409,7 @@ def _event_json(
         assert lst is not None
         legs = []
         for oid in lst.order_ids:
-            leg = book.get(oid)
+            leg = book.get(oid, lst.symbol)
             legs.append({"s": lst.symbol, "i": int(oid), "c": leg.client_order_id if leg else ""})
         return {
             "e": "listStatus",

@@ -1,8 +1,10 @@
 """The simulator's order book for one venue account: orders, order lists, and their events.
 
-Venue-neutral: ids are minted by the venue dialect's id factory, statuses use Binance's names
-(NEW, PARTIALLY_FILLED, FILLED, CANCELED) and each dialect renders them in its own words. Every
-change, whoever caused it, is published to the account's listeners (the user-data streams).
+Venue-neutral: ids are minted by the venue dialect's id factory (one counter for the venue, or
+one per symbol as on Binance, where two symbols can hold the same order id), orders are keyed by
+(symbol, order id), statuses use Binance's names (NEW, PARTIALLY_FILLED, FILLED, CANCELED) and
+each dialect renders them in its own words. Every change, whoever caused it, is published to
+the account's listeners (the user-data streams).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -108,26 +110,87 @@ class OrderSpec:
 
 Listener = Callable[[BookEvent], None]
 
+OrderKey = tuple[str, str]
+"""(symbol, order id): an order's identity in the book. Binance numbers orders per symbol."""
+
 
 class UnknownOrder(KeyError):
     """The order or list is not open in this book."""
 
 
-@dataclass(slots=True)
-class SimBook:
-    """The open orders and lists of one account, plus a bounded history for queries."""
+class AmbiguousOrder(UnknownOrder):
+    """A bare order id that several symbols share: the caller must say which symbol."""
 
-    new_order_id: Callable[[], str]
+
+class OrdersById(Mapping[str, SimOrder]):
+    """The open orders seen by bare id: the book's old shape, kept for venues (and callers)
+    whose ids are unique across symbols.
+
+    Iteration yields each open order's id (an id that two symbols share comes twice, so
+    `len` is the number of open orders); `id in view` is true when any symbol has it open;
+    `view[id]` raises `AmbiguousOrder` when several do. A (symbol, id) key works everywhere an
+    id does. New code should read `SimBook.open`, keyed by (symbol, id).
+    """
+
+    __slots__ = ("_book",)
+
+    def __init__(self, book: SimBook) -> None:
+        self._book = book
+
+    def __getitem__(self, ref: str | OrderKey) -> SimOrder:
+        key = self._book.key_of(ref, open_only=True)
+        order = self._book.open.get(key) if key is not None else None
+        if order is None:
+            raise UnknownOrder(ref)
+        return order
+
+    def __contains__(self, ref: object) -> bool:
+        book = self._book
+        if isinstance(ref, tuple):
+            return ref in book.open
+        if not isinstance(ref, str):
+            return False
+        return any((symbol, ref) in book.open for symbol in book.symbols_of_id.get(ref, ()))
+
+    def __iter__(self) -> Iterator[str]:
+        return (order_id for _, order_id in self._book.open)
+
+    def __len__(self) -> int:
+        return len(self._book.open)
+
+
+@dataclass(slots=True, kw_only=True)
+class SimBook:
+    """The open orders and lists of one account, plus a bounded history for queries.
+
+    Orders are keyed by (symbol, order id): on Binance two symbols can have the same order id.
+    A venue mints ids with one counter (`new_order_id`: MEXC, BingX) or one per symbol
+    (`new_symbol_order_id`: Binance). Methods that take an order id also take its `symbol`;
+    without it, the bare id must name one order (`AmbiguousOrder` otherwise).
+    """
+
     new_list_id: Callable[[], str]
     now_ms: Callable[[], int]
+    new_order_id: Callable[[], str] | None = None
+    new_symbol_order_id: Callable[[str], str] | None = None
     history_limit: int = 100_000
-    orders: dict[str, SimOrder] = field(default_factory=dict)  # open only
+    open: dict[OrderKey, SimOrder] = field(default_factory=dict)  # open orders only
     lists: dict[str, SimOrderList] = field(default_factory=dict)  # open only
-    closed: OrderedDict[str, SimOrder] = field(default_factory=OrderedDict)
+    closed: OrderedDict[OrderKey, SimOrder] = field(default_factory=OrderedDict)
     closed_lists: OrderedDict[str, SimOrderList] = field(default_factory=OrderedDict)
-    by_client_id: dict[str, str] = field(default_factory=dict)
+    # Client ids: per (symbol, client id), and by bare client id (the newest order with it).
+    by_symbol_client_id: dict[tuple[str, str], OrderKey] = field(default_factory=dict)
+    by_client_id: dict[str, OrderKey] = field(default_factory=dict)
+    # Bare id -> the symbols holding an order with it (open or in history).
+    symbols_of_id: dict[str, list[str]] = field(default_factory=dict)
     listeners: list[Listener] = field(default_factory=list)
+    orders: OrdersById = field(init=False)
     _client_seq: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        if (self.new_order_id is None) == (self.new_symbol_order_id is None):
+            raise ValueError("give exactly one of new_order_id and new_symbol_order_id")
+        self.orders = OrdersById(self)
 
     # -- listeners -------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> None:
@@ -141,12 +204,37 @@ class SimBook:
         for listener in list(self.listeners):
             listener(event)
 
+    # -- lookups ---------------------------------------------------------------------------
+    def key_of(
+        self, ref: str | OrderKey, symbol: str | None = None, *, open_only: bool = False
+    ) -> OrderKey | None:
+        """The (symbol, id) key `ref` names, or None when no order has it.
+
+        `ref` is a key, or a bare id with its `symbol`, or a bare id alone, which must name
+        one order: among open orders first, then history. Raises `AmbiguousOrder` otherwise.
+        """
+        if isinstance(ref, tuple):
+            return ref
+        if symbol is not None:
+            return (symbol, ref)
+        symbols = self.symbols_of_id.get(ref)
+        if not symbols:
+            return None
+        if len(symbols) == 1:
+            return (symbols[0], ref)
+        live = [s for s in symbols if (s, ref) in self.open]
+        if len(live) == 1:
+            return (live[0], ref)
+        if not live and open_only:
+            return None
+        raise AmbiguousOrder(f"order id {ref} is on {sorted(symbols)}: name the symbol")
+
     # -- queries ---------------------------------------------------------------------------
     def open_orders(self, symbols: Iterable[str] | None = None) -> list[SimOrder]:
         if symbols is None:
-            return list(self.orders.values())
+            return list(self.open.values())
         wanted = set(symbols)
-        return [o for o in self.orders.values() if o.symbol in wanted]
+        return [o for o in self.open.values() if o.symbol in wanted]
 
     def open_lists(self, symbols: Iterable[str] | None = None) -> list[SimOrderList]:
         if symbols is None:
@@ -154,30 +242,48 @@ class SimBook:
         wanted = set(symbols)
         return [lst for lst in self.lists.values() if lst.symbol in wanted]
 
-    def get(self, order_id: str) -> SimOrder | None:
-        return self.orders.get(order_id) or self.closed.get(order_id)
+    def get(self, order_id: str | OrderKey, symbol: str | None = None) -> SimOrder | None:
+        """The order (open or in history) with this id on `symbol`, or None."""
+        key = self.key_of(order_id, symbol)
+        if key is None:
+            return None
+        return self.open.get(key) or self.closed.get(key)
 
-    def get_by_client_id(self, client_order_id: str) -> SimOrder | None:
-        order_id = self.by_client_id.get(client_order_id)
-        return self.get(order_id) if order_id is not None else None
+    def get_by_client_id(self, client_order_id: str, symbol: str | None = None) -> SimOrder | None:
+        """The newest order with this client id (on `symbol` when given), or None."""
+        if symbol is not None:
+            key = self.by_symbol_client_id.get((symbol, client_order_id))
+        else:
+            key = self.by_client_id.get(client_order_id)
+        return self.get(key) if key is not None else None
 
     def get_list(self, list_id: str) -> SimOrderList | None:
         return self.lists.get(list_id) or self.closed_lists.get(list_id)
 
+    def legs(self, order_list: SimOrderList) -> list[SimOrder]:
+        """The legs of a list (open or in history), in list order."""
+        found = (self.get((order_list.symbol, oid)) for oid in order_list.order_ids)
+        return [o for o in found if o is not None]
+
     def symbols(self) -> set[str]:
-        return {o.symbol for o in self.orders.values()}
+        return {o.symbol for o in self.open.values()}
 
     # -- changes ---------------------------------------------------------------------------
     def place(
         self, spec: OrderSpec, *, list_id: str | None = None, publish: bool = True
     ) -> SimOrder:
         now = self.now_ms()
-        order_id = self.new_order_id()
+        symbol = spec.symbol
+        if self.new_symbol_order_id is not None:
+            order_id = self.new_symbol_order_id(symbol)
+        else:
+            assert self.new_order_id is not None
+            order_id = self.new_order_id()
         client_id = spec.client_order_id or f"sim{next(self._client_seq)}x{order_id[-6:]}"
         order = SimOrder(
             order_id=order_id,
             client_order_id=client_id,
-            symbol=spec.symbol,
+            symbol=symbol,
             side=spec.side,
             order_type=spec.order_type,
             price=spec.price,
@@ -188,8 +294,15 @@ class SimBook:
             stop_price=spec.stop_price,
             list_id=list_id,
         )
-        self.orders[order_id] = order
-        self.by_client_id[client_id] = order_id
+        key = (symbol, order_id)
+        self.open[key] = order
+        self.by_client_id[client_id] = key
+        self.by_symbol_client_id[(symbol, client_id)] = key
+        holders = self.symbols_of_id.get(order_id)
+        if holders is None:
+            self.symbols_of_id[order_id] = [symbol]
+        elif symbol not in holders:
+            holders.append(symbol)
         if publish and self.listeners:
             self._publish(BookEvent(BookEventKind.NEW, now, order=order.copy()))
         return order
@@ -203,6 +316,8 @@ class SimBook:
     ) -> SimOrderList:
         if not legs:
             raise ValueError("an order list needs legs")
+        if len({leg.symbol for leg in legs}) != 1:
+            raise ValueError("an order list's legs share one symbol")
         now = self.now_ms()
         list_id = self.new_list_id()
         orders = [self.place(leg, list_id=list_id, publish=False) for leg in legs]
@@ -223,11 +338,22 @@ class SimBook:
             )
         return order_list
 
-    def cancel(self, order_id: str, *, cancel_client_order_id: str = "") -> list[SimOrder]:
-        """Cancel one open order; a list leg cancels its whole list. Returns what went."""
-        order = self.orders.get(order_id)
+    def _open_order(self, order_id: str | OrderKey, symbol: str | None) -> SimOrder:
+        key = self.key_of(order_id, symbol, open_only=True)
+        order = self.open.get(key) if key is not None else None
         if order is None:
-            raise UnknownOrder(order_id)
+            raise UnknownOrder(order_id if symbol is None else (symbol, order_id))
+        return order
+
+    def cancel(
+        self,
+        order_id: str | OrderKey,
+        *,
+        symbol: str | None = None,
+        cancel_client_order_id: str = "",
+    ) -> list[SimOrder]:
+        """Cancel one open order; a list leg cancels its whole list. Returns what went."""
+        order = self._open_order(order_id, symbol)
         if order.list_id is not None and order.list_id in self.lists:
             return self.cancel_list(order.list_id, cancel_client_order_id=cancel_client_order_id)
         return [self._close(order, "CANCELED", cancel_client_order_id)]
@@ -236,10 +362,11 @@ class SimBook:
         order_list = self.lists.pop(list_id, None)
         if order_list is None:
             raise UnknownOrder(list_id)
+        symbol = order_list.symbol
         gone = [
-            self._close(self.orders[oid], "CANCELED", cancel_client_order_id)
+            self._close(self.open[(symbol, oid)], "CANCELED", cancel_client_order_id)
             for oid in order_list.order_ids
-            if oid in self.orders
+            if (symbol, oid) in self.open
         ]
         self._finish_list(order_list)
         return gone
@@ -250,8 +377,8 @@ class SimBook:
         """Cancel every open order on `symbols` (all symbols when None)."""
         wanted = None if symbols is None else set(symbols)
         gone: list[SimOrder] = []
-        for order in list(self.orders.values()):
-            if order.order_id not in self.orders:
+        for key, order in list(self.open.items()):
+            if key not in self.open:
                 continue  # went with its list
             if wanted is not None and order.symbol not in wanted:
                 continue
@@ -262,11 +389,16 @@ class SimBook:
             gone.append(self._close(order, "CANCELED", ""))
         return gone
 
-    def fill(self, order_id: str, quantity: Decimal | None = None) -> SimOrder:
+    def fill(
+        self,
+        order_id: str | OrderKey,
+        quantity: Decimal | None = None,
+        *,
+        symbol: str | None = None,
+    ) -> SimOrder:
         """Fill an open order, wholly or in part. A filled list leg ends its OCO siblings."""
-        order = self.orders.get(order_id)
-        if order is None:
-            raise UnknownOrder(order_id)
+        order = self._open_order(order_id, symbol)
+        key = (order.symbol, order.order_id)
         remaining = order.orig_qty - order.executed_qty
         qty = remaining if quantity is None else min(quantity, remaining)
         now = self.now_ms()
@@ -275,7 +407,7 @@ class SimBook:
         order.update_time_ms = now
         if order.executed_qty >= order.orig_qty:
             order.status = "FILLED"
-            self.orders.pop(order_id)
+            self.open.pop(key)
             self._remember(order)
         else:
             order.status = "PARTIALLY_FILLED"
@@ -292,14 +424,15 @@ class SimBook:
         if order.status == "FILLED" and order.list_id is not None and order.list_id in self.lists:
             order_list = self.lists.pop(order.list_id)
             for oid in order_list.order_ids:
-                if oid in self.orders:
-                    self._close(self.orders[oid], "EXPIRED", "")
+                sibling = self.open.get((order_list.symbol, oid))
+                if sibling is not None:
+                    self._close(sibling, "EXPIRED", "")
             self._finish_list(order_list)
         return order
 
     def _close(self, order: SimOrder, status: str, cancel_client_order_id: str) -> SimOrder:
         now = self.now_ms()
-        self.orders.pop(order.order_id, None)
+        self.open.pop((order.symbol, order.order_id), None)
         order.status = status
         order.update_time_ms = now
         order.cancel_client_order_id = cancel_client_order_id or f"cancel{order.order_id[-8:]}"
@@ -318,12 +451,21 @@ class SimBook:
         )
 
     def _remember(self, order: SimOrder) -> None:
-        self.closed[order.order_id] = order
+        self.closed[(order.symbol, order.order_id)] = order
         while len(self.closed) > self.history_limit:
-            old_id, old = self.closed.popitem(last=False)
+            old_key, old = self.closed.popitem(last=False)
             # A client id may have been reused by a newer order: unmap only our own.
-            if self.by_client_id.get(old.client_order_id) == old_id:
+            if self.by_client_id.get(old.client_order_id) == old_key:
                 del self.by_client_id[old.client_order_id]
+            client_key = (old.symbol, old.client_order_id)
+            if self.by_symbol_client_id.get(client_key) == old_key:
+                del self.by_symbol_client_id[client_key]
+            if old_key not in self.open:
+                holders = self.symbols_of_id.get(old.order_id)
+                if holders is not None and old.symbol in holders:
+                    holders.remove(old.symbol)
+                    if not holders:
+                        del self.symbols_of_id[old.order_id]
 
 
 def _copy_list(order_list: SimOrderList) -> SimOrderList:

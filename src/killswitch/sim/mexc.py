@@ -418,15 +418,15 @@ class MexcSim(SimVenue):
     ) -> web.Response:
         spec = self._spec(params)
         book = self.book(account)
-        if len(book.orders) >= self.max_open_orders:
+        if len(book.open) >= self.max_open_orders:
             raise MexcError(30029, "Cannot exceed the maximum order limit")
         self.known_symbols.add(spec.symbol)
         order = book.place(spec)
         # No matching engine: a market order fills at once, IOC/FOK find no liquidity.
         if spec.order_type == "MARKET":
-            book.fill(order.order_id)
+            book.fill(order.order_id, symbol=order.symbol)
         elif spec.order_type in ("IMMEDIATE_OR_CANCEL", "FILL_OR_KILL"):
-            book.cancel(order.order_id)
+            book.cancel(order.order_id, symbol=order.symbol)
         return json_response(
             {
                 "symbol": order.symbol,
@@ -464,7 +464,9 @@ class MexcSim(SimVenue):
             raise UNKNOWN_ORDER
         try:
             gone = book.cancel(
-                order.order_id, cancel_client_order_id=params.get("newClientOrderId", "")
+                order.order_id,
+                symbol=order.symbol,
+                cancel_client_order_id=params.get("newClientOrderId", ""),
             )
         except UnknownOrder as exc:
             raise UNKNOWN_ORDER from exc
