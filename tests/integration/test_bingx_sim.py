@@ -307,7 +307,7 @@ async def test_cancel_open_orders_can_be_configured_to_take_oco_legs_too(
 async def test_oco_lists_are_listed_in_pages_and_cancelled_by_either_leg(
     session: aiohttp.ClientSession,
 ) -> None:
-    async with bingx_venue() as (sim, _):
+    async with bingx_venue(limits="docs_v3") as (sim, _):  # more reads a second than strict
         first = await place_oco(session, sim, listClientOrderId="11", belowClientOrderId="12")
         second = await place_oco(session, sim)
         assert [leg["orderType"] for leg in first] == ["ocoLimit", "ocoTps"]
@@ -506,7 +506,9 @@ async def test_exceeding_the_per_api_limit_gives_429_then_418_for_a_client_that_
         assert statuses[-1] == 418
         _, headers, body = last
         assert body["code"] == 100410
-        assert int(headers["Retry-After"]) >= 120
+        assert "Retry-After" not in headers  # BingX sends none (§3.5)
+        unblock_ms = int(body["msg"].rsplit(" ", 1)[-1])
+        assert unblock_ms - time.time() * 1000 >= 110_000
         assert sim.counters["http 429"] >= 1
         assert sim.counters["http 418"] == 1
         # Another API of the same account is limited on its own.
@@ -521,9 +523,48 @@ async def test_the_429_names_when_the_api_is_unblocked(session: aiohttp.ClientSe
             if status == 429:
                 break
         assert status == 429
-        assert headers["Retry-After"] == "7"
+        assert "Retry-After" not in headers
+        # Disabled until the window ends, plus the penalty: 7 to 8 s from now.
         unblock_ms = int(body["msg"].rsplit(" ", 1)[-1])
-        assert 5_000 <= unblock_ms - time.time() * 1000 <= 8_000
+        assert 6_000 <= unblock_ms - time.time() * 1000 <= 9_000
+        assert sim.counters["100410 earned /openApi/spot/v1/trade/cancelOpenOrders"] == 1
+
+
+@pytest.mark.parametrize("form", ["epoch", "plain"])
+async def test_the_100410_form_is_a_switch_and_never_has_a_retry_after(
+    session: aiohttp.ClientSession, form: str
+) -> None:
+    async with bingx_venue(throttle_form=form, rate_limit_scale=0.1) as (sim, _):
+        for _ in range(3):
+            status, headers, body = await bx_call(session, sim, "POST", CANCEL_OPEN, {})
+            if status == 429:
+                break
+        assert (status, body["code"]) == (429, 100410)
+        assert "Retry-After" not in headers
+        if form == "plain":
+            assert body["msg"] == "rate limited"
+        else:
+            assert body["msg"].startswith("code:100410:The endpoint trigger frequency limit")
+
+
+async def test_more_than_20_errors_on_one_api_lock_it_until_the_named_time(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with bingx_venue(limits="docs_v3", error_lock_count=3, error_lock_window_s=2.0) as (
+        sim,
+        _,
+    ):
+        gone = {"symbol": "BTC-USDT", "orderId": "1976495057808000001"}
+        codes = [(await bx_call(session, sim, "POST", CANCEL, gone))[2]["code"] for _ in range(5)]
+        assert codes == [80016, 80016, 80016, 80016, 100410]
+        _, _, body = await bx_call(session, sim, "POST", CANCEL, gone)
+        assert body["msg"].startswith("over 3 error code:80016 requests within 2000 ms")
+        retry_ms = int(body["msg"].rsplit(" ", 1)[-1])
+        assert 0 < retry_ms - time.time() * 1000 <= 2_100
+        # Another API of the same account is not locked.
+        status, _, other = await bx_call(session, sim, "GET", OPEN_ORDERS, {})
+        assert (status, other["code"]) == (200, 0)
+        assert sim.counters["100410 lock /openApi/spot/v1/trade/cancel"] == 2
 
 
 # -- faults -----------------------------------------------------------------------------------
@@ -577,7 +618,10 @@ async def test_a_429_storm_answers_retry_after_from_the_fault(
             {"kind": "rate_limit", "endpoint": OPEN_ORDERS, "retry_after_s": 3, "count": 1},
         )
         status, headers, body = await bx_call(session, sim, "GET", OPEN_ORDERS, {})
-        assert (status, headers["Retry-After"], body["code"]) == (429, "3", 100410)
+        assert (status, body["code"]) == (429, 100410)
+        assert "Retry-After" not in headers
+        unblock_ms = int(body["msg"].rsplit(" ", 1)[-1])
+        assert 2_000 <= unblock_ms - time.time() * 1000 <= 3_100
 
 
 async def test_a_stall_holds_the_request_past_a_client_timeout(
@@ -611,7 +655,7 @@ async def test_latency_delays_answers_past_a_short_client_timeout(
 async def test_cancel_all_after_activates_extends_and_closes(
     session: aiohttp.ClientSession,
 ) -> None:
-    async with bingx_venue() as (sim, _):
+    async with bingx_venue(limits="docs_v3") as (sim, _):  # strict: 1 a second
         _, _, on = await bx_call(
             session, sim, "POST", CANCEL_AFTER, {"type": "ACTIVATE", "timeOut": "10"}
         )
@@ -654,7 +698,7 @@ async def test_cancel_all_after_fires_and_cancels_everything_with_events_on_the_
 async def test_cancel_all_after_is_refused_while_a_fired_switch_is_still_cancelling(
     session: aiohttp.ClientSession,
 ) -> None:
-    async with bingx_venue() as (sim, _):
+    async with bingx_venue(limits="docs_v3") as (sim, _):
         sim._dms["bx0"].firing = True  # the moment between firing and the last batch
         _, _, body = await bx_call(
             session, sim, "POST", CANCEL_AFTER, {"type": "ACTIVATE", "timeOut": "10"}

@@ -38,7 +38,14 @@ from killswitch.model import ExecType
         (200, 80018, "order already filled", AlreadyGone),
         (200, 100421, "cancel fail, order not exist", AlreadyGone),
         (200, 100421, "Null timestamp or timestamp mismatch", ClockSkew),
-        (200, 100421, "something we have never seen", ClockSkew),
+        (200, 100421, "something we have never seen", OutcomeUnknown),
+        (
+            200,
+            100404,
+            "Order does not exist. The order may have been filled or cancelled.",
+            AlreadyGone,
+        ),
+        (200, 100404, "api path not found", Fatal),
         (200, 100421, "traders prohibit openApi from placing orders", Fatal),
         (200, 100421, "CheckUserAndSymbol: contract not exist", Fatal),
         (
@@ -60,11 +67,15 @@ from killswitch.model import ExecType
         (200, 100503, "Server busy", Transient),
         (200, 80012, "service unavailable", Transient),
         (200, 80019, "order is being processed", Transient),
-        (200, 999999, "a code nobody documented", Transient),
+        (200, 999999, "a code nobody documented", OutcomeUnknown),
+        (200, 100400, "a parameter complaint nobody documented", OutcomeUnknown),
         (500, 100500, "Internal system error", OutcomeUnknown),
         (504, 101500, "rpc timeout", OutcomeUnknown),
         (503, None, "", OutcomeUnknown),
-        (404, None, "", Fatal),
+        (404, None, "", OutcomeUnknown),
+        (401, None, "", Fatal),
+        (403, None, "", RateLimited),
+        (403, None, "<html>Access denied by the firewall</html>", RateLimited),
     ],
 )
 def test_classify_maps_code_and_message_to_the_taxonomy(
@@ -104,10 +115,34 @@ def test_a_rate_limit_code_without_header_waits_until_the_unblock_time_in_the_me
     assert 40 <= error.retry_after_s <= 42
 
 
-def test_a_rate_limit_without_any_hint_waits_the_documented_five_minutes() -> None:
+def test_a_rate_limit_without_any_hint_backs_off_briefly_never_five_minutes() -> None:
     error = classify(200, 100410, "rate limited")
     assert isinstance(error, RateLimited)
-    assert error.retry_after_s == 300.0
+    assert 0 < error.retry_after_s <= 10
+
+
+def test_the_error_count_lock_waits_until_its_retry_time_and_not_on_its_other_numbers() -> None:
+    now_ms = 1_727_193_900_000
+    msg = (
+        "over 20 error code:100202 requests within 480000 ms for this api, please verify and "
+        "fix it ,can retry after time: 1727193970155"
+    )
+    error = classify(200, 100410, msg, now_ms=now_ms)
+    assert isinstance(error, RateLimited)
+    assert error.retry_after_s == pytest.approx(70.155)
+
+
+def test_an_epoch_is_read_on_the_venue_clock_given_not_the_host_clock() -> None:
+    msg = "code:100410:... will be unblocked after 1727193814249"
+    error = classify(200, 100410, msg, now_ms=1_727_193_812_249)
+    assert isinstance(error, RateLimited)
+    assert error.retry_after_s == pytest.approx(2.0)
+
+
+def test_a_nineteen_digit_order_id_in_a_message_is_not_an_epoch() -> None:
+    error = classify(200, 100410, "rate limited on order 1976495057808654337", now_ms=0)
+    assert isinstance(error, RateLimited)
+    assert error.retry_after_s <= 10
 
 
 @pytest.mark.parametrize(
@@ -116,6 +151,7 @@ def test_a_rate_limit_without_any_hint_waits_the_documented_five_minutes() -> No
         ("cancel order fail, order status :CANCELED,can not delete", True),
         ("cancel order fail, order status :FILLED,can not delete", True),
         ("cancel order fail, order not exist", True),
+        ("the order you want to cancel is FILLED or CANCELLED already", True),
         ("order status :PARTIALLY_FILLED, cancel restrictions not met", False),
         ("The current system is busy", False),
     ],

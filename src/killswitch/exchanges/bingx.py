@@ -6,14 +6,24 @@ Facts from `reference/exchange-apis.md` §3 [BX-DOC]. Where BingX differs from t
   whatever the HTTP status. `classify` maps (status, code, msg) through `CODE_TABLE`, with
   message rules for the codes the venue reuses (100421 is "timestamp mismatch" and also "cancel
   fail, order not exist"; 100400 is "invalid parameter" and also "...FILLED or CANCELLED
-  already...").
-* Limits are per UID and per API (a cancel endpoint 10/s), plus IP groups of 1000 per 10 s. A
-  429 disables that API for about 5 minutes, so a 429 blocks only that endpoint's budget; a
-  418 (IP ban) blocks them all.
+  already..."). An answer no rule classifies is `OutcomeUnknown`: re-read, then decide.
+* Limits are per UID and API (cancel 5/s; cancelOrders, cancelOpenOrders, oco/cancel 2/s;
+  cancelAllAfter 1/s; oco/openOrderList 5/s) and per IP and API (3/s on trade endpoints, 2/s
+  on the others), the IP ones shared by every account behind our IP [reference §3.2, §3.5].
+  Each is a `SlidingBudget`; the IP ones are shared by every connector to the same host in the
+  process. A 100410 carries no Retry-After: we wait until the epoch in its text when it has one,
+  else back off briefly with jitter, and block that API (UID and IP budgets) meanwhile. More
+  than 20 errors on one API in 480 s lock it: `ErrorCounter` keeps count, and cancels take a
+  route that answers "gone" inside a success (`cancelOrders` with `process=1`) when near.
 * Order ids are 19-digit integers sent as JSON numbers: they are kept as ints by the parser and
   turned into strings, never floats.
-* `cancelOpenOrders` without a symbol cancels every order; whether it removes OCO legs is not
-  documented, so capabilities say it does not and lists are cancelled with `oco/cancel`.
+* `openOrders` returns at most 2,000 rows: a read that hits the cap is never presented as
+  complete (`Snapshot.complete`); the snapshot reads per symbol over the symbols seen and the
+  venue's own symbol list, within the budgets, or says it is incomplete.
+* What the sources leave open (§3.7) is learned, not assumed (`LearnedPaths`): whether
+  `cancelOpenOrders` covers OCO legs (from its answer and the next read), whether a leg's id
+  cancels its list through `cancelOrders` (from a re-read of the open lists after the batch),
+  which shape `oco/openOrderList` has (both are read; an unknown one is `OutcomeUnknown`).
 """
 
 from __future__ import annotations
@@ -21,12 +31,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import math
+import random
 import re
 import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -40,7 +53,6 @@ from killswitch.exchanges.base import (
     AlreadyGone,
     BatchResult,
     CancelAck,
-    Capabilities,
     ClockSkew,
     DeadMansSwitchState,
     Fatal,
@@ -52,9 +64,19 @@ from killswitch.exchanges.base import (
     VenueError,
     malformed_is_unknown,
 )
-from killswitch.exchanges.budget import Priority, RateBudget
+from killswitch.exchanges.budget import (
+    ErrorCounter,
+    Priority,
+    RateBudget,
+    SlidingBudget,
+    acquire_all,
+    release_shared,
+    shared_budget,
+    use_shared,
+)
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.http import RawResponse, RestTransport
+from killswitch.exchanges.paths import KindRate, LearnedPaths, PathCapabilities
 from killswitch.exchanges.signing import bingx_signed_query
 from killswitch.model import (
     ExecType,
@@ -81,6 +103,7 @@ QUERY = f"{SPOT}/trade/query"
 OCO_CANCEL = f"{SPOT}/oco/cancel"
 OCO_OPEN_LIST = f"{SPOT}/oco/openOrderList"
 SERVER_TIME = f"{SPOT}/server/time"
+SYMBOLS = f"{SPOT}/common/symbols"
 USER_DATA_STREAM = "/openApi/user/auth/userDataStream"
 EXECUTION_REPORT = "spot.executionReport"
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib: expect a gzip header and trailer
@@ -89,46 +112,85 @@ OPEN_STATUSES = frozenset({"NEW", "PENDING", "PARTIALLY_FILLED"})
 OPEN_ORDERS_MAX = 2000  # [BX-DOC]: openOrders returns at most 2000 orders
 OCO_PAGE_SIZE = 100
 OCO_MAX_PAGES = 100
-# UNVERIFIED: the docs give no maximum for `orderIds`; 20 per call is a conservative guess.
-BATCH_CANCEL_MAX = 20
-# [BX-DOC]: a throttled API "recovers after 5 minutes" when no Retry-After says otherwise.
-DEFAULT_PENALTY_S = 300.0
+# Per-symbol reads a capped snapshot may spend to see past the cap (2/s per IP: ~15 s).
+MAX_SYMBOL_READS = 30
+SYMBOLS_TTL_S = 600.0
+# UNVERIFIED: the spot docs give no maximum for `orderIds`; swap's batch cancel caps at 10.
+BATCH_CANCEL_MAX = 10
+# recvWindow: the common parameters say at most 5000 ms; other pages say 60000 (§3.7).
+RECV_WINDOW_MAX_MS = 5000
+# A 100410 without an epoch: back off this long, doubling per repeat, with jitter (§3.5).
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAX_S = 8.0
+# The error lock: more than 20 answers with an error code on one API in 480 s [§3.5].
+ERROR_LOCK_COUNT = 20
+ERROR_LOCK_WINDOW_S = 480.0
 
-# Requests per second per UID and API [BX-DOC "3-现货/5-交易"; reference §3.2/§3.3]. The docs
-# say 10/s for cancelAllAfter in its header and "1 time/1s" in its text: we keep to 1/s.
+# Requests per second per UID and API [reference §3.2/§3.3, corrected 2026-12-06]. openOrders,
+# query and the listenKey calls have no stricter figure than docs-v3's 10/s.
 ENDPOINT_RPS: dict[str, int] = {
-    CANCEL: 10,
-    CANCEL_ORDERS: 10,
-    CANCEL_OPEN_ORDERS: 10,
+    CANCEL: 5,
+    CANCEL_ORDERS: 2,
+    CANCEL_OPEN_ORDERS: 2,
     CANCEL_ALL_AFTER: 1,
     OPEN_ORDERS: 10,
     QUERY: 10,
-    OCO_CANCEL: 10,
+    OCO_CANCEL: 2,
     OCO_OPEN_LIST: 5,
-    SERVER_TIME: 10,  # market IP group: 100 per 10 s
     USER_DATA_STREAM: 10,
 }
-# The account IP groups allow 1000 requests per 10 s in total [BX-DOC "基础信息"].
-GROUP_LIMITS = RateLimits(weight_per_window=1000, window_s=10.0)
+# Requests per second per IP and API, shared by every account behind the IP: 3/s on the trade
+# endpoints (IP group 3), 2/s on the others (group 2) [BingX 2026 reference, §3.5].
+IP_RPS: dict[str, int] = {
+    CANCEL: 3,
+    CANCEL_ORDERS: 3,
+    CANCEL_OPEN_ORDERS: 3,
+    CANCEL_ALL_AFTER: 2,
+    OPEN_ORDERS: 2,
+    QUERY: 2,
+    OCO_CANCEL: 2,
+    OCO_OPEN_LIST: 2,
+}
+# Market endpoints (server time, symbols) and every account API count in IP groups of 100 and
+# 1000 per 10 s [BX-DOC "基础信息"]: one budget per connector well inside both.
+GROUP_LIMITS = RateLimits(weight_per_window=100, window_s=10.0)
+BUDGET_MARGIN_S = 0.1  # a venue second is counted as 1.1 s of ours (skew, network spread)
 
-CAPABILITIES = Capabilities(
+
+def _kind_rate(kind: str, path: str) -> KindRate:
+    limit = min(ENDPOINT_RPS[path], IP_RPS.get(path, ENDPOINT_RPS[path]))
+    return KindRate(kind, limit, limit / (1.0 + BUDGET_MARGIN_S))
+
+
+RATES = (
+    _kind_rate("cancel_all", CANCEL_OPEN_ORDERS),
+    _kind_rate("cancel_all_account", CANCEL_OPEN_ORDERS),
+    _kind_rate("cancel_orders", CANCEL_ORDERS),
+    _kind_rate("cancel_order", CANCEL),
+    _kind_rate("cancel_list", OCO_CANCEL),
+)
+
+CAPABILITIES = PathCapabilities(
     cancel_all_max_symbols=1,
     cancel_all_without_symbol=True,
-    cancel_all_covers_lists=False,  # UNVERIFIED in the docs: sweep OCO lists explicitly
+    cancel_all_covers_lists=False,  # UNVERIFIED (§3.7): learned per account, see `learned`
     batch_cancel_max=BATCH_CANCEL_MAX,
     has_order_lists=True,
     open_orders_without_symbol=True,
     dead_mans_switch=True,
     dead_mans_switch_range_s=(10, 120),
     rate_limits=RateLimits(
-        weight_per_window=1000,
-        window_s=10.0,
+        weight_per_window=2,
+        window_s=1.0,
         cancel_weight=1,
         snapshot_weight=2,  # openOrders + the first page of oco/openOrderList
         snapshot_symbol_weight=1,
         list_snapshot_weight=1,
-        max_requests_per_s=10.0,
+        max_requests_per_s=2.0,
     ),
+    lists_coverage=None,
+    list_legs_by_batch=None,
+    rates=RATES,
 )
 
 # -- error classification ---------------------------------------------------------------------
@@ -138,9 +200,9 @@ ErrorClass = type[VenueError]
 CODE_TABLE: dict[int, ErrorClass] = {
     80016: AlreadyGone,  # order does not exist
     80018: AlreadyGone,  # order already filled
+    100404: AlreadyGone,  # "Order does not exist. The order may have been filled or cancelled."
     109421: AlreadyGone,  # ccxt: OrderNotFound
-    100410: RateLimited,  # rate limited / endpoint disabled for a while
-    100421: ClockSkew,  # "Null timestamp or timestamp mismatch" (reused: see MESSAGE_RULES)
+    100410: RateLimited,  # rate limited / endpoint disabled / error-count lock
     100500: OutcomeUnknown,  # internal system error: a cancel may have been applied
     101500: OutcomeUnknown,  # rpc timeout: re-read state
     100503: Transient,  # server busy
@@ -152,7 +214,6 @@ CODE_TABLE: dict[int, ErrorClass] = {
     100004: Fatal,  # permission denied
     100419: Fatal,  # IP not on the whitelist
     100414: Fatal,  # account under risk control
-    100400: Fatal,  # invalid parameter (reused: see MESSAGE_RULES)
     80014: Fatal,  # invalid parameter
     100204: Fatal,  # no data / symbol not found
     100202: Fatal,  # insufficient balance
@@ -160,9 +221,11 @@ CODE_TABLE: dict[int, ErrorClass] = {
 }
 
 # (code, lowercase fragment, class): the first rule whose fragment is in the message decides.
+# 100421 and 100400 are reused for unrelated answers: only the message says which. A 100421 or
+# 100400 that no rule names is OutcomeUnknown (CODE_TABLE has neither on purpose).
 MESSAGE_RULES: tuple[tuple[int, str, ErrorClass], ...] = (
     (100421, "order not exist", AlreadyGone),  # spot docs: "cancel fail, order not exist"
-    (100421, "timestamp", ClockSkew),
+    (100421, "timestamp", ClockSkew),  # "Null timestamp or timestamp mismatch"
     (100421, "system is busy", Transient),
     (100421, "not available", Fatal),  # "The symbol you request is not available..."
     (100421, "not exist", Fatal),  # "CheckUserAndSymbol: contract not exist"
@@ -172,35 +235,59 @@ MESSAGE_RULES: tuple[tuple[int, str, ErrorClass], ...] = (
     (100400, "order not exist", AlreadyGone),
     (100400, "system is busy", Transient),
     (100400, "once per second", Transient),
+    (100400, "miss arguments", Fatal),
+    (100400, "invalid", Fatal),
+    (100400, "recvwindow", Fatal),
+    (100404, "api path", Fatal),  # the general table: 100404 is also "wrong API path"
 )
 
 # Batch `fails[].error` texts that mean the order is not open any more.
-GONE_FRAGMENTS = ("not exist", ":canceled", ":cancelled", ":filled", "already filled")
+GONE_FRAGMENTS = (
+    "not exist",
+    ":canceled",
+    ":cancelled",
+    ":filled",
+    "already filled",
+    "filled or cancelled already",
+)
 
-_EPOCH_MS = re.compile(r"(\d{13})")
+# A 13-digit epoch in ms, not part of a longer number (a 19-digit order id).
+_EPOCH_MS = re.compile(r"(?<!\d)(\d{13})(?!\d)")
 
 
 def classify(
-    http_status: int, code: int | None, msg: str, *, retry_after_s: float | None = None
+    http_status: int,
+    code: int | None,
+    msg: str,
+    *,
+    retry_after_s: float | None = None,
+    now_ms: float | None = None,
 ) -> VenueError | None:
     """Map a BingX answer to the taxonomy; None when it is a success.
 
     `code` is the envelope's business code (None when the body had none). HTTP 429/418 and 5xx
-    decide before the code: a 5xx leaves the outcome unknown whatever the body says.
+    decide before the code: a 5xx leaves the outcome unknown whatever the body says. A 403 is a
+    firewall or rate block (BingX's WAF), not proof of a bad key. `now_ms` is the venue's time,
+    to turn an epoch in a 100410's text into a wait (the host's clock when not given).
     """
     kw: dict[str, Any] = {"venue": "bingx", "http_status": http_status, "code": code}
     if http_status == 418:
-        return IpBanned(msg or "IP banned", retry_after_s=_retry_after(retry_after_s, msg), **kw)
-    if http_status == 429:
+        wait = _retry_after(retry_after_s, msg, now_ms)
+        return IpBanned(msg or "IP banned", retry_after_s=wait, **kw)
+    if http_status == 429 or (http_status == 403 and code in (None, 0, 100410)):
         return RateLimited(
-            msg or "rate limited", retry_after_s=_retry_after(retry_after_s, msg), **kw
+            msg or f"HTTP {http_status}",
+            retry_after_s=_retry_after(retry_after_s, msg, now_ms),
+            **kw,
         )
     if http_status >= 500:
         return OutcomeUnknown(msg or f"HTTP {http_status}", **kw)
     if code is None or code == 0:
         if 200 <= http_status < 300:
             return None
-        return Fatal(msg or f"HTTP {http_status}", **kw)
+        if http_status == 401:
+            return Fatal(msg or "HTTP 401", **kw)  # [BX-DOC]: 401 = invalid API key
+        return OutcomeUnknown(msg or f"HTTP {http_status}", **kw)
     lowered = msg.lower()
     cls: ErrorClass | None = None
     for rule_code, fragment, rule_cls in MESSAGE_RULES:
@@ -208,22 +295,30 @@ def classify(
             cls = rule_cls
             break
     if cls is None:
-        # An unknown code was answered, so most likely not applied: retry after a backoff and
-        # let the engine's deadline and verification decide, rather than abandon the account.
-        cls = CODE_TABLE.get(code, Transient)
+        # Nobody can say what an unknown answer did: re-read the venue and decide from that.
+        cls = CODE_TABLE.get(code, OutcomeUnknown)
     if cls is RateLimited:
-        return RateLimited(msg, retry_after_s=_retry_after(retry_after_s, msg), **kw)
+        return RateLimited(msg, retry_after_s=_retry_after(retry_after_s, msg, now_ms), **kw)
     return cls(msg, **kw)
 
 
-def _retry_after(header_s: float | None, msg: str) -> float:
-    if header_s is not None:
-        return max(0.0, header_s)
-    # "...will be unblocked after 1727193814249" / "can retry after time: 1727193970155"
+def epoch_in(msg: str) -> int | None:
+    """The epoch in ms a 100410's text names ("...unblocked after 1727193814249",
+    "...can retry after time: 1727193970155"), or None."""
     found = _EPOCH_MS.findall(msg)
-    if found:
-        return max(0.0, int(found[-1]) / 1000.0 - time.time())
-    return DEFAULT_PENALTY_S
+    return int(found[-1]) if found else None
+
+
+def _retry_after(header_s: float | None, msg: str, now_ms: float | None) -> float:
+    if header_s is not None and math.isfinite(header_s):
+        return max(0.0, header_s)
+    epoch = epoch_in(msg)
+    if epoch is not None:
+        now = time.time() * 1000 if now_ms is None else now_ms
+        return max(0.0, (epoch - now) / 1000.0)
+    # No epoch and no header: a brief backoff, never a blanket 5-minute lock (§3.5). The
+    # connector replaces it with its own escalating, jittered one.
+    return BACKOFF_INITIAL_S
 
 
 def fail_is_gone(error: str) -> bool:
@@ -297,6 +392,22 @@ def decode_frame(frame: bytes | str) -> Any:
             except zlib.error as exc:  # a corrupt deflate stream behind a valid header
                 raise gzip.BadGzipFile(f"corrupt gzip stream: {exc}") from exc
     return orjson.loads(frame)
+
+
+TEXT_PINGS = frozenset({b"Ping", b"ping", b"PING"})
+
+
+def is_text_ping(frame: bytes | str) -> bool:
+    """A plain-text `Ping` heartbeat, gzipped or not."""
+    if isinstance(frame, str):
+        return frame.strip() in ("Ping", "ping", "PING")
+    if len(frame) > 64:
+        return False
+    try:
+        raw = gzip.decompress(frame) if frame[:2] == b"\x1f\x8b" else frame
+    except (OSError, EOFError, zlib.error):
+        return False
+    return raw.strip() in TEXT_PINGS
 
 
 def stream_error(msg: dict[str, Any]) -> VenueError | None:
@@ -373,6 +484,74 @@ async def _gather(aws: Iterable[Awaitable[T]]) -> list[T]:
 # -- the connector --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _OcoList:
+    """One open OCO list as `oco/openOrderList` shows it, in either shape (§3.3)."""
+
+    list_id: str
+    symbol: str
+    legs: tuple[Order, ...]
+    list_client_order_id: str = ""
+
+
+def _leg_order(leg: dict[str, Any], list_id: str, symbol: str | None = None) -> Order:
+    return Order(
+        symbol=str(symbol or leg["symbol"]),
+        order_id=order_id_str(leg["orderId"]),
+        client_order_id=str(leg.get("clientOrderId") or leg.get("clientOrderID") or ""),
+        side=str(leg.get("side", "")),
+        order_type=str(leg.get("orderType") or leg.get("type") or ""),
+        price=num_str(leg.get("price")),
+        orig_qty=num_str(leg.get("quantity") or leg.get("origQty")),
+        status=str(leg.get("status") or "NEW"),
+        list_id=list_id,
+        time_ms=_int(leg.get("transactionTime") or leg.get("time") or 0),
+    )
+
+
+def parse_oco_page(data: Any) -> tuple[list[_OcoList], int, str]:
+    """One page of `oco/openOrderList`: (lists, items on the page, shape).
+
+    docs-v3 and JKorf show a flat array of legs; BingX's 2026 reference shows
+    `{"ocoOrders": [{orderListId, symbol, orders: [{orderId, clientOrderId}], ...}]}`. Both are
+    read. Anything else (null, `{}`, another key) is a shape we do not know: `MalformedAnswer`,
+    never "no lists".
+    """
+    if isinstance(data, list):
+        grouped: dict[str, list[Order]] = {}
+        symbols: dict[str, str] = {}
+        for leg in data:
+            if not isinstance(leg, dict):
+                raise MalformedAnswer("oco/openOrderList: a leg is not an object")
+            list_id = order_id_str(leg["orderListId"])
+            order = _leg_order(leg, list_id)
+            grouped.setdefault(list_id, []).append(order)
+            symbols.setdefault(list_id, order.symbol)
+        lists = [_OcoList(lid, symbols[lid], tuple(legs)) for lid, legs in grouped.items()]
+        return lists, len(data), "legs"
+    if isinstance(data, dict) and isinstance(data.get("ocoOrders"), list):
+        lists = []
+        for item in data["ocoOrders"]:
+            if not isinstance(item, dict) or not isinstance(item.get("orders"), list):
+                raise MalformedAnswer("oco/openOrderList: a list without its orders")
+            if str(item.get("listOrderStatus") or "").upper() == "ALL_DONE":
+                continue
+            list_id = order_id_str(item["orderListId"])
+            symbol = str(item["symbol"])
+            legs = []
+            for leg in item["orders"]:
+                if not isinstance(leg, dict):
+                    raise MalformedAnswer("oco/openOrderList: a leg is not an object")
+                legs.append(_leg_order(leg, list_id, symbol))
+            if not legs:
+                raise MalformedAnswer("oco/openOrderList: an open list with no legs")
+            lists.append(
+                _OcoList(list_id, symbol, tuple(legs), str(item.get("listClientOrderId") or ""))
+            )
+        return lists, len(data["ocoOrders"]), "ocoOrders"
+    raise MalformedAnswer(f"oco/openOrderList: unknown shape {type(data).__name__}")
+
+
 class BingxExchange:
     """One BingX spot account."""
 
@@ -395,13 +574,15 @@ class BingxExchange:
         warm_connections: int = 4,
         budget_clock: Callable[[], float] | None = None,
         budget_sleep: Callable[[float], Awaitable[None]] | None = None,
+        learned_path: Path | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         if key_type != "hmac":
             raise ValueError(f"BingX keys are HMAC only, not {key_type!r}")
         self.account = account
-        self.capabilities = CAPABILITIES
         self.timeout_s = timeout_s
-        self.recv_window_ms = recv_window_ms
+        # The strictest reading of the docs caps recvWindow at 5000 ms (§3.7).
+        self.recv_window_ms = min(recv_window_ms, RECV_WINDOW_MAX_MS)
         self.clock_refresh_s = clock_refresh_s
         # Three missed server pings (one every 5 s) mean the stream is dead [BX-DOC heartbeat].
         self.heartbeat_timeout_s = heartbeat_timeout_s
@@ -415,24 +596,63 @@ class BingxExchange:
         )
         self._ws_url = _stream_url(ws_url)
         self.clock = ServerClock()
-        # Budget windows follow the venue's clock, so our seconds are its seconds.
-        clock = budget_clock or (lambda: self.clock.now_ms() / 1000.0)
+        self._rng = rng or random.Random()
+        # Fixed 10 s windows follow the venue's clock; the per-second budgets slide, so their
+        # alignment to any clock does not matter.
+        group_clock = budget_clock or (lambda: self.clock.now_ms() / 1000.0)
+        clock = budget_clock or time.monotonic
         sleep = budget_sleep or asyncio.sleep
-        self.group_budget = RateBudget(GROUP_LIMITS, clock=clock, sleep=sleep)
-        self.budgets: dict[str, RateBudget] = {
-            path: RateBudget(
-                RateLimits(weight_per_window=rps, window_s=1.0), clock=clock, sleep=sleep
+        self.group_budget = RateBudget(GROUP_LIMITS, clock=group_clock, sleep=sleep)
+        self.budgets: dict[str, SlidingBudget] = {
+            path: SlidingBudget(
+                rps, margin_s=BUDGET_MARGIN_S, name=f"uid {path}", clock=clock, sleep=sleep
             )
             for path, rps in ENDPOINT_RPS.items()
         }
+        self._ip_scope = rest_url.rstrip("/")
+        use_shared(self._ip_scope)
+        self.ip_budgets: dict[str, SlidingBudget] = {
+            path: shared_budget(
+                self._ip_scope,
+                f"ip {path}",
+                rps,
+                margin_s=BUDGET_MARGIN_S,
+                clock=clock,
+                sleep=sleep,
+            )
+            for path, rps in IP_RPS.items()
+        }
+        self.errors = ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock)
+        self._backoffs: dict[str, int] = {}  # path -> 100410s without an epoch in a row
+        self.learned = LearnedPaths.load(learned_path)
         self._started = False
         self._closed = False
         self._sync_task: asyncio.Task[None] | None = None
         self._list_legs: dict[str, tuple[str, ...]] = {}  # OCO list id -> leg order ids
         self._leg_list: dict[str, str] = {}  # leg order id -> OCO list id
+        self._list_symbol: dict[str, str] = {}  # OCO list id -> symbol
+        # Lists open when a cancel-all without symbol was acknowledged, and when it was: a
+        # later read that still shows one says the cancel-all does not cover OCO legs.
+        self._cancel_all_acked: tuple[float, frozenset[str]] | None = None
+        self._venue_symbols: tuple[float, tuple[str, ...]] | None = None
 
     def __repr__(self) -> str:
         return f"BingxExchange(account={self.account!r})"
+
+    @property
+    def capabilities(self) -> PathCapabilities:
+        """The static facts, plus what this account has taught us (§3.7)."""
+        covers = self.learned.cancel_all_covers_lists
+        return replace(
+            CAPABILITIES,
+            cancel_all_covers_lists=covers is True,
+            lists_coverage=covers,
+            list_legs_by_batch=self.learned.leg_id_cancels_list,
+        )
+
+    def learned_paths(self) -> dict[str, object]:
+        """What this account has taught us, for status and events."""
+        return self.learned.to_json()
 
     # -- lifecycle -------------------------------------------------------------------------
     @malformed_is_unknown
@@ -463,6 +683,7 @@ class BingxExchange:
         if self._closed:
             return
         self._closed = True
+        release_shared(self._ip_scope)
         task, self._sync_task = self._sync_task, None
         if task is not None:
             task.cancel()
@@ -526,6 +747,9 @@ class BingxExchange:
             await self.resync_clock()
             return await self._send(method, path, params, signed, priority)
 
+    def _path_budgets(self, path: str) -> list[SlidingBudget]:
+        return [b for b in (self.budgets.get(path), self.ip_budgets.get(path)) if b is not None]
+
     async def _send(
         self,
         method: str,
@@ -534,10 +758,19 @@ class BingxExchange:
         signed: bool,
         priority: Priority,
     ) -> Any:
-        budget = self.budgets.get(path)
+        if self.errors.count(path) >= ERROR_LOCK_COUNT - 1:
+            # One more error would lock this API for minutes: do not send what may earn it.
+            raise RateLimited(
+                "error-count lock ahead: holding this API",
+                retry_after_s=max(1.0, self.errors.clear_in_s(path)),
+                venue=self.venue,
+                account=self.account,
+                endpoint=f"{method} {path}",
+            )
         await self.group_budget.acquire(1, priority)
-        if budget is not None:
-            await budget.acquire(1, priority)
+        budgets = self._path_budgets(path)
+        if budgets:
+            await acquire_all(budgets, priority)
         if signed:
             pairs = sorted(
                 [
@@ -550,14 +783,10 @@ class BingxExchange:
         else:
             query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params)
         response = await self._transport.request(method, path, query=query, headers=self._headers)
-        return self._answer(response, method, path, budget)
+        return self._answer(response, method, path)
 
-    def _answer(
-        self, response: RawResponse, method: str, path: str, budget: RateBudget | None
-    ) -> Any:
+    def _answer(self, response: RawResponse, method: str, path: str) -> Any:
         headers = response.headers
-        if budget is not None:
-            _observe(budget, headers)
         body: Any = None
         if response.body:
             try:
@@ -572,12 +801,17 @@ class BingxExchange:
             except (TypeError, ValueError):
                 code = -1
             msg = str(body.get("msg") or "")
-        error = classify(response.status, code, msg, retry_after_s=_header_float(headers))
+        header = _header_float(headers)
+        error = classify(
+            response.status, code, msg, retry_after_s=header, now_ms=self.clock.now_ms()
+        )
         if error is not None:
             error.account = self.account
             error.endpoint = f"{method} {path}"
             if isinstance(error, IpBanned):
                 self.group_budget.block(error.retry_after_s, banned=True)
+                for budget in [*self.budgets.values(), *self.ip_budgets.values()]:
+                    budget.block(error.retry_after_s)
                 log.error(
                     "bingx IP banned account=%s endpoint=%s retry_after_s=%.0f",
                     self.account,
@@ -585,14 +819,11 @@ class BingxExchange:
                     error.retry_after_s,
                 )
             elif isinstance(error, RateLimited):
-                (budget or self.group_budget).block(error.retry_after_s)
-                log.warning(
-                    "bingx rate limited account=%s endpoint=%s retry_after_s=%.1f",
-                    self.account,
-                    path,
-                    error.retry_after_s,
-                )
+                self._throttled(error, path, msg, header)
+            elif code not in (None, 0):
+                self.errors.record(path)
             raise error
+        self._backoffs.pop(path, None)
         if response.body and body is None:
             # A 2xx we cannot read: for a cancel, it may or may not have been applied.
             raise OutcomeUnknown(
@@ -606,106 +837,198 @@ class BingxExchange:
             return body.get("data")
         return body
 
+    def _throttled(self, error: RateLimited, path: str, msg: str, header: float | None) -> None:
+        """A 100410 (or 429/403): hold this API, on our UID budget and the shared IP one,
+        until the epoch its text names, else for a short jittered backoff that doubles while
+        the venue keeps refusing. Which dimension refused is not said, so both wait."""
+        if epoch_in(msg) is None and header is None:
+            repeats = self._backoffs.get(path, 0)
+            self._backoffs[path] = repeats + 1
+            base = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2**repeats)
+            error.retry_after_s = base * (1.0 + 0.5 * self._rng.random())
+        budgets = self._path_budgets(path)
+        for budget in budgets:
+            budget.block(error.retry_after_s)
+        if not budgets:
+            self.group_budget.block(error.retry_after_s)
+        log.warning(
+            "bingx rate limited account=%s endpoint=%s retry_after_s=%.1f msg=%r",
+            self.account,
+            path,
+            error.retry_after_s,
+            msg[:120],
+        )
+
     # -- reads -----------------------------------------------------------------------------
     @malformed_is_unknown
     async def snapshot(
         self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
     ) -> Snapshot:
-        """Open orders and OCO lists: one no-symbol read, or one read per symbol given."""
+        """Open orders and OCO lists: one no-symbol read, or one read per symbol given.
+
+        `complete` is False when any read may have been cut short: a page of 2,000 rows (the
+        venue's cap), OCO pages that never ended, or symbols a capped read could not cover
+        within `MAX_SYMBOL_READS`. Such a snapshot lists what is open, never proves flat.
+        """
         read_at = self.clock.now_ms()
-        if symbols is None:
-            order_reads = [self._open_orders(None, priority)]
-        else:
-            order_reads = [self._open_orders(s, priority) for s in dict.fromkeys(symbols)]
-        results = await _gather([self._open_oco_legs(priority), *order_reads])
-        legs, order_batches = results[0], results[1:]
-        wanted = None if symbols is None else set(symbols)
-        orders: dict[str, Order] = {}
-        lists = self._lists_from_legs(legs, wanted)
-        for batch in order_batches:
-            orders.update((o.order_id, o) for o in map(parse_order, batch))
-        if symbols is None and len(orders) >= OPEN_ORDERS_MAX:
-            # The no-symbol read is capped: read each symbol seen on its own to see past it.
-            log.warning("bingx openOrders hit its cap account=%s: reading per symbol", self.account)
-            per_symbol = await _gather(
-                [self._open_orders(s, priority) for s in {o.symbol for o in orders.values()}]
-            )
-            for batch in per_symbol:
-                orders.update((o.order_id, o) for o in map(parse_order, batch))
-        for leg in legs:
-            symbol = str(leg["symbol"])
-            if wanted is not None and symbol not in wanted:
-                continue
-            order_id = order_id_str(leg["orderId"])
-            list_id = order_id_str(leg["orderListId"])
-            known = orders.get(order_id)
-            if known is None:
-                # OCO legs the open-orders read does not list are open orders all the same.
-                orders[order_id] = Order(
-                    symbol=symbol,
-                    order_id=order_id,
-                    client_order_id=str(leg.get("clientOrderId") or ""),
-                    side=str(leg.get("side", "")),
-                    order_type=str(leg.get("orderType", "")),
-                    price=num_str(leg.get("price")),
-                    orig_qty=num_str(leg.get("quantity")),
-                    status=str(leg.get("status") or "NEW"),
-                    list_id=list_id,
-                    time_ms=_int(leg.get("transactionTime") or 0),
-                )
-            elif known.list_id != list_id:
-                orders[order_id] = replace(known, list_id=list_id)
-        return Snapshot(tuple(orders.values()), tuple(lists), read_at)
-
-    async def _open_orders(self, symbol: str | None, priority: Priority) -> list[dict[str, Any]]:
-        params = [("symbol", symbol)] if symbol else []
-        data = await self._request("GET", OPEN_ORDERS, params, priority=priority)
-        return _items(data, "orders")
-
-    async def _open_oco_legs(self, priority: Priority) -> list[dict[str, Any]]:
-        legs: list[dict[str, Any]] = []
-        for page in range(1, OCO_MAX_PAGES + 1):
-            data = await self._request(
-                "GET",
-                OCO_OPEN_LIST,
-                [("pageIndex", str(page)), ("pageSize", str(OCO_PAGE_SIZE))],
-                priority=priority,
-            )
-            batch = _items(data, "orders")
-            legs.extend(batch)
-            if len(batch) < OCO_PAGE_SIZE:
-                break
-        return legs
-
-    def _lists_from_legs(
-        self, legs: list[dict[str, Any]], wanted: set[str] | None
-    ) -> list[OrderList]:
-        grouped: dict[str, list[dict[str, Any]]] = {}
-        for leg in legs:
-            grouped.setdefault(order_id_str(leg["orderListId"]), []).append(leg)
-        # Every OCO read lists all open lists: it replaces what we knew, so the maps stay small.
-        list_legs: dict[str, tuple[str, ...]] = {}
-        leg_list: dict[str, str] = {}
+        started = time.monotonic()
+        wanted = None if symbols is None else list(dict.fromkeys(symbols))
+        oco_task = asyncio.ensure_future(self._open_oco_lists(priority))
+        try:
+            rows, complete = await self._open_order_rows(wanted, priority)
+        finally:
+            oco_done = await asyncio.gather(oco_task, return_exceptions=True)
+        oco = oco_done[0]
+        if isinstance(oco, BaseException):
+            raise oco
+        oco_lists, oco_complete = oco
+        self._index_lists(oco_lists, oco_complete, started)
+        wanted_set = None if wanted is None else set(wanted)
+        orders: dict[OrderKey, Order] = {}
+        for row in rows:
+            order = parse_order(row)
+            orders[order.key] = order
         lists: list[OrderList] = []
-        for list_id, members in grouped.items():
-            order_ids = tuple(order_id_str(m["orderId"]) for m in members)
-            list_legs[list_id] = order_ids
-            for order_id in order_ids:
-                leg_list[order_id] = list_id
-            symbol = str(members[0]["symbol"])
-            if wanted is not None and symbol not in wanted:
+        for oco_list in oco_lists:
+            if wanted_set is not None and oco_list.symbol not in wanted_set:
                 continue
             lists.append(
                 OrderList(
-                    symbol=symbol,
-                    list_id=list_id,
-                    order_ids=order_ids,
-                    client_order_ids=tuple(str(m.get("clientOrderId") or "") for m in members),
+                    symbol=oco_list.symbol,
+                    list_id=oco_list.list_id,
+                    order_ids=tuple(leg.order_id for leg in oco_list.legs),
+                    client_order_ids=tuple(leg.client_order_id for leg in oco_list.legs),
+                    list_client_order_id=oco_list.list_client_order_id,
                     contingency_type="OCO",
                 )
             )
-        self._list_legs, self._leg_list = list_legs, leg_list
-        return lists
+            for leg in oco_list.legs:
+                known = orders.get(leg.key)
+                if known is None:
+                    # OCO legs the open-orders read does not list are open orders all the same.
+                    orders[leg.key] = leg
+                elif known.list_id != oco_list.list_id:
+                    orders[leg.key] = replace(known, list_id=oco_list.list_id)
+        return Snapshot(
+            tuple(orders.values()),
+            tuple(lists),
+            read_at,
+            complete=complete and oco_complete,
+        )
+
+    async def _open_order_rows(
+        self, symbols: list[str] | None, priority: Priority
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Open-order rows and whether they are surely all of them."""
+        if symbols is not None:
+            batches = await _gather([self._open_orders(s, priority) for s in symbols])
+            capped = [s for s, b in zip(symbols, batches, strict=True) if len(b) >= OPEN_ORDERS_MAX]
+            if capped:
+                log.warning(
+                    "bingx openOrders capped account=%s symbols=%s: snapshot incomplete",
+                    self.account,
+                    capped,
+                )
+            return [row for batch in batches for row in batch], not capped
+        rows = await self._open_orders(None, priority)
+        if len(rows) < OPEN_ORDERS_MAX:
+            return rows, True
+        # The no-symbol read hit its cap: what it left out may be on any symbol. Read each
+        # symbol seen, and each the venue lists, on its own; or say the read is incomplete.
+        seen = list(dict.fromkeys(str(row.get("symbol") or "") for row in rows))
+        complete = True
+        try:
+            listed = await self.venue_symbols(priority)
+        except VenueError as exc:
+            log.warning("bingx symbol list unreadable account=%s: %s", self.account, exc)
+            listed, complete = (), False
+        wanted = list(dict.fromkeys([*seen, *listed]))
+        if len(wanted) > MAX_SYMBOL_READS:
+            log.warning(
+                "bingx openOrders capped account=%s: %d symbols to read, over %d: incomplete",
+                self.account,
+                len(wanted),
+                MAX_SYMBOL_READS,
+            )
+            wanted, complete = [s for s in seen if s][:MAX_SYMBOL_READS], False
+        log.warning(
+            "bingx openOrders hit its cap account=%s: reading %d symbols",
+            self.account,
+            len(wanted),
+        )
+        per_symbol, each_complete = await self._open_order_rows([s for s in wanted if s], priority)
+        merged: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in [*rows, *per_symbol]:
+            merged[(str(row.get("symbol")), str(row.get("orderId")))] = row
+        return list(merged.values()), complete and each_complete
+
+    async def venue_symbols(self, priority: Priority = Priority.KILL) -> tuple[str, ...]:
+        """The venue's spot symbols (`common/symbols`), cached for `SYMBOLS_TTL_S`."""
+        cached = self._venue_symbols
+        if cached is not None and time.monotonic() - cached[0] < SYMBOLS_TTL_S:
+            return cached[1]
+        data = await self._request("GET", SYMBOLS, signed=False, priority=priority)
+        rows = _items(data, "symbols")
+        if not rows:
+            raise MalformedAnswer("common/symbols: no symbols")
+        listed = tuple(dict.fromkeys(str(row["symbol"]) for row in rows))
+        self._venue_symbols = (time.monotonic(), listed)
+        return listed
+
+    async def _open_orders(self, symbol: str | None, priority: Priority) -> list[dict[str, Any]]:
+        params = [("symbol", symbol)] if symbol else []
+        try:
+            data = await self._request("GET", OPEN_ORDERS, params, priority=priority)
+        except AlreadyGone as exc:  # a read has nothing to be "gone": we cannot read this
+            raise OutcomeUnknown(exc.msg, venue=self.venue, account=self.account) from exc
+        return _items(data, "orders")
+
+    async def _open_oco_lists(self, priority: Priority) -> tuple[list[_OcoList], bool]:
+        """Every open OCO list, page by page; and False when the pages never ended."""
+        found: dict[str, _OcoList] = {}
+        for page in range(1, OCO_MAX_PAGES + 1):
+            try:
+                data = await self._request(
+                    "GET",
+                    OCO_OPEN_LIST,
+                    [("pageIndex", str(page)), ("pageSize", str(OCO_PAGE_SIZE))],
+                    priority=priority,
+                )
+            except AlreadyGone as exc:
+                raise OutcomeUnknown(exc.msg, venue=self.venue, account=self.account) from exc
+            lists, items, shape = parse_oco_page(data)
+            if self.learned.oco_list_shape != shape:
+                self.learned.learn("oco_list_shape", shape)
+            for oco_list in lists:
+                prior = found.get(oco_list.list_id)
+                if prior is None:
+                    found[oco_list.list_id] = oco_list
+                else:  # a list's legs split over two pages of legs
+                    found[oco_list.list_id] = replace(prior, legs=prior.legs + oco_list.legs)
+            if items < OCO_PAGE_SIZE:
+                return list(found.values()), True
+        log.warning("bingx oco/openOrderList never ended account=%s: incomplete", self.account)
+        return list(found.values()), False
+
+    def _index_lists(self, lists: list[_OcoList], complete: bool, started: float) -> None:
+        """Keep the leg <-> list maps, and learn from lists a cancel-all left behind."""
+        list_legs = {x.list_id: tuple(leg.order_id for leg in x.legs) for x in lists}
+        if complete:
+            # Every complete OCO read lists all open lists: it replaces what we knew.
+            self._list_legs = list_legs
+            self._leg_list = {leg: lid for lid, legs in list_legs.items() for leg in legs}
+            self._list_symbol = {x.list_id: x.symbol for x in lists}
+        else:
+            self._list_legs.update(list_legs)
+            self._leg_list.update({leg: lid for lid, legs in list_legs.items() for leg in legs})
+            self._list_symbol.update({x.list_id: x.symbol for x in lists})
+        acked = self._cancel_all_acked
+        if acked is not None and started > acked[0]:
+            survivors = acked[1] & set(list_legs)
+            if survivors:
+                # Open before a cancel-all without symbol was acknowledged, still open after.
+                self.learned.learn("cancel_all_covers_lists", False)
+            self._cancel_all_acked = None
 
     @malformed_is_unknown
     async def query_order(
@@ -724,14 +1047,25 @@ class BingxExchange:
     async def cancel_all(
         self, symbols: Sequence[str] | None, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
-        """`cancelOpenOrders`: no symbol cancels every order; else one call per symbol."""
+        """`cancelOpenOrders`: no symbol cancels every order; else one call per symbol.
+
+        Whether it also cancels OCO legs is learned: legs in its answer say yes; a list that
+        was open when it was acknowledged and is still open in a later read says no.
+        """
         if symbols is None:
+            before = frozenset(self._list_legs)
             acks = [await self._cancel_open_orders(None, priority)]
+            self._cancel_all_acked = (time.monotonic(), before)
+            legs = {key[1] for key in acks[0]} & set(self._leg_list)
+            if legs:
+                self.learned.learn("cancel_all_covers_lists", True)
         else:
             acks = await _gather(
                 [self._cancel_open_orders(s, priority) for s in dict.fromkeys(symbols)]
             )
-        return CancelAck(cancelled=tuple(i for ack in acks for i in ack))
+        keys = tuple(k for ack in acks for k in ack)
+        lists = tuple(dict.fromkeys(self._leg_list[k[1]] for k in keys if k[1] in self._leg_list))
+        return CancelAck(cancelled=keys, lists_cancelled=lists)
 
     async def _cancel_open_orders(self, symbol: str | None, priority: Priority) -> list[OrderKey]:
         params = [("symbol", symbol)] if symbol else []
@@ -748,17 +1082,50 @@ class BingxExchange:
     async def cancel_order(
         self, symbol: str, order_id: str, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
-        """Cancel one order. Raises `AlreadyGone` when it is not open."""
-        await self._request(
-            "POST", CANCEL, [("orderId", order_id), ("symbol", symbol)], priority=priority
+        """Cancel one order. Raises `AlreadyGone` when it is not open.
+
+        Near the error lock on `cancel`, the id goes through `cancelOrders` with `process=1`,
+        where "gone" is an entry in a success, not one more error. An OCO leg answered "gone"
+        is checked against the open lists: a leg the venue would not cancel by id has its
+        list cancelled through `oco/cancel`.
+        """
+        if self.errors.near(CANCEL):
+            result = await self._cancel_chunk(symbol, [order_id], priority)
+            if result.failed:
+                raise result.failed[0][1]
+            if result.gone:
+                raise AlreadyGone(
+                    "order not open", venue=self.venue, account=self.account, endpoint=CANCEL
+                )
+            return CancelAck(cancelled=((symbol, order_id),))
+        try:
+            await self._request(
+                "POST", CANCEL, [("orderId", order_id), ("symbol", symbol)], priority=priority
+            )
+        except AlreadyGone:
+            if order_id not in self._leg_list:
+                raise
+            rescued = await self._settle_legs(symbol, {order_id}, priority)
+            if not rescued:
+                raise
+            return CancelAck(
+                cancelled=tuple((symbol, leg) for leg in rescued[1]), lists_cancelled=rescued[0]
+            )
+        list_id = self._leg_list.get(order_id)
+        return CancelAck(
+            cancelled=((symbol, order_id),), lists_cancelled=(list_id,) if list_id else ()
         )
-        return CancelAck(cancelled=((symbol, order_id),))
 
     @malformed_is_unknown
     async def cancel_orders(
         self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
     ) -> BatchResult:
-        """`cancelOrders` with `process=1`, in chunks of `batch_cancel_max`, concurrently."""
+        """`cancelOrders` with `process=1`, in chunks of `batch_cancel_max`, concurrently.
+
+        OCO legs among the ids: if the venue answers one "gone" while its list is still open
+        (it would not cancel a list by a leg's id), the list is cancelled through `oco/cancel`
+        and the account remembers to plan lists that way.
+        """
         ids = list(dict.fromkeys(order_ids))
         chunks = [ids[i : i + BATCH_CANCEL_MAX] for i in range(0, len(ids), BATCH_CANCEL_MAX)]
         results = await asyncio.gather(
@@ -777,7 +1144,54 @@ class BingxExchange:
                 cancelled.extend(result.cancelled)
                 gone.extend(result.gone)
                 failed.extend(result.failed)
+        legs_said_gone = {i for i in gone if i in self._leg_list}
+        legs_cancelled = {i for i in cancelled if i in self._leg_list}
+        if legs_said_gone:
+            settled = await self._settle_legs(symbol, legs_said_gone, priority, batch=True)
+            if settled:
+                rescued = set(settled[1])
+                gone = [i for i in gone if i not in rescued]
+                cancelled.extend(i for i in settled[1] if i not in cancelled)
+        elif legs_cancelled:
+            # The venue cancelled a leg by its id: its list went with it, or the next read
+            # shows the other leg (and the planner sends it again).
+            self.learned.learn("leg_id_cancels_list", True)
         return BatchResult(tuple(cancelled), tuple(gone), tuple(failed))
+
+    async def _settle_legs(
+        self, symbol: str, legs: set[str], priority: Priority, *, batch: bool = False
+    ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """Legs the venue called gone: re-read the open lists; cancel through `oco/cancel` the
+        lists still open. Returns (list ids cancelled, their leg ids), or None when every one
+        really was gone."""
+        lists, complete = await self._open_oco_lists(priority)
+        self._index_lists(lists, complete, time.monotonic())
+        still_open = {x.list_id: x for x in lists if any(leg.order_id in legs for leg in x.legs)}
+        if not still_open:
+            return None
+        if batch:
+            self.learned.learn("leg_id_cancels_list", False)
+        log.info(
+            "bingx OCO legs refused by id account=%s lists=%d: cancelling through oco/cancel",
+            self.account,
+            len(still_open),
+        )
+        acks = await asyncio.gather(
+            *(self._oco_cancel(x.legs[0].order_id, priority) for x in still_open.values()),
+            return_exceptions=True,
+        )
+        done_lists: list[str] = []
+        done_legs: list[str] = []
+        for oco_list, ack in zip(still_open.values(), acks, strict=True):
+            if isinstance(ack, AlreadyGone) or ack is None:
+                done_lists.append(oco_list.list_id)
+                done_legs.extend(leg.order_id for leg in oco_list.legs)
+            elif isinstance(ack, BaseException):
+                raise ack
+        return tuple(done_lists), tuple(done_legs)
+
+    async def _oco_cancel(self, leg_id: str, priority: Priority) -> None:
+        await self._request("POST", OCO_CANCEL, [("orderId", leg_id)], priority=priority)
 
     @malformed_is_unknown
     async def _cancel_chunk(self, symbol: str, chunk: list[str], priority: Priority) -> BatchResult:
@@ -787,6 +1201,8 @@ class BingxExchange:
             [("orderIds", ",".join(chunk)), ("process", "1"), ("symbol", symbol)],
             priority=priority,
         )
+        if not isinstance(data, dict):
+            raise MalformedAnswer("cancelOrders: answer is not an object")
         cancelled = tuple(order_id_str(o.get("orderId")) for o in _items(data, "orders"))
         gone: list[str] = []
         failed: list[tuple[str, VenueError]] = []
@@ -796,10 +1212,11 @@ class BingxExchange:
             if fail_is_gone(error):
                 gone.append(order_id)
             else:
+                # Refused for a reason we cannot read: re-read the venue, then decide.
                 failed.append(
                     (
                         order_id,
-                        Transient(
+                        OutcomeUnknown(
                             error or "batch cancel refused",
                             venue=self.venue,
                             account=self.account,
@@ -828,10 +1245,15 @@ class BingxExchange:
     async def cancel_order_list(
         self, symbol: str, list_id: str, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
-        """`oco/cancel` by one leg's id: it cancels the whole OCO."""
+        """`oco/cancel` by one leg's id: it cancels the whole OCO.
+
+        Near the error lock on `oco/cancel` (each list already gone adds an error there), a
+        batch cancel of the legs goes instead when the venue is known to take leg ids.
+        """
         legs = self._list_legs.get(list_id)
         if legs is None:
-            self._lists_from_legs(await self._open_oco_legs(priority), None)
+            lists, complete = await self._open_oco_lists(priority)
+            self._index_lists(lists, complete, time.monotonic())
             legs = self._list_legs.get(list_id)
         if not legs:
             raise AlreadyGone(
@@ -840,10 +1262,20 @@ class BingxExchange:
                 account=self.account,
                 endpoint=f"POST {OCO_CANCEL}",
             )
-        await self._request("POST", OCO_CANCEL, [("orderId", legs[0])], priority=priority)
+        symbol = self._list_symbol.get(list_id, symbol)
+        if self.errors.near(OCO_CANCEL) and self.learned.leg_id_cancels_list:
+            result = await self.cancel_orders(symbol, list(legs), priority=priority)
+            if result.failed:
+                raise result.failed[0][1]
+            return CancelAck(
+                cancelled=tuple((symbol, leg) for leg in result.cancelled + result.gone),
+                lists_cancelled=(list_id,),
+            )
+        await self._oco_cancel(legs[0], priority)
         return CancelAck(cancelled=tuple((symbol, leg) for leg in legs), lists_cancelled=(list_id,))
 
     def _forget_list(self, list_id: str) -> None:
+        self._list_symbol.pop(list_id, None)
         for order_id in self._list_legs.pop(list_id, ()):
             self._leg_list.pop(order_id, None)
 
@@ -983,6 +1415,15 @@ class BingxExchange:
                     account=self.account,
                     endpoint="ws /market",
                 ) from exc
+            if is_text_ping(frame):
+                # The plain-text heartbeat (docs-v3's rules page, swap streams): `Ping` ->
+                # `Pong`. Spot documents JSON; a venue may send either (§3.7).
+                last_ping = loop.time()
+                try:
+                    await ws.send("Pong")
+                except ConnectionClosed:
+                    continue
+                continue
             try:
                 msg = decode_frame(frame)
             except (OSError, EOFError, orjson.JSONDecodeError) as exc:

@@ -14,7 +14,8 @@ import asyncio
 import enum
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from killswitch.exchanges.base import RateLimits
@@ -106,3 +107,194 @@ class RateBudget:
     def used(self) -> float:
         self._weight.roll(self.clock())
         return self._weight.used
+
+
+class SlidingBudget:
+    """At most `limit` requests in any `window_s + margin_s` seconds: a per-second venue cap.
+
+    BingX counts "N per second" per UID and API, and per IP. A sliding window a little longer
+    than the venue's second keeps any venue window, whatever its alignment to our clock and
+    however the network spreads our sends, at or under `limit`, so a kill never earns a 100410.
+    Background reads may use only `background_share` of the limit (at least one). `block` holds
+    every request until the venue's disabled period (a 100410 with its epoch) or a short
+    backoff has passed. Safe for any number of tasks: each `acquire` reserves its slot.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window_s: float = 1.0,
+        *,
+        margin_s: float = 0.1,
+        background_share: float = 0.5,
+        name: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        self.limit = limit
+        self.window_s = window_s
+        self.margin_s = margin_s
+        self.background_share = background_share
+        self.name = name
+        self.clock = clock
+        self.sleep = sleep
+        self.blocked_until = 0.0
+        self.waited_s = 0.0
+        self.sent = 0
+        self._stamps: deque[float] = deque()
+
+    @property
+    def span_s(self) -> float:
+        return self.window_s + self.margin_s
+
+    @property
+    def rate_per_s(self) -> float:
+        """Sustained requests per second this budget allows."""
+        return self.limit / self.span_s
+
+    def cap(self, priority: Priority) -> int:
+        if priority is Priority.KILL:
+            return self.limit
+        return max(1, int(self.limit * self.background_share))
+
+    def delay_for(self, priority: Priority = Priority.KILL) -> float:
+        """Seconds until one more request fits; 0 when it fits now."""
+        now = self.clock()
+        if now < self.blocked_until:
+            return self.blocked_until - now
+        stamps = self._stamps
+        while stamps and stamps[0] <= now - self.span_s:
+            stamps.popleft()
+        cap = self.cap(priority)
+        if len(stamps) < cap:
+            return 0.0
+        return stamps[len(stamps) - cap] + self.span_s - now + 0.001
+
+    def try_take(self, priority: Priority = Priority.KILL) -> bool:
+        """Spend a slot now if one is free."""
+        if self.delay_for(priority) > 0:
+            return False
+        self._stamps.append(self.clock())
+        self.sent += 1
+        return True
+
+    async def acquire(self, priority: Priority = Priority.KILL) -> None:
+        while (delay := self.delay_for(priority)) > 0:
+            self.waited_s += delay
+            await self.sleep(delay)
+        self._stamps.append(self.clock())
+        self.sent += 1
+
+    def block(self, seconds: float) -> None:
+        """Send nothing for `seconds` (a venue-disabled period or a backoff)."""
+        self.blocked_until = max(self.blocked_until, self.clock() + max(0.0, seconds))
+
+    def in_window(self) -> int:
+        now = self.clock()
+        return sum(1 for t in self._stamps if t > now - self.span_s)
+
+
+async def acquire_all(budgets: Sequence[SlidingBudget], priority: Priority) -> None:
+    """Take one slot in each of `budgets` at one instant: wait until all have room, then spend
+    in all without yielding, so a slot is never held while waiting for another."""
+    while True:
+        delay = max((b.delay_for(priority) for b in budgets), default=0.0)
+        if delay <= 0:
+            for budget in budgets:
+                budget._stamps.append(budget.clock())
+                budget.sent += 1
+            return
+        for budget in budgets:
+            budget.waited_s += delay
+        await budgets[0].sleep(delay)
+
+
+class ErrorCounter:
+    """Error answers per endpoint in a sliding window, to stay clear of a venue's error lock.
+
+    BingX locks an API of an account after more than `limit` answers with one error code inside
+    `window_s` ("over 20 error code:... requests within 480000 ms for this api"). `near(path)`
+    says a path has had `limit - reserve` errors or more in the window: the caller then takes a
+    route that cannot add one (a batch cancel answers a gone id inside a success), or waits.
+    """
+
+    def __init__(
+        self,
+        limit: int = 20,
+        window_s: float = 480.0,
+        *,
+        reserve: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.reserve = reserve
+        self.clock = clock
+        self._errors: dict[str, deque[float]] = {}
+
+    def record(self, path: str) -> None:
+        self._errors.setdefault(path, deque()).append(self.clock())
+
+    def count(self, path: str) -> int:
+        errors = self._errors.get(path)
+        if not errors:
+            return 0
+        now = self.clock()
+        while errors and errors[0] <= now - self.window_s:
+            errors.popleft()
+        return len(errors)
+
+    def near(self, path: str) -> bool:
+        return self.count(path) >= self.limit - self.reserve
+
+    def clear_in_s(self, path: str) -> float:
+        """Seconds until `path` is back under its reserve."""
+        errors = self._errors.get(path)
+        if not errors or self.count(path) < self.limit - self.reserve:
+            return 0.0
+        oldest_needed = errors[len(errors) - (self.limit - self.reserve)]
+        return max(0.0, oldest_needed + self.window_s - self.clock())
+
+
+_SHARED: dict[tuple[str, str], SlidingBudget] = {}
+_USERS: dict[str, int] = {}
+
+
+def shared_budget(
+    scope: str,
+    name: str,
+    limit: int,
+    window_s: float = 1.0,
+    *,
+    margin_s: float = 0.1,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> SlidingBudget:
+    """The one budget named `name` for `scope` (a venue host: every account behind our IP)
+    in this process. The first caller's limit, clock and sleep win. Pair each scope's users
+    with `use_shared` / `release_shared`, so a scope nobody uses any more is forgotten."""
+    key = (scope, name)
+    budget = _SHARED.get(key)
+    if budget is None:
+        budget = _SHARED[key] = SlidingBudget(
+            limit, window_s, margin_s=margin_s, name=name, clock=clock, sleep=sleep
+        )
+    return budget
+
+
+def use_shared(scope: str) -> None:
+    """One more user of `scope`'s shared budgets."""
+    _USERS[scope] = _USERS.get(scope, 0) + 1
+
+
+def release_shared(scope: str) -> None:
+    """One user fewer; the last one drops `scope`'s shared budgets."""
+    left = _USERS.get(scope, 0) - 1
+    if left > 0:
+        _USERS[scope] = left
+        return
+    _USERS.pop(scope, None)
+    for key in [k for k in _SHARED if k[0] == scope]:
+        del _SHARED[key]

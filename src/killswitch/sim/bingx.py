@@ -1,14 +1,29 @@
 """BingX spot, simulated: REST under `/openApi/...`, the listenKey stream at `/market`.
 
-Facts from `reference/exchange-apis.md` §3 [BX-DOC]. What the docs leave open is a constructor
-option, so tests can run the connector against each reading:
+Facts from `reference/exchange-apis.md` §3 [BX-DOC]. Each question the sources leave open
+(§3.7) is a switch of `BingxBehaviour`, set per venue in the sim TOML (`[venues.bingx.options]`,
+`variant = "strictest"` and/or single switches) or at run time through `/_sim/behaviour`:
 
-* `cancel_all_covers_oco`: whether `cancelOpenOrders` also removes OCO legs (UNVERIFIED; by
-  default it does not, so a kill has to sweep `oco/openOrderList` explicitly).
-* `gone_style`: how a cancel of an order that is not open is refused. `"codes"` (default) answers
-  80016 "order not exist" / 80018 "order already filled"; `"docs_table"` answers as the spot
-  error table does: 100421 "cancel fail, order not exist" for an unknown id and 100400 "...is
-  FILLED or CANCELLED already..." for a closed one.
+* `cancel_all_covers_oco`: whether `cancelOpenOrders` also removes OCO legs.
+* `leg_id_cancels_list`: whether `cancel`/`cancelOrders` take an OCO leg's id (and cancel its
+  whole list, as Binance does) or answer it as an order that does not exist.
+* `oco_list_shape`: `oco/openOrderList` as a flat array of legs (docs-v3, JKorf) or as
+  `{"ocoOrders": [lists]}` (BingX's 2026 reference).
+* `limits`: `"strict"` (cancel 5/s; cancelOrders, cancelOpenOrders, oco/cancel 2/s; per IP and
+  API 3/s on trade endpoints, 2/s on the others) or `"docs_v3"` (10/s nearly everywhere).
+* `heartbeat`: JSON `{"ping","time"}` -> `{"pong","time"}`, or text `Ping` -> `Pong`.
+* `client_id_field`: the executionReport's client order id as `C`, `c`, or absent.
+* `recv_window_max_ms`: 5000 (common parameters) or 60000.
+* `gone_style`: a cancel of an order that is not open is refused with 80016/80018 (`"codes"`),
+  100421 "cancel fail, order not exist" / 100400 "...FILLED or CANCELLED already..."
+  (`"docs_table"`), or 100404 "Order does not exist..." (`"v2026"`).
+* `throttle_form`: a 100410 names the epoch its disabled period ends (`"epoch"`) or just says
+  "rate limited" (`"plain"`). Never a Retry-After header.
+
+`VARIANTS` names two complete sets: `"strictest"` (every answer the hardest to live with) and
+`"most_permissive"`. Whatever the form, more than `error_lock_count` (20) answers with one error
+code on one API of one account inside `error_lock_window_s` (480 s) lock that API ("over 20 error
+code:... can retry after time: <epoch>"), as BingX documents.
 
 Signing: the values are URL-decoded and joined `k=v&...` in the order received (query string,
 then a form body); a JSON body is signed with its keys sorted a-z. Every server frame on the
@@ -27,12 +42,13 @@ import math
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import orjson
@@ -50,19 +66,20 @@ EXECUTION_REPORT = "spot.executionReport"
 
 DEFAULT_SYMBOLS = ("BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT", "DOGE-USDT", "SUI-USDT")
 
-# path -> (UID requests per second, IP group) [BX-DOC "3-现货/5-交易", reference §3.2/§3.3].
-# IP group 1 (market): 100 per 10 s in total; groups 2 and 3 (account): 1000 per 10 s in total,
-# and per interface 100 (group 2) or 200 (group 3) per 10 s [BX-DOC "基础信息"].
+# path -> (UID requests per second, IP group), strict reading [reference §3.2/§3.3/§3.5,
+# corrected 2026-12-06]. Per IP and API: 3/s in group 3 (trade), 2/s in group 2, shared by
+# every account behind the IP. Group 1 (market) and the listenKey calls: 100 per 10 s per API.
+# Every group: 1000 per 10 s in total per IP (group 1: 100) [BX-DOC "基础信息"].
 ENDPOINT_LIMITS: dict[str, tuple[int | None, int]] = {
     f"{SPOT}/trade/order": (5, 3),
-    f"{SPOT}/trade/cancel": (10, 3),
-    f"{SPOT}/trade/cancelOrders": (10, 3),
-    f"{SPOT}/trade/cancelOpenOrders": (10, 3),
-    f"{SPOT}/trade/cancelAllAfter": (10, 2),
+    f"{SPOT}/trade/cancel": (5, 3),
+    f"{SPOT}/trade/cancelOrders": (2, 3),
+    f"{SPOT}/trade/cancelOpenOrders": (2, 3),
+    f"{SPOT}/trade/cancelAllAfter": (1, 2),
     f"{SPOT}/trade/openOrders": (10, 2),
     f"{SPOT}/trade/query": (10, 2),
     f"{SPOT}/oco/order": (2, 2),
-    f"{SPOT}/oco/cancel": (10, 2),
+    f"{SPOT}/oco/cancel": (2, 2),
     f"{SPOT}/oco/openOrderList": (5, 2),
     f"{SPOT}/oco/orderList": (5, 2),
     USER_DATA_STREAM: (None, 2),
@@ -70,8 +87,14 @@ ENDPOINT_LIMITS: dict[str, tuple[int | None, int]] = {
     "/openApi/swap/v2/server/time": (None, 1),
     f"{SPOT}/common/symbols": (None, 1),
 }
+# The docs-v3 site's reading: 10/s per UID nearly everywhere; per IP and API 100 (group 2) or
+# 200 (group 3) per 10 s.
+DOCS_V3_UID = {f"{SPOT}/trade/order": 5, f"{SPOT}/oco/order": 2}
+IP_PER_API_STRICT = {1: (100, 10.0), 2: (2, 1.0), 3: (3, 1.0)}  # (limit, window s)
+IP_PER_API_DOCS_V3 = {1: (100, 10.0), 2: (100, 10.0), 3: (200, 10.0)}
+# Paths outside the strict per-IP seconds: market data and listenKeys (group 1 figures).
+IP_RELAXED = frozenset({USER_DATA_STREAM, f"{SPOT}/trade/order"})
 IP_GROUP_TOTAL = {1: 100, 2: 1000, 3: 1000}  # per 10 s
-IP_GROUP_PER_API = {1: 100, 2: 100, 3: 200}  # per 10 s
 
 OPEN_STATUSES = ("NEW", "PENDING", "PARTIALLY_FILLED")
 ORDER_TYPES = frozenset(
@@ -94,6 +117,92 @@ CANCEL_RESTRICTIONS = frozenset(OPEN_STATUSES)
 
 TIMESTAMP_MSG = "Null timestamp or timestamp mismatch"
 CHINA_TZ = timezone(timedelta(hours=8))
+
+
+@dataclass(frozen=True, slots=True)
+class BingxBehaviour:
+    """One answer to each open question of reference §3.7 (see the module docstring)."""
+
+    cancel_all_covers_oco: bool = False
+    leg_id_cancels_list: bool = True
+    oco_list_shape: str = "legs"  # legs | ocoOrders
+    limits: str = "strict"  # strict | docs_v3
+    heartbeat: str = "json"  # json | text
+    client_id_field: str = "C"  # C | c | none
+    recv_window_max_ms: int = 60_000
+    gone_style: str = "codes"  # codes | docs_table | v2026
+    throttle_form: str = "epoch"  # epoch | plain
+
+    CHOICES: ClassVar[dict[str, tuple[object, ...]]] = {
+        "cancel_all_covers_oco": (False, True),
+        "leg_id_cancels_list": (False, True),
+        "oco_list_shape": ("legs", "ocoOrders"),
+        "limits": ("strict", "docs_v3"),
+        "heartbeat": ("json", "text"),
+        "client_id_field": ("C", "c", "none"),
+        "recv_window_max_ms": (5000, 60_000),
+        "gone_style": ("codes", "docs_table", "v2026"),
+        "throttle_form": ("epoch", "plain"),
+    }
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {list(allowed)}, not {getattr(self, name)!r}"
+                )
+
+    def with_changes(self, **changes: Any) -> BingxBehaviour:
+        unknown = sorted(set(changes) - set(self.CHOICES))
+        if unknown:
+            raise ValueError(f"unknown behaviour switch: {', '.join(unknown)}")
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.CHOICES}
+
+    def describe(self) -> str:
+        """A short label: the variant's name when it is one, else the switches."""
+        for name, variant in VARIANTS.items():
+            if variant == self:
+                return name
+        return ",".join(f"{k}={v}" for k, v in self.to_json().items())
+
+
+VARIANTS: dict[str, BingxBehaviour] = {
+    # Every open question answered the hardest way for a kill.
+    "strictest": BingxBehaviour(
+        cancel_all_covers_oco=False,
+        leg_id_cancels_list=False,
+        oco_list_shape="ocoOrders",
+        limits="strict",
+        heartbeat="text",
+        client_id_field="none",
+        recv_window_max_ms=5000,
+        gone_style="docs_table",
+        throttle_form="plain",
+    ),
+    # Every open question answered the easiest way.
+    "most_permissive": BingxBehaviour(
+        cancel_all_covers_oco=True,
+        leg_id_cancels_list=True,
+        oco_list_shape="legs",
+        limits="docs_v3",
+        heartbeat="json",
+        client_id_field="C",
+        recv_window_max_ms=60_000,
+        gone_style="codes",
+        throttle_form="epoch",
+    ),
+}
+
+
+def behaviour_of(variant: str | None = None, **switches: Any) -> BingxBehaviour:
+    """A named variant (or the default), with single switches changed."""
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, not {variant!r}")
+    base = VARIANTS[variant] if variant is not None else BingxBehaviour()
+    return base.with_changes(**{k: v for k, v in switches.items() if v is not None})
 
 
 class BxError(Exception):
@@ -155,6 +264,7 @@ class _Stream:
     queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     topics: set[str] = field(default_factory=set)
     unanswered: dict[str, float] = field(default_factory=dict)
+    text_pings: int = 0
 
 
 @dataclass(slots=True)
@@ -180,21 +290,45 @@ class BingxSim(SimVenue):
         self,
         settings: VenueSettings,
         *,
-        cancel_all_covers_oco: bool = False,
-        gone_style: str = "codes",
+        variant: str | None = None,
+        cancel_all_covers_oco: bool | None = None,
+        leg_id_cancels_list: bool | None = None,
+        oco_list_shape: str | None = None,
+        limits: str | None = None,
+        heartbeat: str | None = None,
+        client_id_field: str | None = None,
+        recv_window_max_ms: int | None = None,
+        gone_style: str | None = None,
+        throttle_form: str | None = None,
         listen_key_ttl_s: float = 3600.0,
         max_missed_pongs: int = 3,
-        rate_limit_penalty_s: float = 300.0,
+        rate_limit_penalty_s: float = 1.0,
+        error_lock_count: int = 20,
+        error_lock_window_s: float = 480.0,
         dead_mans_switch_time_scale: float = 1.0,
         dead_mans_switch_batch: int = 200,
     ) -> None:
-        if gone_style not in ("codes", "docs_table"):
-            raise ValueError(f"gone_style must be 'codes' or 'docs_table', not {gone_style!r}")
-        self.cancel_all_covers_oco = cancel_all_covers_oco
-        self.gone_style = gone_style
+        self.behaviour = behaviour_of(
+            variant,
+            cancel_all_covers_oco=cancel_all_covers_oco,
+            leg_id_cancels_list=leg_id_cancels_list,
+            oco_list_shape=oco_list_shape,
+            limits=limits,
+            heartbeat=heartbeat,
+            client_id_field=client_id_field,
+            recv_window_max_ms=recv_window_max_ms,
+            gone_style=gone_style,
+            throttle_form=throttle_form,
+        )
         self.listen_key_ttl_s = listen_key_ttl_s
         self.max_missed_pongs = max_missed_pongs
+        # A 100410's disabled period: until its window ends, plus this long.
         self.rate_limit_penalty_s = rate_limit_penalty_s
+        self.error_lock_count = error_lock_count
+        self.error_lock_window_s = error_lock_window_s
+        # (account, path, code) -> times (monotonic) of error answers; (account, path) -> end
+        self._errors: dict[tuple[str, str, int], deque[float]] = {}
+        self._locks: dict[tuple[str, str], tuple[float, int]] = {}
         self.dms_time_scale = dead_mans_switch_time_scale
         self.dms_batch = max(1, dead_mans_switch_batch)
         # One id sequence for the venue: ids are unique across accounts and above 2**53, so a
@@ -224,8 +358,44 @@ class BingxSim(SimVenue):
             now_ms=self.now_ms,
         )
 
+    # -- behaviour switches ------------------------------------------------------------------
+    @property
+    def cancel_all_covers_oco(self) -> bool:
+        return self.behaviour.cancel_all_covers_oco
+
+    @property
+    def gone_style(self) -> str:
+        return self.behaviour.gone_style
+
+    def set_behaviour(self, behaviour: BingxBehaviour) -> None:
+        """Answer the open questions another way from now on (limits start afresh)."""
+        limits_changed = behaviour.limits != self.behaviour.limits
+        self.behaviour = behaviour
+        if limits_changed:
+            self._windows.clear()
+            self._window_account.clear()
+            self._bucket_cache.clear()
+
+    async def _admin_behaviour(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            try:
+                data = orjson.loads(await request.read() or b"{}")
+            except orjson.JSONDecodeError as exc:
+                return json_response({"error": f"body is not JSON: {exc}"}, status=400)
+            if not isinstance(data, dict):
+                return json_response({"error": "body must be a JSON object"}, status=400)
+            try:
+                variant = data.pop("variant", None)
+                base = self.behaviour if variant is None else behaviour_of(str(variant))
+                self.set_behaviour(base.with_changes(**data))
+            except (ValueError, TypeError) as exc:
+                return json_response({"error": str(exc)}, status=400)
+        return json_response({"variant": self.behaviour.describe(), **self.behaviour.to_json()})
+
     def add_routes(self, app: web.Application) -> None:
         r = app.router
+        r.add_get("/_sim/behaviour", self._admin_behaviour)
+        r.add_post("/_sim/behaviour", self._admin_behaviour)
         signed: list[tuple[str, str, Callable[[SimAccount, dict[str, str]], Any]]] = [
             ("POST", f"{SPOT}/trade/order", self._place_order),
             ("POST", f"{SPOT}/trade/cancel", self._cancel),
@@ -256,11 +426,11 @@ class BingxSim(SimVenue):
         return f"{key} {request.path}" if request.path in ENDPOINT_LIMITS else key
 
     def weight(self, request: web.Request, account: SimAccount | None) -> list[tuple[str, int]]:
-        # The venue counts its IP groups per IP; loopback clients share one IP, so the sim keys
-        # them by API key like the base does for bans.
+        # The venue counts UID limits per account and IP limits per IP: every account behind
+        # one IP shares them (on loopback, every client of the sim).
         if request.path not in ENDPOINT_LIMITS:
             return []
-        client = request.headers.get(self.key_header) or (request.remote or "?")
+        client = request.remote or "?"
         cache_key = (client, account.name if account else None, request.path)
         buckets = self._bucket_cache.get(cache_key)
         if buckets is None:
@@ -274,11 +444,16 @@ class BingxSim(SimVenue):
         if limits is None:
             return []
         per_uid, group = limits
+        strict = self.behaviour.limits == "strict"
+        if not strict and per_uid is not None:
+            per_uid = DOCS_V3_UID.get(path, 10)
+        per_ip = IP_PER_API_STRICT if strict and path not in IP_RELAXED else IP_PER_API_DOCS_V3
+        ip_limit, ip_window = per_ip[group]
         buckets: list[tuple[str, int]] = []
         name = account.name if account is not None else None
         if per_uid is not None and account is not None:
             buckets.append(self._bucket(f"uid {account.name} {path}", per_uid, 1.0, name))
-        buckets.append(self._bucket(f"ip {client} {path}", IP_GROUP_PER_API[group], 10.0, name))
+        buckets.append(self._bucket(f"ip {client} {path}", ip_limit, ip_window, name))
         buckets.append(self._bucket(f"group{group} {client}", IP_GROUP_TOTAL[group], 10.0, name))
         return buckets
 
@@ -297,26 +472,72 @@ class BingxSim(SimVenue):
         return self.now_ms(self._window_account.get(bucket)) / 1000.0
 
     def spend(self, bucket: str, weight: int, now: float) -> Verdict:
-        verdict = self._windows[bucket].spend(weight, self._window_clock(bucket))
+        window = self._windows[bucket]
+        clock = self._window_clock(bucket)
+        verdict = window.spend(weight, clock)
         if not verdict.ok:
-            verdict.retry_after_s = max(1, math.ceil(self.rate_limit_penalty_s))
+            # Disabled until the window ends, and a little more (§3.5: seconds, not minutes).
+            verdict.retry_after_s = max(
+                1, math.ceil(window.reset_in_s(clock) + self.rate_limit_penalty_s)
+            )
+            path = bucket.rsplit(" ", 1)[-1] if not bucket.startswith("group") else bucket
+            self.counters[f"100410 earned {path}"] += 1
         return verdict
 
     def throttled(self, verdict: Verdict, request: web.Request) -> web.Response:
-        until_ms = int(time.time() * 1000) + verdict.retry_after_s * 1000
+        """A 100410 (429) or a ban (418), in one of BingX's forms: never a Retry-After."""
+        account = self.account_for_key(request.headers.get(self.key_header))
+        now_ms = self.now_ms(account.name if account else None)
+        until_ms = now_ms + verdict.retry_after_s * 1000
         if verdict.banned:
             msg = (
                 "your IP has been banned for continuing to send requests after receiving 429, "
                 f"it will be unblocked after {until_ms}"
             )
-            status = 418
+            self.counters[f"418 {request.path}"] += 1
+            return error_response(100410, msg, 418)
+        self.counters["bingx 100410"] += 1
+        if self.behaviour.throttle_form == "plain":
+            msg = "rate limited"
         else:
             msg = (
                 "code:100410:The endpoint trigger frequency limit rule is currently in the "
                 f"disabled period and will be unblocked after {until_ms}"
             )
-            status = 429
-        return error_response(100410, msg, status, **{"Retry-After": str(verdict.retry_after_s)})
+        return error_response(100410, msg, 429)
+
+    # -- the error-count lock ----------------------------------------------------------------
+    def _locked(self, account: str, path: str) -> web.Response | None:
+        lock = self._locks.get((account, path))
+        if lock is None:
+            return None
+        until, code = lock
+        now = time.monotonic()
+        if now >= until:
+            del self._locks[(account, path)]
+            return None
+        self.counters[f"100410 lock {path}"] += 1
+        self.counters["bingx 100410"] += 1
+        epoch = self.now_ms(account) + int((until - now) * 1000)
+        return error_response(
+            100410,
+            f"over {self.error_lock_count} error code:{code} requests within "
+            f"{int(self.error_lock_window_s * 1000)} ms for this api, please verify and fix it "
+            f",can retry after time: {epoch}",
+            429,
+        )
+
+    def _count_error(self, account: str, path: str, code: int) -> None:
+        if code == 100410:
+            return
+        now = time.monotonic()
+        errors = self._errors.setdefault((account, path, code), deque())
+        errors.append(now)
+        while errors and errors[0] <= now - self.error_lock_window_s:
+            errors.popleft()
+        if len(errors) > self.error_lock_count:
+            self._locks[(account, path)] = (errors[0] + self.error_lock_window_s, code)
+            self.counters[f"error locks {path}"] += 1
 
     def server_error(self, status: int, request: web.Request) -> web.Response:
         if status == 504:
@@ -339,6 +560,8 @@ class BingxSim(SimVenue):
 
     def reset_limits(self) -> None:
         super().reset_limits()
+        self._errors.clear()
+        self._locks.clear()
         self._windows.clear()
         self._window_account.clear()
         self._bucket_cache.clear()
@@ -379,12 +602,18 @@ class BingxSim(SimVenue):
         self, handler: Callable[[SimAccount, dict[str, str]], Any]
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def route(request: web.Request) -> web.StreamResponse:
+            account: SimAccount | None = None
             try:
                 account, params = await self._authenticate(request)
+                locked = self._locked(account.name, request.path)
+                if locked is not None:
+                    return locked
                 result = handler(account, params)
                 if asyncio.iscoroutine(result):
                     result = await result
             except BxError as exc:
+                if account is not None:
+                    self._count_error(account.name, request.path, exc.code)
                 return error_response(exc.code, exc.msg, exc.status)
             return envelope(result)
 
@@ -444,6 +673,12 @@ class BingxSim(SimVenue):
                 window = float(params["recvWindow"]) or 5000.0
             except ValueError:
                 raise BxError(100400, "recvWindow is invalid") from None
+            if window > self.behaviour.recv_window_max_ms:
+                raise BxError(
+                    100400,
+                    f"Invalid parameter recvWindow: must not exceed "
+                    f"{self.behaviour.recv_window_max_ms} ms",
+                )
         # [BX-DOC]: the timestamp must be within 5 s of server time, or within recvWindow.
         if abs(self.now_ms(account.name) - int(raw)) > window:
             self.counters["timestamp_failures"] += 1
@@ -495,6 +730,24 @@ class BingxSim(SimVenue):
             "status": self.status_of(order),
         }
 
+    def oco_list_json(self, order_list: Any, book: SimBook) -> dict[str, Any]:
+        """One open OCO list as BingX's 2026 reference shows `oco/openOrderList` items."""
+        legs = [book.get(oid, order_list.symbol) for oid in order_list.order_ids]
+        return {
+            "orderListId": order_list.list_id,
+            "contingencyType": "OCO",
+            "listStatusType": "EXEC_STARTED",
+            "listOrderStatus": "EXECUTING",
+            "listClientOrderId": order_list.list_client_order_id,
+            "transactionTime": min((o.time_ms for o in legs if o is not None), default=0),
+            "symbol": order_list.symbol,
+            "orders": [
+                {"orderId": o.order_id, "clientOrderId": o.client_order_id}
+                for o in legs
+                if o is not None
+            ],
+        }
+
     def execution_report(self, event: BookEvent) -> dict[str, Any] | None:
         """`spot.executionReport` data for a book change, or None for list-only changes."""
         order = event.order
@@ -518,7 +771,6 @@ class BingxSim(SimVenue):
             "x": exec_type,
             "X": self.status_of(order),
             "i": int(order.order_id),
-            "C": order.client_order_id,
             "l": float(event.last_qty),
             "z": float(order.executed_qty),
             "L": float(event.last_price),
@@ -531,7 +783,12 @@ class BingxSim(SimVenue):
             "Y": float(last_quote),
             "Q": 0,
             "m": exec_type == "TRADE",
+            **self._client_id_field(order),
         }
+
+    def _client_id_field(self, order: SimOrder) -> dict[str, str]:
+        field_name = self.behaviour.client_id_field
+        return {} if field_name == "none" else {field_name: order.client_order_id}
 
     # -- lookups ---------------------------------------------------------------------------
     @staticmethod
@@ -558,6 +815,10 @@ class BingxSim(SimVenue):
 
     def _not_open(self, order: SimOrder | None) -> BxError:
         """The refusal for cancelling an order that is unknown or no longer open."""
+        if self.gone_style == "v2026":
+            return BxError(
+                100404, "Order does not exist. The order may have been filled or cancelled."
+            )
         if self.gone_style == "docs_table":
             if order is None:
                 return BxError(100421, "cancel fail, order not exist")
@@ -569,6 +830,14 @@ class BingxSim(SimVenue):
         if order is not None and order.status == "FILLED":
             return BxError(80018, "order already filled")
         return BxError(80016, "order not exist")
+
+    def _refuses_leg(self, book: SimBook, order: SimOrder) -> bool:
+        """With `leg_id_cancels_list` off, a leg of an open OCO is "not exist" to cancel by id."""
+        return (
+            not self.behaviour.leg_id_cancels_list
+            and order.list_id is not None
+            and order.list_id in book.lists
+        )
 
     @staticmethod
     def _fail_text(order: SimOrder | None) -> str:
@@ -630,6 +899,8 @@ class BingxSim(SimVenue):
         order = self._find(book, p.get("orderId"), p.get("clientOrderID"))
         if order is None or order.symbol != symbol or not order.is_open:
             raise self._not_open(order if order is not None and order.symbol == symbol else None)
+        if self._refuses_leg(book, order):
+            raise self._not_open(None)
         if restriction is not None and self.status_of(order) != restriction:
             raise BxError(
                 100400,
@@ -658,6 +929,8 @@ class BingxSim(SimVenue):
             if order is None or order.symbol != symbol or not order.is_open:
                 shown = order if order is not None and order.symbol == symbol else None
                 fails.append({"orderId": ident, "error": self._fail_text(shown)})
+            elif self._refuses_leg(book, order):
+                fails.append({"orderId": ident, "error": self._fail_text(None)})
             else:
                 valid.append(order)
         if fails and process == "0":
@@ -780,7 +1053,7 @@ class BingxSim(SimVenue):
         book.cancel_list(order.list_id)
         return {"orderId": order.order_id, "clientOrderId": order.client_order_id}
 
-    def _oco_open_order_list(self, account: SimAccount, p: dict[str, str]) -> list[Any]:
+    def _oco_open_order_list(self, account: SimAccount, p: dict[str, str]) -> Any:
         self._required(p, "pageIndex", "pageSize")
         try:
             page, size = int(p["pageIndex"]), int(p["pageSize"])
@@ -789,13 +1062,17 @@ class BingxSim(SimVenue):
         if page < 1 or size < 1:
             raise BxError(100400, "pageIndex and pageSize must be > 0")
         book = self.book(account)
+        start = (page - 1) * size
+        if self.behaviour.oco_list_shape == "ocoOrders":
+            # BingX's 2026 reference: a page of lists, each with its legs' ids.
+            lists = book.open_lists()[start : start + size]
+            return {"ocoOrders": [self.oco_list_json(lst, book) for lst in lists]}
         legs = [
             book.orders[oid]
             for order_list in book.open_lists()
             for oid in order_list.order_ids
             if oid in book.orders
         ]
-        start = (page - 1) * size
         return [self.oco_leg_json(o, book) for o in legs[start : start + size]]
 
     def _oco_order_list(self, account: SimAccount, p: dict[str, str]) -> list[Any]:
@@ -983,6 +1260,11 @@ class BingxSim(SimVenue):
         return ws
 
     async def _on_client_text(self, stream: _Stream, text: str) -> None:
+        if text.strip() == "Pong":
+            if stream.text_pings > 0:
+                stream.text_pings -= 1
+                self.counters["stream pongs"] += 1
+            return
         try:
             msg = orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -1033,10 +1315,14 @@ class BingxSim(SimVenue):
                 self._expire_key(stream.listen_key)
                 await self._close(stream, 1000, "listenKey expired")
                 return
-            if len(stream.unanswered) >= self.max_missed_pongs:
+            if len(stream.unanswered) + stream.text_pings >= self.max_missed_pongs:
                 self.counters["streams dropped for missed pongs"] += 1
                 await self._close(stream, 1000, "pong timeout")
                 return
+            if self.behaviour.heartbeat == "text":
+                stream.text_pings += 1
+                stream.queue.put_nowait(gzip.compress(b"Ping", compresslevel=1, mtime=0))
+                continue
             ping_id = str(uuid.uuid4())
             stream.unanswered[ping_id] = time.monotonic()
             when = datetime.now(CHINA_TZ).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0800"
