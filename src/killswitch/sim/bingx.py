@@ -329,6 +329,8 @@ class BingxSim(SimVenue):
         # (account, path, code) -> times (monotonic) of error answers; (account, path) -> end
         self._errors: dict[tuple[str, str, int], deque[float]] = {}
         self._locks: dict[tuple[str, str], tuple[float, int]] = {}
+        # path -> `data` to answer every signed request on it with, instead of the handler.
+        self.canned_data: dict[str, Any] = {}
         self.dms_time_scale = dead_mans_switch_time_scale
         self.dms_batch = max(1, dead_mans_switch_batch)
         # One id sequence for the venue: ids are unique across accounts and above 2**53, so a
@@ -608,6 +610,9 @@ class BingxSim(SimVenue):
                 locked = self._locked(account.name, request.path)
                 if locked is not None:
                     return locked
+                if request.path in self.canned_data:
+                    # A test's stand-in answer (an unknown shape, a malformed row).
+                    return envelope(self.canned_data[request.path])
                 result = handler(account, params)
                 if asyncio.iscoroutine(result):
                     result = await result
