@@ -597,13 +597,15 @@ def _glued(line: bytes, state: JournalState, seen_limit: int) -> dict[str, objec
 def _snapshot(
     state: JournalState, now_ms: int, *, first: Sequence[tuple[str, dict[str, object]]] = ()
 ) -> list[dict[str, object]]:
-    """The records that rebuild `state`; `first` right after the ids and the last reset (so no
-    reset of the past can release them)."""
+    """The records that rebuild `state`; `first` after the ids, the last reset and the last
+    kill, which are replayed for their record alone: they release or finish nothing after them."""
     records: list[dict[str, object]] = []
     if state.seen:
         records.append({"kind": "seen", "ts_ms": now_ms, "ids": list(state.seen)})
     if state.last_reset is not None:
         records.append(state.last_reset)
+    if state.last_kill is not None:
+        records.append(state.last_kill)
     records += [{"kind": k, "ts_ms": now_ms, **f} for k, f in first]
     for trigger_id, trigger in state.triggers.items():
         record: dict[str, object] = {
@@ -618,8 +620,6 @@ def _snapshot(
         records.append(
             {"kind": "latch", "ts_ms": now_ms, "trigger_id": trigger_id, "scope": scope.to_json()}
         )
-    if state.last_kill is not None:
-        records.append(state.last_kill)
     return records
 
 
