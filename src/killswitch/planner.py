@@ -13,6 +13,21 @@ Rules, in the order they are tried:
 
 Where a venue's cancel-all does not cover order lists, every list in scope is cancelled
 explicitly as well. A symbol-scoped kill never uses a cancel-all without a symbol.
+
+Where the connector says what each request kind costs and what it has learned
+(`PathCapabilities`, BingX), plans are chosen by their time under the limits, not by request
+count:
+
+* account-wide: one cancel-all without symbol while anything it covers may be open; OCO lists
+  by their legs' ids in batches (one batch cancel takes many ids, at the same 2/s as one
+  `oco/cancel`), or list by list once the account has shown that leg ids are refused. While it
+  is unknown whether the cancel-all covers lists, lists wait for the read after it (that read
+  is what teaches the connector the answer): sending both at once would cost a list request
+  per list on a venue where the cancel-all alone would do;
+* symbol-scoped and by prefix: each symbol goes to the request kind (cancel-all of the symbol,
+  batch by ids, single cancels) that keeps the longest queue shortest; each kind has its own
+  budget on the venue, so they run side by side. A symbol whose orders may not all be known
+  (no snapshot yet, or an incomplete one) is always cancelled whole.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from killswitch.exchanges.base import Capabilities
+from killswitch.exchanges.paths import PathCapabilities
 from killswitch.model import Order, OrderList, Scope, Snapshot
 
 
@@ -82,9 +98,219 @@ def plan(
     orders = _unique_orders(o for s in sources for o in s.orders)
     lists = _unique_lists(lst for s in sources for lst in s.lists)
     sent = list(already)
+    if isinstance(capabilities, PathCapabilities) and capabilities.rates:
+        view = _View(
+            first_look=snapshot is None,
+            complete=snapshot is not None and snapshot.complete,
+        )
+        if scope.client_order_id_prefix is not None:
+            return _timed_by_id(scope, orders, lists, capabilities, sent)
+        return _timed_by_symbol(scope, orders, lists, configured_symbols, capabilities, sent, view)
     if scope.client_order_id_prefix is not None:
         return _plan_by_id(scope, orders, lists, capabilities, sent)
     return _plan_by_symbol(scope, orders, lists, configured_symbols, capabilities, sent)
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What the planner is looking at: the tracker alone (`first_look`, before any read), or
+    a venue snapshot, which may be `complete` or cut short."""
+
+    first_look: bool
+    complete: bool
+
+
+def _timed_by_symbol(
+    scope: Scope,
+    orders: Sequence[Order],
+    lists: Sequence[OrderList],
+    configured_symbols: Iterable[str],
+    caps: PathCapabilities,
+    sent: Sequence[CancelRequest],
+    view: _View,
+) -> list[CancelRequest]:
+    account_wide_sent = any(r.kind is RequestKind.CANCEL_ALL_ACCOUNT for r in sent)
+    in_scope_lists = [lst for lst in lists if scope.covers_list(lst)]
+    list_ids = {lst.list_id for lst in in_scope_lists}
+    plain = [
+        o
+        for o in orders
+        if scope.covers_order(o) and (o.list_id is None or o.list_id not in list_ids)
+    ]
+    coverage = caps.lists_coverage if caps.has_order_lists else True
+    requests: list[CancelRequest] = []
+    lists_by_cancel_all = False
+    if not scope.symbols and caps.cancel_all_without_symbol:
+        # Anything the cancel-all covers may still be open: not yet read, read short, seen.
+        wanted = view.first_look or not view.complete or bool(plain)
+        wanted = wanted or (bool(in_scope_lists) and coverage is True)
+        if wanted and not account_wide_sent:
+            requests.append(CancelRequest(RequestKind.CANCEL_ALL_ACCOUNT))
+        lists_by_cancel_all = coverage is True and (wanted or account_wide_sent)
+        # Coverage unknown: the read after the cancel-all answers it; until then lists wait.
+        waiting = coverage is None and (view.first_look or account_wide_sent)
+        if in_scope_lists and not lists_by_cancel_all and not waiting:
+            requests.extend(_list_requests(in_scope_lists, caps, sent))
+        return requests
+    covered = {s for r in sent if r.kind is RequestKind.CANCEL_ALL for s in r.symbols}
+    ids_sent = {i for r in sent for i in r.order_ids}
+    known = {o.symbol for o in orders} | {lst.symbol for lst in lists}
+    known.update(configured_symbols)
+    by_symbol: dict[str, list[str]] = {}
+    for order in plain:
+        if order.order_id not in ids_sent:
+            by_symbol.setdefault(order.symbol, []).append(order.order_id)
+    unknown_possible = view.first_look or not view.complete
+    symbols = sorted(
+        s
+        for s in known
+        if s
+        and scope.covers_symbol(s)
+        and s not in covered
+        and (s in by_symbol or unknown_possible)
+    )
+    must_whole = {s for s in symbols if unknown_possible and s not in by_symbol}
+    requests.extend(_assign(symbols, by_symbol, must_whole, caps))
+    whole = {s for r in requests if r.kind is RequestKind.CANCEL_ALL for s in r.symbols} | covered
+    if in_scope_lists:
+        rest = [lst for lst in in_scope_lists if not (coverage is True and lst.symbol in whole)]
+        requests.extend(_list_requests(rest, caps, sent))
+    return requests
+
+
+def _timed_by_id(
+    scope: Scope,
+    orders: Sequence[Order],
+    lists: Sequence[OrderList],
+    caps: PathCapabilities,
+    sent: Sequence[CancelRequest],
+) -> list[CancelRequest]:
+    in_scope_lists = [lst for lst in lists if caps.has_order_lists and scope.covers_list(lst)]
+    list_ids = {lst.list_id for lst in in_scope_lists}
+    ids_sent = {i for r in sent for i in r.order_ids}
+    by_symbol: dict[str, list[str]] = {}
+    for order in orders:
+        if not scope.covers_order(order) or order.order_id in ids_sent:
+            continue
+        if order.list_id is not None and order.list_id in list_ids:
+            continue  # its list is cancelled as a whole, below
+        by_symbol.setdefault(order.symbol, []).append(order.order_id)
+    requests = _assign(sorted(by_symbol), by_symbol, set(), caps, whole_allowed=False)
+    requests.extend(_list_requests(in_scope_lists, caps, sent))
+    return requests
+
+
+def _assign(
+    symbols: Sequence[str],
+    by_symbol: dict[str, list[str]],
+    must_whole: set[str],
+    caps: PathCapabilities,
+    *,
+    whole_allowed: bool = True,
+) -> list[CancelRequest]:
+    """Give each symbol the request kind that keeps the slowest kind's queue shortest."""
+    load = {RequestKind.CANCEL_ALL: 0, RequestKind.CANCEL_ORDERS: 0, RequestKind.CANCEL_ORDER: 0}
+
+    def span(extra: RequestKind, n: int) -> float:
+        return max(
+            _kind_time(caps, kind, count + (n if kind is extra else 0))
+            for kind, count in load.items()
+        )
+
+    step = max(1, caps.batch_cancel_max)
+    out: list[CancelRequest] = []
+    busiest = sorted(symbols, key=lambda s: (-len(by_symbol.get(s, ())), s))
+    for symbol in busiest:
+        ids = sorted(by_symbol.get(symbol, ()))
+        options: list[tuple[float, int, RequestKind, int]] = []
+        if whole_allowed:
+            options.append((span(RequestKind.CANCEL_ALL, 1), 0, RequestKind.CANCEL_ALL, 1))
+        if ids and symbol not in must_whole:
+            if caps.batch_cancel_max > 1 and len(ids) > 1:
+                batches = -(-len(ids) // step)
+                options.append(
+                    (
+                        span(RequestKind.CANCEL_ORDERS, batches),
+                        1,
+                        RequestKind.CANCEL_ORDERS,
+                        batches,
+                    )
+                )
+            options.append(
+                (span(RequestKind.CANCEL_ORDER, len(ids)), 2, RequestKind.CANCEL_ORDER, len(ids))
+            )
+        if not options:
+            continue
+        _, _, kind, n = min(options)
+        load[kind] += n
+        if kind is RequestKind.CANCEL_ALL:
+            out.append(CancelRequest(RequestKind.CANCEL_ALL, (symbol,)))
+        elif kind is RequestKind.CANCEL_ORDERS:
+            out.extend(
+                CancelRequest(RequestKind.CANCEL_ORDERS, (symbol,), tuple(ids[i : i + step]))
+                for i in range(0, len(ids), step)
+            )
+        else:
+            out.extend(CancelRequest(RequestKind.CANCEL_ORDER, (symbol,), (i,)) for i in ids)
+    order = {s: i for i, s in enumerate(sorted(symbols))}
+    return sorted(out, key=lambda r: (order.get(r.symbols[0], 0), r.kind.value, r.order_ids))
+
+
+def _list_requests(
+    lists: Sequence[OrderList], caps: PathCapabilities, sent: Sequence[CancelRequest]
+) -> list[CancelRequest]:
+    """Lists by their legs' ids in batches (no error answer when one is gone already), or
+    one by one where the account showed that leg ids are refused, whichever is quicker."""
+    lists_sent = {r.list_id for r in sent if r.kind is RequestKind.CANCEL_LIST}
+    ids_sent = {i for r in sent for i in r.order_ids}
+    todo = [
+        lst
+        for lst in sorted(lists, key=lambda x: (x.symbol, x.list_id))
+        if lst.list_id not in lists_sent and not set(lst.order_ids) <= ids_sent
+    ]
+    if not todo:
+        return []
+    one_by_one = [
+        CancelRequest(RequestKind.CANCEL_LIST, symbols=(lst.symbol,), list_id=lst.list_id)
+        for lst in todo
+    ]
+    if caps.list_legs_by_batch is False or caps.batch_cancel_max < 2:
+        return one_by_one
+    step = caps.batch_cancel_max
+    legs: dict[str, list[str]] = {}
+    for lst in todo:
+        legs.setdefault(lst.symbol, []).extend(lst.order_ids)
+    batched = [
+        CancelRequest(RequestKind.CANCEL_ORDERS, (symbol,), tuple(ids[i : i + step]))
+        for symbol, ids in sorted(legs.items())
+        for i in range(0, len(ids), step)
+    ]
+    by_batch = _kind_time(caps, RequestKind.CANCEL_ORDERS, len(batched))
+    by_list = _kind_time(caps, RequestKind.CANCEL_LIST, len(one_by_one))
+    return batched if by_batch <= by_list else one_by_one
+
+
+def _kind_time(caps: PathCapabilities, kind: RequestKind, n: int) -> float:
+    rate = caps.rate(kind.value)
+    if rate is None:
+        return float(n)
+    return rate.time_s(n)
+
+
+def plan_time_s(requests: Sequence[CancelRequest], caps: Capabilities) -> float:
+    """How long `requests` take to send under the connector's budgets (kinds in parallel);
+    0 for a venue whose connector does not say."""
+    if not isinstance(caps, PathCapabilities):
+        return 0.0
+    counts: dict[RequestKind, int] = {}
+    for request in requests:
+        counts[request.kind] = counts.get(request.kind, 0) + 1
+    merged = {k: v for k, v in counts.items() if k is not RequestKind.CANCEL_ALL_ACCOUNT}
+    if RequestKind.CANCEL_ALL_ACCOUNT in counts:  # the same endpoint as per-symbol cancel-all
+        merged[RequestKind.CANCEL_ALL] = (
+            merged.get(RequestKind.CANCEL_ALL, 0) + counts[RequestKind.CANCEL_ALL_ACCOUNT]
+        )
+    return max((_kind_time(caps, k, n) for k, n in merged.items()), default=0.0)
 
 
 def _plan_by_symbol(

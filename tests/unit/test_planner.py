@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from killswitch.exchanges.base import Capabilities
+from killswitch.exchanges.bingx import CAPABILITIES as BINGX_CONNECTOR_CAPS
+from killswitch.exchanges.paths import PathCapabilities
 from killswitch.model import Order, OrderList, Scope, Snapshot
-from killswitch.planner import CancelRequest, RequestKind, plan
+from killswitch.planner import CancelRequest, RequestKind, plan, plan_time_s
 from tests.fakes import BINANCE_CAPS, BINGX_CAPS, MEXC_CAPS
 
 
@@ -117,7 +122,7 @@ symbols_st = st.sampled_from(["AUSDT", "BUSDT", "CUSDT", "DUSDT", "EUSDT", "FUSD
 orders_st = st.lists(
     st.tuples(symbols_st, st.sampled_from(["s7-", "s8-", ""])), min_size=0, max_size=40
 )
-caps_st = st.sampled_from([BINANCE_CAPS, MEXC_CAPS, BINGX_CAPS])
+caps_st = st.sampled_from([BINANCE_CAPS, MEXC_CAPS, BINGX_CAPS, BINGX_CONNECTOR_CAPS])
 
 
 @given(orders_st, caps_st, st.sampled_from([None, "s7-"]), st.sets(symbols_st, max_size=2))
@@ -142,3 +147,123 @@ def test_every_order_in_scope_is_covered_and_none_outside_it(
             assert r.kind is not RequestKind.CANCEL_ALL_ACCOUNT
         if r.kind is RequestKind.CANCEL_ORDERS:
             assert len(r.order_ids) <= caps.batch_cancel_max
+
+
+# -- BingX: plans chosen by their time under the limits, from what the account taught us ----
+
+BX = BINGX_CONNECTOR_CAPS
+
+
+def bx_caps(coverage: bool | None = None, legs: bool | None = None) -> PathCapabilities:
+    return replace(
+        BX,
+        lists_coverage=coverage,
+        cancel_all_covers_lists=coverage is True,
+        list_legs_by_batch=legs,
+    )
+
+
+def ocos(n: int, symbol: str = "ETH-USDT") -> tuple[list[Order], tuple[OrderList, ...]]:
+    legs: list[Order] = []
+    lists: list[OrderList] = []
+    for i in range(n):
+        a, b = f"{i}1", f"{i}2"
+        legs += [order(symbol, a, list_id=f"L{i}"), order(symbol, b, list_id=f"L{i}")]
+        lists.append(OrderList(symbol, f"L{i}", "", (a, b), ("", "")))
+    return legs, tuple(lists)
+
+
+def kinds(requests: list[CancelRequest]) -> Counter[RequestKind]:
+    return Counter(r.kind for r in requests)
+
+
+def test_bingx_first_look_sends_the_account_cancel_all_and_lets_lists_wait_while_unknown() -> None:
+    legs, lists = ocos(3)
+    tracked = snap(order("BTC-USDT", "1"), *legs, lists=lists)
+    assert plan(EVERYTHING, tracked, None, (), bx_caps()) == [
+        CancelRequest(RequestKind.CANCEL_ALL_ACCOUNT)
+    ]
+
+
+def test_bingx_lists_left_after_the_cancel_all_go_by_leg_batches_not_one_by_one() -> None:
+    legs, lists = ocos(30)
+    requests = plan(EVERYTHING, None, snap(*legs, lists=lists), (), bx_caps(coverage=False))
+    assert kinds(requests) == Counter({RequestKind.CANCEL_ORDERS: 6})  # 60 legs, 10 a batch
+    assert sorted(i for r in requests for i in r.order_ids) == sorted(o.order_id for o in legs)
+    slow = [CancelRequest(RequestKind.CANCEL_LIST, ("ETH-USDT",), list_id=x.list_id) for x in lists]
+    assert plan_time_s(requests, BX) < plan_time_s(slow, BX)
+
+
+def test_bingx_lists_go_one_by_one_once_leg_ids_were_refused() -> None:
+    legs, lists = ocos(4)
+    requests = plan(EVERYTHING, None, snap(*legs, lists=lists), (), bx_caps(False, legs=False))
+    assert kinds(requests) == Counter({RequestKind.CANCEL_LIST: 4})
+
+
+def test_bingx_a_cancel_all_that_covers_lists_is_all_a_known_account_needs() -> None:
+    legs, lists = ocos(5)
+    tracked = snap(order("BTC-USDT", "1"), *legs, lists=lists)
+    assert plan(EVERYTHING, tracked, None, (), bx_caps(coverage=True)) == [
+        CancelRequest(RequestKind.CANCEL_ALL_ACCOUNT)
+    ]
+    verify = snap(*legs, lists=lists)
+    assert plan(EVERYTHING, None, verify, (), bx_caps(coverage=True)) == [
+        CancelRequest(RequestKind.CANCEL_ALL_ACCOUNT)
+    ]
+
+
+def test_bingx_learned_lists_go_with_the_cancel_all_at_first_look() -> None:
+    legs, lists = ocos(2)
+    tracked = snap(*legs, lists=lists)
+    requests = plan(EVERYTHING, tracked, None, (), bx_caps(coverage=False, legs=True))
+    assert kinds(requests) == Counter(
+        {RequestKind.CANCEL_ALL_ACCOUNT: 1, RequestKind.CANCEL_ORDERS: 1}
+    )
+
+
+def test_bingx_an_incomplete_snapshot_showing_nothing_still_gets_the_cancel_all() -> None:
+    incomplete = Snapshot(complete=False)
+    assert plan(EVERYTHING, None, incomplete, (), bx_caps()) == [
+        CancelRequest(RequestKind.CANCEL_ALL_ACCOUNT)
+    ]
+    assert plan(EVERYTHING, None, Snapshot(), (), bx_caps()) == []
+
+
+def test_bingx_symbol_scope_mixes_request_kinds_to_finish_sooner_than_cancel_all_each() -> None:
+    symbols = [f"S{i}-USDT" for i in range(8)]
+    venue = snap(*(order(s, f"{s}-{j}") for s in symbols for j in range(3)))
+    scope = Scope.of(symbols=symbols)
+    requests = plan(scope, None, venue, (), BX)
+    each = [CancelRequest(RequestKind.CANCEL_ALL, (s,)) for s in symbols]
+    assert plan_time_s(requests, BX) < plan_time_s(each, BX)
+    assert len(kinds(requests)) >= 2
+    covered = {i for r in requests for i in r.order_ids} | {
+        o.order_id
+        for o in venue.orders
+        if any(o.symbol in r.symbols for r in requests if r.kind is RequestKind.CANCEL_ALL)
+    }
+    assert covered == {o.order_id for o in venue.orders}
+
+
+def test_bingx_a_symbol_whose_orders_are_not_known_is_cancelled_whole() -> None:
+    scope = Scope.of(symbols=["ETH-USDT", "BTC-USDT"])
+    tracked = snap(order("BTC-USDT", "1"))
+    requests = plan(scope, tracked, None, ["ETH-USDT"], BX)
+    assert CancelRequest(RequestKind.CANCEL_ALL, ("ETH-USDT",)) in requests
+    # A complete snapshot that shows nothing on a configured symbol costs it nothing.
+    assert plan(scope, None, snap(order("BTC-USDT", "1")), ["ETH-USDT"], BX) == [
+        CancelRequest(RequestKind.CANCEL_ALL, ("BTC-USDT",))
+    ]
+
+
+def test_bingx_prefix_scope_cancels_matching_lists_by_their_leg_ids() -> None:
+    legs, lists = ocos(2)
+    tagged = tuple(replace(x, list_client_order_id="strat7-L") for x in lists)
+    venue = snap(
+        order("ETH-USDT", "9", "strat7-a"), order("ETH-USDT", "8", "other"), *legs, lists=tagged
+    )
+    requests = plan(Scope.of(client_order_id_prefix="strat7-"), None, venue, (), BX)
+    ids = {i for r in requests for i in r.order_ids}
+    assert ids == {"9"} | {o.order_id for o in legs}
+    assert "8" not in ids
+    assert RequestKind.CANCEL_LIST not in kinds(requests)
