@@ -483,3 +483,52 @@ def test_a_torn_last_record_reads_back_as_everything_before_it(tmp_path: Path) -
         journal.close()
         assert (list(state.seen), state.unreadable) == (["a"], None), cut
         assert path.read_bytes() == whole[:start], cut
+
+
+def test_a_journal_from_before_failed_appends_were_cut_fails_safe_and_keeps_the_retried_record(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.record_trigger(trigger("a"))
+    journal.record_trigger(trigger("b", symbols=["BTCUSDT"]))
+    journal.close()
+    first, retried = path.read_bytes().splitlines(keepends=True)
+    # what the old code left: half of a failed append, the retry glued to it, then more
+    path.write_bytes(first + retried[:40] + retried)
+
+    state = Journal(path).open()
+    assert state.unreadable is not None
+    assert state.latches["b"] == Scope.of(symbols=["BTCUSDT"])
+    assert len(state.failsafe_latches) == 1
+
+
+@pytest.mark.parametrize(
+    ("last", "torn"),
+    [
+        (
+            b'{"kind":"latch","trigger_id":"a","scope":{}}\x00\x00\x00\n',
+            True,
+        ),  # pages never written
+        (b"\x00" * 300 + b"\n", True),
+        (b'{"kind":"latch","trigger_id":"a","scope":{"venues":"binance"}}\n', False),  # damage
+        (b"hello\n", False),
+    ],
+)
+def test_an_unreadable_whole_last_line_is_torn_only_when_a_crash_could_have_left_it(
+    tmp_path: Path, last: bytes, torn: bool
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.record_trigger(trigger("k", Mode.CANCEL))
+    journal.close()
+    with path.open("ab") as f:
+        f.write(last)
+
+    state = Journal(path).open()
+    assert state.torn_tail is torn
+    assert (state.unreadable is None) is torn
+    assert bool(state.failsafe_latches) is not torn
+    assert "k" in state.unfinished
