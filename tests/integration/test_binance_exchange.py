@@ -34,6 +34,7 @@ from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.ratelimit import BanTracker
 from tests.conftest import eventually
+from tests.fixtures.answers import answers
 from tests.fixtures.binance import BinanceVenue, binance_venue
 
 
@@ -327,6 +328,73 @@ async def test_the_kill_path_falls_back_to_rest_while_the_session_is_down(
     assert hmac_venue.sim.counters["requests DELETE /api/v3/order"] == 1
     hmac_venue.sim.faults.remove(drop.id)
     await eventually(lambda: exchange.session is not None and exchange.session.up, timeout_s=20)
+
+
+# -- answers the table does not know (issue 12 items 3, 4) ----------------------------------
+async def test_a_list_already_gone_is_already_gone_and_sent_once(hmac_venue: BinanceVenue) -> None:
+    seed(hmac_venue)
+    exchange = await hmac_venue.connect("acct0", use_ws_api=False)
+    (lst,) = hmac_venue.sim.book(hmac_venue.sim.accounts["acct0"]).open_lists()
+    await exchange.cancel_order_list("ETHUSDT", lst.list_id)
+    with pytest.raises(AlreadyGone) as caught:  # -2011 "Unknown order list sent." (was Transient)
+        await exchange.cancel_order_list("ETHUSDT", lst.list_id)
+    assert (caught.value.code, caught.value.msg) == (-2011, "Unknown order list sent.")
+    assert hmac_venue.sim.counters["requests DELETE /api/v3/orderList"] == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, {"code": -1234, "msg": "A code errors.md does not list."}),
+        (400, {"code": -2011, "msg": "Order cancel is being processed."}),  # -2011, new words
+        (404, b"<html><body>Not Found</body></html>"),
+    ],
+)
+async def test_an_answer_nobody_can_classify_is_outcome_unknown(
+    hmac_venue: BinanceVenue, status: int, body: object
+) -> None:
+    placed = await hmac_venue.place("acct0", "BTCUSDT")
+    exchange = await hmac_venue.connect("acct0", use_ws_api=False)
+    answers(hmac_venue.sim).arm("DELETE", "/api/v3/order", status, body)
+    # Re-read and decide from what the venue shows; never a blind Transient retry.
+    with pytest.raises(OutcomeUnknown) as caught:
+        await exchange.cancel_order("BTCUSDT", str(placed["orderId"]))
+    assert caught.value.http_status == status
+    assert answers(hmac_venue.sim).served == [("DELETE", "/api/v3/order", status)]
+    assert book_ids(hmac_venue) == {("BTCUSDT", str(placed["orderId"]))}  # still open
+
+
+async def test_a_403_is_a_firewall_block_to_wait_out_not_a_bad_key(
+    hmac_venue: BinanceVenue,
+) -> None:
+    placed = await hmac_venue.place("acct0", "BTCUSDT")
+    fake = FakeTime()
+    budget = RateBudget(RATE_LIMITS, clock=fake.clock, sleep=fake.sleep)
+    exchange = await hmac_venue.connect("acct0", use_ws_api=False, budget=budget)
+    answers(hmac_venue.sim).arm(
+        "DELETE",
+        "/api/v3/order",
+        403,
+        b"<html>Request blocked</html>",
+        headers={"Retry-After": "9"},
+    )
+    with pytest.raises(RateLimited) as caught:  # was Fatal: the account given up
+        await exchange.cancel_order("BTCUSDT", str(placed["orderId"]))
+    assert (caught.value.http_status, caught.value.retry_after_s) == (403, 9)
+    ack = await exchange.cancel_order("BTCUSDT", str(placed["orderId"]))
+    assert ack.cancelled == (("BTCUSDT", str(placed["orderId"])),)
+    assert sum(fake.sleeps) >= 9  # the retry waited the block out
+
+
+@pytest.mark.parametrize("path", ["/api/v3/openOrders", "/api/v3/openOrderList"])
+@pytest.mark.parametrize("shape", [{}, "", {"rows": []}, None])
+async def test_a_read_of_an_unknown_shape_is_never_nothing_open(
+    hmac_venue: BinanceVenue, path: str, shape: object
+) -> None:
+    exchange = await hmac_venue.connect("acct0", use_ws_api=False)
+    answers(hmac_venue.sim).arm("GET", path, 200, shape)
+    with pytest.raises(OutcomeUnknown):
+        await exchange.snapshot()
 
 
 # -- snapshots ------------------------------------------------------------------------------------

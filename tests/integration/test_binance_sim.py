@@ -395,7 +395,8 @@ async def test_order_lists_are_listed_and_cancelled_by_id_or_client_id(
     status, _, body = await venue.rest(
         "acct0", "DELETE", "/api/v3/orderList", {"symbol": "BTCUSDT", "listClientOrderId": "list-1"}
     )
-    assert (status, body["code"]) == (400, -2011)
+    # A list that is not open: -2011 with the list wording users report (§1.6).
+    assert (status, body) == (400, {"code": -2011, "msg": "Unknown order list sent."})
 
 
 async def test_an_oco_list_can_be_placed_over_rest(venue: BinanceVenue) -> None:

@@ -27,6 +27,7 @@ from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.mexc import MexcSim
 from tests.conftest import eventually
+from tests.fixtures.answers import answers
 from tests.fixtures.mexc import ConnectorFactory, MexcRawClient, mexc_sim
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "MXUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "LTCUSDT"]
@@ -203,12 +204,15 @@ async def test_snapshot_falls_back_to_known_symbols_when_a_symbol_is_required() 
         await exchange.start()
         sim.seed(sim.accounts["acct0"], [OrderSpec(s) for s in SYMBOLS])
         snapshot = await exchange.snapshot()
-        # LTCUSDT is in no hint, no stream event, no earlier read: the fallback cannot see it.
+        # LTCUSDT is in no hint, no stream event, no earlier read: the fallback cannot see it,
+        # so the read proves nothing flat (it said complete before).
         assert {o.symbol for o in snapshot.orders} == set(SYMBOLS[:6])
+        assert not snapshot.complete
         assert exchange.capabilities.open_orders_without_symbol is False
         assert requests(sim, "GET /api/v3/openOrders") == 3  # refused, then 5 + 1 symbols
         await exchange.snapshot()
         assert requests(sim, "GET /api/v3/openOrders") == 5  # no second attempt without symbol
+        assert (await exchange.snapshot(SYMBOLS)).complete  # every symbol asked for was read
 
 
 async def test_fallback_snapshot_covers_symbols_seen_on_the_stream(
@@ -392,6 +396,56 @@ async def test_clock_skew_is_resynced_and_the_cancel_succeeds(
     assert ack.cancelled == (("BTCUSDT", order.order_id),)
     assert sim.counters["timestamp_failures"] == 1
     assert requests(sim, "GET /api/v3/time") == 2  # start, then the resync
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, {"code": 123456, "msg": "a code MEXC never documented"}),
+        (400, {"code": -2011, "msg": "Order is being processed"}),  # -2011 in new words
+        (404, b"<html>Not Found</html>"),
+    ],
+)
+async def test_an_answer_nobody_can_classify_is_outcome_unknown_not_fatal(
+    started: tuple[MexcSim, MexcExchange], status: int, body: object
+) -> None:
+    sim, exchange = started
+    order = sim.book(sim.accounts["acct0"]).place(OrderSpec("BTCUSDT"))
+    answers(sim).arm("DELETE", "/api/v3/order", status, body)
+    with pytest.raises(OutcomeUnknown) as info:  # re-read and decide; was Fatal (given up)
+        await exchange.cancel_order("BTCUSDT", order.order_id)
+    assert info.value.http_status == status
+    assert open_ids(sim) == {order.order_id}
+    ack = await exchange.cancel_order("BTCUSDT", order.order_id)  # the account is not lost
+    assert ack.cancelled == (("BTCUSDT", order.order_id),)
+
+
+async def test_a_403_is_the_firewall_to_wait_out_not_a_bad_key(
+    started: tuple[MexcSim, MexcExchange],
+) -> None:
+    sim, exchange = started
+    order = sim.book(sim.accounts["acct0"]).place(OrderSpec("BTCUSDT"))
+    answers(sim).arm(
+        "DELETE", "/api/v3/order", 403, b"<html>blocked</html>", headers={"Retry-After": "0"}
+    )
+    with pytest.raises(RateLimited) as info:  # was Fatal
+        await exchange.cancel_order("BTCUSDT", order.order_id)
+    assert (info.value.http_status, info.value.retry_after_s) == (403, 0)
+    await exchange.cancel_order("BTCUSDT", order.order_id)
+    assert open_ids(sim) == set()
+
+
+@pytest.mark.parametrize("shape", [{}, "", {"orders": []}])
+async def test_a_read_of_an_unknown_shape_is_never_nothing_open(
+    started: tuple[MexcSim, MexcExchange], shape: object
+) -> None:
+    sim, exchange = started
+    answers(sim).arm("GET", "/api/v3/openOrders", 200, shape)
+    with pytest.raises(OutcomeUnknown):
+        await exchange.snapshot(["BTCUSDT"])
+    answers(sim).arm("GET", "/api/v3/openOrders", 200, shape)
+    with pytest.raises(OutcomeUnknown):
+        await exchange.snapshot()
 
 
 async def test_a_wrong_secret_is_fatal_and_never_shows_the_secret(

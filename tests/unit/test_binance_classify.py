@@ -18,11 +18,11 @@ from killswitch.exchanges.base import (
 from killswitch.exchanges.binance import (
     BinanceExchange,
     cancel_ack,
-    classify,
     execution_report_event,
     list_status_event,
     ws_api_url,
 )
+from killswitch.exchanges.dialect import BINANCE, classify
 from killswitch.model import ExecType
 
 
@@ -33,7 +33,12 @@ from killswitch.model import ExecType
         (400, -2011, "Order was not canceled due to cancel restrictions.", Fatal),
         (400, -2011, "This account may not place or cancel orders.", Fatal),
         (400, -2011, "Market is closed.", Transient),
-        (400, -2011, "Something new from Binance.", Transient),
+        # Not in errors.md, what users report for a list that is not open: gone, not retried.
+        (400, -2011, "Unknown order list sent.", AlreadyGone),
+        # A -2011 message nobody listed: not guessed at, re-read (was Transient: retried blind).
+        (400, -2011, "Something new from Binance.", OutcomeUnknown),
+        (400, -9999, "A code errors.md does not have.", OutcomeUnknown),
+        (404, None, "<html>Not Found</html>", OutcomeUnknown),
         (400, -2013, "Order does not exist.", AlreadyGone),
         (400, -2026, "Order was canceled or expired ... archived.", AlreadyGone),
         (400, -1021, "Timestamp for this request is outside of the recvWindow.", ClockSkew),
@@ -52,29 +57,46 @@ from killswitch.model import ExecType
         (429, -1003, "Too much request weight used.", RateLimited),
         (400, -1015, "Too many new orders.", RateLimited),
         (418, -1003, "Way too much request weight used; IP banned until 1.", IpBanned),
-        (403, None, "WAF", Fatal),
+        # The firewall, possibly a rate block: not proof of a bad key (was Fatal).
+        (403, None, "WAF", RateLimited),
+        (401, None, "Unauthorized", Fatal),
     ],
 )
 def test_binance_answers_map_to_the_taxonomy(
     status: int, code: int | None, msg: str, kind: type[VenueError]
 ) -> None:
-    error = classify(status, code, msg)
+    error = classify(BINANCE, status, code, msg)
     assert type(error) is kind
     assert error is not None
     assert (error.venue, error.http_status, error.code, error.msg) == ("binance", status, code, msg)
 
 
 def test_a_success_is_not_an_error() -> None:
-    assert classify(200, None, "") is None
+    assert classify(BINANCE, 200, None, "") is None
 
 
 def test_throttles_carry_retry_after_with_a_ban_floor() -> None:
-    limited = classify(429, -1003, "x", retry_after_s=7)
+    limited = classify(BINANCE, 429, -1003, "x", {"Retry-After": "7"})
     assert isinstance(limited, RateLimited)
     assert limited.retry_after_s == 7
-    banned = classify(418, -1003, "x")
+    banned = classify(BINANCE, 418, -1003, "x")
     assert isinstance(banned, IpBanned)
     assert banned.retry_after_s == 120  # Binance's shortest ban when no Retry-After came
+    past = classify(BINANCE, 429, -1003, "x", {"Retry-After": "-3"})
+    assert isinstance(past, RateLimited)
+    assert past.retry_after_s == 0  # a Retry-After in the past means now
+    ws = classify(BINANCE, 429, -1003, "x", None, retry_after_s=2.5)  # ws-api's retryAfter
+    assert isinstance(ws, RateLimited)
+    assert ws.retry_after_s == 2.5
+
+
+def test_a_firewall_403_waits_for_its_retry_after_or_a_short_default() -> None:
+    told = classify(BINANCE, 403, None, "", {"Retry-After": "30"})
+    assert isinstance(told, RateLimited)
+    assert told.retry_after_s == 30
+    untold = classify(BINANCE, 403, None, "")
+    assert isinstance(untold, RateLimited)
+    assert 0 < untold.retry_after_s <= 10
 
 
 EXECUTION_REPORT = b"""{"subscriptionId": 0, "event": {

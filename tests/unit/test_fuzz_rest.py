@@ -20,7 +20,7 @@ import pytest_asyncio
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from killswitch.exchanges import binance, bingx, mexc
+from killswitch.exchanges import bingx
 from killswitch.exchanges.base import (
     BatchResult,
     CancelAck,
@@ -30,6 +30,7 @@ from killswitch.exchanges.base import (
     RateLimited,
     VenueError,
 )
+from killswitch.exchanges.dialect import BINANCE, MEXC, classify
 from killswitch.exchanges.factory import build_exchange
 from killswitch.model import Snapshot
 from tests.fixtures.fuzz import (
@@ -291,8 +292,8 @@ def test_classify_is_total_and_418_429_5xx_decide_alone(
     status: int, code: int | None, msg: str, retry_after: float | None
 ) -> None:
     results = {
-        "binance": binance.classify(status, code, msg, retry_after_s=retry_after or 0.0),
-        "mexc": mexc.classify(status, code, msg, retry_after_s=retry_after),
+        "binance": classify(BINANCE, status, code, msg, retry_after_s=retry_after),
+        "mexc": classify(MEXC, status, code, msg, retry_after_s=retry_after),
         "bingx": bingx.classify(status, code, msg, retry_after_s=retry_after),
     }
     for venue, error in results.items():

@@ -13,7 +13,7 @@ from killswitch.exchanges.base import (
     RateLimited,
     VenueError,
 )
-from killswitch.exchanges.mexc import classify
+from killswitch.exchanges.dialect import MEXC, classify
 
 
 @pytest.mark.parametrize(
@@ -21,6 +21,9 @@ from killswitch.exchanges.mexc import classify
     [
         (400, -2011, "Unknown order sent", AlreadyGone),
         (400, -2011, "Unknown order sent.", AlreadyGone),
+        (400, -2011, "Unknown order list sent.", AlreadyGone),
+        # A -2011 message MEXC never documented is not guessed at (was AlreadyGone).
+        (400, -2011, "Order is being processed", OutcomeUnknown),
         (400, -2013, "Order does not exist.", AlreadyGone),
         (400, 700003, "Timestamp for this request is outside of the recvWindow.", ClockSkew),
         (400, 10073, "invalid Request-Time", ClockSkew),
@@ -44,40 +47,44 @@ from killswitch.exchanges.mexc import classify
         (429, 429, "Too Many Requests", RateLimited),
         (200, 429, "Too Many Requests", RateLimited),
         (418, None, "", IpBanned),
-        (403, None, "", Fatal),
-        (400, 123456, "something new", Fatal),
+        # HTTP 403 is MEXC's WAF, possibly a rate block: not proof of a bad key (was Fatal).
+        (403, None, "", RateLimited),
+        (401, None, "", Fatal),
+        # An answer nobody can classify: re-read the venue, never give up (was Fatal).
+        (400, 123456, "something new", OutcomeUnknown),
+        (404, None, "<html>", OutcomeUnknown),
     ],
 )
 def test_table_maps_codes_to_taxonomy(
     status: int, code: int | str | None, msg: str, expected: type[VenueError]
 ) -> None:
-    error = classify(status, code, msg)
+    error = classify(MEXC, status, code, msg)
     assert type(error) is expected
 
 
 def test_cancel_refusal_under_minus_2011_is_not_treated_as_gone() -> None:
-    error = classify(400, -2011, "Order was not canceled due to cancel restrictions.")
+    error = classify(MEXC, 400, -2011, "Order was not canceled due to cancel restrictions.")
     assert type(error) is Fatal
 
 
 @pytest.mark.parametrize(("status", "code"), [(200, None), (200, 0), (200, 200), (204, None)])
 def test_success_answers_are_not_errors(status: int, code: int | None) -> None:
-    assert classify(status, code, "success") is None
+    assert classify(MEXC, status, code, "success") is None
 
 
 def test_rate_limited_carries_retry_after_from_the_header() -> None:
-    error = classify(429, 429, "Too Many Requests", retry_after_s=7.0)
+    error = classify(MEXC, 429, 429, "Too Many Requests", {"Retry-After": "7"})
     assert isinstance(error, RateLimited)
     assert error.retry_after_s == 7.0
 
 
 def test_ban_without_retry_after_waits_at_least_the_shortest_documented_ban() -> None:
-    error = classify(418, None, "")
+    error = classify(MEXC, 418, None, "")
     assert isinstance(error, IpBanned)
     assert error.retry_after_s == 120.0
 
 
 def test_codes_sent_as_strings_are_read_as_numbers() -> None:
-    error = classify(400, "-2011", "Unknown order sent")
+    error = classify(MEXC, 400, "-2011", "Unknown order sent")
     assert isinstance(error, AlreadyGone)
     assert error.code == -2011

@@ -47,6 +47,7 @@ from killswitch.exchanges.base import (
 )
 from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
+from killswitch.exchanges.dialect import BINANCE, classify
 from killswitch.exchanges.http import RestTransport
 from killswitch.exchanges.signing import (
     binance_ed25519_private_key,
@@ -81,7 +82,6 @@ STREAM_MAX_AGE_S = 23.5 * 3600
 MIN_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 30.0
 STABLE_SESSION_S = 5.0
-FIRST_BAN_S = 120.0  # Binance bans last 2 min to 3 days; used when a 418 carries no Retry-After
 
 RATE_LIMITS = RateLimits(
     weight_per_window=6000,  # REQUEST_WEIGHT per IP per calendar minute [BN-REST "LIMITS"]
@@ -114,69 +114,7 @@ _EXEC_TYPES = {
     "REPLACED": ExecType.REPLACED,
 }
 
-# -- error table -------------------------------------------------------------------------------
-# Binance error codes [BN-ERR] to the taxonomy. -2011 CANCEL_REJECTED is ambiguous: the message
-# decides (`_CANCEL_REJECTED`). Any HTTP 5xx is OutcomeUnknown whatever the code [BN-REST].
-_CODES: dict[int, type[VenueError]] = {
-    -1000: OutcomeUnknown,  # UNKNOWN: an unknown error while processing the request
-    -1001: Transient,  # DISCONNECTED: please try again
-    -1002: Fatal,  # UNAUTHORIZED
-    -1003: RateLimited,  # TOO_MANY_REQUESTS
-    -1006: OutcomeUnknown,  # UNEXPECTED_RESP: execution status unknown
-    -1007: OutcomeUnknown,  # TIMEOUT: send status unknown; execution status unknown
-    -1008: Transient,  # SERVER_BUSY
-    -1015: RateLimited,  # TOO_MANY_ORDERS
-    -1016: Fatal,  # SERVICE_SHUTTING_DOWN: this service is no longer available
-    -1021: ClockSkew,  # INVALID_TIMESTAMP
-    -1022: Fatal,  # INVALID_SIGNATURE
-    -1099: Fatal,  # not found, authenticated, or authorized
-    -1102: Fatal,  # mandatory parameter missing or malformed
-    -1121: Fatal,  # BAD_SYMBOL
-    -1145: Fatal,  # INVALID_CANCEL_RESTRICTIONS
-    -2010: Fatal,  # NEW_ORDER_REJECTED
-    -2013: AlreadyGone,  # NO_SUCH_ORDER
-    -2014: Fatal,  # BAD_API_KEY_FMT
-    -2015: Fatal,  # REJECTED_MBX_KEY
-    -2026: AlreadyGone,  # ORDER_ARCHIVED
-}
-_CANCEL_REJECTED: dict[str, type[VenueError]] = {
-    "Unknown order sent.": AlreadyGone,  # nothing open by that id (or on that symbol)
-    "Order was not canceled due to cancel restrictions.": Fatal,  # still live
-    "This account may not place or cancel orders.": Fatal,
-    "This action is disabled on this account.": Fatal,
-    "Market is closed.": Transient,  # still live; may open again
-}
-
-
-def classify(
-    http_status: int | None, code: int | None, msg: str, *, retry_after_s: float = 0.0
-) -> VenueError | None:
-    """Map a Binance answer to the error taxonomy; None when it is a success."""
-    status = http_status or 0
-    retry_after_s = max(0.0, retry_after_s)  # a Retry-After in the past means "now"
-    if code is None and 200 <= status < 300:
-        return None
-    kw: dict[str, Any] = {"venue": VENUE, "http_status": http_status, "code": code}
-    if status == 418:
-        return IpBanned(msg, retry_after_s=retry_after_s or FIRST_BAN_S, **kw)
-    if status == 429:
-        return RateLimited(msg, retry_after_s=retry_after_s or 1.0, **kw)
-    if status >= 500:
-        return OutcomeUnknown(msg, **kw)
-    if code == -2011:
-        # Unknown messages are not "gone": the order may be live. Retry after a backoff.
-        return _CANCEL_REJECTED.get(msg, Transient)(msg, **kw)
-    cls = _CODES.get(code) if code is not None else None
-    if cls is None:
-        if -1199 <= (code or 0) <= -1100:
-            cls = Fatal  # 11xx: request issues [BN-ERR]
-        elif status in (401, 403):
-            cls = Fatal  # bad key / WAF block
-        else:
-            cls = Transient
-    if issubclass(cls, RateLimited):
-        return cls(msg, retry_after_s=retry_after_s or 1.0, **kw)
-    return cls(msg, **kw)
+# Errors are classified by `dialect.BINANCE` (code table, -2011 by message, the unknown rule).
 
 
 class _NotSent(Exception):
@@ -468,13 +406,19 @@ class BinanceExchange:
         if 200 <= raw.status < 300 and body is not None:
             return body
         code, msg = _code_msg(body, raw.body)
-        retry_after = _seconds(raw.headers.get("Retry-After"))
-        raise self._error(raw.status, code, msg, retry_after, f"{method} {path}")
+        raise self._error(raw.status, code, msg, f"{method} {path}", headers=raw.headers)
 
     def _error(
-        self, status: int | None, code: int | None, msg: str, retry_after_s: float, endpoint: str
+        self,
+        status: int | None,
+        code: int | None,
+        msg: str,
+        endpoint: str,
+        *,
+        headers: CIMultiDictProxy[str] | None = None,
+        retry_after_s: float | None = None,
     ) -> VenueError:
-        error = classify(status, code, msg, retry_after_s=retry_after_s)
+        error = classify(BINANCE, status, code, msg, headers, retry_after_s=retry_after_s)
         if error is None:
             # A success we cannot read: it may have been applied, so re-read before deciding.
             error = OutcomeUnknown("unreadable answer", venue=VENUE, http_status=status, code=code)
@@ -509,7 +453,7 @@ class BinanceExchange:
             )
         code = error.get("code")
         data = error.get("data") or {}
-        retry_after_s = 0.0
+        retry_after_s: float | None = None
         if isinstance(data, dict) and data.get("retryAfter") is not None:
             # ws-api gives retryAfter as an epoch-ms timestamp, not seconds [BN-WS "IP limits"].
             now_ms = data.get("serverTime") or self.clock.now_ms()
@@ -518,8 +462,8 @@ class BinanceExchange:
             int(status) if isinstance(status, int) else None,
             int(code) if isinstance(code, int) else None,
             str(error.get("msg", "")),
-            retry_after_s,
             f"ws {method}",
+            retry_after_s=retry_after_s,
         )
 
     async def _call(
@@ -623,8 +567,10 @@ class BinanceExchange:
                 for s in dict.fromkeys(symbols)
             ]
         rows_lists, *rows_orders = await _gather(lists_call, *order_calls)
-        orders = tuple(_order(row) for rows in rows_orders for row in rows)
-        lists = tuple(_order_list(row) for row in rows_lists)
+        orders = tuple(
+            _order(row) for rows in rows_orders for row in _rows(rows, "openOrders", self.account)
+        )
+        lists = tuple(_order_list(row) for row in _rows(rows_lists, "openOrderList", self.account))
         if symbols is not None:
             wanted = set(symbols)
             lists = tuple(lst for lst in lists if lst.symbol in wanted)
@@ -849,11 +795,16 @@ def _code_msg(body: Any, raw: bytes) -> tuple[int | None, str]:
     return None, raw[:200].decode("utf-8", "replace")
 
 
-def _seconds(value: str | None) -> float:
-    try:
-        return max(0.0, float(value)) if value else 0.0
-    except ValueError:
-        return 0.0
+def _rows(value: Any, what: str, account: str) -> list[Any]:
+    """The rows of a list read. Any other shape is unreadable, never "nothing open"."""
+    if not isinstance(value, list):
+        raise OutcomeUnknown(
+            f"{what} answer is a {type(value).__name__}, not a list of rows",
+            venue=VENUE,
+            account=account,
+            endpoint=what,
+        )
+    return value
 
 
 def _list_id(value: Any) -> str | None:
@@ -877,7 +828,9 @@ def _order(row: dict[str, Any]) -> Order:
 
 
 def _order_list(row: dict[str, Any]) -> OrderList:
-    legs = row.get("orders") or ()
+    legs = row["orders"]
+    if not isinstance(legs, list) or not legs:
+        raise ValueError("an order list without legs")  # unreadable: OutcomeUnknown
     return OrderList(
         symbol=row["symbol"],
         list_id=str(row["orderListId"]),

@@ -47,6 +47,7 @@ from killswitch.exchanges.base import (
 )
 from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
+from killswitch.exchanges.dialect import MEXC, classify
 from killswitch.exchanges.http import RawResponse, RestTransport
 from killswitch.exchanges.signing import mexc_hmac_signature, mexc_query
 from killswitch.model import (
@@ -89,101 +90,10 @@ MEXC_CAPABILITIES = Capabilities(
     rate_limits=MEXC_RATE_LIMITS,
 )
 
-# -- error table ------------------------------------------------------------------------------
-_CODES: dict[int, type[VenueError]] = {
-    -2011: AlreadyGone,  # "Unknown order sent"
-    -2013: AlreadyGone,  # "Order does not exist." (order query)
-    700003: ClockSkew,  # timestamp outside recvWindow
-    10073: ClockSkew,  # "invalid Request-Time"
-    429: RateLimited,
-    500: OutcomeUnknown,
-    503: OutcomeUnknown,  # "5XX means status UNKNOWN" [MX-DOC "HTTP Return Codes"]
-    504: OutcomeUnknown,
-    # auth, permission
-    400: Fatal,  # api key required
-    401: Fatal,
-    403: Fatal,
-    602: Fatal,
-    10072: Fatal,
-    700001: Fatal,
-    700002: Fatal,
-    700006: Fatal,
-    700007: Fatal,
-    # bad request
-    26: Fatal,
-    10007: Fatal,
-    30014: Fatal,
-    30021: Fatal,
-    30026: Fatal,
-    30029: Fatal,
-    33333: Fatal,
-    44444: Fatal,
-    700004: Fatal,
-    700005: Fatal,
-    700008: Fatal,
-    730708: Fatal,  # listen key information error
-}
+# Errors are classified by `dialect.MEXC`. Codes that mean a key, signature or permission
+# problem: an openOrders read refused with one of these is not "symbol required".
 AUTH_CODES = frozenset({400, 401, 403, 602, 10072, 700001, 700002, 700006, 700007})
 LISTEN_KEY_GONE = 730708
-
-
-def _message_rule(code: int, msg: str) -> type[VenueError] | None:
-    """Codes whose meaning depends on the message."""
-    if code == -2011 and "restriction" in msg.lower():
-        # Binance uses -2011 for refusals too; MEXC documents only "Unknown order sent", so
-        # anything naming a restriction is a refusal, not a gone order.
-        return Fatal
-    return None
-
-
-def classify(
-    http_status: int,
-    code: int | str | None,
-    msg: str,
-    *,
-    retry_after_s: float | None = None,
-) -> VenueError | None:
-    """Map a MEXC answer to the taxonomy; None when it is a success."""
-    icode = _int_code(code)
-    if 200 <= http_status < 300 and icode in (None, 0, 200):
-        return None
-    cls: type[VenueError] | None
-    if http_status == 418:
-        cls = IpBanned
-    elif http_status == 429:
-        cls = RateLimited
-    elif http_status >= 500:
-        cls = OutcomeUnknown
-    elif icode is not None:
-        cls = _message_rule(icode, msg) or _CODES.get(icode)
-    else:
-        cls = None
-    if cls is None:
-        cls = Fatal  # an unknown 4xx: retrying the same request cannot help
-    text = msg or f"http {http_status}"
-    if issubclass(cls, RateLimited):
-        default = 120.0 if cls is IpBanned else 10.0
-        return cls(
-            text,
-            retry_after_s=retry_after_s if retry_after_s is not None else default,
-            venue=VENUE,
-            http_status=http_status,
-            code=icode if icode is not None else code,
-        )
-    return cls(
-        text, venue=VENUE, http_status=http_status, code=icode if icode is not None else code
-    )
-
-
-def _int_code(code: int | str | None) -> int | None:
-    if code is None or isinstance(code, bool):
-        return None
-    if isinstance(code, int):
-        return code
-    try:
-        return int(code)
-    except ValueError:
-        return None
 
 
 # -- stream decoding --------------------------------------------------------------------------
@@ -426,7 +336,7 @@ class MexcExchange:
             raise OutcomeUnknown(
                 "unparseable success body", venue=VENUE, account=self.account, endpoint=endpoint
             )
-        error = classify(response.status, code, msg, retry_after_s=_retry_after(response.headers))
+        error = classify(MEXC, response.status, code, msg, response.headers)
         if error is None:
             return data
         error.account = self.account
@@ -462,12 +372,17 @@ class MexcExchange:
     ) -> Snapshot:
         """Open orders of every symbol (or of `symbols`); MEXC has no order-list read."""
         read_at = self._clock.now_ms()
-        rows: list[dict[str, Any]] | None = None
+        rows: list[Any] | None = None
         if symbols is None and not self._no_symbol_refused:
             try:
-                rows = await self._call("GET", "/api/v3/openOrders", weight=3, priority=priority)
-            except Fatal as exc:
-                if exc.code in AUTH_CODES:
+                answer = await self._call("GET", "/api/v3/openOrders", weight=3, priority=priority)
+                rows = _rows(answer, self.account)
+            except (Fatal, OutcomeUnknown) as exc:
+                # A refusal we can read (a 4xx that is not about the key) means "symbol
+                # required"; a 5xx, a timeout or an unreadable answer proves nothing.
+                status = exc.http_status
+                refused = status is not None and 400 <= status < 500
+                if exc.code in AUTH_CODES or not refused:
                     raise
                 self._no_symbol_refused = True
                 self.capabilities = replace(self.capabilities, open_orders_without_symbol=False)
@@ -476,7 +391,11 @@ class MexcExchange:
                     self.account,
                     exc.code,
                 )
+        complete = True
         if rows is None:
+            # Read per symbol. For an account-wide read that covers only the symbols we know
+            # of: an order on any other symbol would be missed, so it proves nothing flat.
+            complete = symbols is not None
             wanted = list(
                 dict.fromkeys(symbols if symbols is not None else sorted(self.known_symbols))
             )
@@ -487,19 +406,17 @@ class MexcExchange:
                 rows.extend(part)
         orders = tuple(order_from_row(row) for row in rows)
         self.known_symbols.update(o.symbol for o in orders)
-        return Snapshot(orders=orders, lists=(), server_time_ms=read_at)
+        return Snapshot(orders=orders, lists=(), server_time_ms=read_at, complete=complete)
 
-    async def _read_symbols(
-        self, symbols: Sequence[str], priority: Priority
-    ) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await self._call(
+    async def _read_symbols(self, symbols: Sequence[str], priority: Priority) -> list[Any]:
+        answer = await self._call(
             "GET",
             "/api/v3/openOrders",
             [("symbol", ",".join(symbols))],
             weight=3,
             priority=priority,
         )
-        return rows
+        return _rows(answer, self.account)
 
     # -- cancels --------------------------------------------------------------------------------
     @malformed_is_unknown
@@ -731,14 +648,16 @@ def _control_msg(frame: str) -> str | None:
     return None
 
 
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+def _rows(answer: Any, account: str) -> list[Any]:
+    """The rows of an openOrders read. Any other shape is unreadable, never "nothing open"."""
+    if not isinstance(answer, list):
+        raise OutcomeUnknown(
+            f"openOrders answer is a {type(answer).__name__}, not a list of rows",
+            venue=VENUE,
+            account=account,
+            endpoint="GET /api/v3/openOrders",
+        )
+    return answer
 
 
 def _chunks(symbols: Sequence[str]) -> list[list[str]]:

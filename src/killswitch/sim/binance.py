@@ -218,7 +218,7 @@ class BinanceSim(SimVenue):
         settings: VenueSettings,
         *,
         max_connection_s: float = MAX_CONNECTION_S,
-        list_unknown_message: str = UNKNOWN_ORDER,
+        list_unknown_message: str = UNKNOWN_ORDER_LIST,
     ):
         # The base constructor mints books and routes, so the counters must exist first.
         # Binance numbers orders per symbol [§1.6]: every symbol has its own counter, all

@@ -1,0 +1,291 @@
+"""How each venue says what happened to a request, and the one `classify` that reads it.
+
+A `Dialect` is data, one frozen value per venue: its code table, the rules for codes whose
+meaning is in the message, the HTTP statuses that decide by themselves, the codes that mean
+success, and its retry-after defaults. `classify(dialect, http_status, code, msg, headers)` is
+the only place an answer becomes a class of the error taxonomy (`base.py`); the connectors
+decode their envelope and hand the raw (status, code, message, headers) over.
+
+The tree, in the order `classify` walks it::
+
+    answer (http status, code, msg, headers)
+     |
+     +-- 2xx and code in `success_codes` -------------------------> None (success)
+     +-- 418 ------------------------------------------------------> IpBanned(retry_after)
+     +-- 429 ------------------------------------------------------> RateLimited(retry_after)
+     +-- 5xx ------------------------------------------------------> OutcomeUnknown
+     +-- (code, message) matches a `MessageRule` -------------------> its class
+     |     e.g. Binance -2011 "Unknown order sent." / "Unknown order list sent." -> AlreadyGone
+     |          Binance -2011 "Order was not canceled due to cancel restrictions." -> Fatal
+     +-- code in `message_codes` (meaning is in the message), no rule matched
+     |                                                          -----> `unknown` (OutcomeUnknown)
+     +-- code in `codes` ------------------------------------------> its class
+     |     AlreadyGone   unknown order, already filled/cancelled: success for a kill
+     |     RateLimited   venue throttle code (-1003, 429 in MEXC's body)
+     |     ClockSkew     -1021 / 700003: resync server time, retry at once
+     |     OutcomeUnknown  -1006, -1007, MEXC 503/504 in the body: re-read, then decide
+     |     Transient     -1001 disconnected, -1008 busy: backoff with jitter
+     |     Fatal         bad key, signature, permission, bad request: stop that account
+     +-- code in a `code_ranges` family (Binance -11xx: request issues) -> its class
+     +-- http status in `statuses` ---------------------------------> its class
+     |     401 -> Fatal (unauthorized)
+     |     403 -> RateLimited(403's own default wait): a web application firewall block,
+     |            possibly a rate block; not proof of a bad key
+     +-- anything else --------------------------------------------> `unknown` (OutcomeUnknown)
+
+The last branch is the one rule for an answer nobody can classify, the same on every venue:
+`OutcomeUnknown`, so the engine re-reads the venue and decides from what it shows. Never a
+blind retry loop (`Transient`), never a give-up (`Fatal`): an answer we cannot read says
+nothing about whether the order is still working.
+
+Retry-after: a `Retry-After` header in seconds when present (a value in the past means now);
+else the caller's `retry_after_s` (Binance ws-api's epoch-ms `retryAfter`, BingX's epoch in
+the 100410 text, converted by the connector); else the dialect's default for that class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from killswitch.exchanges.base import (
+    AlreadyGone,
+    ClockSkew,
+    Fatal,
+    IpBanned,
+    OutcomeUnknown,
+    RateLimited,
+    Transient,
+    VenueError,
+)
+
+ErrorClass = type[VenueError]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRule:
+    """`code` with a message equal to (or, with `contains`, holding) `text` is `error`.
+
+    Messages compare case-insensitively, ignoring surrounding spaces and a trailing full stop
+    (Binance writes "Unknown order sent.", MEXC "Unknown order sent").
+    """
+
+    code: int
+    text: str
+    error: ErrorClass
+    contains: bool = False
+
+    def matches(self, code: int | None, msg: str) -> bool:
+        if code != self.code:
+            return False
+        want, got = _norm(self.text), _norm(msg)
+        return want in got if self.contains else want == got
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """One venue's error vocabulary. See the module docstring for the order of the rules."""
+
+    venue: str
+    codes: Mapping[int, ErrorClass]
+    message_rules: tuple[MessageRule, ...] = ()
+    message_codes: frozenset[int] = frozenset()  # codes decided by message alone
+    code_ranges: tuple[tuple[int, int, ErrorClass], ...] = ()  # (low, high, class), inclusive
+    statuses: Mapping[int, ErrorClass] = field(
+        default_factory=lambda: MappingProxyType({401: Fatal, 403: RateLimited})
+    )
+    success_codes: frozenset[int | None] = frozenset({None})
+    unknown: ErrorClass = OutcomeUnknown  # the unknown-answer rule: the same on every venue
+    retry_after_s: float = 1.0  # a 429 or throttle code without Retry-After
+    ban_s: float = 120.0  # a 418 without Retry-After (the shortest documented ban)
+    # Waits for throttles that come under another status, without Retry-After (403: WAF).
+    status_retry_after_s: Mapping[int, float] = field(
+        default_factory=lambda: MappingProxyType({403: 5.0})
+    )
+
+    def rule_for(self, http_status: int, code: int | None, msg: str) -> ErrorClass | None:
+        """The class an answer falls in; None for a success."""
+        if 200 <= http_status < 300 and code in self.success_codes:
+            return None
+        if http_status == 418:
+            return IpBanned
+        if http_status == 429:
+            return RateLimited
+        if http_status >= 500:
+            return OutcomeUnknown
+        if code is not None:
+            for rule in self.message_rules:
+                if rule.matches(code, msg):
+                    return rule.error
+            if code in self.message_codes:
+                return self.unknown
+            known = self.codes.get(code)
+            if known is not None:
+                return known
+            for low, high, error in self.code_ranges:
+                if low <= code <= high:
+                    return error
+        return self.statuses.get(http_status, self.unknown)
+
+
+def classify(
+    dialect: Dialect,
+    http_status: int | None,
+    code: int | str | None,
+    msg: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    retry_after_s: float | None = None,
+) -> VenueError | None:
+    """Map a venue answer to the error taxonomy; None when it is a success.
+
+    `code` may come as text (MEXC sometimes quotes it); it is read as a number when it is one.
+    `retry_after_s` is a wait the caller read elsewhere (ws-api `retryAfter`, BingX's text);
+    a `Retry-After` header wins over it.
+    """
+    status = http_status or 0
+    icode = _int_code(code)
+    cls = dialect.rule_for(status, icode, msg)
+    if cls is None:
+        return None
+    text = msg or f"http {status}"
+    kw: dict[str, object] = {
+        "venue": dialect.venue,
+        "http_status": http_status,
+        "code": icode if icode is not None else code,
+    }
+    if issubclass(cls, RateLimited):
+        wait = _header_seconds(headers)
+        if wait is None and retry_after_s is not None:
+            wait = max(0.0, retry_after_s)
+        if cls is IpBanned:
+            default = dialect.ban_s
+        else:
+            default = dialect.status_retry_after_s.get(status, dialect.retry_after_s)
+        return cls(text, retry_after_s=wait if wait is not None else default, **kw)
+    return cls(text, **kw)  # type: ignore[arg-type]
+
+
+def _norm(msg: str) -> str:
+    return msg.strip().rstrip(".").strip().lower()
+
+
+def _int_code(code: int | str | None) -> int | None:
+    if code is None or isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    try:
+        return int(code)
+    except ValueError:
+        return None
+
+
+def _header_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """`Retry-After` in seconds; a negative value (a time in the past) means now."""
+    if headers is None:
+        return None
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return None
+    return max(0.0, seconds)
+
+
+# -- the venues -------------------------------------------------------------------------------
+# Binance [BN-ERR, reference §1.6]. -2011 CANCEL_REJECTED means "gone" or "refused": only the
+# message tells, and a message not listed is not guessed at (the unknown rule: re-read).
+BINANCE = Dialect(
+    venue="binance",
+    codes=MappingProxyType(
+        {
+            -1000: OutcomeUnknown,  # UNKNOWN: an unknown error while processing the request
+            -1001: Transient,  # DISCONNECTED: please try again
+            -1002: Fatal,  # UNAUTHORIZED
+            -1003: RateLimited,  # TOO_MANY_REQUESTS
+            -1006: OutcomeUnknown,  # UNEXPECTED_RESP: execution status unknown
+            -1007: OutcomeUnknown,  # TIMEOUT: send status unknown; execution status unknown
+            -1008: Transient,  # SERVER_BUSY
+            -1015: RateLimited,  # TOO_MANY_ORDERS
+            -1016: Fatal,  # SERVICE_SHUTTING_DOWN: this service is no longer available
+            -1021: ClockSkew,  # INVALID_TIMESTAMP
+            -1022: Fatal,  # INVALID_SIGNATURE
+            -1099: Fatal,  # not found, authenticated, or authorized
+            -2010: Fatal,  # NEW_ORDER_REJECTED
+            -2013: AlreadyGone,  # NO_SUCH_ORDER
+            -2014: Fatal,  # BAD_API_KEY_FMT
+            -2015: Fatal,  # REJECTED_MBX_KEY
+            -2026: AlreadyGone,  # ORDER_ARCHIVED
+        }
+    ),
+    message_rules=(
+        MessageRule(-2011, "Unknown order sent.", AlreadyGone),
+        # Not in errors.md; reported by users for a list that is not open (§1.6).
+        MessageRule(-2011, "Unknown order list sent.", AlreadyGone),
+        MessageRule(-2011, "Order was not canceled due to cancel restrictions.", Fatal),
+        MessageRule(-2011, "This account may not place or cancel orders.", Fatal),
+        MessageRule(-2011, "This action is disabled on this account.", Fatal),
+        MessageRule(-2011, "Market is closed.", Transient),  # still live; may open again
+    ),
+    message_codes=frozenset({-2011}),
+    code_ranges=((-1199, -1100, Fatal),),  # 11xx: request issues [BN-ERR]
+    retry_after_s=1.0,
+    ban_s=120.0,  # bans last 2 min to 3 days
+)
+
+# MEXC spot v3 [MX-DOC "Error Code", reference §2.5]. Error bodies carry `code` (sometimes as
+# text); a 2xx answer with code 0 or 200 is a success; 429/503/504 may come inside a 200.
+MEXC = Dialect(
+    venue="mexc",
+    codes=MappingProxyType(
+        {
+            -2013: AlreadyGone,  # "Order does not exist." (order query)
+            700003: ClockSkew,  # timestamp outside recvWindow
+            10073: ClockSkew,  # "invalid Request-Time"
+            429: RateLimited,
+            500: OutcomeUnknown,
+            503: OutcomeUnknown,  # "5XX means status UNKNOWN" [MX-DOC "HTTP Return Codes"]
+            504: OutcomeUnknown,
+            # auth, permission
+            400: Fatal,  # api key required
+            401: Fatal,
+            # 403 in the body is left to the status rule: MEXC says HTTP 403 is its WAF.
+            602: Fatal,
+            10072: Fatal,
+            700001: Fatal,
+            700002: Fatal,
+            700006: Fatal,
+            700007: Fatal,
+            # bad request
+            26: Fatal,
+            10007: Fatal,
+            30014: Fatal,
+            30021: Fatal,
+            30026: Fatal,
+            30029: Fatal,
+            33333: Fatal,
+            44444: Fatal,
+            700004: Fatal,
+            700005: Fatal,
+            700008: Fatal,
+            730708: Fatal,  # listen key information error
+        }
+    ),
+    message_rules=(
+        MessageRule(-2011, "Unknown order sent", AlreadyGone),
+        MessageRule(-2011, "Unknown order list sent", AlreadyGone),
+        # MEXC documents only "Unknown order sent" for -2011; Binance, whose codes MEXC
+        # copies, also uses it for refusals that leave the order live.
+        MessageRule(-2011, "restriction", Fatal, contains=True),
+    ),
+    message_codes=frozenset({-2011}),
+    success_codes=frozenset({None, 0, 200}),
+    retry_after_s=10.0,
+    ban_s=120.0,
+)
