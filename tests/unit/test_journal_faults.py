@@ -188,3 +188,52 @@ def test_a_crash_mid_append_reads_back_as_every_whole_record_before_the_tear(
         assert state.unreadable is None
         assert view(state) == view(expected)
         assert path.stat().st_size == before + whole  # the torn record is cut, nothing else
+
+
+@FUZZ
+@given(
+    history=st.lists(st.lists(records(), min_size=1, max_size=3), min_size=1, max_size=6),
+    where=st.floats(0.0, 1.0, exclude_max=True),
+    damage=st.one_of(
+        st.binary(min_size=1, max_size=3).map(lambda b: ("replace", b)),
+        st.binary(min_size=1, max_size=40).map(lambda b: ("insert", b)),
+        st.integers(1, 200).map(lambda n: ("delete", n)),
+    ),
+)
+def test_a_journal_damaged_anywhere_opens_and_reads_back_failing_safe_when_it_sees_it(
+    history: list[list[Record]], where: float, damage: tuple[str, bytes | int]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "journal.jsonl"
+        journal = Journal(path)
+        journal.open()
+        for batch in history:
+            journal.append_many(batch)
+        journal.close()
+        data = path.read_bytes()
+        at = int(where * len(data))
+        how, what = damage
+        if how == "replace":
+            assert isinstance(what, bytes)
+            damaged = data[:at] + what + data[at + len(what) :]
+        elif how == "insert":
+            assert isinstance(what, bytes)
+            damaged = data[:at] + what + data[at:]
+        else:
+            assert isinstance(what, int)
+            damaged = data[:at] + data[at + what :]
+        path.write_bytes(damaged)
+
+        reopened = Journal(path)
+        state = reopened.open()  # never raises: the daemon stays up
+        reopened.append("kill_done", trigger_id="t0", state="flat")  # and can go on
+        reopened.close()
+        again, _ = replay(path)  # what it left reads back
+        if state.unreadable is not None:
+            assert state.failsafe_latches
+            assert all(state.latches[t] == Scope() for t in state.failsafe_latches)
+            assert state.unreadable_copy is not None
+            assert state.unreadable_copy.read_bytes() == damaged
+            assert set(state.failsafe_latches) <= set(again.latches)
+        else:
+            assert not state.failsafe_latches
