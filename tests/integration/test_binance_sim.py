@@ -18,6 +18,7 @@ from killswitch.sim.binance import BinanceSim
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.ratelimit import BanTracker
+from killswitch.sim.rogue import RogueBot
 from killswitch.sim.venue import SimAccount, VenueSettings
 from tests.conftest import eventually
 from tests.fixtures.binance import BinanceVenue, binance_venue, make_account, ws_api, ws_signed
@@ -278,6 +279,26 @@ async def test_orders_are_numbered_per_symbol_and_one_symbols_cancel_leaves_the_
         "acct0", "DELETE", "/api/v3/order", {"symbol": "ETHUSDT", "origClientOrderId": "bot-eth"}
     )
     assert (status, body["symbol"], str(body["orderId"])) == (200, "ETHUSDT", order_id)
+
+
+async def test_a_rogue_bot_on_two_symbols_meets_the_same_ids_and_keys_them_apart(
+    venue: BinanceVenue,
+) -> None:
+    acct = venue.accounts["acct0"]
+    rogue = RogueBot(
+        venue="binance",
+        rest_url=venue.sim.base_url,
+        api_key=acct.api_key,
+        api_secret=acct.api_secret,
+        symbols=["BTCUSDT", "ETHUSDT"],
+        rate_per_s=200.0,
+    )
+    async with rogue:
+        async with asyncio.timeout(30):
+            await rogue.wait_placed(6)
+    book = venue.sim.book(venue.sim.accounts["acct0"])
+    assert set(rogue.placed_keys) == set(book.open)
+    assert len(set(rogue.placed_ids)) < len(rogue.placed_keys)  # ids repeat across symbols
 
 
 async def test_cancel_by_both_ids_must_match_one_order(venue: BinanceVenue) -> None:

@@ -118,6 +118,8 @@ class RogueBot:
         self.throttled = 0
         self.unknown = 0
         self.placed_ids: list[str] = []
+        # (symbol, id): Binance numbers orders per symbol, so an id alone may name two orders.
+        self.placed_keys: list[tuple[str, str]] = []
         self.last_rejection: str = ""
         self._symbol_cycle = itertools.cycle(self.symbols)
         self._session: aiohttp.ClientSession | None = None
@@ -215,7 +217,8 @@ class RogueBot:
     async def _place_one(self) -> None:
         assert self._session is not None
         client_id = next(self._client_ids)
-        url, headers = self._signed_request(next(self._symbol_cycle), client_id)
+        symbol = next(self._symbol_cycle)
+        url, headers = self._signed_request(symbol, client_id)
         self.attempts += 1
         try:
             # encoded=True: send the query byte for byte as signed, never re-quoted.
@@ -230,9 +233,9 @@ class RogueBot:
             self.unknown += 1
             log.debug("rogue bot request failed venue=%s error=%r", self.venue, exc)
             return
-        self._record(status, retry_after, body)
+        self._record(status, retry_after, body, symbol)
 
-    def _record(self, status: int, retry_after: str, body: bytes) -> None:
+    def _record(self, status: int, retry_after: str, body: bytes, symbol: str = "") -> None:
         if status >= 500:
             self.unknown += 1
             return
@@ -244,6 +247,7 @@ class RogueBot:
         if order_id is not None:
             self.placed += 1
             self.placed_ids.append(order_id)
+            self.placed_keys.append((symbol, order_id))
             self._progress.set()
             return
         self.rejected += 1
