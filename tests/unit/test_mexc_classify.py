@@ -53,6 +53,8 @@ from killswitch.exchanges.dialect import MEXC, classify
         # An answer nobody can classify: re-read the venue, never give up (was Fatal).
         (400, 123456, "something new", OutcomeUnknown),
         (404, None, "<html>", OutcomeUnknown),
+        # A code that is not a number: an envelope we cannot read, never a success (was None).
+        (200, "abc", "success?", OutcomeUnknown),
     ],
 )
 def test_table_maps_codes_to_taxonomy(

@@ -11,6 +11,7 @@ The tree, in the order `classify` walks it::
     answer (http status, code, msg, headers)
      |
      +-- 2xx and code in `success_codes` -------------------------> None (success)
+     |     (a code that is not a number is no success: see the last branch)
      +-- 418 ------------------------------------------------------> IpBanned(retry_after)
      +-- 429 ------------------------------------------------------> RateLimited(retry_after)
      +-- 5xx ------------------------------------------------------> OutcomeUnknown
@@ -104,9 +105,12 @@ class Dialect:
         default_factory=lambda: MappingProxyType({403: 5.0})
     )
 
-    def rule_for(self, http_status: int, code: int | None, msg: str) -> ErrorClass | None:
-        """The class an answer falls in; None for a success."""
-        if 200 <= http_status < 300 and code in self.success_codes:
+    def rule_for(
+        self, http_status: int, code: int | None, msg: str, *, garbled: bool = False
+    ) -> ErrorClass | None:
+        """The class an answer falls in; None for a success. `garbled`: a code came that is
+        not a number (an envelope we cannot read), so it is no success and no known code."""
+        if 200 <= http_status < 300 and not garbled and code in self.success_codes:
             return None
         if http_status == 418:
             return IpBanned
@@ -114,6 +118,8 @@ class Dialect:
             return RateLimited
         if http_status >= 500:
             return OutcomeUnknown
+        if garbled:
+            return self.unknown
         if code is not None:
             for rule in self.message_rules:
                 if rule.matches(code, msg):
@@ -146,7 +152,7 @@ def classify(
     """
     status = http_status or 0
     icode = _int_code(code)
-    cls = dialect.rule_for(status, icode, msg)
+    cls = dialect.rule_for(status, icode, msg, garbled=code is not None and icode is None)
     if cls is None:
         return None
     text = msg or f"http {status}"
