@@ -61,6 +61,7 @@ from killswitch.model import (
     Scope,
     Snapshot,
     Trigger,
+    canonical_symbol,
 )
 from killswitch.planner import CancelRequest, RequestKind, in_scope, plan
 
@@ -212,6 +213,10 @@ class Kill:
         self.local_flat_ms: float | None = None
         self.time_to_flat_ms: float | None = None
         self.new_orders_seen = 0
+        # Set by a reset that released every trigger of this kill: a cancellation after it is
+        # the kill's end. Any other cancellation (a shutdown) interrupts it, and the next life
+        # of the daemon resumes it from the journal, as it would after a crash.
+        self.released = False
         self.flat = asyncio.Event()  # proved flat
         self.done = asyncio.Event()  # flat or failed: the result is known
         self.finished = asyncio.Event()  # confirmation over too; the kill task has ended
@@ -382,6 +387,9 @@ class Engine:
         self._stream_tasks: dict[AccountRef, asyncio.Task[None]] = {}
         self._dms_state: dict[AccountRef, str] = {}
         self._gates: dict[AccountRef, _Gate] = {}
+        # Held from deciding a latch change until it is journaled and applied: a reset names
+        # exactly the latches it releases, and a kill journaled meanwhile is never among them.
+        self._latch_lock = asyncio.Lock()
         self.last_kill: dict[str, object] | None = None
         self._started = False
         self._stopping = False
@@ -394,6 +402,21 @@ class Engine:
             raise RuntimeError("engine already started")
         self._started = True
         state = self.journal.state if self.journal.is_open else self.journal.open()
+        if state.unreadable or state.failsafe_latches:
+            # The journal could not be read back whole: it opened latched on everything, and
+            # stays so until an operator resets (journal.py, "fail-safe").
+            log.error(
+                "journal fail-safe: latched on everything reason=%s kept=%s",
+                state.unreadable or "fail-safe latch still held",
+                state.unreadable_copy,
+            )
+            self._emit(
+                "alarm",
+                account="journal",
+                error=state.unreadable or "fail-safe latch still held",
+                kept=str(state.unreadable_copy or ""),
+                trigger_ids=list(state.failsafe_latches),
+            )
         self._seen = set(state.seen)
         self._latches = dict(state.latches)
         self.last_kill = state.last_kill
@@ -460,13 +483,13 @@ class Engine:
         if trigger.mode is Mode.KILL:
             records.append(("latch", {"trigger_id": trigger.id, "scope": trigger.scope.to_json()}))
         try:
-            await self.journal.append_many_async(records)
+            # Shielded: a caller cancelled mid-write must not leave the journal holding a
+            # latch that memory does not (the write itself always finishes).
+            await asyncio.shield(self._accept(trigger, records))
         except BaseException:
             # not journaled: a retry of this trigger must not be answered DUPLICATE
             self._seen.discard(trigger.id)
             raise
-        if trigger.mode is Mode.KILL:
-            self._latches[trigger.id] = trigger.scope
         log.warning(
             "kill triggered trigger_id=%s source=%s mode=%s scope=%s reason=%r",
             trigger.id,
@@ -487,22 +510,46 @@ class Engine:
             self._launch(trigger, trigger.scope, kind="trigger")
         return SubmitResult.ACCEPTED
 
-    async def reset(self, *, actor: str, reason: str, origin: str = "local") -> bool:
-        """Release every latch (audited: who, why, from where). False if nothing was latched."""
-        released = [{"trigger_id": t, "scope": s.to_json()} for t, s in self._latches.items()]
-        await self.journal.append_async(
-            "reset", actor=actor, reason=reason, origin=origin, released=released
-        )
-        was_latched = bool(self._latches)
-        self._latches.clear()
+    async def _accept(self, trigger: Trigger, records: list[tuple[str, dict[str, object]]]) -> None:
+        async with self._latch_lock:
+            await self.journal.append_many_async(records)
+            if trigger.mode is Mode.KILL:
+                self._latches[trigger.id] = trigger.scope
+
+    async def reset(
+        self,
+        *,
+        actor: str,
+        reason: str,
+        origin: str = "local",
+        only: Iterable[str] | None = None,
+    ) -> bool:
+        """Release every latch, or those of the trigger ids in `only` (audited: who, why, from
+        where). The journal record, the log line and the event name exactly the latches
+        released. False if nothing was released."""
+        async with self._latch_lock:
+            wanted = set(self._latches) if only is None else set(only) & set(self._latches)
+            names = [t for t in self._latches if t in wanted]
+            released = [{"trigger_id": t, "scope": self._latches[t].to_json()} for t in names]
+            await self.journal.append_async(
+                "reset", actor=actor, reason=reason, origin=origin, released=released
+            )
+            for trigger_id in names:
+                del self._latches[trigger_id]
         for kill in list(self._running):
-            if kill.mode is Mode.KILL and kill.task is not None:
+            if kill.mode is not Mode.KILL or kill.task is None:
+                continue
+            if kill.kind == "sweep":
+                stale = not any(s.contains(kill.scope) for s in self._latches.values())
+            else:
+                ids = {t.id for t in kill.triggers}
+                stale = bool(ids) and ids <= wanted
+            if stale:
+                kill.released = True
                 kill.task.cancel()
-        log.warning(
-            "reset actor=%s origin=%s reason=%r released=%d", actor, origin, reason, len(released)
-        )
+        log.warning("reset actor=%s origin=%s reason=%r released=%s", actor, origin, reason, names)
         self._emit("reset", actor=actor, reason=reason, origin=origin, released=released)
-        return was_latched
+        return bool(names)
 
     def healthy(self) -> bool:
         """True while started and its background loops (sweeper, dead-man's switches) run."""
@@ -638,18 +685,22 @@ class Engine:
         try:
             await self._to_done(kill, accounts)
             kill.done.set()
-            if kill.state is KillState.FLAT and kill.kind != "sweep":
+            # A one-shot cancel ends at its flat snapshot: a confirmation re-check would
+            # cancel orders placed after it.
+            if kill.state is KillState.FLAT and kill.kind != "sweep" and kill.mode is Mode.KILL:
                 await self._confirm(kill, accounts)
         except asyncio.CancelledError:
             kill.state = KillState.ABORTED
-            self._emit("aborted", kill_id=kill.id, kind=kill.kind)
+            why = "reset" if kill.released else "shutdown"
+            self._emit("aborted", kill_id=kill.id, kind=kill.kind, reason=why)
             raise
         finally:
-            self._running.discard(kill)
             kill.done.set()
             try:
                 await self._record_done(kill)
             finally:
+                # Still running until its end is journaled: `wait_idle` waits for the record.
+                self._running.discard(kill)
                 kill.finished.set()
                 # The orders a kill saw matter only while it runs; a finished kill stays in
                 # `kills` for `kill_for`, and must not hold every order it met for ever.
@@ -661,7 +712,16 @@ class Engine:
     ) -> None:
         """Run every account to flat or failure; `again` re-verifies a kill already flat."""
         if not accounts:
-            log.warning("kill has no configured account in scope kill_id=%s", kill.id)
+            # Nothing was checked, so nothing is proved: a kill of nothing is not flat.
+            log.error("kill has no configured account in scope kill_id=%s", kill.id)
+            kill.state = KillState.FAILED
+            self._emit(
+                "failed",
+                still_open={},
+                error={"kind": "no_account_in_scope"},
+                **kill.summary(),
+            )
+            return
         fast = kill.kind != "sweep" and not again
         await asyncio.gather(*(self._run_account(kill, a, fast=fast) for a in accounts))
         results = list(kill.accounts.values())
@@ -719,12 +779,19 @@ class Engine:
     async def _record_done(self, kill: Kill) -> None:
         if kill.kind in ("sweep", "stream"):
             return
+        if kill.state is KillState.ABORTED and not kill.released:
+            # Interrupted by a shutdown: no `kill_done`, so the next start resumes it.
+            log.warning("kill interrupted, resumes at the next start kill_id=%s", kill.id)
+            return
         summary = kill.summary()
         self.last_kill = summary
         for trigger in kill.triggers:
             try:
-                await self.journal.append_async(
-                    "kill_done", trigger_id=trigger.id, state=kill.state.value, summary=summary
+                # A write once begun is finished even if this task is cancelled meanwhile.
+                await asyncio.shield(
+                    self.journal.append_async(
+                        "kill_done", trigger_id=trigger.id, state=kill.state.value, summary=summary
+                    )
                 )
             except asyncio.CancelledError:
                 raise
@@ -794,7 +861,7 @@ class Engine:
                 await wave1
             raise
         extra = [] if snapshot.empty else plan(scope, None, snapshot, (), caps, already=first)
-        await asyncio.gather(wave1, self._wave(kill, account, result, extra, wave_no))
+        await _together(wave1, self._wave(kill, account, result, extra, wave_no))
         if result.waves == 0:
             # What was open at the first look: the snapshot may have been read after the
             # first cancels landed, so their acknowledgements count too.
@@ -806,22 +873,41 @@ class Engine:
             result.lists_before = len(lists)
         if first or extra:
             result.waves = wave_no
+        # A one-shot cancel is about what was open when it looked: orders placed after its
+        # first look are not its business, and its later waves cancel by id only.
+        targets: set[OrderKey] | None = None
+        target_lists: set[str] = set()
+        if kill.mode is Mode.CANCEL:
+            targets = set(result.known) | result.cancelled
+            target_lists = {x.list_id for x in snapshot.lists} | result.lists_cancelled
+            target_lists |= {x.list_id for x in (tracked or Snapshot()).lists}
+            scope = Scope(client_order_id_prefix="")  # matches every item: plans by id
         # With nothing sent, the snapshot already is the verification.
         verify: Snapshot | None = snapshot if not first and not extra else None
+        idle = 0
         while True:
             if verify is None:
                 verify = await self._read(kill, account, result, None)
+            if targets is not None:
+                verify = _only(verify, targets, target_lists)
             result.still_open = verify
-            result.verified = True
-            if verify.empty:
+            result.verified = verify.complete
+            if verify.proves_flat:
                 result.state = AccountState.FLAT
                 if result.flat_ms is None:
                     result.flat_ms = (self._clock() - kill.started) * 1000
                 return
             self._check_deadline(kill)
-            result.waves += 1
             requests = plan(scope, None, verify, (), caps)
             verify = None
+            if not requests:
+                # A read that may have been cut short showed nothing to cancel: it proves
+                # nothing, so look again (after a pause) until it is complete or time is up.
+                idle += 1
+                cap = min(self.config.retry_max_s, self.config.retry_initial_s * 2**idle)
+                await self._sleep(self._rng.uniform(0.0, cap))
+                continue
+            result.waves += 1
             await self._wave(kill, account, result, requests, result.waves)
 
     async def _wave(
@@ -872,12 +958,20 @@ class Engine:
     def _snapshot_symbols(
         self, scope: Scope, account: Account, result: AccountResult
     ) -> list[str] | None:
-        if account.exchange.capabilities.open_orders_without_symbol:
-            return None
+        """The symbols to read: None for all (where the venue can), else every symbol in scope
+        we know the venue's name of (configured, tracked, seen in this kill)."""
         known = set(account.symbols) | {o.symbol for o in result.known.values()}
         if account.tracker is not None:
             known |= account.tracker.as_snapshot().symbols()
-        return sorted(s for s in known if scope.covers_symbol(s))
+        wanted = sorted(s for s in known if scope.covers_symbol(s))
+        if account.exchange.capabilities.open_orders_without_symbol:
+            # A symbol-scoped kill reads just its symbols, when we know the venue's name for
+            # each of them: an all-symbols read may be capped by orders out of scope.
+            named = {canonical_symbol(s) for s in wanted}
+            if scope.symbols and named >= scope.symbols:
+                return wanted
+            return None
+        return wanted
 
     def _remember(self, result: AccountResult, snapshot: Snapshot) -> None:
         for order in snapshot.orders:
@@ -1253,6 +1347,33 @@ def _biggest_first(requests: list[CancelRequest], tracked: Snapshot | None) -> l
         return sum(per_symbol.get(sym, 0) for sym in request.symbols)
 
     return sorted(requests, key=weight, reverse=True)
+
+
+async def _together(*aws: Awaitable[None]) -> None:
+    """Await all; when one fails, cancel the others, wait for them, and raise its error."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+
+
+def _only(snapshot: Snapshot, keys: set[OrderKey], list_ids: set[str]) -> Snapshot:
+    """The part of `snapshot` made of the given orders and lists."""
+    return Snapshot(
+        orders=tuple(o for o in snapshot.orders if o.key in keys),
+        lists=tuple(x for x in snapshot.lists if x.list_id in list_ids),
+        server_time_ms=snapshot.server_time_ms,
+        complete=snapshot.complete,
+    )
 
 
 def _with_received(trigger: Trigger, now_ms: int) -> Trigger:

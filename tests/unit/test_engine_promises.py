@@ -6,20 +6,32 @@ Each test here reproduces one way the engine once said "done" when it was not, o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import orjson
 import pytest
 
-from killswitch.engine import EngineConfig, _Gate
+from killswitch.engine import Engine, EngineConfig, KillState, _Gate
 from killswitch.exchanges.base import RateLimited
+from killswitch.journal import replay
+from killswitch.model import AccountRef, Mode, Snapshot
+from tests.fakes import BINGX_CAPS, FakeExchange
+from tests.unit.test_engine import Rig, finished, kill_trigger, make_rig, three_venues
 
 
 async def test_gate_waiter_cancelled_after_its_wake_up_does_not_strand_the_others() -> None:
     # After a 429 the gate lets one request through at a time.
     gate = _Gate(EngineConfig(probe_first=True), clock=lambda: 0.0)
     release = asyncio.get_running_loop().create_future()
+    waiters: list[asyncio.Task[str]] = []
 
     async def held() -> None:
         await release
+        # Queued before the gate's wake-up of the first waiter: that waiter is woken, then
+        # cancelled before it runs, every time.
+        asyncio.get_running_loop().call_soon(waiters[0].cancel)
         raise RateLimited("429", retry_after_s=1.0)
 
     async def quick() -> str:
@@ -27,18 +39,153 @@ async def test_gate_waiter_cancelled_after_its_wake_up_does_not_strand_the_other
 
     first = asyncio.create_task(gate.run(held))
     await asyncio.sleep(0)
-    woken = asyncio.create_task(gate.run(quick))
+    waiters.append(asyncio.create_task(gate.run(quick)))
     behind = asyncio.create_task(gate.run(quick))
     for _ in range(3):
         await asyncio.sleep(0)
-    assert not woken.done()
     assert not behind.done()
 
     release.set_result(None)
-    await asyncio.sleep(0)  # `first` returns and wakes a waiter
-    woken.cancel()  # ... which is cancelled before it runs
     with pytest.raises(RateLimited):
         await first
     async with asyncio.timeout(5):  # a hang here is the lost wake-up
         assert await behind == "sent"
-    assert woken.cancelled()
+    assert waiters[0].cancelled()
+
+
+# -- over in-process fake venues -------------------------------------------------------------
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    r = await make_rig(tmp_path)
+    yield r
+    await r.engine.stop()
+
+
+async def ticks(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_cancel_cut_short_by_a_graceful_stop_is_carried_out_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    venues = three_venues()
+    first = await make_rig(tmp_path, venues)
+    hold = asyncio.Event()
+    for venue in venues.values():
+        venue.hold("snapshot", hold)
+        venue.hold("cancel_all", hold)
+        venue.hold("cancel_order", hold)
+        venue.hold("cancel_orders", hold)
+        venue.hold("cancel_order_list", hold)
+    await first.engine.submit(kill_trigger("c1", mode=Mode.CANCEL, venues=["mexc"]))
+    await ticks()
+    await first.engine.stop(grace_s=0.01)  # SIGTERM: the cancel is cut short
+    assert venues["mexc"].open_ids()
+    assert not any(r.get("kind") == "kill_done" for r in _records(first.journal_path))
+
+    for venue in venues.values():
+        venue.gates.clear()
+    second = await make_rig(tmp_path, venues)  # start() resumes what was not finished
+    try:
+        assert venues["mexc"].open_ids() == set()
+        done = [r for r in _records(second.journal_path) if r.get("kind") == "kill_done"]
+        assert [(r["trigger_id"], r["state"]) for r in done] == [("c1", "flat")]
+    finally:
+        await second.engine.stop()
+
+
+async def test_a_reset_racing_a_new_kill_releases_exactly_what_it_names(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await rig.engine.submit(kill_trigger("k1", venues=["binance"]))
+    await finished(rig, "k1")
+    journal = rig.engine.journal
+    original = journal.append_many_async
+    slow = asyncio.Event()
+
+    async def held(records: list[tuple[str, dict[str, object]]]) -> list[dict[str, object]]:
+        await slow.wait()
+        return await original(records)
+
+    monkeypatch.setattr(journal, "append_many_async", held)
+    submit = asyncio.create_task(rig.engine.submit(kill_trigger("k2", venues=["mexc"])))
+    await ticks()
+    reset = asyncio.create_task(rig.engine.reset(actor="op", reason="done"))
+    await ticks()
+    slow.set()
+    await submit
+    await reset
+    await rig.engine.wait_idle()
+
+    (event,) = rig.log.of("reset")
+    named = {r["trigger_id"] for r in event["released"]}  # type: ignore[attr-defined]
+    held_now = {t for t, _ in _latches(rig.engine)}
+    assert named.isdisjoint(held_now)  # what it named is released
+    assert named | held_now == {"k1", "k2"}  # and what it did not name is still latched
+    state, _ = replay(rig.journal_path)
+    assert set(state.latches) == held_now  # the journal agrees with memory
+
+
+async def test_a_one_shot_cancel_never_touches_an_order_placed_after_its_flat_snapshot(
+    rig: Rig,
+) -> None:
+    binance = rig.venues["binance"]
+    await rig.engine.submit(kill_trigger("c1", mode=Mode.CANCEL, venues=["binance"]))
+    kill = rig.engine.kill_for("c1")
+    assert kill is not None
+    await kill.done.wait()
+    assert kill.state is KillState.FLAT
+    (late,) = binance.place("BTCUSDT", "late")
+    await kill.finished.wait()
+    await rig.engine.wait_idle()
+    assert late in binance.open_ids()
+
+
+async def test_a_kill_whose_scope_covers_no_configured_account_is_never_flat(rig: Rig) -> None:
+    await rig.engine.submit(kill_trigger("k1", accounts=["typo"]))
+    kill = await finished(rig, "k1")
+    assert kill.state is KillState.FAILED  # type: ignore[attr-defined]
+    assert not rig.log.of("flat")
+    assert rig.log.of("failed")
+
+
+@dataclass
+class CappedExchange(FakeExchange):
+    """An all-symbols read that lists at most `cap` orders and says it may be cut short."""
+
+    cap: int = 10
+
+    async def snapshot(self, symbols: Sequence[str] | None = None) -> Snapshot:
+        snap = await super().snapshot(symbols)
+        if symbols is None and len(snap.orders) > self.cap:
+            return replace(snap, orders=snap.orders[: self.cap], complete=False)
+        return snap
+
+
+async def test_a_snapshot_that_may_be_cut_short_is_never_proof_of_flat(tmp_path: Path) -> None:
+    bingx = CappedExchange("bingx", "mm-3", BINGX_CAPS)
+    bingx.place("BTC-USDT", "other-", n=20)  # listed first, and out of scope
+    hidden = bingx.place("ETH-USDT", "strat7-", n=3)
+    rig = await make_rig(tmp_path, {"bingx": bingx})
+    try:
+        await rig.engine.submit(kill_trigger("k1", client_order_id_prefix="strat7-"))
+        kill = await finished(rig, "k1")
+        assert kill.state is KillState.FAILED  # type: ignore[attr-defined]
+        result = kill.accounts[AccountRef("bingx", "mm-3")]  # type: ignore[attr-defined]
+        assert not result.verified
+        assert set(hidden) <= bingx.open_ids()
+        assert not rig.log.of("flat")
+        assert not rig.log.of("confirmed")
+    finally:
+        await rig.engine.stop()
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def _latches(engine: Engine) -> list[tuple[str, object]]:
+    return [(str(x["trigger_id"]), x["scope"]) for x in engine.status()["latches"]]  # type: ignore[attr-defined]
