@@ -1,0 +1,54 @@
+"""The model checker: random histories of the daemon against the kill's promises.
+
+Budget: `KILLSWITCH_MODEL_HISTORIES` histories (default 40, always the same ones, so `make
+test` is repeatable); with the variable set, hypothesis draws fresh histories every run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+from tests.model.machine import TALLY, KillHistory
+
+DEFAULT_HISTORIES = 40
+STEPS = 30
+
+
+@pytest.fixture
+def quiet_logs() -> Iterator[None]:
+    """The engine logs every kill at WARNING: thousands of lines a run, read by no one."""
+    logger = logging.getLogger("killswitch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_random_histories_keep_every_promise(quiet_logs: None) -> None:
+    budget = os.environ.get("KILLSWITCH_MODEL_HISTORIES")
+    histories = int(budget) if budget else DEFAULT_HISTORIES
+    config = settings(
+        max_examples=histories,
+        stateful_step_count=STEPS,
+        deadline=None,
+        derandomize=budget is None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    try:
+        run_state_machine_as_test(KillHistory, settings=config)
+    except BaseException:
+        TALLY.violations += 1
+        raise
+    finally:
+        print(TALLY.line())
