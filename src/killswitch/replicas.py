@@ -36,7 +36,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from killswitch.events import EventRecord, FanOut, make_event
+from killswitch.events import EventRecord, FanOut
 from killswitch.handlers.kafka import (
     BROKER_ERRORS,
     Backoff,
@@ -66,7 +66,14 @@ class ReplicaEngine(Protocol):
 
     async def submit(self, trigger: Trigger) -> SubmitResult: ...
 
-    async def reset(self, *, actor: str, reason: str, origin: str = "local") -> bool: ...
+    async def reset(
+        self,
+        *,
+        actor: str,
+        reason: str,
+        origin: str = "local",
+        only: Iterable[str] | None = None,
+    ) -> bool: ...
 
     def status(self) -> dict[str, object]: ...
 
@@ -114,10 +121,8 @@ class LatchLog:
         mine = set(held)
         submit = [t for i, t in self.latched.items() if i not in mine]
         unknown = sorted(mine - set(self.latched) - self.released)
-        stale = sorted(mine & self.released)
-        # a reset is applied only if it covers everything we hold: the engine resets all at once
-        reset = bool(stale) and not (mine - self.released)
-        return Decision(submit=submit, publish=unknown, reset=reset, stale=stale)
+        release = sorted(mine & self.released)
+        return Decision(submit=submit, publish=unknown, release=release)
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,7 @@ class Decision:
 
     submit: list[dict[str, Any]]  # cluster latches this replica lacks
     publish: list[str]  # latches this replica holds that the log has never seen
-    reset: bool  # every latch held was released by a reset elsewhere
-    stale: list[str]  # latches held that a reset released (kept if `reset` is False)
+    release: list[str]  # latches held that a reset elsewhere named: released, and only they
 
 
 def _decode(value: bytes) -> dict[str, Any]:
@@ -190,7 +194,6 @@ class LatchReplicator:
         self.published = 0
         self.applied_latches = 0
         self.applied_resets = 0
-        self.kept_latched = 0
         self._applied: set[str] = set()  # trigger ids we submitted from the topic
         self._outbox: deque[tuple[bytes, bytes | None]] = deque()
         self._stopping = asyncio.Event()
@@ -452,7 +455,9 @@ class LatchReplicator:
             known = self._known_trigger(trigger_id)
             if known is not None:
                 self._queue_latch(known)
-        if decision.reset:
+        if decision.release:
+            # Exactly the latches the topic released: never one this reconcile just applied,
+            # nor one the resetting replica had not heard of.
             record = reset_record or self.log.last_reset or {}
             origin = record.get("origin", "log")
             await self._engine_call(
@@ -462,19 +467,10 @@ class LatchReplicator:
                     actor=str(record.get("actor") or f"replica {origin}"),
                     reason=str(record.get("reason") or "reset on another replica"),
                     origin=f"{REPLICA_ORIGIN}{origin}",
+                    only=decision.release,
                 ),
             )
             self.applied_resets += 1
-        elif decision.stale:
-            self.kept_latched += 1
-            log.warning(
-                "reset elsewhere not applied: this replica holds latches it did not name "
-                "released=%s",
-                decision.stale,
-            )
-            self.engine.events.emit(
-                make_event("replica_reset_not_applied", released=decision.stale)
-            )
 
     async def _engine_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Retry an engine call until it is journaled; a peer's latch is never dropped."""

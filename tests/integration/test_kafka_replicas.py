@@ -77,7 +77,7 @@ def test_a_replica_missing_a_cluster_latch_submits_it() -> None:
     log.apply(*latch_record("t1"))
     decision = log.decide([])
     assert [t["id"] for t in decision.submit] == ["t1"]
-    assert not decision.reset
+    assert decision.release == []
 
 
 def test_a_reset_that_released_everything_held_resets_the_replica() -> None:
@@ -85,7 +85,7 @@ def test_a_reset_that_released_everything_held_resets_the_replica() -> None:
     log.apply(*latch_record("t1"))
     log.apply(*reset_record(["t1"]))
     decision = log.decide(["t1"])
-    assert decision.reset
+    assert decision.release == ["t1"]
     assert decision.submit == []
 
 
@@ -95,15 +95,14 @@ def test_a_latch_the_reset_did_not_name_keeps_the_replica_latched() -> None:
     log.apply(*latch_record("t2", origin="b"))
     log.apply(*reset_record(["t1"]))  # the resetting replica had not read t2 yet
     decision = log.decide(["t1", "t2"])
-    assert not decision.reset
-    assert decision.stale == ["t1"]
+    assert decision.release == ["t1"]  # exactly what the reset named: t2 stays latched
 
 
 def test_latches_the_log_never_saw_are_published() -> None:
     log = LatchLog()
     decision = log.decide(["local-only"])
     assert decision.publish == ["local-only"]
-    assert not decision.reset
+    assert decision.release == []
 
 
 # -- replicators against a broker ------------------------------------------------------------
@@ -220,6 +219,25 @@ async def test_a_replica_restarting_latched_after_a_reset_elsewhere_resets_at_st
 
 
 @pytest.mark.kafka
+async def test_a_restarting_replica_keeps_the_newer_peer_kill_it_applies_while_catching_up(
+    latch_settings: KafkaSettings,
+) -> None:
+    a_engine = FakeEngine()
+    a = replicator(latch_settings, "replica-a", a_engine)
+    async with running(a):
+        await a_engine.submit(kill("k-1"))
+        await a_engine.reset(actor="ops", reason="clear")
+        await a_engine.submit(kill("k-2"))  # a newer kill, after the reset
+        await eventually(lambda: a.published == 4, timeout_s=30)
+    restarted = FakeEngine()  # its journal still says k-1 is latched
+    await restarted.submit(kill("k-1"))
+    b = replicator(latch_settings, "replica-b", restarted)
+    await b.start()
+    await b.stop()
+    assert sorted(restarted.latches) == ["k-2"]  # k-1 released, k-2 applied and kept
+
+
+@pytest.mark.kafka
 async def test_a_latch_the_reset_did_not_name_survives_it(latch_settings: KafkaSettings) -> None:
     a_engine, b_engine = FakeEngine(), FakeEngine()
     a = replicator(latch_settings, "replica-a", a_engine)
@@ -236,9 +254,10 @@ async def test_a_latch_the_reset_did_not_name_survives_it(latch_settings: KafkaS
     async with running(rejoined, a_again):
         await eventually(lambda: a_engine.latched(), timeout_s=30)  # a latches k-2
         assert b_engine.latched()
-    assert sorted(b_engine.latches) == ["k-1", "k-2"]  # fail safe: still latched
+    assert sorted(b_engine.latches) == ["k-2"]  # the reset named k-1, and only k-1
     assert "k-2" in a_engine.latches
-    assert b_engine.sink.of_type("replica_reset_not_applied")[0]["released"] == ["k-1"]
+    (reset,) = b_engine.sink.of_type("reset")
+    assert [r["trigger_id"] for r in reset["released"]] == ["k-1"]
 
 
 @pytest.mark.kafka
