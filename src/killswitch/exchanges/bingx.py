@@ -111,6 +111,7 @@ GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib: expect a gzip header and trailer
 OPEN_STATUSES = frozenset({"NEW", "PENDING", "PARTIALLY_FILLED"})
 OPEN_ORDERS_MAX = 2000  # [BX-DOC]: openOrders returns at most 2000 orders
 OCO_PAGE_SIZE = 100
+CLOCK_MARGIN_MS = 5.0  # floor of the margin for our clock error (which is under one round trip)
 OCO_MAX_PAGES = 100
 # Per-symbol reads a capped snapshot may spend to see past the cap (2/s per IP: ~15 s).
 MAX_SYMBOL_READS = 30
@@ -542,7 +543,8 @@ def parse_oco_page(data: Any) -> tuple[list[_OcoList], int, str]:
             for leg in item["orders"]:
                 if not isinstance(leg, dict):
                     raise MalformedAnswer("oco/openOrderList: a leg is not an object")
-                legs.append(_leg_order(leg, list_id, symbol))
+                stamped = {"transactionTime": item.get("transactionTime"), **leg}
+                legs.append(_leg_order(stamped, list_id, symbol))
             if not legs:
                 raise MalformedAnswer("oco/openOrderList: an open list with no legs")
             lists.append(
@@ -631,10 +633,14 @@ class BingxExchange:
         self._list_legs: dict[str, tuple[str, ...]] = {}  # OCO list id -> leg order ids
         self._leg_list: dict[str, str] = {}  # leg order id -> OCO list id
         self._list_symbol: dict[str, str] = {}  # OCO list id -> symbol
-        # Lists open when a cancel-all without symbol was acknowledged, and when it was: a
-        # later read that still shows one says the cancel-all does not cover OCO legs.
-        self._cancel_all_acked: tuple[float, frozenset[str]] | None = None
+        # A cancel-all without symbol: when it was acknowledged (monotonic), when it was sent
+        # (venue ms), and the lists a read had shown open before it. A later read that still
+        # shows a list placed before it says the cancel-all does not cover OCO legs.
+        self._cancel_all_acked: tuple[float, int, frozenset[str]] | None = None
+        self._list_time: dict[str, int] = {}  # OCO list id -> when placed (venue ms)
         self._venue_symbols: tuple[float, tuple[str, ...]] | None = None
+        self._list_cancels = 0  # list cancels sent (oco/cancel, leg ids in a batch)
+        self._list_cancels_at_send = 0
 
     def __repr__(self) -> str:
         return f"BingxExchange(account={self.account!r})"
@@ -1013,22 +1019,45 @@ class BingxExchange:
     def _index_lists(self, lists: list[_OcoList], complete: bool, started: float) -> None:
         """Keep the leg <-> list maps, and learn from lists a cancel-all left behind."""
         list_legs = {x.list_id: tuple(leg.order_id for leg in x.legs) for x in lists}
+        placed = {
+            x.list_id: min((leg.time_ms for leg in x.legs if leg.time_ms > 0), default=0)
+            for x in lists
+        }
         if complete:
             # Every complete OCO read lists all open lists: it replaces what we knew.
             self._list_legs = list_legs
             self._leg_list = {leg: lid for lid, legs in list_legs.items() for leg in legs}
             self._list_symbol = {x.list_id: x.symbol for x in lists}
+            self._list_time = placed
         else:
             self._list_legs.update(list_legs)
             self._leg_list.update({leg: lid for lid, legs in list_legs.items() for leg in legs})
             self._list_symbol.update({x.list_id: x.symbol for x in lists})
+            self._list_time.update(placed)
         acked = self._cancel_all_acked
-        if acked is not None and started > acked[0]:
-            survivors = acked[1] & set(list_legs)
-            if survivors:
-                # Open before a cancel-all without symbol was acknowledged, still open after.
-                self.learned.learn("cancel_all_covers_lists", False)
-            self._cancel_all_acked = None
+        if acked is None or started <= acked[0]:
+            return
+        _, sent_ms, before = acked
+        # A list placed after the cancel-all reached the venue but stamped before `sent_ms`
+        # by our clock's error would be misread as a survivor: keep that error out. (A wrong
+        # "not covered" costs list requests, never correctness.)
+        margin_ms = max(CLOCK_MARGIN_MS, self.clock.last_rtt_ms)
+        # Placed before the cancel-all reached the venue (with a margin for our clock's
+        # error), or seen open before it: still open now means it was not covered.
+        survivors = [
+            lid for lid, when in placed.items() if lid in before or 0 < when < sent_ms - margin_ms
+        ]
+        if survivors:
+            self.learned.learn("cancel_all_covers_lists", False)
+        elif (
+            before
+            and complete
+            and not (before & set(list_legs))
+            and self._list_cancels_at_send == self._list_cancels
+        ):
+            # Every list open before it is gone, and we sent no list cancel since.
+            self.learned.learn("cancel_all_covers_lists", True)
+        self._cancel_all_acked = None
 
     @malformed_is_unknown
     async def query_order(
@@ -1054,8 +1083,10 @@ class BingxExchange:
         """
         if symbols is None:
             before = frozenset(self._list_legs)
+            sent_ms = self.clock.now_ms()
+            self._list_cancels_at_send = self._list_cancels
             acks = [await self._cancel_open_orders(None, priority)]
-            self._cancel_all_acked = (time.monotonic(), before)
+            self._cancel_all_acked = (time.monotonic(), sent_ms, before)
             legs = {key[1] for key in acks[0]} & set(self._leg_list)
             if legs:
                 self.learned.learn("cancel_all_covers_lists", True)
@@ -1191,10 +1222,13 @@ class BingxExchange:
         return tuple(done_lists), tuple(done_legs)
 
     async def _oco_cancel(self, leg_id: str, priority: Priority) -> None:
+        self._list_cancels += 1
         await self._request("POST", OCO_CANCEL, [("orderId", leg_id)], priority=priority)
 
     @malformed_is_unknown
     async def _cancel_chunk(self, symbol: str, chunk: list[str], priority: Priority) -> BatchResult:
+        if any(i in self._leg_list for i in chunk):
+            self._list_cancels += 1
         data = await self._request(
             "POST",
             CANCEL_ORDERS,
