@@ -484,6 +484,23 @@ async def test_server_time_and_exchange_info_are_public(venue: BinanceVenue) -> 
     }
 
 
+async def test_what_ccxt_load_markets_reads_is_served(venue: BinanceVenue) -> None:
+    status, _, coins = await venue.rest("acct0", "GET", "/sapi/v1/capital/config/getall")
+    assert status == 200
+    by_coin = {c["coin"]: c for c in coins}
+    assert {"BTC", "ETH", "USDT", "BNB"} <= set(by_coin)
+    (network,) = by_coin["BTC"]["networkList"]
+    assert (network["coin"], network["isDefault"]) == ("BTC", True)
+    status, _, _ = await venue.rest("acct0", "GET", "/sapi/v1/capital/config/getall", signed=False)
+    assert status == 400  # signed, as on Binance
+    for path in ("/sapi/v1/margin/allPairs", "/sapi/v1/margin/isolated/allPairs"):
+        status, _, pairs = await venue.rest("acct0", "GET", path)
+        assert (status, pairs) == (200, [])  # no margin trading on this venue
+    for path in ("/fapi/v1/exchangeInfo", "/dapi/v1/exchangeInfo"):
+        status, _, info = await venue.rest("acct0", "GET", path, signed=False)
+        assert (status, info["symbols"]) == (200, [])  # a spot venue: no futures
+
+
 async def test_configured_symbols_make_others_invalid() -> None:
     async with binance_venue(1, symbols=["BTCUSDT"]) as venue:
         status, _, body = await venue.rest(

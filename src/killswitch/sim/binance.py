@@ -90,6 +90,9 @@ REST_WEIGHTS: dict[tuple[str, str], int] = {
     ("GET", "/api/v1/userDataStream"): 2,
     ("DELETE", "/api/v1/userDataStream"): 2,
     ("GET", WS_PATH): 2,  # connecting to the WebSocket API costs 2 [BN-WS "IP limits"]
+    ("GET", "/sapi/v1/capital/config/getall"): 10,
+    ("GET", "/sapi/v1/margin/allPairs"): 1,
+    ("GET", "/sapi/v1/margin/isolated/allPairs"): 10,
 }
 OPEN_ORDERS_WEIGHT = (6, 80)  # with symbol, without
 
@@ -293,6 +296,15 @@ class BinanceSim(SimVenue):
             for method in methods:
                 r.add_route(method, f"/api/{version}/userDataStream", self._retired)
         r.add_get(WS_PATH, self._ws_api)
+        # What ccxt's load_markets() reads with default options, so a bot pointed here works
+        # with only its URLs changed: coins (signed SAPI), and the futures exchangeInfo, which
+        # a spot venue answers with no symbols.
+        r.add_get("/sapi/v1/capital/config/getall", self._signed(self.op_capital_config))
+        # No margin trading here (isMarginTradingAllowed is false): no margin pairs.
+        r.add_get("/sapi/v1/margin/allPairs", self._signed(lambda ctx: []))
+        r.add_get("/sapi/v1/margin/isolated/allPairs", self._signed(lambda ctx: []))
+        r.add_get("/fapi/v1/exchangeInfo", self._no_futures)
+        r.add_get("/dapi/v1/exchangeInfo", self._no_futures)
 
     def _public(
         self, result: Callable[[], Any]
@@ -330,11 +342,37 @@ class BinanceSim(SimVenue):
         self.counters["retired userDataStream"] += 1
         return json_response({"code": -1016, "msg": "This service is no longer available."}, 400)
 
-    async def _exchange_info(self, request: web.Request) -> web.Response:
-        wanted = request.query.get("symbol")
+    def listed_symbols(self) -> list[str]:
+        """The symbols exchangeInfo lists: configured (or the defaults), then any with orders."""
         symbols = sorted(self.strict_symbols or set(DEFAULT_SYMBOLS))
         for account in self.accounts.values():
             symbols.extend(s for s in self.book(account).symbols() if s not in symbols)
+        return symbols
+
+    async def _no_futures(self, request: web.Request) -> web.Response:
+        return json_response(
+            {
+                "timezone": "UTC",
+                "serverTime": self.now_ms(),
+                "rateLimits": [],
+                "exchangeFilters": [],
+                "assets": [],
+                "symbols": [],
+            }
+        )
+
+    def op_capital_config(self, ctx: Ctx) -> Any:
+        """`GET /sapi/v1/capital/config/getall`: every coin of a listed symbol, one network."""
+        coins: dict[str, None] = {}
+        for symbol in self.listed_symbols():
+            info = _symbol_info(symbol)
+            coins[info["baseAsset"]] = None
+            coins[info["quoteAsset"]] = None
+        return [_coin_json(coin) for coin in coins]
+
+    async def _exchange_info(self, request: web.Request) -> web.Response:
+        wanted = request.query.get("symbol")
+        symbols = self.listed_symbols()
         if wanted is not None:
             if wanted not in symbols:
                 return json_response({"code": -1121, "msg": "Invalid symbol."}, 400)
@@ -1473,6 +1511,46 @@ def _event_json(
     if exec_type == "EXPIRED":
         report["eR"] = "OCO_TRIGGER"
     return report
+
+
+def _coin_json(coin: str) -> dict[str, Any]:
+    """One coin of `capital/config/getall`, in the documented fields, balances zero."""
+    return {
+        "coin": coin,
+        "name": coin,
+        "depositAllEnable": True,
+        "withdrawAllEnable": True,
+        "free": "0",
+        "freeze": "0",
+        "ipoable": "0",
+        "ipoing": "0",
+        "isLegalMoney": False,
+        "locked": "0",
+        "storage": "0",
+        "trading": True,
+        "withdrawing": "0",
+        "networkList": [
+            {
+                "network": coin,
+                "coin": coin,
+                "name": coin,
+                "isDefault": True,
+                "depositEnable": True,
+                "withdrawEnable": True,
+                "withdrawFee": "0",
+                "withdrawMin": "0",
+                "withdrawMax": "9999999999",
+                "withdrawIntegerMultiple": "0.00000001",
+                "minConfirm": 1,
+                "unLockConfirm": 0,
+                "busy": False,
+                "sameAddress": False,
+                "specialTips": "",
+                "depositDesc": "",
+                "withdrawDesc": "",
+            }
+        ],
+    }
 
 
 def _symbol_info(symbol: str) -> dict[str, Any]:
