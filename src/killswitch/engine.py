@@ -30,6 +30,7 @@ import itertools
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -68,6 +69,7 @@ from killswitch.planner import CancelRequest, RequestKind, in_scope, plan
 log = logging.getLogger(__name__)
 
 _GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own clock
+KILLS_KEPT = 1_000  # finished kills `kill_for` still answers for; older ones are in the journal
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -217,6 +219,7 @@ class Kill:
         # the kill's end. Any other cancellation (a shutdown) interrupts it, and the next life
         # of the daemon resumes it from the journal, as it would after a crash.
         self.released = False
+        self.final: dict[str, object] | None = None  # the summary, frozen when it finished
         self.flat = asyncio.Event()  # proved flat
         self.done = asyncio.Event()  # flat or failed: the result is known
         self.finished = asyncio.Event()  # confirmation over too; the kill task has ended
@@ -231,6 +234,8 @@ class Kill:
         return first.created_ms or first.received_ms
 
     def summary(self) -> dict[str, object]:
+        if self.final is not None:
+            return self.final
         return {
             "kill_id": self.id,
             "kind": self.kind,
@@ -377,7 +382,8 @@ class Engine:
         self._healthy = healthy
         self._spawn_kill = spawn
         self._latches: dict[str, Scope] = {}
-        self._seen: set[str] = set()
+        # Trigger ids already accepted, oldest first; as many as the journal keeps.
+        self._seen: OrderedDict[str, None] = OrderedDict()
         self.kills: dict[str, Kill] = {}  # by trigger id (joined triggers share one Kill)
         self._running: set[Kill] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -417,7 +423,7 @@ class Engine:
                 kept=str(state.unreadable_copy or ""),
                 trigger_ids=list(state.failsafe_latches),
             )
-        self._seen = set(state.seen)
+        self._seen = OrderedDict(state.seen)
         self._latches = dict(state.latches)
         self.last_kill = state.last_kill
         resumed: list[Kill] = []
@@ -476,7 +482,9 @@ class Engine:
         if trigger.id in self._seen:
             self._emit("duplicate", trigger_id=trigger.id, source=trigger.source)
             return SubmitResult.DUPLICATE
-        self._seen.add(trigger.id)
+        self._seen[trigger.id] = None
+        while len(self._seen) > self.journal.seen_limit:
+            self._seen.popitem(last=False)
         if not trigger.received_ms:
             trigger = _with_received(trigger, self._wall_ms())
         records: list[tuple[str, dict[str, object]]] = [("trigger", {"trigger": trigger.to_json()})]
@@ -488,7 +496,7 @@ class Engine:
             await asyncio.shield(self._accept(trigger, records))
         except BaseException:
             # not journaled: a retry of this trigger must not be answered DUPLICATE
-            self._seen.discard(trigger.id)
+            self._seen.pop(trigger.id, None)
             raise
         log.warning(
             "kill triggered trigger_id=%s source=%s mode=%s scope=%s reason=%r",
@@ -703,9 +711,11 @@ class Engine:
                 self._running.discard(kill)
                 kill.finished.set()
                 # The orders a kill saw matter only while it runs; a finished kill stays in
-                # `kills` for `kill_for`, and must not hold every order it met for ever.
+                # `kills` for `kill_for` (the newest KILLS_KEPT of them) as its summary.
+                kill.final = kill.summary()
                 for result in kill.accounts.values():
                     result.known.clear()
+                self._forget_old_kills()
 
     async def _to_done(
         self, kill: Kill, accounts: Sequence[Account], *, again: bool = False
@@ -797,6 +807,11 @@ class Engine:
                 raise
             except OSError:
                 log.exception("journal write of kill_done failed trigger_id=%s", trigger.id)
+
+    def _forget_old_kills(self) -> None:
+        finished = [t for t, k in self.kills.items() if k.finished.is_set()]
+        for trigger_id in finished[: max(0, len(finished) - KILLS_KEPT)]:
+            del self.kills[trigger_id]
 
     async def _run_account(self, kill: Kill, account: Account, *, fast: bool) -> None:
         result = kill.accounts[account.ref]

@@ -27,7 +27,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -83,8 +83,10 @@ class LatchLog:
     """The cluster's latch as the topic tells it, folded record by record in offset order."""
 
     latched: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> trigger json
-    released: set[str] = field(default_factory=set)
+    # The newest released ids, bounded: the topic grows for ever, this process must not.
+    released: OrderedDict[str, None] = field(default_factory=OrderedDict)
     origins: dict[str, str] = field(default_factory=dict)  # latched id -> origin replica
+    peers: set[str] = field(default_factory=set)  # every origin seen
     last_reset: dict[str, Any] | None = None
     records: int = 0
     invalid: int = 0
@@ -107,12 +109,14 @@ class LatchLog:
             trigger_id = str(record["trigger"]["id"])
             self.latched[trigger_id] = record["trigger"]
             self.origins[trigger_id] = str(record.get("origin", ""))
-            self.released.discard(trigger_id)
+            self.peers.add(self.origins[trigger_id])
+            self.released.pop(trigger_id, None)
         else:
-            released = [str(i) for i in record.get("released") or []]
-            for trigger_id in released:
+            self.peers.add(str(record.get("origin", "")))
+            for trigger_id in (str(i) for i in record.get("released") or []):
                 self.latched.pop(trigger_id, None)
-            self.released.update(released)
+                self.origins.pop(trigger_id, None)
+                _remember(self.released, trigger_id)
             self.last_reset = record
         return record
 
@@ -120,8 +124,8 @@ class LatchLog:
         """Compare the latches this replica holds with the cluster's: what to do about it."""
         mine = set(held)
         submit = [t for i, t in self.latched.items() if i not in mine]
-        unknown = sorted(mine - set(self.latched) - self.released)
-        release = sorted(mine & self.released)
+        unknown = sorted(mine - set(self.latched) - self.released.keys())
+        release = sorted(mine & self.released.keys())
         return Decision(submit=submit, publish=unknown, release=release)
 
 
@@ -132,6 +136,17 @@ class Decision:
     submit: list[dict[str, Any]]  # cluster latches this replica lacks
     publish: list[str]  # latches this replica holds that the log has never seen
     release: list[str]  # latches held that a reset elsewhere named: released, and only they
+
+
+MEMORY_IDS = 100_000  # ids kept in each bounded map
+
+
+def _remember(ids: OrderedDict[str, None], key: str, limit: int = MEMORY_IDS) -> None:
+    """Add `key` as the newest id; forget the oldest past `limit`."""
+    ids[key] = None
+    ids.move_to_end(key)
+    while len(ids) > limit:
+        ids.popitem(last=False)
 
 
 def _decode(value: bytes) -> dict[str, Any]:
@@ -194,7 +209,7 @@ class LatchReplicator:
         self.published = 0
         self.applied_latches = 0
         self.applied_resets = 0
-        self._applied: set[str] = set()  # trigger ids we submitted from the topic
+        self._applied: OrderedDict[str, None] = OrderedDict()  # ids submitted from the topic
         self._outbox: deque[tuple[bytes, bytes | None]] = deque()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -310,7 +325,7 @@ class LatchReplicator:
     def status(self) -> str:
         if not self.connected:
             return f"disconnected: {self.last_error or 'connecting'}, synced={self.synced}"
-        peers = sorted({o for o in self.log.origins.values() if o != self.replica_id})
+        peers = sorted(o for o in self.log.peers if o and o != self.replica_id)
         return (
             f"synced={self.synced}, {len(self.log.latched)} cluster latches, "
             f"peers: {','.join(peers) or 'none seen'}"
@@ -430,7 +445,7 @@ class LatchReplicator:
     async def _apply(self, record: dict[str, Any]) -> None:
         if record["type"] == "latch":
             trigger = Trigger.from_json(record["trigger"])
-            self._applied.add(trigger.id)
+            _remember(self._applied, trigger.id)
             result = await self._engine_call(
                 trigger.id, functools.partial(self.engine.submit, trigger)
             )
@@ -448,7 +463,7 @@ class LatchReplicator:
         decision = self.log.decide(held_latches(self.engine))
         for trigger_json in decision.submit:
             trigger = Trigger.from_json(trigger_json)
-            self._applied.add(trigger.id)
+            _remember(self._applied, trigger.id)
             await self._engine_call(trigger.id, functools.partial(self.engine.submit, trigger))
             self.applied_latches += 1
         for trigger_id in decision.publish:

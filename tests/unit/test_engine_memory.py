@@ -5,7 +5,10 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from killswitch.engine import Account, Engine, EngineConfig, KillState
+import pytest
+
+from killswitch import engine as engine_module
+from killswitch.engine import Account, Engine, EngineConfig, KillState, SubmitResult
 from killswitch.journal import Journal
 from killswitch.model import AccountRef, Mode, Order, Scope, Trigger
 from tests.fakes import FakeExchange
@@ -45,5 +48,32 @@ async def test_a_finished_kill_holds_its_counts_but_none_of_the_orders_it_cancel
             assert all(not r.known for r in kill.accounts.values())
         # Three kills of 1000 orders each: what stays alive does not grow with them.
         assert live_orders() - baseline < 1000
+    finally:
+        await engine.stop(grace_s=1.0)
+
+
+async def test_kills_kept_for_lookup_are_bounded_and_old_ids_still_deduplicate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "KILLS_KEPT", 5)
+    exchange = FakeExchange()
+    journal = Journal(tmp_path / "j.jsonl", seen_limit=50)
+    engine = Engine([Account(AccountRef("binance", "main"), exchange)], journal, CONFIG)
+    await engine.start()
+    try:
+        for n in range(30):
+            exchange.place("BTCUSDT", n=2)
+            trigger = Trigger(f"c{n}", "test", Mode.CANCEL, "memory", Scope())
+            assert await engine.submit(trigger) is SubmitResult.ACCEPTED
+            kill = engine.kill_for(trigger.id)
+            assert kill is not None
+            await kill.finished.wait()
+            assert kill.summary()["accounts"][0]["cancelled"] == 2  # type: ignore[index]
+        assert len(engine.kills) <= 5
+        assert engine.kill_for("c0") is None
+        assert engine.kill_for("c29") is not None
+        # Forgotten as a kill, not as an id: a redelivered alert is still a duplicate.
+        again = Trigger("c0", "test", Mode.CANCEL, "memory", Scope())
+        assert await engine.submit(again) is SubmitResult.DUPLICATE
     finally:
         await engine.stop(grace_s=1.0)
