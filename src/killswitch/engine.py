@@ -128,6 +128,9 @@ class Account:
     tracker: TrackerView | None = None
     dead_mans_switch_s: int = 0
     stream_state: Callable[[], str] | None = None  # for status; the stream supervisor's state
+    # Why the account is not ready to be acted on ("key rejected: ...", "IP banned until ..."),
+    # or None when it is: shown in status, and named in a kill's report of the account.
+    not_ready: Callable[[], str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,7 @@ class AccountResult:
     error: dict[str, object] | None = None
     first_cancel_ms: float | None = None
     flat_ms: float | None = None
+    not_ready: str | None = None  # why the account was not ready, when it could not be acted on
     known: dict[OrderKey, Order] = field(default_factory=dict)  # every in-scope order seen
 
     def to_json(self) -> dict[str, object]:
@@ -184,6 +188,7 @@ class AccountResult:
             "verified": self.verified,
             "still_open": open_json(still),
             "error": self.error,
+            "not_ready": self.not_ready,
             "time_to_first_cancel_ms": self.first_cancel_ms,
             "time_to_flat_ms": self.flat_ms,
         }
@@ -633,6 +638,9 @@ class Engine:
                 "stream": account.stream_state() if account.stream_state else "unknown",
                 "dead_mans_switch": self._dms_state.get(account.ref, "off"),
             }
+            reason = account.not_ready() if account.not_ready is not None else None
+            entry["ready"] = reason is None
+            entry["reason"] = reason or ""
             if account.tracker is not None:
                 view = account.tracker.as_snapshot()
                 entry["open_orders"] = len(view.orders)
@@ -842,6 +850,8 @@ class Engine:
             result.state = AccountState.FAILED
             result.error = {"kind": type(exc).__name__}
             self._emit("alarm", kill_id=kill.id, account=str(account.ref), error=result.error)
+        if result.state is not AccountState.FLAT and account.not_ready is not None:
+            result.not_ready = account.not_ready()
 
     async def _account_waves(
         self, kill: Kill, account: Account, result: AccountResult, *, fast: bool
