@@ -11,8 +11,10 @@ least:
    * a venue whose cancel-all can omit the symbol (BingX): one request for the whole account;
    * else one cancel-all per group of `cancel_all_max_symbols` symbols with open orders
      (Binance 1, MEXC 5): `ceil(symbols / max)` requests;
-   * plus one request per order list where the venue's cancel-all is not known to cover lists
-     (BingX OCO): there is no batch cancel for lists.
+   * plus, where the venue's cancel-all is not known to cover order lists (BingX OCO), the
+     lists: by their legs' ids in batch cancels (`batch_cancel_max` ids a request, two legs a
+     list) unless the connector learned that the venue refuses leg ids, else one `oco/cancel`
+     per list. A connector that has learned the cancel-all covers lists needs none.
 
    The client is assumed to know which symbols have open orders before the alert (a warm
    tracker, as the daemon keeps): a client that must first look costs one more round.
@@ -21,18 +23,20 @@ least:
    clock (`limit` weight per `window_s`). N requests of total weight G in one bucket need
    `k = ceil(G / limit)` distinct windows. The luckiest client sends its first burst at the
    very end of one window and its last at the very start of the k-th, so the wave's sends span
-   at least `(k - 2) * window_s` (zero when k <= 2). The longest span over an account's buckets
-   counts; accounts run in parallel, so the kill's span is the longest over accounts. Assuming
+   at least `(k - 2) * window_s` (zero when k <= 2). Per-account buckets (BingX per UID) fill
+   from one account's requests; per-IP buckets (BingX per IP and API, its IP groups) from every
+   account of the venue, since they all leave from our one IP. The longest span counts. Assuming
    perfect window alignment makes this a bound, not a typical figure: it is below what any
    real client, ours included, gets on average.
 
 3. **One verification round.** After the last acknowledgement, one snapshot round (its reads
    in parallel, each in its own bucket), R.
 
-    bound = max over accounts (rate-limit span) + R (cancel wave) + R (verification)
+    bound = max over buckets (rate-limit span) + R (cancel wave) + R (verification)
 
 An account with nothing open needs only the verification round, R. The limits are the venues'
-documented ones as the simulator enforces them (per API key: loopback clients share one IP).
+documented ones as the simulator enforces them: BingX as corrected on 2026-12-06 (cancel-all,
+batch cancel and oco/cancel 2/s per UID; 3/s per IP on trade endpoints, 2/s on the others).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from killswitch.exchanges.base import Capabilities
+from killswitch.exchanges.paths import PathCapabilities
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,38 +65,46 @@ class AccountLoad:
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """One rate-limit window a request spends in: `limit` weight per `window_s`."""
+    """One rate-limit window a request spends in: `limit` weight per `window_s`. A `per_ip`
+    bucket is filled by every account of the venue (they share our IP)."""
 
     name: str
     limit: int
     window_s: float
+    per_ip: bool = False
 
 
 # (bucket, weight) pairs each planned request kind spends, per venue. Sources: reference
 # exchange-apis.md §1.6 (Binance REQUEST_WEIGHT 6000/min per IP, cancels weight 1), §2.5 (MEXC
-# 500 per 10 s per endpoint), §3.2/§3.5 (BingX per-UID 10/s per API, IP group per-API 200
-# (group 3) or 100 (group 2) per 10 s, 1000 per 10 s per group).
+# 500 per 10 s per endpoint), §3.2/§3.5 corrected 2026-12-06 (BingX per UID: cancelOpenOrders,
+# cancelOrders, oco/cancel 2/s; per IP and API: 3/s in group 3, 2/s in group 2; 1000 per 10 s
+# per IP group).
 _BN_WEIGHT = Bucket("binance request weight", 6000, 60.0)
 _MX_CANCEL_ALL = Bucket("mexc DELETE /api/v3/openOrders", 500, 10.0)
-_BX_CANCEL_ALL_UID = Bucket("bingx uid cancelOpenOrders", 10, 1.0)
-_BX_CANCEL_ALL_IP = Bucket("bingx ip cancelOpenOrders", 200, 10.0)
-_BX_GROUP3 = Bucket("bingx ip group 3", 1000, 10.0)
-_BX_OCO_UID = Bucket("bingx uid oco/cancel", 10, 1.0)
-_BX_OCO_IP = Bucket("bingx ip oco/cancel", 100, 10.0)
-_BX_GROUP2 = Bucket("bingx ip group 2", 1000, 10.0)
+_BX_CANCEL_ALL_UID = Bucket("bingx uid cancelOpenOrders", 2, 1.0)
+_BX_CANCEL_ALL_IP = Bucket("bingx ip cancelOpenOrders", 3, 1.0, per_ip=True)
+_BX_BATCH_UID = Bucket("bingx uid cancelOrders", 2, 1.0)
+_BX_BATCH_IP = Bucket("bingx ip cancelOrders", 3, 1.0, per_ip=True)
+_BX_GROUP3 = Bucket("bingx ip group 3", 1000, 10.0, per_ip=True)
+_BX_OCO_UID = Bucket("bingx uid oco/cancel", 2, 1.0)
+_BX_OCO_IP = Bucket("bingx ip oco/cancel", 2, 1.0, per_ip=True)
+_BX_GROUP2 = Bucket("bingx ip group 2", 1000, 10.0, per_ip=True)
 
 REQUEST_BUCKETS: Mapping[str, Mapping[str, tuple[tuple[Bucket, int], ...]]] = {
     "binance": {"cancel_all": ((_BN_WEIGHT, 1),), "cancel_list": ((_BN_WEIGHT, 1),)},
     "mexc": {"cancel_all": ((_MX_CANCEL_ALL, 1),)},
     "bingx": {
         "cancel_all": ((_BX_CANCEL_ALL_UID, 1), (_BX_CANCEL_ALL_IP, 1), (_BX_GROUP3, 1)),
+        "cancel_legs": ((_BX_BATCH_UID, 1), (_BX_BATCH_IP, 1), (_BX_GROUP3, 1)),
         "cancel_list": ((_BX_OCO_UID, 1), (_BX_OCO_IP, 1), (_BX_GROUP2, 1)),
     },
 }
+LEGS_PER_LIST = 2  # BingX lists are OCOs
 
 
 def cancel_requests(load: AccountLoad, caps: Capabilities) -> dict[str, int]:
-    """The fewest cancel requests that cover `load`, by kind (`cancel_all`, `cancel_list`)."""
+    """The fewest cancel requests that cover `load`, by kind (`cancel_all`, `cancel_legs`,
+    `cancel_list`)."""
     if load.empty:
         return {}
     out: dict[str, int] = {}
@@ -100,7 +113,15 @@ def cancel_requests(load: AccountLoad, caps: Capabilities) -> dict[str, int]:
     elif load.symbols:
         out["cancel_all"] = math.ceil(load.symbols / max(1, caps.cancel_all_max_symbols))
     if load.lists and caps.has_order_lists and not caps.cancel_all_covers_lists:
-        out["cancel_list"] = load.lists
+        by_legs = (
+            isinstance(caps, PathCapabilities)
+            and caps.list_legs_by_batch is not False
+            and caps.batch_cancel_max > 1
+        )
+        if by_legs:
+            out["cancel_legs"] = math.ceil(load.lists * LEGS_PER_LIST / caps.batch_cancel_max)
+        else:
+            out["cancel_list"] = load.lists
     return out
 
 
@@ -110,14 +131,21 @@ def windows_span_s(total_weight: int, bucket: Bucket) -> float:
     return max(0, windows - 2) * bucket.window_s
 
 
-def rate_span_s(load: AccountLoad, caps: Capabilities) -> float:
-    """How far rate limits at best stretch this account's cancel wave, in seconds."""
+def _spend(
+    load: AccountLoad, caps: Capabilities, account: int, spent: dict[tuple[Bucket, int], int]
+) -> None:
     buckets = REQUEST_BUCKETS.get(load.venue, {})
-    spent: dict[Bucket, int] = {}
     for kind, count in cancel_requests(load, caps).items():
         for bucket, weight in buckets.get(kind, ()):
-            spent[bucket] = spent.get(bucket, 0) + weight * count
-    return max((windows_span_s(w, b) for b, w in spent.items()), default=0.0)
+            key = (bucket, -1 if bucket.per_ip else account)
+            spent[key] = spent.get(key, 0) + weight * count
+
+
+def rate_span_s(load: AccountLoad, caps: Capabilities) -> float:
+    """How far rate limits at best stretch this account's cancel wave alone, in seconds."""
+    spent: dict[tuple[Bucket, int], int] = {}
+    _spend(load, caps, 0, spent)
+    return max((windows_span_s(w, b) for (b, _), w in spent.items()), default=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,17 +169,17 @@ def lower_bound(
     round_trip_s: float,
 ) -> Bound:
     """The least time to flat any client needs for `loads` (see the module docstring)."""
-    spans = [0.0]
+    spent: dict[tuple[Bucket, int], int] = {}
     requests = 0
     any_cancel = False
-    for load in loads:
+    for i, load in enumerate(loads):
         caps = capabilities[load.venue]
         wanted = cancel_requests(load, caps)
         requests += sum(wanted.values())
         any_cancel = any_cancel or bool(wanted)
-        spans.append(rate_span_s(load, caps))
+        _spend(load, caps, i, spent)
     rounds = 2 if any_cancel else 1
-    span = max(spans)
+    span = max((windows_span_s(w, b) for (b, _), w in spent.items()), default=0.0)
     return Bound(span + rounds * round_trip_s, round_trip_s, span, requests, rounds)
 
 

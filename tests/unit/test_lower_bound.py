@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -36,9 +38,17 @@ def test_mexc_covers_five_symbols_per_cancel_all() -> None:
     assert cancel_requests(AccountLoad("mexc", 26, 501), MEXC) == {"cancel_all": 6}
 
 
-def test_bingx_cancels_the_account_at_once_but_each_oco_list_on_its_own() -> None:
+def test_bingx_cancels_the_account_at_once_and_its_oco_lists_by_leg_batches() -> None:
     load = AccountLoad("bingx", symbols=100, orders=2000, lists=100)
-    assert cancel_requests(load, BINGX) == {"cancel_all": 1, "cancel_list": 100}
+    assert cancel_requests(load, BINGX) == {"cancel_all": 1, "cancel_legs": 20}
+
+
+def test_bingx_lists_go_one_by_one_where_the_venue_refused_leg_ids() -> None:
+    load = AccountLoad("bingx", symbols=100, orders=2000, lists=100)
+    refused = replace(BINGX, list_legs_by_batch=False)
+    assert cancel_requests(load, refused) == {"cancel_all": 1, "cancel_list": 100}
+    covered = replace(BINGX, cancel_all_covers_lists=True, lists_coverage=True)
+    assert cancel_requests(load, covered) == {"cancel_all": 1}
 
 
 def test_an_empty_account_needs_no_cancel_and_a_kill_of_empty_accounts_one_round() -> None:
@@ -69,11 +79,25 @@ def test_a_bucket_of_n_windows_spans_n_minus_two_windows_at_best(
     assert windows_span_s(weight, bucket) == span_s
 
 
-def test_one_hundred_bingx_oco_lists_at_ten_per_second_stretch_the_wave_to_eight_seconds() -> None:
+def test_one_hundred_bingx_oco_lists_in_20_batches_at_two_a_second_take_eight_seconds() -> None:
     load = AccountLoad("bingx", symbols=100, orders=2000, lists=100)
     bound = lower_bound([load], CAPS, R)
-    assert bound.rate_span_s == pytest.approx(8.0)
+    assert bound.rate_span_s == pytest.approx(8.0)  # 20 requests: 10 windows of 2
     assert bound.seconds == pytest.approx(8.0 + 2 * R)
+
+
+def test_one_hundred_bingx_oco_lists_one_by_one_at_two_a_second_take_48_seconds() -> None:
+    load = AccountLoad("bingx", symbols=100, orders=2000, lists=100)
+    refused = {**CAPS, "bingx": replace(BINGX, list_legs_by_batch=False)}
+    assert lower_bound([load], refused, R).rate_span_s == pytest.approx(48.0)
+
+
+def test_bingx_accounts_behind_one_ip_share_its_per_ip_budget() -> None:
+    one = AccountLoad("bingx", symbols=10, orders=100, lists=30)  # 6 batches each
+    alone = lower_bound([one], CAPS, R).rate_span_s
+    assert alone == pytest.approx(1.0)  # 6 at 2/s per UID: 3 windows
+    # Four accounts: 24 batches through one IP at 3/s: 8 windows.
+    assert lower_bound([one] * 4, CAPS, R).rate_span_s == pytest.approx(6.0)
 
 
 def test_binance_symbols_past_two_minutes_of_weight_wait_for_a_third_window() -> None:
@@ -87,8 +111,9 @@ def test_workload_l_bound_is_set_by_bingx_oco_lists() -> None:
     loads += [AccountLoad("bingx", 100, 2000, 100) for _ in range(2)]
     bound = lower_bound(loads, CAPS, R)
     assert sum(a.orders for a in loads) == 9000
-    assert bound.requests == 2 * 100 + 2 * 5 + 2 * 101
-    assert bound.seconds == pytest.approx(8.0 + 2 * R)
+    assert bound.requests == 2 * 100 + 2 * 5 + 2 * 21
+    # 40 leg batches through one IP at 3/s: 14 windows.
+    assert bound.seconds == pytest.approx(12.0 + 2 * R)
 
 
 def test_loads_are_counted_from_book_rows() -> None:
@@ -103,10 +128,14 @@ def test_bound_buckets_agree_with_the_connectors_rate_tables() -> None:
     mexc_bucket = REQUEST_BUCKETS["mexc"]["cancel_all"][0][0]
     assert mexc_bucket.limit == mexc.MEXC_RATE_LIMITS.weight_per_window
     assert mexc_bucket.window_s == mexc.MEXC_RATE_LIMITS.window_s
-    oco_uid = REQUEST_BUCKETS["bingx"]["cancel_list"][0][0]
-    assert oco_uid.limit == bingx.ENDPOINT_RPS[bingx.OCO_CANCEL]
-    cancel_uid = REQUEST_BUCKETS["bingx"]["cancel_all"][0][0]
-    assert cancel_uid.limit == bingx.ENDPOINT_RPS[bingx.CANCEL_OPEN_ORDERS]
+    for kind, path in (
+        ("cancel_list", bingx.OCO_CANCEL),
+        ("cancel_all", bingx.CANCEL_OPEN_ORDERS),
+        ("cancel_legs", bingx.CANCEL_ORDERS),
+    ):
+        uid, ip = REQUEST_BUCKETS["bingx"][kind][0][0], REQUEST_BUCKETS["bingx"][kind][1][0]
+        assert (uid.limit, uid.window_s, uid.per_ip) == (bingx.ENDPOINT_RPS[path], 1.0, False)
+        assert (ip.limit, ip.window_s, ip.per_ip) == (bingx.IP_RPS[path], 1.0, True)
 
 
 LOADS = st.builds(
