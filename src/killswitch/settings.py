@@ -259,6 +259,16 @@ class RuleSettings(BaseModel):
         return self
 
 
+class ReadinessSettings(BaseModel):
+    """How often the daemon checks each account's readiness (`killswitch.readiness`)."""
+
+    model_config = _SECTION
+
+    interval_s: float = Field(default=300.0, gt=0)
+    timeout_s: float = Field(default=15.0, gt=0)
+    stream_grace_s: float = Field(default=60.0, ge=0)
+
+
 class ControlSettings(BaseModel):
     """The local operator socket."""
 
@@ -313,6 +323,7 @@ class Settings(BaseSettings):
     streams: StreamSettings = StreamSettings()
     heartbeats: list[HeartbeatSettings] = []
     rules: list[RuleSettings] = []
+    readiness: ReadinessSettings = ReadinessSettings()
     control: ControlSettings = ControlSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
