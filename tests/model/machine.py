@@ -735,10 +735,14 @@ class KillHistory(RuleBasedStateMachine):
         self.tick()
 
         async def race() -> dict[str, object] | None:
-            reset = asyncio.ensure_future(self._reset(only))
-            submit = asyncio.ensure_future(self._submit(trigger))
-            if not reset_first:
-                await asyncio.sleep(0)
+            # Tasks start in the order they are created: the first runs to its first await
+            # (its journal write) before the second begins.
+            if reset_first:
+                reset = asyncio.ensure_future(self._reset(only))
+                submit = asyncio.ensure_future(self._submit(trigger))
+            else:
+                submit = asyncio.ensure_future(self._submit(trigger))
+                reset = asyncio.ensure_future(self._reset(only))
             await asyncio.gather(reset, submit)
             return reset.result()
 

@@ -6,9 +6,7 @@ test` is repeatable); with the variable set, hypothesis draws fresh histories ev
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -18,18 +16,6 @@ from tests.model.machine import TALLY, KillHistory
 
 DEFAULT_HISTORIES = 40
 STEPS = 30
-
-
-@pytest.fixture
-def quiet_logs() -> Iterator[None]:
-    """The engine logs every kill at WARNING: thousands of lines a run, read by no one."""
-    logger = logging.getLogger("killswitch")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @pytest.mark.slow

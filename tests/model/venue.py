@@ -58,6 +58,9 @@ OrderKey = tuple[str, str]
 KEYED_ACKS = hasattr(killswitch.model, "OrderKey")
 
 
+HAS_COMPLETE = "complete" in Snapshot.__dataclass_fields__
+
+
 def _acked(keys: Sequence[OrderKey]) -> tuple[Any, ...]:
     return tuple(keys) if KEYED_ACKS else tuple(order_id for _, order_id in keys)
 
@@ -391,6 +394,8 @@ class ModelConnector:
                         contingency_type=x.contingency_type,
                     )
                 )
+        if not HAS_COMPLETE:
+            return Snapshot(orders, tuple(lists))  # an older tree: no way to say "cut short"
         return Snapshot(orders, tuple(lists), complete=complete)
 
     async def cancel_all(self, symbols: Sequence[str] | None) -> CancelAck:
