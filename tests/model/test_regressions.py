@@ -59,9 +59,6 @@ def test_a_kill_over_no_configured_account_is_never_flat() -> None:
     replay([submit(Scope.of(accounts=["zz"]))])
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: #5 (join path): a zero-account trigger joined to a kill is flat"
-)
 def test_a_kill_over_no_account_joined_to_a_running_kill_is_never_flat() -> None:
     """#5, found by the checker on the fixed engine: the zero-account check ran only for a
     kill of its own, so a trigger joined to a running kill was reported flat with it."""

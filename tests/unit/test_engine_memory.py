@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch import engine as engine_module
+from killswitch.kill import engine as engine_module
 from killswitch.engine import Account, Engine, EngineConfig, KillState, SubmitResult
 from killswitch.journal import Journal
 from killswitch.model import AccountRef, Mode, Order, Scope, Trigger

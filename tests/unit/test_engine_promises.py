@@ -91,6 +91,7 @@ async def test_a_cancel_cut_short_by_a_graceful_stop_is_carried_out_after_the_re
     second = await make_rig(tmp_path, venues)  # start() resumes what was not finished
     try:
         assert venues["mexc"].open_ids() == set()
+        await second.engine.wait_idle()  # its end is journaled just after start() returns
         done = [r for r in _records(second.journal_path) if r.get("kind") == "kill_done"]
         assert [(r["trigger_id"], r["state"]) for r in done] == [("c1", "flat")]
     finally:

@@ -1,0 +1,62 @@
+"""What the engine is given: accounts, their trackers, timing, and the seams for time and tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from killswitch.exchanges.base import Exchange
+from killswitch.model import AccountRef, Snapshot
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class Spawn(Protocol):
+    """Start a coroutine as a task (the daemon's `CriticalTasks.spawn`)."""
+
+    def __call__(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]: ...
+
+
+class TrackerView(Protocol):
+    """What the engine reads from an account's order tracker (`exchanges.tracker.OrderTracker`)."""
+
+    @property
+    def trusted(self) -> bool:
+        """True while the stream is live and reconciled: the view can start a wave."""
+
+    def as_snapshot(self) -> Snapshot:
+        """The open orders and lists the tracker believes in."""
+
+
+@dataclass(slots=True)
+class Account:
+    """One configured venue account as the engine drives it."""
+
+    ref: AccountRef
+    exchange: Exchange
+    symbols: tuple[str, ...] = ()  # configured symbols, venue-native
+    tracker: TrackerView | None = None
+    dead_mans_switch_s: int = 0
+    stream_state: Callable[[], str] | None = None  # for status; the stream supervisor's state
+    # Why the account is not ready to be acted on ("key rejected: ...", "IP banned until ..."),
+    # or None when it is: shown in status, and named in a kill's report of the account.
+    not_ready: Callable[[], str | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Timing of kills, retries and sweeps."""
+
+    deadline_s: float = 30.0
+    retry_initial_s: float = 0.05
+    retry_max_s: float = 2.0
+    quiet_window_s: float = 2.0
+    sweep_interval_s: float = 10.0
+    clock_skew_retries: int = 3  # immediate retries on ClockSkew before backing off
+    max_in_flight: int = 32  # requests in flight per account once the venue answered OK
+    probe_first: bool = True  # after a quiet spell, one request goes alone before a burst
+    open_for_s: float = 5.0  # how long an OK answer keeps the account open for bursts
+    careful_s: float = 30.0  # after a 429: one request at a time for this long

@@ -1,0 +1,543 @@
+"""The kill engine: accept triggers, journal and latch, run kills, verify flat, sweep, reset.
+
+The engine owns every state change and does no I/O of its own beyond the journal: it talks to
+venues through `Exchange` connectors (`kill.waves`) and tells the world through `events`.
+
+    submit(trigger) -> journal (fsync) -> latch (mode kill) -> kill task in the background
+    kill: every account in scope concurrently (`kill.waves`), to flat or failed
+        quiet    mode kill: still flat after `quiet_window_s` with no new order seen: CONFIRMED
+    latched: new orders seen on a stream in scope are cancelled at once (`kill.latched`); the
+             scopes are swept every `sweep_interval_s`; a restart resumes latched and
+             unfinished kills before `start()` returns (so before READY). Reset is explicit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from killswitch.events import EventRecord, FanOut, make_event
+from killswitch.journal import Journal
+from killswitch.kill.config import Account, Clock, EngineConfig, Sleep, Spawn
+from killswitch.kill.latched import DeadMansSwitches, StreamCancels
+from killswitch.kill.record import (
+    AccountResult,
+    AccountState,
+    Kill,
+    KillKind,
+    KillState,
+    SubmitResult,
+    open_json,
+)
+from killswitch.kill.waves import Waves
+from killswitch.model import AccountRef, ListEvent, Mode, OrderEvent, Scope, Snapshot, Trigger
+
+log = logging.getLogger(__name__)
+
+KILLS_KEPT = 1_000  # finished kills `kill_for` still answers for; older ones are in the journal
+
+
+class Engine:
+    """The kill engine. `start()` replays the journal and resumes latched kills."""
+
+    def __init__(
+        self,
+        accounts: Sequence[Account],
+        journal: Journal,
+        config: EngineConfig | None = None,
+        *,
+        events: FanOut | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+        wall_ms: Callable[[], int] | None = None,
+        rng: random.Random | None = None,
+        healthy: Callable[[], bool] = lambda: True,
+        spawn: Spawn | None = None,
+    ) -> None:
+        self.accounts: dict[AccountRef, Account] = {a.ref: a for a in accounts}
+        self.journal = journal
+        self.config = config or EngineConfig()
+        self.events = events if events is not None else FanOut()
+        self._sleep = sleep
+        self._clock = clock
+        self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
+        self._rng = rng or random.Random()
+        self._healthy = healthy
+        self._spawn_kill = spawn
+        self._latches: dict[str, Scope] = {}
+        # Trigger ids already accepted, oldest first; as many as the journal keeps.
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.kills: dict[str, Kill] = {}  # by trigger id (joined triggers share one Kill)
+        self._running: set[Kill] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._waves = Waves(self.config, sleep=sleep, clock=clock, rng=self._rng, emit=self._emit)
+        self._streams = StreamCancels(
+            self.accounts,
+            self._latches,
+            self._running,
+            self._waves,
+            self.config,
+            clock=clock,
+            emit=self._emit,
+            ids=self._ids,
+        )
+        self._dms = DeadMansSwitches(emit=self._emit, healthy=healthy)
+        # Held from deciding a latch change until it is journaled and applied: a reset names
+        # exactly the latches it releases, and a kill journaled meanwhile is never among them.
+        self._latch_lock = asyncio.Lock()
+        self.last_kill: dict[str, object] | None = None
+        self._started = False
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Replay the journal; resume latched and unfinished kills and wait until each is flat
+        or failed; then start the sweeper and the dead-man's-switch keepers."""
+        if self._started:
+            raise RuntimeError("engine already started")
+        self._started = True
+        state = self.journal.state if self.journal.is_open else self.journal.open()
+        if state.unreadable or state.failsafe_latches:
+            # The journal could not be read back whole: it opened latched on everything, and
+            # stays so until an operator resets (journal.py, "fail-safe").
+            log.error(
+                "journal fail-safe: latched on everything reason=%s kept=%s",
+                state.unreadable or "fail-safe latch still held",
+                state.unreadable_copy,
+            )
+            self._emit(
+                "alarm",
+                account="journal",
+                error=state.unreadable or "fail-safe latch still held",
+                kept=str(state.unreadable_copy or ""),
+                trigger_ids=list(state.failsafe_latches),
+            )
+        self._seen = OrderedDict(state.seen)
+        self._latches.clear()  # shared with the stream cancels: updated, never replaced
+        self._latches.update(state.latches)
+        self.last_kill = state.last_kill
+        resumed: list[Kill] = []
+        for trigger_id, trigger in list(state.triggers.items()):
+            latched = trigger_id in self._latches
+            if not latched and trigger_id not in state.unfinished:
+                continue
+            scope = self._latches.get(trigger_id, trigger.scope)
+            joined = next(
+                (k for k in resumed if k.scope.contains(scope) and k.mode is trigger.mode), None
+            )
+            if joined is not None:
+                joined.triggers.append(trigger)
+                self.kills[trigger_id] = joined
+                continue
+            log.warning("resuming kill trigger_id=%s latched=%s", trigger_id, latched)
+            self._emit("resumed", trigger_id=trigger_id, latched=latched, scope=scope.to_json())
+            resumed.append(self._launch(trigger, scope, kind=KillKind.RESUME))
+        if resumed:
+            await asyncio.gather(*(k.done.wait() for k in resumed))
+        self._spawn(self._sweep_loop(), "sweeper")
+        for account in self.accounts.values():
+            caps = account.exchange.capabilities
+            if account.dead_mans_switch_s > 0 and caps.dead_mans_switch:
+                self._spawn(self._dms.keep(account), f"dms {account.ref}")
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Let kills in flight finish for up to `grace_s`, then cancel what is left."""
+        self._stopping = True
+        running = [k.task for k in self._running if k.task is not None]
+        running += list(self._streams.tasks.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_s)
+            if pending:
+                log.warning("stop cancelled kills in flight count=%d", len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.journal.close()
+
+    async def wait_idle(self) -> None:
+        """Wait until no kill, sweep or stream cancel is in flight (for tests and drains)."""
+        while True:
+            busy = [k.task for k in self._running if k.task is not None]
+            busy += list(self._streams.tasks.values())
+            if not busy:
+                return
+            await asyncio.wait(busy)
+
+    # -- the public API -------------------------------------------------------------------------
+    async def submit(self, trigger: Trigger) -> SubmitResult:
+        """Journal the trigger (fsync), latch its scope (mode kill) and start the kill."""
+        if trigger.id in self._seen:
+            self._emit("duplicate", trigger_id=trigger.id, source=trigger.source)
+            return SubmitResult.DUPLICATE
+        self._seen[trigger.id] = None
+        while len(self._seen) > self.journal.seen_limit:
+            self._seen.popitem(last=False)
+        if not trigger.received_ms:
+            trigger = _with_received(trigger, self._wall_ms())
+        records: list[tuple[str, dict[str, object]]] = [("trigger", {"trigger": trigger.to_json()})]
+        if trigger.mode is Mode.KILL:
+            records.append(("latch", {"trigger_id": trigger.id, "scope": trigger.scope.to_json()}))
+        try:
+            # Shielded: a caller cancelled mid-write must not leave the journal holding a
+            # latch that memory does not (the write itself always finishes).
+            await asyncio.shield(self._accept(trigger, records))
+        except BaseException:
+            # not journaled: a retry of this trigger must not be answered DUPLICATE
+            self._seen.pop(trigger.id, None)
+            raise
+        log.warning(
+            "kill triggered trigger_id=%s source=%s mode=%s scope=%s reason=%r",
+            trigger.id,
+            trigger.source,
+            trigger.mode.value,
+            trigger.scope.to_json(),
+            trigger.reason,
+        )
+        self._emit("triggered", trigger=trigger.to_json())
+        if trigger.mode is Mode.KILL:
+            self._emit("latched", trigger_id=trigger.id, scope=trigger.scope.to_json())
+        joined = self._joinable(trigger)
+        if joined is not None:
+            joined.triggers.append(trigger)
+            self.kills[trigger.id] = joined
+            self._emit("joined", trigger_id=trigger.id, kill_id=joined.id)
+        else:
+            self._launch(trigger, trigger.scope, kind=KillKind.TRIGGER)
+        return SubmitResult.ACCEPTED
+
+    async def _accept(self, trigger: Trigger, records: list[tuple[str, dict[str, object]]]) -> None:
+        async with self._latch_lock:
+            await self.journal.append_many_async(records)
+            if trigger.mode is Mode.KILL:
+                self._latches[trigger.id] = trigger.scope
+
+    async def reset(
+        self,
+        *,
+        actor: str,
+        reason: str,
+        origin: str = "local",
+        only: Iterable[str] | None = None,
+    ) -> bool:
+        """Release every latch, or those of the trigger ids in `only` (audited: who, why, from
+        where). The journal record, the log line and the event name exactly the latches
+        released. False if nothing was released."""
+        async with self._latch_lock:
+            wanted = set(self._latches) if only is None else set(only) & set(self._latches)
+            names = [t for t in self._latches if t in wanted]
+            released = [{"trigger_id": t, "scope": self._latches[t].to_json()} for t in names]
+            await self.journal.append_async(
+                "reset", actor=actor, reason=reason, origin=origin, released=released
+            )
+            for trigger_id in names:
+                del self._latches[trigger_id]
+        for kill in list(self._running):
+            if kill.mode is not Mode.KILL or kill.task is None:
+                continue
+            if kill.kind is KillKind.SWEEP:
+                stale = not any(s.contains(kill.scope) for s in self._latches.values())
+            else:
+                ids = {t.id for t in kill.triggers}
+                stale = bool(ids) and ids <= wanted
+            if stale:
+                kill.released = True
+                kill.task.cancel()
+        log.warning("reset actor=%s origin=%s reason=%r released=%s", actor, origin, reason, names)
+        self._emit("reset", actor=actor, reason=reason, origin=origin, released=released)
+        return bool(names)
+
+    def healthy(self) -> bool:
+        """True while started and its background loops (sweeper, dead-man's switches) run."""
+        return self._started and not self._stopping and all(not t.done() for t in self._tasks)
+
+    def latched(self) -> bool:
+        return bool(self._latches)
+
+    def latch_scopes(self) -> list[Scope]:
+        return list(self._latches.values())
+
+    def kill_for(self, trigger_id: str) -> Kill | None:
+        """The kill a trigger started or joined."""
+        return self.kills.get(trigger_id)
+
+    def on_stream_event(self, ref: AccountRef, event: OrderEvent | ListEvent) -> None:
+        """A stream saw an order change: cancel new open orders in a latched scope at once."""
+        self._streams.on_event(ref, event)
+
+    def status(self) -> dict[str, object]:
+        """Everything `killswitch status` shows: latch, kills, per-account view."""
+        accounts: list[dict[str, object]] = []
+        for account in self.accounts.values():
+            entry: dict[str, object] = {
+                "venue": account.ref.venue,
+                "account": account.ref.account,
+                "stream": account.stream_state() if account.stream_state else "unknown",
+                "dead_mans_switch": self._dms.state.get(account.ref, "off"),
+            }
+            reason = account.not_ready() if account.not_ready is not None else None
+            entry["ready"] = reason is None
+            entry["reason"] = reason or ""
+            if account.tracker is not None:
+                view = account.tracker.as_snapshot()
+                entry["open_orders"] = len(view.orders)
+                entry["open_lists"] = len(view.lists)
+                entry["tracker_trusted"] = account.tracker.trusted
+            accounts.append(entry)
+        return {
+            "latched": self.latched(),
+            "latches": [{"trigger_id": t, "scope": s.to_json()} for t, s in self._latches.items()],
+            "running": [k.summary() for k in self._running if k.kind is not KillKind.STREAM],
+            "last_kill": self.last_kill,
+            "accounts": accounts,
+        }
+
+    # -- kills ----------------------------------------------------------------------------------
+    def _joinable(self, trigger: Trigger) -> Kill | None:
+        if not any(trigger.scope.covers_account(ref) for ref in self.accounts):
+            return None  # a kill of its own, over no account, fails: it never rides on another
+        for kill in self._running:
+            if (
+                kill.kind in (KillKind.TRIGGER, KillKind.RESUME)
+                and kill.state is KillState.RUNNING
+                and kill.mode is trigger.mode
+                and kill.scope.contains(trigger.scope)
+            ):
+                return kill
+        return None
+
+    def _launch(self, trigger: Trigger | None, scope: Scope, *, kind: KillKind) -> Kill:
+        now = self._clock()
+        mode = trigger.mode if trigger is not None else Mode.KILL
+        kill_id = trigger.id if trigger is not None else f"{kind}-{next(self._ids)}"
+        kill = Kill(
+            kill_id,
+            kind,
+            scope,
+            mode,
+            [trigger] if trigger is not None else [],
+            now,
+            now + self.config.deadline_s,
+        )
+        if trigger is not None:
+            self.kills[trigger.id] = kill
+        self._running.add(kill)
+        if self._spawn_kill is not None and kind is not KillKind.SWEEP:
+            # Kills run as the daemon's critical work: a shutdown lets them finish.
+            kill.task = self._spawn_kill(self._run_kill(kill), name=f"kill {kill_id}")
+        else:
+            kill.task = asyncio.get_running_loop().create_task(
+                self._run_kill(kill), name=f"kill {kill_id}"
+            )
+        return kill
+
+    async def _run_kill(self, kill: Kill) -> None:
+        accounts = [a for a in self.accounts.values() if kill.scope.covers_account(a.ref)]
+        for account in accounts:
+            kill.accounts[account.ref] = AccountResult(account.ref)
+        if kill.kind is not KillKind.SWEEP:
+            log.warning("kill start kill_id=%s accounts=%d", kill.id, len(accounts))
+        try:
+            await self._to_done(kill, accounts)
+            kill.done.set()
+            # A one-shot cancel ends at its flat snapshot: a confirmation re-check would
+            # cancel orders placed after it.
+            if (
+                kill.state is KillState.FLAT
+                and kill.kind is not KillKind.SWEEP
+                and kill.mode is Mode.KILL
+            ):
+                await self._confirm(kill, accounts)
+        except asyncio.CancelledError:
+            kill.state = KillState.ABORTED
+            why = "reset" if kill.released else "shutdown"
+            self._emit("aborted", kill_id=kill.id, kind=kill.kind, reason=why)
+            raise
+        finally:
+            kill.done.set()
+            try:
+                await self._record_done(kill)
+            finally:
+                # Still running until its end is journaled: `wait_idle` waits for the record.
+                self._running.discard(kill)
+                kill.finished.set()
+                # The orders a kill saw matter only while it runs; a finished kill stays in
+                # `kills` for `kill_for` (the newest KILLS_KEPT of them) as its summary.
+                kill.final = kill.summary()
+                for result in kill.accounts.values():
+                    result.known.clear()
+                self._forget_old_kills()
+
+    async def _to_done(
+        self, kill: Kill, accounts: Sequence[Account], *, again: bool = False
+    ) -> None:
+        """Run every account to flat or failure; `again` re-verifies a kill already flat."""
+        if not accounts:
+            # Nothing was checked, so nothing is proved: a kill of nothing is not flat.
+            log.error("kill has no configured account in scope kill_id=%s", kill.id)
+            kill.state = KillState.FAILED
+            self._emit(
+                "failed",
+                still_open={},
+                error={"kind": "no_account_in_scope"},
+                **kill.summary(),
+            )
+            return
+        fast = kill.kind is not KillKind.SWEEP and not again
+        await asyncio.gather(*(self._waves.run_account(kill, a, fast=fast) for a in accounts))
+        results = list(kill.accounts.values())
+        if all(r.state is AccountState.FLAT for r in results):
+            kill.state = KillState.FLAT
+            if again:
+                return
+            kill.local_flat_ms = (self._clock() - kill.started) * 1000
+            if kill.origin_ms:
+                kill.time_to_flat_ms = float(self._wall_ms() - kill.origin_ms)
+            else:
+                kill.time_to_flat_ms = kill.local_flat_ms
+            kill.flat.set()
+            if kill.kind is KillKind.SWEEP:
+                self._emit("sweep", kill_id=kill.id, result="flat", **self._sweep_counts(kill))
+            else:
+                log.warning(
+                    "kill flat kill_id=%s time_to_flat_ms=%s", kill.id, kill.time_to_flat_ms
+                )
+                self._emit("flat", **kill.summary())
+            return
+        kill.state = KillState.FAILED
+        open_now = {
+            str(r.ref): {**open_json(r.still_open or Snapshot()), "verified": r.verified}
+            for r in results
+            if r.state is not AccountState.FLAT
+        }
+        log.error("kill failed kill_id=%s kind=%s open=%s", kill.id, kill.kind, open_now)
+        self._emit("failed", still_open=open_now, **kill.summary())
+
+    async def _confirm(self, kill: Kill, accounts: Sequence[Account]) -> None:
+        """Flat, then still flat after a quiet window with no new order on the streams."""
+        window = self.config.quiet_window_s
+        give_up = kill.deadline + window
+        while True:
+            seen = kill.new_orders_seen
+            await asyncio.sleep(window)
+            quiet = kill.new_orders_seen == seen
+            if not quiet:
+                # Orders arrived during the window: give their waves time of their own.
+                kill.deadline = max(kill.deadline, self._clock() + self.config.deadline_s / 2)
+            # One more look at the venues: consecutive empty snapshots, not our own word.
+            await self._to_done(kill, accounts, again=True)
+            if kill.state is not KillState.FLAT:
+                return
+            if quiet and kill.new_orders_seen == seen:
+                kill.state = KillState.CONFIRMED
+                log.warning("kill confirmed kill_id=%s", kill.id)
+                self._emit("confirmed", kill_id=kill.id, time_to_flat_ms=kill.time_to_flat_ms)
+                return
+            if self._clock() >= give_up:
+                self._emit("unconfirmed", kill_id=kill.id, reason="new orders kept arriving")
+                return
+
+    async def _record_done(self, kill: Kill) -> None:
+        if kill.kind in (KillKind.SWEEP, KillKind.STREAM):
+            return
+        if kill.state is KillState.ABORTED and not kill.released:
+            # Interrupted by a shutdown: no `kill_done`, so the next start resumes it.
+            log.warning("kill interrupted, resumes at the next start kill_id=%s", kill.id)
+            return
+        summary = kill.summary()
+        self.last_kill = summary
+        for trigger in kill.triggers:
+            try:
+                # A write once begun is finished even if this task is cancelled meanwhile.
+                await asyncio.shield(
+                    self.journal.append_async(
+                        "kill_done", trigger_id=trigger.id, state=kill.state.value, summary=summary
+                    )
+                )
+            except asyncio.CancelledError:
+                raise
+            except OSError:
+                log.exception("journal write of kill_done failed trigger_id=%s", trigger.id)
+
+    def _forget_old_kills(self) -> None:
+        finished = [t for t, k in self.kills.items() if k.finished.is_set()]
+        for trigger_id in finished[: max(0, len(finished) - KILLS_KEPT)]:
+            del self.kills[trigger_id]
+
+    # -- latched: streams, sweeps, dead-man's switch ----------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            if self._stopping:
+                return
+            await self.sweep()
+
+    async def sweep(self) -> list[Kill]:
+        """Re-sweep every latched scope not already being killed; return the sweeps started."""
+        started: list[Kill] = []
+        for scope in _widest(self._latches.values()):
+            if any(k.scope.contains(scope) for k in self._running if k.kind is not KillKind.STREAM):
+                continue
+            started.append(self._launch(None, scope, kind=KillKind.SWEEP))
+        if started:
+            await asyncio.gather(*(k.finished.wait() for k in started))
+        return started
+
+    def _sweep_counts(self, kill: Kill) -> dict[str, object]:
+        return {
+            "accounts": {
+                str(r.ref): {
+                    "found": r.orders_before + r.lists_before,
+                    "cancelled": len(r.cancelled),
+                }
+                for r in kill.accounts.values()
+            }
+        }
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine task died name=%s error=%r", task.get_name(), task.exception())
+
+    def _emit(self, event_type: str, **fields: object) -> EventRecord:
+        record = make_event(event_type, **fields)
+        self.events.emit(record)
+        return record
+
+
+def _with_received(trigger: Trigger, now_ms: int) -> Trigger:
+    return Trigger(
+        id=trigger.id,
+        source=trigger.source,
+        mode=trigger.mode,
+        reason=trigger.reason,
+        scope=trigger.scope,
+        created_ms=trigger.created_ms,
+        received_ms=now_ms,
+        actor=trigger.actor,
+    )
+
+
+def _widest(scopes: Iterable[Scope]) -> list[Scope]:
+    """Drop every scope another one contains."""
+    unique = list(dict.fromkeys(scopes))
+    return [s for s in unique if not any(o is not s and o.contains(s) and o != s for o in unique)]

@@ -1,0 +1,199 @@
+"""While latched: cancel what a stream shows at once, and keep the venues' dead-man's switch armed.
+
+The periodic sweep of latched scopes is a kill of its own (`Engine.sweep`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+from collections.abc import Callable
+
+from killswitch.exchanges.base import VenueError
+from killswitch.kill.config import Account, Clock, EngineConfig
+from killswitch.kill.record import AccountResult, Kill, KillKind
+from killswitch.kill.waves import Emit, Waves, _AccountStopped
+from killswitch.model import (
+    AccountRef,
+    ExecType,
+    ListEvent,
+    Mode,
+    Order,
+    OrderEvent,
+    OrderList,
+    Scope,
+    Snapshot,
+)
+from killswitch.planner import plan
+
+log = logging.getLogger(__name__)
+
+
+class StreamCancels:
+    """Cancel, by id, every new open order or list a stream shows inside a latched scope."""
+
+    def __init__(
+        self,
+        accounts: dict[AccountRef, Account],
+        latches: dict[str, Scope],
+        running: set[Kill],
+        waves: Waves,
+        config: EngineConfig,
+        *,
+        clock: Clock,
+        emit: Emit,
+        ids: itertools.count[int],
+    ) -> None:
+        self.accounts = accounts
+        self._latches = latches  # the engine's: read, never changed here
+        self._running = running  # the engine's: kills whose quiet window a new order resets
+        self._waves = waves
+        self.config = config
+        self._clock = clock
+        self._emit = emit
+        self._ids = ids
+        self._stream_pending: dict[AccountRef, dict[str, Order | OrderList]] = {}
+        self._stream_recent: dict[AccountRef, dict[str, float]] = {}
+        self.tasks: dict[AccountRef, asyncio.Task[None]] = {}
+
+    def on_event(self, ref: AccountRef, event: OrderEvent | ListEvent) -> None:
+        """A stream saw an order change: cancel new open orders in a latched scope at once."""
+        if not event.is_open:
+            return
+        account = self.accounts.get(ref)
+        if account is None:
+            return
+        if isinstance(event, OrderEvent):
+            if event.exec_type in (ExecType.NEW, ExecType.REPLACED):
+                for kill in self._running:
+                    if kill.scope.covers_account(ref) and kill.scope.covers_order(event):
+                        kill.new_orders_seen += 1
+            scope = self._latch_covering(ref, event)
+            if scope is None:
+                return
+            item: Order | OrderList = event.to_order()
+            key = f"o:{event.symbol}:{event.order_id}"
+        else:
+            order_list = OrderList(
+                symbol=event.symbol,
+                list_id=event.list_id,
+                list_client_order_id=event.list_client_order_id,
+                order_ids=event.order_ids,
+            )
+            scope = next(
+                (
+                    s
+                    for s in self._latches.values()
+                    if s.covers_account(ref) and s.covers_list(order_list)
+                ),
+                None,
+            )
+            if scope is None:
+                return
+            item = order_list
+            key = f"l:{event.symbol}:{event.list_id}"
+        recent = self._stream_recent.setdefault(ref, {})
+        now = self._clock()
+        if key in recent and now - recent[key] < self.config.deadline_s:
+            return
+        recent[key] = now
+        if len(recent) > 10_000:
+            for old in [k for k, t in recent.items() if now - t >= self.config.deadline_s]:
+                del recent[old]
+        self._stream_pending.setdefault(ref, {})[key] = item
+        if ref not in self.tasks:
+            task = asyncio.get_running_loop().create_task(self._drain_stream(account, scope))
+            self.tasks[ref] = task
+            task.add_done_callback(functools.partial(self._stream_done, ref))
+
+    def _latch_covering(self, ref: AccountRef, event: OrderEvent) -> Scope | None:
+        for scope in self._latches.values():
+            if scope.covers_account(ref) and scope.covers_order(event):
+                return scope
+        return None
+
+    async def _drain_stream(self, account: Account, scope: Scope) -> None:
+        ref = account.ref
+        pending = self._stream_pending.setdefault(ref, {})
+        while pending:
+            items = list(pending.values())
+            pending.clear()
+            now = self._clock()
+            kill = Kill(
+                f"stream-{next(self._ids)}",
+                KillKind.STREAM,
+                scope,
+                Mode.KILL,
+                [],
+                now,
+                now + self.config.deadline_s,
+            )
+            result = kill.accounts.setdefault(ref, AccountResult(ref))
+            orders = tuple(i for i in items if isinstance(i, Order))
+            lists = tuple(i for i in items if isinstance(i, OrderList))
+            # Cancel exactly what the stream showed, by id: a cancel-all here could race a
+            # wave and costs more than the few orders a stream burst brings. Every item was
+            # matched against a latched scope when it was queued; the empty prefix only makes
+            # the planner cancel by id.
+            by_id = Scope(client_order_id_prefix="")
+            requests = plan(by_id, Snapshot(orders, lists), None, (), account.exchange.capabilities)
+            self._emit(
+                "stream_cancel",
+                account=str(ref),
+                orders=[{"symbol": o.symbol, "order_id": o.order_id} for o in orders],
+                lists=[x.list_id for x in lists],
+            )
+            try:
+                await self._waves.wave(kill, account, result, requests, 0)
+            except asyncio.CancelledError:
+                raise
+            except _AccountStopped as stop:
+                self._waves.alarm(kill, ref, stop.error)
+
+    def _stream_done(self, ref: AccountRef, task: asyncio.Task[None]) -> None:
+        self.tasks.pop(ref, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stream cancel task died account=%s error=%r", ref, task.exception())
+
+
+class DeadMansSwitches:
+    """Keep each account's venue-side cancel-all timer armed while the daemon is healthy."""
+
+    def __init__(self, *, emit: Emit, healthy: Callable[[], bool]) -> None:
+        self._emit = emit
+        self._healthy = healthy
+        self.state: dict[AccountRef, str] = {}
+
+    async def keep(self, account: Account) -> None:
+        """Arm the account's switch every third of its timeout while healthy; else let it lapse."""
+        timeout_s = account.dead_mans_switch_s
+        low, high = account.exchange.capabilities.dead_mans_switch_range_s or (timeout_s, timeout_s)
+        timeout_s = max(low, min(high, timeout_s))
+        ref = account.ref
+        while True:
+            if self._healthy():
+                try:
+                    state = await account.exchange.arm_dead_mans_switch(timeout_s)
+                except asyncio.CancelledError:
+                    raise
+                except VenueError as exc:
+                    log.warning("dead man's switch arm failed account=%s error=%s", ref, exc)
+                    if self.state.get(ref) != "failed":
+                        self._emit(
+                            "alarm",
+                            account=str(ref),
+                            dead_mans_switch="arm failed",
+                            error=exc.to_json(),
+                        )
+                    self.state[ref] = "failed"
+                else:
+                    if self.state.get(ref) != "armed":
+                        self._emit("dms", account=str(ref), armed=state.active, timeout_s=timeout_s)
+                    self.state[ref] = "armed" if state.active else "off"
+            elif self.state.get(ref) == "armed":
+                log.warning("dead man's switch left to expire: daemon unhealthy account=%s", ref)
+                self.state[ref] = "expiring"
+                self._emit("dms", account=str(ref), armed=False, reason="unhealthy")
+            await asyncio.sleep(timeout_s / 3)

@@ -1,0 +1,546 @@
+"""One account's part of a kill: waves of cancels, each sent with retries per the taxonomy,
+then verified from the venue, until the account is flat, stopped or out of time.
+
+    wave 1   plan from the tracker and configured symbols and send at once, while a venue
+             snapshot is read; then cover what only the snapshot shows
+    verify   a complete snapshot in scope; anything left starts another wave
+    ...      until flat (a complete, empty read), a Fatal answer, or the deadline
+
+Retries follow the taxonomy in `exchanges/base.py`: `AlreadyGone` is success and never retried;
+`RateLimited` waits its `retry_after_s`; `ClockSkew` retries at once (the connector resyncs);
+`OutcomeUnknown` re-reads the venue before sending again; `Transient` backs off with full
+jitter; `Fatal` stops the account with an alarm. One account's failure never stops another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from killswitch.events import EventRecord
+from killswitch.exchanges.base import (
+    AlreadyGone,
+    CancelAck,
+    ClockSkew,
+    Exchange,
+    Fatal,
+    IpBanned,
+    OutcomeUnknown,
+    RateLimited,
+    VenueError,
+)
+from killswitch.kill.config import Account, Clock, EngineConfig, Sleep
+from killswitch.kill.gate import Gate
+from killswitch.kill.record import AccountResult, AccountState, Kill, KillKind
+from killswitch.model import AccountRef, Mode, OrderKey, Scope, Snapshot, canonical_symbol
+from killswitch.planner import CancelRequest, RequestKind, in_scope, plan
+
+log = logging.getLogger(__name__)
+
+_GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own clock
+
+T = TypeVar("T")
+Emit = Callable[..., EventRecord]
+
+
+class Waves:
+    """Drive accounts through a kill, each under its own gate (see `kill.gate`)."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        sleep: Sleep,
+        clock: Clock,
+        rng: random.Random,
+        emit: Emit,
+    ) -> None:
+        self.config = config
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng
+        self._emit = emit
+        self._gates: dict[AccountRef, Gate] = {}
+
+    async def run_account(self, kill: Kill, account: Account, *, fast: bool) -> None:
+        result = kill.accounts[account.ref]
+        result.state = AccountState.RUNNING
+        guard_s = max(0.0, kill.deadline - self._clock()) + _GUARD_S
+        try:
+            async with asyncio.timeout(guard_s):
+                await self._account_waves(kill, account, result, fast=fast)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            log.error(
+                "kill account overran its deadline kill_id=%s account=%s", kill.id, account.ref
+            )
+            result.state = AccountState.FAILED
+        except _AccountStopped as stop:
+            result.state = AccountState.STOPPED
+            result.error = stop.error.to_json()
+            if result.still_open is None:
+                # Never verified: report what we last knew to be open, marked unverified.
+                left = tuple(o for o in result.known.values() if o.key not in result.cancelled)
+                result.still_open = Snapshot(left)
+            self.alarm(kill, account.ref, stop.error)
+        except _DeadlinePassed:
+            result.state = AccountState.FAILED
+        except Exception as exc:  # a bug on one account must not stop the others
+            log.exception("kill account crashed kill_id=%s account=%s", kill.id, account.ref)
+            result.state = AccountState.FAILED
+            result.error = {"kind": type(exc).__name__}
+            self._emit("alarm", kill_id=kill.id, account=str(account.ref), error=result.error)
+        if result.state is not AccountState.FLAT and account.not_ready is not None:
+            result.not_ready = account.not_ready()
+
+    async def _account_waves(
+        self, kill: Kill, account: Account, result: AccountResult, *, fast: bool
+    ) -> None:
+        scope = kill.scope
+        caps = account.exchange.capabilities
+        tracked: Snapshot | None = None
+        if account.tracker is not None and account.tracker.trusted:
+            tracked = in_scope(scope, account.tracker.as_snapshot())
+            self._remember(result, tracked)
+        first: list[CancelRequest] = []
+        if fast:
+            first = _biggest_first(plan(scope, tracked, None, account.symbols, caps), tracked)
+        wave_no = result.waves + 1
+        rest = first
+        if first and self.gate(account).mode != "open":
+            # The probe goes alone, and it is the cancel that covers the most orders.
+            await self.wave(kill, account, result, first[:1], wave_no)
+            rest = first[1:]
+        snap_task = asyncio.ensure_future(self._read(kill, account, result, tracked))
+        wave1 = asyncio.ensure_future(self.wave(kill, account, result, rest, wave_no))
+        try:
+            snapshot = await snap_task
+        except asyncio.CancelledError:
+            wave1.cancel()
+            with contextlib.suppress(asyncio.CancelledError, _AccountStopped):
+                await wave1
+            raise
+        except (_AccountStopped, _DeadlinePassed):
+            # Cancels already on their way still count: let them land before reporting.
+            with contextlib.suppress(_AccountStopped):
+                await wave1
+            raise
+        extra = [] if snapshot.empty else plan(scope, None, snapshot, (), caps, already=first)
+        await _together(wave1, self.wave(kill, account, result, extra, wave_no))
+        if result.waves == 0:
+            # What was open at the first look: the snapshot may have been read after the
+            # first cancels landed, so their acknowledgements count too.
+            seen = {o.key for o in snapshot.orders} | result.cancelled
+            seen |= {o.key for o in (tracked or Snapshot()).orders}
+            result.orders_before = len(seen)
+            lists = {x.list_id for x in snapshot.lists} | result.lists_cancelled
+            lists |= {x.list_id for x in (tracked or Snapshot()).lists}
+            result.lists_before = len(lists)
+        if first or extra:
+            result.waves = wave_no
+        # A one-shot cancel is about what was open when it looked: orders placed after its
+        # first look are not its business, and its later waves cancel by id only.
+        targets: set[OrderKey] | None = None
+        target_lists: set[str] = set()
+        if kill.mode is Mode.CANCEL:
+            targets = set(result.known) | result.cancelled
+            target_lists = {x.list_id for x in snapshot.lists} | result.lists_cancelled
+            target_lists |= {x.list_id for x in (tracked or Snapshot()).lists}
+            scope = Scope(client_order_id_prefix="")  # matches every item: plans by id
+        # With nothing sent, the snapshot already is the verification.
+        verify: Snapshot | None = snapshot if not first and not extra else None
+        idle = 0
+        while True:
+            if verify is None:
+                verify = await self._read(kill, account, result, None)
+            if targets is not None:
+                verify = _only(verify, targets, target_lists)
+            result.still_open = verify
+            result.verified = verify.complete
+            if verify.proves_flat:
+                result.state = AccountState.FLAT
+                if result.flat_ms is None:
+                    result.flat_ms = (self._clock() - kill.started) * 1000
+                return
+            self._check_deadline(kill)
+            requests = plan(scope, None, verify, (), caps)
+            verify = None
+            if not requests:
+                # A read that may have been cut short showed nothing to cancel: it proves
+                # nothing, so look again (after a pause) until it is complete or time is up.
+                idle += 1
+                cap = min(self.config.retry_max_s, self.config.retry_initial_s * 2**idle)
+                await self._sleep(self._rng.uniform(0.0, cap))
+                continue
+            result.waves += 1
+            await self.wave(kill, account, result, requests, result.waves)
+
+    async def wave(
+        self,
+        kill: Kill,
+        account: Account,
+        result: AccountResult,
+        requests: Sequence[CancelRequest],
+        wave: int,
+    ) -> None:
+        if not requests:
+            return
+        if kill.kind is not KillKind.STREAM:
+            self._emit(
+                "wave",
+                kill_id=kill.id,
+                account=str(account.ref),
+                wave=wave,
+                requests=len(requests),
+            )
+        outcomes = await asyncio.gather(*(self._send(kill, account, result, r) for r in requests))
+        for outcome in outcomes:
+            if isinstance(outcome.error, Fatal):
+                raise _AccountStopped(outcome.error)
+
+    async def _read(
+        self, kill: Kill, account: Account, result: AccountResult, tracked: Snapshot | None
+    ) -> Snapshot:
+        """Snapshot the account in scope, retried per the taxonomy until the deadline."""
+        symbols = self._snapshot_symbols(kill.scope, account, result)
+
+        async def once() -> Snapshot:
+            return await self.gate(account).run(lambda: account.exchange.snapshot(symbols))
+
+        try:
+            snap = await self._retrying(kill, result, once)
+        except Fatal as exc:
+            raise _AccountStopped(exc) from exc
+        except VenueError as exc:
+            result.error = exc.to_json()
+            if result.still_open is None:
+                result.still_open = tracked or Snapshot(tuple(result.known.values()))
+            raise _DeadlinePassed from exc
+        filtered = in_scope(kill.scope, snap)
+        self._remember(result, filtered)
+        return filtered
+
+    def _snapshot_symbols(
+        self, scope: Scope, account: Account, result: AccountResult
+    ) -> list[str] | None:
+        """The symbols to read: None for all (where the venue can), else every symbol in scope
+        we know the venue's name of (configured, tracked, seen in this kill)."""
+        known = set(account.symbols) | {o.symbol for o in result.known.values()}
+        if account.tracker is not None:
+            known |= account.tracker.as_snapshot().symbols()
+        wanted = sorted(s for s in known if scope.covers_symbol(s))
+        if account.exchange.capabilities.open_orders_without_symbol:
+            # A symbol-scoped kill reads just its symbols, when we know the venue's name for
+            # each of them: an all-symbols read may be capped by orders out of scope.
+            named = {canonical_symbol(s) for s in wanted}
+            if scope.symbols and named >= scope.symbols:
+                return wanted
+            return None
+        return wanted
+
+    def _remember(self, result: AccountResult, snapshot: Snapshot) -> None:
+        for order in snapshot.orders:
+            result.known.setdefault(order.key, order)
+
+    def _check_deadline(self, kill: Kill) -> None:
+        if self._clock() >= kill.deadline:
+            raise _DeadlinePassed
+
+    async def _send(
+        self, kill: Kill, account: Account, result: AccountResult, request: CancelRequest
+    ) -> _Outcome:
+        """Send one planned request with retries; return its outcome (never raises VenueError)."""
+        started = self._clock()
+        attempts = 0
+        current: CancelRequest | None = request
+        reread = False
+        cancelled = 0
+        limited = 0
+        verified = False
+
+        async def once() -> CancelAck | None:
+            nonlocal attempts, current, reread, cancelled, verified, limited
+            attempts += 1
+            if attempts > 1:
+                result.retries += 1
+            if reread:
+                assert current is not None
+                current, gone = await self._narrow(kill, account, result, current)
+                cancelled += gone
+                reread = False
+                if current is None:
+                    verified = True
+                    return None
+            assert current is not None
+            result.requests += 1
+            try:
+                request_now = current
+                ack = await self.gate(account).run(
+                    lambda: self._call(account.exchange, request_now)
+                )
+            except OutcomeUnknown:
+                reread = True
+                raise
+            except RateLimited as exc:
+                result.rate_limited += 1
+                limited += 1
+                if isinstance(exc, IpBanned):
+                    self.alarm(kill, account.ref, exc)
+                raise
+            except _BatchPartial as partial:
+                cancelled += self._count(result, partial.ack)
+                current = partial.rest
+                raise partial.error from None
+            cancelled += self._count(result, ack)
+            return ack
+
+        outcome: _Outcome
+        try:
+            await self._retrying(kill, result, once)
+            outcome = _Outcome("verified" if verified else "ok", cancelled, attempts)
+        except AlreadyGone:
+            outcome = _Outcome("gone", cancelled, attempts)
+        except VenueError as exc:
+            outcome = _Outcome(exc.kind, cancelled, attempts, exc)
+        if outcome.result in ("ok", "gone", "verified") and kill.first_cancel_ms is None:
+            kill.first_cancel_ms = (self._clock() - kill.started) * 1000
+        if outcome.result in ("ok", "gone", "verified") and result.first_cancel_ms is None:
+            result.first_cancel_ms = (self._clock() - kill.started) * 1000
+        self._emit(
+            "outcome",
+            kill_id=kill.id,
+            account=str(account.ref),
+            venue=account.ref.venue,
+            request=request.kind.value,
+            symbols=list(request.symbols),
+            ids=len(request.order_ids),
+            result=outcome.result,
+            cancelled=outcome.cancelled,
+            attempts=outcome.attempts,
+            rate_limited=limited,
+            duration_ms=round((self._clock() - started) * 1000, 3),
+            error=outcome.error.to_json() if outcome.error is not None else None,
+        )
+        return outcome
+
+    async def _narrow(
+        self, kill: Kill, account: Account, result: AccountResult, request: CancelRequest
+    ) -> tuple[CancelRequest | None, int]:
+        """After an unknown outcome: re-read the venue; return what is still to send, if any,
+        and how many orders the request was meant to cancel are gone now."""
+        symbols = list(request.symbols) if request.symbols else None
+        caps = account.exchange.capabilities
+        if symbols is None and not caps.open_orders_without_symbol:
+            symbols = self._snapshot_symbols(kill.scope, account, result)
+        snap = in_scope(
+            kill.scope,
+            await self.gate(account).run(lambda: account.exchange.snapshot(symbols)),
+        )
+        open_keys = {o.key for o in snap.orders}
+        open_lists = {x.list_id for x in snap.lists}
+        gone = self._coverage(result, request) - open_keys - result.cancelled
+        result.cancelled.update(gone)
+        kind = request.kind
+        if kind is RequestKind.CANCEL_ALL:
+            left = tuple(s for s in request.symbols if s in snap.symbols())
+            return (CancelRequest(kind, symbols=left) if left else None), len(gone)
+        if kind is RequestKind.CANCEL_ALL_ACCOUNT:
+            # Lists the venue's cancel-all does not cover have requests of their own.
+            covers_lists = caps.cancel_all_covers_lists
+            rest = [o for o in snap.orders if covers_lists or o.list_id is None]
+            return (request if rest else None), len(gone)
+        if kind is RequestKind.CANCEL_LIST:
+            return (request if request.list_id in open_lists else None), len(gone)
+        symbol = request.symbols[0] if request.symbols else ""
+        ids = tuple(i for i in request.order_ids if (symbol, i) in open_keys)
+        if not ids:
+            return None, len(gone)
+        if len(ids) == 1:
+            return CancelRequest(RequestKind.CANCEL_ORDER, request.symbols, ids), len(gone)
+        return CancelRequest(kind, request.symbols, ids), len(gone)
+
+    def _coverage(self, result: AccountResult, request: CancelRequest) -> set[OrderKey]:
+        if request.order_ids:
+            symbol = request.symbols[0] if request.symbols else ""
+            return {(symbol, i) for i in request.order_ids}
+        if request.kind is RequestKind.CANCEL_ALL:
+            wanted = set(request.symbols)
+            return {o.key for o in result.known.values() if o.symbol in wanted}
+        if request.kind is RequestKind.CANCEL_ALL_ACCOUNT:
+            return set(result.known)
+        return {o.key for o in result.known.values() if o.list_id == request.list_id}
+
+    def _count(self, result: AccountResult, ack: CancelAck) -> int:
+        fresh = [i for i in ack.cancelled if i not in result.cancelled]
+        result.cancelled.update(ack.cancelled)
+        result.lists_cancelled.update(ack.lists_cancelled)
+        return len(fresh)
+
+    async def _call(self, exchange: Exchange, request: CancelRequest) -> CancelAck:
+        kind = request.kind
+        if kind is RequestKind.CANCEL_ALL:
+            return await exchange.cancel_all(list(request.symbols))
+        if kind is RequestKind.CANCEL_ALL_ACCOUNT:
+            return await exchange.cancel_all(None)
+        if kind is RequestKind.CANCEL_LIST:
+            assert request.list_id is not None
+            return await exchange.cancel_order_list(request.symbols[0], request.list_id)
+        if kind is RequestKind.CANCEL_ORDER:
+            return await exchange.cancel_order(request.symbols[0], request.order_ids[0])
+        symbol = request.symbols[0]
+        batch = await exchange.cancel_orders(symbol, list(request.order_ids))
+        ack = CancelAck(cancelled=tuple((symbol, i) for i in batch.cancelled + batch.gone))
+        if not batch.failed:
+            return ack
+        failed_ids = tuple(i for i, _ in batch.failed)
+        errors = [e for _, e in batch.failed]
+        worst = next((e for e in errors if isinstance(e, Fatal)), None) or errors[0]
+        if all(isinstance(e, AlreadyGone) for e in errors):
+            return CancelAck(cancelled=ack.cancelled + tuple((symbol, i) for i in failed_ids))
+        rest = CancelRequest(
+            RequestKind.CANCEL_ORDERS if len(failed_ids) > 1 else RequestKind.CANCEL_ORDER,
+            request.symbols,
+            failed_ids,
+        )
+        raise _BatchPartial(ack, rest, worst)
+
+    async def _retrying(
+        self, kill: Kill, result: AccountResult, fn: Callable[[], Awaitable[T]]
+    ) -> T:
+        skew_streak = 0
+
+        def wait(state: RetryCallState) -> float:
+            nonlocal skew_streak
+            assert state.outcome is not None
+            exc = state.outcome.exception()
+            remaining = max(0.0, kill.deadline - self._clock())
+            if isinstance(exc, ClockSkew) and skew_streak < self.config.clock_skew_retries:
+                skew_streak += 1
+                return 0.0
+            if isinstance(exc, RateLimited):
+                # The connector's budget blocks for the same period; sleeping it here as well
+                # costs nothing (the two waits overlap) and holds even for a connector that
+                # did not block.
+                return min(exc.retry_after_s, remaining)
+            cap = min(
+                self.config.retry_max_s,
+                self.config.retry_initial_s * 2 ** (state.attempt_number - 1),
+            )
+            return min(self._rng.uniform(0.0, cap), remaining)
+
+        def stop(state: RetryCallState) -> bool:
+            assert state.outcome is not None
+            exc = state.outcome.exception()
+            remaining = kill.deadline - self._clock()
+            if remaining <= 0:
+                return True
+            return isinstance(exc, IpBanned) and exc.retry_after_s >= remaining
+
+        retrying = AsyncRetrying(
+            sleep=self._sleep,
+            stop=stop,
+            wait=wait,
+            retry=retry_if_exception(_retriable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await fn()
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def gate(self, account: Account) -> Gate:
+        gate = self._gates.get(account.ref)
+        if gate is None:
+            gate = self._gates[account.ref] = Gate(self.config, self._clock)
+        return gate
+
+    def alarm(self, kill: Kill, ref: AccountRef, error: VenueError) -> None:
+        log.error("kill account stopped kill_id=%s account=%s error=%s", kill.id, ref, error)
+        self._emit("alarm", kill_id=kill.id, account=str(ref), error=error.to_json())
+
+
+class _AccountStopped(Exception):
+    """A Fatal answer: stop this account's part of the kill."""
+
+    def __init__(self, error: VenueError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _DeadlinePassed(Exception):
+    """The kill's deadline passed for this account."""
+
+
+@dataclass(slots=True)
+class _Outcome:
+    result: str  # ok | gone | verified | <error kind>
+    cancelled: int = 0
+    attempts: int = 0
+    error: VenueError | None = None
+
+
+def _retriable(exc: BaseException) -> bool:
+    return isinstance(exc, VenueError) and exc.retriable
+
+
+class _BatchPartial(Exception):
+    """A batch cancel where some ids failed: count what went, retry the rest."""
+
+    def __init__(self, ack: CancelAck, rest: CancelRequest, error: VenueError) -> None:
+        super().__init__(str(error))
+        self.ack = ack
+        self.rest = rest
+        self.error = error
+
+
+def _biggest_first(requests: list[CancelRequest], tracked: Snapshot | None) -> list[CancelRequest]:
+    """Order requests by how many known orders each covers, most first."""
+    if tracked is None:
+        return requests
+    per_symbol: dict[str, int] = {}
+    for order in tracked.orders:
+        per_symbol[order.symbol] = per_symbol.get(order.symbol, 0) + 1
+
+    def weight(request: CancelRequest) -> int:
+        if request.kind is RequestKind.CANCEL_ALL_ACCOUNT:
+            return len(tracked.orders) + 1
+        if request.order_ids:
+            return len(request.order_ids)
+        return sum(per_symbol.get(sym, 0) for sym in request.symbols)
+
+    return sorted(requests, key=weight, reverse=True)
+
+
+async def _together(*aws: Awaitable[None]) -> None:
+    """Await all; when one fails, cancel the others, wait for them, and raise its error."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+
+
+def _only(snapshot: Snapshot, keys: set[OrderKey], list_ids: set[str]) -> Snapshot:
+    """The part of `snapshot` made of the given orders and lists."""
+    return Snapshot(
+        orders=tuple(o for o in snapshot.orders if o.key in keys),
+        lists=tuple(x for x in snapshot.lists if x.list_id in list_ids),
+        server_time_ms=snapshot.server_time_ms,
+        complete=snapshot.complete,
+    )
