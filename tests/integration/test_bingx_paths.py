@@ -4,8 +4,10 @@ reference §3.7 learned from the venue, and 100410s waited out, against the simu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -13,8 +15,10 @@ import pytest
 
 from killswitch.exchanges.base import AlreadyGone, OutcomeUnknown, RateLimited
 from killswitch.exchanges.bingx import BingxExchange
+from killswitch.model import OrderEvent, StreamSubscribed
 from killswitch.sim.bingx import BingxSim
-from tests.fixtures.bingx import bingx_venue
+from killswitch.sim.book import OrderSpec
+from tests.fixtures.bingx import bingx_venue, bx_call
 from tests.fixtures.sim import admin
 
 SPOT = "/openApi/spot/v1"
@@ -317,7 +321,7 @@ async def test_a_100410_holds_that_api_then_the_next_request_goes_through(
         )
         with pytest.raises(RateLimited) as caught:
             await exchange.cancel_order("BTC-USDT", order_id)
-        assert 0.5 <= caught.value.retry_after_s <= 2.0  # seconds, never 300
+        assert 0.5 <= caught.value.retry_after_s <= 3.0  # seconds, never 300
         await exchange.cancel_order("BTC-USDT", order_id)
         assert not open_ids(sim)
         assert sim.counters["http 418"] == 0
@@ -347,3 +351,65 @@ async def test_two_accounts_behind_one_ip_share_the_ip_budget(
         await asyncio.gather(*(x.cancel_all(None) for x in (a, b, a, b, a, b)))
         assert sim.counters["bingx 100410"] == 0
         del session
+
+
+# -- the stream and the request window under every reading ----------------------------------
+
+
+async def _first_order_event(exchange: BingxExchange, sim: BingxSim) -> OrderEvent:
+    stream = exchange.user_stream()
+    try:
+        async with asyncio.timeout(10):
+            async for event in stream:
+                if isinstance(event, StreamSubscribed):
+                    book = sim.book(sim.accounts["bx0"])
+                    book.place(
+                        OrderSpec("BTC-USDT", "BUY", "LIMIT", Decimal(1), Decimal(1), "cid_7")
+                    )
+                elif isinstance(event, OrderEvent):
+                    return event
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    raise AssertionError("no order event")
+
+
+@pytest.mark.parametrize(("field", "seen"), [("C", "cid_7"), ("c", "cid_7"), ("none", "")])
+async def test_the_client_id_is_read_from_c_or_lowercase_c_and_may_be_absent(
+    field: str, seen: str
+) -> None:
+    async with started(client_id_field=field) as (sim, exchange):
+        event = await _first_order_event(exchange, sim)
+        assert event.client_order_id == seen
+        assert event.is_open
+
+
+async def test_a_text_heartbeat_is_answered_and_the_stream_stays_up() -> None:
+    async with started(heartbeat="text", ping_interval_s=0.05) as (sim, exchange):
+        stream = exchange.user_stream()
+        try:
+            async with asyncio.timeout(10):
+                async for event in stream:
+                    if isinstance(event, StreamSubscribed):
+                        break
+            # Five missed pings would have closed it; more than that are answered.
+            pongs = asyncio.ensure_future(stream.__anext__())
+            while sim.counters["stream pongs"] < 8:
+                await asyncio.sleep(0.05)
+            assert not pongs.done()
+            pongs.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pongs
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        assert sim.counters["streams dropped for missed pongs"] == 0
+
+
+async def test_a_recv_window_over_the_strict_maximum_is_refused_and_the_connector_stays_under(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with bingx_venue(recv_window_max_ms=5000) as (sim, make):
+        _, _, body = await bx_call(session, sim, "GET", OPEN_ORDERS, {"recvWindow": "60000"})
+        assert body["code"] == 100400
+        exchange = make("bx0", recv_window_ms=60_000)
+        await exchange.start()
+        assert (await exchange.snapshot()).complete

@@ -983,3 +983,47 @@ async def test_streams_only_carry_their_own_accounts_orders(
             )
             first = await frames.get()
         assert first["data"]["C"] == "for_bx1"
+
+
+# -- behaviour switches: the sim TOML and the admin API ---------------------------------------
+
+
+async def test_a_variant_and_single_switches_come_from_the_sim_toml() -> None:
+    from killswitch.sim.bingx import VARIANTS
+    from killswitch.sim.server import SimCluster
+
+    toml = """
+[venues.bingx]
+[venues.bingx.options]
+variant = "strictest"
+heartbeat = "json"
+[[venues.bingx.accounts]]
+name = "a"
+api_key = "k"
+secret = "s"
+"""
+    cluster = SimCluster.from_toml(toml, "<test>")
+    sim = cluster.venues["bingx"]
+    assert isinstance(sim, BingxSim)
+    assert sim.behaviour == VARIANTS["strictest"].with_changes(heartbeat="json")
+
+
+async def test_the_admin_api_reads_and_switches_the_behaviour(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with bingx_venue(variant="strictest") as (sim, _):
+        _, now = await admin(session, sim, "GET", "behaviour")
+        assert now["variant"] == "strictest"
+        assert now["leg_id_cancels_list"] is False
+        status, changed = await admin(
+            session, sim, "POST", "behaviour", {"variant": "most_permissive", "limits": "strict"}
+        )
+        assert status == 200
+        assert changed["cancel_all_covers_oco"] is True
+        assert changed["limits"] == "strict"
+        assert sim.behaviour.oco_list_shape == "legs"
+        status, refused = await admin(session, sim, "POST", "behaviour", {"heartbeat": "morse"})
+        assert status == 400
+        assert "heartbeat" in refused["error"]
+        status, _ = await admin(session, sim, "POST", "behaviour", {"no_such_switch": True})
+        assert status == 400
