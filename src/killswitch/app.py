@@ -31,6 +31,7 @@ from killswitch.handlers.rules import RiskRules
 from killswitch.journal import Journal
 from killswitch.kafka_events import KafkaEventSink
 from killswitch.model import AccountRef, ListEvent, OrderEvent
+from killswitch.readiness import ReadinessService, Target
 from killswitch.replicas import LatchReplicator
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ def build_services(settings: Settings, critical: CriticalTasks) -> list[Service]
     services: list[Service] = [parts.venues, parts.engine_service, parts.control]
     if parts.metrics_service is not None:
         services.append(parts.metrics_service)
+    # After the venues (started connectors) and the control socket (status answers while the
+    # first round runs); before the inputs. Its first round is part of startup.
+    services.append(parts.readiness)
     services += input_services(settings, parts)
     return services
 
@@ -117,6 +121,7 @@ class Parts:
     venues: VenueService
     engine_service: EngineService
     control: ControlServer
+    readiness: ReadinessService
     metrics: Metrics | None = None
     metrics_service: MetricsService | None = None
 
@@ -127,6 +132,10 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
     audit = AuditLog(settings.state_dir / "audit.jsonl")
     events.add(audit)
     venues = VenueService()
+    r = settings.readiness
+    readiness = ReadinessService(
+        events, interval_s=r.interval_s, timeout_s=r.timeout_s, stream_grace_s=r.stream_grace_s
+    )
     accounts: list[Account] = []
     for account_settings in settings.accounts:
         ref = AccountRef(account_settings.venue, account_settings.name)
@@ -139,8 +148,19 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
             backoff_initial_s=settings.streams.backoff_initial_s,
             backoff_max_s=settings.streams.backoff_max_s,
             reconcile_interval_s=settings.streams.reconcile_interval_s,
+            on_state=readiness.on_state,
         )
         venues.add(exchange, supervisor)
+        readiness.add(
+            Target(
+                ref,
+                exchange,
+                recv_window_ms=account_settings.recv_window_ms,
+                symbols=tuple(account_settings.symbols),
+                dead_mans_switch_s=account_settings.dead_mans_switch_s,
+            ),
+            stream_state=_state_of(supervisor),
+        )
         accounts.append(
             Account(
                 ref,
@@ -149,6 +169,7 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
                 tracker=tracker,
                 dead_mans_switch_s=account_settings.dead_mans_switch_s,
                 stream_state=_state_of(supervisor),
+                not_ready=readiness.not_ready(ref),
             )
         )
     e = settings.engine
@@ -173,7 +194,8 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
         engine=engine,
         venues=venues,
         engine_service=EngineService(engine, audit, grace_s=e.grace_period_s),
-        control=ControlServer(engine, settings.control.socket_path),
+        control=ControlServer(engine, settings.control.socket_path, readiness=readiness.results),
+        readiness=readiness,
     )
     if settings.metrics.enabled:
         from killswitch.metrics import Metrics

@@ -21,6 +21,7 @@ from killswitch.control_client import add_parsers as add_control_parsers
 from killswitch.daemon import EXIT_CONFIG
 from killswitch.demo import add_parser as add_demo_parser
 from killswitch.logs import setup_logging
+from killswitch.preflight import add_parser as add_preflight_parser
 from killswitch.settings import ConfigError, Settings, config_path, load_settings
 from killswitch.sim.cli import add_parser as add_sim_parser
 
@@ -41,6 +42,7 @@ def registrars() -> list[Registrar]:
     return [
         add_run_parser,
         add_check_config_parser,
+        add_preflight_parser,
         add_control_parsers,
         add_sim_parser,
         add_demo_parser,

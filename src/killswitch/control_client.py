@@ -265,17 +265,30 @@ def format_status(status: dict[str, Any]) -> str:
     else:
         lines.append("not latched")
     lines.append("")
-    header = f"{'ACCOUNT':<24} {'STREAM':<11} {'ORDERS':>7} {'LISTS':>6} {'TRACKER':<9} DMS"
+    header = (
+        f"{'ACCOUNT':<24} {'READY':<5} {'STREAM':<11} {'ORDERS':>7} {'LISTS':>6} "
+        f"{'TRACKER':<9} {'DMS':<8} REASON"
+    )
     lines.append(header)
+    unready = 0
     for entry in status.get("accounts") or []:
         account = f"{entry['venue']}/{entry['account']}"
         orders = entry.get("open_orders", "-")
         lists = entry.get("open_lists", "-")
         trusted = entry.get("tracker_trusted")
         tracker = "-" if trusted is None else ("trusted" if trusted else "UNTRUSTED")
+        ready = entry.get("ready")
+        unready += ready is False
+        flag = "-" if ready is None else ("yes" if ready else "NO")
         lines.append(
-            f"{account:<24} {entry.get('stream', '?'):<11} {orders!s:>7} {lists!s:>6} "
-            f"{tracker:<9} {entry.get('dead_mans_switch', 'off')}"
+            f"{account:<24} {flag:<5} {entry.get('stream', '?'):<11} {orders!s:>7} "
+            f"{lists!s:>6} {tracker:<9} {entry.get('dead_mans_switch', 'off')!s:<8} "
+            f"{entry.get('reason') or '-'}"
+        )
+    if unready:
+        lines.append(
+            f"{unready} account(s) NOT READY: a kill still tries them; fix the reason "
+            "(`killswitch preflight` checks again now)"
         )
     running = status.get("running") or []
     for kill in running:

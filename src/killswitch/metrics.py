@@ -1,5 +1,5 @@
 """Prometheus metrics, only when enabled: time to flat and first cancel, open orders per account,
-stream state, 429s and retries.
+stream state, account readiness, 429s and retries.
 
 `Metrics` is an event sink (counters and histograms from the engine's records) plus a collector
 that reads the live per-account view (open orders, lists, stream state, latch) at scrape time.
@@ -131,11 +131,22 @@ class _StatusCollector(Collector):
             "1 for the stream's current state.",
             labels=["account", "state"],
         )
+        ready = GaugeMetricFamily(
+            "killswitch_account_ready",
+            "1 while the account passes its readiness checks (key, permissions, clock, stream, "
+            "rate limits); 0 names a reason in `killswitch status`.",
+            labels=["venue", "account"],
+        )
         accounts = status.get("accounts")
         for entry in accounts if isinstance(accounts, list) else []:
             if not isinstance(entry, dict):
                 continue
             label = f"{entry.get('venue')}/{entry.get('account')}"
+            if "ready" in entry:
+                ready.add_metric(
+                    [str(entry.get("venue")), str(entry.get("account"))],
+                    1.0 if entry["ready"] else 0.0,
+                )
             if "open_orders" in entry:
                 orders.add_metric([label], _number(entry["open_orders"]))
                 lists.add_metric([label], _number(entry.get("open_lists")))
@@ -145,6 +156,7 @@ class _StatusCollector(Collector):
         yield orders
         yield lists
         yield stream
+        yield ready
 
 
 def _number(value: object) -> float:

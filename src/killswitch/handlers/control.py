@@ -8,8 +8,13 @@ One request object per line, one answer object per line::
     {"op": "fire", "venues": [], "accounts": [], "symbols": [], "prefix": null,
      "reason": "...", "cancel_only": false, "id": null, "wait": null, "timeout_s": 60}
     {"op": "status"}
-    {"op": "reset", "reason": "..."}
+    {"op": "reset", "reason": "...", "trigger_ids": null}
     {"op": "wait", "trigger_id": "...", "until": "done" | "confirmed", "timeout_s": 60}
+
+A fire with `"drill": true` is a drill's kill (`killswitch drill --live`): its trigger's source
+is `drill`, so the audit log and the events record it as one; a reset with `"drill": true` is
+recorded with origin `drill`. A reset naming `trigger_ids` releases exactly those latches (a
+drill releases its own, never an operator's).
 
 Each request is validated as strictly as a Kafka alert (one pydantic model per op, unknown
 fields refused, no type coercion) before anything changes.
@@ -39,6 +44,7 @@ import stat
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +88,7 @@ class FireRequest(AlertScope):
     actor: str | None = Field(default=None, max_length=200)
     wait: Literal["done", "confirmed"] | None = None
     timeout_s: float = Field(default=DEFAULT_WAIT_S, gt=0, le=MAX_WAIT_S)
+    drill: bool = False
 
 
 class StatusRequest(BaseModel):
@@ -100,6 +107,8 @@ class ResetRequest(BaseModel):
     op: Literal["reset"]
     reason: str = Field(min_length=1, max_length=2000)
     actor: str | None = Field(default=None, max_length=200)
+    trigger_ids: list[str] | None = Field(default=None, min_length=1, max_length=1000)
+    drill: bool = False
 
 
 class WaitRequest(BaseModel):
@@ -161,9 +170,16 @@ class ControlServer:
 
     name = "control"
 
-    def __init__(self, engine: Engine, path: Path) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        path: Path,
+        *,
+        readiness: Callable[[], dict[str, dict[str, object]]] | None = None,
+    ) -> None:
         self.engine = engine
         self.path = path
+        self.readiness = readiness
         self._server: asyncio.Server | None = None
         self._stopped = asyncio.Event()
         self._clients: set[asyncio.Task[Any]] = set()
@@ -256,12 +272,20 @@ class ControlServer:
 
     async def _dispatch(self, request: Request, peer: str) -> dict[str, object]:
         if isinstance(request, StatusRequest):
-            return {"ok": True, "status": self.engine.status()}
+            status = self.engine.status()
+            if self.readiness is not None:
+                status["readiness"] = self.readiness()
+            return {"ok": True, "status": status}
         if isinstance(request, FireRequest):
             return await self._fire(request, peer)
         if isinstance(request, ResetRequest):
             actor = _actor(peer, request.actor)
-            released = await self.engine.reset(actor=actor, reason=request.reason, origin="control")
+            released = await self.engine.reset(
+                actor=actor,
+                reason=request.reason,
+                origin="drill" if request.drill else "control",
+                only=request.trigger_ids,
+            )
             return {"ok": True, "was_latched": released, "actor": actor}
         kill = self.engine.kill_for(request.trigger_id)
         if kill is None:
@@ -285,7 +309,7 @@ class ControlServer:
         now_ms = int(time.time() * 1000)
         trigger = Trigger(
             id=request.id or f"ctl-{uuid.uuid4().hex[:16]}",
-            source="control",
+            source="drill" if request.drill else "control",
             mode=Mode.CANCEL if request.cancel_only else Mode.KILL,
             reason=request.reason,
             scope=scope,
