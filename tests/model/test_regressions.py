@@ -95,11 +95,6 @@ def test_a_one_shot_cancel_never_cancels_an_order_placed_after_it_proved_flat() 
     replay([submit(mode=Mode.CANCEL), advance(0.1), place(B1, 0), SETTLE])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: #1 (prefix scope): an incomplete all-symbols read is retried as is until the "
-    "deadline; the engine never reads the configured symbols one by one",
-)
 def test_a_capped_all_symbols_read_is_not_proof_of_flat() -> None:
     """#1: BingX's all-symbols read stops at a page; with the stream silent, the in-scope
     order was on no page, and the kill by prefix reported flat with it open. Since the read

@@ -209,14 +209,20 @@ class Waves:
     async def _read(
         self, kill: Kill, account: Account, result: AccountResult, tracked: Snapshot | None
     ) -> Snapshot:
-        """Snapshot the account in scope, retried per the taxonomy until the deadline."""
+        """Snapshot the account in scope, retried per the taxonomy until the deadline.
+
+        An all-symbols read that may have been cut short is followed by a read of each symbol
+        we know, so that what is open there is seen and cancelled; the merged snapshot stays
+        incomplete (an order may sit on a symbol nobody named), so it never proves flat.
+        """
         symbols = self._snapshot_symbols(kill.scope, account, result)
-
-        async def once() -> Snapshot:
-            return await self.gate(account).run(lambda: account.exchange.snapshot(symbols))
-
         try:
-            snap = await self._retrying(kill, result, once)
+            snap = await self._read_symbols(kill, account, result, symbols)
+            if symbols is None and not snap.complete:
+                known = self._known_symbols(kill.scope, account, result)
+                if known:
+                    each = await self._read_symbols(kill, account, result, known)
+                    snap = _merged(snap, each)
         except Fatal as exc:
             raise _AccountStopped(exc) from exc
         except VenueError as exc:
@@ -228,15 +234,27 @@ class Waves:
         self._remember(result, filtered)
         return filtered
 
+    async def _read_symbols(
+        self, kill: Kill, account: Account, result: AccountResult, symbols: list[str] | None
+    ) -> Snapshot:
+        async def once() -> Snapshot:
+            return await self.gate(account).run(lambda: account.exchange.snapshot(symbols))
+
+        return await self._retrying(kill, result, once)
+
+    def _known_symbols(self, scope: Scope, account: Account, result: AccountResult) -> list[str]:
+        """Every symbol in scope we know the venue's name of: configured, tracked, seen."""
+        known = set(account.symbols) | {o.symbol for o in result.known.values()}
+        if account.tracker is not None:
+            known |= account.tracker.as_snapshot().symbols()
+        return sorted(s for s in known if scope.covers_symbol(s))
+
     def _snapshot_symbols(
         self, scope: Scope, account: Account, result: AccountResult
     ) -> list[str] | None:
         """The symbols to read: None for all (where the venue can), else every symbol in scope
         we know the venue's name of (configured, tracked, seen in this kill)."""
-        known = set(account.symbols) | {o.symbol for o in result.known.values()}
-        if account.tracker is not None:
-            known |= account.tracker.as_snapshot().symbols()
-        wanted = sorted(s for s in known if scope.covers_symbol(s))
+        wanted = self._known_symbols(scope, account, result)
         if account.exchange.capabilities.open_orders_without_symbol:
             # A symbol-scoped kill reads just its symbols, when we know the venue's name for
             # each of them: an all-symbols read may be capped by orders out of scope.
@@ -534,6 +552,18 @@ async def _together(*aws: Awaitable[None]) -> None:
         error = None if task.cancelled() else task.exception()
         if error is not None:
             raise error
+
+
+def _merged(first: Snapshot, second: Snapshot) -> Snapshot:
+    """Both reads' orders and lists, once each; complete only if both were."""
+    orders = {o.key: o for o in (*first.orders, *second.orders)}
+    lists = {x.list_id: x for x in (*first.lists, *second.lists)}
+    return Snapshot(
+        orders=tuple(orders.values()),
+        lists=tuple(lists.values()),
+        server_time_ms=max(first.server_time_ms, second.server_time_ms),
+        complete=first.complete and second.complete,
+    )
 
 
 def _only(snapshot: Snapshot, keys: set[OrderKey], list_ids: set[str]) -> Snapshot:
