@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import pytest
+import ccxt.async_support as ccxt
 
-from tests.fixtures.ccxt import point_at
+from tests.fixtures.ccxt_urls import point_at
 from tests.fixtures.mexc import mexc_sim
-
-ccxt = pytest.importorskip("ccxt.async_support", reason="ccxt is a dev dependency")
 
 
 async def test_ccxt_loads_markets_places_lists_and_cancels_on_the_mexc_sim() -> None:

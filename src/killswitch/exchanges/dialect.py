@@ -11,7 +11,7 @@ The tree, in the order `classify` walks it::
     answer (http status, code, msg, headers)
      |
      +-- 2xx and code in `success_codes` -------------------------> None (success)
-     |     (a code that is not a number is no success: see the last branch)
+     |     (a code that is not a number is never a success: past 418/429/5xx it is `unknown`)
      +-- 418 ------------------------------------------------------> IpBanned(retry_after)
      +-- 429 ------------------------------------------------------> RateLimited(retry_after)
      +-- 5xx ------------------------------------------------------> OutcomeUnknown
