@@ -45,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -126,6 +127,14 @@ class Run:
     first_cancel_ms: float
     alert_to_trigger_ms: float | None
     requests: int
+    warm: bool = False  # fired within the engine's open_for_s of the last OK: no probe
+    # the stages of this kill on its critical path (the account proved flat last), ms from the
+    # alert's produce time; see `breakdown`
+    stages: dict[str, float] = field(default_factory=dict)
+    # per account: its sequential rounds on the wire and where its time went
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # every request the daemon sent in this kill: (account, ms since produce, kind)
+    timeline: list[tuple[str, float, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -144,8 +153,14 @@ class Result:
     rss_mb: float | None = None
     first_peak_rss_mb: float | None = None  # after the first kill: tracking plus one kill
 
+    def cold(self) -> list[Run]:
+        return [r for r in self.runs if not r.warm]
+
     def ttf(self) -> list[float]:
-        return [r.time_to_flat_ms for r in self.runs]
+        return [r.time_to_flat_ms for r in self.cold()]
+
+    def warm_ttf(self) -> list[float]:
+        return [r.time_to_flat_ms for r in self.runs if r.warm]
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -341,6 +356,19 @@ class Daemon:
             await asyncio.sleep(0.005)
         raise RuntimeError(f"no {event_type} event for {kill_id} within {timeout_s}s")
 
+    def kill_records(self, kill_id: str) -> list[dict[str, Any]]:
+        """Every audit record of one kill, in order, up to its `flat` (the wave's events)."""
+        out = []
+        for record in self._audit_records:
+            if (
+                record.get("kill_id") == kill_id
+                or (record.get("trigger") or {}).get("id") == kill_id
+            ):
+                out.append(record)
+                if record.get("type") == "flat":
+                    break
+        return out
+
     def rss_mb(self) -> tuple[float, float]:
         """(current, peak) resident set size of the daemon, in MB."""
         assert self.proc is not None
@@ -385,6 +413,7 @@ class Bench:
         accounts = accounts_for(spec)
         cluster = SimCluster.from_toml(sim_toml(spec, accounts, self.rtt_ms), f"<bench {spec}>")
         await cluster.start()
+        stamp_logs(cluster)
         workdir = Path(tempfile.mkdtemp(prefix=f"ks-bench-{spec.name}-"))
         daemon = Daemon(workdir, accounts)
         try:
@@ -411,17 +440,20 @@ class Bench:
                     lists=sum(a.lists for a in loads),
                     bound=asdict(bound) | {"ms": bound.ms},
                 )
-                for i in range(runs):
+                warm_runs = self.args.warm_runs if spec.name in self.args.warm_on.split(",") else 0
+                for i in range(runs + warm_runs):
                     if i:
                         seed(cluster, spec, accounts)
-                    run = await self.one_run(spec, i, cluster, daemon, prod, accounts)
+                    warm = i >= runs
+                    run = await self.one_run(spec, i, cluster, daemon, prod, accounts, warm=warm)
                     result.runs.append(run)
                     rss, peak = daemon.rss_mb()
                     result.rss_mb, result.peak_rss_mb = rss, peak
                     if result.first_peak_rss_mb is None:
                         result.first_peak_rss_mb = peak
                     print(
-                        f"  [{spec.name}] run {i + 1}/{runs}: time to flat "
+                        f"  [{spec.name}] {'warm' if warm else 'cold'} run {i + 1}/"
+                        f"{runs + warm_runs}: time to flat "
                         f"{run.time_to_flat_ms:.0f} ms, first cancel {run.first_cancel_ms:.1f} ms, "
                         f"bound {bound.ms:.0f} ms, daemon RSS {rss:.0f} MB (peak {peak:.0f})",
                         flush=True,
@@ -502,11 +534,16 @@ class Bench:
         daemon: Daemon,
         prod: Any,
         accounts: Sequence[DrillAccount],
+        *,
+        warm: bool = False,
     ) -> Run:
         await daemon.wait_tracking(cluster)
         # A real alert finds the daemon idle: let the last kill's traffic go quiet first, or
-        # the engine skips its after-a-quiet-spell probe and the figure flatters us.
-        quiet = self.args.settle_s - (time.monotonic() - self.last_kill_done)
+        # the engine skips its after-a-quiet-spell probe and the figure flatters us. A warm
+        # run waits out the venues' one-second windows but not the engine's open_for_s (5 s):
+        # what a kill costs when the account's budget state is fresh and shows headroom.
+        settle = self.args.warm_settle_s if warm else self.args.settle_s
+        quiet = settle - (time.monotonic() - self.last_kill_done)
         if quiet > 0:
             await asyncio.sleep(quiet)
         for sim in cluster.venues.values():
@@ -540,13 +577,141 @@ class Bench:
         ttf = flat.get("time_to_flat_ms")
         if not isinstance(ttf, int | float):
             ttf = float(flat["ts_ms"]) - sent_ms
+        mine = [r for r in daemon.kill_records(alert_id) if r.get("type") != "confirmed"]
+        entries = [
+            (venue, e)
+            for venue, sim in cluster.venues.items()
+            for e in sim.request_log
+            if e.get("mono", 0.0) >= self.sent_mono
+        ]
+        stages, per_account, timeline = breakdown(
+            mine, entries, self.sent_mono * 1000, sent_ms, self.rtt_ms
+        )
         return Run(
             time_to_flat_ms=float(ttf),
             first_cancel_ms=(min(cancels) - sent) * 1000 if cancels else float("nan"),
             # the daemon stamps `mono_ms` with the same clock: sub-millisecond, unlike `ts_ms`
             alert_to_trigger_ms=float(triggered["mono_ms"]) - self.sent_mono * 1000,
             requests=requests,
+            warm=warm,
+            stages=stages,
+            accounts=per_account,
+            timeline=timeline,
         )
+
+
+class StampedLog(deque[dict[str, Any]]):
+    """A simulator request log that also stamps each entry with this process's monotonic
+    clock on arrival (`mono`), which the daemon's events share (`mono_ms`)."""
+
+    def append(self, entry: dict[str, Any]) -> None:
+        entry["mono"] = time.monotonic()
+        super().append(entry)
+
+
+def stamp_logs(cluster: SimCluster) -> None:
+    for sim in cluster.venues.values():
+        sim.request_log = StampedLog(sim.request_log, maxlen=sim.request_log.maxlen)
+
+
+def request_kind(entry: dict[str, Any]) -> str:
+    """cancel, read (an open-orders snapshot) or other."""
+    endpoint = _endpoint(entry)
+    if endpoint in CANCEL_ENDPOINTS:
+        return "cancel"
+    if "openOrder" in endpoint and (entry.get("method") in ("GET", "WS")):
+        return "read"
+    return "other"
+
+
+STAGES = (
+    ("consumed", "Kafka hop: produce to consumed (ms clock)"),
+    ("journaled", "consumed to trigger journaled (decode, policy, fsync)"),
+    ("first_on_wire", "journaled to first request on the wire"),
+    ("first_ack", "first request to its ack (the probe's round trip when alone)"),
+    ("last_ack", "first ack to last ack (the rest of the wave, extra waves, reads)"),
+    ("verify_sent", "last ack to verification read on the wire"),
+    ("verified", "verification sent to flat event (its round trip)"),
+)
+
+
+def breakdown(
+    records: Sequence[dict[str, Any]],
+    entries: Sequence[tuple[str, dict[str, Any]]],
+    sent_mono_ms: float,
+    alert_ts_ms: int,
+    rtt_ms: float,
+) -> tuple[dict[str, float], dict[str, dict[str, Any]], list[tuple[str, float, str]]]:
+    """Where one kill's milliseconds went: cumulative stage times from the alert's produce time
+    on the critical path (the account proved flat last), each account's rounds on the wire,
+    and the timeline of requests. `records` are this kill's audit events; `entries` are
+    (venue, request log entry) pairs stamped on arrival at the simulator."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_type.setdefault(str(record["type"]), []).append(record)
+    triggered = by_type["triggered"][0]
+    flat = by_type["flat"][0]
+    trigger = triggered.get("trigger") or {}
+    consumed_ms = float(trigger.get("received_ms") or 0) - alert_ts_ms  # wall, 1 ms grain
+    journaled = float(triggered["mono_ms"]) - sent_mono_ms
+    timeline = sorted(
+        (
+            (f"{venue}/{e['account']}", e["mono"] * 1000 - sent_mono_ms, request_kind(e))
+            for venue, e in entries
+            if e.get("account") and "mono" in e and e["mono"] * 1000 >= sent_mono_ms
+        ),
+        key=lambda row: row[1],
+    )
+    verified = float(flat["mono_ms"]) - sent_mono_ms
+    # up to the flat event: the confirmation's reads come after it
+    timeline = [row for row in timeline if row[2] != "other" and row[1] <= verified]
+    accounts: dict[str, dict[str, Any]] = {}
+    started = float(triggered["mono_ms"])  # the kill starts right after `triggered`
+    for summary in flat.get("accounts") or []:
+        label = f"{summary['venue']}/{summary['account']}"
+        mine = [row for row in timeline if row[0] == label]
+        acks = [
+            float(o["mono_ms"]) - sent_mono_ms
+            for o in by_type.get("outcome", [])
+            if o.get("account") == label
+        ]
+        flat_at = started - sent_mono_ms + float(summary.get("time_to_flat_ms") or 0.0)
+        # sequential rounds: requests that reached the venue within half a round trip of the
+        # previous one went out together
+        rounds: list[list[tuple[str, float, str]]] = []
+        for row in mine:
+            if rounds and row[1] - rounds[-1][-1][1] < rtt_ms / 2:
+                rounds[-1].append(row)
+            else:
+                rounds.append([row])
+        reads = [row[1] for row in mine if row[2] == "read" and row[1] <= flat_at]
+        first = mine[0][1] if mine else float("nan")
+        accounts[label] = {
+            "first_on_wire": first,
+            "first_ack": min(acks) if acks else float("nan"),
+            "last_ack": max(acks) if acks else float("nan"),
+            "verify_sent": max(reads) if reads else float("nan"),
+            "flat": flat_at,
+            "rounds": [
+                "+".join(
+                    f"{sum(1 for r in rnd if r[2] == k)}{k[0]}"
+                    for k in ("cancel", "read")
+                    if any(r[2] == k for r in rnd)
+                )
+                for rnd in rounds
+            ],
+            "round_starts": [round(rnd[0][1], 1) for rnd in rounds],
+            "probe": len(rounds) > 1 and len(rounds[0]) == 1 and rounds[0][0][2] == "cancel",
+        }
+    last = max(accounts, key=lambda a: accounts[a]["flat"]) if accounts else None
+    stages = {"consumed": consumed_ms, "journaled": journaled}
+    if last is not None:
+        crit = accounts[last]
+        stages |= {k: crit[k] for k in ("first_on_wire", "first_ack", "last_ack", "verify_sent")}
+        crit["critical"] = True
+    stages["verified"] = verified
+    stages["first_on_wire_any"] = min((row[1] for row in timeline), default=float("nan"))
+    return stages, accounts, timeline
 
 
 def _endpoint(entry: dict[str, Any]) -> str:
@@ -660,10 +825,10 @@ def table(results: Sequence[Result], bench: Bench) -> str:
         )
     lines.append("")
     for r in results:
-        first = [x.first_cancel_ms for x in r.runs]
-        hop = [x.alert_to_trigger_ms for x in r.runs if x.alert_to_trigger_ms is not None]
+        first = [x.first_cancel_ms for x in r.cold()]
+        hop = [x.alert_to_trigger_ms for x in r.cold() if x.alert_to_trigger_ms is not None]
         lines.append(
-            f"{r.workload}: {len(r.runs)} runs; alert to first cancel on the wire median "
+            f"{r.workload}: {len(r.cold())} runs; alert to first cancel on the wire median "
             f"{statistics.median(first):.1f} ms, p95 {pct(first, 0.95):.1f} ms "
             f"(stamped on arrival, before the simulated round trip); of which alert to trigger "
             f"journaled (Kafka hop, decode, fsync) median {statistics.median(hop):.1f} ms; "
@@ -684,12 +849,103 @@ def table(results: Sequence[Result], bench: Bench) -> str:
                 f"workload through its first kill; {r.rss_mb:.0f} MB (peak "
                 f"{r.peak_rss_mb:.0f} MB) after {len(r.runs)} kills"
             )
+    for r in results:
+        text = breakdown_report(r, bench.rtt_ms)
+        if text:
+            lines.append(text)
     lines.append(
         f"round trip R: set {bench.rtt_ms:.0f} ms, measured {bench.measured_rtt_ms or 0:.1f} ms "
         f"(median unsigned request); 418s: ours {bench.counters['ours 418']}, baseline "
         f"{bench.counters['baseline 418']}; 429s: ours {bench.counters['ours 429']}, baseline "
         f"{bench.counters['baseline 429']}"
     )
+    return "\n".join(lines)
+
+
+def median_of(values: Sequence[float]) -> float:
+    kept = [v for v in values if v == v]  # NaN-free
+    return statistics.median(kept) if kept else float("nan")
+
+
+def breakdown_report(r: Result, rtt_ms: float) -> str:
+    """Where the milliseconds go on `r`'s cold runs, and what of it is avoidable."""
+    runs = [x for x in r.cold() if x.stages]
+    if not runs:
+        return ""
+    names = [name for name, _ in STAGES]
+    lines = [
+        f"{r.workload}: breakdown of time to flat, median of {len(runs)} cold runs, ms from the "
+        f"alert's produce time on the critical path (the account proved flat last):",
+        f"  {'stage':<72}{'at':>8}{'step':>8}",
+    ]
+    prev = "0"
+    for name, label in STAGES:
+        at = median_of([x.stages.get(name, float("nan")) for x in runs])
+        step = median_of(
+            [
+                x.stages.get(name, float("nan")) - (x.stages.get(prev, 0.0) if prev != "0" else 0)
+                for x in runs
+            ]
+        )
+        lines.append(f"  {label:<72}{at:>8.1f}{step:>8.1f}")
+        prev = name
+    del names
+    ttf = median_of(r.ttf())
+    lines.append(f"  {'time to flat (the flat event, wall clock)':<72}{ttf:>8.1f}")
+    crit: dict[str, int] = {}
+    for x in runs:
+        for label, acc in x.accounts.items():
+            if acc.get("critical"):
+                crit[label] = crit.get(label, 0) + 1
+    median_run = sorted(runs, key=lambda x: x.time_to_flat_ms)[len(runs) // 2]
+    lines.append(
+        "  critical account: "
+        + ", ".join(f"{a} in {n} of {len(runs)} runs" for a, n in sorted(crit.items()))
+    )
+    lines.append(
+        "  rounds on the wire in the median run (c = cancels, r = reads sent together; "
+        "ms from produce):"
+    )
+    for label, acc in median_run.accounts.items():
+        rounds = " | ".join(
+            f"{what}@{at:.0f}" for what, at in zip(acc["rounds"], acc["round_starts"], strict=True)
+        )
+        lines.append(f"    {label:<16} flat at {acc['flat']:>6.1f}: {rounds}")
+    # What is avoidable, per run on its critical path
+    probe, extra, gap, wire, extra_n = [], [], [], [], []
+    for x in runs:
+        acc = next(a for a in x.accounts.values() if a.get("critical"))
+        starts = acc["round_starts"]
+        if acc["probe"] and len(starts) > 1:
+            probe.append(starts[1] - starts[0])
+        # the bound has two rounds (cancel wave, verification): each round beyond them (the
+        # probe's included) delays the verification by about a round trip
+        extra_n.append(max(0, len(starts) - 2))
+        if len(starts) > 2:
+            extra.append((starts[-1] - starts[0]) - (acc["flat"] - starts[-1]))
+        gap.append(x.stages["verify_sent"] - x.stages["last_ack"])
+        wire.append(x.stages["first_on_wire"] - x.stages["journaled"])
+    lines.append("  avoidable (medians over the runs where it happened):")
+    lines.append(
+        f"    probe-first round trip: in {len(probe)} of {len(runs)} runs, "
+        f"{median_of(probe):.1f} ms (R = {rtt_ms:.0f} ms)"
+    )
+    lines.append(
+        f"    rounds beyond cancel wave + verification (the probe's included): median "
+        f"{median_of(extra_n):.0f}, costing {median_of(extra) if extra else 0.0:.1f} ms"
+    )
+    lines.append(
+        f"    last ack (daemon) to verification read on the wire: {median_of(gap):.1f} ms "
+        "(negative: the read was already on its way)"
+    )
+    lines.append(f"    trigger journaled to first request on the wire: {median_of(wire):.1f} ms")
+    warm = r.warm_ttf()
+    if warm:
+        lines.append(
+            f"  warm kills (within open_for_s of the last OK: no probe), {len(warm)} runs: "
+            f"median {median_of(warm):.0f} ms = {median_of(warm) / r.bound['ms']:.2f}x the bound, "
+            f"p95 {pct(warm, 0.95):.0f} ms; cold {ttf:.0f} ms = {ttf / r.bound['ms']:.2f}x"
+        )
     return "\n".join(lines)
 
 
@@ -751,6 +1007,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=6.0,
         help="idle time before each kill (the engine probes after 5 s of quiet): cold kills",
     )
+    parser.add_argument(
+        "--warm-runs",
+        type=int,
+        default=10,
+        help="extra kills fired soon after the last (the engine's gate still open: no probe)",
+    )
+    parser.add_argument("--warm-on", default="S", help="workloads that get the warm runs")
+    parser.add_argument(
+        "--warm-settle-s",
+        type=float,
+        default=2.5,
+        help="idle time before a warm kill: past the venues' 1 s windows, within open_for_s",
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     parser.add_argument(
@@ -759,6 +1028,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.runs = min(args.runs, 5)
+        args.warm_runs = min(args.warm_runs, 3)
         args.baseline_runs = 1
         args.baseline_on = "S"
     return args
