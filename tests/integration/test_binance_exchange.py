@@ -331,6 +331,31 @@ async def test_the_kill_path_falls_back_to_rest_while_the_session_is_down(
 
 
 # -- answers the table does not know (issue 12 items 3, 4) ----------------------------------
+@pytest.mark.parametrize("use_ws_api", [True, False])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"list_unknown_message": "Unknown order list sent.", "empty_cancel_all": "unknown_order"},
+        {"list_unknown_message": "Unknown order sent.", "empty_cancel_all": "empty_list"},
+    ],
+    ids=["as-reported", "other-reading"],
+)
+async def test_nothing_to_cancel_is_success_under_every_reading_of_the_venue(
+    options: dict[str, str], use_ws_api: bool
+) -> None:
+    async with binance_venue(1, sim_options=options) as venue:
+        seed(venue)
+        exchange = await venue.connect("acct0", use_ws_api=use_ws_api)
+        (lst,) = venue.sim.book(venue.sim.accounts["acct0"]).open_lists()
+        assert (await exchange.cancel_all(["BTCUSDT"])).cancelled
+        again = await exchange.cancel_all(["BTCUSDT"])  # nothing open there now
+        assert (again.cancelled, again.lists_cancelled) == ((), ())
+        await exchange.cancel_order_list("ETHUSDT", lst.list_id)
+        with pytest.raises(AlreadyGone) as caught:
+            await exchange.cancel_order_list("ETHUSDT", lst.list_id)
+        assert caught.value.msg == options["list_unknown_message"]
+
+
 async def test_a_list_already_gone_is_already_gone_and_sent_once(hmac_venue: BinanceVenue) -> None:
     seed(hmac_venue)
     exchange = await hmac_venue.connect("acct0", use_ws_api=False)

@@ -375,6 +375,21 @@ async def test_cancel_all_on_an_empty_symbol_answers_unknown_order(venue: Binanc
     assert (status, body) == (400, {"code": -2011, "msg": "Unknown order sent."})
 
 
+async def test_switches_pick_the_other_reading_of_empty_cancel_all_and_gone_lists() -> None:
+    options = {"empty_cancel_all": "empty_list", "list_unknown_message": "Unknown order sent."}
+    async with binance_venue(1, sim_options=options) as venue:
+        status, _, body = await venue.rest(
+            "acct0", "DELETE", "/api/v3/openOrders", {"symbol": "BTCUSDT"}
+        )
+        assert (status, body) == (200, [])
+        status, _, body = await venue.rest(
+            "acct0", "DELETE", "/api/v3/orderList", {"symbol": "BTCUSDT", "orderListId": "1"}
+        )
+        assert (status, body) == (400, {"code": -2011, "msg": "Unknown order sent."})
+    with pytest.raises(ValueError, match="empty_cancel_all"):
+        BinanceSim(VenueSettings(accounts=[]), empty_cancel_all="maybe")
+
+
 async def test_cancelling_one_leg_cancels_its_whole_list(venue: BinanceVenue) -> None:
     seed_symbol_with_list(venue)
     book = venue.sim.book(venue.sim.accounts["acct0"])

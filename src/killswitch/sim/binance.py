@@ -12,6 +12,16 @@ message. User data arrives on subscriptions (`userDataStream.subscribe` after an
 `session.logon`, or `userDataStream.subscribe.signature` with any key) as
 `{"subscriptionId": N, "event": {...}}`, fed by the book's listeners, so every change, whoever
 made it, reaches every subscription of the account.
+
+Order ids are numbered per symbol, as on Binance (§1.6): two symbols meet the same id. Where the
+public material leaves Binance's answer open, a constructor switch (also `[venues.binance.options]`
+in the sim TOML) picks it, and the connector must be right under each:
+
+* `list_unknown_message`: a list that is not open is refused with -2011 "Unknown order list
+  sent." (what users report; the default) or "Unknown order sent.".
+* `empty_cancel_all`: `DELETE /api/v3/openOrders` on a symbol with nothing open answers -2011
+  "Unknown order sent." (`"unknown_order"`, community reports; the default) or an empty array
+  (`"empty_list"`; the docs say nothing).
 """
 
 from __future__ import annotations
@@ -222,7 +232,12 @@ class BinanceSim(SimVenue):
         *,
         max_connection_s: float = MAX_CONNECTION_S,
         list_unknown_message: str = UNKNOWN_ORDER_LIST,
+        empty_cancel_all: str = "unknown_order",
     ):
+        if empty_cancel_all not in ("unknown_order", "empty_list"):
+            raise ValueError(
+                f"empty_cancel_all must be unknown_order or empty_list, not {empty_cancel_all!r}"
+            )
         # The base constructor mints books and routes, so the counters must exist first.
         # Binance numbers orders per symbol [§1.6]: every symbol has its own counter, all
         # starting at the same value, so orders on two symbols meet the same id.
@@ -235,6 +250,7 @@ class BinanceSim(SimVenue):
         self.conns: set[WsConn] = set()
         self.max_connection_s = max_connection_s
         self.list_unknown_message = list_unknown_message
+        self.empty_cancel_all = empty_cancel_all
         super().__init__(settings)
         scale = settings.rate_limit_scale
         self.weight_limit = max(1, int(WEIGHT_PER_MINUTE * scale))
@@ -735,7 +751,10 @@ class BinanceSim(SimVenue):
         book = self.book(ctx.account)
         targets = book.open_orders([symbol])
         if not targets:
-            # Nothing open on the symbol: Binance answers -2011 (community reports, §1.2).
+            # Nothing open on the symbol: -2011 (community reports, §1.2), or by the switch an
+            # empty array (the docs do not say).
+            if self.empty_cancel_all == "empty_list":
+                return []
             raise BnError(400, -2011, UNKNOWN_ORDER)
         result: list[dict[str, Any]] = []
         for order in targets:
