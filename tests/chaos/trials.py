@@ -12,7 +12,14 @@ broken:
 * nothing in scope is left open, checked from the simulator's books after the rogue stops
   (stream cancels and the latched sweeper must catch what it placed after the proof);
 * nothing out of scope was touched;
-* no venue answered 418.
+* no venue answered 418;
+* BingX answered no throttling (100410) our clients earned: none from a window, an error
+  lock, or a request sent into a wait (the rogue bot's order path aside; a storm's own 100410s
+  are injected, not earned).
+
+Each trial also draws how BingX answers the questions its sources leave open (reference §3.7):
+the named `strictest` or `most_permissive` set, or each switch at random. The tally says which
+ran, and a failing trial names its variant.
 
 The simulators run with `ban_grace_s = BAN_GRACE_S`: a request that reaches a venue within
 50 ms of a 429 it was not told of yet (it was in flight when the 429 left) is refused, but not
@@ -37,11 +44,13 @@ from typing import Any
 from killswitch.demo import BASES, Workload, symbol
 from killswitch.engine import EngineConfig
 from killswitch.model import AccountRef, Mode, Scope, Trigger
+from killswitch.sim.bingx import VARIANTS, BingxBehaviour, BingxSim
 from killswitch.sim.rogue import RogueBot
 from tests.conftest import eventually
 from tests.fixtures.kill import KillRig, kill_rig
 
 VENUES = ("binance", "mexc", "bingx")
+ROGUE_PATH = {"bingx": "/openApi/spot/v1/trade/order"}
 BAN_GRACE_S = 0.05
 ACCOUNTS = ("mm-1", "mm-2")
 DEADLINE_S = 20.0
@@ -74,6 +83,7 @@ ENDPOINTS: dict[str, tuple[str | None, ...]] = {
     "bingx": (
         None,
         "/openApi/spot/v1/trade/cancelOpenOrders",
+        "/openApi/spot/v1/trade/cancelOrders",
         "/openApi/spot/v1/oco/cancel",
         "/openApi/spot/v1/trade/openOrders",
         "/openApi/spot/v1/oco/openOrderList",
@@ -108,12 +118,22 @@ class Trial:
     rogue: str | None  # the account label the rogue bot trades on
     rogue_rate_per_s: float
     scope: Scope
+    bingx: BingxBehaviour = field(default_factory=BingxBehaviour)
+
+    @property
+    def bingx_variant(self) -> str:
+        """`strictest`, `most_permissive`, or `mixed` (switches drawn one by one)."""
+        name = self.bingx.describe()
+        return name if name in VARIANTS else "mixed"
 
     def describe(self) -> str:
         parts = [f"{i.venue}:{i.spec}@{i.after_s:.2f}s" for i in self.injections]
         if self.rogue:
             parts.append(f"rogue on {self.rogue} at {self.rogue_rate_per_s:.0f}/s")
-        return f"seed={self.seed} scope={self.scope.to_json()} " + "; ".join(parts)
+        return (
+            f"seed={self.seed} scope={self.scope.to_json()} bingx={self.bingx.describe()} "
+            + "; ".join(parts)
+        )
 
 
 def plan_trial(seed: int) -> Trial:
@@ -150,6 +170,19 @@ def plan_trial(seed: int) -> Trial:
         rogue=rogue,
         rogue_rate_per_s=rng.choice((10.0, 20.0, 40.0)),
         scope=scope,
+        bingx=_draw_bingx(random.Random(seed * 7919 + 1)),
+    )
+
+
+def _draw_bingx(rng: random.Random) -> BingxBehaviour:
+    """A named set a third of the time each, else every switch drawn on its own."""
+    roll = rng.random()
+    if roll < 1 / 3:
+        return VARIANTS["strictest"]
+    if roll < 2 / 3:
+        return VARIANTS["most_permissive"]
+    return BingxBehaviour(
+        **{name: rng.choice(choices) for name, choices in BingxBehaviour.CHOICES.items()}
     )
 
 
@@ -230,6 +263,18 @@ class Tally:
                 for k in FAULT_KINDS
             )
         )
+        variants: Counter[str] = Counter(o.trial.bingx_variant for o in self.outcomes)
+        variants_failed: Counter[str] = Counter(
+            o.trial.bingx_variant for o in self.outcomes if not o.ok
+        )
+        lines.append(
+            "chaos bingx variants: "
+            + ", ".join(
+                f"{k} {variants[k]}"
+                + (f" ({variants_failed[k]} failed)" if variants_failed[k] else "")
+                for k in ("strictest", "most_permissive", "mixed")
+            )
+        )
         lines.append(
             "chaos faults drawn in the sims (standing skew and silence not counted): "
             + (", ".join(f"{k} {v}" for k, v in sorted(fired.items())) or "none")
@@ -258,6 +303,9 @@ async def run_trial(trial: Trial, tmp_path: Path) -> Outcome:
     outcome = Outcome(trial)
     started = time.monotonic()
     async with kill_rig(tmp_path, WORKLOAD, CHAOS_CONFIG) as rig:
+        bingx_sim = rig.sim("bingx")
+        assert isinstance(bingx_sim, BingxSim)
+        bingx_sim.set_behaviour(trial.bingx)
         for venue in VENUES:
             sim = rig.sim(venue)
             sim.settings.ban_grace_s = BAN_GRACE_S
@@ -322,9 +370,22 @@ async def run_trial(trial: Trial, tmp_path: Path) -> Outcome:
         changed = {x: v for x, v in touched.items() if v[0] != v[1]}
         if changed:
             outcome.problems.append(f"out of scope changed (before, after): {changed}")
+        earned = bingx_sim.earned_throttles(ignore=[ROGUE_PATH["bingx"]])
+        if earned:
+            outcome.problems.append(f"bingx throttled our clients: {earned}")
         for venue in VENUES:
             counters = rig.sim(venue).counters
-            if counters["http 418"]:
+            if venue == "bingx":
+                # The rogue bot signs with the account's key: its own order path may earn a
+                # ban (that path and key only), which says nothing of the kill.
+                bans = sum(
+                    v
+                    for k, v in counters.items()
+                    if k.startswith("418 ") and not k.endswith(ROGUE_PATH["bingx"])
+                )
+                if bans:
+                    outcome.problems.append(f"bingx answered 418 x{bans}")
+            elif counters["http 418"]:
                 outcome.problems.append(f"{venue} answered 418 x{counters['http 418']}")
             for key, value in counters.items():
                 if key.startswith("faults "):

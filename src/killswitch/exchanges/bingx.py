@@ -121,8 +121,12 @@ BATCH_CANCEL_MAX = 10
 # recvWindow: the common parameters say at most 5000 ms; other pages say 60000 (§3.7).
 RECV_WINDOW_MAX_MS = 5000
 # A 100410 without an epoch: back off this long, doubling per repeat, with jitter (§3.5).
-BACKOFF_INITIAL_S = 1.0
-BACKOFF_MAX_S = 8.0
+# A 100410 without an epoch: 2-2.5 s for the first three in a row (a per-second limit and its
+# penalty are over by then), then doubling to at most 16 s while the venue keeps refusing.
+BACKOFF_INITIAL_S = 2.0
+BACKOFF_FLAT_REPEATS = 3
+BACKOFF_MAX_S = 16.0
+EPOCH_MARGIN_S = 0.05  # arrive after the named epoch, not on it: plus our clock's round trip
 # The error lock: more than 20 answers with an error code on one API in 480 s [§3.5].
 ERROR_LOCK_COUNT = 20
 ERROR_LOCK_WINDOW_S = 480.0
@@ -850,8 +854,12 @@ class BingxExchange:
         if epoch_in(msg) is None and header is None:
             repeats = self._backoffs.get(path, 0)
             self._backoffs[path] = repeats + 1
-            base = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2**repeats)
-            error.retry_after_s = base * (1.0 + 0.5 * self._rng.random())
+            doublings = max(0, repeats - BACKOFF_FLAT_REPEATS + 1)
+            base = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2**doublings)
+            error.retry_after_s = base * (1.0 + 0.25 * self._rng.random())
+        elif header is None:
+            # An epoch read on our estimate of the venue's clock: leave room for its error.
+            error.retry_after_s += EPOCH_MARGIN_S + self.clock.last_rtt_ms / 1000.0
         budgets = self._path_budgets(path)
         for budget in budgets:
             budget.block(error.retry_after_s)

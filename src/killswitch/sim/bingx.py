@@ -541,6 +541,30 @@ class BingxSim(SimVenue):
             self._locks[(account, path)] = (errors[0] + self.error_lock_window_s, code)
             self.counters[f"error locks {path}"] += 1
 
+    def admit(
+        self, request: web.Request, account: SimAccount | None
+    ) -> tuple[dict[str, int], web.Response | None]:
+        # Count what a client earned by sending into a wait it was told of (a strike), apart
+        # from 100410s a storm injected and requests that were in flight when one left.
+        tracker = self.bans.get(self.client_id(request))
+        before = (tracker.strikes, tracker.bans) if tracker is not None else (0, 0)
+        used, refusal = super().admit(request, account)
+        tracker = self.bans.get(self.client_id(request))
+        if tracker is not None and (tracker.strikes, tracker.bans) != before:
+            self.counters[f"100410 into a wait {request.path}"] += 1
+        return used, refusal
+
+    def earned_throttles(self, *, ignore: Iterable[str] = ()) -> dict[str, int]:
+        """Throttling answers a client earned (window, error lock, sending into a wait, 418),
+        by counter, leaving out paths in `ignore` (a rogue bot's order path)."""
+        skip = tuple(ignore)
+        kinds = ("100410 earned ", "100410 lock ", "100410 into a wait ", "418 ")
+        return {
+            key: value
+            for key, value in self.counters.items()
+            if value and key.startswith(kinds) and not key.endswith(skip or ("\0",))
+        }
+
     def server_error(self, status: int, request: web.Request) -> web.Response:
         if status == 504:
             # [BX-DOC]: 504 = sent to the service centre, no answer; the outcome is unknown.
