@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Lint what exists: bench/ arrives with the benchmarks.
 LINT_PATHS := $(wildcard src tests bench)
 
-.PHONY: test demo lint typecheck pytest setup system-deps bench clean
+.PHONY: test test-fast demo lint typecheck pytest setup system-deps bench clean
 
 setup: $(STAMP) system-deps
 
@@ -37,6 +37,11 @@ pytest: setup
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# The edit-run loop: lint, types and the unit and contract tests, without subprocesses, the
+# broker, the chaos trials or the model checker (`make test` runs all of it).
+test-fast: lint typecheck
+	$(BIN)/python -m pytest -q -m "not slow and not kafka" tests/unit tests/integration/test_contract.py
 
 demo: setup
 	$(BIN)/killswitch demo

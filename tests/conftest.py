@@ -11,6 +11,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
+
 T = TypeVar("T")
 
 
@@ -36,3 +38,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# Suites that start subprocesses or run long randomized histories: `make test-fast` leaves them
+# out (`-m "not slow and not kafka"`); `make test` runs everything.
+_SLOW_PATHS = (
+    "tests/chaos/",
+    "tests/model/",
+    "tests/integration/test_crash_drills.py",
+    "tests/integration/test_daemon_lifecycle.py",
+    "tests/integration/test_demo.py",
+    "tests/integration/test_kill_restart.py",
+    "tests/integration/test_sim_cli.py",
+    "tests/integration/test_systemd_unit.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        where = item.path.relative_to(root).as_posix()
+        if where.startswith(_SLOW_PATHS):
+            item.add_marker(pytest.mark.slow)
