@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from killswitch import __version__
+from killswitch.alert_cli import add_parser as add_alert_parser
 from killswitch.control_client import add_parsers as add_control_parsers
 from killswitch.daemon import EXIT_CONFIG
 from killswitch.demo import add_parser as add_demo_parser
@@ -44,6 +45,7 @@ def registrars() -> list[Registrar]:
         add_check_config_parser,
         add_preflight_parser,
         add_control_parsers,
+        add_alert_parser,
         add_sim_parser,
         add_demo_parser,
     ]
