@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from killswitch.events import make_event
-from killswitch.handlers.kafka import Backoff
-from killswitch.kafka_events import KafkaEventSink
+from killswitch.kafka.client import Backoff
+from killswitch.kafka.events import KafkaEventSink
 from killswitch.settings import KafkaSettings
 from tests.conftest import eventually
 from tests.fixtures.kafka import (

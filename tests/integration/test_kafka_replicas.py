@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from killswitch.handlers.kafka import Backoff
+from killswitch.kafka.client import Backoff
+from killswitch.kafka.replicas import LatchLog, LatchReplicator
 from killswitch.model import Mode, Scope, Trigger
-from killswitch.replicas import LatchLog, LatchReplicator
 from killswitch.settings import KafkaSettings
 from tests.conftest import eventually
 from tests.fixtures.kafka import (

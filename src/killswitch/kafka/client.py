@@ -1,0 +1,266 @@
+"""What every Kafka client of the daemon shares: connection options, one reconnecting loop,
+one full-jitter backoff, and one way to hand a record's work to the engine until it is journaled.
+
+    ReconnectingClient
+      start()   connect once, bounded; a broker that is down is retried by run(), not fatal
+      run()     until stop(): connected -> _step(); broker error -> _disconnect() (teardown,
+                status), then reconnect after Backoff.next_delay(); on stop -> _at_stop()
+      stop()    safe twice and before start()
+    Subclasses: the alert consumer, the events producer and the latch replicator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from killswitch.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Return the connection and security options every aiokafka client of ours uses."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
+            certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+            keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        )
+    elif settings.ssl_cafile:
+        options["ssl_context"] = ssl.create_default_context(cafile=str(settings.ssl_cafile))
+    if settings.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return options
+
+
+def new_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """Return a producer with acks=all (not idempotent: not every broker we meet supports it)."""
+    options = client_options(settings) | {
+        "acks": "all",
+        "enable_idempotence": False,
+        "request_timeout_ms": 10_000,
+        "client_id": f"killswitch-{settings.group_id}",
+    }
+    return AIOKafkaProducer(**(options | overrides))
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter (a delay drawn from [0, cap]) that resets."""
+
+    initial_s: float = 0.2
+    max_s: float = 10.0
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        cap = min(self.max_s, self.initial_s * (2**self.attempt))
+        self.attempt += 1
+        return self.rng.uniform(0.0, cap)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop an aiokafka client; its own failures are logged, a cancel aimed at us still raises.
+
+    aiokafka's fetcher `close()` awaits its cancelled fetch tasks, and one caught in its retry
+    sleep re-raises that CancelledError into `stop()`. Run it as a task: `asyncio.wait` tells a
+    cancelled child (dropped) from a cancel of the caller (raised).
+    """
+    task = asyncio.ensure_future(client.stop())
+    await asyncio.wait({task})
+    if task.cancelled():
+        log.debug("kafka client stop was cancelled inside aiokafka")
+    elif (exc := task.exception()) is not None:
+        log.debug("kafka client stop failed error=%s", exc)
+
+
+async def wait_or_stop(stopping: asyncio.Event, delay_s: float) -> None:
+    """Sleep `delay_s`, or less if `stopping` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay_s):
+            await stopping.wait()
+
+
+class Stopping(Exception):
+    """The daemon stops while a record could not be finished; it stays unacknowledged."""
+
+
+async def until_journaled(
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    stopping: asyncio.Event,
+    *,
+    on_failure: Callable[[BaseException], None] | None = None,
+    backoff: Backoff | None = None,
+) -> T:
+    """Run an engine call until it succeeds: a record is never skipped for a journal error.
+
+    Raises `Stopping` when the daemon stops before it succeeded: the record stays
+    unacknowledged and comes back after the restart.
+    """
+    backoff = backoff or Backoff(initial_s=0.05, max_s=2.0)
+    while True:
+        try:
+            return await call()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if on_failure is not None:
+                on_failure(exc)
+            log.exception("not journaled, retrying what=%s", what)
+            if stopping.is_set():
+                raise Stopping(what) from exc
+            await wait_or_stop(stopping, backoff.next_delay())
+
+
+class ReconnectingClient:
+    """A Kafka-facing service that reconnects by itself; see the module docstring."""
+
+    what = "kafka"  # how logs name it
+    reconnect_errors: tuple[type[BaseException], ...] = BROKER_ERRORS
+    start_timeout_s: float = 5.0
+
+    def __init__(self, *, backoff: Backoff | None, clock: Callable[[], float]) -> None:
+        self.backoff = backoff or Backoff()
+        self._clock = clock
+        self._last_tick = clock()
+        self._stopping = asyncio.Event()
+        self._started = False
+        self._running = False
+        self.connected = False
+        self.last_error = ""
+        self.connects = 0
+        self.disconnects = 0
+
+    # -- what a client is made of --------------------------------------------------------------
+    async def _connect(self) -> None:
+        """Open the clients; raise one of `reconnect_errors` when the broker is away."""
+        raise NotImplementedError
+
+    async def _step(self) -> None:
+        """One unit of work while connected."""
+        raise NotImplementedError
+
+    async def _teardown(self) -> None:
+        """Close whatever `_connect` opened; safe when nothing is open."""
+        raise NotImplementedError
+
+    async def _at_start(self) -> None:
+        """Work to do once connected at start, inside the start timeout."""
+
+    async def _at_stop(self) -> None:
+        """Work to do when stopping (flush, last commit); `connected` says if it can."""
+
+    def _on_connected(self) -> None:
+        log.info("%s connected", self.what)
+
+    def _on_disconnected(self, was_connected: bool) -> None:
+        if was_connected:
+            log.warning("%s disconnected error=%s", self.what, self.last_error)
+        else:
+            log.info("%s connect failed error=%s", self.what, self.last_error)
+
+    # -- Service ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect once, bounded; a broker that is down is retried by `run()`, not fatal."""
+        if self._started:
+            raise RuntimeError(f"{self.what} already started")
+        self._started = True
+        try:
+            async with asyncio.timeout(self.start_timeout_s):
+                await self._open()
+                await self._at_start()
+        except asyncio.CancelledError:
+            raise
+        except self.reconnect_errors as exc:
+            await self._disconnect(exc)
+            log.warning("%s not connected at start, will retry error=%s", self.what, exc)
+
+    async def run(self) -> None:
+        """Work until `stop()`, reconnecting on broker loss; then `_at_stop()`."""
+        self._running = True
+        try:
+            while not self._stopping.is_set():
+                self._last_tick = self._clock()
+                if not self.connected:
+                    await self._reconnect()
+                    continue
+                try:
+                    await self._step()
+                except asyncio.CancelledError:
+                    raise
+                except Stopping:
+                    break
+                except self.reconnect_errors as exc:
+                    await self._disconnect(exc)
+            await self._at_stop()
+        finally:
+            await self._teardown()
+
+    async def stop(self) -> None:
+        """Stop after the work in hand; safe twice and before `start()`."""
+        self._stopping.set()
+        self._wake()
+        if not self._running:  # no run() to tear the clients down
+            await self._teardown()
+
+    def healthy(self) -> bool:
+        """True while the loop turns; a broker outage is reported, not a reason to restart."""
+        return self._clock() - self._last_tick < max(30.0, 3 * self.backoff.max_s)
+
+    def _wake(self) -> None:
+        """Interrupt a `_step` that waits for work (the events producer's idle wait)."""
+
+    # -- connection ------------------------------------------------------------------------------
+    async def _open(self) -> None:
+        await self._connect()
+        self.connected = True
+        self.last_error = ""
+        self.backoff.reset()
+        self.connects += 1
+        self._on_connected()
+
+    async def _reconnect(self) -> None:
+        if self.disconnects:
+            await wait_or_stop(self._stopping, self.backoff.next_delay())
+            if self._stopping.is_set():
+                return
+        try:
+            await self._open()
+        except asyncio.CancelledError:
+            raise
+        except self.reconnect_errors as exc:
+            await self._disconnect(exc)
+
+    async def _disconnect(self, exc: BaseException) -> None:
+        was_connected = self.connected
+        self.connected = False
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.disconnects += 1
+        self._on_disconnected(was_connected)
+        await self._teardown()

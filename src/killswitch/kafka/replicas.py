@@ -1,0 +1,462 @@
+"""Share the latch between daemon replicas through a compacted Kafka topic.
+
+Several daemons (different hosts, each its own consumer group) each see every alert and cancel
+independently; cancels are idempotent. What they must agree on is the latch. Each replica
+publishes to `kafka.latch_topic` (one partition, `cleanup.policy=compact`, so nothing expires):
+
+    key latch/<trigger id>   {"type": "latch", "origin": <replica>, "trigger": {...}}
+    key reset/<origin>/<ms>  {"type": "reset", "origin": <replica>, "released": [ids], ...}
+    key latch/<trigger id>   null (a tombstone for each trigger a reset released)
+
+and applies the others' records to its own engine: a latch is submitted as the same trigger
+(same id: the engine answers DUPLICATE if it has it already), a reset is applied only when it
+released every latch this replica holds. When two replicas race (one latches while the other
+resets), the latch wins: a replica never drops a latch the reset did not name, and a replica
+that reset before reading a peer's latch latches again when it reads it. Fail-safe, never open.
+
+Echo loops are cut twice: records name their `origin` (our own are not applied again), and
+what we applied from the topic (a submitted trigger, a reset with origin `replica:<peer>`) is
+not published back. A replica that starts reads the topic from the beginning before READY
+(bounded by `sync_timeout_s`, then it keeps trying in the background and says so in status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from killswitch.events import EventRecord, FanOut
+from killswitch.kafka.client import (
+    BROKER_ERRORS,
+    Backoff,
+    ReconnectingClient,
+    client_options,
+    new_producer,
+    stop_client,
+    until_journaled,
+)
+from killswitch.model import Mode, Trigger
+
+if TYPE_CHECKING:
+    from killswitch.kill.record import SubmitResult
+    from killswitch.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REPLICA_ORIGIN = "replica:"
+TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
+ORIGIN_HEADER = "x-origin"
+
+
+class ReplicaEngine(Protocol):
+    """What the replicator needs of the engine."""
+
+    events: FanOut
+
+    async def submit(self, trigger: Trigger) -> SubmitResult: ...
+
+    async def reset(
+        self,
+        *,
+        actor: str,
+        reason: str,
+        origin: str = "local",
+        only: Iterable[str] | None = None,
+    ) -> bool: ...
+
+    def status(self) -> dict[str, object]: ...
+
+
+@dataclass
+class LatchLog:
+    """The cluster's latch as the topic tells it, folded record by record in offset order."""
+
+    latched: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> trigger json
+    # The newest released ids, bounded: the topic grows for ever, this process must not.
+    released: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    origins: dict[str, str] = field(default_factory=dict)  # latched id -> origin replica
+    peers: set[str] = field(default_factory=set)  # every origin seen
+    last_reset: dict[str, Any] | None = None
+    records: int = 0
+    invalid: int = 0
+
+    def apply(self, key: bytes | None, value: bytes | None) -> dict[str, Any] | None:
+        """Fold one record in; return it decoded (None for a tombstone or an invalid record)."""
+        self.records += 1
+        name = (key or b"").decode(errors="replace")
+        if value is None:
+            if name.startswith("latch/"):
+                self.latched.pop(name.removeprefix("latch/"), None)
+            return None
+        try:
+            record = _decode(value)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            self.invalid += 1
+            log.error("invalid latch record key=%s error=%s", name, exc)
+            return None
+        if record["type"] == "latch":
+            trigger_id = str(record["trigger"]["id"])
+            self.latched[trigger_id] = record["trigger"]
+            self.origins[trigger_id] = str(record.get("origin", ""))
+            self.peers.add(self.origins[trigger_id])
+            self.released.pop(trigger_id, None)
+        else:
+            self.peers.add(str(record.get("origin", "")))
+            for trigger_id in (str(i) for i in record.get("released") or []):
+                self.latched.pop(trigger_id, None)
+                self.origins.pop(trigger_id, None)
+                _remember(self.released, trigger_id)
+            self.last_reset = record
+        return record
+
+    def decide(self, held: Iterable[str]) -> Decision:
+        """Compare the latches this replica holds with the cluster's: what to do about it."""
+        mine = set(held)
+        submit = [t for i, t in self.latched.items() if i not in mine]
+        unknown = sorted(mine - set(self.latched) - self.released.keys())
+        release = sorted(mine & self.released.keys())
+        return Decision(submit=submit, publish=unknown, release=release)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a replica must do to agree with the latch log."""
+
+    submit: list[dict[str, Any]]  # cluster latches this replica lacks
+    publish: list[str]  # latches this replica holds that the log has never seen
+    release: list[str]  # latches held that a reset elsewhere named: released, and only they
+
+
+MEMORY_IDS = 100_000  # ids kept in each bounded map
+
+
+def _remember(ids: OrderedDict[str, None], key: str, limit: int = MEMORY_IDS) -> None:
+    """Add `key` as the newest id; forget the oldest past `limit`."""
+    ids[key] = None
+    ids.move_to_end(key)
+    while len(ids) > limit:
+        ids.popitem(last=False)
+
+
+def _decode(value: bytes) -> dict[str, Any]:
+    record = orjson.loads(value)
+    if not isinstance(record, dict):
+        raise TypeError("not an object")
+    kind = record.get("type")
+    if kind == "latch":
+        trigger = record["trigger"]
+        if not isinstance(trigger, dict):
+            raise TypeError("latch without a trigger object")
+        Trigger.from_json(trigger)  # validate now, not when applied
+    elif kind == "reset":
+        if not isinstance(record.get("released") or [], list):
+            raise TypeError("reset.released must be a list")
+    else:
+        raise TypeError(f"unknown record type {kind!r}")
+    return record
+
+
+def held_latches(engine: ReplicaEngine) -> list[str]:
+    """Return the trigger ids whose latches the engine holds."""
+    latches = engine.status().get("latches")
+    if not isinstance(latches, list):
+        return []
+    return [str(item["trigger_id"]) for item in latches if isinstance(item, dict)]
+
+
+class LatchReplicator(ReconnectingClient):
+    """A daemon `Service` and an `EventSink`: publish our latches and resets, apply the others'."""
+
+    name = "replicas"
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        engine: ReplicaEngine,
+        *,
+        replica_id: str | None = None,
+        sync_timeout_s: float = 10.0,
+        poll_timeout_ms: int = 50,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        super().__init__(backoff=backoff, clock=clock)
+        self.what = "latch topic"
+        self.start_timeout_s = sync_timeout_s
+        self.settings = settings
+        self.engine = engine
+        self.replica_id = replica_id or settings.replica_name()
+        self.topic = settings.latch_topic
+        self.tp = TopicPartition(self.topic, 0)
+        self.sync_timeout_s = sync_timeout_s
+        self.poll_timeout_ms = poll_timeout_ms
+        self._wall_ms = wall_ms
+        self.log = LatchLog()
+        self.synced = False
+        self.published = 0
+        self.applied_latches = 0
+        self.applied_resets = 0
+        self._applied: OrderedDict[str, None] = OrderedDict()  # ids submitted from the topic
+        self._outbox: deque[tuple[bytes, bytes | None]] = deque()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._position = 0  # next offset to read
+
+    # -- EventSink: what our engine did ------------------------------------------------------
+
+    def emit(self, event: EventRecord) -> None:
+        """Queue a latch record for a kill triggered here, a reset record for a reset made here."""
+        kind = event.get("type")
+        if kind == "triggered":
+            trigger = event.get("trigger")
+            if not isinstance(trigger, dict) or trigger.get("mode") != Mode.KILL.value:
+                return
+            trigger_id = str(trigger.get("id"))
+            if trigger_id in self._applied or trigger_id in self.log.latched:
+                return  # it came from the topic, or a peer published it already
+            self._queue_latch(trigger)
+        elif kind == "reset":
+            origin = str(event.get("origin", ""))
+            if origin.startswith(REPLICA_ORIGIN):
+                return  # applied from a peer's record: not ours to announce
+            released = event.get("released")
+            ids = [
+                str(r["trigger_id"])
+                for r in (released if isinstance(released, list) else [])
+                if isinstance(r, dict) and "trigger_id" in r
+            ]
+            self._queue_reset(
+                ids,
+                actor=str(event.get("actor", "")),
+                reason=str(event.get("reason", "")),
+                origin=origin,
+            )
+
+    def _queue_latch(self, trigger: dict[str, Any]) -> None:
+        record = {
+            "type": "latch",
+            "origin": self.replica_id,
+            "ts_ms": self._wall_ms(),
+            "trigger": trigger,
+        }
+        self._outbox.append((f"latch/{trigger['id']}".encode(), orjson.dumps(record)))
+
+    def _queue_reset(self, ids: list[str], *, actor: str, reason: str, origin: str) -> None:
+        now = self._wall_ms()
+        record = {
+            "type": "reset",
+            "origin": self.replica_id,
+            "ts_ms": now,
+            "actor": actor,
+            "reason": reason,
+            "via": origin,
+            "released": ids,
+        }
+        self._outbox.append((f"reset/{self.replica_id}/{now}".encode(), orjson.dumps(record)))
+        for trigger_id in ids:  # let compaction drop the released latches
+            self._outbox.append((f"latch/{trigger_id}".encode(), None))
+
+    # -- Service -----------------------------------------------------------------------------
+
+    async def _at_start(self) -> None:
+        await self._sync()
+
+    async def _step(self) -> None:
+        if not self.synced:
+            await self._sync()
+        await self._publish()
+        await self._poll()
+
+    def _on_disconnected(self, was_connected: bool) -> None:
+        if was_connected:
+            log.warning("latch topic disconnected error=%s", self.last_error)
+        elif not self.synced:
+            log.error(
+                "latch topic not read, continuing from the local journal error=%s",
+                self.last_error,
+            )
+
+    def status(self) -> str:
+        if not self.connected:
+            return f"disconnected: {self.last_error or 'connecting'}, synced={self.synced}"
+        peers = sorted(o for o in self.log.peers if o and o != self.replica_id)
+        return (
+            f"synced={self.synced}, {len(self.log.latched)} cluster latches, "
+            f"peers: {','.join(peers) or 'none seen'}"
+        )
+
+    # -- connection --------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        await self._ensure_topic()
+        producer = new_producer(self.settings)
+        self._producer = producer
+        await producer.start()
+        consumer = AIOKafkaConsumer(
+            **client_options(self.settings),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=25,
+            client_id=f"killswitch-{self.replica_id}-latch",
+        )
+        self._consumer = consumer
+        await consumer.start()
+        consumer.assign([self.tp])
+        if self._position:
+            consumer.seek(self.tp, self._position)
+        else:
+            await consumer.seek_to_beginning(self.tp)
+        log.info("latch topic connected topic=%s replica=%s", self.topic, self.replica_id)
+
+    async def _ensure_topic(self) -> None:
+        """Create the compacted latch topic if it is missing (best effort: it may be made by
+        an operator, who may have denied us the right; producing to it then says why)."""
+        admin = AIOKafkaAdminClient(**client_options(self.settings))
+        try:
+            await admin.start()
+            if self.topic in await admin.list_topics():
+                return
+            brokers = (await admin.describe_cluster()).get("brokers") or [None]
+            topic = NewTopic(
+                self.topic,
+                num_partitions=1,
+                replication_factor=min(3, len(brokers)),
+                topic_configs={"cleanup.policy": "compact"},
+            )
+            response = await admin.create_topics([topic])
+            for error in response.topic_errors:
+                code = error[1]
+                if code == 0:
+                    log.info("latch topic created topic=%s", self.topic)
+                elif code != TOPIC_ALREADY_EXISTS:
+                    log.warning("latch topic not created topic=%s error=%s", self.topic, error)
+        except asyncio.CancelledError:
+            raise
+        except BROKER_ERRORS as exc:
+            log.warning("latch topic check failed topic=%s error=%s", self.topic, exc)
+        finally:
+            await admin.close()
+
+    async def _teardown(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        self.connected = False
+        for client in (consumer, producer):
+            if client is not None:
+                await stop_client(client)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _sync(self) -> None:
+        """Read to the end of the topic as it is now, then reconcile the engine with it."""
+        consumer = self._consumer
+        assert consumer is not None
+        end = (await consumer.end_offsets([self.tp]))[self.tp]
+        while self._position < end:
+            await self._poll(apply=False)
+        self.synced = True
+        await self._reconcile()
+        log.info(
+            "latch topic read records=%d cluster_latches=%d",
+            self.log.records,
+            len(self.log.latched),
+        )
+
+    async def _poll(self, *, apply: bool = True) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        batch = await consumer.getmany(self.tp, timeout_ms=self.poll_timeout_ms)
+        for record in batch.get(self.tp, []):
+            self._position = record.offset + 1
+            decoded = self.log.apply(record.key, record.value)
+            if apply and decoded is not None and decoded.get("origin") != self.replica_id:
+                await self._apply(decoded)
+
+    async def _apply(self, record: dict[str, Any]) -> None:
+        if record["type"] == "latch":
+            trigger = Trigger.from_json(record["trigger"])
+            _remember(self._applied, trigger.id)
+            result = await self._engine_call(
+                trigger.id, functools.partial(self.engine.submit, trigger)
+            )
+            self.applied_latches += 1
+            log.warning(
+                "latch from replica applied origin=%s trigger_id=%s result=%s",
+                record.get("origin"),
+                trigger.id,
+                result,
+            )
+        else:
+            await self._reconcile(reset_record=record)
+
+    async def _reconcile(self, reset_record: dict[str, Any] | None = None) -> None:
+        decision = self.log.decide(held_latches(self.engine))
+        for trigger_json in decision.submit:
+            trigger = Trigger.from_json(trigger_json)
+            _remember(self._applied, trigger.id)
+            await self._engine_call(trigger.id, functools.partial(self.engine.submit, trigger))
+            self.applied_latches += 1
+        for trigger_id in decision.publish:
+            known = self._known_trigger(trigger_id)
+            if known is not None:
+                self._queue_latch(known)
+        if decision.release:
+            # Exactly the latches the topic released: never one this reconcile just applied,
+            # nor one the resetting replica had not heard of.
+            record = reset_record or self.log.last_reset or {}
+            origin = record.get("origin", "log")
+            await self._engine_call(
+                "reset",
+                functools.partial(
+                    self.engine.reset,
+                    actor=str(record.get("actor") or f"replica {origin}"),
+                    reason=str(record.get("reason") or "reset on another replica"),
+                    origin=f"{REPLICA_ORIGIN}{origin}",
+                    only=decision.release,
+                ),
+            )
+            self.applied_resets += 1
+
+    async def _engine_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry an engine call until it is journaled; a peer's latch is never dropped."""
+        return await until_journaled(f"latch from the topic {what}", call, self._stopping)
+
+    def _known_trigger(self, trigger_id: str) -> dict[str, Any] | None:
+        kill_for = getattr(self.engine, "kill_for", None)
+        kill = kill_for(trigger_id) if kill_for is not None else None
+        for trigger in getattr(kill, "triggers", ()):
+            if trigger.id == trigger_id:
+                json: dict[str, Any] = trigger.to_json()
+                return json
+        return None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def _publish(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while self._outbox:
+            key, value = self._outbox[0]
+            await producer.send_and_wait(
+                self.topic,
+                value,
+                key=key,
+                partition=0,
+                headers=[(ORIGIN_HEADER, self.replica_id.encode())],
+            )
+            self._outbox.popleft()
+            self.published += 1
