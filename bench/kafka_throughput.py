@@ -50,8 +50,8 @@ from killswitch.demo import Workload, daemon_toml, drill_accounts, sim_toml  # n
 from killswitch.engine import Engine, EngineConfig  # noqa: E402
 from killswitch.events import EventRecord  # noqa: E402
 from killswitch.handlers.heartbeat import HeartbeatWatch  # noqa: E402
-from killswitch.handlers.kafka import KafkaAlertConsumer  # noqa: E402
 from killswitch.journal import Journal  # noqa: E402
+from killswitch.kafka.alerts import KafkaAlertConsumer  # noqa: E402
 from killswitch.settings import HeartbeatSettings, KafkaSettings, load_settings  # noqa: E402
 from killswitch.sim.book import OrderSpec  # noqa: E402
 from killswitch.sim.server import SimCluster  # noqa: E402

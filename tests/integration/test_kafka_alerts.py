@@ -17,10 +17,12 @@ from pydantic import SecretStr
 
 from killswitch.engine import Engine, EngineConfig
 from killswitch.handlers.alerts import signature
-from killswitch.handlers.kafka import AlertEngine, Backoff, KafkaAlertConsumer, KafkaCollector
 from killswitch.journal import Journal, replay
+from killswitch.kafka.alerts import AlertEngine, KafkaAlertConsumer
+from killswitch.kafka.client import Backoff
 from killswitch.model import AccountRef, Mode
 from killswitch.settings import KafkaSettings
+from killswitch.sinks.kafka_metrics import KafkaCollector
 from tests.conftest import eventually
 from tests.fixtures.kafka import (
     KafkaBroker,

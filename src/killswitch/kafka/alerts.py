@@ -1,0 +1,648 @@
+"""Consume risk alerts from Kafka, hand them to the engine, dead-letter what cannot be acted upon.
+
+Delivery is at-least-once and the offset is the promise: a partition's offset is committed
+only past records that are done, meaning the trigger was journaled (`engine.submit` returned),
+the heartbeat or reset was applied, or the rejected record is confirmed in the dead-letter
+topic. A crash anywhere before the commit replays the record; the engine answers a replayed
+trigger with DUPLICATE, so a replay is a no-op.
+
+Each daemon is its own consumer group and assigns itself every partition of the alerts topic
+(no group membership): every replica sees every alert, start-up needs no rebalance, and the
+committed offsets still live in Kafka. A group's first start pins its position at the end of
+the topic (history is not replayed into kills); a later reconnect that finds no committed
+offset (the broker lost them) reads from the beginning, where duplicates are harmless.
+
+The broker going away never stops the daemon: the loop keeps probing, reports `disconnected`
+in `status()`, reconnects with backoff and resumes from the committed offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from killswitch.events import FanOut, make_event
+from killswitch.handlers.alerts import (
+    Alert,
+    AlertAction,
+    AlertRejected,
+    RefusedAlert,
+    check_policy,
+    parse_alert,
+)
+from killswitch.kafka.client import (
+    BROKER_ERRORS,
+    Backoff,
+    ReconnectingClient,
+    client_options,
+    new_producer,
+    stop_client,
+    until_journaled,
+)
+from killswitch.model import AccountRef, Trigger
+
+if TYPE_CHECKING:
+    from killswitch.engine import SubmitResult
+    from killswitch.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class Record(Protocol):
+    """The fields of an aiokafka `ConsumerRecord` we read."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+T = TypeVar("T")
+
+# Errors that mean "the broker or the network", as opposed to a bug in our code.
+
+
+class AlertEngine(Protocol):
+    """What the consumer needs of the engine."""
+
+    events: FanOut
+
+    async def submit(self, trigger: Trigger) -> SubmitResult: ...
+
+    async def reset(self, *, actor: str, reason: str, origin: str = "local") -> bool: ...
+
+    def status(self) -> dict[str, object]: ...
+
+
+class HeartbeatListener(Protocol):
+    """Where heartbeat alerts go (`handlers.heartbeat.HeartbeatWatch`)."""
+
+    def beat(self, source: str, ts_ms: int) -> bool: ...
+
+
+@dataclass
+class ConsumerStats:
+    """Counters for `status()` and metrics."""
+
+    consumed: int = 0
+    triggers: int = 0
+    duplicates: int = 0
+    heartbeats: int = 0
+    resets: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    dead_lettered: int = 0
+    dead_letter_failures: int = 0
+    dead_letter_lost: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    engine_failures: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        data = {k: v for k, v in vars(self).items() if k != "rejected"}
+        data["rejected"] = dict(self.rejected)
+        return data
+
+
+@dataclass
+class _DeadLetter:
+    offset: int
+    record: Record
+    error: AlertRejected
+    future: asyncio.Future[Any] | None = None
+    attempts: int = 0
+
+    @property
+    def delivered(self) -> bool:
+        fut = self.future
+        return fut is not None and fut.done() and not fut.cancelled() and not fut.exception()
+
+
+class _RateGate:
+    """Allow `per_s` events per second, counting what it holds back (rejection floods)."""
+
+    def __init__(self, per_s: float, clock: Callable[[], float]) -> None:
+        self.per_s = per_s
+        self.clock = clock
+        self.tokens = per_s
+        self.last = clock()
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.per_s, self.tokens + (now - self.last) * self.per_s)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.suppressed += 1
+        return False
+
+
+class KafkaAlertConsumer(ReconnectingClient):
+    """The alerts input: a daemon `Service` that turns alert records into engine calls."""
+
+    name = "kafka-alerts"
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        engine: AlertEngine,
+        *,
+        accounts: Iterable[AccountRef] | None = None,
+        heartbeats: HeartbeatListener | None = None,
+        start_timeout_s: float = 10.0,
+        probe_interval_s: float = 2.0,
+        poll_timeout_ms: int = 200,
+        max_records: int = 500,
+        fetch_max_wait_ms: int = 25,
+        backoff: Backoff | None = None,
+        dead_letter_pending_limit: int = 2_000,
+        io_timeout_s: float = 10.0,
+        stop_wait_s: float = 5.0,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(backoff=backoff, clock=clock)
+        self.what = "kafka alerts"
+        self.reconnect_errors = RECONNECT_ERRORS
+        self.settings = settings
+        self.engine = engine
+        self.accounts = list(accounts) if accounts is not None else None
+        self.heartbeats = heartbeats
+        self.start_timeout_s = start_timeout_s
+        self.probe_interval_s = probe_interval_s
+        self.poll_timeout_ms = poll_timeout_ms
+        self.max_records = max_records
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.dead_letter_pending_limit = dead_letter_pending_limit
+        self.io_timeout_s = io_timeout_s
+        self.stop_wait_s = stop_wait_s  # on stop, for dead letters in flight
+        self._wall_ms = wall_ms
+        key = settings.alert_hmac_key
+        self._hmac_key = key.get_secret_value().encode() if key is not None else None
+        self.stats = ConsumerStats()
+        self.stalled = ""  # why the consumer is stuck on one record, if it is
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: list[TopicPartition] = []
+        self._first_connect = True
+        self._done: dict[TopicPartition, int] = {}  # next offset past the processed records
+        self._committed: dict[TopicPartition, int] = {}
+        self._dead_letters: dict[TopicPartition, deque[_DeadLetter]] = {}
+        self._letter_queue: asyncio.Queue[_DeadLetter] = asyncio.Queue()
+        self._letter_sender: asyncio.Task[None] | None = None
+        self._letters_failed: list[_DeadLetter] = []  # sends that failed, to resend
+        self._last_probe = 0.0
+        self._event_gate = _RateGate(10.0, clock)
+        # Called with the offsets just before they are committed; a test seam for crash tests.
+        self.before_commit: Callable[[dict[TopicPartition, int]], Any] | None = None
+
+    # -- Service ----------------------------------------------------------------------------
+
+    async def _step(self) -> None:
+        await self._poll_once()
+
+    async def _at_stop(self) -> None:
+        await self._last_commit()
+
+    def status(self) -> str:
+        """Say whether alerts can arrive, and what went wrong if not."""
+        if self.stalled:
+            return f"stalled: {self.stalled}"
+        if self.connected:
+            lag = self.lag()
+            return f"connected, {self.stats.consumed} consumed, lag {lag}"
+        return f"disconnected: {self.last_error or 'connecting'}"
+
+    def lag(self) -> int | None:
+        """Records in the alerts topic not processed yet (None if unknown)."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        total = 0
+        for tp in self._partitions:
+            high = consumer.highwater(tp)
+            if high is None:
+                return None
+            total += max(0, high - self._done.get(tp, high))
+        return total
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything `killswitch status` shows about the alerts input."""
+        return {
+            "connected": self.connected,
+            "last_error": self.last_error,
+            "stalled": self.stalled,
+            "lag": self.lag(),
+            "committed": {f"{tp.topic}:{tp.partition}": o for tp, o in self._committed.items()},
+            **self.stats.to_json(),
+        }
+
+    # -- connection -------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        settings = self.settings
+        producer = new_producer(
+            settings, linger_ms=5, request_timeout_ms=int(self.io_timeout_s * 1000)
+        )
+        self._producer = producer
+        await producer.start()
+        self._letter_sender = asyncio.create_task(self._send_letters(producer), name="dead letters")
+        consumer = AIOKafkaConsumer(
+            **client_options(settings),
+            group_id=settings.group_id,
+            client_id=f"killswitch-{settings.group_id}",
+            enable_auto_commit=False,
+            # first start: do not replay history into kills; reconnect: the broker lost our
+            # offsets, so what the topic holds now is newer than what we saw
+            auto_offset_reset="latest" if self._first_connect else "earliest",
+            max_poll_records=self.max_records,
+            # a broker that does not answer a waiting fetch when data arrives (Tansu) adds up
+            # to this much latency to every alert; Kafka answers at once either way
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+        )
+        self._consumer = consumer
+        await consumer.start()
+        partitions = consumer.partitions_for_topic(settings.alerts_topic)
+        if not partitions:
+            raise _TopicMissing(f"topic {settings.alerts_topic} does not exist")
+        tps = [TopicPartition(settings.alerts_topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        pin: dict[TopicPartition, int] = {}
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            if committed is None:
+                pin[tp] = await consumer.position(tp)
+            else:
+                self._committed[tp] = committed
+        if pin:
+            await consumer.commit(pin)
+            self._committed.update(pin)
+            log.info("kafka alerts position pinned offsets=%s", _fmt(pin))
+        self._partitions = tps
+        self._done = {}
+        self._first_connect = False
+        self._last_probe = self._clock()
+
+    def _on_connected(self) -> None:
+        self.stats.connects += 1
+        log.info(
+            "kafka alerts connected topic=%s partitions=%d group=%s",
+            self.settings.alerts_topic,
+            len(self._partitions),
+            self.settings.group_id,
+        )
+        self._emit(
+            "kafka_connected", topic=self.settings.alerts_topic, partitions=len(self._partitions)
+        )
+
+    def _on_disconnected(self, was_connected: bool) -> None:
+        self.stats.disconnects += 1
+        if was_connected:
+            log.warning("kafka alerts disconnected error=%s", self.last_error)
+            self._emit("kafka_disconnected", error=self.last_error)
+        else:
+            log.info("kafka alerts connect failed error=%s", self.last_error)
+
+    async def _last_commit(self) -> None:
+        """On stop: give dead letters in flight a bounded wait, commit what is done."""
+        if self._consumer is None:
+            return
+        try:
+            await self._settle_dead_letters(wait_s=self.stop_wait_s)
+            await self._commit()
+        except asyncio.CancelledError:
+            raise
+        except RECONNECT_ERRORS as exc:
+            log.warning("last commit failed error=%s", exc)
+
+    async def _teardown(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        self.connected = False
+        for letters in self._dead_letters.values():
+            for letter in letters:
+                if letter.future is not None:
+                    letter.future.cancel()  # not committed: the record comes back
+        self._dead_letters = {}
+        self._letters_failed = []
+        self._letter_queue = asyncio.Queue()
+        sender, self._letter_sender = self._letter_sender, None
+        if sender is not None:
+            sender.cancel()
+            await asyncio.wait({sender})
+        for client in (consumer, producer):
+            if client is not None:
+                await stop_client(client)
+
+    async def _probe(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        async with asyncio.timeout(max(1.0, self.probe_interval_s * 2)):
+            await consumer.topics()
+        parts = consumer.partitions_for_topic(self.settings.alerts_topic) or set()
+        if {tp.partition for tp in self._partitions} != parts:
+            raise _TopicMissing(f"partitions of {self.settings.alerts_topic} changed: {parts}")
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _poll_once(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        batch = await consumer.getmany(
+            timeout_ms=self.poll_timeout_ms, max_records=self.max_records
+        )
+        for tp, records in batch.items():
+            for record in records:
+                await self._process(tp, record)
+                self._done[tp] = record.offset + 1
+                if self._stopping.is_set():
+                    break
+            if self._stopping.is_set():
+                break
+        await self._settle_dead_letters()
+        await self._commit()
+        if self._clock() - self._last_probe >= self.probe_interval_s:
+            self._last_probe = self._clock()
+            await self._probe()
+
+    async def _process(self, tp: TopicPartition, record: Record) -> None:
+        self.stats.consumed += 1
+        now_ms = self._wall_ms()
+        try:
+            alert = parse_alert(record.value, record.headers, hmac_key=self._hmac_key)
+            unknown = check_policy(
+                alert,
+                now_ms=now_ms,
+                ttl_ms=self.settings.alert_ttl_ms,
+                allow_reset=self.settings.allow_reset,
+                accounts=self.accounts,
+            )
+            if alert.action is AlertAction.RESET:
+                self._check_reset_is_fresh(alert)
+        except AlertRejected as exc:
+            await self._reject(tp, record, exc)
+            return
+        if unknown:
+            log.warning("alert names unknown accounts alert_id=%s accounts=%s", alert.id, unknown)
+            self._emit("alert_unknown_accounts", alert_id=alert.id, accounts=unknown)
+        if alert.action is AlertAction.HEARTBEAT:
+            self.stats.heartbeats += 1
+            if self.heartbeats is None or not self.heartbeats.beat(alert.source, alert.ts):
+                log.debug("heartbeat from an unwatched source source=%s", alert.source)
+            return
+        if alert.action is AlertAction.RESET:
+            await self._reset(alert)
+            return
+        await self._submit(alert.to_trigger(received_ms=now_ms))
+
+    async def _submit(self, trigger: Trigger) -> None:
+        result = await self._engine_call(f"alert {trigger.id}", lambda: self.engine.submit(trigger))
+        if result == "duplicate":
+            self.stats.duplicates += 1
+            log.info("duplicate alert ignored alert_id=%s", trigger.id)
+        else:
+            self.stats.triggers += 1
+
+    async def _engine_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run an engine call until it succeeds: an alert is never skipped for a journal error.
+        When the daemon stops first, the record stays uncommitted and comes back."""
+
+        def failed(exc: BaseException) -> None:
+            self.stats.engine_failures += 1
+            self.stalled = f"{what} not journaled: {type(exc).__name__}: {exc}"[:300]
+
+        result = await until_journaled(what, call, self._stopping, on_failure=failed)
+        self.stalled = ""
+        return result
+
+    def _check_reset_is_fresh(self, alert: Alert) -> None:
+        # A replayed reset (crash before its commit) must not release a kill latched after it.
+        newest = latest_latch_ms(self.engine)
+        if newest is not None and alert.ts < newest:
+            raise RefusedAlert(
+                f"reset issued at {alert.ts} is older than a latch received at {newest}",
+                kind="stale_reset",
+            )
+
+    async def _reset(self, alert: Alert) -> None:
+        self.stats.resets += 1
+        released = await self._engine_call(
+            f"reset {alert.id}",
+            lambda: self.engine.reset(
+                actor=f"kafka:{alert.source}", reason=alert.reason or alert.id, origin="kafka"
+            ),
+        )
+        log.warning("reset from kafka alert_id=%s released=%s", alert.id, released)
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    async def _reject(self, tp: TopicPartition, record: Record, exc: AlertRejected) -> None:
+        self.stats.rejected[exc.kind] += 1
+        log.info(
+            "alert rejected kind=%s partition=%d offset=%d error=%s",
+            exc.kind,
+            record.partition,
+            record.offset,
+            exc.msg,
+        )
+        if self._event_gate.allow():
+            self._emit(
+                "alert_rejected",
+                kind=exc.kind,
+                error=exc.msg,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                suppressed=self._event_gate.suppressed,
+            )
+        letter = _DeadLetter(record.offset, record, exc)
+        self._send_dead_letter(letter)
+        self._dead_letters.setdefault(tp, deque()).append(letter)
+
+    def _send_dead_letter(self, letter: _DeadLetter) -> None:
+        """Queue one dead letter for the sender task; its future resolves once delivered.
+
+        A send can wait out the request timeout (metadata of a broken topic): it happens in
+        its own task so the alerts behind never wait for the dead-letter topic.
+        """
+        letter.attempts += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda fut: self._letter_done(letter, fut))
+        letter.future = future
+        self._letter_queue.put_nowait(letter)
+
+    def _letter_done(self, letter: _DeadLetter, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            self._letters_failed.append(letter)
+
+    async def _send_letters(self, producer: AIOKafkaProducer) -> None:
+        """Send queued dead letters in order (sends return at once while the topic is known)."""
+        while True:
+            letter = await self._letter_queue.get()
+            target = letter.future
+            if target is None or target.done():
+                continue  # given up or cancelled at a disconnect
+            record = letter.record
+            headers = [
+                *record.headers,
+                ("x-dlq-error-kind", letter.error.kind.encode()),
+                ("x-dlq-error", letter.error.msg[:1000].encode()),
+                ("x-dlq-topic", record.topic.encode()),
+                ("x-dlq-partition", str(record.partition).encode()),
+                ("x-dlq-offset", str(record.offset).encode()),
+                ("x-dlq-group", self.settings.group_id.encode()),
+            ]
+            try:
+                delivery = await producer.send(
+                    self.settings.dead_letter_topic,
+                    value=record.value if record.value is not None else b"",
+                    key=record.key,
+                    headers=headers,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - handed to the letter, counted and resent
+                if not target.done():
+                    target.set_exception(exc)
+                continue
+            delivery.add_done_callback(functools.partial(_forward, target))
+
+    async def _settle_dead_letters(self, *, wait_s: float = 0.0) -> None:
+        """Confirm dead letters in order, resend the failed, and bound what is pending.
+
+        A dead letter never holds up the alerts behind it: only the commit waits for it. Past
+        `dead_letter_pending_limit` letters undelivered, the consumer waits for the oldest (at most
+        a second per poll: a slow topic slows a flood of bad records), gives up on letters that
+        failed three times, and beyond ten times the limit on the oldest whatever their state
+        (each counted and logged with its offset: the record is still in the alerts topic).
+        """
+        if wait_s:
+            futures = {lt.future for q in self._dead_letters.values() for lt in q if lt.future}
+            if futures:
+                await asyncio.wait(futures, timeout=wait_s)
+        undelivered = sum(len(q) for q in self._dead_letters.values())
+        crowded = undelivered >= self.dead_letter_pending_limit
+        failed, self._letters_failed = self._letters_failed, []
+        for letter in failed:
+            self.stats.dead_letter_failures += 1
+            fut = letter.future
+            error = fut.exception() if fut is not None and not fut.cancelled() else None
+            if crowded and letter.attempts >= 3:
+                letter.future = None  # given up when it reaches the head of its queue
+                continue
+            log.warning("dead letter failed, resending offset=%d error=%s", letter.offset, error)
+            self._send_dead_letter(letter)
+        overflow = undelivered - 10 * self.dead_letter_pending_limit
+        for letters in self._dead_letters.values():
+            while letters:
+                head = letters[0]
+                if overflow > 0 and head.future is not None and not head.future.done():
+                    head.future.cancel()
+                    head.future = None
+                    overflow -= 1
+                if head.future is not None and not head.delivered:
+                    break
+                letters.popleft()
+                if head.future is not None:
+                    self.stats.dead_lettered += 1
+                    continue
+                self.stats.dead_letter_lost += 1
+                log.error(
+                    "dead letter given up topic=%s partition=%d offset=%d kind=%s",
+                    head.record.topic,
+                    head.record.partition,
+                    head.offset,
+                    head.error.kind,
+                )
+        if crowded:
+            oldest = [q[0].future for q in self._dead_letters.values() if q and q[0].future]
+            if oldest:
+                await asyncio.wait(oldest, timeout=1.0)
+
+    # -- commits ----------------------------------------------------------------------------
+
+    def commit_offsets(self) -> dict[TopicPartition, int]:
+        """Offsets safe to commit now: past processed records, before the first pending letter."""
+        offsets: dict[TopicPartition, int] = {}
+        for tp, done in self._done.items():
+            letters = self._dead_letters.get(tp)
+            offset = min(done, letters[0].offset) if letters else done
+            if offset > self._committed.get(tp, -1):
+                offsets[tp] = offset
+        return offsets
+
+    async def _commit(self) -> None:
+        consumer = self._consumer
+        offsets = self.commit_offsets()
+        if consumer is None or not offsets:
+            return
+        if self.before_commit is not None:
+            hook = self.before_commit(offsets)
+            if asyncio.iscoroutine(hook):
+                await hook
+        try:
+            async with asyncio.timeout(self.io_timeout_s):
+                await consumer.commit(offsets)
+        except asyncio.CancelledError:
+            raise
+        except BROKER_ERRORS as exc:
+            # cumulative: the next commit covers these offsets too
+            self.stats.commit_failures += 1
+            log.warning("commit failed offsets=%s error=%s", _fmt(offsets), exc)
+            return
+        self.stats.commits += 1
+        self._committed.update(offsets)
+
+    def _emit(self, event_type: str, **fields: object) -> None:
+        self.engine.events.emit(make_event(event_type, input="kafka", **fields))
+
+
+class _TopicMissing(Exception):
+    """The alerts topic does not exist (yet) or its partitions changed."""
+
+
+RECONNECT_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, _TopicMissing)
+
+
+def latest_latch_ms(engine: AlertEngine) -> int | None:
+    """Return when the newest latch still held was received (our clock), if the engine says."""
+    latches = engine.status().get("latches")
+    kill_for = getattr(engine, "kill_for", None)
+    if not isinstance(latches, list) or kill_for is None:
+        return None
+    newest: int | None = None
+    for latch in latches:
+        trigger_id = latch.get("trigger_id") if isinstance(latch, dict) else None
+        kill = kill_for(trigger_id) if trigger_id else None
+        for trigger in getattr(kill, "triggers", ()):
+            if trigger.id == trigger_id and trigger.received_ms:
+                newest = max(newest or 0, trigger.received_ms)
+    return newest
+
+
+def _forward(target: asyncio.Future[None], delivery: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if delivery.cancelled():
+        target.cancel()
+    elif (exc := delivery.exception()) is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(None)
+
+
+def _fmt(offsets: dict[TopicPartition, int]) -> str:
+    return ",".join(f"{tp.partition}:{o}" for tp, o in sorted(offsets.items()))
