@@ -131,6 +131,26 @@ def test_the_same_id_on_two_symbols_is_two_orders_and_closing_one_leaves_the_oth
     ]
 
 
+def test_ids_from_the_by_id_view_name_their_own_order_when_ids_collide() -> None:
+    # Code written for bare ids (the sim's random-fill loop, BingX's dead-man's switch) walks
+    # `book.orders` and hands each id back: with ids repeating across symbols, each must
+    # still name exactly one order.
+    book, _ = make_book(per_symbol=True)
+    for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
+        book.place(OrderSpec(symbol))
+        book.place(OrderSpec(symbol))
+    ids = list(book.orders)
+    assert sorted(ids) == ["1", "1", "1", "2", "2", "2"]  # still plain ids to compare
+    for order_id in ids[:3]:
+        assert order_id in book.orders
+        assert book.orders[order_id].order_id == order_id
+        book.fill(order_id)
+    for order_id in list(book.orders):
+        book.cancel(order_id)
+    assert not book.open
+    assert len(book.closed) == 6
+
+
 def test_list_legs_are_looked_up_on_the_lists_symbol() -> None:
     book, _ = make_book(per_symbol=True)
     plain = book.place(OrderSpec("ETHUSDT"))

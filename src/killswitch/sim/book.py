@@ -122,14 +122,30 @@ class AmbiguousOrder(UnknownOrder):
     """A bare order id that several symbols share: the caller must say which symbol."""
 
 
-class OrdersById(Mapping[str, SimOrder]):
-    """The open orders seen by bare id: the book's old shape, kept for venues (and callers)
-    whose ids are unique across symbols.
+class OrderRef(str):
+    """An order id that remembers its symbol: what iterating `SimBook.orders` yields.
 
-    Iteration yields each open order's id (an id that two symbols share comes twice, so
-    `len` is the number of open orders); `id in view` is true when any symbol has it open;
-    `view[id]` raises `AmbiguousOrder` when several do. A (symbol, id) key works everywhere an
-    id does. New code should read `SimBook.open`, keyed by (symbol, id).
+    It compares, hashes and prints as the bare id, so code written for ids keeps working; the
+    book's methods read its symbol, so handing it back names exactly one order.
+    """
+
+    symbol: str
+
+    def __new__(cls, symbol: str, order_id: str) -> OrderRef:
+        ref = super().__new__(cls, order_id)
+        ref.symbol = symbol
+        return ref
+
+
+class OrdersById(Mapping[str, SimOrder]):
+    """The open orders seen by bare id: the book's old shape, kept for callers written before
+    orders were keyed by (symbol, id).
+
+    Iteration yields each open order's id as an `OrderRef` (an id that two symbols share comes
+    twice, so `len` is the number of open orders, and each ref passed back to the book names
+    its own order); `id in view` is true when any symbol has it open; `view[id]` raises
+    `AmbiguousOrder` for a plain id that several symbols hold. New code should read
+    `SimBook.open`, keyed by (symbol, id).
     """
 
     __slots__ = ("_book",)
@@ -148,12 +164,14 @@ class OrdersById(Mapping[str, SimOrder]):
         book = self._book
         if isinstance(ref, tuple):
             return ref in book.open
+        if isinstance(ref, OrderRef):
+            return (ref.symbol, str(ref)) in book.open
         if not isinstance(ref, str):
             return False
         return any((symbol, ref) in book.open for symbol in book.symbols_of_id.get(ref, ()))
 
     def __iter__(self) -> Iterator[str]:
-        return (order_id for _, order_id in self._book.open)
+        return (OrderRef(symbol, order_id) for symbol, order_id in self._book.open)
 
     def __len__(self) -> int:
         return len(self._book.open)
@@ -217,6 +235,8 @@ class SimBook:
             return ref
         if symbol is not None:
             return (symbol, ref)
+        if isinstance(ref, OrderRef):
+            return (ref.symbol, str(ref))
         symbols = self.symbols_of_id.get(ref)
         if not symbols:
             return None
