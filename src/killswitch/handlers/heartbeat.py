@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from killswitch.backoff import Backoff
 from killswitch.events import EventRecord, make_event
+from killswitch.handlers.submit import until_journaled
 from killswitch.model import Mode, Trigger
 from killswitch.settings import HeartbeatSettings
 
@@ -55,22 +58,21 @@ class TriggerSubmitter:
 
     async def run(self) -> None:
         """Submit queued triggers until cancelled."""
+        never = asyncio.Event()  # runs until cancelled: a trigger is never given up on
+
+        def failed(exc: BaseException) -> None:
+            self.failures += 1
+
         while True:
             trigger = await self._queue.get()
-            delay = self.retry_initial_s
-            while True:
-                try:
-                    await self._submit(trigger)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    self.failures += 1
-                    log.exception("trigger not journaled, retrying trigger_id=%s", trigger.id)
-                    await asyncio.sleep(delay)
-                    delay = min(self.retry_max_s, delay * 2)
-                    continue
-                self.submitted += 1
-                break
+            await until_journaled(
+                f"trigger {trigger.id}",
+                functools.partial(self._submit, trigger),
+                never,
+                on_failure=failed,
+                backoff=Backoff(initial_s=self.retry_initial_s, max_s=self.retry_max_s),
+            )
+            self.submitted += 1
             self._queue.task_done()
 
     async def flush(self, timeout_s: float) -> bool:

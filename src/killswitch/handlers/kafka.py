@@ -1,7 +1,8 @@
 """Transitional: moved to `killswitch.kafka.alerts` (and the collector to `sinks`)."""
 
+from killswitch.backoff import Backoff
 from killswitch.kafka.alerts import AlertEngine, ConsumerStats, KafkaAlertConsumer
-from killswitch.kafka.client import Backoff, client_options, new_producer
+from killswitch.kafka.client import client_options, new_producer
 from killswitch.sinks.kafka_metrics import KafkaCollector
 
 __all__ = [

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from killswitch.backoff import Backoff
 from killswitch.events import FanOut, make_event
 from killswitch.handlers.alerts import (
     Alert,
@@ -38,14 +39,13 @@ from killswitch.handlers.alerts import (
     check_policy,
     parse_alert,
 )
+from killswitch.handlers.submit import until_journaled
 from killswitch.kafka.client import (
     BROKER_ERRORS,
-    Backoff,
     ReconnectingClient,
     client_options,
     new_producer,
     stop_client,
-    until_journaled,
 )
 from killswitch.model import AccountRef, Trigger
 

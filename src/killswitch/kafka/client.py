@@ -12,18 +12,17 @@ one full-jitter backoff, and one way to hand a record's work to the engine until
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import ssl
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from killswitch.backoff import Backoff, wait_or_stop
+from killswitch.handlers.submit import Stopping
 from killswitch.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -66,24 +65,6 @@ def new_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**(options | overrides))
 
 
-@dataclass
-class Backoff:
-    """Exponential backoff with full jitter (a delay drawn from [0, cap]) that resets."""
-
-    initial_s: float = 0.2
-    max_s: float = 10.0
-    rng: random.Random = field(default_factory=random.Random)
-    attempt: int = 0
-
-    def next_delay(self) -> float:
-        cap = min(self.max_s, self.initial_s * (2**self.attempt))
-        self.attempt += 1
-        return self.rng.uniform(0.0, cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
     """Stop an aiokafka client; its own failures are logged, a cancel aimed at us still raises.
 
@@ -97,45 +78,6 @@ async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
         log.debug("kafka client stop was cancelled inside aiokafka")
     elif (exc := task.exception()) is not None:
         log.debug("kafka client stop failed error=%s", exc)
-
-
-async def wait_or_stop(stopping: asyncio.Event, delay_s: float) -> None:
-    """Sleep `delay_s`, or less if `stopping` is set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(delay_s):
-            await stopping.wait()
-
-
-class Stopping(Exception):
-    """The daemon stops while a record could not be finished; it stays unacknowledged."""
-
-
-async def until_journaled(
-    what: str,
-    call: Callable[[], Awaitable[T]],
-    stopping: asyncio.Event,
-    *,
-    on_failure: Callable[[BaseException], None] | None = None,
-    backoff: Backoff | None = None,
-) -> T:
-    """Run an engine call until it succeeds: a record is never skipped for a journal error.
-
-    Raises `Stopping` when the daemon stops before it succeeded: the record stays
-    unacknowledged and comes back after the restart.
-    """
-    backoff = backoff or Backoff(initial_s=0.05, max_s=2.0)
-    while True:
-        try:
-            return await call()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if on_failure is not None:
-                on_failure(exc)
-            log.exception("not journaled, retrying what=%s", what)
-            if stopping.is_set():
-                raise Stopping(what) from exc
-            await wait_or_stop(stopping, backoff.next_delay())
 
 
 class ReconnectingClient:

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from killswitch.backoff import Backoff
 from killswitch.events import EventRecord
 from killswitch.kafka.client import (
     BROKER_ERRORS,
-    Backoff,
     ReconnectingClient,
     new_producer,
     stop_client,

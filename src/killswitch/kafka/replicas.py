@@ -35,15 +35,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from killswitch.backoff import Backoff
 from killswitch.events import EventRecord, FanOut
+from killswitch.handlers.submit import until_journaled
 from killswitch.kafka.client import (
     BROKER_ERRORS,
-    Backoff,
     ReconnectingClient,
     client_options,
     new_producer,
     stop_client,
-    until_journaled,
 )
 from killswitch.model import Mode, Trigger
 
