@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
+
 from killswitch.exchanges import mexc_proto as pb
+from killswitch.exchanges.base import Transient
 from killswitch.exchanges.mexc import decode_push
 from killswitch.model import ExecType
 from killswitch.sim.book import BookEvent, BookEventKind, SimOrder
@@ -136,6 +139,14 @@ def test_frames_with_other_bodies_are_not_order_events() -> None:
     assert decode_push(deals) is None
     public_body = key(301, LEN) + varint(0)  # publicDeals: not in our trimmed oneof
     assert decode_push(text(1, "spot@public.deals.v3.api.pb") + public_body) is None
+
+
+def test_an_order_push_without_its_symbol_is_unreadable() -> None:
+    # An order is known by (symbol, id); a push that names no symbol would be filed as another
+    # order and its cancel would close nothing. End the stream (the supervisor resnapshots).
+    frame = text(1, "spot@private.orders.v3.api.pb") + key(304, LEN) + varint(len(DOC_ORDER))
+    with pytest.raises(Transient, match="symbol"):
+        decode_push(frame + DOC_ORDER)
 
 
 def test_unknown_status_ints_are_not_treated_as_open() -> None:

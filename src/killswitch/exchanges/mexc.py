@@ -118,6 +118,10 @@ def decode_push(frame: bytes) -> OrderEvent | None:
         raise Transient(f"corrupt protobuf push: {exc}", venue=VENUE, endpoint="ws") from exc
     if wrapper.WhichOneof("body") != "privateOrders":
         return None
+    if not wrapper.symbol:
+        # Orders are known by (symbol, id): an order push without its symbol cannot be
+        # matched to what the tracker holds, so it is as unreadable as a corrupt one.
+        raise Transient("order push without a symbol", venue=VENUE, endpoint="ws")
     o = wrapper.privateOrders
     status = int(o.status)
     return OrderEvent(
