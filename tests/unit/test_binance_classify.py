@@ -20,6 +20,7 @@ from killswitch.exchanges.binance import (
     cancel_ack,
     execution_report_event,
     list_status_event,
+    parse_frame,
     ws_api_url,
 )
 from killswitch.exchanges.dialect import BINANCE, classify
@@ -132,6 +133,13 @@ def test_a_cancel_report_keeps_the_cancelled_orders_client_id_and_exact_big_ids(
         False,
     )
     assert (event.order_id, event.list_id) == ("9007199254740993", "9007199254740995")
+
+
+def test_an_execution_report_without_its_symbol_ends_the_stream() -> None:
+    # Orders are known by (symbol, id): a report naming no symbol cannot be matched.
+    raw = EXECUTION_REPORT.replace(b'"s": "ETHBTC"', b'"s": ""')
+    with pytest.raises(Transient, match="executionReport"):
+        parse_frame(raw)
 
 
 def test_list_status_is_open_until_all_done() -> None:

@@ -904,8 +904,11 @@ def execution_report_event(ev: dict[str, Any]) -> OrderEvent:
     original = ev.get("C") or ""
     # On a cancel `c` is the cancel request's own id; the order's is in `C`.
     client_id = original if exec_type == "CANCELED" and original else str(ev.get("c") or "")
+    symbol = str(ev["s"])
+    if not symbol:
+        raise ValueError("executionReport without a symbol")  # orders are (symbol, id)
     return OrderEvent(
-        symbol=str(ev["s"]),
+        symbol=symbol,
         order_id=str(ev["i"]),
         client_order_id=client_id,
         exec_type=_EXEC_TYPES.get(exec_type, ExecType.OTHER),
