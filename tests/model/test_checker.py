@@ -1,6 +1,6 @@
 """The model checker: random histories of the daemon against the kill's promises.
 
-Budget: `KILLSWITCH_MODEL_HISTORIES` histories (default 40, always the same ones, so `make
+Budget: `KILLSWITCH_MODEL_HISTORIES` histories (default 150, always the same ones, so `make
 test` is repeatable); with the variable set, hypothesis draws fresh histories every run.
 """
 
@@ -14,7 +14,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from tests.model.machine import TALLY, KillHistory
 
-DEFAULT_HISTORIES = 40
+DEFAULT_HISTORIES = 150
 STEPS = 30
 
 
@@ -31,10 +31,12 @@ def test_random_histories_keep_every_promise(quiet_logs: None) -> None:
         database=None,
         suppress_health_check=list(HealthCheck),
     )
+    TALLY.counting = True
     try:
         run_state_machine_as_test(KillHistory, settings=config)
     except BaseException:
         TALLY.violations += 1
         raise
     finally:
+        TALLY.counting = False
         print(TALLY.line())
