@@ -234,7 +234,7 @@ async def test_a_restarting_replica_keeps_the_newer_peer_kill_it_applies_while_c
     b = replicator(latch_settings, "replica-b", restarted)
     await b.start()
     await b.stop()
-    assert sorted(restarted.latches) == ["k-2"]  # k-1 released, k-2 applied and kept
+    assert sorted(restarted.held) == ["k-2"]  # k-1 released, k-2 applied and kept
 
 
 @pytest.mark.kafka
@@ -254,8 +254,8 @@ async def test_a_latch_the_reset_did_not_name_survives_it(latch_settings: KafkaS
     async with running(rejoined, a_again):
         await eventually(lambda: a_engine.latched(), timeout_s=30)  # a latches k-2
         assert b_engine.latched()
-    assert sorted(b_engine.latches) == ["k-2"]  # the reset named k-1, and only k-1
-    assert "k-2" in a_engine.latches
+    assert sorted(b_engine.held) == ["k-2"]  # the reset named k-1, and only k-1
+    assert "k-2" in a_engine.held
     (reset,) = b_engine.sink.of_type("reset")
     assert [r["trigger_id"] for r in reset["released"]] == ["k-1"]
 

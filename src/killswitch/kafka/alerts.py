@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from killswitch.backoff import Backoff
-from killswitch.events import FanOut, make_event
+from killswitch.events import make_event
 from killswitch.handlers.alerts import (
     Alert,
     AlertAction,
@@ -47,10 +47,10 @@ from killswitch.kafka.client import (
     new_producer,
     stop_client,
 )
+from killswitch.kill.port import EnginePort, latest_latch_ms
 from killswitch.model import AccountRef, Trigger
 
 if TYPE_CHECKING:
-    from killswitch.engine import SubmitResult
     from killswitch.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -72,16 +72,7 @@ T = TypeVar("T")
 # Errors that mean "the broker or the network", as opposed to a bug in our code.
 
 
-class AlertEngine(Protocol):
-    """What the consumer needs of the engine."""
-
-    events: FanOut
-
-    async def submit(self, trigger: Trigger) -> SubmitResult: ...
-
-    async def reset(self, *, actor: str, reason: str, origin: str = "local") -> bool: ...
-
-    def status(self) -> dict[str, object]: ...
+AlertEngine = EnginePort  # what the consumer needs of the engine
 
 
 class HeartbeatListener(Protocol):
@@ -615,22 +606,6 @@ class _TopicMissing(Exception):
 
 
 RECONNECT_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, _TopicMissing)
-
-
-def latest_latch_ms(engine: AlertEngine) -> int | None:
-    """Return when the newest latch still held was received (our clock), if the engine says."""
-    latches = engine.status().get("latches")
-    kill_for = getattr(engine, "kill_for", None)
-    if not isinstance(latches, list) or kill_for is None:
-        return None
-    newest: int | None = None
-    for latch in latches:
-        trigger_id = latch.get("trigger_id") if isinstance(latch, dict) else None
-        kill = kill_for(trigger_id) if trigger_id else None
-        for trigger in getattr(kill, "triggers", ()):
-            if trigger.id == trigger_id and trigger.received_ms:
-                newest = max(newest or 0, trigger.received_ms)
-    return newest
 
 
 def _forward(target: asyncio.Future[None], delivery: asyncio.Future[Any]) -> None:

@@ -29,14 +29,14 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from killswitch.backoff import Backoff
-from killswitch.events import EventRecord, FanOut
+from killswitch.events import EventRecord
 from killswitch.handlers.submit import until_journaled
 from killswitch.kafka.client import (
     BROKER_ERRORS,
@@ -45,10 +45,10 @@ from killswitch.kafka.client import (
     new_producer,
     stop_client,
 )
+from killswitch.kill.port import EnginePort
 from killswitch.model import Mode, Trigger
 
 if TYPE_CHECKING:
-    from killswitch.kill.record import SubmitResult
     from killswitch.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -60,23 +60,7 @@ TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 ORIGIN_HEADER = "x-origin"
 
 
-class ReplicaEngine(Protocol):
-    """What the replicator needs of the engine."""
-
-    events: FanOut
-
-    async def submit(self, trigger: Trigger) -> SubmitResult: ...
-
-    async def reset(
-        self,
-        *,
-        actor: str,
-        reason: str,
-        origin: str = "local",
-        only: Iterable[str] | None = None,
-    ) -> bool: ...
-
-    def status(self) -> dict[str, object]: ...
+ReplicaEngine = EnginePort  # what the replicator needs of the engine
 
 
 @dataclass
@@ -170,10 +154,7 @@ def _decode(value: bytes) -> dict[str, Any]:
 
 def held_latches(engine: ReplicaEngine) -> list[str]:
     """Return the trigger ids whose latches the engine holds."""
-    latches = engine.status().get("latches")
-    if not isinstance(latches, list):
-        return []
-    return [str(item["trigger_id"]) for item in latches if isinstance(item, dict)]
+    return list(engine.latches())
 
 
 class LatchReplicator(ReconnectingClient):
@@ -436,13 +417,8 @@ class LatchReplicator(ReconnectingClient):
         return await until_journaled(f"latch from the topic {what}", call, self._stopping)
 
     def _known_trigger(self, trigger_id: str) -> dict[str, Any] | None:
-        kill_for = getattr(self.engine, "kill_for", None)
-        kill = kill_for(trigger_id) if kill_for is not None else None
-        for trigger in getattr(kill, "triggers", ()):
-            if trigger.id == trigger_id:
-                json: dict[str, Any] = trigger.to_json()
-                return json
-        return None
+        trigger = self.engine.trigger(trigger_id)
+        return trigger.to_json() if trigger is not None else None
 
     # -- writing -----------------------------------------------------------------------------
 

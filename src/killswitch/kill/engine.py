@@ -71,6 +71,7 @@ class Engine:
         self._healthy = healthy
         self._spawn_kill = spawn
         self._latches: dict[str, Scope] = {}
+        self._latched_triggers: dict[str, Trigger] = {}  # the trigger of each latch held
         # Trigger ids already accepted, oldest first; as many as the journal keeps.
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.kills: dict[str, Kill] = {}  # by trigger id (joined triggers share one Kill)
@@ -122,6 +123,9 @@ class Engine:
         self._seen = OrderedDict(state.seen)
         self._latches.clear()  # shared with the stream cancels: updated, never replaced
         self._latches.update(state.latches)
+        self._latched_triggers = {
+            t: state.triggers[t] for t in state.latches if t in state.triggers
+        }
         self.last_kill = state.last_kill
         resumed: list[Kill] = []
         for trigger_id, trigger in list(state.triggers.items()):
@@ -222,6 +226,7 @@ class Engine:
             await self.journal.append_many_async(records)
             if trigger.mode is Mode.KILL:
                 self._latches[trigger.id] = trigger.scope
+                self._latched_triggers[trigger.id] = trigger
 
     async def reset(
         self,
@@ -243,6 +248,7 @@ class Engine:
             )
             for trigger_id in names:
                 del self._latches[trigger_id]
+                self._latched_triggers.pop(trigger_id, None)
         for kill in list(self._running):
             if kill.mode is not Mode.KILL or kill.task is None:
                 continue
@@ -267,6 +273,18 @@ class Engine:
 
     def latch_scopes(self) -> list[Scope]:
         return list(self._latches.values())
+
+    def latches(self) -> dict[str, Scope]:
+        """The latches held, by trigger id (a copy)."""
+        return dict(self._latches)
+
+    def trigger(self, trigger_id: str) -> Trigger | None:
+        """The trigger of a latch held, or of a kill still known, by its id."""
+        known = self._latched_triggers.get(trigger_id)
+        if known is not None:
+            return known
+        kill = self.kills.get(trigger_id)
+        return next((t for t in kill.triggers if t.id == trigger_id), None) if kill else None
 
     def kill_for(self, trigger_id: str) -> Kill | None:
         """The kill a trigger started or joined."""

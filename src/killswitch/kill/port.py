@@ -1,0 +1,53 @@
+"""The engine as its inputs see it: one typed port for handlers, Kafka and replicas."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from killswitch.events import FanOut
+from killswitch.kill.record import SubmitResult
+from killswitch.model import Scope, Trigger
+
+
+class EnginePort(Protocol):
+    """What a source of triggers and resets may ask of the engine."""
+
+    events: FanOut
+
+    async def submit(self, trigger: Trigger) -> SubmitResult:
+        """Journal the trigger, latch it (mode kill) and start its kill."""
+        ...
+
+    async def reset(
+        self,
+        *,
+        actor: str,
+        reason: str,
+        origin: str = "local",
+        only: Iterable[str] | None = None,
+    ) -> bool:
+        """Release every latch, or exactly those named; audited."""
+        ...
+
+    def latches(self) -> dict[str, Scope]:
+        """The latches held, by trigger id."""
+        ...
+
+    def trigger(self, trigger_id: str) -> Trigger | None:
+        """The trigger of a latch held (or a kill still known)."""
+        ...
+
+    def status(self) -> dict[str, object]:
+        """What `killswitch status` shows."""
+        ...
+
+
+def latest_latch_ms(engine: EnginePort) -> int | None:
+    """When the newest latch still held was received (our clock), if any."""
+    times = [
+        t.received_ms
+        for t in (engine.trigger(i) for i in engine.latches())
+        if t is not None and t.received_ms
+    ]
+    return max(times, default=None)
