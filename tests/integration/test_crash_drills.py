@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from killswitch.audit import read_audit
+from killswitch.sinks.audit import read_audit
 from killswitch.control_client import ControlUnreachable, request
 from killswitch.demo import (
     NotifySocket,

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from killswitch.audit import read_audit
+from killswitch.sinks.audit import read_audit
 from killswitch.control_client import request
 from killswitch.demo import (
     NotifySocket,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from killswitch.audit import AuditLog, read_audit
+from killswitch.sinks.audit import AuditLog, read_audit
 from killswitch.engine import Account, Engine, EngineConfig
 from killswitch.exchanges.base import RateLimited
 from killswitch.journal import Journal
