@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 
-from killswitch.sinks.audit import read_audit
 from killswitch.control_client import ControlUnreachable, request
 from killswitch.demo import (
     NotifySocket,
@@ -44,6 +43,7 @@ from killswitch.demo import (
 from killswitch.journal import replay
 from killswitch.sim.faults import Fault
 from killswitch.sim.server import SimCluster
+from killswitch.sinks.audit import read_audit
 from tests.conftest import eventually
 
 TRIALS = int(os.environ.get("KILLSWITCH_CRASH_TRIALS", "5"))

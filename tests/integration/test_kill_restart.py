@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from killswitch.sinks.audit import read_audit
 from killswitch.control_client import request
 from killswitch.demo import (
     NotifySocket,
@@ -25,6 +24,7 @@ from killswitch.journal import replay
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault
 from killswitch.sim.server import SimCluster
+from killswitch.sinks.audit import read_audit
 from tests.conftest import eventually
 
 WORKLOAD = Workload(

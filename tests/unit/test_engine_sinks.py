@@ -8,12 +8,12 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from killswitch.sinks.audit import AuditLog, read_audit
 from killswitch.engine import Account, Engine, EngineConfig
 from killswitch.exchanges.base import RateLimited
 from killswitch.journal import Journal
 from killswitch.metrics import Metrics
 from killswitch.model import AccountRef, Mode, Scope, Trigger
+from killswitch.sinks.audit import AuditLog, read_audit
 from tests.fakes import FakeClock, FakeExchange, StaticTracker
 
 
