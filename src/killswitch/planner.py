@@ -150,7 +150,7 @@ def _timed_by_symbol(
         # Coverage unknown: the read after the cancel-all answers it; until then lists wait.
         waiting = coverage is None and (view.first_look or account_wide_sent)
         if in_scope_lists and not lists_by_cancel_all and not waiting:
-            requests.extend(_list_requests(in_scope_lists, caps, sent))
+            requests.extend(_list_requests(in_scope_lists, caps, sent, requests))
         return requests
     covered = {s for r in sent if r.kind is RequestKind.CANCEL_ALL for s in r.symbols}
     ids_sent = {i for r in sent for i in r.order_ids}
@@ -174,7 +174,7 @@ def _timed_by_symbol(
     whole = {s for r in requests if r.kind is RequestKind.CANCEL_ALL for s in r.symbols} | covered
     if in_scope_lists:
         rest = [lst for lst in in_scope_lists if not (coverage is True and lst.symbol in whole)]
-        requests.extend(_list_requests(rest, caps, sent))
+        requests.extend(_list_requests(rest, caps, sent, requests))
     return requests
 
 
@@ -196,7 +196,7 @@ def _timed_by_id(
             continue  # its list is cancelled as a whole, below
         by_symbol.setdefault(order.symbol, []).append(order.order_id)
     requests = _assign(sorted(by_symbol), by_symbol, set(), caps, whole_allowed=False)
-    requests.extend(_list_requests(in_scope_lists, caps, sent))
+    requests.extend(_list_requests(in_scope_lists, caps, sent, requests))
     return requests
 
 
@@ -257,10 +257,15 @@ def _assign(
 
 
 def _list_requests(
-    lists: Sequence[OrderList], caps: PathCapabilities, sent: Sequence[CancelRequest]
+    lists: Sequence[OrderList],
+    caps: PathCapabilities,
+    sent: Sequence[CancelRequest],
+    planned: Sequence[CancelRequest] = (),
 ) -> list[CancelRequest]:
-    """Lists by their legs' ids in batches (no error answer when one is gone already), or
-    one by one where the account showed that leg ids are refused, whichever is quicker."""
+    """Lists by their legs' ids in batches (one request for several lists of a symbol, and no
+    error answer for a list already gone), and by `oco/cancel` side by side where that ends
+    sooner: the two have budgets of their own. Only `oco/cancel` once the account showed that
+    leg ids are refused. `planned` are this plan's other requests (they load the same kinds)."""
     lists_sent = {r.list_id for r in sent if r.kind is RequestKind.CANCEL_LIST}
     ids_sent = {i for r in sent for i in r.order_ids}
     todo = [
@@ -270,24 +275,48 @@ def _list_requests(
     ]
     if not todo:
         return []
-    one_by_one = [
-        CancelRequest(RequestKind.CANCEL_LIST, symbols=(lst.symbol,), list_id=lst.list_id)
-        for lst in todo
-    ]
+
+    def one_by_one(chunk: Sequence[OrderList]) -> list[CancelRequest]:
+        return [
+            CancelRequest(RequestKind.CANCEL_LIST, symbols=(x.symbol,), list_id=x.list_id)
+            for x in chunk
+        ]
+
     if caps.list_legs_by_batch is False or caps.batch_cancel_max < 2:
-        return one_by_one
-    step = caps.batch_cancel_max
-    legs: dict[str, list[str]] = {}
-    for lst in todo:
-        legs.setdefault(lst.symbol, []).extend(lst.order_ids)
-    batched = [
-        CancelRequest(RequestKind.CANCEL_ORDERS, (symbol,), tuple(ids[i : i + step]))
-        for symbol, ids in sorted(legs.items())
-        for i in range(0, len(ids), step)
-    ]
-    by_batch = _kind_time(caps, RequestKind.CANCEL_ORDERS, len(batched))
-    by_list = _kind_time(caps, RequestKind.CANCEL_LIST, len(one_by_one))
-    return batched if by_batch <= by_list else one_by_one
+        return one_by_one(todo)
+    # Units: the lists one batch can take (its legs' ids, on one symbol).
+    units: list[list[OrderList]] = []
+    for symbol in sorted({x.symbol for x in todo}):
+        unit: list[OrderList] = []
+        for lst in (x for x in todo if x.symbol == symbol):
+            if unit and sum(len(x.order_ids) for x in unit) + len(lst.order_ids) > (
+                caps.batch_cancel_max
+            ):
+                units.append(unit)
+                unit = []
+            unit.append(lst)
+        if unit:
+            units.append(unit)
+    load = {RequestKind.CANCEL_ORDERS: 0, RequestKind.CANCEL_LIST: 0}
+    for request in planned:
+        if request.kind in load:
+            load[request.kind] += 1
+
+    def span(kind: RequestKind, n: int) -> float:
+        return max(_kind_time(caps, k, c + (n if k is kind else 0)) for k, c in load.items())
+
+    out: list[CancelRequest] = []
+    for unit in units:
+        batch_span = span(RequestKind.CANCEL_ORDERS, 1)
+        list_span = span(RequestKind.CANCEL_LIST, len(unit))
+        if batch_span <= list_span:
+            load[RequestKind.CANCEL_ORDERS] += 1
+            ids = tuple(i for x in unit for i in x.order_ids)
+            out.append(CancelRequest(RequestKind.CANCEL_ORDERS, (unit[0].symbol,), ids))
+        else:
+            load[RequestKind.CANCEL_LIST] += len(unit)
+            out.extend(one_by_one(unit))
+    return out
 
 
 def _kind_time(caps: PathCapabilities, kind: RequestKind, n: int) -> float:

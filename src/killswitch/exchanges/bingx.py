@@ -780,7 +780,7 @@ class BingxExchange:
         await self.group_budget.acquire(1, priority)
         budgets = self._path_budgets(path)
         if budgets:
-            await acquire_all(budgets, priority)
+            await acquire_all(budgets, priority, self.account)
         if signed:
             pairs = sorted(
                 [

@@ -144,6 +144,12 @@ class SlidingBudget:
         self.waited_s = 0.0
         self.sent = 0
         self._stamps: deque[float] = deque()
+        self._stamp_owners: deque[str] = deque()
+        # Owners (accounts) waiting for a slot, in arrival order, and whether each has room
+        # in its other budgets: a shared budget serves the ready owner that has had the
+        # fewest slots lately, so one account's retries never starve another's kill.
+        self._waiting: dict[str, tuple[int, bool]] = {}
+        self._arrivals = 0
 
     @property
     def span_s(self) -> float:
@@ -167,25 +173,53 @@ class SlidingBudget:
         stamps = self._stamps
         while stamps and stamps[0] <= now - self.span_s:
             stamps.popleft()
+            self._stamp_owners.popleft()
         cap = self.cap(priority)
         if len(stamps) < cap:
             return 0.0
         return stamps[len(stamps) - cap] + self.span_s - now + 0.001
 
-    def try_take(self, priority: Priority = Priority.KILL) -> bool:
+    def take(self, owner: str = "") -> None:
+        """Spend a slot now (the caller checked `delay_for`)."""
+        self._stamps.append(self.clock())
+        self._stamp_owners.append(owner)
+        self.sent += 1
+
+    def try_take(self, priority: Priority = Priority.KILL, owner: str = "") -> bool:
         """Spend a slot now if one is free."""
         if self.delay_for(priority) > 0:
             return False
-        self._stamps.append(self.clock())
-        self.sent += 1
+        self.take(owner)
         return True
 
-    async def acquire(self, priority: Priority = Priority.KILL) -> None:
-        while (delay := self.delay_for(priority)) > 0:
-            self.waited_s += delay
-            await self.sleep(delay)
-        self._stamps.append(self.clock())
-        self.sent += 1
+    async def acquire(self, priority: Priority = Priority.KILL, owner: str = "") -> None:
+        await acquire_all([self], priority, owner)
+
+    # -- fairness between owners of a shared budget -------------------------------------
+    def wait_as(self, owner: str, ready: bool) -> None:
+        """`owner` is waiting here; `ready` when its other budgets have room now."""
+        if owner in self._waiting:
+            self._waiting[owner] = (self._waiting[owner][0], ready)
+        else:
+            self._arrivals += 1
+            self._waiting[owner] = (self._arrivals, ready)
+
+    def done_waiting(self, owner: str) -> None:
+        self._waiting.pop(owner, None)
+
+    def my_turn(self, owner: str) -> bool:
+        """True unless another ready owner has had fewer slots lately (then earlier came)."""
+        if len(self._waiting) <= 1:
+            return True
+        ready = [o for o, (_, r) in self._waiting.items() if r]
+        if owner not in ready:
+            return False
+        taken = dict.fromkeys(ready, 0)
+        for stamp_owner in self._stamp_owners:
+            if stamp_owner in taken:
+                taken[stamp_owner] += 1
+        best = min(ready, key=lambda o: (taken[o], self._waiting[o][0]))
+        return best == owner
 
     def block(self, seconds: float) -> None:
         """Send nothing for `seconds` (a venue-disabled period or a backoff)."""
@@ -196,19 +230,34 @@ class SlidingBudget:
         return sum(1 for t in self._stamps if t > now - self.span_s)
 
 
-async def acquire_all(budgets: Sequence[SlidingBudget], priority: Priority) -> None:
+FAIR_POLL_S = 0.002  # how soon a waiter that let another owner go first looks again
+
+
+async def acquire_all(
+    budgets: Sequence[SlidingBudget], priority: Priority, owner: str = ""
+) -> None:
     """Take one slot in each of `budgets` at one instant: wait until all have room, then spend
-    in all without yielding, so a slot is never held while waiting for another."""
-    while True:
-        delay = max((b.delay_for(priority) for b in budgets), default=0.0)
-        if delay <= 0:
+    in all without yielding, so a slot is never held while waiting for another. Where several
+    owners wait on one budget, the one with the fewest slots lately goes first."""
+    if not budgets:
+        return
+    try:
+        while True:
+            delay = max(b.delay_for(priority) for b in budgets)
             for budget in budgets:
-                budget._stamps.append(budget.clock())
-                budget.sent += 1
-            return
+                budget.wait_as(owner, delay <= 0)
+            if delay <= 0:
+                if all(b.my_turn(owner) for b in budgets):
+                    for budget in budgets:
+                        budget.take(owner)
+                    return
+                delay = FAIR_POLL_S
+            for budget in budgets:
+                budget.waited_s += delay
+            await budgets[0].sleep(delay)
+    finally:
         for budget in budgets:
-            budget.waited_s += delay
-        await budgets[0].sleep(delay)
+            budget.done_waiting(owner)
 
 
 class ErrorCounter:

@@ -95,6 +95,7 @@ IP_PER_API_DOCS_V3 = {1: (100, 10.0), 2: (100, 10.0), 3: (200, 10.0)}
 # Paths outside the strict per-IP seconds: market data and listenKeys (group 1 figures).
 IP_RELAXED = frozenset({USER_DATA_STREAM, f"{SPOT}/trade/order"})
 IP_GROUP_TOTAL = {1: 100, 2: 1000, 3: 1000}  # per 10 s
+ORDER_PATHS = frozenset({f"{SPOT}/trade/order", f"{SPOT}/oco/order"})
 
 OPEN_STATUSES = ("NEW", "PENDING", "PARTIALLY_FILLED")
 ORDER_TYPES = frozenset(
@@ -305,6 +306,7 @@ class BingxSim(SimVenue):
         rate_limit_penalty_s: float = 1.0,
         error_lock_count: int = 20,
         error_lock_window_s: float = 480.0,
+        order_retry_after: bool = True,
         dead_mans_switch_time_scale: float = 1.0,
         dead_mans_switch_batch: int = 200,
     ) -> None:
@@ -331,6 +333,7 @@ class BingxSim(SimVenue):
         self._locks: dict[tuple[str, str], tuple[float, int]] = {}
         # path -> `data` to answer every signed request on it with, instead of the handler.
         self.canned_data: dict[str, Any] = {}
+        self.order_retry_after = order_retry_after
         self.dms_time_scale = dead_mans_switch_time_scale
         self.dms_batch = max(1, dead_mans_switch_batch)
         # One id sequence for the venue: ids are unique across accounts and above 2**53, so a
@@ -497,7 +500,7 @@ class BingxSim(SimVenue):
                 f"it will be unblocked after {until_ms}"
             )
             self.counters[f"418 {request.path}"] += 1
-            return error_response(100410, msg, 418)
+            return error_response(100410, msg, 418, **self._courtesy(request, verdict))
         self.counters["bingx 100410"] += 1
         if self.behaviour.throttle_form == "plain":
             msg = "rate limited"
@@ -506,7 +509,14 @@ class BingxSim(SimVenue):
                 "code:100410:The endpoint trigger frequency limit rule is currently in the "
                 f"disabled period and will be unblocked after {until_ms}"
             )
-        return error_response(100410, msg, 429)
+        return error_response(100410, msg, 429, **self._courtesy(request, verdict))
+
+    def _courtesy(self, request: web.Request, verdict: Verdict) -> dict[str, str]:
+        """BingX sends no Retry-After. On order placement only (no kill ever places), the sim
+        adds one for drill bots (`sim/rogue.py`) that pause only on a Retry-After header."""
+        if request.path in ORDER_PATHS and self.order_retry_after:
+            return {"Retry-After": str(verdict.retry_after_s)}
+        return {}
 
     # -- the error-count lock ----------------------------------------------------------------
     def _locked(self, account: str, path: str) -> web.Response | None:
