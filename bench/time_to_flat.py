@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import re
 import secrets
 import shutil
 import statistics
@@ -149,6 +150,9 @@ class Result:
     baseline_s: list[float] = field(default_factory=list)
     baseline_requests: int = 0
     baseline_429s: int = 0
+    # the user-script baseline (ccxt): per run its seconds, throttling answers, and flatness
+    script: list[dict[str, Any]] = field(default_factory=list)
+    script_note: str = ""
     peak_rss_mb: float | None = None
     rss_mb: float | None = None
     first_peak_rss_mb: float | None = None  # after the first kill: tracking plus one kill
@@ -459,6 +463,7 @@ class Bench:
                         flush=True,
                     )
             self.count(cluster, "ours")
+            await self.user_script(spec, result)
             for i in range(baseline_runs):
                 seed(cluster, spec, accounts)
                 await daemon.wait_tracking(cluster)
@@ -486,6 +491,39 @@ class Bench:
                 print(f"  [{spec.name}] work directory kept: {workdir}", flush=True)
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
+
+    async def user_script(self, spec: Spec, result: Result) -> None:
+        """The ccxt baseline, each run on a fresh simulator of the same config (same venues,
+        symbols, limits and round trip): its throttling and bans must not touch the daemon's."""
+        runs = self.args.script_runs if spec.name in self.args.script_on.split(",") else 0
+        for i in range(runs):
+            for throttle in (True, False) if spec.name == "S" else (True,):
+                accounts = accounts_for(spec)
+                cluster = SimCluster.from_toml(
+                    sim_toml(spec, accounts, self.rtt_ms), f"<user script {spec.name}>"
+                )
+                await cluster.start()
+                try:
+                    seed(cluster, spec, accounts)
+                    outcome = await script_baseline(cluster, spec, accounts, throttle=throttle)
+                finally:
+                    await cluster.stop()
+                result.script_note = outcome.pop("note")
+                result.script.append(outcome)
+                print(
+                    f"  [{spec.name}] user script (ccxt, enableRateLimit={throttle}) "
+                    f"{i + 1}/{runs}: {outcome['ms']:.0f} ms, {outcome['rounds']} "
+                    f"rounds, {outcome['requests']} requests, throttled "
+                    f"{outcome['throttled']}, flat: {outcome['flat']}",
+                    flush=True,
+                )
+                for venue, v in outcome["venues"].items():
+                    print(
+                        f"      {venue}: {v['ms']:.0f} ms, {v['rounds']} rounds, "
+                        f"{v['requests']} requests, throttled {v['throttled']}, "
+                        f"flat: {v['flat']}",
+                        flush=True,
+                    )
 
     def count(self, cluster: SimCluster, phase: str) -> None:
         """Add the 418s and 429s the sims answered since the last count to `phase`."""
@@ -804,13 +842,148 @@ async def naive_account(exchange: Exchange) -> tuple[int, int]:
     return requests, limited
 
 
+# -- the user-script baseline: ccxt -------------------------------------------------------------
+
+THROTTLE_KEYS = ("http 429", "http 418", "bingx 100410")
+SCRIPT_DEADLINE_S = 15.0  # a script that is not flat by then is reported not flat
+
+
+def throttle_counts(sim: SimVenue) -> dict[str, int]:
+    """429s, 418s and BingX 100410s one simulator has answered so far."""
+    out = dict.fromkeys(("429", "418", "100410"), 0)
+    for key, n in sim.counters.items():
+        if key == "http 429":
+            out["429"] += n
+        elif key == "http 418" or key.startswith("418 "):
+            out["418"] += n
+        elif key == "bingx 100410":
+            out["100410"] += n
+    return out
+
+
+def point_at(client: Any, base_url: str) -> None:
+    """Send every request of a ccxt client to `base_url`, paths unchanged (its only change)."""
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: swap(item) for key, item in value.items()}
+        if isinstance(value, str):
+            return re.sub(r"^https?://[^/]+", base_url.rstrip("/"), value)
+        return value
+
+    client.urls["api"] = swap(client.urls["api"])
+
+
+async def script_baseline(
+    cluster: SimCluster, spec: Spec, accounts: Sequence[DrillAccount], *, throttle: bool
+) -> dict[str, Any]:
+    """What a user would script with ccxt, per account, all accounts at once:
+
+        await asyncio.gather(*(ex.cancel_all_orders(s) for s in symbols))
+        then fetch_open_orders(s) for each symbol; repeat until every one is empty.
+
+    An unmodified ccxt client per account (only its URLs point at the simulator), markets
+    loaded before the clock starts (a running bot has them); `throttle` is ccxt's
+    enableRateLimit. Time runs from the first cancel to the first all-empty fetch; at most 20
+    rounds or SCRIPT_DEADLINE_S. Returns ms, rounds, requests, throttling answers
+    (429/418/100410) and whether it ended flat, in all and per venue."""
+    import ccxt.async_support as ccxt_async  # dev dependency: the bench's second baseline
+
+    clients: list[tuple[Any, list[str]]] = []
+    notes: set[str] = set()
+    try:
+        for account in accounts:
+            sim = cluster.venues[account.venue]
+            client = getattr(ccxt_async, account.venue)(
+                {"apiKey": account.api_key, "secret": account.secret, "enableRateLimit": throttle}
+            )
+            point_at(client, sim.base_url)
+            try:
+                markets = await client.load_markets()
+            except ccxt_async.BaseError as exc:
+                if account.venue != "bingx":
+                    raise
+                # The BingX sim does not serve all that load_markets() reads yet (swap and
+                # wallet endpoints): its spot markets are what the script trades.
+                notes.add(f"bingx: load_markets() failed ({type(exc).__name__}); spot markets only")
+                markets = client.set_markets(await client.fetch_spot_markets({}))
+            ids = set(spec.symbol_names(account.venue))
+            clients.append((client, [m for m, v in markets.items() if v["id"] in ids]))
+        before = {n: throttle_counts(sim) for n, sim in cluster.venues.items()}
+        logs_before = {n: len(sim.request_log) for n, sim in cluster.venues.items()}
+        started = time.monotonic()
+        deadline = started + SCRIPT_DEADLINE_S
+
+        async def flatten(client: Any, symbols: list[str]) -> tuple[bool, int, float]:
+            for rounds in range(1, 21):
+                await asyncio.gather(
+                    *(client.cancel_all_orders(s) for s in symbols), return_exceptions=True
+                )
+                left = await asyncio.gather(
+                    *(client.fetch_open_orders(s) for s in symbols), return_exceptions=True
+                )
+                if all(isinstance(x, list) and not x for x in left):
+                    return True, rounds, time.monotonic()
+                if time.monotonic() > deadline:
+                    break
+            return False, rounds, time.monotonic()
+
+        done = await asyncio.gather(*(flatten(c, s) for c, s in clients))
+    finally:
+        for client, _ in clients:
+            await client.close()
+    venues: dict[str, dict[str, Any]] = {}
+    for account, (ok, rounds, at) in zip(accounts, done, strict=True):
+        sim = cluster.venues[account.venue]
+        v = venues.setdefault(account.venue, {"ms": 0.0, "rounds": 0, "flat": True})
+        v["ms"] = max(v["ms"], (at - started) * 1000)
+        v["rounds"] = max(v["rounds"], rounds)
+        v["flat"] = v["flat"] and ok and not book_open(cluster, account)
+    for name, sim in cluster.venues.items():
+        if name not in venues:
+            continue
+        after = throttle_counts(sim)
+        venues[name]["throttled"] = {k: after[k] - before[name][k] for k in after}
+        venues[name]["requests"] = sum(
+            1 for e in list(sim.request_log)[logs_before[name] :] if e.get("account")
+        )
+        # counted here, not as the naive baseline's; a ban must not outlive this baseline
+        for key in [k for k in sim.counters if k in THROTTLE_KEYS or k.startswith("418 ")]:
+            del sim.counters[key]
+        sim.reset_limits()
+    return {
+        "ms": max(v["ms"] for v in venues.values()),
+        "enable_rate_limit": throttle,
+        "rounds": max(v["rounds"] for v in venues.values()),
+        "requests": sum(v["requests"] for v in venues.values()),
+        "throttled": {
+            k: sum(v["throttled"][k] for v in venues.values()) for k in ("429", "418", "100410")
+        },
+        "flat": all(v["flat"] for v in venues.values()),
+        "venues": venues,
+        "note": "; ".join(sorted(notes)),
+    }
+
+
 # -- the report --------------------------------------------------------------------------------
+
+
+def script_cell(r: Result) -> str:
+    """The user script (ccxt defaults) in the table: median time, and how many ended flat."""
+    mine = [x for x in r.script if x["enable_rate_limit"]]
+    if not mine:
+        return "-"
+    flat = sum(1 for x in mine if x["flat"])
+    ms = median_of([x["ms"] for x in mine])
+    shown = f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
+    return f"{shown} ({flat}/{len(mine)} flat)"
 
 
 def table(results: Sequence[Result], bench: Bench) -> str:
     head = (
         f"{'workload':<9}{'orders':>7}{'lists':>6}  {'ours: TTF median / p95':>24}  "
-        f"{'lower bound':>11}  {'ratio':>6}  {'baseline':>10}  {'speed-up':>9}"
+        f"{'lower bound':>11}  {'ratio':>6}  {'user script':>16}  {'baseline':>10}  "
+        f"{'speed-up':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -821,7 +994,7 @@ def table(results: Sequence[Result], bench: Bench) -> str:
         lines.append(
             f"{r.workload:<9}{r.orders:>7}{r.lists:>6}  "
             f"{f'{med:.0f} / {pct(ttf, 0.95):.0f} ms':>24}  {r.bound['ms']:>8.0f} ms  "
-            f"{med / r.bound['ms']:>5.2f}x  {base:>10}  {speed:>9}"
+            f"{med / r.bound['ms']:>5.2f}x  {script_cell(r):>16}  {base:>10}  {speed:>9}"
         )
     lines.append("")
     for r in results:
@@ -837,6 +1010,32 @@ def table(results: Sequence[Result], bench: Bench) -> str:
             f"{r.bound['round_trip_s'] * 1000:.0f} ms + {r.bound['rate_span_s']:.1f} s of "
             f"rate-limit span, {r.bound['requests']} cancel requests"
         )
+        for throttle in (True, False):
+            mine = [x for x in r.script if x["enable_rate_limit"] is throttle]
+            if not mine:
+                continue
+            ms = median_of([x["ms"] for x in mine])
+            flat = sum(1 for x in mine if x["flat"])
+            per_venue = "; ".join(
+                f"{venue} {median_of([x['venues'][venue]['ms'] for x in mine]):.0f} ms "
+                f"flat {sum(1 for x in mine if x['venues'][venue]['flat'])}/{len(mine)} "
+                + "/".join(
+                    str(sum(x["venues"][venue]["throttled"][k] for x in mine))
+                    for k in ("429", "418", "100410")
+                )
+                for venue in mine[0]["venues"]
+            )
+            how = "defaults" if throttle else "enableRateLimit=False"
+            lines.append(
+                f"{r.workload}: user script (ccxt {how}), {len(mine)} runs: median {ms:.0f} ms "
+                f"= {ms / r.bound['ms']:.2f}x the bound, "
+                f"ended flat in {flat} of {len(mine)}; 429/418/100410 "
+                + "/".join(
+                    str(sum(x["throttled"][k] for x in mine)) for k in ("429", "418", "100410")
+                )
+                + f"; per venue: {per_venue}"
+                + (f" ({r.script_note})" if r.script_note else "")
+            )
         if r.baseline_s:
             lines.append(
                 f"{r.workload}: baseline {len(r.baseline_s)} runs: "
@@ -1020,6 +1219,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=2.5,
         help="idle time before a warm kill: past the venues' 1 s windows, within open_for_s",
     )
+    parser.add_argument("--script-runs", type=int, default=3, help="user-script (ccxt) runs")
+    parser.add_argument("--script-on", default="S,L", help="workloads that get the user script")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     parser.add_argument(
