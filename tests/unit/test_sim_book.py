@@ -151,6 +151,18 @@ def test_ids_from_the_by_id_view_name_their_own_order_when_ids_collide() -> None
     assert len(book.closed) == 6
 
 
+def test_an_id_the_book_minted_names_its_own_order_when_handed_back() -> None:
+    # The usual test and bench flow: place, keep `order.order_id`, cancel or fill by it.
+    book, _ = make_book(per_symbol=True)
+    btc = book.place(OrderSpec("BTCUSDT"))
+    eth = book.place(OrderSpec("ETHUSDT"))
+    assert btc.order_id == eth.order_id == "1"
+    assert [o.symbol for o in book.cancel(eth.order_id)] == ["ETHUSDT"]
+    assert book.fill(btc.order_id).symbol == "BTCUSDT"
+    assert book.get(eth.order_id) is eth
+    assert not book.open
+
+
 def test_list_legs_are_looked_up_on_the_lists_symbol() -> None:
     book, _ = make_book(per_symbol=True)
     plain = book.place(OrderSpec("ETHUSDT"))

@@ -123,7 +123,8 @@ class AmbiguousOrder(UnknownOrder):
 
 
 class OrderRef(str):
-    """An order id that remembers its symbol: what iterating `SimBook.orders` yields.
+    """An order id that remembers its symbol: the ids a per-symbol book mints (`SimOrder.order_id`
+    on Binance) and what iterating `SimBook.orders` yields.
 
     It compares, hashes and prints as the bare id, so code written for ids keeps working; the
     book's methods read its symbol, so handing it back names exactly one order.
@@ -294,8 +295,11 @@ class SimBook:
     ) -> SimOrder:
         now = self.now_ms()
         symbol = spec.symbol
+        order_id: str
         if self.new_symbol_order_id is not None:
-            order_id = self.new_symbol_order_id(symbol)
+            # An id that repeats across symbols carries its symbol: handed back to the book
+            # as a bare id, it still names this order.
+            order_id = OrderRef(symbol, self.new_symbol_order_id(symbol))
         else:
             assert self.new_order_id is not None
             order_id = self.new_order_id()
