@@ -46,10 +46,24 @@ test-fast: lint typecheck
 demo: setup
 	$(BIN)/killswitch demo
 
-bench: setup
+# The benches' JSON goes under the venv (not committed); the picture to docs/numbers.png.
+BENCH_OUT := $(VENV)/bench-results
+
+bench: setup bench-extra
 	$(BIN)/python bench/sim_throughput.py
 	$(BIN)/python bench/tracker_throughput.py
-	$(BIN)/python bench/time_to_flat.py
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python bench/time_to_flat.py --json $(BENCH_OUT)/time_to_flat.json
+	$(BIN)/python bench/scale.py --json $(BENCH_OUT)/scale.json
+	$(BIN)/python bench/plot.py --ttf $(BENCH_OUT)/time_to_flat.json \
+	  --scale $(BENCH_OUT)/scale.json --out docs/numbers.png
+
+bench-scale: setup
+	$(BIN)/python bench/scale.py
+
+# matplotlib draws the picture; nothing else needs it.
+bench-extra: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
