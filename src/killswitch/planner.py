@@ -20,10 +20,10 @@ count:
 
 * account-wide: one cancel-all without symbol while anything it covers may be open; OCO lists
   by their legs' ids in batches (one batch cancel takes many ids, at the same 2/s as one
-  `oco/cancel`), or list by list once the account has shown that leg ids are refused. While it
-  is unknown whether the cancel-all covers lists, lists wait for the read after it (that read
-  is what teaches the connector the answer): sending both at once would cost a list request
-  per list on a venue where the cancel-all alone would do;
+  `oco/cancel`) and by `oco/cancel` side by side, or list by list once the account has shown
+  that leg ids are refused. While it is unknown whether the cancel-all covers lists, lists wait
+  for the read after it (that read teaches the connector the answer), unless sending them at
+  once costs no time: on a venue where the cancel-all alone would do, they would only queue;
 * symbol-scoped and by prefix: each symbol goes to the request kind (cancel-all of the symbol,
   batch by ids, single cancels) that keeps the longest queue shortest; each kind has its own
   budget on the venue, so they run side by side. A symbol whose orders may not all be known
@@ -147,10 +147,13 @@ def _timed_by_symbol(
         if wanted and not account_wide_sent:
             requests.append(CancelRequest(RequestKind.CANCEL_ALL_ACCOUNT))
         lists_by_cancel_all = coverage is True and (wanted or account_wide_sent)
-        # Coverage unknown: the read after the cancel-all answers it; until then lists wait.
-        waiting = coverage is None and (view.first_look or account_wide_sent)
-        if in_scope_lists and not lists_by_cancel_all and not waiting:
-            requests.extend(_list_requests(in_scope_lists, caps, sent, requests))
+        if in_scope_lists and not lists_by_cancel_all:
+            lists_now = _list_requests(in_scope_lists, caps, sent, requests)
+            # Coverage unknown: the read after the cancel-all answers it, so lists wait for
+            # it, unless sending them now costs no time (all within the limits' burst).
+            waiting = coverage is None and (view.first_look or account_wide_sent)
+            if not waiting or plan_time_s([*requests, *lists_now], caps) == 0:
+                requests.extend(lists_now)
         return requests
     covered = {s for r in sent if r.kind is RequestKind.CANCEL_ALL for s in r.symbols}
     ids_sent = {i for r in sent for i in r.order_ids}

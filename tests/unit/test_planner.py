@@ -178,11 +178,20 @@ def kinds(requests: list[CancelRequest]) -> Counter[RequestKind]:
 
 
 def test_bingx_first_look_sends_the_account_cancel_all_and_lets_lists_wait_while_unknown() -> None:
-    legs, lists = ocos(3)
+    legs, lists = ocos(30)
     tracked = snap(order("BTC-USDT", "1"), *legs, lists=lists)
     assert plan(EVERYTHING, tracked, None, (), bx_caps()) == [
         CancelRequest(RequestKind.CANCEL_ALL_ACCOUNT)
     ]
+
+
+def test_bingx_first_look_sends_a_few_lists_at_once_when_that_costs_no_time() -> None:
+    legs, lists = ocos(3)
+    tracked = snap(order("BTC-USDT", "1"), *legs, lists=lists)
+    requests = plan(EVERYTHING, tracked, None, (), bx_caps())
+    assert requests[0] == CancelRequest(RequestKind.CANCEL_ALL_ACCOUNT)
+    assert {i for r in requests for i in r.order_ids} == {o.order_id for o in legs}
+    assert plan_time_s(requests, BX) == 0
 
 
 def test_bingx_lists_left_after_the_cancel_all_go_by_leg_batches_not_one_by_one() -> None:
