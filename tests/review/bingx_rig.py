@@ -1,0 +1,55 @@
+"""A BingX simulator on loopback with `AnswerOverrides` installed, and a started connector."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+
+from killswitch.exchanges.bingx import BingxExchange
+from killswitch.sim.bingx import BingxSim
+from killswitch.sim.venue import SimAccount, VenueSettings
+from tests.fixtures.answers import AnswerOverrides, install
+from tests.fixtures.bingx import ACCOUNT_KEYS, SETTINGS_FIELDS, account_keys, bx_call
+
+SPOT = "/openApi/spot/v1"
+
+
+@asynccontextmanager
+async def bingx_with_answers(
+    **options: Any,
+) -> AsyncIterator[tuple[BingxSim, BingxExchange, AnswerOverrides]]:
+    settings_kw = {k: v for k, v in options.items() if k in SETTINGS_FIELDS}
+    sim_kw = {k: v for k, v in options.items() if k not in SETTINGS_FIELDS}
+    accounts = [SimAccount(name=n, api_key=k, secret=s) for n, k, s in (account_keys(0),)]
+    sim = BingxSim(VenueSettings(accounts=accounts, **settings_kw), **sim_kw)
+    overrides = install(sim)
+    await sim.start()
+    api_key, secret = ACCOUNT_KEYS["bx0"]
+    exchange = BingxExchange(
+        account="bx0",
+        api_key=api_key,
+        api_secret=secret,
+        rest_url=sim.base_url,
+        ws_url=f"{sim.ws_url}/market",
+        timeout_s=2.0,
+        warm_connections=1,
+    )
+    try:
+        await exchange.start()
+        yield sim, exchange, overrides
+    finally:
+        await exchange.close()
+        await sim.stop()
+
+
+async def place(sim: BingxSim, symbol: str, client_order_id: str = "") -> str:
+    params = {"symbol": symbol, "side": "BUY", "type": "LIMIT", "price": "100", "quantity": "1"}
+    if client_order_id:
+        params["newClientOrderId"] = client_order_id
+    async with aiohttp.ClientSession() as session:
+        _, _, body = await bx_call(session, sim, "POST", f"{SPOT}/trade/order", params)
+    assert body["code"] == 0, body
+    return str(body["data"]["orderId"])
