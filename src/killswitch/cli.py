@@ -21,6 +21,7 @@ from killswitch.alert_cli import add_parser as add_alert_parser
 from killswitch.control_client import add_parsers as add_control_parsers
 from killswitch.daemon import EXIT_CONFIG
 from killswitch.demo import add_parser as add_demo_parser
+from killswitch.drill import add_parser as add_drill_parser
 from killswitch.logs import setup_logging
 from killswitch.preflight import add_parser as add_preflight_parser
 from killswitch.settings import ConfigError, Settings, config_path, load_settings
@@ -45,6 +46,7 @@ def registrars() -> list[Registrar]:
         add_check_config_parser,
         add_preflight_parser,
         add_control_parsers,
+        add_drill_parser,
         add_alert_parser,
         add_sim_parser,
         add_demo_parser,

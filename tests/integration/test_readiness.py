@@ -8,74 +8,22 @@ and exactly one alarm event; the other accounts keep working and the bad one sta
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import urllib.request
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
 
 from killswitch.audit import read_audit
-from killswitch.demo import (
-    DrillAccount,
-    NotifySocket,
-    Workload,
-    daemon_env,
-    daemon_toml,
-    drill_accounts,
-    killswitch_command,
-    sim_toml,
-    write_credentials,
-)
+from killswitch.demo import NotifySocket, killswitch_command
 from killswitch.events import EventRecord
 from killswitch.model import AccountRef
 from killswitch.readiness import ReadinessService, Target
 from killswitch.sim.faults import Fault, FaultKind
-from killswitch.sim.server import SimCluster
 from tests.conftest import eventually, free_port
 from tests.fixtures.binance import binance_venue
-
-BAD_SECRET = "b4d5ecret" * 7
-MEXC_REASON = "key rejected: 700002 Signature for this request is not valid."
-
-
-@dataclass
-class Rig:
-    cluster: SimCluster
-    accounts: list[DrillAccount]  # as configured (MEXC's secret wrong unless all good)
-    workdir: Path
-    config: Path
-    credentials: Path
-    socket: Path
-
-    def secrets(self) -> list[str]:
-        out = [BAD_SECRET]
-        for account in self.accounts:
-            out += [account.api_key, account.secret]
-        return out
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return daemon_env(CREDENTIALS_DIRECTORY=str(self.credentials), **extra)
-
-
-async def make_rig(tmp_path: Path, *, bad: set[str], extra: str = "") -> Rig:
-    accounts = drill_accounts(1)
-    workload = Workload(
-        accounts_per_venue=1, symbols_per_venue=4, orders_per_symbol=1, latency_ms=1, jitter_ms=0
-    )
-    cluster = SimCluster.from_toml(sim_toml(accounts, workload), "<readiness sim>")
-    await cluster.start()
-    configured = [
-        dataclasses.replace(a, secret=BAD_SECRET) if a.venue in bad else a for a in accounts
-    ]
-    socket = tmp_path / "control.sock"
-    config = tmp_path / "killswitch.toml"
-    config.write_text(daemon_toml(tmp_path / "state", socket, configured, cluster) + extra)
-    credentials = tmp_path / "credentials"
-    write_credentials(credentials, configured)
-    return Rig(cluster, configured, tmp_path, config, credentials, socket)
+from tests.fixtures.live_rig import MEXC_REASON, Rig, cli, make_rig, row
 
 
 @pytest.fixture
@@ -83,25 +31,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     made = await make_rig(tmp_path, bad={"mexc"})
     yield made
     await made.cluster.stop()
-
-
-async def cli(rig: Rig, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *killswitch_command(),
-        *args,
-        "--config",
-        str(rig.config),
-        env=env or rig.env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def row(text: str, label: str) -> str:
-    return next(line for line in text.splitlines() if line.startswith(label + " "))
 
 
 # -- preflight ------------------------------------------------------------------------------
