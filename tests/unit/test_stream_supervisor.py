@@ -492,7 +492,8 @@ async def test_silent_stream_is_caught_by_reconcile_and_resnapshotted(make: Make
     h.exchange.cancel("1")
     await eventually(lambda: h.supervisor.gaps >= 1)
     assert h.supervisor.last_gap_reason is not None
-    assert "stream missed events: missing=1[2] extra=1[1]" in h.supervisor.last_gap_reason
+    reason = "stream missed events: missing=1[BTCUSDT:2] extra=1[BTCUSDT:1]"
+    assert reason in h.supervisor.last_gap_reason
     h.exchange.silent = False
     assert await h.supervisor.wait_live(5)
     assert h.tracked_ids() == h.venue_ids() == {"2"}
@@ -521,7 +522,7 @@ async def test_reconcile_reports_what_events_never_explain(make: Make) -> None:
     h.exchange.place("2")
     h.exchange.cancel("1")
     divergence = await h.supervisor.reconcile()
-    assert (divergence.missing, divergence.extra) == (("2",), ("1",))
+    assert (divergence.missing, divergence.extra) == ((("BTCUSDT", "2"),), (("BTCUSDT", "1"),))
 
 
 async def test_resync_forces_an_immediate_reconnect_and_fresh_snapshot(make: Make) -> None:
