@@ -724,7 +724,13 @@ def breakdown(
                 rounds.append([row])
         reads = [row[1] for row in mine if row[2] == "read" and row[1] <= flat_at]
         first = mine[0][1] if mine else float("nan")
+        waves = [
+            float(w["mono_ms"]) - sent_mono_ms
+            for w in by_type.get("wave", [])
+            if w.get("account") == label
+        ]
         accounts[label] = {
+            "first_wave": min(waves) if waves else float("nan"),
             "first_on_wire": first,
             "first_ack": min(acks) if acks else float("nan"),
             "last_ack": max(acks) if acks else float("nan"),
@@ -1112,6 +1118,8 @@ def breakdown_report(r: Result, rtt_ms: float) -> str:
         lines.append(f"    {label:<16} flat at {acc['flat']:>6.1f}: {rounds}")
     # What is avoidable, per run on its critical path
     probe, extra, gap, wire, extra_n = [], [], [], [], []
+    engine_part: list[float] = []
+    connector_part: list[float] = []
     for x in runs:
         acc = next(a for a in x.accounts.values() if a.get("critical"))
         starts = acc["round_starts"]
@@ -1124,6 +1132,8 @@ def breakdown_report(r: Result, rtt_ms: float) -> str:
             extra.append((starts[-1] - starts[0]) - (acc["flat"] - starts[-1]))
         gap.append(x.stages["verify_sent"] - x.stages["last_ack"])
         wire.append(x.stages["first_on_wire"] - x.stages["journaled"])
+        engine_part.append(acc.get("first_wave", float("nan")) - x.stages["journaled"])
+        connector_part.append(x.stages["first_on_wire"] - acc.get("first_wave", float("nan")))
     lines.append("  avoidable (medians over the runs where it happened):")
     lines.append(
         f"    probe-first round trip: in {len(probe)} of {len(runs)} runs, "
@@ -1137,7 +1147,12 @@ def breakdown_report(r: Result, rtt_ms: float) -> str:
         f"    last ack (daemon) to verification read on the wire: {median_of(gap):.1f} ms "
         "(negative: the read was already on its way)"
     )
-    lines.append(f"    trigger journaled to first request on the wire: {median_of(wire):.1f} ms")
+    lines.append(
+        f"    trigger journaled to first request on the wire: {median_of(wire):.1f} ms, of which "
+        f"journaled to the first wave event (engine: log, events, launch, plan) "
+        f"{median_of(engine_part):.1f} ms and wave event to the wire (connector: sign, send) "
+        f"{median_of(connector_part):.1f} ms"
+    )
     warm = r.warm_ttf()
     if warm:
         lines.append(
