@@ -25,6 +25,13 @@ system-deps:
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 	  echo "installing systemd (for systemd-analyze)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
+	@# promtool checks contrib/prometheus/alerts.yml; where Debian's prometheus package cannot be
+	@# installed, tests/integration/test_contrib.py parses the rules instead.
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus (for promtool)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus >/dev/null; } \
+	  || echo "promtool not installable here: the rules test parses the file instead"; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
