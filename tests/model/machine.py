@@ -409,6 +409,8 @@ class KillHistory(RuleBasedStateMachine):
     def on_event(self, event: dict[str, object]) -> None:
         self.events.append(event)
         kind = event.get("type")
+        if kind in ("flat", "failed"):
+            self.check_accounts(event)
         if kind == "flat":
             ids = [str(t) for t in event.get("trigger_ids", [])]  # type: ignore[attr-defined]
             self.flat_ids[str(event.get("kill_id"))] = ids
@@ -458,6 +460,44 @@ class KillHistory(RuleBasedStateMachine):
                         f"{word} reported for {trigger_id} (scope {scope.to_json()}) while "
                         f"{order.describe()}, open before it, is still open",
                     )
+
+    def check_accounts(self, event: dict[str, object]) -> None:
+        """Per account: one reported flat has nothing of its triggers' scopes open; one that
+        failed after a complete read names everything of theirs still open."""
+        ids = [str(t) for t in event.get("trigger_ids", [])]  # type: ignore[attr-defined]
+        facts = [f for t in ids if (f := self.triggers.get(t)) is not None]
+        for entry in event.get("accounts", []):  # type: ignore[attr-defined]
+            ref = AccountRef(str(entry["venue"]), str(entry["account"]))
+            acc = self.venues.get(ref)
+            if acc is None:
+                continue
+            state = entry.get("state")
+            still = entry.get("still_open") or {}
+            named = {(str(o["symbol"]), str(o["order_id"])) for o in still.get("orders", [])}
+            lists = {str(x["list_id"]) for x in still.get("lists", [])}
+            for fact in facts:
+                for order in acc.open_facts():
+                    if order.placed_seq >= fact.submitted_seq:
+                        continue
+                    if not covers(fact.trigger.scope, order):
+                        continue
+                    if state == "flat":
+                        self.violation(
+                            "no false flat",
+                            f"{ref} reported flat for {fact.trigger.id} while "
+                            f"{order.describe()}, open before it, is still open",
+                        )
+                    elif (
+                        event.get("type") == "failed"
+                        and entry.get("verified")
+                        and order.key not in named
+                        and order.list_id not in lists
+                    ):
+                        self.violation(
+                            "failed names what is still open",
+                            f"{ref} failed for {fact.trigger.id} after a complete read, "
+                            f"without naming {order.describe()}",
+                        )
 
     def judge_cancel(self, order: OrderFact) -> None:
         """The engine cancelled `order`: was it in an active scope?"""
@@ -777,7 +817,7 @@ class KillHistory(RuleBasedStateMachine):
         method=st.sampled_from(
             ["cancel", "snapshot", "cancel_all", "cancel_order", "cancel_order_list"]
         ),
-        kind=st.sampled_from(["5xx", "429", "transient", "fatal"]),
+        kind=st.sampled_from(["5xx", "429", "transient", "fatal", "stall"]),
         applied=st.booleans(),
         times=st.integers(1, 3),
         retry_after_s=st.sampled_from([0.5, 3.0, 12.0]),

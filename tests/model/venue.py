@@ -101,14 +101,14 @@ class Fault:
     """The next `times` calls of `method` (or of any cancel, method "cancel") raise `kind`."""
 
     method: str
-    kind: str  # 5xx | 429 | transient | fatal
+    kind: str  # 5xx | 429 | transient | fatal | stall (hangs, then 5xx)
     applied: bool = False  # 5xx after the venue applied the request
     times: int = 1
     retry_after_s: float = 1.0
 
     def error(self, ref: AccountRef) -> VenueError:
         where = {"venue": ref.venue, "account": ref.account, "endpoint": self.method}
-        if self.kind == "5xx":
+        if self.kind in ("5xx", "stall"):
             return OutcomeUnknown("HTTP 503", http_status=503, **where)  # type: ignore[arg-type]
         if self.kind == "429":
             return RateLimited(
@@ -118,6 +118,8 @@ class Fault:
             return Transient("connection reset", **where)  # type: ignore[arg-type]
         return Fatal("Invalid API-key, IP, or permissions", code=-2015, **where)  # type: ignore[arg-type]
 
+
+STALL_S = 100.0
 
 _CANCELS = frozenset({"cancel_all", "cancel_order", "cancel_orders", "cancel_order_list"})
 
@@ -359,7 +361,10 @@ class ModelConnector:
             await asyncio.sleep(self.va.latency_s)
         if not self.alive:
             raise Transient("process is dead", venue=self.venue)
-        return self.va.take_fault(method)
+        fault = self.va.take_fault(method)
+        if fault is not None and fault.kind == "stall":
+            await asyncio.sleep(STALL_S)  # a request that hangs past any deadline
+        return fault
 
     async def snapshot(self, symbols: Sequence[str] | None = None) -> Snapshot:
         fault = await self._enter("snapshot")
