@@ -120,6 +120,15 @@ class _StatusCollector(Collector):
         latched = GaugeMetricFamily("killswitch_latched", "1 while a kill latch is held.")
         latched.add_metric([], 1.0 if status.get("latched") else 0.0)
         yield latched
+        last = status.get("last_kill")
+        summary = last.get("summary", last) if isinstance(last, dict) else None
+        failed = GaugeMetricFamily(
+            "killswitch_last_kill_failed",
+            "1 when the last kill ended failed (not proved flat); 0 otherwise or before any.",
+        )
+        state = summary.get("state") if isinstance(summary, dict) else None
+        failed.add_metric([], 1.0 if state == "failed" else 0.0)
+        yield failed
         orders = GaugeMetricFamily(
             "killswitch_open_orders", "Open orders the tracker holds.", labels=["account"]
         )
