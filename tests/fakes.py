@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from killswitch.exchanges import binance, mexc
 from killswitch.exchanges.base import (
     AlreadyGone,
     BatchResult,
@@ -28,7 +29,7 @@ from killswitch.exchanges.base import (
     Capabilities,
     DeadMansSwitchState,
     Fatal,
-    RateLimits,
+    Priority,
     VenueError,
 )
 from killswitch.model import (
@@ -50,25 +51,9 @@ from killswitch.sim.book import (
     UnknownOrder,
 )
 
-BINANCE_CAPS = Capabilities(
-    cancel_all_max_symbols=1,
-    cancel_all_without_symbol=False,
-    cancel_all_covers_lists=True,
-    batch_cancel_max=0,
-    has_order_lists=True,
-    open_orders_without_symbol=True,
-    dead_mans_switch=False,
-    rate_limits=RateLimits(6000, 60.0),
-)
-MEXC_CAPS = Capabilities(
-    cancel_all_max_symbols=5,
-    cancel_all_without_symbol=False,
-    cancel_all_covers_lists=True,
-    batch_cancel_max=0,
-    has_order_lists=False,
-    open_orders_without_symbol=True,
-    dead_mans_switch=False,
-)
+# The connectors' own capabilities, so the fakes plan exactly as the venues do.
+BINANCE_CAPS = binance.CAPABILITIES
+MEXC_CAPS = mexc.MEXC_CAPABILITIES
 BINGX_CAPS = Capabilities(
     cancel_all_max_symbols=1,
     cancel_all_without_symbol=True,
@@ -203,7 +188,9 @@ class FakeExchange:
     async def resync_clock(self) -> None:
         return
 
-    async def snapshot(self, symbols: Sequence[str] | None = None) -> Snapshot:
+    async def snapshot(
+        self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
+    ) -> Snapshot:
         if "snapshot" in self.gates:
             await self.gates["snapshot"].wait()
         fault = self._enter("snapshot", (None if symbols is None else tuple(symbols),))

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from killswitch.engine import Engine, EngineConfig, KillState, _Gate
-from killswitch.exchanges.base import RateLimited
+from killswitch.exchanges.base import Priority, RateLimited
 from killswitch.journal import replay
 from killswitch.model import AccountRef, Mode, Snapshot
 from tests.fakes import BINGX_CAPS, FakeExchange
@@ -159,8 +159,10 @@ class CappedExchange(FakeExchange):
 
     cap: int = 10
 
-    async def snapshot(self, symbols: Sequence[str] | None = None) -> Snapshot:
-        snap = await super().snapshot(symbols)
+    async def snapshot(
+        self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
+    ) -> Snapshot:
+        snap = await super().snapshot(symbols, priority=priority)
         if symbols is None and len(snap.orders) > self.cap:
             return replace(snap, orders=snap.orders[: self.cap], complete=False)
         return snap

@@ -17,6 +17,7 @@ triggers or scopes.
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -207,6 +208,13 @@ class DeadMansSwitchState:
     trigger_time_s: int | None = None
 
 
+class Priority(enum.IntEnum):
+    """Whose request it is: a kill's goes first; background reads (reconcile) yield to it."""
+
+    KILL = 0
+    BACKGROUND = 1
+
+
 @runtime_checkable
 class Exchange(Protocol):
     """One venue account. Every method raises a `VenueError` subclass on failure."""
@@ -227,9 +235,12 @@ class Exchange(Protocol):
     async def resync_clock(self) -> None:
         """Measure the server-time offset again now."""
 
-    async def snapshot(self, symbols: Sequence[str] | None = None) -> Snapshot:
+    async def snapshot(
+        self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
+    ) -> Snapshot:
         """Open orders and order lists, all symbols when `symbols` is None and the venue
-        allows it; else exactly the symbols given."""
+        allows it; else exactly the symbols given. `complete` is False when the read may
+        have been cut short."""
 
     async def cancel_all(self, symbols: Sequence[str] | None) -> CancelAck:
         """Cancel every open order on `symbols` (at most `cancel_all_max_symbols` of them),

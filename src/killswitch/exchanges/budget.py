@@ -6,24 +6,25 @@ Cancels (`Priority.KILL`) may spend up to `1 - kill_headroom` of the window; bac
 a kill always finds budget. The venue's own headers (`X-MBX-USED-WEIGHT-1M`, BingX's
 `X-RateLimit-Requests-Remain`) correct our count upwards. A 429 blocks the budget for
 `Retry-After`; a 418 blocks it until the ban expires.
+
+Venues that count "N a second" per account and per IP (BingX) get `SlidingBudget`s instead: at
+most N in any 1.1 s, whatever the venue's window alignment, the per-IP ones shared by every
+connector of the process through `shared_budget` (accounts behind one IP take turns), and an
+`ErrorCounter` that keeps each API clear of a lock for too many error answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
+import itertools
 import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from killswitch.exchanges.base import Priority as Priority
 from killswitch.exchanges.base import RateLimits
-
-
-class Priority(enum.IntEnum):
-    KILL = 0
-    BACKGROUND = 1
 
 
 @dataclass(slots=True)
@@ -145,11 +146,12 @@ class SlidingBudget:
         self.sent = 0
         self._stamps: deque[float] = deque()
         self._stamp_owners: deque[str] = deque()
-        # Owners (accounts) waiting for a slot, in arrival order, and whether each has room
-        # in its other budgets: a shared budget serves the ready owner that has had the
-        # fewest slots lately, so one account's retries never starve another's kill.
-        self._waiting: dict[str, tuple[int, bool]] = {}
-        self._arrivals = 0
+        # Waiting calls (id -> owner, and whether its other budgets have room): a shared
+        # budget serves the ready owner it served least recently, so one account's retries
+        # never starve another account's kill.
+        self._waiting: dict[int, tuple[str, bool]] = {}
+        self._served: dict[str, int] = {}
+        self._serial = 0
 
     @property
     def span_s(self) -> float:
@@ -184,6 +186,8 @@ class SlidingBudget:
         self._stamps.append(self.clock())
         self._stamp_owners.append(owner)
         self.sent += 1
+        self._serial += 1
+        self._served[owner] = self._serial
 
     def try_take(self, priority: Priority = Priority.KILL, owner: str = "") -> bool:
         """Spend a slot now if one is free."""
@@ -196,29 +200,20 @@ class SlidingBudget:
         await acquire_all([self], priority, owner)
 
     # -- fairness between owners of a shared budget -------------------------------------
-    def wait_as(self, owner: str, ready: bool) -> None:
-        """`owner` is waiting here; `ready` when its other budgets have room now."""
-        if owner in self._waiting:
-            self._waiting[owner] = (self._waiting[owner][0], ready)
-        else:
-            self._arrivals += 1
-            self._waiting[owner] = (self._arrivals, ready)
+    def wait_as(self, call: int, owner: str, ready: bool) -> None:
+        """Call `call` of `owner` waits here; `ready` when its other budgets have room."""
+        self._waiting[call] = (owner, ready)
 
-    def done_waiting(self, owner: str) -> None:
-        self._waiting.pop(owner, None)
+    def done_waiting(self, call: int) -> None:
+        self._waiting.pop(call, None)
 
     def my_turn(self, owner: str) -> bool:
-        """True unless another ready owner has had fewer slots lately (then earlier came)."""
-        if len(self._waiting) <= 1:
+        """True unless another ready owner was served less recently than `owner`."""
+        ready = {o for o, r in self._waiting.values() if r}
+        ready.add(owner)
+        if len(ready) == 1:
             return True
-        ready = [o for o, (_, r) in self._waiting.items() if r]
-        if owner not in ready:
-            return False
-        taken = dict.fromkeys(ready, 0)
-        for stamp_owner in self._stamp_owners:
-            if stamp_owner in taken:
-                taken[stamp_owner] += 1
-        best = min(ready, key=lambda o: (taken[o], self._waiting[o][0]))
+        best = min(ready, key=lambda o: (self._served.get(o, 0), o))
         return best == owner
 
     def block(self, seconds: float) -> None:
@@ -231,6 +226,7 @@ class SlidingBudget:
 
 
 FAIR_POLL_S = 0.002  # how soon a waiter that let another owner go first looks again
+_CALLS = itertools.count()
 
 
 async def acquire_all(
@@ -241,11 +237,14 @@ async def acquire_all(
     owners wait on one budget, the one with the fewest slots lately goes first."""
     if not budgets:
         return
+    call = next(_CALLS)
     try:
         while True:
-            delay = max(b.delay_for(priority) for b in budgets)
-            for budget in budgets:
-                budget.wait_as(owner, delay <= 0)
+            delays = [b.delay_for(priority) for b in budgets]
+            delay = max(delays)
+            for i, budget in enumerate(budgets):
+                others = max((d for j, d in enumerate(delays) if j != i), default=0.0)
+                budget.wait_as(call, owner, others <= 0)
             if delay <= 0:
                 if all(b.my_turn(owner) for b in budgets):
                     for budget in budgets:
@@ -257,7 +256,7 @@ async def acquire_all(
             await budgets[0].sleep(delay)
     finally:
         for budget in budgets:
-            budget.done_waiting(owner)
+            budget.done_waiting(call)
 
 
 class ErrorCounter:

@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import inspect
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-from killswitch.exchanges.base import Exchange, VenueError
-from killswitch.exchanges.budget import Priority
+from killswitch.exchanges.base import Exchange, Priority, VenueError
 from killswitch.exchanges.tracker import Divergence, OrderTracker
 from killswitch.model import (
     AccountRef,
@@ -127,11 +124,6 @@ class StreamSupervisor:
         self._wake = asyncio.Event()  # cut a backoff short
         self._resync_pending: str | None = None
         self._recorders: list[list[OrderEvent | ListEvent]] = []  # reconcile reads in flight
-        try:
-            params = inspect.signature(exchange.snapshot).parameters
-        except (TypeError, ValueError):
-            params = {}  # type: ignore[assignment]
-        self._snapshot_has_priority = "priority" in params
 
     # -- public ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -399,11 +391,9 @@ class StreamSupervisor:
             self._abort.set()
 
     async def _read_snapshot(self, *, background: bool) -> Snapshot:
-        kwargs: dict[str, Any] = {}
-        if self._snapshot_has_priority:
-            kwargs["priority"] = Priority.BACKGROUND if background else Priority.KILL
+        priority = Priority.BACKGROUND if background else Priority.KILL
         async with asyncio.timeout(self.snapshot_timeout_s):
-            return await self.exchange.snapshot(None, **kwargs)
+            return await self.exchange.snapshot(None, priority=priority)
 
     # -- watchdogs -------------------------------------------------------------------------
     async def _watch_reconcile(self) -> None:
