@@ -341,6 +341,7 @@ class KillHistory(RuleBasedStateMachine):
         for ref in self.refs:
             self.venues[ref].stream_epoch += 1  # new connections: a new stream
         self.streams = []
+        self.supervisors: list[StreamSupervisor] = []
         for conn, tracker in trackers:
             sup = StreamSupervisor(
                 conn,
@@ -353,8 +354,15 @@ class KillHistory(RuleBasedStateMachine):
                 clock=self.loop.time,
                 rng=random.Random(life),
             )
+            self.supervisors.append(sup)
             self.streams.append(self.loop.create_task(sup.run(), name=f"stream {tracker.ref}"))
         self.settle_for(0.001)
+        for sup in self.supervisors:
+            # With no fault in the way, a stream that does not go live is the harness's bug
+            # (a connector that no longer fits the Exchange protocol), not the engine's.
+            acc = self.venues[sup.ref]
+            if not acc.faults and acc.latency_s == 0 and sup.state.value != "live":
+                raise RuntimeError(f"model harness: stream {sup.ref} is {sup.state_reason}")
         try:
             self.run(engine.start())
         except (TimeoutError, Stalled):

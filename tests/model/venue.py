@@ -366,7 +366,9 @@ class ModelConnector:
             await asyncio.sleep(STALL_S)  # a request that hangs past any deadline
         return fault
 
-    async def snapshot(self, symbols: Sequence[str] | None = None) -> Snapshot:
+    async def snapshot(
+        self, symbols: Sequence[str] | None = None, *, priority: object = None
+    ) -> Snapshot:
         fault = await self._enter("snapshot")
         if fault is not None:
             raise fault.error(self.va.ref)
