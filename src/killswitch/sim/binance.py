@@ -92,6 +92,8 @@ REST_WEIGHTS: dict[tuple[str, str], int] = {
     ("DELETE", "/api/v3/orderList"): 1,
     ("GET", "/api/v3/orderList"): 4,
     ("GET", "/api/v3/openOrderList"): 6,
+    ("GET", "/api/v3/account"): 20,
+    ("GET", "/api/v3/ticker/bookTicker"): 2,
     ("POST", "/api/v3/userDataStream"): 2,
     ("PUT", "/api/v3/userDataStream"): 2,
     ("DELETE", "/api/v3/userDataStream"): 2,
@@ -305,6 +307,9 @@ class BinanceSim(SimVenue):
         r.add_delete("/api/v3/orderList", self._signed(self.op_cancel_list))
         r.add_get("/api/v3/orderList", self._signed(self.op_query_list))
         r.add_get("/api/v3/openOrderList", self._signed(self.op_open_lists))
+        # Readiness (issue 14): what a key may do, and a book a live drill prices from.
+        r.add_get("/api/v3/account", self._signed(self.op_account))
+        r.add_get("/api/v3/ticker/bookTicker", self._book_ticker)
         for version, methods in (
             ("v3", ("POST", "PUT", "DELETE")),
             ("v1", ("POST", "PUT", "GET", "DELETE")),
@@ -810,6 +815,51 @@ class BinanceSim(SimVenue):
             symbol = self._symbol(ctx.params)
             return [_order_json(o) for o in book.open_orders([symbol])]
         return [_order_json(o) for o in book.open_orders()]
+
+    # Accounts whose key may read but not trade (`canTrade` false); tests set it per instance.
+    trade_disabled: frozenset[str] = frozenset()
+
+    def op_account(self, ctx: Ctx) -> Any:
+        """`GET /api/v3/account`: permissions and (no) balances, as a spot account shows them."""
+        can_trade = ctx.account.name not in self.trade_disabled
+        return {
+            "makerCommission": 10,
+            "takerCommission": 10,
+            "canTrade": can_trade,
+            "canWithdraw": False,
+            "canDeposit": True,
+            "brokered": False,
+            "requireSelfTradePrevention": False,
+            "preventSor": False,
+            "updateTime": self.now_ms(ctx.account.name),
+            "accountType": "SPOT",
+            "balances": [],
+            "permissions": ["SPOT"] if can_trade else [],
+            "uid": 1000 + sorted(self.accounts).index(ctx.account.name),
+        }
+
+    async def _book_ticker(self, request: web.Request) -> web.Response:
+        """`GET /api/v3/ticker/bookTicker?symbol=`: the best bid is the highest open buy in
+        any account's book (100 when there is none); the ask one tick above it doubled."""
+        symbol = request.query.get("symbol", "")
+        if symbol not in self.listed_symbols():
+            return json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
+        bids = [
+            o.price
+            for account in self.accounts.values()
+            for o in self.book(account).open_orders([symbol])
+            if o.side == "BUY" and o.price
+        ]
+        bid = max(bids, default=Decimal(100))
+        return json_response(
+            {
+                "symbol": symbol,
+                "bidPrice": f"{bid:.8f}",
+                "bidQty": "1.00000000",
+                "askPrice": f"{bid * 2:.8f}",
+                "askQty": "1.00000000",
+            }
+        )
 
     def op_open_lists(self, ctx: Ctx) -> Any:
         book = self.book(ctx.account)
