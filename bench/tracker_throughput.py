@@ -36,10 +36,10 @@ from typing import Any
 
 import orjson
 
-from killswitch.exchanges.tracker import OrderTracker
 from killswitch.model import AccountRef, ListEvent, OrderEvent, StreamEvent
 from killswitch.sim.book import BookEvent, OrderSpec, SimBook
 from killswitch.sim.venue import SimAccount, SimVenue, VenueSettings
+from killswitch.streams.tracker import OrderTracker
 
 TARGET_EPS = 50_000
 SYMBOLS = ("BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "LTC", "TRX", "DOT", "LINK")

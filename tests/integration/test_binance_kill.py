@@ -19,11 +19,11 @@ from pathlib import Path
 
 from killswitch.engine import Account, Engine, EngineConfig, KillState
 from killswitch.exchanges.binance import BinanceExchange
-from killswitch.exchanges.stream import StreamSupervisor
-from killswitch.exchanges.tracker import OrderTracker
 from killswitch.journal import Journal
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sim.book import SimBook
+from killswitch.streams.supervisor import StreamSupervisor
+from killswitch.streams.tracker import OrderTracker
 from tests.conftest import eventually
 from tests.fakes import EventLog
 from tests.fixtures.binance import BinanceVenue, binance_venue

@@ -21,11 +21,11 @@ import pytest
 
 from killswitch.engine import Account, Engine, EngineConfig, Kill
 from killswitch.exchanges.bingx import BingxExchange
-from killswitch.exchanges.stream import StreamSupervisor
-from killswitch.exchanges.tracker import OrderTracker
 from killswitch.journal import Journal
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sim.bingx import BingxSim
+from killswitch.streams.supervisor import StreamSupervisor
+from killswitch.streams.tracker import OrderTracker
 from tests.conftest import eventually
 from tests.fakes import EventLog
 from tests.fixtures.bingx import bingx_venue

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from killswitch.exchanges.stream import StreamState
 from killswitch.handlers.rules import RiskRules
 from killswitch.model import AccountRef, ExecType, ListEvent, Mode, OrderEvent, Scope, Trigger
 from killswitch.settings import RuleSettings
+from killswitch.streams.supervisor import StreamState
 from tests.conftest import eventually
 
 MM1 = AccountRef("binance", "mm-1")

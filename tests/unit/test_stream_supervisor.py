@@ -22,8 +22,6 @@ from killswitch.exchanges.base import (
     VenueError,
 )
 from killswitch.exchanges.budget import Priority
-from killswitch.exchanges.stream import StreamState, StreamSupervisor
-from killswitch.exchanges.tracker import OrderTracker
 from killswitch.model import (
     AccountRef,
     ExecType,
@@ -35,6 +33,8 @@ from killswitch.model import (
     StreamSubscribed,
     StreamTerminated,
 )
+from killswitch.streams.supervisor import StreamState, StreamSupervisor
+from killswitch.streams.tracker import OrderTracker
 from tests.conftest import eventually
 
 _CLOSE = object()

@@ -8,8 +8,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.exchanges.tracker import Divergence, OrderTracker
 from killswitch.model import AccountRef, ExecType, ListEvent, Order, OrderEvent, OrderList, Snapshot
+from killswitch.streams.tracker import Divergence, OrderTracker
 
 REF = AccountRef("binance", "mm-1")
 

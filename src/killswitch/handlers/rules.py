@@ -22,10 +22,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from killswitch.events import EventRecord, make_event
-from killswitch.exchanges.stream import StreamState
 from killswitch.handlers.heartbeat import Submit, TriggerSubmitter
 from killswitch.model import AccountRef, ExecType, ListEvent, Mode, OrderEvent, Scope, Trigger
 from killswitch.settings import RuleSettings
+from killswitch.streams.supervisor import StreamState
 
 log = logging.getLogger(__name__)
 

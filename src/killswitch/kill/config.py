@@ -21,7 +21,7 @@ class Spawn(Protocol):
 
 
 class TrackerView(Protocol):
-    """What the engine reads from an account's order tracker (`exchanges.tracker.OrderTracker`)."""
+    """What the engine reads from an account's order tracker (`streams.tracker.OrderTracker`)."""
 
     @property
     def trusted(self) -> bool:

@@ -1,0 +1,1 @@
+"""User-data streams: the supervisor (subscribe, snapshot, reconcile) and the order tracker."""

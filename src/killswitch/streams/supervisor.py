@@ -1,0 +1,486 @@
+"""Keep one account's `OrderTracker` true from its user-data stream, whatever the stream does.
+
+One `StreamSupervisor` per account runs until cancelled::
+
+    DOWN -> CONNECTING -> SYNCING -> LIVE -> DOWN (gap) -> backoff -> CONNECTING ...
+
+* CONNECTING/SYNCING: the stream is opened; once the connector yields `StreamSubscribed` (the
+  venue confirmed the subscription) a snapshot is read; events arriving meanwhile are buffered
+  and re-applied on top of the snapshot, so nothing falls between subscribe and snapshot. Then
+  the tracker is trusted and the state is LIVE.
+* LIVE: every event is applied and handed to `on_event`. A watchdog reconciles with a
+  background snapshot every `reconcile_interval_s`: an order open on the venue the tracker
+  lacks, or the reverse, still unexplained after `reconcile_grace_ms`, means the stream missed
+  events.
+* Any end of the stream (`Transient` or another `VenueError`, `StreamTerminated`, iterator end,
+  watchdog divergence, silence, age limit, `resync()`) marks a gap in the tracker, then the
+  supervisor reconnects with exponential backoff and full jitter, reset once a connection has
+  stayed healthy, and resnapshots.
+
+Nothing but cancellation escapes `run()`: a failure is a state change, logged with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from killswitch.exchanges.base import Exchange, Priority, VenueError
+from killswitch.model import (
+    AccountRef,
+    ListEvent,
+    OrderEvent,
+    Snapshot,
+    StreamEvent,
+    StreamSubscribed,
+    StreamTerminated,
+)
+from killswitch.streams.tracker import Divergence, OrderTracker
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[AccountRef, OrderEvent | ListEvent], None]
+StateCallback = Callable[[AccountRef, "StreamState", str], None]
+
+
+class StreamState(enum.StrEnum):
+    """Where a supervised user-data stream is."""
+
+    CONNECTING = "connecting"
+    SYNCING = "syncing"
+    LIVE = "live"
+    DOWN = "down"
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    """Why a connection ended; travels through the inbox behind the events it followed."""
+
+    reason: str
+    at_once: bool = False  # reconnect without a backoff delay (an explicit resync)
+
+
+class StreamSupervisor:
+    """Own the user-data stream of one `Exchange` and keep its `OrderTracker` true."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        tracker: OrderTracker,
+        *,
+        on_event: EventCallback | None = None,
+        on_state: StateCallback | None = None,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 30.0,
+        healthy_after_s: float = 10.0,
+        silence_timeout_s: float | None = None,
+        reconcile_interval_s: float | None = 30.0,
+        reconcile_grace_ms: int = 3000,
+        snapshot_timeout_s: float = 30.0,
+        max_connection_age_s: float | None = 23 * 3600.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.exchange = exchange
+        self.tracker = tracker
+        self.ref = tracker.ref
+        self.on_event = on_event
+        self.on_state = on_state
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.healthy_after_s = healthy_after_s
+        # None: an idle account is normal. Set it for accounts whose bots trade constantly.
+        self.silence_timeout_s = silence_timeout_s
+        self.reconcile_interval_s = reconcile_interval_s
+        self.reconcile_grace_s = reconcile_grace_ms / 1000.0
+        self.snapshot_timeout_s = snapshot_timeout_s
+        self.max_connection_age_s = max_connection_age_s
+        self._sleep = sleep  # waits out backoff delays only; tests inject a recorder
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+        self.state = StreamState.DOWN
+        self.state_reason = "not started"
+        self.connected_since: float | None = None  # when the current connection went LIVE
+        self.reconnects = 0
+        self.gaps = 0
+        self.last_event_at: float | None = None
+        self.last_gap_reason: str | None = None
+        self.reconciles = 0
+        self.repairs = 0  # divergences fixed in place after a connect (see _watch_reconcile)
+        self.last_divergence: Divergence | None = None
+        self.backoff_delays: list[float] = []  # the last few delays, for status and tests
+
+        self._running = False
+        self._live = asyncio.Event()
+        self._inbox: asyncio.Queue[StreamEvent | _End] | None = None
+        self._abort = asyncio.Event()  # an _End was posted: stop a snapshot read in flight
+        self._wake = asyncio.Event()  # cut a backoff short
+        self._resync_pending: str | None = None
+        self._recorders: list[list[OrderEvent | ListEvent]] = []  # reconcile reads in flight
+
+    # -- public ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Supervise the stream until cancelled. Never raises anything but cancellation."""
+        if self._running:
+            raise RuntimeError(f"supervisor for {self.ref} is already running")
+        self._running = True
+        failures = 0
+        first = True
+        try:
+            while True:
+                if not first:
+                    self.reconnects += 1
+                first = False
+                end = await self._connection()
+                healthy = (
+                    self.connected_since is not None
+                    and self._clock() - self.connected_since >= self.healthy_after_s
+                )
+                self._went_down(end.reason)
+                if healthy:
+                    failures = 0
+                if end.at_once or self._resync_pending is not None:
+                    delay = 0.0
+                else:
+                    ceiling = min(self.backoff_max_s, self.backoff_initial_s * 2.0**failures)
+                    delay = self._rng.uniform(0.0, ceiling)
+                    failures += 1
+                await self._backoff(delay)
+        finally:
+            self._running = False
+            self._live.clear()
+
+    async def wait_live(self, timeout: float) -> bool:  # noqa: ASYNC109 - the engine's API
+        """Wait until the stream is LIVE with a fresh snapshot; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._live.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def resync(self, reason: str) -> None:
+        """Force a reconnect and a fresh snapshot. Returns at once; `wait_live` waits for it."""
+        log.warning("stream resync requested account=%s reason=%s", self.ref, reason)
+        self._live.clear()
+        self.tracker.mark_gap(f"resync: {reason}")
+        self._resync_pending = reason
+        self._post(_End(f"resync requested: {reason}", at_once=True))
+        self._wake.set()
+
+    async def reconcile(self, *, repair: bool = False) -> Divergence:
+        """Compare a background snapshot with the tracker; return what stays unexplained.
+
+        With `repair`, a divergence is fixed in place: the tracker is reset to the snapshot
+        plus every event that arrived since the read began. Right only while the stream is
+        known to be subscribed; a stream that misses events needs a reconnect instead.
+        """
+        held_before = self.tracker.now()
+        recorded: list[OrderEvent | ListEvent] = []
+        self._recorders.append(recorded)
+        try:
+            snapshot = await self._read_snapshot(background=True)
+            divergence = self.tracker.divergence(snapshot, held_before=held_before)
+            self.tracker.adopt_lists(snapshot.lists)
+            if divergence:
+                # Events may be in flight: give them the grace period before judging.
+                await asyncio.sleep(self.reconcile_grace_s)
+                divergence = self.tracker.confirm(divergence)
+            if divergence and repair and self.tracker.trusted:
+                self.tracker.reset(snapshot, buffered=recorded)
+                self.repairs += 1
+                log.info("stream tracker repaired account=%s %s", self.ref, divergence.describe())
+        finally:
+            self._recorders.remove(recorded)
+        self.reconciles += 1
+        self.last_divergence = divergence
+        return divergence
+
+    def status(self) -> dict[str, object]:
+        """A plain summary for status commands and metrics."""
+        now = self._clock()
+        return {
+            "account": str(self.ref),
+            "state": self.state.value,
+            "reason": self.state_reason,
+            "trusted": self.tracker.trusted,
+            "open_orders": len(self.tracker),
+            "reconnects": self.reconnects,
+            "gaps": self.gaps,
+            "reconciles": self.reconciles,
+            "live_for_s": None if self.connected_since is None else now - self.connected_since,
+            "last_event_age_s": None if self.last_event_at is None else now - self.last_event_at,
+            "last_gap_reason": self.last_gap_reason,
+        }
+
+    # -- one connection --------------------------------------------------------------------
+    async def _connection(self) -> _End:
+        inbox: asyncio.Queue[StreamEvent | _End] = asyncio.Queue()
+        self._inbox = inbox
+        self._abort.clear()
+        self._resync_pending = None
+        helpers: list[asyncio.Task[None]] = []
+        try:
+            self._set_state(StreamState.CONNECTING, "opening user stream")
+            stream = self.exchange.user_stream()
+            helpers.append(asyncio.create_task(self._pump(stream), name=f"stream-pump {self.ref}"))
+            buffered: list[OrderEvent | ListEvent] = []
+            not_subscribed = await self._await_subscribed(inbox, buffered)
+            if not_subscribed is not None:
+                return not_subscribed
+            self._set_state(StreamState.SYNCING, "reading snapshot")
+            snapshot = await self._first_snapshot()
+            if isinstance(snapshot, _End):
+                return snapshot
+            ended: _End | None = None
+            while not inbox.empty():
+                item = inbox.get_nowait()
+                if isinstance(item, OrderEvent | ListEvent):
+                    buffered.append(item)
+                elif isinstance(item, StreamSubscribed):
+                    continue
+                else:
+                    ended = (
+                        _End(f"terminated: {item.reason}") if not isinstance(item, _End) else item
+                    )
+                    break
+            self.tracker.reset(snapshot, buffered=buffered)
+            if ended is None:
+                self.connected_since = self._clock()
+                self._set_state(
+                    StreamState.LIVE,
+                    f"snapshot orders={len(snapshot.orders)} lists={len(snapshot.lists)} "
+                    f"buffered={len(buffered)}",
+                )
+                self._live.set()
+            for event in buffered:
+                self._notify(event)
+            if ended is not None:
+                return ended
+            if self.reconcile_interval_s is not None:
+                helpers.append(asyncio.create_task(self._watch_reconcile()))
+            if self.silence_timeout_s is not None:
+                helpers.append(asyncio.create_task(self._watch_silence(self.silence_timeout_s)))
+            if self.max_connection_age_s is not None:
+                helpers.append(asyncio.create_task(self._watch_age(self.max_connection_age_s)))
+            return await self._consume(inbox)
+        except asyncio.CancelledError:
+            raise
+        except VenueError as exc:
+            return _End(f"{exc.kind}: {exc.msg}")
+        except TimeoutError:
+            return _End(f"snapshot timed out after {self.snapshot_timeout_s}s")
+        except Exception as exc:  # a connector bug must not kill supervision
+            log.exception("stream supervisor error account=%s", self.ref)
+            return _End(f"unexpected {type(exc).__name__}")
+        finally:
+            self._live.clear()
+            self._inbox = None
+            await self._stop(helpers)
+
+    async def _await_subscribed(
+        self, inbox: asyncio.Queue[StreamEvent | _End], early: list[OrderEvent | ListEvent]
+    ) -> _End | None:
+        """Wait for the venue's subscription confirmation; the end of the stream if it came
+        first. Events before the confirmation (none expected) are kept in `early`."""
+        try:
+            async with asyncio.timeout(self.snapshot_timeout_s):
+                while True:
+                    item = await inbox.get()
+                    if isinstance(item, StreamSubscribed):
+                        return None
+                    if isinstance(item, OrderEvent | ListEvent):
+                        early.append(item)
+                    elif isinstance(item, StreamTerminated):
+                        return _End(f"terminated: {item.reason}")
+                    else:
+                        return item
+        except TimeoutError:
+            return _End(f"no subscription confirmation after {self.snapshot_timeout_s}s")
+
+    async def _first_snapshot(self) -> Snapshot | _End:
+        read = asyncio.create_task(self._read_snapshot(background=False))
+        aborted = asyncio.create_task(self._abort.wait())
+        try:
+            await asyncio.wait({read, aborted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            aborted.cancel()
+            if not read.done():
+                read.cancel()
+                await asyncio.wait({read})
+        if read.cancelled():
+            assert self._inbox is not None
+            return self._first_end(self._inbox)
+        return read.result()
+
+    def _first_end(self, inbox: asyncio.Queue[StreamEvent | _End]) -> _End:
+        # The snapshot was abandoned, but the events that came before the end are real: the
+        # tracker (untrusted anyway) and the engine still hear them.
+        while not inbox.empty():
+            item = inbox.get_nowait()
+            if isinstance(item, OrderEvent | ListEvent):
+                self.tracker.apply(item)
+                self._notify(item)
+            elif isinstance(item, StreamTerminated):
+                return _End(f"terminated: {item.reason}")
+            elif isinstance(item, _End):
+                return item
+        return _End("aborted while reading the snapshot")
+
+    async def _consume(self, inbox: asyncio.Queue[StreamEvent | _End]) -> _End:
+        tracker = self.tracker
+        clock = self._clock
+        while True:
+            item = await inbox.get()
+            kind = type(item)
+            if kind is OrderEvent or kind is ListEvent:
+                tracker.apply(item)  # type: ignore[arg-type]
+                self.last_event_at = clock()
+                if self._recorders:
+                    for recorded in self._recorders:
+                        recorded.append(item)  # type: ignore[arg-type]
+                if self.on_event is not None:
+                    self._notify(item)  # type: ignore[arg-type]
+            elif kind is _End:
+                return item  # type: ignore[return-value]
+            elif kind is StreamSubscribed:
+                continue
+            else:
+                return _End(f"terminated: {item.reason}")  # type: ignore[union-attr]
+
+    async def _pump(self, stream: AsyncIterator[StreamEvent]) -> None:
+        try:
+            async for item in stream:
+                self._post(item)
+            end = _End("stream ended")
+        except asyncio.CancelledError:
+            raise
+        except VenueError as exc:
+            end = _End(f"{exc.kind}: {exc.msg}")
+        except Exception as exc:  # reported as the connection's end
+            log.exception("user stream iterator failed account=%s", self.ref)
+            end = _End(f"unexpected {type(exc).__name__}")
+        finally:
+            await self._close_stream(stream)
+        self._post(end)
+
+    async def _close_stream(self, stream: AsyncIterator[StreamEvent]) -> None:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is None:
+            return
+        try:
+            await aclose()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # closing a dead stream may fail; it is gone anyway
+            log.warning("user stream close failed account=%s", self.ref, exc_info=True)
+
+    def _post(self, item: StreamEvent | _End) -> None:
+        inbox = self._inbox
+        if inbox is None:
+            return
+        inbox.put_nowait(item)
+        if type(item) is _End:
+            self._abort.set()
+
+    async def _read_snapshot(self, *, background: bool) -> Snapshot:
+        priority = Priority.BACKGROUND if background else Priority.KILL
+        async with asyncio.timeout(self.snapshot_timeout_s):
+            return await self.exchange.snapshot(None, priority=priority)
+
+    # -- watchdogs -------------------------------------------------------------------------
+    async def _watch_reconcile(self) -> None:
+        assert self.reconcile_interval_s is not None
+        while True:
+            await asyncio.sleep(self.reconcile_interval_s)
+            try:
+                divergence = await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except (VenueError, TimeoutError) as exc:
+                log.warning("stream reconcile failed account=%s error=%s", self.ref, exc)
+                continue
+            except Exception:  # a failed check is not a broken stream
+                log.exception("stream reconcile failed account=%s", self.ref)
+                continue
+            if divergence:
+                self._post(_End(f"stream missed events: {divergence.describe()}"))
+                return
+
+    async def _watch_silence(self, timeout_s: float) -> None:
+        while True:
+            since = max(self.last_event_at or 0.0, self.connected_since or 0.0)
+            idle = self._clock() - since
+            if idle >= timeout_s:
+                self._post(_End(f"no event for {idle:.1f}s"))
+                return
+            await asyncio.sleep(timeout_s - idle)
+
+    async def _watch_age(self, age_s: float) -> None:
+        await asyncio.sleep(age_s)
+        self._post(_End(f"connection older than {age_s:.0f}s", at_once=True))
+
+    # -- helpers ---------------------------------------------------------------------------
+    async def _stop(self, tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # asyncio.wait never raises a child's CancelledError, but still raises ours.
+            _, pending = await asyncio.wait(tasks, timeout=10.0)
+            for task in pending:
+                log.warning("stream task did not stop account=%s task=%s", self.ref, task)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning("stream task failed account=%s error=%r", self.ref, task.exception())
+
+    async def _backoff(self, delay: float) -> None:
+        self.backoff_delays = [*self.backoff_delays[-9:], delay]
+        if delay <= 0:
+            return
+        self._wake.clear()
+        if self._resync_pending is not None:
+            return
+        log.info("stream reconnect account=%s in_s=%.3f", self.ref, delay)
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        woken = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            woken.cancel()
+            await asyncio.wait({sleeper, woken})
+
+    def _went_down(self, reason: str) -> None:
+        self.gaps += 1
+        self.last_gap_reason = reason
+        self.connected_since = None
+        self.tracker.mark_gap(reason)
+        self._set_state(StreamState.DOWN, reason)
+
+    def _set_state(self, state: StreamState, reason: str) -> None:
+        if state is self.state and reason == self.state_reason:
+            return
+        self.state = state
+        self.state_reason = reason
+        level = logging.WARNING if state is StreamState.DOWN else logging.INFO
+        log.log(level, "stream state account=%s state=%s reason=%s", self.ref, state, reason)
+        if self.on_state is not None:
+            try:
+                self.on_state(self.ref, state, reason)
+            except Exception:  # an observer must not break supervision
+                log.exception("stream on_state callback failed account=%s", self.ref)
+
+    def _notify(self, event: OrderEvent | ListEvent) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(self.ref, event)
+        except Exception:  # an observer must not break supervision
+            log.exception("stream on_event callback failed account=%s", self.ref)
