@@ -67,6 +67,8 @@ WEIGHTS: dict[str, int] = {
     "DELETE /api/v3/order/all": 1,
     "GET /api/v3/order": 2,
     "GET /api/v3/openOrders": 3,
+    "GET /api/v3/account": 10,
+    "GET /api/v3/ticker/bookTicker": 1,
     "POST /api/v3/userDataStream": 1,
     "PUT /api/v3/userDataStream": 1,
     "GET /api/v3/userDataStream": 1,
@@ -206,6 +208,9 @@ class MexcSim(SimVenue):
         r.add_delete("/api/v3/order/all", self._signed(self._cancel_everything))
         r.add_get("/api/v3/order", self._signed(self._query_order))
         r.add_get("/api/v3/openOrders", self._signed(self._open_orders))
+        # Readiness (issue 14): what a key may do, and a book a live drill prices from.
+        r.add_get("/api/v3/account", self._signed(self._account))
+        r.add_get("/api/v3/ticker/bookTicker", self._book_ticker)
         r.add_post("/api/v3/userDataStream", self._signed(self._create_listen_key))
         r.add_put("/api/v3/userDataStream", self._signed(self._extend_listen_key))
         r.add_get("/api/v3/userDataStream", self._signed(self._list_listen_keys))
@@ -337,6 +342,53 @@ class MexcSim(SimVenue):
         return account, params
 
     # -- public endpoints -----------------------------------------------------------------
+    # Accounts whose key may read but not trade (`canTrade` false); tests set it per instance.
+    trade_disabled: frozenset[str] = frozenset()
+
+    async def _account(
+        self, request: web.Request, account: SimAccount, params: dict[str, str]
+    ) -> web.Response:
+        """`GET /api/v3/account`: permissions and (no) balances."""
+        can_trade = account.name not in self.trade_disabled
+        return json_response(
+            {
+                "makerCommission": None,
+                "takerCommission": None,
+                "buyerCommission": None,
+                "sellerCommission": None,
+                "canTrade": can_trade,
+                "canWithdraw": False,
+                "canDeposit": True,
+                "updateTime": None,
+                "accountType": "SPOT",
+                "balances": [],
+                "permissions": ["SPOT"],
+            }
+        )
+
+    async def _book_ticker(self, request: web.Request) -> web.Response:
+        """`GET /api/v3/ticker/bookTicker?symbol=`: the best bid is the highest open buy in any
+        account's book (100 when there is none)."""
+        symbol = request.query.get("symbol", "")
+        if symbol not in self.known_symbols:
+            return MexcError(30014, "invalid symbol").response()
+        bids = [
+            o.price
+            for account in self.accounts.values()
+            for o in self.book(account).open_orders([symbol])
+            if o.side == "BUY" and o.price
+        ]
+        bid = max(bids, default=Decimal(100))
+        return json_response(
+            {
+                "symbol": symbol,
+                "bidPrice": f"{bid:.8f}",
+                "bidQty": "1",
+                "askPrice": f"{bid * 2:.8f}",
+                "askQty": "1",
+            }
+        )
+
     async def _ping(self, request: web.Request) -> web.Response:
         return json_response({})
 
