@@ -662,6 +662,21 @@ class BinanceExchange:
         )
         return cancel_ack(result, symbol)
 
+    @malformed_is_unknown
+    async def account_permissions(self) -> dict[str, object]:
+        """May this key trade and cancel? `GET /api/v3/account` (weight 20, background).
+
+        For readiness checks (`killswitch preflight`, the daemon's periodic check), never on
+        the kill path: `can_trade` is the venue's `canTrade`, `permissions` its list."""
+        await self.budget.acquire(20, Priority.BACKGROUND)
+        params = (("omitZeroBalances", "true"),)
+        body = await self._with_resync(lambda: self._rest("GET", "/api/v3/account", params))
+        return {
+            "can_trade": bool(body["canTrade"]),
+            "permissions": [str(p) for p in body.get("permissions") or ()],
+            "account_type": str(body.get("accountType", "")),
+        }
+
     async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:
         """Binance Spot has no dead-man's switch."""
         raise Fatal("Binance Spot has no dead-man's switch", venue=VENUE, account=self.account)
