@@ -495,6 +495,31 @@ class MexcExchange:
             account=self.account,
         )
 
+    @malformed_is_unknown
+    async def account_permissions(self) -> dict[str, object]:
+        """May this key trade and cancel? `GET /api/v3/account` (weight 10, background).
+
+        For readiness checks, never on the kill path: `can_trade` is the venue's `canTrade`."""
+        body = await self._call("GET", "/api/v3/account", weight=10, priority=Priority.BACKGROUND)
+        return {
+            "can_trade": bool(body["canTrade"]),
+            "permissions": [str(p) for p in body.get("permissions") or ()],
+            "account_type": str(body.get("accountType", "")),
+        }
+
+    def rate_headroom(self) -> dict[str, object]:
+        """For readiness: the least headroom among the endpoints used so far (0..1), and how
+        long every endpoint is blocked after a 429/418."""
+        now = self._budget_clock()
+        blocked = max(0.0, self._blocked_until - now)
+        limit = float(self.capabilities.rate_limits.weight_per_window)
+        used = max((b.used for b in self._budgets.values()), default=0.0)
+        return {
+            "headroom": max(0.0, 1.0 - used / limit),
+            "blocked_s": blocked,
+            "banned": self._banned,
+        }
+
     async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:
         raise Fatal("MEXC spot has no dead-man's switch", venue=VENUE, account=self.account)
 
