@@ -62,6 +62,12 @@ from killswitch.sim.venue import SimAccount, SimVenue, VenueSettings, json_respo
 SPOT = "/openApi/spot/v1"
 USER_DATA_STREAM = "/openApi/user/auth/userDataStream"
 STREAM_PATH = "/market"
+# Readiness (issue 14): the API key's permissions (BingX "Query API KEY permissions").
+API_PERMISSIONS = "/openApi/v1/account/apiPermissions"
+# Permission codes as that answer lists them (1 spot trading, 2 read, 3 perpetual futures
+# trading, 4 universal transfer, 5 withdraw, 7 sub-account transfer).
+PERMISSION_SPOT_TRADING = 1
+PERMISSION_READ = 2
 EXECUTION_REPORT = "spot.executionReport"
 
 DEFAULT_SYMBOLS = ("BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT", "DOGE-USDT", "SUI-USDT")
@@ -86,6 +92,8 @@ ENDPOINT_LIMITS: dict[str, tuple[int | None, int]] = {
     f"{SPOT}/server/time": (None, 1),
     "/openApi/swap/v2/server/time": (None, 1),
     f"{SPOT}/common/symbols": (None, 1),
+    API_PERMISSIONS: (None, 2),
+    f"{SPOT}/ticker/bookTicker": (None, 1),
 }
 # The docs-v3 site's reading: 10/s per UID nearly everywhere; per IP and API 100 (group 2) or
 # 200 (group 3) per 10 s.
@@ -413,12 +421,14 @@ class BingxSim(SimVenue):
             ("POST", f"{SPOT}/oco/cancel", self._oco_cancel),
             ("GET", f"{SPOT}/oco/openOrderList", self._oco_open_order_list),
             ("GET", f"{SPOT}/oco/orderList", self._oco_order_list),
+            ("GET", API_PERMISSIONS, self._api_permissions),
         ]
         for method, path, handler in signed:
             r.add_route(method, path, self._signed_route(handler))
         r.add_get(f"{SPOT}/server/time", self._server_time)
         r.add_get("/openApi/swap/v2/server/time", self._server_time)
         r.add_get(f"{SPOT}/common/symbols", self._common_symbols)
+        r.add_get(f"{SPOT}/ticker/bookTicker", self._book_ticker)
         r.add_post(USER_DATA_STREAM, self._listen_key_create)
         r.add_put(USER_DATA_STREAM, self._listen_key_extend)
         r.add_delete(USER_DATA_STREAM, self._listen_key_delete)
@@ -1155,6 +1165,38 @@ class BingxSim(SimVenue):
     async def _server_time(self, request: web.Request) -> web.Response:
         account = self.account_for_key(request.headers.get(self.key_header))
         return envelope({"serverTime": self.now_ms(account.name if account else None)})
+
+    # Accounts whose key may read but not trade (no spot-trading permission); per instance.
+    trade_disabled: frozenset[str] = frozenset()
+
+    def _api_permissions(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:
+        permissions = [PERMISSION_READ]
+        if account.name not in self.trade_disabled:
+            permissions.insert(0, PERMISSION_SPOT_TRADING)
+        return {"apiKey": "", "ipAddresses": [], "note": account.name, "permissions": permissions}
+
+    async def _book_ticker(self, request: web.Request) -> web.Response:
+        """`GET /openApi/spot/v1/ticker/bookTicker?symbol=`: the best bid is the highest open
+        buy in any account's book (100 when there is none)."""
+        symbol = request.query.get("symbol", "")
+        books = [self.book(account) for account in self.accounts.values()]
+        listed = symbol in self._symbols or any(symbol in b.symbols() for b in books)
+        if not listed:
+            return error_response(100204, "symbol not found")
+        bids = [o.price for b in books for o in b.open_orders([symbol]) if o.side == "BUY"]
+        bid = max(bids, default=Decimal(100))
+        return envelope(
+            [
+                {
+                    "eventType": "bookTicker",
+                    "symbol": symbol,
+                    "bidPrice": f"{bid:f}",
+                    "bidVolume": "1",
+                    "askPrice": f"{bid * 2:f}",
+                    "askVolume": "1",
+                }
+            ]
+        )
 
     async def _common_symbols(self, request: web.Request) -> web.Response:
         for account in self.accounts.values():
