@@ -413,3 +413,17 @@ async def test_a_recv_window_over_the_strict_maximum_is_refused_and_the_connecto
         exchange = make("bx0", recv_window_ms=60_000)
         await exchange.start()
         assert (await exchange.snapshot()).complete
+
+
+async def test_a_gone_answer_for_a_leg_of_a_list_never_read_is_checked_and_its_list_cancelled(
+    session: aiohttp.ClientSession,
+) -> None:
+    # Found in review: a list placed after our last read of the lists, its leg refused by id
+    # with "order not exist", was counted as gone and left open.
+    async with started(variant="strictest") as (sim, exchange):
+        await exchange.snapshot()  # the lists as they were: none
+        await seed(session, sim, "ETH-USDT", 2, list_fraction=1.0)
+        legs = sorted(open_ids(sim))
+        result = await exchange.cancel_orders("ETH-USDT", legs)
+        assert set(result.cancelled) == set(legs)
+        assert not open_ids(sim)

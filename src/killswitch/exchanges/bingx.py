@@ -644,6 +644,8 @@ class BingxExchange:
         self._list_time: dict[str, int] = {}  # OCO list id -> when placed (venue ms)
         self._venue_symbols: tuple[float, tuple[str, ...]] | None = None
         self._list_cancels = 0  # list cancels sent (oco/cancel, leg ids in a batch)
+        self._oco_read_lock = asyncio.Lock()
+        self._oco_read: tuple[float, list[_OcoList], bool] | None = None
         self._list_cancels_at_send = 0
 
     def __repr__(self) -> str:
@@ -1129,7 +1131,7 @@ class BingxExchange:
         list cancelled through `oco/cancel`.
         """
         if self.errors.near(CANCEL):
-            result = await self._cancel_chunk(symbol, [order_id], priority)
+            result = await self.cancel_orders(symbol, [order_id], priority=priority)
             if result.failed:
                 raise result.failed[0][1]
             if result.gone:
@@ -1142,7 +1144,7 @@ class BingxExchange:
                 "POST", CANCEL, [("orderId", order_id), ("symbol", symbol)], priority=priority
             )
         except AlreadyGone:
-            if order_id not in self._leg_list:
+            if not self._may_be_refused_leg(order_id):
                 raise
             rescued = await self._settle_legs(symbol, {order_id}, priority)
             if not rescued:
@@ -1183,7 +1185,9 @@ class BingxExchange:
                 cancelled.extend(result.cancelled)
                 gone.extend(result.gone)
                 failed.extend(result.failed)
-        legs_said_gone = {i for i in gone if i in self._leg_list}
+        # "Gone" may hide an OCO leg the venue would not cancel by id, one of a list placed
+        # since our last read of the lists too: check them against a fresh read.
+        legs_said_gone = {i for i in gone if self._may_be_refused_leg(i)}
         legs_cancelled = {i for i in cancelled if i in self._leg_list}
         if legs_said_gone:
             settled = await self._settle_legs(symbol, legs_said_gone, priority, batch=True)
@@ -1197,14 +1201,34 @@ class BingxExchange:
             self.learned.learn("leg_id_cancels_list", True)
         return BatchResult(tuple(cancelled), tuple(gone), tuple(failed))
 
+    def _may_be_refused_leg(self, order_id: str) -> bool:
+        """Could a "gone" answer for `order_id` be a refused OCO leg? Yes for a known leg; and
+        for any id while the account has not shown that leg ids are taken (a list placed since
+        our last read of the lists is not known yet)."""
+        return order_id in self._leg_list or self.learned.leg_id_cancels_list is not True
+
+    async def _lists_read_after(
+        self, after: float, priority: Priority
+    ) -> tuple[list[_OcoList], bool]:
+        """The open OCO lists, from a read that started after `after` (monotonic): one read
+        serves every caller waiting at once."""
+        async with self._oco_read_lock:
+            cached = self._oco_read
+            if cached is not None and cached[0] > after:
+                return cached[1], cached[2]
+            started = time.monotonic()
+            lists, complete = await self._open_oco_lists(priority)
+            self._index_lists(lists, complete, started)
+            self._oco_read = (started, lists, complete)
+            return lists, complete
+
     async def _settle_legs(
         self, symbol: str, legs: set[str], priority: Priority, *, batch: bool = False
     ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-        """Legs the venue called gone: re-read the open lists; cancel through `oco/cancel` the
-        lists still open. Returns (list ids cancelled, their leg ids), or None when every one
-        really was gone."""
-        lists, complete = await self._open_oco_lists(priority)
-        self._index_lists(lists, complete, time.monotonic())
+        """Ids the venue called gone: re-read the open lists; cancel through `oco/cancel` the
+        lists still open that hold one of them. Returns (list ids cancelled, their leg ids), or
+        None when every one really was gone."""
+        lists, _ = await self._lists_read_after(time.monotonic(), priority)
         still_open = {x.list_id: x for x in lists if any(leg.order_id in legs for leg in x.legs)}
         if not still_open:
             return None

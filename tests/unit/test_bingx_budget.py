@@ -1,0 +1,131 @@
+"""The per-second budgets BingX needs: sliding windows, shared per-IP budgets that accounts take
+turns on, and the error counter that keeps an API clear of BingX's error lock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from killswitch.exchanges.budget import (
+    ErrorCounter,
+    Priority,
+    SlidingBudget,
+    acquire_all,
+    release_shared,
+    shared_budget,
+    use_shared,
+)
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def fixed_windows_hold(stamps: list[float], limit: int, offset: float) -> bool:
+    """No fixed 1 s window (starting at `offset` mod 1) holds more than `limit` stamps."""
+    counts: dict[int, int] = {}
+    for t in stamps:
+        key = int((t - offset) // 1.0)
+        counts[key] = counts.get(key, 0) + 1
+    return max(counts.values(), default=0) <= limit
+
+
+@given(
+    limit=st.integers(1, 5),
+    n=st.integers(1, 30),
+    offset=st.floats(0, 1, allow_nan=False),
+)
+def test_no_venue_second_ever_sees_more_than_the_limit_whatever_its_alignment(
+    limit: int, n: int, offset: float
+) -> None:
+    fake = FakeTime()
+    budget = SlidingBudget(limit, clock=fake.clock, sleep=fake.sleep)
+    stamps: list[float] = []
+
+    async def run() -> None:
+        for _ in range(n):
+            await budget.acquire()
+            stamps.append(fake.now)
+
+    asyncio.run(run())
+    assert fixed_windows_hold(stamps, limit, offset)
+    # And it is not slower than it must be: `limit` at once, then `limit` per 1.1 s.
+    assert stamps[-1] - stamps[0] <= ((n - 1) // limit) * 1.1 + 0.002 * n
+
+
+def test_background_reads_leave_room_for_the_kill() -> None:
+    fake = FakeTime()
+    budget = SlidingBudget(4, clock=fake.clock, sleep=fake.sleep)
+    assert budget.try_take(Priority.BACKGROUND)
+    assert budget.try_take(Priority.BACKGROUND)
+    assert not budget.try_take(Priority.BACKGROUND)
+    assert budget.try_take(Priority.KILL)
+    assert budget.try_take(Priority.KILL)
+    assert not budget.try_take(Priority.KILL)
+
+
+def test_a_block_holds_every_request_until_it_ends() -> None:
+    fake = FakeTime()
+    budget = SlidingBudget(5, clock=fake.clock, sleep=fake.sleep)
+    budget.block(2.5)
+    assert budget.delay_for() == pytest.approx(2.5)
+    asyncio.run(budget.acquire())
+    assert fake.now == pytest.approx(1002.5)
+
+
+async def test_an_account_with_one_request_is_not_starved_by_another_with_many() -> None:
+    # Real time, tiny windows: the order of service is what counts, not how long it took.
+    shared = SlidingBudget(2, window_s=0.02, margin_s=0.002)
+    served: list[str] = []
+
+    async def one(owner: str) -> None:
+        await acquire_all([shared], Priority.KILL, owner)
+        served.append(owner)
+
+    busy = [asyncio.ensure_future(one("busy")) for _ in range(10)]
+    await asyncio.sleep(0)
+    quiet = asyncio.ensure_future(one("quiet"))
+    await asyncio.gather(*busy, quiet)
+    # Two slots a window: "busy" took the first two; "quiet" is next, not eleventh.
+    assert served.index("quiet") <= 2
+
+
+def test_the_error_counter_warns_before_the_lock_and_forgets_old_errors() -> None:
+    fake = FakeTime()
+    errors = ErrorCounter(limit=20, window_s=480.0, reserve=4, clock=fake.clock)
+    for _ in range(15):
+        errors.record("/cancel")
+    assert not errors.near("/cancel")
+    errors.record("/cancel")
+    assert errors.near("/cancel")
+    assert errors.clear_in_s("/cancel") == pytest.approx(480.0)
+    assert not errors.near("/other")
+    fake.now += 481.0
+    assert errors.count("/cancel") == 0
+
+
+def test_accounts_of_one_host_share_one_ip_budget_until_the_last_lets_go() -> None:
+    use_shared("http://venue")
+    use_shared("http://venue")
+    a = shared_budget("http://venue", "ip /cancel", 3)
+    b = shared_budget("http://venue", "ip /cancel", 3)
+    other = shared_budget("http://other", "ip /cancel", 3)
+    assert a is b
+    assert a is not other
+    release_shared("http://venue")
+    assert shared_budget("http://venue", "ip /cancel", 3) is a
+    release_shared("http://venue")
+    assert shared_budget("http://venue", "ip /cancel", 3) is not a
+    release_shared("http://venue")
+    release_shared("http://other")
