@@ -172,7 +172,7 @@ async def test_rate_limit_raises_rate_limited_with_retry_after_and_the_next_requ
     if venue_env.spec.exact_retry_after:
         assert info.value.retry_after_s == pytest.approx(1.0, abs=0.35)
     else:  # no hint from the venue: a brief, jittered backoff, never minutes
-        assert 0.5 <= info.value.retry_after_s <= 2.0
+        assert 0.5 <= info.value.retry_after_s <= 3.0
     assert venue_env.book_ids() == {first, second}  # refused, not applied
     await ex.cancel_order(venue_env.symbol, second)
     # Had the client sent before Retry-After passed, the sim would have refused it again.
