@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -136,7 +137,7 @@ async def test_a_drill_on_an_unready_account_is_refused_with_the_reason(rig: Rig
         assert secret not in err
 
 
-async def test_a_drill_on_an_unknown_account_or_without_a_price_is_refused(rig: Rig) -> None:
+async def test_a_drill_on_an_unknown_account_or_symbol_is_refused(rig: Rig) -> None:
     before = books(rig)
     args = drill_args("binance", "--yes")
     args[args.index("mm-1")] = "mm-typo"
@@ -144,11 +145,38 @@ async def test_a_drill_on_an_unknown_account_or_without_a_price_is_refused(rig: 
     assert code == 2
     assert "no account binance/mm-typo" in err
     args = drill_args("binance", "--yes")
-    del args[args.index("--price") : args.index("--price") + 2]
-    code, _, err = await cli(rig, *args)  # the simulator serves no book ticker
+    args[args.index("BTCUSDT")] = "NOPEUSDT"
+    code, _, err = await cli(rig, *args)
     assert code == 2
-    assert "give --price" in err
+    assert "NOPEUSDT" in err
     assert books(rig) == before
+
+
+@pytest.mark.slow
+async def test_without_a_price_the_drill_bids_far_under_the_venues_best_bid(rig: Rig) -> None:
+    before = books(rig)
+    args = drill_args("binance", "--yes")
+    del args[args.index("--price") : args.index("--price") + 2]
+    code, out, err = await cli(rig, *args)
+    assert code == 0, out + err
+    bids = [
+        o.price
+        for o in rig.cluster.venues["binance"]
+        .book(rig.cluster.venues["binance"].accounts["mm-1"])
+        .open_orders(["BTCUSDT"])
+        if o.side == "BUY"
+    ]
+    best = max(bids, default=Decimal(100))
+    assert f"note: best bid {best.normalize():f}; drill price 80% of it" in out
+    assert f"@ {(best * Decimal('0.8')).normalize():f}," in out
+    assert books(rig) == before
+
+
+async def test_a_drill_on_a_key_that_may_not_trade_is_refused(rig: Rig) -> None:
+    rig.cluster.venues["binance"].trade_disabled = frozenset({"mm-1"})  # type: ignore[attr-defined]
+    code, _, err = await cli(rig, *drill_args("binance", "--yes"))
+    assert code == 2
+    assert "binance/mm-1 is not ready: key may not trade: canTrade=false" in err
 
 
 @pytest.mark.slow
