@@ -427,3 +427,28 @@ async def test_a_gone_answer_for_a_leg_of_a_list_never_read_is_checked_and_its_l
         result = await exchange.cancel_orders("ETH-USDT", legs)
         assert set(result.cancelled) == set(legs)
         assert not open_ids(sim)
+
+
+async def test_a_read_of_many_symbols_is_one_request_while_the_account_is_under_the_cap(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with started() as (sim, exchange):
+        eth = await seed(session, sim, "ETH-USDT", 3)
+        await seed(session, sim, "BTC-USDT", 2)
+        wanted = ["ETH-USDT", "SOL-USDT", "XRP-USDT", "DOGE-USDT"]
+        before = sent(sim, OPEN_ORDERS)
+        snap = await exchange.snapshot(wanted)
+        assert {o.order_id for o in snap.orders} == set(eth)
+        assert snap.complete
+        assert sent(sim, OPEN_ORDERS) == before + 1
+
+
+async def test_a_read_of_many_symbols_past_the_cap_reads_each_symbol(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with started() as (sim, exchange):
+        await seed(session, sim, "BTC-USDT", 2000)
+        eth = await seed(session, sim, "ETH-USDT", 3)
+        snap = await exchange.snapshot(["ETH-USDT", "SOL-USDT", "XRP-USDT"])
+        assert {o.order_id for o in snap.orders} == set(eth)
+        assert snap.complete  # BTC-USDT, the capped one, was not asked for

@@ -115,6 +115,7 @@ CLOCK_MARGIN_MS = 5.0  # floor of the margin for our clock error (which is under
 OCO_MAX_PAGES = 100
 # Per-symbol reads a capped snapshot may spend to see past the cap (2/s per IP: ~15 s).
 MAX_SYMBOL_READS = 30
+PER_SYMBOL_READS_FIRST = 2  # more symbols than this: try one no-symbol read first
 SYMBOLS_TTL_S = 600.0
 # UNVERIFIED: the spot docs give no maximum for `orderIds`; swap's batch cancel caps at 10.
 BATCH_CANCEL_MAX = 10
@@ -936,6 +937,13 @@ class BingxExchange:
         self, symbols: list[str] | None, priority: Priority
     ) -> tuple[list[dict[str, Any]], bool]:
         """Open-order rows and whether they are surely all of them."""
+        if symbols is not None and len(symbols) > PER_SYMBOL_READS_FIRST:
+            # One no-symbol read covers them all when it is under the cap: one request
+            # against the 2/s per-IP budget instead of one a symbol.
+            rows = await self._open_orders(None, priority)
+            if len(rows) < OPEN_ORDERS_MAX:
+                asked = set(symbols)
+                return [row for row in rows if str(row.get("symbol")) in asked], True
         if symbols is not None:
             batches = await _gather([self._open_orders(s, priority) for s in symbols])
             capped = [s for s, b in zip(symbols, batches, strict=True) if len(b) >= OPEN_ORDERS_MAX]
