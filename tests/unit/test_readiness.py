@@ -1,0 +1,137 @@
+"""Readiness reasons as an operator reads them, and the daemon's stream rule (pure parts)."""
+
+from __future__ import annotations
+
+import calendar
+import time
+
+from killswitch.control_client import format_status
+from killswitch.events import EventRecord
+from killswitch.exchanges.base import ClockSkew, Fatal, IpBanned, RateLimited, Transient
+from killswitch.model import AccountRef
+from killswitch.readiness import (
+    AccountReadiness,
+    Check,
+    ReadinessService,
+    Target,
+    duration,
+    reason_for,
+    redact,
+)
+from tests.fakes import FakeExchange
+
+NOON = calendar.timegm(time.strptime("2026-12-06 12:00:00", "%Y-%m-%d %H:%M:%S"))
+
+
+def test_reasons_are_in_the_venues_own_words() -> None:
+    bad_sig = Fatal("Signature for this request is not valid.", code=700002)
+    assert reason_for(bad_sig) == "key rejected: 700002 Signature for this request is not valid."
+    assert reason_for(IpBanned("banned", retry_after_s=184, code=-1003), now_s=NOON) == (
+        "IP banned until 12:03:04Z"
+    )
+    limited = RateLimited("Too many requests.", retry_after_s=7, code=429)
+    assert reason_for(limited) == "rate limited for 7 s: 429 Too many requests."
+    skew = ClockSkew("Timestamp outside recvWindow.", code=-1021)
+    assert reason_for(skew) == "clock skew: -1021 Timestamp outside recvWindow."
+    assert reason_for(Transient("connect failed")).startswith("venue not answering: Transient")
+    assert reason_for(TimeoutError()) == "no answer in time"
+
+
+def test_durations_read_naturally() -> None:
+    assert [duration(s) for s in (4, 89, 180, 7199, 7500)] == [
+        "4 s",
+        "89 s",
+        "3 min",
+        "119 min",
+        "2 h 5 min",
+    ]
+
+
+def test_redact_masks_every_secret_value() -> None:
+    assert redact("key abcd1234 and abcd1234", ["abcd1234", ""]) == "key *** and ***"
+
+
+def test_an_account_is_ready_only_when_no_check_failed_and_the_first_failure_is_the_reason() -> (
+    None
+):
+    result = AccountReadiness("binance", "mm-1")
+    assert result.reason == "not checked yet"
+    assert not result.ready
+    result.checks = [
+        Check("key", True, "ok"),
+        Check("trade", None, "unknown"),
+        Check("clock", False, "clock skew 1.4 s > recvWindow 1.0 s"),
+        Check("stream", False, "stream down: x"),
+    ]
+    assert not result.ready
+    assert result.reason == "clock skew 1.4 s > recvWindow 1.0 s"
+    result.checks[2] = Check("clock", True, "ok")
+    result.checks.pop()
+    assert result.ready
+    assert result.reason is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Events:
+    def __init__(self) -> None:
+        self.records: list[EventRecord] = []
+
+    def emit(self, event: EventRecord) -> None:
+        self.records.append(event)
+
+
+def test_a_stream_down_longer_than_the_grace_makes_the_account_unready_once() -> None:
+    clock, events = Clock(), Events()
+    service = ReadinessService(events, stream_grace_s=60, clock=clock)
+    ref = AccountRef("bingx", "mm-1")
+    service.add(Target(ref, FakeExchange("bingx", "mm-1")), stream_state=lambda: "down")
+    watched = service._watched[ref]
+    watched.last = AccountReadiness("bingx", "mm-1", [Check("key", True, "ok")])
+    service.on_state(ref, "live", "")
+    assert service.reason(ref) is None
+    service.on_state(ref, "down", "Transient: connection reset")
+    clock.now += 59
+    service.announce()
+    assert service.reason(ref) is None  # a reconnect, not unreadiness
+    clock.now += 121
+    assert service.reason(ref) == "stream down 3 min: Transient: connection reset"
+    service.announce()
+    service.announce()
+    assert [(e["type"], e.get("kind")) for e in events.records] == [("alarm", "not_ready")]
+    assert "NOT READY bingx/mm-1: stream down 3 min" in service.status()
+    service.on_state(ref, "live", "")
+    assert [e["type"] for e in events.records] == ["alarm", "account_ready"]
+    assert service.status() == "1/1 accounts ready"
+
+
+def test_status_shows_a_reason_column_and_says_how_many_are_not_ready() -> None:
+    status = {
+        "latched": False,
+        "accounts": [
+            {"venue": "binance", "account": "mm-1", "stream": "live", "ready": True, "reason": ""},
+            {
+                "venue": "mexc",
+                "account": "mm-1",
+                "stream": "down",
+                "ready": False,
+                "reason": "key rejected: 700002 Signature for this request is not valid.",
+            },
+        ],
+    }
+    text = format_status(status)
+    lines = text.splitlines()
+    assert "REASON" in lines[2]
+    mexc = next(line for line in lines if line.startswith("mexc/mm-1"))
+    assert mexc.split()[1] == "NO"
+    assert mexc.endswith("key rejected: 700002 Signature for this request is not valid.")
+    binance = next(line for line in lines if line.startswith("binance/mm-1"))
+    assert binance.split()[1] == "yes"
+    assert binance.endswith(" -")
+    assert "1 account(s) NOT READY" in text
