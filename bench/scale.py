@@ -51,6 +51,7 @@ from time_to_flat import (
     seed,
     sim_toml,
     stamp_logs,
+    throttle_counts,
     ws_url,
 )
 
@@ -189,12 +190,10 @@ async def one_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         stages, per_account, timeline = breakdown(
             daemon.kill_records(kill_id), entries, sent_mono * 1000, sent_ms, args.rtt_ms
         )
-        throttled = sum(
-            n
-            for sim in cluster.venues.values()
-            for key, n in sim.counters.items()
-            if key in ("http 429", "http 418", "bingx 100410") or key.startswith("418 ")
-        )
+        throttled = dict.fromkeys(("429", "418", "100410"), 0)
+        for sim in cluster.venues.values():
+            for kind, n in throttle_counts(sim).items():
+                throttled[kind] += n
         failed = False
         return {
             "accounts": n,
@@ -255,7 +254,7 @@ def report(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
     head = (
         f"{'accounts':>8}{'orders':>8}{'TTF':>9}{'bound':>8}{'ratio':>7}{'READY':>8}"
         f"{'tracking':>10}{'RSS idle':>10}{'RSS peak':>10}{'idle CPU':>10}{'/account':>10}"
-        f"{'throttled':>10}"
+        f"{'429/418/100410':>16}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -263,7 +262,8 @@ def report(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{r['accounts']:>8}{r['orders']:>8}{r['ttf_ms']:>7.0f}ms{r['bound_ms']:>6.0f}ms"
             f"{r['ratio']:>6.2f}x{r['ready_s']:>7.1f}s{r['tracking_s']:>9.1f}s"
             f"{r['rss_idle_mb']:>8.0f}MB{r['peak_rss_mb']:>8.0f}MB{r['idle_cpu_pct']:>9.1f}%"
-            f"{r['idle_cpu_pct_per_account']:>9.2f}%{r['throttled']:>10}"
+            f"{r['idle_cpu_pct_per_account']:>9.2f}%"
+            f"{'/'.join(str(r['throttled'][k]) for k in ('429', '418', '100410')):>16}"
         )
     lines.append("")
     lines.append("critical path of each kill (ms from the fire; see bench/time_to_flat.py):")
