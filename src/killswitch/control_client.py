@@ -287,8 +287,8 @@ def format_status(status: dict[str, Any]) -> str:
         )
     if unready:
         lines.append(
-            f"{unready} account(s) NOT READY: a kill still tries them; fix the reason "
-            "(`killswitch preflight` checks again now)"
+            f"{unready} account(s) NOT READY: a kill still tries them; the daemon checks "
+            "again every few minutes, `killswitch preflight` checks now"
         )
     running = status.get("running") or []
     for kill in running:
