@@ -17,6 +17,7 @@ from killswitch.engine import Engine, EngineConfig, KillState, _Gate
 from killswitch.exchanges.base import Priority, RateLimited
 from killswitch.journal import replay
 from killswitch.model import AccountRef, Mode, Snapshot
+from killswitch.streams.tracker import OrderTracker
 from tests.fakes import BINGX_CAPS, FakeExchange
 from tests.unit.test_engine import Rig, finished, kill_trigger, make_rig, three_venues
 
@@ -191,3 +192,16 @@ def _records(path: Path) -> list[dict[str, object]]:
 
 def _latches(engine: Engine) -> list[tuple[str, object]]:
     return [(str(x["trigger_id"]), x["scope"]) for x in engine.status()["latches"]]  # type: ignore[attr-defined]
+
+
+def test_the_tracker_says_how_recently_a_venue_read_answered() -> None:
+    now = [50.0]
+    tracker = OrderTracker(AccountRef("binance", "main"), now=lambda: now[0])
+    assert not tracker.answered_within(45.0)
+    tracker.reset(Snapshot())
+    now[0] += 44.0
+    assert tracker.answered_within(45.0)
+    now[0] += 2.0
+    assert not tracker.answered_within(45.0)
+    tracker.note_read()
+    assert tracker.answered_within(45.0)
