@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.kill import engine as engine_module
 from killswitch.engine import Account, Engine, EngineConfig, KillState, SubmitResult
 from killswitch.journal import Journal
+from killswitch.kill import engine as engine_module
 from killswitch.model import AccountRef, Mode, Order, Scope, Trigger
 from tests.fakes import FakeExchange
 
