@@ -163,6 +163,18 @@ GROUP_LIMITS = RateLimits(weight_per_window=100, window_s=10.0)
 BUDGET_MARGIN_S = 0.1  # a venue second is counted as 1.1 s of ours (skew, network spread)
 
 
+# "Query API KEY permissions" codes (readiness): which let this key trade and cancel spot.
+API_PERMISSION_SPOT_TRADING = 1
+API_PERMISSION_NAMES = {
+    1: "SPOT_TRADING",
+    2: "READ",
+    3: "PERPETUAL_TRADING",
+    4: "UNIVERSAL_TRANSFER",
+    5: "WITHDRAW",
+    7: "SUB_ACCOUNT_TRANSFER",
+}
+
+
 def _kind_rate(kind: str, path: str) -> KindRate:
     limit = min(ENDPOINT_RPS[path], IP_RPS.get(path, ENDPOINT_RPS[path]))
     return KindRate(kind, limit, limit / (1.0 + BUDGET_MARGIN_S))
@@ -1352,6 +1364,23 @@ class BingxExchange:
         self._list_symbol.pop(list_id, None)
         for order_id in self._list_legs.pop(list_id, ()):
             self._leg_list.pop(order_id, None)
+
+    # -- readiness -----------------------------------------------------------------------------
+    @malformed_is_unknown
+    async def account_permissions(self) -> dict[str, object]:
+        """May this key trade and cancel spot? `GET /openApi/v1/account/apiPermissions`
+        (BingX "Query API KEY permissions", background), for readiness checks only.
+
+        The answer lists permission codes: 1 spot trading, 2 read, 3 perpetual futures
+        trading, 4 universal transfer, 5 withdraw, 7 sub-account transfer."""
+        data = await self._request(
+            "GET", "/openApi/v1/account/apiPermissions", priority=Priority.BACKGROUND
+        )
+        codes = [int(c) for c in data["permissions"]]
+        return {
+            "can_trade": API_PERMISSION_SPOT_TRADING in codes,
+            "permissions": [API_PERMISSION_NAMES.get(c, str(c)) for c in codes],
+        }
 
     # -- dead man's switch -----------------------------------------------------------------
     @malformed_is_unknown
