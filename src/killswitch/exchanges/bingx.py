@@ -1380,6 +1380,7 @@ class BingxExchange:
         return {
             "can_trade": API_PERMISSION_SPOT_TRADING in codes,
             "permissions": [API_PERMISSION_NAMES.get(c, str(c)) for c in codes],
+            "detail": "no SPOT_TRADING permission",
         }
 
     # -- dead man's switch -----------------------------------------------------------------
