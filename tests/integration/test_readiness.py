@@ -74,7 +74,7 @@ async def test_preflight_exits_0_when_every_account_is_ready(tmp_path: Path) -> 
 
 async def test_preflight_names_a_key_that_may_read_but_not_trade(tmp_path: Path) -> None:
     good = await make_rig(tmp_path, bad=set())
-    for venue in ("binance", "mexc"):  # (the BingX connector cannot read permissions yet)
+    for venue in ("binance", "mexc", "bingx"):
         good.cluster.venues[venue].trade_disabled = frozenset({"mm-1"})  # type: ignore[attr-defined]
     try:
         code, out, err = await cli(good, "preflight")
@@ -83,7 +83,10 @@ async def test_preflight_names_a_key_that_may_read_but_not_trade(tmp_path: Path)
     assert code == 1, out + err
     assert row(out, "binance/mm-1").endswith("key may not trade: canTrade=false (permissions: -)")
     assert row(out, "mexc/mm-1").endswith("key may not trade: canTrade=false (permissions: SPOT)")
-    assert "NOT READY: 1/3 accounts ready" in out
+    assert row(out, "bingx/mm-1").endswith(
+        "key may not trade: no SPOT_TRADING permission (permissions: READ)"
+    )
+    assert "NOT READY: 0/3 accounts ready" in out
 
 
 async def test_preflight_refuses_an_invalid_config_with_exit_2(rig: Rig) -> None:
