@@ -23,7 +23,7 @@ from killswitch.readiness import ReadinessService, Target
 from killswitch.sim.faults import Fault, FaultKind
 from tests.conftest import eventually, free_port
 from tests.fixtures.binance import binance_venue
-from tests.fixtures.live_rig import MEXC_REASON, Rig, cli, make_rig, row
+from tests.fixtures.live_rig import MEXC_REASON, Rig, cli, make_rig, row, running_daemon
 
 
 @pytest.fixture
@@ -87,6 +87,42 @@ async def test_preflight_names_a_key_that_may_read_but_not_trade(tmp_path: Path)
         "key may not trade: no SPOT_TRADING permission (permissions: READ)"
     )
     assert "NOT READY: 0/3 accounts ready" in out
+
+
+def with_bingx_dead_mans_switch(rig: Rig, timeout_s: int = 30) -> None:
+    text = rig.config.read_text()
+    block = 'venue = "bingx"\nname = "mm-1"\n'
+    assert block in text
+    rig.config.write_text(text.replace(block, f"{block}dead_mans_switch_s = {timeout_s}\n"))
+
+
+async def test_preflight_arms_and_closes_bingxs_dead_mans_switch_when_no_daemon_runs(
+    rig: Rig,
+) -> None:
+    with_bingx_dead_mans_switch(rig)
+    code, out, err = await cli(rig, "preflight")
+    assert code == 1, out + err  # MEXC's key is still bad
+    assert row(out, "bingx/mm-1").endswith(" OK")
+    assert "dms    ok    answers (armed for 30 s, then closed)" in out
+    sim = rig.cluster.venues["bingx"]
+    assert sim._dms["mm-1"].timer is None  # type: ignore[attr-defined]  # closed again
+
+
+@pytest.mark.slow
+async def test_preflight_reports_the_running_daemons_dead_mans_switch_and_leaves_it_armed(
+    rig: Rig,
+) -> None:
+    with_bingx_dead_mans_switch(rig)
+    sim = rig.cluster.venues["bingx"]
+    async with running_daemon(rig):
+        await eventually(
+            lambda: sim._dms["mm-1"].timer is not None,  # type: ignore[attr-defined]
+            timeout_s=20,
+        )
+        code, out, err = await cli(rig, "preflight")
+        assert code == 1  # MEXC's key is still bad
+        assert "dms    ok    the running daemon reports it armed" in out, out + err
+        assert sim._dms["mm-1"].timer is not None  # type: ignore[attr-defined]
 
 
 async def test_preflight_refuses_an_invalid_config_with_exit_2(rig: Rig) -> None:
