@@ -42,6 +42,7 @@ from killswitch.exchanges.base import (
     RateLimited,
     VenueError,
 )
+from killswitch.exchanges.budget import SlidingBudget
 from killswitch.model import AccountRef, StreamSubscribed
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,17 @@ def headroom(exchange: Exchange) -> tuple[float | None, float, bool]:
             float(info.get("blocked_s") or 0.0),
             bool(info.get("banned")),
         )
+    sliding = [
+        b
+        for name in ("budgets", "ip_budgets")
+        for b in (getattr(exchange, name, None) or {}).values()
+        if isinstance(b, SlidingBudget)
+    ]
+    if sliding:  # per-second venue caps (BingX): the busiest one, and any lock it is under
+        now = sliding[0].clock()
+        blocked = max(0.0, *(b.blocked_until - now for b in sliding))
+        used = max(b.in_window() / b.limit for b in sliding)
+        return max(0.0, 1.0 - used), blocked, False
     budget = getattr(exchange, "budget", None)
     limits = getattr(budget, "limits", None)
     if budget is None or limits is None:

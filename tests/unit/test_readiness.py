@@ -8,12 +8,14 @@ import time
 from killswitch.control_client import format_status
 from killswitch.events import EventRecord
 from killswitch.exchanges.base import ClockSkew, Fatal, IpBanned, RateLimited, Transient
+from killswitch.exchanges.factory import build_exchange
 from killswitch.model import AccountRef
 from killswitch.readiness import (
     AccountReadiness,
     Check,
     ReadinessService,
     Target,
+    check_rate,
     duration,
     reason_for,
     redact,
@@ -135,3 +137,34 @@ def test_status_shows_a_reason_column_and_says_how_many_are_not_ready() -> None:
     assert binance.split()[1] == "yes"
     assert binance.endswith(" -")
     assert "1 account(s) NOT READY" in text
+
+
+def test_rate_headroom_and_a_venue_lock_are_read_from_the_connectors_budgets() -> None:
+    bingx = build_exchange(
+        "bingx",
+        account="mm-1",
+        api_key="k",
+        api_secret="s",
+        rest_url="http://127.0.0.1:9",
+        ws_url="ws://127.0.0.1:9/market",
+    )
+    check = check_rate(bingx)
+    assert (check.ok, check.detail) == (True, "headroom 100%")
+    budget = next(iter(bingx.budgets.values()))  # type: ignore[attr-defined]
+    budget.block(30.0)  # a 100410 lock
+    check = check_rate(bingx)
+    assert check.ok is False
+    assert check.detail.startswith("rate limited for ")
+    assert 0 < int(check.detail.split()[3]) <= 30
+    binance = build_exchange(
+        "binance",
+        account="mm-1",
+        api_key="k",
+        api_secret="s",
+        rest_url="http://127.0.0.1:9",
+        ws_url="ws://127.0.0.1:9/ws-api/v3",
+    )
+    binance.budget.block(184.0, banned=True)  # type: ignore[attr-defined]  # an 418
+    check = check_rate(binance)
+    assert check.ok is False
+    assert check.detail.startswith("IP banned until ")
