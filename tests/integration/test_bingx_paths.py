@@ -303,6 +303,18 @@ async def test_what_was_learned_survives_a_restart_in_the_state_file(
         assert second.capabilities.list_legs_by_batch is False
 
 
+async def test_each_new_answer_is_told_to_listeners_once(session: aiohttp.ClientSession) -> None:
+    async with started(cancel_all_covers_oco=False) as (sim, exchange):
+        heard: list[tuple[str, object]] = []
+        exchange.on_learned(lambda name, value: heard.append((name, value)))
+        await seed(session, sim, "ETH-USDT", 2, list_fraction=1.0)
+        await exchange.snapshot()
+        await exchange.cancel_all(None)
+        await exchange.snapshot()
+        await exchange.snapshot()
+        assert heard == [("oco_list_shape", "legs"), ("cancel_all_covers_lists", False)]
+
+
 # -- 100410: waited out, never earned ------------------------------------------------------------
 
 

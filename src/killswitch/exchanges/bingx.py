@@ -679,6 +679,11 @@ class BingxExchange:
         """What this account has taught us, for status and events."""
         return self.learned.to_json()
 
+    def on_learned(self, listener: Callable[[str, bool | str], None]) -> None:
+        """Call `listener(name, value)` whenever this account teaches us something new (an
+        event for the audit log: "bingx/mm-1 learned leg_id_cancels_list=False")."""
+        self.learned.listeners.append(listener)
+
     # -- lifecycle -------------------------------------------------------------------------
     @malformed_is_unknown
     async def start(self) -> None:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,8 @@ class LearnedPaths:
     oco_list_shape: str | None = None  # "legs" | "ocoOrders"
     learned_at_ms: dict[str, int] = field(default_factory=dict)
     path: Path | None = None
+    # Called with (name, value) each time an answer changes: for events and status.
+    listeners: list[Callable[[str, bool | str], None]] = field(default_factory=list)
 
     def learn(self, name: str, value: bool | str) -> bool:
         """Record `name = value`; True when it changed what we knew."""
@@ -77,6 +80,11 @@ class LearnedPaths:
         self.learned_at_ms[name] = int(time.time() * 1000)
         log.info("learned %s=%s", name, value)
         self.save()
+        for listener in list(self.listeners):
+            try:
+                listener(name, value)
+            except Exception:  # a sink's bug must not break a cancel
+                log.exception("learned-path listener failed")
         return True
 
     def to_json(self) -> dict[str, object]:
