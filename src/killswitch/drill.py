@@ -65,6 +65,7 @@ EXIT_UNREACHABLE = 3
 
 DISTANCE = Decimal("0.8")  # the drill bids 20% under the best bid: never a fill
 PREFIX = "ksdrill_"
+QUIET_BEFORE_FIRE_S = 1.2  # longer than any venue's per-second window (BingX: 1 s + margin)
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -473,6 +474,9 @@ class Drill:
     async def _kill_via_daemon(self) -> None:
         report = self.report
         report.via = f"the running daemon ({self.socket})"
+        # The daemon shares this account's (and IP's) per-second limits with us but cannot see
+        # our reads: let those windows pass, so the drill's own reads never throttle its kill.
+        await asyncio.sleep(QUIET_BEFORE_FIRE_S)
         answer = await asyncio.to_thread(
             request, self.socket, self._fire_payload(), timeout_s=self.timeout_s + 15
         )
