@@ -300,7 +300,7 @@ def _list_requests(
             unit.append(lst)
         if unit:
             units.append(unit)
-    load = {RequestKind.CANCEL_ORDERS: 0, RequestKind.CANCEL_LIST: 0}
+    load = {RequestKind.CANCEL_ORDERS: 0, RequestKind.CANCEL_LIST: 0, RequestKind.CANCEL_ORDER: 0}
     for request in planned:
         if request.kind in load:
             load[request.kind] += 1
@@ -310,15 +310,24 @@ def _list_requests(
 
     out: list[CancelRequest] = []
     for unit in units:
-        batch_span = span(RequestKind.CANCEL_ORDERS, 1)
-        list_span = span(RequestKind.CANCEL_LIST, len(unit))
-        if batch_span <= list_span:
-            load[RequestKind.CANCEL_ORDERS] += 1
+        # A batch of the unit's legs; its lists one by one; or one leg of each by a single
+        # cancel (a third budget, where leg ids are not known to be refused). Ties go left.
+        options = [
+            (span(RequestKind.CANCEL_ORDERS, 1), 0, RequestKind.CANCEL_ORDERS),
+            (span(RequestKind.CANCEL_LIST, len(unit)), 1, RequestKind.CANCEL_LIST),
+            (span(RequestKind.CANCEL_ORDER, len(unit)), 2, RequestKind.CANCEL_ORDER),
+        ]
+        _, _, kind = min(options)
+        if kind is RequestKind.CANCEL_ORDERS:
+            load[kind] += 1
             ids = tuple(i for x in unit for i in x.order_ids)
-            out.append(CancelRequest(RequestKind.CANCEL_ORDERS, (unit[0].symbol,), ids))
-        else:
-            load[RequestKind.CANCEL_LIST] += len(unit)
+            out.append(CancelRequest(kind, (unit[0].symbol,), ids))
+        elif kind is RequestKind.CANCEL_LIST:
+            load[kind] += len(unit)
             out.extend(one_by_one(unit))
+        else:
+            load[kind] += len(unit)
+            out.extend(CancelRequest(kind, (x.symbol,), x.order_ids[:1]) for x in unit)
     return out
 
 

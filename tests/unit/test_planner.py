@@ -199,15 +199,19 @@ def test_bingx_lists_left_after_the_cancel_all_go_by_leg_batches_not_one_by_one(
     requests = plan(EVERYTHING, None, snap(*legs, lists=lists), (), bx_caps(coverage=False))
     by_batch = [r for r in requests if r.kind is RequestKind.CANCEL_ORDERS]
     by_list = {r.list_id for r in requests if r.kind is RequestKind.CANCEL_LIST}
+    by_leg = {i for r in requests if r.kind is RequestKind.CANCEL_ORDER for i in r.order_ids}
     covered = {i for r in by_batch for i in r.order_ids}
-    covered |= {i for x in lists if x.list_id in by_list for i in x.order_ids}
+    covered |= {
+        i for x in lists if x.list_id in by_list or by_leg & set(x.order_ids) for i in x.order_ids
+    }
     assert covered == {o.order_id for o in legs}
     assert all(len(r.order_ids) <= BX.batch_cancel_max for r in by_batch)
     slow = [CancelRequest(RequestKind.CANCEL_LIST, ("ETH-USDT",), list_id=x.list_id) for x in lists]
     all_batches = [
         CancelRequest(RequestKind.CANCEL_ORDERS, ("ETH-USDT",), ("x",)) for _ in range(6)
     ]  # 60 legs, 10 a batch
-    # Batches carry most lists; oco/cancel, on its own budget, takes some side by side.
+    # Batches carry most lists; oco/cancel and single leg cancels, each on its own budget,
+    # take some side by side.
     assert len(by_batch) >= len(by_list) / 5
     assert plan_time_s(requests, BX) < plan_time_s(all_batches, BX) < plan_time_s(slow, BX)
 

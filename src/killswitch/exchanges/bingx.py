@@ -1171,7 +1171,7 @@ class BingxExchange:
         except AlreadyGone:
             if not self._may_be_refused_leg(order_id):
                 raise
-            rescued = await self._settle_legs(symbol, {order_id}, priority)
+            rescued = await self._settle_legs(symbol, {order_id}, priority, batch=True)
             if not rescued:
                 raise
             return CancelAck(
