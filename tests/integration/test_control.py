@@ -400,3 +400,68 @@ def test_fire_help_prints_the_exit_code_table() -> None:
     table = result.stdout[result.stdout.index("exit codes:") :]
     for code in ("0  flat or confirmed", "1  failed", "2  usage", "3  unreachable", "4  still"):
         assert code in table
+
+
+async def test_a_reset_naming_trigger_ids_releases_exactly_those_and_a_drill_is_recorded_as_one(
+    served: Served,
+) -> None:
+    operator = await served.ask(
+        {"op": "fire", "reason": "desk", "venues": ["binance"], "wait": "done", "timeout_s": 30}
+    )
+    drill = await served.ask(
+        {
+            "op": "fire",
+            "reason": "drill",
+            "venues": ["bingx"],
+            "prefix": "ksdrill_ab_",
+            "id": "drill-1",
+            "drill": True,
+            "wait": "done",
+            "timeout_s": 30,
+        }
+    )
+    assert (operator["ok"], drill["ok"]) == (True, True)
+    for bad in ({"trigger_ids": []}, {"trigger_ids": "drill-1"}, {"drill": "yes"}):
+        refused = await served.ask({"op": "reset", "reason": "x", **bad})
+        assert refused["refused"] is True
+    answer = await served.ask(
+        {"op": "reset", "reason": "drill done", "trigger_ids": ["drill-1"], "drill": True}
+    )
+    assert answer["was_latched"] is True
+    assert [str(s.to_json()["venues"]) for s in served.engine.latch_scopes()] == ["['binance']"]
+    again = await served.ask({"op": "reset", "reason": "again", "trigger_ids": ["drill-1"]})
+    assert again["was_latched"] is False  # nothing of that name is latched any more
+    audit = read_audit(served.audit_path)
+    sources = {
+        r["trigger"]["id"]: r["trigger"]["source"] for r in audit if r["type"] == "triggered"
+    }
+    assert sources == {operator["trigger_id"]: "control", "drill-1": "drill"}
+    resets = [r for r in audit if r["type"] == "reset"]
+    assert (resets[0]["origin"], [x["trigger_id"] for x in resets[0]["released"]]) == (
+        "drill",
+        ["drill-1"],
+    )
+
+
+async def test_status_carries_each_accounts_readiness(tmp_path: Path) -> None:
+    venue = FakeExchange("binance", "mm-1")
+    engine = Engine(
+        [Account(AccountRef("binance", "mm-1"), venue, not_ready=lambda: "key rejected: -2015 x")],
+        Journal(tmp_path / "journal.jsonl"),
+        EngineConfig(),
+    )
+    await engine.start()
+    server = ControlServer(
+        engine, tmp_path / "c.sock", readiness=lambda: {"binance/mm-1": {"checks": []}}
+    )
+    await server.start()
+    try:
+        answer = await asyncio.to_thread(request, tmp_path / "c.sock", {"op": "status"})
+    finally:
+        await server.stop()
+        await engine.stop()
+    status = answer["status"]
+    [entry] = status["accounts"]
+    assert (entry["ready"], entry["reason"]) == (False, "key rejected: -2015 x")
+    assert status["readiness"] == {"binance/mm-1": {"checks": []}}
+    assert "key rejected: -2015 x" in format_status(status)
