@@ -158,6 +158,14 @@ def add_parsers(subparsers: Subparsers) -> None:
     )
     _common(reset)
     reset.add_argument("--reason", required=True, help="why (goes to the audit log)")
+    reset.add_argument(
+        "--trigger",
+        action="append",
+        dest="trigger_ids",
+        default=None,
+        metavar="ID",
+        help="release only this trigger's latch (repeatable; default: every latch)",
+    )
     reset.set_defaults(func=cmd_reset)
 
 
@@ -240,7 +248,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    answer = _call(args, {"op": "reset", "reason": args.reason, "actor": getpass.getuser()})
+    payload: dict[str, Any] = {"op": "reset", "reason": args.reason, "actor": getpass.getuser()}
+    if args.trigger_ids:
+        payload["trigger_ids"] = args.trigger_ids
+    answer = _call(args, payload)
     if answer is None:
         return EXIT_UNREACHABLE
     if not answer.get("ok"):

@@ -465,3 +465,18 @@ async def test_status_carries_each_accounts_readiness(tmp_path: Path) -> None:
     assert (entry["ready"], entry["reason"]) == (False, "key rejected: -2015 x")
     assert status["readiness"] == {"binance/mm-1": {"checks": []}}
     assert "key rejected: -2015 x" in format_status(status)
+
+
+async def test_cli_reset_with_trigger_releases_only_that_latch(served: Served) -> None:
+    sock = str(served.path)
+    for venue in ("binance", "bingx"):
+        fired = await asyncio.to_thread(
+            cli, "fire", "--socket", sock, "--venue", venue, "--reason", f"{venue} risk"
+        )
+        assert fired.returncode == 0, fired.stderr
+    [binance_id, bingx_id] = [latch["trigger_id"] for latch in served.engine.status()["latches"]]
+    reset = await asyncio.to_thread(
+        cli, "reset", "--socket", sock, "--reason", "binance fine", "--trigger", binance_id
+    )
+    assert reset.returncode == 0, reset.stderr
+    assert [latch["trigger_id"] for latch in served.engine.status()["latches"]] == [bingx_id]
