@@ -13,8 +13,11 @@ least:
      (Binance 1, MEXC 5): `ceil(symbols / max)` requests;
    * plus, where the venue's cancel-all is not known to cover order lists (BingX OCO), the
      lists: by their legs' ids in batch cancels (`batch_cancel_max` ids a request, two legs a
-     list) unless the connector learned that the venue refuses leg ids, else one `oco/cancel`
-     per list. A connector that has learned the cancel-all covers lists needs none.
+     list; the fewest requests) unless the connector learned that the venue refuses leg ids,
+     else one `oco/cancel` per list. A connector that has learned the cancel-all covers lists
+     needs none. For the rate-limit span, lists may go down three paths at once (a batch of
+     five lists, `oco/cancel`, a single cancel of one leg), each with its own budget: the
+     bound counts the lists all three together can carry in a window, per UID and per IP.
 
    The client is assumed to know which symbols have open orders before the alert (a warm
    tracker, as the daemon keeps): a client that must first look costs one more round.
@@ -89,6 +92,10 @@ _BX_GROUP3 = Bucket("bingx ip group 3", 1000, 10.0, per_ip=True)
 _BX_OCO_UID = Bucket("bingx uid oco/cancel", 2, 1.0)
 _BX_OCO_IP = Bucket("bingx ip oco/cancel", 2, 1.0, per_ip=True)
 _BX_GROUP2 = Bucket("bingx ip group 2", 1000, 10.0, per_ip=True)
+# OCO lists a window can take down the three paths together, where leg ids are taken: per UID
+# 2 batches x 5 lists + 2 oco/cancel + 5 single leg cancels; per IP 3 x 5 + 2 + 3.
+_BX_LISTS_UID = Bucket("bingx uid OCO lists (all paths)", 2 * 5 + 2 + 5, 1.0)
+_BX_LISTS_IP = Bucket("bingx ip OCO lists (all paths)", 3 * 5 + 2 + 3, 1.0, per_ip=True)
 
 REQUEST_BUCKETS: Mapping[str, Mapping[str, tuple[tuple[Bucket, int], ...]]] = {
     "binance": {"cancel_all": ((_BN_WEIGHT, 1),), "cancel_list": ((_BN_WEIGHT, 1),)},
@@ -96,6 +103,7 @@ REQUEST_BUCKETS: Mapping[str, Mapping[str, tuple[tuple[Bucket, int], ...]]] = {
     "bingx": {
         "cancel_all": ((_BX_CANCEL_ALL_UID, 1), (_BX_CANCEL_ALL_IP, 1), (_BX_GROUP3, 1)),
         "cancel_legs": ((_BX_BATCH_UID, 1), (_BX_BATCH_IP, 1), (_BX_GROUP3, 1)),
+        "lists": ((_BX_LISTS_UID, 1), (_BX_LISTS_IP, 1)),  # weight: one per list
         "cancel_list": ((_BX_OCO_UID, 1), (_BX_OCO_IP, 1), (_BX_GROUP2, 1)),
     },
 }
@@ -135,7 +143,12 @@ def _spend(
     load: AccountLoad, caps: Capabilities, account: int, spent: dict[tuple[Bucket, int], int]
 ) -> None:
     buckets = REQUEST_BUCKETS.get(load.venue, {})
-    for kind, count in cancel_requests(load, caps).items():
+    wanted = cancel_requests(load, caps)
+    if "cancel_legs" in wanted and "lists" in buckets:
+        # Spans count lists through every path at once (see the module docstring).
+        del wanted["cancel_legs"]
+        wanted["lists"] = load.lists
+    for kind, count in wanted.items():
         for bucket, weight in buckets.get(kind, ()):
             key = (bucket, -1 if bucket.per_ip else account)
             spent[key] = spent.get(key, 0) + weight * count

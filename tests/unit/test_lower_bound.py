@@ -79,11 +79,13 @@ def test_a_bucket_of_n_windows_spans_n_minus_two_windows_at_best(
     assert windows_span_s(weight, bucket) == span_s
 
 
-def test_one_hundred_bingx_oco_lists_in_20_batches_at_two_a_second_take_eight_seconds() -> None:
+def test_one_hundred_bingx_oco_lists_down_three_paths_at_once_take_four_seconds() -> None:
     load = AccountLoad("bingx", symbols=100, orders=2000, lists=100)
     bound = lower_bound([load], CAPS, R)
-    assert bound.rate_span_s == pytest.approx(8.0)  # 20 requests: 10 windows of 2
-    assert bound.seconds == pytest.approx(8.0 + 2 * R)
+    # 17 lists a window per UID (2 batches of 5, 2 oco/cancel, 5 single leg cancels): 6 windows.
+    assert bound.rate_span_s == pytest.approx(4.0)
+    assert bound.seconds == pytest.approx(4.0 + 2 * R)
+    assert bound.requests == 1 + 20  # the fewest requests: batches of five lists
 
 
 def test_one_hundred_bingx_oco_lists_one_by_one_at_two_a_second_take_48_seconds() -> None:
@@ -93,11 +95,11 @@ def test_one_hundred_bingx_oco_lists_one_by_one_at_two_a_second_take_48_seconds(
 
 
 def test_bingx_accounts_behind_one_ip_share_its_per_ip_budget() -> None:
-    one = AccountLoad("bingx", symbols=10, orders=100, lists=30)  # 6 batches each
+    one = AccountLoad("bingx", symbols=10, orders=100, lists=30)
     alone = lower_bound([one], CAPS, R).rate_span_s
-    assert alone == pytest.approx(1.0)  # 6 at 2/s per UID: 3 windows
-    # Four accounts: 24 batches through one IP at 3/s: 8 windows.
-    assert lower_bound([one] * 4, CAPS, R).rate_span_s == pytest.approx(6.0)
+    assert alone == pytest.approx(0.0)  # 30 lists: 2 windows of 17 per UID
+    # Four accounts: 120 lists through one IP at 20 a window: 6 windows.
+    assert lower_bound([one] * 4, CAPS, R).rate_span_s == pytest.approx(4.0)
 
 
 def test_binance_symbols_past_two_minutes_of_weight_wait_for_a_third_window() -> None:
@@ -112,8 +114,8 @@ def test_workload_l_bound_is_set_by_bingx_oco_lists() -> None:
     bound = lower_bound(loads, CAPS, R)
     assert sum(a.orders for a in loads) == 9000
     assert bound.requests == 2 * 100 + 2 * 5 + 2 * 21
-    # 40 leg batches through one IP at 3/s: 14 windows.
-    assert bound.seconds == pytest.approx(12.0 + 2 * R)
+    # 200 lists through one IP at 20 a window: 10 windows.
+    assert bound.seconds == pytest.approx(8.0 + 2 * R)
 
 
 def test_loads_are_counted_from_book_rows() -> None:
