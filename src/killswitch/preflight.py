@@ -104,11 +104,13 @@ def _daemon_dms(config: Path | None, settings: Settings) -> dict[str, str] | Non
         return None
     try:
         answer = request(socket_path(config), {"op": "status"}, timeout_s=3.0)
-    except ControlUnreachable:
-        return None
+    except ControlUnreachable as exc:
+        if isinstance(exc.__cause__, FileNotFoundError | ConnectionRefusedError):
+            return None  # no daemon (or a stale socket file): preflight may arm and close
+        return {}  # a daemon may run (socket not permitted, no answer): leave its timer alone
     status = answer.get("status") if answer.get("ok") else None
     if not isinstance(status, dict):
-        return None
+        return {}
     return {
         f"{a.get('venue')}/{a.get('account')}": str(a.get("dead_mans_switch", "off"))
         for a in status.get("accounts") or []
@@ -164,10 +166,16 @@ async def preflight_account(
             timeout_s=timeout_s,
         )
         if daemon_dms is not None and account.dead_mans_switch_s:
-            state = daemon_dms.get(str(ref), "unknown")
-            result.checks.append(
-                Check("dms", state != "failed", f"the running daemon reports it {state}")
-            )
+            state = daemon_dms.get(str(ref))
+            if state is None:
+                result.checks.append(
+                    Check("dms", None, "not checked: a daemon may be running (its socket did "
+                          "not answer), and arming here would close its timer")
+                )  # fmt: skip
+            else:
+                result.checks.append(
+                    Check("dms", state != "failed", f"the running daemon reports it {state}")
+                )
         return result
     finally:
         try:

@@ -8,6 +8,7 @@ and exactly one alarm event; the other accounts keep working and the bad one sta
 from __future__ import annotations
 
 import asyncio
+import socket
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -105,6 +106,7 @@ async def test_preflight_arms_and_closes_bingxs_dead_mans_switch_when_no_daemon_
     assert row(out, "bingx/mm-1").endswith(" OK")
     assert "dms    ok    answers (armed for 30 s, then closed)" in out
     sim = rig.cluster.venues["bingx"]
+    assert [n for k, n in sim.counters.items() if "cancelAllAfter" in k] == [2]  # arm, close
     assert sim._dms["mm-1"].timer is None  # type: ignore[attr-defined]  # closed again
 
 
@@ -123,6 +125,21 @@ async def test_preflight_reports_the_running_daemons_dead_mans_switch_and_leaves
         assert code == 1  # MEXC's key is still bad
         assert "dms    ok    the running daemon reports it armed" in out, out + err
         assert sim._dms["mm-1"].timer is not None  # type: ignore[attr-defined]
+
+
+async def test_preflight_leaves_the_dead_mans_switch_alone_when_a_daemon_may_be_running(
+    rig: Rig,
+) -> None:
+    with_bingx_dead_mans_switch(rig)
+    # A socket that takes the connection and never answers: a daemon may be there.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hung:
+        hung.bind(str(rig.socket))
+        hung.listen(1)
+        code, out, err = await cli(rig, "preflight")
+    assert code == 1, out + err  # MEXC's key is still bad
+    assert "dms    -     not checked: a daemon may be running" in out
+    counters = rig.cluster.venues["bingx"].counters
+    assert not [k for k, n in counters.items() if "cancelAllAfter" in k and n]  # never armed
 
 
 async def test_preflight_refuses_an_invalid_config_with_exit_2(rig: Rig) -> None:
