@@ -454,13 +454,23 @@ class ReadinessService:
         return out
 
     async def check_all(self) -> None:
-        """One round over every account, in parallel."""
+        """One round over every account, in parallel. A bug in a check is logged and the
+        account reported not ready with it; it never stops the daemon."""
         watched = list(self._watched.values())
         results = await asyncio.gather(
             *(check_account(w.target, stream=False, dms=False, timeout_s=self.timeout_s)
-              for w in watched)
+              for w in watched),
+            return_exceptions=True,
         )  # fmt: skip
         for w, result in zip(watched, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BaseException):
+                log.error("readiness check crashed account=%s", w.target.ref, exc_info=result)
+                reason = f"readiness check failed: {type(result).__name__}"
+                result = AccountReadiness(
+                    w.target.ref.venue, w.target.ref.account, [Check("key", False, reason)]
+                )
             w.last = result
         self.rounds += 1
         self.announce()

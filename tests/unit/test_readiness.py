@@ -168,3 +168,18 @@ def test_rate_headroom_and_a_venue_lock_are_read_from_the_connectors_budgets() -
     check = check_rate(binance)
     assert check.ok is False
     assert check.detail.startswith("IP banned until ")
+
+
+class BrokenHeadroom(FakeExchange):
+    def rate_headroom(self) -> dict[str, object]:
+        raise RuntimeError("a bug in a check")
+
+
+async def test_a_crashing_check_makes_the_account_unready_and_never_stops_the_service() -> None:
+    events = Events()
+    service = ReadinessService(events)
+    ref = AccountRef("binance", "mm-1")
+    service.add(Target(ref, BrokenHeadroom("binance", "mm-1")))
+    await service.start()
+    assert service.reason(ref) == "readiness check failed: RuntimeError"
+    assert [e["type"] for e in events.records] == ["alarm"]
