@@ -124,6 +124,7 @@ ACCOUNTS = (
     AccountSpec("bingx", "x1", BINGX_CAPS, BX_SYMBOLS, False, PAGE_CAP),
 )
 LIST_ACCOUNTS = tuple(i for i, a in enumerate(ACCOUNTS) if a.caps.has_order_lists)
+TWIN_ACCOUNTS = tuple(i for i, a in enumerate(ACCOUNTS) if a.ids_per_symbol)
 
 CONFIG = EngineConfig(
     deadline_s=20.0,
@@ -576,7 +577,7 @@ class KillHistory(RuleBasedStateMachine):
         account=st.integers(0, len(ACCOUNTS) - 1),
         symbol=st.integers(0, 2),
         prefix=st.sampled_from(PREFIXES),
-        n=st.integers(1, 4),
+        n=st.integers(1, PAGE_CAP + 1),
     )
     def place(self, account: int, symbol: int, prefix: str, n: int) -> None:
         acc = self.venues[self.refs[account]]
@@ -587,6 +588,23 @@ class KillHistory(RuleBasedStateMachine):
             self.tick()
             placed.append(acc.place(sym, f"{prefix}o{self.client_ids}").order_id)
         self.note(f"place {acc.ref} {sym} {prefix}* ids={placed}")
+        self.drain()
+
+    @rule(
+        account=st.sampled_from(TWIN_ACCOUNTS),
+        symbols=st.sampled_from([(0, 1), (1, 0), (0, 2)]),
+        prefix=st.sampled_from(PREFIXES),
+    )
+    def place_twins(self, account: int, symbols: tuple[int, int], prefix: str) -> None:
+        """Two orders with one id on two symbols of an account whose venue numbers per symbol."""
+        acc = self.venues[self.refs[account]]
+        acc.align_ids()
+        placed = []
+        for index in symbols:
+            self.client_ids += 1
+            self.tick()
+            placed.append(acc.place(acc.symbols[index], f"{prefix}o{self.client_ids}").describe())
+        self.note(f"place_twins {placed}")
         self.drain()
 
     @rule(

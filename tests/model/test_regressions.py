@@ -51,6 +51,7 @@ def advance(seconds: float) -> Step:
 
 
 SETTLE: Step = ("settle", {})
+TWINS: Step = ("place_twins", {"account": 0, "symbols": (0, 1), "prefix": "s7-"})
 B1, X1 = 0, 3  # binance/b1, bingx/x1 in machine.ACCOUNTS
 
 
@@ -83,16 +84,22 @@ def test_a_reset_racing_a_new_kill_releases_only_what_it_names() -> None:
     )
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: #8 (planner): plan() keeps one order per bare id (_unique_orders, ids_sent), "
+    "so of BTCUSDT#1000 and ETHUSDT#1000 in one stream burst only one is cancelled",
+)
 def test_a_stream_cancel_is_not_skipped_for_an_id_another_symbol_used() -> None:
     """#8: Binance numbers orders per symbol; the stream cancel deduplicated by id alone and
-    skipped ETHUSDT#1000 after cancelling BTCUSDT#1000."""
-    replay([submit(), advance(8.0), place(B1, 0), place(B1, 1), SETTLE])
+    skipped ETHUSDT#1000 after cancelling BTCUSDT#1000. Found again by the checker after the
+    engine's fix, when both orders arrive in one burst: the planner still keys by bare id."""
+    replay([submit(), SETTLE, TWINS, SETTLE])
 
 
 def test_a_one_shot_cancel_never_cancels_an_order_placed_after_it_proved_flat() -> None:
     """#9: the confirmation step ran for `cancel` too, and its re-check cancelled an order
     placed after the flat snapshot."""
-    replay([submit(mode=Mode.CANCEL), advance(0.1), place(B1, 0), SETTLE])
+    replay([submit(mode=Mode.CANCEL), place(B1, 0, "s7-"), SETTLE])
 
 
 def test_a_capped_all_symbols_read_is_not_proof_of_flat() -> None:

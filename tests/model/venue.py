@@ -153,18 +153,32 @@ class VenueAccount:
         self.on_engine_cancel: Callable[[OrderFact], None] | None = None
         self._queues: list[asyncio.Queue[StreamEvent | None]] = []
         self._canceller: list[str] = []  # who is cancelling right now (engine | owner)
-        shared = itertools.count(1000)
+        self.ids_per_symbol = ids_per_symbol
+        # The next order id per symbol (one shared counter unless the venue numbers per symbol).
+        self._next_id = dict.fromkeys(self.symbols, 1000)
         lists = itertools.count(1)
         self.books: dict[str, SimBook] = {}
         for symbol in self.symbols:
-            ids = itertools.count(1000) if ids_per_symbol else shared
             book = SimBook(
-                new_order_id=lambda ids=ids: str(next(ids)),  # type: ignore[misc]
+                new_order_id=lambda symbol=symbol: self._mint(symbol),  # type: ignore[misc]
                 new_list_id=lambda: str(next(lists)),
                 now_ms=clock,
             )
             book.subscribe(self._on_book)
             self.books[symbol] = book
+
+    def _mint(self, symbol: str) -> str:
+        key = symbol if self.ids_per_symbol else self.symbols[0]
+        order_id = self._next_id[key]
+        self._next_id[key] += 1
+        return str(order_id)
+
+    def align_ids(self) -> None:
+        """Per-symbol numbering: let every symbol's next order take the same id (the venue's
+        ids are increasing per symbol, not dense, so any symbol may reach any id)."""
+        if self.ids_per_symbol:
+            top = max(self._next_id.values())
+            self._next_id = dict.fromkeys(self._next_id, top)
 
     # -- the history's hand: placing and owners' cancels -----------------------------------
     def place(self, symbol: str, client_order_id: str) -> OrderFact:
