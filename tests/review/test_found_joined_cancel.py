@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from killswitch.kill.record import KillState
 from killswitch.model import Mode
 from tests.conftest import eventually
@@ -19,7 +17,6 @@ from tests.review.helpers import ReadsFake
 from tests.unit.test_engine import kill_trigger, make_rig
 
 
-@pytest.mark.xfail(strict=True, reason="review: a cancel joined to a running cancel reports flat")
 async def test_a_cancel_joined_to_a_running_cancel_is_not_flat_while_its_orders_are_open(
     tmp_path: Path,
 ) -> None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
 from killswitch.kill.record import KillState
 from tests.conftest import eventually
 from tests.fakes import MEXC_CAPS, FakeExchange
@@ -23,7 +21,6 @@ from tests.review.helpers import ReadsFake
 from tests.unit.test_engine import QUICK, kill_trigger, make_rig
 
 
-@pytest.mark.xfail(strict=True, reason="review: joined kill flat on an account proved before it")
 async def test_a_kill_joined_after_an_account_was_proved_flat_is_not_flat_with_an_order_open(
     tmp_path: Path,
 ) -> None:

@@ -25,7 +25,6 @@ from killswitch.settings import KafkaSettings
 from tests.unit.test_engine import finished, kill_trigger, make_rig
 
 
-@pytest.mark.xfail(strict=True, reason="review: Kafka reset releases a kill latched after it")
 async def test_a_kafka_reset_never_releases_a_kill_received_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

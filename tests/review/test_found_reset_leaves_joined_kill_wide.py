@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import eventually
 from tests.review.helpers import ReadsFake
 from tests.unit.test_engine import kill_trigger, make_rig
 
 
-@pytest.mark.xfail(strict=True, reason="review: joined kill keeps the released wide scope")
 async def test_after_a_reset_of_the_wide_kill_only_the_joined_scope_is_cancelled(
     tmp_path: Path,
 ) -> None:

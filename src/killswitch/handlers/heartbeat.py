@@ -21,9 +21,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from killswitch.backoff import Backoff
+from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import EventRecord, make_event
-from killswitch.handlers.submit import until_journaled
 from killswitch.model import Mode, Trigger
 from killswitch.settings import HeartbeatSettings
 

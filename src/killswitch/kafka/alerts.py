@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from killswitch.backoff import Backoff
+from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import make_event
 from killswitch.handlers.alerts import (
     Alert,
@@ -39,7 +39,6 @@ from killswitch.handlers.alerts import (
     check_policy,
     parse_alert,
 )
-from killswitch.handlers.submit import until_journaled
 from killswitch.kafka.client import (
     BROKER_ERRORS,
     ReconnectingClient,
@@ -432,8 +431,13 @@ class KafkaAlertConsumer(ReconnectingClient):
         self.stats.resets += 1
         released = await self._engine_call(
             f"reset {alert.id}",
+            # Only latches received before the reset was issued: a kill latched while this
+            # record waited is not the reset's to release.
             lambda: self.engine.reset(
-                actor=f"kafka:{alert.source}", reason=alert.reason or alert.id, origin="kafka"
+                actor=f"kafka:{alert.source}",
+                reason=alert.reason or alert.id,
+                origin="kafka",
+                latched_before_ms=alert.ts,
             ),
         )
         log.warning("reset from kafka alert_id=%s released=%s", alert.id, released)

@@ -21,8 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from killswitch.backoff import Backoff, wait_or_stop
-from killswitch.handlers.submit import Stopping
+from killswitch.backoff import Backoff, Stopping, wait_or_stop
 from killswitch.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

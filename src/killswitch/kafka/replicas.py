@@ -35,9 +35,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from killswitch.backoff import Backoff
+from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import EventRecord
-from killswitch.handlers.submit import until_journaled
 from killswitch.kafka.client import (
     BROKER_ERRORS,
     ReconnectingClient,

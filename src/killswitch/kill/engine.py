@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
+from killswitch.backoff import Stopping, until_journaled
 from killswitch.events import EventRecord, FanOut, make_event
 from killswitch.journal import Journal
 from killswitch.kill.config import Account, Clock, EngineConfig, Sleep, Spawn
@@ -96,6 +97,7 @@ class Engine:
         self.last_kill: dict[str, object] | None = None
         self._started = False
         self._stopping = False
+        self._stop_event = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -154,6 +156,7 @@ class Engine:
     async def stop(self, grace_s: float = 5.0) -> None:
         """Let kills in flight finish for up to `grace_s`, then cancel what is left."""
         self._stopping = True
+        self._stop_event.set()
         running = [k.task for k in self._running if k.task is not None]
         running += list(self._streams.tasks.values())
         if running:
@@ -235,12 +238,17 @@ class Engine:
         reason: str,
         origin: str = "local",
         only: Iterable[str] | None = None,
+        latched_before_ms: int | None = None,
     ) -> bool:
-        """Release every latch, or those of the trigger ids in `only` (audited: who, why, from
-        where). The journal record, the log line and the event name exactly the latches
-        released. False if nothing was released."""
+        """Release every latch, or those of the trigger ids in `only`, and of those only the
+        ones received at or before `latched_before_ms` (audited: who, why, from where). The
+        journal record, the log line and the event name exactly the latches released, decided
+        under the latch lock: a kill journaled meanwhile is never among them. False if nothing
+        was released."""
         async with self._latch_lock:
             wanted = set(self._latches) if only is None else set(only) & set(self._latches)
+            if latched_before_ms is not None:
+                wanted = {t for t in wanted if self._received_ms(t) <= latched_before_ms}
             names = [t for t in self._latches if t in wanted]
             released = [{"trigger_id": t, "scope": self._latches[t].to_json()} for t in names]
             await self.journal.append_async(
@@ -257,12 +265,34 @@ class Engine:
             else:
                 ids = {t.id for t in kill.triggers}
                 stale = bool(ids) and ids <= wanted
+                if ids & wanted and not stale:
+                    # Some of a joined kill's triggers were released: the rest go on at their
+                    # own, narrower scopes; the wide kill ends here.
+                    kill.narrowed = True
+                    kill.task.cancel()
+                    self._relaunch([t for t in kill.triggers if t.id not in wanted])
+                    continue
             if stale:
                 kill.released = True
                 kill.task.cancel()
         log.warning("reset actor=%s origin=%s reason=%r released=%s", actor, origin, reason, names)
         self._emit("reset", actor=actor, reason=reason, origin=origin, released=released)
         return bool(names)
+
+    def _relaunch(self, triggers: list[Trigger]) -> None:
+        launched: list[Kill] = []
+        for trigger in triggers:
+            scope = self._latches.get(trigger.id, trigger.scope)
+            joined = next((k for k in launched if k.scope.contains(scope)), None)
+            if joined is not None:
+                joined.triggers.append(trigger)
+                self.kills[trigger.id] = joined
+            else:
+                launched.append(self._launch(trigger, scope, kind=KillKind.TRIGGER))
+
+    def _received_ms(self, trigger_id: str) -> int:
+        trigger = self._latched_triggers.get(trigger_id)
+        return trigger.received_ms if trigger is not None else 0
 
     def healthy(self) -> bool:
         """True while started and its background loops (sweeper, dead-man's switches) run."""
@@ -325,12 +355,16 @@ class Engine:
     def _joinable(self, trigger: Trigger) -> Kill | None:
         if not any(trigger.scope.covers_account(ref) for ref in self.accounts):
             return None  # a kill of its own, over no account, fails: it never rides on another
+        if trigger.mode is Mode.CANCEL:
+            return None  # a one-shot is about what is open when it looks: its own first look
         for kill in self._running:
             if (
                 kill.kind in (KillKind.TRIGGER, KillKind.RESUME)
                 and kill.state is KillState.RUNNING
                 and kill.mode is trigger.mode
                 and kill.scope.contains(trigger.scope)
+                # An account already proved flat would not look again for the joiner.
+                and all(r.state is AccountState.RUNNING for r in kill.accounts.values())
             ):
                 return kill
         return None
@@ -379,7 +413,7 @@ class Engine:
                 await self._confirm(kill, accounts)
         except asyncio.CancelledError:
             kill.state = KillState.ABORTED
-            why = "reset" if kill.released else "shutdown"
+            why = "reset" if kill.released else "narrowed" if kill.narrowed else "shutdown"
             self._emit("aborted", kill_id=kill.id, kind=kill.kind, reason=why)
             raise
         finally:
@@ -469,6 +503,8 @@ class Engine:
     async def _record_done(self, kill: Kill) -> None:
         if kill.kind in (KillKind.SWEEP, KillKind.STREAM):
             return
+        if kill.narrowed:
+            return  # its released triggers ended with the reset; the others with their relaunch
         if kill.state is KillState.ABORTED and not kill.released:
             # Interrupted by a shutdown: no `kill_done`, so the next start resumes it.
             log.warning("kill interrupted, resumes at the next start kill_id=%s", kill.id)
@@ -476,17 +512,21 @@ class Engine:
         summary = kill.summary()
         self.last_kill = summary
         for trigger in kill.triggers:
-            try:
+
+            def write(trigger_id: str = trigger.id) -> Awaitable[dict[str, object]]:
                 # A write once begun is finished even if this task is cancelled meanwhile.
-                await asyncio.shield(
+                return asyncio.shield(
                     self.journal.append_async(
-                        "kill_done", trigger_id=trigger.id, state=kill.state.value, summary=summary
+                        "kill_done", trigger_id=trigger_id, state=kill.state.value, summary=summary
                     )
                 )
-            except asyncio.CancelledError:
-                raise
-            except OSError:
-                log.exception("journal write of kill_done failed trigger_id=%s", trigger.id)
+
+            try:
+                # Retried until journaled: a kill whose end is lost would run again at the
+                # next start (a one-shot cancel touching orders placed after it).
+                await until_journaled(f"kill_done {trigger.id}", write, self._stop_event)
+            except Stopping:
+                log.error("kill_done not journaled at stop trigger_id=%s", trigger.id)
 
     def _forget_old_kills(self) -> None:
         finished = [t for t, k in self.kills.items() if k.finished.is_set()]
@@ -506,7 +546,13 @@ class Engine:
         """Re-sweep every latched scope not already being killed; return the sweeps started."""
         started: list[Kill] = []
         for scope in _widest(self._latches.values()):
-            if any(k.scope.contains(scope) for k in self._running if k.kind is not KillKind.STREAM):
+            # Skipped only while a latched kill over it is still in its waves: a one-shot
+            # cancel, or a kill already flat and in its quiet window, does not sweep for it.
+            if any(
+                k.scope.contains(scope) and k.mode is Mode.KILL and not k.done.is_set()
+                for k in self._running
+                if k.kind is not KillKind.STREAM
+            ):
                 continue
             started.append(self._launch(None, scope, kind=KillKind.SWEEP))
         if started:

@@ -114,12 +114,25 @@ class StreamCancels:
                 return scope
         return None
 
+    def _latched(self, ref: AccountRef, item: Order | OrderList) -> bool:
+        for scope in self._latches.values():
+            if not scope.covers_account(ref):
+                continue
+            if isinstance(item, Order) and scope.covers_order(item):
+                return True
+            if isinstance(item, OrderList) and scope.covers_list(item):
+                return True
+        return False
+
     async def _drain_stream(self, account: Account, scope: Scope) -> None:
         ref = account.ref
         pending = self._stream_pending.setdefault(ref, {})
         while pending:
-            items = list(pending.values())
+            # Only what a latch still covers: a reset may have come while the last batch ran.
+            items = [i for i in pending.values() if self._latched(ref, i)]
             pending.clear()
+            if not items:
+                break
             now = self._clock()
             kill = Kill(
                 f"stream-{next(self._ids)}",

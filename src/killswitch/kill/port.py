@@ -26,8 +26,10 @@ class EnginePort(Protocol):
         reason: str,
         origin: str = "local",
         only: Iterable[str] | None = None,
+        latched_before_ms: int | None = None,
     ) -> bool:
-        """Release every latch, or exactly those named; audited."""
+        """Release every latch, or exactly those named, and of those only the ones received
+        at or before `latched_before_ms`; audited."""
         ...
 
     def latches(self) -> dict[str, Scope]:

@@ -118,6 +118,8 @@ class Kill:
         # the kill's end. Any other cancellation (a shutdown) interrupts it, and the next life
         # of the daemon resumes it from the journal, as it would after a crash.
         self.released = False
+        # Set by a reset that released some of its triggers: the rest were relaunched.
+        self.narrowed = False
         self.final: dict[str, object] | None = None  # the summary, frozen when it finished
         self.flat = asyncio.Event()  # proved flat
         self.done = asyncio.Event()  # flat or failed: the result is known

@@ -149,9 +149,11 @@ class Waves:
         # A one-shot cancel is about what was open when it looked: orders placed after its
         # first look are not its business, and its later waves cancel by id only.
         targets: set[OrderKey] | None = None
+        widen = False
         target_lists: set[str] = set()
         if kill.mode is Mode.CANCEL:
             targets = set(result.known) | result.cancelled
+            widen = not snapshot.complete
             target_lists = {x.list_id for x in snapshot.lists} | result.lists_cancelled
             target_lists |= {x.list_id for x in (tracked or Snapshot()).lists}
             scope = Scope(client_order_id_prefix="")  # matches every item: plans by id
@@ -162,6 +164,12 @@ class Waves:
             if verify is None:
                 verify = await self._read(kill, account, result, None)
             if targets is not None:
+                if widen:
+                    # The first look may have been cut short: until a complete read, what a
+                    # read shows in scope was open since (or before) the trigger.
+                    targets |= {o.key for o in verify.orders}
+                    target_lists |= {x.list_id for x in verify.lists}
+                    widen = not verify.complete
                 verify = _only(verify, targets, target_lists)
             result.still_open = verify
             result.verified = verify.complete
