@@ -1,7 +1,8 @@
 """Draw the README's picture from the benches' JSON: time to flat against the bound and the two
 baselines per workload, a timeline of one kill, and the scale curve.
 
-Usage: python bench/plot.py --ttf ttf.json [--scale scale.json] --out docs/numbers.png
+Usage: python bench/plot.py --ttf ttf.json [--ttf more.json] [--scale scale.json]
+       --out docs/numbers.png
 
 Needs matplotlib (the `bench` extra: pip install -e '.[bench]').
 """
@@ -130,7 +131,12 @@ def scale(ax: Any, data: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ttf", required=True, help="bench/time_to_flat.py --json output")
+    parser.add_argument(
+        "--ttf",
+        required=True,
+        action="append",
+        help="bench/time_to_flat.py --json output (again for more files: workloads are joined)",
+    )
     parser.add_argument("--scale", help="bench/scale.py --json output")
     parser.add_argument("--out", default="docs/numbers.png")
     args = parser.parse_args(argv)
@@ -139,7 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ttf = orjson.loads(Path(args.ttf).read_bytes())
+    ttf = orjson.loads(Path(args.ttf[0]).read_bytes())
+    for more in args.ttf[1:]:
+        ttf["results"] += orjson.loads(Path(more).read_bytes())["results"]
+    order = {"S": 0, "L": 1}
+    ttf["results"].sort(key=lambda r: order.get(r["workload"], 9))
     scaled = orjson.loads(Path(args.scale).read_bytes()) if args.scale else None
     fig = plt.figure(figsize=(12, 8), dpi=110)
     grid = fig.add_gridspec(2, 2, height_ratios=[1, 1])
