@@ -134,9 +134,6 @@ def test_a_short_journal_write_leaves_a_journal_that_reads_back() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: #5 (resume path): a zero-account latch joins a resumed kill's flat"
-)
 def test_a_kill_over_no_account_is_not_joined_to_a_resumed_kill() -> None:
     """#5, found by the checker after the join fix: at a restart, a latched trigger whose scope
     covers no configured account was joined to another resumed kill and reported flat."""

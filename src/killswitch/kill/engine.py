@@ -135,9 +135,7 @@ class Engine:
             if not latched and trigger_id not in state.unfinished:
                 continue
             scope = self._latches.get(trigger_id, trigger.scope)
-            joined = next(
-                (k for k in resumed if k.scope.contains(scope) and k.mode is trigger.mode), None
-            )
+            joined = next((k for k in resumed if self._may_join(k, trigger, scope)), None)
             if joined is not None:
                 joined.triggers.append(trigger)
                 self.kills[trigger_id] = joined
@@ -283,7 +281,7 @@ class Engine:
         launched: list[Kill] = []
         for trigger in triggers:
             scope = self._latches.get(trigger.id, trigger.scope)
-            joined = next((k for k in launched if k.scope.contains(scope)), None)
+            joined = next((k for k in launched if self._may_join(k, trigger, scope)), None)
             if joined is not None:
                 joined.triggers.append(trigger)
                 self.kills[trigger.id] = joined
@@ -352,19 +350,24 @@ class Engine:
         }
 
     # -- kills ----------------------------------------------------------------------------------
+    def _may_join(self, kill: Kill, trigger: Trigger, scope: Scope) -> bool:
+        """Whether `trigger` (over `scope`) may ride on `kill` instead of a kill of its own."""
+        return (
+            # A kill over no account fails on its own: it never rides on another's flat.
+            any(scope.covers_account(ref) for ref in self.accounts)
+            # A one-shot is about what is open when it looks: its own first look.
+            and trigger.mode is Mode.KILL
+            and kill.mode is Mode.KILL
+            and kill.state is KillState.RUNNING
+            and kill.scope.contains(scope)
+            # An account already proved flat would not look again for the joiner.
+            and all(r.state is AccountState.RUNNING for r in kill.accounts.values())
+        )
+
     def _joinable(self, trigger: Trigger) -> Kill | None:
-        if not any(trigger.scope.covers_account(ref) for ref in self.accounts):
-            return None  # a kill of its own, over no account, fails: it never rides on another
-        if trigger.mode is Mode.CANCEL:
-            return None  # a one-shot is about what is open when it looks: its own first look
         for kill in self._running:
-            if (
-                kill.kind in (KillKind.TRIGGER, KillKind.RESUME)
-                and kill.state is KillState.RUNNING
-                and kill.mode is trigger.mode
-                and kill.scope.contains(trigger.scope)
-                # An account already proved flat would not look again for the joiner.
-                and all(r.state is AccountState.RUNNING for r in kill.accounts.values())
+            if kill.kind in (KillKind.TRIGGER, KillKind.RESUME) and self._may_join(
+                kill, trigger, trigger.scope
             ):
                 return kill
         return None
