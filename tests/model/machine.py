@@ -136,6 +136,7 @@ CONFIG = EngineConfig(
     open_for_s=5.0,
 )
 DRAIN_S = 1e-6
+RECONCILE_S = 5.0  # the stream watchdog's background snapshot, when a history turns it on
 STEP_LIMIT_S = 300.0  # virtual seconds any one step may take before it counts as stuck
 
 HAS_RESET_ONLY = "only" in inspect.signature(Engine.reset).parameters
@@ -256,6 +257,7 @@ class KillHistory(RuleBasedStateMachine):
         self.flat_ids: dict[str, list[str]] = {}  # kill id -> trigger ids of its flat report
         self.disk = FaultyDisk() if HAS_JOURNAL_OPS else None
         self.compact_bytes = 8 * 1024 * 1024
+        self.reconcile_s: float | None = None
         self.venues: dict[AccountRef, VenueAccount] = {}
         for spec in ACCOUNTS:
             ref = AccountRef(spec.venue, spec.name)
@@ -350,7 +352,7 @@ class KillHistory(RuleBasedStateMachine):
                 on_event=engine.on_stream_event,
                 backoff_initial_s=0.2,
                 backoff_max_s=2.0,
-                reconcile_interval_s=None,
+                reconcile_interval_s=self.reconcile_s,
                 max_connection_age_s=None,
                 clock=self.loop.time,
                 rng=random.Random(life),
@@ -566,11 +568,12 @@ class KillHistory(RuleBasedStateMachine):
         return {str(x["trigger_id"]) for x in latches}  # type: ignore[attr-defined,index]
 
     # -- rules: the bots -------------------------------------------------------------------
-    @initialize(compact=st.booleans())
-    def boot(self, compact: bool) -> None:
+    @initialize(compact=st.booleans(), reconcile=st.booleans())
+    def boot(self, compact: bool, reconcile: bool = False) -> None:
         if compact:
             self.compact_bytes = 1500
-        self.note(f"boot compact_bytes={self.compact_bytes}")
+        self.reconcile_s = RECONCILE_S if reconcile else None
+        self.note(f"boot compact_bytes={self.compact_bytes} reconcile_s={self.reconcile_s}")
         self.start_life()
 
     @rule(
@@ -639,6 +642,18 @@ class KillHistory(RuleBasedStateMachine):
         self.tick()
         acc.owner_cancel(order.key)
         self.note(f"owner_cancels {order.describe()}")
+        self.drain()
+
+    @rule(account=st.integers(0, len(ACCOUNTS) - 1), pick=st.integers(0, 50))
+    def market_fills(self, account: int, pick: int) -> None:
+        acc = self.venues[self.refs[account]]
+        open_now = acc.open_facts()
+        if not open_now:
+            return
+        order = open_now[pick % len(open_now)]
+        self.tick()
+        acc.fill(order.key)
+        self.note(f"market_fills {order.describe()}")
         self.drain()
 
     # -- rules: triggers and resets --------------------------------------------------------
@@ -943,6 +958,48 @@ class KillHistory(RuleBasedStateMachine):
         self.note(f"stop grace_s={grace_s}")
         self.tick()
         self.stop_life(grace_s)
+
+    @precondition(lambda self: self.up)
+    @rule(scope=scopes, mode=modes, grace_s=st.sampled_from([0.0, 5.0]), stop_first=st.booleans())
+    def stop_races_submit(self, scope: Scope, mode: Mode, grace_s: float, stop_first: bool) -> None:
+        """An alert arrives while the daemon shuts down."""
+        trigger = self.new_trigger(scope, mode, "kafka")
+        self.note(
+            f"stop_races_submit {trigger.id} {mode.value} {scope.to_json()} grace_s={grace_s} "
+            f"stop_first={stop_first}"
+        )
+        engine = self.engine
+        assert engine is not None
+        if self.disk is not None:
+            self.disk.armed = None
+        self.tick()
+
+        async def race() -> None:
+            if stop_first:
+                stop = asyncio.ensure_future(engine.stop(grace_s=grace_s))
+                submit = asyncio.ensure_future(self._submit_during_stop(trigger))
+            else:
+                submit = asyncio.ensure_future(self._submit_during_stop(trigger))
+                stop = asyncio.ensure_future(engine.stop(grace_s=grace_s))
+            await asyncio.gather(stop, submit)
+
+        try:
+            self.run(race())
+        except (TimeoutError, Stalled):
+            self.violation("nothing acknowledged is forgotten", "stop() never returned")
+        self.up = False
+        self.kill_everything()
+        if self.journal is not None:
+            self.journal.close()
+
+    async def _submit_during_stop(self, trigger: Trigger) -> None:
+        try:
+            await self._submit(trigger)
+        except RuntimeError as exc:  # refused: the journal is closed or the engine stopping
+            fact = self.triggers[trigger.id]
+            if fact.status == "pending":
+                fact.status = "refused"
+            self.history.append(f"    submit {trigger.id} refused while stopping: {exc!r}")
 
     @precondition(lambda self: self.up)
     @rule(torn=st.booleans())

@@ -202,6 +202,16 @@ class VenueAccount:
         finally:
             self._canceller.pop()
 
+    def fill(self, key: OrderKey) -> None:
+        """The market fills an order; a filled list leg expires its siblings."""
+        self._canceller.append("market")
+        try:
+            self.books[key[0]].fill(key[1])
+        except UnknownOrder:
+            pass
+        finally:
+            self._canceller.pop()
+
     def open_facts(self) -> list[OrderFact]:
         return [f for f in self.facts.values() if f.is_open]
 
