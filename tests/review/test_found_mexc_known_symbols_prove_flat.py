@@ -13,8 +13,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
-
 from killswitch.engine import Account, Engine
 from killswitch.journal import Journal
 from killswitch.kill.record import KillState
@@ -24,7 +22,6 @@ from tests.fixtures.mexc import mexc_sim
 from tests.unit.test_engine import QUICK
 
 
-@pytest.mark.xfail(strict=True, reason="review: MEXC read of known symbols only proves flat")
 async def test_an_account_wide_mexc_kill_is_not_flat_with_an_order_on_an_unknown_symbol(
     tmp_path: Path,
 ) -> None:

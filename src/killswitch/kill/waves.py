@@ -19,7 +19,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -226,6 +226,10 @@ class Waves:
         symbols = self._snapshot_symbols(kill.scope, account, result)
         try:
             snap = await self._read_symbols(kill, account, result, symbols)
+            if symbols is not None and not _names_scope(kill.scope, symbols):
+                # Read symbol by symbol, over the symbols we know of: an order on any other
+                # symbol in scope would be missed, so the read proves nothing flat.
+                snap = replace(snap, complete=False)
             if symbols is None and not snap.complete:
                 known = self._known_symbols(kill.scope, account, result)
                 if known:
@@ -560,6 +564,11 @@ async def _together(*aws: Awaitable[None]) -> None:
         error = None if task.cancelled() else task.exception()
         if error is not None:
             raise error
+
+
+def _names_scope(scope: Scope, symbols: Sequence[str]) -> bool:
+    """True when `symbols` are every symbol the scope can cover (it names them all)."""
+    return bool(scope.symbols) and {canonical_symbol(s) for s in symbols} >= scope.symbols
 
 
 def _merged(first: Snapshot, second: Snapshot) -> Snapshot:
