@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from killswitch.exchanges.base import Capabilities
-from killswitch.exchanges.paths import PathCapabilities
+from killswitch.exchanges.paths import UNREAD_LIST_CLIENT_ID, PathCapabilities
 from killswitch.model import Order, OrderList, Scope, Snapshot
 
 
@@ -71,12 +71,22 @@ class CancelRequest:
 
 
 def in_scope(scope: Scope, snapshot: Snapshot) -> Snapshot:
-    """Return the part of `snapshot` that `scope` covers (account coverage is the caller's)."""
+    """Return the part of `snapshot` that `scope` covers (account coverage is the caller's).
+
+    A list on a symbol in scope whose own client id the read did not show may be covered by a
+    client-id prefix or not: the part in scope is then incomplete, never proof of flat.
+    """
+    unread = scope.client_order_id_prefix is not None and any(
+        lst.list_client_order_id == UNREAD_LIST_CLIENT_ID
+        and scope.covers_symbol(lst.symbol)
+        and not scope.covers_list(lst)
+        for lst in snapshot.lists
+    )
     return Snapshot(
         orders=tuple(o for o in snapshot.orders if scope.covers_order(o)),
         lists=tuple(lst for lst in snapshot.lists if scope.covers_list(lst)),
         server_time_ms=snapshot.server_time_ms,
-        complete=snapshot.complete,
+        complete=snapshot.complete and not unread,
     )
 
 

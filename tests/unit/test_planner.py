@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from killswitch.exchanges.base import Capabilities
 from killswitch.exchanges.bingx import CAPABILITIES as BINGX_CONNECTOR_CAPS
-from killswitch.exchanges.paths import PathCapabilities
+from killswitch.exchanges.paths import UNREAD_LIST_CLIENT_ID, PathCapabilities
 from killswitch.model import Order, OrderList, Scope, Snapshot
-from killswitch.planner import CancelRequest, RequestKind, plan, plan_time_s
+from killswitch.planner import CancelRequest, RequestKind, in_scope, plan, plan_time_s
 from tests.fakes import BINANCE_CAPS, BINGX_CAPS, MEXC_CAPS
 
 
@@ -302,3 +302,19 @@ def test_bingx_prefix_scope_cancels_matching_lists_by_their_leg_ids() -> None:
     assert ids == {"9"} | {o.order_id for o in legs}
     assert "8" not in ids
     assert RequestKind.CANCEL_LIST not in kinds(requests)
+
+
+def test_a_list_whose_client_id_was_not_read_leaves_a_prefix_scope_unproved() -> None:
+    unread = OrderList("ETH-USDT", "L1", UNREAD_LIST_CLIENT_ID, ("7", "8"), ("", ""))
+    venue = Snapshot(lists=(unread,))
+    prefix = in_scope(Scope.of(client_order_id_prefix="strat7-"), venue)
+    assert prefix.lists == ()
+    assert not prefix.complete
+    assert not prefix.proves_flat
+    assert in_scope(
+        Scope.of(client_order_id_prefix="strat7-", symbols=["BTC-USDT"]), venue
+    ).complete
+    assert in_scope(EVERYTHING, venue).lists == (unread,)
+    # A leg with the prefix puts the list in scope whatever its own id.
+    tagged = replace(unread, client_order_ids=("strat7-a", ""))
+    assert in_scope(Scope.of(client_order_id_prefix="strat7-"), Snapshot(lists=(tagged,))).complete

@@ -76,7 +76,12 @@ from killswitch.exchanges.budget import (
 )
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.http import RawResponse, RestTransport
-from killswitch.exchanges.paths import KindRate, LearnedPaths, PathCapabilities
+from killswitch.exchanges.paths import (
+    UNREAD_LIST_CLIENT_ID,
+    KindRate,
+    LearnedPaths,
+    PathCapabilities,
+)
 from killswitch.exchanges.signing import bingx_signed_query
 from killswitch.model import (
     ExecType,
@@ -545,7 +550,11 @@ def parse_oco_page(data: Any) -> tuple[list[_OcoList], int, str]:
             order = _leg_order(leg, list_id)
             grouped.setdefault(list_id, []).append(order)
             symbols.setdefault(list_id, order.symbol)
-        lists = [_OcoList(lid, symbols[lid], tuple(legs)) for lid, legs in grouped.items()]
+        # This shape has no list client id: say so, never "" (a list with none).
+        lists = [
+            _OcoList(lid, symbols[lid], tuple(legs), UNREAD_LIST_CLIENT_ID)
+            for lid, legs in grouped.items()
+        ]
         return lists, len(data), "legs"
     if isinstance(data, dict) and isinstance(data.get("ocoOrders"), list):
         lists = []
