@@ -2,21 +2,27 @@
 
 `KillHistory` is a hypothesis `RuleBasedStateMachine`. Its rules draw the next event of a
 history: orders and OCO lists placed by bots on four accounts (two Binance accounts whose order
-ids collide across symbols, MEXC, and BingX with a capped all-symbols read), owners cancelling
-their own orders, triggers of every mode and scope, duplicates, resets (all, or naming latches),
-a reset racing a new kill, venue faults (5xx before and after applying, 429, transient, Fatal),
-stream drops and silent streams, latency, a failing disk under the journal, a graceful stop, a
-crash, and a restart on the same journal. Time is virtual (`rig.VirtualTimeLoop`).
+ids are numbered per symbol, twins included; MEXC; BingX with a capped all-symbols read), a
+prefix on a list or on one leg only, owners cancelling and the market filling (a filled leg
+expires its siblings), triggers of every mode and scope (venue, account, symbol, prefix, and
+scopes naming no configured account) from every source, duplicates, resets (all, or naming
+latches), a reset racing a new kill, an alert racing a graceful stop, venue faults (5xx before
+and after applying, 429, transient, stalls, Fatal), stream drops and silent streams, latency, a
+failing disk under the journal (short write then ENOSPC, ENOSPC, fsync EIO), a graceful stop, a
+crash (with or without a torn tail), and a restart on the same journal. Time is virtual
+(`rig.VirtualTimeLoop`); after each step everything due at that instant runs.
 
 The real `Engine`, planner, `Journal`, `OrderTracker` and `StreamSupervisor` run in-process;
 the venues are `venue.VenueAccount`s (the simulator's `SimBook`, one per symbol). The checker
 judges only from the venues' books and the engine's public output (events, journal, status):
 
-* no false flat: when a kill reports flat or confirmed, no order in a trigger's scope that was
-  placed before that trigger was accepted is open on the venue; a kill over no account is never
-  flat;
+* no false flat: when a kill reports flat or confirmed (or an account flat), no order in a
+  trigger's scope that was placed before that trigger was accepted is open on the venue; a kill
+  over no configured account is never flat; a failed account read completely names every such
+  order still open;
 * nothing acknowledged is forgotten: every accepted trigger reaches flat, confirmed or failed
-  (or, for a kill, is released by a reset), in this life of the daemon or a later one;
+  (or, for a kill, is released by a reset), in this life of the daemon or a later one, after a
+  graceful stop as after a crash; a duplicate is answered DUPLICATE only if it was accepted;
 * scope is respected: every order the engine cancels is covered by a trigger accepted before
   the cancel, and (for a kill) not released before the order was placed;
 * one shot is one shot: a `cancel` never cancels an order placed after it reported flat;
@@ -25,10 +31,12 @@ judges only from the venues' books and the engine's public output (events, journ
 * latched means latched: the engine's latches are the accepted, unreleased kills; an in-scope
   order a live stream showed is cancelled by the time the engine is idle; after a sweep with the
   venues healthy, nothing in a latched scope is open;
-* the journal reads back after every step, and says what the engine holds.
+* the journal reads back after every step, and holds the engine's latches.
 
 Violations are collected as they happen (from the event sink and the books) and raised by an
-`@invariant`, so hypothesis shrinks a failure to the shortest history that shows it.
+`@invariant`, so hypothesis shrinks a failure to the shortest history that shows it. Not
+modelled here: a second replica sharing latches over Kafka, and the venues' ban rules (the
+connectors' budgets enforce those; the chaos suite checks them over the simulators).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ STEPS = 30
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_random_histories_keep_every_promise(quiet_logs: None) -> None:
+    """Every promise holds after every step of every drawn history, and at rest after it."""
     budget = os.environ.get("KILLSWITCH_MODEL_HISTORIES")
     histories = int(budget) if budget else DEFAULT_HISTORIES
     config = settings(
