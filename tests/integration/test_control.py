@@ -234,8 +234,13 @@ async def test_cancel_only_does_not_latch_and_a_repeated_id_is_a_duplicate(serve
     )
     assert first["mode"] == "cancel"
     assert not served.engine.latched()
-    again = await served.ask({"op": "fire", "reason": "r", "id": "op-1"})
+    again = await served.ask({"op": "fire", "reason": "r", "cancel_only": True, "id": "op-1"})
     assert again["result"] == "duplicate"
+    # The same id for a kill (another mode) was never acted on: refused, not "duplicate".
+    other = await served.ask({"op": "fire", "reason": "r", "id": "op-1"})
+    assert other["ok"] is False
+    assert other.get("refused")
+    assert not served.engine.latched()
 
 
 async def test_garbage_gets_an_error_and_the_server_keeps_serving(served: Served) -> None:

@@ -12,14 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-import pytest
 
 from killswitch.control_client import exit_code
 from killswitch.handlers.control import ControlServer
 from tests.unit.test_engine import make_rig
 
 
-@pytest.mark.xfail(strict=True, reason="review: fire with a reused id reports another kill")
 async def test_a_fire_answered_duplicate_never_exits_0_for_a_scope_it_did_not_act_on(
     tmp_path: Path,
 ) -> None:
@@ -45,8 +43,12 @@ async def test_a_fire_answered_duplicate_never_exits_0_for_a_scope_it_did_not_ac
         assert mexc_open
 
         second = await server.handle_line(fire("mexc"), "ops")
-        assert second["result"] == "duplicate"
         assert rig.venues["mexc"].open_keys() == mexc_open  # nothing was done on MEXC
         assert exit_code(second) != 0, f"exit 0 for a MEXC fire that cancelled nothing: {second}"
+        assert second.get("refused"), second  # refused: the id belongs to another fire
+
+        retry = await server.handle_line(fire("binance"), "ops")  # the same fire, again
+        assert retry["result"] == "duplicate"
+        assert exit_code(retry) == 0  # an idempotent retry reports the kill it started
     finally:
         await rig.engine.stop()

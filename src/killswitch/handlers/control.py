@@ -51,8 +51,9 @@ from typing import Any, Literal
 import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from killswitch.engine import Engine, Kill, KillState
 from killswitch.handlers.alerts import AlertScope
+from killswitch.kill.engine import Engine
+from killswitch.kill.record import Kill, KillState, SubmitResult
 from killswitch.model import Mode, Trigger
 from killswitch.settings import unmatched
 
@@ -327,6 +328,16 @@ class ControlServer:
             "actor": trigger.actor,
         }
         kill = self.engine.kill_for(trigger.id)
+        if result is SubmitResult.DUPLICATE:
+            # An id already used: a retry of the same fire may report that kill's outcome; any
+            # other scope or mode was never acted on, and must not borrow its "flat".
+            earlier = self.engine.trigger(trigger.id)
+            if earlier is None or (earlier.scope, earlier.mode) != (trigger.scope, trigger.mode):
+                raise ControlError(
+                    f"id {trigger.id} was already used for another fire "
+                    f"({'a different scope or mode' if earlier else 'no longer known'}); "
+                    "nothing was fired: use a new id"
+                )
         if kill is None:
             # Nothing to wait on (the daemon no longer holds the kill this id started).
             answer.update(ok=request.wait is None, outcome="unknown", timed_out=False)
