@@ -23,7 +23,7 @@ from tests.fixtures.kafka import (
     read_topic,
     unique_name,
 )
-from tests.fixtures.kafka_engine import FakeEngine
+from tests.fixtures.kafka_engine import FakeEngine, _Kill
 
 __all__ = ["kafka_broker", "proxied_broker"]
 
@@ -281,3 +281,23 @@ async def test_a_replica_started_without_a_broker_becomes_ready_and_syncs_later(
         await proxied_broker.restore()
         await eventually(lambda: engine.latched(), timeout_s=60)
         assert rep.synced
+
+
+@pytest.mark.kafka
+async def test_a_fail_safe_latch_from_an_unreadable_journal_stays_on_its_replica(
+    latch_settings: KafkaSettings,
+) -> None:
+    damaged = FakeEngine()  # its journal could not be read: latched on everything, locally
+    fail_safe = Trigger(
+        "journal-unreadable-20261206T180000000Z", "journal", Mode.KILL, "unreadable", Scope()
+    )
+    damaged.held[fail_safe.id] = fail_safe.scope  # as replayed at start: no "triggered" event
+    damaged._kills[fail_safe.id] = _Kill(fail_safe)
+    healthy = FakeEngine()
+    a = replicator(latch_settings, "replica-a", damaged)
+    b = replicator(latch_settings, "replica-b", healthy)
+    async with running(a, b):
+        await healthy.submit(kill("k-1"))  # a real kill still travels
+        await eventually(lambda: "k-1" in damaged.held, timeout_s=30)
+    assert a.published == 0
+    assert "journal-unreadable-20261206T180000000Z" not in healthy.held

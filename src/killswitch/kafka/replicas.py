@@ -44,6 +44,7 @@ from killswitch.kafka.client import (
     new_producer,
     stop_client,
 )
+from killswitch.journal import UNREADABLE_PREFIX
 from killswitch.kill.port import EnginePort
 from killswitch.model import Mode, Trigger
 
@@ -391,6 +392,8 @@ class LatchReplicator(ReconnectingClient):
             await self._engine_call(trigger.id, functools.partial(self.engine.submit, trigger))
             self.applied_latches += 1
         for trigger_id in decision.publish:
+            if trigger_id.startswith(UNREADABLE_PREFIX):
+                continue  # this replica's own disk trouble: its fail-safe latch stays local
             known = self._known_trigger(trigger_id)
             if known is not None:
                 self._queue_latch(known)
