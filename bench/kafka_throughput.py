@@ -46,7 +46,7 @@ from tests.fixtures.kafka_daemon import toml_table  # noqa: E402
 
 from killswitch.app import build_parts, input_services  # noqa: E402
 from killswitch.daemon import CriticalTasks  # noqa: E402
-from killswitch.demo import Workload, daemon_toml, drill_accounts, sim_toml  # noqa: E402
+from killswitch.drill.demo import Workload, daemon_toml, drill_accounts, sim_toml  # noqa: E402
 from killswitch.engine import Engine, EngineConfig  # noqa: E402
 from killswitch.events import EventRecord  # noqa: E402
 from killswitch.handlers.heartbeat import HeartbeatWatch  # noqa: E402

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 
 from killswitch.bench_bound import lower_bound
-from killswitch.demo import DrillAccount
+from killswitch.drill.demo import DrillAccount
 from killswitch.sim.server import SimCluster
 from time_to_flat import (
     STAGES,

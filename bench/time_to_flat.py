@@ -77,7 +77,7 @@ from tests.fixtures.kafka import create_topics, producer, running_tansu  # noqa:
 
 from killswitch.bench_bound import AccountLoad, loads_of, lower_bound  # noqa: E402
 from killswitch.control_client import ControlUnreachable, request  # noqa: E402
-from killswitch.demo import (  # noqa: E402
+from killswitch.drill.demo import (  # noqa: E402
     DrillAccount,
     NotifySocket,
     daemon_env,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ParamSpec
 
 from killswitch.audit import AuditLog
+from killswitch.daemon import CriticalTasks, Daemon
 from killswitch.engine import Account, Engine, EngineConfig
 from killswitch.events import FanOut
 from killswitch.exchanges.base import Exchange
@@ -35,7 +36,7 @@ from killswitch.readiness import ReadinessService, Target
 from killswitch.replicas import LatchReplicator
 
 if TYPE_CHECKING:
-    from killswitch.daemon import CriticalTasks, Service
+    from killswitch.daemon import Service
     from killswitch.metrics import Metrics
     from killswitch.settings import AccountSettings, Settings
 
@@ -357,3 +358,20 @@ class MetricsService:
 
     def status(self) -> str:
         return f"port {self.port}"
+
+
+async def async_run(settings: Settings) -> int:
+    """Build the services from `settings` and serve them until stopped; return the exit code."""
+    critical = CriticalTasks()
+    services = build_services(settings, critical)
+    daemon = Daemon(
+        services,
+        critical=critical,
+        grace_period_s=settings.engine.grace_period_s,
+    )
+    return await daemon.serve()
+
+
+def run(settings: Settings) -> int:
+    """Serve the daemon in a fresh event loop; return the exit code."""
+    return asyncio.run(async_run(settings))

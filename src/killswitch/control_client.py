@@ -7,20 +7,14 @@ arguments, 3 unreachable, 4 still running when the wait ended.
 
 from __future__ import annotations
 
-import argparse
-import getpass
 import socket
-import sys
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from killswitch.settings import ControlSettings, config_path
-
-if TYPE_CHECKING:
-    from killswitch.cli import Subparsers
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -114,155 +108,6 @@ def exit_code(answer: dict[str, Any]) -> int:
 
 
 # -- commands -------------------------------------------------------------------------------------
-
-
-def add_parsers(subparsers: Subparsers) -> None:
-    """Register `fire`, `status` and `reset`."""
-    fire = subparsers.add_parser(
-        "fire",
-        help="cancel now and latch (a kill) over the control socket",
-        description="Cancel every open order in scope now and latch the scope (a kill), or "
-        "cancel once (--cancel-only), then wait until the venues show nothing open.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(fire)
-    fire.add_argument("--venue", action="append", default=[], help="repeatable; default all")
-    fire.add_argument("--account", action="append", default=[], help="repeatable; default all")
-    fire.add_argument("--symbol", action="append", default=[], help="repeatable; default all")
-    fire.add_argument("--prefix", default=None, help="client order id prefix (strategy, desk)")
-    fire.add_argument("--reason", required=True, help="why (goes to the audit log)")
-    fire.add_argument("--cancel-only", action="store_true", help="cancel once, do not latch")
-    fire.add_argument(
-        "--no-wait", action="store_true", help="return once the kill is accepted (exit 4)"
-    )
-    fire.add_argument(
-        "--timeout", type=_positive, default=120.0, help="seconds to wait for flat (default 120)"
-    )
-    fire.add_argument("--json", action="store_true", help="print the raw answer")
-    fire.set_defaults(func=cmd_fire)
-
-    status = subparsers.add_parser(
-        "status",
-        help="latch, streams, open orders, last kill",
-        epilog="exit codes: 0 answered, 1 the daemon could not answer, 3 unreachable",
-    )
-    _common(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
-
-    reset = subparsers.add_parser(
-        "reset",
-        help="release the latch (audited)",
-        epilog="exit codes: 0 reset recorded, 1 failed, 2 refused, 3 unreachable",
-    )
-    _common(reset)
-    reset.add_argument("--reason", required=True, help="why (goes to the audit log)")
-    reset.add_argument(
-        "--trigger",
-        action="append",
-        dest="trigger_ids",
-        default=None,
-        metavar="ID",
-        help="release only this trigger's latch (repeatable; default: every latch)",
-    )
-    reset.set_defaults(func=cmd_reset)
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None, metavar="PATH", help="daemon config")
-    parser.add_argument("--socket", type=Path, default=None, metavar="PATH", help="control socket")
-
-
-def _call(
-    args: argparse.Namespace, payload: dict[str, Any], timeout_s: float = 10.0
-) -> dict[str, Any] | None:
-    path = socket_path(args.config, args.socket)
-    try:
-        return request(path, payload, timeout_s=timeout_s)
-    except ControlUnreachable as exc:
-        sys.stderr.write(f"killswitch: cannot reach the daemon: {exc}\n")
-        return None
-
-
-def cmd_fire(args: argparse.Namespace) -> int:
-    payload: dict[str, Any] = {
-        "op": "fire",
-        "venues": args.venue,
-        "accounts": args.account,
-        "symbols": args.symbol,
-        "prefix": args.prefix,
-        "reason": args.reason,
-        "cancel_only": args.cancel_only,
-        "actor": getpass.getuser(),
-    }
-    if not args.no_wait:
-        payload |= {"wait": "done", "timeout_s": args.timeout}
-    answer = _call(args, payload, timeout_s=(10.0 if args.no_wait else args.timeout + 10.0))
-    if answer is None:
-        return EXIT_UNREACHABLE
-    code = exit_code(answer)
-    if args.json:
-        sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif "trigger_id" not in answer:
-        verb = "refused" if code == EXIT_USAGE else "failed"
-        sys.stderr.write(f"killswitch fire {verb}: {answer.get('error')}\n")
-    else:
-        sys.stdout.write(
-            f"{answer['result']} trigger {answer['trigger_id']} mode {answer['mode']} "
-            f"by {answer['actor']}\n"
-        )
-        kill = answer.get("kill")
-        if isinstance(kill, dict):
-            sys.stdout.write(format_kill(kill) + "\n")
-    if code == EXIT_RUNNING and not args.json:
-        waited = "not waited for (--no-wait)" if args.no_wait else f"not flat after {args.timeout}s"
-        sys.stderr.write(
-            f"killswitch fire: still running, {waited}; `killswitch status` shows progress\n"
-        )
-    elif code == EXIT_FAILED and "trigger_id" in answer and not args.json:
-        sys.stderr.write(f"killswitch fire: NOT flat: the kill is {answer.get('outcome')}\n")
-    return code
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    answer = _call(args, {"op": "status"})
-    if answer is None:
-        return EXIT_UNREACHABLE
-    if args.json:
-        sys.stdout.write(
-            orjson.dumps(answer.get("status", answer), option=orjson.OPT_INDENT_2).decode() + "\n"
-        )
-    elif not answer.get("ok"):
-        sys.stderr.write(f"killswitch status: {answer.get('error')}\n")
-    else:
-        sys.stdout.write(format_status(answer["status"]))
-    return EXIT_OK if answer.get("ok") else EXIT_FAILED
-
-
-def cmd_reset(args: argparse.Namespace) -> int:
-    payload: dict[str, Any] = {"op": "reset", "reason": args.reason, "actor": getpass.getuser()}
-    if args.trigger_ids:
-        payload["trigger_ids"] = args.trigger_ids
-    answer = _call(args, payload)
-    if answer is None:
-        return EXIT_UNREACHABLE
-    if not answer.get("ok"):
-        sys.stderr.write(f"killswitch reset refused: {answer.get('error')}\n")
-        return exit_code(answer)
-    what = "latch released" if answer.get("was_latched") else "was not latched"
-    sys.stdout.write(f"{what}; reset by {answer.get('actor')} recorded in the audit log\n")
-    return EXIT_OK
-
-
-# -- rendering ------------------------------------------------------------------------------------
 
 
 def format_status(status: dict[str, Any]) -> str:

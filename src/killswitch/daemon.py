@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from killswitch.notify import Notifier
 
 if TYPE_CHECKING:
-    from killswitch.settings import Settings
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -353,22 +353,3 @@ class Daemon:
         if status != self._last_status:
             self._last_status = status
             self.notifier.status(status)
-
-
-async def async_run(settings: Settings) -> int:
-    """Build the services from `settings` and serve them until stopped; return the exit code."""
-    from killswitch.app import build_services
-
-    critical = CriticalTasks()
-    services = build_services(settings, critical)
-    daemon = Daemon(
-        services,
-        critical=critical,
-        grace_period_s=settings.engine.grace_period_s,
-    )
-    return await daemon.serve()
-
-
-def run(settings: Settings) -> int:
-    """Serve the daemon in a fresh event loop; return the exit code."""
-    return asyncio.run(async_run(settings))

@@ -13,17 +13,11 @@ socket: a running daemon keeps its own timer armed, and preflight reports the da
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import orjson
 
 from killswitch.control_client import ControlUnreachable, request, socket_path
-from killswitch.logs import setup_logging
 from killswitch.model import AccountRef
 from killswitch.readiness import (
     CHECKS,
@@ -32,12 +26,8 @@ from killswitch.readiness import (
     Target,
     check_account,
     reason_for,
-    redact,
 )
-from killswitch.settings import AccountSettings, ConfigError, Settings, config_path, load_settings
-
-if TYPE_CHECKING:
-    from killswitch.cli import Subparsers
+from killswitch.settings import AccountSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,51 +41,6 @@ exit codes:
   1  at least one account is not ready (its row names the reason)
   2  the configuration is invalid (one line per error, naming the field)
 """
-
-
-def add_parser(subparsers: Subparsers) -> None:
-    """Register `killswitch preflight`."""
-    parser = subparsers.add_parser(
-        "preflight",
-        help="check every account online: key, permissions, clock, stream, rate limits",
-        description="Check every configured account against its venue, in parallel: the key "
-        "is accepted (a signed read), may trade and cancel, the clock is inside recvWindow, "
-        "the user stream subscribes, the rate-limit headroom, and on BingX the dead-man's "
-        "switch. One row per account: OK or the venue's reason. Secrets are never printed.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", type=Path, default=None, metavar="PATH", help="daemon config")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument(
-        "--timeout", type=float, default=15.0, help="seconds per account (default 15)"
-    )
-    parser.set_defaults(func=cmd_preflight)
-
-
-def cmd_preflight(args: argparse.Namespace) -> int:
-    setup_logging("WARNING", "text")
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            sys.stderr.write(f"{line}\n")
-        return EXIT_CONFIG
-    secrets = settings.secret_values()
-    setup_logging("WARNING", "text", secrets)
-    daemon_dms = _daemon_dms(args.config, settings)
-    results = asyncio.run(run_preflight(settings, timeout_s=args.timeout, daemon_dms=daemon_dms))
-    if args.json:
-        data = {
-            "ready": all(r.ready for r in results),
-            "config": str(config_path(args.config)),
-            "accounts": [r.to_json() for r in results],
-        }
-        text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
-    else:
-        text = render(results)
-    sys.stdout.write(redact(text, secrets))
-    return EXIT_READY if all(r.ready for r in results) else EXIT_NOT_READY
 
 
 def _daemon_dms(config: Path | None, settings: Settings) -> dict[str, str] | None:

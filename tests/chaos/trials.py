@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from killswitch.demo import BASES, Workload, symbol
+from killswitch.drill.demo import BASES, Workload, symbol
 from killswitch.engine import EngineConfig
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sim.bingx import VARIANTS, BingxBehaviour, BingxSim

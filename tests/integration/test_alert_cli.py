@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from killswitch.demo import daemon_env, killswitch_command
+from killswitch.drill.demo import daemon_env, killswitch_command
 from killswitch.handlers.alerts import parse_alert
 from tests.conftest import eventually, free_port
 from tests.fixtures.kafka import KafkaBroker, kafka_broker, read_topic

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from killswitch.control_client import ControlUnreachable, request
-from killswitch.demo import (
+from killswitch.drill.demo import (
     NotifySocket,
     Workload,
     daemon_env,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.demo import BASES, symbol
+from killswitch.drill.demo import BASES, symbol
 from killswitch.engine import AccountState, EngineConfig, KillState
 from killswitch.model import Mode, Scope, Trigger
 from killswitch.sim.book import OrderSpec

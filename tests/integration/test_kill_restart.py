@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from killswitch.control_client import request
-from killswitch.demo import (
+from killswitch.drill.demo import (
     NotifySocket,
     Workload,
     daemon_env,

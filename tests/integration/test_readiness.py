@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from killswitch.audit import read_audit
-from killswitch.demo import NotifySocket, killswitch_command
+from killswitch.drill.demo import NotifySocket, killswitch_command
 from killswitch.events import EventRecord
 from killswitch.model import AccountRef
 from killswitch.readiness import ReadinessService, Target

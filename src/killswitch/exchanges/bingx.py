@@ -1187,6 +1187,8 @@ class BingxExchange:
                 cancelled=tuple((symbol, leg) for leg in rescued[1]), lists_cancelled=rescued[0]
             )
         list_id = self._leg_list.get(order_id)
+        if list_id is not None:
+            self.learned.learn("leg_id_cancels_list", True)  # it took a leg's id
         return CancelAck(
             cancelled=((symbol, order_id),), lists_cancelled=(list_id,) if list_id else ()
         )
@@ -1223,16 +1225,17 @@ class BingxExchange:
         # since our last read of the lists too: check them against a fresh read.
         legs_said_gone = {i for i in gone if self._may_be_refused_leg(i)}
         legs_cancelled = {i for i in cancelled if i in self._leg_list}
+        if legs_cancelled:
+            # The venue cancelled a leg by its id: its list went with it, or the next read
+            # shows the other leg (and the planner sends it again).
+            self.learned.learn("leg_id_cancels_list", True)
+            legs_said_gone = {i for i in legs_said_gone if i in self._leg_list}
         if legs_said_gone:
             settled = await self._settle_legs(symbol, legs_said_gone, priority, batch=True)
             if settled:
                 rescued = set(settled[1])
                 gone = [i for i in gone if i not in rescued]
                 cancelled.extend(i for i in settled[1] if i not in cancelled)
-        elif legs_cancelled:
-            # The venue cancelled a leg by its id: its list went with it, or the next read
-            # shows the other leg (and the planner sends it again).
-            self.learned.learn("leg_id_cancels_list", True)
         return BatchResult(tuple(cancelled), tuple(gone), tuple(failed))
 
     def _may_be_refused_leg(self, order_id: str) -> bool:

@@ -37,6 +37,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import EventRecord
+from killswitch.journal import UNREADABLE_PREFIX
 from killswitch.kafka.client import (
     BROKER_ERRORS,
     ReconnectingClient,
@@ -44,7 +45,6 @@ from killswitch.kafka.client import (
     new_producer,
     stop_client,
 )
-from killswitch.journal import UNREADABLE_PREFIX
 from killswitch.kill.port import EnginePort
 from killswitch.model import Mode, Trigger
 

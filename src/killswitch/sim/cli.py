@@ -15,14 +15,10 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import orjson
 
 from killswitch.logs import setup_logging
-
-if TYPE_CHECKING:
-    from killswitch.cli import Subparsers
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="INFO",
         help="log level (logs go to stderr)",
     )
-
-
-def add_parser(subparsers: Subparsers) -> None:
-    """Register `killswitch sim`."""
-    parser = subparsers.add_parser(
-        "sim",
-        help="serve simulated Binance/MEXC/BingX spot venues on loopback (drills, tests)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=cmd_sim)
-
-
-def cmd_sim(args: argparse.Namespace) -> int:
-    """Run `killswitch sim` to completion; return the exit code."""
-    return asyncio.run(run_sim(args))
 
 
 async def run_sim(args: argparse.Namespace) -> int:
@@ -117,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m killswitch.sim.cli --config PATH`."""
     parser = argparse.ArgumentParser(prog="killswitch sim", description=__doc__)
     add_arguments(parser)
-    return cmd_sim(parser.parse_args(argv))
+    return asyncio.run(run_sim(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ import argparse
 import asyncio
 import getpass
 import socket
-import sys
 import time
 import uuid
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -34,10 +32,7 @@ from killswitch.handlers.alerts import (
     signature,
 )
 from killswitch.model import AccountRef
-from killswitch.settings import ConfigError, Settings, load_settings
-
-if TYPE_CHECKING:
-    from killswitch.cli import Subparsers
+from killswitch.settings import Settings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -51,62 +46,6 @@ exit codes:
      (a scope covering no configured account, a reset while kafka.allow_reset is off);
      nothing was published
 """
-
-
-def add_parser(subparsers: Subparsers) -> None:
-    """Register `killswitch alert`."""
-    parser = subparsers.add_parser(
-        "alert",
-        help="publish one (signed) risk alert to the configured alerts topic",
-        description="Publish one alert to kafka.alerts_topic, signed with kafka.alert_hmac_key "
-        "when one is configured, and print the record as the daemon will see it.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", type=Path, default=None, metavar="PATH", help="daemon config")
-    parser.add_argument("--action", required=True, choices=("kill", "cancel", "heartbeat", "reset"))
-    parser.add_argument("--venue", action="append", default=[], help="repeatable; default all")
-    parser.add_argument("--account", action="append", default=[], help="repeatable; default all")
-    parser.add_argument("--symbol", action="append", default=[], help="repeatable; default all")
-    parser.add_argument("--prefix", default=None, help="client order id prefix (strategy, desk)")
-    parser.add_argument("--reason", default=None, help="why (required but for a heartbeat)")
-    parser.add_argument(
-        "--source", default=None, help="the producer's name (default killswitch-cli/USER@HOST)"
-    )
-    parser.add_argument("--id", default=None, help="the alert id (default a fresh one)")
-    parser.add_argument("--severity", choices=("info", "warning", "critical"), default="critical")
-    parser.add_argument("--ttl-ms", type=int, default=None, help="the alert's own ttl_ms")
-    parser.add_argument(
-        "--timeout", type=float, default=15.0, help="seconds to wait for the broker (default 15)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the record as JSON")
-    parser.set_defaults(func=cmd_alert)
-
-
-def cmd_alert(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            sys.stderr.write(f"{line}\n")
-        return EXIT_USAGE
-    try:
-        alert = build_alert(args, settings)
-    except AlertRefused as exc:
-        sys.stderr.write(f"killswitch alert refused: {exc}; nothing was published\n")
-        return EXIT_USAGE
-    value, headers = encode(alert, settings)
-    try:
-        meta = asyncio.run(publish(settings, value, headers, key=alert.id, timeout_s=args.timeout))
-    except PublishFailed as exc:
-        sys.stderr.write(f"killswitch alert: NOT published: {exc}\n")
-        return EXIT_FAILED
-    record = as_seen(settings, value, headers, meta)
-    if args.json:
-        sys.stdout.write(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        sys.stdout.write(render(record))
-    return EXIT_OK
 
 
 class AlertRefused(Exception):

@@ -1,7 +1,9 @@
-"""The `killswitch` command: one argparse subcommand per module that owns it.
+"""The `killswitch` command: the parser, `run` and `check-config`; the other subcommands come
+from the modules beside this one.
 
-To add a subcommand, write `add_parser(subparsers)` in your module (it sets `func=`, a function
-taking the parsed arguments and returning the exit code) and list it in `registrars()`.
+To add a subcommand, write `add_parser(subparsers)` in a module of `killswitch.cli` (it sets
+`func=`, a function taking the parsed arguments and returning the exit code) and list it in
+`registrars()`.
 """
 
 from __future__ import annotations
@@ -14,27 +16,23 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from killswitch import __version__
-from killswitch.alert_cli import add_parser as add_alert_parser
-from killswitch.control_client import add_parsers as add_control_parsers
+from killswitch.cli.alert import add_parser as add_alert_parser
+from killswitch.cli.control import add_parsers as add_control_parsers
+from killswitch.cli.demo import add_parser as add_demo_parser
+from killswitch.cli.drill import add_parser as add_drill_parser
+from killswitch.cli.parsers import Subparsers
+from killswitch.cli.preflight import add_parser as add_preflight_parser
+from killswitch.cli.sim import add_parser as add_sim_parser
 from killswitch.daemon import EXIT_CONFIG
-from killswitch.demo import add_parser as add_demo_parser
-from killswitch.drill import add_parser as add_drill_parser
 from killswitch.logs import setup_logging
-from killswitch.preflight import add_parser as add_preflight_parser
 from killswitch.settings import ConfigError, Settings, config_path, load_settings
-from killswitch.sim.cli import add_parser as add_sim_parser
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from typing import TypeAlias
-
-    # What `add_parser(subparsers)` receives; import it under TYPE_CHECKING in your module.
-    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
-    Registrar: TypeAlias = Callable[[Subparsers], None]
+Registrar = Callable[[Subparsers], None]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -101,7 +99,7 @@ def add_run_parser(subparsers: Subparsers) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from killswitch import daemon
+    from killswitch import app
 
     configure_logging(args)
     try:
@@ -117,7 +115,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config_path(args.config),
         ",".join(a.label for a in settings.accounts),
     )
-    return daemon.run(settings)
+    return app.run(settings)
 
 
 # -- check-config ------------------------------------------------------------------------------
