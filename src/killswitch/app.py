@@ -37,8 +37,8 @@ from killswitch.replicas import LatchReplicator
 
 if TYPE_CHECKING:
     from killswitch.daemon import Service
-    from killswitch.metrics import Metrics
     from killswitch.settings import AccountSettings, Settings
+    from killswitch.sinks.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
         readiness=readiness,
     )
     if settings.metrics.enabled:
-        from killswitch.metrics import Metrics
+        from killswitch.sinks.metrics import Metrics
 
         parts.metrics = Metrics(status=engine.status)
         events.add(parts.metrics)

@@ -11,9 +11,9 @@ from prometheus_client import generate_latest
 from killswitch.engine import Account, Engine, EngineConfig
 from killswitch.exchanges.base import RateLimited
 from killswitch.journal import Journal
-from killswitch.metrics import Metrics
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sinks.audit import AuditLog, read_audit
+from killswitch.sinks.metrics import Metrics
 from tests.fakes import FakeClock, FakeExchange, StaticTracker
 
 
