@@ -17,23 +17,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ParamSpec
 
-from killswitch.audit import AuditLog
 from killswitch.daemon import CriticalTasks, Daemon
-from killswitch.engine import Account, Engine, EngineConfig
 from killswitch.events import FanOut
 from killswitch.exchanges.base import Exchange
 from killswitch.exchanges.factory import build_exchange
-from killswitch.exchanges.stream import StreamSupervisor
-from killswitch.exchanges.tracker import OrderTracker
 from killswitch.handlers.control import ControlServer
 from killswitch.handlers.heartbeat import HeartbeatWatch
-from killswitch.handlers.kafka import KafkaAlertConsumer, KafkaCollector
 from killswitch.handlers.rules import RiskRules
 from killswitch.journal import Journal
-from killswitch.kafka_events import KafkaEventSink
+from killswitch.kafka.alerts import KafkaAlertConsumer
+from killswitch.kafka.events import KafkaEventSink
+from killswitch.kafka.replicas import LatchReplicator
+from killswitch.kill.config import Account, EngineConfig
+from killswitch.kill.engine import Engine
 from killswitch.model import AccountRef, ListEvent, OrderEvent
 from killswitch.readiness import ReadinessService, Target
-from killswitch.replicas import LatchReplicator
+from killswitch.sinks.audit import AuditLog
+from killswitch.sinks.kafka_metrics import KafkaCollector
+from killswitch.streams.supervisor import StreamSupervisor
+from killswitch.streams.tracker import OrderTracker
 
 if TYPE_CHECKING:
     from killswitch.daemon import Service

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from killswitch.drill.demo import BASES, Workload, symbol
-from killswitch.engine import EngineConfig
+from killswitch.kill.config import EngineConfig
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sim.bingx import VARIANTS, BingxBehaviour, BingxSim
 from killswitch.sim.rogue import RogueBot

@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from killswitch.engine import Account, Engine, EngineConfig, KillState
 from killswitch.exchanges.binance import BinanceExchange
 from killswitch.journal import Journal
+from killswitch.kill.config import Account, EngineConfig
+from killswitch.kill.engine import Engine
+from killswitch.kill.record import KillState
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sim.book import SimBook
 from killswitch.streams.supervisor import StreamSupervisor

@@ -19,9 +19,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from killswitch.engine import Account, Engine, EngineConfig, Kill
 from killswitch.exchanges.bingx import BingxExchange
 from killswitch.journal import Journal
+from killswitch.kill.config import Account, EngineConfig
+from killswitch.kill.engine import Engine
+from killswitch.kill.record import Kill
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sim.bingx import BingxSim
 from killswitch.streams.supervisor import StreamSupervisor

@@ -15,13 +15,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from killswitch.audit import AuditLog, read_audit
 from killswitch.control_client import format_status, request
-from killswitch.engine import Account, Engine, EngineConfig
 from killswitch.exchanges.base import Fatal
 from killswitch.handlers.control import ControlServer
 from killswitch.journal import Journal
+from killswitch.kill.config import Account, EngineConfig
+from killswitch.kill.engine import Engine
 from killswitch.model import AccountRef
+from killswitch.sinks.audit import AuditLog, read_audit
 from tests.fakes import BINGX_CAPS, FakeExchange
 
 ME = pwd.getpwuid(os.getuid()).pw_name

@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from killswitch.audit import read_audit
 from killswitch.control_client import request
 from killswitch.sim.faults import Fault, FaultKind
+from killswitch.sinks.audit import read_audit
 from tests.fixtures.live_rig import MEXC_REASON, Rig, cli, make_rig, running_daemon
 
 SYMBOLS = {"binance": "BTCUSDT", "mexc": "BTCUSDT", "bingx": "BTC-USDT"}

@@ -15,11 +15,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import SecretStr
 
-from killswitch.engine import Engine, EngineConfig
 from killswitch.handlers.alerts import signature
 from killswitch.journal import Journal, replay
 from killswitch.kafka.alerts import AlertEngine, KafkaAlertConsumer
 from killswitch.kafka.client import Backoff
+from killswitch.kill.config import EngineConfig
+from killswitch.kill.engine import Engine
 from killswitch.model import AccountRef, Mode
 from killswitch.settings import KafkaSettings
 from killswitch.sinks.kafka_metrics import KafkaCollector

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from killswitch.drill.demo import BASES, symbol
-from killswitch.engine import AccountState, EngineConfig, KillState
+from killswitch.kill.config import EngineConfig
+from killswitch.kill.record import AccountState, KillState
 from killswitch.model import Mode, Scope, Trigger
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.rogue import RogueBot
@@ -212,8 +213,8 @@ async def test_a_latched_restart_sweeps_what_appeared_while_down_before_start_re
         for i in range(4):
             book.place(OrderSpec("SOLUSDT", client_order_id=f"late-{i}"))
 
-        from killswitch.engine import Engine
         from killswitch.journal import Journal
+        from killswitch.kill.engine import Engine
 
         again = Engine(
             list(rig.engine.accounts.values()), Journal(tmp_path / "journal.jsonl"), FAST

@@ -16,12 +16,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from killswitch.audit import read_audit
 from killswitch.drill.demo import NotifySocket, killswitch_command
 from killswitch.events import EventRecord
 from killswitch.model import AccountRef
 from killswitch.readiness import ReadinessService, Target
 from killswitch.sim.faults import Fault, FaultKind
+from killswitch.sinks.audit import read_audit
 from tests.conftest import eventually, free_port
 from tests.fixtures.binance import binance_venue
 from tests.fixtures.live_rig import MEXC_REASON, Rig, cli, make_rig, row, running_daemon

@@ -13,8 +13,9 @@ import errno
 import random
 from pathlib import Path
 
-from killswitch.engine import Account, Engine
 from killswitch.journal import FileOps, Journal
+from killswitch.kill.config import Account
+from killswitch.kill.engine import Engine
 from killswitch.kill.record import KillState
 from killswitch.model import AccountRef, Mode
 from tests.fakes import FakeClock, FakeExchange

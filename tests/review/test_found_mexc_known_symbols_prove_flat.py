@@ -13,8 +13,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from killswitch.engine import Account, Engine
 from killswitch.journal import Journal
+from killswitch.kill.config import Account
+from killswitch.kill.engine import Engine
 from killswitch.kill.record import KillState
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sim.book import OrderSpec

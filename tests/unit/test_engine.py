@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.engine import Account, Engine, EngineConfig, KillState, SubmitResult
 from killswitch.exchanges.base import (
     ClockSkew,
     Fatal,
@@ -19,6 +18,9 @@ from killswitch.exchanges.base import (
     Transient,
 )
 from killswitch.journal import Journal, replay
+from killswitch.kill.config import Account, EngineConfig
+from killswitch.kill.engine import Engine
+from killswitch.kill.record import KillState, SubmitResult
 from killswitch.model import AccountRef, ExecType, Mode, OrderEvent, Scope, Trigger
 from tests.conftest import eventually
 from tests.fakes import (

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.engine import Account, Engine, EngineConfig, KillState, SubmitResult
 from killswitch.journal import Journal
 from killswitch.kill import engine as engine_module
+from killswitch.kill.config import Account, EngineConfig
+from killswitch.kill.engine import Engine
+from killswitch.kill.record import KillState, SubmitResult
 from killswitch.model import AccountRef, Mode, Order, Scope, Trigger
 from tests.fakes import FakeExchange
 

@@ -13,9 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from killswitch.engine import Engine, EngineConfig, KillState, _Gate
 from killswitch.exchanges.base import Priority, RateLimited
 from killswitch.journal import replay
+from killswitch.kill.config import EngineConfig
+from killswitch.kill.engine import Engine
+from killswitch.kill.gate import Gate as _Gate
+from killswitch.kill.record import KillState
 from killswitch.model import AccountRef, Mode, Snapshot
 from killswitch.streams.tracker import OrderTracker
 from tests.fakes import BINGX_CAPS, FakeExchange

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from killswitch.engine import Account, Engine, EngineConfig
 from killswitch.exchanges.base import RateLimited
 from killswitch.journal import Journal
+from killswitch.kill.config import Account, EngineConfig
+from killswitch.kill.engine import Engine
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sinks.audit import AuditLog, read_audit
 from killswitch.sinks.metrics import Metrics

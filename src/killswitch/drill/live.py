@@ -491,11 +491,12 @@ class Drill:
         report.released = bool(reset.get("ok")) and bool(reset.get("was_latched"))
 
     async def _kill_in_process(self, exchange: Exchange) -> None:
-        from killswitch.audit import AuditLog
-        from killswitch.engine import Account, Engine, EngineConfig
         from killswitch.events import FanOut, make_event
         from killswitch.journal import Journal
+        from killswitch.kill.config import Account, EngineConfig
+        from killswitch.kill.engine import Engine
         from killswitch.model import Mode, Scope, Trigger
+        from killswitch.sinks.audit import AuditLog
 
         report = self.report
         with tempfile.TemporaryDirectory(prefix="ks-drill-") as tmp:

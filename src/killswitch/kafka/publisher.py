@@ -119,7 +119,7 @@ async def publish(
     timeout_s: float,
 ) -> dict[str, object]:
     """Send one record with acks=all; return where it landed."""
-    from killswitch.handlers.kafka import new_producer
+    from killswitch.kafka.client import new_producer
 
     kafka = settings.kafka
     producer = new_producer(kafka, client_id="killswitch-alert-cli")

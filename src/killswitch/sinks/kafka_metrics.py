@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from killswitch.kafka.alerts import KafkaAlertConsumer
-
 
 class _Connected(Protocol):
     connected: bool
+
+
+class _AlertStats(Protocol):
+    consumed: int
+    triggers: int
+    duplicates: int
+    heartbeats: int
+    resets: int
+    dead_lettered: int
+    dead_letter_lost: int
+    commit_failures: int
+    engine_failures: int
+    rejected: Counter[str]
+
+
+class _Alerts(_Connected, Protocol):
+    """What the collector reads of the alert consumer (`kafka.alerts.KafkaAlertConsumer`)."""
+
+    @property
+    def stats(self) -> _AlertStats: ...
+
+    def lag(self) -> int | None: ...
 
 
 class _Snapshotting(_Connected, Protocol):
@@ -25,7 +45,7 @@ class KafkaCollector(Collector):
 
     def __init__(
         self,
-        alerts: KafkaAlertConsumer,
+        alerts: _Alerts,
         events: _Snapshotting | None = None,
         latch: _Connected | None = None,
     ) -> None:
