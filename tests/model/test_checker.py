@@ -10,12 +10,16 @@ import os
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.internal.conjecture import engine as conjecture
 from hypothesis.stateful import run_state_machine_as_test
 
 from tests.model.machine import TALLY, KillHistory
 
 DEFAULT_HISTORIES = 150
 STEPS = 30
+# In `make test`, a failure is shrunk for at most this long (hypothesis's own cap is 300 s):
+# the history it reports may then be a little longer than the shortest.
+SHRINK_S = 45
 
 
 @pytest.mark.slow
@@ -32,6 +36,9 @@ def test_random_histories_keep_every_promise(quiet_logs: None) -> None:
         database=None,
         suppress_health_check=list(HealthCheck),
     )
+    shrink_s = getattr(conjecture, "MAX_SHRINKING_SECONDS", None)
+    if budget is None and shrink_s is not None:
+        conjecture.MAX_SHRINKING_SECONDS = SHRINK_S
     TALLY.counting = True
     try:
         run_state_machine_as_test(KillHistory, settings=config)
@@ -40,4 +47,6 @@ def test_random_histories_keep_every_promise(quiet_logs: None) -> None:
         raise
     finally:
         TALLY.counting = False
+        if shrink_s is not None:
+            conjecture.MAX_SHRINKING_SECONDS = shrink_s
         print(TALLY.line())

@@ -84,11 +84,6 @@ def test_a_reset_racing_a_new_kill_releases_only_what_it_names() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: #8 (planner): plan() keeps one order per bare id (_unique_orders, ids_sent), "
-    "so of BTCUSDT#1000 and ETHUSDT#1000 in one stream burst only one is cancelled",
-)
 def test_a_stream_cancel_is_not_skipped_for_an_id_another_symbol_used() -> None:
     """#8: Binance numbers orders per symbol; the stream cancel deduplicated by id alone and
     skipped ETHUSDT#1000 after cancelling BTCUSDT#1000. Found again by the checker after the
