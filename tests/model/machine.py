@@ -292,6 +292,7 @@ class KillHistory(RuleBasedStateMachine):
         self.streams: list[asyncio.Task[None]] = []
         self.restarted_at = 0  # seq of the last start
         self.broken = False
+        self.hurry = 0  # loop iterations the next step's drain may run (0: drain the instant)
 
     # -- plumbing --------------------------------------------------------------------------
     def tick(self) -> int:
@@ -319,7 +320,12 @@ class KillHistory(RuleBasedStateMachine):
         self.run(asyncio.sleep(seconds))
 
     def drain(self) -> None:
-        """Run everything that can happen at this instant (a microsecond of virtual time)."""
+        """Run everything that can happen at this instant (a microsecond of virtual time), or,
+        after `hurry`, only the next few loop iterations: the next step lands mid-cascade."""
+        if self.hurry:
+            iterations, self.hurry = self.hurry, 0
+            self.run(_iterations(iterations))
+            return
         self.run(asyncio.sleep(DRAIN_S))
 
     # -- lives of the daemon ---------------------------------------------------------------
@@ -904,6 +910,12 @@ class KillHistory(RuleBasedStateMachine):
         self.disk.armed = kind
         self.note(f"disk_fault next journal write: {kind}")
 
+    @rule(iterations=st.integers(0, 6))
+    def hurry(self, iterations: int) -> None:
+        """The next step's effects get only this many loop iterations before the step after."""
+        self.hurry = iterations if iterations else -1
+        self.note(f"hurry {iterations}")
+
     @rule(seconds=st.sampled_from([0.01, 0.1, 0.6, 2.0, 8.0, 35.0]))
     def advance(self, seconds: float) -> None:
         self.note(f"advance {seconds}s")
@@ -1135,6 +1147,12 @@ class KillHistory(RuleBasedStateMachine):
         finally:
             self.loop.close()
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def _iterations(count: int) -> None:
+    """Let the loop run `count` iterations at this instant (none for a negative count)."""
+    for _ in range(max(0, count)):
+        await asyncio.sleep(0)
 
 
 def _tmp_root() -> str | None:
