@@ -9,7 +9,7 @@ runs it, Kafka off, the kill fired over the control socket) and, measured in tha
   share of one core, in all and per account;
 * time to flat of one kill of everything (cold: after the idle window, so the engine's
   probe-first applies, as in bench/time_to_flat.py), the lower bound for the same books in the
-  same run (killswitch.bench_bound) and their ratio, and where the time went on the critical
+  same run (killswitch.kill.bound) and their ratio, and where the time went on the critical
   path (the stages of bench/time_to_flat.py's breakdown, without the Kafka hop).
 
 Targets at 64 accounts: time to flat at most 1.5x the bound, RSS at most 300 MB, idle CPU at
@@ -37,8 +37,8 @@ from typing import Any
 
 import orjson
 
-from killswitch.bench_bound import lower_bound
 from killswitch.drill.demo import DrillAccount
+from killswitch.kill.bound import lower_bound
 from killswitch.sim.server import SimCluster
 from time_to_flat import (
     STAGES,

@@ -21,7 +21,7 @@ then wait for the kill to be confirmed, check the books are empty, reset the lat
 Workloads: S = 3 venues x 1 account x 5 symbols x 10 orders; L = 3 venues x 2 accounts, 20
 orders per symbol, 100 symbols per account on Binance and BingX and 25 on MEXC (its cap is 500
 open orders per account), a tenth of the orders in two-leg OCO lists where the venue has lists
-(9,000 orders). The lower bound comes from `killswitch.bench_bound` (its docstring explains it).
+(9,000 orders). The lower bound comes from `killswitch.kill.bound` (its docstring explains it).
 
 The baseline is what most trading bots do on shutdown: per account, fetch the open orders, then
 cancel them one by one, waiting out any 429. It runs on the same simulator through the same
@@ -75,7 +75,6 @@ sys.path.insert(0, str(ROOT))  # the Kafka test fixture's broker start function
 
 from tests.fixtures.kafka import create_topics, producer, running_tansu  # noqa: E402
 
-from killswitch.bench_bound import AccountLoad, loads_of, lower_bound  # noqa: E402
 from killswitch.control_client import ControlUnreachable, request  # noqa: E402
 from killswitch.drill.demo import (  # noqa: E402
     DrillAccount,
@@ -94,6 +93,7 @@ from killswitch.exchanges.base import (  # noqa: E402
     Transient,
 )
 from killswitch.exchanges.factory import build_exchange  # noqa: E402
+from killswitch.kill.bound import AccountLoad, loads_of, lower_bound  # noqa: E402
 from killswitch.sim.server import SimCluster  # noqa: E402
 from killswitch.sim.venue import SimVenue, generate_workload  # noqa: E402
 

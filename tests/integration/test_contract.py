@@ -21,8 +21,8 @@ from killswitch.exchanges.base import (
     RateLimited,
 )
 from killswitch.exchanges.factory import connector_class
+from killswitch.kill.planner import CancelRequest, RequestKind, plan
 from killswitch.model import ListEvent, OrderEvent, Scope
-from killswitch.planner import CancelRequest, RequestKind, plan
 from tests.conftest import eventually
 from tests.fixtures.venues import VenueEnv, venue_env_fixture  # noqa: F401 - venue_env
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
+from killswitch.kill.planner import plan
 from killswitch.model import AccountRef, ExecType, OrderEvent, Scope, Snapshot
-from killswitch.planner import plan
 from tests.fakes import BINANCE_CAPS, FakeExchange, _order
 from tests.unit.test_engine import finished, kill_trigger, make_rig
 
@@ -24,7 +22,6 @@ def new_order(venue: FakeExchange, symbol: str, order_id: str) -> OrderEvent:
     return OrderEvent(symbol, order_id, order.client_order_id, ExecType.NEW, "NEW", True, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="review: stream burst with ids shared across symbols")
 async def test_a_stream_burst_of_two_orders_sharing_an_id_cancels_both_at_once(
     tmp_path: Path,
 ) -> None:
@@ -45,7 +42,6 @@ async def test_a_stream_burst_of_two_orders_sharing_an_id_cancels_both_at_once(
         await rig.engine.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="review: planner keys orders by bare id")
 def test_a_plan_by_id_covers_two_orders_that_share_an_id_on_two_symbols() -> None:
     venue = FakeExchange("binance", "b1", ids_per_symbol=True)
     venue.place("BTCUSDT", "desk-a")

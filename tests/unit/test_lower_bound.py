@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.bench_bound import (
+from killswitch.exchanges import bingx, mexc
+from killswitch.exchanges.binance import CAPABILITIES as BINANCE
+from killswitch.exchanges.binance import RATE_LIMITS as BINANCE_LIMITS
+from killswitch.exchanges.bingx import CAPABILITIES as BINGX
+from killswitch.exchanges.mexc import MEXC_CAPABILITIES as MEXC
+from killswitch.kill.bound import (
     REQUEST_BUCKETS,
     AccountLoad,
     Bucket,
@@ -17,11 +22,6 @@ from killswitch.bench_bound import (
     lower_bound,
     windows_span_s,
 )
-from killswitch.exchanges import bingx, mexc
-from killswitch.exchanges.binance import CAPABILITIES as BINANCE
-from killswitch.exchanges.binance import RATE_LIMITS as BINANCE_LIMITS
-from killswitch.exchanges.bingx import CAPABILITIES as BINGX
-from killswitch.exchanges.mexc import MEXC_CAPABILITIES as MEXC
 from tests.fixtures.fuzz import FUZZ
 
 CAPS = {"binance": BINANCE, "mexc": MEXC, "bingx": BINGX}

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from killswitch.exchanges.base import Capabilities
 from killswitch.exchanges.bingx import CAPABILITIES as BINGX_CONNECTOR_CAPS
 from killswitch.exchanges.paths import UNREAD_LIST_CLIENT_ID, PathCapabilities
+from killswitch.kill.planner import CancelRequest, RequestKind, in_scope, plan, plan_time_s
 from killswitch.model import Order, OrderList, Scope, Snapshot
-from killswitch.planner import CancelRequest, RequestKind, in_scope, plan, plan_time_s
 from tests.fakes import BINANCE_CAPS, BINGX_CAPS, MEXC_CAPS
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from killswitch.exchanges.base import VenueError
 from killswitch.kill.config import Account, Clock, EngineConfig
+from killswitch.kill.planner import plan
 from killswitch.kill.record import AccountResult, Kill, KillKind
 from killswitch.kill.waves import Emit, Waves, _AccountStopped
 from killswitch.model import (
@@ -26,7 +27,6 @@ from killswitch.model import (
     Scope,
     Snapshot,
 )
-from killswitch.planner import plan
 
 log = logging.getLogger(__name__)
 

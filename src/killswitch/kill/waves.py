@@ -38,9 +38,9 @@ from killswitch.exchanges.base import (
 )
 from killswitch.kill.config import Account, Clock, EngineConfig, Sleep
 from killswitch.kill.gate import Gate
+from killswitch.kill.planner import CancelRequest, RequestKind, in_scope, plan
 from killswitch.kill.record import AccountResult, AccountState, Kill, KillKind
 from killswitch.model import AccountRef, Mode, OrderKey, Scope, Snapshot, canonical_symbol
-from killswitch.planner import CancelRequest, RequestKind, in_scope, plan
 
 log = logging.getLogger(__name__)
 

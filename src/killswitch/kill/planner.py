@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from killswitch.exchanges.base import Capabilities
 from killswitch.exchanges.paths import UNREAD_LIST_CLIENT_ID, PathCapabilities
-from killswitch.model import Order, OrderList, Scope, Snapshot
+from killswitch.model import Order, OrderKey, OrderList, Scope, Snapshot
 
 
 class RequestKind(enum.StrEnum):
@@ -166,12 +166,12 @@ def _timed_by_symbol(
                 requests.extend(lists_now)
         return requests
     covered = {s for r in sent if r.kind is RequestKind.CANCEL_ALL for s in r.symbols}
-    ids_sent = {i for r in sent for i in r.order_ids}
+    keys_sent = _keys_sent(sent)
     known = {o.symbol for o in orders} | {lst.symbol for lst in lists}
     known.update(configured_symbols)
     by_symbol: dict[str, list[str]] = {}
     for order in plain:
-        if order.order_id not in ids_sent:
+        if order.key not in keys_sent:
             by_symbol.setdefault(order.symbol, []).append(order.order_id)
     unknown_possible = view.first_look or not view.complete
     symbols = sorted(
@@ -200,10 +200,10 @@ def _timed_by_id(
 ) -> list[CancelRequest]:
     in_scope_lists = [lst for lst in lists if caps.has_order_lists and scope.covers_list(lst)]
     list_ids = {lst.list_id for lst in in_scope_lists}
-    ids_sent = {i for r in sent for i in r.order_ids}
+    keys_sent = _keys_sent(sent)
     by_symbol: dict[str, list[str]] = {}
     for order in orders:
-        if not scope.covers_order(order) or order.order_id in ids_sent:
+        if not scope.covers_order(order) or order.key in keys_sent:
             continue
         if order.list_id is not None and order.list_id in list_ids:
             continue  # its list is cancelled as a whole, below
@@ -280,11 +280,12 @@ def _list_requests(
     sooner: the two have budgets of their own. Only `oco/cancel` once the account showed that
     leg ids are refused. `planned` are this plan's other requests (they load the same kinds)."""
     lists_sent = {r.list_id for r in sent if r.kind is RequestKind.CANCEL_LIST}
-    ids_sent = {i for r in sent for i in r.order_ids}
+    keys_sent = _keys_sent(sent)
     todo = [
         lst
         for lst in sorted(lists, key=lambda x: (x.symbol, x.list_id))
-        if lst.list_id not in lists_sent and not set(lst.order_ids) <= ids_sent
+        if lst.list_id not in lists_sent
+        and not {(lst.symbol, i) for i in lst.order_ids} <= keys_sent
     ]
     if not todo:
         return []
@@ -404,7 +405,7 @@ def _plan_by_id(
     caps: Capabilities,
     sent: Sequence[CancelRequest],
 ) -> list[CancelRequest]:
-    ids_sent = {i for r in sent for i in r.order_ids}
+    keys_sent = _keys_sent(sent)
     lists_sent = {r.list_id for r in sent if r.kind is RequestKind.CANCEL_LIST}
     requests: list[CancelRequest] = []
     list_ids: set[str] = set()
@@ -421,7 +422,7 @@ def _plan_by_id(
                 )
     by_symbol: dict[str, list[str]] = {}
     for order in orders:
-        if not scope.covers_order(order) or order.order_id in ids_sent:
+        if not scope.covers_order(order) or order.key in keys_sent:
             continue
         if order.list_id is not None and order.list_id in list_ids:
             continue  # its list is cancelled as a whole
@@ -439,15 +440,21 @@ def _plan_by_id(
     return requests
 
 
+def _keys_sent(sent: Sequence[CancelRequest]) -> set[OrderKey]:
+    """The (symbol, id) of every order a request by id already covers (one symbol each)."""
+    return {(r.symbols[0], i) for r in sent if r.symbols for i in r.order_ids}
+
+
 def _unique_orders(orders: Iterable[Order]) -> list[Order]:
-    seen: dict[str, Order] = {}
+    # By (symbol, id): Binance numbers orders per symbol, so an id alone is not an order.
+    seen: dict[OrderKey, Order] = {}
     for order in orders:
-        seen.setdefault(order.order_id, order)
+        seen.setdefault(order.key, order)
     return list(seen.values())
 
 
 def _unique_lists(lists: Iterable[OrderList]) -> list[OrderList]:
-    seen: dict[str, OrderList] = {}
+    seen: dict[tuple[str, str], OrderList] = {}
     for lst in lists:
-        seen.setdefault(lst.list_id, lst)
+        seen.setdefault((lst.symbol, lst.list_id), lst)
     return list(seen.values())
