@@ -192,8 +192,8 @@ async def one_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         )
         throttled = dict.fromkeys(("429", "418", "100410"), 0)
         for sim in cluster.venues.values():
-            for kind, n in throttle_counts(sim).items():
-                throttled[kind] += n
+            for kind, count in throttle_counts(sim).items():
+                throttled[kind] += count
         failed = False
         return {
             "accounts": n,
