@@ -480,11 +480,19 @@ def parse_order(data: dict[str, Any], list_id: str | None = None) -> Order:
     )
 
 
-def _items(data: Any, key: str) -> list[dict[str, Any]]:
-    """The list in `data[key]`, or `data` itself when the venue sent a bare array."""
+def _items(data: Any, key: str, *, read: bool = False) -> list[dict[str, Any]]:
+    """The list in `data[key]`, or `data` itself when the venue sent a bare array.
+
+    For a `read` (what is open), an answer without that list (no body, `{}`, rows under
+    another key) is unreadable, never "nothing open"; a cancel answer may leave it out.
+    """
     if isinstance(data, dict):
+        if read and key not in data:
+            raise MalformedAnswer(f"{key}: missing from the answer")
         data = data.get(key)
     if data is None:
+        if read:
+            raise MalformedAnswer(f"{key}: no list in the answer")
         return []
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         # Never skip a row we cannot read: it may be an order that is still open.
@@ -1018,7 +1026,7 @@ class BingxExchange:
         if cached is not None and time.monotonic() - cached[0] < SYMBOLS_TTL_S:
             return cached[1]
         data = await self._request("GET", SYMBOLS, signed=False, priority=priority)
-        rows = _items(data, "symbols")
+        rows = _items(data, "symbols", read=True)
         if not rows:
             raise MalformedAnswer("common/symbols: no symbols")
         listed = tuple(dict.fromkeys(str(row["symbol"]) for row in rows))
@@ -1031,7 +1039,7 @@ class BingxExchange:
             data = await self._request("GET", OPEN_ORDERS, params, priority=priority)
         except AlreadyGone as exc:  # a read has nothing to be "gone": we cannot read this
             raise OutcomeUnknown(exc.msg, venue=self.venue, account=self.account) from exc
-        return _items(data, "orders")
+        return _items(data, "orders", read=True)
 
     async def _open_oco_lists(self, priority: Priority) -> tuple[list[_OcoList], bool]:
         """Every open OCO list, page by page; and False when the pages never ended."""
