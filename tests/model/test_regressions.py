@@ -87,7 +87,8 @@ def test_a_reset_racing_a_new_kill_releases_only_what_it_names() -> None:
 def test_a_stream_cancel_is_not_skipped_for_an_id_another_symbol_used() -> None:
     """#8: Binance numbers orders per symbol; the stream cancel deduplicated by id alone and
     skipped ETHUSDT#1000 after cancelling BTCUSDT#1000. Found again by the checker after the
-    engine's fix, when both orders arrive in one burst: the planner still keys by bare id."""
+    engine's fix, with both orders in one stream burst: the planner kept one order per bare
+    id."""
     replay([submit(), SETTLE, TWINS, SETTLE])
 
 
@@ -99,9 +100,9 @@ def test_a_one_shot_cancel_never_cancels_an_order_placed_after_it_proved_flat() 
 
 def test_a_capped_all_symbols_read_is_not_proof_of_flat() -> None:
     """#1: BingX's all-symbols read stops at a page; with the stream silent, the in-scope
-    order was on no page, and the kill by prefix reported flat with it open. Since the read
-    says it is incomplete, the kill fails instead, but nothing reads the symbols one by one,
-    so the latched order stays open through every sweep."""
+    order was on no page, and the kill by prefix reported flat with it open. Found again by
+    the checker once the read said it was incomplete: the kill failed instead, but nothing read
+    the symbols one by one, so the latched order stayed open through every sweep."""
     replay(
         [
             ("stream_trouble", {"account": X1, "how": "mute"}),
