@@ -66,17 +66,12 @@ from hypothesis.stateful import (
 from killswitch.events import FanOut
 from killswitch.exchanges.base import Capabilities, RateLimits
 from killswitch.journal import Journal, JournalCorrupt, replay
+from killswitch.kill.config import Account, EngineConfig
+from killswitch.kill.engine import Engine
+from killswitch.kill.record import SubmitResult
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.streams.supervisor import StreamSupervisor
 from killswitch.streams.tracker import OrderTracker
-
-try:
-    from killswitch.kill.config import Account, EngineConfig
-    from killswitch.kill.engine import Engine, SubmitResult
-except ImportError:  # a tree from before the split into killswitch.kill
-    from killswitch.kill.config import Account, EngineConfig  # type: ignore[no-redef]
-    from killswitch.kill.engine import Engine
-    from killswitch.kill.record import SubmitResult
 from tests.model.rig import HAS_FILE_OPS, FaultyDisk, Stalled, VirtualTimeLoop
 from tests.model.venue import Fault, ModelConnector, OrderFact, VenueAccount
 
