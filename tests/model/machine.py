@@ -398,6 +398,11 @@ class KillHistory(RuleBasedStateMachine):
         if tasks:
             with contextlib.suppress(TimeoutError, Stalled):
                 self.run(asyncio.wait(tasks), limit_s=60.0)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                # A dying process's tasks may fail on the way out (a journal already closed);
+                # their errors die with it.
+                self.history.append(f"    at exit {task.get_name()}: {task.exception()!r}")
         self.streams = []
 
     def stop_life(self, grace_s: float) -> None:
