@@ -15,11 +15,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec
 
 from killswitch.daemon import CriticalTasks, Daemon
-from killswitch.events import FanOut
+from killswitch.events import FanOut, make_event
 from killswitch.exchanges.base import Exchange
+from killswitch.exchanges.bingx import BingxExchange
 from killswitch.exchanges.factory import build_exchange
 from killswitch.handlers.control import ControlServer
 from killswitch.handlers.heartbeat import HeartbeatWatch
@@ -142,7 +144,8 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
     accounts: list[Account] = []
     for account_settings in settings.accounts:
         ref = AccountRef(account_settings.venue, account_settings.name)
-        exchange = connector(account_settings)
+        exchange = connector(account_settings, state_dir=settings.state_dir)
+        learned = _learned(exchange, ref, events)
         tracker = OrderTracker(ref)
         supervisor = StreamSupervisor(
             exchange,
@@ -173,6 +176,7 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
                 dead_mans_switch_s=account_settings.dead_mans_switch_s,
                 stream_state=_state_of(supervisor),
                 not_ready=readiness.not_ready(ref),
+                learned=learned,
             )
         )
     e = settings.engine
@@ -211,8 +215,12 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
     return parts
 
 
-def connector(account: AccountSettings) -> Exchange:
-    """Build one account's connector from its settings (secrets unwrapped only here)."""
+def connector(account: AccountSettings, *, state_dir: Path | None = None) -> Exchange:
+    """Build one account's connector from its settings (secrets unwrapped only here). With a
+    `state_dir`, what the connector learns of the venue is kept there across restarts."""
+    learned_path = None
+    if state_dir is not None and account.venue == "bingx":
+        learned_path = state_dir / f"learned-{account.venue}-{account.name}.json"
     return build_exchange(
         account.venue,
         account=account.name,
@@ -223,7 +231,23 @@ def connector(account: AccountSettings) -> Exchange:
         ws_url=account.ws_url,
         timeout_s=account.timeout_s,
         recv_window_ms=account.recv_window_ms,
+        learned_path=learned_path,
     )
+
+
+def _learned(
+    exchange: Exchange, ref: AccountRef, events: FanOut
+) -> Callable[[], dict[str, object]] | None:
+    """Tell the world each thing the connector learns of the venue; return its reader."""
+    if not isinstance(exchange, BingxExchange):
+        return None
+
+    def learned(key: str, value: bool | str) -> None:
+        log.warning("learned account=%s %s=%s", ref, key, value)
+        events.emit(make_event("learned", account=str(ref), path=key, value=value))
+
+    exchange.on_learned(learned)
+    return exchange.learned_paths
 
 
 def _state_of(supervisor: StreamSupervisor) -> Callable[[], str]:

@@ -146,6 +146,11 @@ def format_status(status: dict[str, Any]) -> str:
             f"{unready} account(s) NOT READY: a kill still tries them; the daemon checks "
             "again every few minutes, `killswitch preflight` checks now"
         )
+    for entry in status.get("accounts") or []:
+        learned = entry.get("learned")
+        if isinstance(learned, dict) and learned:
+            known = ", ".join(f"{k}={v}" for k, v in sorted(learned.items()))
+            lines.append(f"learned {entry['venue']}/{entry['account']}: {known}")
     running = status.get("running") or []
     for kill in running:
         lines.append("")

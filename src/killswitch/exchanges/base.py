@@ -221,7 +221,10 @@ class Exchange(Protocol):
 
     venue: str
     account: str
-    capabilities: Capabilities
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the venue can do, as the planner needs it (may change as it is learned)."""
 
     async def start(self) -> None:
         """Open the connection pool, sync the clock, open and authenticate ws sessions."""

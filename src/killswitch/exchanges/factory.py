@@ -1,43 +1,77 @@
-"""Build a venue connector from its venue name, importing only that venue's module."""
+"""Build a venue connector from its venue name: one typed constructor call per venue."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pathlib import Path
 
 from killswitch.exchanges.base import Exchange
+from killswitch.exchanges.binance import BinanceExchange
+from killswitch.exchanges.bingx import BingxExchange
+from killswitch.exchanges.mexc import MexcExchange
 
-# Imported lazily: a broken or missing venue module fails only the accounts on that venue.
-CONNECTORS: dict[str, tuple[str, str]] = {
-    "binance": ("killswitch.exchanges.binance", "BinanceExchange"),
-    "mexc": ("killswitch.exchanges.mexc", "MexcExchange"),
-    "bingx": ("killswitch.exchanges.bingx", "BingXExchange"),
+CONNECTORS: dict[str, type[BinanceExchange] | type[MexcExchange] | type[BingxExchange]] = {
+    "binance": BinanceExchange,
+    "mexc": MexcExchange,
+    "bingx": BingxExchange,
 }
 
 
-def connector_class(venue: str) -> type[Any]:
+def connector_class(venue: str) -> type[BinanceExchange] | type[MexcExchange] | type[BingxExchange]:
     """Return the connector class for `venue` (case-insensitive)."""
     key = venue.strip().lower()
     if key not in CONNECTORS:
         raise ValueError(f"unknown venue {venue!r}; known: {', '.join(sorted(CONNECTORS))}")
-    module_name, class_name = CONNECTORS[key]
-    module = importlib.import_module(module_name)
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        # Accept the other capitalisation of a multi-word venue (BingX vs Bingx).
-        wanted = class_name.lower()
-        cls = next(
-            (v for k, v in vars(module).items() if k.lower() == wanted and isinstance(v, type)),
-            None,
+    return CONNECTORS[key]
+
+
+def build_exchange(
+    venue: str,
+    *,
+    account: str,
+    api_key: str,
+    api_secret: str,
+    rest_url: str,
+    ws_url: str,
+    key_type: str = "hmac",
+    timeout_s: float = 5.0,
+    recv_window_ms: int = 5000,
+    use_ws_api: bool = True,
+    learned_path: Path | None = None,
+) -> Exchange:
+    """Construct the connector for `venue`. `use_ws_api` is Binance's (REST only when False);
+    `learned_path` is where BingX keeps what it learned of the account (§3.7)."""
+    cls = connector_class(venue)
+    if cls is BinanceExchange:
+        return BinanceExchange(
+            account=account,
+            api_key=api_key,
+            api_secret=api_secret,
+            key_type=key_type,
+            rest_url=rest_url,
+            ws_url=ws_url,
+            timeout_s=timeout_s,
+            recv_window_ms=recv_window_ms,
+            use_ws_api=use_ws_api,
         )
-    if cls is None:
-        raise ImportError(f"{module_name} has no {class_name}")
-    return cls
-
-
-def build_exchange(venue: str, **kwargs: Any) -> Exchange:
-    """Construct the connector for `venue` with the connector's keyword arguments."""
-    exchange = connector_class(venue)(**kwargs)
-    if not isinstance(exchange, Exchange):
-        raise TypeError(f"{type(exchange).__name__} does not implement the Exchange protocol")
-    return exchange
+    if cls is BingxExchange:
+        return BingxExchange(
+            account=account,
+            api_key=api_key,
+            api_secret=api_secret,
+            key_type=key_type,
+            rest_url=rest_url,
+            ws_url=ws_url,
+            timeout_s=timeout_s,
+            recv_window_ms=recv_window_ms,
+            learned_path=learned_path,
+        )
+    return MexcExchange(
+        account=account,
+        api_key=api_key,
+        api_secret=api_secret,
+        key_type=key_type,
+        rest_url=rest_url,
+        ws_url=ws_url,
+        timeout_s=timeout_s,
+        recv_window_ms=recv_window_ms,
+    )

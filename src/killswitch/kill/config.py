@@ -44,6 +44,8 @@ class Account:
     # Why the account is not ready to be acted on ("key rejected: ...", "IP banned until ..."),
     # or None when it is: shown in status, and named in a kill's report of the account.
     not_ready: Callable[[], str | None] | None = None
+    # What the connector learned of how this account's venue behaves (BingX §3.7), for status.
+    learned: Callable[[], dict[str, object]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -335,6 +335,8 @@ class Engine:
             reason = account.not_ready() if account.not_ready is not None else None
             entry["ready"] = reason is None
             entry["reason"] = reason or ""
+            if account.learned is not None:
+                entry["learned"] = account.learned()
             if account.tracker is not None:
                 view = account.tracker.as_snapshot()
                 entry["open_orders"] = len(view.orders)
