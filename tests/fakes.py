@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from killswitch.exchanges import binance, mexc
+from killswitch.exchanges import binance, bingx, mexc
 from killswitch.exchanges.base import (
     AlreadyGone,
     BatchResult,
@@ -54,16 +54,7 @@ from killswitch.sim.book import (
 # The connectors' own capabilities, so the fakes plan exactly as the venues do.
 BINANCE_CAPS = binance.CAPABILITIES
 MEXC_CAPS = mexc.MEXC_CAPABILITIES
-BINGX_CAPS = Capabilities(
-    cancel_all_max_symbols=1,
-    cancel_all_without_symbol=True,
-    cancel_all_covers_lists=False,
-    batch_cancel_max=20,
-    has_order_lists=True,
-    open_orders_without_symbol=True,
-    dead_mans_switch=True,
-    dead_mans_switch_range_s=(10, 120),
-)
+BINGX_CAPS = bingx.CAPABILITIES
 
 
 @dataclass(slots=True)

@@ -147,7 +147,11 @@ async def test_mexc_cancels_five_symbols_per_request_and_bingx_one_account_wide(
     assert sorted(len(c) for c in mexc_calls) == [2, 5]  # type: ignore[arg-type]
     bingx_calls = [c.args[0] for c in rig.venues["bingx"].calls if c.method == "cancel_all"]
     assert bingx_calls == [None]
-    assert rig.venues["bingx"].count("cancel_order_list") == 1
+    # The OCO list goes by a request of its own: a batch of its legs' ids or oco/cancel,
+    # whichever the planner times faster under BingX's limits.
+    bingx = rig.venues["bingx"]
+    assert bingx.count("cancel_order_list") + bingx.count("cancel_orders") >= 1
+    assert not bingx.book.open_lists(None)
 
 
 async def test_a_trigger_id_seen_before_is_a_duplicate_also_after_a_restart(
