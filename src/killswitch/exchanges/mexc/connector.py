@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 import websockets
-from google.protobuf.message import DecodeError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -49,11 +48,25 @@ from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.dialect import MEXC, classify
 from killswitch.exchanges.http import RawResponse, RestTransport
+from killswitch.exchanges.mexc.parse import (
+    AUTH_CODES,
+    INVALID_LISTEN_KEY,
+    LISTEN_KEY_GONE,
+    MAX_SYMBOLS_PER_CALL,
+    PING,
+    SUBSCRIBE,
+    VENUE,
+    _chunks,
+    _close_code,
+    _control_msg,
+    _gather_all,
+    _id,
+    _rows,
+    decode_push,
+    order_from_row,
+)
 from killswitch.exchanges.signing import mexc_hmac_signature, mexc_query
 from killswitch.model import (
-    ExecType,
-    Order,
-    OrderEvent,
     Snapshot,
     StreamEvent,
     StreamSubscribed,
@@ -62,11 +75,6 @@ from killswitch.model import (
 
 log = logging.getLogger(__name__)
 
-VENUE = "mexc"
-MAX_SYMBOLS_PER_CALL = 5
-SUBSCRIBE = orjson.dumps({"method": "SUBSCRIPTION", "params": [pb.ORDERS_CHANNEL]}).decode()
-PING = '{"method":"PING"}'
-INVALID_LISTEN_KEY = "Invalid listen key"
 
 # Per endpoint: 500 weight per 10 s [MX-DOC "LIMITS"]. Weights: cancels 1, openOrders 3.
 MEXC_RATE_LIMITS = RateLimits(
@@ -89,81 +97,6 @@ MEXC_CAPABILITIES = Capabilities(
     dead_mans_switch=False,
     rate_limits=MEXC_RATE_LIMITS,
 )
-
-# Errors are classified by `dialect.MEXC`. Codes that mean a key, signature or permission
-# problem: an openOrders read refused with one of these is not "symbol required".
-AUTH_CODES = frozenset({400, 401, 403, 602, 10072, 700001, 700002, 700006, 700007})
-LISTEN_KEY_GONE = 730708
-
-
-# -- stream decoding --------------------------------------------------------------------------
-_EXEC_TYPES: dict[int, ExecType] = {
-    pb.STATUS_NEW: ExecType.NEW,
-    pb.STATUS_FILLED: ExecType.TRADE,
-    pb.STATUS_PARTIALLY_FILLED: ExecType.TRADE,
-    pb.STATUS_CANCELED: ExecType.CANCELED,
-    pb.STATUS_PARTIALLY_CANCELED: ExecType.CANCELED,
-}
-
-
-def decode_push(frame: bytes) -> OrderEvent | None:
-    """Decode one binary push; an `OrderEvent` for `privateOrders`, None for other bodies.
-
-    Raises `Transient` for a frame that is not a valid push: it may have been an order event,
-    so the stream ends and the supervisor resnapshots.
-    """
-    try:
-        wrapper = pb.PushDataV3ApiWrapper.FromString(frame)
-    except DecodeError as exc:
-        raise Transient(f"corrupt protobuf push: {exc}", venue=VENUE, endpoint="ws") from exc
-    if wrapper.WhichOneof("body") != "privateOrders":
-        return None
-    if not wrapper.symbol:
-        # Orders are known by (symbol, id): an order push without its symbol cannot be
-        # matched to what the tracker holds, so it is as unreadable as a corrupt one.
-        raise Transient("order push without a symbol", venue=VENUE, endpoint="ws")
-    o = wrapper.privateOrders
-    status = int(o.status)
-    return OrderEvent(
-        symbol=wrapper.symbol,
-        order_id=o.id,
-        client_order_id=o.clientId,
-        exec_type=_EXEC_TYPES.get(status, ExecType.OTHER),
-        status=pb.STATUS_NAMES.get(status, str(status)),
-        is_open=status in pb.OPEN_STATUS_CODES,
-        event_time_ms=int(wrapper.sendTime or wrapper.createTime or o.createTime),
-        side="BUY" if o.tradeType == pb.TRADE_TYPE_BUY else "SELL",
-        order_type=pb.ORDER_TYPE_NAMES.get(int(o.orderType), str(o.orderType)),
-        price=o.price or "0",
-        orig_qty=o.quantity or "0",
-        last_qty=o.lastDealQuantity if o.HasField("lastDealQuantity") else "0",
-        last_price=(o.avgPrice or o.price or "0") if o.HasField("lastDealQuantity") else "0",
-        list_id=o.ocoId if o.HasField("ocoId") and o.ocoId else None,
-    )
-
-
-def order_from_row(row: dict[str, Any]) -> Order:
-    """An open-orders row as an `Order` (ids kept as strings, never through a float)."""
-    list_id = row.get("orderListId")
-    return Order(
-        symbol=str(row["symbol"]),
-        order_id=_id(row["orderId"]),
-        client_order_id=str(row.get("clientOrderId") or ""),
-        side=str(row.get("side", "")),
-        order_type=str(row.get("type", "")),
-        price=str(row.get("price", "0")),
-        orig_qty=str(row.get("origQty", "0")),
-        executed_qty=str(row.get("executedQty", "0")),
-        status=str(row.get("status", "NEW")),
-        list_id=None if list_id in (None, -1, "-1", "") else _id(list_id),
-        time_ms=int(row.get("time") or 0),
-    )
-
-
-def _id(value: object) -> str:
-    if isinstance(value, float):
-        raise TypeError("an order id arrived as a float; it may have lost digits")
-    return str(value)
 
 
 # -- the connector ------------------------------------------------------------------------------
@@ -661,42 +594,3 @@ class MexcExchange:
 
     def _stream_error(self, what: str) -> Transient:
         return Transient(what, venue=VENUE, account=self.account, endpoint="ws")
-
-
-def _close_code(exc: ConnectionClosed) -> int | None:
-    return exc.rcvd.code if exc.rcvd is not None else None
-
-
-def _control_msg(frame: str) -> str | None:
-    try:
-        data = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(data, dict) and "msg" in data:
-        return str(data["msg"])
-    return None
-
-
-def _rows(answer: Any, account: str) -> list[Any]:
-    """The rows of an openOrders read. Any other shape is unreadable, never "nothing open"."""
-    if not isinstance(answer, list):
-        raise OutcomeUnknown(
-            f"openOrders answer is a {type(answer).__name__}, not a list of rows",
-            venue=VENUE,
-            account=account,
-            endpoint="GET /api/v3/openOrders",
-        )
-    return answer
-
-
-def _chunks(symbols: Sequence[str]) -> list[list[str]]:
-    return [list(symbols[i : i + MAX_SYMBOLS_PER_CALL]) for i in range(0, len(symbols), 5)]
-
-
-async def _gather_all(coros: Any) -> list[Any]:
-    """Run concurrently, wait for all, then raise the first failure (none is left running)."""
-    results = await asyncio.gather(*coros, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
