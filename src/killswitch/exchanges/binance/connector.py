@@ -7,9 +7,7 @@ each request ad hoc. While the session is down (not yet open, dropped, `serverSh
 same request goes over REST. A request sent on the session and not answered within the timeout
 is `OutcomeUnknown`; one that could not be sent goes over REST instead.
 
-The user-data stream is a separate connection per `user_stream()` call:
-`userDataStream.subscribe.signature` (any key type) or `session.logon` +
-`userDataStream.subscribe` (Ed25519). The REST listenKey stream is retired [BN-CL 2026-01-21].
+The user-data stream is in `stream`, a separate connection per `user_stream()` call.
 """
 
 from __future__ import annotations
@@ -20,13 +18,12 @@ import itertools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from multidict import CIMultiDictProxy
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.asyncio.client import ClientConnection
 
 from killswitch.exchanges.base import (
     AlreadyGone,
@@ -41,9 +38,25 @@ from killswitch.exchanges.base import (
     OutcomeUnknown,
     RateLimited,
     RateLimits,
-    Transient,
     VenueError,
     malformed_is_unknown,
+)
+from killswitch.exchanges.binance import stream
+from killswitch.exchanges.binance.parse import (
+    VENUE,
+    _code_msg,
+    _gather,
+    _order,
+    _order_list,
+    _rows,
+    cancel_ack,
+)
+from killswitch.exchanges.binance.session import (
+    WsApiSession,
+    _connect,
+    _NotSent,
+    keep_session,
+    ws_api_url,
 )
 from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
@@ -57,31 +70,14 @@ from killswitch.exchanges.signing import (
     binance_ws_payload,
 )
 from killswitch.model import (
-    ExecType,
-    ListEvent,
-    Order,
-    OrderEvent,
-    OrderKey,
-    OrderList,
     Snapshot,
     StreamEvent,
-    StreamSubscribed,
-    StreamTerminated,
 )
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-VENUE = "binance"
-WS_API_PATH = "/ws-api/v3"
-OPEN_STATUSES = frozenset({"NEW", "PARTIALLY_FILLED", "PENDING_NEW"})
-# A ws-api connection lives at most 24 h [BN-WS]: reconnect on our terms before that.
-SESSION_MAX_AGE_S = 23.5 * 3600
-STREAM_MAX_AGE_S = 23.5 * 3600
-MIN_BACKOFF_S = 0.25
-MAX_BACKOFF_S = 30.0
-STABLE_SESSION_S = 5.0
 
 RATE_LIMITS = RateLimits(
     weight_per_window=6000,  # REQUEST_WEIGHT per IP per calendar minute [BN-REST "LIMITS"]
@@ -104,109 +100,8 @@ CAPABILITIES = Capabilities(
 )
 
 _WS_INT_PARAMS = frozenset({"orderId", "orderListId"})  # LONG params go as JSON integers
-_EXEC_TYPES = {
-    "NEW": ExecType.NEW,
-    "TRADE": ExecType.TRADE,
-    "CANCELED": ExecType.CANCELED,
-    "EXPIRED": ExecType.EXPIRED,
-    "TRADE_PREVENTION": ExecType.EXPIRED,
-    "REJECTED": ExecType.REJECTED,
-    "REPLACED": ExecType.REPLACED,
-}
 
 # Errors are classified by `dialect.BINANCE` (code table, -2011 by message, the unknown rule).
-
-
-class _NotSent(Exception):
-    """The ws-api session could not take the request: send it over REST instead."""
-
-
-class WsApiSession:
-    """One WebSocket API connection: requests matched to answers by `id`."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.logged_on = False
-        self.draining = False  # serverShutdown seen: finish in-flight work, take no more
-        self.opened_at = asyncio.get_running_loop().time()
-        self.closed = asyncio.Event()
-        self.lost = asyncio.Event()  # closed or draining: time for a new session
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._reader = asyncio.create_task(self._read(), name="binance-ws-api-reader")
-
-    @property
-    def up(self) -> bool:
-        return not self.closed.is_set() and not self.draining
-
-    async def call(self, method: str, params: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Send one request and return the answer frame."""
-        if not self.up:
-            raise _NotSent(method)
-        req_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[req_id] = future
-        frame = orjson.dumps({"id": req_id, "method": method, "params": params}).decode()
-        try:
-            try:
-                await self.ws.send(frame)
-            except ConnectionClosed as exc:
-                raise _NotSent(method) from exc
-            # asyncio.timeout, never wait_for: on 3.11 wait_for can swallow a cancel that
-            # races the result, and a cancelled close() would then wait forever.
-            try:
-                async with asyncio.timeout(timeout_s):
-                    return await future
-            except TimeoutError:
-                # A session that leaves a request unanswered may be dead without knowing it
-                # (pings take up to 40 s to tell): retire it, so the next request goes over
-                # REST while a fresh session opens.
-                log.warning("binance ws-api request unanswered; replacing the session")
-                self.draining = True
-                self.lost.set()
-                raise OutcomeUnknown(
-                    f"no answer within {timeout_s}s", venue=VENUE, endpoint=f"ws {method}"
-                ) from None
-        finally:
-            self._pending.pop(req_id, None)
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self.ws:
-                try:
-                    frame = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    log.warning("binance ws-api sent a frame that is not JSON")
-                    continue
-                if not isinstance(frame, dict):
-                    continue
-                future = self._pending.get(frame.get("id"))  # type: ignore[arg-type]
-                if future is not None and not future.done():
-                    future.set_result(frame)
-                    continue
-                event = frame.get("event")
-                if isinstance(event, dict) and event.get("e") == "serverShutdown":
-                    log.warning("binance ws-api session got serverShutdown; reconnecting")
-                    self.draining = True
-                    self.lost.set()
-        except ConnectionClosed:
-            pass
-        finally:
-            self.closed.set()
-            self.lost.set()
-            for req_id, future in list(self._pending.items()):
-                if not future.done():
-                    future.set_exception(
-                        OutcomeUnknown(
-                            "ws-api connection closed before the answer",
-                            venue=VENUE,
-                            endpoint=f"ws id={req_id}",
-                        )
-                    )
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await asyncio.wait([self._reader])
 
 
 class BinanceExchange:
@@ -295,42 +190,13 @@ class BinanceExchange:
 
     async def _keep_session(self) -> None:
         """Keep one logged-on ws-api session open; reconnect with backoff when it goes."""
-        loop = asyncio.get_running_loop()
-        backoff = MIN_BACKOFF_S
-        while True:
-            try:
-                fresh = await self._open_session()
-            except (VenueError, _NotSent, OSError, TimeoutError, WebSocketException) as exc:
-                log.warning(
-                    "binance ws-api session failed account=%s error=%s retry_in_s=%.2f",
-                    self.account,
-                    exc,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                continue
-            except Exception:
-                # A bug here must not end the keeper: REST is the fallback, but the kill path
-                # should get its session back.
-                log.exception("binance ws-api session keeper error account=%s", self.account)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                continue
-            old, self.session = self.session, fresh
-            self._session_ready.set()
-            if old is not None:
-                await old.close()
-            log.info("binance ws-api session up account=%s", self.account)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SESSION_MAX_AGE_S):
-                    await fresh.lost.wait()
-            if loop.time() - fresh.opened_at < STABLE_SESSION_S:
-                # Dropped right after opening: back off instead of reconnecting in a loop.
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-            else:
-                backoff = MIN_BACKOFF_S
+        await keep_session(self._open_session, self._install_session, self.account)
+
+    async def _install_session(self, fresh: WsApiSession) -> None:
+        old, self.session = self.session, fresh
+        self._session_ready.set()
+        if old is not None:
+            await old.close()
 
     async def _open_session(self) -> WsApiSession:
         await self.budget.acquire(2, Priority.BACKGROUND)  # a connection costs 2 weight
@@ -685,51 +551,16 @@ class BinanceExchange:
         """Binance Spot has no dead-man's switch."""
         raise Fatal("Binance Spot has no dead-man's switch", venue=VENUE, account=self.account)
 
-    async def user_stream(self) -> AsyncGenerator[StreamEvent, None]:
+    def user_stream(self) -> AsyncGenerator[StreamEvent, None]:
         """Subscribe one user-data stream on its own ws-api connection and yield its events.
 
         Raises `Transient` when the connection drops (the server pings every 20 s and
         `websockets` pings too, so a dead peer is noticed); yields `StreamTerminated` and
         stops on `eventStreamTerminated`, `serverShutdown`, or before the 24 h limit.
         """
-        await self.budget.acquire(4, Priority.BACKGROUND)  # connect 2 + subscribe 2
-        try:
-            ws = await _connect(self.ws_url, self.timeout_s)
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            raise Transient(
-                f"user stream connect failed: {type(exc).__name__}",
-                venue=VENUE,
-                account=self.account,
-                endpoint="ws user stream",
-            ) from exc
-        try:
-            await self._subscribe_stream(ws)
-            yield StreamSubscribed()
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + STREAM_MAX_AGE_S
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    yield StreamTerminated("connection age limit")
-                    return
-                try:
-                    async with asyncio.timeout(remaining):
-                        raw = await ws.recv()
-                except TimeoutError:
-                    continue
-                except ConnectionClosed as exc:
-                    raise Transient(
-                        f"user stream closed: {exc}",
-                        venue=VENUE,
-                        account=self.account,
-                        endpoint="ws user stream",
-                    ) from exc
-                for item in parse_frame(raw):
-                    yield item
-                    if isinstance(item, StreamTerminated):
-                        return
-        finally:
-            await ws.close()
+        return stream.user_stream(
+            self.ws_url, self.timeout_s, self.budget, self.account, self._subscribe_stream
+        )
 
     async def _subscribe_stream(self, ws: ClientConnection) -> None:
         ids = itertools.count(1)
@@ -753,204 +584,15 @@ class BinanceExchange:
     async def _stream_request(
         self, ws: ClientConnection, req_id: int, method: str, params: dict[str, Any] | None
     ) -> Any:
-        request: dict[str, Any] = {"id": req_id, "method": method}
-        if params is not None:
-            request["params"] = params
-        try:
-            await ws.send(orjson.dumps(request).decode())
-            async with asyncio.timeout(self.timeout_s):
-                while True:
-                    frame = orjson.loads(await ws.recv())
-                    if isinstance(frame, dict) and frame.get("id") == req_id:
-                        return self._ws_result(frame, method)
-        except (ConnectionClosed, TimeoutError, ValueError, TypeError, AttributeError) as exc:
-            # Closed, silent or unreadable: this connection cannot carry the stream.
-            raise Transient(
-                f"{method} not acknowledged: {type(exc).__name__}",
-                venue=VENUE,
-                account=self.account,
-                endpoint=f"ws {method}",
-            ) from exc
-
-
-# -- parsing -------------------------------------------------------------------------------------
-def ws_api_url(ws_url: str) -> str:
-    """The WebSocket API endpoint: `ws_url` itself, or its `/ws-api/v3` when it has no path."""
-    if urlsplit(ws_url).path in ("", "/"):
-        return ws_url.rstrip("/") + WS_API_PATH
-    return ws_url
-
-
-async def _connect(url: str, timeout_s: float) -> ClientConnection:
-    # No proxy from the environment and no compression: nothing slow on the kill path.
-    return await connect(
-        url,
-        open_timeout=timeout_s,
-        proxy=None,
-        compression=None,
-        max_size=1 << 24,
-        close_timeout=2.0,
-        user_agent_header=None,
-    )
-
-
-async def _gather(*calls: Awaitable[Any]) -> list[Any]:
-    """Run calls concurrently; raise the first failure after all have finished."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
-
-
-def _code_msg(body: Any, raw: bytes) -> tuple[int | None, str]:
-    if isinstance(body, dict):
-        code = body.get("code")
-        return (int(code) if isinstance(code, int) else None), str(body.get("msg", ""))
-    return None, raw[:200].decode("utf-8", "replace")
-
-
-def _rows(value: Any, what: str, account: str) -> list[Any]:
-    """The rows of a list read. Any other shape is unreadable, never "nothing open"."""
-    if not isinstance(value, list):
-        raise OutcomeUnknown(
-            f"{what} answer is a {type(value).__name__}, not a list of rows",
-            venue=VENUE,
-            account=account,
-            endpoint=what,
+        return await stream.stream_request(
+            ws,
+            req_id,
+            method,
+            params,
+            timeout_s=self.timeout_s,
+            account=self.account,
+            result=self._ws_result,
         )
-    return value
-
-
-def _list_id(value: Any) -> str | None:
-    return None if value is None or int(value) < 0 else str(value)
-
-
-def _order(row: dict[str, Any]) -> Order:
-    return Order(
-        symbol=row["symbol"],
-        order_id=str(row["orderId"]),
-        client_order_id=row.get("clientOrderId", ""),
-        side=row.get("side", ""),
-        order_type=row.get("type", ""),
-        price=row.get("price", "0"),
-        orig_qty=row.get("origQty", "0"),
-        executed_qty=row.get("executedQty", "0"),
-        status=row.get("status", "NEW"),
-        list_id=_list_id(row.get("orderListId")),
-        time_ms=int(row.get("time", 0)),
-    )
-
-
-def _order_list(row: dict[str, Any]) -> OrderList:
-    legs = row["orders"]
-    if not isinstance(legs, list) or not legs:
-        raise ValueError("an order list without legs")  # unreadable: OutcomeUnknown
-    return OrderList(
-        symbol=row["symbol"],
-        list_id=str(row["orderListId"]),
-        list_client_order_id=row.get("listClientOrderId", ""),
-        order_ids=tuple(str(leg["orderId"]) for leg in legs),
-        client_order_ids=tuple(leg.get("clientOrderId", "") for leg in legs),
-        contingency_type=row.get("contingencyType", "OCO"),
-    )
-
-
-def cancel_ack(result: Any, symbol: str) -> CancelAck:
-    """What a cancel answer on `symbol` says went: orders and whole lists, mixed [BN-REST]."""
-    items = result if isinstance(result, list) else [result]
-    cancelled: list[OrderKey] = []
-    lists: list[str] = []
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        if "orderReports" in item or "orders" in item:
-            lists.append(str(item["orderListId"]))
-            reports = item.get("orderReports") or item.get("orders") or ()
-            cancelled.extend((symbol, str(r["orderId"])) for r in reports)
-        elif "orderId" in item:
-            cancelled.append((symbol, str(item["orderId"])))
-    return CancelAck(cancelled=tuple(cancelled), lists_cancelled=tuple(lists))
-
-
-def parse_frame(raw: str | bytes) -> list[StreamEvent]:
-    """Decode one user-stream frame into the events it carries (none for other frames).
-
-    Raises `Transient` for an order or list event it cannot read.
-    """
-    event = _event_of(raw)
-    if event is None:
-        return []
-    kind = event.get("e")
-    try:
-        if kind == "executionReport":
-            return [execution_report_event(event)]
-        if kind == "listStatus":
-            return [list_status_event(event)]
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        # An order event we cannot read may hide an open order: end the stream (the supervisor
-        # marks a gap and resnapshots) rather than skip it.
-        raise Transient(
-            f"malformed {kind} event: {type(exc).__name__}",
-            venue=VENUE,
-            endpoint="ws user stream",
-        ) from exc
-    if kind in ("eventStreamTerminated", "serverShutdown"):
-        return [StreamTerminated(str(kind))]
-    return []
-
-
-def _event_of(raw: str | bytes) -> dict[str, Any] | None:
-    try:
-        frame = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        log.warning("binance user stream sent a frame that is not JSON")
-        return None
-    if not isinstance(frame, dict):
-        return None
-    event = frame.get("event")
-    return event if isinstance(event, dict) else None
-
-
-def execution_report_event(ev: dict[str, Any]) -> OrderEvent:
-    """An `executionReport` as an `OrderEvent` [BN-UDS]."""
-    exec_type = str(ev.get("x", ""))
-    status = str(ev.get("X", ""))
-    original = ev.get("C") or ""
-    # On a cancel `c` is the cancel request's own id; the order's is in `C`.
-    client_id = original if exec_type == "CANCELED" and original else str(ev.get("c") or "")
-    symbol = str(ev["s"])
-    if not symbol:
-        raise ValueError("executionReport without a symbol")  # orders are (symbol, id)
-    return OrderEvent(
-        symbol=symbol,
-        order_id=str(ev["i"]),
-        client_order_id=client_id,
-        exec_type=_EXEC_TYPES.get(exec_type, ExecType.OTHER),
-        status=status,
-        is_open=status in OPEN_STATUSES,
-        event_time_ms=int(ev.get("E", 0)),
-        side=str(ev.get("S", "")),
-        order_type=str(ev.get("o", "")),
-        price=str(ev.get("p", "0")),
-        orig_qty=str(ev.get("q", "0")),
-        last_qty=str(ev.get("l", "0")),
-        last_price=str(ev.get("L", "0")),
-        list_id=_list_id(ev.get("g")),
-    )
-
-
-def list_status_event(ev: dict[str, Any]) -> ListEvent:
-    """A `listStatus` as a `ListEvent`: open until ALL_DONE [BN-UDS]."""
-    done = ev.get("l") == "ALL_DONE" or ev.get("L") in ("ALL_DONE", "REJECT")
-    return ListEvent(
-        symbol=str(ev["s"]),
-        list_id=str(ev["g"]),
-        list_client_order_id=str(ev.get("C", "")),
-        is_open=not done,
-        order_ids=tuple(str(leg["i"]) for leg in ev.get("O") or ()),
-        event_time_ms=int(ev.get("E", 0)),
-    )
 
 
 if TYPE_CHECKING:  # the connector satisfies the Exchange protocol, checked by mypy

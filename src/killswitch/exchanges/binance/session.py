@@ -1,0 +1,184 @@
+"""Binance ws-api session: one WebSocket API connection, requests matched to answers by `id`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from killswitch.exchanges.base import (
+    OutcomeUnknown,
+    VenueError,
+)
+from killswitch.exchanges.binance.parse import VENUE
+
+log = logging.getLogger(__name__)
+
+WS_API_PATH = "/ws-api/v3"
+
+# A ws-api connection lives at most 24 h [BN-WS]: reconnect on our terms before that.
+SESSION_MAX_AGE_S = 23.5 * 3600
+MIN_BACKOFF_S = 0.25
+MAX_BACKOFF_S = 30.0
+STABLE_SESSION_S = 5.0
+
+
+class _NotSent(Exception):
+    """The ws-api session could not take the request: send it over REST instead."""
+
+
+class WsApiSession:
+    """One WebSocket API connection: requests matched to answers by `id`."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.logged_on = False
+        self.draining = False  # serverShutdown seen: finish in-flight work, take no more
+        self.opened_at = asyncio.get_running_loop().time()
+        self.closed = asyncio.Event()
+        self.lost = asyncio.Event()  # closed or draining: time for a new session
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader = asyncio.create_task(self._read(), name="binance-ws-api-reader")
+
+    @property
+    def up(self) -> bool:
+        return not self.closed.is_set() and not self.draining
+
+    async def call(self, method: str, params: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send one request and return the answer frame."""
+        if not self.up:
+            raise _NotSent(method)
+        req_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = future
+        frame = orjson.dumps({"id": req_id, "method": method, "params": params}).decode()
+        try:
+            try:
+                await self.ws.send(frame)
+            except ConnectionClosed as exc:
+                raise _NotSent(method) from exc
+            # asyncio.timeout, never wait_for: on 3.11 wait_for can swallow a cancel that
+            # races the result, and a cancelled close() would then wait forever.
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await future
+            except TimeoutError:
+                # A session that leaves a request unanswered may be dead without knowing it
+                # (pings take up to 40 s to tell): retire it, so the next request goes over
+                # REST while a fresh session opens.
+                log.warning("binance ws-api request unanswered; replacing the session")
+                self.draining = True
+                self.lost.set()
+                raise OutcomeUnknown(
+                    f"no answer within {timeout_s}s", venue=VENUE, endpoint=f"ws {method}"
+                ) from None
+        finally:
+            self._pending.pop(req_id, None)
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                try:
+                    frame = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    log.warning("binance ws-api sent a frame that is not JSON")
+                    continue
+                if not isinstance(frame, dict):
+                    continue
+                future = self._pending.get(frame.get("id"))  # type: ignore[arg-type]
+                if future is not None and not future.done():
+                    future.set_result(frame)
+                    continue
+                event = frame.get("event")
+                if isinstance(event, dict) and event.get("e") == "serverShutdown":
+                    log.warning("binance ws-api session got serverShutdown; reconnecting")
+                    self.draining = True
+                    self.lost.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+            self.lost.set()
+            for req_id, future in list(self._pending.items()):
+                if not future.done():
+                    future.set_exception(
+                        OutcomeUnknown(
+                            "ws-api connection closed before the answer",
+                            venue=VENUE,
+                            endpoint=f"ws id={req_id}",
+                        )
+                    )
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.wait([self._reader])
+
+
+def ws_api_url(ws_url: str) -> str:
+    """The WebSocket API endpoint: `ws_url` itself, or its `/ws-api/v3` when it has no path."""
+    if urlsplit(ws_url).path in ("", "/"):
+        return ws_url.rstrip("/") + WS_API_PATH
+    return ws_url
+
+
+async def _connect(url: str, timeout_s: float) -> ClientConnection:
+    # No proxy from the environment and no compression: nothing slow on the kill path.
+    return await connect(
+        url,
+        open_timeout=timeout_s,
+        proxy=None,
+        compression=None,
+        max_size=1 << 24,
+        close_timeout=2.0,
+        user_agent_header=None,
+    )
+
+
+async def keep_session(
+    open_session: Callable[[], Awaitable[WsApiSession]],
+    install: Callable[[WsApiSession], Awaitable[None]],
+    account: str,
+) -> None:
+    """Keep one logged-on ws-api session open; reconnect with backoff when it goes."""
+    loop = asyncio.get_running_loop()
+    backoff = MIN_BACKOFF_S
+    while True:
+        try:
+            fresh = await open_session()
+        except (VenueError, _NotSent, OSError, TimeoutError, WebSocketException) as exc:
+            log.warning(
+                "binance ws-api session failed account=%s error=%s retry_in_s=%.2f",
+                account,
+                exc,
+                backoff,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+            continue
+        except Exception:
+            # A bug here must not end the keeper: REST is the fallback, but the kill path
+            # should get its session back.
+            log.exception("binance ws-api session keeper error account=%s", account)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+            continue
+        await install(fresh)
+        log.info("binance ws-api session up account=%s", account)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SESSION_MAX_AGE_S):
+                await fresh.lost.wait()
+        if loop.time() - fresh.opened_at < STABLE_SESSION_S:
+            # Dropped right after opening: back off instead of reconnecting in a loop.
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        else:
+            backoff = MIN_BACKOFF_S
