@@ -1,0 +1,143 @@
+"""What the journal says: `JournalState`, the fold of its records, and the records to rebuild it."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from killswitch.model import Mode, Scope, Trigger
+
+log = logging.getLogger(__name__)
+
+
+DEFAULT_SEEN_LIMIT = 100_000
+UNREADABLE_PREFIX = "journal-unreadable-"  # the id prefix of a fail-safe trigger
+
+
+@dataclass(slots=True)
+class JournalState:
+    """What the journal says: rebuilt by `replay`, kept current by `Journal`'s writers."""
+
+    latches: dict[str, Scope] = field(default_factory=dict)  # trigger id -> latched scope
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)  # trigger ids, oldest first
+    triggers: dict[str, Trigger] = field(default_factory=dict)  # latched or unfinished triggers
+    unfinished: set[str] = field(default_factory=set)  # triggers without kill_done
+    last_kill: dict[str, object] | None = None
+    last_reset: dict[str, object] | None = None
+    records: int = 0
+    torn_tail: bool = False
+    # Set by `Journal.open` when the file was damaged and it failed safe: why (no file contents).
+    unreadable: str | None = None
+    unreadable_copy: Path | None = None  # where the damaged file was kept, if it could be
+
+    @property
+    def latched(self) -> bool:
+        return bool(self.latches)
+
+    @property
+    def failsafe_latches(self) -> list[str]:
+        """Fail-safe latches over everything, from this start or an earlier one, not yet reset."""
+        return [t for t in self.latches if t.startswith(UNREADABLE_PREFIX)]
+
+    def apply(self, record: dict[str, object], *, seen_limit: int = DEFAULT_SEEN_LIMIT) -> None:
+        """Fold one record into the state (nothing changes when it raises)."""
+        kind = record.get("kind")
+        if kind == "trigger":
+            raw = record["trigger"]
+            if not isinstance(raw, dict):
+                raise TypeError("trigger record without a trigger object")
+            trigger = Trigger.from_json(raw)
+            self._see(trigger.id, seen_limit)
+            self.triggers[trigger.id] = trigger
+            # Compaction marks a kill that ended but is still latched: it is not resumed.
+            if record.get("finished") is not True:
+                self.unfinished.add(trigger.id)
+            if trigger.mode is Mode.KILL:
+                # The intent to kill is the latch: a crash before the `latch` record must
+                # not come back unlatched.
+                self.latches[trigger.id] = trigger.scope
+        elif kind == "latch":
+            trigger_id = str(record["trigger_id"])
+            scope = record["scope"]
+            if not isinstance(scope, dict):
+                raise TypeError("latch record without a scope object")
+            self.latches[trigger_id] = Scope.from_json(scope)
+        elif kind == "reset":
+            # A reset releases exactly the latches it names (older records without the list
+            # released everything), and aborts their kills: a restart must not resume them.
+            named = _released_ids(record)
+            gone = set(self.latches) if named is None else named & set(self.latches)
+            for trigger_id in gone:
+                del self.latches[trigger_id]
+            self.unfinished -= {
+                t for t in self.unfinished if t in gone and self.triggers[t].mode is Mode.KILL
+            }
+            self.last_reset = record
+            self._forget_finished()
+        elif kind == "kill_done":
+            trigger_id = str(record["trigger_id"])
+            self.unfinished.discard(trigger_id)
+            self.last_kill = record
+            self._forget_finished()
+        elif kind == "seen":
+            ids = record.get("ids") or []
+            if not isinstance(ids, list):
+                raise TypeError("seen record without an id list")
+            for trigger_id in ids:
+                self._see(str(trigger_id), seen_limit)
+        else:
+            log.warning("journal record of unknown kind=%s ignored", kind)
+        self.records += 1
+
+    def _see(self, trigger_id: str, limit: int) -> None:
+        self.seen[trigger_id] = None
+        self.seen.move_to_end(trigger_id)
+        while len(self.seen) > limit:
+            self.seen.popitem(last=False)
+
+    def _forget_finished(self) -> None:
+        keep = set(self.latches) | self.unfinished
+        for trigger_id in [t for t in self.triggers if t not in keep]:
+            del self.triggers[trigger_id]
+
+
+def _snapshot(
+    state: JournalState, now_ms: int, *, first: Sequence[tuple[str, dict[str, object]]] = ()
+) -> list[dict[str, object]]:
+    """The records that rebuild `state`; `first` after the ids, the last reset and the last
+    kill, which are replayed for their record alone: they release or finish nothing after them."""
+    records: list[dict[str, object]] = []
+    if state.seen:
+        records.append({"kind": "seen", "ts_ms": now_ms, "ids": list(state.seen)})
+    if state.last_reset is not None:
+        records.append(state.last_reset)
+    if state.last_kill is not None:
+        records.append(state.last_kill)
+    records += [{"kind": k, "ts_ms": now_ms, **f} for k, f in first]
+    for trigger_id, trigger in state.triggers.items():
+        record: dict[str, object] = {
+            "kind": "trigger",
+            "ts_ms": now_ms,
+            "trigger": trigger.to_json(),
+        }
+        if trigger_id not in state.unfinished:
+            record["finished"] = True
+        records.append(record)
+    for trigger_id, scope in state.latches.items():
+        records.append(
+            {"kind": "latch", "ts_ms": now_ms, "trigger_id": trigger_id, "scope": scope.to_json()}
+        )
+    return records
+
+
+def _released_ids(record: dict[str, object]) -> set[str] | None:
+    """The trigger ids a reset record names, or None for an old record that named none."""
+    released = record.get("released")
+    if released is None:
+        return None
+    if not isinstance(released, list):
+        raise TypeError("reset record with a released field that is not a list")
+    return {str(r["trigger_id"]) if isinstance(r, dict) else str(r) for r in released}
