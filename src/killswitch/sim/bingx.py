@@ -25,6 +25,12 @@ Facts from `reference/exchange-apis.md` §3 [BX-DOC]. Each question the sources 
 code on one API of one account inside `error_lock_window_s` (480 s) lock that API ("over 20 error
 code:... can retry after time: <epoch>"), as BingX documents.
 
+What ccxt's `load_markets()` reads with default options is served too (issue 12 item 8), so
+an unmodified ccxt bot works with only its URLs changed: the coins of the listed symbols at
+`GET /openApi/wallets/v1/capital/config/getall` (signed), the spot symbols at
+`/openApi/spot/v1/common/symbols`, and empty lists of USDT-M and coin-M contracts at
+`/openApi/swap/v2/quote/contracts` and `/openApi/cswap/v1/market/contracts` (a spot venue).
+
 Signing: the values are URL-decoded and joined `k=v&...` in the order received (query string,
 then a form body); a JSON body is signed with its keys sorted a-z. Every server frame on the
 stream is gzip-compressed; the server pings `{"ping":id,"time":...}` every 5 s and drops a client
@@ -69,6 +75,12 @@ API_PERMISSIONS = "/openApi/v1/account/apiPermissions"
 PERMISSION_SPOT_TRADING = 1
 PERMISSION_READ = 2
 EXECUTION_REPORT = "spot.executionReport"
+# What ccxt's `load_markets()` reads besides the spot symbols (issue 12 item 8): the coins
+# (signed), the USDT-M perpetual contracts and the coin-M contracts. A spot-only venue lists no
+# contracts of either kind.
+CAPITAL_CONFIG = "/openApi/wallets/v1/capital/config/getall"
+SWAP_CONTRACTS = "/openApi/swap/v2/quote/contracts"
+CSWAP_CONTRACTS = "/openApi/cswap/v1/market/contracts"
 
 DEFAULT_SYMBOLS = ("BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT", "DOGE-USDT", "SUI-USDT")
 
@@ -92,6 +104,8 @@ ENDPOINT_LIMITS: dict[str, tuple[int | None, int]] = {
     f"{SPOT}/server/time": (None, 1),
     "/openApi/swap/v2/server/time": (None, 1),
     f"{SPOT}/common/symbols": (None, 1),
+    SWAP_CONTRACTS: (None, 1),
+    CSWAP_CONTRACTS: (None, 1),
     API_PERMISSIONS: (None, 2),
     f"{SPOT}/ticker/bookTicker": (None, 1),
 }
@@ -422,12 +436,15 @@ class BingxSim(SimVenue):
             ("GET", f"{SPOT}/oco/openOrderList", self._oco_open_order_list),
             ("GET", f"{SPOT}/oco/orderList", self._oco_order_list),
             ("GET", API_PERMISSIONS, self._api_permissions),
+            ("GET", CAPITAL_CONFIG, self._capital_config),
         ]
         for method, path, handler in signed:
             r.add_route(method, path, self._signed_route(handler))
         r.add_get(f"{SPOT}/server/time", self._server_time)
         r.add_get("/openApi/swap/v2/server/time", self._server_time)
         r.add_get(f"{SPOT}/common/symbols", self._common_symbols)
+        r.add_get(SWAP_CONTRACTS, self._swap_contracts)
+        r.add_get(CSWAP_CONTRACTS, self._cswap_contracts)
         r.add_get(f"{SPOT}/ticker/bookTicker", self._book_ticker)
         r.add_post(USER_DATA_STREAM, self._listen_key_create)
         r.add_put(USER_DATA_STREAM, self._listen_key_extend)
@@ -1198,10 +1215,29 @@ class BingxSim(SimVenue):
             ]
         )
 
-    async def _common_symbols(self, request: web.Request) -> web.Response:
+    def _listed(self) -> list[str]:
+        """The configured symbols and every symbol an order was placed on."""
         for account in self.accounts.values():
             for symbol in self.book(account).symbols():
                 self._symbols.setdefault(symbol)
+        return list(self._symbols)
+
+    def _capital_config(self, account: SimAccount, p: dict[str, str]) -> list[dict[str, Any]]:
+        """`GET /openApi/wallets/v1/capital/config/getall`: each coin of a listed symbol, one
+        network named after it, in the fields ccxt's `fetch_currencies` reads."""
+        coins = dict.fromkeys(c for s in self._listed() for c in s.split("-"))
+        return [_coin_json(coin) for coin in coins]
+
+    async def _swap_contracts(self, request: web.Request) -> web.Response:
+        # USDT-M perpetuals, `{"code":0,"msg":"","data":[contracts]}`: a spot venue has none.
+        return json_response({"code": 0, "msg": "", "data": []})
+
+    async def _cswap_contracts(self, request: web.Request) -> web.Response:
+        # Coin-M perpetuals, `{"code":0,"msg":"","timestamp":ms,"data":[contracts]}`: none.
+        return json_response({"code": 0, "msg": "", "timestamp": self.now_ms(), "data": []})
+
+    async def _common_symbols(self, request: web.Request) -> web.Response:
+        self._listed()
         return envelope(
             {
                 "symbols": [
@@ -1434,6 +1470,33 @@ class BingxSim(SimVenue):
 
     def symbols(self) -> Iterable[str]:
         return list(self._symbols)
+
+
+def _coin_json(coin: str) -> dict[str, Any]:
+    """One coin of `capital/config/getall` as BingX documents it; numbers are strings."""
+    return {
+        "coin": coin,
+        "name": coin,
+        "networkList": [
+            {
+                "name": coin,
+                "network": coin,
+                "isDefault": True,
+                "minConfirm": "1",
+                "withdrawEnable": True,
+                "depositEnable": True,
+                "withdrawFee": "0",
+                "withdrawMax": "9999999999",
+                "withdrawMin": "0",
+                "depositMin": "0",
+                "withdrawPrecision": "8",
+                "depositPrecision": "8",
+                "contractAddress": "",
+                "needTagOrMemo": "false",
+                "displayName": coin,
+            }
+        ],
+    }
 
 
 def _decimal(params: dict[str, str], name: str) -> Decimal:
