@@ -19,11 +19,10 @@ in `status()`, reconnects with backoff and resumes from the committed offsets.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -46,6 +45,7 @@ from killswitch.kafka.client import (
     new_producer,
     stop_client,
 )
+from killswitch.kafka.dead_letters import DeadLetter, Record, send_letters
 from killswitch.kill.port import EnginePort, latest_latch_ms
 from killswitch.model import AccountRef, Trigger
 
@@ -53,17 +53,6 @@ if TYPE_CHECKING:
     from killswitch.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
-
-
-class Record(Protocol):
-    """The fields of an aiokafka `ConsumerRecord` we read."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
 
 
 T = TypeVar("T")
@@ -103,20 +92,6 @@ class ConsumerStats:
         data = {k: v for k, v in vars(self).items() if k != "rejected"}
         data["rejected"] = dict(self.rejected)
         return data
-
-
-@dataclass
-class _DeadLetter:
-    offset: int
-    record: Record
-    error: AlertRejected
-    future: asyncio.Future[Any] | None = None
-    attempts: int = 0
-
-    @property
-    def delivered(self) -> bool:
-        fut = self.future
-        return fut is not None and fut.done() and not fut.cancelled() and not fut.exception()
 
 
 class _RateGate:
@@ -190,10 +165,10 @@ class KafkaAlertConsumer(ReconnectingClient):
         self._first_connect = True
         self._done: dict[TopicPartition, int] = {}  # next offset past the processed records
         self._committed: dict[TopicPartition, int] = {}
-        self._dead_letters: dict[TopicPartition, deque[_DeadLetter]] = {}
-        self._letter_queue: asyncio.Queue[_DeadLetter] = asyncio.Queue()
+        self._dead_letters: dict[TopicPartition, deque[DeadLetter]] = {}
+        self._letter_queue: asyncio.Queue[DeadLetter] = asyncio.Queue()
         self._letter_sender: asyncio.Task[None] | None = None
-        self._letters_failed: list[_DeadLetter] = []  # sends that failed, to resend
+        self._letters_failed: list[DeadLetter] = []  # sends that failed, to resend
         self._last_probe = 0.0
         self._event_gate = _RateGate(10.0, clock)
         # Called with the offsets just before they are committed; a test seam for crash tests.
@@ -249,7 +224,9 @@ class KafkaAlertConsumer(ReconnectingClient):
         )
         self._producer = producer
         await producer.start()
-        self._letter_sender = asyncio.create_task(self._send_letters(producer), name="dead letters")
+        self._letter_sender = asyncio.create_task(
+            send_letters(self._letter_queue, producer, settings), name="dead letters"
+        )
         consumer = AIOKafkaConsumer(
             **client_options(settings),
             group_id=settings.group_id,
@@ -463,11 +440,11 @@ class KafkaAlertConsumer(ReconnectingClient):
                 offset=record.offset,
                 suppressed=self._event_gate.suppressed,
             )
-        letter = _DeadLetter(record.offset, record, exc)
+        letter = DeadLetter(record.offset, record, exc)
         self._send_dead_letter(letter)
         self._dead_letters.setdefault(tp, deque()).append(letter)
 
-    def _send_dead_letter(self, letter: _DeadLetter) -> None:
+    def _send_dead_letter(self, letter: DeadLetter) -> None:
         """Queue one dead letter for the sender task; its future resolves once delivered.
 
         A send can wait out the request timeout (metadata of a broken topic): it happens in
@@ -479,41 +456,9 @@ class KafkaAlertConsumer(ReconnectingClient):
         letter.future = future
         self._letter_queue.put_nowait(letter)
 
-    def _letter_done(self, letter: _DeadLetter, fut: asyncio.Future[Any]) -> None:
+    def _letter_done(self, letter: DeadLetter, fut: asyncio.Future[Any]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             self._letters_failed.append(letter)
-
-    async def _send_letters(self, producer: AIOKafkaProducer) -> None:
-        """Send queued dead letters in order (sends return at once while the topic is known)."""
-        while True:
-            letter = await self._letter_queue.get()
-            target = letter.future
-            if target is None or target.done():
-                continue  # given up or cancelled at a disconnect
-            record = letter.record
-            headers = [
-                *record.headers,
-                ("x-dlq-error-kind", letter.error.kind.encode()),
-                ("x-dlq-error", letter.error.msg[:1000].encode()),
-                ("x-dlq-topic", record.topic.encode()),
-                ("x-dlq-partition", str(record.partition).encode()),
-                ("x-dlq-offset", str(record.offset).encode()),
-                ("x-dlq-group", self.settings.group_id.encode()),
-            ]
-            try:
-                delivery = await producer.send(
-                    self.settings.dead_letter_topic,
-                    value=record.value if record.value is not None else b"",
-                    key=record.key,
-                    headers=headers,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - handed to the letter, counted and resent
-                if not target.done():
-                    target.set_exception(exc)
-                continue
-            delivery.add_done_callback(functools.partial(_forward, target))
 
     async def _settle_dead_letters(self, *, wait_s: float = 0.0) -> None:
         """Confirm dead letters in order, resend the failed, and bound what is pending.
@@ -610,17 +555,6 @@ class _TopicMissing(Exception):
 
 
 RECONNECT_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, _TopicMissing)
-
-
-def _forward(target: asyncio.Future[None], delivery: asyncio.Future[Any]) -> None:
-    if target.done():
-        return
-    if delivery.cancelled():
-        target.cancel()
-    elif (exc := delivery.exception()) is not None:
-        target.set_exception(exc)
-    else:
-        target.set_result(None)
 
 
 def _fmt(offsets: dict[TopicPartition, int]) -> str:
