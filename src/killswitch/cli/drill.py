@@ -17,10 +17,9 @@ from killswitch.drill.live import (
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
     Drill,
-    DrillFailed,
-    DrillRefused,
     render,
 )
+from killswitch.drill.venue import DrillFailed, DrillRefused
 from killswitch.logs import setup_logging
 from killswitch.readiness import redact
 from killswitch.settings import ConfigError, load_settings

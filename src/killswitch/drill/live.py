@@ -24,27 +24,29 @@ socket exists but may not be used (permissions).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import getpass
-import hashlib
-import hmac
 import logging
 import secrets
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, ROUND_UP, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
-import orjson
-from yarl import URL
 
 from killswitch.control_client import ControlUnreachable, format_kill, request
+from killswitch.drill.venue import (
+    DrillFailed,
+    DrillRefused,
+    Rules,
+    VenueClient,
+    _plain,
+    minimum_quantity,
+    round_to,
+)
 from killswitch.exchanges.base import Exchange, OutcomeUnknown, RateLimited, Transient
 from killswitch.model import AccountRef, Order
 from killswitch.settings import AccountSettings, Settings
@@ -73,200 +75,6 @@ exit codes:
 How often: run it on every account after every deploy or key rotation, and at least weekly
 (MiFID II RTS 6 art. 5-7 expects the kill function tested regularly in a realistic setting).
 """
-
-
-class DrillRefused(Exception):
-    """The drill must not run; nothing was placed."""
-
-
-class DrillFailed(Exception):
-    """The drill ran and did not pass."""
-
-
-# -- placing the drill order (the connectors only cancel; this is the one place that trades) ----
-
-PLACE_PATHS = {
-    "binance": "/api/v3/order",
-    "mexc": "/api/v3/order",
-    "bingx": "/openApi/spot/v1/trade/order",
-}
-KEY_HEADERS = {"binance": "X-MBX-APIKEY", "mexc": "X-MEXC-APIKEY", "bingx": "X-BX-APIKEY"}
-BOOK_PATHS = {
-    "binance": "/api/v3/ticker/bookTicker",
-    "mexc": "/api/v3/ticker/bookTicker",
-    "bingx": "/openApi/spot/v1/ticker/bookTicker",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    """What the venue allows on a symbol (zeros where it did not say)."""
-
-    min_qty: Decimal = Decimal(0)
-    step: Decimal = Decimal(0)
-    min_notional: Decimal = Decimal(0)
-    tick: Decimal = Decimal(0)
-
-
-class VenueClient:
-    """Signed REST for the few calls a drill makes that the connectors do not have."""
-
-    def __init__(self, account: AccountSettings, session: aiohttp.ClientSession) -> None:
-        self.venue = account.venue
-        self.base = account.rest_url.rstrip("/")
-        self.recv_window_ms = account.recv_window_ms
-        self.session = session
-        self._key = account.api_key.get_secret_value()
-        self._secret = account.api_secret.get_secret_value()
-        self._ed25519 = None
-        if account.key_type == "ed25519":
-            from killswitch.sim.rogue import load_ed25519_private_key
-
-            self._ed25519 = load_ed25519_private_key(self._secret)
-
-    async def _get(self, path: str, params: Sequence[tuple[str, str]]) -> Any:
-        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params)
-        url = f"{self.base}{path}" + (f"?{query}" if query else "")
-        async with self.session.get(URL(url, encoded=True)) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                raise DrillRefused(f"GET {path}: http {resp.status} {body[:200]!r}")
-        data = orjson.loads(body)
-        if self.venue == "bingx":
-            if not isinstance(data, dict) or data.get("code") != 0:
-                raise DrillRefused(f"GET {path}: {str(data)[:200]}")
-            return data.get("data")
-        return data
-
-    async def best_bid(self, symbol: str) -> Decimal:
-        """The best bid from the venue's book (public)."""
-        data = await self._get(BOOK_PATHS[self.venue], [("symbol", symbol)])
-        row = data[0] if isinstance(data, list) and data else data
-        if not isinstance(row, dict):
-            raise DrillRefused("the venue's book answer has no bid")
-        bid = Decimal(str(row.get("bidPrice") or "0"))
-        if bid <= 0:
-            raise DrillRefused("the venue's book shows no bid")
-        return bid
-
-    async def rules(self, symbol: str) -> Rules:
-        """Lot, notional and tick rules of `symbol`, as far as the venue states them."""
-        if self.venue == "bingx":
-            data = await self._get("/openApi/spot/v1/common/symbols", [("symbol", symbol)])
-            rows = data.get("symbols") if isinstance(data, dict) else None
-            row = next((r for r in rows or () if r.get("symbol") == symbol), None)
-            if row is None:
-                raise DrillRefused(f"{symbol}: not listed by the venue")
-            return Rules(
-                _dec(row.get("minQty")),
-                _dec(row.get("stepSize")),
-                _dec(row.get("minNotional")),
-                _dec(row.get("tickSize")),
-            )
-        data = await self._get("/api/v3/exchangeInfo", [("symbol", symbol)])
-        rows = data.get("symbols") if isinstance(data, dict) else None
-        row = next((r for r in rows or () if r.get("symbol") == symbol), None)
-        if row is None:
-            raise DrillRefused(f"{symbol}: not listed by the venue")
-        filters = {f.get("filterType"): f for f in row.get("filters") or ()}
-        lot = filters.get("LOT_SIZE", {})
-        notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
-        price = filters.get("PRICE_FILTER", {})
-        rules = Rules(
-            _dec(lot.get("minQty")),
-            _dec(lot.get("stepSize")),
-            _dec(notional.get("minNotional")),
-            _dec(price.get("tickSize")),
-        )
-        if self.venue == "mexc":  # MEXC states them as precisions, not filters
-            digits = int(row.get("baseAssetPrecision") or 8)
-            rules = Rules(
-                max(rules.min_qty, _dec(row.get("baseSizePrecision"))),
-                rules.step or Decimal(1).scaleb(-digits),
-                max(rules.min_notional, _dec(row.get("quoteAmountPrecision"))),
-                rules.tick or Decimal(1).scaleb(-int(row.get("quotePrecision") or 8)),
-            )
-        return rules
-
-    def _signed(self, params: list[tuple[str, str]]) -> str:
-        params = [
-            *params,
-            ("recvWindow", str(self.recv_window_ms)),
-            ("timestamp", str(int(time.time() * 1000))),
-        ]
-        if self.venue == "bingx":
-            payload = "&".join(f"{k}={v}" for k, v in params)  # BingX signs decoded values
-            query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params)
-            return f"{query}&signature={_hmac(self._secret, payload)}"
-        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params)
-        if self._ed25519 is not None:
-            sig = quote(base64.b64encode(self._ed25519.sign(query.encode())).decode(), safe="")
-        else:
-            sig = _hmac(self._secret, query)
-        return f"{query}&signature={sig}"
-
-    async def place_post_only(
-        self, symbol: str, quantity: Decimal, price: Decimal, client_id: str
-    ) -> str:
-        """Place one post-only BUY; return the venue's order id."""
-        params = [("symbol", symbol), ("side", "BUY")]
-        if self.venue == "bingx":
-            params += [("type", "LIMIT"), ("timeInForce", "PostOnly")]
-        else:
-            params += [("type", "LIMIT_MAKER")]
-        params += [
-            ("quantity", _plain(quantity)),
-            ("price", _plain(price)),
-            ("newClientOrderId", client_id),
-        ]
-        url = f"{self.base}{PLACE_PATHS[self.venue]}?{self._signed(params)}"
-        headers = {KEY_HEADERS[self.venue]: self._key}
-        if self.venue == "mexc":
-            headers["Content-Type"] = "application/json"
-        async with self.session.post(URL(url, encoded=True), headers=headers) as resp:
-            status = resp.status
-            body = await resp.read()
-        try:
-            data = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            data = None
-        if self.venue == "bingx" and isinstance(data, dict) and data.get("code") == 0:
-            data = data.get("data")
-        if status == 200 and isinstance(data, dict) and data.get("orderId") is not None:
-            return str(data["orderId"])
-        text = body[:300].decode("utf-8", "replace")
-        raise DrillFailed(f"the venue did not place the drill order: http {status} {text}")
-
-
-def _hmac(secret: str, payload: str) -> str:
-    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-
-
-def _dec(value: object) -> Decimal:
-    try:
-        return Decimal(str(value)) if value not in (None, "") else Decimal(0)
-    except InvalidOperation:
-        return Decimal(0)
-
-
-def _plain(value: Decimal) -> str:
-    text = format(value.normalize(), "f")
-    return text
-
-
-def round_to(value: Decimal, step: Decimal, rounding: str) -> Decimal:
-    if step <= 0:
-        return value.quantize(Decimal("0.00000001"), rounding=rounding)
-    return (value / step).quantize(Decimal(1), rounding=rounding) * step
-
-
-def minimum_quantity(rules: Rules, price: Decimal) -> Decimal:
-    """The smallest quantity the venue accepts at `price` (notional with 10% to spare)."""
-    wanted = max(rules.min_qty, rules.min_notional * Decimal("1.1") / price)
-    quantity = round_to(wanted, rules.step, ROUND_UP)
-    if quantity <= 0:
-        quantity = rules.step if rules.step > 0 else Decimal("0.00000001")
-    return quantity
 
 
 # -- the drill ---------------------------------------------------------------------------------
