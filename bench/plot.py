@@ -113,10 +113,11 @@ def scale(ax: Any, data: dict[str, Any]) -> None:
     ax.plot(n, [r["bound_ms"] for r in rows], "--", color="tab:gray", label="bound")
     ax.plot(n, [r["bound_ms"] * 1.5 for r in rows], ":", color="tab:gray", label="1.5x bound")
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xticks(n)
     ax.set_xticklabels([str(x) for x in n])
     ax.set_xlabel("accounts in one daemon")
-    ax.set_ylabel("ms")
+    ax.set_ylabel("time to flat, ms (log)")
     twin = ax.twinx()
     twin.plot(n, [r["peak_rss_mb"] for r in rows], "s-", color="tab:brown", label="RSS peak, MB")
     twin.plot(
@@ -125,7 +126,14 @@ def scale(ax: Any, data: dict[str, Any]) -> None:
     twin.set_ylabel("MB  /  % of a core x10")
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper left")
+    ax.legend(
+        lines[0] + more[0],
+        lines[1] + more[1],
+        fontsize=7,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        ncol=3,
+    )
     ax.set_title("Scale: one daemon, 5 symbols x 10 orders per account", fontsize=10)
 
 
