@@ -377,15 +377,39 @@ class KillHistory(RuleBasedStateMachine):
             acc = self.venues[sup.ref]
             if not acc.faults and acc.latency_s == 0 and sup.state.value != "live":
                 raise RuntimeError(f"model harness: stream {sup.ref} is {sup.state_reason}")
+        fired = {ref: acc.faults_fired for ref, acc in self.venues.items()}
         try:
             self.run(engine.start())
         except (TimeoutError, Stalled):
             self.violation("nothing acknowledged is forgotten", "start() never returned")
+            return
         except Exception as exc:
             self.violation("the journal reads back", f"start() raised {exc!r}")
             self.up = False
             self.kill_everything()
             raise
+        self.check_resweep(fired)
+
+    def check_resweep(self, fired: dict[AccountRef, int]) -> None:
+        """A restart with a latched journal re-sweeps before `start()` returns: on an account
+        that answered without a fault meanwhile, nothing placed before it in a latched scope is
+        open."""
+        must, _ = self.expected_latches()
+        for ref, acc in self.venues.items():
+            if acc.faults_fired != fired[ref]:
+                continue
+            for order in acc.open_facts():
+                if order.placed_seq >= self.restarted_at:
+                    continue
+                latch = next(
+                    (t for t in sorted(must) if covers(self.triggers[t].trigger.scope, order)),
+                    None,
+                )
+                if latch is not None:
+                    self.violation(
+                        "latched means latched",
+                        f"start() returned with {order.describe()} open under latch {latch}",
+                    )
 
     def kill_everything(self) -> None:
         """End every task of the current life (a process that dies takes them all)."""
