@@ -889,16 +889,12 @@ SCRIPT_DEADLINE_S = 15.0  # a script that is not flat by then is reported not fl
 
 
 def throttle_counts(sim: SimVenue) -> dict[str, int]:
-    """429s, 418s and BingX 100410s one simulator has answered so far."""
-    out = dict.fromkeys(("429", "418", "100410"), 0)
-    for key, n in sim.counters.items():
-        if key == "http 429":
-            out["429"] += n
-        elif key == "http 418" or key.startswith("418 "):
-            out["418"] += n
-        elif key == "bingx 100410":
-            out["100410"] += n
-    return out
+    """429s, 418s and BingX 100410s one simulator has answered so far. BingX throttles only
+    with 100410 (sent as HTTP 429, or 418 for a ban): its HTTP 429s are those 100410s."""
+    c = sim.counters
+    if "bingx 100410" in c or any(k.startswith(("100410 ", "418 /")) for k in c):
+        return {"429": 0, "418": c.get("http 418", 0), "100410": c.get("bingx 100410", 0)}
+    return {"429": c.get("http 429", 0), "418": c.get("http 418", 0), "100410": 0}
 
 
 def point_at(client: Any, base_url: str) -> None:
