@@ -1,0 +1,689 @@
+"""BingX spot connector: `BingxExchange`, one account (the venue's facts are in the package's
+docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from killswitch.exchanges.base import (
+    MALFORMED_ANSWER,
+    AlreadyGone,
+    BatchResult,
+    CancelAck,
+    DeadMansSwitchState,
+    Fatal,
+    OutcomeUnknown,
+    Transient,
+    VenueError,
+    malformed_is_unknown,
+)
+from killswitch.exchanges.bingx.errors import fail_is_gone
+from killswitch.exchanges.bingx.lists import (
+    forget_list,
+    index_lists,
+    may_be_refused_leg,
+    oco_cancel,
+    open_oco_lists,
+    settle_legs,
+)
+from killswitch.exchanges.bingx.parse import (
+    MalformedAnswer,
+    _gather,
+    _int,
+    _items,
+    _OcoList,
+    order_id_str,
+    parse_execution_report,
+    parse_order,
+)
+from killswitch.exchanges.bingx.reads import open_order_rows
+from killswitch.exchanges.bingx.rest import request
+from killswitch.exchanges.bingx.stream import _stream_url, stream_events
+from killswitch.exchanges.bingx.venue import (
+    API_PERMISSION_NAMES,
+    API_PERMISSION_SPOT_TRADING,
+    BATCH_CANCEL_MAX,
+    BUDGET_MARGIN_S,
+    CANCEL,
+    CANCEL_ALL_AFTER,
+    CANCEL_OPEN_ORDERS,
+    CANCEL_ORDERS,
+    CAPABILITIES,
+    ENDPOINT_RPS,
+    ERROR_LOCK_COUNT,
+    ERROR_LOCK_WINDOW_S,
+    GROUP_LIMITS,
+    IP_RPS,
+    OCO_CANCEL,
+    QUERY,
+    RECV_WINDOW_MAX_MS,
+    SERVER_TIME,
+    SYMBOLS,
+    SYMBOLS_TTL_S,
+    USER_DATA_STREAM,
+)
+from killswitch.exchanges.budget import (
+    ErrorCounter,
+    Priority,
+    RateBudget,
+    SlidingBudget,
+    release_shared,
+    shared_budget,
+    use_shared,
+)
+from killswitch.exchanges.clock import ServerClock
+from killswitch.exchanges.http import RestTransport
+from killswitch.exchanges.paths import (
+    LearnedPaths,
+    PathCapabilities,
+)
+from killswitch.model import (
+    ListEvent,
+    Order,
+    OrderKey,
+    OrderList,
+    Snapshot,
+    StreamEvent,
+)
+
+log = logging.getLogger(__name__)
+
+
+class BingxExchange:
+    """One BingX spot account."""
+
+    venue = "bingx"
+
+    def __init__(
+        self,
+        *,
+        account: str,
+        api_key: str,
+        api_secret: str,
+        key_type: str = "hmac",
+        rest_url: str,
+        ws_url: str,
+        timeout_s: float = 5.0,
+        recv_window_ms: int = 5000,
+        clock_refresh_s: float = 60.0,
+        heartbeat_timeout_s: float = 15.0,
+        listen_key_refresh_s: float = 1800.0,
+        warm_connections: int = 4,
+        budget_clock: Callable[[], float] | None = None,
+        budget_sleep: Callable[[float], Awaitable[None]] | None = None,
+        learned_path: Path | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if key_type != "hmac":
+            raise ValueError(f"BingX keys are HMAC only, not {key_type!r}")
+        self.account = account
+        self.timeout_s = timeout_s
+        # The strictest reading of the docs caps recvWindow at 5000 ms (§3.7).
+        self.recv_window_ms = min(recv_window_ms, RECV_WINDOW_MAX_MS)
+        self.clock_refresh_s = clock_refresh_s
+        # Three missed server pings (one every 5 s) mean the stream is dead [BX-DOC heartbeat].
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.listen_key_refresh_s = listen_key_refresh_s
+        self.warm_connections = warm_connections
+        self._api_key = api_key
+        self._secret = api_secret
+        self._headers = {"X-BX-APIKEY": api_key}
+        self._transport = RestTransport(
+            rest_url, venue=self.venue, account=account, timeout_s=timeout_s
+        )
+        self._ws_url = _stream_url(ws_url)
+        self.clock = ServerClock()
+        self._rng = rng or random.Random()
+        # Fixed 10 s windows follow the venue's clock; the per-second budgets slide, so their
+        # alignment to any clock does not matter.
+        group_clock = budget_clock or (lambda: self.clock.now_ms() / 1000.0)
+        clock = budget_clock or time.monotonic
+        sleep = budget_sleep or asyncio.sleep
+        self.group_budget = RateBudget(GROUP_LIMITS, clock=group_clock, sleep=sleep)
+        self.budgets: dict[str, SlidingBudget] = {
+            path: SlidingBudget(
+                rps, margin_s=BUDGET_MARGIN_S, name=f"uid {path}", clock=clock, sleep=sleep
+            )
+            for path, rps in ENDPOINT_RPS.items()
+        }
+        self._ip_scope = rest_url.rstrip("/")
+        use_shared(self._ip_scope)
+        self.ip_budgets: dict[str, SlidingBudget] = {
+            path: shared_budget(
+                self._ip_scope,
+                f"ip {path}",
+                rps,
+                margin_s=BUDGET_MARGIN_S,
+                clock=clock,
+                sleep=sleep,
+            )
+            for path, rps in IP_RPS.items()
+        }
+        self.errors = ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock)
+        self._backoffs: dict[str, int] = {}  # path -> 100410s without an epoch in a row
+        self.learned = LearnedPaths.load(learned_path)
+        self._started = False
+        self._closed = False
+        self._sync_task: asyncio.Task[None] | None = None
+        self._list_legs: dict[str, tuple[str, ...]] = {}  # OCO list id -> leg order ids
+        self._leg_list: dict[str, str] = {}  # leg order id -> OCO list id
+        self._list_symbol: dict[str, str] = {}  # OCO list id -> symbol
+        # A cancel-all without symbol: when it was acknowledged (monotonic), when it was sent
+        # (venue ms), and the lists a read had shown open before it. A later read that still
+        # shows a list placed before it says the cancel-all does not cover OCO legs.
+        self._cancel_all_acked: tuple[float, int, frozenset[str]] | None = None
+        self._list_time: dict[str, int] = {}  # OCO list id -> when placed (venue ms)
+        self._venue_symbols: tuple[float, tuple[str, ...]] | None = None
+        self._list_cancels = 0  # list cancels sent (oco/cancel, leg ids in a batch)
+        self._oco_read_lock = asyncio.Lock()
+        self._oco_read: tuple[float, list[_OcoList], bool] | None = None
+        self._list_cancels_at_send = 0
+
+    def __repr__(self) -> str:
+        return f"BingxExchange(account={self.account!r})"
+
+    @property
+    def capabilities(self) -> PathCapabilities:
+        """The static facts, plus what this account has taught us (§3.7)."""
+        covers = self.learned.cancel_all_covers_lists
+        return replace(
+            CAPABILITIES,
+            cancel_all_covers_lists=covers is True,
+            lists_coverage=covers,
+            list_legs_by_batch=self.learned.leg_id_cancels_list,
+        )
+
+    def learned_paths(self) -> dict[str, object]:
+        """What this account has taught us, for status and events."""
+        return self.learned.to_json()
+
+    def on_learned(self, listener: Callable[[str, bool | str], None]) -> None:
+        """Call `listener(name, value)` whenever this account teaches us something new (an
+        event for the audit log: "bingx/mm-1 learned leg_id_cancels_list=False")."""
+        self.learned.listeners.append(listener)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @malformed_is_unknown
+    async def start(self) -> None:
+        """Open the pool, measure the clock offset, warm connections, keep the clock fresh."""
+        if self._started:
+            raise RuntimeError("BingxExchange.start() called twice")
+        if self._closed:
+            raise RuntimeError("BingxExchange is closed")
+        await self._transport.start()
+        # Only the clock must be measured; the other requests just open pooled connections.
+        warm = [self._warm() for _ in range(self.warm_connections - 1)]
+        await _gather([self.clock.sync(self._fetch_time_background), *warm])
+        self._started = True  # a failed start may be retried
+        self._sync_task = asyncio.create_task(
+            self.clock.keep_synced(self._fetch_time_background, self.clock_refresh_s),
+            name=f"bingx-clock-{self.account}",
+        )
+        log.info(
+            "bingx connector started account=%s offset_ms=%.1f rtt_ms=%.1f",
+            self.account,
+            self.clock.offset_ms,
+            self.clock.last_rtt_ms,
+        )
+
+    async def close(self) -> None:
+        """Stop the clock task and close the pool. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        release_shared(self._ip_scope)
+        task, self._sync_task = self._sync_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        await self._transport.close()
+
+    async def __aenter__(self) -> BingxExchange:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _warm(self) -> None:
+        try:
+            await self._fetch_time(Priority.BACKGROUND)
+        except VenueError as exc:
+            log.info("bingx warm-up request failed account=%s error=%s", self.account, exc)
+
+    # -- time ------------------------------------------------------------------------------
+    async def _fetch_time(self, priority: Priority) -> int:
+        data = await request(self, "GET", SERVER_TIME, signed=False, priority=priority)
+        return _int(data["serverTime"])
+
+    async def _fetch_time_background(self) -> int:
+        return await self._fetch_time(Priority.BACKGROUND)
+
+    async def _fetch_time_kill(self) -> int:
+        return await self._fetch_time(Priority.KILL)
+
+    @malformed_is_unknown
+    async def server_time_ms(self) -> int:
+        """Ask the venue for its time (one request)."""
+        return await self._fetch_time(Priority.BACKGROUND)
+
+    @malformed_is_unknown
+    async def resync_clock(self) -> None:
+        """Measure the server-time offset again now."""
+        await self.clock.sync(self._fetch_time_kill)
+        log.info(
+            "bingx clock resynced account=%s offset_ms=%.1f", self.account, self.clock.offset_ms
+        )
+
+    # -- requests --------------------------------------------------------------------------
+    # -- reads -----------------------------------------------------------------------------
+    @malformed_is_unknown
+    async def snapshot(
+        self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
+    ) -> Snapshot:
+        """Open orders and OCO lists: one no-symbol read, or one read per symbol given.
+
+        `complete` is False when any read may have been cut short: a page of 2,000 rows (the
+        venue's cap), OCO pages that never ended, or symbols a capped read could not cover
+        within `MAX_SYMBOL_READS`. Such a snapshot lists what is open, never proves flat.
+        """
+        read_at = self.clock.now_ms()
+        started = time.monotonic()
+        wanted = None if symbols is None else list(dict.fromkeys(symbols))
+        oco_task = asyncio.ensure_future(open_oco_lists(self, priority))
+        try:
+            rows, complete = await open_order_rows(self, wanted, priority)
+        finally:
+            oco_done = await asyncio.gather(oco_task, return_exceptions=True)
+        oco = oco_done[0]
+        if isinstance(oco, BaseException):
+            raise oco
+        oco_lists, oco_complete = oco
+        index_lists(self, oco_lists, oco_complete, started)
+        wanted_set = None if wanted is None else set(wanted)
+        orders: dict[OrderKey, Order] = {}
+        for row in rows:
+            order = parse_order(row)
+            orders[order.key] = order
+        lists: list[OrderList] = []
+        for oco_list in oco_lists:
+            if wanted_set is not None and oco_list.symbol not in wanted_set:
+                continue
+            lists.append(
+                OrderList(
+                    symbol=oco_list.symbol,
+                    list_id=oco_list.list_id,
+                    order_ids=tuple(leg.order_id for leg in oco_list.legs),
+                    client_order_ids=tuple(leg.client_order_id for leg in oco_list.legs),
+                    list_client_order_id=oco_list.list_client_order_id,
+                    contingency_type="OCO",
+                )
+            )
+            for leg in oco_list.legs:
+                known = orders.get(leg.key)
+                if known is None:
+                    # OCO legs the open-orders read does not list are open orders all the same.
+                    orders[leg.key] = leg
+                elif known.list_id != oco_list.list_id:
+                    orders[leg.key] = replace(known, list_id=oco_list.list_id)
+        return Snapshot(
+            tuple(orders.values()),
+            tuple(lists),
+            read_at,
+            complete=complete and oco_complete,
+        )
+
+    async def venue_symbols(self, priority: Priority = Priority.KILL) -> tuple[str, ...]:
+        """The venue's spot symbols (`common/symbols`), cached for `SYMBOLS_TTL_S`."""
+        cached = self._venue_symbols
+        if cached is not None and time.monotonic() - cached[0] < SYMBOLS_TTL_S:
+            return cached[1]
+        data = await request(self, "GET", SYMBOLS, signed=False, priority=priority)
+        rows = _items(data, "symbols", read=True)
+        if not rows:
+            raise MalformedAnswer("common/symbols: no symbols")
+        listed = tuple(dict.fromkeys(str(row["symbol"]) for row in rows))
+        self._venue_symbols = (time.monotonic(), listed)
+        return listed
+
+    @malformed_is_unknown
+    async def query_order(
+        self, symbol: str, order_id: str, *, priority: Priority = Priority.BACKGROUND
+    ) -> Order:
+        """One order by id, open or not."""
+        data = await request(
+            self, "GET", QUERY, [("orderId", order_id), ("symbol", symbol)], priority=priority
+        )
+        if not isinstance(data, dict):
+            raise OutcomeUnknown("query answer is not an object", venue=self.venue)
+        return parse_order(data, self._leg_list.get(order_id))
+
+    # -- cancels ---------------------------------------------------------------------------
+    @malformed_is_unknown
+    async def cancel_all(
+        self, symbols: Sequence[str] | None, *, priority: Priority = Priority.KILL
+    ) -> CancelAck:
+        """`cancelOpenOrders`: no symbol cancels every order; else one call per symbol.
+
+        Whether it also cancels OCO legs is learned: legs in its answer say yes; a list that
+        was open when it was acknowledged and is still open in a later read says no.
+        """
+        if symbols is None:
+            before = frozenset(self._list_legs)
+            sent_ms = self.clock.now_ms()
+            self._list_cancels_at_send = self._list_cancels
+            acks = [await self._cancel_open_orders(None, priority)]
+            self._cancel_all_acked = (time.monotonic(), sent_ms, before)
+            legs = {key[1] for key in acks[0]} & set(self._leg_list)
+            if legs:
+                self.learned.learn("cancel_all_covers_lists", True)
+        else:
+            acks = await _gather(
+                [self._cancel_open_orders(s, priority) for s in dict.fromkeys(symbols)]
+            )
+        keys = tuple(k for ack in acks for k in ack)
+        lists = tuple(dict.fromkeys(self._leg_list[k[1]] for k in keys if k[1] in self._leg_list))
+        return CancelAck(cancelled=keys, lists_cancelled=lists)
+
+    async def _cancel_open_orders(self, symbol: str | None, priority: Priority) -> list[OrderKey]:
+        params = [("symbol", symbol)] if symbol else []
+        try:
+            data = await request(self, "POST", CANCEL_OPEN_ORDERS, params, priority=priority)
+        except AlreadyGone:
+            return []  # nothing open on that symbol is not an error
+        return [
+            (str(o.get("symbol") or symbol or ""), order_id_str(o["orderId"]))
+            for o in _items(data, "orders")
+        ]
+
+    @malformed_is_unknown
+    async def cancel_order(
+        self, symbol: str, order_id: str, *, priority: Priority = Priority.KILL
+    ) -> CancelAck:
+        """Cancel one order. Raises `AlreadyGone` when it is not open.
+
+        Near the error lock on `cancel`, the id goes through `cancelOrders` with `process=1`,
+        where "gone" is an entry in a success, not one more error. An OCO leg answered "gone"
+        is checked against the open lists: a leg the venue would not cancel by id has its
+        list cancelled through `oco/cancel`.
+        """
+        if self.errors.near(CANCEL):
+            result = await self.cancel_orders(symbol, [order_id], priority=priority)
+            if result.failed:
+                raise result.failed[0][1]
+            if result.gone:
+                raise AlreadyGone(
+                    "order not open", venue=self.venue, account=self.account, endpoint=CANCEL
+                )
+            return CancelAck(cancelled=((symbol, order_id),))
+        try:
+            await request(
+                self, "POST", CANCEL, [("orderId", order_id), ("symbol", symbol)], priority=priority
+            )
+        except AlreadyGone:
+            if not may_be_refused_leg(self, order_id):
+                raise
+            rescued = await settle_legs(self, symbol, {order_id}, priority, batch=True)
+            if not rescued:
+                raise
+            return CancelAck(
+                cancelled=tuple((symbol, leg) for leg in rescued[1]), lists_cancelled=rescued[0]
+            )
+        list_id = self._leg_list.get(order_id)
+        if list_id is not None:
+            self.learned.learn("leg_id_cancels_list", True)  # it took a leg's id
+        return CancelAck(
+            cancelled=((symbol, order_id),), lists_cancelled=(list_id,) if list_id else ()
+        )
+
+    @malformed_is_unknown
+    async def cancel_orders(
+        self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
+    ) -> BatchResult:
+        """`cancelOrders` with `process=1`, in chunks of `batch_cancel_max`, concurrently.
+
+        OCO legs among the ids: if the venue answers one "gone" while its list is still open
+        (it would not cancel a list by a leg's id), the list is cancelled through `oco/cancel`
+        and the account remembers to plan lists that way.
+        """
+        ids = list(dict.fromkeys(order_ids))
+        chunks = [ids[i : i + BATCH_CANCEL_MAX] for i in range(0, len(ids), BATCH_CANCEL_MAX)]
+        results = await asyncio.gather(
+            *(self._cancel_chunk(symbol, chunk, priority) for chunk in chunks),
+            return_exceptions=True,
+        )
+        cancelled: list[str] = []
+        gone: list[str] = []
+        failed: list[tuple[str, VenueError]] = []
+        for chunk, result in zip(chunks, results, strict=True):
+            if isinstance(result, VenueError):
+                failed.extend((order_id, result) for order_id in chunk)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                cancelled.extend(result.cancelled)
+                gone.extend(result.gone)
+                failed.extend(result.failed)
+        # "Gone" may hide an OCO leg the venue would not cancel by id, one of a list placed
+        # since our last read of the lists too: check them against a fresh read.
+        legs_said_gone = {i for i in gone if may_be_refused_leg(self, i)}
+        legs_cancelled = {i for i in cancelled if i in self._leg_list}
+        if legs_cancelled:
+            # The venue cancelled a leg by its id: its list went with it, or the next read
+            # shows the other leg (and the planner sends it again).
+            self.learned.learn("leg_id_cancels_list", True)
+            legs_said_gone = {i for i in legs_said_gone if i in self._leg_list}
+        if legs_said_gone:
+            settled = await settle_legs(self, symbol, legs_said_gone, priority, batch=True)
+            if settled:
+                rescued = set(settled[1])
+                gone = [i for i in gone if i not in rescued]
+                cancelled.extend(i for i in settled[1] if i not in cancelled)
+        return BatchResult(tuple(cancelled), tuple(gone), tuple(failed))
+
+    @malformed_is_unknown
+    async def _cancel_chunk(self, symbol: str, chunk: list[str], priority: Priority) -> BatchResult:
+        if any(i in self._leg_list for i in chunk):
+            self._list_cancels += 1
+        data = await request(
+            self,
+            "POST",
+            CANCEL_ORDERS,
+            [("orderIds", ",".join(chunk)), ("process", "1"), ("symbol", symbol)],
+            priority=priority,
+        )
+        if not isinstance(data, dict):
+            raise MalformedAnswer("cancelOrders: answer is not an object")
+        cancelled = tuple(order_id_str(o.get("orderId")) for o in _items(data, "orders"))
+        gone: list[str] = []
+        failed: list[tuple[str, VenueError]] = []
+        for fail in _items(data, "fails"):
+            order_id = order_id_str(fail.get("orderId"))
+            error = str(fail.get("error") or "")
+            if fail_is_gone(error):
+                gone.append(order_id)
+            else:
+                # Refused for a reason we cannot read: re-read the venue, then decide.
+                failed.append(
+                    (
+                        order_id,
+                        OutcomeUnknown(
+                            error or "batch cancel refused",
+                            venue=self.venue,
+                            account=self.account,
+                            endpoint=f"POST {CANCEL_ORDERS}",
+                        ),
+                    )
+                )
+        answered = set(cancelled) | set(gone) | {order_id for order_id, _ in failed}
+        for order_id in chunk:
+            if order_id not in answered:
+                # Neither cancelled nor failed: we cannot tell, so the engine must re-read.
+                failed.append(
+                    (
+                        order_id,
+                        OutcomeUnknown(
+                            "id missing from the batch answer",
+                            venue=self.venue,
+                            account=self.account,
+                            endpoint=f"POST {CANCEL_ORDERS}",
+                        ),
+                    )
+                )
+        return BatchResult(cancelled, tuple(gone), tuple(failed))
+
+    @malformed_is_unknown
+    async def cancel_order_list(
+        self, symbol: str, list_id: str, *, priority: Priority = Priority.KILL
+    ) -> CancelAck:
+        """`oco/cancel` by one leg's id: it cancels the whole OCO.
+
+        Near the error lock on `oco/cancel` (each list already gone adds an error there), a
+        batch cancel of the legs goes instead when the venue is known to take leg ids.
+        """
+        legs = self._list_legs.get(list_id)
+        if legs is None:
+            lists, complete = await open_oco_lists(self, priority)
+            index_lists(self, lists, complete, time.monotonic())
+            legs = self._list_legs.get(list_id)
+        if not legs:
+            raise AlreadyGone(
+                f"no open OCO list {list_id}",
+                venue=self.venue,
+                account=self.account,
+                endpoint=f"POST {OCO_CANCEL}",
+            )
+        symbol = self._list_symbol.get(list_id, symbol)
+        if self.errors.near(OCO_CANCEL) and self.learned.leg_id_cancels_list:
+            result = await self.cancel_orders(symbol, list(legs), priority=priority)
+            if result.failed:
+                raise result.failed[0][1]
+            return CancelAck(
+                cancelled=tuple((symbol, leg) for leg in result.cancelled + result.gone),
+                lists_cancelled=(list_id,),
+            )
+        await oco_cancel(self, legs[0], priority)
+        return CancelAck(cancelled=tuple((symbol, leg) for leg in legs), lists_cancelled=(list_id,))
+
+    # -- readiness -----------------------------------------------------------------------------
+    @malformed_is_unknown
+    async def account_permissions(self) -> dict[str, object]:
+        """May this key trade and cancel spot? `GET /openApi/v1/account/apiPermissions`
+        (BingX "Query API KEY permissions", background), for readiness checks only.
+
+        The answer lists permission codes: 1 spot trading, 2 read, 3 perpetual futures
+        trading, 4 universal transfer, 5 withdraw, 7 sub-account transfer."""
+        data = await request(
+            self, "GET", "/openApi/v1/account/apiPermissions", priority=Priority.BACKGROUND
+        )
+        codes = [int(c) for c in data["permissions"]]
+        return {
+            "can_trade": API_PERMISSION_SPOT_TRADING in codes,
+            "permissions": [API_PERMISSION_NAMES.get(c, str(c)) for c in codes],
+            "detail": "no SPOT_TRADING permission",
+        }
+
+    # -- dead man's switch -----------------------------------------------------------------
+    @malformed_is_unknown
+    async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:
+        """`cancelAllAfter` ACTIVATE: everything is cancelled `timeout_s` (10-120) from now."""
+        low, high = CAPABILITIES.dead_mans_switch_range_s or (10, 120)
+        if not low <= timeout_s <= high:
+            raise Fatal(
+                f"cancelAllAfter timeOut must be {low}-{high} s, not {timeout_s}",
+                venue=self.venue,
+                account=self.account,
+            )
+        return await self._cancel_all_after([("timeOut", str(timeout_s)), ("type", "ACTIVATE")])
+
+    @malformed_is_unknown
+    async def disarm_dead_mans_switch(self) -> DeadMansSwitchState:
+        """`cancelAllAfter` CLOSE."""
+        return await self._cancel_all_after([("type", "CLOSE")])
+
+    async def _cancel_all_after(self, params: list[tuple[str, str]]) -> DeadMansSwitchState:
+        data = await request(self, "POST", CANCEL_ALL_AFTER, params)
+        if not isinstance(data, dict):
+            raise OutcomeUnknown("cancelAllAfter answer is not an object", venue=self.venue)
+        status = str(data.get("status", ""))
+        if status == "ACTIVATED":
+            return DeadMansSwitchState(active=True, trigger_time_s=int(data.get("triggerTime", 0)))
+        if status == "CLOSED":
+            return DeadMansSwitchState(active=False)
+        # FAILED: refused, e.g. while a fired switch is still cancelling [BX-DOC].
+        raise Transient(
+            f"cancelAllAfter {status or 'no status'}: {data.get('note', '')}",
+            venue=self.venue,
+            account=self.account,
+            endpoint=f"POST {CANCEL_ALL_AFTER}",
+        )
+
+    # -- user-data stream ------------------------------------------------------------------
+    @malformed_is_unknown
+    async def create_listen_key(self, *, priority: Priority = Priority.BACKGROUND) -> str:
+        """`POST userDataStream`: a key valid for 1 h."""
+        data = await request(self, "POST", USER_DATA_STREAM, priority=priority)
+        key = data.get("listenKey") if isinstance(data, dict) else None
+        if not key:
+            raise Transient("no listenKey in the answer", venue=self.venue, account=self.account)
+        return str(key)
+
+    @malformed_is_unknown
+    async def extend_listen_key(self, key: str) -> bool:
+        """`PUT userDataStream`: False when the venue no longer knows the key (404)."""
+        try:
+            await request(
+                self,
+                "PUT",
+                USER_DATA_STREAM,
+                [("listenKey", key)],
+                priority=Priority.BACKGROUND,
+            )
+        except VenueError as exc:
+            if exc.http_status == 404:
+                return False
+            raise
+        return True
+
+    def user_stream(self) -> AsyncIterator[StreamEvent]:
+        """Connect one user-data stream and yield normalised events until it ends."""
+        return stream_events(self)
+
+    def _order_events(self, data: dict[str, Any]) -> list[StreamEvent]:
+        """The events one `spot.executionReport` payload means; `Transient` if unreadable."""
+        try:
+            order_id = order_id_str(data.get("i"))
+            list_id = self._leg_list.get(order_id)
+            event = parse_execution_report(data, list_id)
+        except MALFORMED_ANSWER as exc:
+            # An order event we cannot read may hide an open order: end the stream so the
+            # supervisor resnapshots, rather than skip it.
+            raise Transient(
+                f"malformed executionReport: {type(exc).__name__}",
+                venue=self.venue,
+                account=self.account,
+                endpoint="ws /market",
+            ) from exc
+        if list_id is None or event.is_open:
+            return [event]
+        # One OCO leg done ends the list (the other leg is cancelled with it) [BX-DOC].
+        legs = self._list_legs.get(list_id, (order_id,))
+        forget_list(self, list_id)
+        return [
+            event,
+            ListEvent(
+                symbol=event.symbol,
+                list_id=list_id,
+                list_client_order_id="",
+                is_open=False,
+                order_ids=legs,
+                event_time_ms=event.event_time_ms,
+            ),
+        ]

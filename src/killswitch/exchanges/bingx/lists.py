@@ -1,0 +1,190 @@
+"""BingX OCO lists: reading them page by page, the leg <-> list index, and settling legs the
+venue would not cancel by id through `oco/cancel`.
+
+Functions of the connector (`ListsHost`), moved out of `BingxExchange` as they were."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from typing import Protocol
+
+from killswitch.exchanges.base import (
+    AlreadyGone,
+    OutcomeUnknown,
+)
+from killswitch.exchanges.bingx.parse import _OcoList, parse_oco_page
+from killswitch.exchanges.bingx.rest import RestHost, request
+from killswitch.exchanges.bingx.venue import (
+    CLOCK_MARGIN_MS,
+    OCO_CANCEL,
+    OCO_MAX_PAGES,
+    OCO_OPEN_LIST,
+    OCO_PAGE_SIZE,
+)
+from killswitch.exchanges.budget import (
+    Priority,
+)
+from killswitch.exchanges.paths import (
+    LearnedPaths,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ListsHost(RestHost, Protocol):
+    """What the OCO list code reads and keeps on the connector (`BingxExchange`)."""
+
+    _list_legs: dict[str, tuple[str, ...]]  # OCO list id -> leg order ids
+    _leg_list: dict[str, str]  # leg order id -> OCO list id
+    _list_symbol: dict[str, str]  # OCO list id -> symbol
+    _list_time: dict[str, int]  # OCO list id -> when placed (venue ms)
+    _cancel_all_acked: tuple[float, int, frozenset[str]] | None
+    _list_cancels: int
+    _list_cancels_at_send: int
+    _oco_read: tuple[float, list[_OcoList], bool] | None
+
+    @property
+    def learned(self) -> LearnedPaths: ...
+    @property
+    def _oco_read_lock(self) -> asyncio.Lock: ...
+
+
+async def open_oco_lists(ex: ListsHost, priority: Priority) -> tuple[list[_OcoList], bool]:
+    """Every open OCO list, page by page; and False when the pages never ended."""
+    found: dict[str, _OcoList] = {}
+    for page in range(1, OCO_MAX_PAGES + 1):
+        try:
+            data = await request(
+                ex,
+                "GET",
+                OCO_OPEN_LIST,
+                [("pageIndex", str(page)), ("pageSize", str(OCO_PAGE_SIZE))],
+                priority=priority,
+            )
+        except AlreadyGone as exc:
+            raise OutcomeUnknown(exc.msg, venue=ex.venue, account=ex.account) from exc
+        lists, items, shape = parse_oco_page(data)
+        if ex.learned.oco_list_shape != shape:
+            ex.learned.learn("oco_list_shape", shape)
+        for oco_list in lists:
+            prior = found.get(oco_list.list_id)
+            if prior is None:
+                found[oco_list.list_id] = oco_list
+            else:  # a list's legs split over two pages of legs
+                found[oco_list.list_id] = replace(prior, legs=prior.legs + oco_list.legs)
+        if items < OCO_PAGE_SIZE:
+            return list(found.values()), True
+    log.warning("bingx oco/openOrderList never ended account=%s: incomplete", ex.account)
+    return list(found.values()), False
+
+
+def index_lists(ex: ListsHost, lists: list[_OcoList], complete: bool, started: float) -> None:
+    """Keep the leg <-> list maps, and learn from lists a cancel-all left behind."""
+    list_legs = {x.list_id: tuple(leg.order_id for leg in x.legs) for x in lists}
+    placed = {
+        x.list_id: min((leg.time_ms for leg in x.legs if leg.time_ms > 0), default=0) for x in lists
+    }
+    if complete:
+        # Every complete OCO read lists all open lists: it replaces what we knew.
+        ex._list_legs = list_legs
+        ex._leg_list = {leg: lid for lid, legs in list_legs.items() for leg in legs}
+        ex._list_symbol = {x.list_id: x.symbol for x in lists}
+        ex._list_time = placed
+    else:
+        ex._list_legs.update(list_legs)
+        ex._leg_list.update({leg: lid for lid, legs in list_legs.items() for leg in legs})
+        ex._list_symbol.update({x.list_id: x.symbol for x in lists})
+        ex._list_time.update(placed)
+    acked = ex._cancel_all_acked
+    if acked is None or started <= acked[0]:
+        return
+    _, sent_ms, before = acked
+    # A list placed after the cancel-all reached the venue but stamped before `sent_ms`
+    # by our clock's error would be misread as a survivor: keep that error out. (A wrong
+    # "not covered" costs list requests, never correctness.)
+    margin_ms = max(CLOCK_MARGIN_MS, ex.clock.last_rtt_ms)
+    # Placed before the cancel-all reached the venue (with a margin for our clock's
+    # error), or seen open before it: still open now means it was not covered.
+    survivors = [
+        lid for lid, when in placed.items() if lid in before or 0 < when < sent_ms - margin_ms
+    ]
+    if survivors:
+        ex.learned.learn("cancel_all_covers_lists", False)
+    elif (
+        before
+        and complete
+        and not (before & set(list_legs))
+        and ex._list_cancels_at_send == ex._list_cancels
+    ):
+        # Every list open before it is gone, and we sent no list cancel since.
+        ex.learned.learn("cancel_all_covers_lists", True)
+    ex._cancel_all_acked = None
+
+
+def may_be_refused_leg(ex: ListsHost, order_id: str) -> bool:
+    """Could a "gone" answer for `order_id` be a refused OCO leg? Yes for a known leg; and
+    for any id while the account has not shown that leg ids are taken (a list placed since
+    our last read of the lists is not known yet)."""
+    return order_id in ex._leg_list or ex.learned.leg_id_cancels_list is not True
+
+
+async def lists_read_after(
+    ex: ListsHost, after: float, priority: Priority
+) -> tuple[list[_OcoList], bool]:
+    """The open OCO lists, from a read that started after `after` (monotonic): one read
+    serves every caller waiting at once."""
+    async with ex._oco_read_lock:
+        cached = ex._oco_read
+        if cached is not None and cached[0] > after:
+            return cached[1], cached[2]
+        started = time.monotonic()
+        lists, complete = await open_oco_lists(ex, priority)
+        index_lists(ex, lists, complete, started)
+        ex._oco_read = (started, lists, complete)
+        return lists, complete
+
+
+async def settle_legs(
+    ex: ListsHost, symbol: str, legs: set[str], priority: Priority, *, batch: bool = False
+) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """Ids the venue called gone: re-read the open lists; cancel through `oco/cancel` the
+    lists still open that hold one of them. Returns (list ids cancelled, their leg ids), or
+    None when every one really was gone."""
+    lists, _ = await lists_read_after(ex, time.monotonic(), priority)
+    still_open = {x.list_id: x for x in lists if any(leg.order_id in legs for leg in x.legs)}
+    if not still_open:
+        return None
+    if batch:
+        ex.learned.learn("leg_id_cancels_list", False)
+    log.info(
+        "bingx OCO legs refused by id account=%s lists=%d: cancelling through oco/cancel",
+        ex.account,
+        len(still_open),
+    )
+    acks = await asyncio.gather(
+        *(oco_cancel(ex, x.legs[0].order_id, priority) for x in still_open.values()),
+        return_exceptions=True,
+    )
+    done_lists: list[str] = []
+    done_legs: list[str] = []
+    for oco_list, ack in zip(still_open.values(), acks, strict=True):
+        if isinstance(ack, AlreadyGone) or ack is None:
+            done_lists.append(oco_list.list_id)
+            done_legs.extend(leg.order_id for leg in oco_list.legs)
+        elif isinstance(ack, BaseException):
+            raise ack
+    return tuple(done_lists), tuple(done_legs)
+
+
+async def oco_cancel(ex: ListsHost, leg_id: str, priority: Priority) -> None:
+    ex._list_cancels += 1
+    await request(ex, "POST", OCO_CANCEL, [("orderId", leg_id)], priority=priority)
+
+
+def forget_list(ex: ListsHost, list_id: str) -> None:
+    ex._list_symbol.pop(list_id, None)
+    for order_id in ex._list_legs.pop(list_id, ()):
+        ex._leg_list.pop(order_id, None)

@@ -1,0 +1,264 @@
+"""BingX wire parsing: envelopes, order rows, execution reports, stream frames, OCO pages."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import zlib
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+
+from killswitch.exchanges.base import (
+    VenueError,
+)
+from killswitch.exchanges.bingx.errors import classify
+from killswitch.exchanges.bingx.venue import GZIP_WBITS, OPEN_STATUSES
+from killswitch.exchanges.paths import (
+    UNREAD_LIST_CLIENT_ID,
+)
+from killswitch.model import (
+    ExecType,
+    Order,
+    OrderEvent,
+)
+
+log = logging.getLogger(__name__)
+
+
+# -- wire parsing ---------------------------------------------------------------------------------
+
+
+class MalformedAnswer(ValueError):
+    """A venue answer we cannot read; `malformed_is_unknown` reports it as `OutcomeUnknown`."""
+
+
+def order_id_str(value: object) -> str:
+    """An order or list id as a string. Ints and digit strings pass; anything else (a float
+    that lost precision, null, a list) means we cannot trust the answer."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and value:
+        return value
+    raise MalformedAnswer(f"id arrived as {type(value).__name__}: {value!r}")
+
+
+def _int(value: object) -> int:
+    """A time in ms or s: an int, or a string of digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise MalformedAnswer(f"expected an integer, got {type(value).__name__}")
+    return int(value)
+
+
+def num_str(value: object) -> str:
+    """A price or quantity as a plain string, whether the venue sent a string or a number."""
+    if value is None:
+        return "0"
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    return str(value)
+
+
+_EXEC_TYPES = {
+    "NEW": ExecType.NEW,
+    "TRADE": ExecType.TRADE,
+    "CANCELED": ExecType.CANCELED,
+    "CANCELLED": ExecType.CANCELED,
+    "EXPIRED": ExecType.EXPIRED,
+    "REJECTED": ExecType.REJECTED,
+}
+
+
+def decode_frame(frame: bytes | str) -> Any:
+    """One server frame as JSON: BingX gzips every frame.
+
+    Raises `OSError`, `EOFError` or `orjson.JSONDecodeError` for a frame that is not gzipped JSON.
+    """
+    if isinstance(frame, bytes):
+        # One gzip member per frame: zlib reads it about twice as fast as gzip.decompress,
+        # which stays the fallback for anything else (several members, odd headers).
+        inflater = zlib.decompressobj(GZIP_WBITS)
+        try:
+            text = inflater.decompress(frame)
+        except zlib.error:
+            text = b""
+        if inflater.eof and not inflater.unused_data:
+            frame = text
+        else:
+            try:
+                frame = gzip.decompress(frame)
+            except zlib.error as exc:  # a corrupt deflate stream behind a valid header
+                raise gzip.BadGzipFile(f"corrupt gzip stream: {exc}") from exc
+    return orjson.loads(frame)
+
+
+TEXT_PINGS = frozenset({b"Ping", b"ping", b"PING"})
+
+
+def is_text_ping(frame: bytes | str) -> bool:
+    """A plain-text `Ping` heartbeat, gzipped or not."""
+    if isinstance(frame, str):
+        return frame.strip() in ("Ping", "ping", "PING")
+    if len(frame) > 64:
+        return False
+    try:
+        raw = gzip.decompress(frame) if frame[:2] == b"\x1f\x8b" else frame
+    except (OSError, EOFError, zlib.error):
+        return False
+    return raw.strip() in TEXT_PINGS
+
+
+def stream_error(msg: dict[str, Any]) -> VenueError | None:
+    """The error a stream control message (a subscription answer) reports, if any."""
+    code = msg.get("code")
+    if "id" not in msg or code in (None, 0):
+        return None
+    number = code if isinstance(code, int) else -1  # a code we cannot read is no success
+    return classify(200, number, str(msg.get("msg") or ""))
+
+
+def parse_execution_report(data: dict[str, Any], list_id: str | None = None) -> OrderEvent:
+    """A `spot.executionReport` payload as a normalised `OrderEvent`."""
+    status = str(data.get("X", ""))
+    return OrderEvent(
+        symbol=str(data["s"]),
+        order_id=order_id_str(data["i"]),
+        client_order_id=str(data.get("C") or data.get("c") or ""),
+        exec_type=_EXEC_TYPES.get(str(data.get("x", "")), ExecType.OTHER),
+        status=status,
+        is_open=status in OPEN_STATUSES,
+        event_time_ms=_int(data.get("E") or 0),
+        side=str(data.get("S", "")),
+        order_type=str(data.get("o", "")),
+        price=num_str(data.get("p")),
+        orig_qty=num_str(data.get("q")),
+        last_qty=num_str(data.get("l")),
+        last_price=num_str(data.get("L")),
+        list_id=list_id,
+    )
+
+
+def parse_order(data: dict[str, Any], list_id: str | None = None) -> Order:
+    """An order from openOrders / query / cancel answers."""
+    return Order(
+        symbol=str(data["symbol"]),
+        order_id=order_id_str(data["orderId"]),
+        client_order_id=str(data.get("clientOrderID") or data.get("clientOrderId") or ""),
+        side=str(data.get("side", "")),
+        order_type=str(data.get("type", "")),
+        price=num_str(data.get("price")),
+        orig_qty=num_str(data.get("origQty")),
+        executed_qty=num_str(data.get("executedQty")),
+        status=str(data.get("status", "")),
+        list_id=list_id,
+        time_ms=_int(data.get("time") or 0),
+    )
+
+
+def _items(data: Any, key: str, *, read: bool = False) -> list[dict[str, Any]]:
+    """The list in `data[key]`, or `data` itself when the venue sent a bare array.
+
+    For a `read` (what is open), an answer without that list (no body, `{}`, rows under
+    another key) is unreadable, never "nothing open"; a cancel answer may leave it out.
+    """
+    if isinstance(data, dict):
+        if read and key not in data:
+            raise MalformedAnswer(f"{key}: missing from the answer")
+        data = data.get(key)
+    if data is None:
+        if read:
+            raise MalformedAnswer(f"{key}: no list in the answer")
+        return []
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        # Never skip a row we cannot read: it may be an order that is still open.
+        raise MalformedAnswer(f"{key}: expected a list of objects")
+    return data
+
+
+T = TypeVar("T")
+
+
+async def _gather(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """Run concurrently, wait for all, then raise the first failure (nothing left running)."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class _OcoList:
+    """One open OCO list as `oco/openOrderList` shows it, in either shape (§3.3)."""
+
+    list_id: str
+    symbol: str
+    legs: tuple[Order, ...]
+    list_client_order_id: str = ""
+
+
+def _leg_order(leg: dict[str, Any], list_id: str, symbol: str | None = None) -> Order:
+    return Order(
+        symbol=str(symbol or leg["symbol"]),
+        order_id=order_id_str(leg["orderId"]),
+        client_order_id=str(leg.get("clientOrderId") or leg.get("clientOrderID") or ""),
+        side=str(leg.get("side", "")),
+        order_type=str(leg.get("orderType") or leg.get("type") or ""),
+        price=num_str(leg.get("price")),
+        orig_qty=num_str(leg.get("quantity") or leg.get("origQty")),
+        status=str(leg.get("status") or "NEW"),
+        list_id=list_id,
+        time_ms=_int(leg.get("transactionTime") or leg.get("time") or 0),
+    )
+
+
+def parse_oco_page(data: Any) -> tuple[list[_OcoList], int, str]:
+    """One page of `oco/openOrderList`: (lists, items on the page, shape).
+
+    docs-v3 and JKorf show a flat array of legs; BingX's 2026 reference shows
+    `{"ocoOrders": [{orderListId, symbol, orders: [{orderId, clientOrderId}], ...}]}`. Both are
+    read. Anything else (null, `{}`, another key) is a shape we do not know: `MalformedAnswer`,
+    never "no lists".
+    """
+    if isinstance(data, list):
+        grouped: dict[str, list[Order]] = {}
+        symbols: dict[str, str] = {}
+        for leg in data:
+            if not isinstance(leg, dict):
+                raise MalformedAnswer("oco/openOrderList: a leg is not an object")
+            list_id = order_id_str(leg["orderListId"])
+            order = _leg_order(leg, list_id)
+            grouped.setdefault(list_id, []).append(order)
+            symbols.setdefault(list_id, order.symbol)
+        # This shape has no list client id: say so, never "" (a list with none).
+        lists = [
+            _OcoList(lid, symbols[lid], tuple(legs), UNREAD_LIST_CLIENT_ID)
+            for lid, legs in grouped.items()
+        ]
+        return lists, len(data), "legs"
+    if isinstance(data, dict) and isinstance(data.get("ocoOrders"), list):
+        lists = []
+        for item in data["ocoOrders"]:
+            if not isinstance(item, dict) or not isinstance(item.get("orders"), list):
+                raise MalformedAnswer("oco/openOrderList: a list without its orders")
+            if str(item.get("listOrderStatus") or "").upper() == "ALL_DONE":
+                continue
+            list_id = order_id_str(item["orderListId"])
+            symbol = str(item["symbol"])
+            legs = []
+            for leg in item["orders"]:
+                if not isinstance(leg, dict):
+                    raise MalformedAnswer("oco/openOrderList: a leg is not an object")
+                stamped = {"transactionTime": item.get("transactionTime"), **leg}
+                legs.append(_leg_order(stamped, list_id, symbol))
+            if not legs:
+                raise MalformedAnswer("oco/openOrderList: an open list with no legs")
+            lists.append(
+                _OcoList(list_id, symbol, tuple(legs), str(item.get("listClientOrderId") or ""))
+            )
+        return lists, len(data["ocoOrders"]), "ocoOrders"
+    raise MalformedAnswer(f"oco/openOrderList: unknown shape {type(data).__name__}")

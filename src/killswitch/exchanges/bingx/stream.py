@@ -1,0 +1,211 @@
+"""BingX user-data stream: the listenKey, the gzip `/market` connection, heartbeats, order events.
+
+Functions of the connector (`StreamHost`), moved out of `BingxExchange` as they were."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from killswitch.exchanges.base import (
+    Transient,
+    VenueError,
+)
+from killswitch.exchanges.bingx.parse import decode_frame, is_text_ping, stream_error
+from killswitch.exchanges.bingx.venue import EXECUTION_REPORT
+from killswitch.exchanges.budget import (
+    Priority,
+)
+from killswitch.model import (
+    StreamEvent,
+    StreamSubscribed,
+    StreamTerminated,
+)
+
+log = logging.getLogger(__name__)
+
+
+class StreamHost(Protocol):
+    """What the user-data stream uses of the connector (`BingxExchange`)."""
+
+    @property
+    def venue(self) -> str: ...
+    @property
+    def account(self) -> str: ...
+    @property
+    def timeout_s(self) -> float: ...
+    @property
+    def heartbeat_timeout_s(self) -> float: ...
+    @property
+    def listen_key_refresh_s(self) -> float: ...
+    @property
+    def _ws_url(self) -> str: ...
+    async def create_listen_key(self, *, priority: Priority = Priority.BACKGROUND) -> str: ...
+    async def extend_listen_key(self, key: str) -> bool: ...
+    def _order_events(self, data: dict[str, Any]) -> list[StreamEvent]: ...
+
+
+async def stream_events(ex: StreamHost) -> AsyncIterator[StreamEvent]:
+    key = await ex.create_listen_key()
+    url = f"{ex._ws_url}?listenKey={key}"
+    try:
+        ws = await connect(
+            url,
+            ping_interval=None,
+            open_timeout=ex.timeout_s,
+            close_timeout=1.0,
+            max_size=1 << 22,
+            compression=None,
+        )
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise Transient(
+            f"stream connect failed: {type(exc).__name__}",
+            venue=ex.venue,
+            account=ex.account,
+            endpoint="ws /market",
+        ) from exc
+    expired = asyncio.Event()
+    keepalive = asyncio.create_task(
+        keep_listen_key(ex, key, ws, expired), name=f"bingx-listenkey-{ex.account}"
+    )
+    try:
+        subscribe = {"id": str(uuid.uuid4()), "reqType": "sub", "dataType": EXECUTION_REPORT}
+        try:
+            await ws.send(orjson.dumps(subscribe).decode())
+        except ConnectionClosed as exc:
+            raise Transient(
+                "stream closed before the subscription",
+                venue=ex.venue,
+                account=ex.account,
+                endpoint="ws /market",
+            ) from exc
+        async for event in frames(ex, ws, key, expired, str(subscribe["id"])):
+            yield event
+            if isinstance(event, StreamTerminated):
+                return
+    finally:
+        keepalive.cancel()
+        await asyncio.wait([keepalive])
+        await ws.close()
+
+
+async def frames(
+    ex: StreamHost, ws: ClientConnection, key: str, expired: asyncio.Event, sub_id: str
+) -> AsyncIterator[StreamEvent]:
+    loop = asyncio.get_running_loop()
+    subscribed = False
+    last_ping = loop.time()
+    while True:
+        wait_s = last_ping + ex.heartbeat_timeout_s - loop.time()
+        try:
+            async with asyncio.timeout(max(wait_s, 0.001)):
+                frame = await ws.recv()
+        except TimeoutError:
+            raise Transient(
+                f"no server ping for {ex.heartbeat_timeout_s:.1f}s",
+                venue=ex.venue,
+                account=ex.account,
+                endpoint="ws /market",
+            ) from None
+        except ConnectionClosed as exc:
+            if expired.is_set() or not await key_alive(ex, key):
+                yield StreamTerminated("listenKey expired")
+                return
+            raise Transient(
+                f"stream closed: code={exc.rcvd.code if exc.rcvd else None}",
+                venue=ex.venue,
+                account=ex.account,
+                endpoint="ws /market",
+            ) from exc
+        if is_text_ping(frame):
+            # The plain-text heartbeat (docs-v3's rules page, swap streams): `Ping` ->
+            # `Pong`. Spot documents JSON; a venue may send either (§3.7).
+            last_ping = loop.time()
+            try:
+                await ws.send("Pong")
+            except ConnectionClosed:
+                continue
+            continue
+        try:
+            msg = decode_frame(frame)
+        except (OSError, EOFError, orjson.JSONDecodeError) as exc:
+            if isinstance(frame, str):
+                # Order events come gzipped; stray text cannot be one of them.
+                log.warning("bingx unexpected text frame account=%s", ex.account)
+                continue
+            # A binary frame we cannot read may have been an order event: resnapshot.
+            raise Transient(
+                f"undecodable stream frame: {type(exc).__name__}",
+                venue=ex.venue,
+                account=ex.account,
+                endpoint="ws /market",
+            ) from exc
+        if not isinstance(msg, dict):
+            continue
+        if "ping" in msg:
+            last_ping = loop.time()
+            pong = {"pong": msg["ping"], "time": msg.get("time", "")}
+            try:
+                await ws.send(orjson.dumps(pong).decode())
+            except ConnectionClosed:
+                continue  # the next recv() reports the close
+            continue
+        if msg.get("dataType") == EXECUTION_REPORT and isinstance(msg.get("data"), dict):
+            for event in ex._order_events(msg["data"]):
+                yield event
+            continue
+        if not subscribed and msg.get("id") == sub_id and msg.get("code") == 0:
+            subscribed = True
+            yield StreamSubscribed()
+            continue
+        error = stream_error(msg)
+        if error is not None:
+            error.account = ex.account
+            error.endpoint = "ws /market subscribe"
+            raise error
+
+
+async def key_alive(ex: StreamHost, key: str) -> bool:
+    """After a close: is the key still valid? Bounded, so a blocked budget (a ban) cannot
+    hold the stream open; when we cannot tell, the close is reported as a drop."""
+    try:
+        async with asyncio.timeout(ex.timeout_s):
+            return await ex.extend_listen_key(key)
+    except asyncio.CancelledError:
+        raise
+    except (VenueError, TimeoutError):
+        return True
+
+
+async def keep_listen_key(
+    ex: StreamHost, key: str, ws: ClientConnection, expired: asyncio.Event
+) -> None:
+    """Extend the key every `listen_key_refresh_s`; close the stream once it is gone."""
+    while True:
+        await asyncio.sleep(ex.listen_key_refresh_s)
+        try:
+            alive = await ex.extend_listen_key(key)
+        except asyncio.CancelledError:
+            raise
+        except VenueError as exc:
+            log.warning("bingx listenKey keep-alive failed account=%s error=%s", ex.account, exc)
+            continue
+        if not alive:
+            log.warning("bingx listenKey expired account=%s", ex.account)
+            expired.set()
+            await ws.close()
+            return
+
+
+def _stream_url(ws_url: str) -> str:
+    """The `/market` endpoint: a bare host gets the documented path appended."""
+    base = ws_url.rstrip("/")
+    return base if urlsplit(base).path else f"{base}/market"

@@ -1,0 +1,135 @@
+"""BingX's endpoints, rate limits, capabilities and timing constants (reference §3)."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+
+from killswitch.exchanges.base import (
+    RateLimits,
+)
+from killswitch.exchanges.paths import (
+    KindRate,
+    PathCapabilities,
+)
+
+log = logging.getLogger(__name__)
+
+
+SPOT = "/openApi/spot/v1"
+CANCEL = f"{SPOT}/trade/cancel"
+CANCEL_ORDERS = f"{SPOT}/trade/cancelOrders"
+CANCEL_OPEN_ORDERS = f"{SPOT}/trade/cancelOpenOrders"
+CANCEL_ALL_AFTER = f"{SPOT}/trade/cancelAllAfter"
+OPEN_ORDERS = f"{SPOT}/trade/openOrders"
+QUERY = f"{SPOT}/trade/query"
+OCO_CANCEL = f"{SPOT}/oco/cancel"
+OCO_OPEN_LIST = f"{SPOT}/oco/openOrderList"
+SERVER_TIME = f"{SPOT}/server/time"
+SYMBOLS = f"{SPOT}/common/symbols"
+USER_DATA_STREAM = "/openApi/user/auth/userDataStream"
+EXECUTION_REPORT = "spot.executionReport"
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib: expect a gzip header and trailer
+
+OPEN_STATUSES = frozenset({"NEW", "PENDING", "PARTIALLY_FILLED"})
+OPEN_ORDERS_MAX = 2000  # [BX-DOC]: openOrders returns at most 2000 orders
+OCO_PAGE_SIZE = 100
+CLOCK_MARGIN_MS = 5.0  # floor of the margin for our clock error (which is under one round trip)
+OCO_MAX_PAGES = 100
+# Per-symbol reads a capped snapshot may spend to see past the cap (2/s per IP: ~15 s).
+MAX_SYMBOL_READS = 30
+PER_SYMBOL_READS_FIRST = 2  # more symbols than this: try one no-symbol read first
+SYMBOLS_TTL_S = 600.0
+# UNVERIFIED: the spot docs give no maximum for `orderIds`; swap's batch cancel caps at 10.
+BATCH_CANCEL_MAX = 10
+# recvWindow: the common parameters say at most 5000 ms; other pages say 60000 (§3.7).
+RECV_WINDOW_MAX_MS = 5000
+# A 100410 without an epoch: back off this long, doubling per repeat, with jitter (§3.5).
+# A 100410 without an epoch: 2-2.5 s for the first three in a row (a per-second limit and its
+# penalty are over by then), then doubling to at most 16 s while the venue keeps refusing.
+BACKOFF_INITIAL_S = 2.0
+BACKOFF_FLAT_REPEATS = 3
+BACKOFF_MAX_S = 16.0
+EPOCH_MARGIN_S = 0.05  # arrive after the named epoch, not on it: plus our clock's round trip
+# The error lock: more than 20 answers with an error code on one API in 480 s [§3.5].
+ERROR_LOCK_COUNT = 20
+ERROR_LOCK_WINDOW_S = 480.0
+
+# Requests per second per UID and API [reference §3.2/§3.3, corrected 2026-12-06]. openOrders,
+# query and the listenKey calls have no stricter figure than docs-v3's 10/s.
+ENDPOINT_RPS: dict[str, int] = {
+    CANCEL: 5,
+    CANCEL_ORDERS: 2,
+    CANCEL_OPEN_ORDERS: 2,
+    CANCEL_ALL_AFTER: 1,
+    OPEN_ORDERS: 10,
+    QUERY: 10,
+    OCO_CANCEL: 2,
+    OCO_OPEN_LIST: 5,
+    USER_DATA_STREAM: 10,
+}
+# Requests per second per IP and API, shared by every account behind the IP: 3/s on the trade
+# endpoints (IP group 3), 2/s on the others (group 2) [BingX 2026 reference, §3.5].
+IP_RPS: dict[str, int] = {
+    CANCEL: 3,
+    CANCEL_ORDERS: 3,
+    CANCEL_OPEN_ORDERS: 3,
+    CANCEL_ALL_AFTER: 2,
+    OPEN_ORDERS: 2,
+    QUERY: 2,
+    OCO_CANCEL: 2,
+    OCO_OPEN_LIST: 2,
+}
+# Market endpoints (server time, symbols) and every account API count in IP groups of 100 and
+# 1000 per 10 s [BX-DOC "基础信息"]: one budget per connector well inside both.
+GROUP_LIMITS = RateLimits(weight_per_window=100, window_s=10.0)
+BUDGET_MARGIN_S = 0.1  # a venue second is counted as 1.1 s of ours (skew, network spread)
+
+
+# "Query API KEY permissions" codes (readiness): which let this key trade and cancel spot.
+API_PERMISSION_SPOT_TRADING = 1
+API_PERMISSION_NAMES = {
+    1: "SPOT_TRADING",
+    2: "READ",
+    3: "PERPETUAL_TRADING",
+    4: "UNIVERSAL_TRANSFER",
+    5: "WITHDRAW",
+    7: "SUB_ACCOUNT_TRANSFER",
+}
+
+
+def _kind_rate(kind: str, path: str) -> KindRate:
+    limit = min(ENDPOINT_RPS[path], IP_RPS.get(path, ENDPOINT_RPS[path]))
+    return KindRate(kind, limit, limit / (1.0 + BUDGET_MARGIN_S))
+
+
+RATES = (
+    _kind_rate("cancel_all", CANCEL_OPEN_ORDERS),
+    _kind_rate("cancel_all_account", CANCEL_OPEN_ORDERS),
+    _kind_rate("cancel_orders", CANCEL_ORDERS),
+    _kind_rate("cancel_order", CANCEL),
+    _kind_rate("cancel_list", OCO_CANCEL),
+)
+
+CAPABILITIES = PathCapabilities(
+    cancel_all_max_symbols=1,
+    cancel_all_without_symbol=True,
+    cancel_all_covers_lists=False,  # UNVERIFIED (§3.7): learned per account, see `learned`
+    batch_cancel_max=BATCH_CANCEL_MAX,
+    has_order_lists=True,
+    open_orders_without_symbol=True,
+    dead_mans_switch=True,
+    dead_mans_switch_range_s=(10, 120),
+    rate_limits=RateLimits(
+        weight_per_window=2,
+        window_s=1.0,
+        cancel_weight=1,
+        snapshot_weight=2,  # openOrders + the first page of oco/openOrderList
+        snapshot_symbol_weight=1,
+        list_snapshot_weight=1,
+        max_requests_per_s=2.0,
+    ),
+    lists_coverage=None,
+    list_legs_by_batch=None,
+    rates=RATES,
+)
