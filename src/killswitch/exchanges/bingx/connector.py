@@ -24,7 +24,6 @@ from killswitch.exchanges.base import (
     VenueError,
     malformed_is_unknown,
 )
-from killswitch.exchanges.bingx.errors import fail_is_gone
 from killswitch.exchanges.bingx.lists import (
     forget_list,
     index_lists,
@@ -39,9 +38,12 @@ from killswitch.exchanges.bingx.parse import (
     _int,
     _items,
     _OcoList,
+    batch_result,
+    dead_mans_switch_state,
     order_id_str,
     parse_execution_report,
     parse_order,
+    snapshot_parts,
 )
 from killswitch.exchanges.bingx.reads import open_order_rows
 from killswitch.exchanges.bingx.rest import request
@@ -88,7 +90,6 @@ from killswitch.model import (
     ListEvent,
     Order,
     OrderKey,
-    OrderList,
     Snapshot,
     StreamEvent,
 )
@@ -282,7 +283,6 @@ class BingxExchange:
             "bingx clock resynced account=%s offset_ms=%.1f", self.account, self.clock.offset_ms
         )
 
-    # -- requests --------------------------------------------------------------------------
     # -- reads -----------------------------------------------------------------------------
     @malformed_is_unknown
     async def snapshot(
@@ -307,32 +307,7 @@ class BingxExchange:
             raise oco
         oco_lists, oco_complete = oco
         index_lists(self, oco_lists, oco_complete, started)
-        wanted_set = None if wanted is None else set(wanted)
-        orders: dict[OrderKey, Order] = {}
-        for row in rows:
-            order = parse_order(row)
-            orders[order.key] = order
-        lists: list[OrderList] = []
-        for oco_list in oco_lists:
-            if wanted_set is not None and oco_list.symbol not in wanted_set:
-                continue
-            lists.append(
-                OrderList(
-                    symbol=oco_list.symbol,
-                    list_id=oco_list.list_id,
-                    order_ids=tuple(leg.order_id for leg in oco_list.legs),
-                    client_order_ids=tuple(leg.client_order_id for leg in oco_list.legs),
-                    list_client_order_id=oco_list.list_client_order_id,
-                    contingency_type="OCO",
-                )
-            )
-            for leg in oco_list.legs:
-                known = orders.get(leg.key)
-                if known is None:
-                    # OCO legs the open-orders read does not list are open orders all the same.
-                    orders[leg.key] = leg
-                elif known.list_id != oco_list.list_id:
-                    orders[leg.key] = replace(known, list_id=oco_list.list_id)
+        orders, lists = snapshot_parts(rows, oco_lists, wanted)
         return Snapshot(
             tuple(orders.values()),
             tuple(lists),
@@ -499,45 +474,7 @@ class BingxExchange:
             [("orderIds", ",".join(chunk)), ("process", "1"), ("symbol", symbol)],
             priority=priority,
         )
-        if not isinstance(data, dict):
-            raise MalformedAnswer("cancelOrders: answer is not an object")
-        cancelled = tuple(order_id_str(o.get("orderId")) for o in _items(data, "orders"))
-        gone: list[str] = []
-        failed: list[tuple[str, VenueError]] = []
-        for fail in _items(data, "fails"):
-            order_id = order_id_str(fail.get("orderId"))
-            error = str(fail.get("error") or "")
-            if fail_is_gone(error):
-                gone.append(order_id)
-            else:
-                # Refused for a reason we cannot read: re-read the venue, then decide.
-                failed.append(
-                    (
-                        order_id,
-                        OutcomeUnknown(
-                            error or "batch cancel refused",
-                            venue=self.venue,
-                            account=self.account,
-                            endpoint=f"POST {CANCEL_ORDERS}",
-                        ),
-                    )
-                )
-        answered = set(cancelled) | set(gone) | {order_id for order_id, _ in failed}
-        for order_id in chunk:
-            if order_id not in answered:
-                # Neither cancelled nor failed: we cannot tell, so the engine must re-read.
-                failed.append(
-                    (
-                        order_id,
-                        OutcomeUnknown(
-                            "id missing from the batch answer",
-                            venue=self.venue,
-                            account=self.account,
-                            endpoint=f"POST {CANCEL_ORDERS}",
-                        ),
-                    )
-                )
-        return BatchResult(cancelled, tuple(gone), tuple(failed))
+        return batch_result(data, chunk, self.venue, self.account)
 
     @malformed_is_unknown
     async def cancel_order_list(
@@ -610,20 +547,7 @@ class BingxExchange:
 
     async def _cancel_all_after(self, params: list[tuple[str, str]]) -> DeadMansSwitchState:
         data = await request(self, "POST", CANCEL_ALL_AFTER, params)
-        if not isinstance(data, dict):
-            raise OutcomeUnknown("cancelAllAfter answer is not an object", venue=self.venue)
-        status = str(data.get("status", ""))
-        if status == "ACTIVATED":
-            return DeadMansSwitchState(active=True, trigger_time_s=int(data.get("triggerTime", 0)))
-        if status == "CLOSED":
-            return DeadMansSwitchState(active=False)
-        # FAILED: refused, e.g. while a fired switch is still cancelling [BX-DOC].
-        raise Transient(
-            f"cancelAllAfter {status or 'no status'}: {data.get('note', '')}",
-            venue=self.venue,
-            account=self.account,
-            endpoint=f"POST {CANCEL_ALL_AFTER}",
-        )
+        return dead_mans_switch_state(data, self.venue, self.account)
 
     # -- user-data stream ------------------------------------------------------------------
     @malformed_is_unknown

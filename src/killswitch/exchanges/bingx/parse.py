@@ -7,16 +7,25 @@ import gzip
 import logging
 import zlib
 from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import orjson
 
 from killswitch.exchanges.base import (
+    BatchResult,
+    DeadMansSwitchState,
+    OutcomeUnknown,
+    Transient,
     VenueError,
 )
-from killswitch.exchanges.bingx.errors import classify
-from killswitch.exchanges.bingx.venue import GZIP_WBITS, OPEN_STATUSES
+from killswitch.exchanges.bingx.errors import classify, fail_is_gone
+from killswitch.exchanges.bingx.venue import (
+    CANCEL_ALL_AFTER,
+    CANCEL_ORDERS,
+    GZIP_WBITS,
+    OPEN_STATUSES,
+)
 from killswitch.exchanges.paths import (
     UNREAD_LIST_CLIENT_ID,
 )
@@ -24,6 +33,8 @@ from killswitch.model import (
     ExecType,
     Order,
     OrderEvent,
+    OrderKey,
+    OrderList,
 )
 
 log = logging.getLogger(__name__)
@@ -262,3 +273,99 @@ def parse_oco_page(data: Any) -> tuple[list[_OcoList], int, str]:
             )
         return lists, len(data["ocoOrders"]), "ocoOrders"
     raise MalformedAnswer(f"oco/openOrderList: unknown shape {type(data).__name__}")
+
+
+def snapshot_parts(
+    rows: list[dict[str, Any]], oco_lists: list[_OcoList], wanted: list[str] | None
+) -> tuple[dict[OrderKey, Order], list[OrderList]]:
+    """A snapshot's orders and OCO lists from the open-order rows and the open lists (legs the
+    rows do not show are added; lists on symbols not `wanted` are left out)."""
+    wanted_set = None if wanted is None else set(wanted)
+    orders: dict[OrderKey, Order] = {}
+    for row in rows:
+        order = parse_order(row)
+        orders[order.key] = order
+    lists: list[OrderList] = []
+    for oco_list in oco_lists:
+        if wanted_set is not None and oco_list.symbol not in wanted_set:
+            continue
+        lists.append(
+            OrderList(
+                symbol=oco_list.symbol,
+                list_id=oco_list.list_id,
+                order_ids=tuple(leg.order_id for leg in oco_list.legs),
+                client_order_ids=tuple(leg.client_order_id for leg in oco_list.legs),
+                list_client_order_id=oco_list.list_client_order_id,
+                contingency_type="OCO",
+            )
+        )
+        for leg in oco_list.legs:
+            known = orders.get(leg.key)
+            if known is None:
+                # OCO legs the open-orders read does not list are open orders all the same.
+                orders[leg.key] = leg
+            elif known.list_id != oco_list.list_id:
+                orders[leg.key] = replace(known, list_id=oco_list.list_id)
+    return orders, lists
+
+
+def batch_result(data: Any, chunk: list[str], venue: str, account: str) -> BatchResult:
+    """The answer of `cancelOrders` with `process=1` for the ids of `chunk`: gone, refused for
+    a reason we cannot read, or missing from the answer (both `OutcomeUnknown`)."""
+    if not isinstance(data, dict):
+        raise MalformedAnswer("cancelOrders: answer is not an object")
+    cancelled = tuple(order_id_str(o.get("orderId")) for o in _items(data, "orders"))
+    gone: list[str] = []
+    failed: list[tuple[str, VenueError]] = []
+    for fail in _items(data, "fails"):
+        order_id = order_id_str(fail.get("orderId"))
+        error = str(fail.get("error") or "")
+        if fail_is_gone(error):
+            gone.append(order_id)
+        else:
+            # Refused for a reason we cannot read: re-read the venue, then decide.
+            failed.append(
+                (
+                    order_id,
+                    OutcomeUnknown(
+                        error or "batch cancel refused",
+                        venue=venue,
+                        account=account,
+                        endpoint=f"POST {CANCEL_ORDERS}",
+                    ),
+                )
+            )
+    answered = set(cancelled) | set(gone) | {order_id for order_id, _ in failed}
+    for order_id in chunk:
+        if order_id not in answered:
+            # Neither cancelled nor failed: we cannot tell, so the engine must re-read.
+            failed.append(
+                (
+                    order_id,
+                    OutcomeUnknown(
+                        "id missing from the batch answer",
+                        venue=venue,
+                        account=account,
+                        endpoint=f"POST {CANCEL_ORDERS}",
+                    ),
+                )
+            )
+    return BatchResult(cancelled, tuple(gone), tuple(failed))
+
+
+def dead_mans_switch_state(data: Any, venue: str, account: str) -> DeadMansSwitchState:
+    """The answer of `cancelAllAfter`: armed, closed, or refused (`Transient`)."""
+    if not isinstance(data, dict):
+        raise OutcomeUnknown("cancelAllAfter answer is not an object", venue=venue)
+    status = str(data.get("status", ""))
+    if status == "ACTIVATED":
+        return DeadMansSwitchState(active=True, trigger_time_s=int(data.get("triggerTime", 0)))
+    if status == "CLOSED":
+        return DeadMansSwitchState(active=False)
+    # FAILED: refused, e.g. while a fired switch is still cancelling [BX-DOC].
+    raise Transient(
+        f"cancelAllAfter {status or 'no status'}: {data.get('note', '')}",
+        venue=venue,
+        account=account,
+        endpoint=f"POST {CANCEL_ALL_AFTER}",
+    )
