@@ -21,7 +21,7 @@ from killswitch.kill.gate import Gate as _Gate
 from killswitch.kill.record import KillState
 from killswitch.model import AccountRef, Mode, Snapshot
 from killswitch.streams.tracker import OrderTracker
-from tests.fakes import BINGX_CAPS, FakeExchange
+from tests.fakes import BINGX_CAPS, MEXC_CAPS, FakeExchange
 from tests.unit.test_engine import Rig, finished, kill_trigger, make_rig, three_venues
 
 
@@ -208,3 +208,25 @@ def test_the_tracker_says_how_recently_a_venue_read_answered() -> None:
     assert not tracker.answered_within(45.0)
     tracker.note_read()
     assert tracker.answered_within(45.0)
+
+
+async def test_a_probe_that_covers_the_whole_kill_is_verified_by_the_read_that_follows_it(
+    tmp_path: Path,
+) -> None:
+    mexc = FakeExchange("mexc", "mm-2", MEXC_CAPS)
+    for base in ("BTC", "ETH", "SOL"):
+        mexc.place(f"{base}USDT", n=2)
+    symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT")  # configured: the first wave plans from them
+    rig = await make_rig(tmp_path, {"mexc": mexc}, mexc={"symbols": symbols})
+    try:
+        await rig.engine.submit(kill_trigger("k1"))
+        kill = rig.engine.kill_for("k1")
+        assert kill is not None
+        await kill.done.wait()
+        assert kill.state is KillState.FLAT
+        assert mexc.count("cancel_all") == 1  # one request covers the three symbols: the probe
+        # ... and the read that started after its acknowledgement proves flat: no second read.
+        assert mexc.count("snapshot") == 1
+        assert not mexc.open_keys()
+    finally:
+        await rig.engine.stop()

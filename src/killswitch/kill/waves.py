@@ -157,8 +157,9 @@ class Waves:
             target_lists = {x.list_id for x in snapshot.lists} | result.lists_cancelled
             target_lists |= {x.list_id for x in (tracked or Snapshot()).lists}
             scope = Scope(client_order_id_prefix="")  # matches every item: plans by id
-        # With nothing sent, the snapshot already is the verification.
-        verify: Snapshot | None = snapshot if not first and not extra else None
+        # The snapshot already is the verification when every request of the wave was
+        # acknowledged before it was read: nothing was sent, or only the probe, which went alone.
+        verify: Snapshot | None = snapshot if not rest and not extra else None
         idle = 0
         while True:
             if verify is None:
