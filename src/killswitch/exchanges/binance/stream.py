@@ -16,9 +16,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from killswitch.exchanges.base import (
-    Transient,
-)
+from killswitch.exchanges.base import Transient
 from killswitch.exchanges.binance.parse import VENUE, parse_frame
 from killswitch.exchanges.binance.session import _connect
 from killswitch.exchanges.budget import Priority, RateBudget

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from killswitch.exchanges.base import (
-    MALFORMED_ANSWER,
     AlreadyGone,
     BatchResult,
     CancelAck,
@@ -25,11 +24,11 @@ from killswitch.exchanges.base import (
     malformed_is_unknown,
 )
 from killswitch.exchanges.bingx.lists import (
-    forget_list,
     index_lists,
     may_be_refused_leg,
     oco_cancel,
     open_oco_lists,
+    order_events,
     settle_legs,
 )
 from killswitch.exchanges.bingx.parse import (
@@ -41,7 +40,6 @@ from killswitch.exchanges.bingx.parse import (
     batch_result,
     dead_mans_switch_state,
     order_id_str,
-    parse_execution_report,
     parse_order,
     snapshot_parts,
 )
@@ -87,7 +85,6 @@ from killswitch.exchanges.paths import (
     PathCapabilities,
 )
 from killswitch.model import (
-    ListEvent,
     Order,
     OrderKey,
     Snapshot,
@@ -582,32 +579,4 @@ class BingxExchange:
 
     def _order_events(self, data: dict[str, Any]) -> list[StreamEvent]:
         """The events one `spot.executionReport` payload means; `Transient` if unreadable."""
-        try:
-            order_id = order_id_str(data.get("i"))
-            list_id = self._leg_list.get(order_id)
-            event = parse_execution_report(data, list_id)
-        except MALFORMED_ANSWER as exc:
-            # An order event we cannot read may hide an open order: end the stream so the
-            # supervisor resnapshots, rather than skip it.
-            raise Transient(
-                f"malformed executionReport: {type(exc).__name__}",
-                venue=self.venue,
-                account=self.account,
-                endpoint="ws /market",
-            ) from exc
-        if list_id is None or event.is_open:
-            return [event]
-        # One OCO leg done ends the list (the other leg is cancelled with it) [BX-DOC].
-        legs = self._list_legs.get(list_id, (order_id,))
-        forget_list(self, list_id)
-        return [
-            event,
-            ListEvent(
-                symbol=event.symbol,
-                list_id=list_id,
-                list_client_order_id="",
-                is_open=False,
-                order_ids=legs,
-                event_time_ms=event.event_time_ms,
-            ),
-        ]
+        return order_events(self, data)

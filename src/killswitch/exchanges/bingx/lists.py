@@ -1,5 +1,5 @@
-"""BingX OCO lists: reading them page by page, the leg <-> list index, and settling legs the
-venue would not cancel by id through `oco/cancel`.
+"""BingX OCO lists: reading them page by page, the leg <-> list index (and the list events an
+order event means), and settling legs the venue would not cancel by id through `oco/cancel`.
 
 Functions of the connector (`ListsHost`), moved out of `BingxExchange` as they were."""
 
@@ -9,13 +9,20 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from killswitch.exchanges.base import (
+    MALFORMED_ANSWER,
     AlreadyGone,
     OutcomeUnknown,
+    Transient,
 )
-from killswitch.exchanges.bingx.parse import _OcoList, parse_oco_page
+from killswitch.exchanges.bingx.parse import (
+    _OcoList,
+    order_id_str,
+    parse_execution_report,
+    parse_oco_page,
+)
 from killswitch.exchanges.bingx.rest import RestHost, request
 from killswitch.exchanges.bingx.venue import (
     CLOCK_MARGIN_MS,
@@ -24,11 +31,11 @@ from killswitch.exchanges.bingx.venue import (
     OCO_OPEN_LIST,
     OCO_PAGE_SIZE,
 )
-from killswitch.exchanges.budget import (
-    Priority,
-)
-from killswitch.exchanges.paths import (
-    LearnedPaths,
+from killswitch.exchanges.budget import Priority
+from killswitch.exchanges.paths import LearnedPaths
+from killswitch.model import (
+    ListEvent,
+    StreamEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -188,3 +195,36 @@ def forget_list(ex: ListsHost, list_id: str) -> None:
     ex._list_symbol.pop(list_id, None)
     for order_id in ex._list_legs.pop(list_id, ()):
         ex._leg_list.pop(order_id, None)
+
+
+def order_events(ex: ListsHost, data: dict[str, Any]) -> list[StreamEvent]:
+    """The events one `spot.executionReport` payload means; `Transient` if unreadable."""
+    try:
+        order_id = order_id_str(data.get("i"))
+        list_id = ex._leg_list.get(order_id)
+        event = parse_execution_report(data, list_id)
+    except MALFORMED_ANSWER as exc:
+        # An order event we cannot read may hide an open order: end the stream so the
+        # supervisor resnapshots, rather than skip it.
+        raise Transient(
+            f"malformed executionReport: {type(exc).__name__}",
+            venue=ex.venue,
+            account=ex.account,
+            endpoint="ws /market",
+        ) from exc
+    if list_id is None or event.is_open:
+        return [event]
+    # One OCO leg done ends the list (the other leg is cancelled with it) [BX-DOC].
+    legs = ex._list_legs.get(list_id, (order_id,))
+    forget_list(ex, list_id)
+    return [
+        event,
+        ListEvent(
+            symbol=event.symbol,
+            list_id=list_id,
+            list_client_order_id="",
+            is_open=False,
+            order_ids=legs,
+            event_time_ms=event.event_time_ms,
+        ),
+    ]

@@ -26,9 +26,7 @@ from killswitch.exchanges.bingx.venue import (
     GZIP_WBITS,
     OPEN_STATUSES,
 )
-from killswitch.exchanges.paths import (
-    UNREAD_LIST_CLIENT_ID,
-)
+from killswitch.exchanges.paths import UNREAD_LIST_CLIENT_ID
 from killswitch.model import (
     ExecType,
     Order,

@@ -20,9 +20,7 @@ from killswitch.exchanges.bingx.venue import (
     OPEN_ORDERS_MAX,
     PER_SYMBOL_READS_FIRST,
 )
-from killswitch.exchanges.budget import (
-    Priority,
-)
+from killswitch.exchanges.budget import Priority
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,7 @@ from killswitch.exchanges.base import (
 )
 from killswitch.exchanges.bingx.parse import decode_frame, is_text_ping, stream_error
 from killswitch.exchanges.bingx.venue import EXECUTION_REPORT
-from killswitch.exchanges.budget import (
-    Priority,
-)
+from killswitch.exchanges.budget import Priority
 from killswitch.model import (
     StreamEvent,
     StreamSubscribed,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import zlib
 
-from killswitch.exchanges.base import (
-    RateLimits,
-)
+from killswitch.exchanges.base import RateLimits
 from killswitch.exchanges.paths import (
     KindRate,
     PathCapabilities,
