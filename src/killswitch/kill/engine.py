@@ -21,6 +21,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 
 from killswitch.backoff import Stopping, until_journaled
 from killswitch.events import EventRecord, FanOut, make_event
@@ -190,7 +191,7 @@ class Engine:
         while len(self._seen) > self.journal.seen_limit:
             self._seen.popitem(last=False)
         if not trigger.received_ms:
-            trigger = _with_received(trigger, self._wall_ms())
+            trigger = replace(trigger, received_ms=self._wall_ms())
         records: list[tuple[str, dict[str, object]]] = [("trigger", {"trigger": trigger.to_json()})]
         if trigger.mode is Mode.KILL:
             records.append(("latch", {"trigger_id": trigger.id, "scope": trigger.scope.to_json()}))
@@ -591,19 +592,6 @@ class Engine:
         record = make_event(event_type, **fields)
         self.events.emit(record)
         return record
-
-
-def _with_received(trigger: Trigger, now_ms: int) -> Trigger:
-    return Trigger(
-        id=trigger.id,
-        source=trigger.source,
-        mode=trigger.mode,
-        reason=trigger.reason,
-        scope=trigger.scope,
-        created_ms=trigger.created_ms,
-        received_ms=now_ms,
-        actor=trigger.actor,
-    )
 
 
 def _widest(scopes: Iterable[Scope]) -> list[Scope]:
