@@ -20,7 +20,6 @@ from killswitch.kill.engine import Engine
 from killswitch.kill.gate import Gate as _Gate
 from killswitch.kill.record import KillState
 from killswitch.model import AccountRef, Mode, Snapshot
-from killswitch.streams.tracker import OrderTracker
 from tests.fakes import BINGX_CAPS, MEXC_CAPS, FakeExchange
 from tests.unit.test_engine import Rig, finished, kill_trigger, make_rig, three_venues
 
@@ -195,19 +194,6 @@ def _records(path: Path) -> list[dict[str, object]]:
 
 def _latches(engine: Engine) -> list[tuple[str, object]]:
     return [(str(x["trigger_id"]), x["scope"]) for x in engine.status()["latches"]]  # type: ignore[attr-defined]
-
-
-def test_the_tracker_says_how_recently_a_venue_read_answered() -> None:
-    now = [50.0]
-    tracker = OrderTracker(AccountRef("binance", "main"), now=lambda: now[0])
-    assert not tracker.answered_within(45.0)
-    tracker.reset(Snapshot())
-    now[0] += 44.0
-    assert tracker.answered_within(45.0)
-    now[0] += 2.0
-    assert not tracker.answered_within(45.0)
-    tracker.note_read()
-    assert tracker.answered_within(45.0)
 
 
 async def test_a_probe_that_covers_the_whole_kill_is_verified_by_the_read_that_follows_it(

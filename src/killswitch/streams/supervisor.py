@@ -188,7 +188,6 @@ class StreamSupervisor:
         try:
             snapshot = await self._read_snapshot(background=True)
             divergence = self.tracker.divergence(snapshot, held_before=held_before)
-            self.tracker.note_read()
             self.tracker.adopt_lists(snapshot.lists)
             if divergence:
                 # Events may be in flight: give them the grace period before judging.

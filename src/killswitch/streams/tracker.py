@@ -80,7 +80,6 @@ class OrderTracker:
         self._closed: OrderedDict[OrderKey, None] = OrderedDict()
         self._closed_lists: OrderedDict[ListKey, None] = OrderedDict()
         self._trusted_since: float | None = None
-        self._read_at: float | None = None  # when a venue read last answered (the `now` clock)
         self._gap_reason: str | None = "no snapshot yet"
         self.last_event_ms = 0  # venue time of the newest event or snapshot applied
         self.events = 0  # events applied
@@ -101,14 +100,6 @@ class OrderTracker:
         """When the snapshot that made the tracker trusted was applied (the `now` clock)."""
         return self._trusted_since
 
-    def note_read(self) -> None:
-        """A read of the venue answered: what the venue allows us is known as of now."""
-        self._read_at = self._now()
-
-    def answered_within(self, seconds: float) -> bool:
-        """True when a venue read answered in the last `seconds` (its rate state is fresh)."""
-        return self._read_at is not None and self._now() - self._read_at < seconds
-
     @property
     def gap_reason(self) -> str | None:
         """Why the tracker is not trusted; None while it is."""
@@ -122,7 +113,6 @@ class OrderTracker:
     def reset(self, snapshot: Snapshot, *, buffered: Sequence[OrderEvent | ListEvent] = ()) -> None:
         """Replace the state with `snapshot`, re-apply the events that arrived while it was
         read, and trust the result. Orders already seen closed stay closed."""
-        self.note_read()
         self._orders.clear()
         self._seen_at.clear()
         self._counts.clear()
