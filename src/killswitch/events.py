@@ -11,14 +11,53 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable
+from enum import StrEnum
 from typing import Protocol
 
 EventRecord = dict[str, object]
 
+
+class EventType(StrEnum):
+    """Every event record's `type`. A `StrEnum`: each member is its string on the wire."""
+
+    # A kill's life
+    TRIGGERED = "triggered"
+    LATCHED = "latched"
+    JOINED = "joined"
+    DUPLICATE = "duplicate"
+    RESUMED = "resumed"
+    WAVE = "wave"
+    OUTCOME = "outcome"
+    STREAM_CANCEL = "stream_cancel"
+    SWEEP = "sweep"
+    FLAT = "flat"
+    CONFIRMED = "confirmed"
+    UNCONFIRMED = "unconfirmed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+    RESET = "reset"
+    # Latched work and health
+    ALARM = "alarm"
+    DMS = "dms"
+    ACCOUNT_READY = "account_ready"
+    LEARNED = "learned"
+    DRILL = "drill"
+    # Inputs
+    RULE_FIRED = "rule_fired"
+    HEARTBEAT_BACK = "heartbeat_back"
+    HEARTBEATS_SUSPENDED = "heartbeats_suspended"
+    HEARTBEATS_RESUMED = "heartbeats_resumed"
+    HEARTBEAT_SILENT = "heartbeat_silent"
+    KAFKA_CONNECTED = "kafka_connected"
+    KAFKA_DISCONNECTED = "kafka_disconnected"
+    ALERT_UNKNOWN_ACCOUNTS = "alert_unknown_accounts"
+    ALERT_REJECTED = "alert_rejected"
+
+
 _seq = itertools.count(1)
 
 
-def make_event(event_type: str, **fields: object) -> EventRecord:
+def make_event(event_type: EventType, **fields: object) -> EventRecord:
     """Build an event record stamped with sequence, wall and monotonic times."""
     return {
         "type": event_type,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -112,6 +112,13 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await r.engine.stop()
 
 
+def backoffs(rig: Rig) -> list[float]:
+    """The engine's sleeps before its confirmation: the quiet window (last) is not a backoff."""
+    sleeps = list(rig.clock.sleeps)
+    assert sleeps[-1:] == [rig.engine.config.quiet_window_s], sleeps  # the confirmation's wait
+    return sleeps[:-1]
+
+
 async def finished(rig: Rig, trigger_id: str = "t1") -> object:
     kill = rig.engine.kill_for(trigger_id)
     assert kill is not None
@@ -215,7 +222,7 @@ async def test_rate_limited_waits_retry_after_and_does_not_hammer(tmp_path: Path
     await finished(rig)
     assert not venue.book.orders
     assert venue.count("cancel_all") == 3
-    assert rig.clock.sleeps.count(3.0) == 2
+    assert backoffs(rig).count(3.0) == 2
     outcome = next(r for r in rig.log.of("outcome") if r["request"] == "cancel_all")
     assert outcome["attempts"] == 3
     await rig.engine.stop()
@@ -231,7 +238,7 @@ async def test_transient_errors_back_off_with_full_jitter_inside_the_bounds(
     await rig.engine.submit(kill_trigger())
     await finished(rig)
     assert not venue.book.orders
-    delays = rig.clock.sleeps
+    delays = backoffs(rig)
     assert len(delays) == 6
     for attempt, delay in enumerate(delays, start=1):
         assert 0.0 <= delay <= min(QUICK.retry_max_s, QUICK.retry_initial_s * 2 ** (attempt - 1))
@@ -247,7 +254,7 @@ async def test_clock_skew_is_retried_at_once(tmp_path: Path) -> None:
     await rig.engine.submit(kill_trigger())
     await finished(rig)
     assert not venue.book.orders
-    assert rig.clock.sleeps == [0.0]
+    assert backoffs(rig) == [0.0]
     await rig.engine.stop()
 
 
@@ -262,7 +269,7 @@ async def test_an_order_already_gone_is_success_and_never_retried(tmp_path: Path
     assert kill.state is KillState.CONFIRMED  # type: ignore[attr-defined]
     gone_calls = [c for c in venue.calls if c.method == "cancel_order" and c.args[1] == ids[0]]
     assert len(gone_calls) == 1
-    assert rig.clock.sleeps == []
+    assert backoffs(rig) == []
     assert "gone" in {r["result"] for r in rig.log.of("outcome")}
     await rig.engine.stop()
 
@@ -547,3 +554,44 @@ async def test_stream_orders_under_two_different_latches_are_all_cancelled(rig: 
     assert btc not in binance.book.orders
     assert eth not in binance.book.orders
     assert sol in binance.book.orders
+
+
+async def test_orders_that_keep_arriving_after_flat_end_the_confirmation_unconfirmed(
+    tmp_path: Path,
+) -> None:
+    """The quiet window runs on the engine's clock: a bot that keeps placing orders after the
+    kill is flat leaves it `unconfirmed` once the window passes its deadline, never hanging."""
+    venue = FakeExchange("binance", "mm-1")
+    venue.place("BTCUSDT", n=2)
+    ref = AccountRef("binance", "mm-1")
+    config = replace(QUICK, deadline_s=1.0, quiet_window_s=0.3)
+    rig = await make_rig(tmp_path, {"binance": venue}, config=config)
+    placed: list[str] = []
+    placed_at: list[float] = []
+
+    def rogue(method: str, args: tuple[object, ...]) -> None:
+        # One new order per look after flat (the clock moves only in the quiet window).
+        kill = rig.engine.kill_for("t1")
+        if method != "snapshot" or kill is None or not kill.flat.is_set():
+            return
+        if placed_at and placed_at[-1] == rig.clock.now:
+            return
+        (order_id,) = venue.place("BTCUSDT", "rogue-")
+        placed.append(order_id)
+        placed_at.append(rig.clock.now)
+        rig.engine.on_stream_event(ref, new_order_event(venue, order_id))
+
+    venue.before_call.append(rogue)
+    await rig.engine.submit(kill_trigger())
+    kill = rig.engine.kill_for("t1")
+    assert kill is not None
+    await asyncio.wait_for(kill.finished.wait(), timeout=30)
+
+    assert len(placed) >= 2
+    assert kill.state is KillState.FLAT  # flat at each look, never quiet: not confirmed
+    (unconfirmed,) = rig.log.of("unconfirmed")
+    assert unconfirmed["kill_id"] == kill.id
+    assert rig.log.of("confirmed") == []
+    await rig.engine.wait_idle()
+    assert not venue.book.orders
+    await rig.engine.stop()

@@ -299,7 +299,7 @@ class Drill:
         report.released = bool(reset.get("ok")) and bool(reset.get("was_latched"))
 
     async def _kill_in_process(self, exchange: Exchange) -> None:
-        from killswitch.events import FanOut, make_event
+        from killswitch.events import EventType, FanOut, make_event
         from killswitch.journal import Journal
         from killswitch.kill.config import Account, EngineConfig
         from killswitch.kill.engine import Engine
@@ -360,7 +360,7 @@ class Drill:
                     origin="drill",
                     only=[trigger.id],
                 )
-                events.emit(make_event("drill", **self._event_fields()))
+                events.emit(make_event(EventType.DRILL, **self._event_fields()))
             finally:
                 await engine.stop()
                 audit.close()

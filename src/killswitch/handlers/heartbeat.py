@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from killswitch.backoff import Backoff, until_journaled
-from killswitch.events import EventRecord, make_event
+from killswitch.events import EventRecord, EventType, make_event
 from killswitch.model import Mode, Trigger
 from killswitch.settings import HeartbeatSettings
 
@@ -142,7 +142,7 @@ class HeartbeatWatch:
             if not watch.armed and now - sent_at < watch.settings.timeout_s:
                 watch.armed = True
                 log.info("heartbeat back, watch re-armed source=%s", source)
-                self._event("heartbeat_back", source=source)
+                self._event(EventType.HEARTBEAT_BACK, source=source)
         return known
 
     def check(self) -> list[Trigger]:
@@ -152,14 +152,14 @@ class HeartbeatWatch:
             if not self._deaf:
                 self._deaf = True
                 log.warning("heartbeat watches suspended: the alerts input is down")
-                self._event("heartbeats_suspended")
+                self._event(EventType.HEARTBEATS_SUSPENDED)
             return []
         if self._deaf:
             self._deaf = False
             for watch in self.watches:
                 watch.last_beat = max(watch.last_beat, now)
             log.info("heartbeat watches resumed with a full timeout of grace")
-            self._event("heartbeats_resumed")
+            self._event(EventType.HEARTBEATS_RESUMED)
         fired = []
         for watch in self.watches:
             silent_s = now - watch.last_beat
@@ -175,7 +175,7 @@ class HeartbeatWatch:
                 trigger.id,
             )
             self._event(
-                "heartbeat_silent",
+                EventType.HEARTBEAT_SILENT,
                 source=watch.settings.source,
                 silent_s=round(silent_s, 3),
                 trigger_id=trigger.id,
@@ -203,7 +203,7 @@ class HeartbeatWatch:
             actor=hb.source,
         )
 
-    def _event(self, event_type: str, **fields: object) -> None:
+    def _event(self, event_type: EventType, **fields: object) -> None:
         if self._emit is not None:
             self._emit(make_event(event_type, **fields))
 

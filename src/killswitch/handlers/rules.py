@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from killswitch.events import EventRecord, make_event
+from killswitch.events import EventRecord, EventType, make_event
 from killswitch.handlers.heartbeat import Submit, TriggerSubmitter
 from killswitch.model import AccountRef, ExecType, ListEvent, Mode, OrderEvent, Scope, Trigger
 from killswitch.settings import RuleSettings
@@ -277,7 +277,9 @@ class RiskRules:
         )
         if self._emit is not None:
             self._emit(
-                make_event("rule_fired", rule=rule.label, trigger_id=trigger.id, reason=reason)
+                make_event(
+                    EventType.RULE_FIRED, rule=rule.label, trigger_id=trigger.id, reason=reason
+                )
             )
         self.submitter.put(trigger)
         return trigger

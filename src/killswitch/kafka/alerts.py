@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from killswitch.backoff import Backoff, until_journaled
-from killswitch.events import make_event
+from killswitch.events import EventType, make_event
 from killswitch.handlers.alerts import (
     Alert,
     AlertAction,
@@ -272,14 +272,16 @@ class KafkaAlertConsumer(ReconnectingClient):
             self.settings.group_id,
         )
         self._emit(
-            "kafka_connected", topic=self.settings.alerts_topic, partitions=len(self._partitions)
+            EventType.KAFKA_CONNECTED,
+            topic=self.settings.alerts_topic,
+            partitions=len(self._partitions),
         )
 
     def _on_disconnected(self, was_connected: bool) -> None:
         self.stats.disconnects += 1
         if was_connected:
             log.warning("kafka alerts disconnected error=%s", self.last_error)
-            self._emit("kafka_disconnected", error=self.last_error)
+            self._emit(EventType.KAFKA_DISCONNECTED, error=self.last_error)
         else:
             log.info("kafka alerts connect failed error=%s", self.last_error)
 
@@ -364,7 +366,7 @@ class KafkaAlertConsumer(ReconnectingClient):
             return
         if unknown:
             log.warning("alert names unknown accounts alert_id=%s accounts=%s", alert.id, unknown)
-            self._emit("alert_unknown_accounts", alert_id=alert.id, accounts=unknown)
+            self._emit(EventType.ALERT_UNKNOWN_ACCOUNTS, alert_id=alert.id, accounts=unknown)
         if alert.action is AlertAction.HEARTBEAT:
             self.stats.heartbeats += 1
             if self.heartbeats is None or not self.heartbeats.beat(alert.source, alert.ts):
@@ -432,7 +434,7 @@ class KafkaAlertConsumer(ReconnectingClient):
         )
         if self._event_gate.allow():
             self._emit(
-                "alert_rejected",
+                EventType.ALERT_REJECTED,
                 kind=exc.kind,
                 error=exc.msg,
                 topic=record.topic,
@@ -546,7 +548,7 @@ class KafkaAlertConsumer(ReconnectingClient):
         self.stats.commits += 1
         self._committed.update(offsets)
 
-    def _emit(self, event_type: str, **fields: object) -> None:
+    def _emit(self, event_type: EventType, **fields: object) -> None:
         self.engine.events.emit(make_event(event_type, input="kafka", **fields))
 
 

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from killswitch.backoff import Backoff, until_journaled
-from killswitch.events import EventRecord
+from killswitch.events import EventRecord, EventType
 from killswitch.journal import UNREADABLE_PREFIX
 from killswitch.kafka.client import (
     BROKER_ERRORS,
@@ -201,7 +201,7 @@ class LatchReplicator(ReconnectingClient):
     def emit(self, event: EventRecord) -> None:
         """Queue a latch record for a kill triggered here, a reset record for a reset made here."""
         kind = event.get("type")
-        if kind == "triggered":
+        if kind == EventType.TRIGGERED:
             trigger = event.get("trigger")
             if not isinstance(trigger, dict) or trigger.get("mode") != Mode.KILL.value:
                 return
@@ -209,7 +209,7 @@ class LatchReplicator(ReconnectingClient):
             if trigger_id in self._applied or trigger_id in self.log.latched:
                 return  # it came from the topic, or a peer published it already
             self._queue_latch(trigger)
-        elif kind == "reset":
+        elif kind == EventType.RESET:
             origin = str(event.get("origin", ""))
             if origin.startswith(REPLICA_ORIGIN):
                 return  # applied from a peer's record: not ours to announce

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 
 from killswitch.backoff import Stopping, until_journaled
-from killswitch.events import EventRecord, FanOut, make_event
+from killswitch.events import EventRecord, EventType, FanOut, make_event
 from killswitch.journal import Journal
 from killswitch.kill.config import Account, Clock, EngineConfig, Sleep, Spawn
 from killswitch.kill.latched import DeadMansSwitches, StreamCancels
@@ -91,7 +91,7 @@ class Engine:
             emit=self._emit,
             ids=self._ids,
         )
-        self._dms = DeadMansSwitches(emit=self._emit, healthy=healthy)
+        self._dms = DeadMansSwitches(emit=self._emit, healthy=healthy, sleep=sleep)
         # Held from deciding a latch change until it is journaled and applied: a reset names
         # exactly the latches it releases, and a kill journaled meanwhile is never among them.
         self._latch_lock = asyncio.Lock()
@@ -117,7 +117,7 @@ class Engine:
                 state.unreadable_copy,
             )
             self._emit(
-                "alarm",
+                EventType.ALARM,
                 account="journal",
                 error=state.unreadable or "fail-safe latch still held",
                 kept=str(state.unreadable_copy or ""),
@@ -142,7 +142,9 @@ class Engine:
                 self.kills[trigger_id] = joined
                 continue
             log.warning("resuming kill trigger_id=%s latched=%s", trigger_id, latched)
-            self._emit("resumed", trigger_id=trigger_id, latched=latched, scope=scope.to_json())
+            self._emit(
+                EventType.RESUMED, trigger_id=trigger_id, latched=latched, scope=scope.to_json()
+            )
             resumed.append(self._launch(trigger, scope, kind=KillKind.RESUME))
         if resumed:
             await asyncio.gather(*(k.done.wait() for k in resumed))
@@ -185,7 +187,7 @@ class Engine:
     async def submit(self, trigger: Trigger) -> SubmitResult:
         """Journal the trigger (fsync), latch its scope (mode kill) and start the kill."""
         if trigger.id in self._seen:
-            self._emit("duplicate", trigger_id=trigger.id, source=trigger.source)
+            self._emit(EventType.DUPLICATE, trigger_id=trigger.id, source=trigger.source)
             return SubmitResult.DUPLICATE
         self._seen[trigger.id] = None
         while len(self._seen) > self.journal.seen_limit:
@@ -211,14 +213,14 @@ class Engine:
             trigger.scope.to_json(),
             trigger.reason,
         )
-        self._emit("triggered", trigger=trigger.to_json())
+        self._emit(EventType.TRIGGERED, trigger=trigger.to_json())
         if trigger.mode is Mode.KILL:
-            self._emit("latched", trigger_id=trigger.id, scope=trigger.scope.to_json())
+            self._emit(EventType.LATCHED, trigger_id=trigger.id, scope=trigger.scope.to_json())
         joined = self._joinable(trigger)
         if joined is not None:
             joined.triggers.append(trigger)
             self.kills[trigger.id] = joined
-            self._emit("joined", trigger_id=trigger.id, kill_id=joined.id)
+            self._emit(EventType.JOINED, trigger_id=trigger.id, kill_id=joined.id)
         else:
             self._launch(trigger, trigger.scope, kind=KillKind.TRIGGER)
         return SubmitResult.ACCEPTED
@@ -275,7 +277,7 @@ class Engine:
                 kill.released = True
                 kill.task.cancel()
         log.warning("reset actor=%s origin=%s reason=%r released=%s", actor, origin, reason, names)
-        self._emit("reset", actor=actor, reason=reason, origin=origin, released=released)
+        self._emit(EventType.RESET, actor=actor, reason=reason, origin=origin, released=released)
         return bool(names)
 
     def _relaunch(self, triggers: list[Trigger]) -> None:
@@ -420,7 +422,7 @@ class Engine:
         except asyncio.CancelledError:
             kill.state = KillState.ABORTED
             why = "reset" if kill.released else "narrowed" if kill.narrowed else "shutdown"
-            self._emit("aborted", kill_id=kill.id, kind=kill.kind, reason=why)
+            self._emit(EventType.ABORTED, kill_id=kill.id, kind=kill.kind, reason=why)
             raise
         finally:
             kill.done.set()
@@ -446,7 +448,7 @@ class Engine:
             log.error("kill has no configured account in scope kill_id=%s", kill.id)
             kill.state = KillState.FAILED
             self._emit(
-                "failed",
+                EventType.FAILED,
                 still_open={},
                 error={"kind": "no_account_in_scope"},
                 **kill.summary(),
@@ -466,12 +468,12 @@ class Engine:
                 kill.time_to_flat_ms = kill.local_flat_ms
             kill.flat.set()
             if kill.kind is KillKind.SWEEP:
-                self._emit("sweep", kill_id=kill.id, result="flat", **self._sweep_counts(kill))
+                self._emit(EventType.SWEEP, kill_id=kill.id, result="flat", **kill.sweep_counts())
             else:
                 log.warning(
                     "kill flat kill_id=%s time_to_flat_ms=%s", kill.id, kill.time_to_flat_ms
                 )
-                self._emit("flat", **kill.summary())
+                self._emit(EventType.FLAT, **kill.summary())
             return
         kill.state = KillState.FAILED
         open_now = {
@@ -480,7 +482,7 @@ class Engine:
             if r.state is not AccountState.FLAT
         }
         log.error("kill failed kill_id=%s kind=%s open=%s", kill.id, kill.kind, open_now)
-        self._emit("failed", still_open=open_now, **kill.summary())
+        self._emit(EventType.FAILED, still_open=open_now, **kill.summary())
 
     async def _confirm(self, kill: Kill, accounts: Sequence[Account]) -> None:
         """Flat, then still flat after a quiet window with no new order on the streams."""
@@ -488,7 +490,7 @@ class Engine:
         give_up = kill.deadline + window
         while True:
             seen = kill.new_orders_seen
-            await asyncio.sleep(window)
+            await self._sleep(window)
             quiet = kill.new_orders_seen == seen
             if not quiet:
                 # Orders arrived during the window: give their waves time of their own.
@@ -500,10 +502,14 @@ class Engine:
             if quiet and kill.new_orders_seen == seen:
                 kill.state = KillState.CONFIRMED
                 log.warning("kill confirmed kill_id=%s", kill.id)
-                self._emit("confirmed", kill_id=kill.id, time_to_flat_ms=kill.time_to_flat_ms)
+                self._emit(
+                    EventType.CONFIRMED, kill_id=kill.id, time_to_flat_ms=kill.time_to_flat_ms
+                )
                 return
             if self._clock() >= give_up:
-                self._emit("unconfirmed", kill_id=kill.id, reason="new orders kept arriving")
+                self._emit(
+                    EventType.UNCONFIRMED, kill_id=kill.id, reason="new orders kept arriving"
+                )
                 return
 
     async def _record_done(self, kill: Kill) -> None:
@@ -542,6 +548,8 @@ class Engine:
     # -- latched: streams, sweeps, dead-man's switch ----------------------------------------------
 
     async def _sweep_loop(self) -> None:
+        # On the loop's clock, not the injected sleep: under a virtual clock that moves only
+        # when the engine sleeps, a periodic loop would spin. `sweep()` is the tested seam.
         while True:
             await asyncio.sleep(self.config.sweep_interval_s)
             if self._stopping:
@@ -565,17 +573,6 @@ class Engine:
             await asyncio.gather(*(k.finished.wait() for k in started))
         return started
 
-    def _sweep_counts(self, kill: Kill) -> dict[str, object]:
-        return {
-            "accounts": {
-                str(r.ref): {
-                    "found": r.orders_before + r.lists_before,
-                    "cancelled": len(r.cancelled),
-                }
-                for r in kill.accounts.values()
-            }
-        }
-
     # -- plumbing ---------------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -588,7 +585,7 @@ class Engine:
         if not task.cancelled() and task.exception() is not None:
             log.error("engine task died name=%s error=%r", task.get_name(), task.exception())
 
-    def _emit(self, event_type: str, **fields: object) -> EventRecord:
+    def _emit(self, event_type: EventType, /, **fields: object) -> EventRecord:
         record = make_event(event_type, **fields)
         self.events.emit(record)
         return record

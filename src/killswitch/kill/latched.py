@@ -11,8 +11,9 @@ import itertools
 import logging
 from collections.abc import Callable
 
+from killswitch.events import EventType
 from killswitch.exchanges.base import VenueError
-from killswitch.kill.config import Account, Clock, EngineConfig
+from killswitch.kill.config import Account, Clock, EngineConfig, Sleep
 from killswitch.kill.planner import plan
 from killswitch.kill.record import AccountResult, Kill, KillKind
 from killswitch.kill.waves import Emit, Waves, _AccountStopped
@@ -153,7 +154,7 @@ class StreamCancels:
             by_id = Scope(client_order_id_prefix="")
             requests = plan(by_id, Snapshot(orders, lists), None, (), account.exchange.capabilities)
             self._emit(
-                "stream_cancel",
+                EventType.STREAM_CANCEL,
                 account=str(ref),
                 orders=[{"symbol": o.symbol, "order_id": o.order_id} for o in orders],
                 lists=[x.list_id for x in lists],
@@ -174,9 +175,10 @@ class StreamCancels:
 class DeadMansSwitches:
     """Keep each account's venue-side cancel-all timer armed while the daemon is healthy."""
 
-    def __init__(self, *, emit: Emit, healthy: Callable[[], bool]) -> None:
+    def __init__(self, *, emit: Emit, healthy: Callable[[], bool], sleep: Sleep) -> None:
         self._emit = emit
         self._healthy = healthy
+        self._sleep = sleep
         self.state: dict[AccountRef, str] = {}
 
     async def keep(self, account: Account) -> None:
@@ -195,7 +197,7 @@ class DeadMansSwitches:
                     log.warning("dead man's switch arm failed account=%s error=%s", ref, exc)
                     if self.state.get(ref) != "failed":
                         self._emit(
-                            "alarm",
+                            EventType.ALARM,
                             account=str(ref),
                             dead_mans_switch="arm failed",
                             error=exc.to_json(),
@@ -203,10 +205,12 @@ class DeadMansSwitches:
                     self.state[ref] = "failed"
                 else:
                     if self.state.get(ref) != "armed":
-                        self._emit("dms", account=str(ref), armed=state.active, timeout_s=timeout_s)
+                        self._emit(
+                            EventType.DMS, account=str(ref), armed=state.active, timeout_s=timeout_s
+                        )
                     self.state[ref] = "armed" if state.active else "off"
             elif self.state.get(ref) == "armed":
                 log.warning("dead man's switch left to expire: daemon unhealthy account=%s", ref)
                 self.state[ref] = "expiring"
-                self._emit("dms", account=str(ref), armed=False, reason="unhealthy")
-            await asyncio.sleep(timeout_s / 3)
+                self._emit(EventType.DMS, account=str(ref), armed=False, reason="unhealthy")
+            await self._sleep(timeout_s / 3)

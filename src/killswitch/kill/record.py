@@ -150,6 +150,18 @@ class Kill:
             "accounts": [r.to_json() for r in self.accounts.values()],
         }
 
+    def sweep_counts(self) -> dict[str, object]:
+        """What a sweep found and cancelled per account (its `sweep` event)."""
+        return {
+            "accounts": {
+                str(r.ref): {
+                    "found": r.orders_before + r.lists_before,
+                    "cancelled": len(r.cancelled),
+                }
+                for r in self.accounts.values()
+            }
+        }
+
 
 def open_json(snapshot: Snapshot) -> dict[str, object]:
     """Describe what is open, exactly: ids, client ids and symbols (for `failed` events)."""

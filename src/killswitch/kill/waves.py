@@ -20,11 +20,11 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from killswitch.events import EventRecord
+from killswitch.events import EventRecord, EventType
 from killswitch.exchanges.base import (
     AlreadyGone,
     CancelAck,
@@ -47,7 +47,12 @@ log = logging.getLogger(__name__)
 _GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own clock
 
 T = TypeVar("T")
-Emit = Callable[..., EventRecord]
+
+
+class Emit(Protocol):
+    """Records one event of the given type (the engine's `_emit`)."""
+
+    def __call__(self, event_type: EventType, /, **fields: object) -> EventRecord: ...
 
 
 class Waves:
@@ -97,7 +102,9 @@ class Waves:
             log.exception("kill account crashed kill_id=%s account=%s", kill.id, account.ref)
             result.state = AccountState.FAILED
             result.error = {"kind": type(exc).__name__}
-            self._emit("alarm", kill_id=kill.id, account=str(account.ref), error=result.error)
+            self._emit(
+                EventType.ALARM, kill_id=kill.id, account=str(account.ref), error=result.error
+            )
         if result.state is not AccountState.FLAT and account.not_ready is not None:
             result.not_ready = account.not_ready()
 
@@ -204,7 +211,7 @@ class Waves:
             return
         if kill.kind is not KillKind.STREAM:
             self._emit(
-                "wave",
+                EventType.WAVE,
                 kill_id=kill.id,
                 account=str(account.ref),
                 wave=wave,
@@ -346,7 +353,7 @@ class Waves:
         if outcome.result in ("ok", "gone", "verified") and result.first_cancel_ms is None:
             result.first_cancel_ms = (self._clock() - kill.started) * 1000
         self._emit(
-            "outcome",
+            EventType.OUTCOME,
             kill_id=kill.id,
             account=str(account.ref),
             venue=account.ref.venue,
@@ -495,7 +502,7 @@ class Waves:
 
     def alarm(self, kill: Kill, ref: AccountRef, error: VenueError) -> None:
         log.error("kill account stopped kill_id=%s account=%s error=%s", kill.id, ref, error)
-        self._emit("alarm", kill_id=kill.id, account=str(ref), error=error.to_json())
+        self._emit(EventType.ALARM, kill_id=kill.id, account=str(ref), error=error.to_json())
 
 
 class _AccountStopped(Exception):

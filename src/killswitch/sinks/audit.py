@@ -13,11 +13,21 @@ from pathlib import Path
 
 import orjson
 
-from killswitch.events import EventRecord
+from killswitch.events import EventRecord, EventType
 
 log = logging.getLogger(__name__)
 
-FSYNC_TYPES = frozenset({"triggered", "flat", "confirmed", "failed", "reset", "alarm", "aborted"})
+FSYNC_TYPES: frozenset[str] = frozenset(
+    {
+        EventType.TRIGGERED,
+        EventType.FLAT,
+        EventType.CONFIRMED,
+        EventType.FAILED,
+        EventType.RESET,
+        EventType.ALARM,
+        EventType.ABORTED,
+    }
+)
 
 
 class AuditLog:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from killswitch.events import EventRecord
+from killswitch.events import EventRecord, EventType
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Metrics:
     def emit(self, event: EventRecord) -> None:
         """Update counters and histograms from one event record."""
         kind = event.get("type")
-        if kind == "outcome":
+        if kind == EventType.OUTCOME:
             account = str(event.get("account", ""))
             self.requests.labels(account, str(event.get("request")), str(event.get("result"))).inc()
             attempts = _number(event.get("attempts"))
@@ -82,7 +82,7 @@ class Metrics:
             limited = _number(event.get("rate_limited"))
             if limited:
                 self.rate_limited.labels(account).inc(limited)
-        elif kind == "flat":
+        elif kind == EventType.FLAT:
             ttf = event.get("time_to_flat_ms")
             if isinstance(ttf, int | float):
                 self.time_to_flat.observe(ttf / 1000)
@@ -90,9 +90,9 @@ class Metrics:
             if isinstance(first, int | float):
                 self.time_to_first_cancel.observe(first / 1000)
             self.kills.labels("flat").inc()
-        elif kind in ("failed", "confirmed", "aborted"):
+        elif kind in (EventType.FAILED, EventType.CONFIRMED, EventType.ABORTED):
             self.kills.labels(str(kind)).inc()
-        elif kind == "alarm":
+        elif kind == EventType.ALARM:
             self.alarms.labels(str(event.get("account", ""))).inc()
 
     def serve(self, host: str, port: int) -> int:
