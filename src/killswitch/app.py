@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec
 
 from killswitch.daemon import CriticalTasks, Daemon
-from killswitch.events import FanOut, make_event
+from killswitch.events import EventType, FanOut, make_event
 from killswitch.exchanges.base import Exchange
 from killswitch.exchanges.bingx import BingxExchange
 from killswitch.exchanges.factory import build_exchange
@@ -32,11 +32,11 @@ from killswitch.kafka.events import KafkaEventSink
 from killswitch.kafka.replicas import LatchReplicator
 from killswitch.kill.config import Account, EngineConfig
 from killswitch.kill.engine import Engine
-from killswitch.model import AccountRef, ListEvent, OrderEvent
+from killswitch.model import AccountRef
 from killswitch.readiness import ReadinessService, Target
 from killswitch.sinks.audit import AuditLog
 from killswitch.sinks.kafka_metrics import KafkaCollector
-from killswitch.streams.supervisor import StreamSupervisor
+from killswitch.streams.supervisor import EventCallback, StateCallback, StreamSupervisor
 from killswitch.streams.tracker import OrderTracker
 
 if TYPE_CHECKING:
@@ -67,12 +67,8 @@ def input_services(settings: Settings, parts: Parts) -> list[Service]:
     the heartbeat watch and the alert consumer (last: it is the input that brings triggers)."""
     engine = parts.engine
     services: list[Service] = []
-    if settings.rules:
-        rules = RiskRules(settings.rules, engine.submit, emit=parts.events.emit)
-        for supervisor in parts.venues.supervisors:
-            supervisor.on_event = _chain(supervisor.on_event, rules.on_event)
-            supervisor.on_state = _chain(supervisor.on_state, rules.on_state)
-        services.append(rules)
+    if parts.rules is not None:
+        services.append(parts.rules)
     kafka = settings.kafka
     if not kafka.enabled:
         return services
@@ -127,6 +123,7 @@ class Parts:
     engine_service: EngineService
     control: ControlServer
     readiness: ReadinessService
+    rules: RiskRules | None = None
     metrics: Metrics | None = None
     metrics_service: MetricsService | None = None
 
@@ -142,21 +139,11 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
         events, interval_s=r.interval_s, timeout_s=r.timeout_s, stream_grace_s=r.stream_grace_s
     )
     accounts: list[Account] = []
+    trackers: list[OrderTracker] = []
     for account_settings in settings.accounts:
         ref = AccountRef(account_settings.venue, account_settings.name)
         exchange = connector(account_settings, state_dir=settings.state_dir)
-        learned = _learned(exchange, ref, events)
-        tracker = OrderTracker(ref)
-        supervisor = StreamSupervisor(
-            exchange,
-            tracker,
-            on_event=venues.forward,
-            backoff_initial_s=settings.streams.backoff_initial_s,
-            backoff_max_s=settings.streams.backoff_max_s,
-            reconcile_interval_s=settings.streams.reconcile_interval_s,
-            on_state=readiness.on_state,
-        )
-        venues.add(exchange, supervisor)
+        trackers.append(OrderTracker(ref))
         readiness.add(
             Target(
                 ref,
@@ -165,18 +152,18 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
                 symbols=tuple(account_settings.symbols),
                 dead_mans_switch_s=account_settings.dead_mans_switch_s,
             ),
-            stream_state=_state_of(supervisor),
+            watch_stream=True,
         )
         accounts.append(
             Account(
                 ref,
                 exchange,
                 symbols=tuple(account_settings.symbols),
-                tracker=tracker,
+                tracker=trackers[-1],
                 dead_mans_switch_s=account_settings.dead_mans_switch_s,
-                stream_state=_state_of(supervisor),
+                stream_state=readiness.stream_state(ref),
                 not_ready=readiness.not_ready(ref),
-                learned=learned,
+                learned=_learned(exchange, ref, events),
             )
         )
     e = settings.engine
@@ -194,7 +181,23 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
         events=events,
         spawn=critical.spawn if critical is not None else None,
     )
-    venues.engine = engine
+    rules = RiskRules(settings.rules, engine.submit, emit=events.emit) if settings.rules else None
+    on_event: EventCallback = engine.on_stream_event
+    on_state: StateCallback = readiness.on_state
+    if rules is not None:
+        on_event = _chain(on_event, rules.on_event)
+        on_state = _chain(on_state, rules.on_state)
+    for account, tracker in zip(accounts, trackers, strict=True):
+        supervisor = StreamSupervisor(
+            account.exchange,
+            tracker,
+            on_event=on_event,
+            on_state=on_state,
+            backoff_initial_s=settings.streams.backoff_initial_s,
+            backoff_max_s=settings.streams.backoff_max_s,
+            reconcile_interval_s=settings.streams.reconcile_interval_s,
+        )
+        venues.add(account.exchange, supervisor)
     parts = Parts(
         events=events,
         audit=audit,
@@ -203,6 +206,7 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
         engine_service=EngineService(engine, audit, grace_s=e.grace_period_s),
         control=ControlServer(engine, settings.control.socket_path, readiness=readiness.results),
         readiness=readiness,
+        rules=rules,
     )
     if settings.metrics.enabled:
         from killswitch.sinks.metrics import Metrics
@@ -244,14 +248,10 @@ def _learned(
 
     def learned(key: str, value: bool | str) -> None:
         log.warning("learned account=%s %s=%s", ref, key, value)
-        events.emit(make_event("learned", account=str(ref), path=key, value=value))
+        events.emit(make_event(EventType.LEARNED, account=str(ref), path=key, value=value))
 
     exchange.on_learned(learned)
     return exchange.learned_paths
-
-
-def _state_of(supervisor: StreamSupervisor) -> Callable[[], str]:
-    return lambda: supervisor.state.value
 
 
 @dataclass(slots=True)
@@ -261,7 +261,6 @@ class VenueService:
     name: str = "venues"
     exchanges: list[Exchange] = field(default_factory=list)
     supervisors: list[StreamSupervisor] = field(default_factory=list)
-    engine: Engine | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     failed_starts: dict[str, str] = field(default_factory=dict)
@@ -269,11 +268,6 @@ class VenueService:
     def add(self, exchange: Exchange, supervisor: StreamSupervisor) -> None:
         self.exchanges.append(exchange)
         self.supervisors.append(supervisor)
-
-    def forward(self, ref: AccountRef, event: object) -> None:
-        """Hand a stream event to the engine (the supervisors' `on_event`)."""
-        if self.engine is not None and isinstance(event, OrderEvent | ListEvent):
-            self.engine.on_stream_event(ref, event)
 
     async def start(self) -> None:
         """Open sessions and sync clocks. A venue that fails to start is logged, not fatal:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from killswitch.events import EventSink, make_event
+from killswitch.events import EventSink, EventType, make_event
 from killswitch.exchanges.base import (
     ClockSkew,
     Exchange,
@@ -363,7 +363,7 @@ async def check_account(
 @dataclass(slots=True)
 class _Watched:
     target: Target
-    stream_state: Callable[[], str] | None
+    stream: str | None  # the stream supervisor's last state; None: no stream watched
     last: AccountReadiness | None = None
     not_live_since: float | None = None
     stream_reason: str = ""
@@ -402,8 +402,14 @@ class ReadinessService:
         self._stopped = asyncio.Event()
         self._recheck = asyncio.Event()
 
-    def add(self, target: Target, stream_state: Callable[[], str] | None = None) -> None:
-        self._watched[target.ref] = _Watched(target, stream_state, not_live_since=self.clock())
+    def add(self, target: Target, *, watch_stream: bool = False) -> None:
+        """Check `target`; with `watch_stream`, also its stream (fed through `on_state`)."""
+        stream = "down" if watch_stream else None
+        self._watched[target.ref] = _Watched(target, stream, not_live_since=self.clock())
+
+    def stream_state(self, ref: AccountRef) -> Callable[[], str]:
+        """The engine's `Account.stream_state` hook: the stream's last state, for status."""
+        return lambda: self._watched[ref].stream or "unknown"
 
     def not_ready(self, ref: AccountRef) -> Callable[[], str | None]:
         """The engine's hook for one account."""
@@ -421,7 +427,7 @@ class ReadinessService:
         return None
 
     def _stream_reason(self, watched: _Watched) -> str | None:
-        if watched.stream_state is None or watched.not_live_since is None:
+        if watched.stream is None or watched.not_live_since is None:
             return None
         down_s = self.clock() - watched.not_live_since
         if down_s < self.stream_grace_s:
@@ -434,7 +440,10 @@ class ReadinessService:
         watched = self._watched.get(ref)
         if watched is None:
             return
-        if str(getattr(state, "value", state)) == "live":
+        value = str(getattr(state, "value", state))
+        if watched.stream is not None:
+            watched.stream = value
+        if value == "live":
             watched.not_live_since = None
             watched.stream_reason = ""
         else:
@@ -488,11 +497,11 @@ class ReadinessService:
             if reason is not None:
                 log.error("account not ready account=%s reason=%s", ref, reason)
                 self.events.emit(
-                    make_event("alarm", account=str(ref), kind="not_ready", reason=reason)
+                    make_event(EventType.ALARM, account=str(ref), kind="not_ready", reason=reason)
                 )
             elif not first:
                 log.warning("account ready again account=%s", ref)
-                self.events.emit(make_event("account_ready", account=str(ref)))
+                self.events.emit(make_event(EventType.ACCOUNT_READY, account=str(ref)))
 
     def recheck(self) -> None:
         """Run the next round now."""

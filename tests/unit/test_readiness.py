@@ -93,7 +93,7 @@ def test_a_stream_down_longer_than_the_grace_makes_the_account_unready_once() ->
     clock, events = Clock(), Events()
     service = ReadinessService(events, stream_grace_s=60, clock=clock)
     ref = AccountRef("bingx", "mm-1")
-    service.add(Target(ref, FakeExchange("bingx", "mm-1")), stream_state=lambda: "down")
+    service.add(Target(ref, FakeExchange("bingx", "mm-1")), watch_stream=True)
     watched = service._watched[ref]
     watched.last = AccountReadiness("bingx", "mm-1", [Check("key", True, "ok")])
     service.on_state(ref, "live", "")
