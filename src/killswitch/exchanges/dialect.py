@@ -42,6 +42,7 @@ nothing about whether the order is still working.
 Retry-after: a `Retry-After` header in seconds when present (a value in the past means now);
 else the caller's `retry_after_s` (Binance ws-api's epoch-ms `retryAfter`, BingX's epoch in
 the 100410 text, converted by the connector); else the dialect's default for that class.
+Where that default is a short guess (BingX's 2 s), the connector's budget may replace it.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ class Dialect:
     )
     success_codes: frozenset[int | None] = frozenset({None})
     unknown: ErrorClass = OutcomeUnknown  # the unknown-answer rule: the same on every venue
+    # A code no table names: False, the HTTP status decides (Binance, MEXC send their error
+    # bodies under an error status); True, it is `unknown` whatever the status (BingX: the
+    # envelope's code is the answer, and the status decides only where there is no code).
+    codes_decide: bool = False
     retry_after_s: float = 1.0  # a 429 or throttle code without Retry-After
     ban_s: float = 120.0  # a 418 without Retry-After (the shortest documented ban)
     # Waits for throttles that come under another status, without Retry-After (403: WAF).
@@ -132,6 +137,8 @@ class Dialect:
             for low, high, error in self.code_ranges:
                 if low <= code <= high:
                     return error
+            if self.codes_decide and code not in self.success_codes:
+                return self.unknown
         return self.statuses.get(http_status, self.unknown)
 
 
@@ -294,4 +301,66 @@ MEXC = Dialect(
     success_codes=frozenset({None, 0, 200}),
     retry_after_s=10.0,
     ban_s=120.0,
+)
+
+# BingX spot [BX-DOC, reference §3.4]. Every answer is an envelope `{code, msg, data}`: a code
+# other than 0 is an error whatever the HTTP status. 100421 and 100400 are reused for unrelated
+# answers: only the message says which, and one no rule names is the unknown rule's. A 100410
+# carries no Retry-After: the connector reads the epoch in its text; without one, a brief
+# backoff, never a blanket 5-minute lock (§3.5).
+BINGX = Dialect(
+    venue="bingx",
+    codes=MappingProxyType(
+        {
+            80016: AlreadyGone,  # order does not exist
+            80018: AlreadyGone,  # order already filled
+            100404: AlreadyGone,  # "Order does not exist. The order may have been filled..."
+            109421: AlreadyGone,  # ccxt: OrderNotFound
+            100410: RateLimited,  # rate limited / endpoint disabled / error-count lock
+            100500: OutcomeUnknown,  # internal system error: a cancel may have been applied
+            101500: OutcomeUnknown,  # rpc timeout: re-read state
+            100503: Transient,  # server busy
+            80012: Transient,  # service unavailable
+            80019: Transient,  # order being processed
+            100001: Fatal,  # signature verification failed
+            100412: Fatal,  # null signature
+            100413: Fatal,  # incorrect or null apiKey
+            100004: Fatal,  # permission denied
+            100419: Fatal,  # IP not on the whitelist
+            100414: Fatal,  # account under risk control
+            80014: Fatal,  # invalid parameter
+            100204: Fatal,  # no data / symbol not found
+            100202: Fatal,  # insufficient balance
+            100490: Fatal,  # symbol offline
+        }
+    ),
+    # The first rule whose text is in the message decides.
+    message_rules=tuple(
+        MessageRule(code, text, error, contains=True)
+        for code, text, error in (
+            (100421, "order not exist", AlreadyGone),  # spot: "cancel fail, order not exist"
+            (100421, "timestamp", ClockSkew),  # "Null timestamp or timestamp mismatch"
+            (100421, "system is busy", Transient),
+            (100421, "not available", Fatal),  # "The symbol you request is not available..."
+            (100421, "not exist", Fatal),  # "CheckUserAndSymbol: contract not exist"
+            (100421, "prohibit", Fatal),  # "traders prohibit openApi from placing orders"
+            (100400, "filled or cancelled already", AlreadyGone),
+            (100400, "not a valid order id", AlreadyGone),
+            (100400, "order not exist", AlreadyGone),
+            (100400, "system is busy", Transient),
+            (100400, "once per second", Transient),
+            (100400, "miss arguments", Fatal),
+            (100400, "invalid", Fatal),
+            (100400, "recvwindow", Fatal),
+            (100404, "api path", Fatal),  # the general table: 100404 is also "wrong API path"
+        )
+    ),
+    message_codes=frozenset({100421, 100400}),
+    success_codes=frozenset({None, 0}),
+    codes_decide=True,
+    # No epoch and no header: a brief wait (the connector's jittered, escalating backoff
+    # replaces it). A 403 is BingX's firewall or a rate block, not proof of a bad key.
+    retry_after_s=2.0,
+    ban_s=2.0,
+    status_retry_after_s=MappingProxyType({403: 2.0}),
 )

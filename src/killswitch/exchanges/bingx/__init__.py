@@ -3,7 +3,7 @@
 Facts from `reference/exchange-apis.md` §3 [BX-DOC]. Where BingX differs from the others:
 
 * Every answer is an envelope `{"code", "msg", "debugMsg", "data"}`; `code != 0` is an error
-  whatever the HTTP status. `classify` maps (status, code, msg) through `CODE_TABLE`, with
+  whatever the HTTP status. `classify` maps (status, code, msg) through `dialect.BINGX`, with
   message rules for the codes the venue reuses (100421 is "timestamp mismatch" and also "cancel
   fail, order not exist"; 100400 is "invalid parameter" and also "...FILLED or CANCELLED
   already..."). An answer no rule classifies is `OutcomeUnknown`: re-read, then decide.
