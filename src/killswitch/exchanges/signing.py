@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,6 +23,13 @@ def binance_query(params: Iterable[tuple[str, str]]) -> str:
     """Percent-encode `params` in order as `k=v&k=v` (UTF-8, nothing left unescaped but
     unreserved characters): the string Binance REST signs and receives [BN-REST]."""
     return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params)
+
+
+def binance_signed_query(sign: Callable[[str], str], params: Iterable[tuple[str, str]]) -> str:
+    """The query to send: `params` as `binance_query` encodes them, then `signature`, which is
+    `sign` (HMAC hex or Ed25519 base64) of exactly that string, percent-encoded [BN-REST]."""
+    query = binance_query(params)
+    return f"{query}&signature={quote(sign(query), safe='')}"
 
 
 def binance_ws_payload(params: Mapping[str, object]) -> str:
@@ -79,12 +86,24 @@ def mexc_hmac_signature(secret: str, total_params: str) -> str:
     return hmac.new(secret.encode(), total_params.encode(), hashlib.sha256).hexdigest()
 
 
+def mexc_signed_query(secret: str, params: Iterable[tuple[str, str]]) -> str:
+    """The query to send: `params` as `mexc_query` encodes them, then the `signature` of exactly
+    that string (a request with no body: totalParams is the query)."""
+    query = mexc_query(params)
+    return f"{query}&signature={mexc_hmac_signature(secret, query)}"
+
+
 # -- BingX --------------------------------------------------------------------------------
 
 
 def bingx_signature(secret: str, payload: str) -> str:
     """HMAC-SHA256 of `payload` keyed with `secret`, as lowercase hex [BX-DOC "签名认证"]."""
     return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+
+
+def bingx_query(params: Iterable[tuple[str, str]]) -> str:
+    """`k=v&k=v` in the order given, only the values percent-encoded: what BingX receives."""
+    return "&".join(f"{k}={quote(v, safe='')}" for k, v in params)
 
 
 def bingx_signed_query(secret: str, params: Iterable[tuple[str, str]]) -> str:
@@ -97,6 +116,6 @@ def bingx_signed_query(secret: str, params: Iterable[tuple[str, str]]) -> str:
     """
     pairs = list(params)
     payload = "&".join(f"{k}={v}" for k, v in pairs)
-    sent = "&".join(f"{k}={quote(v, safe='')}" for k, v in pairs)
+    sent = bingx_query(pairs)
     signature = bingx_signature(secret, payload)
     return f"{sent}&signature={signature}" if sent else f"signature={signature}"

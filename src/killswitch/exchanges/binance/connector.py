@@ -16,13 +16,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
+from collections.abc import AsyncGenerator, Awaitable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from multidict import CIMultiDictProxy
 from websockets.asyncio.client import ClientConnection
 
 from killswitch.exchanges.base import (
@@ -34,9 +33,7 @@ from killswitch.exchanges.base import (
     DeadMansSwitchState,
     Exchange,
     Fatal,
-    IpBanned,
     OutcomeUnknown,
-    RateLimited,
     RateLimits,
     VenueError,
     malformed_is_unknown,
@@ -44,12 +41,12 @@ from killswitch.exchanges.base import (
 from killswitch.exchanges.binance import stream
 from killswitch.exchanges.binance.parse import (
     VENUE,
-    _code_msg,
     _gather,
     _order,
     _order_list,
     _rows,
     cancel_ack,
+    rest_answer,
 )
 from killswitch.exchanges.binance.session import (
     WsApiSession,
@@ -60,13 +57,15 @@ from killswitch.exchanges.binance.session import (
 )
 from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
-from killswitch.exchanges.dialect import BINANCE, classify
+from killswitch.exchanges.dialect import BINANCE
 from killswitch.exchanges.http import RestTransport
+from killswitch.exchanges.rest import Answer, SignedRest, WeightCharges, Wire
 from killswitch.exchanges.signing import (
     binance_ed25519_private_key,
     binance_ed25519_signature,
     binance_hmac_signature,
     binance_query,
+    binance_signed_query,
     binance_ws_payload,
 )
 from killswitch.model import (
@@ -75,9 +74,6 @@ from killswitch.model import (
 )
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
 
 RATE_LIMITS = RateLimits(
     weight_per_window=6000,  # REQUEST_WEIGHT per IP per calendar minute [BN-REST "LIMITS"]
@@ -99,9 +95,27 @@ CAPABILITIES = Capabilities(
     rate_limits=RATE_LIMITS,
 )
 
+# Errors are classified by `dialect.BINANCE` (code table, -2011 by message, the unknown rule).
+WIRE = Wire(BINANCE, key_header="X-MBX-APIKEY", query=binance_query, decode=rest_answer)
+USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+
 _WS_INT_PARAMS = frozenset({"orderId", "orderListId"})  # LONG params go as JSON integers
 
-# Errors are classified by `dialect.BINANCE` (code table, -2011 by message, the unknown rule).
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    """One signed request by both routes: its ws-api method, and its REST method and path."""
+
+    ws_method: str
+    method: str
+    path: str
+
+
+OPEN_ORDERS = _Endpoint("openOrders.status", "GET", "/api/v3/openOrders")
+OPEN_ORDER_LISTS = _Endpoint("openOrderLists.status", "GET", "/api/v3/openOrderList")
+CANCEL_ALL = _Endpoint("openOrders.cancelAll", "DELETE", "/api/v3/openOrders")
+CANCEL_ORDER = _Endpoint("order.cancel", "DELETE", "/api/v3/order")
+CANCEL_ORDER_LIST = _Endpoint("orderList.cancel", "DELETE", "/api/v3/orderList")
 
 
 class BinanceExchange:
@@ -134,7 +148,6 @@ class BinanceExchange:
         self._ed_key: Ed25519PrivateKey | None = (
             binance_ed25519_private_key(api_secret) if key_type == "ed25519" else None
         )
-        self._headers = {"X-MBX-APIKEY": api_key}
         self.timeout_s = timeout_s
         self.recv_window_ms = recv_window_ms
         self.clock_refresh_s = clock_refresh_s
@@ -142,6 +155,17 @@ class BinanceExchange:
         self.budget = budget if budget is not None else RateBudget(RATE_LIMITS)
         self.clock = ServerClock()
         self.transport = RestTransport(rest_url, venue=VENUE, account=account, timeout_s=timeout_s)
+        self.rest = SignedRest(
+            WIRE,
+            self.transport,
+            WeightCharges(self.budget, USED_WEIGHT_HEADER),
+            account=account,
+            api_key=api_key,
+            sign=partial(binance_signed_query, self._sign),
+            clock=self.clock,
+            recv_window_ms=recv_window_ms,
+            resync=lambda: self.resync_clock(),
+        )
         self.ws_url = ws_api_url(ws_url)
         self.session: WsApiSession | None = None
         self._session_ready = asyncio.Event()
@@ -230,16 +254,6 @@ class BinanceExchange:
             return binance_ed25519_signature(self._ed_key, payload)
         return binance_hmac_signature(self._secret, payload)
 
-    def _signed_query(self, params: Sequence[tuple[str, str]]) -> str:
-        query = binance_query(
-            [
-                *params,
-                ("recvWindow", str(self.recv_window_ms)),
-                ("timestamp", str(self.clock.now_ms())),
-            ]
-        )
-        return f"{query}&signature={quote(self._sign(query), safe='')}"
-
     def _ws_signed(self, params: dict[str, Any]) -> dict[str, Any]:
         signed: dict[str, Any] = {
             **params,
@@ -254,52 +268,6 @@ class BinanceExchange:
         return self._ws_signed({})
 
     # -- requests ----------------------------------------------------------------------------
-    async def _rest(
-        self,
-        method: str,
-        path: str,
-        params: Sequence[tuple[str, str]] = (),
-        *,
-        signed: bool = True,
-    ) -> Any:
-        query = self._signed_query(params) if signed else binance_query(params)
-        raw = await self.transport.request(method, path, query=query, headers=self._headers)
-        self._observe_headers(raw.headers)
-        try:
-            body = orjson.loads(raw.body) if raw.body else None
-        except orjson.JSONDecodeError:
-            body = None
-        if 200 <= raw.status < 300 and body is not None:
-            return body
-        code, msg = _code_msg(body, raw.body)
-        raise self._error(raw.status, code, msg, f"{method} {path}", headers=raw.headers)
-
-    def _error(
-        self,
-        status: int | None,
-        code: int | None,
-        msg: str,
-        endpoint: str,
-        *,
-        headers: CIMultiDictProxy[str] | None = None,
-        retry_after_s: float | None = None,
-    ) -> VenueError:
-        error = classify(BINANCE, status, code, msg, headers, retry_after_s=retry_after_s)
-        if error is None:
-            # A success we cannot read: it may have been applied, so re-read before deciding.
-            error = OutcomeUnknown("unreadable answer", venue=VENUE, http_status=status, code=code)
-        error.account = self.account
-        error.endpoint = endpoint
-        if isinstance(error, RateLimited):
-            # Block the budget, so the next request waits; never sleep here as well.
-            self.budget.block(error.retry_after_s, banned=isinstance(error, IpBanned))
-        return error
-
-    def _observe_headers(self, headers: CIMultiDictProxy[str]) -> None:
-        used = headers.get("X-MBX-USED-WEIGHT-1M")
-        if used is not None and used.isdigit():
-            self.budget.observe_used(int(used))
-
     def _ws_result(self, frame: dict[str, Any], method: str) -> Any:
         for limit in frame.get("rateLimits") or ():
             if limit.get("rateLimitType") == "REQUEST_WEIGHT" and limit.get("interval") == "MINUTE":
@@ -324,22 +292,20 @@ class BinanceExchange:
             # ws-api gives retryAfter as an epoch-ms timestamp, not seconds [BN-WS "IP limits"].
             now_ms = data.get("serverTime") or self.clock.now_ms()
             retry_after_s = max(0.0, (int(data["retryAfter"]) - int(now_ms)) / 1000.0)
-        raise self._error(
-            int(status) if isinstance(status, int) else None,
-            int(code) if isinstance(code, int) else None,
-            str(error.get("msg", "")),
-            f"ws {method}",
-            retry_after_s=retry_after_s,
+        answer = Answer(
+            int(status),
+            code=int(code) if isinstance(code, int) else None,
+            msg=str(error.get("msg", "")),
+            readable=False,  # an error carries no payload: `read` raises it
         )
+        return self.rest.read(answer, f"ws {method}", retry_after_s=retry_after_s)
 
     async def _call(
         self,
-        ws_method: str,
-        rest_method: str,
-        path: str,
+        endpoint: _Endpoint,
         params: Sequence[tuple[str, str]],
         *,
-        weight: int,
+        weight: int = RATE_LIMITS.cancel_weight,
         priority: Priority,
     ) -> Any:
         """One signed request: on the ws-api session when it is up, else over REST.
@@ -360,22 +326,14 @@ class BinanceExchange:
                 else:
                     ws_params = self._ws_signed(ws_params)
                 try:
-                    frame = await session.call(ws_method, ws_params, self.timeout_s)
+                    frame = await session.call(endpoint.ws_method, ws_params, self.timeout_s)
                 except _NotSent:
                     log.info("binance ws-api down, using REST account=%s", self.account)
                 else:
-                    return self._ws_result(frame, ws_method)
-            return await self._rest(rest_method, path, params)
+                    return self._ws_result(frame, endpoint.ws_method)
+            return await self.rest.send(endpoint.method, endpoint.path, params)
 
-        return await self._with_resync(attempt)
-
-    async def _with_resync(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await attempt()
-        except ClockSkew as exc:
-            log.warning("binance clock skew account=%s error=%s; resyncing", self.account, exc)
-            await self.resync_clock()
-            return await attempt()
+        return await self.rest.resyncing(attempt)
 
     # -- the Exchange protocol -----------------------------------------------------------------
     @malformed_is_unknown
@@ -387,8 +345,7 @@ class BinanceExchange:
         return await self._time(Priority.BACKGROUND)
 
     async def _time(self, priority: Priority) -> int:
-        await self.budget.acquire(1, priority)
-        body = await self._rest("GET", "/api/v3/time", signed=False)
+        body = await self.rest.request("GET", "/api/v3/time", signed=False, priority=priority)
         return int(body["serverTime"])
 
     async def resync_clock(self) -> None:
@@ -402,34 +359,16 @@ class BinanceExchange:
         """Open orders and order lists: all symbols (weight 80 + 6) or per symbol (6 each)."""
         taken_ms = self.clock.now_ms()
         lists_call = self._call(
-            "openOrderLists.status",
-            "GET",
-            "/api/v3/openOrderList",
-            (),
-            weight=RATE_LIMITS.list_snapshot_weight,
-            priority=priority,
+            OPEN_ORDER_LISTS, (), weight=RATE_LIMITS.list_snapshot_weight, priority=priority
         )
         if symbols is None:
             order_calls = [
-                self._call(
-                    "openOrders.status",
-                    "GET",
-                    "/api/v3/openOrders",
-                    (),
-                    weight=RATE_LIMITS.snapshot_weight,
-                    priority=priority,
-                )
+                self._call(OPEN_ORDERS, (), weight=RATE_LIMITS.snapshot_weight, priority=priority)
             ]
         else:
+            weight = RATE_LIMITS.snapshot_symbol_weight
             order_calls = [
-                self._call(
-                    "openOrders.status",
-                    "GET",
-                    "/api/v3/openOrders",
-                    (("symbol", s),),
-                    weight=RATE_LIMITS.snapshot_symbol_weight,
-                    priority=priority,
-                )
+                self._call(OPEN_ORDERS, (("symbol", s),), weight=weight, priority=priority)
                 for s in dict.fromkeys(symbols)
             ]
         rows_lists, *rows_orders = await _gather(lists_call, *order_calls)
@@ -461,14 +400,7 @@ class BinanceExchange:
 
     async def _cancel_symbol(self, symbol: str, priority: Priority) -> CancelAck:
         try:
-            result = await self._call(
-                "openOrders.cancelAll",
-                "DELETE",
-                "/api/v3/openOrders",
-                (("symbol", symbol),),
-                weight=RATE_LIMITS.cancel_weight,
-                priority=priority,
-            )
+            result = await self._call(CANCEL_ALL, (("symbol", symbol),), priority=priority)
         except AlreadyGone:
             return CancelAck()  # -2011 "Unknown order sent.": nothing open on the symbol
         return cancel_ack(result, symbol)
@@ -479,14 +411,8 @@ class BinanceExchange:
     ) -> CancelAck:
         """Cancel one order (a list leg cancels its whole list). `AlreadyGone` if not open."""
         id_param = "orderId" if order_id.isdigit() else "origClientOrderId"
-        result = await self._call(
-            "order.cancel",
-            "DELETE",
-            "/api/v3/order",
-            (("symbol", symbol), (id_param, order_id)),
-            weight=RATE_LIMITS.cancel_weight,
-            priority=priority,
-        )
+        params = (("symbol", symbol), (id_param, order_id))
+        result = await self._call(CANCEL_ORDER, params, priority=priority)
         return cancel_ack(result, symbol)
 
     @malformed_is_unknown
@@ -518,14 +444,8 @@ class BinanceExchange:
         self, symbol: str, list_id: str, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
         """Cancel a whole order list (`orderList.cancel`). `AlreadyGone` if not open."""
-        result = await self._call(
-            "orderList.cancel",
-            "DELETE",
-            "/api/v3/orderList",
-            (("symbol", symbol), ("orderListId", list_id)),
-            weight=RATE_LIMITS.cancel_weight,
-            priority=priority,
-        )
+        params = (("symbol", symbol), ("orderListId", list_id))
+        result = await self._call(CANCEL_ORDER_LIST, params, priority=priority)
         return cancel_ack(result, symbol)
 
     @malformed_is_unknown
@@ -534,9 +454,10 @@ class BinanceExchange:
 
         For readiness checks (`killswitch preflight`, the daemon's periodic check), never on
         the kill path: `can_trade` is the venue's `canTrade`, `permissions` its list."""
-        await self.budget.acquire(20, Priority.BACKGROUND)
         params = (("omitZeroBalances", "true"),)
-        body = await self._with_resync(lambda: self._rest("GET", "/api/v3/account", params))
+        body = await self.rest.request(
+            "GET", "/api/v3/account", params, weight=20, priority=Priority.BACKGROUND
+        )
         return {
             "can_trade": bool(body["canTrade"]),
             "permissions": [str(p) for p in body.get("permissions") or ()],

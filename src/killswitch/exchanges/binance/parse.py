@@ -14,6 +14,7 @@ from killswitch.exchanges.base import (
     OutcomeUnknown,
     Transient,
 )
+from killswitch.exchanges.rest import Answer, load_json
 from killswitch.model import (
     ExecType,
     ListEvent,
@@ -54,11 +55,16 @@ async def _gather(*calls: Awaitable[Any]) -> list[Any]:
     return results
 
 
-def _code_msg(body: Any, raw: bytes) -> tuple[int | None, str]:
+def rest_answer(status: int, raw: bytes) -> Answer:
+    """A REST answer: any JSON under a 2xx is the payload; an error body is `{code, msg}`."""
+    body = load_json(raw)
+    if 200 <= status < 300 and body is not None:
+        return Answer(status, body)
     if isinstance(body, dict):
         code = body.get("code")
-        return (int(code) if isinstance(code, int) else None), str(body.get("msg", ""))
-    return None, raw[:200].decode("utf-8", "replace")
+        number = int(code) if isinstance(code, int) else None
+        return Answer(status, code=number, msg=str(body.get("msg", "")), readable=False)
+    return Answer(status, msg=raw[:200].decode("utf-8", "replace"), readable=False)
 
 
 def _rows(value: Any, what: str, account: str) -> list[Any]:

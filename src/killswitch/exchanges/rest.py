@@ -1,0 +1,259 @@
+"""The one signed REST request path every venue connector sends through.
+
+One request, the same steps on every venue::
+
+    request(method, path, params, signed, weight, priority)
+     |  charge    `Charges.acquire`: the venue's budgets (weight, per endpoint, per IP, locks)
+     |  sign      params + recvWindow + timestamp (the server clock), by the venue's signer
+     |  send      `RestTransport`: never sent -> Transient; sent, no answer -> OutcomeUnknown
+     |  observe   `Charges.observe`: the used-weight headers the venue sends back
+     |  decode    `Wire.decode`: the venue's envelope -> payload, code, message
+     |  classify  `dialect.classify`, the one map from an answer to the error taxonomy
+     |  settle    `Charges.settle`: block on RateLimited, count errors, reset backoffs
+     +- a signed request answered `ClockSkew`: resync the clock once and send it again
+
+What differs per venue is data and small functions: its `Wire` (dialect, key header, query
+encoding, envelope, a wait its error text names), its signer, and its `Charges`. A success
+whose body we cannot read is `OutcomeUnknown` on every venue: it may have been applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+from killswitch.exchanges.base import (
+    ClockSkew,
+    IpBanned,
+    OutcomeUnknown,
+    RateLimited,
+    VenueError,
+)
+from killswitch.exchanges.budget import Priority, RateBudget
+from killswitch.exchanges.clock import ServerClock
+from killswitch.exchanges.dialect import Dialect, classify
+from killswitch.exchanges.http import RestTransport
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Params = Sequence[tuple[str, str]]
+Headers = Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A venue's answer with its envelope opened: the payload, or an error's code and message."""
+
+    status: int | None
+    data: Any = None
+    code: int | str | None = None
+    msg: str = ""
+    readable: bool = True  # False: a body came that we cannot read
+
+
+def load_json(body: bytes) -> Any:
+    """The JSON in `body`; None for no body, or for one that is not JSON."""
+    if not body:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def no_wait_in_text(msg: str, now_ms: float) -> float | None:
+    """For a venue whose error texts name no wait."""
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """What one venue's requests and answers look like: data and pure functions, no state."""
+
+    dialect: Dialect
+    key_header: str
+    query: Callable[[Params], str]  # the query string of an unsigned request
+    decode: Callable[[int, bytes], Answer]  # (http status, body) -> the envelope opened
+    # Seconds to wait that an error's text names, read on the venue's clock (BingX's epoch).
+    wait_in_text: Callable[[str, float], float | None] = no_wait_in_text
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class Charges(Protocol):
+    """What a venue's budgets do around one request."""
+
+    async def acquire(self, method: str, path: str, weight: int, priority: Priority) -> None:
+        """Wait until the request fits every budget it counts against, and spend it."""
+
+    def observe(self, headers: Headers) -> None:
+        """Take in what the venue's headers say is used."""
+
+    def settle(
+        self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
+    ) -> None:
+        """Take in how it ended: block on a throttle, count errors, reset backoffs."""
+
+
+@dataclass(slots=True)
+class WeightCharges:
+    """One weight budget for the account (Binance): the venue's used-weight header corrects
+    our count upwards; a throttle blocks the budget for its wait, a 418 as a ban."""
+
+    budget: RateBudget
+    used_header: str = ""
+
+    async def acquire(self, method: str, path: str, weight: int, priority: Priority) -> None:
+        await self.budget.acquire(weight, priority)
+
+    def observe(self, headers: Headers) -> None:
+        used = headers.get(self.used_header) if self.used_header else None
+        if used is not None and used.isdigit():
+            self.budget.observe_used(int(used))
+
+    def settle(
+        self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
+    ) -> None:
+        if isinstance(error, RateLimited):
+            # Block the budget, so the next request waits; never sleep here as well.
+            self.budget.block(error.retry_after_s, banned=isinstance(error, IpBanned))
+
+
+class SignedRest:
+    """One account's REST requests, by the steps of the module docstring."""
+
+    def __init__(
+        self,
+        wire: Wire,
+        transport: RestTransport,
+        charges: Charges,
+        *,
+        account: str,
+        api_key: str,
+        sign: Callable[[Params], str],
+        clock: ServerClock,
+        recv_window_ms: int,
+        resync: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.wire = wire
+        self.venue = wire.dialect.venue
+        self.transport = transport
+        self.charges = charges
+        self.account = account
+        self.clock = clock
+        self.recv_window_ms = recv_window_ms
+        self._sign = sign  # stamped params -> the query to send, signature included
+        self._resync = resync
+        self._headers = {wire.key_header: api_key, **wire.headers}
+
+    def __repr__(self) -> str:
+        return f"SignedRest(venue={self.venue!r}, account={self.account!r})"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: Params = (),
+        *,
+        signed: bool = True,
+        weight: int = 1,
+        priority: Priority = Priority.KILL,
+    ) -> Any:
+        """Charge, sign, send and read one request; its payload, or its error raised.
+
+        A signed request answered `ClockSkew` resyncs the clock once and goes again, paid for
+        again. An unsigned one carries no timestamp to be skewed (and the clock's own
+        server-time read is one)."""
+
+        async def attempt() -> Any:
+            await self.charges.acquire(method, path, weight, priority)
+            return await self.send(method, path, params, signed=signed)
+
+        return await self.resyncing(attempt) if signed else await attempt()
+
+    async def resyncing(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt`; on `ClockSkew`, resync the clock once and run it again."""
+        try:
+            return await attempt()
+        except ClockSkew as exc:
+            log.warning(
+                "clock skew venue=%s account=%s error=%s: resyncing", self.venue, self.account, exc
+            )
+            await self._resync()
+            return await attempt()
+
+    async def send(
+        self, method: str, path: str, params: Params = (), *, signed: bool = True
+    ) -> Any:
+        """Sign and send one request its budgets have paid for, and read the answer."""
+        if signed:
+            stamp = [
+                ("recvWindow", str(self.recv_window_ms)),
+                ("timestamp", str(self.clock.now_ms())),
+            ]
+            query = self._sign([*params, *stamp])
+        else:
+            query = self.wire.query(params)
+        raw = await self.transport.request(method, path, query=query, headers=self._headers)
+        self.charges.observe(raw.headers)
+        answer = self.wire.decode(raw.status, raw.body)
+        return self.read(answer, f"{method} {path}", path, raw.headers)
+
+    def read(
+        self,
+        answer: Answer,
+        endpoint: str,
+        path: str = "",
+        headers: Headers | None = None,
+        *,
+        retry_after_s: float | None = None,
+    ) -> Any:
+        """A success's payload; else its error, classified, told to the budgets and raised.
+
+        `retry_after_s` is a wait the caller read elsewhere (Binance ws-api's `retryAfter`);
+        without one, the wait the error's text names, if any."""
+        if retry_after_s is None:
+            retry_after_s = self.wire.wait_in_text(answer.msg, self.clock.now_ms())
+        error = classify(
+            self.wire.dialect,
+            answer.status,
+            answer.code,
+            answer.msg,
+            headers,
+            retry_after_s=retry_after_s,
+        )
+        if error is not None:
+            error.account = self.account
+            error.endpoint = endpoint
+        self.charges.settle(path, answer, error, headers)
+        if error is None:
+            if answer.readable:
+                return answer.data
+            # A success we cannot read: it may have been applied, so re-read before deciding.
+            error = OutcomeUnknown(
+                "unreadable answer",
+                venue=self.venue,
+                account=self.account,
+                http_status=answer.status,
+                code=answer.code,
+                endpoint=endpoint,
+            )
+        elif isinstance(error, RateLimited):
+            level = logging.ERROR if isinstance(error, IpBanned) else logging.WARNING
+            log.log(
+                level,
+                "%s venue=%s account=%s endpoint=%s http=%s retry_after_s=%.1f msg=%r",
+                "IP banned" if isinstance(error, IpBanned) else "rate limited",
+                self.venue,
+                self.account,
+                endpoint,
+                answer.status,
+                error.retry_after_s,
+                answer.msg[:120],
+            )
+        raise error
