@@ -19,7 +19,9 @@ whose body we cannot read is `OutcomeUnknown` on every venue: it may have been a
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -32,6 +34,7 @@ from killswitch.exchanges.base import (
     IpBanned,
     OutcomeUnknown,
     RateLimited,
+    RateLimits,
     VenueError,
 )
 from killswitch.exchanges.budget import Priority, RateBudget
@@ -122,6 +125,67 @@ class WeightCharges:
         if isinstance(error, RateLimited):
             # Block the budget, so the next request waits; never sleep here as well.
             self.budget.block(error.retry_after_s, banned=isinstance(error, IpBanned))
+
+
+class EndpointCharges:
+    """A weight budget per endpoint (MEXC: 500 per 10 s each [MX-DOC "LIMITS"]). A throttle on
+    one blocks them all, those created later too: MEXC bans the IP of a client that keeps
+    sending after a 429, whichever endpoint it sends to."""
+
+    def __init__(
+        self,
+        limits: RateLimits,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.sleep = sleep
+        self.budgets: dict[str, RateBudget] = {}  # "METHOD path" -> its budget
+        self.blocked_until = 0.0  # `clock` time
+        self.banned = False
+
+    def budget(self, endpoint: str) -> RateBudget:
+        budget = self.budgets.get(endpoint)
+        if budget is None:
+            budget = self.budgets[endpoint] = RateBudget(
+                self.limits, clock=self.clock, sleep=self.sleep
+            )
+            remaining = self.blocked_until - self.clock()
+            if remaining > 0:
+                budget.block(remaining, banned=self.banned)
+        return budget
+
+    async def acquire(self, method: str, path: str, weight: int, priority: Priority) -> None:
+        await self.budget(f"{method} {path}").acquire(weight, priority)
+
+    def observe(self, headers: Headers) -> None:
+        pass  # MEXC sends no used-weight header
+
+    def settle(
+        self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
+    ) -> None:
+        if isinstance(error, RateLimited):
+            self.block(error.retry_after_s, banned=isinstance(error, IpBanned))
+
+    def block(self, seconds: float, *, banned: bool) -> None:
+        """Send nothing to any endpoint for `seconds`."""
+        self.blocked_until = max(self.blocked_until, self.clock() + seconds)
+        self.banned = self.banned or banned
+        for budget in self.budgets.values():
+            budget.block(seconds, banned=banned)
+
+    def headroom(self) -> dict[str, object]:
+        """The least headroom among the endpoints used so far (0..1), and how long every
+        endpoint is blocked after a 429/418."""
+        blocked = max(0.0, self.blocked_until - self.clock())
+        used = max((b.used for b in self.budgets.values()), default=0.0)
+        return {
+            "headroom": max(0.0, 1.0 - used / float(self.limits.weight_per_window)),
+            "blocked_s": blocked,
+            "banned": self.banned,
+        }
 
 
 class SignedRest:

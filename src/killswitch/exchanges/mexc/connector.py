@@ -20,9 +20,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from functools import partial
+from types import MappingProxyType
 from typing import Any
 
-import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -33,21 +34,18 @@ from killswitch.exchanges.base import (
     BatchResult,
     CancelAck,
     Capabilities,
-    ClockSkew,
     DeadMansSwitchState,
     Fatal,
-    IpBanned,
     OutcomeUnknown,
-    RateLimited,
     RateLimits,
     Transient,
     VenueError,
     malformed_is_unknown,
 )
-from killswitch.exchanges.budget import Priority, RateBudget
+from killswitch.exchanges.budget import Priority
 from killswitch.exchanges.clock import ServerClock
-from killswitch.exchanges.dialect import MEXC, classify
-from killswitch.exchanges.http import RawResponse, RestTransport
+from killswitch.exchanges.dialect import MEXC
+from killswitch.exchanges.http import RestTransport
 from killswitch.exchanges.mexc.parse import (
     AUTH_CODES,
     INVALID_LISTEN_KEY,
@@ -64,8 +62,10 @@ from killswitch.exchanges.mexc.parse import (
     _rows,
     decode_push,
     order_from_row,
+    rest_answer,
 )
-from killswitch.exchanges.signing import mexc_hmac_signature, mexc_query
+from killswitch.exchanges.rest import EndpointCharges, SignedRest, Wire
+from killswitch.exchanges.signing import mexc_query, mexc_signed_query
 from killswitch.model import (
     Snapshot,
     StreamEvent,
@@ -99,6 +99,15 @@ MEXC_CAPABILITIES = Capabilities(
 )
 
 
+WIRE = Wire(
+    MEXC,
+    key_header="X-MEXC-APIKEY",
+    query=mexc_query,
+    decode=rest_answer,
+    headers=MappingProxyType({"Content-Type": "application/json"}),
+)
+
+
 # -- the connector ------------------------------------------------------------------------------
 class MexcExchange:
     """One MEXC spot account."""
@@ -129,23 +138,26 @@ class MexcExchange:
             raise ValueError("MEXC spot keys are HMAC only")
         self.account = account
         self.capabilities = replace(MEXC_CAPABILITIES, rate_limits=rate_limits)
-        self._api_key = api_key
-        self._secret = api_secret
         self._ws_url = ws_url
         self._timeout_s = timeout_s
-        self._recv_window = str(recv_window_ms)
         self._clock_refresh_s = clock_refresh_s
         self._keepalive_s = listen_key_keepalive_s
         self._ping_interval_s = stream_ping_interval_s
         self._pong_timeout_s = stream_pong_timeout_s
-        self._budget_clock = budget_clock
-        self._budget_sleep = budget_sleep
-        self._headers = {"X-MEXC-APIKEY": api_key, "Content-Type": "application/json"}
-        self._rest = RestTransport(rest_url, venue=VENUE, account=account, timeout_s=timeout_s)
-        self._clock = ServerClock()
-        self._budgets: dict[str, RateBudget] = {}
-        self._blocked_until = 0.0  # budget_clock time; applies to budgets created later too
-        self._banned = False
+        self.endpoint_budgets = EndpointCharges(rate_limits, clock=budget_clock, sleep=budget_sleep)
+        self.transport = RestTransport(rest_url, venue=VENUE, account=account, timeout_s=timeout_s)
+        self.clock = ServerClock()
+        self.rest = SignedRest(
+            WIRE,
+            self.transport,
+            self.endpoint_budgets,
+            account=account,
+            api_key=api_key,
+            sign=partial(mexc_signed_query, api_secret),
+            clock=self.clock,
+            recv_window_ms=recv_window_ms,
+            resync=lambda: self.resync_clock(),
+        )
         self.known_symbols: set[str] = set(symbols_hint)
         self._no_symbol_refused = False
         self._listen_key: str | None = None
@@ -165,11 +177,13 @@ class MexcExchange:
         if self._started:
             raise RuntimeError("MexcExchange already started")
         self._started = True
-        await self._rest.start()
+        await self.transport.start()
         await self.resync_clock()
-        self._spawn(self._clock.keep_synced(self._fetch_server_time, self._clock_refresh_s))
+        self._spawn(self.clock.keep_synced(self._fetch_server_time, self._clock_refresh_s))
         # A kill sends several cancels at once: open those connections now, not then.
-        await asyncio.gather(*(self._call("GET", "/api/v3/ping", signed=False) for _ in range(3)))
+        await asyncio.gather(
+            *(self.rest.request("GET", "/api/v3/ping", signed=False) for _ in range(3))
+        )
 
     async def close(self) -> None:
         """Stop background work, drop the listenKey, close sockets. Safe twice."""
@@ -191,7 +205,7 @@ class MexcExchange:
                 raise
             except (VenueError, TimeoutError) as exc:
                 log.info("listenKey delete failed account=%s error=%s", self.account, exc)
-        await self._rest.close()
+        await self.transport.close()
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -199,107 +213,17 @@ class MexcExchange:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    # -- transport ------------------------------------------------------------------------------
-    def _budget(self, endpoint: str) -> RateBudget:
-        budget = self._budgets.get(endpoint)
-        if budget is None:
-            budget = self._budgets[endpoint] = RateBudget(
-                self.capabilities.rate_limits, clock=self._budget_clock, sleep=self._budget_sleep
-            )
-            remaining = self._blocked_until - self._budget_clock()
-            if remaining > 0:
-                budget.block(remaining, banned=self._banned)
-        return budget
-
-    def _block_all(self, seconds: float, *, banned: bool) -> None:
-        # A 429 is per endpoint, but MEXC bans the IP of a client that keeps sending after
-        # one: stop every endpoint for the Retry-After.
-        self._blocked_until = max(self._blocked_until, self._budget_clock() + seconds)
-        self._banned = self._banned or banned
-        for budget in self._budgets.values():
-            budget.block(seconds, banned=banned)
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        params: Sequence[tuple[str, str]] = (),
-        *,
-        signed: bool = True,
-        weight: int = 1,
-        priority: Priority = Priority.KILL,
-    ) -> Any:
-        """Send one request; on `ClockSkew`, resync once and send it again."""
-        try:
-            return await self._send(method, path, params, signed, weight, priority)
-        except ClockSkew:
-            log.warning("clock skew account=%s endpoint=%s %s: resync", self.account, method, path)
-            await self.resync_clock()
-            return await self._send(method, path, params, signed, weight, priority)
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        params: Sequence[tuple[str, str]],
-        signed: bool,
-        weight: int,
-        priority: Priority,
-    ) -> Any:
-        endpoint = f"{method} {path}"
-        await self._budget(endpoint).acquire(weight, priority)
-        query = mexc_query(params)
-        if signed:
-            stamp = f"recvWindow={self._recv_window}&timestamp={self._clock.now_ms()}"
-            query = f"{query}&{stamp}" if query else stamp
-            query = f"{query}&signature={mexc_hmac_signature(self._secret, query)}"
-        response = await self._rest.request(method, path, query=query, headers=self._headers)
-        return self._parse(response, endpoint)
-
-    def _parse(self, response: RawResponse, endpoint: str) -> Any:
-        data: Any = None
-        if response.body:
-            try:
-                data = orjson.loads(response.body)
-            except orjson.JSONDecodeError:
-                data = None
-        code: int | str | None = None
-        msg = ""
-        if isinstance(data, dict) and "code" in data and ("msg" in data or "message" in data):
-            code = data["code"]
-            msg = str(data.get("msg") or data.get("message") or "")
-        ok = 200 <= response.status < 300
-        if ok and data is None and response.body:
-            raise OutcomeUnknown(
-                "unparseable success body", venue=VENUE, account=self.account, endpoint=endpoint
-            )
-        error = classify(MEXC, response.status, code, msg, response.headers)
-        if error is None:
-            return data
-        error.account = self.account
-        error.endpoint = endpoint
-        if isinstance(error, RateLimited):
-            self._block_all(error.retry_after_s, banned=isinstance(error, IpBanned))
-            log.warning(
-                "throttled account=%s endpoint=%s http=%s retry_after_s=%s",
-                self.account,
-                endpoint,
-                response.status,
-                error.retry_after_s,
-            )
-        raise error
-
     # -- clock ----------------------------------------------------------------------------------
     async def _fetch_server_time(self) -> int:
         return await self.server_time_ms()
 
     @malformed_is_unknown
     async def server_time_ms(self) -> int:
-        data = await self._send("GET", "/api/v3/time", (), False, 1, Priority.KILL)
+        data = await self.rest.request("GET", "/api/v3/time", signed=False)
         return int(data["serverTime"])
 
     async def resync_clock(self) -> None:
-        offset = await self._clock.sync(self._fetch_server_time)
+        offset = await self.clock.sync(self._fetch_server_time)
         log.debug("clock synced account=%s offset_ms=%.1f", self.account, offset)
 
     # -- reads ----------------------------------------------------------------------------------
@@ -308,11 +232,13 @@ class MexcExchange:
         self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
     ) -> Snapshot:
         """Open orders of every symbol (or of `symbols`); MEXC has no order-list read."""
-        read_at = self._clock.now_ms()
+        read_at = self.clock.now_ms()
         rows: list[Any] | None = None
         if symbols is None and not self._no_symbol_refused:
             try:
-                answer = await self._call("GET", "/api/v3/openOrders", weight=3, priority=priority)
+                answer = await self.rest.request(
+                    "GET", "/api/v3/openOrders", weight=3, priority=priority
+                )
                 rows = _rows(answer, self.account)
             except (Fatal, OutcomeUnknown) as exc:
                 # A refusal we can read (a 4xx that is not about the key) means "symbol
@@ -346,7 +272,7 @@ class MexcExchange:
         return Snapshot(orders=orders, lists=(), server_time_ms=read_at, complete=complete)
 
     async def _read_symbols(self, symbols: Sequence[str], priority: Priority) -> list[Any]:
-        answer = await self._call(
+        answer = await self.rest.request(
             "GET",
             "/api/v3/openOrders",
             [("symbol", ",".join(symbols))],
@@ -372,7 +298,7 @@ class MexcExchange:
     async def _cancel_chunk(self, symbols: Sequence[str], priority: Priority) -> CancelAck:
         self.known_symbols.update(symbols)
         try:
-            rows = await self._call(
+            rows = await self.rest.request(
                 "DELETE", "/api/v3/openOrders", [("symbol", ",".join(symbols))], priority=priority
             )
         except AlreadyGone:
@@ -388,7 +314,7 @@ class MexcExchange:
         self, symbol: str, order_id: str, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
         self.known_symbols.add(symbol)
-        row = await self._call(
+        row = await self.rest.request(
             "DELETE",
             "/api/v3/order",
             [("symbol", symbol), ("orderId", order_id)],
@@ -433,7 +359,9 @@ class MexcExchange:
         """May this key trade and cancel? `GET /api/v3/account` (weight 10, background).
 
         For readiness checks, never on the kill path: `can_trade` is the venue's `canTrade`."""
-        body = await self._call("GET", "/api/v3/account", weight=10, priority=Priority.BACKGROUND)
+        body = await self.rest.request(
+            "GET", "/api/v3/account", weight=10, priority=Priority.BACKGROUND
+        )
         return {
             "can_trade": bool(body["canTrade"]),
             "permissions": [str(p) for p in body.get("permissions") or ()],
@@ -443,15 +371,7 @@ class MexcExchange:
     def rate_headroom(self) -> dict[str, object]:
         """For readiness: the least headroom among the endpoints used so far (0..1), and how
         long every endpoint is blocked after a 429/418."""
-        now = self._budget_clock()
-        blocked = max(0.0, self._blocked_until - now)
-        limit = float(self.capabilities.rate_limits.weight_per_window)
-        used = max((b.used for b in self._budgets.values()), default=0.0)
-        return {
-            "headroom": max(0.0, 1.0 - used / limit),
-            "blocked_s": blocked,
-            "banned": self._banned,
-        }
+        return self.endpoint_budgets.headroom()
 
     async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:
         raise Fatal("MEXC spot has no dead-man's switch", venue=VENUE, account=self.account)
@@ -462,14 +382,14 @@ class MexcExchange:
     # -- listenKey ----------------------------------------------------------------------------
     async def _ensure_listen_key(self) -> str:
         if self._listen_key is None:
-            data = await self._call("POST", "/api/v3/userDataStream", priority=Priority.KILL)
+            data = await self.rest.request("POST", "/api/v3/userDataStream", priority=Priority.KILL)
             self._listen_key = str(data["listenKey"])
         if self._keepalive_task is None or self._keepalive_task.done():
             self._keepalive_task = self._spawn(self._keep_listen_key_alive())
         return self._listen_key
 
     async def _delete_listen_key(self, key: str) -> None:
-        await self._call("DELETE", "/api/v3/userDataStream", [("listenKey", key)])
+        await self.rest.request("DELETE", "/api/v3/userDataStream", [("listenKey", key)])
 
     async def extend_listen_key(self) -> None:
         """Push the listenKey's expiry out to 60 min; a dead key ends the streams using it."""
@@ -477,7 +397,7 @@ class MexcExchange:
         if key is None:
             return
         try:
-            await self._call(
+            await self.rest.request(
                 "PUT", "/api/v3/userDataStream", [("listenKey", key)], priority=Priority.BACKGROUND
             )
         except Fatal as exc:

@@ -15,6 +15,7 @@ from killswitch.exchanges.base import (
     OutcomeUnknown,
     Transient,
 )
+from killswitch.exchanges.rest import Answer, load_json
 from killswitch.model import (
     ExecType,
     Order,
@@ -32,6 +33,18 @@ INVALID_LISTEN_KEY = "Invalid listen key"
 # problem: an openOrders read refused with one of these is not "symbol required".
 AUTH_CODES = frozenset({400, 401, 403, 602, 10072, 700001, 700002, 700006, 700007})
 LISTEN_KEY_GONE = 730708
+
+
+def rest_answer(status: int, raw: bytes) -> Answer:
+    """A REST answer: the body is the payload; an error's `code` (sometimes as text) comes with
+    `msg` or `message`, under an error status or inside a 200."""
+    data = load_json(raw)
+    code: int | str | None = None
+    msg = ""
+    if isinstance(data, dict) and "code" in data and ("msg" in data or "message" in data):
+        code = data["code"]
+        msg = str(data.get("msg") or data.get("message") or "")
+    return Answer(status, data, code, msg, readable=not raw or data is not None)
 
 
 # -- stream decoding --------------------------------------------------------------------------
