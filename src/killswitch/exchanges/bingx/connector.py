@@ -44,7 +44,7 @@ from killswitch.exchanges.bingx.parse import (
     snapshot_parts,
 )
 from killswitch.exchanges.bingx.reads import open_order_rows
-from killswitch.exchanges.bingx.rest import request
+from killswitch.exchanges.bingx.rest import WIRE, BingxCharges, signer
 from killswitch.exchanges.bingx.stream import _stream_url, stream_events
 from killswitch.exchanges.bingx.venue import (
     API_PERMISSION_NAMES,
@@ -84,6 +84,7 @@ from killswitch.exchanges.paths import (
     LearnedPaths,
     PathCapabilities,
 )
+from killswitch.exchanges.rest import SignedRest
 from killswitch.model import (
     Order,
     OrderKey,
@@ -130,15 +131,11 @@ class BingxExchange:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.listen_key_refresh_s = listen_key_refresh_s
         self.warm_connections = warm_connections
-        self._api_key = api_key
-        self._secret = api_secret
-        self._headers = {"X-BX-APIKEY": api_key}
-        self._transport = RestTransport(
+        self.transport = RestTransport(
             rest_url, venue=self.venue, account=account, timeout_s=timeout_s
         )
         self._ws_url = _stream_url(ws_url)
         self.clock = ServerClock()
-        self._rng = rng or random.Random()
         # Fixed 10 s windows follow the venue's clock; the per-second budgets slide, so their
         # alignment to any clock does not matter.
         group_clock = budget_clock or (lambda: self.clock.now_ms() / 1000.0)
@@ -165,7 +162,27 @@ class BingxExchange:
             for path, rps in IP_RPS.items()
         }
         self.errors = ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock)
-        self._backoffs: dict[str, int] = {}  # path -> 100410s without an epoch in a row
+        charges = BingxCharges(
+            venue=self.venue,
+            account=account,
+            clock=self.clock,
+            group_budget=self.group_budget,
+            budgets=self.budgets,
+            ip_budgets=self.ip_budgets,
+            errors=self.errors,
+            rng=rng or random.Random(),
+        )
+        self.rest = SignedRest(
+            WIRE,
+            self.transport,
+            charges,
+            account=account,
+            api_key=api_key,
+            sign=signer(api_secret),
+            clock=self.clock,
+            recv_window_ms=self.recv_window_ms,
+            resync=lambda: self.resync_clock(),
+        )
         self.learned = LearnedPaths.load(learned_path)
         self._started = False
         self._closed = False
@@ -215,7 +232,7 @@ class BingxExchange:
             raise RuntimeError("BingxExchange.start() called twice")
         if self._closed:
             raise RuntimeError("BingxExchange is closed")
-        await self._transport.start()
+        await self.transport.start()
         # Only the clock must be measured; the other requests just open pooled connections.
         warm = [self._warm() for _ in range(self.warm_connections - 1)]
         await _gather([self.clock.sync(self._fetch_time_background), *warm])
@@ -241,7 +258,7 @@ class BingxExchange:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
-        await self._transport.close()
+        await self.transport.close()
 
     async def __aenter__(self) -> BingxExchange:
         await self.start()
@@ -258,7 +275,7 @@ class BingxExchange:
 
     # -- time ------------------------------------------------------------------------------
     async def _fetch_time(self, priority: Priority) -> int:
-        data = await request(self, "GET", SERVER_TIME, signed=False, priority=priority)
+        data = await self.rest.request("GET", SERVER_TIME, signed=False, priority=priority)
         return _int(data["serverTime"])
 
     async def _fetch_time_background(self) -> int:
@@ -317,7 +334,7 @@ class BingxExchange:
         cached = self._venue_symbols
         if cached is not None and time.monotonic() - cached[0] < SYMBOLS_TTL_S:
             return cached[1]
-        data = await request(self, "GET", SYMBOLS, signed=False, priority=priority)
+        data = await self.rest.request("GET", SYMBOLS, signed=False, priority=priority)
         rows = _items(data, "symbols", read=True)
         if not rows:
             raise MalformedAnswer("common/symbols: no symbols")
@@ -330,8 +347,8 @@ class BingxExchange:
         self, symbol: str, order_id: str, *, priority: Priority = Priority.BACKGROUND
     ) -> Order:
         """One order by id, open or not."""
-        data = await request(
-            self, "GET", QUERY, [("orderId", order_id), ("symbol", symbol)], priority=priority
+        data = await self.rest.request(
+            "GET", QUERY, [("orderId", order_id), ("symbol", symbol)], priority=priority
         )
         if not isinstance(data, dict):
             raise OutcomeUnknown("query answer is not an object", venue=self.venue)
@@ -367,7 +384,7 @@ class BingxExchange:
     async def _cancel_open_orders(self, symbol: str | None, priority: Priority) -> list[OrderKey]:
         params = [("symbol", symbol)] if symbol else []
         try:
-            data = await request(self, "POST", CANCEL_OPEN_ORDERS, params, priority=priority)
+            data = await self.rest.request("POST", CANCEL_OPEN_ORDERS, params, priority=priority)
         except AlreadyGone:
             return []  # nothing open on that symbol is not an error
         return [
@@ -396,8 +413,8 @@ class BingxExchange:
                 )
             return CancelAck(cancelled=((symbol, order_id),))
         try:
-            await request(
-                self, "POST", CANCEL, [("orderId", order_id), ("symbol", symbol)], priority=priority
+            await self.rest.request(
+                "POST", CANCEL, [("orderId", order_id), ("symbol", symbol)], priority=priority
             )
         except AlreadyGone:
             if not may_be_refused_leg(self, order_id):
@@ -464,8 +481,7 @@ class BingxExchange:
     async def _cancel_chunk(self, symbol: str, chunk: list[str], priority: Priority) -> BatchResult:
         if any(i in self._leg_list for i in chunk):
             self._list_cancels += 1
-        data = await request(
-            self,
+        data = await self.rest.request(
             "POST",
             CANCEL_ORDERS,
             [("orderIds", ",".join(chunk)), ("process", "1"), ("symbol", symbol)],
@@ -514,8 +530,8 @@ class BingxExchange:
 
         The answer lists permission codes: 1 spot trading, 2 read, 3 perpetual futures
         trading, 4 universal transfer, 5 withdraw, 7 sub-account transfer."""
-        data = await request(
-            self, "GET", "/openApi/v1/account/apiPermissions", priority=Priority.BACKGROUND
+        data = await self.rest.request(
+            "GET", "/openApi/v1/account/apiPermissions", priority=Priority.BACKGROUND
         )
         codes = [int(c) for c in data["permissions"]]
         return {
@@ -543,14 +559,14 @@ class BingxExchange:
         return await self._cancel_all_after([("type", "CLOSE")])
 
     async def _cancel_all_after(self, params: list[tuple[str, str]]) -> DeadMansSwitchState:
-        data = await request(self, "POST", CANCEL_ALL_AFTER, params)
+        data = await self.rest.request("POST", CANCEL_ALL_AFTER, params)
         return dead_mans_switch_state(data, self.venue, self.account)
 
     # -- user-data stream ------------------------------------------------------------------
     @malformed_is_unknown
     async def create_listen_key(self, *, priority: Priority = Priority.BACKGROUND) -> str:
         """`POST userDataStream`: a key valid for 1 h."""
-        data = await request(self, "POST", USER_DATA_STREAM, priority=priority)
+        data = await self.rest.request("POST", USER_DATA_STREAM, priority=priority)
         key = data.get("listenKey") if isinstance(data, dict) else None
         if not key:
             raise Transient("no listenKey in the answer", venue=self.venue, account=self.account)
@@ -560,8 +576,7 @@ class BingxExchange:
     async def extend_listen_key(self, key: str) -> bool:
         """`PUT userDataStream`: False when the venue no longer knows the key (404)."""
         try:
-            await request(
-                self,
+            await self.rest.request(
                 "PUT",
                 USER_DATA_STREAM,
                 [("listenKey", key)],

@@ -23,7 +23,7 @@ from killswitch.exchanges.bingx.parse import (
     parse_execution_report,
     parse_oco_page,
 )
-from killswitch.exchanges.bingx.rest import RestHost, request
+from killswitch.exchanges.bingx.rest import RestHost
 from killswitch.exchanges.bingx.venue import (
     CLOCK_MARGIN_MS,
     OCO_CANCEL,
@@ -64,8 +64,7 @@ async def open_oco_lists(ex: ListsHost, priority: Priority) -> tuple[list[_OcoLi
     found: dict[str, _OcoList] = {}
     for page in range(1, OCO_MAX_PAGES + 1):
         try:
-            data = await request(
-                ex,
+            data = await ex.rest.request(
                 "GET",
                 OCO_OPEN_LIST,
                 [("pageIndex", str(page)), ("pageSize", str(OCO_PAGE_SIZE))],
@@ -188,7 +187,7 @@ async def settle_legs(
 
 async def oco_cancel(ex: ListsHost, leg_id: str, priority: Priority) -> None:
     ex._list_cancels += 1
-    await request(ex, "POST", OCO_CANCEL, [("orderId", leg_id)], priority=priority)
+    await ex.rest.request("POST", OCO_CANCEL, [("orderId", leg_id)], priority=priority)
 
 
 def forget_list(ex: ListsHost, list_id: str) -> None:

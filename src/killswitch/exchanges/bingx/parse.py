@@ -27,6 +27,7 @@ from killswitch.exchanges.bingx.venue import (
     OPEN_STATUSES,
 )
 from killswitch.exchanges.paths import UNREAD_LIST_CLIENT_ID
+from killswitch.exchanges.rest import Answer, load_json
 from killswitch.model import (
     ExecType,
     Order,
@@ -39,6 +40,18 @@ log = logging.getLogger(__name__)
 
 
 # -- wire parsing ---------------------------------------------------------------------------------
+def rest_answer(status: int, raw: bytes) -> Answer:
+    """A REST answer: the envelope `{code, msg, data}` opened (a code that is not a number is
+    -1, no success); a body without a code is the payload itself."""
+    body = load_json(raw)
+    readable = not raw or body is not None
+    if not (isinstance(body, dict) and "code" in body):
+        return Answer(status, body, readable=readable)
+    try:
+        code = int(body["code"])
+    except (TypeError, ValueError):
+        code = -1
+    return Answer(status, body.get("data"), code, str(body.get("msg") or ""), readable)
 
 
 class MalformedAnswer(ValueError):

@@ -13,7 +13,7 @@ from killswitch.exchanges.base import (
     VenueError,
 )
 from killswitch.exchanges.bingx.parse import _gather, _items
-from killswitch.exchanges.bingx.rest import RestHost, request
+from killswitch.exchanges.bingx.rest import RestHost
 from killswitch.exchanges.bingx.venue import (
     MAX_SYMBOL_READS,
     OPEN_ORDERS,
@@ -90,7 +90,7 @@ async def open_orders(
 ) -> list[dict[str, Any]]:
     params = [("symbol", symbol)] if symbol else []
     try:
-        data = await request(ex, "GET", OPEN_ORDERS, params, priority=priority)
+        data = await ex.rest.request("GET", OPEN_ORDERS, params, priority=priority)
     except AlreadyGone as exc:  # a read has nothing to be "gone": we cannot read this
         raise OutcomeUnknown(exc.msg, venue=ex.venue, account=ex.account) from exc
     return _items(data, "orders", read=True)
