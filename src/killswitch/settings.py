@@ -551,7 +551,7 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
     """Return one line per error, `dotted.field: message`, never echoing the input value."""
     lines = []
     for err in exc.errors(include_input=False, include_url=False):
-        loc = _dotted(err["loc"])
+        loc = dotted_path(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if not loc:
             # Cross-field checks on the whole config name their field, one problem a line.
@@ -565,7 +565,8 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
     return lines
 
 
-def _dotted(loc: Sequence[int | str]) -> str:
+def dotted_path(loc: Sequence[int | str]) -> str:
+    """`('venues', 'binance', 'accounts', 0)` -> `venues.binance.accounts[0]`."""
     out = ""
     for part in loc:
         if isinstance(part, int):

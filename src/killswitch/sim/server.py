@@ -43,6 +43,7 @@ from pydantic import (
     model_validator,
 )
 
+from killswitch.settings import dotted_path
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import FaultSpec
 from killswitch.sim.venue import SimAccount, SimVenue, VenueSettings, generate_workload
@@ -224,13 +225,7 @@ def check_ed25519_public_key(text: str) -> None:
 
 def field_path(loc: tuple[int | str, ...]) -> str:
     """`('venues', 'binance', 'accounts', 0, 'secret')` -> `venues.binance.accounts[0].secret`."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(file)"
+    return dotted_path(loc) or "(file)"
 
 
 def _validation_lines(exc: ValidationError) -> list[str]:
