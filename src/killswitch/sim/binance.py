@@ -30,6 +30,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import itertools
@@ -49,7 +50,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from killswitch.sim.book import BookEvent, BookEventKind, OrderSpec, SimBook, SimOrder, SimOrderList
 from killswitch.sim.faults import Fault, FaultKind
-from killswitch.sim.ratelimit import BanTracker, Verdict, WeightWindow
+from killswitch.sim.ratelimit import Verdict, WeightWindow
 from killswitch.sim.venue import SimAccount, SimVenue, VenueSettings, json_response
 
 log = logging.getLogger(__name__)
@@ -65,17 +66,17 @@ MAX_CONNECTION_S = 24 * 3600.0
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ETHBTC", "LTCBTC")
 QUOTE_ASSETS = ("FDUSD", "USDT", "USDC", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 
-ORDER_TYPES = frozenset(
-    {
-        "LIMIT",
-        "LIMIT_MAKER",
-        "MARKET",
-        "STOP_LOSS",
-        "STOP_LOSS_LIMIT",
-        "TAKE_PROFIT",
-        "TAKE_PROFIT_LIMIT",
-    }
+# In the order exchangeInfo lists them.
+ORDER_TYPE_NAMES = (
+    "LIMIT",
+    "LIMIT_MAKER",
+    "MARKET",
+    "STOP_LOSS",
+    "STOP_LOSS_LIMIT",
+    "TAKE_PROFIT",
+    "TAKE_PROFIT_LIMIT",
 )
+ORDER_TYPES = frozenset(ORDER_TYPE_NAMES)
 PRICED_TYPES = frozenset({"LIMIT", "LIMIT_MAKER", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"})
 TIF_TYPES = frozenset({"LIMIT", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"})
 STOP_TYPES = frozenset({"STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"})
@@ -710,14 +711,7 @@ class BinanceSim(SimVenue):
         return _list_json(order_list, book, [_placed_json(o) for o in reports])
 
     def _find_open(self, book: SimBook, p: dict[str, str], symbol: str) -> SimOrder | None:
-        order_id = p.get("orderId")
-        client_id = p.get("origClientOrderId")
-        if not order_id and not client_id:
-            raise BnError(
-                400,
-                -1102,
-                "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!",
-            )
+        order_id, client_id = _named_by(p, "orderId", "origClientOrderId")
         if order_id:
             if not order_id.isdigit():
                 raise _illegal("orderId", "^[0-9]{1,20}$")
@@ -775,15 +769,7 @@ class BinanceSim(SimVenue):
         return result
 
     def _find_list(self, book: SimBook, p: dict[str, str]) -> SimOrderList | None:
-        list_id = p.get("orderListId")
-        client_id = p.get("listClientOrderId")
-        if not list_id and not client_id:
-            raise BnError(
-                400,
-                -1102,
-                "Param 'listClientOrderId' or 'orderListId' must be sent, "
-                "but both were empty/null!",
-            )
+        list_id, client_id = _named_by(p, "orderListId", "listClientOrderId")
         if list_id:
             if not list_id.lstrip("-").isdigit():
                 raise _illegal("orderListId", "^[0-9]{1,20}$")
@@ -839,27 +825,11 @@ class BinanceSim(SimVenue):
         }
 
     async def _book_ticker(self, request: web.Request) -> web.Response:
-        """`GET /api/v3/ticker/bookTicker?symbol=`: the best bid is the highest open buy in
-        any account's book (100 when there is none); the ask one tick above it doubled."""
+        """`GET /api/v3/ticker/bookTicker?symbol=`, priced from the books (`book_ticker`)."""
         symbol = request.query.get("symbol", "")
         if symbol not in self.listed_symbols():
             return json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
-        bids = [
-            o.price
-            for account in self.accounts.values()
-            for o in self.book(account).open_orders([symbol])
-            if o.side == "BUY" and o.price
-        ]
-        bid = max(bids, default=Decimal(100))
-        return json_response(
-            {
-                "symbol": symbol,
-                "bidPrice": f"{bid:.8f}",
-                "bidQty": "1.00000000",
-                "askPrice": f"{bid * 2:.8f}",
-                "askQty": "1.00000000",
-            }
-        )
+        return json_response(self.book_ticker(symbol, qty="1.00000000"))
 
     def op_open_lists(self, ctx: Ctx) -> Any:
         book = self.book(ctx.account)
@@ -869,14 +839,7 @@ class BinanceSim(SimVenue):
         p = ctx.params
         symbol = self._symbol(p)
         book = self.book(ctx.account)
-        order_id = p.get("orderId")
-        client_id = p.get("origClientOrderId")
-        if not order_id and not client_id:
-            raise BnError(
-                400,
-                -1102,
-                "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!",
-            )
+        order_id, client_id = _named_by(p, "orderId", "origClientOrderId")
         order = (
             book.get(order_id, symbol)
             if order_id
@@ -1025,21 +988,14 @@ class BinanceSim(SimVenue):
             return
         delay = self.faults.latency_s(name, method)
         stall = self.faults.draw(FaultKind.STALL, name, method)
+        dispatch = functools.partial(self._ws_dispatch, conn, req_id, method, params, account, used)
         if delay or stall is not None:
-            self.spawn(self._ws_delayed(conn, req_id, method, params, account, used, delay, stall))
+            self.spawn(self._ws_delayed(delay, stall, dispatch))
             return
-        self._ws_dispatch(conn, req_id, method, params, account, used)
+        dispatch()
 
     async def _ws_delayed(
-        self,
-        conn: WsConn,
-        req_id: Any,
-        method: str,
-        params: dict[str, Any],
-        account: SimAccount | None,
-        used: int,
-        delay: float,
-        stall: Fault | None,
+        self, delay: float, stall: Fault | None, dispatch: Callable[[], None]
     ) -> None:
         if delay:
             await asyncio.sleep(delay)
@@ -1048,7 +1004,7 @@ class BinanceSim(SimVenue):
             self.counters["faults stall"] += 1
             await asyncio.sleep(stall.stall_s)
             return
-        self._ws_dispatch(conn, req_id, method, params, account, used)
+        dispatch()
 
     def _ws_admit(
         self, conn: WsConn, account: SimAccount | None, method: str, weight: int
@@ -1056,7 +1012,7 @@ class BinanceSim(SimVenue):
         """Bans, 429 storms and the weight window, per message as for REST requests."""
         now = time.monotonic()
         client = account.api_key if account else conn.remote
-        tracker = self._ban_tracker(client)
+        tracker = self.ban_tracker(client)
         verdict = tracker.check(now)
         if verdict is None:
             storm = self.faults.draw(
@@ -1073,16 +1029,6 @@ class BinanceSim(SimVenue):
                 tracker.limited(now, verdict.retry_after_s)
         self.counters["http 418" if verdict.banned else "http 429"] += 1
         return self._throttle_error(verdict), verdict.used
-
-    def _ban_tracker(self, client: str) -> BanTracker:
-        tracker = self.bans.get(client)
-        if tracker is None:
-            tracker = self.bans[client] = BanTracker(
-                strikes_to_ban=self.settings.strikes_to_ban,
-                first_ban_s=self.settings.first_ban_s,
-                grace_s=self.settings.ban_grace_s,
-            )
-        return tracker
 
     def _rate_limits(
         self, conn: WsConn, used: int, params: dict[str, Any], orders: tuple[int, int] | None = None
@@ -1396,6 +1342,19 @@ def _limit(kind: str, interval: str, num: int, limit: int, count: int) -> dict[s
     }
 
 
+def _named_by(p: dict[str, str], id_param: str, client_param: str) -> tuple[str | None, str | None]:
+    """The id and the client id a request names an order (list) by; one of them must be sent."""
+    venue_id = p.get(id_param)
+    client_id = p.get(client_param)
+    if not venue_id and not client_id:
+        raise BnError(
+            400,
+            -1102,
+            f"Param '{client_param}' or '{id_param}' must be sent, but both were empty/null!",
+        )
+    return venue_id, client_id
+
+
 def _list_id(order: SimOrder) -> int:
     return int(order.list_id) if order.list_id is not None else -1
 
@@ -1428,24 +1387,15 @@ def _order_json(o: SimOrder) -> dict[str, Any]:
 
 def _placed_json(o: SimOrder) -> dict[str, Any]:
     """A placement answer (`newOrderRespType=RESULT`), also an order list's `orderReports`."""
-    result: dict[str, Any] = {
-        "symbol": o.symbol,
-        "orderId": int(o.order_id),
-        "orderListId": _list_id(o),
-        "clientOrderId": o.client_order_id,
-        "transactTime": o.time_ms,
-        "price": _fmt(o.price),
-        "origQty": _fmt(o.orig_qty),
-        "executedQty": _fmt(o.executed_qty),
-        "origQuoteOrderQty": "0.000000",
-        "cummulativeQuoteQty": _fmt(o.cum_quote_qty),
-        "status": o.status,
-        "timeInForce": o.time_in_force,
-        "type": o.order_type,
-        "side": o.side,
-    }
-    if o.stop_price:
-        result["stopPrice"] = _fmt(o.stop_price)
+    result = _report_json(
+        o,
+        {
+            "orderId": int(o.order_id),
+            "orderListId": _list_id(o),
+            "clientOrderId": o.client_order_id,
+        },
+        o.time_ms,
+    )
     result["workingTime"] = o.time_ms
     result["selfTradePreventionMode"] = "NONE"
     return result
@@ -1453,13 +1403,23 @@ def _placed_json(o: SimOrder) -> dict[str, Any]:
 
 def _cancel_json(o: SimOrder) -> dict[str, Any]:
     """A cancel answer [BN-REST "Cancel order"]."""
-    result: dict[str, Any] = {
-        "symbol": o.symbol,
+    ids = {
         "origClientOrderId": o.client_order_id,
         "orderId": int(o.order_id),
         "orderListId": _list_id(o),
         "clientOrderId": o.cancel_client_order_id,
-        "transactTime": o.update_time_ms,
+    }
+    result = _report_json(o, ids, o.update_time_ms)
+    result["selfTradePreventionMode"] = "NONE"
+    return result
+
+
+def _report_json(o: SimOrder, ids: dict[str, Any], transact_time_ms: int) -> dict[str, Any]:
+    """What a placement and a cancel answer share, in Binance's key order: `ids` after `symbol`."""
+    result: dict[str, Any] = {
+        "symbol": o.symbol,
+        **ids,
+        "transactTime": transact_time_ms,
         "price": _fmt(o.price),
         "origQty": _fmt(o.orig_qty),
         "executedQty": _fmt(o.executed_qty),
@@ -1472,7 +1432,6 @@ def _cancel_json(o: SimOrder) -> dict[str, Any]:
     }
     if o.stop_price:
         result["stopPrice"] = _fmt(o.stop_price)
-    result["selfTradePreventionMode"] = "NONE"
     return result
 
 
@@ -1634,15 +1593,7 @@ def _symbol_info(symbol: str) -> dict[str, Any]:
         "quoteAssetPrecision": 8,
         "baseCommissionPrecision": 8,
         "quoteCommissionPrecision": 8,
-        "orderTypes": [
-            "LIMIT",
-            "LIMIT_MAKER",
-            "MARKET",
-            "STOP_LOSS",
-            "STOP_LOSS_LIMIT",
-            "TAKE_PROFIT",
-            "TAKE_PROFIT_LIMIT",
-        ],
+        "orderTypes": list(ORDER_TYPE_NAMES),
         "icebergAllowed": True,
         "ocoAllowed": True,
         "otoAllowed": True,

@@ -367,27 +367,11 @@ class MexcSim(SimVenue):
         )
 
     async def _book_ticker(self, request: web.Request) -> web.Response:
-        """`GET /api/v3/ticker/bookTicker?symbol=`: the best bid is the highest open buy in any
-        account's book (100 when there is none)."""
+        """`GET /api/v3/ticker/bookTicker?symbol=`, priced from the books (`book_ticker`)."""
         symbol = request.query.get("symbol", "")
         if symbol not in self.known_symbols:
             return MexcError(30014, "invalid symbol").response()
-        bids = [
-            o.price
-            for account in self.accounts.values()
-            for o in self.book(account).open_orders([symbol])
-            if o.side == "BUY" and o.price
-        ]
-        bid = max(bids, default=Decimal(100))
-        return json_response(
-            {
-                "symbol": symbol,
-                "bidPrice": f"{bid:.8f}",
-                "bidQty": "1",
-                "askPrice": f"{bid * 2:.8f}",
-                "askQty": "1",
-            }
-        )
+        return json_response(self.book_ticker(symbol, qty="1"))
 
     async def _ping(self, request: web.Request) -> web.Response:
         return json_response({})
@@ -601,14 +585,9 @@ class MexcSim(SimVenue):
     async def _extend_listen_key(
         self, request: web.Request, account: SimAccount, params: dict[str, str]
     ) -> web.Response:
-        key = params.get("listenKey", "")
-        if not key:
-            raise _mandatory("listenKey")
-        lk = self._live_key(key, account)
-        if lk is None:
-            raise LISTEN_KEY_ERROR
+        lk = self._named_key(params, account)
         lk.expires_at = time.monotonic() + self.listen_key_ttl_s
-        return json_response({"listenKey": key})
+        return json_response({"listenKey": lk.key})
 
     async def _list_listen_keys(
         self, request: web.Request, account: SimAccount, params: dict[str, str]
@@ -619,13 +598,19 @@ class MexcSim(SimVenue):
     async def _close_listen_key(
         self, request: web.Request, account: SimAccount, params: dict[str, str]
     ) -> web.Response:
+        key = self._named_key(params, account).key
+        self._expire_key(key, send_invalid_key=False)
+        return json_response({"listenKey": key})
+
+    def _named_key(self, params: dict[str, str], account: SimAccount) -> ListenKey:
+        """The live key of `account` that the `listenKey` parameter names."""
         key = params.get("listenKey", "")
         if not key:
             raise _mandatory("listenKey")
-        if self._live_key(key, account) is None:
+        lk = self._live_key(key, account)
+        if lk is None:
             raise LISTEN_KEY_ERROR
-        self._expire_key(key, send_invalid_key=False)
-        return json_response({"listenKey": key})
+        return lk
 
     def _expire_key(self, key: str, *, send_invalid_key: bool = True) -> None:
         self.listen_keys.pop(key, None)
@@ -841,6 +826,20 @@ def _list_id(order: SimOrder) -> str | int:
     return order.list_id if order.list_id is not None else -1
 
 
+def _terms(order: SimOrder) -> dict[str, Any]:
+    """Price, quantities, status, type and side: what a cancel answer and an order row share."""
+    return {
+        "price": str(order.price),
+        "origQty": str(order.orig_qty),
+        "executedQty": str(order.executed_qty),
+        "cummulativeQuoteQty": str(order.cum_quote_qty),
+        "status": rest_status(order),
+        "timeInForce": order.time_in_force,
+        "type": order.order_type,
+        "side": order.side,
+    }
+
+
 def _cancel_row(order: SimOrder, *, with_list_id: bool) -> dict[str, Any]:
     row: dict[str, Any] = {
         "symbol": order.symbol,
@@ -849,19 +848,8 @@ def _cancel_row(order: SimOrder, *, with_list_id: bool) -> dict[str, Any]:
     }
     if with_list_id:
         row["orderListId"] = _list_id(order)
-    row.update(
-        {
-            "clientOrderId": order.cancel_client_order_id,
-            "price": str(order.price),
-            "origQty": str(order.orig_qty),
-            "executedQty": str(order.executed_qty),
-            "cummulativeQuoteQty": str(order.cum_quote_qty),
-            "status": rest_status(order),
-            "timeInForce": order.time_in_force,
-            "type": order.order_type,
-            "side": order.side,
-        }
-    )
+    row["clientOrderId"] = order.cancel_client_order_id
+    row.update(_terms(order))
     return row
 
 
@@ -871,14 +859,7 @@ def _order_row(order: SimOrder) -> dict[str, Any]:
         "orderId": order.order_id,
         "orderListId": _list_id(order),
         "clientOrderId": order.client_order_id,
-        "price": str(order.price),
-        "origQty": str(order.orig_qty),
-        "executedQty": str(order.executed_qty),
-        "cummulativeQuoteQty": str(order.cum_quote_qty),
-        "status": rest_status(order),
-        "timeInForce": order.time_in_force,
-        "type": order.order_type,
-        "side": order.side,
+        **_terms(order),
         "stopPrice": str(order.stop_price),
         "icebergQty": "0",
         "time": order.time_ms,

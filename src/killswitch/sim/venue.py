@@ -157,6 +157,24 @@ class SimVenue(ABC):
         assert account.book is not None
         return account.book
 
+    def book_ticker(self, symbol: str, qty: str) -> dict[str, str]:
+        """A Binance-style `bookTicker` of `symbol`: the best bid is the highest priced open buy
+        in any account's book (100 when there is none); the ask is twice the bid."""
+        bids = [
+            o.price
+            for account in self.accounts.values()
+            for o in self.book(account).open_orders([symbol])
+            if o.side == "BUY" and o.price
+        ]
+        bid = max(bids, default=Decimal(100))
+        return {
+            "symbol": symbol,
+            "bidPrice": f"{bid:.8f}",
+            "bidQty": qty,
+            "askPrice": f"{bid * 2:.8f}",
+            "askQty": qty,
+        }
+
     def client_id(self, request: web.Request) -> str:
         """Whom bans and 429 blocks apply to: the venue's limits are per IP; loopback clients
         share one IP, so the sim keys them by API key when there is one."""
@@ -206,12 +224,8 @@ class SimVenue(ABC):
         self.decorate(response, request, used)
         return response
 
-    def admit(
-        self, request: web.Request, account: SimAccount | None
-    ) -> tuple[dict[str, int], web.Response | None]:
-        """Bans, weight windows and 429 storms. Returns the weight used and a refusal if any."""
-        now = time.monotonic()
-        client = self.client_id(request)
+    def ban_tracker(self, client: str) -> BanTracker:
+        """The strikes and bans of one client (an IP), made on first sight."""
         tracker = self.bans.get(client)
         if tracker is None:
             tracker = self.bans[client] = BanTracker(
@@ -219,6 +233,14 @@ class SimVenue(ABC):
                 first_ban_s=self.settings.first_ban_s,
                 grace_s=self.settings.ban_grace_s,
             )
+        return tracker
+
+    def admit(
+        self, request: web.Request, account: SimAccount | None
+    ) -> tuple[dict[str, int], web.Response | None]:
+        """Bans, weight windows and 429 storms. Returns the weight used and a refusal if any."""
+        now = time.monotonic()
+        tracker = self.ban_tracker(self.client_id(request))
         verdict = tracker.check(now)
         if verdict is not None:
             return {}, self._refuse(verdict, request)
