@@ -85,6 +85,50 @@ class TriggerSubmitter:
         return True
 
 
+class TriggerLoop:
+    """A daemon `Service` that checks on a timer and submits what fires, in order, until `stop()`.
+
+    A subclass says what one check does (`_tick`) and how long to wait before the next (`_wait_s`).
+    """
+
+    def __init__(
+        self, submit: Submit, *, clock: Callable[[], float], flush_timeout_s: float, task: str
+    ) -> None:
+        self.submitter = TriggerSubmitter(submit)
+        self.flush_timeout_s = flush_timeout_s
+        self._clock = clock
+        self._task = task
+        self._stopping = asyncio.Event()
+        self._last_tick = clock()
+
+    def _tick(self) -> None:
+        raise NotImplementedError
+
+    def _wait_s(self) -> float:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Check at each wait and submit what fires, until `stop()`; then flush the queue."""
+        drain = asyncio.create_task(self.submitter.run(), name=self._task)
+        try:
+            while not self._stopping.is_set():
+                self._last_tick = self._clock()
+                self._tick()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._wait_s()):
+                        await self._stopping.wait()
+            await self.submitter.flush(self.flush_timeout_s)
+        finally:
+            drain.cancel()
+            await asyncio.wait({drain})
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    def healthy(self) -> bool:
+        return self._clock() - self._last_tick < 30.0
+
+
 @dataclass
 class _Watch:
     settings: HeartbeatSettings
@@ -94,7 +138,7 @@ class _Watch:
     beats: int = 0
 
 
-class HeartbeatWatch:
+class HeartbeatWatch(TriggerLoop):
     """The heartbeat watches, as a daemon `Service`; `beat()` is called by the alert consumer."""
 
     name = "heartbeats"
@@ -111,18 +155,15 @@ class HeartbeatWatch:
         max_wait_s: float = 1.0,
         flush_timeout_s: float = 5.0,
     ) -> None:
-        now = clock()
-        self.watches = [_Watch(h, last_beat=now) for h in heartbeats]
-        self.submitter = TriggerSubmitter(submit)
+        super().__init__(
+            submit, clock=clock, flush_timeout_s=flush_timeout_s, task="heartbeat submits"
+        )
+        self.watches = [_Watch(h, last_beat=self._last_tick) for h in heartbeats]
         self.hearing = hearing
         self._emit = emit
-        self._clock = clock
         self._wall_ms = wall_ms
         self.max_wait_s = max_wait_s
-        self.flush_timeout_s = flush_timeout_s
         self._deaf = False
-        self._stopping = asyncio.Event()
-        self._last_tick = now
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -215,27 +256,12 @@ class HeartbeatWatch:
         for watch in self.watches:
             watch.last_beat = max(watch.last_beat, now)
 
-    async def run(self) -> None:
-        """Check the watches at each deadline and submit what fires, until `stop()`."""
-        drain = asyncio.create_task(self.submitter.run(), name="heartbeat submits")
-        try:
-            while not self._stopping.is_set():
-                self._last_tick = self._clock()
-                for trigger in self.check():
-                    self.submitter.put(trigger)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.next_deadline_s()):
-                        await self._stopping.wait()
-            await self.submitter.flush(self.flush_timeout_s)
-        finally:
-            drain.cancel()
-            await asyncio.wait({drain})
+    def _tick(self) -> None:
+        for trigger in self.check():
+            self.submitter.put(trigger)
 
-    async def stop(self) -> None:
-        self._stopping.set()
-
-    def healthy(self) -> bool:
-        return self._clock() - self._last_tick < 30.0
+    def _wait_s(self) -> float:
+        return self.next_deadline_s()
 
     def status(self) -> str:
         if not self.watches:

@@ -13,8 +13,6 @@ monotonic clock at arrival, so a venue clock that jumps cannot hide a burst.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -22,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from killswitch.events import EventRecord, EventType, make_event
-from killswitch.handlers.heartbeat import Submit, TriggerSubmitter
+from killswitch.handlers.heartbeat import Submit, TriggerLoop
 from killswitch.model import AccountRef, ExecType, ListEvent, Mode, OrderEvent, Scope, Trigger
 from killswitch.settings import RuleSettings
 from killswitch.streams.supervisor import StreamState
@@ -86,12 +84,23 @@ class _Window:
             self.total = 0.0  # no float drift left over once the window is empty
 
 
-class FillNotionalRule(Rule):
-    """Quote notional filled within the window above the limit."""
+class _WindowRule(Rule):
+    """A rule on a rolling sum: `observe` adds to the window, `_evaluate` compares it."""
 
     def __init__(self, settings: RuleSettings, now: float) -> None:
         super().__init__(settings, now)
         self.window = _Window(settings.window_s)
+
+    def check(self, now: float) -> str | None:
+        self.window.expire(now)
+        return self._evaluate()
+
+    def _evaluate(self) -> str | None:
+        raise NotImplementedError
+
+
+class FillNotionalRule(_WindowRule):
+    """Quote notional filled within the window above the limit."""
 
     def observe(self, event: OrderEvent | ListEvent, now: float) -> str | None:
         if not isinstance(event, OrderEvent) or event.exec_type is not ExecType.TRADE:
@@ -106,10 +115,6 @@ class FillNotionalRule(Rule):
         self.window.add(now, notional)
         return self._evaluate()
 
-    def check(self, now: float) -> str | None:
-        self.window.expire(now)
-        return self._evaluate()
-
     def _evaluate(self) -> str | None:
         s = self.settings
         total = self.window.total
@@ -119,21 +124,13 @@ class FillNotionalRule(Rule):
         )
 
 
-class OrderRateRule(Rule):
+class OrderRateRule(_WindowRule):
     """New orders per second, averaged over the window, above the limit."""
-
-    def __init__(self, settings: RuleSettings, now: float) -> None:
-        super().__init__(settings, now)
-        self.window = _Window(settings.window_s)
 
     def observe(self, event: OrderEvent | ListEvent, now: float) -> str | None:
         if not isinstance(event, OrderEvent) or event.exec_type is not ExecType.NEW:
             return None
         self.window.add(now, 1.0)
-        return self._evaluate()
-
-    def check(self, now: float) -> str | None:
-        self.window.expire(now)
         return self._evaluate()
 
     def _evaluate(self) -> str | None:
@@ -201,7 +198,7 @@ _KINDS: dict[str, type[Rule]] = {
 }
 
 
-class RiskRules:
+class RiskRules(TriggerLoop):
     """Every configured rule, as a daemon `Service` fed by the stream supervisors' callbacks."""
 
     name = "rules"
@@ -216,18 +213,14 @@ class RiskRules:
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         check_interval_s: float = 0.25,
     ) -> None:
-        self._clock = clock
+        super().__init__(submit, clock=clock, flush_timeout_s=5.0, task="rule submits")
         self._wall_ms = wall_ms
-        now = clock()
-        self.rules = [_KINDS[r.kind](r, now) for r in rules]
+        self.rules = [_KINDS[r.kind](r, self._last_tick) for r in rules]
         self._by_account: dict[AccountRef, list[Rule]] = {}
         for rule in self.rules:
             self._by_account.setdefault(rule.ref, []).append(rule)
-        self.submitter = TriggerSubmitter(submit)
         self._emit = emit
         self.check_interval_s = check_interval_s
-        self._stopping = asyncio.Event()
-        self._last_tick = now
 
     # -- inputs (synchronous, from the stream supervisors) ----------------------------------
 
@@ -289,26 +282,11 @@ class RiskRules:
     async def start(self) -> None:
         """Nothing to connect; the rules start observing at construction."""
 
-    async def run(self) -> None:
-        """Submit fired triggers and check time-based conditions until `stop()`."""
-        drain = asyncio.create_task(self.submitter.run(), name="rule submits")
-        try:
-            while not self._stopping.is_set():
-                self._last_tick = self._clock()
-                self.check()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.check_interval_s):
-                        await self._stopping.wait()
-            await self.submitter.flush(5.0)
-        finally:
-            drain.cancel()
-            await asyncio.wait({drain})
+    def _tick(self) -> None:
+        self.check()  # what fires is queued by `_fire`
 
-    async def stop(self) -> None:
-        self._stopping.set()
-
-    def healthy(self) -> bool:
-        return self._clock() - self._last_tick < 30.0
+    def _wait_s(self) -> float:
+        return self.check_interval_s
 
     def status(self) -> str:
         tripped = [r.label for r in self.rules if not r.armed]
