@@ -41,7 +41,7 @@ from killswitch.streams.tracker import OrderTracker
 
 if TYPE_CHECKING:
     from killswitch.daemon import Service
-    from killswitch.settings import AccountSettings, Settings
+    from killswitch.settings import AccountSettings, EngineSettings, Settings
     from killswitch.sinks.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -144,16 +144,7 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
         ref = AccountRef(account_settings.venue, account_settings.name)
         exchange = connector(account_settings, state_dir=settings.state_dir)
         trackers.append(OrderTracker(ref))
-        readiness.add(
-            Target(
-                ref,
-                exchange,
-                recv_window_ms=account_settings.recv_window_ms,
-                symbols=tuple(account_settings.symbols),
-                dead_mans_switch_s=account_settings.dead_mans_switch_s,
-            ),
-            watch_stream=True,
-        )
+        readiness.add(Target.of(account_settings, exchange), watch_stream=True)
         accounts.append(
             Account(
                 ref,
@@ -166,18 +157,10 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
                 learned=_learned(exchange, ref, events),
             )
         )
-    e = settings.engine
-    config = EngineConfig(
-        deadline_s=e.deadline_s,
-        retry_initial_s=e.retry_initial_s,
-        retry_max_s=e.retry_max_s,
-        quiet_window_s=e.quiet_window_s,
-        sweep_interval_s=e.sweep_interval_s,
-    )
     engine = Engine(
         accounts,
         Journal(settings.state_dir / "journal.jsonl"),
-        config,
+        engine_config(settings.engine),
         events=events,
         spawn=critical.spawn if critical is not None else None,
     )
@@ -203,7 +186,7 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
         audit=audit,
         engine=engine,
         venues=venues,
-        engine_service=EngineService(engine, audit, grace_s=e.grace_period_s),
+        engine_service=EngineService(engine, audit, grace_s=settings.engine.grace_period_s),
         control=ControlServer(engine, settings.control.socket_path, readiness=readiness.results),
         readiness=readiness,
         rules=rules,
@@ -217,6 +200,17 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
             parts.metrics, settings.metrics.host, settings.metrics.port
         )
     return parts
+
+
+def engine_config(e: EngineSettings) -> EngineConfig:
+    """The engine's timing from its settings section."""
+    return EngineConfig(
+        deadline_s=e.deadline_s,
+        retry_initial_s=e.retry_initial_s,
+        retry_max_s=e.retry_max_s,
+        quiet_window_s=e.quiet_window_s,
+        sweep_interval_s=e.sweep_interval_s,
+    )
 
 
 def connector(account: AccountSettings, *, state_dir: Path | None = None) -> Exchange:

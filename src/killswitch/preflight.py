@@ -99,13 +99,7 @@ async def preflight_account(
                 ref.venue, ref.account, [Check("key", False, f"cannot start: {reason_for(exc)}")]
             )
         result = await check_account(
-            Target(
-                ref,
-                exchange,
-                recv_window_ms=account.recv_window_ms,
-                symbols=tuple(account.symbols),
-                dead_mans_switch_s=account.dead_mans_switch_s,
-            ),
+            Target.of(account, exchange),
             stream=True,
             dms=daemon_dms is None,
             timeout_s=timeout_s,

@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from killswitch.events import EventSink, EventType, make_event
 from killswitch.exchanges.base import (
@@ -44,6 +44,9 @@ from killswitch.exchanges.base import (
 )
 from killswitch.exchanges.budget import SlidingBudget
 from killswitch.model import AccountRef, StreamSubscribed
+
+if TYPE_CHECKING:
+    from killswitch.settings import AccountSettings
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +324,17 @@ class Target:
     recv_window_ms: int = 5000
     symbols: tuple[str, ...] = ()
     dead_mans_switch_s: int = 0
+
+    @classmethod
+    def of(cls, account: AccountSettings, exchange: Exchange) -> Target:
+        """The target of a configured account, checked through `exchange`."""
+        return cls(
+            AccountRef(account.venue, account.name),
+            exchange,
+            recv_window_ms=account.recv_window_ms,
+            symbols=tuple(account.symbols),
+            dead_mans_switch_s=account.dead_mans_switch_s,
+        )
 
 
 async def check_account(

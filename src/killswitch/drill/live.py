@@ -299,9 +299,10 @@ class Drill:
         report.released = bool(reset.get("ok")) and bool(reset.get("was_latched"))
 
     async def _kill_in_process(self, exchange: Exchange) -> None:
+        from killswitch.app import engine_config
         from killswitch.events import EventType, FanOut, make_event
         from killswitch.journal import Journal
-        from killswitch.kill.config import Account, EngineConfig
+        from killswitch.kill.config import Account
         from killswitch.kill.engine import Engine
         from killswitch.model import Mode, Scope, Trigger
         from killswitch.sinks.audit import AuditLog
@@ -317,17 +318,10 @@ class Drill:
                 report.notes.append(f"{self.settings.state_dir} not writable: audit not kept")
             report.via = f"an engine in this process (no daemon answers; audit {audit_path})"
             events = FanOut([audit])
-            e = self.settings.engine
             engine = Engine(
                 [Account(self.ref, exchange, symbols=(self.symbol,))],
                 Journal(Path(tmp) / "journal.jsonl"),
-                EngineConfig(
-                    deadline_s=e.deadline_s,
-                    retry_initial_s=e.retry_initial_s,
-                    retry_max_s=e.retry_max_s,
-                    quiet_window_s=e.quiet_window_s,
-                    sweep_interval_s=e.sweep_interval_s,
-                ),
+                engine_config(self.settings.engine),
                 events=events,
             )
             await engine.start()
