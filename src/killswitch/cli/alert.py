@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 
 import orjson
 
-from killswitch.cli.parsers import Subparsers
+from killswitch.cli.parsers import (
+    Subparsers,
+    add_command,
+    add_daemon_paths,
+    add_scope_arguments,
+    load_or_report,
+)
 from killswitch.kafka.publisher import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -23,25 +28,22 @@ from killswitch.kafka.publisher import (
     publish,
     render,
 )
-from killswitch.settings import ConfigError, load_settings
 
 
 def add_parser(subparsers: Subparsers) -> None:
     """Register `killswitch alert`."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "alert",
+        cmd_alert,
         help="publish one (signed) risk alert to the configured alerts topic",
         description="Publish one alert to kafka.alerts_topic, signed with kafka.alert_hmac_key "
         "when one is configured, and print the record as the daemon will see it.",
         epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, default=None, metavar="PATH", help="daemon config")
+    add_daemon_paths(parser)
     parser.add_argument("--action", required=True, choices=("kill", "cancel", "heartbeat", "reset"))
-    parser.add_argument("--venue", action="append", default=[], help="repeatable; default all")
-    parser.add_argument("--account", action="append", default=[], help="repeatable; default all")
-    parser.add_argument("--symbol", action="append", default=[], help="repeatable; default all")
-    parser.add_argument("--prefix", default=None, help="client order id prefix (strategy, desk)")
+    add_scope_arguments(parser)
     parser.add_argument("--reason", default=None, help="why (required but for a heartbeat)")
     parser.add_argument(
         "--source", default=None, help="the producer's name (default killswitch-cli/USER@HOST)"
@@ -53,15 +55,11 @@ def add_parser(subparsers: Subparsers) -> None:
         "--timeout", type=float, default=15.0, help="seconds to wait for the broker (default 15)"
     )
     parser.add_argument("--json", action="store_true", help="print the record as JSON")
-    parser.set_defaults(func=cmd_alert)
 
 
 def cmd_alert(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            sys.stderr.write(f"{line}\n")
+    settings = load_or_report(args.config)
+    if settings is None:
         return EXIT_USAGE
     try:
         alert = build_alert(args, settings)

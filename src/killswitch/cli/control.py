@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from killswitch.cli.parsers import Subparsers
+from killswitch.cli.parsers import Subparsers, add_command, add_daemon_paths, add_scope_arguments
 from killswitch.control_client import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -29,19 +28,17 @@ from killswitch.control_client import (
 
 def add_parsers(subparsers: Subparsers) -> None:
     """Register `fire`, `status` and `reset`."""
-    fire = subparsers.add_parser(
+    fire = add_command(
+        subparsers,
         "fire",
+        cmd_fire,
         help="cancel now and latch (a kill) over the control socket",
         description="Cancel every open order in scope now and latch the scope (a kill), or "
         "cancel once (--cancel-only), then wait until the venues show nothing open.",
         epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(fire)
-    fire.add_argument("--venue", action="append", default=[], help="repeatable; default all")
-    fire.add_argument("--account", action="append", default=[], help="repeatable; default all")
-    fire.add_argument("--symbol", action="append", default=[], help="repeatable; default all")
-    fire.add_argument("--prefix", default=None, help="client order id prefix (strategy, desk)")
+    add_daemon_paths(fire, socket=True)
+    add_scope_arguments(fire)
     fire.add_argument("--reason", required=True, help="why (goes to the audit log)")
     fire.add_argument("--cancel-only", action="store_true", help="cancel once, do not latch")
     fire.add_argument(
@@ -51,14 +48,13 @@ def add_parsers(subparsers: Subparsers) -> None:
         "--timeout", type=_positive, default=120.0, help="seconds to wait for flat (default 120)"
     )
     fire.add_argument("--json", action="store_true", help="print the raw answer")
-    fire.set_defaults(func=cmd_fire)
 
     status = subparsers.add_parser(
         "status",
         help="latch, streams, open orders, last kill",
         epilog="exit codes: 0 answered, 1 the daemon could not answer, 3 unreachable",
     )
-    _common(status)
+    add_daemon_paths(status, socket=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
@@ -67,7 +63,7 @@ def add_parsers(subparsers: Subparsers) -> None:
         help="release the latch (audited)",
         epilog="exit codes: 0 reset recorded, 1 failed, 2 refused, 3 unreachable",
     )
-    _common(reset)
+    add_daemon_paths(reset, socket=True)
     reset.add_argument("--reason", required=True, help="why (goes to the audit log)")
     reset.add_argument(
         "--trigger",
@@ -85,11 +81,6 @@ def _positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
     return value
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None, metavar="PATH", help="daemon config")
-    parser.add_argument("--socket", type=Path, default=None, metavar="PATH", help="control socket")
 
 
 def _call(

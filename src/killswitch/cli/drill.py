@@ -6,9 +6,8 @@ import argparse
 import asyncio
 import sys
 from decimal import Decimal
-from pathlib import Path
 
-from killswitch.cli.parsers import Subparsers
+from killswitch.cli.parsers import Subparsers, add_command, add_daemon_paths, load_or_report
 from killswitch.control_client import ControlUnreachable, socket_path
 from killswitch.drill.live import (
     EXIT_CODES_HELP,
@@ -22,20 +21,20 @@ from killswitch.drill.live import (
 from killswitch.drill.venue import DrillFailed, DrillRefused
 from killswitch.logs import setup_logging
 from killswitch.readiness import redact
-from killswitch.settings import ConfigError, load_settings
 
 
 def add_parser(subparsers: Subparsers) -> None:
     """Register `killswitch drill`."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "drill",
+        cmd_drill,
         help="a live drill on a real venue: one post-only order, killed by prefix",
         description="Place one minimum-size post-only order far from the market, kill it "
         "through the running daemon (or in-process when none runs) with a kill scoped to the "
         "drill's client-id prefix, prove it gone from the venue, release the drill's latch, "
         "and print time to first cancel and time to flat. Touches no other order.",
         epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--live", action="store_true", help="required: this trades on the venue")
     parser.add_argument("--venue", required=True, choices=("binance", "mexc", "bingx"))
@@ -53,9 +52,7 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds for the kill (default 60)"
     )
-    parser.add_argument("--config", type=Path, default=None, metavar="PATH", help="daemon config")
-    parser.add_argument("--socket", type=Path, default=None, metavar="PATH", help="control socket")
-    parser.set_defaults(func=cmd_drill)
+    add_daemon_paths(parser, socket=True)
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -72,11 +69,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
             f"{args.symbol} and kills it; add --yes\n"
         )
         return EXIT_REFUSED
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            sys.stderr.write(f"{line}\n")
+    settings = load_or_report(args.config)
+    if settings is None:
         return EXIT_REFUSED
     secrets_ = settings.secret_values()
     setup_logging("WARNING", "text", secrets_)

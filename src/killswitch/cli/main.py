@@ -23,7 +23,7 @@ from killswitch.cli.alert import add_parser as add_alert_parser
 from killswitch.cli.control import add_parsers as add_control_parsers
 from killswitch.cli.demo import add_parser as add_demo_parser
 from killswitch.cli.drill import add_parser as add_drill_parser
-from killswitch.cli.parsers import Subparsers
+from killswitch.cli.parsers import Subparsers, load_or_report
 from killswitch.cli.preflight import add_parser as add_preflight_parser
 from killswitch.cli.sim import add_parser as add_sim_parser
 from killswitch.daemon import EXIT_CONFIG
@@ -131,11 +131,8 @@ def add_check_config_parser(subparsers: Subparsers) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        for line in exc.errors:
-            sys.stderr.write(f"{line}\n")
+    settings = load_or_report(args.config)
+    if settings is None:
         return EXIT_CONFIG
     sys.stdout.write(f"# effective configuration from {config_path(args.config)}; secrets masked\n")
     sys.stdout.write(to_toml(settings.model_dump(mode="json")))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 
 import orjson
 
-from killswitch.cli.parsers import Subparsers
+from killswitch.cli.parsers import Subparsers, add_command, add_daemon_paths, load_or_report
 from killswitch.logs import setup_logging
 from killswitch.preflight import (
     EXIT_CODES_HELP,
@@ -21,36 +20,33 @@ from killswitch.preflight import (
     run_preflight,
 )
 from killswitch.readiness import redact
-from killswitch.settings import ConfigError, config_path, load_settings
+from killswitch.settings import config_path
 
 
 def add_parser(subparsers: Subparsers) -> None:
     """Register `killswitch preflight`."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "preflight",
+        cmd_preflight,
         help="check every account online: key, permissions, clock, stream, rate limits",
         description="Check every configured account against its venue, in parallel: the key "
         "is accepted (a signed read), may trade and cancel, the clock is inside recvWindow, "
         "the user stream subscribes, the rate-limit headroom, and on BingX the dead-man's "
         "switch. One row per account: OK or the venue's reason. Secrets are never printed.",
         epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, default=None, metavar="PATH", help="daemon config")
+    add_daemon_paths(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--timeout", type=float, default=15.0, help="seconds per account (default 15)"
     )
-    parser.set_defaults(func=cmd_preflight)
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
     setup_logging("WARNING", "text")
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            sys.stderr.write(f"{line}\n")
+    settings = load_or_report(args.config)
+    if settings is None:
         return EXIT_CONFIG
     secrets = settings.secret_values()
     setup_logging("WARNING", "text", secrets)
