@@ -609,3 +609,25 @@ async def test_cancelling_run_closes_the_stream_and_run_refuses_to_start_twice(
     h.task = None
     assert h.exchange.connections[0].closed
     assert not await h.supervisor.wait_live(0.01)
+
+
+async def test_a_burst_of_stream_events_never_holds_the_loop(make: Make) -> None:
+    """A kill's cancels come back as a burst on every stream at once: other tasks (the kill's
+    acknowledgements, its next requests) run between the events, not after the whole burst."""
+    h = make()
+    h.start()
+    assert await h.supervisor.wait_live(5)
+    h.exchange.held = []
+    for i in range(200):
+        h.exchange.place(str(i))
+    seen: list[int] = []
+
+    async def meanwhile() -> None:
+        while len(h.events) < 200:
+            seen.append(len(h.events))
+            await asyncio.sleep(0)
+
+    h.exchange.release_held()
+    await asyncio.wait_for(meanwhile(), timeout=10)
+    assert any(0 < n < 200 for n in seen), seen
+    assert h.tracked_ids() == {str(i) for i in range(200)}

@@ -348,6 +348,8 @@ class StreamSupervisor:
                         recorded.append(item)  # type: ignore[arg-type]
                 if self.on_event is not None:
                     self._notify(item)  # type: ignore[arg-type]
+                if not inbox.empty():
+                    await asyncio.sleep(0)  # a burst never holds the loop: see `_pump`
             elif kind is _End:
                 return item  # type: ignore[return-value]
             elif kind is StreamSubscribed:
@@ -356,9 +358,14 @@ class StreamSupervisor:
                 return _End(f"terminated: {item.reason}")  # type: ignore[union-attr]
 
     async def _pump(self, stream: AsyncIterator[StreamEvent]) -> None:
+        # A kill's cancels come back as a burst of stream events on every account at once.
+        # Frames already buffered are read without a suspension, so each item yields to the
+        # loop: the kill's acknowledgements and next requests go first, and this work fills
+        # the round trip they wait on instead of delaying them.
         try:
             async for item in stream:
                 self._post(item)
+                await asyncio.sleep(0)
             end = _End("stream ended")
         except asyncio.CancelledError:
             raise
