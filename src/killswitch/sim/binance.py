@@ -1135,15 +1135,7 @@ class BinanceSim(SimVenue):
         ad_hoc = "apiKey" in params or "signature" in params or ad_hoc_only
         signature = ""
         if ad_hoc:
-            api_key = params.get("apiKey")
-            if not api_key:
-                raise _missing("apiKey")
-            account = self.account_for_key(str(api_key))
-            if account is None:
-                raise BnError(401, -2015, "Invalid API-key, IP, or permissions for action.")
-            signature = str(params.get("signature") or "")
-            if not signature:
-                raise _missing("signature")
+            account, signature = self._ws_signer(params)
         elif conn.session_account is not None:
             account = conn.session_account
         else:
@@ -1155,22 +1147,27 @@ class BinanceSim(SimVenue):
         self._check_window(account, {k: _ws_str(v) for k, v in params.items()})
         return account
 
-    def _ws_logon(self, conn: WsConn, params: dict[str, Any]) -> dict[str, Any]:
+    def _ws_signer(self, params: dict[str, Any]) -> tuple[SimAccount, str]:
+        """The account of a request's `apiKey` and the request's `signature`: both required."""
         api_key = params.get("apiKey")
         if not api_key:
             raise _missing("apiKey")
         account = self.account_for_key(str(api_key))
         if account is None:
             raise BnError(401, -2015, "Invalid API-key, IP, or permissions for action.")
-        signature = params.get("signature")
+        signature = str(params.get("signature") or "")
         if not signature:
             raise _missing("signature")
+        return account, signature
+
+    def _ws_logon(self, conn: WsConn, params: dict[str, Any]) -> dict[str, Any]:
+        account, signature = self._ws_signer(params)
         str_params = {k: _ws_str(v) for k, v in params.items()}
         self._check_timestamp_params(str_params)
         # Only Ed25519 keys may log on; Binance answers other key types as a bad signature
         # (sieblyio/binance#626).
         if account.key_type != "ed25519" or not self._verify(
-            account, _ws_payload(params).encode(), str(signature)
+            account, _ws_payload(params).encode(), signature
         ):
             self.counters["signature_failures"] += 1
             raise BnError(400, -1022, "Signature for this request is not valid.")
