@@ -16,6 +16,7 @@ from typing import IO
 import orjson
 
 REDACTED = "[redacted]"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Attributes every LogRecord has; anything else came from `extra=` and is emitted as a field.
 _RECORD_ATTRS = frozenset(

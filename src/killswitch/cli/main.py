@@ -27,14 +27,12 @@ from killswitch.cli.parsers import Subparsers, load_or_report
 from killswitch.cli.preflight import add_parser as add_preflight_parser
 from killswitch.cli.sim import add_parser as add_sim_parser
 from killswitch.daemon import EXIT_CONFIG
-from killswitch.logs import setup_logging
+from killswitch.logs import LOG_LEVELS, setup_logging
 from killswitch.settings import ConfigError, Settings, config_path, load_settings
 
 log = logging.getLogger(__name__)
 
 Registrar = Callable[[Subparsers], None]
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def registrars() -> list[Registrar]:

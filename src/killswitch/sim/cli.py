@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from killswitch.logs import setup_logging
+from killswitch.logs import LOG_LEVELS, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
         type=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        choices=LOG_LEVELS,
         default="INFO",
         help="log level (logs go to stderr)",
     )
