@@ -92,23 +92,11 @@ class FaultSpec(BaseModel):
     id: int = 0  # ignored: the venue's FaultSet numbers faults
 
     def to_fault(self) -> Fault:
-        until_s = self.until_s
+        # A spec is a fault's fields plus `duration_s`; its `id` is ignored: FaultSet numbers them.
+        fields = self.model_dump(exclude={"duration_s", "id"})
         if self.duration_s is not None:
-            until_s = time.monotonic() + self.duration_s
-        return Fault(
-            kind=self.kind,
-            account=self.account,
-            endpoint=self.endpoint,
-            probability=self.probability,
-            count=self.count,
-            until_s=until_s,
-            latency_ms=self.latency_ms,
-            jitter_ms=self.jitter_ms,
-            http_status=self.http_status,
-            stall_s=self.stall_s,
-            retry_after_s=self.retry_after_s,
-            skew_ms=self.skew_ms,
-        )
+            fields["until_s"] = time.monotonic() + self.duration_s
+        return Fault(**fields)
 
 
 @dataclass(slots=True)
