@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypedDict
+from typing import Unpack
 
 from killswitch.exchanges.base import Exchange
 from killswitch.exchanges.binance import BinanceExchange
 from killswitch.exchanges.bingx import BingxExchange
+from killswitch.exchanges.connector import ConnectorArgs
 from killswitch.exchanges.mexc import MexcExchange
 
 Connector = type[BinanceExchange] | type[MexcExchange] | type[BingxExchange]
@@ -17,19 +18,6 @@ CONNECTORS: dict[str, Connector] = {
     "mexc": MexcExchange,
     "bingx": BingxExchange,
 }
-
-
-class _Common(TypedDict):
-    """What every connector is built from (secrets already unwrapped by the caller)."""
-
-    account: str
-    api_key: str
-    api_secret: str
-    key_type: str
-    rest_url: str
-    ws_url: str
-    timeout_s: float
-    recv_window_ms: int
 
 
 def connector_class(venue: str) -> Connector:
@@ -43,32 +31,16 @@ def connector_class(venue: str) -> Connector:
 def build_exchange(
     venue: str,
     *,
-    account: str,
-    api_key: str,
-    api_secret: str,
-    rest_url: str,
-    ws_url: str,
-    key_type: str = "hmac",
-    timeout_s: float = 5.0,
-    recv_window_ms: int = 5000,
     use_ws_api: bool = True,
     learned_path: Path | None = None,
+    **args: Unpack[ConnectorArgs],
 ) -> Exchange:
-    """Construct the connector for `venue`. `use_ws_api` is Binance's (REST only when False);
-    `learned_path` is where BingX keeps what it learned of the account (§3.7)."""
+    """Construct the connector for `venue` from what every connector takes (`ConnectorArgs`).
+    `use_ws_api` is Binance's (REST only when False); `learned_path` is where BingX keeps what
+    it learned of the account (§3.7)."""
     cls = connector_class(venue)
-    common = _Common(
-        account=account,
-        api_key=api_key,
-        api_secret=api_secret,
-        key_type=key_type,
-        rest_url=rest_url,
-        ws_url=ws_url,
-        timeout_s=timeout_s,
-        recv_window_ms=recv_window_ms,
-    )
     if cls is BinanceExchange:
-        return BinanceExchange(**common, use_ws_api=use_ws_api)
+        return BinanceExchange(**args, use_ws_api=use_ws_api)
     if cls is BingxExchange:
-        return BingxExchange(**common, learned_path=learned_path)
-    return MexcExchange(**common)
+        return BingxExchange(**args, learned_path=learned_path)
+    return MexcExchange(**args)

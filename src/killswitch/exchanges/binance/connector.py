@@ -16,10 +16,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
@@ -35,7 +35,6 @@ from killswitch.exchanges.base import (
     Fatal,
     OutcomeUnknown,
     RateLimits,
-    VenueError,
     malformed_is_unknown,
 )
 from killswitch.exchanges.binance import stream
@@ -56,10 +55,9 @@ from killswitch.exchanges.binance.session import (
     ws_api_url,
 )
 from killswitch.exchanges.budget import Priority, RateBudget
-from killswitch.exchanges.clock import ServerClock
+from killswitch.exchanges.connector import ConnectorArgs, VenueConnector
 from killswitch.exchanges.dialect import BINANCE
-from killswitch.exchanges.http import RestTransport
-from killswitch.exchanges.rest import Answer, SignedRest, WeightCharges, Wire
+from killswitch.exchanges.rest import Answer, WeightCharges, Wire
 from killswitch.exchanges.signing import (
     binance_ed25519_private_key,
     binance_ed25519_signature,
@@ -118,73 +116,38 @@ CANCEL_ORDER = _Endpoint("order.cancel", "DELETE", "/api/v3/order")
 CANCEL_ORDER_LIST = _Endpoint("orderList.cancel", "DELETE", "/api/v3/orderList")
 
 
-class BinanceExchange:
+class BinanceExchange(VenueConnector):
     """One Binance Spot account."""
 
     venue = VENUE
     capabilities = CAPABILITIES
+    key_types = ("hmac", "ed25519")
+    time_path = "/api/v3/time"  # weight 1
 
     def __init__(
         self,
         *,
-        account: str,
-        api_key: str,
-        api_secret: str,
-        key_type: str = "hmac",
-        rest_url: str,
-        ws_url: str,
-        timeout_s: float = 5.0,
-        recv_window_ms: int = 5000,
-        clock_refresh_s: float = 60.0,
         budget: RateBudget | None = None,
         use_ws_api: bool = True,
+        **args: Unpack[ConnectorArgs],
     ) -> None:
-        if key_type not in ("hmac", "ed25519"):
-            raise ValueError(f"binance key_type must be hmac or ed25519, not {key_type!r}")
-        self.account = account
-        self.key_type = key_type
-        self._api_key = api_key
-        self._secret = api_secret if key_type == "hmac" else ""
-        self._ed_key: Ed25519PrivateKey | None = (
-            binance_ed25519_private_key(api_secret) if key_type == "ed25519" else None
-        )
-        self.timeout_s = timeout_s
-        self.recv_window_ms = recv_window_ms
-        self.clock_refresh_s = clock_refresh_s
+        super().__init__(**args)
+        self._ed_key: Ed25519PrivateKey | None = None
+        if self.key_type == "ed25519":
+            self._ed_key = binance_ed25519_private_key(self._secret)
+            self._secret = ""
         self.use_ws_api = use_ws_api
         self.budget = budget if budget is not None else RateBudget(RATE_LIMITS)
-        self.clock = ServerClock()
-        self.transport = RestTransport(rest_url, venue=VENUE, account=account, timeout_s=timeout_s)
-        self.rest = SignedRest(
-            WIRE,
-            self.transport,
-            WeightCharges(self.budget, USED_WEIGHT_HEADER),
-            account=account,
-            api_key=api_key,
-            sign=partial(binance_signed_query, self._sign),
-            clock=self.clock,
-            recv_window_ms=recv_window_ms,
-            resync=lambda: self.resync_clock(),
-        )
-        self.ws_url = ws_api_url(ws_url)
+        charges = WeightCharges(self.budget, USED_WEIGHT_HEADER)
+        self.rest = self._signed_rest(WIRE, charges, partial(binance_signed_query, self._sign))
+        self.ws_url = ws_api_url(self._ws_url)
         self.session: WsApiSession | None = None
         self._session_ready = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._started = False
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"BinanceExchange(account={self.account!r}, key_type={self.key_type!r})"
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Open the REST pool, measure the clock offset, open the ws-api session."""
-        if self._started:
-            raise RuntimeError("BinanceExchange.start() called twice")
-        self._started = True
-        await self.transport.start()
+    async def _open(self) -> None:
+        """Measure the clock offset, then open the ws-api session."""
         await self.resync_clock()
-        self._spawn(self.clock.keep_synced(self._background_time, self.clock_refresh_s))
         if self.use_ws_api:
             self._spawn(self._keep_session())
             # Warm before any kill; if the session cannot open now, REST carries the kill.
@@ -192,25 +155,10 @@ class BinanceExchange:
                 async with asyncio.timeout(self.timeout_s):
                     await self._session_ready.wait()
 
-    async def close(self) -> None:
-        """Stop background work and close every connection. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+    async def _shut(self) -> None:
         session, self.session = self.session, None
         if session is not None:
             await session.close()
-        await self.transport.close()
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _keep_session(self) -> None:
         """Keep one logged-on ws-api session open; reconnect with backoff when it goes."""
@@ -337,22 +285,6 @@ class BinanceExchange:
 
     # -- the Exchange protocol -----------------------------------------------------------------
     @malformed_is_unknown
-    async def server_time_ms(self) -> int:
-        """Ask Binance for its time (`GET /api/v3/time`, weight 1)."""
-        return await self._time(Priority.KILL)
-
-    async def _background_time(self) -> int:
-        return await self._time(Priority.BACKGROUND)
-
-    async def _time(self, priority: Priority) -> int:
-        body = await self.rest.request("GET", "/api/v3/time", signed=False, priority=priority)
-        return int(body["serverTime"])
-
-    async def resync_clock(self) -> None:
-        """Measure the server-time offset again now."""
-        await self.clock.sync(self.server_time_ms)
-
-    @malformed_is_unknown
     async def snapshot(
         self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
     ) -> Snapshot:
@@ -420,24 +352,9 @@ class BinanceExchange:
         self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
     ) -> BatchResult:
         """No batch cancel on Binance Spot: single cancels, concurrently."""
-        ids = list(dict.fromkeys(order_ids))
-        outcomes = await asyncio.gather(
-            *(self.cancel_order(symbol, i, priority=priority) for i in ids),
-            return_exceptions=True,
+        return await self._cancel_one_by_one(
+            lambda i: self.cancel_order(symbol, i, priority=priority), order_ids
         )
-        cancelled: list[str] = []
-        gone: list[str] = []
-        failed: list[tuple[str, VenueError]] = []
-        for order_id, outcome in zip(ids, outcomes, strict=True):
-            if isinstance(outcome, CancelAck):
-                cancelled.append(order_id)
-            elif isinstance(outcome, AlreadyGone):
-                gone.append(order_id)
-            elif isinstance(outcome, VenueError):
-                failed.append((order_id, outcome))
-            else:
-                raise outcome
-        return BatchResult(cancelled=tuple(cancelled), gone=tuple(gone), failed=tuple(failed))
 
     @malformed_is_unknown
     async def cancel_order_list(

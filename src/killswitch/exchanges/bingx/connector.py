@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from killswitch.exchanges.base import (
     AlreadyGone,
@@ -34,7 +34,6 @@ from killswitch.exchanges.bingx.lists import (
 from killswitch.exchanges.bingx.parse import (
     MalformedAnswer,
     _gather,
-    _int,
     _items,
     _OcoList,
     batch_result,
@@ -50,17 +49,11 @@ from killswitch.exchanges.bingx.venue import (
     API_PERMISSION_NAMES,
     API_PERMISSION_SPOT_TRADING,
     BATCH_CANCEL_MAX,
-    BUDGET_MARGIN_S,
     CANCEL,
     CANCEL_ALL_AFTER,
     CANCEL_OPEN_ORDERS,
     CANCEL_ORDERS,
     CAPABILITIES,
-    ENDPOINT_RPS,
-    ERROR_LOCK_COUNT,
-    ERROR_LOCK_WINDOW_S,
-    GROUP_LIMITS,
-    IP_RPS,
     OCO_CANCEL,
     QUERY,
     RECV_WINDOW_MAX_MS,
@@ -70,21 +63,13 @@ from killswitch.exchanges.bingx.venue import (
     USER_DATA_STREAM,
 )
 from killswitch.exchanges.budget import (
-    ErrorCounter,
     Priority,
-    RateBudget,
-    SlidingBudget,
-    release_shared,
-    shared_budget,
-    use_shared,
 )
-from killswitch.exchanges.clock import ServerClock
-from killswitch.exchanges.http import RestTransport
+from killswitch.exchanges.connector import ConnectorArgs, VenueConnector
 from killswitch.exchanges.paths import (
     LearnedPaths,
     PathCapabilities,
 )
-from killswitch.exchanges.rest import SignedRest
 from killswitch.model import (
     Order,
     OrderKey,
@@ -95,23 +80,15 @@ from killswitch.model import (
 log = logging.getLogger(__name__)
 
 
-class BingxExchange:
+class BingxExchange(VenueConnector):
     """One BingX spot account."""
 
     venue = "bingx"
+    time_path = SERVER_TIME
 
     def __init__(
         self,
         *,
-        account: str,
-        api_key: str,
-        api_secret: str,
-        key_type: str = "hmac",
-        rest_url: str,
-        ws_url: str,
-        timeout_s: float = 5.0,
-        recv_window_ms: int = 5000,
-        clock_refresh_s: float = 60.0,
         heartbeat_timeout_s: float = 15.0,
         listen_key_refresh_s: float = 1800.0,
         warm_connections: int = 4,
@@ -119,74 +96,30 @@ class BingxExchange:
         budget_sleep: Callable[[float], Awaitable[None]] | None = None,
         learned_path: Path | None = None,
         rng: random.Random | None = None,
+        **args: Unpack[ConnectorArgs],
     ) -> None:
-        if key_type != "hmac":
-            raise ValueError(f"BingX keys are HMAC only, not {key_type!r}")
-        self.account = account
-        self.timeout_s = timeout_s
+        super().__init__(**args)
         # The strictest reading of the docs caps recvWindow at 5000 ms (§3.7).
-        self.recv_window_ms = min(recv_window_ms, RECV_WINDOW_MAX_MS)
-        self.clock_refresh_s = clock_refresh_s
+        self.recv_window_ms = min(self.recv_window_ms, RECV_WINDOW_MAX_MS)
         # Three missed server pings (one every 5 s) mean the stream is dead [BX-DOC heartbeat].
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.listen_key_refresh_s = listen_key_refresh_s
         self.warm_connections = warm_connections
-        self.transport = RestTransport(
-            rest_url, venue=self.venue, account=account, timeout_s=timeout_s
-        )
-        self._ws_url = _stream_url(ws_url)
-        self.clock = ServerClock()
-        # Fixed 10 s windows follow the venue's clock; the per-second budgets slide, so their
-        # alignment to any clock does not matter.
-        group_clock = budget_clock or (lambda: self.clock.now_ms() / 1000.0)
-        clock = budget_clock or time.monotonic
-        sleep = budget_sleep or asyncio.sleep
-        self.group_budget = RateBudget(GROUP_LIMITS, clock=group_clock, sleep=sleep)
-        self.budgets: dict[str, SlidingBudget] = {
-            path: SlidingBudget(
-                rps, margin_s=BUDGET_MARGIN_S, name=f"uid {path}", clock=clock, sleep=sleep
-            )
-            for path, rps in ENDPOINT_RPS.items()
-        }
-        self._ip_scope = rest_url.rstrip("/")
-        use_shared(self._ip_scope)
-        self.ip_budgets: dict[str, SlidingBudget] = {
-            path: shared_budget(
-                self._ip_scope,
-                f"ip {path}",
-                rps,
-                margin_s=BUDGET_MARGIN_S,
-                clock=clock,
-                sleep=sleep,
-            )
-            for path, rps in IP_RPS.items()
-        }
-        self.errors = ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock)
-        charges = BingxCharges(
-            venue=self.venue,
-            account=account,
-            clock=self.clock,
-            group_budget=self.group_budget,
-            budgets=self.budgets,
-            ip_budgets=self.ip_budgets,
-            errors=self.errors,
+        self._ws_url = _stream_url(self._ws_url)
+        self.charges = BingxCharges(
+            self.account,
+            self.clock,
+            self.transport.base_url,
+            budget_clock=budget_clock,
+            budget_sleep=budget_sleep,
             rng=rng or random.Random(),
         )
-        self.rest = SignedRest(
-            WIRE,
-            self.transport,
-            charges,
-            account=account,
-            api_key=api_key,
-            sign=signer(api_secret),
-            clock=self.clock,
-            recv_window_ms=self.recv_window_ms,
-            resync=lambda: self.resync_clock(),
-        )
+        self.group_budget = self.charges.group_budget
+        self.budgets = self.charges.budgets
+        self.ip_budgets = self.charges.ip_budgets
+        self.errors = self.charges.errors
+        self.rest = self._signed_rest(WIRE, self.charges, signer(self._secret))
         self.learned = LearnedPaths.load(learned_path)
-        self._started = False
-        self._closed = False
-        self._sync_task: asyncio.Task[None] | None = None
         self._list_legs: dict[str, tuple[str, ...]] = {}  # OCO list id -> leg order ids
         self._leg_list: dict[str, str] = {}  # leg order id -> OCO list id
         self._list_symbol: dict[str, str] = {}  # OCO list id -> symbol
@@ -200,9 +133,6 @@ class BingxExchange:
         self._oco_read_lock = asyncio.Lock()
         self._oco_read: tuple[float, list[_OcoList], bool] | None = None
         self._list_cancels_at_send = 0
-
-    def __repr__(self) -> str:
-        return f"BingxExchange(account={self.account!r})"
 
     @property
     def capabilities(self) -> PathCapabilities:
@@ -226,21 +156,11 @@ class BingxExchange:
 
     # -- lifecycle -------------------------------------------------------------------------
     @malformed_is_unknown
-    async def start(self) -> None:
-        """Open the pool, measure the clock offset, warm connections, keep the clock fresh."""
-        if self._started:
-            raise RuntimeError("BingxExchange.start() called twice")
-        if self._closed:
-            raise RuntimeError("BingxExchange is closed")
-        await self.transport.start()
+    async def _open(self) -> None:
+        """Measure the clock offset, and warm pooled connections."""
         # Only the clock must be measured; the other requests just open pooled connections.
         warm = [self._warm() for _ in range(self.warm_connections - 1)]
-        await _gather([self.clock.sync(self._fetch_time_background), *warm])
-        self._started = True  # a failed start may be retried
-        self._sync_task = asyncio.create_task(
-            self.clock.keep_synced(self._fetch_time_background, self.clock_refresh_s),
-            name=f"bingx-clock-{self.account}",
-        )
+        await _gather([self.clock.sync(self._background_time), *warm])
         log.info(
             "bingx connector started account=%s offset_ms=%.1f rtt_ms=%.1f",
             self.account,
@@ -248,54 +168,20 @@ class BingxExchange:
             self.clock.last_rtt_ms,
         )
 
-    async def close(self) -> None:
-        """Stop the clock task and close the pool. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        release_shared(self._ip_scope)
-        task, self._sync_task = self._sync_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-        await self.transport.close()
-
-    async def __aenter__(self) -> BingxExchange:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def _shut(self) -> None:
+        self.charges.release()
 
     async def _warm(self) -> None:
         try:
-            await self._fetch_time(Priority.BACKGROUND)
+            await self._background_time()
         except VenueError as exc:
             log.info("bingx warm-up request failed account=%s error=%s", self.account, exc)
 
     # -- time ------------------------------------------------------------------------------
-    async def _fetch_time(self, priority: Priority) -> int:
-        data = await self.rest.request("GET", SERVER_TIME, signed=False, priority=priority)
-        return _int(data["serverTime"])
-
-    async def _fetch_time_background(self) -> int:
-        return await self._fetch_time(Priority.BACKGROUND)
-
-    async def _fetch_time_kill(self) -> int:
-        return await self._fetch_time(Priority.KILL)
-
     @malformed_is_unknown
     async def server_time_ms(self) -> int:
-        """Ask the venue for its time (one request)."""
-        return await self._fetch_time(Priority.BACKGROUND)
-
-    @malformed_is_unknown
-    async def resync_clock(self) -> None:
-        """Measure the server-time offset again now."""
-        await self.clock.sync(self._fetch_time_kill)
-        log.info(
-            "bingx clock resynced account=%s offset_ms=%.1f", self.account, self.clock.offset_ms
-        )
+        """Ask the venue for its time (one request, in the background share)."""
+        return await self._background_time()
 
     # -- reads -----------------------------------------------------------------------------
     @malformed_is_unknown

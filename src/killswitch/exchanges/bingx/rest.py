@@ -7,8 +7,10 @@ backoff that doubles while the venue keeps refusing; a ban holds everything."""
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from killswitch.exchanges.base import (
@@ -22,8 +24,13 @@ from killswitch.exchanges.bingx.venue import (
     BACKOFF_FLAT_REPEATS,
     BACKOFF_INITIAL_S,
     BACKOFF_MAX_S,
+    BUDGET_MARGIN_S,
+    ENDPOINT_RPS,
     EPOCH_MARGIN_S,
     ERROR_LOCK_COUNT,
+    ERROR_LOCK_WINDOW_S,
+    GROUP_LIMITS,
+    IP_RPS,
 )
 from killswitch.exchanges.budget import (
     ErrorCounter,
@@ -31,6 +38,9 @@ from killswitch.exchanges.budget import (
     RateBudget,
     SlidingBudget,
     acquire_all,
+    release_shared,
+    shared_budget,
+    use_shared,
 )
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.dialect import BINGX
@@ -61,25 +71,44 @@ class BingxCharges:
 
     def __init__(
         self,
-        *,
-        venue: str,
         account: str,
-        clock: ServerClock,
-        group_budget: RateBudget,
-        budgets: dict[str, SlidingBudget],
-        ip_budgets: dict[str, SlidingBudget],
-        errors: ErrorCounter,
+        venue_clock: ServerClock,
+        ip_scope: str,
+        *,
+        budget_clock: Callable[[], float] | None,
+        budget_sleep: Callable[[float], Awaitable[None]] | None,
         rng: random.Random,
     ) -> None:
-        self.venue = venue
         self.account = account
-        self.clock = clock
-        self.group_budget = group_budget
-        self.budgets = budgets
-        self.ip_budgets = ip_budgets
-        self.errors = errors
+        self.clock = venue_clock
+        # Fixed 10 s windows follow the venue's clock; the per-second budgets slide, so their
+        # alignment to any clock does not matter.
+        group_clock = budget_clock or (lambda: venue_clock.now_ms() / 1000.0)
+        clock = budget_clock or time.monotonic
+        sleep = budget_sleep or asyncio.sleep
+        self.group_budget = RateBudget(GROUP_LIMITS, clock=group_clock, sleep=sleep)
+        self.budgets: dict[str, SlidingBudget] = {
+            path: SlidingBudget(
+                rps, margin_s=BUDGET_MARGIN_S, name=f"uid {path}", clock=clock, sleep=sleep
+            )
+            for path, rps in ENDPOINT_RPS.items()
+        }
+        # The per-IP budgets are shared by every connector to the same host in the process.
+        self.ip_scope = ip_scope
+        use_shared(ip_scope)
+        self.ip_budgets: dict[str, SlidingBudget] = {
+            path: shared_budget(
+                ip_scope, f"ip {path}", rps, margin_s=BUDGET_MARGIN_S, clock=clock, sleep=sleep
+            )
+            for path, rps in IP_RPS.items()
+        }
+        self.errors = ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock)
         self.rng = rng
         self.backoffs: dict[str, int] = {}  # path -> 100410s without an epoch in a row
+
+    def release(self) -> None:
+        """Give up this account's share of the per-IP budgets."""
+        release_shared(self.ip_scope)
 
     def path_budgets(self, path: str) -> list[SlidingBudget]:
         return [b for b in (self.budgets.get(path), self.ip_budgets.get(path)) if b is not None]
@@ -90,7 +119,7 @@ class BingxCharges:
             raise RateLimited(
                 "error-count lock ahead: holding this API",
                 retry_after_s=max(1.0, self.errors.clear_in_s(path)),
-                venue=self.venue,
+                venue=WIRE.dialect.venue,
                 account=self.account,
                 endpoint=f"{method} {path}",
             )

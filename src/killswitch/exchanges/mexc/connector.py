@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Unpack
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -43,9 +43,8 @@ from killswitch.exchanges.base import (
     malformed_is_unknown,
 )
 from killswitch.exchanges.budget import Priority
-from killswitch.exchanges.clock import ServerClock
+from killswitch.exchanges.connector import ConnectorArgs, VenueConnector
 from killswitch.exchanges.dialect import MEXC
-from killswitch.exchanges.http import RestTransport
 from killswitch.exchanges.mexc.parse import (
     AUTH_CODES,
     INVALID_LISTEN_KEY,
@@ -64,7 +63,7 @@ from killswitch.exchanges.mexc.parse import (
     order_from_row,
     rest_answer,
 )
-from killswitch.exchanges.rest import EndpointCharges, SignedRest, Wire
+from killswitch.exchanges.rest import EndpointCharges, Wire
 from killswitch.exchanges.signing import mexc_query, mexc_signed_query
 from killswitch.model import (
     Snapshot,
@@ -109,23 +108,15 @@ WIRE = Wire(
 
 
 # -- the connector ------------------------------------------------------------------------------
-class MexcExchange:
+class MexcExchange(VenueConnector):
     """One MEXC spot account."""
 
     venue = VENUE
+    time_path = "/api/v3/time"
 
     def __init__(
         self,
         *,
-        account: str,
-        api_key: str,
-        api_secret: str,
-        key_type: str = "hmac",
-        rest_url: str,
-        ws_url: str,
-        timeout_s: float = 5.0,
-        recv_window_ms: int = 5000,
-        clock_refresh_s: float = 60.0,
         symbols_hint: Sequence[str] = (),
         rate_limits: RateLimits = MEXC_RATE_LIMITS,
         listen_key_keepalive_s: float = 1800.0,
@@ -133,68 +124,34 @@ class MexcExchange:
         stream_pong_timeout_s: float = 10.0,
         budget_clock: Callable[[], float] = time.time,
         budget_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        **args: Unpack[ConnectorArgs],
     ) -> None:
-        if key_type != "hmac":
-            raise ValueError("MEXC spot keys are HMAC only")
-        self.account = account
+        super().__init__(**args)
         self.capabilities = replace(MEXC_CAPABILITIES, rate_limits=rate_limits)
-        self._ws_url = ws_url
-        self._timeout_s = timeout_s
-        self._clock_refresh_s = clock_refresh_s
         self._keepalive_s = listen_key_keepalive_s
         self._ping_interval_s = stream_ping_interval_s
         self._pong_timeout_s = stream_pong_timeout_s
         self.endpoint_budgets = EndpointCharges(rate_limits, clock=budget_clock, sleep=budget_sleep)
-        self.transport = RestTransport(rest_url, venue=VENUE, account=account, timeout_s=timeout_s)
-        self.clock = ServerClock()
-        self.rest = SignedRest(
-            WIRE,
-            self.transport,
-            self.endpoint_budgets,
-            account=account,
-            api_key=api_key,
-            sign=partial(mexc_signed_query, api_secret),
-            clock=self.clock,
-            recv_window_ms=recv_window_ms,
-            resync=lambda: self.resync_clock(),
-        )
+        sign = partial(mexc_signed_query, self._secret)
+        self.rest = self._signed_rest(WIRE, self.endpoint_budgets, sign)
         self.known_symbols: set[str] = set(symbols_hint)
         self._no_symbol_refused = False
         self._listen_key: str | None = None
         self._lost_keys: set[str] = set()
         self._streams: dict[ClientConnection, str] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self._keepalive_task: asyncio.Task[None] | None = None
-        self._started = False
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"MexcExchange(account={self.account!r})"
 
     # -- lifecycle ------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Open the pool, measure the clock offset, keep it fresh, warm a few connections."""
-        if self._started:
-            raise RuntimeError("MexcExchange already started")
-        self._started = True
-        await self.transport.start()
+    async def _open(self) -> None:
+        """Measure the clock offset, and warm a few connections."""
         await self.resync_clock()
-        self._spawn(self.clock.keep_synced(self._fetch_server_time, self._clock_refresh_s))
         # A kill sends several cancels at once: open those connections now, not then.
         await asyncio.gather(
             *(self.rest.request("GET", "/api/v3/ping", signed=False) for _ in range(3))
         )
 
-    async def close(self) -> None:
-        """Stop background work, drop the listenKey, close sockets. Safe twice."""
-        if self._closed:
-            return
-        self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+    async def _shut(self) -> None:
+        """Close the streams and drop the listenKey."""
         for ws in list(self._streams):
             await ws.close()
         key, self._listen_key = self._listen_key, None
@@ -205,26 +162,6 @@ class MexcExchange:
                 raise
             except (VenueError, TimeoutError) as exc:
                 log.info("listenKey delete failed account=%s error=%s", self.account, exc)
-        await self.transport.close()
-
-    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    # -- clock ----------------------------------------------------------------------------------
-    async def _fetch_server_time(self) -> int:
-        return await self.server_time_ms()
-
-    @malformed_is_unknown
-    async def server_time_ms(self) -> int:
-        data = await self.rest.request("GET", "/api/v3/time", signed=False)
-        return int(data["serverTime"])
-
-    async def resync_clock(self) -> None:
-        offset = await self.clock.sync(self._fetch_server_time)
-        log.debug("clock synced account=%s offset_ms=%.1f", self.account, offset)
 
     # -- reads ----------------------------------------------------------------------------------
     @malformed_is_unknown
@@ -327,25 +264,9 @@ class MexcExchange:
         self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
     ) -> BatchResult:
         """MEXC spot has no batch cancel: single cancels, all in flight at once."""
-
-        async def one(order_id: str) -> tuple[str, CancelAck | VenueError]:
-            try:
-                return order_id, await self.cancel_order(symbol, order_id, priority=priority)
-            except VenueError as exc:
-                return order_id, exc
-
-        results = await asyncio.gather(*(one(i) for i in dict.fromkeys(order_ids)))
-        cancelled: list[str] = []
-        gone: list[str] = []
-        failed: list[tuple[str, VenueError]] = []
-        for order_id, result in results:
-            if isinstance(result, AlreadyGone):
-                gone.append(order_id)
-            elif isinstance(result, VenueError):
-                failed.append((order_id, result))
-            else:
-                cancelled.append(order_id)
-        return BatchResult(cancelled=tuple(cancelled), gone=tuple(gone), failed=tuple(failed))
+        return await self._cancel_one_by_one(
+            lambda i: self.cancel_order(symbol, i, priority=priority), order_ids
+        )
 
     async def cancel_order_list(self, symbol: str, list_id: str) -> CancelAck:
         raise Fatal(
@@ -434,7 +355,7 @@ class MexcExchange:
             ws = await websockets.connect(
                 url,
                 ping_interval=None,  # MEXC's keepalive is the JSON PING below
-                open_timeout=self._timeout_s,
+                open_timeout=self.timeout_s,
                 close_timeout=1.0,
                 max_size=2**20,
                 compression=None,
@@ -459,7 +380,7 @@ class MexcExchange:
 
     async def _read_stream(self, ws: ClientConnection, key: str) -> AsyncIterator[StreamEvent]:
         loop = asyncio.get_running_loop()
-        subscribe_deadline: float | None = loop.time() + self._timeout_s
+        subscribe_deadline: float | None = loop.time() + self.timeout_s
         next_ping = loop.time() + self._ping_interval_s
         pong_due: float | None = None
         while True:

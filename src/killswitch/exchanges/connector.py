@@ -1,0 +1,207 @@
+"""What every venue connector is around its signed REST path: one account and its key, a
+server clock kept fresh, and the background tasks it owns from `start()` to `close()`.
+
+Each venue's connector subclasses `VenueConnector`, hands it its wire, budgets and signer
+(`_signed_rest`), and adds its capabilities, reads, cancels and user stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ClassVar, Required, Self, TypedDict
+
+from killswitch.exchanges.base import (
+    AlreadyGone,
+    BatchResult,
+    CancelAck,
+    VenueError,
+    malformed_is_unknown,
+)
+from killswitch.exchanges.budget import Priority
+from killswitch.exchanges.clock import ServerClock
+from killswitch.exchanges.http import RestTransport
+from killswitch.exchanges.rest import Charges, Params, SignedRest, Wire
+
+log = logging.getLogger(__name__)
+
+
+class ConnectorArgs(TypedDict, total=False):
+    """What every connector is built from (secrets already unwrapped by the caller)."""
+
+    account: Required[str]
+    api_key: Required[str]
+    api_secret: Required[str]
+    rest_url: Required[str]
+    ws_url: Required[str]
+    key_type: str  # "hmac" unless the venue takes another (`key_types`)
+    timeout_s: float
+    recv_window_ms: int
+    clock_refresh_s: float
+
+
+def whole_ms(value: object) -> int:
+    """A time in ms: an int, or a string of digits; never a float, which may have lost digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return int(value)
+
+
+class VenueConnector(ABC):
+    """One account on one venue: the part of a connector every venue shares."""
+
+    venue: str
+    rest: SignedRest
+    key_types: ClassVar[tuple[str, ...]] = ("hmac",)
+    time_path: ClassVar[str]  # the venue's server time: an unsigned GET answering `serverTime`
+
+    def __init__(
+        self,
+        *,
+        account: str,
+        api_key: str,
+        api_secret: str,
+        rest_url: str,
+        ws_url: str,
+        key_type: str = "hmac",
+        timeout_s: float = 5.0,
+        recv_window_ms: int = 5000,
+        clock_refresh_s: float = 60.0,
+    ) -> None:
+        if key_type not in self.key_types:
+            kinds = " or ".join(kind.upper() for kind in self.key_types)
+            raise ValueError(f"{self.venue} keys are {kinds}, not {key_type!r}")
+        self.account = account
+        self.transport = RestTransport(
+            rest_url, venue=self.venue, account=account, timeout_s=timeout_s
+        )
+        self.timeout_s = timeout_s
+        self._ws_url = ws_url
+        self.key_type = key_type
+        self._api_key = api_key
+        self._secret = api_secret
+        self.clock = ServerClock()
+        self.clock_refresh_s = clock_refresh_s
+        self.recv_window_ms = recv_window_ms
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(account={self.account!r}, key_type={self.key_type!r})"
+
+    def _signed_rest(
+        self, wire: Wire, charges: Charges, sign: Callable[[Params], str]
+    ) -> SignedRest:
+        """This account's signed REST path, with the venue's wire, budgets and signer."""
+        return SignedRest(
+            wire,
+            self.transport,
+            charges,
+            account=self.account,
+            api_key=self._api_key,
+            sign=sign,
+            clock=self.clock,
+            recv_window_ms=self.recv_window_ms,
+            resync=lambda: self.resync_clock(),  # looked up at each resync, never bound early
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the REST pool and what the venue keeps warm, measuring the clock offset on the
+        way; then keep the offset fresh. A failed start may be retried; a second one refused."""
+        if self._started:
+            raise RuntimeError(f"{type(self).__name__}.start() called twice")
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        await self.transport.start()
+        await self._open()
+        self._started = True
+        self._spawn(
+            self.clock.keep_synced(self._background_time, self.clock_refresh_s),
+            name=f"{self.venue}-clock-{self.account}",
+        )
+
+    async def close(self) -> None:
+        """Stop background work and close every connection. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        await self._shut()
+        await self.transport.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _spawn(
+        self, coro: Coroutine[Any, Any, None], *, name: str | None = None
+    ) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @abstractmethod
+    async def _open(self) -> None:
+        """Measure the clock offset, and open what the venue keeps warm."""
+
+    @abstractmethod
+    async def _shut(self) -> None:
+        """Close what the venue opened besides the REST pool (background tasks are done)."""
+
+    # -- time ------------------------------------------------------------------------------
+    @malformed_is_unknown
+    async def server_time_ms(self) -> int:
+        """Ask the venue for its time (one unsigned request)."""
+        return await self._time(Priority.KILL)
+
+    async def _time(self, priority: Priority) -> int:
+        """The venue's time in ms, asked at `priority`."""
+        answer = await self.rest.request("GET", self.time_path, signed=False, priority=priority)
+        return whole_ms(answer["serverTime"])
+
+    async def _background_time(self) -> int:
+        return await self._time(Priority.BACKGROUND)
+
+    @malformed_is_unknown
+    async def resync_clock(self) -> None:
+        """Measure the server-time offset again now."""
+        offset = await self.clock.sync(lambda: self._time(Priority.KILL))
+        log.info(
+            "clock synced venue=%s account=%s offset_ms=%.1f", self.venue, self.account, offset
+        )
+
+    # -- cancels ---------------------------------------------------------------------------
+    async def _cancel_one_by_one(
+        self,
+        cancel: Callable[[str], Coroutine[Any, Any, CancelAck]],
+        order_ids: Sequence[str],
+    ) -> BatchResult:
+        """A batch cancel where the venue has none: every single cancel in flight at once,
+        each id's outcome kept; an error that is not the venue's is raised once all are done."""
+        ids = list(dict.fromkeys(order_ids))
+        outcomes = await asyncio.gather(*(cancel(i) for i in ids), return_exceptions=True)
+        cancelled: list[str] = []
+        gone: list[str] = []
+        failed: list[tuple[str, VenueError]] = []
+        for order_id, outcome in zip(ids, outcomes, strict=True):
+            if isinstance(outcome, CancelAck):
+                cancelled.append(order_id)
+            elif isinstance(outcome, AlreadyGone):
+                gone.append(order_id)
+            elif isinstance(outcome, VenueError):
+                failed.append((order_id, outcome))
+            else:
+                raise outcome
+        return BatchResult(cancelled=tuple(cancelled), gone=tuple(gone), failed=tuple(failed))
