@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ClassVar, Required, Self, TypedDict
 
 from killswitch.exchanges.base import (
@@ -183,25 +183,47 @@ class VenueConnector(ABC):
         )
 
     # -- cancels ---------------------------------------------------------------------------
-    async def _cancel_one_by_one(
-        self,
-        cancel: Callable[[str], Coroutine[Any, Any, CancelAck]],
-        order_ids: Sequence[str],
+    @abstractmethod
+    async def cancel_order(
+        self, symbol: str, order_id: str, *, priority: Priority = Priority.KILL
+    ) -> CancelAck:
+        """Cancel one order. Raises `AlreadyGone` when it is not open."""
+
+    @malformed_is_unknown
+    async def cancel_orders(
+        self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
     ) -> BatchResult:
-        """A batch cancel where the venue has none: every single cancel in flight at once,
-        each id's outcome kept; an error that is not the venue's is raised once all are done."""
-        ids = list(dict.fromkeys(order_ids))
-        outcomes = await asyncio.gather(*(cancel(i) for i in ids), return_exceptions=True)
-        cancelled: list[str] = []
-        gone: list[str] = []
-        failed: list[tuple[str, VenueError]] = []
-        for order_id, outcome in zip(ids, outcomes, strict=True):
-            if isinstance(outcome, CancelAck):
-                cancelled.append(order_id)
-            elif isinstance(outcome, AlreadyGone):
-                gone.append(order_id)
-            elif isinstance(outcome, VenueError):
-                failed.append((order_id, outcome))
-            else:
-                raise outcome
-        return BatchResult(cancelled=tuple(cancelled), gone=tuple(gone), failed=tuple(failed))
+        """Where the venue has no batch cancel (Binance and MEXC spot): single cancels, all in
+        flight at once, each id's outcome kept."""
+
+        async def one(ids: Sequence[str]) -> BatchResult:
+            [order_id] = ids
+            try:
+                await self.cancel_order(symbol, order_id, priority=priority)
+            except AlreadyGone:
+                return BatchResult(gone=(order_id,))
+            return BatchResult(cancelled=(order_id,))
+
+        return await cancel_in_groups([[i] for i in dict.fromkeys(order_ids)], one)
+
+
+async def cancel_in_groups(
+    groups: Sequence[Sequence[str]], cancel: Callable[[Sequence[str]], Awaitable[BatchResult]]
+) -> BatchResult:
+    """Send `cancel` for every group of ids at once, and merge what each answers. A group whose
+    request failed with a venue error fails each of its ids; an error that is not the venue's
+    is raised once all are done."""
+    outcomes = await asyncio.gather(*(cancel(group) for group in groups), return_exceptions=True)
+    cancelled: list[str] = []
+    gone: list[str] = []
+    failed: list[tuple[str, VenueError]] = []
+    for group, outcome in zip(groups, outcomes, strict=True):
+        if isinstance(outcome, VenueError):
+            failed.extend((order_id, outcome) for order_id in group)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            cancelled.extend(outcome.cancelled)
+            gone.extend(outcome.gone)
+            failed.extend(outcome.failed)
+    return BatchResult(cancelled=tuple(cancelled), gone=tuple(gone), failed=tuple(failed))

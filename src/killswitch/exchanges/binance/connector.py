@@ -26,7 +26,6 @@ from websockets.asyncio.client import ClientConnection
 
 from killswitch.exchanges.base import (
     AlreadyGone,
-    BatchResult,
     CancelAck,
     Capabilities,
     ClockSkew,
@@ -41,7 +40,6 @@ from killswitch.exchanges.binance import stream
 from killswitch.exchanges.binance.parse import (
     VENUE,
     _gather,
-    _order,
     _order_list,
     _rows,
     cancel_ack,
@@ -66,6 +64,7 @@ from killswitch.exchanges.signing import (
     binance_signed_query,
     binance_ws_payload,
 )
+from killswitch.exchanges.spot_v3 import order_from_row, trading_permissions
 from killswitch.model import (
     Snapshot,
     StreamEvent,
@@ -305,7 +304,9 @@ class BinanceExchange(VenueConnector):
             ]
         rows_lists, *rows_orders = await _gather(lists_call, *order_calls)
         orders = tuple(
-            _order(row) for rows in rows_orders for row in _rows(rows, "openOrders", self.account)
+            order_from_row(row)
+            for rows in rows_orders
+            for row in _rows(rows, "openOrders", self.account)
         )
         lists = tuple(_order_list(row) for row in _rows(rows_lists, "openOrderList", self.account))
         if symbols is not None:
@@ -348,15 +349,6 @@ class BinanceExchange(VenueConnector):
         return cancel_ack(result, symbol)
 
     @malformed_is_unknown
-    async def cancel_orders(
-        self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
-    ) -> BatchResult:
-        """No batch cancel on Binance Spot: single cancels, concurrently."""
-        return await self._cancel_one_by_one(
-            lambda i: self.cancel_order(symbol, i, priority=priority), order_ids
-        )
-
-    @malformed_is_unknown
     async def cancel_order_list(
         self, symbol: str, list_id: str, *, priority: Priority = Priority.KILL
     ) -> CancelAck:
@@ -375,11 +367,7 @@ class BinanceExchange(VenueConnector):
         body = await self.rest.request(
             "GET", "/api/v3/account", params, weight=20, priority=Priority.BACKGROUND
         )
-        return {
-            "can_trade": bool(body["canTrade"]),
-            "permissions": [str(p) for p in body.get("permissions") or ()],
-            "account_type": str(body.get("accountType", "")),
-        }
+        return trading_permissions(body)
 
     async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:
         """Binance Spot has no dead-man's switch."""

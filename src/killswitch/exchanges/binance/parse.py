@@ -18,7 +18,6 @@ from killswitch.exchanges.rest import Answer, load_json
 from killswitch.model import (
     ExecType,
     ListEvent,
-    Order,
     OrderEvent,
     OrderKey,
     OrderList,
@@ -81,22 +80,6 @@ def _rows(value: Any, what: str, account: str) -> list[Any]:
 
 def _list_id(value: Any) -> str | None:
     return None if value is None or int(value) < 0 else str(value)
-
-
-def _order(row: dict[str, Any]) -> Order:
-    return Order(
-        symbol=row["symbol"],
-        order_id=str(row["orderId"]),
-        client_order_id=row.get("clientOrderId", ""),
-        side=row.get("side", ""),
-        order_type=row.get("type", ""),
-        price=row.get("price", "0"),
-        orig_qty=row.get("origQty", "0"),
-        executed_qty=row.get("executedQty", "0"),
-        status=row.get("status", "NEW"),
-        list_id=_list_id(row.get("orderListId")),
-        time_ms=int(row.get("time", 0)),
-    )
 
 
 def _order_list(row: dict[str, Any]) -> OrderList:

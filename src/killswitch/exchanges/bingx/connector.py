@@ -65,7 +65,7 @@ from killswitch.exchanges.bingx.venue import (
 from killswitch.exchanges.budget import (
     Priority,
 )
-from killswitch.exchanges.connector import ConnectorArgs, VenueConnector
+from killswitch.exchanges.connector import ConnectorArgs, VenueConnector, cancel_in_groups
 from killswitch.exchanges.paths import (
     LearnedPaths,
     PathCapabilities,
@@ -330,22 +330,10 @@ class BingxExchange(VenueConnector):
         """
         ids = list(dict.fromkeys(order_ids))
         chunks = [ids[i : i + BATCH_CANCEL_MAX] for i in range(0, len(ids), BATCH_CANCEL_MAX)]
-        results = await asyncio.gather(
-            *(self._cancel_chunk(symbol, chunk, priority) for chunk in chunks),
-            return_exceptions=True,
+        sent = await cancel_in_groups(
+            chunks, lambda chunk: self._cancel_chunk(symbol, chunk, priority)
         )
-        cancelled: list[str] = []
-        gone: list[str] = []
-        failed: list[tuple[str, VenueError]] = []
-        for chunk, result in zip(chunks, results, strict=True):
-            if isinstance(result, VenueError):
-                failed.extend((order_id, result) for order_id in chunk)
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                cancelled.extend(result.cancelled)
-                gone.extend(result.gone)
-                failed.extend(result.failed)
+        cancelled, gone = list(sent.cancelled), list(sent.gone)
         # "Gone" may hide an OCO leg the venue would not cancel by id, one of a list placed
         # since our last read of the lists too: check them against a fresh read.
         legs_said_gone = {i for i in gone if may_be_refused_leg(self, i)}
@@ -361,10 +349,12 @@ class BingxExchange(VenueConnector):
                 rescued = set(settled[1])
                 gone = [i for i in gone if i not in rescued]
                 cancelled.extend(i for i in settled[1] if i not in cancelled)
-        return BatchResult(tuple(cancelled), tuple(gone), tuple(failed))
+        return BatchResult(tuple(cancelled), tuple(gone), sent.failed)
 
     @malformed_is_unknown
-    async def _cancel_chunk(self, symbol: str, chunk: list[str], priority: Priority) -> BatchResult:
+    async def _cancel_chunk(
+        self, symbol: str, chunk: Sequence[str], priority: Priority
+    ) -> BatchResult:
         if any(i in self._leg_list for i in chunk):
             self._list_cancels += 1
         data = await self.rest.request(

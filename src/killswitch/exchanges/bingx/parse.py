@@ -6,7 +6,7 @@ import asyncio
 import gzip
 import logging
 import zlib
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -320,7 +320,7 @@ def snapshot_parts(
     return orders, lists
 
 
-def batch_result(data: Any, chunk: list[str], venue: str, account: str) -> BatchResult:
+def batch_result(data: Any, chunk: Sequence[str], venue: str, account: str) -> BatchResult:
     """The answer of `cancelOrders` with `process=1` for the ids of `chunk`: gone, refused for
     a reason we cannot read, or missing from the answer (both `OutcomeUnknown`)."""
     if not isinstance(data, dict):

@@ -31,7 +31,6 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from killswitch.exchanges import mexc_proto as pb
 from killswitch.exchanges.base import (
     AlreadyGone,
-    BatchResult,
     CancelAck,
     Capabilities,
     DeadMansSwitchState,
@@ -57,7 +56,6 @@ from killswitch.exchanges.mexc.parse import (
     _close_code,
     _control_msg,
     _gather_all,
-    _id,
     _rows,
     decode_push,
     order_from_row,
@@ -65,6 +63,7 @@ from killswitch.exchanges.mexc.parse import (
 )
 from killswitch.exchanges.rest import EndpointCharges, Wire
 from killswitch.exchanges.signing import mexc_query, mexc_signed_query
+from killswitch.exchanges.spot_v3 import text_id, trading_permissions
 from killswitch.model import (
     Snapshot,
     StreamEvent,
@@ -242,7 +241,8 @@ class MexcExchange(VenueConnector):
             return CancelAck()  # nothing open there: an empty ack, not an error
         return CancelAck(
             cancelled=tuple(
-                (str(row.get("symbol") or symbols[0]), _id(row["orderId"])) for row in rows or ()
+                (str(row.get("symbol") or symbols[0]), text_id(row["orderId"]))
+                for row in rows or ()
             )
         )
 
@@ -257,16 +257,7 @@ class MexcExchange(VenueConnector):
             [("symbol", symbol), ("orderId", order_id)],
             priority=priority,
         )
-        return CancelAck(cancelled=((symbol, _id(row.get("orderId", order_id))),))
-
-    @malformed_is_unknown
-    async def cancel_orders(
-        self, symbol: str, order_ids: Sequence[str], *, priority: Priority = Priority.KILL
-    ) -> BatchResult:
-        """MEXC spot has no batch cancel: single cancels, all in flight at once."""
-        return await self._cancel_one_by_one(
-            lambda i: self.cancel_order(symbol, i, priority=priority), order_ids
-        )
+        return CancelAck(cancelled=((symbol, text_id(row.get("orderId", order_id))),))
 
     async def cancel_order_list(self, symbol: str, list_id: str) -> CancelAck:
         raise Fatal(
@@ -283,11 +274,7 @@ class MexcExchange(VenueConnector):
         body = await self.rest.request(
             "GET", "/api/v3/account", weight=10, priority=Priority.BACKGROUND
         )
-        return {
-            "can_trade": bool(body["canTrade"]),
-            "permissions": [str(p) for p in body.get("permissions") or ()],
-            "account_type": str(body.get("accountType", "")),
-        }
+        return trading_permissions(body)
 
     def rate_headroom(self) -> dict[str, object]:
         """For readiness: the least headroom among the endpoints used so far (0..1), and how

@@ -16,9 +16,9 @@ from killswitch.exchanges.base import (
     Transient,
 )
 from killswitch.exchanges.rest import Answer, load_json
+from killswitch.exchanges.spot_v3 import order_from_row as order_from_row
 from killswitch.model import (
     ExecType,
-    Order,
     OrderEvent,
 )
 
@@ -91,30 +91,6 @@ def decode_push(frame: bytes) -> OrderEvent | None:
         last_price=(o.avgPrice or o.price or "0") if o.HasField("lastDealQuantity") else "0",
         list_id=o.ocoId if o.HasField("ocoId") and o.ocoId else None,
     )
-
-
-def order_from_row(row: dict[str, Any]) -> Order:
-    """An open-orders row as an `Order` (ids kept as strings, never through a float)."""
-    list_id = row.get("orderListId")
-    return Order(
-        symbol=str(row["symbol"]),
-        order_id=_id(row["orderId"]),
-        client_order_id=str(row.get("clientOrderId") or ""),
-        side=str(row.get("side", "")),
-        order_type=str(row.get("type", "")),
-        price=str(row.get("price", "0")),
-        orig_qty=str(row.get("origQty", "0")),
-        executed_qty=str(row.get("executedQty", "0")),
-        status=str(row.get("status", "NEW")),
-        list_id=None if list_id in (None, -1, "-1", "") else _id(list_id),
-        time_ms=int(row.get("time") or 0),
-    )
-
-
-def _id(value: object) -> str:
-    if isinstance(value, float):
-        raise TypeError("an order id arrived as a float; it may have lost digits")
-    return str(value)
 
 
 def _close_code(exc: ConnectionClosed) -> int | None:
