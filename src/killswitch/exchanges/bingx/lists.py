@@ -15,7 +15,6 @@ from killswitch.exchanges.base import (
     MALFORMED_ANSWER,
     AlreadyGone,
     OutcomeUnknown,
-    Transient,
 )
 from killswitch.exchanges.bingx.parse import (
     _OcoList,
@@ -24,6 +23,7 @@ from killswitch.exchanges.bingx.parse import (
     parse_oco_page,
 )
 from killswitch.exchanges.bingx.rest import RestHost
+from killswitch.exchanges.bingx.stream import stream_lost
 from killswitch.exchanges.bingx.venue import (
     CLOCK_MARGIN_MS,
     OCO_CANCEL,
@@ -205,12 +205,7 @@ def order_events(ex: ListsHost, data: dict[str, Any]) -> list[StreamEvent]:
     except MALFORMED_ANSWER as exc:
         # An order event we cannot read may hide an open order: end the stream so the
         # supervisor resnapshots, rather than skip it.
-        raise Transient(
-            f"malformed executionReport: {type(exc).__name__}",
-            venue=ex.venue,
-            account=ex.account,
-            endpoint="ws /market",
-        ) from exc
+        raise stream_lost(ex, f"malformed executionReport: {type(exc).__name__}") from exc
     if list_id is None or event.is_open:
         return [event]
     # One OCO leg done ends the list (the other leg is cancelled with it) [BX-DOC].

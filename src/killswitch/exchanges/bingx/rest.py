@@ -52,11 +52,16 @@ WIRE = Wire(
 )
 
 
-class RestHost(Protocol):
-    """What the BingX functions outside the class read of the connector (`BingxExchange`)."""
+class Host(Protocol):
+    """What every BingX function outside the class reads of the connector (`BingxExchange`)."""
 
     venue: str
     account: str
+
+
+class RestHost(Host, Protocol):
+    """What the functions that send requests read of the connector."""
+
     clock: ServerClock
     rest: SignedRest
 

@@ -20,6 +20,7 @@ from killswitch.exchanges.base import (
     VenueError,
 )
 from killswitch.exchanges.bingx.parse import decode_frame, is_text_ping, stream_error
+from killswitch.exchanges.bingx.rest import Host
 from killswitch.exchanges.bingx.venue import EXECUTION_REPORT
 from killswitch.exchanges.budget import Priority
 from killswitch.model import (
@@ -31,24 +32,22 @@ from killswitch.model import (
 log = logging.getLogger(__name__)
 
 
-class StreamHost(Protocol):
+class StreamHost(Host, Protocol):
     """What the user-data stream uses of the connector (`BingxExchange`)."""
 
-    @property
-    def venue(self) -> str: ...
-    @property
-    def account(self) -> str: ...
-    @property
-    def timeout_s(self) -> float: ...
-    @property
-    def heartbeat_timeout_s(self) -> float: ...
-    @property
-    def listen_key_refresh_s(self) -> float: ...
-    @property
-    def _ws_url(self) -> str: ...
+    timeout_s: float
+    heartbeat_timeout_s: float
+    listen_key_refresh_s: float
+    _ws_url: str
+
     async def create_listen_key(self, *, priority: Priority = Priority.BACKGROUND) -> str: ...
     async def extend_listen_key(self, key: str) -> bool: ...
     def _order_events(self, data: dict[str, Any]) -> list[StreamEvent]: ...
+
+
+def stream_lost(ex: Host, what: str) -> Transient:
+    """The stream cannot go on (`what`): the supervisor reconnects and resnapshots."""
+    return Transient(what, venue=ex.venue, account=ex.account, endpoint="ws /market")
 
 
 async def stream_events(ex: StreamHost) -> AsyncIterator[StreamEvent]:
@@ -64,12 +63,7 @@ async def stream_events(ex: StreamHost) -> AsyncIterator[StreamEvent]:
             compression=None,
         )
     except (OSError, TimeoutError, WebSocketException) as exc:
-        raise Transient(
-            f"stream connect failed: {type(exc).__name__}",
-            venue=ex.venue,
-            account=ex.account,
-            endpoint="ws /market",
-        ) from exc
+        raise stream_lost(ex, f"stream connect failed: {type(exc).__name__}") from exc
     expired = asyncio.Event()
     keepalive = asyncio.create_task(
         keep_listen_key(ex, key, ws, expired), name=f"bingx-listenkey-{ex.account}"
@@ -79,12 +73,7 @@ async def stream_events(ex: StreamHost) -> AsyncIterator[StreamEvent]:
         try:
             await ws.send(orjson.dumps(subscribe).decode())
         except ConnectionClosed as exc:
-            raise Transient(
-                "stream closed before the subscription",
-                venue=ex.venue,
-                account=ex.account,
-                endpoint="ws /market",
-            ) from exc
+            raise stream_lost(ex, "stream closed before the subscription") from exc
         async for event in frames(ex, ws, key, expired, str(subscribe["id"])):
             yield event
             if isinstance(event, StreamTerminated):
@@ -107,21 +96,13 @@ async def frames(
             async with asyncio.timeout(max(wait_s, 0.001)):
                 frame = await ws.recv()
         except TimeoutError:
-            raise Transient(
-                f"no server ping for {ex.heartbeat_timeout_s:.1f}s",
-                venue=ex.venue,
-                account=ex.account,
-                endpoint="ws /market",
-            ) from None
+            raise stream_lost(ex, f"no server ping for {ex.heartbeat_timeout_s:.1f}s") from None
         except ConnectionClosed as exc:
             if expired.is_set() or not await key_alive(ex, key):
                 yield StreamTerminated("listenKey expired")
                 return
-            raise Transient(
-                f"stream closed: code={exc.rcvd.code if exc.rcvd else None}",
-                venue=ex.venue,
-                account=ex.account,
-                endpoint="ws /market",
+            raise stream_lost(
+                ex, f"stream closed: code={exc.rcvd.code if exc.rcvd else None}"
             ) from exc
         if is_text_ping(frame):
             # The plain-text heartbeat (docs-v3's rules page, swap streams): `Ping` ->
@@ -140,12 +121,7 @@ async def frames(
                 log.warning("bingx unexpected text frame account=%s", ex.account)
                 continue
             # A binary frame we cannot read may have been an order event: resnapshot.
-            raise Transient(
-                f"undecodable stream frame: {type(exc).__name__}",
-                venue=ex.venue,
-                account=ex.account,
-                endpoint="ws /market",
-            ) from exc
+            raise stream_lost(ex, f"undecodable stream frame: {type(exc).__name__}") from exc
         if not isinstance(msg, dict):
             continue
         if "ping" in msg:
