@@ -365,6 +365,18 @@ async def test_two_accounts_behind_one_ip_share_the_ip_budget(
         del session
 
 
+async def test_readiness_checks_of_accounts_behind_one_ip_earn_no_100410() -> None:
+    """Every account checks its key's permissions at start (readiness, preflight): behind one
+    IP under the strictest reading that endpoint allows 2/s in all, so the checks queue."""
+    async with bingx_venue(accounts=5, variant="strictest") as (sim, make):
+        exchanges = [make(f"bx{i}") for i in range(5)]
+        for exchange in exchanges:
+            await exchange.start()
+        answers = await asyncio.gather(*(x.account_permissions() for x in exchanges))
+        assert all(a["can_trade"] for a in answers)
+        assert sim.counters["bingx 100410"] == 0
+
+
 # -- the stream and the request window under every reading ----------------------------------
 
 

@@ -48,6 +48,7 @@ from killswitch.exchanges.bingx.stream import _stream_url, stream_events
 from killswitch.exchanges.bingx.venue import (
     API_PERMISSION_NAMES,
     API_PERMISSION_SPOT_TRADING,
+    API_PERMISSIONS,
     BATCH_CANCEL_MAX,
     CANCEL,
     CANCEL_ALL_AFTER,
@@ -406,9 +407,7 @@ class BingxExchange(VenueConnector):
 
         The answer lists permission codes: 1 spot trading, 2 read, 3 perpetual futures
         trading, 4 universal transfer, 5 withdraw, 7 sub-account transfer."""
-        data = await self.rest.request(
-            "GET", "/openApi/v1/account/apiPermissions", priority=Priority.BACKGROUND
-        )
+        data = await self.rest.request("GET", API_PERMISSIONS, priority=Priority.BACKGROUND)
         codes = [int(c) for c in data["permissions"]]
         return {
             "can_trade": API_PERMISSION_SPOT_TRADING in codes,

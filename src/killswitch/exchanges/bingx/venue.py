@@ -26,6 +26,7 @@ OCO_OPEN_LIST = f"{SPOT}/oco/openOrderList"
 SERVER_TIME = f"{SPOT}/server/time"
 SYMBOLS = f"{SPOT}/common/symbols"
 USER_DATA_STREAM = "/openApi/user/auth/userDataStream"
+API_PERMISSIONS = "/openApi/v1/account/apiPermissions"
 EXECUTION_REPORT = "spot.executionReport"
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib: expect a gzip header and trailer
 
@@ -77,6 +78,7 @@ IP_RPS: dict[str, int] = {
     QUERY: 2,
     OCO_CANCEL: 2,
     OCO_OPEN_LIST: 2,
+    API_PERMISSIONS: 2,  # readiness: every account checks its key at start, all at once
 }
 # Market endpoints (server time, symbols) and every account API count in IP groups of 100 and
 # 1000 per 10 s [BX-DOC "基础信息"]: one budget per connector well inside both.
