@@ -54,6 +54,9 @@ CHECKS = ("key", "trade", "clock", "stream", "rate", "dms")
 DEFAULT_INTERVAL_S = 300.0  # "every few minutes"
 DEFAULT_TIMEOUT_S = 15.0  # one account's whole round
 DEFAULT_STREAM_GRACE_S = 60.0  # a stream down shorter than this is a reconnect, not unready
+# How long the daemon's start waits for the first round before READY: a venue that does not
+# answer, or checks queued on a shared per-IP budget (BingX), must not hold back the inputs.
+DEFAULT_START_WAIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +405,7 @@ class ReadinessService:
         interval_s: float = DEFAULT_INTERVAL_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         stream_grace_s: float = DEFAULT_STREAM_GRACE_S,
+        start_wait_s: float = DEFAULT_START_WAIT_S,
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -409,6 +413,8 @@ class ReadinessService:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.stream_grace_s = stream_grace_s
+        self.start_wait_s = start_wait_s
+        self._first: asyncio.Task[None] | None = None
         self.tick_s = tick_s
         self.clock = clock
         self.rounds = 0
@@ -523,6 +529,16 @@ class ReadinessService:
 
     # -- service -------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start the first round; wait for it at most `start_wait_s` (it goes on in `run`)."""
+        self._first = asyncio.create_task(self._first_round(), name="readiness first round")
+        await asyncio.wait({self._first}, timeout=self.start_wait_s)
+        if not self._first.done():
+            log.warning(
+                "readiness: first round still running after %.1f s; READY without it",
+                self.start_wait_s,
+            )
+
+    async def _first_round(self) -> None:
         await self.check_all()
         unready = [(r, self.reason(r)) for r in self._watched]
         unready = [(r, why) for r, why in unready if why is not None]
@@ -534,6 +550,15 @@ class ReadinessService:
             )
 
     async def run(self) -> None:
+        first = self._first
+        if first is not None:
+            try:
+                await asyncio.wait({first})
+            finally:
+                first.cancel()
+            error = None if first.cancelled() else first.exception()
+            if error is not None:
+                raise error
         next_round = self.clock() + self.interval_s
         while not self._stopped.is_set():
             wait = max(0.0, min(self.tick_s, next_round - self.clock()))
@@ -552,6 +577,8 @@ class ReadinessService:
     async def stop(self) -> None:
         self._stopped.set()
         self._recheck.set()
+        if self._first is not None:
+            self._first.cancel()
 
     def healthy(self) -> bool:
         # An unready account is the venue's state or the operator's to fix, not a wedged daemon.

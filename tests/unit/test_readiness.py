@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import time
 
@@ -20,6 +21,7 @@ from killswitch.readiness import (
     reason_for,
     redact,
 )
+from tests.conftest import eventually
 from tests.fakes import FakeExchange
 
 NOON = calendar.timegm(time.strptime("2026-12-06 12:00:00", "%Y-%m-%d %H:%M:%S"))
@@ -183,3 +185,44 @@ async def test_a_crashing_check_makes_the_account_unready_and_never_stops_the_se
     await service.start()
     assert service.reason(ref) == "readiness check failed: RuntimeError"
     assert [e["type"] for e in events.records] == ["alarm"]
+
+
+def clock_answering_after(answer: asyncio.Event) -> FakeExchange:
+    """A BingX account whose server-time read (a readiness check) waits for `answer`."""
+
+    class Hung(FakeExchange):
+        async def server_time_ms(self) -> int:
+            await answer.wait()
+            return await super().server_time_ms()
+
+    return Hung("bingx", "mm-1")
+
+
+async def test_the_first_round_does_not_hold_back_the_daemons_start() -> None:
+    """A venue that does not answer at start (or checks queued on a shared per-IP budget)
+    must not delay READY and the inputs: `start` waits `start_wait_s`, `run` finishes it."""
+    answer = asyncio.Event()
+    hung = clock_answering_after(answer)
+    ref = AccountRef("bingx", "mm-1")
+    service = ReadinessService(Events(), timeout_s=60.0, start_wait_s=0.05)
+    service.add(Target(ref, hung))
+    await asyncio.wait_for(service.start(), timeout=5)
+    assert service.reason(ref) == "not checked yet"
+    runner = asyncio.create_task(service.run())
+    answer.set()
+    await eventually(lambda: service.rounds == 1)
+    assert service.reason(ref) != "not checked yet"  # the round ended in `run`
+    await service.stop()
+    await asyncio.wait_for(runner, timeout=5)
+
+
+async def test_a_stop_during_the_first_round_ends_it() -> None:
+    hung = clock_answering_after(asyncio.Event())  # never
+    service = ReadinessService(Events(), timeout_s=60.0, start_wait_s=0.01)
+    service.add(Target(AccountRef("bingx", "mm-1"), hung))
+    await service.start()
+    runner = asyncio.create_task(service.run())
+    await asyncio.sleep(0.01)
+    await service.stop()
+    await asyncio.wait_for(runner, timeout=5)
+    assert service.rounds == 0
