@@ -159,3 +159,14 @@ def test_more_open_orders_never_lower_the_bound_and_it_is_at_least_one_round(
     assert lower_bound([*loads, extra], CAPS, r).seconds >= base.seconds
     bigger = [AccountLoad(a.venue, a.symbols + 1, a.orders + 10, a.lists + 1) for a in loads]
     assert lower_bound(bigger, CAPS, r).seconds >= base.seconds
+
+
+def test_bingx_verification_reads_of_accounts_behind_one_ip_span_windows_of_their_own() -> None:
+    """Every account's verification reads openOrders and oco/openOrderList, 2/s per IP each:
+    21 accounts' reads need 11 windows (a span of 9 s) even when their cancels need less."""
+    one = AccountLoad("bingx", symbols=5, orders=50)
+    assert lower_bound([one] * 2, CAPS, R).rate_span_s == pytest.approx(0.0)
+    assert lower_bound([one] * 5, CAPS, R).rate_span_s == pytest.approx(1.0)
+    assert lower_bound([one] * 21, CAPS, R).rate_span_s == pytest.approx(9.0)
+    idle = AccountLoad("bingx", 0, 0)  # nothing open: still one verification read
+    assert lower_bound([idle] * 5, CAPS, R).rate_span_s == pytest.approx(1.0)

@@ -33,9 +33,14 @@ least:
    real client, ours included, gets on average.
 
 3. **One verification round.** After the last acknowledgement, one snapshot round (its reads
-   in parallel, each in its own bucket), R.
+   in parallel, each in its own bucket), R. Its reads spend buckets too: where accounts share a
+   per-IP read budget (BingX openOrders and oco/openOrderList, 2/s per IP each), N accounts'
+   verification reads span windows of their own. An account's read can leave only after its
+   own cancels are acknowledged, but other accounts' reads may overlap later cancels, so the
+   two spans count as the longer of them, not their sum.
 
-    bound = max over buckets (rate-limit span) + R (cancel wave) + R (verification)
+    bound = max over buckets (cancel span, verification span) + R (cancel wave)
+            + R (verification)
 
 An account with nothing open needs only the verification round, R. The limits are the venues'
 documented ones as the simulator enforces them: BingX as corrected on 2026-12-06 (cancel-all,
@@ -108,6 +113,13 @@ REQUEST_BUCKETS: Mapping[str, Mapping[str, tuple[tuple[Bucket, int], ...]]] = {
     },
 }
 LEGS_PER_LIST = 2  # BingX lists are OCOs
+# The reads one verification snapshot of an account spends, per venue, where they share a
+# budget with other accounts (per IP); Binance's and MEXC's reads are far inside their budgets.
+_BX_OPEN_ORDERS_IP = Bucket("bingx ip openOrders", 2, 1.0, per_ip=True)
+_BX_OCO_LIST_IP = Bucket("bingx ip oco/openOrderList", 2, 1.0, per_ip=True)
+VERIFY_BUCKETS: Mapping[str, tuple[tuple[Bucket, int], ...]] = {
+    "bingx": ((_BX_OPEN_ORDERS_IP, 1), (_BX_OCO_LIST_IP, 1), (_BX_GROUP2, 2)),
+}
 
 
 def cancel_requests(load: AccountLoad, caps: Capabilities) -> dict[str, int]:
@@ -193,6 +205,11 @@ def lower_bound(
         _spend(load, caps, i, spent)
     rounds = 2 if any_cancel else 1
     span = max((windows_span_s(w, b) for (b, _), w in spent.items()), default=0.0)
+    read: dict[Bucket, int] = {}
+    for load in loads:
+        for bucket, weight in VERIFY_BUCKETS.get(load.venue, ()):
+            read[bucket] = read.get(bucket, 0) + weight
+    span = max([span, *(windows_span_s(w, b) for b, w in read.items())])
     return Bound(span + rounds * round_trip_s, round_trip_s, span, requests, rounds)
 
 
