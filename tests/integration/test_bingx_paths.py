@@ -377,6 +377,18 @@ async def test_readiness_checks_of_accounts_behind_one_ip_earn_no_100410() -> No
         assert sim.counters["bingx 100410"] == 0
 
 
+async def test_market_reads_of_accounts_behind_one_ip_stay_inside_the_ip_group() -> None:
+    """Server time and symbols count in IP group 1: 100 per 10 s for every account behind the
+    IP together. Eleven accounts' clock syncs and checks (110 reads) must queue, not earn a
+    100410 (which held each connector's whole budget for seconds)."""
+    async with bingx_venue(accounts=11, variant="strictest") as (sim, make):
+        exchanges = [make(f"bx{i}") for i in range(11)]
+        for exchange in exchanges:
+            await exchange.start()  # one clock sync each
+        await asyncio.gather(*(x.server_time_ms() for x in exchanges for _ in range(9)))
+        assert sim.counters["bingx 100410"] == 0
+
+
 # -- the stream and the request window under every reading ----------------------------------
 
 

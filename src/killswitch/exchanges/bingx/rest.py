@@ -30,6 +30,9 @@ from killswitch.exchanges.bingx.venue import (
     ERROR_LOCK_COUNT,
     ERROR_LOCK_WINDOW_S,
     GROUP_LIMITS,
+    IP_GROUP1_LIMIT,
+    IP_GROUP1_PATHS,
+    IP_GROUP1_WINDOW_S,
     IP_RPS,
 )
 from killswitch.exchanges.budget import (
@@ -107,6 +110,16 @@ class BingxCharges:
             )
             for path, rps in IP_RPS.items()
         }
+        market = shared_budget(
+            ip_scope,
+            "ip group 1",
+            IP_GROUP1_LIMIT,
+            IP_GROUP1_WINDOW_S,
+            margin_s=BUDGET_MARGIN_S,
+            clock=clock,
+            sleep=sleep,
+        )
+        self.ip_budgets.update(dict.fromkeys(IP_GROUP1_PATHS, market))
         self.errors = ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock)
         self.rng = rng
         self.backoffs: dict[str, int] = {}  # path -> 100410s without an epoch in a row
@@ -143,7 +156,7 @@ class BingxCharges:
             self.backoffs.pop(path, None)
         elif isinstance(error, IpBanned):
             self.group_budget.block(error.retry_after_s, banned=True)
-            for budget in [*self.budgets.values(), *self.ip_budgets.values()]:
+            for budget in {*self.budgets.values(), *self.ip_budgets.values()}:
                 budget.block(error.retry_after_s)
         elif isinstance(error, RateLimited):
             self.throttled(error, path, answer.msg, _header_float(headers))

@@ -83,6 +83,11 @@ IP_RPS: dict[str, int] = {
 # Market endpoints (server time, symbols) and every account API count in IP groups of 100 and
 # 1000 per 10 s [BX-DOC "基础信息"]: one budget per connector well inside both.
 GROUP_LIMITS = RateLimits(weight_per_window=100, window_s=10.0)
+# The market endpoints' IP group (100 per 10 s) is shared by every account behind our IP: one
+# budget for all of them, in the process, with room to spare.
+IP_GROUP1_PATHS = frozenset({SERVER_TIME, SYMBOLS})
+IP_GROUP1_LIMIT = 90
+IP_GROUP1_WINDOW_S = 10.0
 BUDGET_MARGIN_S = 0.1  # a venue second is counted as 1.1 s of ours (skew, network spread)
 
 
