@@ -7,11 +7,18 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from killswitch.events import EventRecord, EventType
 from killswitch.exchanges.base import Exchange
 from killswitch.model import AccountRef, Snapshot
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
+
+
+class Emit(Protocol):
+    """Records one event of the given type (the engine's `_emit`)."""
+
+    def __call__(self, event_type: EventType, /, **fields: object) -> EventRecord: ...
 
 
 class Spawn(Protocol):

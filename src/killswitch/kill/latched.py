@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 from killswitch.events import EventType
 from killswitch.exchanges.base import VenueError
-from killswitch.kill.config import Account, Clock, EngineConfig, Sleep
+from killswitch.kill.config import Account, Clock, Emit, EngineConfig, Sleep
 from killswitch.kill.planner import plan
 from killswitch.kill.record import AccountResult, Kill, KillKind
-from killswitch.kill.waves import Emit, Waves, _AccountStopped
+from killswitch.kill.waves import Waves, _AccountStopped
 from killswitch.model import (
     AccountRef,
     ExecType,

@@ -20,11 +20,11 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from killswitch.events import EventRecord, EventType
+from killswitch.events import EventType
 from killswitch.exchanges.base import (
     AlreadyGone,
     CancelAck,
@@ -36,7 +36,7 @@ from killswitch.exchanges.base import (
     RateLimited,
     VenueError,
 )
-from killswitch.kill.config import Account, Clock, EngineConfig, Sleep
+from killswitch.kill.config import Account, Clock, Emit, EngineConfig, Sleep
 from killswitch.kill.gate import Gate
 from killswitch.kill.planner import CancelRequest, RequestKind, in_scope, plan
 from killswitch.kill.record import AccountResult, AccountState, Kill, KillKind
@@ -47,12 +47,6 @@ log = logging.getLogger(__name__)
 _GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own clock
 
 T = TypeVar("T")
-
-
-class Emit(Protocol):
-    """Records one event of the given type (the engine's `_emit`)."""
-
-    def __call__(self, event_type: EventType, /, **fields: object) -> EventRecord: ...
 
 
 class Waves:
