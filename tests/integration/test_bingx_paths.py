@@ -28,6 +28,7 @@ CANCEL_OPEN = f"{SPOT}/trade/cancelOpenOrders"
 OCO_CANCEL = f"{SPOT}/oco/cancel"
 OPEN_ORDERS = f"{SPOT}/trade/openOrders"
 OCO_OPEN = f"{SPOT}/oco/openOrderList"
+SERVER_TIME = f"{SPOT}/server/time"
 
 
 @pytest.fixture
@@ -386,6 +387,20 @@ async def test_market_reads_of_accounts_behind_one_ip_stay_inside_the_ip_group()
         for exchange in exchanges:
             await exchange.start()  # one clock sync each
         await asyncio.gather(*(x.server_time_ms() for x in exchanges for _ in range(9)))
+        assert sim.counters["bingx 100410"] == 0
+
+
+async def test_sixteen_accounts_behind_one_ip_start_without_waiting_for_the_market_group() -> None:
+    """Each connector's start syncs its clock and warms pooled connections with market reads,
+    which every account behind the IP shares (100 per 10 s): warm-ups give way, so no clock
+    sync (and so no READY) waits for the next window."""
+    async with bingx_venue(accounts=16, variant="strictest") as (sim, make):
+        exchanges = [make(f"bx{i}", warm_connections=4) for i in range(16)]  # the default
+        await asyncio.gather(*(x.start() for x in exchanges))
+        market = exchanges[0].ip_budgets[SERVER_TIME]
+        assert all(x.ip_budgets[SERVER_TIME] is market for x in exchanges)
+        assert market.waited_s == 0
+        assert market.used() <= market.limit // 2 + len(exchanges)
         assert sim.counters["bingx 100410"] == 0
 
 

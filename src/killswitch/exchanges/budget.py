@@ -167,15 +167,22 @@ class SlidingBudget:
             return self.limit
         return max(1, int(self.limit * self.background_share))
 
+    def used(self) -> int:
+        """Requests counted in the window now."""
+        stamps = self._stamps
+        now = self.clock()
+        while stamps and stamps[0] <= now - self.span_s:
+            stamps.popleft()
+            self._stamp_owners.popleft()
+        return len(stamps)
+
     def delay_for(self, priority: Priority = Priority.KILL) -> float:
         """Seconds until one more request fits; 0 when it fits now."""
         now = self.clock()
         if now < self.blocked_until:
             return self.blocked_until - now
+        self.used()
         stamps = self._stamps
-        while stamps and stamps[0] <= now - self.span_s:
-            stamps.popleft()
-            self._stamp_owners.popleft()
         cap = self.cap(priority)
         if len(stamps) < cap:
             return 0.0
@@ -317,6 +324,7 @@ def shared_budget(
     window_s: float = 1.0,
     *,
     margin_s: float = 0.1,
+    background_share: float = 0.5,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> SlidingBudget:
@@ -327,7 +335,13 @@ def shared_budget(
     budget = _SHARED.get(key)
     if budget is None:
         budget = _SHARED[key] = SlidingBudget(
-            limit, window_s, margin_s=margin_s, name=name, clock=clock, sleep=sleep
+            limit,
+            window_s,
+            margin_s=margin_s,
+            background_share=background_share,
+            name=name,
+            clock=clock,
+            sleep=sleep,
         )
     return budget
 

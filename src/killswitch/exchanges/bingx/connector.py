@@ -173,6 +173,12 @@ class BingxExchange(VenueConnector):
         self.charges.release()
 
     async def _warm(self) -> None:
+        # A warm-up only opens a pooled connection: it never waits for the market group's
+        # budget (one per IP for every account), and leaves half of it to the clock syncs and
+        # readiness checks of every account starting beside this one.
+        market = self.ip_budgets[SERVER_TIME]
+        if market.used() >= market.limit // 2:
+            return
         try:
             await self._background_time()
         except VenueError as exc:

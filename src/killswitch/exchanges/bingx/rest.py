@@ -116,6 +116,8 @@ class BingxCharges:
             IP_GROUP1_LIMIT,
             IP_GROUP1_WINDOW_S,
             margin_s=BUDGET_MARGIN_S,
+            # Nearly all of it is background (clock syncs, checks); a kill's resync keeps room.
+            background_share=0.9,
             clock=clock,
             sleep=sleep,
         )
