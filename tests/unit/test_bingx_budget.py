@@ -129,3 +129,21 @@ def test_accounts_of_one_host_share_one_ip_budget_until_the_last_lets_go() -> No
     assert shared_budget("http://venue", "ip /cancel", 3) is not a
     release_shared("http://venue")
     release_shared("http://other")
+
+
+async def test_a_background_call_held_at_its_share_never_makes_a_kill_call_wait() -> None:
+    """Fairness between owners is among calls that could go now: a background call waiting
+    for its share of a full window is not ahead of a kill's call that fits."""
+    t = FakeTime()
+    market = SlidingBudget(90, 10.0, background_share=0.9, clock=t.clock, sleep=t.sleep)
+    for _ in range(81):
+        market.take("a")  # the background share is spent, and by account "a"
+    held = asyncio.create_task(acquire_all([market], Priority.BACKGROUND, "b"))
+    await asyncio.sleep(0)
+    start = t.now
+    await acquire_all([market], Priority.KILL, "a")
+    assert t.now - start < 1.0  # a poll or two, not the window
+    assert not held.done()
+    held.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held

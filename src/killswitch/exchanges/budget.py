@@ -251,7 +251,10 @@ async def acquire_all(
             delay = max(delays)
             for i, budget in enumerate(budgets):
                 others = max((d for j, d in enumerate(delays) if j != i), default=0.0)
-                budget.wait_as(call, owner, others <= 0)
+                # Owners take turns on a full budget; a background call held only by its share
+                # (a kill's call would fit now) is not in the queue ahead of the kill.
+                held_by_share = budget.cap(priority) <= budget.used() < budget.limit
+                budget.wait_as(call, owner, others <= 0 and not held_by_share)
             if delay <= 0:
                 if all(b.my_turn(owner) for b in budgets):
                     for budget in budgets:
