@@ -634,3 +634,16 @@ async def test_background_priority_is_accepted_by_reads_and_cancels(
     assert len(snapshot.orders) == 1
     ack = await exchange.cancel_all(["BTCUSDT"], priority=Priority.BACKGROUND)
     assert len(ack.cancelled) == 1
+
+
+async def test_a_failed_warm_up_does_not_fail_the_start_nor_stop_the_clock_refresh(
+    env: tuple[MexcSim, ConnectorFactory],
+) -> None:
+    """The start's warm-up pings only open pooled connections: one refused must not fail the
+    start, or the background clock refresh would never be started."""
+    sim, connect = env
+    sim.faults.add(Fault(FaultKind.ERROR_AFTER, endpoint="/api/v3/ping", http_status=503, count=1))
+    exchange = connect("acct0", clock_refresh_s=0.05)
+    await exchange.start()
+    synced = exchange.clock.synced_at
+    await eventually(lambda: exchange.clock.synced_at > synced)

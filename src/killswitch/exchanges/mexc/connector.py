@@ -144,10 +144,17 @@ class MexcExchange(VenueConnector):
     async def _open(self) -> None:
         """Measure the clock offset, and warm a few connections."""
         await self.resync_clock()
-        # A kill sends several cancels at once: open those connections now, not then.
-        await asyncio.gather(
-            *(self.rest.request("GET", "/api/v3/ping", signed=False) for _ in range(3))
+        # A kill sends several cancels at once: open those connections now, not then. A
+        # warm-up that fails costs nothing but the warm connection: the start goes on.
+        warmed = await asyncio.gather(
+            *(self.rest.request("GET", "/api/v3/ping", signed=False) for _ in range(3)),
+            return_exceptions=True,
         )
+        for outcome in warmed:
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                log.info("mexc warm-up request failed account=%s error=%s", self.account, outcome)
 
     async def _shut(self) -> None:
         """Close the streams and drop the listenKey."""
