@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 CHECKS = ("key", "trade", "clock", "stream", "rate", "dms")
 DEFAULT_INTERVAL_S = 300.0  # "every few minutes"
 DEFAULT_TIMEOUT_S = 15.0  # one account's whole round
+SLOW_TIME_READ_MS = 1000.0  # a server-time read slower than this cannot judge the clock
 DEFAULT_STREAM_GRACE_S = 60.0  # a stream down shorter than this is a reconnect, not unready
 # How long the daemon's start waits for the first round before READY: a venue that does not
 # answer, or checks queued on a shared per-IP budget (BingX), must not hold back the inputs.
@@ -208,6 +209,15 @@ async def check_clock(exchange: Exchange, recv_window_ms: int) -> Check:
     rtt_ms = (back - sent) * 1000
     offset_ms = server_ms - (sent + back) / 2 * 1000
     skew_ms = abs(offset_ms) + rtt_ms / 2
+    if rtt_ms > SLOW_TIME_READ_MS and abs(offset_ms) - rtt_ms / 2 <= recv_window_ms:
+        # The read waited (a rate budget shared by many accounts, a slow network): the offset
+        # is known only to within half that wait, so the check says unknown, not skewed.
+        return Check(
+            "clock",
+            None,
+            f"not measured: the server-time read took {rtt_ms:.0f} ms "
+            f"(offset {offset_ms:+.0f} ms +/- {rtt_ms / 2:.0f})",
+        )
     if skew_ms > recv_window_ms:
         return Check(
             "clock",

@@ -404,6 +404,20 @@ async def test_sixteen_accounts_behind_one_ip_start_without_waiting_for_the_mark
         assert sim.counters["bingx 100410"] == 0
 
 
+async def test_a_clock_sync_pays_its_read_once_and_before_the_timing_starts() -> None:
+    """A wait for the shared market budget inside the timed read would skew the offset by half
+    the wait: the sync pays first, then times an uncharged read (charged once in all)."""
+    async with bingx_venue(accounts=1, variant="strictest") as (sim, make):
+        exchange = make("bx0")
+        await exchange.start()
+        market = exchange.ip_budgets[SERVER_TIME]
+        used = market.used()
+        await exchange.resync_clock()
+        assert market.used() == used + 1
+        assert exchange.clock.last_rtt_ms < 1000
+        assert sim.counters["bingx 100410"] == 0
+
+
 # -- the stream and the request window under every reading ----------------------------------
 
 

@@ -6,6 +6,8 @@ import asyncio
 import calendar
 import time
 
+import pytest
+
 from killswitch.control_client import format_status
 from killswitch.events import EventRecord
 from killswitch.exchanges.base import ClockSkew, Fatal, IpBanned, RateLimited, Transient
@@ -16,6 +18,7 @@ from killswitch.readiness import (
     Check,
     ReadinessService,
     Target,
+    check_clock,
     check_rate,
     duration,
     reason_for,
@@ -226,3 +229,21 @@ async def test_a_stop_during_the_first_round_ends_it() -> None:
     await service.stop()
     await asyncio.wait_for(runner, timeout=5)
     assert service.rounds == 0
+
+
+async def test_a_server_time_read_that_waited_says_unknown_not_skewed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read queued 10 s behind a shared per-IP budget knows the offset only to +/- 5 s: the
+    clock check says unknown (the account stays ready), not "clock skew 5 s"."""
+    now = [1_000_000.0]
+    monkeypatch.setattr("killswitch.readiness.time.time", lambda: now[0])
+
+    class Queued(FakeExchange):
+        async def server_time_ms(self) -> int:
+            now[0] += 10.0
+            return int((now[0] - 5.0) * 1000)  # the venue's clock equals ours
+
+    check = await check_clock(Queued("bingx", "mm-1"), 5000)
+    assert check.ok is None
+    assert "not measured" in check.detail

@@ -25,8 +25,19 @@ class ServerClock:
     def now_ms(self) -> int:
         return int(self.wall() * 1000 + self.offset_ms)
 
-    async def sync(self, fetch: Callable[[], Awaitable[int]]) -> float:
-        """Measure the offset with one server-time request; returns the new offset in ms."""
+    async def sync(
+        self,
+        fetch: Callable[[], Awaitable[int]],
+        *,
+        paid: Callable[[], Awaitable[None]] | None = None,
+    ) -> float:
+        """Measure the offset with one server-time request; returns the new offset in ms.
+
+        `paid` waits for the request's rate budget before the clock starts: a wait for the
+        budget inside the timed part would count as network time and skew the offset by half
+        of it. `fetch` then sends without charging again."""
+        if paid is not None:
+            await paid()
         t0 = self.wall()
         server_ms = await fetch()
         t1 = self.wall()
@@ -35,12 +46,18 @@ class ServerClock:
         self.synced_at = t1
         return self.offset_ms
 
-    async def keep_synced(self, fetch: Callable[[], Awaitable[int]], interval_s: float) -> None:
+    async def keep_synced(
+        self,
+        fetch: Callable[[], Awaitable[int]],
+        interval_s: float,
+        *,
+        paid: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """Resync every `interval_s` until cancelled; a failed sync is logged and retried."""
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await self.sync(fetch)
+                await self.sync(fetch, paid=paid)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: keep the old offset, retry

@@ -120,7 +120,9 @@ class VenueConnector(ABC):
         await self._open()
         self._started = True
         self._spawn(
-            self.clock.keep_synced(self._background_time, self.clock_refresh_s),
+            self.clock.keep_synced(
+                self._sent_time, self.clock_refresh_s, paid=self._time_paid(Priority.BACKGROUND)
+            ),
             name=f"{self.venue}-clock-{self.account}",
         )
 
@@ -174,10 +176,23 @@ class VenueConnector(ABC):
     async def _background_time(self) -> int:
         return await self._time(Priority.BACKGROUND)
 
+    def _time_paid(self, priority: Priority) -> Callable[[], Awaitable[None]]:
+        """Pay for one server-time request at `priority` (before the clock's timing starts)."""
+        return lambda: self.rest.charges.acquire("GET", self.time_path, 1, priority)
+
+    async def _sent_time(self) -> int:
+        """The venue's time from one server-time request already paid for."""
+        answer = await self.rest.send("GET", self.time_path, signed=False)
+        return whole_ms(answer["serverTime"])
+
+    async def sync_clock(self, priority: Priority) -> float:
+        """Measure the offset, the request's budget paid before the timing starts."""
+        return await self.clock.sync(self._sent_time, paid=self._time_paid(priority))
+
     @malformed_is_unknown
     async def resync_clock(self) -> None:
         """Measure the server-time offset again now."""
-        offset = await self.clock.sync(lambda: self._time(Priority.KILL))
+        offset = await self.sync_clock(Priority.KILL)
         log.info(
             "clock synced venue=%s account=%s offset_ms=%.1f", self.venue, self.account, offset
         )

@@ -161,7 +161,7 @@ class BingxExchange(VenueConnector):
         """Measure the clock offset, and warm pooled connections."""
         # Only the clock must be measured; the other requests just open pooled connections.
         warm = [self._warm() for _ in range(self.warm_connections - 1)]
-        await _gather([self.clock.sync(self._background_time), *warm])
+        await _gather([self.sync_clock(Priority.BACKGROUND), *warm])
         log.info(
             "bingx connector started account=%s offset_ms=%.1f rtt_ms=%.1f",
             self.account,

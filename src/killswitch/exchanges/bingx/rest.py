@@ -30,6 +30,7 @@ from killswitch.exchanges.bingx.venue import (
     ERROR_LOCK_COUNT,
     ERROR_LOCK_WINDOW_S,
     GROUP_LIMITS,
+    IP_BACKGROUND_ONLY,
     IP_GROUP1_LIMIT,
     IP_GROUP1_PATHS,
     IP_GROUP1_WINDOW_S,
@@ -106,7 +107,13 @@ class BingxCharges:
         use_shared(ip_scope)
         self.ip_budgets: dict[str, SlidingBudget] = {
             path: shared_budget(
-                ip_scope, f"ip {path}", rps, margin_s=BUDGET_MARGIN_S, clock=clock, sleep=sleep
+                ip_scope,
+                f"ip {path}",
+                rps,
+                margin_s=BUDGET_MARGIN_S,
+                background_share=1.0 if path in IP_BACKGROUND_ONLY else 0.5,
+                clock=clock,
+                sleep=sleep,
             )
             for path, rps in IP_RPS.items()
         }

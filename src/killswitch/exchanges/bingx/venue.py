@@ -80,6 +80,8 @@ IP_RPS: dict[str, int] = {
     OCO_OPEN_LIST: 2,
     API_PERMISSIONS: 2,  # readiness: every account checks its key at start, all at once
 }
+# IP budgets no kill ever uses: background work may take all of them.
+IP_BACKGROUND_ONLY = frozenset({API_PERMISSIONS})
 # Market endpoints (server time, symbols) and every account API count in IP groups of 100 and
 # 1000 per 10 s [BX-DOC "基础信息"]: one budget per connector well inside both.
 GROUP_LIMITS = RateLimits(weight_per_window=100, window_s=10.0)
