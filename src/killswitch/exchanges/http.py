@@ -117,3 +117,14 @@ class RestTransport:
             raise OutcomeUnknown(
                 "truncated answer", venue=self.venue, account=self.account, endpoint=endpoint
             ) from exc
+        except aiohttp.ClientError as exc:
+            # An answer no HTTP client can read (a garbled status line or headers): the request
+            # may have been applied. The library's error names the whole URL, signature and
+            # all, so only its type travels (raised below, outside this handler: no context).
+            unreadable = type(exc).__name__
+        raise OutcomeUnknown(
+            f"unreadable answer: {unreadable}",
+            venue=self.venue,
+            account=self.account,
+            endpoint=endpoint,
+        )
