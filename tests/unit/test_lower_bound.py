@@ -120,7 +120,7 @@ def test_workload_l_bound_is_set_by_bingx_oco_lists() -> None:
 
 def test_loads_are_counted_from_book_rows() -> None:
     rows = [("BTCUSDT", None), ("BTCUSDT", "7"), ("BTCUSDT", "7"), ("ETHUSDT", None)]
-    assert loads_of([("binance", rows)]) == [AccountLoad("binance", 2, 4, 1)]
+    assert loads_of([("binance", rows)]) == [AccountLoad("binance", 2, 4, 1, (1,))]
 
 
 def test_bound_buckets_agree_with_the_connectors_rate_tables() -> None:
@@ -170,3 +170,15 @@ def test_bingx_verification_reads_of_accounts_behind_one_ip_span_windows_of_thei
     assert lower_bound([one] * 21, CAPS, R).rate_span_s == pytest.approx(9.0)
     idle = AccountLoad("bingx", 0, 0)  # nothing open: still one verification read
     assert lower_bound([idle] * 5, CAPS, R).rate_span_s == pytest.approx(1.0)
+
+
+def test_bingx_lists_one_to_a_symbol_take_a_batch_each() -> None:
+    """`cancelOrders` names one symbol: lists spread one to a symbol cannot share a batch.
+    Workload L's BingX accounts (100 lists on 100 symbols each): per IP a window takes 3
+    batches of one list and 5 lists one by one, 8 in all: 200 lists need 25 windows."""
+    spread = AccountLoad("bingx", 100, 2000, 100, (1,) * 100)
+    assert lower_bound([spread] * 2, CAPS, R).rate_span_s == pytest.approx(23.0)
+    packed = AccountLoad("bingx", 100, 2000, 100, (5,) * 20)  # as full as batches get
+    assert lower_bound([packed] * 2, CAPS, R).rate_span_s == pytest.approx(8.0)
+    unknown = AccountLoad("bingx", 100, 2000, 100)  # no spread known: the luckiest
+    assert lower_bound([unknown] * 2, CAPS, R).rate_span_s == pytest.approx(8.0)

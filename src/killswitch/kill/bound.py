@@ -16,8 +16,10 @@ least:
      list; the fewest requests) unless the connector learned that the venue refuses leg ids,
      else one `oco/cancel` per list. A connector that has learned the cancel-all covers lists
      needs none. For the rate-limit span, lists may go down three paths at once (a batch of
-     five lists, `oco/cancel`, a single cancel of one leg), each with its own budget: the
-     bound counts the lists all three together can carry in a window, per UID and per IP.
+     up to five lists of one symbol, `oco/cancel`, a single cancel of one leg), each with its
+     own budget: the bound counts the lists all three together can carry in a window, per UID
+     and per IP, with the fullest batches first. A batch names one symbol, so lists spread
+     one to a symbol take a batch each.
 
    The client is assumed to know which symbols have open orders before the alert (a warm
    tracker, as the daemon keeps): a client that must first look costs one more round.
@@ -50,6 +52,7 @@ batch cancel and oco/cancel 2/s per UID; 3/s per IP on trade endpoints, 2/s on t
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -65,6 +68,9 @@ class AccountLoad:
     symbols: int  # symbols with at least one open order
     orders: int  # open orders, list legs included
     lists: int = 0  # open order lists
+    # Lists per symbol, where known: a batch cancel names one symbol, so lists spread one to a
+    # symbol take a batch each. Unknown (empty): the luckiest spread, every batch full.
+    lists_by_symbol: tuple[int, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -97,10 +103,13 @@ _BX_GROUP3 = Bucket("bingx ip group 3", 1000, 10.0, per_ip=True)
 _BX_OCO_UID = Bucket("bingx uid oco/cancel", 2, 1.0)
 _BX_OCO_IP = Bucket("bingx ip oco/cancel", 2, 1.0, per_ip=True)
 _BX_GROUP2 = Bucket("bingx ip group 2", 1000, 10.0, per_ip=True)
-# OCO lists a window can take down the three paths together, where leg ids are taken: per UID
-# 2 batches x 5 lists + 2 oco/cancel + 5 single leg cancels; per IP 3 x 5 + 2 + 3.
-_BX_LISTS_UID = Bucket("bingx uid OCO lists (all paths)", 2 * 5 + 2 + 5, 1.0)
-_BX_LISTS_IP = Bucket("bingx ip OCO lists (all paths)", 3 * 5 + 2 + 3, 1.0, per_ip=True)
+# OCO lists a window can take down the three paths together, where leg ids are taken: batches
+# (each up to `batch_cancel_max` / 2 lists, all of one symbol: `cancelOrders` names its symbol)
+# beside one list per `oco/cancel` and per single leg cancel. (batches, single lists) a window:
+# per UID 2 batches + 2 oco/cancel + 5 single cancels; per IP 3 + 2 + 3.
+LIST_PATHS: Mapping[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "bingx": ((2, 2 + 5), (3, 2 + 3)),
+}
 
 REQUEST_BUCKETS: Mapping[str, Mapping[str, tuple[tuple[Bucket, int], ...]]] = {
     "binance": {"cancel_all": ((_BN_WEIGHT, 1),), "cancel_list": ((_BN_WEIGHT, 1),)},
@@ -108,7 +117,6 @@ REQUEST_BUCKETS: Mapping[str, Mapping[str, tuple[tuple[Bucket, int], ...]]] = {
     "bingx": {
         "cancel_all": ((_BX_CANCEL_ALL_UID, 1), (_BX_CANCEL_ALL_IP, 1), (_BX_GROUP3, 1)),
         "cancel_legs": ((_BX_BATCH_UID, 1), (_BX_BATCH_IP, 1), (_BX_GROUP3, 1)),
-        "lists": ((_BX_LISTS_UID, 1), (_BX_LISTS_IP, 1)),  # weight: one per list
         "cancel_list": ((_BX_OCO_UID, 1), (_BX_OCO_IP, 1), (_BX_GROUP2, 1)),
     },
 }
@@ -156,10 +164,8 @@ def _spend(
 ) -> None:
     buckets = REQUEST_BUCKETS.get(load.venue, {})
     wanted = cancel_requests(load, caps)
-    if "cancel_legs" in wanted and "lists" in buckets:
-        # Spans count lists through every path at once (see the module docstring).
-        del wanted["cancel_legs"]
-        wanted["lists"] = load.lists
+    if "cancel_legs" in wanted and load.venue in LIST_PATHS:
+        del wanted["cancel_legs"]  # lists go down every path at once: `_lists_span_s`
     for kind, count in wanted.items():
         for bucket, weight in buckets.get(kind, ()):
             key = (bucket, -1 if bucket.per_ip else account)
@@ -170,7 +176,46 @@ def rate_span_s(load: AccountLoad, caps: Capabilities) -> float:
     """How far rate limits at best stretch this account's cancel wave alone, in seconds."""
     spent: dict[tuple[Bucket, int], int] = {}
     _spend(load, caps, 0, spent)
-    return max((windows_span_s(w, b) for (b, _), w in spent.items()), default=0.0)
+    span = max((windows_span_s(w, b) for (b, _), w in spent.items()), default=0.0)
+    return max(span, _lists_span_s([load], {load.venue: caps}))
+
+
+def _batch_units(load: AccountLoad, per_batch: int) -> list[int]:
+    """The lists each batch can carry: per symbol, full batches and what is left."""
+    units: list[int] = []
+    for count in load.lists_by_symbol or (load.lists,):
+        full, rest = divmod(count, per_batch)
+        units += [per_batch] * full + ([rest] if rest else [])
+    return units
+
+
+def _list_windows(units: Sequence[int], batches: int, singles: int) -> int:
+    """The fewest 1 s windows that take every list: each window `batches` batches (the fullest
+    first) and `singles` lists one by one."""
+    ordered = sorted(units, reverse=True)
+    total, windows = sum(ordered), 0
+    while total > 0:
+        windows += 1
+        if sum(ordered[: batches * windows]) + singles * windows >= total:
+            break
+    return windows
+
+
+def _lists_span_s(loads: Sequence[AccountLoad], capabilities: Mapping[str, Capabilities]) -> float:
+    """How far the lists' paths stretch the wave: per UID, and per IP over every account."""
+    span = 0.0
+    shared: dict[str, list[int]] = {}
+    for load in loads:
+        caps = capabilities[load.venue]
+        paths = LIST_PATHS.get(load.venue)
+        if paths is None or "cancel_legs" not in cancel_requests(load, caps):
+            continue
+        units = _batch_units(load, max(1, caps.batch_cancel_max // LEGS_PER_LIST))
+        span = max(span, max(0, _list_windows(units, *paths[0]) - 2) * 1.0)
+        shared.setdefault(load.venue, []).extend(units)
+    for venue, units in shared.items():
+        span = max(span, max(0, _list_windows(units, *LIST_PATHS[venue][1]) - 2) * 1.0)
+    return span
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +250,7 @@ def lower_bound(
         _spend(load, caps, i, spent)
     rounds = 2 if any_cancel else 1
     span = max((windows_span_s(w, b) for (b, _), w in spent.items()), default=0.0)
+    span = max(span, _lists_span_s(loads, capabilities))
     read: dict[Bucket, int] = {}
     for load in loads:
         for bucket, weight in VERIFY_BUCKETS.get(load.venue, ()):
@@ -220,12 +266,15 @@ def loads_of(
     out = []
     for venue, orders in books:
         rows = list(orders)
+        lists = {(symbol, list_id) for symbol, list_id in rows if list_id is not None}
+        by_symbol = Counter(symbol for symbol, _ in lists)
         out.append(
             AccountLoad(
                 venue=venue,
                 symbols=len({symbol for symbol, _ in rows}),
                 orders=len(rows),
-                lists=len({list_id for _, list_id in rows if list_id is not None}),
+                lists=len({list_id for _, list_id in lists}),
+                lists_by_symbol=tuple(sorted(by_symbol.values(), reverse=True)),
             )
         )
     return out
