@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from killswitch.drill.demo import DrillAccount
+from killswitch.drill.demo import DrillAccount, daemon_account_toml
 from killswitch.kill.bound import lower_bound
 from killswitch.sim.server import SimCluster
 from time_to_flat import (
@@ -52,7 +52,6 @@ from time_to_flat import (
     sim_toml,
     stamp_logs,
     throttle_counts,
-    ws_url,
 )
 
 TARGETS = {"ratio": 1.5, "rss_mb": 300.0, "idle_cpu_pct_per_account": 2.0, "ready_s": 10.0}
@@ -77,15 +76,7 @@ def spread(n: int) -> list[DrillAccount]:
 def daemon_toml(workdir: Path, accounts: Sequence[DrillAccount], cluster: SimCluster) -> str:
     lines = [f'state_dir = "{workdir / "state"}"', ""]
     for account in accounts:
-        sim = cluster.venues[account.venue]
-        lines += [
-            "[[accounts]]",
-            f'venue = "{account.venue}"',
-            f'name = "{account.name}"',
-            f'rest_url = "{sim.base_url}"',
-            f'ws_url = "{ws_url(account.venue, sim)}"',
-            "",
-        ]
+        lines += daemon_account_toml(account, cluster)
     lines += [
         "[kafka]",
         "enabled = false",

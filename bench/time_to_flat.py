@@ -79,8 +79,10 @@ from killswitch.control_client import ControlUnreachable, request  # noqa: E402
 from killswitch.drill.demo import (  # noqa: E402
     DrillAccount,
     NotifySocket,
+    daemon_account_toml,
     daemon_env,
     killswitch_command,
+    sim_account_toml,
     write_credentials,
     ws_url,
 )
@@ -211,13 +213,7 @@ def sim_toml(spec: Spec, accounts: Sequence[DrillAccount], rtt_ms: float) -> str
             "",
         ]
         for account in (a for a in accounts if a.venue == venue):
-            lines += [
-                f"[[venues.{venue}.accounts]]",
-                f'name = "{account.name}"',
-                f'api_key = "{account.api_key}"',
-                f'secret = "{account.secret}"',
-                "",
-            ]
+            lines += sim_account_toml(account)
     return "\n".join(lines)
 
 
@@ -226,15 +222,7 @@ def daemon_toml(
 ) -> str:
     lines = [f'state_dir = "{workdir / "state"}"', ""]
     for account in accounts:
-        sim = cluster.venues[account.venue]
-        lines += [
-            "[[accounts]]",
-            f'venue = "{account.venue}"',
-            f'name = "{account.name}"',
-            f'rest_url = "{sim.base_url}"',
-            f'ws_url = "{ws_url(account.venue, sim)}"',
-            "",
-        ]
+        lines += daemon_account_toml(account, cluster)
     lines += [
         "[kafka]",
         f'bootstrap_servers = "{bootstrap}"',

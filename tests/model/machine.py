@@ -674,26 +674,25 @@ class KillHistory(RuleBasedStateMachine):
 
     @rule(account=st.integers(0, len(ACCOUNTS) - 1), pick=st.integers(0, 50))
     def owner_cancels(self, account: int, pick: int) -> None:
-        acc = self.venues[self.refs[account]]
-        open_now = acc.open_facts()
-        if not open_now:
-            return
-        order = open_now[pick % len(open_now)]
-        self.tick()
-        acc.owner_cancel(order.key)
-        self.note(f"owner_cancels {order.describe()}")
-        self.drain()
+        self._close_one(account, pick, "owner_cancels")
 
     @rule(account=st.integers(0, len(ACCOUNTS) - 1), pick=st.integers(0, 50))
     def market_fills(self, account: int, pick: int) -> None:
+        self._close_one(account, pick, "market_fills")
+
+    def _close_one(self, account: int, pick: int, how: str) -> None:
+        """The owner cancels, or the market fills, one open order of the account."""
         acc = self.venues[self.refs[account]]
         open_now = acc.open_facts()
         if not open_now:
             return
         order = open_now[pick % len(open_now)]
         self.tick()
-        acc.fill(order.key)
-        self.note(f"market_fills {order.describe()}")
+        if how == "owner_cancels":
+            acc.owner_cancel(order.key)
+        else:
+            acc.fill(order.key)
+        self.note(f"{how} {order.describe()}")
         self.drain()
 
     # -- rules: triggers and resets --------------------------------------------------------

@@ -96,13 +96,7 @@ def sim_toml(accounts: Sequence[DrillAccount], workload: Workload) -> str:
             "",
         ]
         for account in (a for a in accounts if a.venue == venue):
-            lines += [
-                f"[[venues.{venue}.accounts]]",
-                f'name = "{account.name}"',
-                f'api_key = "{account.api_key}"',
-                f'secret = "{account.secret}"',
-                "",
-            ]
+            lines += sim_account_toml(account)
         for i, account in enumerate(a for a in accounts if a.venue == venue):
             # Each account trades its own slice of the symbols, overlapping the next one's.
             mine = symbols[i * 2 :] + symbols[: i * 2]
@@ -146,15 +140,8 @@ def daemon_toml(
     }  # configured symbols: a superset, as a desk would list them
     lines = [f'state_dir = "{state_dir}"', ""]
     for account in accounts:
-        sim = cluster.venues[account.venue]
-        lines += [
-            "[[accounts]]",
-            f'venue = "{account.venue}"',
-            f'name = "{account.name}"',
-            f'rest_url = "{sim.base_url}"',
-            f'ws_url = "{ws_url(account.venue, sim)}"',
-            f"symbols = {_toml_list(symbols_of[account.venue][:4])}",
-        ]
+        lines += daemon_account_toml(account, cluster)[:-1]
+        lines.append(f"symbols = {_toml_list(symbols_of[account.venue][:4])}")
         if inline_secrets:
             lines += [f'api_key = "{account.api_key}"', f'api_secret = "{account.secret}"']
         lines.append("")
@@ -164,6 +151,31 @@ def daemon_toml(
     lines += [f"{k} = {v}" for k, v in settings.items()]
     lines += ["", "[control]", f'socket_path = "{socket_path}"', ""]
     return "\n".join(lines)
+
+
+def sim_account_toml(account: DrillAccount) -> list[str]:
+    """An account's `[[venues.<venue>.accounts]]` table in a simulator config."""
+    return [
+        f"[[venues.{account.venue}.accounts]]",
+        f'name = "{account.name}"',
+        f'api_key = "{account.api_key}"',
+        f'secret = "{account.secret}"',
+        "",
+    ]
+
+
+def daemon_account_toml(account: DrillAccount, cluster: SimCluster) -> list[str]:
+    """An account's `[[accounts]]` table in the daemon's config, at `cluster`'s URLs (keys
+    from the credentials directory); the last line is blank."""
+    sim = cluster.venues[account.venue]
+    return [
+        "[[accounts]]",
+        f'venue = "{account.venue}"',
+        f'name = "{account.name}"',
+        f'rest_url = "{sim.base_url}"',
+        f'ws_url = "{ws_url(account.venue, sim)}"',
+        "",
+    ]
 
 
 def write_credentials(directory: Path, accounts: Sequence[DrillAccount]) -> None:
