@@ -8,13 +8,7 @@ import sys
 
 import orjson
 
-from killswitch.cli.parsers import (
-    Subparsers,
-    add_command,
-    add_daemon_paths,
-    add_scope_arguments,
-    load_or_report,
-)
+from killswitch.cli.parsers import Command, add_daemon_paths, add_scope_arguments, load_or_report
 from killswitch.kafka.publisher import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -30,17 +24,8 @@ from killswitch.kafka.publisher import (
 )
 
 
-def add_parser(subparsers: Subparsers) -> None:
-    """Register `killswitch alert`."""
-    parser = add_command(
-        subparsers,
-        "alert",
-        cmd_alert,
-        help="publish one (signed) risk alert to the configured alerts topic",
-        description="Publish one alert to kafka.alerts_topic, signed with kafka.alert_hmac_key "
-        "when one is configured, and print the record as the daemon will see it.",
-        epilog=EXIT_CODES_HELP,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `killswitch alert`'s arguments."""
     add_daemon_paths(parser)
     parser.add_argument("--action", required=True, choices=("kill", "cancel", "heartbeat", "reset"))
     add_scope_arguments(parser)
@@ -78,3 +63,14 @@ def cmd_alert(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render(record))
     return EXIT_OK
+
+
+COMMAND = Command(
+    "alert",
+    cmd_alert,
+    add_arguments,
+    help="publish one (signed) risk alert to the configured alerts topic",
+    description="Publish one alert to kafka.alerts_topic, signed with kafka.alert_hmac_key "
+    "when one is configured, and print the record as the daemon will see it.",
+    epilog=EXIT_CODES_HELP,
+)

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from killswitch.cli.parsers import Subparsers, add_command, add_daemon_paths, add_scope_arguments
+from killswitch.cli.parsers import Command, add_daemon_paths, add_scope_arguments
 from killswitch.control_client import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -26,46 +26,32 @@ from killswitch.control_client import (
 )
 
 
-def add_parsers(subparsers: Subparsers) -> None:
-    """Register `fire`, `status` and `reset`."""
-    fire = add_command(
-        subparsers,
-        "fire",
-        cmd_fire,
-        help="cancel now and latch (a kill) over the control socket",
-        description="Cancel every open order in scope now and latch the scope (a kill), or "
-        "cancel once (--cancel-only), then wait until the venues show nothing open.",
-        epilog=EXIT_CODES_HELP,
-    )
-    add_daemon_paths(fire, socket=True)
-    add_scope_arguments(fire)
-    fire.add_argument("--reason", required=True, help="why (goes to the audit log)")
-    fire.add_argument("--cancel-only", action="store_true", help="cancel once, do not latch")
-    fire.add_argument(
+def add_fire_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `killswitch fire`'s arguments."""
+    add_daemon_paths(parser, socket=True)
+    add_scope_arguments(parser)
+    parser.add_argument("--reason", required=True, help="why (goes to the audit log)")
+    parser.add_argument("--cancel-only", action="store_true", help="cancel once, do not latch")
+    parser.add_argument(
         "--no-wait", action="store_true", help="return once the kill is accepted (exit 4)"
     )
-    fire.add_argument(
+    parser.add_argument(
         "--timeout", type=_positive, default=120.0, help="seconds to wait for flat (default 120)"
     )
-    fire.add_argument("--json", action="store_true", help="print the raw answer")
+    parser.add_argument("--json", action="store_true", help="print the raw answer")
 
-    status = subparsers.add_parser(
-        "status",
-        help="latch, streams, open orders, last kill",
-        epilog="exit codes: 0 answered, 1 the daemon could not answer, 3 unreachable",
-    )
-    add_daemon_paths(status, socket=True)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
 
-    reset = subparsers.add_parser(
-        "reset",
-        help="release the latch (audited)",
-        epilog="exit codes: 0 reset recorded, 1 failed, 2 refused, 3 unreachable",
-    )
-    add_daemon_paths(reset, socket=True)
-    reset.add_argument("--reason", required=True, help="why (goes to the audit log)")
-    reset.add_argument(
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `killswitch status`'s arguments."""
+    add_daemon_paths(parser, socket=True)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_reset_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `killswitch reset`'s arguments."""
+    add_daemon_paths(parser, socket=True)
+    parser.add_argument("--reason", required=True, help="why (goes to the audit log)")
+    parser.add_argument(
         "--trigger",
         action="append",
         dest="trigger_ids",
@@ -73,7 +59,6 @@ def add_parsers(subparsers: Subparsers) -> None:
         metavar="ID",
         help="release only this trigger's latch (repeatable; default: every latch)",
     )
-    reset.set_defaults(func=cmd_reset)
 
 
 def _positive(text: str) -> float:
@@ -164,4 +149,28 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- rendering ------------------------------------------------------------------------------------
+COMMANDS = (
+    Command(
+        "fire",
+        cmd_fire,
+        add_fire_arguments,
+        help="cancel now and latch (a kill) over the control socket",
+        description="Cancel every open order in scope now and latch the scope (a kill), or "
+        "cancel once (--cancel-only), then wait until the venues show nothing open.",
+        epilog=EXIT_CODES_HELP,
+    ),
+    Command(
+        "status",
+        cmd_status,
+        add_status_arguments,
+        help="latch, streams, open orders, last kill",
+        epilog="exit codes: 0 answered, 1 the daemon could not answer, 3 unreachable",
+    ),
+    Command(
+        "reset",
+        cmd_reset,
+        add_reset_arguments,
+        help="release the latch (audited)",
+        epilog="exit codes: 0 reset recorded, 1 failed, 2 refused, 3 unreachable",
+    ),
+)

@@ -12,21 +12,19 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from killswitch.cli.parsers import Subparsers
+from killswitch.cli.parsers import Command
 from killswitch.control_client import ControlUnreachable
 from killswitch.drill.demo import BASES, DrillError, Workload, render, run_drill
 
 
-def add_parser(subparsers: Subparsers) -> None:
-    """Register `killswitch demo`."""
-    parser = subparsers.add_parser("demo", help="a full kill drill against the simulator")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `killswitch demo`'s arguments."""
     parser.add_argument("--accounts", type=int, default=2, help="accounts per venue")
     parser.add_argument("--symbols", type=int, default=12, help="symbols per venue (max 12)")
     parser.add_argument("--orders-per-symbol", type=int, default=8)
     parser.add_argument("--latency-ms", type=float, default=30.0, help="simulated round trip")
     parser.add_argument("--rogue-rate", type=float, default=5.0, help="rogue orders per second")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.set_defaults(func=cmd_demo)
 
 
 @contextlib.contextmanager
@@ -62,3 +60,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 1
         sys.stdout.write(render(result))
         return 0 if result.ok else 1
+
+
+COMMAND = Command("demo", cmd_demo, add_arguments, help="a full kill drill against the simulator")

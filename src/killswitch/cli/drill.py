@@ -7,7 +7,7 @@ import asyncio
 import sys
 from decimal import Decimal
 
-from killswitch.cli.parsers import Subparsers, add_command, add_daemon_paths, load_or_report
+from killswitch.cli.parsers import Command, add_daemon_paths, load_or_report
 from killswitch.control_client import ControlUnreachable, socket_path
 from killswitch.drill.live import (
     EXIT_CODES_HELP,
@@ -23,19 +23,8 @@ from killswitch.logs import setup_logging
 from killswitch.readiness import redact
 
 
-def add_parser(subparsers: Subparsers) -> None:
-    """Register `killswitch drill`."""
-    parser = add_command(
-        subparsers,
-        "drill",
-        cmd_drill,
-        help="a live drill on a real venue: one post-only order, killed by prefix",
-        description="Place one minimum-size post-only order far from the market, kill it "
-        "through the running daemon (or in-process when none runs) with a kill scoped to the "
-        "drill's client-id prefix, prove it gone from the venue, release the drill's latch, "
-        "and print time to first cancel and time to flat. Touches no other order.",
-        epilog=EXIT_CODES_HELP,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `killswitch drill`'s arguments."""
     parser.add_argument("--live", action="store_true", help="required: this trades on the venue")
     parser.add_argument("--venue", required=True, choices=("binance", "mexc", "bingx"))
     parser.add_argument("--account", required=True)
@@ -108,3 +97,16 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if code == EXIT_PASSED and not report.passed:
         code = EXIT_FAILED
     return code
+
+
+COMMAND = Command(
+    "drill",
+    cmd_drill,
+    add_arguments,
+    help="a live drill on a real venue: one post-only order, killed by prefix",
+    description="Place one minimum-size post-only order far from the market, kill it "
+    "through the running daemon (or in-process when none runs) with a kill scoped to the "
+    "drill's client-id prefix, prove it gone from the venue, release the drill's latch, "
+    "and print time to first cancel and time to flat. Touches no other order.",
+    epilog=EXIT_CODES_HELP,
+)

@@ -1,9 +1,9 @@
 """The `killswitch` command: the parser, `run` and `check-config`; the other subcommands come
 from the modules beside this one.
 
-To add a subcommand, write `add_parser(subparsers)` in a module of `killswitch.cli` (it sets
-`func=`, a function taking the parsed arguments and returning the exit code) and list it in
-`registrars()`.
+To add a subcommand, declare it as a `Command` in a module of `killswitch.cli` (its name, a
+function taking the parsed arguments and returning the exit code, a function adding its
+arguments, its `--help` texts) and list it in `commands()`.
 """
 
 from __future__ import annotations
@@ -14,38 +14,31 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from killswitch import __version__
-from killswitch.cli.alert import add_parser as add_alert_parser
-from killswitch.cli.control import add_parsers as add_control_parsers
-from killswitch.cli.demo import add_parser as add_demo_parser
-from killswitch.cli.drill import add_parser as add_drill_parser
-from killswitch.cli.parsers import Subparsers, load_or_report
-from killswitch.cli.preflight import add_parser as add_preflight_parser
-from killswitch.cli.sim import add_parser as add_sim_parser
+from killswitch.cli import alert, control, demo, drill, preflight, sim
+from killswitch.cli.parsers import Command, load_or_report
 from killswitch.daemon import EXIT_CONFIG
 from killswitch.logs import LOG_LEVELS, setup_logging
 from killswitch.settings import ConfigError, Settings, config_path, load_settings
 
 log = logging.getLogger(__name__)
 
-Registrar = Callable[[Subparsers], None]
 
-
-def registrars() -> list[Registrar]:
-    """Return the functions that add the subcommands, in help order."""
+def commands() -> list[Command]:
+    """Return the subcommands, in help order."""
     return [
-        add_run_parser,
-        add_check_config_parser,
-        add_preflight_parser,
-        add_control_parsers,
-        add_drill_parser,
-        add_alert_parser,
-        add_sim_parser,
-        add_demo_parser,
+        RUN,
+        CHECK_CONFIG,
+        preflight.COMMAND,
+        *control.COMMANDS,
+        drill.COMMAND,
+        alert.COMMAND,
+        sim.COMMAND,
+        demo.COMMAND,
     ]
 
 
@@ -89,13 +82,6 @@ def configure_logging(args: argparse.Namespace, settings: Settings | None = None
 # -- run ---------------------------------------------------------------------------------------
 
 
-def add_run_parser(subparsers: Subparsers) -> None:
-    """Register `killswitch run`."""
-    parser = subparsers.add_parser("run", help="run the daemon (what systemd starts)")
-    add_config_arguments(parser)
-    parser.set_defaults(func=_cmd_run)
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from killswitch import app
 
@@ -116,16 +102,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return app.run(settings)
 
 
+RUN = Command("run", _cmd_run, add_config_arguments, help="run the daemon (what systemd starts)")
+
+
 # -- check-config ------------------------------------------------------------------------------
-
-
-def add_check_config_parser(subparsers: Subparsers) -> None:
-    """Register `killswitch check-config`."""
-    parser = subparsers.add_parser(
-        "check-config", help="validate the config and print it as TOML, secrets masked"
-    )
-    add_config_arguments(parser)
-    parser.set_defaults(func=_cmd_check_config)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -135,6 +115,14 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     sys.stdout.write(f"# effective configuration from {config_path(args.config)}; secrets masked\n")
     sys.stdout.write(to_toml(settings.model_dump(mode="json")))
     return 0
+
+
+CHECK_CONFIG = Command(
+    "check-config",
+    _cmd_check_config,
+    add_config_arguments,
+    help="validate the config and print it as TOML, secrets masked",
+)
 
 
 def to_toml(data: dict[str, Any]) -> str:
@@ -214,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"killswitch {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in registrars():
-        register(subparsers)
+    for command in commands():
+        command.register(subparsers)
     return parser
 
 

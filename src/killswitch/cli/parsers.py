@@ -1,10 +1,11 @@
-"""What every subcommand's `add_parser(subparsers)` receives, and the arguments they share."""
+"""A subcommand as data (`Command`), and the arguments the subcommands share."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
@@ -13,25 +14,33 @@ from killswitch.settings import ConfigError, Settings, load_settings
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def add_command(
-    subparsers: Subparsers,
-    name: str,
-    func: Callable[[argparse.Namespace], int],
-    *,
-    help: str,
-    description: str,
-    epilog: str,
-) -> argparse.ArgumentParser:
-    """Register subcommand `name` running `func`, its epilog (the exit codes) printed as written."""
-    parser = subparsers.add_parser(
-        name,
-        help=help,
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.set_defaults(func=func)
-    return parser
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A subcommand: its name, what it runs, the arguments it adds and its `--help` texts.
+
+    A command with a `description` prints it and its `epilog` (the exit codes) as written.
+    """
+
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    help: str
+    description: str | None = None
+    epilog: str | None = None
+
+    def register(self, subparsers: Subparsers) -> None:
+        """Add this command's parser to `subparsers`, set to run `run`."""
+        parser = subparsers.add_parser(
+            self.name,
+            help=self.help,
+            description=self.description,
+            epilog=self.epilog,
+            formatter_class=(
+                argparse.RawDescriptionHelpFormatter if self.description else argparse.HelpFormatter
+            ),
+        )
+        self.add_arguments(parser)
+        parser.set_defaults(func=self.run)
 
 
 def add_daemon_paths(parser: argparse.ArgumentParser, *, socket: bool = False) -> None:

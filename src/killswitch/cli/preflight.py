@@ -8,7 +8,7 @@ import sys
 
 import orjson
 
-from killswitch.cli.parsers import Subparsers, add_command, add_daemon_paths, load_or_report
+from killswitch.cli.parsers import Command, add_daemon_paths, load_or_report
 from killswitch.logs import setup_logging
 from killswitch.preflight import (
     EXIT_CODES_HELP,
@@ -23,19 +23,8 @@ from killswitch.readiness import redact
 from killswitch.settings import config_path
 
 
-def add_parser(subparsers: Subparsers) -> None:
-    """Register `killswitch preflight`."""
-    parser = add_command(
-        subparsers,
-        "preflight",
-        cmd_preflight,
-        help="check every account online: key, permissions, clock, stream, rate limits",
-        description="Check every configured account against its venue, in parallel: the key "
-        "is accepted (a signed read), may trade and cancel, the clock is inside recvWindow, "
-        "the user stream subscribes, the rate-limit headroom, and on BingX the dead-man's "
-        "switch. One row per account: OK or the venue's reason. Secrets are never printed.",
-        epilog=EXIT_CODES_HELP,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `killswitch preflight`'s arguments."""
     add_daemon_paths(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
@@ -63,3 +52,16 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         text = render(results)
     sys.stdout.write(redact(text, secrets))
     return EXIT_READY if all(r.ready for r in results) else EXIT_NOT_READY
+
+
+COMMAND = Command(
+    "preflight",
+    cmd_preflight,
+    add_arguments,
+    help="check every account online: key, permissions, clock, stream, rate limits",
+    description="Check every configured account against its venue, in parallel: the key "
+    "is accepted (a signed read), may trade and cancel, the clock is inside recvWindow, "
+    "the user stream subscribes, the rate-limit headroom, and on BingX the dead-man's "
+    "switch. One row per account: OK or the venue's reason. Secrets are never printed.",
+    epilog=EXIT_CODES_HELP,
+)
