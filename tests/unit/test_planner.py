@@ -10,6 +10,11 @@ from hypothesis import strategies as st
 
 from killswitch.exchanges.base import Capabilities
 from killswitch.exchanges.bingx import CAPABILITIES as BINGX_CONNECTOR_CAPS
+from killswitch.exchanges.bingx import BingxExchange
+from killswitch.exchanges.bingx.venue import CANCEL as BX_CANCEL
+from killswitch.exchanges.bingx.venue import CANCEL_ORDERS as BX_CANCEL_ORDERS
+from killswitch.exchanges.bingx.venue import IP_RPS as BX_IP_RPS
+from killswitch.exchanges.bingx.venue import OCO_CANCEL as BX_OCO_CANCEL
 from killswitch.exchanges.paths import UNREAD_LIST_CLIENT_ID, PathCapabilities
 from killswitch.kill.planner import CancelRequest, RequestKind, in_scope, plan, plan_time_s
 from killswitch.model import Order, OrderList, Scope, Snapshot
@@ -321,3 +326,62 @@ def test_a_list_whose_client_id_was_not_read_leaves_a_prefix_scope_unproved() ->
     # A leg with the prefix puts the list in scope whatever its own id.
     tagged = replace(unread, client_order_ids=("strat7-a", ""))
     assert in_scope(Scope.of(client_order_id_prefix="strat7-"), Snapshot(lists=(tagged,))).complete
+
+
+def one_list_a_symbol(n: int) -> tuple[list[Order], tuple[OrderList, ...]]:
+    legs: list[Order] = []
+    lists: list[OrderList] = []
+    for i in range(n):
+        symbol, a, b, list_id = f"S{i}-USDT", f"{i}a", f"{i}b", f"L{i}"
+        legs += [order(symbol, a, list_id=list_id), order(symbol, b, list_id=list_id)]
+        lists.append(OrderList(symbol, list_id, "", (a, b), ("", "")))
+    return legs, tuple(lists)
+
+
+async def test_bingx_accounts_behind_one_ip_plan_lists_for_their_share_of_its_budgets() -> None:
+    # Workload L's BingX shape: two accounts behind our IP, a list on each of 100 symbols. The
+    # three list paths' per-IP budgets (batch 3/s, single cancel 3/s, oco/cancel 2/s) carry
+    # 8 lists a second for both accounts together: 25 s for 200 lists. Planned as if each
+    # account had the IP alone, single cancels (5/s by UID) took most lists, the IP's 3/s held
+    # them for 37 s, and the batch and oco/cancel budgets idled for the last 12.
+    connectors = [
+        BingxExchange(
+            account=f"mm-{i}",
+            api_key="k",
+            api_secret="s",
+            rest_url="http://127.0.0.1:1",
+            ws_url="ws://127.0.0.1:1",
+        )
+        for i in (1, 2)
+    ]
+    try:
+        legs, lists = one_list_a_symbol(100)
+        sent: Counter[RequestKind] = Counter()
+        for connector in connectors:
+            caps = replace(connector.capabilities, lists_coverage=False, list_legs_by_batch=True)
+            sent += kinds(plan(EVERYTHING, None, snap(*legs, lists=lists), (), caps))
+    finally:
+        for connector in connectors:
+            await connector.close()
+    per_ip = {
+        RequestKind.CANCEL_ORDERS: BX_IP_RPS[BX_CANCEL_ORDERS],
+        RequestKind.CANCEL_ORDER: BX_IP_RPS[BX_CANCEL],
+        RequestKind.CANCEL_LIST: BX_IP_RPS[BX_OCO_CANCEL],
+    }
+    assert sum(sent.values()) == 200
+    seconds = max(sent[kind] / rps for kind, rps in per_ip.items())
+    assert seconds <= 200 / sum(per_ip.values()) + 1
+
+
+async def test_a_bingx_account_alone_behind_its_ip_plans_with_the_whole_ip_budget() -> None:
+    connector = BingxExchange(
+        account="solo",
+        api_key="k",
+        api_secret="s",
+        rest_url="http://127.0.0.2:1",
+        ws_url="ws://127.0.0.2:1",
+    )
+    try:
+        assert connector.capabilities.rates == BX.rates
+    finally:
+        await connector.close()

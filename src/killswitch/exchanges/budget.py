@@ -354,6 +354,11 @@ def use_shared(scope: str) -> None:
     _USERS[scope] = _USERS.get(scope, 0) + 1
 
 
+def shared_users(scope: str) -> int:
+    """How many users `scope`'s shared budgets have now (0 when none)."""
+    return _USERS.get(scope, 0)
+
+
 def release_shared(scope: str) -> None:
     """One user fewer; the last one drops `scope`'s shared budgets."""
     left = _USERS.get(scope, 0) - 1

@@ -62,10 +62,9 @@ from killswitch.exchanges.bingx.venue import (
     SYMBOLS,
     SYMBOLS_TTL_S,
     USER_DATA_STREAM,
+    kind_rates,
 )
-from killswitch.exchanges.budget import (
-    Priority,
-)
+from killswitch.exchanges.budget import Priority, shared_users
 from killswitch.exchanges.connector import ConnectorArgs, VenueConnector, cancel_in_groups
 from killswitch.exchanges.paths import (
     LearnedPaths,
@@ -137,13 +136,15 @@ class BingxExchange(VenueConnector):
 
     @property
     def capabilities(self) -> PathCapabilities:
-        """The static facts, plus what this account has taught us (§3.7)."""
+        """The static facts, plus what this account has taught us (§3.7), and its share of
+        the per-IP budgets with the other accounts behind our IP."""
         covers = self.learned.cancel_all_covers_lists
         return replace(
             CAPABILITIES,
             cancel_all_covers_lists=covers is True,
             lists_coverage=covers,
             list_legs_by_batch=self.learned.leg_id_cancels_list,
+            rates=kind_rates(shared_users(self.charges.ip_scope)),
         )
 
     def learned_paths(self) -> dict[str, object]:

@@ -105,18 +105,31 @@ API_PERMISSION_NAMES = {
 }
 
 
-def _kind_rate(kind: str, path: str) -> KindRate:
-    limit = min(ENDPOINT_RPS[path], IP_RPS.get(path, ENDPOINT_RPS[path]))
-    return KindRate(kind, limit, limit / (1.0 + BUDGET_MARGIN_S))
-
-
-RATES = (
-    _kind_rate("cancel_all", CANCEL_OPEN_ORDERS),
-    _kind_rate("cancel_all_account", CANCEL_OPEN_ORDERS),
-    _kind_rate("cancel_orders", CANCEL_ORDERS),
-    _kind_rate("cancel_order", CANCEL),
-    _kind_rate("cancel_list", OCO_CANCEL),
+_KIND_PATHS = (
+    ("cancel_all", CANCEL_OPEN_ORDERS),
+    ("cancel_all_account", CANCEL_OPEN_ORDERS),
+    ("cancel_orders", CANCEL_ORDERS),
+    ("cancel_order", CANCEL),
+    ("cancel_list", OCO_CANCEL),
 )
+
+
+def kind_rates(accounts_behind_ip: int = 1) -> tuple[KindRate, ...]:
+    """How fast one account may send each cancel kind: its UID budget, or its share of the
+    per-IP one when that is less. A kill of every account (the common case) sends them all at
+    once, so with two accounts behind the IP each gets half of its 3/s: planned as if it had
+    all of it, an account
+    gives single cancels (5/s by UID) more than their 1.5/s and leaves the batch and
+    `oco/cancel` budgets idle at the end of the kill."""
+    share = max(1, accounts_behind_ip)
+    rates = []
+    for kind, path in _KIND_PATHS:
+        limit = min(float(ENDPOINT_RPS[path]), IP_RPS.get(path, ENDPOINT_RPS[path]) / share)
+        rates.append(KindRate(kind, max(1, int(limit)), limit / (1.0 + BUDGET_MARGIN_S)))
+    return tuple(rates)
+
+
+RATES = kind_rates()
 
 CAPABILITIES = PathCapabilities(
     cancel_all_max_symbols=1,
