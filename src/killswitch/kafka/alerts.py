@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import EventType, make_event
@@ -38,13 +38,7 @@ from killswitch.handlers.alerts import (
     check_policy,
     parse_alert,
 )
-from killswitch.kafka.client import (
-    BROKER_ERRORS,
-    ReconnectingClient,
-    client_options,
-    new_producer,
-    stop_client,
-)
+from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kafka.dead_letters import DeadLetter, Record, send_letters
 from killswitch.kill.port import EnginePort, latest_latch_ms
 from killswitch.model import AccountRef, Trigger
@@ -54,11 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
 T = TypeVar("T")
-
-# Errors that mean "the broker or the network", as opposed to a bug in our code.
-
 
 AlertEngine = EnginePort  # what the consumer needs of the engine
 
@@ -115,7 +105,7 @@ class _RateGate:
         return False
 
 
-class KafkaAlertConsumer(ReconnectingClient):
+class KafkaAlertConsumer(EngineFeed):
     """The alerts input: a daemon `Service` that turns alert records into engine calls."""
 
     name = "kafka-alerts"
@@ -139,11 +129,9 @@ class KafkaAlertConsumer(ReconnectingClient):
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(backoff=backoff, clock=clock)
+        super().__init__(settings, engine, backoff=backoff, clock=clock, wall_ms=wall_ms)
         self.what = "kafka alerts"
         self.reconnect_errors = RECONNECT_ERRORS
-        self.settings = settings
-        self.engine = engine
         self.accounts = list(accounts) if accounts is not None else None
         self.heartbeats = heartbeats
         self.start_timeout_s = start_timeout_s
@@ -154,13 +142,10 @@ class KafkaAlertConsumer(ReconnectingClient):
         self.dead_letter_pending_limit = dead_letter_pending_limit
         self.io_timeout_s = io_timeout_s
         self.stop_wait_s = stop_wait_s  # on stop, for dead letters in flight
-        self._wall_ms = wall_ms
         key = settings.alert_hmac_key
         self._hmac_key = key.get_secret_value().encode() if key is not None else None
         self.stats = ConsumerStats()
         self.stalled = ""  # why the consumer is stuck on one record, if it is
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
         self._partitions: list[TopicPartition] = []
         self._first_connect = True
         self._done: dict[TopicPartition, int] = {}  # next offset past the processed records
@@ -297,10 +282,7 @@ class KafkaAlertConsumer(ReconnectingClient):
         except RECONNECT_ERRORS as exc:
             log.warning("last commit failed error=%s", exc)
 
-    async def _teardown(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        producer, self._producer = self._producer, None
-        self.connected = False
+    async def _drop_in_flight(self) -> None:
         for letters in self._dead_letters.values():
             for letter in letters:
                 if letter.future is not None:
@@ -312,9 +294,6 @@ class KafkaAlertConsumer(ReconnectingClient):
         if sender is not None:
             sender.cancel()
             await asyncio.wait({sender})
-        for client in (consumer, producer):
-            if client is not None:
-                await stop_client(client)
 
     async def _probe(self) -> None:
         consumer = self._consumer

@@ -6,7 +6,8 @@ one full-jitter backoff, and one way to hand a record's work to the engine until
       run()     until stop(): connected -> _step(); broker error -> _disconnect() (teardown,
                 status), then reconnect after Backoff.next_delay(); on stop -> _at_stop()
       stop()    safe twice and before start()
-    Subclasses: the alert consumer, the events producer and the latch replicator.
+    Subclasses: the events producer; and through EngineFeed (a consumer and a producer on the
+    engine's behalf, both stopped by one _teardown) the alert consumer and the latch replicator.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from killswitch.backoff import Backoff, Stopping, wait_or_stop
+from killswitch.kill.port import EnginePort
 from killswitch.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -205,3 +207,39 @@ class ReconnectingClient:
         self.disconnects += 1
         self._on_disconnected(was_connected)
         await self._teardown()
+
+
+class EngineFeed(ReconnectingClient):
+    """A reconnecting client that reads a topic into the engine and writes records back.
+
+    It holds one consumer and one producer while connected; `_teardown` stops both after
+    `_drop_in_flight()` has let go of the work that depended on them.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        engine: EnginePort,
+        *,
+        backoff: Backoff | None,
+        clock: Callable[[], float],
+        wall_ms: Callable[[], int],
+    ) -> None:
+        super().__init__(backoff=backoff, clock=clock)
+        self.settings = settings
+        self.engine = engine
+        self._wall_ms = wall_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def _drop_in_flight(self) -> None:
+        """Let go of work in flight on the clients about to be stopped."""
+
+    async def _teardown(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        self.connected = False
+        await self._drop_in_flight()
+        for client in (consumer, producer):
+            if client is not None:
+                await stop_client(client)

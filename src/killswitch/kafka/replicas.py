@@ -32,19 +32,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import EventRecord, EventType
 from killswitch.journal import UNREADABLE_PREFIX
-from killswitch.kafka.client import (
-    BROKER_ERRORS,
-    ReconnectingClient,
-    client_options,
-    new_producer,
-    stop_client,
-)
+from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kill.port import EnginePort
 from killswitch.model import Mode, Trigger
 
@@ -157,7 +151,7 @@ def held_latches(engine: ReplicaEngine) -> list[str]:
     return list(engine.latches())
 
 
-class LatchReplicator(ReconnectingClient):
+class LatchReplicator(EngineFeed):
     """A daemon `Service` and an `EventSink`: publish our latches and resets, apply the others'."""
 
     name = "replicas"
@@ -174,17 +168,14 @@ class LatchReplicator(ReconnectingClient):
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
-        super().__init__(backoff=backoff, clock=clock)
+        super().__init__(settings, engine, backoff=backoff, clock=clock, wall_ms=wall_ms)
         self.what = "latch topic"
         self.start_timeout_s = sync_timeout_s
-        self.settings = settings
-        self.engine = engine
         self.replica_id = replica_id or settings.replica_name()
         self.topic = settings.latch_topic
         self.tp = TopicPartition(self.topic, 0)
         self.sync_timeout_s = sync_timeout_s
         self.poll_timeout_ms = poll_timeout_ms
-        self._wall_ms = wall_ms
         self.log = LatchLog()
         self.synced = False
         self.published = 0
@@ -192,8 +183,6 @@ class LatchReplicator(ReconnectingClient):
         self.applied_resets = 0
         self._applied: OrderedDict[str, None] = OrderedDict()  # ids submitted from the topic
         self._outbox: deque[tuple[bytes, bytes | None]] = deque()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
         self._position = 0  # next offset to read
 
     # -- EventSink: what our engine did ------------------------------------------------------
@@ -331,14 +320,6 @@ class LatchReplicator(ReconnectingClient):
             log.warning("latch topic check failed topic=%s error=%s", self.topic, exc)
         finally:
             await admin.close()
-
-    async def _teardown(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        producer, self._producer = self._producer, None
-        self.connected = False
-        for client in (consumer, producer):
-            if client is not None:
-                await stop_client(client)
 
     # -- reading -----------------------------------------------------------------------------
 
