@@ -40,6 +40,13 @@ class AccountRef:
 OrderKey = tuple[str, str]
 """(symbol, order id): an order's identity. Binance numbers orders per symbol [BN-REST §1.6]."""
 
+# The client id of an order, or an order list, whose read did not show it (BingX's documented
+# openOrders row has no `clientOrderID`; its stream's `C` is undocumented; the flat-legs shape of
+# `oco/openOrderList` has no list client id). Whether a client-id prefix covers it cannot be
+# told: no legal client id starts with "<", so no prefix matches it by accident, and
+# `Scope.undecided` names it. A read holding one on a symbol in scope proves nothing flat.
+UNREAD_CLIENT_ID = "<unread>"
+
 
 @dataclass(frozen=True, slots=True)
 class Order:
@@ -80,12 +87,15 @@ class Snapshot:
 
     `complete` is False when the read may have been cut short (a capped page, a symbol left
     unread): what it lists is open, but more may be. Such a snapshot is never proof of flat.
+    `undecided`: open orders and lists a scope could not be told to cover or not (their client
+    ids unread); never cancelled, and named wherever a kill says what may still be open.
     """
 
     orders: tuple[Order, ...] = ()
     lists: tuple[OrderList, ...] = ()
     server_time_ms: int = 0
     complete: bool = True
+    undecided: tuple[Order | OrderList, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -223,6 +233,18 @@ class Scope:
 
     def covers_order(self, order: Order | OrderEvent) -> bool:
         return self.covers_symbol(order.symbol) and self.covers_client_id(order.client_order_id)
+
+    def undecided(self, item: Order | OrderEvent | OrderList) -> bool:
+        """Could `item` be in scope though its read did not show the client id that would
+        tell? Only a client-id prefix asks for client ids; a venue whose rows may lack them
+        (BingX's documented openOrders row, its stream's `C`) gives `UNREAD_CLIENT_ID`."""
+        prefix = self.client_order_id_prefix
+        if prefix is None or not self.covers_symbol(item.symbol):
+            return False
+        if isinstance(item, OrderList):
+            ids = (item.list_client_order_id, *item.client_order_ids)
+            return UNREAD_CLIENT_ID in ids and not self.covers_list(item)
+        return item.client_order_id == UNREAD_CLIENT_ID
 
     def covers_list(self, order_list: OrderList) -> bool:
         if not self.covers_symbol(order_list.symbol):

@@ -15,9 +15,9 @@ from killswitch.exchanges.bingx.venue import CANCEL as BX_CANCEL
 from killswitch.exchanges.bingx.venue import CANCEL_ORDERS as BX_CANCEL_ORDERS
 from killswitch.exchanges.bingx.venue import IP_RPS as BX_IP_RPS
 from killswitch.exchanges.bingx.venue import OCO_CANCEL as BX_OCO_CANCEL
-from killswitch.exchanges.paths import UNREAD_LIST_CLIENT_ID, PathCapabilities
+from killswitch.exchanges.paths import PathCapabilities
 from killswitch.kill.planner import CancelRequest, RequestKind, in_scope, plan, plan_time_s
-from killswitch.model import Order, OrderList, Scope, Snapshot
+from killswitch.model import UNREAD_CLIENT_ID, Order, OrderList, Scope, Snapshot
 from tests.fakes import BINANCE_CAPS, BINGX_CAPS, MEXC_CAPS
 
 
@@ -313,7 +313,7 @@ def test_bingx_prefix_scope_cancels_matching_lists_by_their_leg_ids() -> None:
 
 
 def test_a_list_whose_client_id_was_not_read_leaves_a_prefix_scope_unproved() -> None:
-    unread = OrderList("ETH-USDT", "L1", UNREAD_LIST_CLIENT_ID, ("7", "8"), ("", ""))
+    unread = OrderList("ETH-USDT", "L1", UNREAD_CLIENT_ID, ("7", "8"), ("", ""))
     venue = Snapshot(lists=(unread,))
     prefix = in_scope(Scope.of(client_order_id_prefix="strat7-"), venue)
     assert prefix.lists == ()

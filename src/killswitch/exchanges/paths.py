@@ -27,12 +27,6 @@ from killswitch.exchanges.base import Capabilities
 
 log = logging.getLogger(__name__)
 
-# An order list whose own client id the venue's read did not show (BingX's flat-legs shape of
-# `oco/openOrderList` has none): whether a client-id prefix covers it cannot be told from the
-# read. No legal client id starts with "<", so no prefix matches it by accident; the planner's
-# `in_scope` reads a snapshot holding such a list on a symbol in scope as incomplete.
-UNREAD_LIST_CLIENT_ID = "<unread>"
-
 
 @dataclass(frozen=True, slots=True)
 class KindRate:

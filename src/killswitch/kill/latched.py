@@ -69,8 +69,11 @@ class StreamCancels:
         if isinstance(event, OrderEvent):
             if event.exec_type in (ExecType.NEW, ExecType.REPLACED):
                 for kill in self._running:
-                    if kill.scope.covers_account(ref) and kill.scope.covers_order(event):
-                        kill.new_orders_seen += 1
+                    wide = kill.scope
+                    if wide.covers_account(ref) and (
+                        wide.covers_order(event) or wide.undecided(event)
+                    ):
+                        kill.new_orders_seen += 1  # an order that may be in scope: not quiet
             scope = self._latch_covering(ref, event)
             if scope is None:
                 return

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from killswitch.exchanges.base import Capabilities
-from killswitch.exchanges.paths import UNREAD_LIST_CLIENT_ID, PathCapabilities
+from killswitch.exchanges.paths import PathCapabilities
 from killswitch.model import Order, OrderKey, OrderList, Scope, Snapshot
 
 
@@ -73,20 +73,17 @@ class CancelRequest:
 def in_scope(scope: Scope, snapshot: Snapshot) -> Snapshot:
     """Return the part of `snapshot` that `scope` covers (account coverage is the caller's).
 
-    A list on a symbol in scope whose own client id the read did not show may be covered by a
-    client-id prefix or not: the part in scope is then incomplete, never proof of flat.
+    An order or list on a symbol in scope whose client id the read did not show may be covered
+    by a client-id prefix or not: the part in scope is then incomplete, never proof of flat.
     """
-    unread = scope.client_order_id_prefix is not None and any(
-        lst.list_client_order_id == UNREAD_LIST_CLIENT_ID
-        and scope.covers_symbol(lst.symbol)
-        and not scope.covers_list(lst)
-        for lst in snapshot.lists
-    )
+    items: tuple[Order | OrderList, ...] = (*snapshot.orders, *snapshot.lists)
+    undecided = tuple(x for x in items if scope.undecided(x))
     return Snapshot(
         orders=tuple(o for o in snapshot.orders if scope.covers_order(o)),
         lists=tuple(lst for lst in snapshot.lists if scope.covers_list(lst)),
         server_time_ms=snapshot.server_time_ms,
-        complete=snapshot.complete and not unread,
+        complete=snapshot.complete and not undecided,
+        undecided=undecided,
     )
 
 

@@ -6,7 +6,16 @@ import asyncio
 import enum
 from dataclasses import dataclass, field
 
-from killswitch.model import AccountRef, Mode, Order, OrderKey, Scope, Snapshot, Trigger
+from killswitch.model import (
+    AccountRef,
+    Mode,
+    Order,
+    OrderKey,
+    OrderList,
+    Scope,
+    Snapshot,
+    Trigger,
+)
 
 
 class SubmitResult(enum.StrEnum):
@@ -164,8 +173,9 @@ class Kill:
 
 
 def open_json(snapshot: Snapshot) -> dict[str, object]:
-    """Describe what is open, exactly: ids, client ids and symbols (for `failed` events)."""
-    return {
+    """Describe what is open, exactly: ids, client ids and symbols (for `failed` events), and
+    what may be in scope though its client id was not shown (`undecided`)."""
+    out: dict[str, object] = {
         "orders": [
             {"symbol": o.symbol, "order_id": o.order_id, "client_order_id": o.client_order_id}
             for o in snapshot.orders
@@ -179,3 +189,11 @@ def open_json(snapshot: Snapshot) -> dict[str, object]:
             for lst in snapshot.lists
         ],
     }
+    if snapshot.undecided:
+        out["undecided"] = [
+            {"symbol": x.symbol, "list_id": x.list_id}
+            if isinstance(x, OrderList)
+            else {"symbol": x.symbol, "order_id": x.order_id}
+            for x in snapshot.undecided
+        ]
+    return out

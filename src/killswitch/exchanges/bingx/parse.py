@@ -26,9 +26,9 @@ from killswitch.exchanges.bingx.venue import (
     GZIP_WBITS,
     OPEN_STATUSES,
 )
-from killswitch.exchanges.paths import UNREAD_LIST_CLIENT_ID
 from killswitch.exchanges.rest import Answer, load_json
 from killswitch.model import (
+    UNREAD_CLIENT_ID,
     ExecType,
     Order,
     OrderEvent,
@@ -143,13 +143,22 @@ def stream_error(msg: dict[str, Any]) -> VenueError | None:
     return classify(200, number, str(msg.get("msg") or ""))
 
 
+def _client_id(data: dict[str, Any], *names: str) -> str:
+    """The client id under the first of `names` present; `UNREAD_CLIENT_ID` when none is (an
+    empty or null value is an answer: the order has none)."""
+    for name in names:
+        if name in data:
+            return str(data[name] or "")
+    return UNREAD_CLIENT_ID
+
+
 def parse_execution_report(data: dict[str, Any], list_id: str | None = None) -> OrderEvent:
     """A `spot.executionReport` payload as a normalised `OrderEvent`."""
     status = str(data.get("X", ""))
     return OrderEvent(
         symbol=str(data["s"]),
         order_id=order_id_str(data["i"]),
-        client_order_id=str(data.get("C") or data.get("c") or ""),
+        client_order_id=_client_id(data, "C", "c"),
         exec_type=_EXEC_TYPES.get(str(data.get("x", "")), ExecType.OTHER),
         status=status,
         is_open=status in OPEN_STATUSES,
@@ -169,7 +178,7 @@ def parse_order(data: dict[str, Any], list_id: str | None = None) -> Order:
     return Order(
         symbol=str(data["symbol"]),
         order_id=order_id_str(data["orderId"]),
-        client_order_id=str(data.get("clientOrderID") or data.get("clientOrderId") or ""),
+        client_order_id=_client_id(data, "clientOrderID", "clientOrderId"),
         side=str(data.get("side", "")),
         order_type=str(data.get("type", "")),
         price=num_str(data.get("price")),
@@ -227,7 +236,7 @@ def _leg_order(leg: dict[str, Any], list_id: str, symbol: str | None = None) -> 
     return Order(
         symbol=str(symbol or leg["symbol"]),
         order_id=order_id_str(leg["orderId"]),
-        client_order_id=str(leg.get("clientOrderId") or leg.get("clientOrderID") or ""),
+        client_order_id=_client_id(leg, "clientOrderId", "clientOrderID"),
         side=str(leg.get("side", "")),
         order_type=str(leg.get("orderType") or leg.get("type") or ""),
         price=num_str(leg.get("price")),
@@ -258,7 +267,7 @@ def parse_oco_page(data: Any) -> tuple[list[_OcoList], int, str]:
             symbols.setdefault(list_id, order.symbol)
         # This shape has no list client id: say so, never "" (a list with none).
         lists = [
-            _OcoList(lid, symbols[lid], tuple(legs), UNREAD_LIST_CLIENT_ID)
+            _OcoList(lid, symbols[lid], tuple(legs), UNREAD_CLIENT_ID)
             for lid, legs in grouped.items()
         ]
         return lists, len(data), "legs"
@@ -315,8 +324,10 @@ def snapshot_parts(
             if known is None:
                 # OCO legs the open-orders read does not list are open orders all the same.
                 orders[leg.key] = leg
-            elif known.list_id != oco_list.list_id:
-                orders[leg.key] = replace(known, list_id=oco_list.list_id)
+                continue
+            if known.client_order_id == UNREAD_CLIENT_ID:  # the list read shows it
+                known = replace(known, client_order_id=leg.client_order_id)
+            orders[leg.key] = replace(known, list_id=oco_list.list_id)
     return orders, lists
 
 
