@@ -328,7 +328,7 @@ BINGX = Dialect(
             100004: Fatal,  # permission denied
             100419: Fatal,  # IP not on the whitelist
             100414: Fatal,  # account under risk control
-            80014: Fatal,  # invalid parameter
+            80014: Fatal,  # invalid parameter; "timestamp is invalid" is a message rule
             100204: Fatal,  # no data / symbol not found
             100202: Fatal,  # insufficient balance
             100490: Fatal,  # symbol offline
@@ -338,6 +338,8 @@ BINGX = Dialect(
     message_rules=tuple(
         MessageRule(code, text, error, contains=True)
         for code, text, error in (
+            # Every spot trade endpoint's error table: "80014 timestamp is invalid".
+            (80014, "timestamp", ClockSkew),
             (100421, "order not exist", AlreadyGone),  # spot: "cancel fail, order not exist"
             (100421, "timestamp", ClockSkew),  # "Null timestamp or timestamp mismatch"
             (100421, "system is busy", Transient),
