@@ -17,7 +17,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from killswitch.exchanges.base import OutcomeUnknown, Transient
+from killswitch.exchanges.base import OutcomeUnknown, Transient, VenueError
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,31 +100,22 @@ class RestTransport:
                 payload = await resp.read()
                 return RawResponse(resp.status, resp.headers, payload)
         except aiohttp.ClientConnectorError as exc:
-            raise Transient(
-                f"connect failed: {type(exc).__name__}",
-                venue=self.venue,
-                account=self.account,
-                endpoint=endpoint,
+            raise self._failed(
+                Transient, f"connect failed: {type(exc).__name__}", endpoint
             ) from exc
         except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            raise OutcomeUnknown(
-                f"no answer: {type(exc).__name__}",
-                venue=self.venue,
-                account=self.account,
-                endpoint=endpoint,
+            raise self._failed(
+                OutcomeUnknown, f"no answer: {type(exc).__name__}", endpoint
             ) from exc
         except aiohttp.ClientPayloadError as exc:
-            raise OutcomeUnknown(
-                "truncated answer", venue=self.venue, account=self.account, endpoint=endpoint
-            ) from exc
+            raise self._failed(OutcomeUnknown, "truncated answer", endpoint) from exc
         except aiohttp.ClientError as exc:
             # An answer no HTTP client can read (a garbled status line or headers): the request
             # may have been applied. The library's error names the whole URL, signature and
             # all, so only its type travels (raised below, outside this handler: no context).
             unreadable = type(exc).__name__
-        raise OutcomeUnknown(
-            f"unreadable answer: {unreadable}",
-            venue=self.venue,
-            account=self.account,
-            endpoint=endpoint,
-        )
+        raise self._failed(OutcomeUnknown, f"unreadable answer: {unreadable}", endpoint)
+
+    def _failed(self, kind: type[VenueError], message: str, endpoint: str) -> VenueError:
+        """Return a `kind` error about `endpoint` on this transport's account."""
+        return kind(message, venue=self.venue, account=self.account, endpoint=endpoint)
