@@ -8,6 +8,7 @@ It uses its own registry, so tests and several engines in one process never coll
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,39 +34,28 @@ class Metrics:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.time_to_flat = Histogram(
+        # Every series lives in this instance's registry; the kill-time histograms share buckets.
+        histogram = functools.partial(Histogram, buckets=_TTF_BUCKETS, registry=self.registry)
+        counter = functools.partial(Counter, registry=self.registry)
+        self.time_to_flat = histogram(
             "killswitch_time_to_flat_seconds",
             "From the trigger's produce time to the first all-empty verification.",
-            buckets=_TTF_BUCKETS,
-            registry=self.registry,
         )
-        self.time_to_first_cancel = Histogram(
+        self.time_to_first_cancel = histogram(
             "killswitch_time_to_first_cancel_seconds",
             "From the kill's start to the first acknowledged cancel.",
-            buckets=_TTF_BUCKETS,
-            registry=self.registry,
         )
-        self.kills = Counter(
-            "killswitch_kills", "Kills by result.", ["result"], registry=self.registry
-        )
-        self.requests = Counter(
+        self.kills = counter("killswitch_kills", "Kills by result.", ["result"])
+        self.requests = counter(
             "killswitch_cancel_requests",
             "Cancel requests by account, kind and result.",
             ["account", "request", "result"],
-            registry=self.registry,
         )
-        self.retries = Counter(
-            "killswitch_retries", "Retried request attempts.", ["account"], registry=self.registry
+        self.retries = counter("killswitch_retries", "Retried request attempts.", ["account"])
+        self.rate_limited = counter(
+            "killswitch_rate_limited", "429/418 answers seen by the kill path.", ["account"]
         )
-        self.rate_limited = Counter(
-            "killswitch_rate_limited",
-            "429/418 answers seen by the kill path.",
-            ["account"],
-            registry=self.registry,
-        )
-        self.alarms = Counter(
-            "killswitch_alarms", "Alarm events.", ["account"], registry=self.registry
-        )
+        self.alarms = counter("killswitch_alarms", "Alarm events.", ["account"])
         if status is not None:
             self.registry.register(_StatusCollector(status))
         self._server: Any = None
