@@ -220,7 +220,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
 }
 
 
-def behaviour_of(variant: str | None = None, **switches: Any) -> BingxBehaviour:
+def behaviour_of(variant: str | None = None, **switches: object) -> BingxBehaviour:
     """A named variant (or the default), with single switches changed."""
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, not {variant!r}")
@@ -314,15 +314,6 @@ class BingxSim(SimVenue):
         settings: VenueSettings,
         *,
         variant: str | None = None,
-        cancel_all_covers_oco: bool | None = None,
-        leg_id_cancels_list: bool | None = None,
-        oco_list_shape: str | None = None,
-        limits: str | None = None,
-        heartbeat: str | None = None,
-        client_id_field: str | None = None,
-        recv_window_max_ms: int | None = None,
-        gone_style: str | None = None,
-        throttle_form: str | None = None,
         listen_key_ttl_s: float = 3600.0,
         max_missed_pongs: int = 3,
         rate_limit_penalty_s: float = 1.0,
@@ -331,19 +322,10 @@ class BingxSim(SimVenue):
         order_retry_after: bool = True,
         dead_mans_switch_time_scale: float = 1.0,
         dead_mans_switch_batch: int = 200,
+        **switches: object,
     ) -> None:
-        self.behaviour = behaviour_of(
-            variant,
-            cancel_all_covers_oco=cancel_all_covers_oco,
-            leg_id_cancels_list=leg_id_cancels_list,
-            oco_list_shape=oco_list_shape,
-            limits=limits,
-            heartbeat=heartbeat,
-            client_id_field=client_id_field,
-            recv_window_max_ms=recv_window_max_ms,
-            gone_style=gone_style,
-            throttle_form=throttle_form,
-        )
+        # `switches` are `BingxBehaviour` fields changed from the variant (None: unchanged).
+        self.behaviour = behaviour_of(variant, **switches)
         self.listen_key_ttl_s = listen_key_ttl_s
         self.max_missed_pongs = max_missed_pongs
         # A 100410's disabled period: until its window ends, plus this long.
