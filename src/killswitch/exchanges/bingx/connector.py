@@ -320,11 +320,12 @@ class BingxExchange(VenueConnector):
                 cancelled=tuple((symbol, leg) for leg in rescued[1]), lists_cancelled=rescued[0]
             )
         list_id = self._leg_list.get(order_id)
-        if list_id is not None:
-            self.learned.learn("leg_id_cancels_list", True)  # it took a leg's id
-        return CancelAck(
-            cancelled=((symbol, order_id),), lists_cancelled=(list_id,) if list_id else ()
-        )
+        if list_id is None:
+            return CancelAck(cancelled=((symbol, order_id),))
+        self.learned.learn("leg_id_cancels_list", True)  # it took a leg's id
+        # The list went with its leg, and so did its other legs.
+        legs = self._list_legs.get(list_id) or (order_id,)
+        return CancelAck(cancelled=tuple((symbol, leg) for leg in legs), lists_cancelled=(list_id,))
 
     @malformed_is_unknown
     async def cancel_orders(
