@@ -15,7 +15,7 @@ import pytest
 
 from killswitch.exchanges.base import AlreadyGone, OutcomeUnknown, RateLimited
 from killswitch.exchanges.bingx import BingxExchange
-from killswitch.model import OrderEvent, StreamSubscribed
+from killswitch.model import UNREAD_CLIENT_ID, OrderEvent, StreamSubscribed
 from killswitch.sim.bingx import BingxSim
 from killswitch.sim.book import OrderSpec
 from tests.fixtures.bingx import bingx_venue, bx_call
@@ -438,7 +438,9 @@ async def _first_order_event(exchange: BingxExchange, sim: BingxSim) -> OrderEve
     raise AssertionError("no order event")
 
 
-@pytest.mark.parametrize(("field", "seen"), [("C", "cid_7"), ("c", "cid_7"), ("none", "")])
+@pytest.mark.parametrize(
+    ("field", "seen"), [("C", "cid_7"), ("c", "cid_7"), ("none", UNREAD_CLIENT_ID)]
+)
 async def test_the_client_id_is_read_from_c_or_lowercase_c_and_may_be_absent(
     field: str, seen: str
 ) -> None:

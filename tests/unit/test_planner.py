@@ -385,3 +385,12 @@ async def test_a_bingx_account_alone_behind_its_ip_plans_with_the_whole_ip_budge
         assert connector.capabilities.rates == BX.rates
     finally:
         await connector.close()
+
+
+def test_a_client_id_one_source_did_not_read_is_taken_from_the_other() -> None:
+    # The tracker saw the order on a stream without its client id; the venue's read shows it.
+    tracked = snap(order("BTC-USDT", "1", UNREAD_CLIENT_ID))
+    venue = snap(order("BTC-USDT", "1", "strat7-a"))
+    scope = Scope.of(client_order_id_prefix="strat7-")
+    requests = plan(scope, tracked, venue, (), BX)
+    assert [i for r in requests for i in r.order_ids] == ["1"]

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from killswitch.exchanges.base import Capabilities
 from killswitch.exchanges.paths import PathCapabilities
-from killswitch.model import Order, OrderKey, OrderList, Scope, Snapshot
+from killswitch.model import UNREAD_CLIENT_ID, Order, OrderKey, OrderList, Scope, Snapshot
 
 
 class RequestKind(enum.StrEnum):
@@ -444,9 +444,14 @@ def _keys_sent(sent: Sequence[CancelRequest]) -> set[OrderKey]:
 
 def _unique_orders(orders: Iterable[Order]) -> list[Order]:
     # By (symbol, id): Binance numbers orders per symbol, so an id alone is not an order.
+    # The first source wins, but a client id one source did not read another may show.
     seen: dict[OrderKey, Order] = {}
     for order in orders:
-        seen.setdefault(order.key, order)
+        known = seen.get(order.key)
+        if known is None:
+            seen[order.key] = order
+        elif known.client_order_id == UNREAD_CLIENT_ID:
+            seen[order.key] = replace(known, client_order_id=order.client_order_id)
     return list(seen.values())
 
 
