@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 from killswitch.exchanges.base import Priority as Priority
 from killswitch.exchanges.base import RateLimits
@@ -316,8 +317,20 @@ class ErrorCounter:
         return max(0.0, oldest_needed + self.window_s - self.clock())
 
 
-_SHARED: dict[tuple[str, str], SlidingBudget] = {}
+_SHARED: dict[tuple[str, str], object] = {}
 _USERS: dict[str, int] = {}
+T = TypeVar("T")
+
+
+def shared_item(scope: str, name: str, make: Callable[[], T]) -> T:
+    """The one object named `name` for `scope` (a venue host: every account behind our IP) in
+    this process, made by the first caller's `make`. Pair each scope's users with `use_shared`
+    / `release_shared`, so a scope nobody uses any more is forgotten."""
+    key = (scope, name)
+    item = _SHARED.get(key)
+    if item is None:
+        item = _SHARED[key] = make()
+    return cast(T, item)
 
 
 def shared_budget(
@@ -331,13 +344,12 @@ def shared_budget(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> SlidingBudget:
-    """The one budget named `name` for `scope` (a venue host: every account behind our IP)
-    in this process. The first caller's limit, clock and sleep win. Pair each scope's users
-    with `use_shared` / `release_shared`, so a scope nobody uses any more is forgotten."""
-    key = (scope, name)
-    budget = _SHARED.get(key)
-    if budget is None:
-        budget = _SHARED[key] = SlidingBudget(
+    """The one sliding budget named `name` for `scope` (`shared_item`). The first caller's
+    limit, clock and sleep win."""
+    return shared_item(
+        scope,
+        name,
+        lambda: SlidingBudget(
             limit,
             window_s,
             margin_s=margin_s,
@@ -345,8 +357,8 @@ def shared_budget(
             name=name,
             clock=clock,
             sleep=sleep,
-        )
-    return budget
+        ),
+    )
 
 
 def use_shared(scope: str) -> None:
