@@ -244,7 +244,7 @@ class Scope:
         if isinstance(item, OrderList):
             ids = (item.list_client_order_id, *item.client_order_ids)
             return UNREAD_CLIENT_ID in ids and not self.covers_list(item)
-        return item.client_order_id == UNREAD_CLIENT_ID
+        return item.client_order_id == UNREAD_CLIENT_ID and not self.covers_order(item)
 
     def covers_list(self, order_list: OrderList) -> bool:
         if not self.covers_symbol(order_list.symbol):

@@ -106,3 +106,12 @@ def test_a_read_with_an_unread_client_id_proves_a_prefix_scope_nothing() -> None
     assert not in_scope(PREFIX, snap).complete
     assert in_scope(Scope.of(), snap).complete  # no prefix: the client id does not matter
     assert in_scope(Scope.of(symbols=["ETHUSDT"], client_order_id_prefix="s"), snap).complete
+
+
+def test_an_empty_prefix_covers_an_unread_client_id() -> None:
+    # The one-shot cancel's later waves plan by id under a prefix of "": it covers everything.
+    unread = parse_order({"symbol": "BTC-USDT", "orderId": 1, "status": "NEW"})
+    every = Scope(client_order_id_prefix="")
+    assert every.covers_order(unread)
+    assert not every.undecided(unread)
+    assert in_scope(every, Snapshot(orders=(unread,))).complete
