@@ -109,6 +109,18 @@ class Snapshot:
     def symbols(self) -> set[str]:
         return {o.symbol for o in self.orders} | {lst.symbol for lst in self.lists}
 
+    def merged(self, other: Snapshot) -> Snapshot:
+        """Both reads' orders and lists, once each; complete only if both were."""
+        orders = {o.key: o for o in (*self.orders, *other.orders)}
+        lists = {x.list_id: x for x in (*self.lists, *other.lists)}
+        return Snapshot(
+            orders=tuple(orders.values()),
+            lists=tuple(lists.values()),
+            server_time_ms=max(self.server_time_ms, other.server_time_ms),
+            complete=self.complete and other.complete,
+            undecided=(*self.undecided, *other.undecided),
+        )
+
 
 class ExecType(enum.StrEnum):
     """Normalised kind of an order event from a user-data stream."""

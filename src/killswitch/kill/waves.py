@@ -45,6 +45,7 @@ from killswitch.model import AccountRef, Mode, OrderKey, Scope, Snapshot, canoni
 log = logging.getLogger(__name__)
 
 _GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own clock
+_LAST_LOOK_S = 5.0  # the one read of a stopped account, for its report
 
 T = TypeVar("T")
 
@@ -85,11 +86,9 @@ class Waves:
         except _AccountStopped as stop:
             result.state = AccountState.STOPPED
             result.error = stop.error.to_json()
-            if result.still_open is None:
-                # Never verified: report what we last knew to be open, marked unverified.
-                left = tuple(o for o in result.known.values() if o.key not in result.cancelled)
-                result.still_open = Snapshot(left)
             self.alarm(kill, account.ref, stop.error)
+            if result.still_open is None:
+                result.still_open = await self._last_look(kill, account, result)
         except _DeadlinePassed:
             result.state = AccountState.FAILED
         except Exception as exc:  # a bug on one account must not stop the others
@@ -236,7 +235,7 @@ class Waves:
                 known = self._known_symbols(kill.scope, account, result)
                 if known:
                     each = await self._read_symbols(kill, account, result, known)
-                    snap = _merged(snap, each)
+                    snap = snap.merged(each)
         except Fatal as exc:
             raise _AccountStopped(exc) from exc
         except VenueError as exc:
@@ -247,6 +246,23 @@ class Waves:
         filtered = in_scope(kill.scope, snap)
         self._remember(result, filtered)
         return filtered
+
+    async def _last_look(self, kill: Kill, account: Account, result: AccountResult) -> Snapshot:
+        """What an account stopped before any verified read has open, for the report: one
+        read (never a cancel), merged with what we last knew unless it was complete."""
+        known = Snapshot(tuple(o for o in result.known.values() if o.key not in result.cancelled))
+        symbols = self._snapshot_symbols(kill.scope, account, result)
+        try:
+            async with asyncio.timeout(_LAST_LOOK_S):
+                snap = await account.exchange.snapshot(symbols)
+        except (VenueError, TimeoutError) as exc:
+            log.warning("last look failed kill_id=%s account=%s: %s", kill.id, account.ref, exc)
+            return replace(known, complete=False)
+        if symbols is not None and not _names_scope(kill.scope, symbols):
+            snap = replace(snap, complete=False)
+        seen = in_scope(kill.scope, snap)
+        result.verified = seen.complete
+        return seen if seen.complete else seen.merged(replace(known, complete=False))
 
     async def _read_symbols(
         self, kill: Kill, account: Account, result: AccountResult, symbols: list[str] | None
@@ -573,18 +589,6 @@ def _names_scope(scope: Scope, symbols: Sequence[str]) -> bool:
     return bool(scope.symbols) and {canonical_symbol(s) for s in symbols} >= scope.symbols
 
 
-def _merged(first: Snapshot, second: Snapshot) -> Snapshot:
-    """Both reads' orders and lists, once each; complete only if both were."""
-    orders = {o.key: o for o in (*first.orders, *second.orders)}
-    lists = {x.list_id: x for x in (*first.lists, *second.lists)}
-    return Snapshot(
-        orders=tuple(orders.values()),
-        lists=tuple(lists.values()),
-        server_time_ms=max(first.server_time_ms, second.server_time_ms),
-        complete=first.complete and second.complete,
-    )
-
-
 def _only(snapshot: Snapshot, keys: set[OrderKey], list_ids: set[str]) -> Snapshot:
     """The part of `snapshot` made of the given orders and lists."""
     return Snapshot(
@@ -592,4 +596,5 @@ def _only(snapshot: Snapshot, keys: set[OrderKey], list_ids: set[str]) -> Snapsh
         lists=tuple(x for x in snapshot.lists if x.list_id in list_ids),
         server_time_ms=snapshot.server_time_ms,
         complete=snapshot.complete,
+        undecided=snapshot.undecided,
     )
