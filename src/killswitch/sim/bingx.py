@@ -19,6 +19,8 @@ Facts from `reference/exchange-apis.md` §3 [BX-DOC]. Each question the sources 
   (`"docs_table"`), or 100404 "Order does not exist..." (`"v2026"`).
 * `throttle_form`: a 100410 names the epoch its disabled period ends (`"epoch"`) or just says
   "rate limited" (`"plain"`). Never a Retry-After header.
+* `open_orders_show_legs`: whether `trade/openOrders` lists OCO legs with the other open
+  orders, or leaves them out (then only `oco/openOrderList` shows them).
 
 `VARIANTS` names two complete sets: `"strictest"` (every answer the hardest to live with) and
 `"most_permissive"`. Whatever the form, more than `error_lock_count` (20) answers with one error
@@ -155,6 +157,7 @@ class BingxBehaviour:
     recv_window_max_ms: int = 60_000
     gone_style: str = "codes"  # codes | docs_table | v2026
     throttle_form: str = "epoch"  # epoch | plain
+    open_orders_show_legs: bool = True
 
     CHOICES: ClassVar[dict[str, tuple[object, ...]]] = {
         "cancel_all_covers_oco": (False, True),
@@ -166,6 +169,7 @@ class BingxBehaviour:
         "recv_window_max_ms": (5000, 60_000),
         "gone_style": ("codes", "docs_table", "v2026"),
         "throttle_form": ("epoch", "plain"),
+        "open_orders_show_legs": (False, True),
     }
 
     def __post_init__(self) -> None:
@@ -204,6 +208,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         recv_window_max_ms=5000,
         gone_style="docs_table",
         throttle_form="plain",
+        open_orders_show_legs=False,
     ),
     # Every open question answered the easiest way.
     "most_permissive": BingxBehaviour(
@@ -216,6 +221,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         recv_window_max_ms=60_000,
         gone_style="codes",
         throttle_form="epoch",
+        open_orders_show_legs=True,
     ),
 }
 
@@ -1150,6 +1156,8 @@ class BingxSim(SimVenue):
     def _open_orders(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:
         symbols = [self._symbol(p)] if p.get("symbol") else None
         orders = self.book(account).open_orders(symbols)
+        if not self.behaviour.open_orders_show_legs:
+            orders = [o for o in orders if o.list_id is None]
         return {"orders": [self.order_json(o) for o in orders[:2000]]}
 
     def _query(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:
