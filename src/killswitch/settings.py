@@ -30,9 +30,11 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
@@ -61,6 +63,26 @@ DEFAULT_URLS: dict[str, tuple[str, str]] = {
 }
 
 _SECTION = ConfigDict(frozen=True, extra="forbid")
+
+# A validation error about some items of a list: `ctx["items"]` holds (index, message) pairs,
+# and `describe_validation_error` gives each item its own line, `field[index]: message`.
+ITEM_ERRORS = "item_errors"
+
+# How each venue writes a spot symbol (exchange-apis.md §1.7, §2.6, §3.6). Binance symbols may
+# hold non-ASCII letters (its testnet lists `这是测试币456`), so letters are not just A-Z.
+SYMBOL_FORMS: dict[str, str] = {
+    "binance": 'upper case letters and digits with no separator, like "BTCUSDT"',
+    "mexc": 'upper case letters and digits with no separator, like "BTCUSDT"',
+    "bingx": 'upper case, base and quote joined by a hyphen, like "BTC-USDT"',
+}
+
+
+def is_venue_symbol(venue: str, symbol: str) -> bool:
+    """True when `symbol` is written the way `venue` writes its spot symbols."""
+    parts = symbol.split("-") if venue == "bingx" else [symbol]
+    return len(parts) == (2 if venue == "bingx" else 1) and all(
+        part.isalnum() and part == part.upper() for part in parts
+    )
 
 
 class ScopeSettings(BaseModel):
@@ -130,6 +152,25 @@ class AccountSettings(BaseModel):
     timeout_s: float = Field(default=5.0, gt=0)
     recv_window_ms: int = Field(default=5000, gt=0, le=60000)
     dead_mans_switch_s: int = 0
+
+    @field_validator("symbols")
+    @classmethod
+    def _check_symbol_form(cls, symbols: list[str], info: ValidationInfo) -> list[str]:
+        # The connectors match the venue's rows by the exact string: a symbol in another
+        # venue's form matches no order, and a kill by it is refused by the venue.
+        venue = info.data.get("venue")  # absent when the venue itself is invalid
+        problems: list[tuple[int, str]] = []
+        for i, symbol in enumerate(symbols):
+            if not symbol.strip():
+                problems.append((i, "must not be empty"))
+            elif venue in SYMBOL_FORMS and not is_venue_symbol(venue, symbol):
+                problems.append((i, f"{venue} symbols are {SYMBOL_FORMS[venue]}"))
+        if problems:
+            summary = "; ".join(f"[{i}] {message}" for i, message in problems)
+            raise PydanticCustomError(
+                ITEM_ERRORS, "{summary}", {"summary": summary, "items": problems}
+            )
+        return symbols
 
     @model_validator(mode="after")
     def _check_venue_options(self) -> AccountSettings:
@@ -556,6 +597,9 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
         if not loc:
             # Cross-field checks on the whole config name their field, one problem a line.
             lines.extend(msg.splitlines())
+            continue
+        if err["type"] == ITEM_ERRORS:
+            lines.extend(f"{loc}[{i}]: {message}" for i, message in err["ctx"]["items"])
             continue
         if err["type"] == "missing":
             msg = "required, not set"

@@ -129,6 +129,90 @@ def test_venue_specific_account_options_are_checked(
     assert errors[0].startswith(expected)
 
 
+BINGX_FORM = 'bingx symbols are upper case, base and quote joined by a hyphen, like "BTC-USDT"'
+BINANCE_FORM = 'binance symbols are upper case letters and digits with no separator, like "BTCUSDT"'
+MEXC_FORM = BINANCE_FORM.replace("binance", "mexc")
+
+
+@pytest.mark.parametrize(
+    ("venue", "symbols", "expected"),
+    [
+        ("bingx", '["BTCUSDT"]', [f"accounts[1].symbols[0]: {BINGX_FORM}"]),
+        (
+            "bingx",
+            '["BTC-USDT", "eth-usdt", "SOL_USDT", "BTC-USDT-X"]',
+            [f"accounts[1].symbols[{i}]: {BINGX_FORM}" for i in (1, 2, 3)],
+        ),
+        ("binance", '["BTC-USDT"]', [f"accounts[1].symbols[0]: {BINANCE_FORM}"]),
+        ("binance", '["ETHUSDT", "btcusdt"]', [f"accounts[1].symbols[1]: {BINANCE_FORM}"]),
+        (
+            "mexc",
+            '["BTC_USDT", "BTC/USDT"]',
+            [f"accounts[1].symbols[{i}]: {MEXC_FORM}" for i in (0, 1)],
+        ),
+        ("mexc", '["BTCUSDT", " "]', ["accounts[1].symbols[1]: must not be empty"]),
+    ],
+)
+def test_an_accounts_symbols_in_another_venues_form_are_rejected_naming_each_item(
+    tmp_path: Path, venue: str, symbols: str, expected: list[str]
+) -> None:
+    # The connectors match the venue's rows by exact symbol: "BTCUSDT" on a BingX account
+    # would match no order, and a kill by it would be refused by the venue.
+    account = f'venue = "{venue}"\nname = "x"\nsymbols = {symbols}'
+    text = BASE + f'\n[[accounts]]\n{account}\napi_key = "k"\napi_secret = "s"\n'
+
+    assert errors_of(write(tmp_path, text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("venue", "symbols"),
+    [
+        ("bingx", ["BTC-USDT", "1000PEPE-USDT", "ETH-BTC"]),
+        ("binance", ["BTCUSDT", "1000SATSUSDT", "这是测试币456"]),
+        ("mexc", ["BTCUSDT", "ETHUSDC"]),
+    ],
+)
+def test_an_accounts_symbols_in_its_venues_form_are_accepted(
+    venue: str, symbols: list[str]
+) -> None:
+    settings = Settings(
+        accounts=[
+            {"venue": venue, "name": "t", "api_key": "k", "api_secret": "s", "symbols": symbols}
+        ]
+    )
+
+    assert settings.accounts[0].symbols == symbols
+
+
+def test_check_config_names_a_symbol_in_the_wrong_venues_form(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = TWO_ACCOUNTS.replace('name = "mm-2"', 'name = "mm-2"\nsymbols = ["BTCUSDT"]')
+
+    code = main(["check-config", "--config", str(write(tmp_path, text))])
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert captured.err.splitlines() == [f"accounts[1].symbols[0]: {BINGX_FORM}"]
+
+
+def test_scope_symbols_stay_venue_agnostic(tmp_path: Path) -> None:
+    # A scope may name a symbol in any venue's form: matching is form-insensitive.
+    text = TWO_ACCOUNTS + (
+        '\n[[heartbeats]]\nsource = "bot-7"\ntimeout_s = 10\n'
+        '[heartbeats.scope]\nvenues = ["bingx"]\nsymbols = ["BTCUSDT", "eth-usdt"]\n'
+        '\n[[rules]]\nkind = "order_rate"\nvenue = "binance"\naccount = "mm-1"\nlimit = 50\n'
+        '[rules.scope]\nsymbols = ["BTC-USDT"]\n'
+    )
+
+    settings = load_settings(write(tmp_path, text))
+
+    assert settings.heartbeats[0].scope.to_scope().covers_symbol("ETH-USDT")
+    assert settings.rules[0].scope is not None
+    assert settings.rules[0].scope.to_scope().covers_symbol("BTCUSDT")
+
+
 def test_an_account_name_that_cannot_name_a_credential_file_is_rejected(tmp_path: Path) -> None:
     errors = errors_of(write(tmp_path, BASE.replace('"mm-1"', '"mm 1/x"')))
 
