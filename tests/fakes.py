@@ -179,6 +179,9 @@ class FakeExchange:
     async def resync_clock(self) -> None:
         return
 
+    async def client_ids(self, orders: Sequence[Order]) -> dict[OrderKey, str]:
+        return {}  # its reads show every client id
+
     async def snapshot(
         self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
     ) -> Snapshot:

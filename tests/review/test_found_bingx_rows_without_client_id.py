@@ -11,6 +11,8 @@ in scope proves nothing flat for a prefix scope (`Scope.undecided`).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 
 from killswitch.exchanges.bingx import parse_execution_report, parse_order
 from killswitch.journal import Journal
+from killswitch.kill.client_ids import fill_client_ids
 from killswitch.kill.config import Account, EngineConfig
 from killswitch.kill.engine import Engine
 from killswitch.kill.planner import in_scope
@@ -26,6 +29,8 @@ from killswitch.model import (
     UNREAD_CLIENT_ID,
     AccountRef,
     Mode,
+    Order,
+    OrderKey,
     Scope,
     Snapshot,
     Trigger,
@@ -43,21 +48,28 @@ CONFIG = EngineConfig(
 PREFIX = Scope.of(client_order_id_prefix="strat7_")
 
 
+def _without_client_ids(method: Any) -> Any:
+    def answer(self: BingxSim, account: Any, p: dict[str, str]) -> Any:
+        body = method(self, account, p)
+        for row in body.get("orders", [body]):
+            row.pop("clientOrderID", None)
+        return body
+
+    return answer
+
+
 @pytest.fixture
 def documented_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = BingxSim.order_json
-
-    def order_json(self: BingxSim, order: Any) -> dict[str, Any]:
-        row: dict[str, Any] = original(self, order)
-        row.pop("clientOrderID", None)  # the documented row
-        return row
-
-    monkeypatch.setattr(BingxSim, "order_json", order_json)
+    """openOrders rows as documented: no client id. `trade/query` still shows it."""
+    monkeypatch.setattr(BingxSim, "_open_orders", _without_client_ids(BingxSim._open_orders))
 
 
-async def test_a_prefix_kill_is_not_flat_while_an_order_of_unread_client_id_is_open(
-    tmp_path: Path, documented_rows: None
-) -> None:
+@pytest.fixture
+def no_client_ids_anywhere(monkeypatch: pytest.MonkeyPatch, documented_rows: None) -> None:
+    monkeypatch.setattr(BingxSim, "_query", _without_client_ids(BingxSim._query))
+
+
+async def _prefix_kill(tmp_path: Path) -> tuple[Any, set[str], str, str]:
     async with bingx_with_answers() as (sim, exchange, _):
         mine = await place(sim, "BTC-USDT", "strat7_a1")
         theirs = await place(sim, "BTC-USDT", "other_b1")
@@ -72,22 +84,33 @@ async def test_a_prefix_kill_is_not_flat_while_an_order_of_unread_client_id_is_o
             await engine.submit(Trigger("t-prefix", "test", Mode.KILL, "r", PREFIX))
             kill = engine.kill_for("t-prefix")
             assert kill is not None
-            await kill.done.wait()
-            book = sim.book(sim.accounts["bx0"])
-            still = {o.order_id for o in book.open_orders()}
-            # Neither order can be told in scope or not: neither is cancelled, and the kill
-            # ends failed, naming both as what may still be open.
-            assert {mine, theirs} <= still
-            assert kill.state is KillState.FAILED
-            result = next(iter(kill.accounts.values()))
-            assert result.still_open is not None
-            assert not result.still_open.orders
-            assert {getattr(x, "order_id", "") for x in result.still_open.undecided} == {
-                mine,
-                theirs,
-            }
+            await kill.finished.wait()
+            still = {o.order_id for o in sim.book(sim.accounts["bx0"]).open_orders()}
+            return kill, still, mine, theirs
         finally:
             await engine.stop(grace_s=1.0)
+
+
+async def test_a_prefix_kill_asks_the_venue_for_the_client_ids_its_read_did_not_show(
+    tmp_path: Path, documented_rows: None
+) -> None:
+    kill, still, _, theirs = await _prefix_kill(tmp_path)
+    assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
+    assert still == {theirs}  # the prefixed order cancelled, the other untouched
+
+
+async def test_a_prefix_kill_is_not_flat_while_an_order_of_unread_client_id_is_open(
+    tmp_path: Path, no_client_ids_anywhere: None
+) -> None:
+    kill, still, mine, theirs = await _prefix_kill(tmp_path)
+    # Neither order can be told in scope or not: neither is cancelled, and the kill ends
+    # failed, naming both as what may still be open.
+    assert {mine, theirs} <= still
+    assert kill.state is KillState.FAILED
+    result = next(iter(kill.accounts.values()))
+    assert result.still_open is not None
+    assert not result.still_open.orders
+    assert {getattr(x, "order_id", "") for x in result.still_open.undecided} == {mine, theirs}
 
 
 def test_a_row_without_a_client_id_field_is_unread_and_an_empty_one_is_none() -> None:
@@ -115,3 +138,39 @@ def test_an_empty_prefix_covers_an_unread_client_id() -> None:
     assert every.covers_order(unread)
     assert not every.undecided(unread)
     assert in_scope(every, Snapshot(orders=(unread,))).complete
+
+
+class _Tracker:
+    trusted = True
+
+    def __init__(self, *orders: Order) -> None:
+        self.orders = orders
+
+    def as_snapshot(self) -> Snapshot:
+        return Snapshot(orders=self.orders)
+
+
+class _Venue:
+    def __init__(self, answers: dict[OrderKey, str]) -> None:
+        self.answers = answers
+        self.asked: list[OrderKey] = []
+
+    async def client_ids(self, orders: Sequence[Order]) -> dict[OrderKey, str]:
+        self.asked += [o.key for o in orders]
+        return {o.key: self.answers[o.key] for o in orders if o.key in self.answers}
+
+
+async def test_client_ids_come_from_the_tracker_first_then_from_the_venue() -> None:
+    row = {"symbol": "BTC-USDT", "status": "NEW"}
+    a, b, c = (parse_order({**row, "orderId": i}) for i in (1, 2, 3))
+    tracker = _Tracker(replace(a, client_order_id="strat7_a"), b)  # b: seen without one
+    venue = _Venue({b.key: "other_b"})
+    account = Account(AccountRef("bingx", "bx0"), venue, tracker=tracker)  # type: ignore[arg-type]
+    filled = await fill_client_ids(PREFIX, Snapshot(orders=(a, b, c)), account)
+    assert [o.client_order_id for o in filled.orders] == ["strat7_a", "other_b", UNREAD_CLIENT_ID]
+    assert venue.asked == [b.key, c.key]
+    # No prefix: client ids do not matter, and nobody is asked.
+    assert await fill_client_ids(Scope.of(), Snapshot(orders=(c,)), account) == Snapshot(
+        orders=(c,)
+    )
+    assert venue.asked == [b.key, c.key]

@@ -28,6 +28,7 @@ from killswitch.model import (
     ListEvent,
     Order,
     OrderEvent,
+    OrderKey,
     Snapshot,
     StreamEvent,
     StreamSubscribed,
@@ -177,6 +178,9 @@ class FakeExchange:
 
     async def resync_clock(self) -> None:
         return
+
+    async def client_ids(self, orders: Sequence[Order]) -> dict[OrderKey, str]:
+        return {}
 
     async def cancel_all(self, symbols: Sequence[str] | None) -> CancelAck:
         raise Fatal("not used here")

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from killswitch.model import OrderKey, Snapshot, StreamEvent
+from killswitch.model import Order, OrderKey, Snapshot, StreamEvent
 
 
 class VenueError(Exception):
@@ -244,6 +244,11 @@ class Exchange(Protocol):
         """Open orders and order lists, all symbols when `symbols` is None and the venue
         allows it; else exactly the symbols given. `complete` is False when the read may
         have been cut short."""
+
+    async def client_ids(self, orders: Sequence[Order]) -> dict[OrderKey, str]:
+        """The client ids of `orders`, whose reads did not show them (`UNREAD_CLIENT_ID`), asked
+        of the venue where it can say (BingX's documented openOrders row has none); an order it
+        cannot tell is left out. Venues whose reads always show client ids return nothing."""
 
     async def cancel_all(self, symbols: Sequence[str] | None) -> CancelAck:
         """Cancel every open order on `symbols` (at most `cancel_all_max_symbols` of them),

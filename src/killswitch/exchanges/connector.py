@@ -24,6 +24,7 @@ from killswitch.exchanges.budget import Priority
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.http import RestTransport
 from killswitch.exchanges.rest import Charges, Params, SignedRest, Wire
+from killswitch.model import Order, OrderKey
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,10 @@ class VenueConnector(ABC):
         log.info(
             "clock synced venue=%s account=%s offset_ms=%.1f", self.venue, self.account, offset
         )
+
+    async def client_ids(self, orders: Sequence[Order]) -> dict[OrderKey, str]:
+        """Nothing: this venue's reads show every client id."""
+        return {}
 
     # -- cancels ---------------------------------------------------------------------------
     @abstractmethod

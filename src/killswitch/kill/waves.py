@@ -36,6 +36,7 @@ from killswitch.exchanges.base import (
     RateLimited,
     VenueError,
 )
+from killswitch.kill.client_ids import fill_client_ids
 from killswitch.kill.config import Account, Clock, Emit, EngineConfig, Sleep
 from killswitch.kill.gate import Gate
 from killswitch.kill.planner import CancelRequest, RequestKind, in_scope, plan
@@ -236,6 +237,7 @@ class Waves:
                 if known:
                     each = await self._read_symbols(kill, account, result, known)
                     snap = snap.merged(each)
+            snap = await fill_client_ids(kill.scope, snap, account)
         except Fatal as exc:
             raise _AccountStopped(exc) from exc
         except VenueError as exc:

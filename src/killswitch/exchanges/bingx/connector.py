@@ -55,6 +55,7 @@ from killswitch.exchanges.bingx.venue import (
     CANCEL_OPEN_ORDERS,
     CANCEL_ORDERS,
     CAPABILITIES,
+    CLIENT_ID_QUERIES,
     OCO_CANCEL,
     QUERY,
     RECV_WINDOW_MAX_MS,
@@ -71,6 +72,7 @@ from killswitch.exchanges.paths import (
     PathCapabilities,
 )
 from killswitch.model import (
+    UNREAD_CLIENT_ID,
     Order,
     OrderKey,
     Snapshot,
@@ -122,6 +124,7 @@ class BingxExchange(VenueConnector):
         self.learned = LearnedPaths.load(learned_path)
         self._list_legs: dict[str, tuple[str, ...]] = {}  # OCO list id -> leg order ids
         self._leg_list: dict[str, str] = {}  # leg order id -> OCO list id
+        self._client_ids: dict[OrderKey, str] = {}  # what `client_ids` learned
         self._list_symbol: dict[str, str] = {}  # OCO list id -> symbol
         # A cancel-all without symbol: when it was acknowledged (monotonic), when it was sent
         # (venue ms), and the lists a read had shown open before it. A later read that still
@@ -247,6 +250,24 @@ class BingxExchange(VenueConnector):
         if not isinstance(data, dict):
             raise OutcomeUnknown("query answer is not an object", venue=self.venue)
         return parse_order(data, self._leg_list.get(order_id))
+
+    async def client_ids(self, orders: Sequence[Order]) -> dict[OrderKey, str]:
+        """Each order's client id by `trade/query`, which shows it (its row in openOrders
+        may not, §3.3), for at most `CLIENT_ID_QUERIES` orders a call; remembered, since a
+        client id never changes. An order the query does not settle is left out."""
+        todo = [o for o in orders if o.key not in self._client_ids][:CLIENT_ID_QUERIES]
+
+        async def ask(order: Order) -> None:
+            try:
+                seen = await self.query_order(order.symbol, order.order_id, priority=Priority.KILL)
+            except VenueError as exc:
+                log.info("bingx client id query failed account=%s: %s", self.account, exc)
+                return
+            if seen.client_order_id != UNREAD_CLIENT_ID:
+                self._client_ids[order.key] = seen.client_order_id
+
+        await _gather([ask(o) for o in todo])
+        return {o.key: self._client_ids[o.key] for o in orders if o.key in self._client_ids}
 
     # -- cancels ---------------------------------------------------------------------------
     @malformed_is_unknown

@@ -41,6 +41,8 @@ PER_SYMBOL_READS_FIRST = 2  # more symbols than this: try one no-symbol read fir
 SYMBOLS_TTL_S = 600.0
 # UNVERIFIED: the spot docs give no maximum for `orderIds`; swap's batch cancel caps at 10.
 BATCH_CANCEL_MAX = 10
+# Orders whose client id one `client_ids` call asks `trade/query` for (2/s per IP: 10 s).
+CLIENT_ID_QUERIES = 20
 # recvWindow: the common parameters say at most 5000 ms; other pages say 60000 (§3.7).
 RECV_WINDOW_MAX_MS = 5000
 # A 100410 without an epoch: back off this long, doubling per repeat, with jitter (§3.5).
