@@ -366,7 +366,10 @@ async def test_oco_lists_over_several_pages_are_all_read(session: aiohttp.Client
         )
         snap = await exchange.snapshot()
         assert len(snap.lists) == 70  # 140 legs over pages of 100
-        assert sim.counters["requests GET /openApi/spot/v1/oco/openOrderList"] == 2
+        assert snap.complete
+        # Pages 1 and 2, then page 1 again: it shows page 1's legs still open when page 2 was
+        # read, so no list can have moved past the page boundary unseen.
+        assert sim.counters["requests GET /openApi/spot/v1/oco/openOrderList"] == 3
 
 
 # -- failures ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from killswitch.exchanges.base import (
@@ -59,32 +59,137 @@ class ListsHost(RestHost, Protocol):
     def _oco_read_lock(self) -> asyncio.Lock: ...
 
 
+# Full reads of the lists (each checked by the start of the next) before a multi-page read
+# that keeps moving is called incomplete: the engine looks again.
+OCO_MAX_PASSES = 3
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One read of `oco/openOrderList` from page 1 on: its lists (legs of a list split over
+    two pages joined), the items (legs or lists, by shape) each page showed, and whether a
+    short page ended it."""
+
+    lists: dict[str, _OcoList] = field(default_factory=dict)
+    pages: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
+    ended: bool = False
+
+    def items(self, pages: int | None = None) -> set[tuple[str, str]]:
+        return {item for page in self.pages[:pages] for item in page}
+
+    def repeats(self) -> bool:
+        """Did an item show on two pages (the pages moved while they were read)?"""
+        return len(self.items()) < sum(len(page) for page in self.pages)
+
+
+async def _read_page(ex: ListsHost, read: _Pass, priority: Priority) -> None:
+    page = len(read.pages) + 1
+    try:
+        data = await ex.rest.request(
+            "GET",
+            OCO_OPEN_LIST,
+            [("pageIndex", str(page)), ("pageSize", str(OCO_PAGE_SIZE))],
+            priority=priority,
+        )
+    except AlreadyGone as exc:
+        raise OutcomeUnknown(exc.msg, venue=ex.venue, account=ex.account) from exc
+    lists, items, shape = parse_oco_page(data)
+    if ex.learned.oco_list_shape != shape:
+        ex.learned.learn("oco_list_shape", shape)
+    for oco_list in lists:
+        prior = read.lists.get(oco_list.list_id)
+        if prior is None:
+            read.lists[oco_list.list_id] = oco_list
+        else:  # a list's legs split over two pages of legs
+            read.lists[oco_list.list_id] = replace(prior, legs=prior.legs + oco_list.legs)
+    read.pages.append(_page_items(data, lists, shape))
+    if items < OCO_PAGE_SIZE:
+        read.ended = True
+
+
+def _page_items(data: Any, lists: list[_OcoList], shape: str) -> tuple[tuple[str, str], ...]:
+    """What one page showed, item by item: legs in the flat shape, lists (done ones too, as
+    they take a place on the page) in the `ocoOrders` shape."""
+    if shape == "ocoOrders":
+        return tuple((shape, order_id_str(item["orderListId"])) for item in data["ocoOrders"])
+    return tuple((shape, leg.order_id) for x in lists for leg in x.legs)
+
+
+async def _read_on(ex: ListsHost, read: _Pass, priority: Priority) -> bool:
+    """Read `read` on to its short page; False when the pages never ended."""
+    while not read.ended:
+        if len(read.pages) >= OCO_MAX_PAGES:
+            log.warning("bingx oco/openOrderList never ended account=%s: incomplete", ex.account)
+            return False
+        await _read_page(ex, read, priority)
+    return True
+
+
 async def open_oco_lists(ex: ListsHost, priority: Priority) -> tuple[list[_OcoList], bool]:
-    """Every open OCO list, page by page; and False when the pages never ended."""
-    found: dict[str, _OcoList] = {}
-    for page in range(1, OCO_MAX_PAGES + 1):
-        try:
-            data = await ex.rest.request(
-                "GET",
-                OCO_OPEN_LIST,
-                [("pageIndex", str(page)), ("pageSize", str(OCO_PAGE_SIZE))],
-                priority=priority,
-            )
-        except AlreadyGone as exc:
-            raise OutcomeUnknown(exc.msg, venue=ex.venue, account=ex.account) from exc
-        lists, items, shape = parse_oco_page(data)
-        if ex.learned.oco_list_shape != shape:
-            ex.learned.learn("oco_list_shape", shape)
-        for oco_list in lists:
-            prior = found.get(oco_list.list_id)
-            if prior is None:
-                found[oco_list.list_id] = oco_list
-            else:  # a list's legs split over two pages of legs
-                found[oco_list.list_id] = replace(prior, legs=prior.legs + oco_list.legs)
-        if items < OCO_PAGE_SIZE:
-            return list(found.values()), True
-    log.warning("bingx oco/openOrderList never ended account=%s: incomplete", ex.account)
-    return list(found.values()), False
+    """Every open OCO list, page by page; and whether the read surely shows every list that
+    was open all through it.
+
+    One page is one answer of the venue: complete when it is short. More pages are read at
+    different times, and the venue's order moves under them: a list leaving an earlier page
+    (filled, cancelled by the desk, by our own cancels) moves every later one a place back,
+    and the one that stood first on the next page is never shown; a list placed ahead moves
+    them on (an item shows twice). Whether `trade/openOrders` shows OCO legs at all is
+    undocumented (reference §3.7), so a skipped list may be seen nowhere else: a read that
+    could have skipped one is never called complete.
+
+    When is a read of pages 1..m (read at t_1 < ... < t_m, page m short) sure? Take the
+    venue's order of items (legs or lists, by shape) as stable: items come and go, but two
+    items never swap. If no item showed on two pages, and every item shown on pages 1..m-1 is
+    still open at t_m, the read skipped no item L open all through it. Proof: were L skipped,
+    let b_i be the number of items ahead of L at t_i. L is not on page 1, so b_1 >= S (the
+    page size); and page m reaches the end, so b_m < (m-1)S. Call L beyond page i when
+    b_i >= iS: it is beyond page 1 and not beyond page m. Take the first j with L beyond page j
+    but not beyond page j+1; as L is not on page j+1 either, b_{j+1} < jS. L was beyond every
+    page i <= j: all S items of page i were ahead of L at t_i. These jS items are distinct
+    (none showed twice), stay ahead of L (the order is stable), and are all still open at
+    t_{j+1} (they are at t_m): so b_{j+1} >= jS. Contradiction.
+
+    "Still open at t_m" is checked by reading again: a second read (its page 1 sent after
+    page m answered) that shows every item of pages 1..m-1 stops as soon as it has shown
+    them all (it reads at most m-1 pages). When it cannot vouch for them (an item gone, or
+    moved on past page m-1) or the first read showed an item twice, the second read is read
+    on to its end and is checked by a third the same way, up to `OCO_MAX_PASSES` full reads;
+    then the answer is incomplete (never proof of flat; the engine looks again), with the
+    lists of the last full read. Lists placed during a read may be missing from it, as from
+    any one-page answer: a list that was open before the read began is never.
+
+    Costs: a one-page read (the common case, and every final check of a kill that left few
+    lists) is one request, as before; an m-page read of a quiet book m + (m-1) or fewer. What
+    we cancelled ourselves is not excused from the check: a cancel answered during the read
+    may have moved the pages as much as any other.
+    """
+    read = _Pass()
+    for passes in range(1, OCO_MAX_PASSES + 1):
+        if not await _read_on(ex, read, priority):
+            return list(read.lists.values()), False
+        if len(read.pages) == 1:
+            return list(read.lists.values()), True
+        witness = _Pass()
+        owed = read.items(len(read.pages) - 1)
+        if not read.repeats():
+            while not witness.ended and len(witness.pages) < len(read.pages) - 1:
+                await _read_page(ex, witness, priority)
+                if owed <= witness.items():
+                    return list(read.lists.values()), True
+        if passes == OCO_MAX_PASSES:
+            break
+        log.info(
+            "bingx oco/openOrderList moved while read account=%s pages=%d: reading again",
+            ex.account,
+            len(read.pages),
+        )
+        read = witness
+    log.warning(
+        "bingx oco/openOrderList kept moving account=%s: incomplete after %d reads",
+        ex.account,
+        OCO_MAX_PASSES,
+    )
+    return list(read.lists.values()), False
 
 
 def index_lists(ex: ListsHost, lists: list[_OcoList], complete: bool, started: float) -> None:
