@@ -167,6 +167,30 @@ def test_unsigned_or_wrongly_signed_records_are_unauthenticated(
     assert info.value.kind == kind
 
 
+@pytest.mark.parametrize("sent", [None, "5bdc", 42, bytearray(b"00")])
+def test_a_signature_header_value_that_is_not_bytes_is_a_bad_signature(sent: object) -> None:
+    # Kafka header values are nullable (aiokafka hands over None): a rejection to dead-letter,
+    # never an AttributeError that stops the consumer on the record at every restart.
+    value = encode(DESIGN_EXAMPLE)
+    with pytest.raises(Unauthenticated) as info:
+        parse_alert(value, [("x-signature", sent)], hmac_key=b"k")  # type: ignore[list-item]
+    assert info.value.kind == "bad_signature"
+    assert "signature header value is" in info.value.msg
+
+
+def test_only_the_last_signature_header_counts_even_when_an_earlier_one_is_null() -> None:
+    value = encode(DESIGN_EXAMPLE)
+    good = signature(b"k", value).encode()
+    assert parse_alert(value, [("x-signature", None), ("x-signature", good)], hmac_key=b"k")
+    with pytest.raises(Unauthenticated):
+        parse_alert(value, [("x-signature", good), ("x-signature", None)], hmac_key=b"k")
+
+
+def test_a_record_value_that_is_not_bytes_is_malformed() -> None:
+    with pytest.raises(MalformedAlert, match="not bytes"):
+        parse_alert(orjson.dumps(DESIGN_EXAMPLE).decode(), hmac_key=None)  # type: ignore[arg-type]
+
+
 def test_a_signed_alert_parses_only_with_the_matching_key() -> None:
     value = encode(DESIGN_EXAMPLE)
     headers = [("x-signature", signature(b"k1", value).encode())]

@@ -7,6 +7,8 @@ Rejections, by what the dead-letter header `x-dlq-error-kind` says::
      +-- Unauthenticated          "unsigned" / "bad_signature": HMAC missing or wrong
      +-- ExpiredAlert             "expired": older than the opt-in TTL policy allows
      +-- RefusedAlert             "refused": valid, but not allowed here (reset, unknown account)
+    (AlertRejected itself)        "unhandled": an error of ours on this record (`kafka.alerts`
+                                  dead-letters it with the error rather than stop on it)
 
 The schema is strict (`extra="forbid"`): a misspelt `scope` field must not widen a kill to
 "everything", so an unknown field rejects the alert instead.
@@ -29,7 +31,7 @@ from killswitch.settings import unmatched
 SIGNATURE_HEADER = "x-signature"
 MAX_ALERT_BYTES = 64 * 1024
 
-Headers = Sequence[tuple[str, bytes]]
+Headers = Sequence[tuple[str, bytes | None]]  # Kafka header values are nullable
 
 
 class AlertRejected(Exception):
@@ -147,12 +149,20 @@ def signature(key: bytes, value: bytes) -> str:
 
 
 def verify_signature(value: bytes, headers: Headers, key: bytes) -> None:
-    """Raise `Unauthenticated` unless the last `x-signature` header signs `value` with `key`."""
-    sent = [v for k, v in headers if k.lower() == SIGNATURE_HEADER]
+    """Raise `Unauthenticated` unless the last `x-signature` header signs `value` with `key`.
+
+    A header value may be null (Kafka header values are nullable; aiokafka gives None) or, from
+    a careless caller, not bytes at all: either is a bad signature, never an error of ours.
+    """
+    sent = [v for k, v in headers if isinstance(k, str) and k.lower() == SIGNATURE_HEADER]
     if not sent:
         raise Unauthenticated("unsigned alert: a key is configured", kind="unsigned")
+    last = sent[-1]
+    if not isinstance(last, bytes):
+        what = "null" if last is None else f"a {type(last).__name__}, not bytes"
+        raise Unauthenticated(f"signature header value is {what}")
     try:
-        given = bytes.fromhex(sent[-1].decode("ascii").strip())
+        given = bytes.fromhex(last.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
         raise Unauthenticated("signature header is not hex") from None
     expected = hmac.new(key, value, hashlib.sha256).digest()
@@ -164,6 +174,8 @@ def parse_alert(value: bytes | None, headers: Headers = (), *, hmac_key: bytes |
     """Authenticate (when a key is given), decode and validate one record's value."""
     if value is None:
         raise MalformedAlert("record has no value")
+    if not isinstance(value, bytes):
+        raise MalformedAlert(f"record value is a {type(value).__name__}, not bytes")
     if len(value) > MAX_ALERT_BYTES:
         raise MalformedAlert(f"record of {len(value)} bytes exceeds {MAX_ALERT_BYTES}")
     # Authenticate first: an unauthenticated producer learns nothing from our parser.
