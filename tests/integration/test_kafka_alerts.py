@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,39 @@ async def test_with_a_key_configured_only_correctly_signed_alerts_act(
     letters = await read_topic(kafka_broker.bootstrap, settings.dead_letter_topic, count=2)
     assert [dict(r.headers)["x-dlq-error-kind"] for r in letters] == [b"unsigned", b"bad_signature"]
     assert [r.value for r in letters] == [unsigned, forged]
+
+
+async def test_a_null_signature_header_is_dead_lettered_and_never_stops_the_consumer(
+    kafka_broker: KafkaBroker,
+) -> None:
+    # Kafka header values are nullable: aiokafka hands a null one over as None. It once raised
+    # AttributeError out of run(): the daemon stopped, and died again on the record at restart.
+    key = b"alert-key-for-tests"
+    settings = await kafka_settings(kafka_broker, alert_hmac_key=SecretStr(key.decode()))
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine)
+    poison = alert("null-signature")
+    signed = alert("signed-kill")
+    async with running(consumer) as task, producer(kafka_broker.bootstrap) as prod:
+        await prod.send(settings.alerts_topic, poison, headers=[("x-signature", None)])
+        await prod.send(
+            settings.alerts_topic,
+            signed,
+            headers=[("x-signature", signature(key, signed).encode())],
+        )
+        await prod.flush()
+        await eventually(lambda: consumer.stats.consumed == 2 or task.done(), timeout_s=30)
+        assert not task.done(), f"the consumer's run() ended: {task.exception()!r}"
+        await eventually(lambda: _equals(committed(settings), 2), timeout_s=30)
+    assert [t.id for t in engine.journal] == ["signed-kill"]
+    [letter] = await read_topic(kafka_broker.bootstrap, settings.dead_letter_topic, count=1)
+    assert letter.value == poison
+    assert dict(letter.headers)["x-dlq-error-kind"] == b"bad_signature"
+    assert b"null" in dict(letter.headers)["x-dlq-error"]
+
+
+async def _equals(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
 
 
 async def test_a_reset_alert_is_refused_unless_allowed(kafka_broker: KafkaBroker) -> None:

@@ -327,22 +327,49 @@ class KafkaAlertConsumer(EngineFeed):
             await self._probe()
 
     async def _process(self, tp: TopicPartition, record: Record) -> None:
+        """Act on one record; a record that cannot be handled is dead-lettered, never fatal.
+
+        Everything up to the engine call is guarded: a rejection, and equally an error of ours
+        on a record nobody foresaw, dead-letters the record with its error and the consumer
+        goes on (DESIGN "Alerts"). The engine call itself is retried until journaled
+        (`_engine_call`): a kill is never skipped for a full disk.
+        """
         self.stats.consumed += 1
         now_ms = self._wall_ms()
         try:
-            alert = parse_alert(record.value, record.headers, hmac_key=self._hmac_key)
-            unknown = check_policy(
-                alert,
-                now_ms=now_ms,
-                ttl_ms=self.settings.alert_ttl_ms,
-                allow_reset=self.settings.allow_reset,
-                accounts=self.accounts,
-            )
-            if alert.action is AlertAction.RESET:
-                self._check_reset_is_fresh(alert)
+            work = self._accept(record, now_ms)
         except AlertRejected as exc:
             await self._reject(tp, record, exc)
             return
+        except Exception as exc:  # one record must never stop the consumer
+            log.exception(
+                "alert record could not be handled partition=%d offset=%d",
+                record.partition,
+                record.offset,
+            )
+            error = AlertRejected(
+                f"cannot handle record: {type(exc).__name__}: {exc}"[:500], kind="unhandled"
+            )
+            await self._reject(tp, record, error)
+            return
+        if isinstance(work, Trigger):
+            await self._submit(work)
+        elif work is not None:
+            await self._reset(work)
+
+    def _accept(self, record: Record, now_ms: int) -> Trigger | Alert | None:
+        """Authenticate, validate and apply the policy; return what the engine must see (the
+        trigger of a kill or cancel, a reset alert), None when it is done here (a heartbeat)."""
+        alert = parse_alert(record.value, record.headers, hmac_key=self._hmac_key)
+        unknown = check_policy(
+            alert,
+            now_ms=now_ms,
+            ttl_ms=self.settings.alert_ttl_ms,
+            allow_reset=self.settings.allow_reset,
+            accounts=self.accounts,
+        )
+        if alert.action is AlertAction.RESET:
+            self._check_reset_is_fresh(alert)
         if unknown:
             log.warning("alert names unknown accounts alert_id=%s accounts=%s", alert.id, unknown)
             self._emit(EventType.ALERT_UNKNOWN_ACCOUNTS, alert_id=alert.id, accounts=unknown)
@@ -350,11 +377,10 @@ class KafkaAlertConsumer(EngineFeed):
             self.stats.heartbeats += 1
             if self.heartbeats is None or not self.heartbeats.beat(alert.source, alert.ts):
                 log.debug("heartbeat from an unwatched source source=%s", alert.source)
-            return
+            return None
         if alert.action is AlertAction.RESET:
-            await self._reset(alert)
-            return
-        await self._submit(alert.to_trigger(received_ms=now_ms))
+            return alert
+        return alert.to_trigger(received_ms=now_ms)
 
     async def _submit(self, trigger: Trigger) -> None:
         result = await self._engine_call(f"alert {trigger.id}", lambda: self.engine.submit(trigger))
