@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 
+from killswitch.events import FanOut, make_event
 from killswitch.kafka.client import Backoff
 from killswitch.kafka.replicas import LatchLog, LatchReplicator
 from killswitch.model import Mode, Scope, Trigger
@@ -301,3 +303,138 @@ async def test_a_fail_safe_latch_from_an_unreadable_journal_stays_on_its_replica
         await eventually(lambda: "k-1" in damaged.held, timeout_s=30)
     assert a.published == 0
     assert "journal-unreadable-20261206T180000000Z" not in healthy.held
+
+
+# -- a reset made on a replica reaches the topic, across a stop or a crash -------------------
+
+
+@pytest.mark.kafka
+async def test_a_reset_made_while_unpublished_is_announced_after_a_restart(
+    latch_settings: KafkaSettings,
+) -> None:
+    a_engine, b_engine = FakeEngine(), FakeEngine()
+    a = replicator(latch_settings, "replica-a", a_engine)
+    b = replicator(latch_settings, "replica-b", b_engine)
+    async with running(a):
+        await b.start()
+        b_task = asyncio.create_task(b.run())
+        await a_engine.submit(kill("k-1"))
+        await eventually(lambda: b_engine.latched(), timeout_s=30)
+        # B stops (a deploy, or a crash) right after an operator reset on it, before its
+        # replicator published the reset: the outbox, in memory, is gone with the process.
+        await b.stop()
+        await asyncio.wait_for(b_task, 30)
+        await b_engine.reset(actor="ops", reason="all clear")  # journaled on B only
+        b_engine.events = FanOut([b_engine.sink])  # the old replicator died with the process
+        b2 = replicator(latch_settings, "replica-b", b_engine)
+        async with running(b2):
+            await eventually(lambda: not a_engine.latched(), timeout_s=30)
+            assert not b_engine.latched()  # the cluster latch is not taken back by B
+    assert a_engine.resets[-1]["origin"] == "replica:replica-b"
+    (reset,) = [v for k, v in await records(latch_settings, 3) if k.startswith("reset/")]
+    assert reset is not None
+    assert reset["released"] == ["k-1"]
+    assert reset["origin"] == "replica-b"
+
+
+@pytest.mark.kafka
+async def test_a_late_reset_names_only_what_was_reset_on_its_replica(
+    latch_settings: KafkaSettings,
+) -> None:
+    a_engine, b_engine = FakeEngine(), FakeEngine()
+    a = replicator(latch_settings, "replica-a", a_engine)
+    b = replicator(latch_settings, "replica-b", b_engine)
+    async with running(a):
+        await b.start()
+        b_task = asyncio.create_task(b.run())
+        await a_engine.submit(kill("k-1"))
+        await eventually(lambda: b_engine.latched(), timeout_s=30)
+        await b.stop()
+        await asyncio.wait_for(b_task, 30)
+        await b_engine.reset(actor="ops", reason="all clear")  # releases k-1, unannounced
+        await a_engine.submit(kill("k-2"))  # a newer kill on A, after B's reset
+        await eventually(lambda: a.published == 2, timeout_s=30)
+        b_engine.events = FanOut([b_engine.sink])
+        b2 = replicator(latch_settings, "replica-b", b_engine)
+        async with running(b2):
+            await eventually(lambda: "k-1" not in a_engine.held, timeout_s=30)
+            await asyncio.sleep(0.5)
+        assert sorted(a_engine.held) == ["k-2"]  # B's reset named k-1, and only k-1
+        assert sorted(b_engine.held) == ["k-2"]  # the newer kill is applied on B
+    resets = [v for k, v in await records(latch_settings, 4) if k.startswith("reset/")]
+    assert [r["released"] for r in resets if r is not None] == [["k-1"]]
+
+
+@pytest.mark.kafka
+async def test_a_graceful_stop_publishes_the_reset_it_holds(latch_settings: KafkaSettings) -> None:
+    a_engine, b_engine = FakeEngine(), FakeEngine()
+    a = replicator(latch_settings, "replica-a", a_engine)
+    b = replicator(latch_settings, "replica-b", b_engine)
+    async with running(a):
+        await b.start()
+        b_task = asyncio.create_task(b.run())
+        await a_engine.submit(kill("k-1"))
+        await eventually(lambda: b_engine.latched(), timeout_s=30)
+        await b_engine.reset(actor="ops", reason="all clear")
+        await b.stop()  # at once: the reset still waits in the outbox
+        await asyncio.wait_for(b_task, 30)
+        assert not b._outbox
+        await eventually(lambda: not a_engine.latched(), timeout_s=30)
+    assert b.published == 2  # the reset and the tombstone of k-1
+
+
+class InFlightEngine(FakeEngine):
+    """The real engine's window: a trigger id is seen (DUPLICATE) before its journal write
+    ends and its latch is held; `finish()` ends that write."""
+
+    def __init__(self, trigger: Trigger) -> None:
+        super().__init__()
+        self.in_flight = trigger
+        self.journal.append(trigger)  # seen: a submit of it answers DUPLICATE
+
+    def finish(self) -> None:
+        self.held[self.in_flight.id] = self.in_flight.scope
+        self._kills[self.in_flight.id] = _Kill(self.in_flight)
+        self.events.emit(make_event("triggered", trigger=self.in_flight.to_json()))
+
+
+@pytest.mark.kafka
+async def test_a_latch_seen_but_not_yet_held_is_never_announced_as_reset() -> None:
+    now = [0.0]
+    engine = InFlightEngine(kill("k-1"))  # another input is journaling k-1 right now
+    rep = LatchReplicator(
+        KafkaSettings(bootstrap_servers="127.0.0.1:9"), engine, replica_id="b", clock=lambda: now[0]
+    )
+    engine.events.add(rep)
+    rep.log.apply(*latch_record("k-1", origin="a"))
+    await rep._reconcile()  # DUPLICATE, and not held (yet)
+    engine.finish()  # the other input's write ends: k-1 is latched here
+    now[0] += 60.0
+    await rep._step_resets()
+    assert rep._outbox == deque()  # no reset of a latch this replica holds
+    assert engine.latches().keys() == {"k-1"}
+
+
+@pytest.mark.kafka
+async def test_a_latch_released_here_is_announced_after_it_settles() -> None:
+    now = [0.0]
+    engine = FakeEngine()
+    await engine.submit(kill("k-1"))
+    await engine.reset(actor="ops", reason="clear")  # journaled before this life
+    rep = LatchReplicator(
+        KafkaSettings(bootstrap_servers="127.0.0.1:9"), engine, replica_id="b", clock=lambda: now[0]
+    )
+    engine.events.add(rep)
+    rep.log.apply(*latch_record("k-1", origin="a"))
+    rep.log.apply(*latch_record("k-9", origin="a"))  # never seen here: applied, not reset
+    await rep._reconcile()
+    assert sorted(engine.held) == ["k-9"]
+    await rep._step_resets()
+    assert not rep._outbox  # not yet: an input may still be journaling it
+    now[0] += 60.0
+    await rep._step_resets()
+    key, value = rep._outbox[0]
+    assert key.startswith(b"reset/b/")
+    assert value is not None
+    assert orjson.loads(value)["released"] == ["k-1"]
+    assert list(rep._outbox)[1] == (b"latch/k-1", None)

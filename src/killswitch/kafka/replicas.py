@@ -18,6 +18,13 @@ Echo loops are cut twice: records name their `origin` (our own are not applied a
 what we applied from the topic (a submitted trigger, a reset with origin `replica:<peer>`) is
 not published back. A replica that starts reads the topic from the beginning before READY
 (bounded by `sync_timeout_s`, then it keeps trying in the background and says so in status).
+
+A reset made here reaches the topic even if this replica stopped or crashed before publishing
+it: a graceful stop publishes what waits (for at most `stop_flush_s`), and after a restart the
+journal says it. A cluster latch this replica's engine answers DUPLICATE to and does not hold
+was released here by a reset the topic lacks; once that stays so for `reset_settle_s` (an
+input may be journaling the same trigger id right now: seen before it is held), a reset naming
+exactly those ids is published. Never one it had not seen: a newer kill has a new id.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from killswitch.events import EventRecord, EventType
 from killswitch.journal import UNREADABLE_PREFIX
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kill.port import EnginePort
+from killswitch.kill.record import SubmitResult
 from killswitch.model import Mode, Trigger
 
 if TYPE_CHECKING:
@@ -164,6 +172,8 @@ class LatchReplicator(EngineFeed):
         replica_id: str | None = None,
         sync_timeout_s: float = 10.0,
         poll_timeout_ms: int = 50,
+        reset_settle_s: float = 2.0,
+        stop_flush_s: float = 5.0,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
@@ -181,7 +191,13 @@ class LatchReplicator(EngineFeed):
         self.published = 0
         self.applied_latches = 0
         self.applied_resets = 0
+        self.announced_resets = 0  # resets made here that the topic lacked, published late
+        self.reset_settle_s = reset_settle_s
+        self.stop_flush_s = stop_flush_s
         self._applied: OrderedDict[str, None] = OrderedDict()  # ids submitted from the topic
+        # Cluster latches released here (DUPLICATE, not held) that the topic still shows
+        # latched: id -> when first noticed. Announced as a reset once settled.
+        self._unannounced: dict[str, float] = {}
         self._outbox: deque[tuple[bytes, bytes | None]] = deque()
         self._position = 0  # next offset to read
 
@@ -195,6 +211,8 @@ class LatchReplicator(EngineFeed):
             if not isinstance(trigger, dict) or trigger.get("mode") != Mode.KILL.value:
                 return
             trigger_id = str(trigger.get("id"))
+            # accepted here: it was being journaled, not released (see `_announce_resets`)
+            self._unannounced.pop(trigger_id, None)
             if trigger_id in self._applied or trigger_id in self.log.latched:
                 return  # it came from the topic, or a peer published it already
             self._queue_latch(trigger)
@@ -247,8 +265,30 @@ class LatchReplicator(EngineFeed):
     async def _step(self) -> None:
         if not self.synced:
             await self._sync()
+        await self._step_resets()
         await self._publish()
         await self._poll()
+
+    async def _at_stop(self) -> None:
+        """Publish what waits in the outbox, for at most `stop_flush_s`: a reset or a kill made
+        just before a stop is announced now. What is left comes back from the journal at the
+        next start (a latch the topic lacks, a reset of a latch the topic still shows)."""
+        if self._outbox and self.connected:
+            try:
+                async with asyncio.timeout(self.stop_flush_s):
+                    await self._publish()
+            except asyncio.CancelledError:
+                raise
+            except BROKER_ERRORS as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        if not self._outbox:
+            return
+        log.warning(
+            "latch records not published at stop count=%d error=%s "
+            "(announced again from the journal at the next start)",
+            len(self._outbox),
+            self.last_error or "not connected",
+        )
 
     def _on_disconnected(self, was_connected: bool) -> None:
         if was_connected:
@@ -351,11 +391,7 @@ class LatchReplicator(EngineFeed):
     async def _apply(self, record: dict[str, Any]) -> None:
         if record["type"] == "latch":
             trigger = Trigger.from_json(record["trigger"])
-            _remember(self._applied, trigger.id)
-            result = await self._engine_call(
-                trigger.id, functools.partial(self.engine.submit, trigger)
-            )
-            self.applied_latches += 1
+            result = await self._submit_peer_latch(trigger)
             log.warning(
                 "latch from replica applied origin=%s trigger_id=%s result=%s",
                 record.get("origin"),
@@ -368,10 +404,7 @@ class LatchReplicator(EngineFeed):
     async def _reconcile(self, reset_record: dict[str, Any] | None = None) -> None:
         decision = self.log.decide(held_latches(self.engine))
         for trigger_json in decision.submit:
-            trigger = Trigger.from_json(trigger_json)
-            _remember(self._applied, trigger.id)
-            await self._engine_call(trigger.id, functools.partial(self.engine.submit, trigger))
-            self.applied_latches += 1
+            await self._submit_peer_latch(Trigger.from_json(trigger_json))
         for trigger_id in decision.publish:
             if trigger_id.startswith(UNREADABLE_PREFIX):
                 continue  # this replica's own disk trouble: its fail-safe latch stays local
@@ -394,6 +427,50 @@ class LatchReplicator(EngineFeed):
                 ),
             )
             self.applied_resets += 1
+
+    async def _submit_peer_latch(self, trigger: Trigger) -> SubmitResult:
+        """Submit a cluster latch to the engine as the same trigger."""
+        _remember(self._applied, trigger.id)
+        result = await self._engine_call(trigger.id, functools.partial(self.engine.submit, trigger))
+        self.applied_latches += 1
+        if result is SubmitResult.DUPLICATE and trigger.id not in self.engine.latches():
+            # Seen here and not held: released by a reset here that the topic lacks (made
+            # before a stop or a crash), or being journaled by another input right now.
+            self._unannounced.setdefault(trigger.id, self._clock())
+        return result
+
+    async def _step_resets(self) -> None:
+        """Announce the resets made here that the topic lacks, once settled: exactly the
+        cluster latches still latched on the topic that the engine has seen and does not hold."""
+        now = self._clock()
+        due = [t for t, since in self._unannounced.items() if now - since >= self.reset_settle_s]
+        released: list[str] = []
+        for trigger_id in due:
+            del self._unannounced[trigger_id]
+            trigger_json = self.log.latched.get(trigger_id)
+            if trigger_json is None or trigger_id in self.engine.latches():
+                continue  # the topic shows it released by now, or it is latched here
+            trigger = Trigger.from_json(trigger_json)
+            # Ask again: a journal write that failed meanwhile forgot the id (ACCEPTED now).
+            _remember(self._applied, trigger_id)
+            result = await self._engine_call(
+                trigger_id, functools.partial(self.engine.submit, trigger)
+            )
+            if result is SubmitResult.DUPLICATE and trigger_id not in self.engine.latches():
+                released.append(trigger_id)
+        if not released:
+            return
+        log.warning(
+            "reset made here announced late (it had not reached the latch topic) released=%s",
+            released,
+        )
+        self._queue_reset(
+            released,
+            actor=f"replica {self.replica_id}",
+            reason="reset on this replica before it could announce it (from its journal)",
+            origin="journal",
+        )
+        self.announced_resets += 1
 
     async def _engine_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Retry an engine call until it is journaled; a peer's latch is never dropped."""
