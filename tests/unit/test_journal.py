@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import orjson
 import pytest
 
 from killswitch.journal import FileOps, Journal, JournalCorrupt, replay
@@ -532,3 +533,224 @@ def test_an_unreadable_whole_last_line_is_torn_only_when_a_crash_could_have_left
     assert (state.unreadable is None) is torn
     assert bool(state.failsafe_latches) is not torn
     assert "k" in state.unfinished
+
+
+# -- a crash that lost the first page of the last append ------------------------------------------
+
+
+def crash_journal(path: Path) -> bytes:
+    """A journal of one acknowledged cancel, `k`: the records before the last append."""
+    journal = Journal(path)
+    journal.open()
+    journal.record_trigger(trigger("k", Mode.CANCEL, venues=["binance"]))
+    journal.close()
+    return path.read_bytes()
+
+
+def kill_append(trigger_id: str) -> bytes:
+    """What `Engine.submit` appends for a kill: its trigger and its latch, in one write."""
+    t = trigger(trigger_id, venues=["mexc"])
+    return b"".join(
+        orjson.dumps(r) + b"\n"
+        for r in (
+            {"kind": "trigger", "ts_ms": 1, "trigger": t.to_json()},
+            {"kind": "latch", "ts_ms": 1, "trigger_id": trigger_id, "scope": t.scope.to_json()},
+        )
+    )
+
+
+def lost(data: bytes, start: int, end: int) -> bytes:
+    """`data` with the bytes in [start, end) never written: NULs, as a lost page reads."""
+    return data[:start] + b"\0" * (end - start) + data[end:]
+
+
+def cancel_append(trigger_id: str) -> bytes:
+    t = trigger(trigger_id, Mode.CANCEL)
+    return orjson.dumps({"kind": "trigger", "ts_ms": 1, "trigger": t.to_json()}) + b"\n"
+
+
+def assert_torn_and_cut(path: Path, good: bytes) -> None:
+    journal = Journal(path)
+    state = journal.open()
+    journal.close()
+    assert state.unreadable is None, f"a crash read as damage: {state.unreadable}"
+    assert not state.failsafe_latches
+    assert state.torn_tail
+    assert (list(state.seen), state.unfinished, state.latches) == (["k"], {"k"}, {})
+    assert path.read_bytes() == good  # the unacknowledged append is cut, nothing else
+    assert not list(path.parent.glob("*.unreadable-*"))
+
+
+@pytest.mark.parametrize("first", [1, 40, 120])
+def test_a_last_record_whose_first_page_was_lost_is_a_torn_tail(tmp_path: Path, first: int) -> None:
+    path = tmp_path / "journal.jsonl"
+    good = crash_journal(path)
+    record = cancel_append("x")
+    path.write_bytes(good + lost(record, 0, first))  # NULs, then the rest of the record
+    assert_torn_and_cut(path, good)
+
+
+def test_a_last_record_with_a_page_lost_in_its_middle_is_a_torn_tail(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    good = crash_journal(path)
+    record = cancel_append("x")
+    path.write_bytes(good + lost(record, 20, 60))
+    assert_torn_and_cut(path, good)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "trigger",  # the trigger's page lost, newline and all: NULs then the latch, one line
+        "trigger but its newline",  # two lines: NULs, then the latch whole
+        "start of both",  # the trigger's start and the latch's start lost
+        "all",  # the size reached the disk, none of the data
+    ],
+)
+def test_a_trigger_and_latch_append_that_lost_its_first_page_is_a_torn_tail(
+    tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    good = crash_journal(path)
+    data = kill_append("m")
+    first = data.index(b"\n") + 1
+    zeroed = {
+        "trigger": lost(data, 0, first),
+        "trigger but its newline": lost(data, 0, first - 1),
+        "start of both": lost(lost(data, 0, 30), first, first + 10),
+        "all": lost(data, 0, len(data)),
+    }[damage]
+    path.write_bytes(good + zeroed)
+    assert_torn_and_cut(path, good)
+
+
+@pytest.mark.parametrize("end", [60, 200, -5])
+def test_an_append_cut_short_after_its_first_page_was_lost_is_a_torn_tail(
+    tmp_path: Path, end: int
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    good = crash_journal(path)
+    data = kill_append("m")
+    path.write_bytes(good + lost(data, 0, 30)[:end])  # no newline at the end
+    assert_torn_and_cut(path, good)
+
+
+def test_a_crash_tail_is_cut_and_appending_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    good = crash_journal(path)
+    data = kill_append("m")
+    path.write_bytes(good + lost(data, 0, data.index(b"\n") + 1))
+    journal = Journal(path)
+    journal.open()
+    journal.record_trigger(trigger("m", venues=["mexc"]))  # the redelivered alert
+    journal.close()
+    state, _ = replay(path)
+    assert list(state.seen) == ["k", "m"]
+    assert state.latches == {"m": Scope.of(venues=["mexc"])}
+
+
+def assert_fails_safe(path: Path, damaged: bytes) -> None:
+    journal = Journal(path)
+    state = journal.open()
+    journal.close()
+    assert state.unreadable is not None
+    assert len(state.failsafe_latches) == 1
+    assert state.latches[state.failsafe_latches[0]] == Scope()
+    assert state.unreadable_copy is not None
+    assert state.unreadable_copy.read_bytes() == damaged
+    assert "k" in state.unfinished
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        pytest.param(2, id="two whole records after it"),
+        pytest.param(1, id="a record after it that is not the latch of the lost trigger"),
+    ],
+)
+def test_a_record_with_leading_nuls_before_the_last_append_fails_safe(
+    tmp_path: Path, after: int
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.record_trigger(trigger("k", Mode.CANCEL, venues=["binance"]))
+    journal.record_trigger(trigger("a", accounts=["mm-1"]))
+    journal.append("reset", actor="ops", reason="drill", released=[])
+    if after == 2:
+        journal.record_trigger(trigger("b", Mode.CANCEL))
+    journal.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = lost(lines[1], 0, 50)  # the acknowledged kill "a": its first page gone
+    damaged = b"".join(lines)
+    path.write_bytes(damaged)
+    assert_fails_safe(path, damaged)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param(
+            lambda: lost(cancel_append("x"), 0, 30) + lost(kill_append("m"), 0, 30),
+            id="damage followed by more records than one append",
+        ),
+        pytest.param(
+            lambda: b"\0" * 200 + b"\n" + b"\0" * 200 + b"\n" + b"\0" * 200 + b"\n",
+            id="three records of NULs: larger than one append",
+        ),
+        pytest.param(
+            lambda: lost(cancel_append("y"), 0, 30) + kill_append("x").split(b"\n")[1] + b"\n",
+            id="NULs then a latch of a trigger the journal knows",
+        ),
+        pytest.param(
+            lambda: lost(kill_append("m"), 0, 30)[:-1] + b"\n" + cancel_append("y"),
+            id="a trigger and latch with NULs, then another record",
+        ),
+        pytest.param(
+            lambda: b"\0\0 api_secret=hunter2\n",
+            id="NULs then what no record ends with",
+        ),
+        pytest.param(
+            lambda: b"nonsense\0\0\0\n",
+            id="NULs after what no record begins with",
+        ),
+        pytest.param(
+            lambda: lost(cancel_append("x"), 0, 30) + b"garbage\n",
+            id="NULs then a whole line that does not read",
+        ),
+    ],
+)
+def test_nul_damage_a_crash_of_the_last_append_cannot_leave_fails_safe(
+    tmp_path: Path, tail: Callable[[], bytes]
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.record_trigger(trigger("k", Mode.CANCEL, venues=["binance"]))
+    journal.record_trigger(trigger("x", Mode.CANCEL))
+    journal.close()
+    damaged = path.read_bytes() + tail()
+    path.write_bytes(damaged)
+    with pytest.raises(JournalCorrupt):
+        replay(path)
+    assert_fails_safe(path, damaged)
+
+
+def test_an_append_of_more_records_than_a_crash_can_be_read_back_from_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    t = trigger("a")
+    with pytest.raises(ValueError, match="at most 2"):
+        journal.append_many(
+            [
+                ("trigger", {"trigger": t.to_json()}),
+                ("latch", {"trigger_id": "a", "scope": t.scope.to_json()}),
+                ("kill_done", {"trigger_id": "a", "state": "flat"}),
+            ]
+        )
+    journal.close()
+    assert path.read_bytes() == b""
+    assert not journal.state.seen

@@ -1,10 +1,11 @@
 """The journal under a failing disk: whatever fails, at whatever byte, it reopens holding exactly
 the appends that returned, and a crash mid-append reads back as everything before it.
 
-Hypothesis draws histories of appends (triggers, latches, resets, kill summaries; one to three
-records an append), each with its faults: the disk fills up after any number of bytes (the write
-that crosses it is short), the n-th fsync fails, the cut after a failure fails. Compaction runs
-often (small thresholds), so faults land in its writes too. The budget is `FUZZ_EXAMPLES`.
+Hypothesis draws histories of appends (triggers, latches, resets, kill summaries; one or two
+records an append, the most one append writes), each with its faults: the disk fills up after any
+number of bytes (the write that crosses it is short), the n-th fsync fails, the cut after a
+failure fails. Compaction runs often (small thresholds), so faults land in its writes too. A
+crash may also lose any pages of the last append (NULs). The budget is `FUZZ_EXAMPLES`.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def view(state: JournalState) -> dict[str, object]:
     }
 
 
-HISTORIES = st.lists(st.tuples(st.lists(records(), min_size=1, max_size=3), FAULTS), max_size=12)
+HISTORIES = st.lists(st.tuples(st.lists(records(), min_size=1, max_size=2), FAULTS), max_size=12)
 
 
 @FUZZ
@@ -153,8 +154,8 @@ def test_after_any_failures_the_journal_reopens_with_exactly_the_appends_that_re
 
 @FUZZ
 @given(
-    history=st.lists(st.lists(records(), min_size=1, max_size=3), max_size=6),
-    torn=st.lists(records(), min_size=1, max_size=3),
+    history=st.lists(st.lists(records(), min_size=1, max_size=2), max_size=6),
+    torn=st.lists(records(), min_size=1, max_size=2),
     cut=st.floats(0.0, 1.0, exclude_max=True),
 )
 def test_a_crash_mid_append_reads_back_as_every_whole_record_before_the_tear(
@@ -192,7 +193,7 @@ def test_a_crash_mid_append_reads_back_as_every_whole_record_before_the_tear(
 
 @FUZZ
 @given(
-    history=st.lists(st.lists(records(), min_size=1, max_size=3), min_size=1, max_size=6),
+    history=st.lists(st.lists(records(), min_size=1, max_size=2), min_size=1, max_size=6),
     where=st.floats(0.0, 1.0, exclude_max=True),
     damage=st.one_of(
         st.binary(min_size=1, max_size=3).map(lambda b: ("replace", b)),
@@ -237,3 +238,95 @@ def test_a_journal_damaged_anywhere_opens_and_reads_back_failing_safe_when_it_se
             assert set(state.failsafe_latches) <= set(again.latches)
         else:
             assert not state.failsafe_latches
+
+
+@st.composite
+def last_appends(draw: st.DrawFn) -> list[Record]:
+    """What one append writes: one record, or a kill's trigger and its latch (a new trigger)."""
+    if draw(st.booleans()):
+        return [draw(records())]
+    scope = draw(SCOPES)
+    trigger = Trigger("new", "fuzz", Mode.KILL, draw(st.text(max_size=30)), scope, created_ms=1)
+    return [
+        ("trigger", {"trigger": trigger.to_json()}),
+        ("latch", {"trigger_id": "new", "scope": scope.to_json()}),
+    ]
+
+
+@FUZZ
+@given(
+    history=st.lists(st.lists(records(), min_size=1, max_size=2), max_size=6),
+    torn=last_appends(),
+    page=st.sampled_from([8, 16, 64, 4096]),
+    reached=st.floats(0.0, 1.0),
+    lost=st.sets(st.integers(0, 64)),
+)
+def test_a_crash_that_lost_any_pages_of_the_last_append_reads_back_as_the_records_before(
+    history: list[list[Record]], torn: list[Record], page: int, reached: float, lost: set[int]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "journal.jsonl"
+        journal = Journal(path)
+        expected = JournalState()
+        journal.open()
+        for batch in history:
+            for record in journal.append_many(batch):
+                expected.apply(record)
+        journal.close()
+        before = path.stat().st_size
+        lines = [orjson.dumps({"kind": k, "ts_ms": 1, **f}) + b"\n" for k, f in torn]
+        data = bytearray(b"".join(lines)[: int(reached * sum(map(len, lines)))])
+        for n in lost:  # file pages the crash lost: NULs, but never the fsynced bytes before
+            n += before // page  # counted from the page the append starts in
+            start, end = max(n * page, before), min((n + 1) * page, before + len(data))
+            if start < end:
+                data[start - before : end - before] = b"\0" * (end - start)
+        with path.open("ab") as f:
+            f.write(data)
+        whole = 0
+        for line in lines:  # the append's records that reached the disk whole, up to a lost one
+            if whole + len(line) > len(data) or b"\0" in data[whole : whole + len(line)]:
+                break
+            whole += len(line)
+            expected.apply(orjson.loads(line))
+
+        reopened = Journal(path)
+        state = reopened.open()
+        reopened.close()
+        assert state.unreadable is None
+        assert view(state) == view(expected)
+        assert path.stat().st_size == before + whole  # the torn append is cut, nothing else
+
+
+@FUZZ
+@given(
+    history=st.lists(st.lists(records(), min_size=1, max_size=2), min_size=3, max_size=8),
+    which=st.floats(0.0, 1.0, exclude_max=True),
+    where=st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 1.0)),
+)
+def test_nuls_in_a_record_before_the_last_append_fail_safe(
+    history: list[list[Record]], which: float, where: tuple[float, float]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "journal.jsonl"
+        journal = Journal(path)
+        journal.open()
+        for batch in history:
+            journal.append_many(batch)
+        journal.close()
+        lines = path.read_bytes().splitlines(keepends=True)
+        # a record followed by at least two more: never within the last append's records alone
+        at = int(which * (len(lines) - 2))
+        line = lines[at]
+        start, end = sorted(int(w * (len(line) - 1)) for w in where)
+        lines[at] = line[:start] + b"\0" * (end - start + 1) + line[end + 1 :]
+        damaged = b"".join(lines)
+        path.write_bytes(damaged)
+
+        reopened = Journal(path)
+        state = reopened.open()
+        reopened.close()
+        assert state.unreadable is not None
+        assert len(state.failsafe_latches) == 1
+        assert state.unreadable_copy is not None
+        assert state.unreadable_copy.read_bytes() == damaged

@@ -11,9 +11,13 @@ The journal always reads back, whatever the disk did to the last append:
   back to its last whole record and the truncation fsynced before the error reaches the caller,
   who must not treat the record as written. If the cut itself fails, the next append (or
   `close`) makes it before writing anything. So a retry never lands behind half a record.
-* A torn last record (the process or the machine died mid-append) is the tail after the last
-  newline, or a last line holding NUL bytes (a crash that lost some of its pages). It was never
+* A torn last append (the process or the machine died mid-append) is the tail after the last
+  newline, or lines holding NUL bytes (a crash that lost some of its pages, the first one
+  included: NULs, then the rest of a record) that together can be no more than the last
+  append: one record, or a trigger and its latch (`append_many` writes no more). It was never
   acknowledged: it is reported, cut off, and the journal goes on from the record before it.
+  NULs anywhere earlier, or followed by more than the last append could hold, are damage (see
+  `read` for the reasoning).
 * Every record is checked to fold into a state before it is written: what is written reads back.
 * Async appends run one at a time on a worker thread. A caller cancelled while its write is in
   flight stops waiting, not writing: the next append starts only when that write is done (the

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from killswitch.journal.read import _Read, _read
+from killswitch.journal.read import MAX_APPEND_RECORDS, _Read, _read
 from killswitch.journal.state import DEFAULT_SEEN_LIMIT, UNREADABLE_PREFIX, JournalState, _snapshot
 from killswitch.model import Mode, Scope, Trigger
 
@@ -123,7 +123,10 @@ class Journal:
 
     def append_many(self, records: list[tuple[str, dict[str, object]]]) -> list[dict[str, object]]:
         """Write several records with one fsync (a crash may keep a prefix of them). On an
-        error nothing of them is kept, and the error is raised."""
+        error nothing of them is kept, and the error is raised. At most `MAX_APPEND_RECORDS`
+        (a trigger and its latch): reading back after a crash relies on it (see `read`)."""
+        if len(records) > MAX_APPEND_RECORDS:
+            raise ValueError(f"{len(records)} records in one append, at most {MAX_APPEND_RECORDS}")
         with self._io:
             return self._append(records)
 
