@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,6 +28,7 @@ from tests.fixtures.kafka import (
     unique_name,
 )
 from tests.fixtures.kafka_engine import FakeEngine, _Kill
+from tests.unit.test_engine import finished, make_rig
 
 __all__ = ["kafka_broker", "proxied_broker"]
 
@@ -438,3 +441,76 @@ async def test_a_latch_released_here_is_announced_after_it_settles() -> None:
     assert value is not None
     assert orjson.loads(value)["released"] == ["k-1"]
     assert list(rep._outbox)[1] == (b"latch/k-1", None)
+
+
+# -- a peer's latch is applied only over accounts configured here ------------------------------
+
+
+@pytest.mark.kafka
+async def test_a_peer_latch_over_no_configured_account_is_not_applied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = await make_rig(tmp_path)  # binance/mm-1, mexc/mm-2, bingx/mm-3
+    try:
+        rep = LatchReplicator(
+            KafkaSettings(bootstrap_servers="127.0.0.1:9"), rig.engine, replica_id="shard-2"
+        )
+        rig.engine.events.add(rep)
+        other = Trigger(
+            "k-shard1", "kafka", Mode.KILL, "drawdown", Scope.of(["binance"], ["mm-shard1"])
+        )
+        both = Trigger(
+            "k-both", "kafka", Mode.KILL, "drawdown", Scope.of([], ["mm-shard1", "mm-1"])
+        )
+        with caplog.at_level(logging.INFO, logger="killswitch.kafka.replicas"):
+            record = {"type": "latch", "origin": "shard-1", "trigger": other.to_json()}
+            await rep._apply(record)
+            rep.log.apply(b"latch/k-shard1", orjson.dumps(record))
+            await rep._reconcile()  # a restart's reconcile refuses it as well, counted once
+        assert rig.engine.kill_for("k-shard1") is None
+        assert "k-shard1" not in rig.engine.latches()
+        assert rep.refused_latches == 1
+        assert not rig.log.of("failed")
+        assert any(
+            r.levelno == logging.INFO and "k-shard1" in r.getMessage() for r in caplog.records
+        )
+        await rep._apply({"type": "latch", "origin": "shard-1", "trigger": both.to_json()})
+        assert "k-both" in rig.engine.latches()  # covers mm-1: applied as before
+        await finished(rig, "k-both")
+    finally:
+        await rig.engine.stop()
+
+
+class ShardEngine(FakeEngine):
+    """A fake engine that, like the real one, names its configured accounts in `status()`."""
+
+    def __init__(self, *accounts: str) -> None:
+        super().__init__()
+        self.accounts = accounts
+
+    def status(self) -> dict[str, object]:
+        accounts = [{"venue": "binance", "account": a} for a in self.accounts]
+        return super().status() | {"accounts": accounts}
+
+
+@pytest.mark.kafka
+async def test_shards_sharing_the_latch_topic_latch_only_their_own_accounts(
+    latch_settings: KafkaSettings,
+) -> None:
+    one, two = ShardEngine("mm-1"), ShardEngine("mm-2")
+    shard1 = replicator(latch_settings, "shard-1", one)
+    shard2 = replicator(latch_settings, "shard-2", two)
+    mine = Trigger("k-1", "control", Mode.KILL, "test", Scope.of(["binance"], ["mm-1"]))
+    wide = Trigger("k-all", "control", Mode.KILL, "test", Scope.of(["binance"]))
+    async with running(shard1, shard2):
+        await one.submit(mine)
+        await one.submit(wide)
+        await eventually(lambda: "k-all" in two.held, timeout_s=30)
+    assert sorted(two.held) == ["k-all"]  # k-1 covers no account of shard 2
+    assert [t.id for t in two.submitted] == ["k-all"]
+    assert shard2.refused_latches == 1
+    restarted = replicator(latch_settings, "shard-2", ShardEngine("mm-2"))
+    await restarted.start()  # its reconcile reads k-1 and k-all again
+    await restarted.stop()
+    assert sorted(restarted.engine.latches()) == ["k-all"]
+    assert restarted.refused_latches == 1

@@ -25,6 +25,10 @@ journal says it. A cluster latch this replica's engine answers DUPLICATE to and 
 was released here by a reset the topic lacks; once that stays so for `reset_settle_s` (an
 input may be journaling the same trigger id right now: seen before it is held), a reset naming
 exactly those ids is published. Never one it had not seen: a newer kill has a new id.
+
+A peer's latch whose scope covers no account configured here (another shard's accounts, on a
+shared latch topic) is not submitted: logged at info and counted in `refused_latches`. One
+that covers some configured account is applied whole, as an alert would be.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from killswitch.journal import UNREADABLE_PREFIX
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kill.port import EnginePort
 from killswitch.kill.record import SubmitResult
-from killswitch.model import Mode, Trigger
+from killswitch.model import AccountRef, Mode, Trigger
 
 if TYPE_CHECKING:
     from killswitch.settings import KafkaSettings
@@ -174,6 +178,7 @@ class LatchReplicator(EngineFeed):
         poll_timeout_ms: int = 50,
         reset_settle_s: float = 2.0,
         stop_flush_s: float = 5.0,
+        accounts: Iterable[AccountRef] | None = None,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
@@ -192,6 +197,10 @@ class LatchReplicator(EngineFeed):
         self.applied_latches = 0
         self.applied_resets = 0
         self.announced_resets = 0  # resets made here that the topic lacked, published late
+        self.refused_latches = 0  # peer latches over no account configured here, by id
+        # The accounts configured here: given, or else read once from the engine's status.
+        self._accounts: list[AccountRef] | None = list(accounts) if accounts is not None else None
+        self._refused: OrderedDict[str, None] = OrderedDict()
         self.reset_settle_s = reset_settle_s
         self.stop_flush_s = stop_flush_s
         self._applied: OrderedDict[str, None] = OrderedDict()  # ids submitted from the topic
@@ -303,8 +312,13 @@ class LatchReplicator(EngineFeed):
         if not self.connected:
             return f"disconnected: {self.last_error or 'connecting'}, synced={self.synced}"
         peers = sorted(o for o in self.log.peers if o and o != self.replica_id)
+        refused = (
+            f", {self.refused_latches} peer latches over no account here"
+            if self.refused_latches
+            else ""
+        )
         return (
-            f"synced={self.synced}, {len(self.log.latched)} cluster latches, "
+            f"synced={self.synced}, {len(self.log.latched)} cluster latches{refused}, "
             f"peers: {','.join(peers) or 'none seen'}"
         )
 
@@ -391,6 +405,8 @@ class LatchReplicator(EngineFeed):
     async def _apply(self, record: dict[str, Any]) -> None:
         if record["type"] == "latch":
             trigger = Trigger.from_json(record["trigger"])
+            if not self._in_scope(trigger, record.get("origin")):
+                return
             result = await self._submit_peer_latch(trigger)
             log.warning(
                 "latch from replica applied origin=%s trigger_id=%s result=%s",
@@ -404,7 +420,9 @@ class LatchReplicator(EngineFeed):
     async def _reconcile(self, reset_record: dict[str, Any] | None = None) -> None:
         decision = self.log.decide(held_latches(self.engine))
         for trigger_json in decision.submit:
-            await self._submit_peer_latch(Trigger.from_json(trigger_json))
+            trigger = Trigger.from_json(trigger_json)
+            if self._in_scope(trigger, self.log.origins.get(trigger.id)):
+                await self._submit_peer_latch(trigger)
         for trigger_id in decision.publish:
             if trigger_id.startswith(UNREADABLE_PREFIX):
                 continue  # this replica's own disk trouble: its fail-safe latch stays local
@@ -427,6 +445,38 @@ class LatchReplicator(EngineFeed):
                 ),
             )
             self.applied_resets += 1
+
+    def _in_scope(self, trigger: Trigger, origin: object) -> bool:
+        """Whether a peer's latch covers an account configured here. A scope that names none
+        is refused wherever it comes from (it would latch nothing here, fail its kill with
+        `no_account_in_scope` and hold until reset): not submitted, logged once, counted."""
+        accounts = self._configured_accounts()
+        if accounts is None or any(trigger.scope.covers_account(a) for a in accounts):
+            return True
+        if trigger.id not in self._refused:
+            _remember(self._refused, trigger.id)
+            self.refused_latches += 1
+            log.info(
+                "latch from replica not applied: its scope covers no account configured here "
+                "origin=%s trigger_id=%s scope=%s",
+                origin,
+                trigger.id,
+                trigger.scope.to_json(),
+            )
+        return False
+
+    def _configured_accounts(self) -> list[AccountRef] | None:
+        """The accounts configured here; None when the engine does not say (no check)."""
+        if self._accounts is None:
+            raw = self.engine.status().get("accounts")
+            if not isinstance(raw, list):
+                return None
+            self._accounts = [
+                AccountRef(str(a["venue"]), str(a["account"]))
+                for a in raw
+                if isinstance(a, dict) and "venue" in a and "account" in a
+            ]
+        return self._accounts
 
     async def _submit_peer_latch(self, trigger: Trigger) -> SubmitResult:
         """Submit a cluster latch to the engine as the same trigger."""
