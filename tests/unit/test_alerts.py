@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 from killswitch.handlers.alerts import (
+    RESET_FUTURE_TOLERANCE_MS,
     Alert,
     AlertAction,
     ExpiredAlert,
@@ -232,8 +233,29 @@ def test_the_ttl_policy_expires_by_the_alert_ttl_then_the_configured_one() -> No
 def test_a_reset_is_refused_unless_allowed() -> None:
     reset = _alert(action="reset")
     with pytest.raises(RefusedAlert, match="allow_reset"):
-        check_policy(reset, now_ms=1, ttl_ms=None, allow_reset=False)
-    assert check_policy(reset, now_ms=1, ttl_ms=None, allow_reset=True) == []
+        check_policy(reset, now_ms=1_000_000, ttl_ms=None, allow_reset=False)
+    assert check_policy(reset, now_ms=1_000_000, ttl_ms=None, allow_reset=True) == []
+
+
+@pytest.mark.parametrize("ttl_ms", [None, 60_000])
+def test_a_reset_dated_ahead_of_our_clock_past_the_tolerance_is_refused(
+    ttl_ms: int | None,
+) -> None:
+    # Its `ts` bounds the latches it may release: from the future, a re-read of it would
+    # release kills latched after it was applied. A negative age must not pass the TTL either.
+    reset = _alert(action="reset")
+    now = 1_000_000 - RESET_FUTURE_TOLERANCE_MS
+    assert check_policy(reset, now_ms=now, ttl_ms=ttl_ms, allow_reset=True) == []
+    with pytest.raises(RefusedAlert) as info:
+        check_policy(reset, now_ms=now - 1, ttl_ms=ttl_ms, allow_reset=True)
+    assert info.value.kind == "future_reset"
+    assert f"{RESET_FUTURE_TOLERANCE_MS + 1} ms ahead of this daemon's clock" in info.value.msg
+
+
+def test_a_kill_dated_ahead_of_our_clock_is_still_acted_on() -> None:
+    # refusing a kill is the unsafe side: producer clock skew never drops one
+    for action in ("kill", "cancel"):
+        check_policy(_alert(action=action), now_ms=1, ttl_ms=1000, allow_reset=False)
 
 
 def test_a_scope_covering_no_configured_account_is_refused() -> None:

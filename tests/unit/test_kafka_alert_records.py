@@ -5,19 +5,23 @@ is dated and de-duplicated, and what an id reused for another scope gets."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import TopicPartition
 
-from killswitch.handlers.alerts import signature
+from killswitch.handlers.alerts import RESET_FUTURE_TOLERANCE_MS, signature
 from killswitch.kafka.alerts import KafkaAlertConsumer
 from killswitch.kafka.dead_letters import DeadLetter
 from killswitch.settings import KafkaSettings
-from tests.unit.test_engine import make_rig
+from tests.fixtures.kafka_engine import FakeEngine
+from tests.unit.test_engine import finished, kill_trigger, make_rig
 
 TOPIC = "risk.alerts"
 TP = TopicPartition(TOPIC, 0)
@@ -160,3 +164,111 @@ async def test_an_error_of_ours_on_one_record_dead_letters_it_and_the_consumer_g
         assert consumer.stats.rejected == {"unhandled": 1}
     finally:
         await rig.engine.stop()
+
+
+# -- resets: dated by the earlier of ts and receipt, de-duplicated by id --------------------------
+
+
+def reset_record(ts: int, offset: int = 0, alert_id: str = "r-1") -> Any:
+    value = orjson.dumps({"id": alert_id, "ts": ts, "source": "risk-desk", "action": "reset"})
+    return record(offset, value)
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def test_a_reset_dated_ahead_of_our_clock_is_refused_and_releases_nothing(
+    tmp_path: Path,
+) -> None:
+    rig = await make_rig(tmp_path)
+    try:
+        settings = KafkaSettings(
+            bootstrap_servers="127.0.0.1:9", allow_reset=True, alert_ttl_ms=60_000
+        )
+        consumer = KafkaAlertConsumer(settings, rig.engine)
+        letters = Letters()
+        consumer._send_dead_letter = letters  # type: ignore[method-assign]
+        await rig.engine.submit(kill_trigger("k1", venues=["binance"]))
+        await finished(rig, "k1")
+        reset = reset_record(wall_ms() + 120_000)  # the producer's clock two minutes ahead
+        await consumer._process(TP, reset)
+        assert "k1" in rig.engine.latches()
+        assert letters.kinds() == [(0, "future_reset")]
+        assert "ahead of this daemon's clock" in letters.sent[0].error.msg
+    finally:
+        await rig.engine.stop()
+
+
+async def test_a_re_read_reset_is_a_no_op_and_never_releases_a_kill_latched_after_it(
+    tmp_path: Path,
+) -> None:
+    # Review repro: a reset dated ahead of our clock, read again (a crash before its commit,
+    # offsets lost), released a kill latched after it was applied.
+    rig = await make_rig(tmp_path)
+    try:
+        settings = KafkaSettings(bootstrap_servers="127.0.0.1:9", allow_reset=True)
+        consumer = KafkaAlertConsumer(settings, rig.engine)
+        letters = Letters()
+        consumer._send_dead_letter = letters  # type: ignore[method-assign]
+        await rig.engine.submit(kill_trigger("k1", venues=["binance"]))
+        await finished(rig, "k1")
+        reset = reset_record(wall_ms() + RESET_FUTURE_TOLERANCE_MS // 2)  # within tolerance
+        await consumer._process(TP, reset)
+        assert "k1" not in rig.engine.latches()
+        await rig.engine.submit(kill_trigger("k2", venues=["mexc"]))  # after the reset
+        await finished(rig, "k2")
+        await consumer._process(TP, reset)
+        assert "k2" in rig.engine.latches(), "the re-read reset released a kill latched after it"
+        assert consumer.stats.resets == 1
+        assert consumer.stats.duplicates == 1
+        assert letters.sent == []  # a true duplicate is quiet
+    finally:
+        await rig.engine.stop()
+
+
+class ResetLog(FakeEngine):
+    """The in-memory engine, keeping the `latched_before_ms` of every reset."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before: list[int | None] = []
+
+    async def reset(self, **kw: Any) -> bool:
+        self.before.append(kw.get("latched_before_ms"))
+        return await super().reset(**kw)
+
+
+NOW = 1_800_000_000_000
+
+
+@pytest.mark.parametrize(("ts", "before"), [(NOW + 800, NOW), (NOW - 300, NOW - 300)])
+async def test_a_reset_releases_only_latches_received_before_the_earlier_of_ts_and_receipt(
+    ts: int, before: int
+) -> None:
+    engine = ResetLog()
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:9", allow_reset=True)
+    consumer = KafkaAlertConsumer(settings, engine, wall_ms=lambda: NOW)
+    await engine.submit(replace(kill_trigger("k1"), received_ms=NOW - 5000))
+    await consumer._process(TP, reset_record(ts))
+    assert engine.before == [before]
+    assert not engine.latched()
+
+
+async def test_a_reset_from_ahead_re_read_after_a_restart_is_refused_as_stale() -> None:
+    # After a restart the ids applied are forgotten: the time rule alone must hold. The reset
+    # counts as issued no later than `ts`, before the kill latched since.
+    engine = ResetLog()
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:9", allow_reset=True)
+    first = KafkaAlertConsumer(settings, engine, wall_ms=lambda: NOW)
+    await engine.submit(replace(kill_trigger("k1"), received_ms=NOW - 5000))
+    reset = reset_record(NOW + 800)
+    await first._process(TP, reset)
+    assert not engine.latched()
+    await engine.submit(replace(kill_trigger("k2"), received_ms=NOW + 2000))
+    again = KafkaAlertConsumer(settings, engine, wall_ms=lambda: NOW + 60_000)
+    letters = Letters()
+    again._send_dead_letter = letters  # type: ignore[method-assign]
+    await again._process(TP, reset)
+    assert list(engine.latches()) == ["k2"]
+    assert letters.kinds() == [(0, "stale_reset")]

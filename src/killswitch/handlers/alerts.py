@@ -30,6 +30,10 @@ from killswitch.settings import unmatched
 
 SIGNATURE_HEADER = "x-signature"
 MAX_ALERT_BYTES = 64 * 1024
+# How far ahead of our clock a reset's `ts` may be (producer clock skew less network delay).
+# A reset dated further ahead is refused: its time bounds the latches it may release, and on a
+# re-read it would release kills latched after it was first applied.
+RESET_FUTURE_TOLERANCE_MS = 1_000
 
 Headers = Sequence[tuple[str, bytes | None]]  # Kafka header values are nullable
 
@@ -213,7 +217,10 @@ def check_policy(
     """Raise unless this daemon may act on `alert`; return scope account names it does not know.
 
     `ttl_ms` is the opt-in age policy: None (the default) never drops an alert for its age;
-    when set, an alert older than its own `ttl_ms` (or else this one) is expired. A kill or
+    when set, an alert older than its own `ttl_ms` (or else this one) is expired; one dated
+    ahead of `now_ms` is not old (a kill is acted on: refusing it is the unsafe side). A reset
+    dated more than `RESET_FUTURE_TOLERANCE_MS` ahead is refused (`future_reset`), whatever
+    the TTL policy: nothing could tell which latches it was issued after. A kill or
     cancel whose scope covers none of `accounts` (unknown accounts, a venue with no account
     here, a venue/account pair that matches nothing) is refused, naming what matched nothing:
     it would cancel nothing and look done. One that also covers configured accounts acts on
@@ -226,6 +233,14 @@ def check_policy(
             raise ExpiredAlert(f"alert is {age} ms old, ttl {limit} ms")
     if alert.action is AlertAction.RESET and not allow_reset:
         raise RefusedAlert("reset over Kafka is not allowed (kafka.allow_reset = false)")
+    ahead = alert.ts - now_ms
+    if alert.action is AlertAction.RESET and ahead > RESET_FUTURE_TOLERANCE_MS:
+        raise RefusedAlert(
+            f"reset dated {ahead} ms ahead of this daemon's clock (tolerance "
+            f"{RESET_FUTURE_TOLERANCE_MS} ms): which latches it was issued after cannot be "
+            "told, so it releases nothing; check the producer's clock and send a new reset",
+            kind="future_reset",
+        )
     if accounts is None or alert.action not in (AlertAction.KILL, AlertAction.CANCEL):
         return []
     known = list(accounts)

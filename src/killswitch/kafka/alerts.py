@@ -4,7 +4,10 @@ Delivery is at-least-once and the offset is the promise: a partition's offset is
 only past records that are done, meaning the trigger was journaled (`engine.submit` returned),
 the heartbeat or reset was applied, or the rejected record is confirmed in the dead-letter
 topic. A crash anywhere before the commit replays the record; the engine answers a replayed
-trigger with DUPLICATE, so a replay is a no-op.
+trigger with DUPLICATE, so a replay is a no-op. A replayed reset is a no-op by its id in this
+life of the consumer, and in any life releases only latches received before it was issued (the
+earlier of its `ts` and its receipt; a `ts` more than a second ahead of our clock is refused),
+and is refused as stale when a latch held now was received after that.
 
 Each daemon is its own consumer group and assigns itself every partition of the alerts topic
 (no group membership): every replica sees every alert, start-up needs no rebalance, and the
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -51,6 +54,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AlertEngine = EnginePort  # what the consumer needs of the engine
+
+RESET_IDS_KEPT = 10_000  # reset ids remembered for de-duplication
 
 
 class HeartbeatListener(Protocol):
@@ -156,6 +161,9 @@ class KafkaAlertConsumer(EngineFeed):
         self._letters_failed: list[DeadLetter] = []  # sends that failed, to resend
         self._last_probe = 0.0
         self._event_gate = _RateGate(10.0, clock)
+        # Ids of the resets applied in this life, oldest first: a re-read one is a no-op. (The
+        # engine journals no reset id, so after a restart only the time rule guards a re-read.)
+        self._resets_applied: OrderedDict[str, None] = OrderedDict()
         # Called with the offsets just before they are committed; a test seam for crash tests.
         self.before_commit: Callable[[dict[TopicPartition, int]], Any] | None = None
 
@@ -355,7 +363,7 @@ class KafkaAlertConsumer(EngineFeed):
         if isinstance(work, Trigger):
             await self._submit(work)
         elif work is not None:
-            await self._reset(work)
+            await self._reset(work, now_ms)
 
     def _accept(self, record: Record, now_ms: int) -> Trigger | Alert | None:
         """Authenticate, validate and apply the policy; return what the engine must see (the
@@ -369,7 +377,12 @@ class KafkaAlertConsumer(EngineFeed):
             accounts=self.accounts,
         )
         if alert.action is AlertAction.RESET:
-            self._check_reset_is_fresh(alert)
+            if alert.id in self._resets_applied:
+                # a re-read (offsets lost, a commit that failed): applied once is enough
+                self.stats.duplicates += 1
+                log.info("duplicate reset ignored alert_id=%s", alert.id)
+                return None
+            self._check_reset_is_fresh(alert, now_ms)
         if unknown:
             log.warning("alert names unknown accounts alert_id=%s accounts=%s", alert.id, unknown)
             self._emit(EventType.ALERT_UNKNOWN_ACCOUNTS, alert_id=alert.id, accounts=unknown)
@@ -402,28 +415,34 @@ class KafkaAlertConsumer(EngineFeed):
         self.stalled = ""
         return result
 
-    def _check_reset_is_fresh(self, alert: Alert) -> None:
+    def _check_reset_is_fresh(self, alert: Alert, now_ms: int) -> None:
         # A replayed reset (crash before its commit) must not release a kill latched after it.
+        issued = _issued_ms(alert, now_ms)
         newest = latest_latch_ms(self.engine)
-        if newest is not None and alert.ts < newest:
+        if newest is not None and issued < newest:
             raise RefusedAlert(
-                f"reset issued at {alert.ts} is older than a latch received at {newest}",
+                f"reset issued at {issued} is older than a latch received at {newest}",
                 kind="stale_reset",
             )
 
-    async def _reset(self, alert: Alert) -> None:
+    async def _reset(self, alert: Alert, now_ms: int) -> None:
         self.stats.resets += 1
         released = await self._engine_call(
             f"reset {alert.id}",
             # Only latches received before the reset was issued: a kill latched while this
-            # record waited is not the reset's to release.
+            # record waited is not the reset's to release. Issued is the earlier of its `ts`
+            # and now: a `ts` ahead of our clock (skew, within the tolerance `check_policy`
+            # allows) would, on a re-read of the record, release kills latched after it.
             lambda: self.engine.reset(
                 actor=f"kafka:{alert.source}",
                 reason=alert.reason or alert.id,
                 origin="kafka",
-                latched_before_ms=alert.ts,
+                latched_before_ms=_issued_ms(alert, now_ms),
             ),
         )
+        self._resets_applied[alert.id] = None
+        while len(self._resets_applied) > RESET_IDS_KEPT:
+            self._resets_applied.popitem(last=False)
         log.warning("reset from kafka alert_id=%s released=%s", alert.id, released)
 
     # -- dead letters -----------------------------------------------------------------------
@@ -555,6 +574,11 @@ class KafkaAlertConsumer(EngineFeed):
 
     def _emit(self, event_type: EventType, **fields: object) -> None:
         self.engine.events.emit(make_event(event_type, input="kafka", **fields))
+
+
+def _issued_ms(alert: Alert, now_ms: int) -> int:
+    """When a reset was issued, as far as we can vouch: not after its `ts`, nor after now."""
+    return min(alert.ts, now_ms)
 
 
 class _TopicMissing(Exception):
