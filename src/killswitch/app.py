@@ -72,19 +72,18 @@ def input_services(settings: Settings, parts: Parts) -> list[Service]:
     kafka = settings.kafka
     if not kafka.enabled:
         return services
+    refs = [AccountRef(a.venue, a.name) for a in settings.accounts]
     # events and latches carry the replica's name: keyed, ordered, never echoed
     replica = kafka.replica_name()
     sink = KafkaEventSink(kafka, key=replica)
     parts.events.add(sink)
     replicator = None
     if kafka.share_latch:
-        replicator = LatchReplicator(kafka, engine, replica_id=replica)
+        replicator = LatchReplicator(kafka, engine, replica_id=replica, accounts=refs)
         parts.events.add(replicator)
         services.append(replicator)
     services.append(sink)
-    consumer = KafkaAlertConsumer(
-        kafka, engine, accounts=[AccountRef(a.venue, a.name) for a in settings.accounts]
-    )
+    consumer = KafkaAlertConsumer(kafka, engine, accounts=refs)
     if settings.heartbeats:
         watch = HeartbeatWatch(
             settings.heartbeats,
