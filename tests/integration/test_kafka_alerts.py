@@ -144,6 +144,29 @@ async def test_a_duplicate_alert_is_a_no_op_and_counted(kafka_broker: KafkaBroke
     assert [e["trigger_id"] for e in engine.sink.of_type("duplicate")] == ["dup-1"]
 
 
+async def test_an_id_reused_for_another_scope_is_dead_lettered_and_committed(
+    kafka_broker: KafkaBroker,
+) -> None:
+    settings = await kafka_settings(kafka_broker)
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine)
+    mexc = alert("dd-1", scope={"venues": ["mexc"]})
+    async with running(consumer), producer(kafka_broker.bootstrap) as prod:
+        await prod.send_and_wait(
+            settings.alerts_topic, alert("dd-1", scope={"venues": ["binance"]})
+        )
+        await prod.send_and_wait(settings.alerts_topic, mexc)
+        await eventually(lambda: consumer.stats.dead_lettered == 1, timeout_s=30)
+        await eventually(lambda: _equals(committed(settings), 2), timeout_s=30)
+    assert [t.scope.venues for t in engine.journal] == [frozenset({"binance"})]
+    assert consumer.stats.duplicates == 0
+    [letter] = await read_topic(kafka_broker.bootstrap, settings.dead_letter_topic, count=1)
+    assert letter.value == mexc
+    headers = dict(letter.headers)
+    assert headers["x-dlq-error-kind"] == b"id_conflict"
+    assert b"id dd-1 was already used" in headers["x-dlq-error"]
+
+
 async def test_alerts_published_before_a_groups_first_start_are_not_replayed(
     kafka_broker: KafkaBroker,
 ) -> None:

@@ -5,6 +5,7 @@ is dated and de-duplicated, and what an id reused for another scope gets."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -272,3 +273,63 @@ async def test_a_reset_from_ahead_re_read_after_a_restart_is_refused_as_stale() 
     await again._process(TP, reset)
     assert list(engine.latches()) == ["k2"]
     assert letters.kinds() == [(0, "stale_reset")]
+
+
+# -- an id reused for another alert ---------------------------------------------------------------
+
+
+def kill_of(offset: int, venue: str, action: str = "kill") -> Any:
+    return record(offset, alert_value("dd-breach", action, scope={"venues": [venue]}))
+
+
+async def test_an_id_reused_for_another_scope_is_dead_lettered_never_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review repro: counted as a duplicate, committed and dropped; the MEXC kill it asked for
+    # was never made and nothing but an info line said so.
+    rig = await make_rig(tmp_path)
+    try:
+        consumer = KafkaAlertConsumer(KafkaSettings(bootstrap_servers="127.0.0.1:9"), rig.engine)
+        letters = Letters()
+        consumer._send_dead_letter = letters  # type: ignore[method-assign]
+        await consumer._process(TP, kill_of(0, "binance"))
+        await finished(rig, "dd-breach")
+        with caplog.at_level(logging.WARNING, logger="killswitch.kafka.alerts"):
+            await consumer._process(TP, kill_of(1, "mexc"))
+        assert letters.kinds() == [(1, "id_conflict")]
+        error = letters.sent[0].error.msg
+        assert "id dd-breach was already used for another alert" in error
+        assert '"venues":["mexc"]' in error
+        assert '"venues":["binance"]' in error
+        assert "not acted on" in error
+        assert any(
+            "dd-breach" in r.getMessage() and "mexc" in r.getMessage() for r in caplog.records
+        )
+        assert consumer.stats.duplicates == 0
+        assert consumer.stats.rejected == {"id_conflict": 1}
+    finally:
+        await rig.engine.stop()
+
+
+async def test_an_id_reused_for_another_mode_is_dead_lettered() -> None:
+    engine = FakeEngine()
+    consumer = KafkaAlertConsumer(KafkaSettings(bootstrap_servers="127.0.0.1:9"), engine)
+    letters = Letters()
+    consumer._send_dead_letter = letters  # type: ignore[method-assign]
+    await consumer._process(TP, kill_of(0, "binance", "cancel"))
+    await consumer._process(TP, kill_of(1, "binance", "kill"))
+    assert letters.kinds() == [(1, "id_conflict")]
+    assert "this kill of" in letters.sent[0].error.msg
+    assert [t.mode.value for t in engine.journal] == ["cancel"]
+
+
+async def test_a_true_duplicate_stays_a_quiet_no_op() -> None:
+    engine = FakeEngine()
+    consumer = KafkaAlertConsumer(KafkaSettings(bootstrap_servers="127.0.0.1:9"), engine)
+    letters = Letters()
+    consumer._send_dead_letter = letters  # type: ignore[method-assign]
+    for offset in range(3):
+        await consumer._process(TP, kill_of(offset, "binance"))
+    assert letters.sent == []
+    assert (consumer.stats.triggers, consumer.stats.duplicates) == (1, 2)
+    assert len(engine.journal) == 1

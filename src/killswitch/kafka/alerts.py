@@ -4,10 +4,12 @@ Delivery is at-least-once and the offset is the promise: a partition's offset is
 only past records that are done, meaning the trigger was journaled (`engine.submit` returned),
 the heartbeat or reset was applied, or the rejected record is confirmed in the dead-letter
 topic. A crash anywhere before the commit replays the record; the engine answers a replayed
-trigger with DUPLICATE, so a replay is a no-op. A replayed reset is a no-op by its id in this
-life of the consumer, and in any life releases only latches received before it was issued (the
-earlier of its `ts` and its receipt; a `ts` more than a second ahead of our clock is refused),
-and is refused as stale when a latch held now was received after that.
+trigger with DUPLICATE, so a replay is a no-op; an id reused for another scope or mode (not a
+replay: another alert) is dead-lettered as `id_conflict` and logged at warning. A replayed
+reset is a no-op by its id in this life of the consumer, and in any life releases only latches
+received before it was issued (the earlier of its `ts` and its receipt; a `ts` more than a
+second ahead of our clock is refused), and is refused as stale when a latch held now was
+received after that.
 
 Each daemon is its own consumer group and assigns itself every partition of the alerts topic
 (no group membership): every replica sees every alert, start-up needs no rebalance, and the
@@ -29,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from killswitch.backoff import Backoff, until_journaled
@@ -361,7 +364,9 @@ class KafkaAlertConsumer(EngineFeed):
             await self._reject(tp, record, error)
             return
         if isinstance(work, Trigger):
-            await self._submit(work)
+            conflict = await self._submit(work)
+            if conflict is not None:
+                await self._reject(tp, record, conflict)
         elif work is not None:
             await self._reset(work, now_ms)
 
@@ -395,13 +400,41 @@ class KafkaAlertConsumer(EngineFeed):
             return alert
         return alert.to_trigger(received_ms=now_ms)
 
-    async def _submit(self, trigger: Trigger) -> None:
+    async def _submit(self, trigger: Trigger) -> AlertRejected | None:
+        """Hand the trigger to the engine; return the rejection of an id reused for another
+        alert (the engine answered DUPLICATE, but for another scope or mode)."""
         result = await self._engine_call(f"alert {trigger.id}", lambda: self.engine.submit(trigger))
-        if result == "duplicate":
+        if result != "duplicate":
+            self.stats.triggers += 1
+            return None
+        earlier = self.engine.trigger(trigger.id)
+        if earlier is None:
+            # the engine no longer holds the trigger this id started: nothing to compare with
+            self.stats.duplicates += 1
+            log.info("duplicate alert ignored alert_id=%s (earlier one no longer held)", trigger.id)
+            return None
+        if (earlier.scope, earlier.mode) == (trigger.scope, trigger.mode):
             self.stats.duplicates += 1
             log.info("duplicate alert ignored alert_id=%s", trigger.id)
-        else:
-            self.stats.triggers += 1
+            return None
+        # Same id, other content: acting on it is impossible (the id is taken), and dropping it
+        # quietly would hide a scope nobody killed. Dead-lettered, named, at warning.
+        log.warning(
+            "alert id already used for another alert, not acted on alert_id=%s "
+            "mode=%s scope=%s earlier_mode=%s earlier_scope=%s",
+            trigger.id,
+            trigger.mode.value,
+            trigger.scope.to_json(),
+            earlier.mode.value,
+            earlier.scope.to_json(),
+        )
+        return RefusedAlert(
+            f"id {trigger.id} was already used for another alert "
+            f"({earlier.mode.value} of {_scope_text(earlier)}, from {earlier.source}); "
+            f"this {trigger.mode.value} of {_scope_text(trigger)} was not acted on: "
+            "send it again with a new id",
+            kind="id_conflict",
+        )
 
     async def _engine_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run an engine call until it succeeds: an alert is never skipped for a journal error.
@@ -574,6 +607,10 @@ class KafkaAlertConsumer(EngineFeed):
 
     def _emit(self, event_type: EventType, **fields: object) -> None:
         self.engine.events.emit(make_event(event_type, input="kafka", **fields))
+
+
+def _scope_text(trigger: Trigger) -> str:
+    return orjson.dumps(trigger.scope.to_json()).decode()
 
 
 def _issued_ms(alert: Alert, now_ms: int) -> int:
