@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from killswitch.exchanges.bingx import BingxExchange
+from killswitch.journal import Journal
+from killswitch.kill.config import Account, EngineConfig
+from killswitch.kill.engine import Engine
+from killswitch.model import AccountRef
 from killswitch.sim.bingx import BingxSim
 from killswitch.sim.venue import SimAccount, VenueSettings
 from tests.fixtures.answers import AnswerOverrides, install
@@ -53,3 +59,21 @@ async def place(sim: BingxSim, symbol: str, client_order_id: str = "") -> str:
         _, _, body = await bx_call(session, sim, "POST", f"{SPOT}/trade/order", params)
     assert body["code"] == 0, body
     return str(body["data"]["orderId"])
+
+
+@asynccontextmanager
+async def bingx_engine(
+    exchange: BingxExchange, journal: Path, config: EngineConfig, *, seed: int = 1
+) -> AsyncIterator[Engine]:
+    """A started engine over the one BingX account `bx0`; stopped on exit."""
+    engine = Engine(
+        [Account(AccountRef("bingx", "bx0"), exchange)],
+        Journal(journal),
+        config,
+        rng=random.Random(seed),
+    )
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop(grace_s=1.0)

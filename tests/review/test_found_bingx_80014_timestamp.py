@@ -6,17 +6,14 @@ the whole kill instead of resyncing the clock and retrying (DESIGN: ClockSkew).
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from killswitch.exchanges.base import ClockSkew, Fatal
 from killswitch.exchanges.bingx.errors import classify
-from killswitch.journal import Journal
-from killswitch.kill.config import Account, EngineConfig
-from killswitch.kill.engine import Engine
+from killswitch.kill.config import EngineConfig
 from killswitch.kill.record import KillState
-from killswitch.model import AccountRef, Mode, Scope, Trigger
-from tests.review.bingx_rig import SPOT, bingx_with_answers, place
+from killswitch.model import Mode, Scope, Trigger
+from tests.review.bingx_rig import SPOT, bingx_engine, bingx_with_answers, place
 
 CONFIG = EngineConfig(
     deadline_s=10.0,
@@ -41,20 +38,10 @@ async def test_one_80014_timestamp_answer_does_not_stop_the_kill(tmp_path: Path)
             200,
             {"code": 80014, "msg": "timestamp is invalid", "data": {}},
         )
-        ref = AccountRef("bingx", "bx0")
-        engine = Engine(
-            [Account(ref, exchange)],
-            Journal(tmp_path / "j.jsonl"),
-            CONFIG,
-            rng=random.Random(1),
-        )
-        await engine.start()
-        try:
+        async with bingx_engine(exchange, tmp_path / "j.jsonl", CONFIG, seed=1) as engine:
             await engine.submit(Trigger("t-80014", "test", Mode.KILL, "r", Scope()))
             kill = engine.kill_for("t-80014")
             assert kill is not None
             await kill.done.wait()
             assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
             assert order_id not in {o.order_id for o in sim.book(sim.accounts["bx0"]).open_orders()}
-        finally:
-            await engine.stop(grace_s=1.0)

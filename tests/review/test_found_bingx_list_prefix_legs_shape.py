@@ -11,17 +11,14 @@ answer it cannot read into "nothing open").
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import aiohttp
 
-from killswitch.journal import Journal
-from killswitch.kill.config import Account
-from killswitch.kill.engine import Engine
 from killswitch.kill.record import KillState
-from killswitch.model import AccountRef, Mode, Scope, Trigger
+from killswitch.model import Mode, Scope, Trigger
 from tests.fixtures.bingx import bingx_venue, bx_call
+from tests.review.bingx_rig import bingx_engine
 from tests.unit.test_engine import QUICK
 
 SPOT = "/openApi/spot/v1"
@@ -48,14 +45,7 @@ async def test_a_prefix_kill_is_not_flat_while_an_oco_list_of_that_prefix_is_ope
         book = sim.book(sim.accounts["bx0"])
         assert len(book.lists) == 1
 
-        engine = Engine(
-            [Account(AccountRef("bingx", "bx0"), exchange)],
-            Journal(tmp_path / "journal.jsonl"),
-            QUICK,
-            rng=random.Random(7),
-        )
-        await engine.start()
-        try:
+        async with bingx_engine(exchange, tmp_path / "journal.jsonl", QUICK, seed=7) as engine:
             scope = Scope.of(venues=["bingx"], client_order_id_prefix="7700")
             await engine.submit(Trigger("k1", "test", Mode.KILL, "desk 7 breach", scope))
             kill = engine.kill_for("k1")
@@ -64,5 +54,3 @@ async def test_a_prefix_kill_is_not_flat_while_an_oco_list_of_that_prefix_is_ope
             assert not (kill.state in (KillState.FLAT, KillState.CONFIRMED) and book.lists), (
                 f"kill {kill.state} with OCO list 770001 open"
             )
-        finally:
-            await engine.stop()

@@ -24,20 +24,16 @@ Kept as a regression test, with the cost of a quiet read and the bound of a movi
 
 from __future__ import annotations
 
-import random
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from killswitch.journal import Journal
-from killswitch.kill.config import Account
-from killswitch.kill.engine import Engine
 from killswitch.kill.record import KillState
-from killswitch.model import AccountRef, Mode, Scope, Trigger
+from killswitch.model import Mode, Scope, Trigger
 from killswitch.sim.book import OrderSpec
-from tests.review.bingx_rig import bingx_with_answers
+from tests.review.bingx_rig import bingx_engine, bingx_with_answers
 from tests.unit.test_engine import QUICK
 
 OCO_LIST = "/openApi/spot/v1/oco/openOrderList"
@@ -83,14 +79,7 @@ async def test_a_symbol_kill_is_not_flat_while_a_list_skipped_by_a_page_shift_is
             times=len(bot_takes),
         )
 
-        engine = Engine(
-            [Account(AccountRef("bingx", "bx0"), exchange)],
-            Journal(tmp_path / "journal.jsonl"),
-            QUICK,
-            rng=random.Random(7),
-        )
-        await engine.start()
-        try:
+        async with bingx_engine(exchange, tmp_path / "journal.jsonl", QUICK, seed=7) as engine:
             scope = Scope.of(venues=["bingx"], symbols=["BTC-USDT"])
             await engine.submit(Trigger("k1", "test", Mode.KILL, "desk 7 breach", scope))
             kill = engine.kill_for("k1")
@@ -100,8 +89,6 @@ async def test_a_symbol_kill_is_not_flat_while_a_list_skipped_by_a_page_shift_is
             assert not (
                 kill.state in (KillState.FLAT, KillState.CONFIRMED) and btc in book.lists
             ), f"kill {kill.state} with BTC-USDT list {btc} open"
-        finally:
-            await engine.stop()
 
 
 async def test_a_quiet_multi_page_read_is_complete_and_costs_one_page_less_than_two_reads() -> None:

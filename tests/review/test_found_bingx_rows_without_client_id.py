@@ -10,7 +10,6 @@ in scope proves nothing flat for a prefix scope (`Scope.undecided`).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,10 +18,8 @@ from typing import Any
 import pytest
 
 from killswitch.exchanges.bingx import parse_execution_report, parse_order
-from killswitch.journal import Journal
 from killswitch.kill.client_ids import fill_client_ids
 from killswitch.kill.config import Account, EngineConfig
-from killswitch.kill.engine import Engine
 from killswitch.kill.planner import in_scope
 from killswitch.kill.record import KillState
 from killswitch.model import (
@@ -36,7 +33,7 @@ from killswitch.model import (
     Trigger,
 )
 from killswitch.sim.bingx import BingxSim
-from tests.review.bingx_rig import bingx_with_answers, place
+from tests.review.bingx_rig import bingx_engine, bingx_with_answers, place
 
 CONFIG = EngineConfig(
     deadline_s=2.0,
@@ -73,22 +70,13 @@ async def _prefix_kill(tmp_path: Path) -> tuple[Any, set[str], str, str]:
     async with bingx_with_answers() as (sim, exchange, _):
         mine = await place(sim, "BTC-USDT", "strat7_a1")
         theirs = await place(sim, "BTC-USDT", "other_b1")
-        engine = Engine(
-            [Account(AccountRef("bingx", "bx0"), exchange)],
-            Journal(tmp_path / "j.jsonl"),
-            CONFIG,
-            rng=random.Random(1),
-        )
-        await engine.start()
-        try:
+        async with bingx_engine(exchange, tmp_path / "j.jsonl", CONFIG, seed=1) as engine:
             await engine.submit(Trigger("t-prefix", "test", Mode.KILL, "r", PREFIX))
             kill = engine.kill_for("t-prefix")
             assert kill is not None
             await kill.finished.wait()
             still = {o.order_id for o in sim.book(sim.accounts["bx0"]).open_orders()}
             return kill, still, mine, theirs
-        finally:
-            await engine.stop(grace_s=1.0)
 
 
 async def test_a_prefix_kill_asks_the_venue_for_the_client_ids_its_read_did_not_show(

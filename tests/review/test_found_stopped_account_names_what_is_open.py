@@ -8,15 +8,12 @@ A stopped account now gets one last read (never a cancel) for its report.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-from killswitch.journal import Journal
-from killswitch.kill.config import Account, EngineConfig
-from killswitch.kill.engine import Engine
+from killswitch.kill.config import EngineConfig
 from killswitch.kill.record import AccountState, KillState
 from killswitch.model import AccountRef, Mode, Scope, Trigger
-from tests.review.bingx_rig import SPOT, bingx_with_answers, place
+from tests.review.bingx_rig import SPOT, bingx_engine, bingx_with_answers, place
 
 CONFIG = EngineConfig(
     deadline_s=10.0,
@@ -39,14 +36,7 @@ async def test_an_account_stopped_before_any_read_is_reported_with_what_the_venu
             {"code": 100004, "msg": "permission denied", "data": {}},
         )
         ref = AccountRef("bingx", "bx0")
-        engine = Engine(
-            [Account(ref, exchange)],
-            Journal(tmp_path / "j.jsonl"),
-            CONFIG,
-            rng=random.Random(1),
-        )
-        await engine.start()
-        try:
+        async with bingx_engine(exchange, tmp_path / "j.jsonl", CONFIG, seed=1) as engine:
             await engine.submit(Trigger("t-stop", "test", Mode.KILL, "r", Scope()))
             kill = engine.kill_for("t-stop")
             assert kill is not None
@@ -57,5 +47,3 @@ async def test_an_account_stopped_before_any_read_is_reported_with_what_the_venu
             assert result.still_open is not None
             assert [o.order_id for o in result.still_open.orders] == [order_id]
             assert result.verified
-        finally:
-            await engine.stop(grace_s=1.0)
