@@ -177,6 +177,25 @@ async def test_a_trigger_id_seen_before_is_a_duplicate_also_after_a_restart(
     await again.engine.stop()
 
 
+async def test_a_reset_id_journaled_is_a_no_op_also_after_a_restart(tmp_path: Path) -> None:
+    # A Kafka reset read again after a restart (a crash before its commit) must not release
+    # a kill latched after it was applied, whatever its `ts` says.
+    rig = await make_rig(tmp_path)
+    await rig.engine.submit(kill_trigger("a1"))
+    await finished(rig, "a1")
+    assert await rig.engine.reset(actor="kafka:risk", reason="r", reset_id="reset-1")
+    await rig.engine.submit(kill_trigger("a2"))
+    await finished(rig, "a2")
+    assert not await rig.engine.reset(actor="kafka:risk", reason="r", reset_id="reset-1")
+    await rig.engine.stop()
+
+    again = await make_rig(tmp_path, rig.venues)
+    assert not await again.engine.reset(actor="kafka:risk", reason="r", reset_id="reset-1")
+    assert list(again.engine.latches()) == ["a2"]
+    assert await again.engine.reset(actor="kafka:risk", reason="r", reset_id="reset-2")
+    await again.engine.stop()
+
+
 async def test_outcome_unknown_after_apply_is_reread_not_resent_and_not_double_counted(
     tmp_path: Path,
 ) -> None:

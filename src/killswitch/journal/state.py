@@ -76,6 +76,8 @@ class JournalState:
                 t for t in self.unfinished if t in gone and self.triggers[t].mode is Mode.KILL
             }
             self.last_reset = record
+            if isinstance(record.get("id"), str):  # a reset by id (Kafka): a re-read is a no-op
+                self._see(str(record["id"]), seen_limit)
             self._forget_finished()
         elif kind == "kill_done":
             trigger_id = str(record["trigger_id"])

@@ -6,10 +6,10 @@ the heartbeat or reset was applied, or the rejected record is confirmed in the d
 topic. A crash anywhere before the commit replays the record; the engine answers a replayed
 trigger with DUPLICATE, so a replay is a no-op; an id reused for another scope or mode (not a
 replay: another alert) is dead-lettered as `id_conflict` and logged at warning. A replayed
-reset is a no-op by its id in this life of the consumer, and in any life releases only latches
-received before it was issued (the earlier of its `ts` and its receipt; a `ts` more than a
-second ahead of our clock is refused), and is refused as stale when a latch held now was
-received after that.
+reset is a no-op by its id (the engine journals it: in this life and the next), and releases
+only latches received before it was issued (the earlier of its `ts` and its receipt; a `ts`
+more than a second ahead of our clock is refused), and is refused as stale when a latch held
+now was received after that.
 
 Each daemon is its own consumer group and assigns itself every partition of the alerts topic
 (no group membership): every replica sees every alert, start-up needs no rebalance, and the
@@ -164,8 +164,8 @@ class KafkaAlertConsumer(EngineFeed):
         self._letters_failed: list[DeadLetter] = []  # sends that failed, to resend
         self._last_probe = 0.0
         self._event_gate = _RateGate(10.0, clock)
-        # Ids of the resets applied in this life, oldest first: a re-read one is a no-op. (The
-        # engine journals no reset id, so after a restart only the time rule guards a re-read.)
+        # Ids of the resets applied in this life, oldest first: a re-read one is a no-op here;
+        # the engine journals each id too, so a re-read after a restart is one there.
         self._resets_applied: OrderedDict[str, None] = OrderedDict()
         # Called with the offsets just before they are committed; a test seam for crash tests.
         self.before_commit: Callable[[dict[TopicPartition, int]], Any] | None = None
@@ -471,6 +471,7 @@ class KafkaAlertConsumer(EngineFeed):
                 reason=alert.reason or alert.id,
                 origin="kafka",
                 latched_before_ms=_issued_ms(alert, now_ms),
+                reset_id=alert.id,
             ),
         )
         self._resets_applied[alert.id] = None

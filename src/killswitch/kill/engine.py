@@ -240,21 +240,29 @@ class Engine:
         origin: str = "local",
         only: Iterable[str] | None = None,
         latched_before_ms: int | None = None,
+        reset_id: str | None = None,
     ) -> bool:
         """Release every latch, or those of the trigger ids in `only`, and of those only the
         ones received at or before `latched_before_ms` (audited: who, why, from where). The
         journal record, the log line and the event name exactly the latches released, decided
-        under the latch lock: a kill journaled meanwhile is never among them. False if nothing
-        was released."""
+        under the latch lock: a kill journaled meanwhile is never among them. A `reset_id`
+        already journaled (this life or an earlier one) is a no-op. False if nothing was
+        released."""
         async with self._latch_lock:
+            if reset_id is not None and reset_id in self._seen:
+                log.info("reset already applied reset_id=%s", reset_id)
+                return False
             wanted = set(self._latches) if only is None else set(only) & set(self._latches)
             if latched_before_ms is not None:
                 wanted = {t for t in wanted if self._received_ms(t) <= latched_before_ms}
             names = [t for t in self._latches if t in wanted]
             released = [{"trigger_id": t, "scope": self._latches[t].to_json()} for t in names]
+            by_id = {} if reset_id is None else {"id": reset_id}
             await self.journal.append_async(
-                "reset", actor=actor, reason=reason, origin=origin, released=released
+                "reset", actor=actor, reason=reason, origin=origin, released=released, **by_id
             )
+            if reset_id is not None:
+                self._seen[reset_id] = None
             for trigger_id in names:
                 del self._latches[trigger_id]
                 self._latched_triggers.pop(trigger_id, None)

@@ -27,9 +27,10 @@ class EnginePort(Protocol):
         origin: str = "local",
         only: Iterable[str] | None = None,
         latched_before_ms: int | None = None,
+        reset_id: str | None = None,
     ) -> bool:
         """Release every latch, or exactly those named, and of those only the ones received
-        at or before `latched_before_ms`; audited."""
+        at or before `latched_before_ms`; audited. A `reset_id` already journaled is a no-op."""
         ...
 
     def latches(self) -> dict[str, Scope]:
