@@ -381,6 +381,8 @@ async def async_run(settings: Settings) -> int:
         services,
         critical=critical,
         grace_period_s=settings.engine.grace_period_s,
+        # The engine's last events (a kill ending in the grace period) still reach Kafka.
+        stop_last=[s for s in services if isinstance(s, KafkaEventSink)],
     )
     return await daemon.serve()
 

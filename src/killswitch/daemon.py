@@ -125,8 +125,12 @@ class Daemon:
         grace_period_s: float = 10.0,
         notifier: Notifier | None = None,
         status_interval_s: float = 5.0,
+        stop_last: Sequence[Service] = (),
     ) -> None:
         self.services = list(services)
+        # Stopped after all the others (the events sink): what the engine reports while it
+        # stops, a kill ending in its grace period, is still sent.
+        self.stop_last = list(stop_last)
         self.critical = critical if critical is not None else CriticalTasks()
         self.grace_period_s = grace_period_s
         self.notifier = notifier if notifier is not None else Notifier()
@@ -267,8 +271,11 @@ class Daemon:
         log.info("stopped failed=%s", self.failed)
 
     async def _stop_services(self) -> None:
-        while self._started:
-            service = self._started.pop()
+        # In reverse start order, those in `stop_last` after all the others.
+        order = list(reversed(self._started))
+        self._started.clear()
+        order.sort(key=lambda s: any(s is last for last in self.stop_last))
+        for service in order:
             try:
                 await service.stop()
             except asyncio.CancelledError:

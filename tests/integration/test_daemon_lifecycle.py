@@ -396,6 +396,25 @@ async def test_ready_is_sent_only_after_every_service_has_started(
     assert events == ["start fast", "start slow", "stop slow", "stop fast"]
 
 
+async def test_a_stop_last_service_is_stopped_after_all_the_others(
+    listener: NotifyListener,
+) -> None:
+    # The events sink stops after the engine: a kill that ends in the engine's grace period
+    # still has its flat or failed event sent.
+    events: list[str] = []
+    sink = FakeService("sink", events)
+    services = [FakeService("venues", events), sink, FakeService("engine", events)]
+    notifier = Notifier({"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "20000"})
+    daemon = Daemon(services, notifier=notifier, status_interval_s=0.01, stop_last=[sink])
+    serving = asyncio.create_task(daemon.serve())
+    await eventually(lambda: listener.count("READY=1"))
+    daemon.handle_signal(signal.SIGTERM)
+
+    assert await serving == EXIT_OK
+    stops = [e for e in events if e.startswith("stop")]
+    assert stops == ["stop engine", "stop venues", "stop sink"]
+
+
 async def test_the_watchdog_is_fed_only_while_every_service_is_healthy(
     listener: NotifyListener,
 ) -> None:
