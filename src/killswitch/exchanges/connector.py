@@ -20,7 +20,7 @@ from killswitch.exchanges.base import (
     VenueError,
     malformed_is_unknown,
 )
-from killswitch.exchanges.budget import Priority
+from killswitch.exchanges.budget import Priority, release_shared, use_shared
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.http import RestTransport
 from killswitch.exchanges.rest import Charges, Params, SignedRest, Wire
@@ -89,6 +89,10 @@ class VenueConnector(ABC):
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._closed = False
+        # The venue counts its limits per IP: every account to this host in the process spends
+        # the same shared budgets (`budget.shared_item`), which live while one of them does.
+        self.ip_scope = self.transport.base_url
+        use_shared(self.ip_scope)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(account={self.account!r}, key_type={self.key_type!r})"
@@ -137,7 +141,10 @@ class VenueConnector(ABC):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-        await self._shut()
+        try:
+            await self._shut()
+        finally:
+            release_shared(self.ip_scope)
         await self.transport.close()
 
     async def __aenter__(self) -> Self:

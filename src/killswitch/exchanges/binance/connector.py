@@ -52,13 +52,7 @@ from killswitch.exchanges.binance.session import (
     keep_session,
     ws_api_url,
 )
-from killswitch.exchanges.budget import (
-    Priority,
-    RateBudget,
-    release_shared,
-    shared_item,
-    use_shared,
-)
+from killswitch.exchanges.budget import Priority, RateBudget, shared_item
 from killswitch.exchanges.connector import ConnectorArgs, VenueConnector
 from killswitch.exchanges.dialect import BINANCE
 from killswitch.exchanges.rest import Answer, WeightCharges, Wire
@@ -144,12 +138,10 @@ class BinanceExchange(VenueConnector):
         self.use_ws_api = use_ws_api
         # Binance's request weight is counted per IP, not per key [BN-REST "LIMITS"]: every
         # account behind our IP spends one budget (the used-weight header reads all of it).
-        self._ip_scope = self.transport.base_url
-        use_shared(self._ip_scope)
         self.budget = (
             budget
             if budget is not None
-            else shared_item(self._ip_scope, "binance weight", lambda: RateBudget(RATE_LIMITS))
+            else shared_item(self.ip_scope, "binance weight", lambda: RateBudget(RATE_LIMITS))
         )
         charges = WeightCharges(self.budget, USED_WEIGHT_HEADER)
         self.rest = self._signed_rest(WIRE, charges, partial(binance_signed_query, self._sign))
@@ -169,7 +161,6 @@ class BinanceExchange(VenueConnector):
                     await self._session_ready.wait()
 
     async def _shut(self) -> None:
-        release_shared(self._ip_scope)
         session, self.session = self.session, None
         if session is not None:
             await session.close()

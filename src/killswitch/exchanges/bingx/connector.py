@@ -111,7 +111,7 @@ class BingxExchange(VenueConnector):
         self.charges = BingxCharges(
             self.account,
             self.clock,
-            self.transport.base_url,
+            self.ip_scope,
             budget_clock=budget_clock,
             budget_sleep=budget_sleep,
             rng=rng or random.Random(),
@@ -147,7 +147,7 @@ class BingxExchange(VenueConnector):
             cancel_all_covers_lists=covers is True,
             lists_coverage=covers,
             list_legs_by_batch=self.learned.leg_id_cancels_list,
-            rates=kind_rates(shared_users(self.charges.ip_scope)),
+            rates=kind_rates(shared_users(self.ip_scope)),
         )
 
     def learned_paths(self) -> dict[str, object]:
@@ -174,7 +174,7 @@ class BingxExchange(VenueConnector):
         )
 
     async def _shut(self) -> None:
-        self.charges.release()
+        """Nothing besides the REST pool: each stream closes with its iterator."""
 
     async def _warm(self) -> None:
         # A warm-up only opens a pooled connection: it never waits for the market group's

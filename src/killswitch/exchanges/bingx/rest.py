@@ -42,9 +42,7 @@ from killswitch.exchanges.budget import (
     RateBudget,
     SlidingBudget,
     acquire_all,
-    release_shared,
     shared_budget,
-    use_shared,
 )
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.dialect import BINGX
@@ -102,9 +100,8 @@ class BingxCharges:
             )
             for path, rps in ENDPOINT_RPS.items()
         }
-        # The per-IP budgets are shared by every connector to the same host in the process.
-        self.ip_scope = ip_scope
-        use_shared(ip_scope)
+        # The per-IP budgets are shared by every connector to the same host in the process
+        # (the connector holds the scope: `VenueConnector.ip_scope`).
         self.ip_budgets: dict[str, SlidingBudget] = {
             path: shared_budget(
                 ip_scope,
@@ -132,10 +129,6 @@ class BingxCharges:
         self.errors = ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock)
         self.rng = rng
         self.backoffs: dict[str, int] = {}  # path -> 100410s without an epoch in a row
-
-    def release(self) -> None:
-        """Give up this account's share of the per-IP budgets."""
-        release_shared(self.ip_scope)
 
     def path_budgets(self, path: str) -> list[SlidingBudget]:
         return [b for b in (self.budgets.get(path), self.ip_budgets.get(path)) if b is not None]

@@ -119,10 +119,9 @@ _KIND_PATHS = (
 def kind_rates(accounts_behind_ip: int = 1) -> tuple[KindRate, ...]:
     """How fast one account may send each cancel kind: its UID budget, or its share of the
     per-IP one when that is less. A kill of every account (the common case) sends them all at
-    once, so with two accounts behind the IP each gets half of its 3/s: planned as if it had
-    all of it, an account
-    gives single cancels (5/s by UID) more than their 1.5/s and leaves the batch and
-    `oco/cancel` budgets idle at the end of the kill."""
+    once, so with two accounts behind the IP each gets half of its 3/s. Planned as if it had
+    all of it, an account gives single cancels (5/s by UID) more than their 1.5/s and leaves
+    the batch and `oco/cancel` budgets idle at the end of the kill."""
     share = max(1, accounts_behind_ip)
     rates = []
     for kind, path in _KIND_PATHS:

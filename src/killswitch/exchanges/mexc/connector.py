@@ -41,7 +41,7 @@ from killswitch.exchanges.base import (
     VenueError,
     malformed_is_unknown,
 )
-from killswitch.exchanges.budget import Priority, release_shared, shared_item, use_shared
+from killswitch.exchanges.budget import Priority, shared_item
 from killswitch.exchanges.connector import ConnectorArgs, VenueConnector
 from killswitch.exchanges.dialect import MEXC
 from killswitch.exchanges.mexc.parse import (
@@ -133,10 +133,8 @@ class MexcExchange(VenueConnector):
         # MEXC counts its limits per endpoint and IP (some per UID: sharing them is only
         # stricter): every account behind our IP spends the same budgets, and a 429 to one
         # holds them all [MX-DOC "LIMITS"].
-        self._ip_scope = self.transport.base_url
-        use_shared(self._ip_scope)
         self.endpoint_budgets = shared_item(
-            self._ip_scope,
+            self.ip_scope,
             "mexc endpoints",
             lambda: EndpointCharges(rate_limits, clock=budget_clock, sleep=budget_sleep),
         )
@@ -166,20 +164,17 @@ class MexcExchange(VenueConnector):
                 log.info("mexc warm-up request failed account=%s error=%s", self.account, outcome)
 
     async def _shut(self) -> None:
-        """Close the streams and drop the listenKey; give up our share of the IP's budgets."""
-        try:
-            for ws in list(self._streams):
-                await ws.close()
-            key, self._listen_key = self._listen_key, None
-            if key is not None and self._started:
-                try:
-                    await asyncio.wait_for(self._delete_listen_key(key), timeout=1.0)
-                except asyncio.CancelledError:
-                    raise
-                except (VenueError, TimeoutError) as exc:
-                    log.info("listenKey delete failed account=%s error=%s", self.account, exc)
-        finally:
-            release_shared(self._ip_scope)
+        """Close the streams and drop the listenKey."""
+        for ws in list(self._streams):
+            await ws.close()
+        key, self._listen_key = self._listen_key, None
+        if key is not None and self._started:
+            try:
+                await asyncio.wait_for(self._delete_listen_key(key), timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except (VenueError, TimeoutError) as exc:
+                log.info("listenKey delete failed account=%s error=%s", self.account, exc)
 
     # -- reads ----------------------------------------------------------------------------------
     @malformed_is_unknown
