@@ -16,7 +16,7 @@ import pytest
 from killswitch.events import FanOut, make_event
 from killswitch.kafka.client import Backoff
 from killswitch.kafka.replicas import LatchLog, LatchReplicator
-from killswitch.model import Mode, Scope, Trigger
+from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.settings import KafkaSettings
 from tests.conftest import eventually
 from tests.fixtures.kafka import (
@@ -453,7 +453,10 @@ async def test_a_peer_latch_over_no_configured_account_is_not_applied(
     rig = await make_rig(tmp_path)  # binance/mm-1, mexc/mm-2, bingx/mm-3
     try:
         rep = LatchReplicator(
-            KafkaSettings(bootstrap_servers="127.0.0.1:9"), rig.engine, replica_id="shard-2"
+            KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+            rig.engine,
+            replica_id="shard-2",
+            accounts=[AccountRef(v.venue, v.account) for v in rig.venues.values()],
         )
         rig.engine.events.add(rep)
         other = Trigger(
@@ -481,25 +484,18 @@ async def test_a_peer_latch_over_no_configured_account_is_not_applied(
         await rig.engine.stop()
 
 
-class ShardEngine(FakeEngine):
-    """A fake engine that, like the real one, names its configured accounts in `status()`."""
-
-    def __init__(self, *accounts: str) -> None:
-        super().__init__()
-        self.accounts = accounts
-
-    def status(self) -> dict[str, object]:
-        accounts = [{"venue": "binance", "account": a} for a in self.accounts]
-        return super().status() | {"accounts": accounts}
+def shard(settings: KafkaSettings, name: str, engine: FakeEngine, account: str) -> LatchReplicator:
+    """A replicator of a shard that has the one binance account `account`."""
+    return replicator(settings, name, engine, accounts=[AccountRef("binance", account)])
 
 
 @pytest.mark.kafka
 async def test_shards_sharing_the_latch_topic_latch_only_their_own_accounts(
     latch_settings: KafkaSettings,
 ) -> None:
-    one, two = ShardEngine("mm-1"), ShardEngine("mm-2")
-    shard1 = replicator(latch_settings, "shard-1", one)
-    shard2 = replicator(latch_settings, "shard-2", two)
+    one, two = FakeEngine(), FakeEngine()
+    shard1 = shard(latch_settings, "shard-1", one, "mm-1")
+    shard2 = shard(latch_settings, "shard-2", two, "mm-2")
     mine = Trigger("k-1", "control", Mode.KILL, "test", Scope.of(["binance"], ["mm-1"]))
     wide = Trigger("k-all", "control", Mode.KILL, "test", Scope.of(["binance"]))
     async with running(shard1, shard2):
@@ -509,7 +505,7 @@ async def test_shards_sharing_the_latch_topic_latch_only_their_own_accounts(
     assert sorted(two.held) == ["k-all"]  # k-1 covers no account of shard 2
     assert [t.id for t in two.submitted] == ["k-all"]
     assert shard2.refused_latches == 1
-    restarted = replicator(latch_settings, "shard-2", ShardEngine("mm-2"))
+    restarted = shard(latch_settings, "shard-2", FakeEngine(), "mm-2")
     await restarted.start()  # its reconcile reads k-1 and k-all again
     await restarted.stop()
     assert sorted(restarted.engine.latches()) == ["k-all"]

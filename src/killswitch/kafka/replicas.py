@@ -198,7 +198,7 @@ class LatchReplicator(EngineFeed):
         self.applied_resets = 0
         self.announced_resets = 0  # resets made here that the topic lacked, published late
         self.refused_latches = 0  # peer latches over no account configured here, by id
-        # The accounts configured here: given, or else read once from the engine's status.
+        # The accounts configured here (`app` gives them); None: no check (tests of other parts).
         self._accounts: list[AccountRef] | None = list(accounts) if accounts is not None else None
         self._refused: OrderedDict[str, None] = OrderedDict()
         self.reset_settle_s = reset_settle_s
@@ -450,7 +450,7 @@ class LatchReplicator(EngineFeed):
         """Whether a peer's latch covers an account configured here. A scope that names none
         is refused wherever it comes from (it would latch nothing here, fail its kill with
         `no_account_in_scope` and hold until reset): not submitted, logged once, counted."""
-        accounts = self._configured_accounts()
+        accounts = self._accounts
         if accounts is None or any(trigger.scope.covers_account(a) for a in accounts):
             return True
         if trigger.id not in self._refused:
@@ -464,19 +464,6 @@ class LatchReplicator(EngineFeed):
                 trigger.scope.to_json(),
             )
         return False
-
-    def _configured_accounts(self) -> list[AccountRef] | None:
-        """The accounts configured here; None when the engine does not say (no check)."""
-        if self._accounts is None:
-            raw = self.engine.status().get("accounts")
-            if not isinstance(raw, list):
-                return None
-            self._accounts = [
-                AccountRef(str(a["venue"]), str(a["account"]))
-                for a in raw
-                if isinstance(a, dict) and "venue" in a and "account" in a
-            ]
-        return self._accounts
 
     async def _submit_peer_latch(self, trigger: Trigger) -> SubmitResult:
         """Submit a cluster latch to the engine as the same trigger."""
