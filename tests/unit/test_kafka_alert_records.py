@@ -161,6 +161,7 @@ async def test_an_error_of_ours_on_one_record_dead_letters_it_and_the_consumer_g
         await run_until(consumer, fake, 1)
         assert letters.kinds() == [(0, "unhandled")]
         assert "KeyError" in letters.sent[0].error.msg
+        assert "bot-7" not in letters.sent[0].error.msg  # never the record's own text
         assert rig.engine.kill_for("a-2") is not None
         assert consumer.stats.rejected == {"unhandled": 1}
     finally:

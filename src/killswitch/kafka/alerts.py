@@ -358,9 +358,9 @@ class KafkaAlertConsumer(EngineFeed):
                 record.partition,
                 record.offset,
             )
-            error = AlertRejected(
-                f"cannot handle record: {type(exc).__name__}: {exc}"[:500], kind="unhandled"
-            )
+            # The error's type only: its text may quote the record, and a dead letter's
+            # error never echoes the input (the log line above has the traceback).
+            error = AlertRejected(f"cannot handle record: {type(exc).__name__}", kind="unhandled")
             await self._reject(tp, record, error)
             return
         if isinstance(work, Trigger):
