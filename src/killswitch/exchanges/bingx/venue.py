@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import zlib
 
@@ -116,6 +117,7 @@ _KIND_PATHS = (
 )
 
 
+@functools.cache  # read by every plan of a kill: built once per number of accounts
 def kind_rates(accounts_behind_ip: int = 1) -> tuple[KindRate, ...]:
     """How fast one account may send each cancel kind: its UID budget, or its share of the
     per-IP one when that is less. A kill of every account (the common case) sends them all at
