@@ -7,10 +7,12 @@ a kill always finds budget. The venue's own headers (`X-MBX-USED-WEIGHT-1M`, Bin
 `X-RateLimit-Requests-Remain`) correct our count upwards. A 429 blocks the budget for
 `Retry-After`; a 418 blocks it until the ban expires.
 
-Venues that count "N a second" per account and per IP (BingX) get `SlidingBudget`s instead: at
-most N in any 1.1 s, whatever the venue's window alignment, the per-IP ones shared by every
-connector of the process through `shared_budget` (accounts behind one IP take turns), and an
-`ErrorCounter` that keeps each API clear of a lock for too many error answers.
+Venues that count "N a second" per account and per IP (BingX) get `SlidingBudget`s instead: a
+request counts from its send until a little over a second after its answer, so the venue sees
+at most N in any second, whatever its window alignment and however long requests take to
+arrive. The per-IP ones are shared by every connector of the process through `shared_budget`
+(accounts behind one IP take turns), and an `ErrorCounter` keeps each API clear of a lock for
+too many error answers.
 """
 
 from __future__ import annotations
@@ -112,14 +114,18 @@ class RateBudget:
 
 
 class SlidingBudget:
-    """At most `limit` requests in any `window_s + margin_s` seconds: a per-second venue cap.
+    """At most `limit` requests per `window_s` as the venue counts them: a per-second cap.
 
-    BingX counts "N per second" per UID and API, and per IP. A sliding window a little longer
-    than the venue's second keeps any venue window, whatever its alignment to our clock and
-    however the network spreads our sends, at or under `limit`, so a kill never earns a 100410.
-    Background reads may use only `background_share` of the limit (at least one). `block` holds
-    every request until the venue's disabled period (a 100410 with its epoch) or a short
-    backoff has passed. Safe for any number of tasks: each `acquire` reserves its slot.
+    BingX counts "N per second" per UID and API, and per IP, by when a request reaches it. That
+    is after we send it and before its answer is back, and the network or a busy loop may
+    delay one request more than the next. So a request counts from the moment it is taken
+    (`take`, in flight) until `span_s` after it lands (`landed`: answered, failed or given up):
+    two requests of one slot are then at least `window_s` apart at the venue, whatever each
+    took to arrive and whatever the venue's window alignment, so a kill never earns a 100410.
+    Every `take` must be followed by one `landed`. Background reads may use only
+    `background_share` of the limit (at least one). `block` holds every request until the
+    venue's disabled period (a 100410 with its epoch) or a short backoff has passed. Safe for
+    any number of tasks: each `acquire` reserves its slot.
     """
 
     def __init__(
@@ -145,8 +151,8 @@ class SlidingBudget:
         self.blocked_until = 0.0
         self.waited_s = 0.0
         self.sent = 0
-        self._stamps: deque[float] = deque()
-        self._stamp_owners: deque[str] = deque()
+        self._stamps: deque[float] = deque()  # when each landed request landed, in order
+        self._flying = 0  # requests taken and not landed
         # Waiting calls (id -> owner, and whether its other budgets have room): a shared
         # budget serves the ready owner it served least recently, so one account's retries
         # never starve another account's kill.
@@ -169,33 +175,40 @@ class SlidingBudget:
         return max(1, int(self.limit * self.background_share))
 
     def used(self) -> int:
-        """Requests counted in the window now."""
+        """Requests counted now: those in flight and those landed within the span."""
         stamps = self._stamps
         now = self.clock()
         while stamps and stamps[0] <= now - self.span_s:
             stamps.popleft()
-            self._stamp_owners.popleft()
-        return len(stamps)
+        return len(stamps) + self._flying
 
     def delay_for(self, priority: Priority = Priority.KILL) -> float:
         """Seconds until one more request fits; 0 when it fits now."""
         now = self.clock()
         if now < self.blocked_until:
             return self.blocked_until - now
-        self.used()
-        stamps = self._stamps
-        cap = self.cap(priority)
-        if len(stamps) < cap:
+        over = self.used() - self.cap(priority)
+        if over < 0:
             return 0.0
-        return stamps[len(stamps) - cap] + self.span_s - now + 0.001
+        stamps = self._stamps
+        if over < len(stamps):
+            # The landed ones leave first, oldest first.
+            return stamps[over] + self.span_s - now + 0.001
+        # Only a request still in flight can free the slot: a span after it lands, no sooner.
+        return self.span_s
 
     def take(self, owner: str = "") -> None:
-        """Spend a slot now (the caller checked `delay_for`)."""
-        self._stamps.append(self.clock())
-        self._stamp_owners.append(owner)
+        """Spend a slot now (the caller checked `delay_for`); the request is in flight."""
+        self._flying += 1
         self.sent += 1
         self._serial += 1
         self._served[owner] = self._serial
+
+    def landed(self) -> None:
+        """A request taken earlier is answered, failed or given up: it counts `span_s` more."""
+        if self._flying > 0:
+            self._flying -= 1
+            self._stamps.append(self.clock())
 
     def try_take(self, priority: Priority = Priority.KILL, owner: str = "") -> bool:
         """Spend a slot now if one is free."""
@@ -230,7 +243,7 @@ class SlidingBudget:
 
     def in_window(self) -> int:
         now = self.clock()
-        return sum(1 for t in self._stamps if t > now - self.span_s)
+        return sum(1 for t in self._stamps if t > now - self.span_s) + self._flying
 
 
 FAIR_POLL_S = 0.002  # how soon a waiter that let another owner go first looks again

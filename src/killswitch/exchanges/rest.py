@@ -6,6 +6,7 @@ One request, the same steps on every venue::
      |  charge    `Charges.acquire`: the venue's budgets (weight, per endpoint, per IP, locks)
      |  sign      params + recvWindow + timestamp (the server clock), by the venue's signer
      |  send      `RestTransport`: never sent -> Transient; sent, no answer -> OutcomeUnknown
+     |  landed    `Charges.landed`: the answer is back (or none will come), whatever it is
      |  observe   `Charges.observe`: the used-weight headers the venue sends back
      |  decode    `Wire.decode`: the venue's envelope -> payload, code, message
      |  classify  `dialect.classify`, the one map from an answer to the error taxonomy
@@ -97,6 +98,9 @@ class Charges(Protocol):
     def observe(self, headers: Headers) -> None:
         """Take in what the venue's headers say is used."""
 
+    def landed(self, path: str) -> None:
+        """A request `acquire` paid for is answered, failed or given up (once per request)."""
+
     def settle(
         self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
     ) -> None:
@@ -118,6 +122,9 @@ class WeightCharges:
         used = headers.get(self.used_header) if self.used_header else None
         if used is not None and used.isdigit():
             self.budget.observe_used(int(used))
+
+    def landed(self, path: str) -> None:
+        pass  # counted in fixed windows, from the send
 
     def settle(
         self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
@@ -162,6 +169,9 @@ class EndpointCharges:
 
     def observe(self, headers: Headers) -> None:
         pass  # MEXC sends no used-weight header
+
+    def landed(self, path: str) -> None:
+        pass  # counted in fixed windows, from the send
 
     def settle(
         self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
@@ -263,7 +273,10 @@ class SignedRest:
             query = self._sign([*params, *stamp])
         else:
             query = self.wire.query(params)
-        raw = await self.transport.request(method, path, query=query, headers=self._headers)
+        try:
+            raw = await self.transport.request(method, path, query=query, headers=self._headers)
+        finally:
+            self.charges.landed(path)
         self.charges.observe(raw.headers)
         answer = self.wire.decode(raw.status, raw.body)
         return self.read(answer, f"{method} {path}", path, raw.headers)

@@ -151,6 +151,11 @@ class BingxCharges:
     def observe(self, headers: Headers) -> None:
         """No header is read: the sliding budgets keep their own count."""
 
+    def landed(self, path: str) -> None:
+        """The per-second budgets count the request until a span after its answer."""
+        for budget in self.path_budgets(path):
+            budget.landed()
+
     def settle(
         self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
     ) -> None:

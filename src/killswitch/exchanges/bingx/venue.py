@@ -93,7 +93,9 @@ GROUP_LIMITS = RateLimits(weight_per_window=100, window_s=10.0)
 IP_GROUP1_PATHS = frozenset({SERVER_TIME, SYMBOLS})
 IP_GROUP1_LIMIT = 90
 IP_GROUP1_WINDOW_S = 10.0
-BUDGET_MARGIN_S = 0.1  # a venue second is counted as 1.1 s of ours (skew, network spread)
+# A request holds its slot from its send until a venue second and this much after its answer
+# lands (`SlidingBudget`): the margin is for timers and clock rates, not for the network.
+BUDGET_MARGIN_S = 0.05
 
 
 # "Query API KEY permissions" codes (readiness): which let this key trade and cancel spot.
