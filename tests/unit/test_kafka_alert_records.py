@@ -100,7 +100,7 @@ def attach(consumer: KafkaAlertConsumer, records: list[Any]) -> tuple[FakeConsum
     consumer._committed = {TP: 0}
     consumer.connected = True
     consumer._started = True
-    consumer._send_dead_letter = letters  # type: ignore[method-assign]
+    consumer.letters.send = letters  # type: ignore[method-assign]
     return fake, letters
 
 
@@ -190,7 +190,7 @@ async def test_a_reset_dated_ahead_of_our_clock_is_refused_and_releases_nothing(
         )
         consumer = KafkaAlertConsumer(settings, rig.engine)
         letters = Letters()
-        consumer._send_dead_letter = letters  # type: ignore[method-assign]
+        consumer.letters.send = letters  # type: ignore[method-assign]
         await rig.engine.submit(kill_trigger("k1", venues=["binance"]))
         await finished(rig, "k1")
         reset = reset_record(wall_ms() + 120_000)  # the producer's clock two minutes ahead
@@ -212,7 +212,7 @@ async def test_a_re_read_reset_is_a_no_op_and_never_releases_a_kill_latched_afte
         settings = KafkaSettings(bootstrap_servers="127.0.0.1:9", allow_reset=True)
         consumer = KafkaAlertConsumer(settings, rig.engine)
         letters = Letters()
-        consumer._send_dead_letter = letters  # type: ignore[method-assign]
+        consumer.letters.send = letters  # type: ignore[method-assign]
         await rig.engine.submit(kill_trigger("k1", venues=["binance"]))
         await finished(rig, "k1")
         reset = reset_record(wall_ms() + RESET_FUTURE_TOLERANCE_MS // 2)  # within tolerance
@@ -270,7 +270,7 @@ async def test_a_reset_from_ahead_re_read_after_a_restart_is_refused_as_stale() 
     await engine.submit(replace(kill_trigger("k2"), received_ms=NOW + 2000))
     again = KafkaAlertConsumer(settings, engine, wall_ms=lambda: NOW + 60_000)
     letters = Letters()
-    again._send_dead_letter = letters  # type: ignore[method-assign]
+    again.letters.send = letters  # type: ignore[method-assign]
     await again._process(TP, reset)
     assert list(engine.latches()) == ["k2"]
     assert letters.kinds() == [(0, "stale_reset")]
@@ -292,7 +292,7 @@ async def test_an_id_reused_for_another_scope_is_dead_lettered_never_dropped(
     try:
         consumer = KafkaAlertConsumer(KafkaSettings(bootstrap_servers="127.0.0.1:9"), rig.engine)
         letters = Letters()
-        consumer._send_dead_letter = letters  # type: ignore[method-assign]
+        consumer.letters.send = letters  # type: ignore[method-assign]
         await consumer._process(TP, kill_of(0, "binance"))
         await finished(rig, "dd-breach")
         with caplog.at_level(logging.WARNING, logger="killswitch.kafka.alerts"):
@@ -316,7 +316,7 @@ async def test_an_id_reused_for_another_mode_is_dead_lettered() -> None:
     engine = FakeEngine()
     consumer = KafkaAlertConsumer(KafkaSettings(bootstrap_servers="127.0.0.1:9"), engine)
     letters = Letters()
-    consumer._send_dead_letter = letters  # type: ignore[method-assign]
+    consumer.letters.send = letters  # type: ignore[method-assign]
     await consumer._process(TP, kill_of(0, "binance", "cancel"))
     await consumer._process(TP, kill_of(1, "binance", "kill"))
     assert letters.kinds() == [(1, "id_conflict")]
@@ -328,7 +328,7 @@ async def test_a_true_duplicate_stays_a_quiet_no_op() -> None:
     engine = FakeEngine()
     consumer = KafkaAlertConsumer(KafkaSettings(bootstrap_servers="127.0.0.1:9"), engine)
     letters = Letters()
-    consumer._send_dead_letter = letters  # type: ignore[method-assign]
+    consumer.letters.send = letters  # type: ignore[method-assign]
     for offset in range(3):
         await consumer._process(TP, kill_of(offset, "binance"))
     assert letters.sent == []

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -45,7 +45,7 @@ from killswitch.handlers.alerts import (
     parse_alert,
 )
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
-from killswitch.kafka.dead_letters import DeadLetter, Record, send_letters
+from killswitch.kafka.dead_letters import DeadLetters, Record
 from killswitch.kill.port import EnginePort, latest_latch_ms
 from killswitch.model import AccountRef, Trigger
 
@@ -147,7 +147,6 @@ class KafkaAlertConsumer(EngineFeed):
         self.poll_timeout_ms = poll_timeout_ms
         self.max_records = max_records
         self.fetch_max_wait_ms = fetch_max_wait_ms
-        self.dead_letter_pending_limit = dead_letter_pending_limit
         self.io_timeout_s = io_timeout_s
         self.stop_wait_s = stop_wait_s  # on stop, for dead letters in flight
         key = settings.alert_hmac_key
@@ -158,10 +157,7 @@ class KafkaAlertConsumer(EngineFeed):
         self._first_connect = True
         self._done: dict[TopicPartition, int] = {}  # next offset past the processed records
         self._committed: dict[TopicPartition, int] = {}
-        self._dead_letters: dict[TopicPartition, deque[DeadLetter]] = {}
-        self._letter_queue: asyncio.Queue[DeadLetter] = asyncio.Queue()
-        self._letter_sender: asyncio.Task[None] | None = None
-        self._letters_failed: list[DeadLetter] = []  # sends that failed, to resend
+        self.letters = DeadLetters(settings, self.stats, pending_limit=dead_letter_pending_limit)
         self._last_probe = 0.0
         self._event_gate = _RateGate(10.0, clock)
         # Ids of the resets applied in this life, oldest first: a re-read one is a no-op here;
@@ -220,9 +216,7 @@ class KafkaAlertConsumer(EngineFeed):
         )
         self._producer = producer
         await producer.start()
-        self._letter_sender = asyncio.create_task(
-            send_letters(self._letter_queue, producer, settings), name="dead letters"
-        )
+        self.letters.start(producer)
         consumer = AIOKafkaConsumer(
             **client_options(settings),
             group_id=settings.group_id,
@@ -286,7 +280,7 @@ class KafkaAlertConsumer(EngineFeed):
         if self._consumer is None:
             return
         try:
-            await self._settle_dead_letters(wait_s=self.stop_wait_s)
+            await self.letters.settle(wait_s=self.stop_wait_s)
             await self._commit()
         except asyncio.CancelledError:
             raise
@@ -294,17 +288,7 @@ class KafkaAlertConsumer(EngineFeed):
             log.warning("last commit failed error=%s", exc)
 
     async def _drop_in_flight(self) -> None:
-        for letters in self._dead_letters.values():
-            for letter in letters:
-                if letter.future is not None:
-                    letter.future.cancel()  # not committed: the record comes back
-        self._dead_letters = {}
-        self._letters_failed = []
-        self._letter_queue = asyncio.Queue()
-        sender, self._letter_sender = self._letter_sender, None
-        if sender is not None:
-            sender.cancel()
-            await asyncio.wait({sender})
+        await self.letters.drop()
 
     async def _probe(self) -> None:
         consumer = self._consumer
@@ -331,7 +315,7 @@ class KafkaAlertConsumer(EngineFeed):
                     break
             if self._stopping.is_set():
                 break
-        await self._settle_dead_letters()
+        await self.letters.settle()
         await self._commit()
         if self._clock() - self._last_probe >= self.probe_interval_s:
             self._last_probe = self._clock()
@@ -500,77 +484,7 @@ class KafkaAlertConsumer(EngineFeed):
                 offset=record.offset,
                 suppressed=self._event_gate.suppressed,
             )
-        letter = DeadLetter(record.offset, record, exc)
-        self._send_dead_letter(letter)
-        self._dead_letters.setdefault(tp, deque()).append(letter)
-
-    def _send_dead_letter(self, letter: DeadLetter) -> None:
-        """Queue one dead letter for the sender task; its future resolves once delivered.
-
-        A send can wait out the request timeout (metadata of a broken topic): it happens in
-        its own task so the alerts behind never wait for the dead-letter topic.
-        """
-        letter.attempts += 1
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda fut: self._letter_done(letter, fut))
-        letter.future = future
-        self._letter_queue.put_nowait(letter)
-
-    def _letter_done(self, letter: DeadLetter, fut: asyncio.Future[Any]) -> None:
-        if not fut.cancelled() and fut.exception() is not None:
-            self._letters_failed.append(letter)
-
-    async def _settle_dead_letters(self, *, wait_s: float = 0.0) -> None:
-        """Confirm dead letters in order, resend the failed, and bound what is pending.
-
-        A dead letter never holds up the alerts behind it: only the commit waits for it. Past
-        `dead_letter_pending_limit` letters undelivered, the consumer waits for the oldest (at most
-        a second per poll: a slow topic slows a flood of bad records), gives up on letters that
-        failed three times, and beyond ten times the limit on the oldest whatever their state
-        (each counted and logged with its offset: the record is still in the alerts topic).
-        """
-        if wait_s:
-            futures = {lt.future for q in self._dead_letters.values() for lt in q if lt.future}
-            if futures:
-                await asyncio.wait(futures, timeout=wait_s)
-        undelivered = sum(len(q) for q in self._dead_letters.values())
-        crowded = undelivered >= self.dead_letter_pending_limit
-        failed, self._letters_failed = self._letters_failed, []
-        for letter in failed:
-            self.stats.dead_letter_failures += 1
-            fut = letter.future
-            error = fut.exception() if fut is not None and not fut.cancelled() else None
-            if crowded and letter.attempts >= 3:
-                letter.future = None  # given up when it reaches the head of its queue
-                continue
-            log.warning("dead letter failed, resending offset=%d error=%s", letter.offset, error)
-            self._send_dead_letter(letter)
-        overflow = undelivered - 10 * self.dead_letter_pending_limit
-        for letters in self._dead_letters.values():
-            while letters:
-                head = letters[0]
-                if overflow > 0 and head.future is not None and not head.future.done():
-                    head.future.cancel()
-                    head.future = None
-                    overflow -= 1
-                if head.future is not None and not head.delivered:
-                    break
-                letters.popleft()
-                if head.future is not None:
-                    self.stats.dead_lettered += 1
-                    continue
-                self.stats.dead_letter_lost += 1
-                log.error(
-                    "dead letter given up topic=%s partition=%d offset=%d kind=%s",
-                    head.record.topic,
-                    head.record.partition,
-                    head.offset,
-                    head.error.kind,
-                )
-        if crowded:
-            oldest = [q[0].future for q in self._dead_letters.values() if q and q[0].future]
-            if oldest:
-                await asyncio.wait(oldest, timeout=1.0)
+        self.letters.post(tp, record, exc)
 
     # -- commits ----------------------------------------------------------------------------
 
@@ -578,8 +492,8 @@ class KafkaAlertConsumer(EngineFeed):
         """Offsets safe to commit now: past processed records, before the first pending letter."""
         offsets: dict[TopicPartition, int] = {}
         for tp, done in self._done.items():
-            letters = self._dead_letters.get(tp)
-            offset = min(done, letters[0].offset) if letters else done
+            pending = self.letters.first_pending(tp)
+            offset = done if pending is None else min(done, pending)
             if offset > self._committed.get(tp, -1):
                 offsets[tp] = offset
         return offsets
