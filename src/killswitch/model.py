@@ -8,7 +8,7 @@ place where `BTC-USDT` and `BTCUSDT` are made comparable.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 VENUES: tuple[str, ...] = ("binance", "mexc", "bingx")
@@ -308,6 +308,50 @@ class Scope:
             strs("symbols"),
             str(prefix) if prefix else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Unmatched:
+    """A name in a scope that matches no configured account: `field` is `venues` or `accounts`."""
+
+    field: str
+    name: str
+    message: str
+
+
+def unmatched(scope: Scope, accounts: Collection[AccountRef]) -> list[Unmatched]:
+    """Return each venue and account `scope` names that selects no account in `accounts`.
+
+    A name counts only together with the rest of the scope: `venues = ["mexc"]` with
+    `accounts = ["mm-1"]` names nothing when mm-1 is configured on binance alone.
+    """
+    found: list[Unmatched] = []
+    for venue in sorted(scope.venues):
+        if not any(ref.venue == venue and scope.covers_account(ref) for ref in accounts):
+            among = f" among accounts {sorted(scope.accounts)}" if scope.accounts else ""
+            found.append(Unmatched("venues", venue, f"no configured account on {venue}{among}"))
+    for name in sorted(scope.accounts):
+        if not any(ref.account == name and scope.covers_account(ref) for ref in accounts):
+            on = f" on {', '.join(sorted(scope.venues))}" if scope.venues else ""
+            found.append(Unmatched("accounts", name, f"no configured account {name}{on}"))
+    return found
+
+
+# How each venue writes a spot symbol (exchange-apis.md §1.7, §2.6, §3.6). Binance symbols may
+# hold non-ASCII letters (its testnet lists `这是测试币456`), so letters are not just A-Z.
+SYMBOL_FORMS: dict[str, str] = {
+    "binance": 'upper case letters and digits with no separator, like "BTCUSDT"',
+    "mexc": 'upper case letters and digits with no separator, like "BTCUSDT"',
+    "bingx": 'upper case, base and quote joined by a hyphen, like "BTC-USDT"',
+}
+
+
+def is_venue_symbol(venue: str, symbol: str) -> bool:
+    """True when `symbol` is written the way `venue` writes its spot symbols."""
+    parts = symbol.split("-") if venue == "bingx" else [symbol]
+    return len(parts) == (2 if venue == "bingx" else 1) and all(
+        part.isalnum() and part == part.upper() for part in parts
+    )
 
 
 @dataclass(frozen=True, slots=True)

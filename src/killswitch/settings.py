@@ -19,8 +19,7 @@ from __future__ import annotations
 import contextvars
 import os
 import socket
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +43,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from killswitch.model import VENUES, AccountRef, Scope
+from killswitch.model import (
+    SYMBOL_FORMS,
+    VENUES,
+    AccountRef,
+    Scope,
+    is_venue_symbol,
+    unmatched,
+)
 
 DEFAULT_CONFIG_PATH = Path("/etc/killswitch/killswitch.toml")
 ENV_PREFIX = "KILLSWITCH_"
@@ -67,22 +73,6 @@ _SECTION = ConfigDict(frozen=True, extra="forbid")
 # A validation error about some items of a list: `ctx["items"]` holds (index, message) pairs,
 # and `describe_validation_error` gives each item its own line, `field[index]: message`.
 ITEM_ERRORS = "item_errors"
-
-# How each venue writes a spot symbol (exchange-apis.md §1.7, §2.6, §3.6). Binance symbols may
-# hold non-ASCII letters (its testnet lists `这是测试币456`), so letters are not just A-Z.
-SYMBOL_FORMS: dict[str, str] = {
-    "binance": 'upper case letters and digits with no separator, like "BTCUSDT"',
-    "mexc": 'upper case letters and digits with no separator, like "BTCUSDT"',
-    "bingx": 'upper case, base and quote joined by a hyphen, like "BTC-USDT"',
-}
-
-
-def is_venue_symbol(venue: str, symbol: str) -> bool:
-    """True when `symbol` is written the way `venue` writes its spot symbols."""
-    parts = symbol.split("-") if venue == "bingx" else [symbol]
-    return len(parts) == (2 if venue == "bingx" else 1) and all(
-        part.isalnum() and part == part.upper() for part in parts
-    )
 
 
 class ScopeSettings(BaseModel):
@@ -107,33 +97,6 @@ class ScopeSettings(BaseModel):
     def to_scope(self) -> Scope:
         """Return the domain scope this section describes."""
         return Scope.of(self.venues, self.accounts, self.symbols, self.client_order_id_prefix)
-
-
-@dataclass(frozen=True, slots=True)
-class Unmatched:
-    """A name in a scope that matches no configured account: `field` is `venues` or `accounts`."""
-
-    field: str
-    name: str
-    message: str
-
-
-def unmatched(scope: Scope, accounts: Collection[AccountRef]) -> list[Unmatched]:
-    """Return each venue and account `scope` names that selects no account in `accounts`.
-
-    A name counts only together with the rest of the scope: `venues = ["mexc"]` with
-    `accounts = ["mm-1"]` names nothing when mm-1 is configured on binance alone.
-    """
-    found: list[Unmatched] = []
-    for venue in sorted(scope.venues):
-        if not any(ref.venue == venue and scope.covers_account(ref) for ref in accounts):
-            among = f" among accounts {sorted(scope.accounts)}" if scope.accounts else ""
-            found.append(Unmatched("venues", venue, f"no configured account on {venue}{among}"))
-    for name in sorted(scope.accounts):
-        if not any(ref.account == name and scope.covers_account(ref) for ref in accounts):
-            on = f" on {', '.join(sorted(scope.venues))}" if scope.venues else ""
-            found.append(Unmatched("accounts", name, f"no configured account {name}{on}"))
-    return found
 
 
 class AccountSettings(BaseModel):

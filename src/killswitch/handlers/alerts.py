@@ -25,8 +25,7 @@ from typing import ClassVar, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from killswitch.model import VENUES, AccountRef, Mode, Scope, Trigger
-from killswitch.settings import unmatched
+from killswitch.model import VENUES, AccountRef, Mode, Scope, Trigger, unmatched
 
 SIGNATURE_HEADER = "x-signature"
 MAX_ALERT_BYTES = 64 * 1024

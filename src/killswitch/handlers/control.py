@@ -54,8 +54,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from killswitch.handlers.alerts import AlertScope
 from killswitch.kill.engine import Engine
 from killswitch.kill.record import Kill, KillState, SubmitResult
-from killswitch.model import Mode, Trigger
-from killswitch.settings import unmatched
+from killswitch.model import Mode, Trigger, unmatched
 
 log = logging.getLogger(__name__)
 
