@@ -107,10 +107,28 @@ class Charges(Protocol):
         """Take in how it ended: block on a throttle, count errors, reset backoffs."""
 
 
+class FixedWindowCharges:
+    """Weight budgets counted in fixed windows from the send (Binance, MEXC): nothing to do
+    when the answer lands; a throttle blocks them for its wait, a 418 as a ban."""
+
+    def landed(self, path: str) -> None:
+        pass
+
+    def settle(
+        self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
+    ) -> None:
+        if isinstance(error, RateLimited):
+            # Block, so the next request waits; never sleep here as well.
+            self.block(error.retry_after_s, banned=isinstance(error, IpBanned))
+
+    def block(self, seconds: float, *, banned: bool) -> None:
+        raise NotImplementedError
+
+
 @dataclass(slots=True)
-class WeightCharges:
+class WeightCharges(FixedWindowCharges):
     """One weight budget for the account (Binance): the venue's used-weight header corrects
-    our count upwards; a throttle blocks the budget for its wait, a 418 as a ban."""
+    our count upwards."""
 
     budget: RateBudget
     used_header: str = ""
@@ -123,18 +141,11 @@ class WeightCharges:
         if used is not None and used.isdigit():
             self.budget.observe_used(int(used))
 
-    def landed(self, path: str) -> None:
-        pass  # counted in fixed windows, from the send
-
-    def settle(
-        self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
-    ) -> None:
-        if isinstance(error, RateLimited):
-            # Block the budget, so the next request waits; never sleep here as well.
-            self.budget.block(error.retry_after_s, banned=isinstance(error, IpBanned))
+    def block(self, seconds: float, *, banned: bool) -> None:
+        self.budget.block(seconds, banned=banned)
 
 
-class EndpointCharges:
+class EndpointCharges(FixedWindowCharges):
     """A weight budget per endpoint (MEXC: 500 per 10 s each [MX-DOC "LIMITS"]). A throttle on
     one blocks them all, those created later too: MEXC bans the IP of a client that keeps
     sending after a 429, whichever endpoint it sends to."""
@@ -169,15 +180,6 @@ class EndpointCharges:
 
     def observe(self, headers: Headers) -> None:
         pass  # MEXC sends no used-weight header
-
-    def landed(self, path: str) -> None:
-        pass  # counted in fixed windows, from the send
-
-    def settle(
-        self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
-    ) -> None:
-        if isinstance(error, RateLimited):
-            self.block(error.retry_after_s, banned=isinstance(error, IpBanned))
 
     def block(self, seconds: float, *, banned: bool) -> None:
         """Send nothing to any endpoint for `seconds`."""
