@@ -260,17 +260,7 @@ class BinanceSim(SimVenue):
         self.orders_10s_limit = max(1, int(ORDERS_PER_10S * scale))
         self.orders_day_limit = max(1, int(ORDERS_PER_DAY * scale))
         self.strict_symbols = frozenset(settings.symbols)
-        self._ws_ops: dict[str, Op] = {
-            "order.place": self.op_place,
-            "order.cancel": self.op_cancel,
-            "order.status": self.op_query_order,
-            "openOrders.cancelAll": self.op_cancel_all,
-            "openOrders.status": self.op_open_orders,
-            "openOrderLists.status": self.op_open_lists,
-            "orderList.cancel": self.op_cancel_list,
-            "orderList.status": self.op_query_list,
-            "orderList.place.oco": self.op_place_oco,
-        }
+        self._ws_ops: dict[str, Op] = {ws: op for _, _, ws, op in self._order_ops()}
 
     # -- ids and books ---------------------------------------------------------------------
     def new_book(self) -> SimBook:
@@ -294,20 +284,27 @@ class BinanceSim(SimVenue):
         return {**super().describe(), "ws_api_url": self.ws_api_url}
 
     # -- routes ----------------------------------------------------------------------------
+    def _order_ops(self) -> list[tuple[str, str, str, Op]]:
+        """Each order operation once: its REST method and path, its WebSocket API method."""
+        return [
+            ("POST", "/api/v3/order", "order.place", self.op_place),
+            ("DELETE", "/api/v3/order", "order.cancel", self.op_cancel),
+            ("GET", "/api/v3/order", "order.status", self.op_query_order),
+            ("DELETE", "/api/v3/openOrders", "openOrders.cancelAll", self.op_cancel_all),
+            ("GET", "/api/v3/openOrders", "openOrders.status", self.op_open_orders),
+            ("POST", "/api/v3/orderList/oco", "orderList.place.oco", self.op_place_oco),
+            ("DELETE", "/api/v3/orderList", "orderList.cancel", self.op_cancel_list),
+            ("GET", "/api/v3/orderList", "orderList.status", self.op_query_list),
+            ("GET", "/api/v3/openOrderList", "openOrderLists.status", self.op_open_lists),
+        ]
+
     def add_routes(self, app: web.Application) -> None:
         r = app.router
         r.add_get("/api/v3/ping", self._public(dict))
         r.add_get("/api/v3/time", self._server_time)
         r.add_get("/api/v3/exchangeInfo", self._exchange_info)
-        r.add_post("/api/v3/order", self._signed(self.op_place))
-        r.add_delete("/api/v3/order", self._signed(self.op_cancel))
-        r.add_get("/api/v3/order", self._signed(self.op_query_order))
-        r.add_delete("/api/v3/openOrders", self._signed(self.op_cancel_all))
-        r.add_get("/api/v3/openOrders", self._signed(self.op_open_orders))
-        r.add_post("/api/v3/orderList/oco", self._signed(self.op_place_oco))
-        r.add_delete("/api/v3/orderList", self._signed(self.op_cancel_list))
-        r.add_get("/api/v3/orderList", self._signed(self.op_query_list))
-        r.add_get("/api/v3/openOrderList", self._signed(self.op_open_lists))
+        for method, path, _, op in self._order_ops():
+            r.add_route(method, path, self._signed(op))
         # Readiness (issue 14): what a key may do, and a book a live drill prices from.
         r.add_get("/api/v3/account", self._signed(self.op_account))
         r.add_get("/api/v3/ticker/bookTicker", self._book_ticker)
