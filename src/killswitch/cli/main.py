@@ -22,8 +22,9 @@ from killswitch import __version__
 from killswitch.cli import alert, control, demo, drill, preflight, sim
 from killswitch.cli.parsers import Command, load_or_report
 from killswitch.daemon import EXIT_CONFIG
-from killswitch.logs import LOG_LEVELS, setup_logging
+from killswitch.logs import setup_logging
 from killswitch.settings import ConfigError, Settings, config_path, load_settings
+from killswitch.sim.cli import add_config_and_log_level
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +45,13 @@ def commands() -> list[Command]:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `--config` and `--log-level`, for subcommands that read the configuration."""
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="TOML config file (default: $KILLSWITCH_CONFIG, else /etc/killswitch/killswitch.toml)",
-    )
-    parser.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=LOG_LEVELS,
-        default=None,
-        help="override logging.level from the config",
+    add_config_and_log_level(
+        parser,
+        config_help=(
+            "TOML config file (default: $KILLSWITCH_CONFIG, else /etc/killswitch/killswitch.toml)"
+        ),
+        log_level_help="override logging.level from the config",
+        required=False,
     )
 
 

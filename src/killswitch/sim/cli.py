@@ -27,21 +27,28 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2  # same as the daemon's: the config cannot be used
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `sim` command's arguments to `parser`."""
+def add_config_and_log_level(
+    parser: argparse.ArgumentParser, *, config_help: str, log_level_help: str, required: bool
+) -> None:
+    """Add `--config PATH` and `--log-level` (None when not given): a command reading a TOML file.
+
+    The `killswitch` commands that read the daemon's config add theirs here too.
+    """
     parser.add_argument(
-        "--config",
-        type=Path,
-        required=True,
-        metavar="PATH",
-        help="sim TOML file (example: src/killswitch/sim/example.toml)",
+        "--config", type=Path, required=required, default=None, metavar="PATH", help=config_help
     )
     parser.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=LOG_LEVELS,
-        default="INFO",
-        help="log level (logs go to stderr)",
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default=None, help=log_level_help
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `sim` command's arguments to `parser`."""
+    add_config_and_log_level(
+        parser,
+        config_help="sim TOML file (example: src/killswitch/sim/example.toml)",
+        log_level_help="log level (default INFO; logs go to stderr)",
+        required=True,
     )
 
 
@@ -50,14 +57,15 @@ async def run_sim(args: argparse.Namespace) -> int:
     # Imported here so that building the `killswitch` parser does not load the simulator.
     from killswitch.sim.server import SimCluster, SimConfigError
 
-    setup_logging(args.log_level, "auto", stream=sys.stderr)
+    level = args.log_level or "INFO"
+    setup_logging(level, "auto", stream=sys.stderr)
     try:
         cluster = SimCluster.from_file(args.config)
     except SimConfigError as exc:
         for line in exc.errors:
             sys.stderr.write(f"{exc.source}: {line}\n")
         return EXIT_CONFIG
-    setup_logging(args.log_level, "auto", cluster.secrets(), stream=sys.stderr)
+    setup_logging(level, "auto", cluster.secrets(), stream=sys.stderr)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
