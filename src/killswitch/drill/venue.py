@@ -3,10 +3,6 @@ size, far below the market), the book and the symbol rules; the connectors only 
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_UP, Decimal, InvalidOperation
@@ -18,6 +14,7 @@ import orjson
 from yarl import URL
 
 from killswitch.settings import AccountSettings
+from killswitch.sim.rogue import KEY_HEADERS, PLACE_PATHS, load_ed25519_private_key, signed_query
 
 
 class DrillRefused(Exception):
@@ -30,12 +27,6 @@ class DrillFailed(Exception):
 
 # -- placing the drill order (the connectors only cancel; this is the one place that trades) ----
 
-PLACE_PATHS = {
-    "binance": "/api/v3/order",
-    "mexc": "/api/v3/order",
-    "bingx": "/openApi/spot/v1/trade/order",
-}
-KEY_HEADERS = {"binance": "X-MBX-APIKEY", "mexc": "X-MEXC-APIKEY", "bingx": "X-BX-APIKEY"}
 BOOK_PATHS = {
     "binance": "/api/v3/ticker/bookTicker",
     "mexc": "/api/v3/ticker/bookTicker",
@@ -65,8 +56,6 @@ class VenueClient:
         self._secret = account.api_secret.get_secret_value()
         self._ed25519 = None
         if account.key_type == "ed25519":
-            from killswitch.sim.rogue import load_ed25519_private_key
-
             self._ed25519 = load_ed25519_private_key(self._secret)
 
     async def _get(self, path: str, params: Sequence[tuple[str, str]]) -> Any:
@@ -133,23 +122,6 @@ class VenueClient:
             )
         return rules
 
-    def _signed(self, params: list[tuple[str, str]]) -> str:
-        params = [
-            *params,
-            ("recvWindow", str(self.recv_window_ms)),
-            ("timestamp", str(int(time.time() * 1000))),
-        ]
-        if self.venue == "bingx":
-            payload = "&".join(f"{k}={v}" for k, v in params)  # BingX signs decoded values
-            query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params)
-            return f"{query}&signature={_hmac(self._secret, payload)}"
-        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params)
-        if self._ed25519 is not None:
-            sig = quote(base64.b64encode(self._ed25519.sign(query.encode())).decode(), safe="")
-        else:
-            sig = _hmac(self._secret, query)
-        return f"{query}&signature={sig}"
-
     async def place_post_only(
         self, symbol: str, quantity: Decimal, price: Decimal, client_id: str
     ) -> str:
@@ -164,7 +136,10 @@ class VenueClient:
             ("price", _plain(price)),
             ("newClientOrderId", client_id),
         ]
-        url = f"{self.base}{PLACE_PATHS[self.venue]}?{self._signed(params)}"
+        query = signed_query(
+            self.venue, params, self._secret, self._ed25519, recv_window_ms=self.recv_window_ms
+        )
+        url = f"{self.base}{PLACE_PATHS[self.venue]}?{query}"
         headers = {KEY_HEADERS[self.venue]: self._key}
         if self.venue == "mexc":
             headers["Content-Type"] = "application/json"
@@ -181,10 +156,6 @@ class VenueClient:
             return str(data["orderId"])
         text = body[:300].decode("utf-8", "replace")
         raise DrillFailed(f"the venue did not place the drill order: http {status} {text}")
-
-
-def _hmac(secret: str, payload: str) -> str:
-    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
 
 
 def _dec(value: object) -> Decimal:

@@ -288,22 +288,38 @@ class RogueBot:
         ]
         if self.venue == "binance":
             params.insert(3, ("timeInForce", "GTC"))
-        params += [
-            ("recvWindow", str(self.recv_window_ms)),
-            ("timestamp", str(int(time.time() * 1000))),
-        ]
+        query = signed_query(
+            self.venue, params, self._secret, self._ed25519, recv_window_ms=self.recv_window_ms
+        )
         headers = {KEY_HEADERS[self.venue]: self.api_key}
-        if self.venue == "bingx":
-            # BingX signs the values as they read before URL-encoding, in the order sent.
-            signature = _hmac_hex(self._secret, "&".join(f"{k}={v}" for k, v in params))
-            query = "&".join(f"{k}={_quote(v)}" for k, v in params)
-            return f"{self.url}?{query}&signature={signature}", headers
-        # Binance and MEXC sign the query string exactly as sent.
-        query = "&".join(f"{k}={_quote(v)}" for k, v in params)
-        if self._ed25519 is not None:
-            signature = _quote(base64.b64encode(self._ed25519.sign(query.encode())).decode())
-        else:
-            signature = _hmac_hex(self._secret, query)
         if self.venue == "mexc":
             headers["Content-Type"] = "application/json"
-        return f"{self.url}?{query}&signature={signature}", headers
+        return f"{self.url}?{query}", headers
+
+
+def signed_query(
+    venue: str,
+    params: Sequence[tuple[str, str]],
+    secret: str,
+    ed25519: Ed25519PrivateKey | None = None,
+    *,
+    recv_window_ms: int,
+) -> str:
+    """`params`, `recvWindow` and `timestamp` URL-encoded in order, then `venue`'s signature.
+
+    The live drill's one order is signed here too: like this bot, it is not a connector.
+    """
+    sent = [
+        *params,
+        ("recvWindow", str(recv_window_ms)),
+        ("timestamp", str(int(time.time() * 1000))),
+    ]
+    query = "&".join(f"{k}={_quote(v)}" for k, v in sent)
+    if venue == "bingx":
+        # BingX signs the values as they read before URL-encoding, in the order sent.
+        signature = _hmac_hex(secret, "&".join(f"{k}={v}" for k, v in sent))
+    elif ed25519 is not None:  # Binance and MEXC sign the query string exactly as sent
+        signature = _quote(base64.b64encode(ed25519.sign(query.encode())).decode())
+    else:
+        signature = _hmac_hex(secret, query)
+    return f"{query}&signature={signature}"
