@@ -163,6 +163,15 @@ def _missing(name: str) -> BnError:
     )
 
 
+def _side(params: dict[str, str]) -> str:
+    side = params.get("side") or ""
+    if not side:
+        raise _missing("side")
+    if side not in ("BUY", "SELL"):
+        raise BnError(400, -1117, "Invalid side.")
+    return side
+
+
 def _illegal(name: str, legal: str) -> BnError:
     return BnError(
         400, -1100, f"Illegal characters found in parameter '{name}'; legal range is '{legal}'."
@@ -609,12 +618,8 @@ class BinanceSim(SimVenue):
     def op_place(self, ctx: Ctx) -> Any:
         p = ctx.params
         symbol = self._symbol(p)
-        side = p.get("side") or ""
+        side = _side(p)
         order_type = p.get("type") or ""
-        if not side:
-            raise _missing("side")
-        if side not in ("BUY", "SELL"):
-            raise BnError(400, -1117, "Invalid side.")
         if not order_type:
             raise _missing("type")
         if order_type not in ORDER_TYPES:
@@ -685,11 +690,7 @@ class BinanceSim(SimVenue):
     def op_place_oco(self, ctx: Ctx) -> Any:
         p = ctx.params
         symbol = self._symbol(p)
-        side = p.get("side") or ""
-        if not side:
-            raise _missing("side")
-        if side not in ("BUY", "SELL"):
-            raise BnError(400, -1117, "Invalid side.")
+        side = _side(p)
         book = self.book(ctx.account)
         legs = []
         for prefix in ("above", "below"):
