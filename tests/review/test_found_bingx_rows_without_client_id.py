@@ -162,3 +162,28 @@ async def test_client_ids_come_from_the_tracker_first_then_from_the_venue() -> N
         orders=(c,)
     )
     assert venue.asked == [b.key, c.key]
+
+
+async def test_a_latched_prefix_sweep_cancels_an_order_placed_later_whose_row_hides_its_id(
+    tmp_path: Path, documented_rows: None
+) -> None:
+    """While latched, the sweep is a kill of its own: an order placed after the kill under the
+    prefix, shown by openOrders without its client id, is asked for (`trade/query`) and
+    cancelled; one of another strategy on the same symbol is left alone."""
+    async with (
+        bingx_with_answers() as (sim, exchange, _),
+        bingx_engine(exchange, tmp_path / "j.jsonl", CONFIG, seed=1) as engine,
+    ):
+        await engine.submit(Trigger("t-latch", "test", Mode.KILL, "r", PREFIX))
+        kill = engine.kill_for("t-latch")
+        assert kill is not None
+        await kill.finished.wait()
+        assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
+        late = await place(sim, "BTC-USDT", "strat7_late")
+        theirs = await place(sim, "BTC-USDT", "other_late")
+        sweeps = await engine.sweep()
+        assert len(sweeps) == 1
+        assert sweeps[0].state in (KillState.FLAT, KillState.CONFIRMED)
+        still = {o.order_id for o in sim.book(sim.accounts["bx0"]).open_orders()}
+        assert late not in still
+        assert theirs in still
