@@ -33,7 +33,7 @@ count:
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from killswitch.exchanges.base import Capabilities
@@ -460,3 +460,63 @@ def _unique_lists(lists: Iterable[OrderList]) -> list[OrderList]:
     for lst in lists:
         seen.setdefault((lst.symbol, lst.list_id), lst)
     return list(seen.values())
+
+
+# -- shaping what is sent ---------------------------------------------------------------------
+
+
+def biggest_first(requests: list[CancelRequest], tracked: Snapshot | None) -> list[CancelRequest]:
+    """Order requests by how many known orders each covers, most first."""
+    if tracked is None:
+        return requests
+    per_symbol: dict[str, int] = {}
+    for order in tracked.orders:
+        per_symbol[order.symbol] = per_symbol.get(order.symbol, 0) + 1
+
+    def weight(request: CancelRequest) -> int:
+        if request.kind is RequestKind.CANCEL_ALL_ACCOUNT:
+            return len(tracked.orders) + 1
+        if request.order_ids:
+            return len(request.order_ids)
+        return sum(per_symbol.get(sym, 0) for sym in request.symbols)
+
+    return sorted(requests, key=weight, reverse=True)
+
+
+def coverage(request: CancelRequest, known: Mapping[OrderKey, Order]) -> set[OrderKey]:
+    """The orders of `known` that `request` was meant to cancel."""
+    if request.order_ids:
+        symbol = request.symbols[0] if request.symbols else ""
+        return {(symbol, i) for i in request.order_ids}
+    if request.kind is RequestKind.CANCEL_ALL:
+        wanted = set(request.symbols)
+        return {o.key for o in known.values() if o.symbol in wanted}
+    if request.kind is RequestKind.CANCEL_ALL_ACCOUNT:
+        return set(known)
+    return {o.key for o in known.values() if o.list_id == request.list_id}
+
+
+def still_to_send(
+    request: CancelRequest, snapshot: Snapshot, caps: Capabilities
+) -> CancelRequest | None:
+    """What of `request` is still to send, after an unknown outcome, given a fresh read of
+    the venue in scope; None when nothing it covers is open."""
+    open_keys = {o.key for o in snapshot.orders}
+    kind = request.kind
+    if kind is RequestKind.CANCEL_ALL:
+        left = tuple(s for s in request.symbols if s in snapshot.symbols())
+        return CancelRequest(kind, symbols=left) if left else None
+    if kind is RequestKind.CANCEL_ALL_ACCOUNT:
+        # Lists the venue's cancel-all does not cover have requests of their own.
+        covers_lists = caps.cancel_all_covers_lists
+        rest = [o for o in snapshot.orders if covers_lists or o.list_id is None]
+        return request if rest else None
+    if kind is RequestKind.CANCEL_LIST:
+        return request if request.list_id in {x.list_id for x in snapshot.lists} else None
+    symbol = request.symbols[0] if request.symbols else ""
+    ids = tuple(i for i in request.order_ids if (symbol, i) in open_keys)
+    if not ids:
+        return None
+    if len(ids) == 1:
+        return CancelRequest(RequestKind.CANCEL_ORDER, request.symbols, ids)
+    return CancelRequest(kind, request.symbols, ids)

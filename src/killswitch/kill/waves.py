@@ -29,17 +29,24 @@ from killswitch.exchanges.base import (
     AlreadyGone,
     CancelAck,
     ClockSkew,
-    Exchange,
     Fatal,
     IpBanned,
     OutcomeUnknown,
     RateLimited,
     VenueError,
 )
+from killswitch.kill.calls import BatchPartial, send_request
 from killswitch.kill.client_ids import fill_client_ids
 from killswitch.kill.config import Account, Clock, Emit, EngineConfig, Sleep
 from killswitch.kill.gate import Gate
-from killswitch.kill.planner import CancelRequest, RequestKind, in_scope, plan
+from killswitch.kill.planner import (
+    CancelRequest,
+    biggest_first,
+    coverage,
+    in_scope,
+    plan,
+    still_to_send,
+)
 from killswitch.kill.record import AccountResult, AccountState, Kill, KillKind
 from killswitch.model import AccountRef, Mode, OrderKey, Scope, Snapshot, canonical_symbol
 
@@ -113,7 +120,7 @@ class Waves:
             self._remember(result, tracked)
         first: list[CancelRequest] = []
         if fast:
-            first = _biggest_first(plan(scope, tracked, None, account.symbols, caps), tracked)
+            first = biggest_first(plan(scope, tracked, None, account.symbols, caps), tracked)
         wave_no = result.waves + 1
         rest = first
         if first and self.gate(account).mode != "open":
@@ -334,7 +341,7 @@ class Waves:
             try:
                 request_now = current
                 ack = await self.gate(account).run(
-                    lambda: self._call(account.exchange, request_now)
+                    lambda: send_request(account.exchange, request_now)
                 )
             except OutcomeUnknown:
                 reread = True
@@ -345,7 +352,7 @@ class Waves:
                 if isinstance(exc, IpBanned):
                     self.alarm(kill, account.ref, exc)
                 raise
-            except _BatchPartial as partial:
+            except BatchPartial as partial:
                 cancelled += self._count(result, partial.ack)
                 current = partial.rest
                 raise partial.error from None
@@ -395,72 +402,15 @@ class Waves:
             await self.gate(account).run(lambda: account.exchange.snapshot(symbols)),
         )
         open_keys = {o.key for o in snap.orders}
-        open_lists = {x.list_id for x in snap.lists}
-        gone = self._coverage(result, request) - open_keys - result.cancelled
+        gone = coverage(request, result.known) - open_keys - result.cancelled
         result.cancelled.update(gone)
-        kind = request.kind
-        if kind is RequestKind.CANCEL_ALL:
-            left = tuple(s for s in request.symbols if s in snap.symbols())
-            return (CancelRequest(kind, symbols=left) if left else None), len(gone)
-        if kind is RequestKind.CANCEL_ALL_ACCOUNT:
-            # Lists the venue's cancel-all does not cover have requests of their own.
-            covers_lists = caps.cancel_all_covers_lists
-            rest = [o for o in snap.orders if covers_lists or o.list_id is None]
-            return (request if rest else None), len(gone)
-        if kind is RequestKind.CANCEL_LIST:
-            return (request if request.list_id in open_lists else None), len(gone)
-        symbol = request.symbols[0] if request.symbols else ""
-        ids = tuple(i for i in request.order_ids if (symbol, i) in open_keys)
-        if not ids:
-            return None, len(gone)
-        if len(ids) == 1:
-            return CancelRequest(RequestKind.CANCEL_ORDER, request.symbols, ids), len(gone)
-        return CancelRequest(kind, request.symbols, ids), len(gone)
-
-    def _coverage(self, result: AccountResult, request: CancelRequest) -> set[OrderKey]:
-        if request.order_ids:
-            symbol = request.symbols[0] if request.symbols else ""
-            return {(symbol, i) for i in request.order_ids}
-        if request.kind is RequestKind.CANCEL_ALL:
-            wanted = set(request.symbols)
-            return {o.key for o in result.known.values() if o.symbol in wanted}
-        if request.kind is RequestKind.CANCEL_ALL_ACCOUNT:
-            return set(result.known)
-        return {o.key for o in result.known.values() if o.list_id == request.list_id}
+        return still_to_send(request, snap, caps), len(gone)
 
     def _count(self, result: AccountResult, ack: CancelAck) -> int:
         fresh = [i for i in ack.cancelled if i not in result.cancelled]
         result.cancelled.update(ack.cancelled)
         result.lists_cancelled.update(ack.lists_cancelled)
         return len(fresh)
-
-    async def _call(self, exchange: Exchange, request: CancelRequest) -> CancelAck:
-        kind = request.kind
-        if kind is RequestKind.CANCEL_ALL:
-            return await exchange.cancel_all(list(request.symbols))
-        if kind is RequestKind.CANCEL_ALL_ACCOUNT:
-            return await exchange.cancel_all(None)
-        if kind is RequestKind.CANCEL_LIST:
-            assert request.list_id is not None
-            return await exchange.cancel_order_list(request.symbols[0], request.list_id)
-        if kind is RequestKind.CANCEL_ORDER:
-            return await exchange.cancel_order(request.symbols[0], request.order_ids[0])
-        symbol = request.symbols[0]
-        batch = await exchange.cancel_orders(symbol, list(request.order_ids))
-        ack = CancelAck(cancelled=tuple((symbol, i) for i in batch.cancelled + batch.gone))
-        if not batch.failed:
-            return ack
-        failed_ids = tuple(i for i, _ in batch.failed)
-        errors = [e for _, e in batch.failed]
-        worst = next((e for e in errors if isinstance(e, Fatal)), None) or errors[0]
-        if all(isinstance(e, AlreadyGone) for e in errors):
-            return CancelAck(cancelled=ack.cancelled + tuple((symbol, i) for i in failed_ids))
-        rest = CancelRequest(
-            RequestKind.CANCEL_ORDERS if len(failed_ids) > 1 else RequestKind.CANCEL_ORDER,
-            request.symbols,
-            failed_ids,
-        )
-        raise _BatchPartial(ack, rest, worst)
 
     async def _retrying(
         self, kill: Kill, result: AccountResult, fn: Callable[[], Awaitable[T]]
@@ -539,34 +489,6 @@ class _Outcome:
 
 def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, VenueError) and exc.retriable
-
-
-class _BatchPartial(Exception):
-    """A batch cancel where some ids failed: count what went, retry the rest."""
-
-    def __init__(self, ack: CancelAck, rest: CancelRequest, error: VenueError) -> None:
-        super().__init__(str(error))
-        self.ack = ack
-        self.rest = rest
-        self.error = error
-
-
-def _biggest_first(requests: list[CancelRequest], tracked: Snapshot | None) -> list[CancelRequest]:
-    """Order requests by how many known orders each covers, most first."""
-    if tracked is None:
-        return requests
-    per_symbol: dict[str, int] = {}
-    for order in tracked.orders:
-        per_symbol[order.symbol] = per_symbol.get(order.symbol, 0) + 1
-
-    def weight(request: CancelRequest) -> int:
-        if request.kind is RequestKind.CANCEL_ALL_ACCOUNT:
-            return len(tracked.orders) + 1
-        if request.order_ids:
-            return len(request.order_ids)
-        return sum(per_symbol.get(sym, 0) for sym in request.symbols)
-
-    return sorted(requests, key=weight, reverse=True)
 
 
 async def _together(*aws: Awaitable[None]) -> None:
