@@ -157,12 +157,12 @@ class FakeExchange:
         self, symbols: Sequence[str] | None = None, *, priority: Priority = Priority.KILL
     ) -> Snapshot:
         self.snapshot_priorities.append(priority)
-        if self.snapshot_errors:
-            raise self.snapshot_errors.pop(0)
         result = Snapshot(orders=tuple(self.book.values()), server_time_ms=self.time_ms)
         self.snapshot_started.set()
         if self.snapshot_gate is not None:
             await self.snapshot_gate.wait()
+        if self.snapshot_errors:
+            raise self.snapshot_errors.pop(0)
         if self.release_after_snapshot:
             self.release_held()
         return result
@@ -340,6 +340,70 @@ async def test_events_arriving_during_the_snapshot_read_are_applied_on_top_of_it
     assert await h.supervisor.wait_live(5)
     assert h.tracked_ids() == h.venue_ids() == {"1", "3"}
     assert [e.order_id for e in h.events if isinstance(e, OrderEvent)] == ["3", "2", "4", "4"]
+
+
+async def test_events_during_the_snapshot_read_reach_on_event_before_it_returns(
+    make: Make,
+) -> None:
+    """The engine cancels a latched order by id as soon as a stream shows it: it must not wait
+    for a snapshot read that may take `snapshot_timeout_s` in a crisis."""
+    h = make()
+    h.exchange.snapshot_gate = asyncio.Event()
+    h.start()
+    await h.exchange.snapshot_started.wait()
+    h.exchange.place("1")
+    h.exchange.place("2")
+    h.exchange.cancel("1")
+    await eventually(lambda: len(h.events) == 3)
+    assert h.supervisor.state is StreamState.SYNCING  # the read is still in flight
+    assert not h.tracker.trusted
+    h.exchange.snapshot_gate.set()
+    assert await h.supervisor.wait_live(5)
+    assert h.tracked_ids() == h.venue_ids() == {"2"}  # still re-applied on top of the snapshot
+    assert [(e.order_id, e.is_open) for e in h.events if isinstance(e, OrderEvent)] == [
+        ("1", True),
+        ("2", True),
+        ("1", False),
+    ]  # each once: not again when the snapshot lands
+
+
+@pytest.mark.parametrize(
+    ("fail", "reason"),
+    [
+        pytest.param(
+            lambda ex: ex.snapshot_errors.append(Transient("503")),
+            "Transient: 503",
+            id="venue-error",
+        ),
+        pytest.param(lambda ex: None, "snapshot timed out after 0.2s", id="timeout"),
+    ],
+)
+async def test_events_heard_while_a_snapshot_read_fails_are_notified_once(
+    make: Make, fail: object, reason: str
+) -> None:
+    """A snapshot read that fails or times out ends the connection: the events the stream
+    showed during the read still reach the engine, once, and the next connection's snapshot
+    does not report them again."""
+    h = make(snapshot_timeout_s=0.2)
+    h.sleep.gate = asyncio.Event()  # hold the reconnect: look at the failed connection alone
+    h.exchange.snapshot_gate = asyncio.Event()
+    h.start()
+    await h.exchange.snapshot_started.wait()
+    h.exchange.place("1")
+    await eventually(lambda: h.exchange.live()[0].queue.empty())  # the pump took it
+    fail(h.exchange)  # type: ignore[operator]
+    if reason.startswith("Transient"):
+        h.exchange.snapshot_gate.set()
+    await h.sleep.called.wait()  # the connection ended: in backoff
+    assert h.supervisor.last_gap_reason == reason
+    assert not h.tracker.trusted
+    assert [e.order_id for e in h.events if isinstance(e, OrderEvent)] == ["1"]
+    assert h.tracked_ids() == {"1"}  # the untrusted tracker heard it too
+    h.exchange.snapshot_gate.set()
+    h.sleep.gate.set()
+    assert await h.supervisor.wait_live(5)
+    assert h.tracked_ids() == h.venue_ids() == {"1"}
+    assert [e.order_id for e in h.events if isinstance(e, OrderEvent)] == ["1"]
 
 
 async def test_dropped_stream_marks_a_gap_reconnects_and_resnapshots(make: Make) -> None:

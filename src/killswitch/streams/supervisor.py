@@ -5,17 +5,19 @@ One `StreamSupervisor` per account runs until cancelled::
     DOWN -> CONNECTING -> SYNCING -> LIVE -> DOWN (gap) -> backoff -> CONNECTING ...
 
 * CONNECTING/SYNCING: the stream is opened; once the connector yields `StreamSubscribed` (the
-  venue confirmed the subscription) a snapshot is read; events arriving meanwhile are buffered
-  and re-applied on top of the snapshot, so nothing falls between subscribe and snapshot. Then
-  the tracker is trusted and the state is LIVE.
+  venue confirmed the subscription) a snapshot is read. Each event arriving meanwhile is handed
+  to `on_event` at once (the engine cancels by id: it need not wait for the tracker) and
+  buffered for the tracker, which re-applies it on top of the snapshot, so nothing falls between
+  subscribe and snapshot. Then the tracker is trusted and the state is LIVE.
 * LIVE: every event is applied and handed to `on_event`. A watchdog reconciles with a
   background snapshot every `reconcile_interval_s`: an order open on the venue the tracker
   lacks, or the reverse, still unexplained after `reconcile_grace_ms`, means the stream missed
   events.
 * Any end of the stream (`Transient` or another `VenueError`, `StreamTerminated`, iterator end,
-  watchdog divergence, silence, age limit, `resync()`) marks a gap in the tracker, then the
-  supervisor reconnects with exponential backoff and full jitter, reset once a connection has
-  stayed healthy, and resnapshots.
+  watchdog divergence, silence, age limit, `resync()`, a failed or timed-out snapshot) marks a
+  gap in the tracker, then the supervisor reconnects with exponential backoff and full jitter,
+  reset once a connection has stayed healthy, and resnapshots. The events the connection
+  received still reach the tracker and `on_event`, each exactly once, whichever way it ended.
 
 Nothing but cancellation escapes `run()`: a failure is a state change, logged with its reason.
 """
@@ -120,7 +122,6 @@ class StreamSupervisor:
         self._running = False
         self._live = asyncio.Event()
         self._inbox: asyncio.Queue[StreamEvent | _End] | None = None
-        self._abort = asyncio.Event()  # an _End was posted: stop a snapshot read in flight
         self._wake = asyncio.Event()  # cut a backoff short
         self._resync_pending: str | None = None
         self._recorders: list[list[OrderEvent | ListEvent]] = []  # reconcile reads in flight
@@ -224,46 +225,37 @@ class StreamSupervisor:
     async def _connection(self) -> _End:
         inbox: asyncio.Queue[StreamEvent | _End] = asyncio.Queue()
         self._inbox = inbox
-        self._abort.clear()
         self._resync_pending = None
         helpers: list[asyncio.Task[None]] = []
+        # Each event goes to `on_event` as it leaves the inbox, and only then. Until a snapshot
+        # lands it is also kept here for the tracker; `unapplied` empties once it has landed.
+        buffered: list[OrderEvent | ListEvent] = []
+        unapplied = buffered
         try:
             self._set_state(StreamState.CONNECTING, "opening user stream")
             stream = self.exchange.user_stream()
             helpers.append(asyncio.create_task(self._pump(stream), name=f"stream-pump {self.ref}"))
-            buffered: list[OrderEvent | ListEvent] = []
             not_subscribed = await self._await_subscribed(inbox, buffered)
             if not_subscribed is not None:
                 return not_subscribed
             self._set_state(StreamState.SYNCING, "reading snapshot")
-            snapshot = await self._first_snapshot()
+            snapshot = await self._first_snapshot(inbox, buffered)
             if isinstance(snapshot, _End):
                 return snapshot
             ended: _End | None = None
-            while not inbox.empty():
-                item = inbox.get_nowait()
-                if isinstance(item, OrderEvent | ListEvent):
-                    buffered.append(item)
-                elif isinstance(item, StreamSubscribed):
-                    continue
-                else:
-                    ended = (
-                        _End(f"terminated: {item.reason}") if not isinstance(item, _End) else item
-                    )
-                    break
+            while ended is None and not inbox.empty():
+                ended = self._buffer(inbox.get_nowait(), buffered)
             self.tracker.reset(snapshot, buffered=buffered)
-            if ended is None:
-                self.connected_since = self._clock()
-                self._set_state(
-                    StreamState.LIVE,
-                    f"snapshot orders={len(snapshot.orders)} lists={len(snapshot.lists)} "
-                    f"buffered={len(buffered)}",
-                )
-                self._live.set()
-            for event in buffered:
-                self._notify(event)
+            unapplied = []
             if ended is not None:
                 return ended
+            self.connected_since = self._clock()
+            self._set_state(
+                StreamState.LIVE,
+                f"snapshot orders={len(snapshot.orders)} lists={len(snapshot.lists)} "
+                f"buffered={len(buffered)}",
+            )
+            self._live.set()
             if self.reconcile_interval_s is not None:
                 helpers.append(asyncio.create_task(self._watch_reconcile()))
             if self.silence_timeout_s is not None:
@@ -282,57 +274,86 @@ class StreamSupervisor:
             return _End(f"unexpected {type(exc).__name__}")
         finally:
             self._live.clear()
-            self._inbox = None
-            await self._stop(helpers)
+            try:
+                await self._stop(helpers)  # the pump first: what it read reaches the inbox
+            finally:
+                self._inbox = None
+                self._drain(inbox, unapplied)
 
     async def _await_subscribed(
         self, inbox: asyncio.Queue[StreamEvent | _End], early: list[OrderEvent | ListEvent]
     ) -> _End | None:
         """Wait for the venue's subscription confirmation; the end of the stream if it came
-        first. Events before the confirmation (none expected) are kept in `early`."""
+        first. Events before the confirmation (none expected) are notified and kept in `early`."""
         try:
             async with asyncio.timeout(self.snapshot_timeout_s):
                 while True:
                     item = await inbox.get()
                     if isinstance(item, StreamSubscribed):
                         return None
-                    if isinstance(item, OrderEvent | ListEvent):
-                        early.append(item)
-                    elif isinstance(item, StreamTerminated):
-                        return _End(f"terminated: {item.reason}")
-                    else:
-                        return item
+                    end = self._buffer(item, early)
+                    if end is not None:
+                        return end
         except TimeoutError:
             return _End(f"no subscription confirmation after {self.snapshot_timeout_s}s")
 
-    async def _first_snapshot(self) -> Snapshot | _End:
+    async def _first_snapshot(
+        self, inbox: asyncio.Queue[StreamEvent | _End], buffered: list[OrderEvent | ListEvent]
+    ) -> Snapshot | _End:
+        """Read the snapshot while the stream's events are notified and buffered; the stream's
+        end abandons the read. A failed read raises."""
         read = asyncio.create_task(self._read_snapshot(background=False))
-        aborted = asyncio.create_task(self._abort.wait())
+        listen = asyncio.create_task(self._listen(inbox, buffered))
         try:
-            await asyncio.wait({read, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({read, listen}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            aborted.cancel()
-            if not read.done():
-                read.cancel()
-                await asyncio.wait({read})
-        if read.cancelled():
-            assert self._inbox is not None
-            return self._first_end(self._inbox)
-        return read.result()
+            # A cancelled `inbox.get()` leaves its item in the queue: `_drain` still sees it.
+            read.cancel()
+            listen.cancel()
+            await asyncio.wait({read, listen})
+        if listen.cancelled():
+            return read.result()
+        if not read.cancelled():
+            read.exception()  # the stream's end is the reason given; the read's outcome is moot
+        return listen.result()
 
-    def _first_end(self, inbox: asyncio.Queue[StreamEvent | _End]) -> _End:
-        # The snapshot was abandoned, but the events that came before the end are real: the
-        # tracker (untrusted anyway) and the engine still hear them.
+    async def _listen(
+        self, inbox: asyncio.Queue[StreamEvent | _End], buffered: list[OrderEvent | ListEvent]
+    ) -> _End:
+        while True:
+            end = self._buffer(await inbox.get(), buffered)
+            if end is not None:
+                return end
+
+    def _buffer(
+        self, item: StreamEvent | _End, buffered: list[OrderEvent | ListEvent]
+    ) -> _End | None:
+        """Take one inbox item before the tracker is synced: an event is notified at once and
+        kept for the tracker; the end of the connection is returned."""
+        if isinstance(item, OrderEvent | ListEvent):
+            self.last_event_at = self._clock()
+            buffered.append(item)
+            self._notify(item)
+            return None
+        if isinstance(item, StreamSubscribed):
+            return None
+        if isinstance(item, StreamTerminated):
+            return _End(f"terminated: {item.reason}")
+        return item
+
+    def _drain(
+        self, inbox: asyncio.Queue[StreamEvent | _End], unapplied: list[OrderEvent | ListEvent]
+    ) -> None:
+        """At a connection's end, give the tracker the events no snapshot took in, and the
+        tracker and the engine those left in the inbox: what the stream showed is real, however
+        the connection ended."""
+        for event in unapplied:
+            self.tracker.apply(event)
         while not inbox.empty():
             item = inbox.get_nowait()
             if isinstance(item, OrderEvent | ListEvent):
                 self.tracker.apply(item)
                 self._notify(item)
-            elif isinstance(item, StreamTerminated):
-                return _End(f"terminated: {item.reason}")
-            elif isinstance(item, _End):
-                return item
-        return _End("aborted while reading the snapshot")
 
     async def _consume(self, inbox: asyncio.Queue[StreamEvent | _End]) -> _End:
         tracker = self.tracker
@@ -394,8 +415,6 @@ class StreamSupervisor:
         if inbox is None:
             return
         inbox.put_nowait(item)
-        if type(item) is _End:
-            self._abort.set()
 
     async def _read_snapshot(self, *, background: bool) -> Snapshot:
         priority = Priority.BACKGROUND if background else Priority.KILL
