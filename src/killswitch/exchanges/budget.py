@@ -18,6 +18,7 @@ too many error answers.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import math
 import time
@@ -36,11 +37,13 @@ class _Window:
     start: float = 0.0
     used: float = 0.0
 
-    def roll(self, now: float) -> None:
+    def roll(self, now: float, carry: float = 0.0) -> None:
+        """Move to the window holding `now`; a new one starts at `carry` (requests in flight
+        across the boundary may arrive in it)."""
         start = math.floor(now / self.size_s) * self.size_s
         if start != self.start:
             self.start = start
-            self.used = 0.0
+            self.used = carry
 
     def resets_in(self, now: float) -> float:
         return max(0.0, self.start + self.size_s - now)
@@ -48,6 +51,11 @@ class _Window:
 
 @dataclass(slots=True)
 class RateBudget:
+    """Weight per fixed window (and requests per second), as the venue counts them by the
+    arrival of each request on its clock: `clock` should be the venue's. A request is spent
+    in the window it is sent in and, when acquired `in_flight`, in each later window it is
+    still in flight in (until `landed`, which must follow exactly once): it may arrive there."""
+
     limits: RateLimits
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -56,10 +64,16 @@ class RateBudget:
     waited_s: float = 0.0  # total time spent waiting for budget, for metrics
     _weight: _Window = field(init=False)
     _per_s: _Window = field(init=False)
+    _flying_weight: float = 0.0  # taken and not landed
+    _flying: int = 0
 
     def __post_init__(self) -> None:
         self._weight = _Window(self.limits.window_s)
         self._per_s = _Window(1.0)
+
+    def _roll(self, now: float) -> None:
+        self._weight.roll(now, self._flying_weight)
+        self._per_s.roll(now, float(self._flying))
 
     def cap(self, priority: Priority) -> float:
         share = (
@@ -74,28 +88,36 @@ class RateBudget:
         now = self.clock()
         if now < self.blocked_until:
             return self.blocked_until - now
-        self._weight.roll(now)
+        self._roll(now)
         if self._weight.used + weight > self.cap(priority):
             return self._weight.resets_in(now) + 0.001
         rps = self.limits.max_requests_per_s
-        if rps is not None:
-            self._per_s.roll(now)
-            if self._per_s.used + 1 > rps:
-                return self._per_s.resets_in(now) + 0.001
+        if rps is not None and self._per_s.used + 1 > rps:
+            return self._per_s.resets_in(now) + 0.001
         return 0.0
 
-    async def acquire(self, weight: int, priority: Priority = Priority.KILL) -> None:
-        """Wait until `weight` fits under the cap for `priority`, then spend it."""
+    async def acquire(
+        self, weight: int, priority: Priority = Priority.KILL, *, in_flight: bool = False
+    ) -> None:
+        """Wait until `weight` fits under the cap for `priority`, then spend it; `in_flight`:
+        a request now on its way, counted in later windows too until `landed`."""
         while (delay := self.delay_for(weight, priority)) > 0:
             self.waited_s += delay
             await self.sleep(delay)
         self._weight.used += weight
-        if self.limits.max_requests_per_s is not None:
-            self._per_s.used += 1
+        self._per_s.used += 1
+        if in_flight:
+            self._flying_weight += weight
+            self._flying += 1
+
+    def landed(self, weight: int) -> None:
+        """A request acquired `in_flight` is answered, failed or given up."""
+        self._flying_weight = max(0.0, self._flying_weight - weight)
+        self._flying = max(0, self._flying - 1)
 
     def observe_used(self, used: int) -> None:
         """The venue says this much weight is used in the current window."""
-        self._weight.roll(self.clock())
+        self._roll(self.clock())
         self._weight.used = max(self._weight.used, float(used))
 
     def observe_remaining(self, remaining: int) -> None:
@@ -109,7 +131,7 @@ class RateBudget:
 
     @property
     def used(self) -> float:
-        self._weight.roll(self.clock())
+        self._roll(self.clock())
         return self._weight.used
 
 
@@ -151,7 +173,7 @@ class SlidingBudget:
         self.blocked_until = 0.0
         self.waited_s = 0.0
         self.sent = 0
-        self._stamps: deque[float] = deque()  # when each landed request landed, in order
+        self._stamps: list[float] = []  # from when each landed request counts, sorted
         self._flying = 0  # requests taken and not landed
         # Waiting calls (id -> owner, and whether its other budgets have room): a shared
         # budget serves the ready owner it served least recently, so one account's retries
@@ -178,8 +200,8 @@ class SlidingBudget:
         """Requests counted now: those in flight and those landed within the span."""
         stamps = self._stamps
         now = self.clock()
-        while stamps and stamps[0] <= now - self.span_s:
-            stamps.popleft()
+        if stamps and stamps[0] <= now - self.span_s:
+            del stamps[: bisect.bisect_right(stamps, now - self.span_s)]
         return len(stamps) + self._flying
 
     def delay_for(self, priority: Priority = Priority.KILL) -> float:
@@ -204,11 +226,14 @@ class SlidingBudget:
         self._serial += 1
         self._served[owner] = self._serial
 
-    def landed(self) -> None:
-        """A request taken earlier is answered, failed or given up: it counts `span_s` more."""
+    def landed(self, late_s: float = 0.0) -> None:
+        """A request taken earlier is answered, failed or given up: it counts `span_s` more.
+
+        One given up without an answer may still be on its way: `late_s` is how much later
+        it may yet arrive, and it counts as landed then."""
         if self._flying > 0:
             self._flying -= 1
-            self._stamps.append(self.clock())
+            bisect.insort(self._stamps, self.clock() + max(0.0, late_s))
 
     def try_take(self, priority: Priority = Priority.KILL, owner: str = "") -> bool:
         """Spend a slot now if one is free."""

@@ -97,6 +97,10 @@ class VenueConnector(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(account={self.account!r}, key_type={self.key_type!r})"
 
+    def venue_seconds(self) -> float:
+        """The venue's clock in seconds (our estimate): what its fixed rate windows follow."""
+        return self.clock.now_ms() / 1000.0
+
     def _signed_rest(
         self, wire: Wire, charges: Charges, sign: Callable[[Params], str]
     ) -> SignedRest:

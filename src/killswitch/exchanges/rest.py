@@ -36,6 +36,7 @@ from killswitch.exchanges.base import (
     OutcomeUnknown,
     RateLimited,
     RateLimits,
+    Transient,
     VenueError,
 )
 from killswitch.exchanges.budget import Priority, RateBudget
@@ -98,8 +99,9 @@ class Charges(Protocol):
     def observe(self, headers: Headers) -> None:
         """Take in what the venue's headers say is used."""
 
-    def landed(self, path: str) -> None:
-        """A request `acquire` paid for is answered, failed or given up (once per request)."""
+    def landed(self, method: str, path: str, weight: int, *, answered: bool) -> None:
+        """A request `acquire` paid for is answered, failed or given up (once per request);
+        not `answered`: it was sent and no answer came, so it may still reach the venue."""
 
     def settle(
         self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
@@ -108,11 +110,8 @@ class Charges(Protocol):
 
 
 class FixedWindowCharges:
-    """Weight budgets counted in fixed windows from the send (Binance, MEXC): nothing to do
-    when the answer lands; a throttle blocks them for its wait, a 418 as a ban."""
-
-    def landed(self, path: str) -> None:
-        pass
+    """Weight budgets in fixed windows (Binance, MEXC; `RateBudget`): a request counts in
+    every window it is in flight in; a throttle blocks them for its wait, a 418 as a ban."""
 
     def settle(
         self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
@@ -134,7 +133,10 @@ class WeightCharges(FixedWindowCharges):
     used_header: str = ""
 
     async def acquire(self, method: str, path: str, weight: int, priority: Priority) -> None:
-        await self.budget.acquire(weight, priority)
+        await self.budget.acquire(weight, priority, in_flight=True)
+
+    def landed(self, method: str, path: str, weight: int, *, answered: bool) -> None:
+        self.budget.landed(weight)
 
     def observe(self, headers: Headers) -> None:
         used = headers.get(self.used_header) if self.used_header else None
@@ -176,7 +178,10 @@ class EndpointCharges(FixedWindowCharges):
         return budget
 
     async def acquire(self, method: str, path: str, weight: int, priority: Priority) -> None:
-        await self.budget(f"{method} {path}").acquire(weight, priority)
+        await self.budget(f"{method} {path}").acquire(weight, priority, in_flight=True)
+
+    def landed(self, method: str, path: str, weight: int, *, answered: bool) -> None:
+        self.budget(f"{method} {path}").landed(weight)
 
     def observe(self, headers: Headers) -> None:
         pass  # MEXC sends no used-weight header
@@ -248,7 +253,7 @@ class SignedRest:
 
         async def attempt() -> Any:
             await self.charges.acquire(method, path, weight, priority)
-            return await self.send(method, path, params, signed=signed)
+            return await self.send(method, path, params, signed=signed, weight=weight)
 
         return await self.resyncing(attempt) if signed else await attempt()
 
@@ -264,21 +269,27 @@ class SignedRest:
             return await attempt()
 
     async def send(
-        self, method: str, path: str, params: Params = (), *, signed: bool = True
+        self, method: str, path: str, params: Params = (), *, signed: bool = True, weight: int = 1
     ) -> Any:
-        """Sign and send one request its budgets have paid for, and read the answer."""
-        if signed:
-            stamp = [
-                ("recvWindow", str(self.recv_window_ms)),
-                ("timestamp", str(self.clock.now_ms())),
-            ]
-            query = self._sign([*params, *stamp])
-        else:
-            query = self.wire.query(params)
+        """Sign and send one request its budgets have paid for (`weight`), and read the
+        answer; the budgets hear when it has landed, whatever the outcome."""
+        answered = False
         try:
+            if signed:
+                stamp = [
+                    ("recvWindow", str(self.recv_window_ms)),
+                    ("timestamp", str(self.clock.now_ms())),
+                ]
+                query = self._sign([*params, *stamp])
+            else:
+                query = self.wire.query(params)
             raw = await self.transport.request(method, path, query=query, headers=self._headers)
+            answered = True
+        except Transient:
+            answered = True  # never sent: nothing is on its way
+            raise
         finally:
-            self.charges.landed(path)
+            self.charges.landed(method, path, weight, answered=answered)
         self.charges.observe(raw.headers)
         answer = self.wire.decode(raw.status, raw.body)
         return self.read(answer, f"{method} {path}", path, raw.headers)

@@ -141,7 +141,11 @@ class BinanceExchange(VenueConnector):
         self.budget = (
             budget
             if budget is not None
-            else shared_item(self.ip_scope, "binance weight", lambda: RateBudget(RATE_LIMITS))
+            else shared_item(
+                self.ip_scope,
+                "binance weight",
+                lambda: RateBudget(RATE_LIMITS, clock=self.venue_seconds),
+            )
         )
         charges = WeightCharges(self.budget, USED_WEIGHT_HEADER)
         self.rest = self._signed_rest(WIRE, charges, partial(binance_signed_query, self._sign))
@@ -267,26 +271,38 @@ class BinanceExchange(VenueConnector):
         """
 
         async def attempt() -> Any:
-            await self.budget.acquire(weight, priority)
+            # In flight until it lands: over the ws-api here, over REST in `rest.send`.
+            await self.budget.acquire(weight, priority, in_flight=True)
             session = self.session
             if session is not None and session.up:
-                ws_params: dict[str, Any] = {
-                    k: int(v) if k in _WS_INT_PARAMS and v.isdigit() else v for k, v in params
-                }
-                if session.logged_on:
-                    ws_params["recvWindow"] = self.recv_window_ms
-                    ws_params["timestamp"] = self.clock.now_ms()
-                else:
-                    ws_params = self._ws_signed(ws_params)
                 try:
-                    frame = await session.call(endpoint.ws_method, ws_params, self.timeout_s)
+                    frame = await session.call(
+                        endpoint.ws_method, self._ws_params(params, session), self.timeout_s
+                    )
                 except _NotSent:
                     log.info("binance ws-api down, using REST account=%s", self.account)
+                except BaseException:
+                    self.budget.landed(weight)
+                    raise
                 else:
+                    self.budget.landed(weight)
                     return self._ws_result(frame, endpoint.ws_method)
-            return await self.rest.send(endpoint.method, endpoint.path, params)
+            return await self.rest.send(endpoint.method, endpoint.path, params, weight=weight)
 
         return await self.rest.resyncing(attempt)
+
+    def _ws_params(
+        self, params: Sequence[tuple[str, str]], session: WsApiSession
+    ) -> dict[str, Any]:
+        """A request's params as the ws-api takes them: typed, and signed unless logged on."""
+        ws_params: dict[str, Any] = {
+            k: int(v) if k in _WS_INT_PARAMS and v.isdigit() else v for k, v in params
+        }
+        if not session.logged_on:
+            return self._ws_signed(ws_params)
+        ws_params["recvWindow"] = self.recv_window_ms
+        ws_params["timestamp"] = self.clock.now_ms()
+        return ws_params
 
     # -- the Exchange protocol -----------------------------------------------------------------
     @malformed_is_unknown

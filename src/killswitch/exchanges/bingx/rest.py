@@ -35,6 +35,7 @@ from killswitch.exchanges.bingx.venue import (
     IP_GROUP1_PATHS,
     IP_GROUP1_WINDOW_S,
     IP_RPS,
+    UNANSWERED_HOLD_S,
 )
 from killswitch.exchanges.budget import (
     ErrorCounter,
@@ -143,18 +144,25 @@ class BingxCharges:
                 account=self.account,
                 endpoint=f"{method} {path}",
             )
-        await self.group_budget.acquire(1, priority)
+        await self.group_budget.acquire(1, priority, in_flight=True)
         budgets = self.path_budgets(path)
         if budgets:
-            await acquire_all(budgets, priority, self.account)
+            try:
+                await acquire_all(budgets, priority, self.account)
+            except BaseException:
+                self.group_budget.landed(1)  # never sent
+                raise
 
     def observe(self, headers: Headers) -> None:
         """No header is read: the sliding budgets keep their own count."""
 
-    def landed(self, path: str) -> None:
-        """The per-second budgets count the request until a span after its answer."""
+    def landed(self, method: str, path: str, weight: int, *, answered: bool) -> None:
+        """The per-second budgets count the request until a span after its answer; one
+        that got none, as if it arrived `UNANSWERED_HOLD_S` later."""
+        self.group_budget.landed(1)
+        late_s = 0.0 if answered else UNANSWERED_HOLD_S
         for budget in self.path_budgets(path):
-            budget.landed()
+            budget.landed(late_s)
 
     def settle(
         self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None

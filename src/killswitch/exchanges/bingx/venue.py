@@ -96,6 +96,10 @@ IP_GROUP1_WINDOW_S = 10.0
 # A request holds its slot from its send until a venue second and this much after its answer
 # lands (`SlidingBudget`): the margin is for timers and clock rates, not for the network.
 BUDGET_MARGIN_S = 0.05
+# A request given up without an answer (a timeout, a dropped connection) may still be on its
+# way: its slot is held as if it arrived this much later. Past the default recvWindow (5 s)
+# the venue refuses it as expired, and a connection we closed carries nothing later.
+UNANSWERED_HOLD_S = 5.0
 
 
 # "Query API KEY permissions" codes (readiness): which let this key trade and cancel spot.

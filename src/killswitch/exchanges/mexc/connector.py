@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -121,7 +120,7 @@ class MexcExchange(VenueConnector):
         listen_key_keepalive_s: float = 1800.0,
         stream_ping_interval_s: float = 20.0,
         stream_pong_timeout_s: float = 10.0,
-        budget_clock: Callable[[], float] = time.time,
+        budget_clock: Callable[[], float] | None = None,  # the venue's clock by default
         budget_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         **args: Unpack[ConnectorArgs],
     ) -> None:
@@ -136,7 +135,9 @@ class MexcExchange(VenueConnector):
         self.endpoint_budgets = shared_item(
             self.ip_scope,
             "mexc endpoints",
-            lambda: EndpointCharges(rate_limits, clock=budget_clock, sleep=budget_sleep),
+            lambda: EndpointCharges(
+                rate_limits, clock=budget_clock or self.venue_seconds, sleep=budget_sleep
+            ),
         )
         sign = partial(mexc_signed_query, self._secret)
         self.rest = self._signed_rest(WIRE, self.endpoint_budgets, sign)
