@@ -18,6 +18,7 @@ from killswitch.exchanges.base import (
     Transient,
 )
 from killswitch.journal import Journal, replay
+from killswitch.kill import waves
 from killswitch.kill.config import Account, EngineConfig
 from killswitch.kill.engine import Engine
 from killswitch.kill.record import KillState, SubmitResult
@@ -613,4 +614,29 @@ async def test_orders_that_keep_arriving_after_flat_end_the_confirmation_unconfi
     assert rig.log.of("confirmed") == []
     await rig.engine.wait_idle()
     assert not venue.book.orders
+    await rig.engine.stop()
+
+
+async def test_an_account_out_of_time_before_any_read_names_what_it_knew_of_as_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A venue that never answers: the account overruns its deadline before any read. Its
+    report named nothing open (`orders: []`); it now names the orders it knew of and did not
+    see cancelled, unverified."""
+    monkeypatch.setattr(waves, "_GUARD_S", 0.05)
+    venue = FakeExchange("binance", "mm-1")
+    venue.place("BTCUSDT", n=2)
+    tracker = StaticTracker(held=await venue.snapshot())
+    never = asyncio.Event()
+    venue.hold("snapshot", never)
+    venue.hold("cancel_all", never)
+    config = replace(QUICK, deadline_s=0.1)
+    rig = await make_rig(tmp_path, {"binance": venue}, config=config, binance={"tracker": tracker})
+    await rig.engine.submit(kill_trigger())
+    kill = await finished(rig)
+    assert kill.state is KillState.FAILED  # type: ignore[attr-defined]
+    result = next(iter(kill.accounts.values()))  # type: ignore[attr-defined]
+    assert result.still_open is not None
+    assert not result.still_open.complete
+    assert {o.order_id for o in result.still_open.orders} == venue.open_ids()
     await rig.engine.stop()

@@ -106,6 +106,11 @@ class Waves:
             self._emit(
                 EventType.ALARM, kill_id=kill.id, account=str(account.ref), error=result.error
             )
+        if result.state is AccountState.FAILED and result.still_open is None:
+            # Out of time before any read said what is open: what we knew of and did not
+            # see cancelled, never proof of anything (complete=False).
+            left = tuple(o for key, o in result.known.items() if key not in result.cancelled)
+            result.still_open = Snapshot(orders=left, complete=False)
         if result.state is not AccountState.FLAT and account.not_ready is not None:
             result.not_ready = account.not_ready()
 
