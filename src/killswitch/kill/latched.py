@@ -14,7 +14,7 @@ from collections.abc import Callable
 from killswitch.events import EventType
 from killswitch.exchanges.base import VenueError
 from killswitch.kill.config import Account, Clock, Emit, EngineConfig, Sleep
-from killswitch.kill.planner import plan
+from killswitch.kill.planner import CancelRequest, RequestKind, plan
 from killswitch.kill.record import AccountResult, Kill, KillKind
 from killswitch.kill.waves import Waves, _AccountStopped
 from killswitch.model import (
@@ -108,7 +108,7 @@ class StreamCancels:
                 del recent[old]
         self._stream_pending.setdefault(ref, {})[key] = item
         if ref not in self.tasks:
-            task = asyncio.get_running_loop().create_task(self._drain_stream(account, scope))
+            task = asyncio.get_running_loop().create_task(self._drain_stream(account))
             self.tasks[ref] = task
             task.add_done_callback(functools.partial(self._stream_done, ref))
 
@@ -128,7 +128,17 @@ class StreamCancels:
                 return True
         return False
 
-    async def _drain_stream(self, account: Account, scope: Scope) -> None:
+    async def _drain_stream(self, account: Account) -> None:
+        ref = account.ref
+        try:
+            await self._drain_batches(account)
+        finally:
+            # Gone from `tasks` before any other code runs: an event from now on starts a new
+            # drain (the done callback would come a loop turn later, and strand it).
+            if self.tasks.get(ref) is asyncio.current_task():
+                del self.tasks[ref]
+
+    async def _drain_batches(self, account: Account) -> None:
         ref = account.ref
         pending = self._stream_pending.setdefault(ref, {})
         while pending:
@@ -138,23 +148,26 @@ class StreamCancels:
             if not items:
                 break
             now = self._clock()
+            # Cancel exactly what the stream showed, by id: a cancel-all here could race a
+            # wave and costs more than the few orders a stream burst brings. Every item was
+            # matched against a latch when it was queued, and each request is checked again
+            # as it is sent (`still_wanted`). The empty prefix covers every item, of whichever
+            # latch: the planner cancels by id, and a re-read after an unknown outcome keeps
+            # each of them in view.
+            by_id = Scope(client_order_id_prefix="")
             kill = Kill(
                 f"stream-{next(self._ids)}",
                 KillKind.STREAM,
-                scope,
+                by_id,
                 Mode.KILL,
                 [],
                 now,
                 now + self.config.deadline_s,
             )
+            kill.still_wanted = functools.partial(self._still_latched, ref, items)
             result = kill.accounts.setdefault(ref, AccountResult(ref))
             orders = tuple(i for i in items if isinstance(i, Order))
             lists = tuple(i for i in items if isinstance(i, OrderList))
-            # Cancel exactly what the stream showed, by id: a cancel-all here could race a
-            # wave and costs more than the few orders a stream burst brings. Every item was
-            # matched against a latched scope when it was queued; the empty prefix only makes
-            # the planner cancel by id.
-            by_id = Scope(client_order_id_prefix="")
             requests = plan(by_id, Snapshot(orders, lists), None, (), account.exchange.capabilities)
             self._emit(
                 EventType.STREAM_CANCEL,
@@ -169,8 +182,30 @@ class StreamCancels:
             except _AccountStopped as stop:
                 self._waves.alarm(kill, ref, stop.error)
 
+    def _still_latched(
+        self, ref: AccountRef, items: list[Order | OrderList], request: CancelRequest
+    ) -> CancelRequest | None:
+        """What of `request` (by id, from `items`) a latch still covers, checked as it is sent."""
+        if request.list_id is not None:
+            lists = [x for x in items if isinstance(x, OrderList) and x.list_id == request.list_id]
+            return request if any(self._latched(ref, x) for x in lists) else None
+        symbol = request.symbols[0] if request.symbols else ""
+        latched = {
+            x.order_id
+            for x in items
+            if isinstance(x, Order) and x.symbol == symbol and self._latched(ref, x)
+        }
+        ids = tuple(i for i in request.order_ids if i in latched)
+        if ids == request.order_ids:
+            return request
+        if not ids:
+            return None
+        kind = RequestKind.CANCEL_ORDER if len(ids) == 1 else RequestKind.CANCEL_ORDERS
+        return CancelRequest(kind, request.symbols, ids)
+
     def _stream_done(self, ref: AccountRef, task: asyncio.Task[None]) -> None:
-        self.tasks.pop(ref, None)
+        if self.tasks.get(ref) is task:
+            del self.tasks[ref]
         if not task.cancelled() and task.exception() is not None:
             log.error("stream cancel task died account=%s error=%r", ref, task.exception())
 
