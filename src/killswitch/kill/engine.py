@@ -139,6 +139,7 @@ class Engine:
             joined = next((k for k in resumed if self._may_join(k, trigger, scope)), None)
             if joined is not None:
                 joined.triggers.append(trigger)
+                joined.joins += 1
                 self.kills[trigger_id] = joined
                 continue
             log.warning("resuming kill trigger_id=%s latched=%s", trigger_id, latched)
@@ -219,6 +220,7 @@ class Engine:
         joined = self._joinable(trigger)
         if joined is not None:
             joined.triggers.append(trigger)
+            joined.joins += 1
             self.kills[trigger.id] = joined
             self._emit(EventType.JOINED, trigger_id=trigger.id, kill_id=joined.id)
         else:
@@ -503,10 +505,15 @@ class Engine:
             if not quiet:
                 # Orders arrived during the window: give their waves time of their own.
                 kill.deadline = max(kill.deadline, self._clock() + self.config.deadline_s / 2)
-            # One more look at the venues: consecutive empty snapshots, not our own word.
+            # One more look at the venues: consecutive empty snapshots, not our own word. A
+            # look that found something to cancel (an order no stream showed) is not quiet.
+            cancelled = _cancelled(kill)
             await self._to_done(kill, accounts, again=True)
             if kill.state is not KillState.FLAT:
                 return
+            if _cancelled(kill) != cancelled:
+                quiet = False
+                kill.deadline = max(kill.deadline, self._clock() + self.config.deadline_s / 2)
             if quiet and kill.new_orders_seen == seen:
                 kill.state = KillState.CONFIRMED
                 log.warning("kill confirmed kill_id=%s", kill.id)
@@ -597,6 +604,11 @@ class Engine:
         record = make_event(event_type, **fields)
         self.events.emit(record)
         return record
+
+
+def _cancelled(kill: Kill) -> int:
+    """Orders and lists the kill has seen cancelled, over its accounts."""
+    return sum(len(r.cancelled) + len(r.lists_cancelled) for r in kill.accounts.values())
 
 
 def _widest(scopes: Iterable[Scope]) -> list[Scope]:

@@ -128,6 +128,7 @@ class Kill:
         self.local_flat_ms: float | None = None
         self.time_to_flat_ms: float | None = None
         self.new_orders_seen = 0
+        self.joins = 0  # triggers that joined after it started (each one bumps it)
         # A stream kill's check, made as each request is sent (after its gate, and again on
         # a retry): what of it a latch still covers; None when nothing (a reset came).
         self.still_wanted: Callable[[CancelRequest], CancelRequest | None] | None = None

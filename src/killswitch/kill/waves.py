@@ -132,6 +132,9 @@ class Waves:
             # The probe goes alone, and it is the cancel that covers the most orders.
             await self.wave(kill, account, result, first[:1], wave_no)
             rest = first[1:]
+        # Triggers that joined the kill by the time a read was sent: a read sent before a
+        # join may have been served before the joiner's trigger, so it proves nothing for it.
+        read_joins = kill.joins
         snap_task = asyncio.ensure_future(self._read(kill, account, result, tracked))
         wave1 = asyncio.ensure_future(self.wave(kill, account, result, rest, wave_no))
         try:
@@ -176,6 +179,7 @@ class Waves:
         idle = 0
         while True:
             if verify is None:
+                read_joins = kill.joins
                 verify = await self._read(kill, account, result, None)
             if targets is not None:
                 if widen:
@@ -187,6 +191,9 @@ class Waves:
                 verify = _only(verify, targets, target_lists)
             result.still_open = verify
             result.verified = verify.complete
+            if verify.proves_flat and kill.joins != read_joins:
+                verify = None  # a trigger joined while the read was on its way: look again
+                continue
             if verify.proves_flat:
                 result.state = AccountState.FLAT
                 if result.flat_ms is None:
