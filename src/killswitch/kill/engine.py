@@ -565,28 +565,51 @@ class Engine:
     async def _sweep_loop(self) -> None:
         # On the loop's clock, not the injected sleep: under a virtual clock that moves only
         # when the engine sleeps, a periodic loop would spin. `sweep()` is the tested seam.
+        # Each interval starts what is due and does not wait for it: an account whose venue
+        # hangs holds up its own next sweep, never another account's.
         while True:
             await asyncio.sleep(self.config.sweep_interval_s)
             if self._stopping:
                 return
-            await self.sweep()
+            self._start_sweeps()
 
     async def sweep(self) -> list[Kill]:
-        """Re-sweep every latched scope not already being killed; return the sweeps started."""
-        started: list[Kill] = []
-        for scope in _widest(self._latches.values()):
-            # Skipped only while a latched kill over it is still in its waves: a one-shot
-            # cancel, or a kill already flat and in its quiet window, does not sweep for it.
-            if any(
-                k.scope.contains(scope) and k.mode is Mode.KILL and not k.done.is_set()
-                for k in self._running
-                if k.kind is not KillKind.STREAM
-            ):
-                continue
-            started.append(self._launch(None, scope, kind=KillKind.SWEEP))
+        """Start the sweeps that are due (`_start_sweeps`), wait for them, and return them."""
+        started = self._start_sweeps()
         if started:
             await asyncio.gather(*(k.finished.wait() for k in started))
         return started
+
+    def _start_sweeps(self) -> list[Kill]:
+        """Sweep each latched scope on each account it covers, one kill per account, unless
+        that account is busy (`_sweep_busy`)."""
+        started: list[Kill] = []
+        for scope in _widest(self._latches.values()):
+            for ref in self.accounts:
+                if scope.covers_account(ref) and not self._sweep_busy(scope, ref):
+                    only = replace(
+                        scope, venues=frozenset({ref.venue}), accounts=frozenset({ref.account})
+                    )
+                    started.append(self._launch(None, only, kind=KillKind.SWEEP))
+        return started
+
+    def _sweep_busy(self, scope: Scope, ref: AccountRef) -> bool:
+        """Whether a sweep of `scope` on `ref` is not due: a sweep of the account still runs,
+        or a latched kill over the scope is still in its waves there. A one-shot cancel, a
+        kill already flat there (waiting for its other accounts, or in its quiet window) does
+        not hold it up."""
+        for kill in self._running:
+            if kill.kind is KillKind.STREAM or kill.mode is not Mode.KILL or kill.done.is_set():
+                continue
+            if not kill.scope.covers_account(ref):
+                continue
+            if kill.kind is KillKind.SWEEP:
+                return True
+            result = kill.accounts.get(ref)
+            in_waves = result is None or result.state is AccountState.RUNNING
+            if kill.scope.contains(scope) and in_waves:
+                return True
+        return False
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
