@@ -27,7 +27,7 @@ from killswitch.backoff import Stopping, until_journaled
 from killswitch.events import EventRecord, EventType, FanOut, make_event
 from killswitch.journal import Journal
 from killswitch.kill.config import Account, Clock, EngineConfig, Sleep, Spawn
-from killswitch.kill.latched import DeadMansSwitches, StreamCancels
+from killswitch.kill.latched import DeadMansSwitches, StreamCancels, SweepsDue
 from killswitch.kill.record import (
     AccountResult,
     AccountState,
@@ -92,6 +92,7 @@ class Engine:
             ids=self._ids,
         )
         self._dms = DeadMansSwitches(emit=self._emit, healthy=healthy, sleep=sleep)
+        self._sweeps = SweepsDue(self.accounts, self._latches, self._running)
         # Held from deciding a latch change until it is journaled and applied: a reset names
         # exactly the latches it releases, and a kill journaled meanwhile is never among them.
         self._latch_lock = asyncio.Lock()
@@ -581,35 +582,7 @@ class Engine:
         return started
 
     def _start_sweeps(self) -> list[Kill]:
-        """Sweep each latched scope on each account it covers, one kill per account, unless
-        that account is busy (`_sweep_busy`)."""
-        started: list[Kill] = []
-        for scope in _widest(self._latches.values()):
-            for ref in self.accounts:
-                if scope.covers_account(ref) and not self._sweep_busy(scope, ref):
-                    only = replace(
-                        scope, venues=frozenset({ref.venue}), accounts=frozenset({ref.account})
-                    )
-                    started.append(self._launch(None, only, kind=KillKind.SWEEP))
-        return started
-
-    def _sweep_busy(self, scope: Scope, ref: AccountRef) -> bool:
-        """Whether a sweep of `scope` on `ref` is not due: a sweep of the account still runs,
-        or a latched kill over the scope is still in its waves there. A one-shot cancel, a
-        kill already flat there (waiting for its other accounts, or in its quiet window) does
-        not hold it up."""
-        for kill in self._running:
-            if kill.kind is KillKind.STREAM or kill.mode is not Mode.KILL or kill.done.is_set():
-                continue
-            if not kill.scope.covers_account(ref):
-                continue
-            if kill.kind is KillKind.SWEEP:
-                return True
-            result = kill.accounts.get(ref)
-            in_waves = result is None or result.state is AccountState.RUNNING
-            if kill.scope.contains(scope) and in_waves:
-                return True
-        return False
+        return [self._launch(None, scope, kind=KillKind.SWEEP) for scope in self._sweeps.due()]
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
@@ -632,9 +605,3 @@ class Engine:
 def _cancelled(kill: Kill) -> int:
     """Orders and lists the kill has seen cancelled, over its accounts."""
     return sum(len(r.cancelled) + len(r.lists_cancelled) for r in kill.accounts.values())
-
-
-def _widest(scopes: Iterable[Scope]) -> list[Scope]:
-    """Drop every scope another one contains."""
-    unique = list(dict.fromkeys(scopes))
-    return [s for s in unique if not any(o is not s and o.contains(s) and o != s for o in unique)]

@@ -1,6 +1,8 @@
-"""While latched: cancel what a stream shows at once, and keep the venues' dead-man's switch armed.
+"""While latched: cancel what a stream shows at once, sweep each latched account on time, and
+keep the venues' dead-man's switch armed.
 
-The periodic sweep of latched scopes is a kill of its own (`Engine.sweep`).
+Each periodic sweep is a kill of its own over one account (`Engine.sweep`); `SweepsDue` says
+which are due.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ import asyncio
 import functools
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from killswitch.events import EventType
 from killswitch.exchanges.base import VenueError
 from killswitch.kill.config import Account, Clock, Emit, EngineConfig, Sleep
 from killswitch.kill.planner import CancelRequest, RequestKind, plan
-from killswitch.kill.record import AccountResult, Kill, KillKind
+from killswitch.kill.record import AccountResult, AccountState, Kill, KillKind
 from killswitch.kill.waves import Waves, _AccountStopped
 from killswitch.model import (
     AccountRef,
@@ -252,3 +255,47 @@ class DeadMansSwitches:
                 self.state[ref] = "expiring"
                 self._emit(EventType.DMS, account=str(ref), armed=False, reason="unhealthy")
             await self._sleep(timeout_s / 3)
+
+
+class SweepsDue:
+    """Which sweeps are due: each latched scope on each account it covers, one per account,
+    so a slow or hung venue holds up its own account's sweep and no other."""
+
+    def __init__(
+        self, accounts: dict[AccountRef, Account], latches: dict[str, Scope], running: set[Kill]
+    ) -> None:
+        self.accounts = accounts
+        self._latches = latches  # the engine's: read, never changed here
+        self._running = running  # the engine's
+
+    def due(self) -> list[Scope]:
+        """The scopes to sweep now, each narrowed to one account."""
+        return [
+            replace(scope, venues=frozenset({ref.venue}), accounts=frozenset({ref.account}))
+            for scope in _widest(self._latches.values())
+            for ref in self.accounts
+            if scope.covers_account(ref) and not self._busy(scope, ref)
+        ]
+
+    def _busy(self, scope: Scope, ref: AccountRef) -> bool:
+        """Not due: a sweep of the account still runs, or a latched kill over the scope is
+        still in its waves there. A one-shot cancel, a kill already flat there (waiting for
+        its other accounts, or in its quiet window) does not hold it up."""
+        for kill in self._running:
+            if kill.kind is KillKind.STREAM or kill.mode is not Mode.KILL or kill.done.is_set():
+                continue
+            if not kill.scope.covers_account(ref):
+                continue
+            if kill.kind is KillKind.SWEEP:
+                return True
+            result = kill.accounts.get(ref)
+            in_waves = result is None or result.state is AccountState.RUNNING
+            if kill.scope.contains(scope) and in_waves:
+                return True
+        return False
+
+
+def _widest(scopes: Iterable[Scope]) -> list[Scope]:
+    """Drop every scope another one contains."""
+    unique = list(dict.fromkeys(scopes))
+    return [s for s in unique if not any(o is not s and o.contains(s) and o != s for o in unique)]
