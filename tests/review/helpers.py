@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from killswitch.model import Snapshot
+from killswitch.model import ExecType, OrderEvent, Snapshot
 from tests.fakes import FakeExchange
 
 
@@ -49,3 +49,9 @@ class HeldCancels(FakeExchange):
         if self.holding:
             await self.release.wait()
         return await super().cancel_order(symbol, order_id)
+
+
+def new_order(venue: FakeExchange, order_id: str) -> OrderEvent:
+    """The stream event of an order `venue` holds open: it was just placed."""
+    order = venue.book.orders[order_id]
+    return OrderEvent(order.symbol, order_id, order.client_order_id, ExecType.NEW, "NEW", True, 0)

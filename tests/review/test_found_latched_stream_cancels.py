@@ -16,16 +16,11 @@ import asyncio
 from pathlib import Path
 
 from killswitch.exchanges.base import OutcomeUnknown
-from killswitch.model import AccountRef, ExecType, OrderEvent
+from killswitch.model import AccountRef
 from tests.conftest import eventually
 from tests.fakes import FakeExchange
-from tests.review.helpers import HeldCancels
+from tests.review.helpers import HeldCancels, new_order
 from tests.unit.test_engine import finished, kill_trigger, make_rig
-
-
-def new_order(venue: FakeExchange, order_id: str) -> OrderEvent:
-    order = venue.book.orders[order_id]
-    return OrderEvent(order.symbol, order_id, order.client_order_id, ExecType.NEW, "NEW", True, 0)
 
 
 async def test_no_stream_cancel_of_a_batch_is_sent_after_the_reset(tmp_path: Path) -> None:
