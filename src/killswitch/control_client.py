@@ -151,6 +151,13 @@ def format_status(status: dict[str, Any]) -> str:
         if isinstance(learned, dict) and learned:
             known = ", ".join(f"{k}={v}" for k, v in sorted(learned.items()))
             lines.append(f"learned {entry['venue']}/{entry['account']}: {known}")
+    for entry in status.get("accounts") or []:
+        swept = entry.get("last_sweep")
+        if swept not in (None, "none", "flat"):
+            lines.append(
+                f"last sweep of {entry['venue']}/{entry['account']}: {str(swept).upper()}: "
+                "an order in a latched scope may still be open there"
+            )
     running = status.get("running") or []
     for kill in running:
         lines.append("")

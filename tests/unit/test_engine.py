@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from killswitch.control_client import format_status
 from killswitch.exchanges.base import (
     ClockSkew,
     Fatal,
@@ -639,4 +640,24 @@ async def test_an_account_out_of_time_before_any_read_names_what_it_knew_of_as_o
     assert result.still_open is not None
     assert not result.still_open.complete
     assert {o.order_id for o in result.still_open.orders} == venue.open_ids()
+    await rig.engine.stop()
+
+
+async def test_an_account_whose_last_sweep_failed_says_so_in_status(tmp_path: Path) -> None:
+    """Operators see a failed sweep (an order in a latched scope may still be open) in
+    `killswitch status`, not only as a `failed` event; a flat sweep is quiet."""
+    binance, mexc = FakeExchange("binance", "mm-1"), FakeExchange("mexc", "mm-1")
+    rig = await make_rig(tmp_path, {"binance": binance, "mexc": mexc})
+    await rig.engine.submit(kill_trigger())
+    await finished(rig)
+    before = {a["venue"]: a["last_sweep"] for a in rig.engine.status()["accounts"]}  # type: ignore[union-attr]
+    assert before == {"binance": "none", "mexc": "none"}
+    mexc.place("BTCUSDT", "rogue")
+    mexc.fail("cancel_all", Fatal("key lacks the trade permission", venue="mexc"), times=99)
+    await rig.engine.sweep()
+    after = {a["venue"]: a["last_sweep"] for a in rig.engine.status()["accounts"]}  # type: ignore[union-attr]
+    assert after == {"binance": "flat", "mexc": "stopped"}
+    text = format_status(rig.engine.status())
+    assert "last sweep of mexc/mm-1: STOPPED" in text
+    assert "last sweep of binance" not in text
     await rig.engine.stop()

@@ -97,6 +97,7 @@ class Engine:
         # exactly the latches it releases, and a kill journaled meanwhile is never among them.
         self._latch_lock = asyncio.Lock()
         self.last_kill: dict[str, object] | None = None
+        self._last_sweep: dict[AccountRef, str] = {}  # how each account's last sweep ended
         self._started = False
         self._stopping = False
         self._stop_event = asyncio.Event()
@@ -345,6 +346,7 @@ class Engine:
                 "account": account.ref.account,
                 "stream": account.stream_state() if account.stream_state else "unknown",
                 "dead_mans_switch": self._dms.state.get(account.ref, "off"),
+                "last_sweep": self._last_sweep.get(account.ref, "none"),
             }
             reason = account.not_ready() if account.not_ready is not None else None
             entry["ready"] = reason is None
@@ -468,6 +470,8 @@ class Engine:
         fast = kill.kind is not KillKind.SWEEP and not again
         await asyncio.gather(*(self._waves.run_account(kill, a, fast=fast) for a in accounts))
         results = list(kill.accounts.values())
+        if kill.kind is KillKind.SWEEP:  # for status: an account's last sweep, flat or not
+            self._last_sweep.update({r.ref: r.state.value for r in results})
         if all(r.state is AccountState.FLAT for r in results):
             kill.state = KillState.FLAT
             if again:
