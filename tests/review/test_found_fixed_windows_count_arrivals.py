@@ -73,6 +73,32 @@ async def test_a_request_in_flight_across_a_window_end_counts_in_the_next_window
     assert budget.used == 1
 
 
+async def test_a_request_landing_after_a_window_end_counts_in_the_new_window() -> None:
+    """Nothing needs to look at the budget between the send and the answer: the landing
+    itself rolls the window first (found by the session's last review)."""
+    time_ = FakeTime(9.9)
+    budget = RateBudget(MEXC_LIMITS, clock=time_.clock, sleep=time_.sleep)
+    for _ in range(40):
+        await budget.acquire(1, Priority.KILL, in_flight=True)
+    time_.now = 10.2  # they arrive in the venue's window [10, 20), answered at 10.2
+    for _ in range(40):
+        budget.landed(1)
+    assert budget.used == 40
+
+
+async def test_a_venue_clock_stepping_back_over_a_window_end_keeps_the_later_window() -> None:
+    """The windows follow the venue clock's estimate, which a resync may move back a few ms:
+    the window and its count never move back with it."""
+    time_ = FakeTime(10.005)
+    budget = RateBudget(MEXC_LIMITS, clock=time_.clock, sleep=time_.sleep)
+    for _ in range(450):
+        await budget.acquire(1, Priority.KILL)
+    time_.now = 9.995
+    assert budget.used == 450
+    time_.now = 10.01
+    assert budget.used == 450
+
+
 async def test_the_mexc_and_binance_budgets_follow_the_venues_clock() -> None:
     skew = [Fault(FaultKind.CLOCK_SKEW, skew_ms=3000)]
     async with mexc_sim(settings=account_settings(1, faults=skew)) as (_, connect):

@@ -38,10 +38,11 @@ class _Window:
     used: float = 0.0
 
     def roll(self, now: float, carry: float = 0.0) -> None:
-        """Move to the window holding `now`; a new one starts at `carry` (requests in flight
-        across the boundary may arrive in it)."""
+        """Move on to the window holding `now`; a new one starts at `carry` (requests in
+        flight across the boundary may arrive in it). Never back: a clock estimate that
+        steps back over a boundary keeps the later window and its count."""
         start = math.floor(now / self.size_s) * self.size_s
-        if start != self.start:
+        if start > self.start:
             self.start = start
             self.used = carry
 
@@ -111,7 +112,9 @@ class RateBudget:
             self._flying += 1
 
     def landed(self, weight: int) -> None:
-        """A request acquired `in_flight` is answered, failed or given up."""
+        """A request acquired `in_flight` is answered, failed or given up. The window rolls
+        first: a window that began while it was on its way counts it."""
+        self._roll(self.clock())
         self._flying_weight = max(0.0, self._flying_weight - weight)
         self._flying = max(0, self._flying - 1)
 
