@@ -148,3 +148,73 @@ async def test_a_stream_order_of_a_second_latch_is_resent_after_an_unknown_outco
         )
     finally:
         await rig.engine.stop()
+
+
+class BudgetedCancels(FakeExchange):
+    """`cancel_order` waits for its rate budget (as every connector's `rest.request` does)
+    before the request goes on the wire (`_enter` logs it)."""
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.budget_free = asyncio.Event()
+        self.budget_free.set()
+        self.waiting = 0
+
+    async def cancel_order(self, symbol: str, order_id: str):  # type: ignore[no-untyped-def]
+        self.waiting += 1
+        await self.budget_free.wait()
+        return await super().cancel_order(symbol, order_id)
+
+
+async def test_a_stream_cancel_waiting_for_its_budget_is_not_sent_after_the_reset(
+    tmp_path: Path,
+) -> None:
+    """Past the gate and `still_wanted`, a request may wait seconds for its venue budget: a
+    reset meanwhile stops the drain, and nothing goes out for the released latch."""
+    venue = BudgetedCancels("binance", "b1")
+    rig = await make_rig(tmp_path, {"binance": venue})
+    ref = AccountRef("binance", "b1")
+    try:
+        await rig.engine.submit(kill_trigger("k1", venues=["binance"]))
+        await finished(rig, "k1")
+        venue.budget_free.clear()
+        (order,) = venue.place("BTCUSDT", "bot-a")
+        rig.engine.on_stream_event(ref, new_order(venue, order))
+        await eventually(lambda: venue.waiting == 1)
+        sent_before = venue.count("cancel_order")
+        assert await rig.engine.reset(actor="op", reason="resume trading")
+        venue.budget_free.set()
+        await rig.engine.wait_idle()
+        assert venue.count("cancel_order") == sent_before
+        assert ("BTCUSDT", order) in venue.open_keys()
+    finally:
+        venue.budget_free.set()
+        await rig.engine.stop()
+
+
+async def test_a_reset_of_one_latch_still_cancels_what_another_latch_holds(
+    tmp_path: Path,
+) -> None:
+    """The drain stopped by a reset starts again over what a latch still covers."""
+    venue = BudgetedCancels("binance", "b1")
+    rig = await make_rig(tmp_path, {"binance": venue})
+    ref = AccountRef("binance", "b1")
+    try:
+        await rig.engine.submit(kill_trigger("ka", venues=["binance"], client_order_id_prefix="a-"))
+        await rig.engine.submit(kill_trigger("kb", venues=["binance"], client_order_id_prefix="b-"))
+        await finished(rig, "ka")
+        await finished(rig, "kb")
+        venue.budget_free.clear()
+        (a1,) = venue.place("BTCUSDT", "a-1")
+        (b1,) = venue.place("ETHUSDT", "b-1")
+        rig.engine.on_stream_event(ref, new_order(venue, a1))
+        rig.engine.on_stream_event(ref, new_order(venue, b1))
+        await eventually(lambda: venue.waiting >= 1)
+        assert await rig.engine.reset(actor="op", reason="a- may trade", only=["ka"])
+        venue.budget_free.set()
+        await eventually(lambda: ("ETHUSDT", b1) not in venue.open_keys())
+        await rig.engine.wait_idle()
+        assert ("BTCUSDT", a1) in venue.open_keys()
+    finally:
+        venue.budget_free.set()
+        await rig.engine.stop()

@@ -63,3 +63,21 @@ async def test_a_hanging_account_does_not_stop_the_others_being_swept(tmp_path: 
     finally:
         mexc.release.set()
         await rig.engine.stop(grace_s=0.01)
+
+
+async def test_two_latches_that_narrow_to_one_scope_sweep_an_account_once(
+    tmp_path: Path,
+) -> None:
+    """Latches over a venue and over an account name contain neither each other, but both
+    narrow to the same scope on that account: one sweep, one read."""
+    venue = FakeExchange("binance", "b1")
+    rig = await make_rig(tmp_path, {"binance": venue})
+    try:
+        await rig.engine.submit(kill_trigger("kv", venues=["binance"]))
+        await rig.engine.submit(kill_trigger("ka", accounts=["b1"]))
+        await finished(rig, "kv")
+        await finished(rig, "ka")
+        started = await rig.engine.sweep()
+        assert len(started) == 1
+    finally:
+        await rig.engine.stop()

@@ -288,6 +288,8 @@ class Engine:
             if stale:
                 kill.released = True
                 kill.task.cancel()
+        if names:
+            self._streams.released()
         log.warning("reset actor=%s origin=%s reason=%r released=%s", actor, origin, reason, names)
         self._emit(EventType.RESET, actor=actor, reason=reason, origin=origin, released=released)
         return bool(names)

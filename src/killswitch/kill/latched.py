@@ -61,6 +61,7 @@ class StreamCancels:
         self._stream_pending: dict[AccountRef, dict[str, Order | OrderList]] = {}
         self._stream_recent: dict[AccountRef, dict[str, float]] = {}
         self.tasks: dict[AccountRef, asyncio.Task[None]] = {}
+        self._batches: dict[AccountRef, list[Order | OrderList]] = {}  # each drain's batch
 
     def on_event(self, ref: AccountRef, event: OrderEvent | ListEvent) -> None:
         """A stream saw an order change: cancel new open orders in a latched scope at once."""
@@ -81,7 +82,6 @@ class StreamCancels:
             if scope is None:
                 return
             item: Order | OrderList = event.to_order()
-            key = f"o:{event.symbol}:{event.order_id}"
         else:
             order_list = OrderList(
                 symbol=event.symbol,
@@ -100,7 +100,7 @@ class StreamCancels:
             if scope is None:
                 return
             item = order_list
-            key = f"l:{event.symbol}:{event.list_id}"
+        key = _key(item)
         recent = self._stream_recent.setdefault(ref, {})
         now = self._clock()
         if key in recent and now - recent[key] < self.config.deadline_s:
@@ -111,9 +111,26 @@ class StreamCancels:
                 del recent[old]
         self._stream_pending.setdefault(ref, {})[key] = item
         if ref not in self.tasks:
-            task = asyncio.get_running_loop().create_task(self._drain_stream(account))
-            self.tasks[ref] = task
-            task.add_done_callback(functools.partial(self._stream_done, ref))
+            self._start_drain(account)
+
+    def _start_drain(self, account: Account) -> None:
+        task = asyncio.get_running_loop().create_task(self._drain_stream(account))
+        self.tasks[account.ref] = task
+        task.add_done_callback(functools.partial(self._stream_done, account.ref))
+
+    def released(self) -> None:
+        """A reset released latches. A stream cancel may be waiting for its venue budget
+        past the last check (`still_wanted`): every drain stops now, before it sends, and
+        what a latch still covers of its batch is drained again."""
+        for ref, task in list(self.tasks.items()):
+            del self.tasks[ref]
+            task.cancel()
+            pending = self._stream_pending.setdefault(ref, {})
+            for item in self._batches.pop(ref, []):
+                if self._latched(ref, item):
+                    pending.setdefault(_key(item), item)
+            if pending:
+                self._start_drain(self.accounts[ref])
 
     def _latch_covering(self, ref: AccountRef, event: OrderEvent) -> Scope | None:
         for scope in self._latches.values():
@@ -140,6 +157,7 @@ class StreamCancels:
             # drain (the done callback would come a loop turn later, and strand it).
             if self.tasks.get(ref) is asyncio.current_task():
                 del self.tasks[ref]
+                self._batches.pop(ref, None)
 
     async def _drain_batches(self, account: Account) -> None:
         ref = account.ref
@@ -150,6 +168,7 @@ class StreamCancels:
             pending.clear()
             if not items:
                 break
+            self._batches[ref] = items
             now = self._clock()
             # Cancel exactly what the stream showed, by id: a cancel-all here could race a
             # wave and costs more than the few orders a stream burst brings. Every item was
@@ -193,11 +212,12 @@ class StreamCancels:
             lists = [x for x in items if isinstance(x, OrderList) and x.list_id == request.list_id]
             return request if any(self._latched(ref, x) for x in lists) else None
         symbol = request.symbols[0] if request.symbols else ""
-        latched = {
-            x.order_id
-            for x in items
-            if isinstance(x, Order) and x.symbol == symbol and self._latched(ref, x)
-        }
+        latched: set[str] = set()
+        for x in items:
+            if x.symbol != symbol or not self._latched(ref, x):
+                continue
+            # A list may be cancelled by its legs' ids (BingX): they are its ids too.
+            latched.update((x.order_id,) if isinstance(x, Order) else x.order_ids)
         ids = tuple(i for i in request.order_ids if i in latched)
         if ids == request.order_ids:
             return request
@@ -269,13 +289,17 @@ class SweepsDue:
         self._running = running  # the engine's
 
     def due(self) -> list[Scope]:
-        """The scopes to sweep now, each narrowed to one account."""
-        return [
-            replace(scope, venues=frozenset({ref.venue}), accounts=frozenset({ref.account}))
-            for scope in _widest(self._latches.values())
-            for ref in self.accounts
-            if scope.covers_account(ref) and not self._busy(scope, ref)
-        ]
+        """The scopes to sweep now, each narrowed to one account (then the widest of those:
+        two latches may narrow to one scope on an account)."""
+        due: list[Scope] = []
+        for ref in self.accounts:
+            narrowed = [
+                replace(scope, venues=frozenset({ref.venue}), accounts=frozenset({ref.account}))
+                for scope in self._latches.values()
+                if scope.covers_account(ref)
+            ]
+            due += [s for s in _widest(narrowed) if not self._busy(s, ref)]
+        return due
 
     def _busy(self, scope: Scope, ref: AccountRef) -> bool:
         """Not due: a sweep of the account still runs, or a latched kill over the scope is
@@ -299,3 +323,10 @@ def _widest(scopes: Iterable[Scope]) -> list[Scope]:
     """Drop every scope another one contains."""
     unique = list(dict.fromkeys(scopes))
     return [s for s in unique if not any(o is not s and o.contains(s) and o != s for o in unique)]
+
+
+def _key(item: Order | OrderList) -> str:
+    """A stream item's key in the pending and recent maps."""
+    if isinstance(item, Order):
+        return f"o:{item.symbol}:{item.order_id}"
+    return f"l:{item.symbol}:{item.list_id}"
