@@ -20,7 +20,7 @@ from killswitch.model import AccountRef
 from tests.conftest import eventually
 from tests.fakes import FakeExchange
 from tests.review.helpers import HeldCancels, new_order
-from tests.unit.test_engine import finished, kill_trigger, make_rig
+from tests.unit.test_engine import Rig, finished, kill_trigger, make_rig
 
 
 async def test_no_stream_cancel_of_a_batch_is_sent_after_the_reset(tmp_path: Path) -> None:
@@ -119,6 +119,14 @@ async def test_an_order_shown_as_the_drain_ends_is_cancelled(tmp_path: Path) -> 
         await rig.engine.stop()
 
 
+async def latch_prefixes_a_and_b(rig: Rig) -> None:
+    """Two latches on binance, over client ids `a-` and `b-`, each kill done."""
+    await rig.engine.submit(kill_trigger("ka", venues=["binance"], client_order_id_prefix="a-"))
+    await rig.engine.submit(kill_trigger("kb", venues=["binance"], client_order_id_prefix="b-"))
+    await finished(rig, "ka")
+    await finished(rig, "kb")
+
+
 async def test_a_stream_order_of_a_second_latch_is_resent_after_an_unknown_outcome(
     tmp_path: Path,
 ) -> None:
@@ -126,10 +134,7 @@ async def test_a_stream_order_of_a_second_latch_is_resent_after_an_unknown_outco
     rig = await make_rig(tmp_path, {"binance": venue})
     ref = AccountRef("binance", "b1")
     try:
-        await rig.engine.submit(kill_trigger("ka", venues=["binance"], client_order_id_prefix="a-"))
-        await rig.engine.submit(kill_trigger("kb", venues=["binance"], client_order_id_prefix="b-"))
-        await finished(rig, "ka")
-        await finished(rig, "kb")
+        await latch_prefixes_a_and_b(rig)
         (a1,) = venue.place("BTCUSDT", "a-1")
         (b1,) = venue.place("ETHUSDT", "b-1")
         # b-1's cancel times out before it reached the matching engine (not applied)
@@ -200,10 +205,7 @@ async def test_a_reset_of_one_latch_still_cancels_what_another_latch_holds(
     rig = await make_rig(tmp_path, {"binance": venue})
     ref = AccountRef("binance", "b1")
     try:
-        await rig.engine.submit(kill_trigger("ka", venues=["binance"], client_order_id_prefix="a-"))
-        await rig.engine.submit(kill_trigger("kb", venues=["binance"], client_order_id_prefix="b-"))
-        await finished(rig, "ka")
-        await finished(rig, "kb")
+        await latch_prefixes_a_and_b(rig)
         venue.budget_free.clear()
         (a1,) = venue.place("BTCUSDT", "a-1")
         (b1,) = venue.place("ETHUSDT", "b-1")
