@@ -34,7 +34,7 @@ from killswitch.model import (
     StreamSubscribed,
     StreamTerminated,
 )
-from killswitch.streams.supervisor import StreamState, StreamSupervisor
+from killswitch.streams.supervisor import StreamState, StreamSupervisor, _End
 from killswitch.streams.tracker import OrderTracker
 from tests.conftest import eventually
 
@@ -699,3 +699,55 @@ async def test_a_burst_of_stream_events_never_holds_the_loop(make: Make) -> None
     await asyncio.wait_for(meanwhile(), timeout=10)
     assert any(0 < n < 200 for n in seen), seen
     assert h.tracked_ids() == {str(i) for i in range(200)}
+
+
+async def test_a_snapshot_read_cancelled_from_inside_is_a_connection_end_not_the_end(
+    make: Make,
+) -> None:
+    """A read that ends in CancelledError of its own (a future it awaited was cancelled by
+    someone else) is a connection to reconnect, never the end of supervision (review of
+    769e65e: `run()` ended cancelled, and the account was no longer supervised)."""
+    h = make()
+    first = h.exchange.snapshot
+    calls = 0
+
+    async def snapshot(symbols=None, *, priority=None):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            shared = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.01, shared.cancel)
+            await shared
+        return await first(symbols, priority=priority)
+
+    h.exchange.snapshot = snapshot  # type: ignore[method-assign]
+    h.start()
+    assert await h.supervisor.wait_live(5)
+    assert h.task is not None
+    assert not h.task.done()
+    assert calls == 2
+
+
+async def test_a_tracker_failure_at_a_connections_end_does_not_end_supervision(
+    make: Make,
+) -> None:
+    """Events left behind a connection's end are applied in `_drain`, outside the loop's
+    error handling: a tracker that raises there is logged (review of 769e65e: it escaped
+    `run()`)."""
+    h = make()
+    h.sleep.gate = asyncio.Event()
+    h.start()
+    assert await h.supervisor.wait_live(5)
+    real = h.tracker.apply
+
+    def apply(event):  # type: ignore[no-untyped-def]
+        if event.order_id == "bad":
+            raise ValueError("tracker bug")
+        real(event)
+
+    h.tracker.apply = apply  # type: ignore[method-assign]
+    h.supervisor._post(_End("age limit"))
+    h.supervisor._post(OrderEvent("BTCUSDT", "bad", "c", ExecType.NEW, "NEW", True, 5))
+    assert h.task is not None
+    done, _ = await asyncio.wait({h.task}, timeout=1.0)
+    assert not done, f"run() ended: {h.task.exception() if done else None!r}"

@@ -312,6 +312,11 @@ class StreamSupervisor:
             listen.cancel()
             await asyncio.wait({read, listen})
         if listen.cancelled():
+            current = asyncio.current_task()
+            if read.cancelled() and (current is None or not current.cancelling()):
+                # The read was cancelled from inside (a future it awaited), not by our stop:
+                # a connection end to reconnect from, never the end of supervision.
+                return _End("snapshot read cancelled")
             return read.result()
         if not read.cancelled():
             read.exception()  # the stream's end is the reason given; the read's outcome is moot
@@ -348,12 +353,20 @@ class StreamSupervisor:
         tracker and the engine those left in the inbox: what the stream showed is real, however
         the connection ended."""
         for event in unapplied:
-            self.tracker.apply(event)
+            self._apply(event)
         while not inbox.empty():
             item = inbox.get_nowait()
             if isinstance(item, OrderEvent | ListEvent):
-                self.tracker.apply(item)
+                self._apply(item)
                 self._notify(item)
+
+    def _apply(self, event: OrderEvent | ListEvent) -> None:
+        """Apply at a connection's end: a failure is logged, never raised out of `run()` (the
+        connection is down, and the tracker is distrusted until the next snapshot)."""
+        try:
+            self.tracker.apply(event)
+        except Exception:  # a tracker bug must not end supervision
+            log.exception("stream tracker apply failed account=%s", self.ref)
 
     async def _consume(self, inbox: asyncio.Queue[StreamEvent | _End]) -> _End:
         tracker = self.tracker
