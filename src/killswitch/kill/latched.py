@@ -17,7 +17,7 @@ from dataclasses import replace
 from killswitch.events import EventType
 from killswitch.exchanges.base import VenueError
 from killswitch.kill.config import Account, Clock, Emit, EngineConfig, Sleep
-from killswitch.kill.planner import CancelRequest, RequestKind, plan
+from killswitch.kill.planner import plan
 from killswitch.kill.record import AccountResult, AccountState, Kill, KillKind
 from killswitch.kill.waves import Waves, _AccountStopped
 from killswitch.model import (
@@ -119,9 +119,10 @@ class StreamCancels:
         task.add_done_callback(functools.partial(self._stream_done, account.ref))
 
     def released(self) -> None:
-        """A reset released latches. A stream cancel may be waiting for its venue budget
-        past the last check (`still_wanted`): every drain stops now, before it sends, and
-        what a latch still covers of its batch is drained again."""
+        """A reset released latches. A stream cancel may be waiting at the account's gate,
+        for its venue budget, or to be sent again after an unknown outcome: every drain stops
+        now, before it sends for a released latch, and what a latch still covers of its batch
+        is drained again."""
         for ref, task in list(self.tasks.items()):
             del self.tasks[ref]
             task.cancel()
@@ -172,8 +173,8 @@ class StreamCancels:
             now = self._clock()
             # Cancel exactly what the stream showed, by id: a cancel-all here could race a
             # wave and costs more than the few orders a stream burst brings. Every item was
-            # matched against a latch when it was queued, and each request is checked again
-            # as it is sent (`still_wanted`). The empty prefix covers every item, of whichever
+            # matched against a latch when it was queued, and a reset stops the drain
+            # (`released`). The empty prefix covers every item, of whichever
             # latch: the planner cancels by id, and a re-read after an unknown outcome keeps
             # each of them in view.
             by_id = Scope(client_order_id_prefix="")
@@ -186,7 +187,6 @@ class StreamCancels:
                 now,
                 now + self.config.deadline_s,
             )
-            kill.still_wanted = functools.partial(self._still_latched, ref, items)
             result = kill.accounts.setdefault(ref, AccountResult(ref))
             orders = tuple(i for i in items if isinstance(i, Order))
             lists = tuple(i for i in items if isinstance(i, OrderList))
@@ -203,28 +203,6 @@ class StreamCancels:
                 raise
             except _AccountStopped as stop:
                 self._waves.alarm(kill, ref, stop.error)
-
-    def _still_latched(
-        self, ref: AccountRef, items: list[Order | OrderList], request: CancelRequest
-    ) -> CancelRequest | None:
-        """What of `request` (by id, from `items`) a latch still covers, checked as it is sent."""
-        if request.list_id is not None:
-            lists = [x for x in items if isinstance(x, OrderList) and x.list_id == request.list_id]
-            return request if any(self._latched(ref, x) for x in lists) else None
-        symbol = request.symbols[0] if request.symbols else ""
-        latched: set[str] = set()
-        for x in items:
-            if x.symbol != symbol or not self._latched(ref, x):
-                continue
-            # A list may be cancelled by its legs' ids (BingX): they are its ids too.
-            latched.update((x.order_id,) if isinstance(x, Order) else x.order_ids)
-        ids = tuple(i for i in request.order_ids if i in latched)
-        if ids == request.order_ids:
-            return request
-        if not ids:
-            return None
-        kind = RequestKind.CANCEL_ORDER if len(ids) == 1 else RequestKind.CANCEL_ORDERS
-        return CancelRequest(kind, request.symbols, ids)
 
     def _stream_done(self, ref: AccountRef, task: asyncio.Task[None]) -> None:
         if self.tasks.get(ref) is task:

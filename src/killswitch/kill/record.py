@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from killswitch.model import (
     AccountRef,
@@ -18,9 +16,6 @@ from killswitch.model import (
     Snapshot,
     Trigger,
 )
-
-if TYPE_CHECKING:
-    from killswitch.kill.planner import CancelRequest
 
 
 class SubmitResult(enum.StrEnum):
@@ -129,9 +124,6 @@ class Kill:
         self.time_to_flat_ms: float | None = None
         self.new_orders_seen = 0
         self.joins = 0  # triggers that joined after it started (each one bumps it)
-        # A stream kill's check, made as each request is sent (after its gate, and again on
-        # a retry): what of it a latch still covers; None when nothing (a reset came).
-        self.still_wanted: Callable[[CancelRequest], CancelRequest | None] | None = None
         # Set by a reset that released every trigger of this kill: a cancellation after it is
         # the kill's end. Any other cancellation (a shutdown) interrupts it, and the next life
         # of the daemon resumes it from the journal, as it would after a crash.

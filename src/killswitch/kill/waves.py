@@ -353,7 +353,7 @@ class Waves:
             try:
                 request_now = current
                 ack = await self.gate(account).run(
-                    lambda: self._send_wanted(kill, account, request_now)
+                    lambda: send_request(account.exchange, request_now)
                 )
             except OutcomeUnknown:
                 reread = True
@@ -399,17 +399,6 @@ class Waves:
             error=outcome.error.to_json() if outcome.error is not None else None,
         )
         return outcome
-
-    async def _send_wanted(self, kill: Kill, account: Account, request: CancelRequest) -> CancelAck:
-        """Send `request`, or what of it `kill.still_wanted` still wants (checked now, past
-        the gate: a stream cancel whose latch a reset released is never sent)."""
-        if kill.still_wanted is not None:
-            wanted = kill.still_wanted(request)
-            if wanted is None:
-                log.info("stream cancel dropped, its latch was released kill_id=%s", kill.id)
-                return CancelAck()
-            request = wanted
-        return await send_request(account.exchange, request)
 
     async def _narrow(
         self, kill: Kill, account: Account, result: AccountResult, request: CancelRequest
