@@ -273,7 +273,7 @@ class SignedRest:
     ) -> Any:
         """Sign and send one request its budgets have paid for (`weight`), and read the
         answer; the budgets hear when it has landed, whatever the outcome."""
-        answered = False
+        answered = True  # or never sent: nothing is on its way
         try:
             if signed:
                 stamp = [
@@ -283,10 +283,11 @@ class SignedRest:
                 query = self._sign([*params, *stamp])
             else:
                 query = self.wire.query(params)
+            answered = False
             raw = await self.transport.request(method, path, query=query, headers=self._headers)
             answered = True
         except Transient:
-            answered = True  # never sent: nothing is on its way
+            answered = True
             raise
         finally:
             self.charges.landed(method, path, weight, answered=answered)
