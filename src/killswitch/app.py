@@ -22,6 +22,7 @@ from killswitch.daemon import CriticalTasks, Daemon
 from killswitch.events import EventType, FanOut, make_event
 from killswitch.exchanges.base import Exchange
 from killswitch.exchanges.bingx import BingxExchange
+from killswitch.exchanges.connector import VenueConnector
 from killswitch.exchanges.factory import build_exchange
 from killswitch.handlers.control import ControlServer
 from killswitch.handlers.heartbeat import HeartbeatWatch
@@ -154,6 +155,9 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
                 stream_state=readiness.stream_state(ref),
                 not_ready=readiness.not_ready(ref),
                 learned=_learned(exchange, ref, events),
+                headroom_known=(
+                    exchange.headroom_known if isinstance(exchange, VenueConnector) else None
+                ),
             )
         )
     engine = Engine(

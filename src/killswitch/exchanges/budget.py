@@ -30,6 +30,10 @@ from typing import TypeVar, cast
 from killswitch.exchanges.base import Priority as Priority
 from killswitch.exchanges.base import RateLimits
 
+# `RateBudget.headroom_known`: the share of a kill's cap that may be used for a burst to skip
+# the probe. Half leaves the rest of the world the other half to spend before our burst lands.
+HEADROOM_SHARE = 0.5
+
 
 @dataclass(slots=True)
 class _Window:
@@ -67,6 +71,8 @@ class RateBudget:
     _per_s: _Window = field(init=False)
     _flying_weight: float = 0.0  # taken and not landed
     _flying: int = 0
+    heard_at: float = -math.inf  # `clock` time the venue last told us what is used
+    asked_at: float = -math.inf  # `clock` time someone last asked it (`due_for_news`)
 
     def __post_init__(self) -> None:
         self._weight = _Window(self.limits.window_s)
@@ -120,8 +126,27 @@ class RateBudget:
 
     def observe_used(self, used: int) -> None:
         """The venue says this much weight is used in the current window."""
-        self._roll(self.clock())
+        now = self.clock()
+        self._roll(now)
         self._weight.used = max(self._weight.used, float(used))
+        self.heard_at = now
+
+    def headroom_known(self, within_s: float, share: float = HEADROOM_SHARE) -> bool:
+        """The venue said, at most `within_s` ago, that at most `share` of what a kill may
+        spend is used, and nothing has throttled us since: a burst needs no probe first."""
+        now = self.clock()
+        if self.banned or now < self.blocked_until or now - self.heard_at > within_s:
+            return False
+        return self.used <= self.cap(Priority.KILL) * share
+
+    def due_for_news(self, every_s: float) -> bool:
+        """True, once per `every_s`, when the venue has not told anyone sharing this budget
+        what is used for that long: the caller should ask it (a cheap request)."""
+        now = self.clock()
+        if now - max(self.heard_at, self.asked_at) < every_s:
+            return False
+        self.asked_at = now
+        return True
 
     def observe_remaining(self, remaining: int) -> None:
         """The venue says this many requests remain in the current window."""

@@ -213,6 +213,12 @@ class VenueConnector(ABC):
         """Nothing: this venue's reads show every client id."""
         return {}
 
+    def headroom_known(self) -> bool:
+        """True while the venue itself said, moments ago, that this account's limits have
+        ample room, so a kill's first burst needs no probe (`kill.gate`). False here: only a
+        venue that reports what is used (Binance's weight) can say."""
+        return False
+
     # -- cancels ---------------------------------------------------------------------------
     @abstractmethod
     async def cancel_order(

@@ -53,6 +53,9 @@ class Account:
     not_ready: Callable[[], str | None] | None = None
     # What the connector learned of how this account's venue behaves (BingX §3.7), for status.
     learned: Callable[[], dict[str, object]] | None = None
+    # True while the venue itself said, moments ago, that the account's limits have ample room:
+    # a kill's first burst needs no probe (`kill.gate`). None: never known, probe after quiet.
+    headroom_known: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)

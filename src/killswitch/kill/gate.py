@@ -19,11 +19,21 @@ class Gate:
     when the 429 left. So after a quiet spell the first request goes alone (a probe); an OK
     answer opens the account to `max_in_flight` for `open_for_s`; a 429 closes it to one
     request at a time for `careful_s`. The probe is a cancel: it is never wasted.
+
+    No probe is needed while `headroom_known` says the venue itself reported, moments ago,
+    ample room on the account's limits (Binance's used weight, which counts every client
+    behind the IP): the state is known, not guessed from a quiet spell.
     """
 
-    def __init__(self, config: EngineConfig, clock: Clock) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        clock: Clock,
+        headroom_known: Callable[[], bool] | None = None,
+    ) -> None:
         self._config = config
         self._clock = clock
+        self._headroom_known = headroom_known
         self._in_flight = 0
         self._ok_at = -1e18
         self._limited_at = -1e18
@@ -35,6 +45,8 @@ class Gate:
         if now - self._limited_at < self._config.careful_s:
             return "careful"
         if not self._config.probe_first or now - self._ok_at < self._config.open_for_s:
+            return "open"
+        if self._headroom_known is not None and self._headroom_known():
             return "open"
         return "probe"
 

@@ -471,7 +471,7 @@ class Waves:
     def gate(self, account: Account) -> Gate:
         gate = self._gates.get(account.ref)
         if gate is None:
-            gate = self._gates[account.ref] = Gate(self.config, self._clock)
+            gate = self._gates[account.ref] = Gate(self.config, self._clock, account.headroom_known)
         return gate
 
     def alarm(self, kill: Kill, ref: AccountRef, error: VenueError) -> None:

@@ -868,7 +868,7 @@ class BinanceSim(SimVenue):
         conn = WsConn(
             ws=ws,
             request=request,
-            remote=request.remote or "?",
+            remote=self.client_id(request),  # whose "IP" it is: its key header, as for REST
             connected_ms=self.now_ms(),
             connected_mono=time.monotonic(),
             return_rate_limits=request.query.get("returnRateLimits", "true") != "false",

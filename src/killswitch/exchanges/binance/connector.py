@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -34,6 +35,7 @@ from killswitch.exchanges.base import (
     Fatal,
     OutcomeUnknown,
     RateLimits,
+    VenueError,
     malformed_is_unknown,
 )
 from killswitch.exchanges.binance import stream
@@ -98,6 +100,14 @@ USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 
 _WS_INT_PARAMS = frozenset({"orderId", "orderListId"})  # LONG params go as JSON integers
 
+# The used-weight count the venue sends back with every answer is this IP's whole use, others'
+# included: while it is this fresh and low, a kill's first burst needs no probe (`kill.gate`).
+HEADROOM_FRESH_S = 5.0
+# When no answer has brought the count for this long, a ws-api `ping` (weight 1, the IP's
+# count in its `rateLimits`) asks for it: one per IP, whatever the number of accounts behind
+# it, about 30 of the minute's 6000. It also finds a dead session before a kill does.
+KEEP_FRESH_S = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class _Endpoint:
@@ -128,6 +138,7 @@ class BinanceExchange(VenueConnector):
         *,
         budget: RateBudget | None = None,
         use_ws_api: bool = True,
+        keep_fresh_s: float | None = KEEP_FRESH_S,
         **args: Unpack[ConnectorArgs],
     ) -> None:
         super().__init__(**args)
@@ -136,6 +147,7 @@ class BinanceExchange(VenueConnector):
             self._ed_key = binance_ed25519_private_key(self._secret)
             self._secret = ""
         self.use_ws_api = use_ws_api
+        self.keep_fresh_s = keep_fresh_s
         # Binance's request weight is counted per IP, not per key [BN-REST "LIMITS"]: every
         # account behind our IP spends one budget (the used-weight header reads all of it).
         self.budget = (
@@ -159,6 +171,8 @@ class BinanceExchange(VenueConnector):
         await self.resync_clock()
         if self.use_ws_api:
             self._spawn(self._keep_session())
+            if self.keep_fresh_s is not None:
+                self._spawn(self._keep_fresh(self.keep_fresh_s))
             # Warm before any kill; if the session cannot open now, REST carries the kill.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.timeout_s):
@@ -173,6 +187,30 @@ class BinanceExchange(VenueConnector):
         """Keep one logged-on ws-api session open; reconnect with backoff when it goes."""
         await keep_session(self._open_session, self._install_session, self.account)
 
+    def headroom_known(self) -> bool:
+        """True while the IP's used weight, as the venue last said it, is fresh and low."""
+        return self.budget.headroom_known(HEADROOM_FRESH_S)
+
+    async def _keep_fresh(self, every_s: float) -> None:
+        """Ask for the IP's used weight (a ws-api `ping`) whenever nobody behind this IP has
+        heard it for `every_s`. A ping that fails says nothing: the count just goes stale."""
+        while True:
+            await asyncio.sleep(every_s * random.uniform(0.5, 1.0))
+            session = self.session
+            if session is None or not session.up or not self.budget.due_for_news(every_s):
+                continue
+            try:
+                await self.budget.acquire(1, Priority.BACKGROUND, in_flight=True)
+                try:
+                    frame = await session.call("ping", {}, self.timeout_s)
+                finally:
+                    self.budget.landed(1)
+                self._ws_result(frame, "ping")
+            except (VenueError, _NotSent) as exc:
+                log.debug("binance weight ping failed account=%s error=%s", self.account, exc)
+            except Exception:
+                log.exception("binance weight ping error account=%s", self.account)
+
     async def _install_session(self, fresh: WsApiSession) -> None:
         old, self.session = self.session, fresh
         self._session_ready.set()
@@ -181,7 +219,7 @@ class BinanceExchange(VenueConnector):
 
     async def _open_session(self) -> WsApiSession:
         await self.budget.acquire(2, Priority.BACKGROUND)  # a connection costs 2 weight
-        ws = await _connect(self.ws_url, self.timeout_s)
+        ws = await _connect(self.ws_url, self.timeout_s, self._api_key)
         session = WsApiSession(ws)
         if self._ed_key is not None:
             try:
