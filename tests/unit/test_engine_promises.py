@@ -216,3 +216,33 @@ async def test_a_probe_that_covers_the_whole_kill_is_verified_by_the_read_that_f
         assert not mexc.open_keys()
     finally:
         await rig.engine.stop()
+
+
+async def test_a_latch_released_before_the_resume_is_not_resumed(tmp_path: Path) -> None:
+    # `start(before_resume=...)`: a replica learns of a peer's reset before anything resumes.
+    venues = three_venues()
+    first = await make_rig(tmp_path, venues)
+    hold = asyncio.Event()
+    for venue in venues.values():
+        venue.gates["snapshot"] = hold  # the kill never gets past its first read
+    await first.engine.submit(kill_trigger("k1"))
+    await first.engine.stop(grace_s=0.0)
+    for venue in venues.values():
+        venue.gates.clear()
+        venue.calls.clear()
+        venue.place("BTCUSDT" if venue.venue != "bingx" else "BTC-USDT", n=1)
+
+    second = await make_rig(tmp_path, venues, start=False)
+
+    async def peer_reset() -> None:
+        assert second.engine.latches().keys() == {"k1"}
+        await second.engine.reset(actor="replica b", reason="peer reset", only=["k1"])
+
+    await second.engine.start(before_resume=peer_reset)
+    try:
+        assert second.engine.latches() == {}
+        assert not second.log.of("resumed")
+        assert not [c for v in venues.values() for c in v.calls if c.method.startswith("cancel")]
+        assert all(v.open_keys() for v in venues.values())
+    finally:
+        await second.engine.stop()

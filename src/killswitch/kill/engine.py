@@ -103,9 +103,11 @@ class Engine:
         self._stop_event = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, before_resume: Callable[[], Awaitable[None]] | None = None) -> None:
         """Replay the journal; resume latched and unfinished kills and wait until each is flat
-        or failed; then start the sweeper and the dead-man's-switch keepers."""
+        or failed; then start the sweeper and the dead-man's-switch keepers. `before_resume`
+        runs once the journal's latches are in place and before any kill resumes: what it
+        releases (`reset`) is not resumed."""
         if self._started:
             raise RuntimeError("engine already started")
         self._started = True
@@ -132,6 +134,8 @@ class Engine:
             t: state.triggers[t] for t in state.latches if t in state.triggers
         }
         self.last_kill = state.last_kill
+        if before_resume is not None:
+            await before_resume()
         resumed: list[Kill] = []
         for trigger_id, trigger in list(state.triggers.items()):
             latched = trigger_id in self._latches
