@@ -5,7 +5,9 @@ only past records that are done, meaning the trigger was journaled (`engine.subm
 the heartbeat or reset was applied, or the rejected record is confirmed in the dead-letter
 topic. A crash anywhere before the commit replays the record; the engine answers a replayed
 trigger with DUPLICATE, so a replay is a no-op; an id reused for another scope or mode (not a
-replay: another alert) is dead-lettered as `id_conflict` and logged at warning. A replayed
+replay: another alert) is dead-lettered as `id_conflict` and logged at warning. A replay of a
+trigger the engine still holds, or of a reset applied in this life, is a duplicate before the
+age and freshness rules are asked (it was acted on: no dead letter says it was not). A replayed
 reset is a no-op by its id (the engine journals it: in this life and the next), and releases
 only latches received before it was issued (the earlier of its `ts` and its receipt; a `ts`
 more than a second ahead of our clock is refused), and is refused as stale when a latch held
@@ -358,6 +360,8 @@ class KafkaAlertConsumer(EngineFeed):
         """Authenticate, validate and apply the policy; return what the engine must see (the
         trigger of a kill or cancel, a reset alert), None when it is done here (a heartbeat)."""
         alert = parse_alert(record.value, record.headers, hmac_key=self._hmac_key)
+        if self._acted_on(alert, now_ms):
+            return None
         unknown = check_policy(
             alert,
             now_ms=now_ms,
@@ -366,11 +370,6 @@ class KafkaAlertConsumer(EngineFeed):
             accounts=self.accounts,
         )
         if alert.action is AlertAction.RESET:
-            if alert.id in self._resets_applied:
-                # a re-read (offsets lost, a commit that failed): applied once is enough
-                self.stats.duplicates += 1
-                log.info("duplicate reset ignored alert_id=%s", alert.id)
-                return None
             self._check_reset_is_fresh(alert, now_ms)
         if unknown:
             log.warning("alert names unknown accounts alert_id=%s accounts=%s", alert.id, unknown)
@@ -383,6 +382,28 @@ class KafkaAlertConsumer(EngineFeed):
         if alert.action is AlertAction.RESET:
             return alert
         return alert.to_trigger(received_ms=now_ms)
+
+    def _acted_on(self, alert: Alert, now_ms: int) -> bool:
+        """Whether `alert` is a re-read (a crash before its commit, offsets lost) of one acted
+        on: a reset applied in this life, a kill or cancel whose trigger the engine still
+        holds with the same scope and mode. Asked before the age and freshness rules: those
+        are for alerts not acted on yet, and a dead letter would say this one was not."""
+        if alert.action is AlertAction.RESET:
+            if alert.id not in self._resets_applied:
+                return False
+            self.stats.duplicates += 1
+            log.info("duplicate reset ignored alert_id=%s", alert.id)
+            return True
+        if alert.action not in (AlertAction.KILL, AlertAction.CANCEL):
+            return False
+        earlier = self.engine.trigger(alert.id)
+        trigger = alert.to_trigger(received_ms=now_ms)
+        if earlier is None or not _same_alert(earlier, trigger):
+            return False  # new, forgotten, or the id reused for another alert: `_submit` says
+        self.stats.duplicates += 1
+        log.info("duplicate alert ignored alert_id=%s (acted on before)", alert.id)
+        self._emit(EventType.DUPLICATE, trigger_id=trigger.id, source=trigger.source)
+        return True
 
     async def _submit(self, trigger: Trigger) -> AlertRejected | None:
         """Hand the trigger to the engine; return the rejection of an id reused for another
@@ -397,7 +418,7 @@ class KafkaAlertConsumer(EngineFeed):
             self.stats.duplicates += 1
             log.info("duplicate alert ignored alert_id=%s (earlier one no longer held)", trigger.id)
             return None
-        if (earlier.scope, earlier.mode) == (trigger.scope, trigger.mode):
+        if _same_alert(earlier, trigger):
             self.stats.duplicates += 1
             log.info("duplicate alert ignored alert_id=%s", trigger.id)
             return None
@@ -522,6 +543,11 @@ class KafkaAlertConsumer(EngineFeed):
 
     def _emit(self, event_type: EventType, **fields: object) -> None:
         self.engine.events.emit(make_event(event_type, input="kafka", **fields))
+
+
+def _same_alert(earlier: Trigger, trigger: Trigger) -> bool:
+    """Whether `trigger` repeats `earlier` (same id): the same scope and mode."""
+    return (earlier.scope, earlier.mode) == (trigger.scope, trigger.mode)
 
 
 def _scope_text(trigger: Trigger) -> str:
