@@ -119,6 +119,10 @@ class ReconnectingClient:
     async def _at_stop(self) -> None:
         """Work to do when stopping (flush, last commit); `connected` says if it can."""
 
+    def _connect_at_start(self) -> bool:
+        """Whether `start()` tries to connect; False leaves it to `run()`'s backoff."""
+        return True
+
     def _on_connected(self) -> None:
         log.info("%s connected", self.what)
 
@@ -134,6 +138,11 @@ class ReconnectingClient:
         if self._started:
             raise RuntimeError(f"{self.what} already started")
         self._started = True
+        if not self._connect_at_start():
+            log.warning(
+                "%s not connected at start, will retry error=%s", self.what, self.last_error
+            )
+            return
         try:
             async with asyncio.timeout(self.start_timeout_s):
                 await self._open()

@@ -18,6 +18,9 @@ Echo loops are cut twice: records name their `origin` (our own are not applied a
 what we applied from the topic (a submitted trigger, a reset with origin `replica:<peer>`) is
 not published back. A replica that starts reads the topic from the beginning before READY
 (bounded by `sync_timeout_s`, then it keeps trying in the background and says so in status).
+One restarting latched reads it first in the engine's start, before the journal's latched
+kills resume (`before_resume`): a latch a peer reset while it was down is released, never
+killed again. Unread within the same bound, every latch resumes and an alarm says so.
 
 A reset made here reaches the topic even if this replica stopped or crashed before publishing
 it: a graceful stop publishes what waits (for at most `stop_flush_s`), and after a restart the
@@ -47,7 +50,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from killswitch.backoff import Backoff, until_journaled
-from killswitch.events import EventRecord, EventType
+from killswitch.events import EventRecord, EventType, make_event
 from killswitch.journal import UNREADABLE_PREFIX
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kill.port import EnginePort
@@ -209,6 +212,7 @@ class LatchReplicator(EngineFeed):
         self._unannounced: dict[str, float] = {}
         self._outbox: deque[tuple[bytes, bytes | None]] = deque()
         self._position = 0  # next offset to read
+        self._skipped_at_resume = False  # `before_resume` could not read the topic
 
     # -- EventSink: what our engine did ------------------------------------------------------
 
@@ -267,6 +271,72 @@ class LatchReplicator(EngineFeed):
             self._outbox.append((f"latch/{trigger_id}".encode(), None))
 
     # -- Service -----------------------------------------------------------------------------
+
+    async def before_resume(self) -> None:
+        """`Engine.start(before_resume=...)`: read the topic to its end and release the
+        latches a peer's reset named, before the journal's latched kills resume. A replica
+        that was down while the cluster reset a latch must not kill it again (the desk may be
+        trading in that scope by now). Bounded by `sync_timeout_s`; a topic that cannot be
+        read leaves every latch to resume (fail-safe, never open), with an alarm. Only
+        releases here: a peer's latch this replica lacks is submitted by `start()` (after the
+        resume, before READY), and the clients are closed again (`start()` opens its own)."""
+        held = held_latches(self.engine)
+        if not held:
+            return  # nothing resumes that a peer's reset could have released
+        try:
+            try:
+                async with asyncio.timeout(self.sync_timeout_s):
+                    await self._open()
+                    await self._read_to_end()
+            finally:
+                await self._teardown()
+        except asyncio.CancelledError:
+            raise
+        except self.reconnect_errors as exc:
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"not read within sync_timeout_s={self.sync_timeout_s}")
+            await self._disconnect(exc)
+            self._skipped_at_resume = True  # run() reconnects, after a backoff
+            self._resuming_unsynced(held, self.last_error)
+            return
+        except Exception as exc:  # noqa: BLE001 - the latched kills resume whatever failed here
+            self._resuming_unsynced(held, f"{type(exc).__name__}: {exc}"[:300], exc)
+            return
+        release = self.log.decide(held).release
+        if not release:
+            return
+        try:
+            await self._reset_from_log(release)()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - kept latched; start()'s reconcile retries
+            self._resuming_unsynced(held, f"{type(exc).__name__}: {exc}"[:300], exc)
+            return
+        self.applied_resets += 1
+
+    def _resuming_unsynced(self, held: list[str], error: str, exc: Exception | None = None) -> None:
+        """Say that the latched kills resume without what the topic says (an alarm)."""
+        log.error(
+            "latch topic not applied before resuming latched kills, resuming them all (a "
+            "reset on another replica meanwhile is applied once it is) trigger_ids=%s error=%s",
+            held,
+            error,
+            exc_info=exc,
+        )
+        self.engine.events.emit(
+            make_event(
+                EventType.ALARM,
+                account="latch_topic",
+                kind="latch_sync_skipped",
+                error=error,
+                trigger_ids=held,
+            )
+        )
+
+    def _connect_at_start(self) -> bool:
+        # The engine's start tried the topic moments ago, under the same bound: READY is not
+        # held up a second `sync_timeout_s`; run() keeps trying.
+        return not self._skipped_at_resume
 
     async def _at_start(self) -> None:
         await self._sync()
@@ -379,11 +449,7 @@ class LatchReplicator(EngineFeed):
 
     async def _sync(self) -> None:
         """Read to the end of the topic as it is now, then reconcile the engine with it."""
-        consumer = self._consumer
-        assert consumer is not None
-        end = (await consumer.end_offsets([self.tp]))[self.tp]
-        while self._position < end:
-            await self._poll(apply=False)
+        await self._read_to_end()
         self.synced = True
         await self._reconcile()
         log.info(
@@ -391,6 +457,14 @@ class LatchReplicator(EngineFeed):
             self.log.records,
             len(self.log.latched),
         )
+
+    async def _read_to_end(self) -> None:
+        """Fold the records up to the topic's end as it is now into the log, applying none."""
+        consumer = self._consumer
+        assert consumer is not None
+        end = (await consumer.end_offsets([self.tp]))[self.tp]
+        while self._position < end:
+            await self._poll(apply=False)
 
     async def _poll(self, *, apply: bool = True) -> None:
         consumer = self._consumer
@@ -430,21 +504,23 @@ class LatchReplicator(EngineFeed):
             if known is not None:
                 self._queue_latch(known)
         if decision.release:
-            # Exactly the latches the topic released: never one this reconcile just applied,
-            # nor one the resetting replica had not heard of.
-            record = reset_record or self.log.last_reset or {}
-            origin = record.get("origin", "log")
-            await self._engine_call(
-                "reset",
-                functools.partial(
-                    self.engine.reset,
-                    actor=str(record.get("actor") or f"replica {origin}"),
-                    reason=str(record.get("reason") or "reset on another replica"),
-                    origin=f"{REPLICA_ORIGIN}{origin}",
-                    only=decision.release,
-                ),
-            )
+            await self._engine_call("reset", self._reset_from_log(decision.release, reset_record))
             self.applied_resets += 1
+
+    def _reset_from_log(
+        self, release: list[str], reset_record: dict[str, Any] | None = None
+    ) -> Callable[[], Awaitable[bool]]:
+        """The engine call releasing exactly the latches the topic released: never one a
+        reconcile just applied, nor one the resetting replica had not heard of."""
+        record = reset_record or self.log.last_reset or {}
+        origin = record.get("origin", "log")
+        return functools.partial(
+            self.engine.reset,
+            actor=str(record.get("actor") or f"replica {origin}"),
+            reason=str(record.get("reason") or "reset on another replica"),
+            origin=f"{REPLICA_ORIGIN}{origin}",
+            only=release,
+        )
 
     def _in_scope(self, trigger: Trigger, origin: object) -> bool:
         """Whether a peer's latch covers an account configured here. A scope that names none
