@@ -5,7 +5,9 @@
 
 Start order is the list order; the daemon stops them in reverse. The venues start first (warm
 sessions, synced clocks), then the engine (journal replay and, if latched, the re-sweep: all
-before READY=1), then the inputs that produce triggers.
+before READY=1), then the inputs that produce triggers. With replicas sharing the latch, the
+engine's start reads the latch topic before it resumes a latched kill (`before_resume`): a
+latch reset on a peer while this daemon was down is released, not killed again.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec
@@ -82,6 +84,9 @@ def input_services(settings: Settings, parts: Parts) -> list[Service]:
     if kafka.share_latch:
         replicator = LatchReplicator(kafka, engine, replica_id=replica, accounts=refs)
         parts.events.add(replicator)
+        # Read before the journal's latched kills resume (in the engine's start): a latch a
+        # peer reset while this replica was down is released, not killed again.
+        parts.engine_service.before_resume = replicator.before_resume
         services.append(replicator)
     services.append(sink)
     consumer = KafkaAlertConsumer(kafka, engine, accounts=refs)
@@ -318,15 +323,25 @@ class EngineService:
 
     name = "engine"
 
-    def __init__(self, engine: Engine, audit: AuditLog, *, grace_s: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        audit: AuditLog,
+        *,
+        grace_s: float,
+        before_resume: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.engine = engine
         self.audit = audit
         self.grace_s = grace_s
+        # Run by the engine's start once the journal's latches are in place, before any
+        # latched kill resumes (the latch replicator's read of the cluster's resets).
+        self.before_resume = before_resume
         self._stopped = asyncio.Event()
         self._started = False
 
     async def start(self) -> None:
-        await self.engine.start()
+        await self.engine.start(before_resume=self.before_resume)
         self._started = True
 
     async def run(self) -> None:
