@@ -25,6 +25,11 @@ class JournalState:
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)  # trigger ids, oldest first
     triggers: dict[str, Trigger] = field(default_factory=dict)  # latched or unfinished triggers
     unfinished: set[str] = field(default_factory=set)  # triggers without kill_done
+    # Ids of resets applied (Kafka's), oldest first: their own namespace, apart from triggers'.
+    reset_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # Unfinished one-shot cancels: the accounts ("venue/account") already proved flat. A cancel
+    # resumed after a restart leaves them alone: it never touches what was placed after that.
+    flat_accounts: dict[str, list[str]] = field(default_factory=dict)
     last_kill: dict[str, object] | None = None
     last_reset: dict[str, object] | None = None
     records: int = 0
@@ -77,11 +82,19 @@ class JournalState:
             }
             self.last_reset = record
             if isinstance(record.get("id"), str):  # a reset by id (Kafka): a re-read is a no-op
-                self._see(str(record["id"]), seen_limit)
+                _see(self.reset_ids, str(record["id"]), seen_limit)
             self._forget_finished()
+        elif kind == "account_flat":
+            trigger_id = str(record["trigger_id"])
+            account = str(record["account"])
+            if trigger_id in self.unfinished:
+                done = self.flat_accounts.setdefault(trigger_id, [])
+                if account not in done:
+                    done.append(account)
         elif kind == "kill_done":
             trigger_id = str(record["trigger_id"])
             self.unfinished.discard(trigger_id)
+            self.flat_accounts.pop(trigger_id, None)
             self.last_kill = record
             self._forget_finished()
         elif kind == "seen":
@@ -90,20 +103,31 @@ class JournalState:
                 raise TypeError("seen record without an id list")
             for trigger_id in ids:
                 self._see(str(trigger_id), seen_limit)
+            resets = record.get("resets") or []
+            if not isinstance(resets, list):
+                raise TypeError("seen record with a reset id field that is not a list")
+            for reset_id in resets:
+                _see(self.reset_ids, str(reset_id), seen_limit)
         else:
             log.warning("journal record of unknown kind=%s ignored", kind)
         self.records += 1
 
     def _see(self, trigger_id: str, limit: int) -> None:
-        self.seen[trigger_id] = None
-        self.seen.move_to_end(trigger_id)
-        while len(self.seen) > limit:
-            self.seen.popitem(last=False)
+        _see(self.seen, trigger_id, limit)
 
     def _forget_finished(self) -> None:
         keep = set(self.latches) | self.unfinished
         for trigger_id in [t for t in self.triggers if t not in keep]:
             del self.triggers[trigger_id]
+        for trigger_id in [t for t in self.flat_accounts if t not in self.unfinished]:
+            del self.flat_accounts[trigger_id]
+
+
+def _see(ids: OrderedDict[str, None], one: str, limit: int) -> None:
+    ids[one] = None
+    ids.move_to_end(one)
+    while len(ids) > limit:
+        ids.popitem(last=False)
 
 
 def _snapshot(
@@ -112,8 +136,11 @@ def _snapshot(
     """The records that rebuild `state`; `first` after the ids, the last reset and the last
     kill, which are replayed for their record alone: they release or finish nothing after them."""
     records: list[dict[str, object]] = []
-    if state.seen:
-        records.append({"kind": "seen", "ts_ms": now_ms, "ids": list(state.seen)})
+    if state.seen or state.reset_ids:
+        seen: dict[str, object] = {"kind": "seen", "ts_ms": now_ms, "ids": list(state.seen)}
+        if state.reset_ids:
+            seen["resets"] = list(state.reset_ids)
+        records.append(seen)
     if state.last_reset is not None:
         records.append(state.last_reset)
     if state.last_kill is not None:
@@ -132,6 +159,11 @@ def _snapshot(
         records.append(
             {"kind": "latch", "ts_ms": now_ms, "trigger_id": trigger_id, "scope": scope.to_json()}
         )
+    for trigger_id, accounts in state.flat_accounts.items():
+        records += [
+            {"kind": "account_flat", "ts_ms": now_ms, "trigger_id": trigger_id, "account": a}
+            for a in accounts
+        ]
     return records
 
 

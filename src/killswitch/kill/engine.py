@@ -74,8 +74,12 @@ class Engine:
         self._spawn_kill = spawn
         self._latches: dict[str, Scope] = {}
         self._latched_triggers: dict[str, Trigger] = {}  # the trigger of each latch held
-        # Trigger ids already accepted, oldest first; as many as the journal keeps.
+        # Trigger ids already accepted, oldest first; as many as the journal keeps. Reset ids
+        # are a namespace of their own: an alert id reused across actions is never lost.
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen_resets: OrderedDict[str, None] = OrderedDict()
+        # Triggers being journaled: a second submit of the same id waits for the first.
+        self._accepting: dict[str, asyncio.Future[SubmitResult]] = {}
         self.kills: dict[str, Kill] = {}  # by trigger id (joined triggers share one Kill)
         self._running: set[Kill] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -128,16 +132,19 @@ class Engine:
                 trigger_ids=list(state.failsafe_latches),
             )
         self._seen = OrderedDict(state.seen)
+        self._seen_resets = OrderedDict(state.reset_ids)
         self._latches.clear()  # shared with the stream cancels: updated, never replaced
         self._latches.update(state.latches)
         self._latched_triggers = {
             t: state.triggers[t] for t in state.latches if t in state.triggers
         }
         self.last_kill = state.last_kill
+        # Taken before `before_resume`: a trigger it submits is launched by `submit`, not here.
+        journaled = list(state.triggers.items())
         if before_resume is not None:
             await before_resume()
         resumed: list[Kill] = []
-        for trigger_id, trigger in list(state.triggers.items()):
+        for trigger_id, trigger in journaled:
             latched = trigger_id in self._latches
             if not latched and trigger_id not in state.unfinished:
                 continue
@@ -152,7 +159,12 @@ class Engine:
             self._emit(
                 EventType.RESUMED, trigger_id=trigger_id, latched=latched, scope=scope.to_json()
             )
-            resumed.append(self._launch(trigger, scope, kind=KillKind.RESUME))
+            # A one-shot cancel leaves alone the accounts it already proved flat.
+            flat = set(state.flat_accounts.get(trigger_id, ())) if not latched else set()
+            flat_before = frozenset(ref for ref in self.accounts if str(ref) in flat)
+            resumed.append(
+                self._launch(trigger, scope, kind=KillKind.RESUME, flat_before=flat_before)
+            )
         if resumed:
             await asyncio.gather(*(k.done.wait() for k in resumed))
         self._spawn(self._sweep_loop(), "sweeper")
@@ -165,6 +177,8 @@ class Engine:
         """Let kills in flight finish for up to `grace_s`, then cancel what is left."""
         self._stopping = True
         self._stop_event.set()
+        if self._accepting:  # triggers being journaled: their kills are launched, then waited on
+            await asyncio.wait(list(self._accepting.values()))
         running = [k.task for k in self._running if k.task is not None]
         running += list(self._streams.tasks.values())
         if running:
@@ -192,26 +206,43 @@ class Engine:
 
     # -- the public API -------------------------------------------------------------------------
     async def submit(self, trigger: Trigger) -> SubmitResult:
-        """Journal the trigger (fsync), latch its scope (mode kill) and start the kill."""
+        """Journal the trigger (fsync), latch its scope (mode kill) and start the kill.
+
+        Once begun, acceptance runs to its end (journaled, latched, announced, launched) even
+        if the caller is cancelled meanwhile. A submit of an id still being journaled waits for
+        that: DUPLICATE only once the first is journaled, and a retry if its write failed."""
+        while (pending := self._accepting.get(trigger.id)) is not None and not pending.done():
+            await asyncio.wait([pending])
         if trigger.id in self._seen:
             self._emit(EventType.DUPLICATE, trigger_id=trigger.id, source=trigger.source)
             return SubmitResult.DUPLICATE
-        self._seen[trigger.id] = None
-        while len(self._seen) > self.journal.seen_limit:
-            self._seen.popitem(last=False)
         if not trigger.received_ms:
             trigger = replace(trigger, received_ms=self._wall_ms())
+        accept = asyncio.ensure_future(self._accept(trigger))
+        self._accepting[trigger.id] = accept
+
+        def accepted(done: asyncio.Future[SubmitResult], trigger_id: str = trigger.id) -> None:
+            if self._accepting.get(trigger_id) is done:
+                del self._accepting[trigger_id]
+            if not done.cancelled() and done.exception() is not None:
+                log.error(
+                    "trigger not journaled trigger_id=%s error=%r", trigger_id, done.exception()
+                )
+
+        accept.add_done_callback(accepted)
+        return await asyncio.shield(accept)
+
+    async def _accept(self, trigger: Trigger) -> SubmitResult:
         records: list[tuple[str, dict[str, object]]] = [("trigger", {"trigger": trigger.to_json()})]
         if trigger.mode is Mode.KILL:
             records.append(("latch", {"trigger_id": trigger.id, "scope": trigger.scope.to_json()}))
-        try:
-            # Shielded: a caller cancelled mid-write must not leave the journal holding a
-            # latch that memory does not (the write itself always finishes).
-            await asyncio.shield(self._accept(trigger, records))
-        except BaseException:
-            # not journaled: a retry of this trigger must not be answered DUPLICATE
-            self._seen.pop(trigger.id, None)
-            raise
+        async with self._latch_lock:
+            # Not journaled: nothing changes, and a retry of this trigger is not a duplicate.
+            await self.journal.append_many_async(records)
+            _see(self._seen, trigger.id, self.journal.seen_limit)
+            if trigger.mode is Mode.KILL:
+                self._latches[trigger.id] = trigger.scope
+                self._latched_triggers[trigger.id] = trigger
         log.warning(
             "kill triggered trigger_id=%s source=%s mode=%s scope=%s reason=%r",
             trigger.id,
@@ -233,13 +264,6 @@ class Engine:
             self._launch(trigger, trigger.scope, kind=KillKind.TRIGGER)
         return SubmitResult.ACCEPTED
 
-    async def _accept(self, trigger: Trigger, records: list[tuple[str, dict[str, object]]]) -> None:
-        async with self._latch_lock:
-            await self.journal.append_many_async(records)
-            if trigger.mode is Mode.KILL:
-                self._latches[trigger.id] = trigger.scope
-                self._latched_triggers[trigger.id] = trigger
-
     async def reset(
         self,
         *,
@@ -255,9 +279,23 @@ class Engine:
         journal record, the log line and the event name exactly the latches released, decided
         under the latch lock: a kill journaled meanwhile is never among them. A `reset_id`
         already journaled (this life or an earlier one) is a no-op. False if nothing was
-        released."""
+        released. Once begun, it runs to its end (journaled, applied, announced) even if the
+        caller is cancelled meanwhile."""
+        return await asyncio.shield(
+            self._reset(actor, reason, origin, only, latched_before_ms, reset_id)
+        )
+
+    async def _reset(
+        self,
+        actor: str,
+        reason: str,
+        origin: str,
+        only: Iterable[str] | None,
+        latched_before_ms: int | None,
+        reset_id: str | None,
+    ) -> bool:
         async with self._latch_lock:
-            if reset_id is not None and reset_id in self._seen:
+            if reset_id is not None and reset_id in self._seen_resets:
                 log.info("reset already applied reset_id=%s", reset_id)
                 return False
             wanted = set(self._latches) if only is None else set(only) & set(self._latches)
@@ -270,7 +308,7 @@ class Engine:
                 "reset", actor=actor, reason=reason, origin=origin, released=released, **by_id
             )
             if reset_id is not None:
-                self._seen[reset_id] = None
+                _see(self._seen_resets, reset_id, self.journal.seen_limit)
             for trigger_id in names:
                 del self._latches[trigger_id]
                 self._latched_triggers.pop(trigger_id, None)
@@ -335,6 +373,14 @@ class Engine:
         kill = self.kills.get(trigger_id)
         return next((t for t in kill.triggers if t.id == trigger_id), None) if kill else None
 
+    def accepted(self, trigger_id: str) -> bool:
+        """Whether a trigger of this id was journaled (as far back as the journal keeps ids)."""
+        return trigger_id in self._seen
+
+    def reset_applied(self, reset_id: str) -> bool:
+        """Whether a reset of this id was journaled (ids of resets are apart from triggers')."""
+        return reset_id in self._seen_resets
+
     def kill_for(self, trigger_id: str) -> Kill | None:
         """The kill a trigger started or joined."""
         return self.kills.get(trigger_id)
@@ -396,7 +442,14 @@ class Engine:
                 return kill
         return None
 
-    def _launch(self, trigger: Trigger | None, scope: Scope, *, kind: KillKind) -> Kill:
+    def _launch(
+        self,
+        trigger: Trigger | None,
+        scope: Scope,
+        *,
+        kind: KillKind,
+        flat_before: frozenset[AccountRef] = frozenset(),
+    ) -> Kill:
         now = self._clock()
         mode = trigger.mode if trigger is not None else Mode.KILL
         kill_id = trigger.id if trigger is not None else f"{kind}-{next(self._ids)}"
@@ -409,6 +462,7 @@ class Engine:
             now,
             now + self.config.deadline_s,
         )
+        kill.flat_before = flat_before
         if trigger is not None:
             self.kills[trigger.id] = kill
         self._running.add(kill)
@@ -424,7 +478,10 @@ class Engine:
     async def _run_kill(self, kill: Kill) -> None:
         accounts = [a for a in self.accounts.values() if kill.scope.covers_account(a.ref)]
         for account in accounts:
-            kill.accounts[account.ref] = AccountResult(account.ref)
+            result = kill.accounts[account.ref] = AccountResult(account.ref)
+            if account.ref in kill.flat_before:  # proved flat by this cancel's earlier life
+                result.state = AccountState.FLAT
+                result.verified = True
         if kill.kind is not KillKind.SWEEP:
             log.warning("kill start kill_id=%s accounts=%d", kill.id, len(accounts))
         try:
@@ -474,7 +531,8 @@ class Engine:
             )
             return
         fast = kill.kind is not KillKind.SWEEP and not again
-        await asyncio.gather(*(self._waves.run_account(kill, a, fast=fast) for a in accounts))
+        todo = [a for a in accounts if a.ref not in kill.flat_before]
+        await asyncio.gather(*(self._run_account(kill, a, fast=fast) for a in todo))
         results = list(kill.accounts.values())
         if kill.kind is KillKind.SWEEP:  # for status: an account's last sweep, flat or not
             self._last_sweep.update({r.ref: r.state.value for r in results})
@@ -504,6 +562,35 @@ class Engine:
         }
         log.error("kill failed kill_id=%s kind=%s open=%s", kill.id, kill.kind, open_now)
         self._emit(EventType.FAILED, still_open=open_now, **kill.summary())
+
+    async def _run_account(self, kill: Kill, account: Account, *, fast: bool) -> None:
+        await self._waves.run_account(kill, account, fast=fast)
+        if (
+            kill.mode is Mode.CANCEL
+            and kill.kind in (KillKind.TRIGGER, KillKind.RESUME)
+            and kill.accounts[account.ref].state is AccountState.FLAT
+        ):
+            # Before anything reports it: a restart resuming this one-shot must leave the
+            # account alone, or it would cancel what was placed after its flat snapshot.
+            for trigger in kill.triggers:
+                await self._journal_until_stop(
+                    f"account_flat {trigger.id} {account.ref}",
+                    "account_flat",
+                    trigger_id=trigger.id,
+                    account=str(account.ref),
+                )
+
+    async def _journal_until_stop(self, what: str, kind: str, **fields: object) -> None:
+        """Append one record, retried until journaled or the engine stops (logged)."""
+
+        def write() -> Awaitable[dict[str, object]]:
+            # A write once begun is finished even if this task is cancelled meanwhile.
+            return asyncio.shield(self.journal.append_async(kind, **fields))
+
+        try:
+            await until_journaled(what, write, self._stop_event)
+        except Stopping:
+            log.error("not journaled at stop record=%s", what)
 
     async def _confirm(self, kill: Kill, accounts: Sequence[Account]) -> None:
         """Flat, then still flat after a quiet window with no new order on the streams."""
@@ -550,21 +637,14 @@ class Engine:
         summary = kill.summary()
         self.last_kill = summary
         for trigger in kill.triggers:
-
-            def write(trigger_id: str = trigger.id) -> Awaitable[dict[str, object]]:
-                # A write once begun is finished even if this task is cancelled meanwhile.
-                return asyncio.shield(
-                    self.journal.append_async(
-                        "kill_done", trigger_id=trigger_id, state=kill.state.value, summary=summary
-                    )
-                )
-
-            try:
-                # Retried until journaled: a kill whose end is lost would run again at the
-                # next start (a one-shot cancel touching orders placed after it).
-                await until_journaled(f"kill_done {trigger.id}", write, self._stop_event)
-            except Stopping:
-                log.error("kill_done not journaled at stop trigger_id=%s", trigger.id)
+            # Retried until journaled: a kill whose end is lost runs again at the next start.
+            await self._journal_until_stop(
+                f"kill_done {trigger.id}",
+                "kill_done",
+                trigger_id=trigger.id,
+                state=kill.state.value,
+                summary=summary,
+            )
 
     def _forget_old_kills(self) -> None:
         finished = [t for t, k in self.kills.items() if k.finished.is_set()]
@@ -615,3 +695,11 @@ class Engine:
 def _cancelled(kill: Kill) -> int:
     """Orders and lists the kill has seen cancelled, over its accounts."""
     return sum(len(r.cancelled) + len(r.lists_cancelled) for r in kill.accounts.values())
+
+
+def _see(ids: OrderedDict[str, None], one: str, limit: int) -> None:
+    """Remember `one` as the newest of `ids`, keeping at most `limit` of them."""
+    ids[one] = None
+    ids.move_to_end(one)
+    while len(ids) > limit:
+        ids.popitem(last=False)

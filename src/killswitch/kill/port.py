@@ -41,6 +41,15 @@ class EnginePort(Protocol):
         """The trigger of a latch held (or a kill still known)."""
         ...
 
+    def accepted(self, trigger_id: str) -> bool:
+        """Whether a trigger of this id was journaled (this life or an earlier one, as far
+        back as the journal keeps ids)."""
+        ...
+
+    def reset_applied(self, reset_id: str) -> bool:
+        """Whether a reset of this id was journaled (ids of resets are apart from triggers')."""
+        ...
+
     def status(self) -> dict[str, object]:
         """What `killswitch status` shows."""
         ...

@@ -130,6 +130,8 @@ class Kill:
         self.released = False
         # Set by a reset that released some of its triggers: the rest were relaunched.
         self.narrowed = False
+        # Accounts a resumed one-shot cancel proved flat in an earlier life: left alone.
+        self.flat_before: frozenset[AccountRef] = frozenset()
         self.final: dict[str, object] | None = None  # the summary, frozen when it finished
         self.flat = asyncio.Event()  # proved flat
         self.done = asyncio.Event()  # flat or failed: the result is known
