@@ -7,9 +7,11 @@ in `tests/fixtures/` or a suite's own conftest.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import socket
+import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -60,3 +62,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         where = item.path.relative_to(root).as_posix()
         if where.startswith(_SLOW_PATHS):
             item.add_marker(pytest.mark.slow)
+
+
+# Suites that count across their tests and print the count after the run: the module holding
+# its `TALLY` (with `lines`, `export` and `absorb`), and the section it is printed under.
+_TALLIES = {"tests.model.machine": None, "tests.chaos.trials": "chaos tally"}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker, hand this worker's tallies to the controller."""
+    workeroutput: dict[str, Any] | None = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["tallies"] = {
+            name: sys.modules[name].TALLY.export() for name in _TALLIES if name in sys.modules
+        }
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """In the pytest-xdist controller, add a finished worker's tallies to this process's."""
+    for name, exported in getattr(node, "workeroutput", {}).get("tallies", {}).items():
+        importlib.import_module(name).TALLY.absorb(exported)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for name, section in _TALLIES.items():
+        lines = sys.modules[name].TALLY.lines() if name in sys.modules else []
+        if lines and section:
+            terminalreporter.section(section)
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -294,6 +294,34 @@ class Tally:
         ]
         return lines
 
+    def export(self) -> list[dict[str, Any]]:
+        """The outcomes as plain data, for a pytest-xdist worker to send to the controller."""
+        return [
+            {
+                "seed": o.trial.seed,
+                "problems": o.problems,
+                "time_to_flat_ms": o.time_to_flat_ms,
+                "wall_s": o.wall_s,
+                "rogue_placed": o.rogue_placed,
+                "faults_fired": dict(o.faults_fired),
+            }
+            for o in self.outcomes
+        ]
+
+    def absorb(self, exported: list[dict[str, Any]]) -> None:
+        """Add another process's `export()`; each trial is drawn again from its seed."""
+        for o in exported:
+            self.outcomes.append(
+                Outcome(
+                    plan_trial(o["seed"]),
+                    problems=list(o["problems"]),
+                    time_to_flat_ms=o["time_to_flat_ms"],
+                    wall_s=o["wall_s"],
+                    rogue_placed=o["rogue_placed"],
+                    faults_fired=Counter(o["faults_fired"]),
+                )
+            )
+
 
 TALLY = Tally()
 

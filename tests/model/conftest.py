@@ -1,4 +1,4 @@
-"""Print the model checker's tally at the end of the session, with or without `-s`."""
+"""The model checker's fixtures (`tests/conftest.py` prints its tally after the run)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,6 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-
-from tests.model.machine import TALLY
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if TALLY.histories:
-        terminalreporter.write_line(TALLY.line())
 
 
 @pytest.fixture

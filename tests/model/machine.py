@@ -163,6 +163,19 @@ class Tally:
             f"model: {self.histories} histories, {self.steps} steps, {self.violations} violations"
         )
 
+    def lines(self) -> list[str]:
+        return [self.line()] if self.histories else []
+
+    def export(self) -> dict[str, int]:
+        """The counts as plain data, for a pytest-xdist worker to send to the controller."""
+        return {"histories": self.histories, "steps": self.steps, "violations": self.violations}
+
+    def absorb(self, exported: dict[str, int]) -> None:
+        """Add another process's `export()`."""
+        self.histories += exported["histories"]
+        self.steps += exported["steps"]
+        self.violations += exported["violations"]
+
 
 TALLY = Tally()
 
