@@ -257,23 +257,72 @@ async def test_a_reset_releases_only_latches_received_before_the_earlier_of_ts_a
     assert not engine.latched()
 
 
-async def test_a_reset_from_ahead_re_read_after_a_restart_is_refused_as_stale() -> None:
-    # After a restart the ids applied are forgotten: the time rule alone must hold. The reset
-    # counts as issued no later than `ts`, before the kill latched since.
-    engine = ResetLog()
-    settings = KafkaSettings(bootstrap_servers="127.0.0.1:9", allow_reset=True)
+async def reset_then_a_kill(engine: ResetLog, settings: KafkaSettings) -> Any:
+    """A reset from ahead of our clock applied, then a kill latched after it: the reset."""
     first = KafkaAlertConsumer(settings, engine, wall_ms=lambda: NOW)
     await engine.submit(replace(kill_trigger("k1"), received_ms=NOW - 5000))
     reset = reset_record(NOW + 800)
     await first._process(TP, reset)
     assert not engine.latched()
     await engine.submit(replace(kill_trigger("k2"), received_ms=NOW + 2000))
+    return reset
+
+
+async def test_a_reset_from_ahead_re_read_after_a_restart_is_a_duplicate() -> None:
+    # The engine journaled the reset's id: after a restart (a new consumer) the re-read is a
+    # duplicate, never a `stale_reset` dead letter saying "not acted on" of a reset that was.
+    engine = ResetLog()
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:9", allow_reset=True)
+    reset = await reset_then_a_kill(engine, settings)
+    again = KafkaAlertConsumer(settings, engine, wall_ms=lambda: NOW + 60_000)
+    letters = Letters()
+    again.letters.send = letters  # type: ignore[method-assign]
+    await again._process(TP, reset)
+    assert list(engine.latches()) == ["k2"]
+    assert letters.sent == []
+    assert (again.stats.duplicates, again.stats.resets) == (1, 0)
+    assert [e["reset_id"] for e in engine.sink.of_type("duplicate")] == ["r-1"]
+    assert engine.before == [NOW]  # handed to the engine once
+
+
+async def test_a_reset_from_ahead_whose_id_the_engine_forgot_is_refused_as_stale() -> None:
+    # Past the ids the journal keeps, the time rule alone must hold. The reset counts as issued
+    # no later than `ts`, before the kill latched since.
+    engine = ResetLog()
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:9", allow_reset=True)
+    reset = await reset_then_a_kill(engine, settings)
+    engine.reset_ids.clear()  # older than the journal's seen ids
     again = KafkaAlertConsumer(settings, engine, wall_ms=lambda: NOW + 60_000)
     letters = Letters()
     again.letters.send = letters  # type: ignore[method-assign]
     await again._process(TP, reset)
     assert list(engine.latches()) == ["k2"]
     assert letters.kinds() == [(0, "stale_reset")]
+
+
+def kill_record(offset: int, alert_id: str) -> Any:
+    return record(
+        offset, orjson.dumps({"id": alert_id, "ts": NOW, "source": "pnl", "action": "kill"})
+    )
+
+
+async def test_reset_ids_and_trigger_ids_are_apart() -> None:
+    # A kill reusing an applied reset's id is a new kill; a reset reusing a kill's id is a new
+    # reset (the engine keeps the two namespaces apart; so does the consumer's duplicate rule).
+    engine = FakeEngine()
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:9", allow_reset=True)
+    consumer = KafkaAlertConsumer(settings, engine, wall_ms=lambda: NOW)
+    letters = Letters()
+    consumer.letters.send = letters  # type: ignore[method-assign]
+    await consumer._process(TP, reset_record(NOW - 10, offset=0, alert_id="x-1"))
+    await consumer._process(TP, kill_record(1, "x-1"))
+    await consumer._process(TP, reset_record(NOW - 10, offset=0, alert_id="x-1"))  # re-read
+    assert list(engine.latches()) == ["x-1"]
+    await consumer._process(TP, kill_record(2, "y-1"))
+    await consumer._process(TP, reset_record(NOW + 10, offset=3, alert_id="y-1"))
+    assert engine.latches() == {}  # a new reset: it released both
+    assert letters.sent == []
+    assert (consumer.stats.triggers, consumer.stats.resets, consumer.stats.duplicates) == (2, 2, 1)
 
 
 # -- an id reused for another alert ---------------------------------------------------------------

@@ -5,10 +5,11 @@ only past records that are done, meaning the trigger was journaled (`engine.subm
 the heartbeat or reset was applied, or the rejected record is confirmed in the dead-letter
 topic. A crash anywhere before the commit replays the record; the engine answers a replayed
 trigger with DUPLICATE, so a replay is a no-op; an id reused for another scope or mode (not a
-replay: another alert) is dead-lettered as `id_conflict` and logged at warning. A replay of a
-trigger the engine still holds, or of a reset applied in this life, is a duplicate before the
-age and freshness rules are asked (it was acted on: no dead letter says it was not). A replayed
-reset is a no-op by its id (the engine journals it: in this life and the next), and releases
+replay: another alert) is dead-lettered as `id_conflict` and logged at warning. A record acted
+on before is a duplicate before the age and freshness rules are asked (no dead letter says "not
+acted on" of what was): a kill or cancel whose id the engine journaled (`accepted`; compared
+with the trigger where the engine still holds it), a reset whose id it journaled
+(`reset_applied`), in this life or an earlier one. A reset the engine has no id of releases
 only latches received before it was issued (the earlier of its `ts` and its receipt; a `ts`
 more than a second ahead of our clock is refused), and is refused as stale when a latch held
 now was received after that.
@@ -28,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -59,8 +60,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AlertEngine = EnginePort  # what the consumer needs of the engine
-
-RESET_IDS_KEPT = 10_000  # reset ids remembered for de-duplication
 
 
 class HeartbeatListener(Protocol):
@@ -162,9 +161,6 @@ class KafkaAlertConsumer(EngineFeed):
         self.letters = DeadLetters(settings, self.stats, pending_limit=dead_letter_pending_limit)
         self._last_probe = 0.0
         self._event_gate = _RateGate(10.0, clock)
-        # Ids of the resets applied in this life, oldest first: a re-read one is a no-op here;
-        # the engine journals each id too, so a re-read after a restart is one there.
-        self._resets_applied: OrderedDict[str, None] = OrderedDict()
         # Called with the offsets just before they are committed; a test seam for crash tests.
         self.before_commit: Callable[[dict[TopicPartition, int]], Any] | None = None
 
@@ -385,24 +381,52 @@ class KafkaAlertConsumer(EngineFeed):
 
     def _acted_on(self, alert: Alert, now_ms: int) -> bool:
         """Whether `alert` is a re-read (a crash before its commit, offsets lost) of one acted
-        on: a reset applied in this life, a kill or cancel whose trigger the engine still
-        holds with the same scope and mode. Asked before the age and freshness rules: those
-        are for alerts not acted on yet, and a dead letter would say this one was not."""
+        on, as the engine's journal says, in this life or an earlier one: a reset whose id was
+        applied, a kill or cancel whose id was accepted (the same scope and mode, where the
+        engine still holds the trigger to compare with). Asked before the age and freshness
+        rules: those are for alerts not acted on yet, and a dead letter would say this one was
+        not. Resets and triggers are apart: a kill reusing a reset's id is a new kill."""
         if alert.action is AlertAction.RESET:
-            if alert.id not in self._resets_applied:
+            if not self.engine.reset_applied(alert.id):
                 return False
             self.stats.duplicates += 1
-            log.info("duplicate reset ignored alert_id=%s", alert.id)
+            log.info("duplicate reset ignored alert_id=%s (applied before)", alert.id)
+            self._emit(EventType.DUPLICATE, reset_id=alert.id, source="kafka")
             return True
         if alert.action not in (AlertAction.KILL, AlertAction.CANCEL):
             return False
-        earlier = self.engine.trigger(alert.id)
         trigger = alert.to_trigger(received_ms=now_ms)
-        if earlier is None or not _same_alert(earlier, trigger):
-            return False  # new, forgotten, or the id reused for another alert: `_submit` says
+        earlier = self.engine.trigger(trigger.id)
+        if earlier is not None:
+            if not _same_alert(earlier, trigger):
+                # The id reused for another alert: not acted on (`expired` if too old,
+                # else `_submit` dead-letters it as `id_conflict`).
+                return False
+            self.stats.duplicates += 1
+            log.info("duplicate alert ignored alert_id=%s (acted on before)", trigger.id)
+            self._emit(
+                EventType.DUPLICATE, trigger_id=trigger.id, source=trigger.source, compared=True
+            )
+            return True
+        if not self.engine.accepted(trigger.id):
+            return False  # new (or older than the journal's ids): the rules decide
+        # Accepted, no longer held (reset, a finished one-shot, a restart, past KILLS_KEPT):
+        # nothing is left to compare the scope and mode with. A duplicate, whatever it asks.
+        # The id is taken, so a different alert could not be acted on either way (`id_conflict`
+        # and `expired` would only word the refusal); a re-read of the alert acted on is what
+        # at-least-once delivery makes common (offsets lost replay the topic from its start),
+        # and dead-lettering it would say "not acted on" of a kill someone has since reset,
+        # inviting a resend that latches again a scope released on purpose. Not silent: the
+        # log line and the event say the content was not compared.
         self.stats.duplicates += 1
-        log.info("duplicate alert ignored alert_id=%s (acted on before)", alert.id)
-        self._emit(EventType.DUPLICATE, trigger_id=trigger.id, source=trigger.source)
+        log.info(
+            "duplicate alert ignored alert_id=%s (accepted before, no longer held: scope and "
+            "mode not compared)",
+            trigger.id,
+        )
+        self._emit(
+            EventType.DUPLICATE, trigger_id=trigger.id, source=trigger.source, compared=False
+        )
         return True
 
     async def _submit(self, trigger: Trigger) -> AlertRejected | None:
@@ -454,7 +478,8 @@ class KafkaAlertConsumer(EngineFeed):
         return result
 
     def _check_reset_is_fresh(self, alert: Alert, now_ms: int) -> None:
-        # A replayed reset (crash before its commit) must not release a kill latched after it.
+        # A reset the engine has no id of (a re-read past the journal's ids, or one held up in
+        # the topic) must not release a kill latched after it was issued.
         issued = _issued_ms(alert, now_ms)
         newest = latest_latch_ms(self.engine)
         if newest is not None and issued < newest:
@@ -479,9 +504,6 @@ class KafkaAlertConsumer(EngineFeed):
                 reset_id=alert.id,
             ),
         )
-        self._resets_applied[alert.id] = None
-        while len(self._resets_applied) > RESET_IDS_KEPT:
-            self._resets_applied.popitem(last=False)
         log.warning("reset from kafka alert_id=%s released=%s", alert.id, released)
 
     # -- dead letters -----------------------------------------------------------------------
