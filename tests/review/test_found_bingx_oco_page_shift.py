@@ -102,19 +102,20 @@ async def test_a_quiet_multi_page_read_is_complete_and_costs_one_page_less_than_
         overrides.after(
             "GET", OCO_LIST, lambda request: pages.append(request.query["pageIndex"]), times=99
         )
-        for _ in range(60):
+        # 40 lists, 80 legs: short whether `pageSize` counts lists or legs (review 30).
+        for _ in range(40):
             book.place_list(oco_legs("ETH-USDT"))
         one = await exchange.snapshot()
         assert one.complete
-        assert len(one.lists) == 60
+        assert len(one.lists) == 40
         assert pages == ["1"], "a one-page read costs one request"
 
         pages.clear()
-        for _ in range(90):
+        for _ in range(100):
             book.place_list(oco_legs("ETH-USDT"))
         two = await exchange.snapshot()
         assert two.complete
-        assert len(two.lists) == 150
+        assert len(two.lists) == 140
         assert pages == ["1", "2", "1"], "two pages, then page 1 again vouches for page 1"
 
 

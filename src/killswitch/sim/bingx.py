@@ -9,6 +9,9 @@ Facts from `reference/exchange-apis.md` §3 [BX-DOC]. Each question the sources 
   whole list, as Binance does) or answer it as an order that does not exist.
 * `oco_list_shape`: `oco/openOrderList` as a flat array of legs (docs-v3, JKorf) or as
   `{"ocoOrders": [lists]}` (BingX's 2026 reference).
+* `oco_page_unit`: what `pageSize` counts in the `ocoOrders` shape: lists (`"lists"`), or legs
+  (`"legs"`, as in the flat shape), the page's legs then grouped by list: a full page of 100
+  legs is 50 lists. No source says which; the flat shape always counts legs.
 * `limits`: `"strict"` (cancel 5/s; cancelOrders, cancelOpenOrders, oco/cancel 2/s; per IP and
   API 3/s on trade endpoints, 2/s on the others) or `"docs_v3"` (10/s nearly everywhere).
 * `heartbeat`: JSON `{"ping","time"}` -> `{"pong","time"}`, or text `Ping` -> `Pong`.
@@ -151,6 +154,7 @@ class BingxBehaviour:
     cancel_all_covers_oco: bool = False
     leg_id_cancels_list: bool = True
     oco_list_shape: str = "legs"  # legs | ocoOrders
+    oco_page_unit: str = "lists"  # lists | legs (what pageSize counts in the ocoOrders shape)
     limits: str = "strict"  # strict | docs_v3
     heartbeat: str = "json"  # json | text
     client_id_field: str = "C"  # C | c | none
@@ -163,6 +167,7 @@ class BingxBehaviour:
         "cancel_all_covers_oco": (False, True),
         "leg_id_cancels_list": (False, True),
         "oco_list_shape": ("legs", "ocoOrders"),
+        "oco_page_unit": ("lists", "legs"),
         "limits": ("strict", "docs_v3"),
         "heartbeat": ("json", "text"),
         "client_id_field": ("C", "c", "none"),
@@ -202,6 +207,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         cancel_all_covers_oco=False,
         leg_id_cancels_list=False,
         oco_list_shape="ocoOrders",
+        oco_page_unit="legs",
         limits="strict",
         heartbeat="text",
         client_id_field="none",
@@ -215,6 +221,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         cancel_all_covers_oco=True,
         leg_id_cancels_list=True,
         oco_list_shape="legs",
+        oco_page_unit="lists",
         limits="docs_v3",
         heartbeat="json",
         client_id_field="C",
@@ -1117,17 +1124,31 @@ class BingxSim(SimVenue):
             raise BxError(100400, "pageIndex and pageSize must be > 0")
         book = self.book(account)
         start = (page - 1) * size
-        if self.behaviour.oco_list_shape == "ocoOrders":
+        by_lists = self.behaviour.oco_page_unit == "lists"
+        if self.behaviour.oco_list_shape == "ocoOrders" and by_lists:
             # BingX's 2026 reference: a page of lists, each with its legs' ids.
             lists = book.open_lists()[start : start + size]
             return {"ocoOrders": [self.oco_list_json(lst, book) for lst in lists]}
         legs = [
-            book.orders[oid]
+            (order_list, book.orders[oid])
             for order_list in book.open_lists()
             for oid in order_list.order_ids
             if oid in book.orders
         ]
-        return [self.oco_leg_json(o, book) for o in legs[start : start + size]]
+        page_legs = legs[start : start + size]
+        if self.behaviour.oco_list_shape == "ocoOrders":
+            # A page of `size` legs, grouped by list (a list's legs may straddle two pages).
+            grouped: dict[str, dict[str, Any]] = {}
+            for order_list, leg in page_legs:
+                entry = grouped.get(order_list.list_id)
+                if entry is None:
+                    entry = grouped[order_list.list_id] = self.oco_list_json(order_list, book)
+                    entry["orders"] = []
+                entry["orders"].append(
+                    {"orderId": leg.order_id, "clientOrderId": leg.client_order_id}
+                )
+            return {"ocoOrders": list(grouped.values())}
+        return [self.oco_leg_json(o, book) for _, o in page_legs]
 
     def _oco_order_list(self, account: SimAccount, p: dict[str, str]) -> list[Any]:
         book = self.book(account)

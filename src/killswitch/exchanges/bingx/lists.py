@@ -67,14 +67,14 @@ OCO_MAX_PASSES = 3
 @dataclass(slots=True)
 class _Pass:
     """One read of `oco/openOrderList` from page 1 on: its lists (legs of a list split over
-    two pages joined), the items (legs or lists, by shape) each page showed, and whether a
+    two pages joined), the items (leg ids: `OcoPage.items`) each page showed, and whether a
     short page ended it."""
 
     lists: dict[str, _OcoList] = field(default_factory=dict)
-    pages: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
+    pages: list[tuple[str, ...]] = field(default_factory=list)
     ended: bool = False
 
-    def items(self, pages: int | None = None) -> set[tuple[str, str]]:
+    def items(self, pages: int | None = None) -> set[str]:
         return {item for page in self.pages[:pages] for item in page}
 
     def repeats(self) -> bool:
@@ -83,36 +83,28 @@ class _Pass:
 
 
 async def _read_page(ex: ListsHost, read: _Pass, priority: Priority) -> None:
-    page = len(read.pages) + 1
+    page_index = len(read.pages) + 1
     try:
         data = await ex.rest.request(
             "GET",
             OCO_OPEN_LIST,
-            [("pageIndex", str(page)), ("pageSize", str(OCO_PAGE_SIZE))],
+            [("pageIndex", str(page_index)), ("pageSize", str(OCO_PAGE_SIZE))],
             priority=priority,
         )
     except AlreadyGone as exc:
         raise OutcomeUnknown(exc.msg, venue=ex.venue, account=ex.account) from exc
-    lists, items, shape = parse_oco_page(data)
-    if ex.learned.oco_list_shape != shape:
-        ex.learned.learn("oco_list_shape", shape)
-    for oco_list in lists:
+    page = parse_oco_page(data)
+    if ex.learned.oco_list_shape != page.shape:
+        ex.learned.learn("oco_list_shape", page.shape)
+    for oco_list in page.lists:
         prior = read.lists.get(oco_list.list_id)
         if prior is None:
             read.lists[oco_list.list_id] = oco_list
         else:  # a list's legs split over two pages of legs
             read.lists[oco_list.list_id] = replace(prior, legs=prior.legs + oco_list.legs)
-    read.pages.append(_page_items(data, lists, shape))
-    if items < OCO_PAGE_SIZE:
+    read.pages.append(page.items)
+    if not page.full(OCO_PAGE_SIZE):
         read.ended = True
-
-
-def _page_items(data: Any, lists: list[_OcoList], shape: str) -> tuple[tuple[str, str], ...]:
-    """What one page showed, item by item: legs in the flat shape, lists (done ones too, as
-    they take a place on the page) in the `ocoOrders` shape."""
-    if shape == "ocoOrders":
-        return tuple((shape, order_id_str(item["orderListId"])) for item in data["ocoOrders"])
-    return tuple((shape, leg.order_id) for x in lists for leg in x.legs)
 
 
 async def _read_on(ex: ListsHost, read: _Pass, priority: Priority) -> bool:
@@ -137,17 +129,23 @@ async def open_oco_lists(ex: ListsHost, priority: Priority) -> tuple[list[_OcoLi
     undocumented (reference §3.7), so a skipped list may be seen nowhere else: a read that
     could have skipped one is never called complete.
 
+    Which unit `pageSize` counts in the grouped shape is undocumented (lists, or legs as in
+    the flat shape): a page ends the read only when it is short in both (`OcoPage.full`).
+    Items below are the venue's units (lists or legs); the check follows leg ids, which
+    serves both: every list shows a leg (or stands for itself) and never changes its legs, so
+    a list shown twice shows a leg twice, and a read that shows a leg shows its list.
+
     When is a read of pages 1..m (read at t_1 < ... < t_m, page m short) sure? Take the
-    venue's order of items (legs or lists, by shape) as stable: items come and go, but two
-    items never swap. If no item showed on two pages, and every item shown on pages 1..m-1 is
-    still open at t_m, the read skipped no item L open all through it. Proof: were L skipped,
-    let b_i be the number of items ahead of L at t_i. L is not on page 1, so b_1 >= S (the
-    page size); and page m reaches the end, so b_m < (m-1)S. Call L beyond page i when
-    b_i >= iS: it is beyond page 1 and not beyond page m. Take the first j with L beyond page j
-    but not beyond page j+1; as L is not on page j+1 either, b_{j+1} < jS. L was beyond every
-    page i <= j: all S items of page i were ahead of L at t_i. These jS items are distinct
-    (none showed twice), stay ahead of L (the order is stable), and are all still open at
-    t_{j+1} (they are at t_m): so b_{j+1} >= jS. Contradiction.
+    venue's order of items as stable: items come and go, but two items never swap. If no
+    item showed on two pages, and every item shown on pages 1..m-1 is still open at t_m, the
+    read skipped no item L open all through it. Proof: were L skipped, let b_i be the number
+    of items ahead of L at t_i. L is not on page 1, so b_1 >= S (the page size); and page m
+    reaches the end, so b_m < (m-1)S. Call L beyond page i when b_i >= iS: it is beyond
+    page 1 and not beyond page m. Take the first j with L beyond page j but not beyond page
+    j+1; as L is not on page j+1 either, b_{j+1} < jS. L was beyond every page i <= j: all S
+    items of page i were ahead of L at t_i. These jS items are distinct (none showed twice),
+    stay ahead of L (the order is stable), and are all still open at t_{j+1} (they are at
+    t_m): so b_{j+1} >= jS. Contradiction.
 
     "Still open at t_m" is checked by reading again: a second read (its page 1 sent after
     page m answered) that shows every item of pages 1..m-1 stops as soon as it has shown
@@ -158,10 +156,10 @@ async def open_oco_lists(ex: ListsHost, priority: Priority) -> tuple[list[_OcoLi
     lists of the last full read. Lists placed during a read may be missing from it, as from
     any one-page answer: a list that was open before the read began is never.
 
-    Costs: a one-page read (the common case, and every final check of a kill that left few
-    lists) is one request, as before; an m-page read of a quiet book m + (m-1) or fewer. What
-    we cancelled ourselves is not excused from the check: a cancel answered during the read
-    may have moved the pages as much as any other.
+    Costs: a one-page read (the common case, and every final check of a kill that left
+    fewer than 50 lists) is one request, as before; an m-page read of a quiet book m + (m-1)
+    or fewer. What we cancelled ourselves is not excused from the check: a cancel answered
+    during the read may have moved the pages as much as any other.
     """
     read = _Pass()
     for passes in range(1, OCO_MAX_PASSES + 1):

@@ -247,8 +247,28 @@ def _leg_order(leg: dict[str, Any], list_id: str, symbol: str | None = None) -> 
     )
 
 
-def parse_oco_page(data: Any) -> tuple[list[_OcoList], int, str]:
-    """One page of `oco/openOrderList`: (lists, items on the page, shape).
+@dataclass(frozen=True, slots=True)
+class OcoPage:
+    """One page of `oco/openOrderList`: its open lists, and what took a place on it.
+
+    `items` are the page's legs by id, in order, done lists' too (a list with no leg shown
+    stands for itself): the venue's order, whichever unit `pageSize` counts, for the
+    multi-page check (`lists.open_oco_lists`). `lists_shown` counts every list on the page."""
+
+    lists: list[_OcoList]
+    items: tuple[str, ...]
+    lists_shown: int
+    shape: str
+
+    def full(self, page_size: int) -> bool:
+        """May more follow? No source says what `pageSize` counts once the answer is grouped
+        by list (§3.3, §3.7): lists, or legs as in the flat shape (a full page of 100 legs is
+        50 lists). A page is short only when it is short in both."""
+        return self.lists_shown >= page_size or len(self.items) >= page_size
+
+
+def parse_oco_page(data: Any) -> OcoPage:
+    """One page of `oco/openOrderList`.
 
     docs-v3 and JKorf show a flat array of legs; BingX's 2026 reference shows
     `{"ocoOrders": [{orderListId, symbol, orders: [{orderId, clientOrderId}], ...}]}`. Both are
@@ -270,20 +290,25 @@ def parse_oco_page(data: Any) -> tuple[list[_OcoList], int, str]:
             _OcoList(lid, symbols[lid], tuple(legs), UNREAD_CLIENT_ID)
             for lid, legs in grouped.items()
         ]
-        return lists, len(data), "legs"
+        items = tuple(leg.order_id for x in lists for leg in x.legs)
+        return OcoPage(lists, items, len(lists), "legs")
     if isinstance(data, dict) and isinstance(data.get("ocoOrders"), list):
         lists = []
+        shown: list[str] = []
         for item in data["ocoOrders"]:
             if not isinstance(item, dict) or not isinstance(item.get("orders"), list):
                 raise MalformedAnswer("oco/openOrderList: a list without its orders")
-            if str(item.get("listOrderStatus") or "").upper() == "ALL_DONE":
-                continue
             list_id = order_id_str(item["orderListId"])
-            symbol = str(item["symbol"])
-            legs = []
             for leg in item["orders"]:
                 if not isinstance(leg, dict):
                     raise MalformedAnswer("oco/openOrderList: a leg is not an object")
+            leg_ids = [order_id_str(leg["orderId"]) for leg in item["orders"]]
+            shown.extend(leg_ids or [f"list {list_id}"])
+            if str(item.get("listOrderStatus") or "").upper() == "ALL_DONE":
+                continue
+            symbol = str(item["symbol"])
+            legs = []
+            for leg in item["orders"]:
                 stamped = {"transactionTime": item.get("transactionTime"), **leg}
                 legs.append(_leg_order(stamped, list_id, symbol))
             if not legs:
@@ -291,7 +316,7 @@ def parse_oco_page(data: Any) -> tuple[list[_OcoList], int, str]:
             lists.append(
                 _OcoList(list_id, symbol, tuple(legs), str(item.get("listClientOrderId") or ""))
             )
-        return lists, len(data["ocoOrders"]), "ocoOrders"
+        return OcoPage(lists, tuple(shown), len(data["ocoOrders"]), "ocoOrders")
     raise MalformedAnswer(f"oco/openOrderList: unknown shape {type(data).__name__}")
 
 
