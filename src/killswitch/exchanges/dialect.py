@@ -39,16 +39,25 @@ The last branch is the one rule for an answer nobody can classify, the same on e
 blind retry loop (`Transient`), never a give-up (`Fatal`): an answer we cannot read says
 nothing about whether the order is still working.
 
-Retry-after: a `Retry-After` header in seconds when present (a value in the past means now);
-else the caller's `retry_after_s` (Binance ws-api's epoch-ms `retryAfter`, BingX's epoch in
-the 100410 text, converted by the connector); else the dialect's default for that class.
-Where that default is a short guess (BingX's 2 s), the connector's budget may replace it.
+Retry-after: a `Retry-After` header when present (a value in the past means now); else the
+caller's `retry_after_s` (Binance ws-api's epoch-ms `retryAfter`, BingX's epoch in the 100410
+text, converted by the connector); else the dialect's default for that class. Where that
+default is a guess (BingX's 2 s, MEXC's 10 s), the connector's budget may replace it.
+
+A header is read as the RFC says, seconds or an HTTP date; but MEXC's is unconfirmed and
+others name epochs in their texts, so a number too large to be a wait (over 1e9: 31 years) is
+read as an epoch, in ms above 1e12, else in s, against the venue's clock. No wait is longer
+than `MAX_WAIT_S`, the longest ban any venue documents (3 days): a unit misread never blocks
+an account for longer than the venue itself could.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 
 from killswitch.exchanges.base import (
@@ -63,6 +72,10 @@ from killswitch.exchanges.base import (
 )
 
 ErrorClass = type[VenueError]
+
+MAX_WAIT_S = 3 * 24 * 3600.0  # the longest documented ban (Binance, MEXC: 2 min to 3 days)
+EPOCH_S_OVER = 1e9  # a Retry-After above this is no wait but a time: epoch seconds...
+EPOCH_MS_OVER = 1e12  # ...or, above this, epoch milliseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,12 +163,14 @@ def classify(
     headers: Mapping[str, str] | None = None,
     *,
     retry_after_s: float | None = None,
+    now_ms: float | None = None,
 ) -> VenueError | None:
     """Map a venue answer to the error taxonomy; None when it is a success.
 
     `code` may come as text (MEXC sometimes quotes it); it is read as a number when it is one.
     `retry_after_s` is a wait the caller read elsewhere (ws-api `retryAfter`, BingX's text);
-    a `Retry-After` header wins over it.
+    a `Retry-After` header wins over it. `now_ms` is the venue's time (our estimate; the
+    host's clock when not given), against which a header naming a time is read.
     """
     status = http_status or 0
     icode = _int_code(code)
@@ -169,14 +184,15 @@ def classify(
         "code": icode if icode is not None else code,
     }
     if issubclass(cls, RateLimited):
-        wait = _header_seconds(headers)
-        if wait is None and retry_after_s is not None:
-            wait = max(0.0, retry_after_s)
+        wait = header_wait(headers, now_ms)
+        if wait is None and retry_after_s is not None and not math.isnan(retry_after_s):
+            wait = retry_after_s
         if cls is IpBanned:
             default = dialect.ban_s
         else:
             default = dialect.status_retry_after_s.get(status, dialect.retry_after_s)
-        return cls(text, retry_after_s=wait if wait is not None else default, **kw)
+        wait = default if wait is None else wait
+        return cls(text, retry_after_s=min(MAX_WAIT_S, max(0.0, wait)), **kw)
     return cls(text, **kw)  # type: ignore[arg-type]
 
 
@@ -195,20 +211,30 @@ def _int_code(code: int | str | None) -> int | None:
         return None
 
 
-def _header_seconds(headers: Mapping[str, str] | None) -> float | None:
-    """`Retry-After` in seconds; a negative value (a time in the past) means now."""
+def header_wait(headers: Mapping[str, str] | None, now_ms: float | None = None) -> float | None:
+    """The seconds a `Retry-After` header says to wait, at most `MAX_WAIT_S`; None when there
+    is none we can read. Seconds, or an HTTP date; a number over `EPOCH_S_OVER` is an epoch
+    (ms over `EPOCH_MS_OVER`), read against `now_ms` (the venue's time; else the host's). A
+    time in the past means now."""
     if headers is None:
         return None
     value = headers.get("Retry-After")
     if value is None:
         return None
+    now = time.time() * 1000.0 if now_ms is None else now_ms
     try:
         seconds = float(value)
     except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now / 1000.0
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if not math.isfinite(seconds):
         return None
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        return None
-    return max(0.0, seconds)
+    if seconds > EPOCH_S_OVER:
+        epoch_ms = seconds if seconds > EPOCH_MS_OVER else seconds * 1000.0
+        seconds = (epoch_ms - now) / 1000.0
+    return min(MAX_WAIT_S, max(0.0, seconds))
 
 
 # -- the venues -------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from killswitch.exchanges.base import (
 )
 from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
-from killswitch.exchanges.dialect import Dialect, classify
+from killswitch.exchanges.dialect import MAX_WAIT_S, Dialect, classify, header_wait
 from killswitch.exchanges.http import RestTransport
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,13 @@ class WeightCharges(FixedWindowCharges):
 class EndpointCharges(FixedWindowCharges):
     """A weight budget per endpoint (MEXC: 500 per 10 s each [MX-DOC "LIMITS"]). A throttle on
     one blocks them all, those created later too: MEXC bans the IP of a client that keeps
-    sending after a 429, whichever endpoint it sends to."""
+    sending after a 429, whichever endpoint it sends to.
+
+    A throttle that names no wait (MEXC's Retry-After is unconfirmed) waits the dialect's
+    default the first time, and twice as long each time the venue refuses again after a wait
+    has run out, up to `throttle_max_s` (MEXC's FAQ: access returns about 10 min after the
+    rate drops) or, for a 418, `MAX_WAIT_S`. Answers of requests that were already on their
+    way during a wait are not repeats. A success starts again from the default."""
 
     def __init__(
         self,
@@ -158,13 +164,33 @@ class EndpointCharges(FixedWindowCharges):
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        throttle_max_s: float = 600.0,
     ) -> None:
         self.limits = limits
         self.clock = clock
         self.sleep = sleep
+        self.throttle_max_s = throttle_max_s
         self.budgets: dict[str, RateBudget] = {}  # "METHOD path" -> its budget
         self.blocked_until = 0.0  # `clock` time
         self.banned = False
+        self.repeats = 0  # throttles naming no wait since the last success
+
+    def settle(
+        self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
+    ) -> None:
+        if error is None:
+            self.repeats = 0
+            return
+        if not isinstance(error, RateLimited):
+            return
+        if header_wait(headers) is None:
+            if self.clock() >= self.blocked_until:
+                self.repeats += 1  # refused again after the last wait ran out
+            self.repeats = max(1, self.repeats)
+            banned = isinstance(error, IpBanned)
+            cap = MAX_WAIT_S if banned else max(self.throttle_max_s, error.retry_after_s)
+            error.retry_after_s = min(cap, error.retry_after_s * 2 ** min(30, self.repeats - 1))
+        self.block(error.retry_after_s, banned=isinstance(error, IpBanned))
 
     def budget(self, endpoint: str) -> RateBudget:
         budget = self.budgets.get(endpoint)
@@ -317,6 +343,7 @@ class SignedRest:
             answer.msg,
             headers,
             retry_after_s=retry_after_s,
+            now_ms=self.clock.now_ms(),
         )
         if error is not None:
             error.account = self.account

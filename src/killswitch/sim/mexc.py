@@ -7,6 +7,9 @@ and, where a client could depend on it, made configurable:
 * `open_orders_requires_symbol`: `GET /api/v3/openOrders` without `symbol` answers every symbol
   by default (what ccxt relies on); set it to refuse such reads as the doc table's "mandatory".
 * `order_all_enabled`: serve `DELETE /api/v3/order/all` (only ccxt documents it).
+* `retry_after`: the `Retry-After` of a 429/418, which the docs promise but nobody has
+  confirmed (§2.5): seconds (`"seconds"`, the default), none (`"none"`), or the time the wait
+  ends in epoch ms (`"epoch_ms"`, as Binance's ws-api and BingX's texts name it).
 
 Order ids are strings like `C02__505979017439002624115`. Every book change, whoever caused it,
 is pushed as a `PushDataV3ApiWrapper{privateOrders=304}` binary frame to every connection of the
@@ -143,6 +146,9 @@ class StreamConn:
     close_code: int = 1000
 
 
+RETRY_AFTER_FORMS = ("seconds", "none", "epoch_ms")
+
+
 class MexcSim(SimVenue):
     """MEXC spot v3 on loopback."""
 
@@ -155,6 +161,7 @@ class MexcSim(SimVenue):
         *,
         open_orders_requires_symbol: bool = False,
         order_all_enabled: bool = True,
+        retry_after: str = "seconds",
         symbols: Sequence[str] = (),
         listen_key_ttl_s: float = 3600.0,
         max_listen_keys: int = 60,
@@ -170,6 +177,9 @@ class MexcSim(SimVenue):
         self._trade_seq = itertools.count(1)
         self.open_orders_requires_symbol = open_orders_requires_symbol
         self.order_all_enabled = order_all_enabled
+        if retry_after not in RETRY_AFTER_FORMS:
+            raise ValueError(f"retry_after must be one of {RETRY_AFTER_FORMS}, not {retry_after!r}")
+        self.retry_after = retry_after
         # exchangeInfo lists these, plus every symbol an order is placed on.
         self.known_symbols: set[str] = set(symbols or settings.symbols or DEFAULT_SYMBOLS)
         self.listen_key_ttl_s = listen_key_ttl_s
@@ -242,7 +252,14 @@ class MexcSim(SimVenue):
         return window.spend(weight, now)
 
     def throttled(self, verdict: Verdict, request: web.Request) -> web.Response:
-        headers = {"Retry-After": str(max(1, verdict.retry_after_s))}
+        wait_s = max(1, verdict.retry_after_s)
+        headers: dict[str, str] = {}
+        if self.retry_after == "seconds":
+            headers["Retry-After"] = str(wait_s)
+        elif self.retry_after == "epoch_ms":
+            account = self.account_for_key(request.headers.get(self.key_header))
+            until_ms = self.now_ms(account.name if account else None) + wait_s * 1000
+            headers["Retry-After"] = str(until_ms)
         if verdict.banned:
             # UNVERIFIED: MEXC documents the 418 ban and its Retry-After, not the body; this
             # mirrors the 429 body's shape.

@@ -40,7 +40,9 @@ def classify(
     """
     if retry_after_s is None or not math.isfinite(retry_after_s):
         retry_after_s = text_wait(msg, now_ms)
-    return dialect.classify(dialect.BINGX, http_status, code, msg, retry_after_s=retry_after_s)
+    return dialect.classify(
+        dialect.BINGX, http_status, code, msg, retry_after_s=retry_after_s, now_ms=now_ms
+    )
 
 
 def epoch_in(msg: str) -> int | None:
