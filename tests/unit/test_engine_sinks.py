@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import stat
+import threading
 from pathlib import Path
 
 from prometheus_client import generate_latest
@@ -77,3 +78,27 @@ async def test_metrics_count_requests_retries_429s_and_time_to_flat(tmp_path: Pa
     assert "killswitch_time_to_flat_seconds_count 1.0" in text
     assert "killswitch_latched 1.0" in text
     assert 'killswitch_open_orders{account="binance/mm-1"} 3.0' in text  # the tracker's view
+
+
+def test_the_audit_fsync_never_holds_up_the_writer_and_close_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    # An audit disk that takes its time: the event loop (the kill's path) must not wait for it.
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow_fsync(fd: int) -> None:
+        calls.append(fd)
+        assert release.wait(timeout=10.0), "the test never released the fsync"
+
+    audit = AuditLog(tmp_path / "audit.jsonl", fsync=slow_fsync)
+    audit.emit({"type": "triggered", "seq": 1})
+    audit.emit({"type": "wave", "seq": 2})  # written at once, the fsync still pending
+    assert [r["seq"] for r in read_audit(tmp_path / "audit.jsonl")] == [1, 2]
+    assert audit.synced == 0
+    release.set()
+    audit.close()  # waits for the pending fsync, and syncs the tail once more
+    assert audit.synced >= 1
+    assert calls
+    audit.emit({"type": "flat", "seq": 3})  # after close: dropped, never an error
+    assert [r["seq"] for r in read_audit(tmp_path / "audit.jsonl")] == [1, 2]
