@@ -48,7 +48,18 @@ PYTEST_WORKERS ?= 2
 pytest: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
-test: lint typecheck pytest
+# lint and typecheck run alongside pytest (one core for ~10 s on a fresh clone, while pytest
+# mostly waits); their output follows pytest's, and a failure of either fails `make test`.
+CHECKS_LOG := $(VENV)/checks.log
+
+test: setup
+	@$(MAKE) --no-print-directory lint typecheck >$(CHECKS_LOG) 2>&1 & checks=$$!; \
+	$(MAKE) --no-print-directory pytest; tests=$$?; \
+	wait $$checks; checked=$$?; \
+	echo "--- lint and typecheck (ran alongside pytest) ---"; cat $(CHECKS_LOG); \
+	[ $$checked -eq 0 ] || echo "make test: lint or typecheck FAILED (output above)"; \
+	[ $$tests -eq 0 ] || echo "make test: pytest FAILED"; \
+	[ $$checked -eq 0 ] && [ $$tests -eq 0 ]
 
 # The edit-run loop: lint, types and the unit and contract tests, without subprocesses, the
 # broker, the chaos trials or the model checker (`make test` runs all of it).
