@@ -387,8 +387,10 @@ BINGX = Dialect(
     success_codes=frozenset({None, 0}),
     codes_decide=True,
     # No epoch and no header: a brief wait (the connector's jittered, escalating backoff
-    # replaces it). A 403 is BingX's firewall or a rate block, not proof of a bad key.
+    # replaces it). A 403 is BingX's firewall or a rate block, not proof of a bad key. A 418
+    # ("IP has been banned. Stop requests and wait") lasts minutes to tens of minutes and names
+    # no end: the shortest documented ban (the connector's guess doubles on repeats).
     retry_after_s=2.0,
-    ban_s=2.0,
+    ban_s=120.0,
     status_retry_after_s=MappingProxyType({403: 2.0}),
 )

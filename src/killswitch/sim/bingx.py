@@ -22,6 +22,8 @@ Facts from `reference/exchange-apis.md` §3 [BX-DOC]. Each question the sources 
   (`"docs_table"`), or 100404 "Order does not exist..." (`"v2026"`).
 * `throttle_form`: a 100410 names the epoch its disabled period ends (`"epoch"`) or just says
   "rate limited" (`"plain"`). Never a Retry-After header.
+* `ban_form`: a 418 names the epoch its ban ends (`"epoch"`) or just says "IP has been banned.
+  Stop requests and wait" (`"plain"`, BingX's 2026 error table). Never a Retry-After header.
 * `open_orders_show_legs`: whether `trade/openOrders` lists OCO legs with the other open
   orders, or leaves them out (then only `oco/openOrderList` shows them).
 
@@ -91,8 +93,10 @@ DEFAULT_SYMBOLS = ("BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT", "DOGE-USDT", 
 
 # path -> (UID requests per second, IP group), strict reading [reference §3.2/§3.3/§3.5,
 # corrected 2026-12-06]. Per IP and API: 3/s in group 3 (trade), 2/s in group 2, shared by
-# every account behind the IP. Group 1 (market) and the listenKey calls: 100 per 10 s per API.
-# Every group: 1000 per 10 s in total per IP (group 1: 100) [BX-DOC "基础信息"].
+# every account behind the IP; the listenKey calls 2/s per UID and 2/s per IP (BingX 2026
+# reference, rate-limits §5). Group 1 (market): 100 per 10 s per API, `common/symbols` 1/s
+# (`IP_PER_PATH_STRICT`). Every group: 1000 per 10 s in total per IP (group 1: 100)
+# [BX-DOC "基础信息"].
 ENDPOINT_LIMITS: dict[str, tuple[int | None, int]] = {
     f"{SPOT}/trade/order": (5, 3),
     f"{SPOT}/trade/cancel": (5, 3),
@@ -105,7 +109,7 @@ ENDPOINT_LIMITS: dict[str, tuple[int | None, int]] = {
     f"{SPOT}/oco/cancel": (2, 2),
     f"{SPOT}/oco/openOrderList": (5, 2),
     f"{SPOT}/oco/orderList": (5, 2),
-    USER_DATA_STREAM: (None, 2),
+    USER_DATA_STREAM: (2, 2),
     f"{SPOT}/server/time": (None, 1),
     "/openApi/swap/v2/server/time": (None, 1),
     f"{SPOT}/common/symbols": (None, 1),
@@ -119,8 +123,11 @@ ENDPOINT_LIMITS: dict[str, tuple[int | None, int]] = {
 DOCS_V3_UID = {f"{SPOT}/trade/order": 5, f"{SPOT}/oco/order": 2}
 IP_PER_API_STRICT = {1: (100, 10.0), 2: (2, 1.0), 3: (3, 1.0)}  # (limit, window s)
 IP_PER_API_DOCS_V3 = {1: (100, 10.0), 2: (100, 10.0), 3: (200, 10.0)}
-# Paths outside the strict per-IP seconds: market data and listenKeys (group 1 figures).
-IP_RELAXED = frozenset({USER_DATA_STREAM, f"{SPOT}/trade/order"})
+# Paths outside the strict per-IP seconds (group 1 figures).
+IP_RELAXED = frozenset({f"{SPOT}/trade/order"})
+# Strict per-IP figures of single paths: (limit, window s). "Rate limit: 1/s per IP" (BingX
+# 2026 reference, spot-market §1).
+IP_PER_PATH_STRICT = {f"{SPOT}/common/symbols": (1, 1.0)}
 IP_GROUP_TOTAL = {1: 100, 2: 1000, 3: 1000}  # per 10 s
 ORDER_PATHS = frozenset({f"{SPOT}/trade/order", f"{SPOT}/oco/order"})
 
@@ -161,6 +168,7 @@ class BingxBehaviour:
     recv_window_max_ms: int = 60_000
     gone_style: str = "codes"  # codes | docs_table | v2026
     throttle_form: str = "epoch"  # epoch | plain
+    ban_form: str = "epoch"  # epoch | plain
     open_orders_show_legs: bool = True
 
     CHOICES: ClassVar[dict[str, tuple[object, ...]]] = {
@@ -174,6 +182,7 @@ class BingxBehaviour:
         "recv_window_max_ms": (5000, 60_000),
         "gone_style": ("codes", "docs_table", "v2026"),
         "throttle_form": ("epoch", "plain"),
+        "ban_form": ("epoch", "plain"),
         "open_orders_show_legs": (False, True),
     }
 
@@ -214,6 +223,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         recv_window_max_ms=5000,
         gone_style="docs_table",
         throttle_form="plain",
+        ban_form="plain",
         open_orders_show_legs=False,
     ),
     # Every open question answered the easiest way.
@@ -228,6 +238,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         recv_window_max_ms=60_000,
         gone_style="codes",
         throttle_form="epoch",
+        ban_form="epoch",
         open_orders_show_legs=True,
     ),
 }
@@ -476,6 +487,8 @@ class BingxSim(SimVenue):
             per_uid = DOCS_V3_UID.get(path, 10)
         per_ip = IP_PER_API_STRICT if strict and path not in IP_RELAXED else IP_PER_API_DOCS_V3
         ip_limit, ip_window = per_ip[group]
+        if strict and path in IP_PER_PATH_STRICT:
+            ip_limit, ip_window = IP_PER_PATH_STRICT[path]
         buckets: list[tuple[str, int]] = []
         name = account.name if account is not None else None
         if per_uid is not None and account is not None:
@@ -517,10 +530,13 @@ class BingxSim(SimVenue):
         now_ms = self.now_ms(account.name if account else None)
         until_ms = now_ms + verdict.retry_after_s * 1000
         if verdict.banned:
-            msg = (
-                "your IP has been banned for continuing to send requests after receiving 429, "
-                f"it will be unblocked after {until_ms}"
-            )
+            if self.behaviour.ban_form == "plain":
+                msg = "IP has been banned. Stop requests and wait"
+            else:
+                msg = (
+                    "your IP has been banned for continuing to send requests after receiving "
+                    f"429, it will be unblocked after {until_ms}"
+                )
             self.counters[f"418 {request.path}"] += 1
             return error_response(100410, msg, 418, **self._courtesy(request, verdict))
         self.counters["bingx 100410"] += 1

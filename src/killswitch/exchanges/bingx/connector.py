@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -65,7 +66,7 @@ from killswitch.exchanges.bingx.venue import (
     USER_DATA_STREAM,
     kind_rates,
 )
-from killswitch.exchanges.budget import Priority, shared_users
+from killswitch.exchanges.budget import Priority, shared_item, shared_users
 from killswitch.exchanges.connector import ConnectorArgs, VenueConnector, cancel_in_groups
 from killswitch.exchanges.paths import (
     LearnedPaths,
@@ -80,6 +81,15 @@ from killswitch.model import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SymbolList:
+    """The venue's spot symbols as last read, for every account behind our IP."""
+
+    listed: tuple[str, ...] = ()
+    read_at: float = -math.inf  # monotonic
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class BingxExchange(VenueConnector):
@@ -131,7 +141,7 @@ class BingxExchange(VenueConnector):
         # shows a list placed before it says the cancel-all does not cover OCO legs.
         self._cancel_all_acked: tuple[float, int, frozenset[str]] | None = None
         self._list_time: dict[str, int] = {}  # OCO list id -> when placed (venue ms)
-        self._venue_symbols: tuple[float, tuple[str, ...]] | None = None
+        self._venue_symbols = shared_item(self.ip_scope, "bingx symbols", SymbolList)
         self._list_cancels = 0  # list cancels sent (oco/cancel, leg ids in a batch)
         self._oco_read_lock = asyncio.Lock()
         self._oco_read: tuple[float, list[_OcoList], bool] | None = None
@@ -227,17 +237,19 @@ class BingxExchange(VenueConnector):
         )
 
     async def venue_symbols(self, priority: Priority = Priority.KILL) -> tuple[str, ...]:
-        """The venue's spot symbols (`common/symbols`), cached for `SYMBOLS_TTL_S`."""
-        cached = self._venue_symbols
-        if cached is not None and time.monotonic() - cached[0] < SYMBOLS_TTL_S:
-            return cached[1]
-        data = await self.rest.request("GET", SYMBOLS, signed=False, priority=priority)
-        rows = _items(data, "symbols", read=True)
-        if not rows:
-            raise MalformedAnswer("common/symbols: no symbols")
-        listed = tuple(dict.fromkeys(str(row["symbol"]) for row in rows))
-        self._venue_symbols = (time.monotonic(), listed)
-        return listed
+        """The venue's spot symbols (`common/symbols`, 1/s per IP), cached for `SYMBOLS_TTL_S`
+        for every account behind our IP: accounts asking at once share one request."""
+        cache = self._venue_symbols
+        async with cache.lock:
+            if cache.listed and time.monotonic() - cache.read_at < SYMBOLS_TTL_S:
+                return cache.listed
+            data = await self.rest.request("GET", SYMBOLS, signed=False, priority=priority)
+            rows = _items(data, "symbols", read=True)
+            if not rows:
+                raise MalformedAnswer("common/symbols: no symbols")
+            cache.listed = tuple(dict.fromkeys(str(row["symbol"]) for row in rows))
+            cache.read_at = time.monotonic()
+            return cache.listed
 
     @malformed_is_unknown
     async def query_order(
@@ -442,6 +454,20 @@ class BingxExchange(VenueConnector):
             "can_trade": API_PERMISSION_SPOT_TRADING in codes,
             "permissions": [API_PERMISSION_NAMES.get(c, str(c)) for c in codes],
             "detail": "no SPOT_TRADING permission",
+        }
+
+    def rate_headroom(self) -> dict[str, object]:
+        """For readiness: the least headroom among this account's per-second budgets (0..1),
+        how long a throttle or a ban holds them, and whether our IP is banned (a 418)."""
+        sliding = [*self.budgets.values(), *dict.fromkeys(self.ip_budgets.values())]
+        now = sliding[0].clock()
+        blocked = max(0.0, *(b.blocked_until - now for b in sliding))
+        banned_s = self.charges.banned_for()
+        used = max(b.in_window() / b.limit for b in sliding)
+        return {
+            "headroom": max(0.0, 1.0 - used),
+            "blocked_s": max(blocked, banned_s),
+            "banned": banned_s > 0,
         }
 
     # -- dead man's switch -----------------------------------------------------------------

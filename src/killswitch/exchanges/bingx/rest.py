@@ -3,7 +3,9 @@
 Every request counts against the account's group budget and, where the API has them, its
 per-UID and per-IP per-second budgets; an API one error short of the error-count lock is not
 sent to. A 100410 holds its API until the epoch its text names, else for a short jittered
-backoff that doubles while the venue keeps refusing; a ban holds everything."""
+backoff that doubles while the venue keeps refusing. A 418 bans the IP: every account behind
+it holds everything until the end its text names, else for the shortest documented ban,
+doubling while the IP stays banned (`IpBan`), and nothing is sent meanwhile."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from killswitch.exchanges.base import (
@@ -24,6 +27,8 @@ from killswitch.exchanges.bingx.venue import (
     BACKOFF_FLAT_REPEATS,
     BACKOFF_INITIAL_S,
     BACKOFF_MAX_S,
+    BAN_MAX_S,
+    BAN_MIN_S,
     BUDGET_MARGIN_S,
     ENDPOINT_RPS,
     EPOCH_MARGIN_S,
@@ -44,9 +49,10 @@ from killswitch.exchanges.budget import (
     SlidingBudget,
     acquire_all,
     shared_budget,
+    shared_item,
 )
 from killswitch.exchanges.clock import ServerClock
-from killswitch.exchanges.dialect import BINGX
+from killswitch.exchanges.dialect import BINGX, header_wait
 from killswitch.exchanges.rest import Answer, Headers, Params, SignedRest, Wire
 from killswitch.exchanges.signing import bingx_query, bingx_signed_query
 
@@ -72,6 +78,18 @@ class RestHost(Host, Protocol):
 def signer(secret: str) -> Callable[[Params], str]:
     """Sign params sorted by name, as the current docs sign them."""
     return lambda params: bingx_signed_query(secret, sorted(params))
+
+
+@dataclass(slots=True)
+class IpBan:
+    """A 418 on our IP, shared by every account behind it: until when (budget clock), and how
+    many bans in a row named no end (each doubles the next guess; a success starts again)."""
+
+    until: float = 0.0
+    guesses: int = 0
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.until - now)
 
 
 class BingxCharges:
@@ -126,15 +144,38 @@ class BingxCharges:
             clock=clock,
             sleep=sleep,
         )
-        self.ip_budgets.update(dict.fromkeys(IP_GROUP1_PATHS, market))
+        # The market group counts its paths together; a path with its own per-IP figure
+        # (`common/symbols`: 1/s) counts in both.
+        self.market = market
+        for path in IP_GROUP1_PATHS:
+            self.ip_budgets.setdefault(path, market)
         self.errors = ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock)
         self.rng = rng
         self.backoffs: dict[str, int] = {}  # path -> 100410s without an epoch in a row
+        self.budget_clock = clock
+        self.ban: IpBan = shared_item(ip_scope, "bingx ip ban", IpBan)
 
     def path_budgets(self, path: str) -> list[SlidingBudget]:
-        return [b for b in (self.budgets.get(path), self.ip_budgets.get(path)) if b is not None]
+        budgets = [b for b in (self.budgets.get(path), self.ip_budgets.get(path)) if b is not None]
+        if path in IP_GROUP1_PATHS and self.market not in budgets:
+            budgets.append(self.market)
+        return budgets
+
+    def banned_for(self) -> float:
+        """Seconds our IP is still banned (0 when it is not)."""
+        return self.ban.remaining(self.budget_clock())
 
     async def acquire(self, method: str, path: str, weight: int, priority: Priority) -> None:
+        banned_s = self.banned_for()
+        if banned_s > 0:
+            # "Stop requests and wait": nothing goes to a banned IP, from any account.
+            raise IpBanned(
+                "IP banned: holding every request",
+                retry_after_s=banned_s,
+                venue=WIRE.dialect.venue,
+                account=self.account,
+                endpoint=f"{method} {path}",
+            )
         if self.errors.count(path) >= ERROR_LOCK_COUNT - 1:
             # One more error would lock this API for minutes: do not send what may earn it.
             raise RateLimited(
@@ -169,14 +210,31 @@ class BingxCharges:
     ) -> None:
         if error is None:
             self.backoffs.pop(path, None)
+            self.ban.guesses = 0  # the IP is served: a later ban is guessed afresh
         elif isinstance(error, IpBanned):
-            self.group_budget.block(error.retry_after_s, banned=True)
-            for budget in {*self.budgets.values(), *self.ip_budgets.values()}:
-                budget.block(error.retry_after_s)
+            self.banned(error, answer.msg, headers)
         elif isinstance(error, RateLimited):
-            self.throttled(error, path, answer.msg, _header_float(headers))
+            self.throttled(error, path, answer.msg, header_wait(headers))
         elif answer.code not in (None, 0):
             self.errors.record(path)
+
+    def banned(self, error: IpBanned, msg: str, headers: Headers | None) -> None:
+        """A 418: the IP is banned, for every account behind it. Until the end its text names;
+        else for `BAN_MIN_S`, doubled for each ban in a row that named none (the venue's
+        bans last minutes to tens of minutes), up to `BAN_MAX_S`."""
+        now = self.budget_clock()
+        if epoch_in(msg) is None and header_wait(headers) is None:
+            if now >= self.ban.until:
+                self.ban.guesses += 1  # banned again after the last guess ran out
+            self.ban.guesses = max(1, self.ban.guesses)
+            doublings = min(30, self.ban.guesses - 1)
+            error.retry_after_s = min(BAN_MAX_S, BAN_MIN_S * 2**doublings)
+        elif header_wait(headers) is None:
+            error.retry_after_s += EPOCH_MARGIN_S + self.clock.last_rtt_ms / 1000.0
+        self.ban.until = max(self.ban.until, now + error.retry_after_s)
+        self.group_budget.block(error.retry_after_s, banned=True)
+        for budget in {*self.budgets.values(), *self.ip_budgets.values()}:
+            budget.block(error.retry_after_s)
 
     def throttled(self, error: RateLimited, path: str, msg: str, header: float | None) -> None:
         """A 100410 (or 429/403): hold this API, on our UID budget and the shared IP one,
@@ -196,13 +254,3 @@ class BingxCharges:
             budget.block(error.retry_after_s)
         if not budgets:
             self.group_budget.block(error.retry_after_s)
-
-
-def _header_float(headers: Headers | None) -> float | None:
-    value = headers.get("Retry-After") if headers is not None else None
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None

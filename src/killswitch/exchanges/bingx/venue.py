@@ -53,12 +53,18 @@ BACKOFF_INITIAL_S = 2.0
 BACKOFF_FLAT_REPEATS = 3
 BACKOFF_MAX_S = 16.0
 EPOCH_MARGIN_S = 0.05  # arrive after the named epoch, not on it: plus our clock's round trip
+# A 418 naming no end: "IP has been banned. Stop requests and wait", for minutes to tens of
+# minutes, never a Retry-After (BingX 2026 reference, error codes and rate limits §3). Wait
+# the shortest documented ban (Binance's too), doubling while the IP stays banned.
+BAN_MIN_S = 120.0
+BAN_MAX_S = 3600.0
 # The error lock: more than 20 answers with an error code on one API in 480 s [§3.5].
 ERROR_LOCK_COUNT = 20
 ERROR_LOCK_WINDOW_S = 480.0
 
-# Requests per second per UID and API [reference §3.2/§3.3, corrected 2026-12-06]. openOrders,
-# query and the listenKey calls have no stricter figure than docs-v3's 10/s.
+# Requests per second per UID and API [reference §3.2/§3.3, corrected 2026-12-06]. openOrders
+# and query have no stricter figure than docs-v3's 10/s; the listenKey calls are 2/s per UID
+# and 2/s per IP (BingX 2026 reference, rate-limits §5 and spot-ws-account).
 ENDPOINT_RPS: dict[str, int] = {
     CANCEL: 5,
     CANCEL_ORDERS: 2,
@@ -68,7 +74,7 @@ ENDPOINT_RPS: dict[str, int] = {
     QUERY: 10,
     OCO_CANCEL: 2,
     OCO_OPEN_LIST: 5,
-    USER_DATA_STREAM: 10,
+    USER_DATA_STREAM: 2,
 }
 # Requests per second per IP and API, shared by every account behind the IP: 3/s on the trade
 # endpoints (IP group 3), 2/s on the others (group 2) [BingX 2026 reference, §3.5].
@@ -82,14 +88,17 @@ IP_RPS: dict[str, int] = {
     OCO_CANCEL: 2,
     OCO_OPEN_LIST: 2,
     API_PERMISSIONS: 2,  # readiness: every account checks its key at start, all at once
+    USER_DATA_STREAM: 2,  # every account's stream at start, or after a blip dropped them all
+    SYMBOLS: 1,  # "Rate limit: 1/s per IP" (BingX 2026 reference, spot-market §1)
 }
 # IP budgets no kill ever uses: background work may take all of them.
-IP_BACKGROUND_ONLY = frozenset({API_PERMISSIONS})
+IP_BACKGROUND_ONLY = frozenset({API_PERMISSIONS, USER_DATA_STREAM})
 # Market endpoints (server time, symbols) and every account API count in IP groups of 100 and
 # 1000 per 10 s [BX-DOC "基础信息"]: one budget per connector well inside both.
 GROUP_LIMITS = RateLimits(weight_per_window=100, window_s=10.0)
 # The market endpoints' IP group (100 per 10 s) is shared by every account behind our IP: one
-# budget for all of them, in the process, with room to spare.
+# budget for all of them, in the process, with room to spare; `common/symbols` also has its
+# own 1/s per IP (`IP_RPS`), and one cached list for every account behind the IP.
 IP_GROUP1_PATHS = frozenset({SERVER_TIME, SYMBOLS})
 IP_GROUP1_LIMIT = 90
 IP_GROUP1_WINDOW_S = 10.0
