@@ -8,8 +8,9 @@ extended every 30 min) and pushes `PushDataV3ApiWrapper` protobuf frames.
 
 Unverified in the docs, handled both ways: `GET /api/v3/openOrders` without a symbol. The
 connector asks without one first; if MEXC refuses, it reads the symbols it knows (configured
-hint, symbols seen on the stream, in snapshots and cancels) five per call from then on, and
-says so in `capabilities.open_orders_without_symbol`.
+hint, symbols seen on the stream, in snapshots and cancels) five per call, an incomplete read.
+When the refusal says the symbol is mandatory it does so from then on, and says so in
+`capabilities.open_orders_without_symbol`; any other refusal costs only that read.
 """
 
 from __future__ import annotations
@@ -105,6 +106,20 @@ WIRE = Wire(
 )
 
 
+# Missing-parameter codes: MEXC's (700004, "Mandatory parameter '...' was not sent") and the
+# Binance one MEXC's table copies (-1102).
+MISSING_PARAM_CODES = frozenset({700004, -1102})
+_MISSING_WORDS = ("mandatory", "required", "must be sent", "not sent", "empty")
+
+
+def symbol_required(exc: VenueError) -> bool:
+    """Does this refusal say, in the venue's words, that `symbol` must be sent?"""
+    msg = exc.msg.lower()
+    if "symbol" not in msg:
+        return False
+    return exc.code in MISSING_PARAM_CODES or any(word in msg for word in _MISSING_WORDS)
+
+
 # -- the connector ------------------------------------------------------------------------------
 class MexcExchange(VenueConnector):
     """One MEXC spot account."""
@@ -192,18 +207,22 @@ class MexcExchange(VenueConnector):
                 )
                 rows = _rows(answer, self.account)
             except (Fatal, OutcomeUnknown) as exc:
-                # A refusal we can read (a 4xx that is not about the key) means "symbol
-                # required"; a 5xx, a timeout or an unreadable answer proves nothing.
+                # A refusal (a 4xx that is not about the key): read the known symbols this
+                # time. Only the venue's own "symbol is mandatory" is its rule, remembered; any
+                # other (a proxy's 404, a passing 400) may be gone next time. A 5xx, a timeout
+                # or an unreadable answer proves nothing.
                 status = exc.http_status
                 refused = status is not None and 400 <= status < 500
                 if exc.code in AUTH_CODES or not refused:
                     raise
-                self._no_symbol_refused = True
-                self.capabilities = replace(self.capabilities, open_orders_without_symbol=False)
+                if symbol_required(exc):
+                    self._no_symbol_refused = True
+                    self.capabilities = replace(self.capabilities, open_orders_without_symbol=False)
                 log.warning(
-                    "openOrders without symbol refused account=%s code=%s: reading known symbols",
+                    "openOrders without symbol refused account=%s code=%s%s: reading known symbols",
                     self.account,
                     exc.code,
+                    " (symbol required)" if self._no_symbol_refused else "",
                 )
         complete = True
         if rows is None:
