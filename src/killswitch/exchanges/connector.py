@@ -8,10 +8,12 @@ Each venue's connector subclasses `VenueConnector`, hands it its wire, budgets a
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ClassVar, Required, Self, TypedDict
+from urllib.parse import urlsplit
 
 from killswitch.exchanges.base import (
     AlreadyGone,
@@ -41,6 +43,32 @@ class ConnectorArgs(TypedDict, total=False):
     timeout_s: float
     recv_window_ms: int
     clock_refresh_s: float
+
+
+# Second-level labels under a two-letter country code that are public suffixes (co.uk, com.au):
+# the registrable domain then has three labels.
+_SECOND_LEVEL = frozenset({"ac", "co", "com", "edu", "gov", "net", "or", "org"})
+
+
+def ip_scope_of(venue: str, base_url: str) -> str:
+    """Whom a venue's per-IP limits count: every account of this process that reaches it.
+
+    Our accounts all leave from one IP, so the venue counts them together on every host it
+    serves the API from (Binance: api, api1..api4, api-gcp.binance.com): a named host is keyed
+    by the venue and its registrable domain (`binance binance.com`). A host given as an IP
+    literal, or a bare name (`localhost`), is keyed by its URL, as simulators on loopback are
+    separate venues, one per port."""
+    host = (urlsplit(base_url).hostname or "").rstrip(".").lower()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.split(".")
+        if len(labels) >= 2 and all(labels):
+            keep = 3 if len(labels) >= 3 and len(labels[-1]) == 2 else 2
+            if keep == 3 and labels[-2] not in _SECOND_LEVEL:
+                keep = 2
+            return f"{venue} {'.'.join(labels[-keep:])}"
+    return base_url
 
 
 def whole_ms(value: object) -> int:
@@ -89,9 +117,10 @@ class VenueConnector(ABC):
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._closed = False
-        # The venue counts its limits per IP: every account to this host in the process spends
-        # the same shared budgets (`budget.shared_item`), which live while one of them does.
-        self.ip_scope = self.transport.base_url
+        # The venue counts its limits per IP: every account to this venue in the process
+        # spends the same shared budgets (`budget.shared_item`, `ip_scope_of`), which live
+        # while one of them does.
+        self.ip_scope = ip_scope_of(self.venue, self.transport.base_url)
         use_shared(self.ip_scope)
 
     def __repr__(self) -> str:
