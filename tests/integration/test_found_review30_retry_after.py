@@ -68,6 +68,23 @@ async def test_mexc_429s_without_retry_after_back_off_toward_ten_minutes() -> No
         assert exchange.rate_headroom()["blocked_s"] == pytest.approx(10.0)
 
 
+async def test_mexc_a_clock_read_between_429s_does_not_start_the_backoff_again() -> None:
+    """The connector reads the server time on its own (every minute, on a clock error): its
+    success says nothing of the throttled endpoint's limit."""
+    async with mexc_sim(retry_after="none") as (sim, connect):
+        fake = FakeTime()
+        exchange = connect("acct0", budget_clock=fake.clock, budget_sleep=fake.sleep)
+        await exchange.start()
+        sim.faults.add(Fault(FaultKind.RATE_LIMIT, endpoint="/api/v3/order", retry_after_s=0))
+        waits = []
+        for _ in range(3):
+            with pytest.raises(RateLimited) as info:
+                await exchange.cancel_order("BTCUSDT", "C02__1")
+            waits.append(info.value.retry_after_s)
+            await exchange.resync_clock()
+        assert waits == [10.0, 20.0, 40.0]
+
+
 async def test_mexc_429s_answered_together_are_one_refusal() -> None:
     """Requests on their way together all come back 429: the wait doubles once, not per
     answer (five answers would otherwise make it 160 s at the first refusal)."""

@@ -153,10 +153,11 @@ class EndpointCharges(FixedWindowCharges):
     sending after a 429, whichever endpoint it sends to.
 
     A throttle that names no wait (MEXC's Retry-After is unconfirmed) waits the dialect's
-    default the first time, and twice as long each time the venue refuses again after a wait
-    has run out, up to `throttle_max_s` (MEXC's FAQ: access returns about 10 min after the
-    rate drops) or, for a 418, `MAX_WAIT_S`. Answers of requests that were already on their
-    way during a wait are not repeats. A success starts again from the default."""
+    default the first time, and twice as long each time the venue refuses that endpoint again
+    after a wait has run out, up to `throttle_max_s` (MEXC's FAQ: access returns about 10 min
+    after the rate drops) or, for a 418, `MAX_WAIT_S`. Answers of requests that were already
+    on their way during a wait are not repeats. A success on that endpoint starts it again
+    from the default (one elsewhere, a clock read, says nothing of its limit)."""
 
     def __init__(
         self,
@@ -173,23 +174,24 @@ class EndpointCharges(FixedWindowCharges):
         self.budgets: dict[str, RateBudget] = {}  # "METHOD path" -> its budget
         self.blocked_until = 0.0  # `clock` time
         self.banned = False
-        self.repeats = 0  # throttles naming no wait since the last success
+        self.repeats: dict[str, int] = {}  # path -> throttles naming no wait since a success
 
     def settle(
         self, path: str, answer: Answer, error: VenueError | None, headers: Headers | None
     ) -> None:
         if error is None:
-            self.repeats = 0
+            self.repeats.pop(path, None)
             return
         if not isinstance(error, RateLimited):
             return
         if header_wait(headers) is None:
-            if self.clock() >= self.blocked_until:
-                self.repeats += 1  # refused again after the last wait ran out
-            self.repeats = max(1, self.repeats)
+            repeats = self.repeats.get(path, 0)
+            if repeats == 0 or self.clock() >= self.blocked_until:
+                repeats += 1  # refused again after the last wait ran out
+            self.repeats[path] = repeats
             banned = isinstance(error, IpBanned)
             cap = MAX_WAIT_S if banned else max(self.throttle_max_s, error.retry_after_s)
-            error.retry_after_s = min(cap, error.retry_after_s * 2 ** min(30, self.repeats - 1))
+            error.retry_after_s = min(cap, error.retry_after_s * 2 ** min(30, repeats - 1))
         self.block(error.retry_after_s, banned=isinstance(error, IpBanned))
 
     def budget(self, endpoint: str) -> RateBudget:
