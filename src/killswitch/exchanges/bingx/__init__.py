@@ -12,7 +12,9 @@ Facts from `reference/exchange-apis.md` §3 [BX-DOC]. Where BingX differs from t
   on the others), the IP ones shared by every account behind our IP [reference §3.2, §3.5].
   Each is a `SlidingBudget`; the IP ones are shared by every connector to the same host in the
   process. A 100410 carries no Retry-After: we wait until the epoch in its text when it has one,
-  else back off briefly with jitter, and block that API (UID and IP budgets) meanwhile. More
+  else back off briefly with jitter, and block that API (UID and IP budgets) meanwhile. A 418
+  bans the IP: nothing is sent from any account behind it until the end its text names, else
+  for 2 min, doubling while the ban goes on (BingX: minutes to tens of minutes). More
   than 20 errors on one API in 480 s lock it: `ErrorCounter` keeps count, and cancels take a
   route that answers "gone" inside a success (`cancelOrders` with `process=1`) when near.
 * Order ids are 19-digit integers sent as JSON numbers: they are kept as ints by the parser and
