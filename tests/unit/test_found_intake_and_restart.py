@@ -255,3 +255,64 @@ async def test_alert_ids_of_kills_and_of_resets_are_apart(tmp_path: Path) -> Non
     assert "x-1" in state.reset_ids
     assert "k0" in state.reset_ids
     assert "x-1" in state.seen
+
+
+# -- found by review 34 -------------------------------------------------------------------------
+
+
+class DiskFullAfterTrigger(FileOps):
+    """The disk fills up right after the trigger's record is written."""
+
+    full = False
+
+    def write(self, fd: int, data: bytes) -> int:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = super().write(fd, data)
+        if b'"kind":"trigger"' in data:
+            self.full = True
+        return written
+
+
+async def test_a_cancel_proved_flat_is_reported_though_the_disk_refuses_its_record(
+    tmp_path: Path,
+) -> None:
+    venue = FakeExchange("binance", "b1")
+    venue.place("BTCUSDT", "desk-", n=2)
+    log = EventLog()
+    engine = engine_over(tmp_path / "j.jsonl", [venue], log, ops=DiskFullAfterTrigger())
+    await engine.start()
+    try:
+        await engine.submit(kill_trigger("c1", mode=Mode.CANCEL))
+        # Retried until the kill's deadline (virtual time here), then reported all the same,
+        # with an alarm naming what a restart would do.
+        await eventually(lambda: log.of("flat"))
+        assert not venue.open_keys()
+        (alarm,) = log.of("alarm")
+        assert alarm["account"] == "binance/b1"
+        assert "flat not journaled" in str(alarm["error"])
+    finally:
+        await engine.stop(grace_s=0.1)
+
+
+async def test_a_reset_in_flight_at_stop_lands_before_the_engine_stops(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    venue = FakeExchange("binance", "b1")
+    log = EventLog()
+    disk = SlowDisk()
+    engine = engine_over(path, [venue], log, ops=disk)
+    await engine.start()
+    await engine.submit(kill_trigger("k1"))
+    await engine.wait_idle()
+    disk.slow = True
+    client = asyncio.create_task(engine.reset(actor="ops", reason="all clear"))
+    await asyncio.sleep(0.05)  # the reset's write is on its worker thread
+    client.cancel()  # the control server stops its clients first
+    with contextlib.suppress(asyncio.CancelledError):
+        await client
+    await engine.stop(grace_s=0.1)  # then the engine; the audit log closes after it
+    disk.slow = False
+    # Its event was out before stop() returned: the audit line and the journal agree.
+    (event,) = log.of("reset")
+    assert [r["trigger_id"] for r in event["released"]] == ["k1"]  # type: ignore[attr-defined]
+    assert list(replay(path)[0].latches) == []

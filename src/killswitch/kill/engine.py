@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 
-from killswitch.backoff import Stopping, until_journaled
+from killswitch.backoff import Backoff, Stopping, until_journaled
 from killswitch.events import EventRecord, EventType, FanOut, make_event
 from killswitch.journal import Journal
 from killswitch.kill.config import Account, Clock, EngineConfig, Sleep, Spawn
@@ -80,6 +80,7 @@ class Engine:
         self._seen_resets: OrderedDict[str, None] = OrderedDict()
         # Triggers being journaled: a second submit of the same id waits for the first.
         self._accepting: dict[str, asyncio.Future[SubmitResult]] = {}
+        self._resetting: set[asyncio.Future[bool]] = set()  # resets on their way to the journal
         self.kills: dict[str, Kill] = {}  # by trigger id (joined triggers share one Kill)
         self._running: set[Kill] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -177,8 +178,11 @@ class Engine:
         """Let kills in flight finish for up to `grace_s`, then cancel what is left."""
         self._stopping = True
         self._stop_event.set()
-        if self._accepting:  # triggers being journaled: their kills are launched, then waited on
+        # Triggers and resets on their way: they finish (journal, memory, events) first.
+        if self._accepting:
             await asyncio.wait(list(self._accepting.values()))
+        if self._resetting:
+            await asyncio.wait(list(self._resetting))
         running = [k.task for k in self._running if k.task is not None]
         running += list(self._streams.tasks.values())
         if running:
@@ -281,9 +285,12 @@ class Engine:
         already journaled (this life or an earlier one) is a no-op. False if nothing was
         released. Once begun, it runs to its end (journaled, applied, announced) even if the
         caller is cancelled meanwhile."""
-        return await asyncio.shield(
+        task = asyncio.ensure_future(
             self._reset(actor, reason, origin, only, latched_before_ms, reset_id)
         )
+        self._resetting.add(task)
+        task.add_done_callback(self._resetting.discard)
+        return await asyncio.shield(task)
 
     async def _reset(
         self,
@@ -573,12 +580,39 @@ class Engine:
             # Before anything reports it: a restart resuming this one-shot must leave the
             # account alone, or it would cancel what was placed after its flat snapshot.
             for trigger in kill.triggers:
-                await self._journal_until_stop(
-                    f"account_flat {trigger.id} {account.ref}",
-                    "account_flat",
-                    trigger_id=trigger.id,
-                    account=str(account.ref),
+                await self._journal_flat(kill, trigger, account.ref)
+
+    async def _journal_flat(self, kill: Kill, trigger: Trigger, ref: AccountRef) -> None:
+        """Journal that `ref` is flat for a one-shot cancel, retried until the kill's deadline:
+        a disk that refuses writes never holds back the report (an alarm says what it risks)."""
+        backoff = Backoff(initial_s=0.05, max_s=2.0, rng=self._rng)
+        while True:
+            try:
+                await asyncio.shield(
+                    self.journal.append_async(
+                        "account_flat", trigger_id=trigger.id, account=str(ref)
+                    )
                 )
+            except (OSError, RuntimeError) as exc:  # a refused write; a journal closed at stop
+                if self._stop_event.is_set() or self._clock() >= kill.deadline:
+                    log.error(
+                        "account_flat not journaled kill_id=%s account=%s error=%r",
+                        kill.id,
+                        ref,
+                        exc,
+                    )
+                    self._emit(
+                        EventType.ALARM,
+                        kill_id=kill.id,
+                        account=str(ref),
+                        error="flat not journaled: a restart before this cancel's end is "
+                        "journaled would cancel on this account again",
+                    )
+                    return
+                log.warning("account_flat not journaled, retrying kill_id=%s", kill.id)
+                await self._sleep(backoff.next_delay())
+            else:
+                return
 
     async def _journal_until_stop(self, what: str, kind: str, **fields: object) -> None:
         """Append one record, retried until journaled or the engine stops (logged)."""
