@@ -185,13 +185,20 @@ def format_kill(kill: dict[str, Any]) -> str:
         lines.append(
             f"  {acc['venue']}/{acc['account']}: {acc['state']}, before {acc['orders_before']} "
             f"orders {acc['lists_before']} lists, cancelled {acc['cancelled']}, "
-            f"left {left}, requests {acc['requests']}, retries {acc['retries']}"
+            f"left {_left(acc, left)}, requests {acc['requests']}, retries {acc['retries']}"
         )
         for order in (still.get("orders") or [])[:10]:
             lines.append(
                 f"    still open: {order['symbol']} {order['order_id']} {order['client_order_id']}"
             )
     return "\n".join(lines)
+
+
+def _left(acc: dict[str, Any], left: int) -> str:
+    """What is left open on an account, never "0" when no complete read said so."""
+    if acc.get("state") == "flat" or acc.get("verified", True):
+        return str(left)
+    return f"at least {left} (unverified)" if left else "unknown (no complete read)"
 
 
 def describe_scope(scope: dict[str, Any]) -> str:

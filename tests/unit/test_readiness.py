@@ -247,3 +247,23 @@ async def test_a_server_time_read_that_waited_says_unknown_not_skewed(
     check = await check_clock(Queued("bingx", "mm-1"), 5000)
     assert check.ok is None
     assert "not measured" in check.detail
+
+
+def test_a_failed_account_never_read_whole_is_not_shown_as_nothing_left() -> None:
+    from killswitch.control_client import format_kill
+
+    account = {
+        "venue": "bingx",
+        "account": "mm-1",
+        "orders_before": 0,
+        "lists_before": 0,
+        "cancelled": 0,
+        "requests": 1,
+        "retries": 0,
+    }
+    unread = {**account, "state": "failed", "verified": False, "still_open": {"orders": []}}
+    flat = {**account, "state": "flat", "verified": True, "still_open": {"orders": []}}
+    text = format_kill({"kill_id": "k", "state": "failed", "accounts": [unread, flat]})
+    first, second = text.splitlines()[1:3]
+    assert "left unknown (no complete read)" in first
+    assert "left 0," in second
