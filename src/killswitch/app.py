@@ -89,7 +89,8 @@ def input_services(settings: Settings, parts: Parts) -> list[Service]:
         parts.engine_service.before_resume = replicator.before_resume
         services.append(replicator)
     services.append(sink)
-    consumer = KafkaAlertConsumer(kafka, engine, accounts=refs)
+    # A kill a peer latched and reset while this replica was down is not killed again.
+    consumer = KafkaAlertConsumer(kafka, engine, accounts=refs, cluster=replicator)
     if settings.heartbeats:
         watch = HeartbeatWatch(
             settings.heartbeats,

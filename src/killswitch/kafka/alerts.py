@@ -14,6 +14,13 @@ only latches received before it was issued (the earlier of its `ts` and its rece
 more than a second ahead of our clock is refused), and is refused as stale when a latch held
 now was received after that.
 
+With replicas sharing the latch, a kill or cancel the engine has no record of is asked of the
+cluster too (`cluster.released_in_cluster`): one a reset on another replica released (it was
+latched and reset there while this replica was down) is a duplicate, never killed again here
+(orders placed since that reset are not the kill's). Until the latch topic has been read the
+cluster cannot say: the kill is acted on (fail-safe) with an alarm (`latch_unread_at_kill`),
+and the replicator releases it once it reads the reset.
+
 Each daemon is its own consumer group and assigns itself every partition of the alerts topic
 (no group membership): every replica sees every alert, start-up needs no rebalance, and the
 committed offsets still live in Kafka. A group's first start pins its position at the end of
@@ -50,7 +57,7 @@ from killswitch.handlers.alerts import (
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kafka.dead_letters import DeadLetters, Record
 from killswitch.kill.port import EnginePort, latest_latch_ms
-from killswitch.model import AccountRef, Trigger
+from killswitch.model import AccountRef, Mode, Trigger
 
 if TYPE_CHECKING:
     from killswitch.settings import KafkaSettings
@@ -66,6 +73,16 @@ class HeartbeatListener(Protocol):
     """Where heartbeat alerts go (`handlers.heartbeat.HeartbeatWatch`)."""
 
     def beat(self, source: str, ts_ms: int) -> bool: ...
+
+
+class ClusterLatch(Protocol):
+    """The latch replicas share (`kafka.replicas.LatchReplicator`), as the consumer asks it."""
+
+    last_error: str
+
+    def released_in_cluster(self, trigger_id: str) -> bool | None:
+        """True if a reset in the cluster released this id; None while that is unknown."""
+        ...
 
 
 @dataclass
@@ -126,6 +143,7 @@ class KafkaAlertConsumer(EngineFeed):
         *,
         accounts: Iterable[AccountRef] | None = None,
         heartbeats: HeartbeatListener | None = None,
+        cluster: ClusterLatch | None = None,
         start_timeout_s: float = 10.0,
         probe_interval_s: float = 2.0,
         poll_timeout_ms: int = 200,
@@ -143,6 +161,7 @@ class KafkaAlertConsumer(EngineFeed):
         self.reconnect_errors = RECONNECT_ERRORS
         self.accounts = list(accounts) if accounts is not None else None
         self.heartbeats = heartbeats
+        self.cluster = cluster  # the latch shared with other replicas, if any
         self.start_timeout_s = start_timeout_s
         self.probe_interval_s = probe_interval_s
         self.poll_timeout_ms = poll_timeout_ms
@@ -383,7 +402,8 @@ class KafkaAlertConsumer(EngineFeed):
         """Whether `alert` is a re-read (a crash before its commit, offsets lost) of one acted
         on, as the engine's journal says, in this life or an earlier one: a reset whose id was
         applied, a kill or cancel whose id was accepted (the same scope and mode, where the
-        engine still holds the trigger to compare with). Asked before the age and freshness
+        engine still holds the trigger to compare with), or one a reset on another replica
+        released (`_released_in_cluster`). Asked before the age and freshness
         rules: those are for alerts not acted on yet, and a dead letter would say this one was
         not. Resets and triggers are apart: a kill reusing a reset's id is a new kill."""
         if alert.action is AlertAction.RESET:
@@ -409,7 +429,8 @@ class KafkaAlertConsumer(EngineFeed):
             )
             return True
         if not self.engine.accepted(trigger.id):
-            return False  # new (or older than the journal's ids): the rules decide
+            # new here (or older than the journal's ids): unless the cluster reset it
+            return self._released_in_cluster(trigger)
         # Accepted, no longer held (reset, a finished one-shot, a restart, past KILLS_KEPT):
         # nothing is left to compare the scope and mode with. A duplicate, whatever it asks.
         # The id is taken, so a different alert could not be acted on either way (`id_conflict`
@@ -429,9 +450,57 @@ class KafkaAlertConsumer(EngineFeed):
         )
         return True
 
+    def _released_in_cluster(self, trigger: Trigger) -> bool:
+        """Whether a reset on another replica released this alert's kill (latched and reset
+        there while this replica was down, or before its own consumer read it): then it was
+        acted on, and killing it again would cancel orders placed since that reset. Ids are
+        unique per alert, so the scope is not compared (the topic keeps released ids only)."""
+        if self.cluster is None or not self.cluster.released_in_cluster(trigger.id):
+            return False  # not released, or unknown yet: acted on (`_submit` alarms)
+        self.stats.duplicates += 1
+        log.warning(
+            "alert not acted on: a reset on another replica released it alert_id=%s "
+            "(latched and reset in the cluster before this replica read it)",
+            trigger.id,
+        )
+        self._emit(
+            EventType.DUPLICATE,
+            trigger_id=trigger.id,
+            source=trigger.source,
+            compared=False,
+            released_in_cluster=True,
+        )
+        return True
+
+    def _alarm_if_cluster_unknown(self, trigger: Trigger) -> None:
+        """Say so when a kill is acted on before the latch topic was read: a reset on another
+        replica may have released it (then the replicator releases it here once it reads)."""
+        cluster = self.cluster
+        if (
+            cluster is None
+            or trigger.mode is not Mode.KILL
+            or cluster.released_in_cluster(trigger.id) is not None
+        ):
+            return
+        error = cluster.last_error or "latch topic not read yet"
+        log.error(
+            "kill acted on before the latch topic was read, a reset of it on another replica "
+            "is not known here (released once the topic is read) alert_id=%s error=%s",
+            trigger.id,
+            error,
+        )
+        self._emit(
+            EventType.ALARM,
+            account="latch_topic",
+            kind="latch_unread_at_kill",
+            error=error,
+            trigger_ids=[trigger.id],
+        )
+
     async def _submit(self, trigger: Trigger) -> AlertRejected | None:
         """Hand the trigger to the engine; return the rejection of an id reused for another
         alert (the engine answered DUPLICATE, but for another scope or mode)."""
+        self._alarm_if_cluster_unknown(trigger)
         result = await self._engine_call(f"alert {trigger.id}", lambda: self.engine.submit(trigger))
         if result != "duplicate":
             self.stats.triggers += 1

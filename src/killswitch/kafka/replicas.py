@@ -29,6 +29,14 @@ was released here by a reset the topic lacks; once that stays so for `reset_sett
 input may be journaling the same trigger id right now: seen before it is held), a reset naming
 exactly those ids is published. Never one it had not seen: a newer kill has a new id.
 
+The alert consumer asks `released_in_cluster` before it acts on a kill or cancel its engine
+has no record of: an alert whose id a reset on the topic released (latched and reset on a peer
+while this replica was down) is not killed again here. Ids are unique per alert: a record of the
+same id is the same alert. Until the topic has been read to its end the answer is "unknown",
+and the consumer acts on the kill (fail-safe) with an alarm; the sync that follows releases it
+here, as it would any latch a reset named, and the latch it queued for the topic meanwhile is
+not published (the cluster released it; publishing it would latch the peers again).
+
 A peer's latch whose scope covers no account configured here (another shard's accounts, on a
 shared latch topic) is not submitted: logged at info and counted in `refused_latches`. One
 that covers some configured account is applied whole, as an alert would be.
@@ -213,6 +221,18 @@ class LatchReplicator(EngineFeed):
         self._outbox: deque[tuple[bytes, bytes | None]] = deque()
         self._position = 0  # next offset to read
         self._skipped_at_resume = False  # `before_resume` could not read the topic
+
+    # -- what the alert consumer asks ---------------------------------------------------------
+
+    def released_in_cluster(self, trigger_id: str) -> bool | None:
+        """Whether a reset on the latch topic released `trigger_id` and no later record latched
+        it again; None while the topic has not been read to its end (unknown)."""
+        if not self.synced:
+            return None
+        return self._released(trigger_id)
+
+    def _released(self, trigger_id: str) -> bool:
+        return trigger_id in self.log.released and trigger_id not in self.log.latched
 
     # -- EventSink: what our engine did ------------------------------------------------------
 
@@ -451,11 +471,35 @@ class LatchReplicator(EngineFeed):
         """Read to the end of the topic as it is now, then reconcile the engine with it."""
         await self._read_to_end()
         self.synced = True
+        self._drop_released_latches()
         await self._reconcile()
         log.info(
             "latch topic read records=%d cluster_latches=%d",
             self.log.records,
             len(self.log.latched),
+        )
+
+    def _drop_released_latches(self) -> None:
+        """Forget the latch records queued before the topic was read whose ids a reset there
+        released (a kill acted on while the topic was unread, fail-safe): the reconcile that
+        follows releases them here, and publishing them would latch the peers again."""
+        dropped: list[str] = []
+        kept: deque[tuple[bytes, bytes | None]] = deque()
+        for key, value in self._outbox:
+            name = key.decode(errors="replace")
+            if value is not None and name.startswith("latch/"):
+                trigger_id = name.removeprefix("latch/")
+                if self._released(trigger_id):
+                    dropped.append(trigger_id)
+                    continue
+            kept.append((key, value))
+        if not dropped:
+            return
+        self._outbox = kept
+        log.warning(
+            "latch not published: a reset on the latch topic released it while the topic was "
+            "unread here (released here too) trigger_ids=%s",
+            dropped,
         )
 
     async def _read_to_end(self) -> None:
