@@ -95,7 +95,7 @@ class TansuBroker:
     def _start_once(self) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
-        proc = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+        proc = _spawn(
             [
                 tansu_binary(),
                 "broker",
@@ -105,10 +105,7 @@ class TansuBroker:
                 advertised,
                 "--storage-engine",
                 "memory://tansu/",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            ]
         )
         self.process = proc
         try:
@@ -125,6 +122,9 @@ class TansuBroker:
         self._drainer.start()
 
     def _read_until_listening(self, proc: subprocess.Popen[bytes]) -> None:
+        """Read the broker's output until it says it listens. The pipe is unbuffered
+        (`_spawn`): a buffered reader would take two lines at once, keep the second, and the
+        selector would wait out the deadline for output already read."""
         assert proc.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         with selectors.DefaultSelector() as sel:
@@ -242,3 +242,14 @@ class DrillKafka:
         finally:
             await producer.stop()
         return ts
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    """Start a process whose stdout and stderr come back on one unbuffered pipe."""
+    return subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        bufsize=0,
+    )
