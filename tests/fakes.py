@@ -359,6 +359,10 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
+    def clock(self) -> float:
+        """The same time, as a method: for budgets given `clock=` and `sleep=` separately."""
+        return self.now
+
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds

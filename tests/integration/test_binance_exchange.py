@@ -34,6 +34,7 @@ from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.ratelimit import BanTracker
 from tests.conftest import eventually
+from tests.fakes import FakeClock
 from tests.fixtures.answers import answers
 from tests.fixtures.binance import BinanceVenue, binance_venue
 
@@ -48,21 +49,6 @@ async def venue(request: pytest.FixtureRequest) -> AsyncIterator[BinanceVenue]:
 async def hmac_venue() -> AsyncIterator[BinanceVenue]:
     async with binance_venue(2) as running_venue:
         yield running_venue
-
-
-class FakeTime:
-    """A clock and a sleep for a RateBudget: sleeping moves the clock, no wall time passes."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def seed(venue: BinanceVenue, name: str = "acct0") -> None:
@@ -213,7 +199,7 @@ async def test_a_bad_key_is_fatal(hmac_venue: BinanceVenue) -> None:
 async def test_a_429_is_rate_limited_and_the_next_request_waits_retry_after(
     hmac_venue: BinanceVenue, use_ws_api: bool
 ) -> None:
-    fake = FakeTime()
+    fake = FakeClock(time.time())
     budget = RateBudget(RATE_LIMITS, clock=fake.clock, sleep=fake.sleep)
     exchange = await hmac_venue.connect("acct0", use_ws_api=use_ws_api, budget=budget)
     placed = await hmac_venue.place("acct0", "BTCUSDT")
@@ -226,7 +212,7 @@ async def test_a_429_is_rate_limited_and_the_next_request_waits_retry_after(
     assert not isinstance(caught.value, IpBanned)
     assert caught.value.retry_after_s == pytest.approx(7.0, abs=0.01)
     assert fake.sleeps == []
-    hmac_venue.sim.reset_limits()  # the venue's 7 s pass at once; ours pass in FakeTime
+    hmac_venue.sim.reset_limits()  # the venue's 7 s pass at once; ours pass in FakeClock
     await exchange.cancel_order("BTCUSDT", str(placed["orderId"]))
     assert sum(fake.sleeps) == pytest.approx(7.0, abs=0.01)
     assert not book_ids(hmac_venue)
@@ -393,7 +379,7 @@ async def test_a_403_is_a_firewall_block_to_wait_out_not_a_bad_key(
     hmac_venue: BinanceVenue,
 ) -> None:
     placed = await hmac_venue.place("acct0", "BTCUSDT")
-    fake = FakeTime()
+    fake = FakeClock(time.time())
     budget = RateBudget(RATE_LIMITS, clock=fake.clock, sleep=fake.sleep)
     exchange = await hmac_venue.connect("acct0", use_ws_api=False, budget=budget)
     answers(hmac_venue.sim).arm(

@@ -31,6 +31,7 @@ from killswitch.model import (
 )
 from killswitch.sim.bingx import BingxSim
 from tests.conftest import eventually
+from tests.fakes import FakeClock
 from tests.fixtures.bingx import ExchangeFactory, bingx_venue, bx_call
 from tests.fixtures.sim import admin
 
@@ -87,22 +88,6 @@ async def place_oco(session: aiohttp.ClientSession, sim: BingxSim, symbol: str =
 
 def open_ids(sim: BingxSim, account: str = "bx0") -> set[str]:
     return set(sim.book(sim.accounts[account]).orders)
-
-
-class FakeTime:
-    """A budget clock that only moves when the budget sleeps, recording each sleep."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class Consumer:
@@ -378,7 +363,7 @@ async def test_oco_lists_over_several_pages_are_all_read(session: aiohttp.Client
 async def test_a_429_raises_rate_limited_and_the_next_request_waits_it_out(
     session: aiohttp.ClientSession,
 ) -> None:
-    fake = FakeTime()
+    fake = FakeClock(1_000_000.0)
     async with started(ex_budget_clock=fake.clock, ex_budget_sleep=fake.sleep) as (
         sim,
         exchange,
@@ -408,7 +393,7 @@ async def test_a_429_raises_rate_limited_and_the_next_request_waits_it_out(
 async def test_a_429_on_one_api_does_not_hold_up_the_others(
     session: aiohttp.ClientSession,
 ) -> None:
-    fake = FakeTime()
+    fake = FakeClock(1_000_000.0)
     async with started(ex_budget_clock=fake.clock, ex_budget_sleep=fake.sleep) as (
         sim,
         exchange,
@@ -432,7 +417,7 @@ async def test_a_429_on_one_api_does_not_hold_up_the_others(
 async def test_a_418_stops_all_traffic_until_the_ban_expires(
     session: aiohttp.ClientSession,
 ) -> None:
-    fake = FakeTime()
+    fake = FakeClock(1_000_000.0)
     async with started(
         rate_limit_scale=0.2, ex_budget_clock=fake.clock, ex_budget_sleep=fake.sleep
     ) as (sim, exchange, _):

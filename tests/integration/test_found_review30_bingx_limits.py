@@ -25,22 +25,8 @@ from killswitch.exchanges.base import IpBanned
 from killswitch.exchanges.bingx.venue import CANCEL, SYMBOLS, USER_DATA_STREAM
 from killswitch.readiness import check_rate
 from killswitch.sim.bingx import VARIANTS
+from tests.fakes import FakeClock
 from tests.fixtures.bingx import bingx_venue, bx_call
-
-
-class FakeTime:
-    """A clock and a sleep for the budgets: sleeping moves the clock, no wall time passes."""
-
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 # -- item 2: listenKeys ------------------------------------------------------------------------
@@ -77,7 +63,7 @@ def test_the_strictest_variant_bans_without_an_epoch() -> None:
 
 async def test_a_418_naming_no_end_holds_every_account_for_minutes_and_escalates() -> None:
     async with bingx_venue(accounts=2, ban_form="plain") as (sim, make_exchange):
-        fake = FakeTime()
+        fake = FakeClock(time.monotonic())
         bx0 = make_exchange("bx0", budget_clock=fake.clock, budget_sleep=fake.sleep)
         bx1 = make_exchange("bx1", budget_clock=fake.clock, budget_sleep=fake.sleep)
         await bx0.start()

@@ -23,27 +23,13 @@ from killswitch.exchanges.base import RateLimited
 from killswitch.exchanges.dialect import BINANCE, BINGX, MAX_WAIT_S, MEXC, Dialect, classify
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
+from tests.fakes import FakeClock
 from tests.fixtures.mexc import mexc_sim
-
-
-class FakeTime:
-    """A clock and a sleep for the budgets: sleeping moves the clock, no wall time passes."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 async def test_mexc_429s_without_retry_after_back_off_toward_ten_minutes() -> None:
     async with mexc_sim(retry_after="none") as (sim, connect):
-        fake = FakeTime()
+        fake = FakeClock(time.time())
         exchange = connect("acct0", budget_clock=fake.clock, budget_sleep=fake.sleep)
         await exchange.start()
         order = sim.book(sim.accounts["acct0"]).place(OrderSpec("BTCUSDT"))
@@ -72,7 +58,7 @@ async def test_mexc_a_clock_read_between_429s_does_not_start_the_backoff_again()
     """The connector reads the server time on its own (every minute, on a clock error): its
     success says nothing of the throttled endpoint's limit."""
     async with mexc_sim(retry_after="none") as (sim, connect):
-        fake = FakeTime()
+        fake = FakeClock(time.time())
         exchange = connect("acct0", budget_clock=fake.clock, budget_sleep=fake.sleep)
         await exchange.start()
         sim.faults.add(Fault(FaultKind.RATE_LIMIT, endpoint="/api/v3/order", retry_after_s=0))
@@ -89,7 +75,7 @@ async def test_mexc_429s_answered_together_are_one_refusal() -> None:
     """Requests on their way together all come back 429: the wait doubles once, not per
     answer (five answers would otherwise make it 160 s at the first refusal)."""
     async with mexc_sim(retry_after="none") as (sim, connect):
-        fake = FakeTime()
+        fake = FakeClock(time.time())
         exchange = connect("acct0", budget_clock=fake.clock, budget_sleep=fake.sleep)
         await exchange.start()
         sim.faults.add(Fault(FaultKind.RATE_LIMIT, endpoint="/api/v3/order", retry_after_s=0))

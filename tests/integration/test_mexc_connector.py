@@ -27,6 +27,7 @@ from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.mexc import MexcSim
 from tests.conftest import eventually
+from tests.fakes import FakeClock
 from tests.fixtures.answers import answers
 from tests.fixtures.mexc import ConnectorFactory, MexcRawClient, mexc_sim
 
@@ -55,21 +56,6 @@ def open_ids(sim: MexcSim, account: str = "acct0") -> set[str]:
 
 def requests(sim: MexcSim, endpoint: str) -> int:
     return sim.counters[f"requests {endpoint}"]
-
-
-class FakeTime:
-    """A budget clock that only moves when the budget sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Collector:
@@ -311,7 +297,7 @@ async def test_rate_limit_raises_with_retry_after_and_the_next_request_waits_it(
     env: tuple[MexcSim, ConnectorFactory],
 ) -> None:
     sim, connect = env
-    fake = FakeTime()
+    fake = FakeClock(1_000_000.0)
     exchange = connect("acct0", budget_clock=fake.clock, budget_sleep=fake.sleep)
     await exchange.start()
     order = sim.book(sim.accounts["acct0"]).place(OrderSpec("BTCUSDT"))
@@ -336,7 +322,7 @@ async def test_ban_raises_ip_banned_and_blocks_every_endpoint(
     env: tuple[MexcSim, ConnectorFactory],
 ) -> None:
     sim, connect = env
-    fake = FakeTime()
+    fake = FakeClock(1_000_000.0)
     exchange = connect("acct0", budget_clock=fake.clock, budget_sleep=fake.sleep)
     await exchange.start()
     sim.faults.add(Fault(FaultKind.RATE_LIMIT, endpoint="/api/v3/openOrders", retry_after_s=50))

@@ -35,6 +35,7 @@ from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.mexc import MexcSim
 from killswitch.sim.ratelimit import Verdict
+from tests.fakes import FakeClock
 from tests.fixtures.binance import binance_venue
 from tests.fixtures.mexc import account_settings, mexc_sim
 from tests.review.bingx_rig import bingx_with_answers
@@ -42,19 +43,8 @@ from tests.review.bingx_rig import bingx_with_answers
 MEXC_LIMITS = RateLimits(weight_per_window=500, window_s=10.0, kill_headroom=0.1)
 
 
-class FakeTime:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 async def test_a_request_in_flight_across_a_window_end_counts_in_the_next_window() -> None:
-    time_ = FakeTime(9.9)
+    time_ = FakeClock(9.9)
     budget = RateBudget(MEXC_LIMITS, clock=time_.clock, sleep=time_.sleep)
     for _ in range(40):
         await budget.acquire(1, Priority.KILL, in_flight=True)  # on their way at 10.0
@@ -76,7 +66,7 @@ async def test_a_request_in_flight_across_a_window_end_counts_in_the_next_window
 async def test_a_request_landing_after_a_window_end_counts_in_the_new_window() -> None:
     """Nothing needs to look at the budget between the send and the answer: the landing
     itself rolls the window first (found by the session's last review)."""
-    time_ = FakeTime(9.9)
+    time_ = FakeClock(9.9)
     budget = RateBudget(MEXC_LIMITS, clock=time_.clock, sleep=time_.sleep)
     for _ in range(40):
         await budget.acquire(1, Priority.KILL, in_flight=True)
@@ -89,7 +79,7 @@ async def test_a_request_landing_after_a_window_end_counts_in_the_new_window() -
 async def test_a_venue_clock_stepping_back_over_a_window_end_keeps_the_later_window() -> None:
     """The windows follow the venue clock's estimate, which a resync may move back a few ms:
     the window and its count never move back with it."""
-    time_ = FakeTime(10.005)
+    time_ = FakeClock(10.005)
     budget = RateBudget(MEXC_LIMITS, clock=time_.clock, sleep=time_.sleep)
     for _ in range(450):
         await budget.acquire(1, Priority.KILL)

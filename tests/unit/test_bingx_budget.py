@@ -19,18 +19,7 @@ from killswitch.exchanges.budget import (
     shared_budget,
     use_shared,
 )
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
+from tests.fakes import FakeClock
 
 
 def fixed_windows_hold(stamps: list[float], limit: int, offset: float) -> bool:
@@ -50,7 +39,7 @@ def fixed_windows_hold(stamps: list[float], limit: int, offset: float) -> bool:
 def test_no_venue_second_ever_sees_more_than_the_limit_whatever_its_alignment(
     limit: int, n: int, offset: float
 ) -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     budget = SlidingBudget(limit, clock=fake.clock, sleep=fake.sleep)
     stamps: list[float] = []
 
@@ -126,7 +115,7 @@ def test_no_venue_second_sees_more_than_the_limit_however_long_requests_take_to_
 
 
 def test_background_reads_leave_room_for_the_kill() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     budget = SlidingBudget(4, clock=fake.clock, sleep=fake.sleep)
     assert budget.try_take(Priority.BACKGROUND)
     assert budget.try_take(Priority.BACKGROUND)
@@ -137,7 +126,7 @@ def test_background_reads_leave_room_for_the_kill() -> None:
 
 
 def test_a_block_holds_every_request_until_it_ends() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     budget = SlidingBudget(5, clock=fake.clock, sleep=fake.sleep)
     budget.block(2.5)
     assert budget.delay_for() == pytest.approx(2.5)
@@ -164,7 +153,7 @@ async def test_an_account_with_one_request_is_not_starved_by_another_with_many()
 
 
 def test_the_error_counter_warns_before_the_lock_and_forgets_old_errors() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     errors = ErrorCounter(limit=20, window_s=480.0, reserve=4, clock=fake.clock)
     for _ in range(15):
         errors.record("/cancel")
@@ -196,7 +185,7 @@ def test_accounts_of_one_host_share_one_ip_budget_until_the_last_lets_go() -> No
 async def test_a_background_call_held_at_its_share_never_makes_a_kill_call_wait() -> None:
     """Fairness between owners is among calls that could go now: a background call waiting
     for its share of a full window is not ahead of a kill's call that fits."""
-    t = FakeTime()
+    t = FakeClock()
     market = SlidingBudget(90, 10.0, background_share=0.9, clock=t.clock, sleep=t.sleep)
     for _ in range(81):
         market.take("a")  # the background share is spent, and by account "a"
