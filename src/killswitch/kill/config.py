@@ -57,6 +57,27 @@ class Account:
     # a kill's first burst needs no probe (`kill.gate`). None: never known, probe after quiet.
     headroom_known: Callable[[], bool] | None = None
 
+    def status(self, dead_mans_switch: str, last_sweep: str) -> dict[str, object]:
+        """What `killswitch status` shows of the account."""
+        entry: dict[str, object] = {
+            "venue": self.ref.venue,
+            "account": self.ref.account,
+            "stream": self.stream_state() if self.stream_state else "unknown",
+            "dead_mans_switch": dead_mans_switch,
+            "last_sweep": last_sweep,
+        }
+        reason = self.not_ready() if self.not_ready is not None else None
+        entry["ready"] = reason is None
+        entry["reason"] = reason or ""
+        if self.learned is not None:
+            entry["learned"] = self.learned()
+        if self.tracker is not None:
+            view = self.tracker.as_snapshot()
+            entry["open_orders"] = len(view.orders)
+            entry["open_lists"] = len(view.lists)
+            entry["tracker_trusted"] = self.tracker.trusted
+        return entry
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:

@@ -23,10 +23,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 
-from killswitch.backoff import Backoff, Stopping, until_journaled
 from killswitch.events import EventRecord, EventType, FanOut, make_event
 from killswitch.journal import Journal
 from killswitch.kill.config import Account, Clock, EngineConfig, Sleep, Spawn
+from killswitch.kill.ends import KillEnds
 from killswitch.kill.latched import DeadMansSwitches, StreamCancels, SweepsDue
 from killswitch.kill.record import (
     AccountResult,
@@ -96,6 +96,10 @@ class Engine:
             emit=self._emit,
             ids=self._ids,
         )
+        self._stop_event = asyncio.Event()
+        self._ends = KillEnds(
+            journal, self._stop_event, clock=clock, sleep=sleep, rng=self._rng, emit=self._emit
+        )
         self._dms = DeadMansSwitches(emit=self._emit, healthy=healthy, sleep=sleep)
         self._sweeps = SweepsDue(self.accounts, self._latches, self._running)
         # Held from deciding a latch change until it is journaled and applied: a reset names
@@ -105,7 +109,6 @@ class Engine:
         self._last_sweep: dict[AccountRef, str] = {}  # how each account's last sweep ended
         self._started = False
         self._stopping = False
-        self._stop_event = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, before_resume: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -398,26 +401,10 @@ class Engine:
 
     def status(self) -> dict[str, object]:
         """Everything `killswitch status` shows: latch, kills, per-account view."""
-        accounts: list[dict[str, object]] = []
-        for account in self.accounts.values():
-            entry: dict[str, object] = {
-                "venue": account.ref.venue,
-                "account": account.ref.account,
-                "stream": account.stream_state() if account.stream_state else "unknown",
-                "dead_mans_switch": self._dms.state.get(account.ref, "off"),
-                "last_sweep": self._last_sweep.get(account.ref, "none"),
-            }
-            reason = account.not_ready() if account.not_ready is not None else None
-            entry["ready"] = reason is None
-            entry["reason"] = reason or ""
-            if account.learned is not None:
-                entry["learned"] = account.learned()
-            if account.tracker is not None:
-                view = account.tracker.as_snapshot()
-                entry["open_orders"] = len(view.orders)
-                entry["open_lists"] = len(view.lists)
-                entry["tracker_trusted"] = account.tracker.trusted
-            accounts.append(entry)
+        accounts = [
+            a.status(self._dms.state.get(a.ref, "off"), self._last_sweep.get(a.ref, "none"))
+            for a in self.accounts.values()
+        ]
         return {
             "latched": self.latched(),
             "latches": [{"trigger_id": t, "scope": s.to_json()} for t, s in self._latches.items()],
@@ -577,54 +564,7 @@ class Engine:
             and kill.kind in (KillKind.TRIGGER, KillKind.RESUME)
             and kill.accounts[account.ref].state is AccountState.FLAT
         ):
-            # Before anything reports it: a restart resuming this one-shot must leave the
-            # account alone, or it would cancel what was placed after its flat snapshot.
-            for trigger in kill.triggers:
-                await self._journal_flat(kill, trigger, account.ref)
-
-    async def _journal_flat(self, kill: Kill, trigger: Trigger, ref: AccountRef) -> None:
-        """Journal that `ref` is flat for a one-shot cancel, retried until the kill's deadline:
-        a disk that refuses writes never holds back the report (an alarm says what it risks)."""
-        backoff = Backoff(initial_s=0.05, max_s=2.0, rng=self._rng)
-        while True:
-            try:
-                await asyncio.shield(
-                    self.journal.append_async(
-                        "account_flat", trigger_id=trigger.id, account=str(ref)
-                    )
-                )
-            except (OSError, RuntimeError) as exc:  # a refused write; a journal closed at stop
-                if self._stop_event.is_set() or self._clock() >= kill.deadline:
-                    log.error(
-                        "account_flat not journaled kill_id=%s account=%s error=%r",
-                        kill.id,
-                        ref,
-                        exc,
-                    )
-                    self._emit(
-                        EventType.ALARM,
-                        kill_id=kill.id,
-                        account=str(ref),
-                        error="flat not journaled: a restart before this cancel's end is "
-                        "journaled would cancel on this account again",
-                    )
-                    return
-                log.warning("account_flat not journaled, retrying kill_id=%s", kill.id)
-                await self._sleep(backoff.next_delay())
-            else:
-                return
-
-    async def _journal_until_stop(self, what: str, kind: str, **fields: object) -> None:
-        """Append one record, retried until journaled or the engine stops (logged)."""
-
-        def write() -> Awaitable[dict[str, object]]:
-            # A write once begun is finished even if this task is cancelled meanwhile.
-            return asyncio.shield(self.journal.append_async(kind, **fields))
-
-        try:
-            await until_journaled(what, write, self._stop_event)
-        except Stopping:
-            log.error("not journaled at stop record=%s", what)
+            await self._ends.account_flat(kill, account.ref)  # before anything reports it
 
     async def _confirm(self, kill: Kill, accounts: Sequence[Account]) -> None:
         """Flat, then still flat after a quiet window with no new order on the streams."""
@@ -660,25 +600,9 @@ class Engine:
                 return
 
     async def _record_done(self, kill: Kill) -> None:
-        if kill.kind in (KillKind.SWEEP, KillKind.STREAM):
-            return
-        if kill.narrowed:
-            return  # its released triggers ended with the reset; the others with their relaunch
-        if kill.state is KillState.ABORTED and not kill.released:
-            # Interrupted by a shutdown: no `kill_done`, so the next start resumes it.
-            log.warning("kill interrupted, resumes at the next start kill_id=%s", kill.id)
-            return
-        summary = kill.summary()
-        self.last_kill = summary
-        for trigger in kill.triggers:
-            # Retried until journaled: a kill whose end is lost runs again at the next start.
-            await self._journal_until_stop(
-                f"kill_done {trigger.id}",
-                "kill_done",
-                trigger_id=trigger.id,
-                state=kill.state.value,
-                summary=summary,
-            )
+        summary = await self._ends.done(kill)
+        if summary is not None:
+            self.last_kill = summary
 
     def _forget_old_kills(self) -> None:
         finished = [t for t, k in self.kills.items() if k.finished.is_set()]
