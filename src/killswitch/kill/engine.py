@@ -37,6 +37,7 @@ from killswitch.kill.record import (
     SubmitResult,
     open_json,
 )
+from killswitch.kill.resets import Resets, see
 from killswitch.kill.waves import Waves
 from killswitch.model import AccountRef, ListEvent, Mode, OrderEvent, Scope, Snapshot, Trigger
 
@@ -77,10 +78,8 @@ class Engine:
         # Trigger ids already accepted, oldest first; as many as the journal keeps. Reset ids
         # are a namespace of their own: an alert id reused across actions is never lost.
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._seen_resets: OrderedDict[str, None] = OrderedDict()
         # Triggers being journaled: a second submit of the same id waits for the first.
         self._accepting: dict[str, asyncio.Future[SubmitResult]] = {}
-        self._resetting: set[asyncio.Future[bool]] = set()  # resets on their way to the journal
         self.kills: dict[str, Kill] = {}  # by trigger id (joined triggers share one Kill)
         self._running: set[Kill] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -105,6 +104,16 @@ class Engine:
         # Held from deciding a latch change until it is journaled and applied: a reset names
         # exactly the latches it releases, and a kill journaled meanwhile is never among them.
         self._latch_lock = asyncio.Lock()
+        self._resets = Resets(
+            journal,
+            self._latch_lock,
+            self._latches,
+            self._latched_triggers,
+            self._running,
+            self._streams,
+            relaunch=self._relaunch,
+            emit=self._emit,
+        )
         self.last_kill: dict[str, object] | None = None
         self._last_sweep: dict[AccountRef, str] = {}  # how each account's last sweep ended
         self._started = False
@@ -136,12 +145,14 @@ class Engine:
                 trigger_ids=list(state.failsafe_latches),
             )
         self._seen = OrderedDict(state.seen)
-        self._seen_resets = OrderedDict(state.reset_ids)
+        self._resets.applied.clear()
+        self._resets.applied.update(state.reset_ids)
         self._latches.clear()  # shared with the stream cancels: updated, never replaced
         self._latches.update(state.latches)
-        self._latched_triggers = {
-            t: state.triggers[t] for t in state.latches if t in state.triggers
-        }
+        self._latched_triggers.clear()  # shared with the resets: updated, never replaced
+        self._latched_triggers.update(
+            {t: state.triggers[t] for t in state.latches if t in state.triggers}
+        )
         self.last_kill = state.last_kill
         # Taken before `before_resume`: a trigger it submits is launched by `submit`, not here.
         journaled = list(state.triggers.items())
@@ -184,8 +195,8 @@ class Engine:
         # Triggers and resets on their way: they finish (journal, memory, events) first.
         if self._accepting:
             await asyncio.wait(list(self._accepting.values()))
-        if self._resetting:
-            await asyncio.wait(list(self._resetting))
+        if self._resets.in_flight:
+            await asyncio.wait(list(self._resets.in_flight))
         running = [k.task for k in self._running if k.task is not None]
         running += list(self._streams.tasks.values())
         if running:
@@ -246,7 +257,7 @@ class Engine:
         async with self._latch_lock:
             # Not journaled: nothing changes, and a retry of this trigger is not a duplicate.
             await self.journal.append_many_async(records)
-            _see(self._seen, trigger.id, self.journal.seen_limit)
+            see(self._seen, trigger.id, self.journal.seen_limit)
             if trigger.mode is Mode.KILL:
                 self._latches[trigger.id] = trigger.scope
                 self._latched_triggers[trigger.id] = trigger
@@ -288,63 +299,7 @@ class Engine:
         already journaled (this life or an earlier one) is a no-op. False if nothing was
         released. Once begun, it runs to its end (journaled, applied, announced) even if the
         caller is cancelled meanwhile."""
-        task = asyncio.ensure_future(
-            self._reset(actor, reason, origin, only, latched_before_ms, reset_id)
-        )
-        self._resetting.add(task)
-        task.add_done_callback(self._resetting.discard)
-        return await asyncio.shield(task)
-
-    async def _reset(
-        self,
-        actor: str,
-        reason: str,
-        origin: str,
-        only: Iterable[str] | None,
-        latched_before_ms: int | None,
-        reset_id: str | None,
-    ) -> bool:
-        async with self._latch_lock:
-            if reset_id is not None and reset_id in self._seen_resets:
-                log.info("reset already applied reset_id=%s", reset_id)
-                return False
-            wanted = set(self._latches) if only is None else set(only) & set(self._latches)
-            if latched_before_ms is not None:
-                wanted = {t for t in wanted if self._received_ms(t) <= latched_before_ms}
-            names = [t for t in self._latches if t in wanted]
-            released = [{"trigger_id": t, "scope": self._latches[t].to_json()} for t in names]
-            by_id = {} if reset_id is None else {"id": reset_id}
-            await self.journal.append_async(
-                "reset", actor=actor, reason=reason, origin=origin, released=released, **by_id
-            )
-            if reset_id is not None:
-                _see(self._seen_resets, reset_id, self.journal.seen_limit)
-            for trigger_id in names:
-                del self._latches[trigger_id]
-                self._latched_triggers.pop(trigger_id, None)
-        for kill in list(self._running):
-            if kill.mode is not Mode.KILL or kill.task is None:
-                continue
-            if kill.kind is KillKind.SWEEP:
-                stale = not any(s.contains(kill.scope) for s in self._latches.values())
-            else:
-                ids = {t.id for t in kill.triggers}
-                stale = bool(ids) and ids <= wanted
-                if ids & wanted and not stale:
-                    # Some of a joined kill's triggers were released: the rest go on at their
-                    # own, narrower scopes; the wide kill ends here.
-                    kill.narrowed = True
-                    kill.task.cancel()
-                    self._relaunch([t for t in kill.triggers if t.id not in wanted])
-                    continue
-            if stale:
-                kill.released = True
-                kill.task.cancel()
-        if names:
-            self._streams.released()
-        log.warning("reset actor=%s origin=%s reason=%r released=%s", actor, origin, reason, names)
-        self._emit(EventType.RESET, actor=actor, reason=reason, origin=origin, released=released)
-        return bool(names)
+        return await self._resets.reset(actor, reason, origin, only, latched_before_ms, reset_id)
 
     def _relaunch(self, triggers: list[Trigger]) -> None:
         launched: list[Kill] = []
@@ -356,10 +311,6 @@ class Engine:
                 self.kills[trigger.id] = joined
             else:
                 launched.append(self._launch(trigger, scope, kind=KillKind.TRIGGER))
-
-    def _received_ms(self, trigger_id: str) -> int:
-        trigger = self._latched_triggers.get(trigger_id)
-        return trigger.received_ms if trigger is not None else 0
 
     def healthy(self) -> bool:
         """True while started and its background loops (sweeper, dead-man's switches) run."""
@@ -389,7 +340,7 @@ class Engine:
 
     def reset_applied(self, reset_id: str) -> bool:
         """Whether a reset of this id was journaled (ids of resets are apart from triggers')."""
-        return reset_id in self._seen_resets
+        return reset_id in self._resets.applied
 
     def kill_for(self, trigger_id: str) -> Kill | None:
         """The kill a trigger started or joined."""
@@ -653,11 +604,3 @@ class Engine:
 def _cancelled(kill: Kill) -> int:
     """Orders and lists the kill has seen cancelled, over its accounts."""
     return sum(len(r.cancelled) + len(r.lists_cancelled) for r in kill.accounts.values())
-
-
-def _see(ids: OrderedDict[str, None], one: str, limit: int) -> None:
-    """Remember `one` as the newest of `ids`, keeping at most `limit` of them."""
-    ids[one] = None
-    ids.move_to_end(one)
-    while len(ids) > limit:
-        ids.popitem(last=False)
