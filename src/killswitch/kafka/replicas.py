@@ -50,7 +50,6 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -61,6 +60,7 @@ from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import EventRecord, EventType, make_event
 from killswitch.journal import UNREADABLE_PREFIX
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
+from killswitch.kafka.latch_log import LatchLog, remember
 from killswitch.kill.port import EnginePort
 from killswitch.kill.record import SubmitResult
 from killswitch.model import AccountRef, Mode, Trigger
@@ -78,95 +78,6 @@ ORIGIN_HEADER = "x-origin"
 
 
 ReplicaEngine = EnginePort  # what the replicator needs of the engine
-
-
-@dataclass
-class LatchLog:
-    """The cluster's latch as the topic tells it, folded record by record in offset order."""
-
-    latched: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> trigger json
-    # The newest released ids, bounded: the topic grows for ever, this process must not.
-    released: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    origins: dict[str, str] = field(default_factory=dict)  # latched id -> origin replica
-    peers: set[str] = field(default_factory=set)  # every origin seen
-    last_reset: dict[str, Any] | None = None
-    records: int = 0
-    invalid: int = 0
-
-    def apply(self, key: bytes | None, value: bytes | None) -> dict[str, Any] | None:
-        """Fold one record in; return it decoded (None for a tombstone or an invalid record)."""
-        self.records += 1
-        name = (key or b"").decode(errors="replace")
-        if value is None:
-            if name.startswith("latch/"):
-                self.latched.pop(name.removeprefix("latch/"), None)
-            return None
-        try:
-            record = _decode(value)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            self.invalid += 1
-            log.error("invalid latch record key=%s error=%s", name, exc)
-            return None
-        if record["type"] == "latch":
-            trigger_id = str(record["trigger"]["id"])
-            self.latched[trigger_id] = record["trigger"]
-            self.origins[trigger_id] = str(record.get("origin", ""))
-            self.peers.add(self.origins[trigger_id])
-            self.released.pop(trigger_id, None)
-        else:
-            self.peers.add(str(record.get("origin", "")))
-            for trigger_id in (str(i) for i in record.get("released") or []):
-                self.latched.pop(trigger_id, None)
-                self.origins.pop(trigger_id, None)
-                _remember(self.released, trigger_id)
-            self.last_reset = record
-        return record
-
-    def decide(self, held: Iterable[str]) -> Decision:
-        """Compare the latches this replica holds with the cluster's: what to do about it."""
-        mine = set(held)
-        submit = [t for i, t in self.latched.items() if i not in mine]
-        unknown = sorted(mine - set(self.latched) - self.released.keys())
-        release = sorted(mine & self.released.keys())
-        return Decision(submit=submit, publish=unknown, release=release)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What a replica must do to agree with the latch log."""
-
-    submit: list[dict[str, Any]]  # cluster latches this replica lacks
-    publish: list[str]  # latches this replica holds that the log has never seen
-    release: list[str]  # latches held that a reset elsewhere named: released, and only they
-
-
-MEMORY_IDS = 100_000  # ids kept in each bounded map
-
-
-def _remember(ids: OrderedDict[str, None], key: str, limit: int = MEMORY_IDS) -> None:
-    """Add `key` as the newest id; forget the oldest past `limit`."""
-    ids[key] = None
-    ids.move_to_end(key)
-    while len(ids) > limit:
-        ids.popitem(last=False)
-
-
-def _decode(value: bytes) -> dict[str, Any]:
-    record = orjson.loads(value)
-    if not isinstance(record, dict):
-        raise TypeError("not an object")
-    kind = record.get("type")
-    if kind == "latch":
-        trigger = record["trigger"]
-        if not isinstance(trigger, dict):
-            raise TypeError("latch without a trigger object")
-        Trigger.from_json(trigger)  # validate now, not when applied
-    elif kind == "reset":
-        if not isinstance(record.get("released") or [], list):
-            raise TypeError("reset.released must be a list")
-    else:
-        raise TypeError(f"unknown record type {kind!r}")
-    return record
 
 
 def held_latches(engine: ReplicaEngine) -> list[str]:
@@ -574,7 +485,7 @@ class LatchReplicator(EngineFeed):
         if accounts is None or any(trigger.scope.covers_account(a) for a in accounts):
             return True
         if trigger.id not in self._refused:
-            _remember(self._refused, trigger.id)
+            remember(self._refused, trigger.id)
             self.refused_latches += 1
             log.info(
                 "latch from replica not applied: its scope covers no account configured here "
@@ -587,7 +498,7 @@ class LatchReplicator(EngineFeed):
 
     async def _submit_peer_latch(self, trigger: Trigger) -> SubmitResult:
         """Submit a cluster latch to the engine as the same trigger."""
-        _remember(self._applied, trigger.id)
+        remember(self._applied, trigger.id)
         result = await self._engine_call(trigger.id, functools.partial(self.engine.submit, trigger))
         self.applied_latches += 1
         if result is SubmitResult.DUPLICATE and trigger.id not in self.engine.latches():
@@ -609,7 +520,7 @@ class LatchReplicator(EngineFeed):
                 continue  # the topic shows it released by now, or it is latched here
             trigger = Trigger.from_json(trigger_json)
             # Ask again: a journal write that failed meanwhile forgot the id (ACCEPTED now).
-            _remember(self._applied, trigger_id)
+            remember(self._applied, trigger_id)
             result = await self._engine_call(
                 trigger_id, functools.partial(self.engine.submit, trigger)
             )

@@ -1,0 +1,107 @@
+"""The latch topic's records, folded in offset order into the cluster's latch (`LatchLog`), and
+what a replica must do to agree with it (`Decision`). Pure data: the replicator
+(`kafka.replicas`) reads and writes the topic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from killswitch.model import Trigger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LatchLog:
+    """The cluster's latch as the topic tells it, folded record by record in offset order."""
+
+    latched: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> trigger json
+    # The newest released ids, bounded: the topic grows for ever, this process must not.
+    released: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    origins: dict[str, str] = field(default_factory=dict)  # latched id -> origin replica
+    peers: set[str] = field(default_factory=set)  # every origin seen
+    last_reset: dict[str, Any] | None = None
+    records: int = 0
+    invalid: int = 0
+
+    def apply(self, key: bytes | None, value: bytes | None) -> dict[str, Any] | None:
+        """Fold one record in; return it decoded (None for a tombstone or an invalid record)."""
+        self.records += 1
+        name = (key or b"").decode(errors="replace")
+        if value is None:
+            if name.startswith("latch/"):
+                self.latched.pop(name.removeprefix("latch/"), None)
+            return None
+        try:
+            record = _decode(value)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            self.invalid += 1
+            log.error("invalid latch record key=%s error=%s", name, exc)
+            return None
+        if record["type"] == "latch":
+            trigger_id = str(record["trigger"]["id"])
+            self.latched[trigger_id] = record["trigger"]
+            self.origins[trigger_id] = str(record.get("origin", ""))
+            self.peers.add(self.origins[trigger_id])
+            self.released.pop(trigger_id, None)
+        else:
+            self.peers.add(str(record.get("origin", "")))
+            for trigger_id in (str(i) for i in record.get("released") or []):
+                self.latched.pop(trigger_id, None)
+                self.origins.pop(trigger_id, None)
+                remember(self.released, trigger_id)
+            self.last_reset = record
+        return record
+
+    def decide(self, held: Iterable[str]) -> Decision:
+        """Compare the latches this replica holds with the cluster's: what to do about it."""
+        mine = set(held)
+        submit = [t for i, t in self.latched.items() if i not in mine]
+        unknown = sorted(mine - set(self.latched) - self.released.keys())
+        release = sorted(mine & self.released.keys())
+        return Decision(submit=submit, publish=unknown, release=release)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a replica must do to agree with the latch log."""
+
+    submit: list[dict[str, Any]]  # cluster latches this replica lacks
+    publish: list[str]  # latches this replica holds that the log has never seen
+    release: list[str]  # latches held that a reset elsewhere named: released, and only they
+
+
+MEMORY_IDS = 100_000  # ids kept in each bounded map
+
+
+def remember(ids: OrderedDict[str, None], key: str, limit: int = MEMORY_IDS) -> None:
+    """Add `key` as the newest id; forget the oldest past `limit`."""
+    ids[key] = None
+    ids.move_to_end(key)
+    while len(ids) > limit:
+        ids.popitem(last=False)
+
+
+def _decode(value: bytes) -> dict[str, Any]:
+    record = orjson.loads(value)
+    if not isinstance(record, dict):
+        raise TypeError("not an object")
+    kind = record.get("type")
+    if kind == "latch":
+        trigger = record["trigger"]
+        if not isinstance(trigger, dict):
+            raise TypeError("latch without a trigger object")
+        Trigger.from_json(trigger)  # validate now, not when applied
+    elif kind == "reset":
+        if not isinstance(record.get("released") or [], list):
+            raise TypeError("reset.released must be a list")
+    else:
+        raise TypeError(f"unknown record type {kind!r}")
+    return record
