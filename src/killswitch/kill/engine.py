@@ -299,7 +299,9 @@ class Engine:
         already journaled (this life or an earlier one) is a no-op. False if nothing was
         released. Once begun, it runs to its end (journaled, applied, announced) even if the
         caller is cancelled meanwhile."""
-        return await self._resets.reset(actor, reason, origin, only, latched_before_ms, reset_id)
+        return await self._resets.shielded(
+            self._resets.apply(actor, reason, origin, only, latched_before_ms, reset_id)
+        )
 
     def _relaunch(self, triggers: list[Trigger]) -> None:
         launched: list[Kill] = []

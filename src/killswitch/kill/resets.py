@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 
 from killswitch.events import EventRecord, EventType
 from killswitch.journal import Journal
@@ -49,7 +50,14 @@ class Resets:
         self.applied: OrderedDict[str, None] = OrderedDict()
         self.in_flight: set[asyncio.Future[bool]] = set()
 
-    async def reset(
+    async def shielded(self, reset: Coroutine[Any, Any, bool]) -> bool:
+        """Run `reset` (an `apply`) to its end whatever happens to the caller; stop waits."""
+        task = asyncio.ensure_future(reset)
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+        return await asyncio.shield(task)
+
+    async def apply(
         self,
         actor: str,
         reason: str,
@@ -59,22 +67,6 @@ class Resets:
         reset_id: str | None,
     ) -> bool:
         """See `Engine.reset`."""
-        task = asyncio.ensure_future(
-            self._reset(actor, reason, origin, only, latched_before_ms, reset_id)
-        )
-        self.in_flight.add(task)
-        task.add_done_callback(self.in_flight.discard)
-        return await asyncio.shield(task)
-
-    async def _reset(
-        self,
-        actor: str,
-        reason: str,
-        origin: str,
-        only: Iterable[str] | None,
-        latched_before_ms: int | None,
-        reset_id: str | None,
-    ) -> bool:
         async with self._lock:
             if reset_id is not None and reset_id in self.applied:
                 log.info("reset already applied reset_id=%s", reset_id)
