@@ -48,7 +48,12 @@ is logged and retried later; it never fails the append that prompted it.
 """
 
 from killswitch.journal.read import JournalCorrupt, replay
-from killswitch.journal.state import DEFAULT_SEEN_LIMIT, UNREADABLE_PREFIX, JournalState
+from killswitch.journal.state import (
+    DEFAULT_SEEN_LIMIT,
+    UNREADABLE_PREFIX,
+    JournalState,
+    remember_newest,
+)
 from killswitch.journal.writer import DEFAULT_COMPACT_BYTES, FileOps, Journal
 
 __all__ = [
@@ -59,5 +64,6 @@ __all__ = [
     "Journal",
     "JournalCorrupt",
     "JournalState",
+    "remember_newest",
     "replay",
 ]

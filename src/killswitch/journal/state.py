@@ -82,7 +82,7 @@ class JournalState:
             }
             self.last_reset = record
             if isinstance(record.get("id"), str):  # a reset by id (Kafka): a re-read is a no-op
-                _see(self.reset_ids, str(record["id"]), seen_limit)
+                remember_newest(self.reset_ids, str(record["id"]), seen_limit)
             self._forget_finished()
         elif kind == "account_flat":
             trigger_id = str(record["trigger_id"])
@@ -107,13 +107,13 @@ class JournalState:
             if not isinstance(resets, list):
                 raise TypeError("seen record with a reset id field that is not a list")
             for reset_id in resets:
-                _see(self.reset_ids, str(reset_id), seen_limit)
+                remember_newest(self.reset_ids, str(reset_id), seen_limit)
         else:
             log.warning("journal record of unknown kind=%s ignored", kind)
         self.records += 1
 
     def _see(self, trigger_id: str, limit: int) -> None:
-        _see(self.seen, trigger_id, limit)
+        remember_newest(self.seen, trigger_id, limit)
 
     def _forget_finished(self) -> None:
         keep = set(self.latches) | self.unfinished
@@ -123,7 +123,9 @@ class JournalState:
             del self.flat_accounts[trigger_id]
 
 
-def _see(ids: OrderedDict[str, None], one: str, limit: int) -> None:
+def remember_newest(ids: OrderedDict[str, None], one: str, limit: int) -> None:
+    """Remember `one` as the newest of `ids`, forgetting the oldest past `limit` (the bounded
+    id sets: seen trigger and reset ids here and in the engine, the replicas' id maps)."""
     ids[one] = None
     ids.move_to_end(one)
     while len(ids) > limit:

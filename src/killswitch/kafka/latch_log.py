@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from killswitch.journal import remember_newest
 from killswitch.model import Trigger
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,9 @@ class Decision:
 MEMORY_IDS = 100_000  # ids kept in each bounded map
 
 
-def remember(ids: OrderedDict[str, None], key: str, limit: int = MEMORY_IDS) -> None:
-    """Add `key` as the newest id; forget the oldest past `limit`."""
-    ids[key] = None
-    ids.move_to_end(key)
-    while len(ids) > limit:
-        ids.popitem(last=False)
+def remember(ids: OrderedDict[str, None], key: str) -> None:
+    """Add `key` as the newest id; forget the oldest past `MEMORY_IDS`."""
+    remember_newest(ids, key, MEMORY_IDS)
 
 
 def _decode(value: bytes) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 
 from killswitch.events import EventRecord, EventType, FanOut, make_event
-from killswitch.journal import Journal
+from killswitch.journal import Journal, remember_newest
 from killswitch.kill.config import Account, Clock, EngineConfig, Sleep, Spawn
 from killswitch.kill.ends import KillEnds
 from killswitch.kill.latched import DeadMansSwitches, StreamCancels, SweepsDue
@@ -37,7 +37,7 @@ from killswitch.kill.record import (
     SubmitResult,
     open_json,
 )
-from killswitch.kill.resets import Resets, see
+from killswitch.kill.resets import Resets
 from killswitch.kill.waves import Waves
 from killswitch.model import AccountRef, ListEvent, Mode, OrderEvent, Scope, Snapshot, Trigger
 
@@ -257,7 +257,7 @@ class Engine:
         async with self._latch_lock:
             # Not journaled: nothing changes, and a retry of this trigger is not a duplicate.
             await self.journal.append_many_async(records)
-            see(self._seen, trigger.id, self.journal.seen_limit)
+            remember_newest(self._seen, trigger.id, self.journal.seen_limit)
             if trigger.mode is Mode.KILL:
                 self._latches[trigger.id] = trigger.scope
                 self._latched_triggers[trigger.id] = trigger

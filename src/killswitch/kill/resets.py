@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from killswitch.events import EventRecord, EventType
-from killswitch.journal import Journal
+from killswitch.journal import Journal, remember_newest
 from killswitch.kill.latched import StreamCancels
 from killswitch.kill.record import Kill, KillKind
 from killswitch.model import Mode, Scope, Trigger
@@ -81,7 +81,7 @@ class Resets:
                 "reset", actor=actor, reason=reason, origin=origin, released=released, **by_id
             )
             if reset_id is not None:
-                see(self.applied, reset_id, self._journal.seen_limit)
+                remember_newest(self.applied, reset_id, self._journal.seen_limit)
             for trigger_id in names:
                 del self._latches[trigger_id]
                 self._latched_triggers.pop(trigger_id, None)
@@ -116,11 +116,3 @@ class Resets:
     def _received_ms(self, trigger_id: str) -> int:
         trigger = self._latched_triggers.get(trigger_id)
         return trigger.received_ms if trigger is not None else 0
-
-
-def see(ids: OrderedDict[str, None], one: str, limit: int) -> None:
-    """Remember `one` as the newest of `ids`, keeping at most `limit` of them."""
-    ids[one] = None
-    ids.move_to_end(one)
-    while len(ids) > limit:
-        ids.popitem(last=False)
