@@ -31,6 +31,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from killswitch.exchanges.base import Exchange, Priority, VenueError
 from killswitch.model import (
@@ -65,6 +66,17 @@ class _End:
 
     reason: str
     at_once: bool = False  # reconnect without a backoff delay (an explicit resync)
+
+
+async def _first_of(*tasks: asyncio.Future[Any]) -> None:
+    """Wait for the first of `tasks` to end, then cancel the others and wait for them too (also
+    when the wait itself is cancelled): nothing is left running."""
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
 
 
 class StreamSupervisor:
@@ -304,13 +316,8 @@ class StreamSupervisor:
         end abandons the read. A failed read raises."""
         read = asyncio.create_task(self._read_snapshot(background=False))
         listen = asyncio.create_task(self._listen(inbox, buffered))
-        try:
-            await asyncio.wait({read, listen}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # A cancelled `inbox.get()` leaves its item in the queue: `_drain` still sees it.
-            read.cancel()
-            listen.cancel()
-            await asyncio.wait({read, listen})
+        # A cancelled `inbox.get()` leaves its item in the queue: `_drain` still sees it.
+        await _first_of(read, listen)
         if listen.cancelled():
             current = asyncio.current_task()
             if read.cancelled() and (current is None or not current.cancelling()):
@@ -487,14 +494,9 @@ class StreamSupervisor:
         if self._resync_pending is not None:
             return
         log.info("stream reconnect account=%s in_s=%.3f", self.ref, delay)
-        sleeper = asyncio.ensure_future(self._sleep(delay))
-        woken = asyncio.create_task(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            woken.cancel()
-            await asyncio.wait({sleeper, woken})
+        await _first_of(
+            asyncio.ensure_future(self._sleep(delay)), asyncio.ensure_future(self._wake.wait())
+        )
 
     def _went_down(self, reason: str) -> None:
         self.gaps += 1
