@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from killswitch.model import json_object
 from killswitch.settings import ControlSettings, config_path
 
 EXIT_OK = 0
@@ -78,13 +79,9 @@ def request(path: Path, payload: dict[str, Any], *, timeout_s: float = 10.0) -> 
         raise ControlUnreachable(f"{path}: {exc.strerror or exc}{_sent(sent)}") from exc
     if not buf:
         raise ControlUnreachable(f"{path}: connection closed without an answer{_sent(sent)}")
-    try:
-        answer = orjson.loads(buf)
-    except orjson.JSONDecodeError as exc:
-        raise ControlUnreachable(f"{path}: answer is not JSON{_sent(sent)}") from exc
-    if not isinstance(answer, dict):
-        raise ControlUnreachable(f"{path}: answer is not an object{_sent(sent)}")
-    return answer
+    return json_object(
+        buf, lambda wrong: ControlUnreachable(f"{path}: bad answer, {wrong}{_sent(sent)}")
+    )
 
 
 def _sent(sent: bool) -> str:

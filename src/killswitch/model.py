@@ -8,10 +8,24 @@ place where `BTC-USDT` and `BTCUSDT` are made comparable.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 
 VENUES: tuple[str, ...] = ("binance", "mexc", "bingx")
+
+
+def json_object(raw: bytes, error: Callable[[str], Exception]) -> dict[str, Any]:
+    """Decode `raw` as one JSON object, or raise `error(what is wrong)` (never echoing it)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise error(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def canonical_symbol(symbol: str) -> str:

@@ -22,10 +22,9 @@ import hmac
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from killswitch.model import VENUES, AccountRef, Mode, Scope, Trigger, unmatched
+from killswitch.model import VENUES, AccountRef, Mode, Scope, Trigger, json_object, unmatched
 
 SIGNATURE_HEADER = "x-signature"
 MAX_ALERT_BYTES = 64 * 1024
@@ -184,12 +183,7 @@ def parse_alert(value: bytes | None, headers: Headers = (), *, hmac_key: bytes |
     # Authenticate first: an unauthenticated producer learns nothing from our parser.
     if hmac_key is not None:
         verify_signature(value, headers, hmac_key)
-    try:
-        data = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedAlert(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise MalformedAlert(f"expected a JSON object, got {type(data).__name__}")
+    data = json_object(value, MalformedAlert)
     try:
         return Alert.model_validate(data)
     except ValidationError as exc:

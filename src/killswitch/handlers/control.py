@@ -54,7 +54,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from killswitch.handlers.alerts import AlertScope
 from killswitch.kill.engine import Engine
 from killswitch.kill.record import Kill, KillState, SubmitResult
-from killswitch.model import Mode, Trigger, unmatched
+from killswitch.model import Mode, Trigger, json_object, unmatched
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,7 @@ REQUESTS: dict[str, type[Request]] = {
 
 def parse_request(line: bytes) -> Request:
     """Decode and validate one request line; raise `ControlError` saying what is wrong."""
-    try:
-        data = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        raise ControlError("not JSON") from None
-    if not isinstance(data, dict):
-        raise ControlError("a request is a JSON object")
+    data = json_object(line, ControlError)
     op = data.get("op")
     model = REQUESTS.get(op) if isinstance(op, str) else None
     if model is None:
