@@ -76,21 +76,32 @@ ITEM_ERRORS = "item_errors"
 
 
 class ScopeSettings(BaseModel):
-    """What a heartbeat or rule covers; an empty list means all."""
+    """What an alert, a `fire` request, a heartbeat or a rule covers; an empty list means all."""
 
-    model_config = _SECTION
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
     venues: list[Venue] = []
-    accounts: list[str] = []
-    symbols: list[str] = []
+    accounts: list[str] = Field(default=[], max_length=1000)
+    symbols: list[str] = Field(default=[], max_length=1000)
     # "" would read as "no prefix": a typo must not widen a strategy's scope to everything.
-    client_order_id_prefix: str | None = Field(default=None, min_length=1)
+    client_order_id_prefix: str | None = Field(default=None, min_length=1, max_length=36)
+
+    @field_validator("venues", mode="before")
+    @classmethod
+    def _known_venues(cls, venues: object) -> object:
+        if not isinstance(venues, list) or not all(isinstance(v, str) for v in venues):
+            return venues  # the list's own validation says what is wrong
+        lowered = [v.strip().lower() for v in venues]
+        unknown = sorted(set(lowered) - set(VENUES))
+        if unknown:
+            raise ValueError(f"unknown venue(s) {unknown}; known: {list(VENUES)}")
+        return lowered
 
     @field_validator("accounts", "symbols")
     @classmethod
     def _no_empty_names(cls, names: list[str]) -> list[str]:
         # An empty symbol matches no order: the kill would be flat at once, of nothing.
-        if any(not n.strip() for n in names):
+        if any(not n for n in names):
             raise ValueError("names must not be empty")
         return names
 

@@ -13,6 +13,7 @@ from killswitch.settings import (
     DEFAULT_URLS,
     ConfigError,
     KafkaSettings,
+    ScopeSettings,
     Settings,
     load_settings,
     unknown_env_vars,
@@ -293,8 +294,10 @@ def test_a_scope_with_an_unknown_venue_name_is_rejected_naming_the_field(tmp_pat
 
     errors = errors_of(write(tmp_path, TWO_ACCOUNTS + heartbeat))
 
-    assert len(errors) == 1
-    assert errors[0].startswith("heartbeats[0].scope.venues[0]: Input should be")
+    assert errors == [
+        "heartbeats[0].scope.venues: unknown venue(s) ['binanse']; known: "
+        "['binance', 'mexc', 'bingx']"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -640,3 +643,14 @@ def test_settings_can_be_built_directly_for_tests() -> None:
     )
 
     assert settings.accounts[0].rest_url == DEFAULT_URLS["mexc"][0]
+
+
+def test_a_configured_scope_reads_names_as_an_alert_scope_does() -> None:
+    """A stray space or capital in a configured scope must not make it match nothing (a kill
+    of nothing is flat at once): it is read as an alert's scope is."""
+    scope = ScopeSettings.model_validate(
+        {"venues": [" Binance"], "symbols": ["BTCUSDT "], "client_order_id_prefix": " bot7-"}
+    ).to_scope()
+    assert scope.venues == frozenset({"binance"})
+    assert scope.covers_symbol("BTCUSDT")
+    assert scope.covers_client_id("bot7-1")

@@ -22,9 +22,10 @@ import hmac
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from killswitch.model import VENUES, AccountRef, Mode, Scope, Trigger, json_object, unmatched
+from killswitch.model import AccountRef, Mode, Trigger, json_object, unmatched
+from killswitch.settings import ScopeSettings
 
 SIGNATURE_HEADER = "x-signature"
 MAX_ALERT_BYTES = 64 * 1024
@@ -84,35 +85,8 @@ class AlertAction(enum.StrEnum):
 _STRICT = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
 
-class AlertScope(BaseModel):
-    """What an alert covers; an empty list means all."""
-
-    model_config = _STRICT
-
-    venues: list[str] = []
-    accounts: list[str] = Field(default=[], max_length=1000)
-    symbols: list[str] = Field(default=[], max_length=1000)
-    client_order_id_prefix: str | None = Field(default=None, min_length=1, max_length=36)
-
-    @field_validator("venues")
-    @classmethod
-    def _known_venues(cls, venues: list[str]) -> list[str]:
-        lowered = [v.lower() for v in venues]
-        unknown = sorted(set(lowered) - set(VENUES))
-        if unknown:
-            raise ValueError(f"unknown venue(s) {unknown}; known: {list(VENUES)}")
-        return lowered
-
-    @field_validator("accounts", "symbols")
-    @classmethod
-    def _no_empty_names(cls, names: list[str]) -> list[str]:
-        if any(not n for n in names):
-            raise ValueError("names must not be empty")
-        return names
-
-    def to_scope(self) -> Scope:
-        """Return the domain scope."""
-        return Scope.of(self.venues, self.accounts, self.symbols, self.client_order_id_prefix)
+# An alert's scope is checked as a configured one is: known venues, no empty names.
+AlertScope = ScopeSettings
 
 
 class Alert(BaseModel):
