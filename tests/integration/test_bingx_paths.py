@@ -439,7 +439,8 @@ async def _first_order_event(exchange: BingxExchange, sim: BingxSim) -> OrderEve
 
 
 @pytest.mark.parametrize(
-    ("field", "seen"), [("C", "cid_7"), ("c", "cid_7"), ("none", UNREAD_CLIENT_ID)]
+    ("field", "seen"),
+    [("C", "cid_7"), ("c", "cid_7"), ("c+C", "cid_7"), ("none", UNREAD_CLIENT_ID)],
 )
 async def test_the_client_id_is_read_from_c_or_lowercase_c_and_may_be_absent(
     field: str, seen: str

@@ -15,7 +15,9 @@ Facts from `reference/exchange-apis.md` §3 [BX-DOC]. Each question the sources 
 * `limits`: `"strict"` (cancel 5/s; cancelOrders, cancelOpenOrders, oco/cancel 2/s; per IP and
   API 3/s on trade endpoints, 2/s on the others) or `"docs_v3"` (10/s nearly everywhere).
 * `heartbeat`: JSON `{"ping","time"}` -> `{"pong","time"}`, or text `Ping` -> `Pong`.
-* `client_id_field`: the executionReport's client order id as `C`, `c`, or absent.
+* `client_id_field`: the executionReport's client order id as `C`, `c`, or absent, or both in
+  Binance's layout (`"c+C"`): `c` the order's id and `C` "", except on a cancel, where `C` is
+  the order's id and `c` the cancel's own.
 * `recv_window_max_ms`: 5000 (common parameters) or 60000.
 * `gone_style`: a cancel of an order that is not open is refused with 80016/80018 (`"codes"`),
   100421 "cancel fail, order not exist" / 100400 "...FILLED or CANCELLED already..."
@@ -164,7 +166,7 @@ class BingxBehaviour:
     oco_page_unit: str = "lists"  # lists | legs (what pageSize counts in the ocoOrders shape)
     limits: str = "strict"  # strict | docs_v3
     heartbeat: str = "json"  # json | text
-    client_id_field: str = "C"  # C | c | none
+    client_id_field: str = "C"  # C | c | none | c+C
     recv_window_max_ms: int = 60_000
     gone_style: str = "codes"  # codes | docs_table | v2026
     throttle_form: str = "epoch"  # epoch | plain
@@ -178,7 +180,7 @@ class BingxBehaviour:
         "oco_page_unit": ("lists", "legs"),
         "limits": ("strict", "docs_v3"),
         "heartbeat": ("json", "text"),
-        "client_id_field": ("C", "c", "none"),
+        "client_id_field": ("C", "c", "none", "c+C"),
         "recv_window_max_ms": (5000, 60_000),
         "gone_style": ("codes", "docs_table", "v2026"),
         "throttle_form": ("epoch", "plain"),
@@ -860,11 +862,15 @@ class BingxSim(SimVenue):
             "Y": float(last_quote),
             "Q": 0,
             "m": exec_type == "TRADE",
-            **self._client_id_field(order),
+            **self._client_id_field(order, exec_type),
         }
 
-    def _client_id_field(self, order: SimOrder) -> dict[str, str]:
+    def _client_id_field(self, order: SimOrder, exec_type: str) -> dict[str, str]:
         field_name = self.behaviour.client_id_field
+        if field_name == "c+C":  # Binance's layout
+            if exec_type == "CANCELED":
+                return {"c": f"cancel{order.order_id}", "C": order.client_order_id}
+            return {"c": order.client_order_id, "C": ""}
         return {} if field_name == "none" else {field_name: order.client_order_id}
 
     # -- lookups ---------------------------------------------------------------------------

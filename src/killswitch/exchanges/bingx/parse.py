@@ -144,12 +144,20 @@ def stream_error(msg: dict[str, Any]) -> VenueError | None:
 
 
 def _client_id(data: dict[str, Any], *names: str) -> str:
-    """The client id under the first of `names` present; `UNREAD_CLIENT_ID` when none is (an
-    empty or null value is an answer: the order has none)."""
+    """The client id: the first non-empty value under `names`; "" (the order has none) when
+    every one present is empty or null; `UNREAD_CLIENT_ID` when none is present.
+
+    Which field holds it is open (reference §3.7: `C` for some clients, `c` for others). In
+    Binance's layout, whose letters the event copies, both are sent: `c` is the client id and
+    `C` is "" except on a cancel, where `C` is the order's own id and `c` the cancel's. Taking
+    the first present would read "" there: a prefixed order out of every prefix scope."""
+    present = False
     for name in names:
         if name in data:
-            return str(data[name] or "")
-    return UNREAD_CLIENT_ID
+            present = True
+            if data[name]:
+                return str(data[name])
+    return "" if present else UNREAD_CLIENT_ID
 
 
 def parse_execution_report(data: dict[str, Any], list_id: str | None = None) -> OrderEvent:
