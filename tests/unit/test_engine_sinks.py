@@ -14,8 +14,10 @@ from killswitch.journal import Journal
 from killswitch.kill.config import Account, EngineConfig
 from killswitch.kill.engine import Engine
 from killswitch.model import AccountRef, Mode, Scope, Trigger
+from killswitch.sim.book import OrderSpec
 from killswitch.sinks.audit import AuditLog, read_audit
 from killswitch.sinks.metrics import Metrics
+from killswitch.streams.tracker import OrderTracker
 from tests.fakes import FakeClock, FakeExchange, StaticTracker
 
 
@@ -78,6 +80,28 @@ async def test_metrics_count_requests_retries_429s_and_time_to_flat(tmp_path: Pa
     assert "killswitch_time_to_flat_seconds_count 1.0" in text
     assert "killswitch_latched 1.0" in text
     assert 'killswitch_open_orders{account="binance/mm-1"} 3.0' in text  # the tracker's view
+    assert 'killswitch_tracker_trusted{account="binance/mm-1"} 1.0' in text
+
+
+def test_a_tracker_that_never_read_the_venue_exports_no_count_of_open_orders(
+    tmp_path: Path,
+) -> None:
+    """Review 37: a tracker whose stream never synced showed `killswitch_open_orders 0` while
+    the venue held two orders: a 0 no read ever said. It is now absent, and the trust gauge 0."""
+    venue = FakeExchange()
+    venue.book.place(OrderSpec("BTCUSDT"))
+    venue.book.place(OrderSpec("BTCUSDT"))
+    ref = AccountRef("binance", "main")
+    tracker = OrderTracker(ref)  # no stream, no snapshot yet
+    engine = Engine(
+        [Account(ref, venue, tracker=tracker)],
+        Journal(tmp_path / "j.jsonl"),
+        rng=random.Random(1),
+    )
+    text = generate_latest(Metrics(status=engine.status).registry).decode()
+    assert not tracker.trusted
+    assert 'killswitch_tracker_trusted{account="binance/main"} 0.0' in text
+    assert not [x for x in text.splitlines() if x.startswith("killswitch_open_order")]
 
 
 def test_the_audit_fsync_never_holds_up_the_writer_and_close_waits_for_it(

@@ -120,10 +120,20 @@ class _StatusCollector(Collector):
         failed.add_metric([], 1.0 if state == "failed" else 0.0)
         yield failed
         orders = GaugeMetricFamily(
-            "killswitch_open_orders", "Open orders the tracker holds.", labels=["account"]
+            "killswitch_open_orders",
+            "Open orders the tracker holds; absent while it is not trusted (never read whole, "
+            "or behind the venue): a count no read said is no count.",
+            labels=["account"],
         )
         lists = GaugeMetricFamily(
-            "killswitch_open_order_lists", "Open order lists the tracker holds.", labels=["account"]
+            "killswitch_open_order_lists",
+            "Open order lists the tracker holds; absent while it is not trusted.",
+            labels=["account"],
+        )
+        trusted = GaugeMetricFamily(
+            "killswitch_tracker_trusted",
+            "1 while the account's tracker agrees with a complete venue read and its stream.",
+            labels=["account"],
         )
         stream = GaugeMetricFamily(
             "killswitch_stream_state",
@@ -146,7 +156,9 @@ class _StatusCollector(Collector):
                     [str(entry.get("venue")), str(entry.get("account"))],
                     1.0 if entry["ready"] else 0.0,
                 )
-            if "open_orders" in entry:
+            if "tracker_trusted" in entry:
+                trusted.add_metric([label], 1.0 if entry["tracker_trusted"] else 0.0)
+            if "open_orders" in entry and entry.get("tracker_trusted"):
                 orders.add_metric([label], _number(entry["open_orders"]))
                 lists.add_metric([label], _number(entry.get("open_lists")))
             current = str(entry.get("stream", "unknown"))
@@ -154,6 +166,7 @@ class _StatusCollector(Collector):
                 stream.add_metric([label, state], 1.0 if state == current else 0.0)
         yield orders
         yield lists
+        yield trusted
         yield stream
         yield ready
 
