@@ -50,9 +50,9 @@ from time_to_flat import (
     machine,
     seed,
     sim_toml,
-    stamp_logs,
     throttle_counts,
 )
+from venue_procs import Venues
 
 TARGETS = {"ratio": 1.5, "rss_mb": 300.0, "idle_cpu_pct_per_account": 2.0, "ready_s": 10.0}
 SYMBOLS, PER_SYMBOL = 5, 10
@@ -110,12 +110,12 @@ async def one_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             text = text[:start] + (text[end:] if end >= 0 else "")
     cluster = SimCluster.from_toml(text, f"<scale {n}>")
     await cluster.start()
-    stamp_logs(cluster)
+    venues = Venues.of(cluster)  # and its request logs stamped on arrival
     workdir = Path(tempfile.mkdtemp(prefix=f"ks-scale-{n}-"))
     daemon = Daemon(workdir, accounts)
     failed = True
     try:
-        loads = seed(cluster, spec, accounts)
+        loads = seed(venues, spec, accounts)
         config = workdir / "killswitch.toml"
         config.write_text(daemon_toml(workdir, accounts, cluster))
         started = time.monotonic()
@@ -138,7 +138,7 @@ async def one_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             }
             for venue, sim in cluster.venues.items()
         }
-        await daemon.wait_tracking(cluster, timeout_s=120.0)
+        await daemon.wait_tracking(venues, timeout_s=120.0)
         tracking_s = time.monotonic() - started
         assert daemon.proc is not None
         rss_idle, _ = daemon.rss_mb()

@@ -61,7 +61,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,7 +96,10 @@ from killswitch.exchanges.base import (  # noqa: E402
 from killswitch.exchanges.factory import build_exchange  # noqa: E402
 from killswitch.kill.bound import AccountLoad, loads_of, lower_bound  # noqa: E402
 from killswitch.sim.server import SimCluster  # noqa: E402
-from killswitch.sim.venue import SimVenue, generate_workload  # noqa: E402
+from killswitch.sim.venue import SimVenue  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from venue_procs import Venue, VenueProcess, Venues  # noqa: E402
 
 VENUES = ("binance", "mexc", "bingx")
 CANCEL_ENDPOINTS = frozenset(
@@ -201,9 +203,11 @@ def accounts_for(spec: Spec) -> list[DrillAccount]:
     ]
 
 
-def sim_toml(spec: Spec, accounts: Sequence[DrillAccount], rtt_ms: float) -> str:
+def sim_toml(
+    spec: Spec, accounts: Sequence[DrillAccount], rtt_ms: float, venues: Sequence[str] = VENUES
+) -> str:
     lines = ['host = "127.0.0.1"', "seed = 7", ""]
-    for venue in VENUES:
+    for venue in venues:
         names = ", ".join(f'"{s}"' for s in spec.symbol_names(venue))
         lines += [
             f"[venues.{venue}]",
@@ -218,11 +222,11 @@ def sim_toml(spec: Spec, accounts: Sequence[DrillAccount], rtt_ms: float) -> str
 
 
 def daemon_toml(
-    workdir: Path, accounts: Sequence[DrillAccount], cluster: SimCluster, bootstrap: str
+    workdir: Path, accounts: Sequence[DrillAccount], cluster: Venues, bootstrap: str
 ) -> str:
     lines = [f'state_dir = "{workdir / "state"}"', ""]
     for account in accounts:
-        lines += daemon_account_toml(account, cluster)
+        lines += daemon_account_toml(account, cluster)  # type: ignore[arg-type]
     lines += [
         "[kafka]",
         f'bootstrap_servers = "{bootstrap}"',
@@ -240,33 +244,24 @@ def daemon_toml(
     return "\n".join(lines)
 
 
-def seed(cluster: SimCluster, spec: Spec, accounts: Sequence[DrillAccount]) -> list[AccountLoad]:
+def seed(cluster: Venues, spec: Spec, accounts: Sequence[DrillAccount]) -> list[AccountLoad]:
     """Place the workload in the books; return each account's load, read back from its book."""
     loads = []
     for account in accounts:
-        sim = cluster.venues[account.venue]
-        orders, lists = generate_workload(
-            symbols=spec.symbol_names(account.venue),
-            per_symbol=spec.per_symbol,
+        rows = cluster.venues[account.venue].seed_generated(
+            account.name,
+            spec.symbol_names(account.venue),
+            spec.per_symbol,
             # "where the venue has them": MEXC spot has no order-list API
-            list_fraction=spec.list_fraction
-            if capabilities()[account.venue].has_order_lists
-            else 0.0,
-            client_id_prefix=f"b{secrets.token_hex(2)}_",
-            rng=sim.rng,
+            spec.list_fraction if capabilities()[account.venue].has_order_lists else 0.0,
+            f"b{secrets.token_hex(2)}_",
         )
-        acct = sim.accounts[account.name]
-        sim.seed(acct, orders, lists)
-        book = sim.book(acct)
-        rows = [(o.symbol, o.list_id) for o in book.open_orders()]
         loads += loads_of([(account.venue, rows)])
     return loads
 
 
-def book_open(cluster: SimCluster, account: DrillAccount) -> int:
-    sim = cluster.venues[account.venue]
-    book = sim.book(sim.accounts[account.name])
-    return len(book.orders) + len(book.lists)
+def book_open(cluster: Venues, account: DrillAccount) -> int:
+    return sum(cluster.venues[account.venue].open_counts(account.name))
 
 
 # -- the daemon --------------------------------------------------------------------------------
@@ -315,7 +310,7 @@ class Daemon:
     async def control(self, payload: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
         return await asyncio.to_thread(request, self.socket, payload, timeout_s=timeout_s)
 
-    async def wait_tracking(self, cluster: SimCluster, timeout_s: float = 300.0) -> None:
+    async def wait_tracking(self, cluster: Venues, timeout_s: float = 300.0) -> None:
         """Wait until every stream is live and each tracker holds what the book holds; or,
         after `lenient_s`, until every stream is live (a tracker that cannot catch up, such as
         BingX's over a capped openOrders read, is noted: the kill then plans from its read)."""
@@ -331,11 +326,10 @@ class Daemon:
                     label = f"{acc['venue']}/{acc['account']}"
                     if label not in want:
                         continue
-                    sim = cluster.venues[acc["venue"]]
-                    book = sim.book(sim.accounts[acc["account"]])
+                    orders, lists = cluster.venues[acc["venue"]].open_counts(acc["account"])
                     tracked = (acc.get("stream"), acc.get("open_orders"), acc.get("open_lists"))
-                    if tracked != ("live", len(book.orders), len(book.lists)):
-                        behind[label] = (tracked, len(book.orders), len(book.lists))
+                    if tracked != ("live", orders, lists):
+                        behind[label] = (tracked, orders, lists)
                 if not behind and status.get("accounts"):
                     return
                 live = all(t[0][0] == "live" for t in behind.values())  # type: ignore[index]
@@ -434,9 +428,11 @@ class Bench:
 
     async def workload(self, spec: Spec, bootstrap: str, runs: int, baseline_runs: int) -> Result:
         accounts = accounts_for(spec)
-        cluster = SimCluster.from_toml(sim_toml(spec, accounts, self.rtt_ms), f"<bench {spec}>")
+        cluster = Venues(
+            {v: sim_toml(spec, accounts, self.rtt_ms, (v,)) for v in VENUES},
+            in_process=self.args.sims_in_process,
+        )
         await cluster.start()
-        stamp_logs(cluster)
         workdir = Path(tempfile.mkdtemp(prefix=f"ks-bench-{spec.name}-"))
         daemon = Daemon(workdir, accounts)
         if spec.name in self.args.lenient_on.split(","):
@@ -546,11 +542,11 @@ class Bench:
                         flush=True,
                     )
 
-    def count(self, cluster: SimCluster, phase: str) -> None:
+    def count(self, cluster: Venues, phase: str) -> None:
         """Add the 418s and 429s the sims answered since the last count to `phase`."""
         for sim in cluster.venues.values():
             for code in ("418", "429"):
-                self.counters[f"{phase} {code}"] += sim.counters.pop(f"http {code}", 0)
+                self.counters[f"{phase} {code}"] += sim.pop_counter(f"http {code}")
 
     async def warm_up(self, daemon: Daemon, prod: Any) -> str:
         """A cancel of nothing, through the whole path: proves the consumer is assigned."""
@@ -593,7 +589,7 @@ class Bench:
         self,
         spec: Spec,
         i: int,
-        cluster: SimCluster,
+        cluster: Venues,
         daemon: Daemon,
         prod: Any,
         accounts: Sequence[DrillAccount],
@@ -611,7 +607,7 @@ class Bench:
             await asyncio.sleep(quiet)
         for sim in cluster.venues.values():
             sim.reset_limits()
-            sim.request_log.clear()
+            sim.clear_log()
         alert_id = f"bench-{spec.name}-{i}-{secrets.token_hex(3)}"
         sent = await self.fire(daemon, prod, alert_id, "kill")
         sent_ms = int(sent * 1000)  # the alert's `ts`
@@ -624,15 +620,14 @@ class Bench:
         left = {a.label: book_open(cluster, a) for a in accounts if book_open(cluster, a)}
         if left:
             raise RuntimeError(f"flat reported but the books hold {left}")
+        logs = {venue: sim.log() for venue, sim in cluster.venues.items()}
         cancels = [
             entry["t"]
-            for sim in cluster.venues.values()
-            for entry in sim.request_log
+            for log in logs.values()
+            for entry in log
             if _endpoint(entry) in CANCEL_ENDPOINTS and entry["t"] >= sent
         ]
-        requests = sum(
-            1 for sim in cluster.venues.values() for e in sim.request_log if e["account"]
-        )
+        requests = sum(1 for log in logs.values() for e in log if e["account"])
         self.last_kill_done = time.monotonic()
         answer = await daemon.control({"op": "reset", "reason": "bench: next run"})
         if not answer.get("ok"):
@@ -643,8 +638,8 @@ class Bench:
         mine = [r for r in daemon.kill_records(alert_id) if r.get("type") != "confirmed"]
         entries = [
             (venue, e)
-            for venue, sim in cluster.venues.items()
-            for e in sim.request_log
+            for venue, log in logs.items()
+            for e in log
             if e.get("mono", 0.0) >= self.sent_mono
         ]
         stages, per_account, timeline = breakdown(
@@ -661,20 +656,6 @@ class Bench:
             accounts=per_account,
             timeline=timeline,
         )
-
-
-class StampedLog(deque[dict[str, Any]]):
-    """A simulator request log that also stamps each entry with this process's monotonic
-    clock on arrival (`mono`), which the daemon's events share (`mono_ms`)."""
-
-    def append(self, entry: dict[str, Any]) -> None:
-        entry["mono"] = time.monotonic()
-        super().append(entry)
-
-
-def stamp_logs(cluster: SimCluster) -> None:
-    for sim in cluster.venues.values():
-        sim.request_log = StampedLog(sim.request_log, maxlen=sim.request_log.maxlen)
 
 
 def request_kind(entry: dict[str, Any]) -> str:
@@ -797,7 +778,7 @@ def capabilities() -> dict[str, Capabilities]:
     return {"binance": BINANCE, "mexc": MEXC, "bingx": BINGX}
 
 
-async def measure_rtt(sim: SimVenue, n: int = 20) -> float:
+async def measure_rtt(sim: Venue | VenueProcess, n: int = 20) -> float:
     """The median time of an unsigned request to the simulator: the round trip R really paid."""
     times = []
     async with aiohttp.ClientSession() as session:
@@ -813,7 +794,7 @@ async def measure_rtt(sim: SimVenue, n: int = 20) -> float:
 
 
 async def naive_baseline(
-    cluster: SimCluster, accounts: Sequence[DrillAccount]
+    cluster: Venues, accounts: Sequence[DrillAccount]
 ) -> tuple[float, int, int]:
     """Per account: fetch open orders, cancel one by one. Returns (seconds, requests, 429s)."""
     exchanges: list[Exchange] = []
@@ -826,12 +807,11 @@ async def naive_baseline(
             api_key=account.api_key,
             api_secret=account.secret,
             rest_url=sim.base_url,
-            ws_url=ws_url(account.venue, sim),
+            ws_url=ws_url(account.venue, sim),  # type: ignore[arg-type]
             **options,
         )
         await exchange.start()
         exchanges.append(exchange)
-    before = {n: sum(s.counters.values()) for n, s in cluster.venues.items()}
     started = time.monotonic()
     try:
         results = await asyncio.gather(*(naive_account(e) for e in exchanges))
@@ -839,7 +819,6 @@ async def naive_baseline(
         seconds = time.monotonic() - started
         for exchange in exchanges:
             await exchange.close()
-    del before
     return seconds, sum(r[0] for r in results), sum(r[1] for r in results)
 
 
@@ -1279,6 +1258,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--script-runs", type=int, default=3, help="user-script (ccxt) runs")
     parser.add_argument("--script-on", default="S,L", help="workloads that get the user script")
+    parser.add_argument(
+        "--sims-in-process",
+        action="store_true",
+        help="serve the three simulated venues in the bench's own process (one event loop) "
+        "instead of one process each",
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     parser.add_argument(
