@@ -239,6 +239,7 @@ def connector(account: AccountSettings, *, state_dir: Path | None = None) -> Exc
         timeout_s=account.timeout_s,
         recv_window_ms=account.recv_window_ms,
         learned_path=learned_path,
+        symbols=account.symbols,
     )
 
 

@@ -50,3 +50,12 @@ def test_bingx_keeps_what_it_learned_in_the_file_it_is_given(tmp_path: Path) -> 
     )
     assert isinstance(again, BingxExchange)
     assert again.learned_paths()["cancel_all_covers_lists"] is False
+
+
+def test_mexc_knows_the_configured_symbols_from_the_start() -> None:
+    # What its read without a symbol is checked against (reference §2.3: unverified).
+    exchange = build_exchange(
+        "mexc", account="a", api_key="k", api_secret="s", symbols=["BTCUSDT"], **URLS
+    )
+    assert isinstance(exchange, MexcExchange)
+    assert exchange.known_symbols == {"BTCUSDT"}

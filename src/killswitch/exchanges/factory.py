@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Unpack
 
@@ -33,14 +34,16 @@ def build_exchange(
     *,
     use_ws_api: bool = True,
     learned_path: Path | None = None,
+    symbols: Sequence[str] = (),
     **args: Unpack[ConnectorArgs],
 ) -> Exchange:
     """Construct the connector for `venue` from what every connector takes (`ConnectorArgs`).
     `use_ws_api` is Binance's (REST only when False); `learned_path` is where BingX keeps what
-    it learned of the account (§3.7)."""
+    it learned of the account (§3.7); `symbols`, the account's configured ones, are what MEXC
+    checks its read without a symbol against (§2.3)."""
     cls = connector_class(venue)
     if cls is BinanceExchange:
         return BinanceExchange(**args, use_ws_api=use_ws_api)
     if cls is BingxExchange:
         return BingxExchange(**args, learned_path=learned_path)
-    return MexcExchange(**args)
+    return MexcExchange(**args, symbols_hint=symbols)

@@ -109,6 +109,8 @@ WIRE = Wire(
 # Missing-parameter codes: MEXC's (700004, "Mandatory parameter '...' was not sent") and the
 # Binance one MEXC's table copies (-1102).
 MISSING_PARAM_CODES = frozenset({700004, -1102})
+# An order this much younger than a read may have been placed between it and its check.
+_PLACED_MEANWHILE_MS = 2_000
 _MISSING_WORDS = ("mandatory", "required", "must be sent", "not sent", "empty")
 
 
@@ -121,6 +123,19 @@ def symbol_required(exc: VenueError) -> bool:
 
 
 # -- the connector ------------------------------------------------------------------------------
+def _with_checks(rows: list[Any], checked: list[Any], read_at: int) -> tuple[list[Any], bool]:
+    """The rows of a read without a symbol with those its check by symbol found that it did not
+    show; and whether it was whole: not when it left out an order older than both reads (one
+    placed meanwhile proves nothing)."""
+    shown = {(str(r.get("symbol")), text_id(r["orderId"])) for r in rows}
+    complete = True
+    for row in checked:
+        if (str(row.get("symbol")), text_id(row["orderId"])) not in shown:
+            rows.append(row)
+            complete = complete and int(row.get("time") or 0) >= read_at - _PLACED_MEANWHILE_MS
+    return rows, complete
+
+
 class MexcExchange(VenueConnector):
     """One MEXC spot account."""
 
@@ -200,31 +215,23 @@ class MexcExchange(VenueConnector):
         """Open orders of every symbol (or of `symbols`); MEXC has no order-list read."""
         read_at = self.clock.now_ms()
         rows: list[Any] | None = None
-        if symbols is None and not self._no_symbol_refused:
-            try:
-                answer = await self.rest.request(
-                    "GET", "/api/v3/openOrders", weight=3, priority=priority
-                )
-                rows = _rows(answer, self.account)
-            except (Fatal, OutcomeUnknown) as exc:
-                # A refusal (a 4xx that is not about the key): read the known symbols this
-                # time. Only the venue's own "symbol is mandatory" is its rule, remembered; any
-                # other (a proxy's 404, a passing 400) may be gone next time. A 5xx, a timeout
-                # or an unreadable answer proves nothing.
-                status = exc.http_status
-                refused = status is not None and 400 <= status < 500
-                if exc.code in AUTH_CODES or not refused:
-                    raise
-                if symbol_required(exc):
-                    self._no_symbol_refused = True
-                    self.capabilities = replace(self.capabilities, open_orders_without_symbol=False)
-                log.warning(
-                    "openOrders without symbol refused account=%s code=%s%s: reading known symbols",
-                    self.account,
-                    exc.code,
-                    " (symbol required)" if self._no_symbol_refused else "",
-                )
         complete = True
+        if symbols is None and not self._no_symbol_refused:
+            whole, checked, answered = await self._read_every_symbol(priority)
+            if isinstance(whole, Fatal | OutcomeUnknown):
+                self._refused(whole)
+                if answered:  # the check read every known symbol already: nothing to add
+                    rows, complete = checked, False
+            elif isinstance(whole, BaseException):
+                raise whole
+            else:
+                rows, complete = _with_checks(_rows(whole, self.account), checked, read_at)
+                if not complete:
+                    log.warning(
+                        "openOrders without symbol left out open orders of known symbols "
+                        "account=%s: the read proves nothing flat",
+                        self.account,
+                    )
         if rows is None:
             # Read per symbol. For an account-wide read that covers only the symbols we know
             # of: an order on any other symbol would be missed, so it proves nothing flat.
@@ -240,6 +247,51 @@ class MexcExchange(VenueConnector):
         orders = tuple(order_from_row(row) for row in rows)
         self.known_symbols.update(o.symbol for o in orders)
         return Snapshot(orders=orders, lists=(), server_time_ms=read_at, complete=complete)
+
+    async def _read_every_symbol(self, priority: Priority) -> tuple[object, list[Any], bool]:
+        """`openOrders` without a symbol, and beside it (the same round) the symbols we know of
+        read by name: whether the call without a symbol answers every symbol is unverified
+        (reference §2.3). Returns its answer (or error), the rows of the check, and whether
+        every part of the check answered (one that failed only goes unchecked)."""
+        known = sorted(self.known_symbols)
+        whole, *checks = await asyncio.gather(
+            self.rest.request("GET", "/api/v3/openOrders", weight=3, priority=priority),
+            *(self._read_symbols(chunk, priority) for chunk in _chunks(known)),
+            return_exceptions=True,
+        )
+        for outcome in (whole, *checks):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+        rows: list[Any] = []
+        answered = True
+        for outcome in checks:
+            if isinstance(outcome, VenueError):
+                log.info("openOrders check failed account=%s error=%s", self.account, outcome)
+                answered = False
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                rows.extend(outcome)
+        return whole, rows, answered
+
+    def _refused(self, exc: Fatal | OutcomeUnknown) -> None:
+        """Raise `exc` unless it is a refusal of the read without a symbol (a 4xx that is not
+        about the key): then the known symbols are read this time. Only the venue's own "symbol
+        is mandatory" is its rule, remembered; any other (a proxy's 404, a passing 400) may be
+        gone next time. A 5xx, a timeout or an unreadable answer proves nothing."""
+        status = exc.http_status
+        refused = status is not None and 400 <= status < 500
+        if exc.code in AUTH_CODES or not refused:
+            raise exc
+        if symbol_required(exc):
+            self._no_symbol_refused = True
+            self.capabilities = replace(self.capabilities, open_orders_without_symbol=False)
+        log.warning(
+            "openOrders without symbol refused account=%s code=%s%s: reading known symbols",
+            self.account,
+            exc.code,
+            " (symbol required)" if self._no_symbol_refused else "",
+        )
 
     async def _read_symbols(self, symbols: Sequence[str], priority: Priority) -> list[Any]:
         answer = await self.rest.request(
