@@ -97,46 +97,38 @@ class AccountResult:
         }
 
 
+@dataclass(eq=False)  # one kill is itself only: kept in sets, waited on by its events
 class Kill:
     """One kill (or sweep) in progress. Tests and callers wait on its events."""
 
-    def __init__(
-        self,
-        kill_id: str,
-        kind: KillKind,
-        scope: Scope,
-        mode: Mode,
-        triggers: list[Trigger],
-        started: float,
-        deadline: float,
-    ) -> None:
-        self.id = kill_id
-        self.kind = kind
-        self.scope = scope
-        self.mode = mode
-        self.triggers = triggers
-        self.started = started
-        self.deadline = deadline
-        self.state = KillState.RUNNING
-        self.accounts: dict[AccountRef, AccountResult] = {}
-        self.first_cancel_ms: float | None = None
-        self.local_flat_ms: float | None = None
-        self.time_to_flat_ms: float | None = None
-        self.new_orders_seen = 0
-        self.joins = 0  # triggers that joined after it started (each one bumps it)
-        # Set by a reset that released every trigger of this kill: a cancellation after it is
-        # the kill's end. Any other cancellation (a shutdown) interrupts it, and the next life
-        # of the daemon resumes it from the journal, as it would after a crash.
-        self.released = False
-        # Set by a reset that released some of its triggers: the rest were relaunched.
-        self.narrowed = False
-        # Accounts a resumed one-shot cancel proved flat in an earlier life: left alone.
-        self.flat_before: frozenset[AccountRef] = frozenset()
-        self.final: dict[str, object] | None = None  # the summary, frozen when it finished
-        self.flat = asyncio.Event()  # proved flat
-        self.done = asyncio.Event()  # flat or failed: the result is known
-        self.finished = asyncio.Event()  # confirmation over too; the kill task has ended
-        self.task: asyncio.Task[None] | None = None
+    id: str
+    kind: KillKind
+    scope: Scope
+    mode: Mode
+    triggers: list[Trigger]
+    started: float
+    deadline: float
+    state: KillState = KillState.RUNNING
+    accounts: dict[AccountRef, AccountResult] = field(default_factory=dict)
+    first_cancel_ms: float | None = None
+    local_flat_ms: float | None = None
+    time_to_flat_ms: float | None = None
+    new_orders_seen: int = 0
+    joins: int = 0  # triggers that joined after it started (each one bumps it)
+    # Set by a reset that released every trigger of this kill: a cancellation after it is
+    # the kill's end. Any other cancellation (a shutdown) interrupts it, and the next life
+    # of the daemon resumes it from the journal, as it would after a crash.
+    released: bool = False
+    # Set by a reset that released some of its triggers: the rest were relaunched.
+    narrowed: bool = False
+    # Accounts a resumed one-shot cancel proved flat in an earlier life: left alone.
+    flat_before: frozenset[AccountRef] = frozenset()
+    final: dict[str, object] | None = None  # the summary, frozen when it finished
+    flat: asyncio.Event = field(default_factory=asyncio.Event)  # proved flat
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # flat or failed: result known
+    # Confirmation over too; the kill task has ended.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
 
     @property
     def origin_ms(self) -> int:
