@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +20,17 @@ class Emit(Protocol):
     """Records one event of the given type (the engine's `_emit`)."""
 
     def __call__(self, event_type: EventType, /, **fields: object) -> EventRecord: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The engine's seams, handed to each of its parts: time, waits, jitter and events. Every
+    wait goes through `sleep` and every reading of time through `clock`: tests drive both."""
+
+    clock: Clock
+    sleep: Sleep
+    rng: random.Random
+    emit: Emit
 
 
 class Spawn(Protocol):

@@ -6,40 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 from killswitch.backoff import Backoff, Stopping, until_journaled
-from killswitch.events import EventRecord, EventType
+from killswitch.events import EventType
 from killswitch.journal import Journal
-from killswitch.kill.config import Clock, Sleep
+from killswitch.kill.config import Runtime
 from killswitch.kill.record import Kill, KillKind, KillState
 from killswitch.model import AccountRef
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[..., EventRecord]
-
 
 class KillEnds:
     """Journals the ends of kills and of a cancel's accounts; retried, never skipped silently."""
 
-    def __init__(
-        self,
-        journal: Journal,
-        stopping: asyncio.Event,
-        *,
-        clock: Clock,
-        sleep: Sleep,
-        rng: random.Random,
-        emit: Emit,
-    ) -> None:
+    def __init__(self, journal: Journal, stopping: asyncio.Event, run: Runtime) -> None:
         self._journal = journal
         self._stopping = stopping
-        self._clock = clock
-        self._sleep = sleep
-        self._rng = rng
-        self._emit = emit
+        self._run = run
 
     async def account_flat(self, kill: Kill, ref: AccountRef) -> None:
         """Journal that `ref` is flat for a one-shot cancel, before anything reports it: a
@@ -47,7 +32,7 @@ class KillEnds:
         placed after its flat snapshot. Retried until the kill's deadline: a disk that refuses
         writes never holds back the report (an alarm says what it risks)."""
         for trigger in kill.triggers:
-            backoff = Backoff(initial_s=0.05, max_s=2.0, rng=self._rng)
+            backoff = Backoff(initial_s=0.05, max_s=2.0, rng=self._run.rng)
             while True:
                 try:
                     await asyncio.shield(
@@ -56,14 +41,14 @@ class KillEnds:
                         )
                     )
                 except (OSError, RuntimeError) as exc:  # refused; or closed at stop
-                    if self._stopping.is_set() or self._clock() >= kill.deadline:
+                    if self._stopping.is_set() or self._run.clock() >= kill.deadline:
                         log.error(
                             "account_flat not journaled kill_id=%s account=%s error=%r",
                             kill.id,
                             ref,
                             exc,
                         )
-                        self._emit(
+                        self._run.emit(
                             EventType.ALARM,
                             kill_id=kill.id,
                             account=str(ref),
@@ -72,7 +57,7 @@ class KillEnds:
                         )
                         break
                     log.warning("account_flat not journaled, retrying kill_id=%s", kill.id)
-                    await self._sleep(backoff.next_delay())
+                    await self._run.sleep(backoff.next_delay())
                 else:
                     break
 

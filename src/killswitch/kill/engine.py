@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from killswitch.events import EventRecord, EventType, FanOut, make_event
 from killswitch.journal import Journal, remember_newest
-from killswitch.kill.config import Account, Clock, EngineConfig, Sleep, Spawn
+from killswitch.kill.config import Account, Clock, EngineConfig, Runtime, Sleep, Spawn
 from killswitch.kill.ends import KillEnds
 from killswitch.kill.latched import DeadMansSwitches, StreamCancels, SweepsDue
 from killswitch.kill.record import (
@@ -84,21 +84,13 @@ class Engine:
         self._running: set[Kill] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
-        self._waves = Waves(self.config, sleep=sleep, clock=clock, rng=self._rng, emit=self._emit)
+        run = Runtime(clock=clock, sleep=sleep, rng=self._rng, emit=self._emit)
+        self._waves = Waves(self.config, run)
         self._streams = StreamCancels(
-            self.accounts,
-            self._latches,
-            self._running,
-            self._waves,
-            self.config,
-            clock=clock,
-            emit=self._emit,
-            ids=self._ids,
+            self.accounts, self._latches, self._running, self._waves, self.config, run, self._ids
         )
         self._stop_event = asyncio.Event()
-        self._ends = KillEnds(
-            journal, self._stop_event, clock=clock, sleep=sleep, rng=self._rng, emit=self._emit
-        )
+        self._ends = KillEnds(journal, self._stop_event, run)
         self._dms = DeadMansSwitches(emit=self._emit, healthy=healthy, sleep=sleep)
         self._sweeps = SweepsDue(self.accounts, self._latches, self._running)
         # Held from deciding a latch change until it is journaled and applied: a reset names

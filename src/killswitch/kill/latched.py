@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from killswitch.events import EventType
 from killswitch.exchanges.base import VenueError
-from killswitch.kill.config import Account, Clock, Emit, EngineConfig, Sleep
+from killswitch.kill.config import Account, Emit, EngineConfig, Runtime, Sleep
 from killswitch.kill.planner import plan
 from killswitch.kill.record import AccountResult, AccountState, Kill, KillKind
 from killswitch.kill.waves import Waves, _AccountStopped
@@ -45,9 +45,7 @@ class StreamCancels:
         running: set[Kill],
         waves: Waves,
         config: EngineConfig,
-        *,
-        clock: Clock,
-        emit: Emit,
+        run: Runtime,
         ids: itertools.count[int],
     ) -> None:
         self.accounts = accounts
@@ -55,8 +53,8 @@ class StreamCancels:
         self._running = running  # the engine's: kills whose quiet window a new order resets
         self._waves = waves
         self.config = config
-        self._clock = clock
-        self._emit = emit
+        self._clock = run.clock
+        self._emit = run.emit
         self._ids = ids
         self._stream_pending: dict[AccountRef, dict[str, Order | OrderList]] = {}
         self._stream_recent: dict[AccountRef, dict[str, float]] = {}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -37,7 +36,7 @@ from killswitch.exchanges.base import (
 )
 from killswitch.kill.calls import BatchPartial, send_request
 from killswitch.kill.client_ids import fill_client_ids
-from killswitch.kill.config import Account, Clock, Emit, EngineConfig, Sleep
+from killswitch.kill.config import Account, EngineConfig, Runtime
 from killswitch.kill.gate import Gate
 from killswitch.kill.planner import (
     CancelRequest,
@@ -61,26 +60,15 @@ T = TypeVar("T")
 class Waves:
     """Drive accounts through a kill, each under its own gate (see `kill.gate`)."""
 
-    def __init__(
-        self,
-        config: EngineConfig,
-        *,
-        sleep: Sleep,
-        clock: Clock,
-        rng: random.Random,
-        emit: Emit,
-    ) -> None:
+    def __init__(self, config: EngineConfig, run: Runtime) -> None:
         self.config = config
-        self._sleep = sleep
-        self._clock = clock
-        self._rng = rng
-        self._emit = emit
+        self._run = run
         self._gates: dict[AccountRef, Gate] = {}
 
     async def run_account(self, kill: Kill, account: Account, *, fast: bool) -> None:
         result = kill.accounts[account.ref]
         result.state = AccountState.RUNNING
-        guard_s = max(0.0, kill.deadline - self._clock()) + _GUARD_S
+        guard_s = max(0.0, kill.deadline - self._run.clock()) + _GUARD_S
         try:
             async with asyncio.timeout(guard_s):
                 await self._account_waves(kill, account, result, fast=fast)
@@ -103,7 +91,7 @@ class Waves:
             log.exception("kill account crashed kill_id=%s account=%s", kill.id, account.ref)
             result.state = AccountState.FAILED
             result.error = {"kind": type(exc).__name__}
-            self._emit(
+            self._run.emit(
                 EventType.ALARM, kill_id=kill.id, account=str(account.ref), error=result.error
             )
         if result.state is AccountState.FAILED and result.still_open is None:
@@ -197,7 +185,7 @@ class Waves:
             if verify.proves_flat:
                 result.state = AccountState.FLAT
                 if result.flat_ms is None:
-                    result.flat_ms = (self._clock() - kill.started) * 1000
+                    result.flat_ms = (self._run.clock() - kill.started) * 1000
                 return
             self._check_deadline(kill)
             requests = plan(scope, None, verify, (), caps)
@@ -207,7 +195,7 @@ class Waves:
                 # nothing, so look again (after a pause) until it is complete or time is up.
                 idle += 1
                 cap = min(self.config.retry_max_s, self.config.retry_initial_s * 2**idle)
-                await self._sleep(self._rng.uniform(0.0, cap))
+                await self._run.sleep(self._run.rng.uniform(0.0, cap))
                 continue
             result.waves += 1
             await self.wave(kill, account, result, requests, result.waves)
@@ -223,7 +211,7 @@ class Waves:
         if not requests:
             return
         if kill.kind is not KillKind.STREAM:
-            self._emit(
+            self._run.emit(
                 EventType.WAVE,
                 kill_id=kill.id,
                 account=str(account.ref),
@@ -320,14 +308,14 @@ class Waves:
             result.known.setdefault(order.key, order)
 
     def _check_deadline(self, kill: Kill) -> None:
-        if self._clock() >= kill.deadline:
+        if self._run.clock() >= kill.deadline:
             raise _DeadlinePassed
 
     async def _send(
         self, kill: Kill, account: Account, result: AccountResult, request: CancelRequest
     ) -> _Outcome:
         """Send one planned request with retries; return its outcome (never raises VenueError)."""
-        started = self._clock()
+        started = self._run.clock()
         attempts = 0
         current: CancelRequest | None = request
         reread = False
@@ -380,10 +368,10 @@ class Waves:
         except VenueError as exc:
             outcome = _Outcome(exc.kind, cancelled, attempts, exc)
         if outcome.result in ("ok", "gone", "verified") and kill.first_cancel_ms is None:
-            kill.first_cancel_ms = (self._clock() - kill.started) * 1000
+            kill.first_cancel_ms = (self._run.clock() - kill.started) * 1000
         if outcome.result in ("ok", "gone", "verified") and result.first_cancel_ms is None:
-            result.first_cancel_ms = (self._clock() - kill.started) * 1000
-        self._emit(
+            result.first_cancel_ms = (self._run.clock() - kill.started) * 1000
+        self._run.emit(
             EventType.OUTCOME,
             kill_id=kill.id,
             account=str(account.ref),
@@ -395,7 +383,7 @@ class Waves:
             cancelled=outcome.cancelled,
             attempts=outcome.attempts,
             rate_limited=limited,
-            duration_ms=round((self._clock() - started) * 1000, 3),
+            duration_ms=round((self._run.clock() - started) * 1000, 3),
             error=outcome.error.to_json() if outcome.error is not None else None,
         )
         return outcome
@@ -433,7 +421,7 @@ class Waves:
             nonlocal skew_streak
             assert state.outcome is not None
             exc = state.outcome.exception()
-            remaining = max(0.0, kill.deadline - self._clock())
+            remaining = max(0.0, kill.deadline - self._run.clock())
             if isinstance(exc, ClockSkew) and skew_streak < self.config.clock_skew_retries:
                 skew_streak += 1
                 return 0.0
@@ -446,18 +434,18 @@ class Waves:
                 self.config.retry_max_s,
                 self.config.retry_initial_s * 2 ** (state.attempt_number - 1),
             )
-            return min(self._rng.uniform(0.0, cap), remaining)
+            return min(self._run.rng.uniform(0.0, cap), remaining)
 
         def stop(state: RetryCallState) -> bool:
             assert state.outcome is not None
             exc = state.outcome.exception()
-            remaining = kill.deadline - self._clock()
+            remaining = kill.deadline - self._run.clock()
             if remaining <= 0:
                 return True
             return isinstance(exc, IpBanned) and exc.retry_after_s >= remaining
 
         retrying = AsyncRetrying(
-            sleep=self._sleep,
+            sleep=self._run.sleep,
             stop=stop,
             wait=wait,
             retry=retry_if_exception(_retriable),
@@ -471,12 +459,14 @@ class Waves:
     def gate(self, account: Account) -> Gate:
         gate = self._gates.get(account.ref)
         if gate is None:
-            gate = self._gates[account.ref] = Gate(self.config, self._clock, account.headroom_known)
+            gate = self._gates[account.ref] = Gate(
+                self.config, self._run.clock, account.headroom_known
+            )
         return gate
 
     def alarm(self, kill: Kill, ref: AccountRef, error: VenueError) -> None:
         log.error("kill account stopped kill_id=%s account=%s error=%s", kill.id, ref, error)
-        self._emit(EventType.ALARM, kill_id=kill.id, account=str(ref), error=error.to_json())
+        self._run.emit(EventType.ALARM, kill_id=kill.id, account=str(ref), error=error.to_json())
 
 
 class _AccountStopped(Exception):
