@@ -730,6 +730,31 @@ def breakdown(
                 rounds.append([row])
         reads = [row[1] for row in mine if row[2] == "read" and row[1] <= flat_at]
         first = mine[0][1] if mine else float("nan")
+        # the first round inside the simulator: its requests' log entries, stamped on arrival
+        # (`mono`), when their handler started (`start`) and their answer left (`answered`)
+        n_first = len(rounds[0]) if rounds else 0
+        first_round = sorted(
+            (
+                e
+                for venue, e in entries
+                if f"{venue}/{e.get('account')}" == label
+                and "mono" in e
+                and e["mono"] * 1000 >= sent_mono_ms
+                and request_kind(e) != "other"
+            ),
+            key=lambda e: float(e["mono"]),
+        )[:n_first]
+        answered = [e for e in first_round if "answered" in e and "start" in e]
+        last = max(answered, key=lambda e: float(e["answered"]), default=None)
+        in_sim: dict[str, float] = {}
+        if first_round and last is not None:
+            in_sim = {
+                "spread": (first_round[-1]["mono"] - first_round[0]["mono"]) * 1000,
+                "last_answered": last["answered"] * 1000 - sent_mono_ms,
+                "past_rtt": (last["answered"] - last["mono"]) * 1000 - rtt_ms,
+                "late_start": (last["start"] - last["mono"]) * 1000 - rtt_ms,
+                "handled": (last["answered"] - last["start"]) * 1000,
+            }
         waves = [
             float(w["mono_ms"]) - sent_mono_ms
             for w in by_type.get("wave", [])
@@ -752,6 +777,7 @@ def breakdown(
             ],
             "round_starts": [round(rnd[0][1], 1) for rnd in rounds],
             "probe": len(rounds) > 1 and len(rounds[0]) == 1 and rounds[0][0][2] == "cancel",
+            "first_round_in_sim": in_sim,
         }
     last = max(accounts, key=lambda a: accounts[a]["flat"]) if accounts else None
     stages = {"consumed": consumed_ms, "journaled": journaled}
@@ -1099,6 +1125,24 @@ def breakdown_report(r: Result, rtt_ms: float, *, warm: bool = False) -> str:
     del names
     ttf = median_of([x.time_to_flat_ms for x in runs])
     lines.append(f"  {'time to flat (the flat event, wall clock)':<72}{ttf:>8.1f}")
+    sim_rows = []
+    for x in runs:
+        acc = next(a for a in x.accounts.values() if a.get("critical"))
+        got = acc.get("first_round_in_sim") or {}
+        if got:
+            sim_rows.append(got | {"ack": acc["last_ack"] - got["last_answered"]})
+    if sim_rows:
+
+        def med(key: str) -> float:
+            return median_of([row[key] for row in sim_rows])
+
+        lines.append(
+            "  the first wave on the critical account, stamped inside the simulator (medians): "
+            f"its requests reached the venue over {med('spread'):.1f} ms; the last answer left "
+            f"{med('past_rtt'):.1f} ms after its round trip was up (its handler started "
+            f"{med('late_start'):.1f} ms late and took {med('handled'):.1f} ms to answer on the "
+            f"wire); the daemon's last ack event came {med('ack'):.1f} ms after that answer"
+        )
     crit: dict[str, int] = {}
     for x in runs:
         for label, acc in x.accounts.items():

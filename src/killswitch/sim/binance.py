@@ -214,13 +214,16 @@ class WsConn:
     subs: dict[int, Subscription] = field(default_factory=dict)
     signers: set[str] = field(default_factory=set)  # accounts whose key came on this connection
     sub_ids: itertools.count[int] = field(default_factory=itertools.count)
-    out: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    # frames to send, each with the request log entry it answers (stamped `answered` once sent)
+    out: asyncio.Queue[tuple[str, dict[str, Any] | None] | None] = field(
+        default_factory=asyncio.Queue
+    )
     last_pong: float = 0.0
     closed: bool = False
 
-    def send(self, frame: dict[str, Any]) -> None:
+    def send(self, frame: dict[str, Any], entry: dict[str, Any] | None = None) -> None:
         if not self.closed:
-            self.out.put_nowait(orjson.dumps(frame).decode())
+            self.out.put_nowait((orjson.dumps(frame).decode(), entry))
 
     def accounts(self) -> set[str]:
         names = {sub.account.name for sub in self.subs.values()} | self.signers
@@ -907,15 +910,18 @@ class BinanceSim(SimVenue):
 
     async def _ws_writer(self, conn: WsConn) -> None:
         while True:
-            frame = await conn.out.get()
-            if frame is None:
+            item = await conn.out.get()
+            if item is None:
                 break
             if conn.ws.closed:
                 return
+            frame, entry = item
             try:
                 await conn.ws.send_str(frame)
             except (ConnectionError, RuntimeError):
                 return
+            if entry is not None:
+                entry["answered"] = time.monotonic()
         if not conn.ws.closed:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await conn.ws.close()
@@ -977,7 +983,8 @@ class BinanceSim(SimVenue):
         name = account.name if account else None
         if name is not None:
             conn.signers.add(name)
-        self.request_log.append({"t": time.time(), "method": "WS", "path": method, "account": name})
+        entry = {"t": time.time(), "method": "WS", "path": method, "account": name}
+        self.request_log.append(entry)
         refusal, used = self._ws_admit(conn, account, method, weight)
         if refusal is not None:
             conn.send(_ws_error(req_id, refusal, self._rate_limits(conn, used, params)))
@@ -986,7 +993,9 @@ class BinanceSim(SimVenue):
             return
         delay = self.faults.latency_s(name, method)
         stall = self.faults.draw(FaultKind.STALL, name, method)
-        dispatch = functools.partial(self._ws_dispatch, conn, req_id, method, params, account, used)
+        dispatch = functools.partial(
+            self._ws_dispatch, conn, req_id, method, params, account, used, entry
+        )
         if delay or stall is not None:
             self.spawn(self._ws_delayed(delay, stall, dispatch))
             return
@@ -1050,31 +1059,36 @@ class BinanceSim(SimVenue):
         params: dict[str, Any],
         account: SimAccount | None,
         used: int,
+        entry: dict[str, Any] | None = None,
     ) -> None:
+        """Answer one request; `entry` (its request log entry) is stamped `start` now and
+        `answered` when its answer is on the wire."""
         if conn.closed:
             return
+        if entry is not None:
+            entry["start"] = time.monotonic()
         name = account.name if account else None
         before = self.faults.draw(FaultKind.ERROR_BEFORE, name, method)
         if before is not None:
             self.counters["faults error_before"] += 1
-            conn.send(_ws_error(req_id, _server_error(before.http_status)))
+            conn.send(_ws_error(req_id, _server_error(before.http_status)), entry)
             return
         orders: tuple[int, int] | None = None
         try:
             result, orders = self._ws_call(conn, method, params)
         except BnError as exc:
-            conn.send(_ws_error(req_id, exc, self._rate_limits(conn, used, params)))
+            conn.send(_ws_error(req_id, exc, self._rate_limits(conn, used, params)), entry)
             return
         after = self.faults.draw(FaultKind.ERROR_AFTER, name, method)
         if after is not None:
             self.counters["faults error_after"] += 1
-            conn.send(_ws_error(req_id, _server_error(after.http_status)))
+            conn.send(_ws_error(req_id, _server_error(after.http_status)), entry)
             return
         frame: dict[str, Any] = {"id": req_id, "status": 200, "result": result}
         limits = self._rate_limits(conn, used, params, orders)
         if limits is not None:
             frame["rateLimits"] = limits
-        conn.send(frame)
+        conn.send(frame, entry)
 
     def _ws_call(
         self, conn: WsConn, method: str, params: dict[str, Any]

@@ -190,15 +190,14 @@ class SimVenue(ABC):
         account_name = account.name if account else None
         endpoint = f"{request.method} {path}"
         self.counters[f"requests {endpoint}"] += 1
-        self.request_log.append(
-            {
-                "t": time.time(),
-                "method": request.method,
-                "path": path,
-                "account": account_name,
-                "query": request.query_string[:500],
-            }
-        )
+        entry = {
+            "t": time.time(),
+            "method": request.method,
+            "path": path,
+            "account": account_name,
+            "query": request.query_string[:500],
+        }
+        self.request_log.append(entry)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await handler(request)
         delay = self.faults.latency_s(account_name, path)
@@ -216,12 +215,15 @@ class SimVenue(ABC):
         if before is not None:
             self.counters["faults error_before"] += 1
             return self.server_error(before.http_status, request)
+        entry["start"] = time.monotonic()
         response = await handler(request)
         after = self.faults.draw(FaultKind.ERROR_AFTER, account_name, path)
         if after is not None:
             self.counters["faults error_after"] += 1
             return self.server_error(after.http_status, request)
         self.decorate(response, request, used)
+        # aiohttp writes the answer as this returns, in the same step of the event loop
+        entry["answered"] = time.monotonic()
         return response
 
     def ban_tracker(self, client: str) -> BanTracker:
