@@ -123,17 +123,26 @@ def symbol_required(exc: VenueError) -> bool:
 
 
 # -- the connector ------------------------------------------------------------------------------
-def _with_checks(rows: list[Any], checked: list[Any], read_at: int) -> tuple[list[Any], bool]:
+def _with_checks(rows: list[Any], checked: list[Any], read_at: int) -> tuple[list[Any], list[Any]]:
     """The rows of a read without a symbol with those its check by symbol found that it did not
-    show; and whether it was whole: not when it left out an order older than both reads (one
-    placed meanwhile proves nothing)."""
-    shown = {(str(r.get("symbol")), text_id(r["orderId"])) for r in rows}
-    complete = True
+    show; and the orders it left out that are older than both reads (one placed meanwhile
+    proves nothing): while there is one, the read was not whole."""
+    shown = _keys(rows)
+    left_out = []
     for row in checked:
-        if (str(row.get("symbol")), text_id(row["orderId"])) not in shown:
+        if _key(row) not in shown:
             rows.append(row)
-            complete = complete and int(row.get("time") or 0) >= read_at - _PLACED_MEANWHILE_MS
-    return rows, complete
+            if int(row.get("time") or 0) < read_at - _PLACED_MEANWHILE_MS:
+                left_out.append(row)
+    return rows, left_out
+
+
+def _key(row: Any) -> tuple[str, str]:
+    return str(row["symbol"]), text_id(row["orderId"])
+
+
+def _keys(rows: list[Any]) -> set[tuple[str, str]]:
+    return {_key(row) for row in rows}
 
 
 class MexcExchange(VenueConnector):
@@ -172,7 +181,10 @@ class MexcExchange(VenueConnector):
         sign = partial(mexc_signed_query, self._secret)
         self.rest = self._signed_rest(WIRE, self.endpoint_budgets, sign)
         self.known_symbols: set[str] = set(symbols_hint)
+        # The read without a symbol is not used once MEXC refused it as "symbol mandatory", or
+        # was caught answering a subset (reference §2.3: unverified that it answers every one).
         self._no_symbol_refused = False
+        self._one_symbol_reads = False  # set when a read of several symbols is refused
         self._listen_key: str | None = None
         self._lost_keys: set[str] = set()
         self._streams: dict[ClientConnection, str] = {}
@@ -225,13 +237,10 @@ class MexcExchange(VenueConnector):
             elif isinstance(whole, BaseException):
                 raise whole
             else:
-                rows, complete = _with_checks(_rows(whole, self.account), checked, read_at)
-                if not complete:
-                    log.warning(
-                        "openOrders without symbol left out open orders of known symbols "
-                        "account=%s: the read proves nothing flat",
-                        self.account,
-                    )
+                rows, left_out = _with_checks(_rows(whole, self.account), checked, read_at)
+                if left_out:
+                    complete = False  # proves nothing flat; and if it is its rule, never again
+                    await self._confirm_subset(left_out, priority)
         if rows is None:
             # Read per symbol. For an account-wide read that covers only the symbols we know
             # of: an order on any other symbol would be missed, so it proves nothing flat.
@@ -293,13 +302,65 @@ class MexcExchange(VenueConnector):
             " (symbol required)" if self._no_symbol_refused else "",
         )
 
+    async def _confirm_subset(self, left_out: list[Any], priority: Priority) -> None:
+        """A read without a symbol left out orders its check showed open: read it again, then
+        those symbols by name. An order still open then was open while the second read was
+        answered (an order never reopens): it too left it out, and it is never used again. A
+        race (an order cancelled or filled between the first two reads) confirms nothing."""
+        try:
+            again = _keys(
+                _rows(
+                    await self.rest.request(
+                        "GET", "/api/v3/openOrders", weight=3, priority=priority
+                    ),
+                    self.account,
+                )
+            )
+            symbols = sorted({str(row["symbol"]) for row in left_out})
+            still = _keys(
+                [
+                    r
+                    for part in await _gather_all(self._read_symbol(s, priority) for s in symbols)
+                    for r in part
+                ]
+            )
+        except VenueError as exc:
+            log.info("openOrders subset check failed account=%s error=%s", self.account, exc)
+            return
+        if any(_key(row) in still and _key(row) not in again for row in left_out):
+            self._no_symbol_refused = True
+            self.capabilities = replace(self.capabilities, open_orders_without_symbol=False)
+            log.warning(
+                "openOrders without symbol answers a subset account=%s: reading known symbols "
+                "from now on, and an account-wide read proves nothing flat",
+                self.account,
+            )
+
     async def _read_symbols(self, symbols: Sequence[str], priority: Priority) -> list[Any]:
+        """The open orders of up to five symbols. The read's table takes one symbol; only a
+        changelog says five, comma-separated (reference §2.3). A list refused as a bad request
+        is that rule: read one symbol per request from then on (the same weight each)."""
+        if len(symbols) > 1 and not self._one_symbol_reads:
+            try:
+                return await self._read_symbol(",".join(symbols), priority)
+            except (Fatal, OutcomeUnknown) as exc:
+                status = exc.http_status
+                if exc.code in AUTH_CODES or status is None or not 400 <= status < 500:
+                    raise
+                self._one_symbol_reads = True
+                log.warning(
+                    "openOrders of several symbols refused account=%s code=%s: one per request",
+                    self.account,
+                    exc.code,
+                )
+        rows: list[Any] = []
+        for part in await _gather_all(self._read_symbol(s, priority) for s in symbols):
+            rows.extend(part)
+        return rows
+
+    async def _read_symbol(self, symbol: str, priority: Priority) -> list[Any]:
         answer = await self.rest.request(
-            "GET",
-            "/api/v3/openOrders",
-            [("symbol", ",".join(symbols))],
-            weight=3,
-            priority=priority,
+            "GET", "/api/v3/openOrders", [("symbol", symbol)], weight=3, priority=priority
         )
         return _rows(answer, self.account)
 
