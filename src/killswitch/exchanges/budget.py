@@ -343,6 +343,8 @@ class ErrorCounter:
     `window_s` ("over 20 error code:... requests within 480000 ms for this api"). `near(path)`
     says a path has had `limit - reserve` errors or more in the window: the caller then takes a
     route that cannot add one (a batch cancel answers a gone id inside a success), or waits.
+    Whose count it is the venue does not say: with `shared` (the count of every account behind
+    our IP) each error counts in both, and the larger count decides.
     """
 
     def __init__(
@@ -352,17 +354,25 @@ class ErrorCounter:
         *,
         reserve: int = 4,
         clock: Callable[[], float] = time.monotonic,
+        shared: ErrorCounter | None = None,
     ) -> None:
         self.limit = limit
         self.window_s = window_s
         self.reserve = reserve
         self.clock = clock
+        self.shared = shared
         self._errors: dict[str, deque[float]] = {}
 
     def record(self, path: str) -> None:
         self._errors.setdefault(path, deque()).append(self.clock())
+        if self.shared is not None:
+            self.shared.record(path)
 
     def count(self, path: str) -> int:
+        own = self._own_count(path)
+        return own if self.shared is None else max(own, self.shared.count(path))
+
+    def _own_count(self, path: str) -> int:
         errors = self._errors.get(path)
         if not errors:
             return 0
@@ -375,12 +385,13 @@ class ErrorCounter:
         return self.count(path) >= self.limit - self.reserve
 
     def clear_in_s(self, path: str) -> float:
-        """Seconds until `path` is back under its reserve."""
+        """Seconds until `path` is back under its reserve, in every count that decides."""
+        shared = 0.0 if self.shared is None else self.shared.clear_in_s(path)
         errors = self._errors.get(path)
-        if not errors or self.count(path) < self.limit - self.reserve:
-            return 0.0
+        if not errors or self._own_count(path) < self.limit - self.reserve:
+            return shared
         oldest_needed = errors[len(errors) - (self.limit - self.reserve)]
-        return max(0.0, oldest_needed + self.window_s - self.clock())
+        return max(shared, oldest_needed + self.window_s - self.clock())
 
 
 _SHARED: dict[tuple[str, str], object] = {}

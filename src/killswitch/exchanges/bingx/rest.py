@@ -149,7 +149,16 @@ class BingxCharges:
         self.market = market
         for path in IP_GROUP1_PATHS:
             self.ip_budgets.setdefault(path, market)
-        self.errors = ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock)
+        # The error lock's count may be the account's or the IP's (§3.5 names both dimensions
+        # for 100410): each error counts in both, and the larger holds.
+        ip_errors = shared_item(
+            ip_scope,
+            "bingx errors",
+            lambda: ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock),
+        )
+        self.errors = ErrorCounter(
+            ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock, shared=ip_errors
+        )
         self.rng = rng
         self.backoffs: dict[str, int] = {}  # path -> 100410s without an epoch in a row
         self.budget_clock = clock
