@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from killswitch.sim.faults import FaultKind
@@ -243,3 +245,47 @@ def test_a_file_without_venues_is_refused() -> None:
 def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(SimConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
+
+
+STORM = """
+host = "127.0.0.1"
+
+[venues.binance]
+latency_ms = 30
+
+[[venues.binance.accounts]]
+name = "a"
+api_key = "key-a"
+secret = "secret-a"
+
+[[venues.binance.faults]]
+kind = "rate_limit"
+retry_after_s = 5
+count = 1
+"""
+
+
+async def test_requests_in_flight_when_a_429_leaves_are_no_strikes_in_a_served_sim() -> None:
+    """Review 39: a sim served from its TOML banned (418) a client for the requests it had in
+    flight when a 429 left, all sent within a millisecond before any 429 came back: every one
+    served inside the wait was a strike. A request served within the latency, plus the grace
+    (`ban_grace_s`, 50 ms unless set), after the 429 was sent before it: refused, no strike."""
+    cluster = SimCluster.from_toml(STORM, "storm.toml")
+    await cluster.start()
+    try:
+        sim = cluster.venues["binance"]
+        async with aiohttp.ClientSession() as session:
+
+            async def ping() -> int:
+                async with session.get(f"{sim.base_url}/api/v3/ping") as resp:
+                    return resp.status
+
+            statuses = await asyncio.gather(*(ping() for _ in range(5)))
+            assert statuses == [429] * 5
+            assert [t.strikes for t in sim.bans.values()] == [0]
+            await asyncio.sleep(0.2)  # the client has the 429 now: sending is ignoring it
+            assert await ping() == 429
+            assert [t.strikes for t in sim.bans.values()] == [1]
+        assert not [k for k in sim.counters if "418" in k]
+    finally:
+        await cluster.stop()

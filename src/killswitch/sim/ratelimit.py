@@ -4,9 +4,10 @@ A `WeightWindow` is a fixed window (Binance counts weight per calendar minute, M
 BingX per second): `spend` adds a request's weight and says whether it fits. A `BanTracker`
 escalates: a client that sends again while told to wait (after a 429) collects strikes, and at
 `strikes_to_ban` gets a 418 ban that doubles each time, as Binance documents (2 min to 3 days).
-With `grace_s` > 0, requests arriving that soon after the 429 was issued are refused without a
+With `grace_s` > 0, requests served that soon after the 429 was issued are refused without a
 strike: they were in flight when it left ("failing to back off after receiving 429s" is what
-Binance bans for). The default, 0, counts every request sent into the wait.
+Binance bans for). A venue's tracker adds its simulated latency to it (`SimVenue.ban_tracker`);
+0 here counts every request served inside the wait.
 """
 
 from __future__ import annotations

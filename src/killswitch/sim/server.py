@@ -155,6 +155,10 @@ class VenueConfig(_Section):
     seed: int | None = None  # default: the file's `seed`
     strikes_to_ban: int = Field(3, ge=1)
     first_ban_s: float = Field(120.0, gt=0.0)
+    # A request served this soon after a 429 (beyond the latency) was in flight when it left:
+    # refused, but no strike toward a 418 (Binance bans for "failing to back off after
+    # receiving 429s"). 0 counts every request that reaches the venue inside the wait.
+    ban_grace_s: float = Field(0.05, ge=0.0)
     fill_fraction: float = Field(0.0, ge=0.0, le=1.0)
     fill_interval_s: float = Field(1.0, gt=0.0)
     ping_interval_s: float | None = Field(None, gt=0.0)
@@ -288,6 +292,7 @@ def build_venue(name: str, venue: VenueConfig, config: SimConfig) -> SimVenue:
         seed=venue.seed if venue.seed is not None else config.seed,
         strikes_to_ban=venue.strikes_to_ban,
         first_ban_s=venue.first_ban_s,
+        ban_grace_s=venue.ban_grace_s,
         fill_fraction=venue.fill_fraction,
         fill_interval_s=venue.fill_interval_s,
         ping_interval_s=venue.ping_interval_s,

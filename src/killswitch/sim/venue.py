@@ -230,10 +230,13 @@ class SimVenue(ABC):
         """The strikes and bans of one client (an IP), made on first sight."""
         tracker = self.bans.get(client)
         if tracker is None:
+            # A request is served after the simulated latency: one served that long after a
+            # 429 left was sent before it, and never a strike (it did not ignore the 429).
+            in_flight_s = (self.settings.latency_ms + self.settings.jitter_ms) / 1000
             tracker = self.bans[client] = BanTracker(
                 strikes_to_ban=self.settings.strikes_to_ban,
                 first_ban_s=self.settings.first_ban_s,
-                grace_s=self.settings.ban_grace_s,
+                grace_s=self.settings.ban_grace_s + in_flight_s,
             )
         return tracker
 
