@@ -540,3 +540,50 @@ async def test_dead_letters_failing_for_good_are_given_up_past_the_bound_and_cou
         await eventually(lambda: consumer.stats.dead_letter_lost, timeout_s=60)
     assert consumer.stats.dead_letter_failures >= 3
     assert consumer.stats.dead_lettered == 0
+
+
+async def test_an_alert_published_before_the_first_connect_after_the_start_is_acted_on(
+    proxied_broker: ProxiedBroker,
+) -> None:
+    """Review 39: a daemon whose first connect came after the risk engine's alert (the broker
+    was down at the start) pinned its position at the end as of that connect: the kill was
+    skipped, with no dead letter and no event. A first connect starts at the first record
+    produced since the consumer started; history from before it is still not replayed."""
+    settings = await kafka_settings(proxied_broker)
+    async with producer(proxied_broker.bootstrap) as prod:
+        await prod.send_and_wait(settings.alerts_topic, alert("before-start"))
+    await proxied_broker.cut()
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine, start_timeout_s=1.0)
+    async with running(consumer):
+        assert not consumer.connected
+        await proxied_broker.restore()
+        async with producer(proxied_broker.bootstrap) as prod:
+            await prod.send_and_wait(settings.alerts_topic, alert("while-reconnecting"))
+        await eventually(lambda: engine.journal, timeout_s=60)
+    assert [t.id for t in engine.journal] == ["while-reconnecting"]
+
+
+async def test_an_alert_that_created_the_topic_after_the_start_is_acted_on(
+    kafka_broker: KafkaBroker,
+) -> None:
+    """Review 39: the alerts topic did not exist at the start; the risk engine's first alert
+    created it, and the consumer's first connect pinned the end, after that alert."""
+    settings = KafkaSettings(
+        bootstrap_servers=kafka_broker.bootstrap,
+        alerts_topic=unique_name("alerts"),
+        dead_letter_topic=unique_name("dlq"),
+        events_topic=unique_name("events"),
+        latch_topic=unique_name("latch"),
+        group_id=unique_name("group"),
+    )
+    await create_topics(kafka_broker.bootstrap, settings.dead_letter_topic)
+    engine = FakeEngine()
+    consumer = new_consumer(settings, engine, start_timeout_s=1.0)
+    async with running(consumer):
+        assert not consumer.connected  # no topic yet
+        await create_topics(kafka_broker.bootstrap, settings.alerts_topic)
+        async with producer(kafka_broker.bootstrap) as prod:
+            await prod.send_and_wait(settings.alerts_topic, alert("first-alert"))
+        await eventually(lambda: engine.journal, timeout_s=60)
+    assert [t.id for t in engine.journal] == ["first-alert"]

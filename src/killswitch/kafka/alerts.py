@@ -23,9 +23,11 @@ and the replicator releases it once it reads the reset.
 
 Each daemon is its own consumer group and assigns itself every partition of the alerts topic
 (no group membership): every replica sees every alert, start-up needs no rebalance, and the
-committed offsets still live in Kafka. A group's first start pins its position at the end of
-the topic (history is not replayed into kills); a later reconnect that finds no committed
-offset (the broker lost them) reads from the beginning, where duplicates are harmless.
+committed offsets still live in Kafka. A group's first start pins its position at the first
+record produced since the consumer started (history is not replayed into kills; an alert
+published before the first connect, while the broker or the topic was not there yet, is not
+skipped); a later reconnect that finds no committed offset (the broker lost them) reads from
+the beginning, where duplicates are harmless.
 
 The broker going away never stops the daemon: the loop keeps probing, reports `disconnected`
 in `status()`, reconnects with backoff and resumes from the committed offsets.
@@ -43,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import UnsupportedVersionError
 
 from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import EventType, make_event
@@ -167,6 +170,7 @@ class KafkaAlertConsumer(EngineFeed):
         self.stalled = ""  # why the consumer is stuck on one record, if it is
         self._partitions: list[TopicPartition] = []
         self._first_connect = True
+        self._started_ms = 0  # wall ms when the consumer started: where a first connect begins
         self._done: dict[TopicPartition, int] = {}  # next offset past the processed records
         self._committed: dict[TopicPartition, int] = {}
         self.letters = DeadLetters(settings, self.stats, pending_limit=dead_letter_pending_limit)
@@ -219,6 +223,8 @@ class KafkaAlertConsumer(EngineFeed):
     # -- connection -------------------------------------------------------------------------
 
     async def _connect(self) -> None:
+        if not self._started_ms:
+            self._started_ms = self._wall_ms()  # the first attempt: from here nothing is skipped
         settings = self.settings
         producer = new_producer(
             settings, linger_ms=5, request_timeout_ms=int(self.io_timeout_s * 1000)
@@ -250,7 +256,7 @@ class KafkaAlertConsumer(EngineFeed):
         for tp in tps:
             committed = await consumer.committed(tp)
             if committed is None:
-                pin[tp] = await consumer.position(tp)
+                pin[tp] = await self._start_position(consumer, tp)
             else:
                 self._committed[tp] = committed
         if pin:
@@ -261,6 +267,28 @@ class KafkaAlertConsumer(EngineFeed):
         self._done = {}
         self._first_connect = False
         self._last_probe = self._clock()
+
+    async def _start_position(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
+        """Where a partition with no committed offset starts. On this life's first connect: at
+        the first record produced since the consumer started: history is not replayed into
+        kills, and what was published while the broker or the topic was not there yet (the
+        risk engine's first alert may create it) is not skipped. On a later connect (the
+        broker lost our offsets): the beginning (`auto_offset_reset`)."""
+        if not self._first_connect:
+            return int(await consumer.position(tp))
+        try:
+            found = await consumer.offsets_for_times({tp: self._started_ms})
+        except UnsupportedVersionError as exc:
+            # A broker that cannot look up offsets by time: the end, as before.
+            log.warning("kafka alerts offsets by time failed partition=%s error=%r", tp, exc)
+            return int(await consumer.position(tp))
+        hit = found.get(tp)
+        if hit is None or hit.timestamp < self._started_ms:
+            # Nothing produced since: the end. (Tansu answers a time past its last record with
+            # offset 0 and timestamp -1 rather than none: not a record produced since.)
+            return int(await consumer.position(tp))
+        consumer.seek(tp, hit.offset)
+        return int(hit.offset)
 
     def _on_connected(self) -> None:
         self.stats.connects += 1
