@@ -776,7 +776,12 @@ def breakdown(
                 for rnd in rounds
             ],
             "round_starts": [round(rnd[0][1], 1) for rnd in rounds],
-            "probe": len(rounds) > 1 and len(rounds[0]) == 1 and rounds[0][0][2] == "cancel",
+            # a cancel sent alone, the rest of its wave after it: not a wave of one request
+            # (MEXC's and BingX's first waves here) followed by the verification read
+            "probe": len(rounds) > 1
+            and len(rounds[0]) == 1
+            and rounds[0][0][2] == "cancel"
+            and any(r[2] == "cancel" for r in rounds[1]),
             "first_round_in_sim": in_sim,
         }
     last = max(accounts, key=lambda a: accounts[a]["flat"]) if accounts else None
