@@ -471,15 +471,24 @@ class KafkaAlertConsumer(EngineFeed):
         # A reset the engine has no id of (a re-read past the journal's ids, or one held up in
         # the topic) must not release a kill latched after it was issued.
         issued = _issued_ms(alert, now_ms)
-        newest = latest_latch_ms(self.engine)
+        newest = latest_latch_ms(self.engine, self._releasable(alert))
         if newest is not None and issued < newest:
             raise RefusedAlert(
                 f"reset issued at {issued} is older than a latch received at {newest}",
                 kind="stale_reset",
             )
 
+    def _releasable(self, alert: Alert) -> list[str] | None:
+        """The latches a reset may release: with a scope, those wholly inside it (a latch wider
+        than it, over every account say, is not its to lift); without, all (None)."""
+        scope = alert.scope.to_scope()
+        if scope.is_everything:
+            return None
+        return [t for t, s in self.engine.latches().items() if s.within(scope, self.accounts)]
+
     async def _reset(self, alert: Alert, now_ms: int) -> None:
         self.stats.resets += 1
+        only = self._releasable(alert)
         released = await self._engine_call(
             f"reset {alert.id}",
             # Only latches received before the reset was issued: a kill latched while this
@@ -490,6 +499,7 @@ class KafkaAlertConsumer(EngineFeed):
                 actor=f"kafka:{alert.source}",
                 reason=alert.reason or alert.id,
                 origin="kafka",
+                only=only,
                 latched_before_ms=_issued_ms(alert, now_ms),
                 reset_id=alert.id,
             ),

@@ -55,11 +55,11 @@ class EnginePort(Protocol):
         ...
 
 
-def latest_latch_ms(engine: EnginePort) -> int | None:
-    """When the newest latch still held was received (our clock), if any."""
+def latest_latch_ms(engine: EnginePort, among: Iterable[str] | None = None) -> int | None:
+    """When the newest latch still held (of the trigger ids `among`, if given) was received
+    (our clock), if any."""
+    ids = engine.latches() if among is None else among
     times = [
-        t.received_ms
-        for t in (engine.trigger(i) for i in engine.latches())
-        if t is not None and t.received_ms
+        t.received_ms for t in (engine.trigger(i) for i in ids) if t is not None and t.received_ms
     ]
     return max(times, default=None)
