@@ -436,7 +436,10 @@ async def test_a_reset_naming_trigger_ids_releases_exactly_those_and_a_drill_is_
     assert answer["was_latched"] is True
     assert [str(s.to_json()["venues"]) for s in served.engine.latch_scopes()] == ["['binance']"]
     again = await served.ask({"op": "reset", "reason": "again", "trigger_ids": ["drill-1"]})
-    assert again["was_latched"] is False  # nothing of that name is latched any more
+    # Nothing of that name is latched any more: refused, naming what is held (review 39: a
+    # mistyped id answered "was not latched" with exit 0 while the latch stayed).
+    assert again["refused"] is True
+    assert again["error"] == f"no latch is held by drill-1; held: {operator['trigger_id']}"
     audit = read_audit(served.audit_path)
     sources = {
         r["trigger"]["id"]: r["trigger"]["source"] for r in audit if r["type"] == "triggered"
@@ -486,3 +489,20 @@ async def test_cli_reset_with_trigger_releases_only_that_latch(served: Served) -
     )
     assert reset.returncode == 0, reset.stderr
     assert [latch["trigger_id"] for latch in served.engine.status()["latches"]] == [bingx_id]
+
+
+async def test_cli_reset_of_a_trigger_id_no_latch_holds_exits_2_and_names_the_latches(
+    served: Served,
+) -> None:
+    sock = str(served.path)
+    fired = await asyncio.to_thread(
+        cli, "fire", "--socket", sock, "--venue", "binance", "--reason", "risk"
+    )
+    assert fired.returncode == 0, fired.stderr
+    [held] = [latch["trigger_id"] for latch in served.engine.status()["latches"]]
+    reset = await asyncio.to_thread(
+        cli, "reset", "--socket", sock, "--reason", "typo", "--trigger", held + "x"
+    )
+    assert reset.returncode == 2
+    assert f"no latch is held by {held}x; held: {held}" in reset.stderr
+    assert [latch["trigger_id"] for latch in served.engine.status()["latches"]] == [held]

@@ -146,6 +146,9 @@ def cmd_reset(args: argparse.Namespace) -> int:
         return exit_code(answer)
     what = "latch released" if answer.get("was_latched") else "was not latched"
     sys.stdout.write(f"{what}; reset by {answer.get('actor')} recorded in the audit log\n")
+    not_latched = answer.get("not_latched")
+    if not_latched:
+        sys.stderr.write(f"killswitch reset: no latch was held by {', '.join(not_latched)}\n")
     return EXIT_OK
 
 

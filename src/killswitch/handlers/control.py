@@ -275,13 +275,24 @@ class ControlServer:
             return await self._fire(request, peer)
         if isinstance(request, ResetRequest):
             actor = _actor(peer, request.actor)
+            held = self.engine.latches()
+            unknown = [t for t in request.trigger_ids or () if t not in held]
+            if request.trigger_ids and len(unknown) == len(request.trigger_ids):
+                # A mistyped id releases nothing: say so, and what is held, never "done".
+                raise ControlError(
+                    f"no latch is held by {', '.join(unknown)}; "
+                    f"held: {', '.join(held) if held else 'none'}"
+                )
             released = await self.engine.reset(
                 actor=actor,
                 reason=request.reason,
                 origin="drill" if request.drill else "control",
                 only=request.trigger_ids,
             )
-            return {"ok": True, "was_latched": released, "actor": actor}
+            answer: dict[str, object] = {"ok": True, "was_latched": released, "actor": actor}
+            if unknown:
+                answer["not_latched"] = unknown
+            return answer
         kill = self.engine.kill_for(request.trigger_id)
         if kill is None:
             raise ControlError("no such trigger")
