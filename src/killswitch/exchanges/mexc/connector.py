@@ -522,7 +522,10 @@ class MexcExchange(VenueConnector):
             if subscribe_deadline is not None:
                 deadline = min(deadline, subscribe_deadline)
             try:
-                frame = await asyncio.wait_for(ws.recv(), max(0.0, deadline - loop.time()))
+                # Not `wait_for`: on Python 3.11 it makes a task per frame (review 36 measured it
+                # among the stream's largest costs during a kill's burst of pushes).
+                async with asyncio.timeout_at(deadline):
+                    frame = await ws.recv()
             except TimeoutError:
                 now = loop.time()
                 if subscribe_deadline is not None and now >= subscribe_deadline:
