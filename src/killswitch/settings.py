@@ -16,6 +16,7 @@ start (a typo would otherwise be ignored silently).
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import os
 import socket
@@ -146,6 +147,14 @@ class AccountSettings(BaseModel):
             )
         return symbols
 
+    @field_validator("api_key", "api_secret")
+    @classmethod
+    def _not_blank(cls, secret: SecretStr) -> SecretStr:
+        # A blank key would be refused by the venue at the first kill, not here: say it now.
+        if not secret.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return secret
+
     @model_validator(mode="after")
     def _check_venue_options(self) -> AccountSettings:
         rest, ws = DEFAULT_URLS[self.venue]
@@ -156,6 +165,10 @@ class AccountSettings(BaseModel):
             object.__setattr__(self, "ws_url", ws)
         if self.key_type == "ed25519" and self.venue != "binance":
             raise ValueError("key_type ed25519 is only supported for binance")
+        if self.key_type == "ed25519" and not _ed25519_key_form(self.api_secret):
+            raise ValueError(
+                "api_secret: an ed25519 key is a PEM private key or base64 of its 32 raw bytes"
+            )
         if self.dead_mans_switch_s:
             if self.venue != "bingx":
                 raise ValueError("dead_mans_switch_s: only bingx has a native dead man's switch")
@@ -166,6 +179,18 @@ class AccountSettings(BaseModel):
     @property
     def label(self) -> str:
         return f"{self.venue}/{self.name}"
+
+
+def _ed25519_key_form(secret: SecretStr) -> bool:
+    """Whether `secret` looks like an Ed25519 private key: PEM, or base64 of 32 raw bytes (its
+    parse and its signature are the connector's; this only catches what cannot be one)."""
+    text = secret.get_secret_value().strip()
+    if text.startswith("-----BEGIN"):
+        return True
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except ValueError:
+        return False
 
 
 class KafkaSettings(BaseModel):

@@ -654,3 +654,35 @@ def test_a_configured_scope_reads_names_as_an_alert_scope_does() -> None:
     assert scope.venues == frozenset({"binance"})
     assert scope.covers_symbol("BTCUSDT")
     assert scope.covers_client_id("bot7-1")
+
+
+@pytest.mark.parametrize(
+    ("account", "expected"),
+    [
+        ('api_key = "k"\napi_secret = "  "', "accounts[1].api_secret: "),
+        ('api_key = ""\napi_secret = "s"', "accounts[1].api_key: "),
+        (
+            f'key_type = "ed25519"\napi_key = "k"\napi_secret = "{SECRET}"',
+            "accounts[1]: api_secret: an ed25519 key is a PEM private key or base64 of its 32",
+        ),
+    ],
+)
+def test_a_blank_key_or_an_ed25519_secret_that_cannot_be_one_is_refused_without_echo(
+    tmp_path: Path, account: str, expected: str
+) -> None:
+    """Review 39: `check-config` passed an empty secret and a non-key ed25519 secret; the
+    daemon would have learned of either only from the venue, at the first kill."""
+    text = BASE + f'\n[[accounts]]\nvenue = "binance"\nname = "x"\n{account}\n'
+
+    errors = errors_of(write(tmp_path, text))
+
+    assert len(errors) == 1
+    assert errors[0].startswith(expected)
+    assert SECRET not in "\n".join(errors)
+
+
+def test_an_ed25519_secret_in_base64_of_32_bytes_is_accepted(tmp_path: Path) -> None:
+    raw = "A" * 43 + "="  # base64 of 32 zero bytes
+    account = 'venue = "binance"\nname = "x"\nkey_type = "ed25519"\napi_key = "k"'
+    text = BASE + f'\n[[accounts]]\n{account}\napi_secret = "{raw}"\n'
+    assert load_settings(write(tmp_path, text)).accounts[1].key_type == "ed25519"
