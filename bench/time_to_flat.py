@@ -521,7 +521,7 @@ class Bench:
                 )
                 await cluster.start()
                 try:
-                    seed(cluster, spec, accounts)
+                    seed(Venues.of(cluster), spec, accounts)
                     outcome = await script_baseline(cluster, spec, accounts, throttle=throttle)
                 finally:
                     await cluster.stop()
@@ -975,7 +975,7 @@ async def script_baseline(
         v = venues.setdefault(account.venue, {"ms": 0.0, "rounds": 0, "flat": True})
         v["ms"] = max(v["ms"], (at - started) * 1000)
         v["rounds"] = max(v["rounds"], rounds)
-        v["flat"] = v["flat"] and ok and not book_open(cluster, account)
+        v["flat"] = v["flat"] and ok and not book_open(Venues.of(cluster), account)
     for name, sim in cluster.venues.items():
         if name not in venues:
             continue
