@@ -77,3 +77,16 @@ async def bingx_engine(
         yield engine
     finally:
         await engine.stop(grace_s=1.0)
+
+
+def without_client_ids(method: Any) -> Any:
+    """`method` (a BingX sim answer) with `clientOrderID` taken out of every row, as the
+    documented openOrders row has none (reference §3.3)."""
+
+    def answer(self: BingxSim, account: Any, p: dict[str, str]) -> Any:
+        body = method(self, account, p)
+        for row in body.get("orders", [body]):
+            row.pop("clientOrderID", None)
+        return body
+
+    return answer

@@ -33,7 +33,7 @@ from killswitch.model import (
     Trigger,
 )
 from killswitch.sim.bingx import BingxSim
-from tests.review.bingx_rig import bingx_engine, bingx_with_answers, place
+from tests.review.bingx_rig import bingx_engine, bingx_with_answers, place, without_client_ids
 
 CONFIG = EngineConfig(
     deadline_s=2.0,
@@ -45,25 +45,15 @@ CONFIG = EngineConfig(
 PREFIX = Scope.of(client_order_id_prefix="strat7_")
 
 
-def _without_client_ids(method: Any) -> Any:
-    def answer(self: BingxSim, account: Any, p: dict[str, str]) -> Any:
-        body = method(self, account, p)
-        for row in body.get("orders", [body]):
-            row.pop("clientOrderID", None)
-        return body
-
-    return answer
-
-
 @pytest.fixture
 def documented_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """openOrders rows as documented: no client id. `trade/query` still shows it."""
-    monkeypatch.setattr(BingxSim, "_open_orders", _without_client_ids(BingxSim._open_orders))
+    monkeypatch.setattr(BingxSim, "_open_orders", without_client_ids(BingxSim._open_orders))
 
 
 @pytest.fixture
 def no_client_ids_anywhere(monkeypatch: pytest.MonkeyPatch, documented_rows: None) -> None:
-    monkeypatch.setattr(BingxSim, "_query", _without_client_ids(BingxSim._query))
+    monkeypatch.setattr(BingxSim, "_query", without_client_ids(BingxSim._query))
 
 
 async def _prefix_kill(tmp_path: Path) -> tuple[Any, set[str], str, str]:

@@ -31,7 +31,7 @@ from killswitch.sim.bingx import BingxSim
 from killswitch.streams.supervisor import StreamSupervisor
 from killswitch.streams.tracker import OrderTracker
 from tests.conftest import eventually
-from tests.review.bingx_rig import bingx_with_answers, place
+from tests.review.bingx_rig import bingx_with_answers, place, without_client_ids
 
 CONFIG = EngineConfig(
     deadline_s=3.0,
@@ -43,20 +43,10 @@ CONFIG = EngineConfig(
 PREFIX = Scope.of(client_order_id_prefix="strat7_")
 
 
-def _without_client_ids(method: Any) -> Any:
-    def answer(self: BingxSim, account: Any, p: dict[str, str]) -> Any:
-        body = method(self, account, p)
-        for row in body.get("orders", [body]):
-            row.pop("clientOrderID", None)
-        return body
-
-    return answer
-
-
 @pytest.fixture
 def documented_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """openOrders rows as documented: no client id. `trade/query` still shows it."""
-    monkeypatch.setattr(BingxSim, "_open_orders", _without_client_ids(BingxSim._open_orders))
+    monkeypatch.setattr(BingxSim, "_open_orders", without_client_ids(BingxSim._open_orders))
 
 
 @asynccontextmanager

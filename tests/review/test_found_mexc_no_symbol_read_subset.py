@@ -54,6 +54,25 @@ def _no_symbol_answers(shown: Shown) -> Any:
     return answer
 
 
+async def _kill_both_symbols(tmp_path: Path, exchange: Any, scope: Scope) -> Any:
+    """Kill `scope` on one MEXC account configured with BTCUSDT and ETHUSDT; the ended kill."""
+    engine = Engine(
+        [Account(AccountRef("mexc", "acct0"), exchange, symbols=("BTCUSDT", "ETHUSDT"))],
+        Journal(tmp_path / "journal.jsonl"),
+        QUICK,
+        rng=random.Random(7),
+    )
+    await engine.start()
+    try:
+        await engine.submit(Trigger("k1", "test", Mode.KILL, "drawdown", scope))
+        kill = engine.kill_for("k1")
+        assert kill is not None
+        await kill.finished.wait()
+        return kill
+    finally:
+        await engine.stop()
+
+
 @pytest.mark.parametrize(
     "shown",
     [
@@ -71,25 +90,12 @@ async def test_an_account_wide_mexc_kill_reads_the_known_symbols_beside_the_read
         book = sim.book(sim.accounts["acct0"])
         book.place(OrderSpec("BTCUSDT", client_order_id="a1"))
         hidden = book.place(OrderSpec("ETHUSDT", client_order_id="a2")).order_id
-        engine = Engine(
-            [Account(AccountRef("mexc", "acct0"), exchange, symbols=("BTCUSDT", "ETHUSDT"))],
-            Journal(tmp_path / "journal.jsonl"),
-            QUICK,
-            rng=random.Random(7),
+        kill = await _kill_both_symbols(tmp_path, exchange, Scope.of(["mexc"]))
+        assert hidden not in book.orders or not book.orders[hidden].is_open, (
+            f"kill {kill.state} with ETHUSDT order {hidden} open"
         )
-        await engine.start()
-        try:
-            await engine.submit(Trigger("k1", "test", Mode.KILL, "drawdown", Scope.of(["mexc"])))
-            kill = engine.kill_for("k1")
-            assert kill is not None
-            await kill.finished.wait()
-            assert hidden not in book.orders or not book.orders[hidden].is_open, (
-                f"kill {kill.state} with ETHUSDT order {hidden} open"
-            )
-            assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
-            assert not book.open_orders()
-        finally:
-            await engine.stop()
+        assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
+        assert not book.open_orders()
 
 
 async def test_a_read_without_a_symbol_that_left_out_an_old_order_is_not_whole(
@@ -197,20 +203,7 @@ async def test_kills_end_flat_where_the_read_takes_one_symbol(
         book = sim.book(sim.accounts["acct0"])
         book.place(OrderSpec("BTCUSDT"))
         book.place(OrderSpec("ETHUSDT"))
-        engine = Engine(
-            [Account(AccountRef("mexc", "acct0"), exchange, symbols=("BTCUSDT", "ETHUSDT"))],
-            Journal(tmp_path / "journal.jsonl"),
-            QUICK,
-            rng=random.Random(7),
-        )
-        await engine.start()
-        try:
-            scope = Scope.of(["mexc"], symbols=["BTCUSDT", "ETHUSDT"])
-            await engine.submit(Trigger("k2", "test", Mode.KILL, "drawdown", scope))
-            kill = engine.kill_for("k2")
-            assert kill is not None
-            await kill.finished.wait()
-            assert not book.open_orders()
-            assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
-        finally:
-            await engine.stop()
+        scope = Scope.of(["mexc"], symbols=["BTCUSDT", "ETHUSDT"])
+        kill = await _kill_both_symbols(tmp_path, exchange, scope)
+        assert not book.open_orders()
+        assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
