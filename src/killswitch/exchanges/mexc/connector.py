@@ -111,6 +111,12 @@ WIRE = Wire(
 MISSING_PARAM_CODES = frozenset({700004, -1102})
 # An order this much younger than a read may have been placed between it and its check.
 _PLACED_MEANWHILE_MS = 2_000
+# Requests a read without a symbol's check may add (review 40: the check of every known symbol,
+# one per request, was a burst past the endpoint's 500 per 10 s). The known symbols are taken
+# in turn, so every one is checked over a few reads (each stream reconcile reads once).
+_CHECK_READS = 2
+# What MEXC says of a symbol it does not take: a list of several, under the read's own table.
+_BAD_SYMBOL_CODES = frozenset({10007, 30014, 30021, -1121, -1100})
 _MISSING_WORDS = ("mandatory", "required", "must be sent", "not sent", "empty")
 
 
@@ -185,6 +191,7 @@ class MexcExchange(VenueConnector):
         # was caught answering a subset (reference §2.3: unverified that it answers every one).
         self._no_symbol_refused = False
         self._one_symbol_reads = False  # set when a read of several symbols is refused
+        self._check_from = 0  # where the next check of the read without a symbol starts
         self._listen_key: str | None = None
         self._lost_keys: set[str] = set()
         self._streams: dict[ClientConnection, str] = {}
@@ -258,21 +265,27 @@ class MexcExchange(VenueConnector):
         return Snapshot(orders=orders, lists=(), server_time_ms=read_at, complete=complete)
 
     async def _read_every_symbol(self, priority: Priority) -> tuple[object, list[Any], bool]:
-        """`openOrders` without a symbol, and beside it (the same round) the symbols we know of
-        read by name: whether the call without a symbol answers every symbol is unverified
-        (reference §2.3). Returns its answer (or error), the rows of the check, and whether
-        every part of the check answered (one that failed only goes unchecked)."""
+        """`openOrders` without a symbol, and beside it (the same round) some of the symbols we
+        know of read by name (`_CHECK_READS` requests, the known symbols in turn): whether the
+        call without a symbol answers every symbol is unverified (reference §2.3). Returns its
+        answer (or error), the rows of the check, and whether the check read every known
+        symbol and every part of it answered (one that failed only goes unchecked)."""
         known = sorted(self.known_symbols)
+        per_read = 1 if self._one_symbol_reads else MAX_SYMBOLS_PER_CALL
+        take = min(len(known), _CHECK_READS * per_read)
+        start = self._check_from % len(known) if known else 0
+        chosen = (known[start:] + known[:start])[:take]
+        self._check_from = start + take
         whole, *checks = await asyncio.gather(
             self.rest.request("GET", "/api/v3/openOrders", weight=3, priority=priority),
-            *(self._read_symbols(chunk, priority) for chunk in _chunks(known)),
+            *(self._read_symbols(chunk, priority) for chunk in _chunks(chosen)),
             return_exceptions=True,
         )
         for outcome in (whole, *checks):
             if isinstance(outcome, asyncio.CancelledError):
                 raise outcome
         rows: list[Any] = []
-        answered = True
+        answered = take == len(known)
         for outcome in checks:
             if isinstance(outcome, VenueError):
                 log.info("openOrders check failed account=%s error=%s", self.account, outcome)
@@ -347,11 +360,15 @@ class MexcExchange(VenueConnector):
                 status = exc.http_status
                 if exc.code in AUTH_CODES or status is None or not 400 <= status < 500:
                     raise
-                self._one_symbol_reads = True
+                # Only the venue's own "bad symbol" is its rule, remembered; any other 4xx (a
+                # proxy's 404, a passing 400) reads one symbol per request this time only.
+                if exc.code in _BAD_SYMBOL_CODES:
+                    self._one_symbol_reads = True
                 log.warning(
-                    "openOrders of several symbols refused account=%s code=%s: one per request",
+                    "openOrders of several symbols refused account=%s code=%s: one per request%s",
                     self.account,
                     exc.code,
+                    " from now on" if self._one_symbol_reads else " this time",
                 )
         rows: list[Any] = []
         for part in await _gather_all(self._read_symbol(s, priority) for s in symbols):
