@@ -245,17 +245,15 @@ class Scope:
     def is_everything(self) -> bool:
         return not (self.venues or self.accounts or self.symbols or self.client_order_id_prefix)
 
-    def within(self, other: Scope, accounts: Iterable[AccountRef] | None = None) -> bool:
-        """Whether everything this scope covers, `other` covers too: of `accounts` (the
-        configured ones) when given, else of any account at all."""
+    def within(self, other: Scope) -> bool:
+        """Whether everything this scope covers, `other` covers too, over any account at all:
+        from the two scopes alone, so every daemon that holds them decides alike."""
         if other.symbols and not (self.symbols and self.symbols <= other.symbols):
             return False
         prefix = other.client_order_id_prefix
         mine = self.client_order_id_prefix
         if prefix is not None and (mine is None or not mine.startswith(prefix)):
             return False
-        if accounts is not None:
-            return all(other.covers_account(r) for r in accounts if self.covers_account(r))
         return all(
             not theirs or bool(ours and ours <= theirs)
             for ours, theirs in ((self.venues, other.venues), (self.accounts, other.accounts))

@@ -480,11 +480,15 @@ class KafkaAlertConsumer(EngineFeed):
 
     def _releasable(self, alert: Alert) -> list[str] | None:
         """The latches a reset may release: with a scope, those wholly inside it (a latch wider
-        than it, over every account say, is not its to lift); without, all (None)."""
+        than it, over every account say, is not its to lift); without, all (None). Decided from
+        the scopes alone, never from this daemon's accounts: replicas or shards configured with
+        other accounts must release the same latches (review 40: a shard holding only MEXC
+        accounts took an unscoped latch for one "inside" a reset naming mexc, and its release
+        record lifted that latch over Binance on its peer)."""
         scope = alert.scope.to_scope()
         if scope.is_everything:
             return None
-        return [t for t, s in self.engine.latches().items() if s.within(scope, self.accounts)]
+        return [t for t, s in self.engine.latches().items() if s.within(scope)]
 
     async def _reset(self, alert: Alert, now_ms: int) -> None:
         self.stats.resets += 1
