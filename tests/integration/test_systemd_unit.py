@@ -161,6 +161,9 @@ def test_the_example_config_is_valid_with_keys_from_credential_files(
     for name in ("binance__mm-1", "mexc__mm-1", "bingx__mm-1"):
         for field in ("api_key", "api_secret"):
             (creds / f"{prefix}_accounts__{name}__{field}").write_text(f"{name}-{field}\n")
+    # The example's Binance key is ed25519: its secret must have a key's form (base64 of 32
+    # raw bytes here; a PEM file in production).
+    (creds / f"{prefix}_accounts__binance__mm-1__api_secret").write_text("A" * 43 + "=\n")
     for var in ("KILLSWITCH_CONFIG", "CREDENTIALS_DIRECTORY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
