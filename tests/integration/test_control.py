@@ -506,3 +506,40 @@ async def test_cli_reset_of_a_trigger_id_no_latch_holds_exits_2_and_names_the_la
     assert reset.returncode == 2
     assert f"no latch is held by {held}x; held: {held}" in reset.stderr
     assert [latch["trigger_id"] for latch in served.engine.status()["latches"]] == [held]
+
+
+async def test_a_kill_by_a_symbol_nothing_was_open_on_and_nobody_configured_warns(
+    served: Served,
+) -> None:
+    """Review 39: `fire --symbol BTCUSTD` (a typo) answered FLAT, exit 0, with the BTCUSDT orders
+    meant still open. Flat is true of BTCUSTD; the operator is now told it found nothing there
+    and that no account in scope is configured with it."""
+    sock = str(served.path)
+    fired = await asyncio.to_thread(
+        cli,
+        "fire",
+        "--socket",
+        sock,
+        "--venue",
+        "binance",
+        "--symbol",
+        "BTCUSTD",
+        "--reason",
+        "typo",
+    )
+    assert fired.returncode == 0, fired.stderr  # flat: nothing of BTCUSTD is open
+    assert "warning: nothing was open on BTCUSTD on any account in scope" in fired.stderr
+    right = await asyncio.to_thread(
+        cli,
+        "fire",
+        "--socket",
+        sock,
+        "--venue",
+        "binance",
+        "--symbol",
+        "BTCUSDT",
+        "--reason",
+        "right",
+    )
+    assert right.returncode == 0, right.stderr
+    assert "warning" not in right.stderr  # it found and cancelled orders there

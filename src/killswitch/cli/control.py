@@ -109,6 +109,8 @@ def cmd_fire(args: argparse.Namespace) -> int:
         kill = answer.get("kill")
         if isinstance(kill, dict):
             sys.stdout.write(format_kill(kill) + "\n")
+        if answer.get("warning"):
+            sys.stderr.write(f"killswitch fire: warning: {answer['warning']}\n")
     if code == EXIT_RUNNING and not args.json:
         waited = "not waited for (--no-wait)" if args.no_wait else f"not flat after {args.timeout}s"
         sys.stderr.write(

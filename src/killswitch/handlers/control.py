@@ -54,7 +54,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from killswitch.handlers.alerts import AlertScope
 from killswitch.kill.engine import Engine
 from killswitch.kill.record import Kill, KillState, SubmitResult
-from killswitch.model import Mode, Trigger, json_object, unmatched
+from killswitch.model import Mode, Scope, Trigger, canonical_symbol, json_object, unmatched
 
 log = logging.getLogger(__name__)
 
@@ -348,9 +348,33 @@ class ControlServer:
             answer.update(ok=request.wait is None, outcome="unknown", timed_out=False)
         elif request.wait is not None:
             answer.update(await _wait(kill, request.wait, request.timeout_s))
+            warning = self._nothing_of(scope, kill)
+            if warning:
+                answer["warning"] = warning
         else:
             answer.update(outcome=kill.state.value, timed_out=False)
         return answer
+
+    def _nothing_of(self, scope: Scope, kill: Kill) -> str:
+        """A word for the operator when a kill by symbol found nothing of symbols no account in
+        scope is configured with: flat is true, but a mistyped symbol is flat too (review 39)."""
+        if not scope.symbols or not kill.done.is_set() or not kill.accounts:
+            return ""
+        if any(r.orders_before or r.lists_before for r in kill.accounts.values()):
+            return ""
+        known = {
+            canonical_symbol(symbol)
+            for ref, account in self.engine.accounts.items()
+            if scope.covers_account(ref)
+            for symbol in account.symbols
+        }
+        unknown = sorted(scope.symbols - known)
+        if not unknown:
+            return ""
+        return (
+            f"nothing was open on {', '.join(unknown)} on any account in scope, and no account "
+            "in scope is configured with it: is the symbol right?"
+        )
 
 
 async def _wait(kill: Kill, until: str, timeout_s: float) -> dict[str, object]:
