@@ -4,7 +4,8 @@ that was one request per known symbol: 171 reads, 513 weight, for one snapshot o
 with 170 symbols, past the endpoint's 500 per 10 s: 429s, then a 418 ("No ban"). And one
 passing 404 on a list read made every later read one symbol per request, for good.
 
-The check now adds at most `_CHECK_READS` requests a snapshot, taking the known symbols in
+The check now adds at most `_KILL_CHECK_READS` requests to a kill's read (past that it proves
+nothing flat: review 41) and `_CHECK_READS` to a background one, taking the known symbols in
 turn; only MEXC's own "bad symbol" makes reads one symbol per request for good.
 """
 
@@ -16,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from killswitch.exchanges.budget import Priority
-from killswitch.exchanges.mexc.connector import _CHECK_READS
+from killswitch.exchanges.mexc.connector import _CHECK_READS, _KILL_CHECK_READS
 from killswitch.sim import mexc as sim_mexc
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import Fault, FaultKind
@@ -64,12 +65,17 @@ async def test_an_account_wide_snapshot_adds_a_bounded_check(
         await exchange.start()
         sim.seed(sim.accounts["acct0"], [OrderSpec("C000USDT")])
         await exchange._read_symbols(SYMBOLS[:2], Priority.KILL)  # learns how lists fare
-        seen: set[str] = set()
         for _ in range(3):
             before = _sent(sim)
-            snapshot = await exchange.snapshot()
+            background = await exchange.snapshot(priority=Priority.BACKGROUND)
             assert _sent(sim) - before <= 1 + _CHECK_READS
-            assert snapshot.complete
-            seen |= {o.symbol for o in snapshot.orders}
-        assert seen == {"C000USDT"}
+            assert background.complete  # no old order left out among those it checked
+            assert {o.symbol for o in background.orders} == {"C000USDT"}
+            before = _sent(sim)
+            kill_read = await exchange.snapshot()
+            assert _sent(sim) - before <= 1 + _KILL_CHECK_READS
+            # Five symbols a request cover all 170 known ones in 34; one a request do not:
+            # then the read proves nothing flat (review 41).
+            assert kill_read.complete is not lists_refused
+            assert {o.symbol for o in kill_read.orders} == {"C000USDT"}
         assert not [k for k in sim.counters if "429" in k or "418" in k]

@@ -111,10 +111,13 @@ WIRE = Wire(
 MISSING_PARAM_CODES = frozenset({700004, -1102})
 # An order this much younger than a read may have been placed between it and its check.
 _PLACED_MEANWHILE_MS = 2_000
-# Requests a read without a symbol's check may add (review 40: the check of every known symbol,
-# one per request, was a burst past the endpoint's 500 per 10 s). The known symbols are taken
-# in turn, so every one is checked over a few reads (each stream reconcile reads once).
+# Requests a read without a symbol's check may add: a kill's read checks every known symbol, up
+# to `_KILL_CHECK_READS` requests (120 weight of the endpoint's 500 per 10 s; review 40: one
+# request per known symbol, unbounded, was a burst past it); past that it proves nothing flat
+# (review 41: a read that checked some known symbols proved flat over an order on another). A
+# background read (a stream reconcile) checks `_CHECK_READS`, the known symbols in turn.
 _CHECK_READS = 2
+_KILL_CHECK_READS = 40
 # What MEXC says of a symbol it does not take: a list of several, under the read's own table.
 _BAD_SYMBOL_CODES = frozenset({10007, 30014, 30021, -1121, -1100})
 _MISSING_WORDS = ("mandatory", "required", "must be sent", "not sent", "empty")
@@ -248,6 +251,8 @@ class MexcExchange(VenueConnector):
                 if left_out:
                     complete = False  # proves nothing flat; and if it is its rule, never again
                     await self._confirm_subset(left_out, priority)
+                elif priority is Priority.KILL and not answered:
+                    complete = False  # some known symbol went unchecked: no proof for a kill
         if rows is None:
             # Read per symbol. For an account-wide read that covers only the symbols we know
             # of: an order on any other symbol would be missed, so it proves nothing flat.
@@ -265,14 +270,15 @@ class MexcExchange(VenueConnector):
         return Snapshot(orders=orders, lists=(), server_time_ms=read_at, complete=complete)
 
     async def _read_every_symbol(self, priority: Priority) -> tuple[object, list[Any], bool]:
-        """`openOrders` without a symbol, and beside it (the same round) some of the symbols we
-        know of read by name (`_CHECK_READS` requests, the known symbols in turn): whether the
+        """`openOrders` without a symbol, and beside it (the same round) the symbols we know of
+        read by name, as many as the priority allows (see `_CHECK_READS`), in turn: whether the
         call without a symbol answers every symbol is unverified (reference §2.3). Returns its
         answer (or error), the rows of the check, and whether the check read every known
-        symbol and every part of it answered (one that failed only goes unchecked)."""
+        symbol and every part of it answered."""
         known = sorted(self.known_symbols)
         per_read = 1 if self._one_symbol_reads else MAX_SYMBOLS_PER_CALL
-        take = min(len(known), _CHECK_READS * per_read)
+        reads = _KILL_CHECK_READS if priority is Priority.KILL else _CHECK_READS
+        take = min(len(known), reads * per_read)
         start = self._check_from % len(known) if known else 0
         chosen = (known[start:] + known[:start])[:take]
         self._check_from = start + take
@@ -355,7 +361,7 @@ class MexcExchange(VenueConnector):
         is that rule: read one symbol per request from then on (the same weight each)."""
         if len(symbols) > 1 and not self._one_symbol_reads:
             try:
-                return await self._read_symbol(",".join(symbols), priority)
+                return await self._read_symbol(",".join(symbols), priority, listed=False)
             except (Fatal, OutcomeUnknown) as exc:
                 status = exc.http_status
                 if exc.code in AUTH_CODES or status is None or not 400 <= status < 500:
@@ -375,10 +381,27 @@ class MexcExchange(VenueConnector):
             rows.extend(part)
         return rows
 
-    async def _read_symbol(self, symbol: str, priority: Priority) -> list[Any]:
-        answer = await self.rest.request(
-            "GET", "/api/v3/openOrders", [("symbol", symbol)], weight=3, priority=priority
-        )
+    async def _read_symbol(
+        self, symbol: str, priority: Priority, *, listed: bool = True
+    ) -> list[Any]:
+        """One symbol's open orders (or a comma list's, `listed=False`). A single symbol MEXC
+        calls bad is not one it lists (delisted, or never a spot symbol): nothing can be open
+        there, and it is no longer a known symbol, so it cannot hold every later read back."""
+        try:
+            answer = await self.rest.request(
+                "GET", "/api/v3/openOrders", [("symbol", symbol)], weight=3, priority=priority
+            )
+        except (Fatal, OutcomeUnknown) as exc:
+            if not listed or exc.code not in _BAD_SYMBOL_CODES:
+                raise
+            log.warning(
+                "openOrders symbol=%s refused as a bad symbol account=%s code=%s: not listed",
+                symbol,
+                self.account,
+                exc.code,
+            )
+            self.known_symbols.discard(symbol)
+            return []
         return _rows(answer, self.account)
 
     # -- cancels --------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""Review 41: the bounded check beside MEXC's read without a symbol (review 40) checked ten
+known symbols of forty, and a read that showed no old order left out among those proved flat:
+an order on another known symbol stayed open behind a confirmed kill ("No false flat"). A
+kill's read now checks every known symbol (up to 40 requests) or proves nothing; and a symbol
+MEXC calls bad is dropped from the known ones instead of holding every read back."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from killswitch.journal import Journal
+from killswitch.kill.config import Account
+from killswitch.kill.engine import Engine
+from killswitch.kill.record import KillState
+from killswitch.model import AccountRef, Mode, Scope, Trigger
+from killswitch.sim import mexc as sim_mexc
+from killswitch.sim.book import OrderSpec
+from killswitch.sim.mexc import MexcSim
+from tests.fixtures.mexc import mexc_sim
+from tests.unit.test_engine import QUICK
+
+OPEN_ORDERS = "/api/v3/openOrders"
+SYMBOLS = [f"C{i:03d}USDT" for i in range(40)]
+
+
+def _subset(shown_symbols: set[str]) -> Any:
+    original = MexcSim._open_orders
+
+    async def answer(
+        self: MexcSim, request: web.Request, account: Any, params: dict[str, str]
+    ) -> web.Response:
+        response = await original(self, request, account, params)
+        if params.get("symbol"):
+            return response
+        rows = orjson.loads(response.body)  # type: ignore[arg-type]
+        rows = [r for r in rows if r["symbol"] in shown_symbols]
+        return web.json_response(rows, dumps=lambda o: orjson.dumps(o).decode())
+
+    return answer
+
+
+async def test_snapshot_proves_flat_over_an_old_order_on_a_known_unchecked_symbol(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 37's guarantee: an order on a symbol the connector knows is never left out of an
+    account-wide snapshot that says complete. With 40 known symbols the check reads 10."""
+    monkeypatch.setattr(MexcSim, "_open_orders", _subset({"C000USDT"}))
+    async with mexc_sim(accounts=1, symbols=SYMBOLS) as (sim, connect):
+        exchange = connect("acct0", symbols_hint=SYMBOLS)
+        await exchange.start()
+        book = sim.book(sim.accounts["acct0"])
+        hidden = book.place(OrderSpec("C039USDT"))
+        hidden.time_ms -= 60_000
+        snapshot = await exchange.snapshot()
+        ids = {o.order_id for o in snapshot.orders}
+        assert any(o.order_id == hidden.order_id for o in book.open_orders())
+        assert hidden.order_id in ids or not snapshot.complete, (
+            "complete account-wide snapshot without an old open order on a known symbol"
+        )
+
+
+async def test_account_wide_kill_ends_flat_with_an_order_open_on_a_known_symbol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MexcSim, "_open_orders", _subset({"BTCUSDT"}))
+    syms = ["BTCUSDT", *SYMBOLS]
+    async with mexc_sim(accounts=1, symbols=syms) as (sim, connect):
+        # The connector knows 41 symbols (seen in earlier reads, cancels, streams).
+        exchange = connect("acct0", symbols_hint=syms)
+        await exchange.start()
+        book = sim.book(sim.accounts["acct0"])
+        book.place(OrderSpec("BTCUSDT"))
+        hidden = book.place(OrderSpec("C039USDT"))
+        hidden.time_ms -= 60_000
+        engine = Engine(
+            [Account(AccountRef("mexc", "acct0"), exchange, symbols=("BTCUSDT",))],
+            Journal(tmp_path / "journal.jsonl"),
+            QUICK,
+            rng=random.Random(7),
+        )
+        await engine.start()
+        try:
+            await engine.submit(Trigger("k1", "test", Mode.KILL, "drawdown", Scope.of(["mexc"])))
+            kill = engine.kill_for("k1")
+            assert kill is not None
+            await kill.finished.wait()
+        finally:
+            await engine.stop()
+        still_open = any(o.order_id == hidden.order_id for o in book.open_orders())
+        assert not (still_open and kill.state in (KillState.FLAT, KillState.CONFIRMED)), (
+            f"kill {kill.state} with C039USDT order {hidden.order_id} open"
+        )
+
+
+async def test_a_known_symbol_mexc_calls_bad_is_dropped_not_a_wall(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = MexcSim._open_orders
+
+    async def delisted(
+        self: MexcSim, request: web.Request, account: Any, params: dict[str, str]
+    ) -> web.Response:
+        if "GONEUSDT" in params.get("symbol", ""):
+            raise sim_mexc.MexcError(10007, "bad symbol")
+        return await original(self, request, account, params)
+
+    monkeypatch.setattr(MexcSim, "_open_orders", delisted)
+    async with mexc_sim(accounts=1, symbols=SYMBOLS[:3]) as (sim, connect):
+        exchange = connect("acct0", symbols_hint=[*SYMBOLS[:3], "GONEUSDT"])
+        await exchange.start()
+        sim.book(sim.accounts["acct0"]).place(OrderSpec("C001USDT"))
+        snapshot = await exchange.snapshot()
+        assert [o.symbol for o in snapshot.orders] == ["C001USDT"]
+        assert snapshot.complete
+        assert "GONEUSDT" not in exchange.known_symbols
