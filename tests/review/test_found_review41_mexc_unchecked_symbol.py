@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from killswitch.exchanges.base import VenueError
 from killswitch.journal import Journal
 from killswitch.kill.config import Account
 from killswitch.kill.engine import Engine
@@ -115,7 +116,15 @@ async def test_a_known_symbol_mexc_calls_bad_is_dropped_not_a_wall(
         exchange = connect("acct0", symbols_hint=[*SYMBOLS[:3], "GONEUSDT"])
         await exchange.start()
         sim.book(sim.accounts["acct0"]).place(OrderSpec("C001USDT"))
-        snapshot = await exchange.snapshot()
-        assert [o.symbol for o in snapshot.orders] == ["C001USDT"]
-        assert snapshot.complete
+        first = await exchange.snapshot()
+        # GONEUSDT could not be read: no proof this time (never "nothing open there")...
+        assert [o.symbol for o in first.orders] == ["C001USDT"]
+        assert not first.complete
         assert "GONEUSDT" not in exchange.known_symbols
+        # ...and it no longer holds the next read back.
+        second = await exchange.snapshot()
+        assert [o.symbol for o in second.orders] == ["C001USDT"]
+        assert second.complete
+        # A kill naming it is never flat by it: the read of it fails.
+        with pytest.raises(VenueError):
+            await exchange.snapshot(["GONEUSDT"])

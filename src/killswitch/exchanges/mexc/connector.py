@@ -385,23 +385,24 @@ class MexcExchange(VenueConnector):
         self, symbol: str, priority: Priority, *, listed: bool = True
     ) -> list[Any]:
         """One symbol's open orders (or a comma list's, `listed=False`). A single symbol MEXC
-        calls bad is not one it lists (delisted, or never a spot symbol): nothing can be open
-        there, and it is no longer a known symbol, so it cannot hold every later read back."""
+        calls bad (delisted, or one its API does not serve) is no longer a known symbol, so it
+        cannot fail every later read; this read still fails: a symbol it could not read is
+        never taken as one with nothing open."""
         try:
             answer = await self.rest.request(
                 "GET", "/api/v3/openOrders", [("symbol", symbol)], weight=3, priority=priority
             )
         except (Fatal, OutcomeUnknown) as exc:
-            if not listed or exc.code not in _BAD_SYMBOL_CODES:
-                raise
-            log.warning(
-                "openOrders symbol=%s refused as a bad symbol account=%s code=%s: not listed",
-                symbol,
-                self.account,
-                exc.code,
-            )
-            self.known_symbols.discard(symbol)
-            return []
+            if listed and exc.code in _BAD_SYMBOL_CODES and symbol in self.known_symbols:
+                log.warning(
+                    "openOrders symbol=%s refused as a bad symbol account=%s code=%s: "
+                    "no longer a known symbol",
+                    symbol,
+                    self.account,
+                    exc.code,
+                )
+                self.known_symbols.discard(symbol)
+            raise
         return _rows(answer, self.account)
 
     # -- cancels --------------------------------------------------------------------------------
