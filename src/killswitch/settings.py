@@ -9,9 +9,9 @@ Sources, highest priority first:
 3. the TOML file (`--config`, else `$KILLSWITCH_CONFIG`, else `/etc/killswitch/killswitch.toml`).
 
 `accounts` is a list in TOML; the other two sources address one account by venue and name
-(`accounts__<venue>__<name>__<field>`) and are overlaid on the matching list entry, so keys
-never need to sit in the TOML file. A variable naming a field that does not exist fails the
-start (a typo would otherwise be ignored silently).
+(`accounts__<venue>__<name>__<field>`) and are overlaid on the matching list entry
+(`killswitch.settings_sources`), so keys never need to sit in the TOML file. A variable naming
+a field that does not exist fails the start (a typo would otherwise be ignored silently).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import (
     BaseModel,
@@ -52,6 +52,7 @@ from killswitch.model import (
     is_venue_symbol,
     unmatched,
 )
+from killswitch.settings_sources import AccountOverlay
 
 DEFAULT_CONFIG_PATH = Path("/etc/killswitch/killswitch.toml")
 ENV_PREFIX = "KILLSWITCH_"
@@ -384,7 +385,7 @@ class Settings(BaseSettings):
             secrets_dir_missing="error",
         )
         toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file.get())
-        return (init_settings, _AccountOverlay(settings_cls, [env_settings, credentials, toml]))
+        return (init_settings, AccountOverlay(settings_cls, [env_settings, credentials, toml]))
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -423,69 +424,6 @@ class Settings(BaseSettings):
             if account.venue == venue and account.name == name:
                 return account
         raise KeyError(f"{venue}/{name}")
-
-
-class _AccountOverlay(PydanticBaseSettingsSource):
-    """Merge sources by priority, overlaying `accounts.<venue>.<name>` maps on the list."""
-
-    def __init__(
-        self, settings_cls: type[BaseSettings], sources: Sequence[PydanticBaseSettingsSource]
-    ) -> None:
-        super().__init__(settings_cls)
-        self.sources = list(sources)  # highest priority first
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for source in reversed(self.sources):
-            data = dict(source())
-            overlay = data.pop("accounts", None)
-            merged = _deep_update(merged, data)
-            if isinstance(overlay, Mapping):
-                merged["accounts"] = _overlay_accounts(merged.get("accounts"), overlay)
-            elif overlay is not None:
-                merged["accounts"] = overlay
-        return merged
-
-
-def _deep_update(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    result = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
-            result[key] = _deep_update(result[key], value)
-        else:
-            result[key] = value
-    return result
-
-
-def _overlay_accounts(accounts: object, overlay: Mapping[str, Any]) -> list[Any]:
-    if not isinstance(accounts, list):
-        raise SettingsError(
-            "accounts: per-account variables or credentials need the account in the config file"
-        )
-    result: list[Any] = [dict(a) if isinstance(a, Mapping) else a for a in accounts]
-    for venue, by_name in overlay.items():
-        if not isinstance(by_name, Mapping):
-            raise SettingsError(f"accounts__{venue}: expected accounts__{venue}__<name>__<field>")
-        for name, fields in by_name.items():
-            target = next(
-                (
-                    a
-                    for a in result
-                    if isinstance(a, dict)
-                    and str(a.get("venue", "")).lower() == venue.lower()
-                    and str(a.get("name", "")).casefold() == name.casefold()
-                ),
-                None,
-            )
-            if target is None:
-                raise SettingsError(f"accounts__{venue}__{name}: no such account in the config")
-            if not isinstance(fields, Mapping):
-                raise SettingsError(f"accounts__{venue}__{name}: expected __<field> after the name")
-            target.update(fields)
-    return result
 
 
 def _walk_secrets(model: BaseModel) -> Iterator[SecretStr]:
