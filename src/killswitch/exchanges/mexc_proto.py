@@ -202,7 +202,9 @@ STATUS_NAMES: dict[int, str] = {
     STATUS_CANCELED: "CANCELED",
     STATUS_PARTIALLY_CANCELED: "PARTIALLY_CANCELED",
 }
-OPEN_STATUS_CODES = frozenset({STATUS_NEW, STATUS_PARTIALLY_FILLED})
+# Closed only on a status known to end the order: any other int (NEW, PARTIALLY_FILLED, one
+# added later) is open, never "nothing open".
+CLOSED_STATUS_CODES = frozenset({STATUS_FILLED, STATUS_CANCELED, STATUS_PARTIALLY_CANCELED})
 
 # PrivateOrdersV3Api.orderType ints and the REST `type` names they correspond to.
 ORDER_TYPE_NAMES: dict[int, str] = {

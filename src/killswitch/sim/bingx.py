@@ -172,6 +172,9 @@ class BingxBehaviour:
     throttle_form: str = "epoch"  # epoch | plain
     ban_form: str = "epoch"  # epoch | plain
     open_orders_show_legs: bool = True
+    # What an open order's status reads: NEW as the docs' tables say, or WORKING (the docs'
+    # own stream demo; BingX.Net maps it to open since April 2026).
+    open_status: str = "NEW"
 
     CHOICES: ClassVar[dict[str, tuple[object, ...]]] = {
         "cancel_all_covers_oco": (False, True),
@@ -186,6 +189,7 @@ class BingxBehaviour:
         "throttle_form": ("epoch", "plain"),
         "ban_form": ("epoch", "plain"),
         "open_orders_show_legs": (False, True),
+        "open_status": ("NEW", "WORKING"),
     }
 
     def __post_init__(self) -> None:
@@ -227,6 +231,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         throttle_form="plain",
         ban_form="plain",
         open_orders_show_legs=False,
+        open_status="WORKING",
     ),
     # Every open question answered the easiest way.
     "most_permissive": BingxBehaviour(
@@ -242,6 +247,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         throttle_form="epoch",
         ban_form="epoch",
         open_orders_show_legs=True,
+        open_status="NEW",
     ),
 }
 
@@ -765,7 +771,8 @@ class BingxSim(SimVenue):
 
     # -- rendering -------------------------------------------------------------------------
     @staticmethod
-    def status_of(order: SimOrder) -> str:
+    def restriction_status(order: SimOrder) -> str:
+        """The status `cancelRestrictions` is matched against (NEW, PENDING, ...)."""
         if order.status == "NEW" and TYPE_NAMES.get(order.order_type, order.order_type) in (
             TRIGGER_TYPES
         ):
@@ -773,6 +780,13 @@ class BingxSim(SimVenue):
         if order.status == "EXPIRED":
             return "CANCELED"  # BingX has no EXPIRED: an OCO sibling ends cancelled
         return order.status
+
+    def status_of(self, order: SimOrder) -> str:
+        """The status an answer or a push shows."""
+        status = self.restriction_status(order)
+        if status == "NEW" and self.behaviour.open_status == "WORKING":
+            return "WORKING"
+        return status
 
     def order_json(self, order: SimOrder) -> dict[str, Any]:
         return {
@@ -984,10 +998,10 @@ class BingxSim(SimVenue):
             raise self._not_open(order if order is not None and order.symbol == symbol else None)
         if self._refuses_leg(book, order):
             raise self._not_open(None)
-        if restriction is not None and self.status_of(order) != restriction:
+        if restriction is not None and self.restriction_status(order) != restriction:
             raise BxError(
                 100400,
-                f"cancel restrictions not met: order status {self.status_of(order)}, "
+                f"cancel restrictions not met: order status {self.restriction_status(order)}, "
                 f"cancelRestrictions {restriction}",
             )
         book.cancel(order.order_id)

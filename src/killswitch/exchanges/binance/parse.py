@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 VENUE = "binance"
 
 
-OPEN_STATUSES = frozenset({"NEW", "PARTIALLY_FILLED", "PENDING_NEW"})
+# An order is closed only on a status known to end it [BN-ENUMS]: any other (NEW,
+# PARTIALLY_FILLED, PENDING_NEW, PENDING_CANCEL, one added later) is open, never "nothing open".
+CLOSED_STATUSES = frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED", "EXPIRED_IN_MATCH"})
 
 
 _EXEC_TYPES = {
@@ -168,7 +170,7 @@ def execution_report_event(ev: dict[str, Any]) -> OrderEvent:
         client_order_id=client_id,
         exec_type=_EXEC_TYPES.get(exec_type, ExecType.OTHER),
         status=status,
-        is_open=status in OPEN_STATUSES,
+        is_open=status not in CLOSED_STATUSES,
         event_time_ms=int(ev.get("E", 0)),
         side=str(ev.get("S", "")),
         order_type=str(ev.get("o", "")),

@@ -23,8 +23,8 @@ from killswitch.exchanges.bingx.errors import classify, fail_is_gone
 from killswitch.exchanges.bingx.venue import (
     CANCEL_ALL_AFTER,
     CANCEL_ORDERS,
+    CLOSED_STATUSES,
     GZIP_WBITS,
-    OPEN_STATUSES,
 )
 from killswitch.exchanges.rest import Answer, load_json
 from killswitch.model import (
@@ -169,7 +169,7 @@ def parse_execution_report(data: dict[str, Any], list_id: str | None = None) -> 
         client_order_id=_client_id(data, "C", "c"),
         exec_type=_EXEC_TYPES.get(str(data.get("x", "")), ExecType.OTHER),
         status=status,
-        is_open=status in OPEN_STATUSES,
+        is_open=status not in CLOSED_STATUSES,
         event_time_ms=_int(data.get("E") or 0),
         side=str(data.get("S", "")),
         order_type=str(data.get("o", "")),

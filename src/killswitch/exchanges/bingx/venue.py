@@ -31,7 +31,10 @@ API_PERMISSIONS = "/openApi/v1/account/apiPermissions"
 EXECUTION_REPORT = "spot.executionReport"
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib: expect a gzip header and trailer
 
-OPEN_STATUSES = frozenset({"NEW", "PENDING", "PARTIALLY_FILLED"})
+# An order is closed only on a status known to end it: any other (NEW, PENDING,
+# PARTIALLY_FILLED, the docs' own demo's WORKING, ccxt's RUNNING, one not seen yet) is open, never
+# read as "nothing open" (review 43: WORKING was read as closed).
+CLOSED_STATUSES = frozenset({"FILLED", "CANCELED", "CANCELLED", "FAILED", "EXPIRED", "REJECTED"})
 OPEN_ORDERS_MAX = 2000  # [BX-DOC]: openOrders returns at most 2000 orders
 OCO_PAGE_SIZE = 100
 CLOCK_MARGIN_MS = 5.0  # floor of the margin for our clock error (which is under one round trip)

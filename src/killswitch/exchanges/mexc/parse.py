@@ -81,7 +81,7 @@ def decode_push(frame: bytes) -> OrderEvent | None:
         client_order_id=o.clientId,
         exec_type=_EXEC_TYPES.get(status, ExecType.OTHER),
         status=pb.STATUS_NAMES.get(status, str(status)),
-        is_open=status in pb.OPEN_STATUS_CODES,
+        is_open=status not in pb.CLOSED_STATUS_CODES,
         event_time_ms=int(wrapper.sendTime or wrapper.createTime or o.createTime),
         side="BUY" if o.tradeType == pb.TRADE_TYPE_BUY else "SELL",
         order_type=pb.ORDER_TYPE_NAMES.get(int(o.orderType), str(o.orderType)),
