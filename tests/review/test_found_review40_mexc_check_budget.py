@@ -39,10 +39,12 @@ async def test_one_passing_404_on_a_list_read_does_not_make_reads_one_symbol_for
         sim.faults.add(
             Fault(FaultKind.ERROR_BEFORE, endpoint=OPEN_ORDERS, http_status=404, count=1)
         )
+        sim.seed(sim.accounts["acct0"], [OrderSpec(s) for s in SYMBOLS[:5]])
         await exchange._read_symbols(SYMBOLS[:5], Priority.KILL)  # one per request, this time
         before = _sent(sim)
         await exchange._read_symbols(SYMBOLS[:5], Priority.KILL)
-        assert _sent(sim) - before == 1  # the list again
+        # the list again (it shows an order on each of its five symbols: review 42)
+        assert _sent(sim) - before == 1
 
 
 @pytest.mark.parametrize("lists_refused", [False, True])
@@ -63,19 +65,20 @@ async def test_an_account_wide_snapshot_adds_a_bounded_check(
     async with mexc_sim(accounts=1, symbols=SYMBOLS) as (sim, connect):
         exchange = connect("acct0", symbols_hint=SYMBOLS)
         await exchange.start()
-        sim.seed(sim.accounts["acct0"], [OrderSpec("C000USDT")])
-        await exchange._read_symbols(SYMBOLS[:2], Priority.KILL)  # learns how lists fare
+        sim.seed(sim.accounts["acct0"], [OrderSpec(s) for s in SYMBOLS[:5]])
+        # learns how lists fare: where they are taken, one answers each of five (review 42)
+        await exchange._read_symbols(SYMBOLS[:5], Priority.KILL)
         for _ in range(3):
             before = _sent(sim)
             background = await exchange.snapshot(priority=Priority.BACKGROUND)
             assert _sent(sim) - before <= 1 + _CHECK_READS
             assert background.complete  # no old order left out among those it checked
-            assert {o.symbol for o in background.orders} == {"C000USDT"}
+            assert {o.symbol for o in background.orders} == set(SYMBOLS[:5])
             before = _sent(sim)
             kill_read = await exchange.snapshot()
             assert _sent(sim) - before <= 1 + _KILL_CHECK_READS
             # Five symbols a request cover all 170 known ones in 34; one a request do not:
             # then the read proves nothing flat (review 41).
             assert kill_read.complete is not lists_refused
-            assert {o.symbol for o in kill_read.orders} == {"C000USDT"}
+            assert {o.symbol for o in kill_read.orders} == set(SYMBOLS[:5])
         assert not [k for k in sim.counters if "429" in k or "418" in k]

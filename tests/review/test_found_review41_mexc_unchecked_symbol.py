@@ -99,7 +99,7 @@ async def test_account_wide_kill_ends_flat_with_an_order_open_on_a_known_symbol(
         )
 
 
-async def test_a_known_symbol_mexc_calls_bad_is_dropped_not_a_wall(
+async def test_a_known_symbol_mexc_calls_bad_is_read_alone_and_proves_nothing_while_unread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     original = MexcSim._open_orders
@@ -121,10 +121,11 @@ async def test_a_known_symbol_mexc_calls_bad_is_dropped_not_a_wall(
         assert [o.symbol for o in first.orders] == ["C001USDT"]
         assert not first.complete
         assert "GONEUSDT" not in exchange.known_symbols
-        # ...and it no longer holds the next read back.
+        # ...nor the next time (review 42: an order placed there elsewhere may be open, and the
+        # read without a symbol may leave it out): it is read alone, never in a list.
         second = await exchange.snapshot()
         assert [o.symbol for o in second.orders] == ["C001USDT"]
-        assert second.complete
+        assert not second.complete
         # A kill naming it is never flat by it: the read of it fails.
         with pytest.raises(VenueError):
             await exchange.snapshot(["GONEUSDT"])

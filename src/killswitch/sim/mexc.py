@@ -6,6 +6,9 @@ and, where a client could depend on it, made configurable:
 
 * `open_orders_requires_symbol`: `GET /api/v3/openOrders` without `symbol` answers every symbol
   by default (what ccxt relies on); set it to refuse such reads as the doc table's "mandatory".
+* `list_read`: what `GET /api/v3/openOrders` does with several comma-separated symbols, which
+  only a changelog promises (§2.3): answers each (`"each"`, the default), only the first
+  (`"first"`), or refuses the list as a bad symbol (`"refused"`).
 * `order_all_enabled`: serve `DELETE /api/v3/order/all` (only ccxt documents it).
 * `retry_after`: the `Retry-After` of a 429/418, which the docs promise but nobody has
   confirmed (§2.5): seconds (`"seconds"`, the default), none (`"none"`), or the time the wait
@@ -149,6 +152,9 @@ class StreamConn:
 RETRY_AFTER_FORMS = ("seconds", "none", "epoch_ms")
 
 
+LIST_READS = ("each", "first", "refused")
+
+
 class MexcSim(SimVenue):
     """MEXC spot v3 on loopback."""
 
@@ -162,6 +168,7 @@ class MexcSim(SimVenue):
         open_orders_requires_symbol: bool = False,
         order_all_enabled: bool = True,
         retry_after: str = "seconds",
+        list_read: str = "each",
         symbols: Sequence[str] = (),
         listen_key_ttl_s: float = 3600.0,
         max_listen_keys: int = 60,
@@ -180,6 +187,9 @@ class MexcSim(SimVenue):
         if retry_after not in RETRY_AFTER_FORMS:
             raise ValueError(f"retry_after must be one of {RETRY_AFTER_FORMS}, not {retry_after!r}")
         self.retry_after = retry_after
+        if list_read not in LIST_READS:
+            raise ValueError(f"list_read must be one of {LIST_READS}, not {list_read!r}")
+        self.list_read = list_read
         # exchangeInfo lists these, plus every symbol an order is placed on.
         self.known_symbols: set[str] = set(symbols or settings.symbols or DEFAULT_SYMBOLS)
         self.listen_key_ttl_s = listen_key_ttl_s
@@ -569,7 +579,12 @@ class MexcSim(SimVenue):
     ) -> web.Response:
         book = self.book(account)
         if params.get("symbol"):
-            orders = book.open_orders(self._symbols_param(params))
+            symbols = self._symbols_param(params)
+            if len(symbols) > 1 and self.list_read == "refused":
+                raise MexcError(10007, "bad symbol")
+            if self.list_read == "first":
+                symbols = symbols[:1]
+            orders = book.open_orders(symbols)
         elif self.open_orders_requires_symbol:
             raise _mandatory("symbol")
         else:

@@ -194,6 +194,16 @@ class MexcExchange(VenueConnector):
         # was caught answering a subset (reference §2.3: unverified that it answers every one).
         self._no_symbol_refused = False
         self._one_symbol_reads = False  # set when a read of several symbols is refused
+        # The most symbols one read of several showed orders on: a list that long or shorter
+        # answers each symbol it names. A longer one may answer fewer (reference §2.3: the
+        # read's table takes one symbol; say, only the first), so the symbols it showed
+        # nothing on are read by name as well (review 42).
+        self._list_answers = 1
+        # Known symbols MEXC refused by name as bad (delisted, or not served by its API): no
+        # longer in a list of several (one would fail the list), read alone by every kill's
+        # check; while one stays unread, no account-wide read proves flat (review 42: an order
+        # placed elsewhere may sit there).
+        self._unreadable: set[str] = set()
         self._check_from = 0  # where the next check of the read without a symbol starts
         self._listen_key: str | None = None
         self._lost_keys: set[str] = set()
@@ -276,22 +286,33 @@ class MexcExchange(VenueConnector):
         answer (or error), the rows of the check, and whether the check read every known
         symbol and every part of it answered."""
         known = sorted(self.known_symbols)
-        per_read = 1 if self._one_symbol_reads else MAX_SYMBOLS_PER_CALL
         reads = _KILL_CHECK_READS if priority is Priority.KILL else _CHECK_READS
-        take = min(len(known), reads * per_read)
+        unread = sorted(self._unreadable)
+        retried = unread[:reads]
+        reads -= len(retried)
+        if self._one_symbol_reads:
+            take = reads
+        elif self._list_answers >= MAX_SYMBOLS_PER_CALL:
+            take = reads * MAX_SYMBOLS_PER_CALL
+        else:
+            # a list of five may cost six requests (the list, then up to five by name)
+            take = reads * MAX_SYMBOLS_PER_CALL // (MAX_SYMBOLS_PER_CALL + 1)
+        take = min(len(known), take)
         start = self._check_from % len(known) if known else 0
         chosen = (known[start:] + known[:start])[:take]
         self._check_from = start + take
+        chunks = _chunks(chosen) if take >= MAX_SYMBOLS_PER_CALL else [[s] for s in chosen]
         whole, *checks = await asyncio.gather(
             self.rest.request("GET", "/api/v3/openOrders", weight=3, priority=priority),
-            *(self._read_symbols(chunk, priority) for chunk in _chunks(chosen)),
+            *(self._read_symbols(chunk, priority) for chunk in chunks),
+            *(self._read_symbol(symbol, priority) for symbol in retried),
             return_exceptions=True,
         )
         for outcome in (whole, *checks):
             if isinstance(outcome, asyncio.CancelledError):
                 raise outcome
         rows: list[Any] = []
-        answered = take == len(known)
+        answered = take == len(known) and len(retried) == len(unread)
         for outcome in checks:
             if isinstance(outcome, VenueError):
                 log.info("openOrders check failed account=%s error=%s", self.account, outcome)
@@ -357,11 +378,17 @@ class MexcExchange(VenueConnector):
 
     async def _read_symbols(self, symbols: Sequence[str], priority: Priority) -> list[Any]:
         """The open orders of up to five symbols. The read's table takes one symbol; only a
-        changelog says five, comma-separated (reference §2.3). A list refused as a bad request
-        is that rule: read one symbol per request from then on (the same weight each)."""
-        if len(symbols) > 1 and not self._one_symbol_reads:
+        changelog says five, comma-separated (reference §2.3), so a list is trusted for every
+        symbol it names only when one as long showed orders on each of its symbols; else the
+        symbols it showed nothing on are read by name too. A list refused as a bad request is
+        that rule: read one symbol per request from then on (the same weight each). A symbol
+        MEXC called bad is read alone, never in a list (it would fail the list)."""
+        found: list[Any] = []
+        alone = [s for s in symbols if s in self._unreadable]
+        listed = [s for s in symbols if s not in self._unreadable]
+        if len(listed) > 1 and not self._one_symbol_reads:
             try:
-                return await self._read_symbol(",".join(symbols), priority, listed=False)
+                found = await self._read_symbol(",".join(listed), priority, listed=False)
             except (Fatal, OutcomeUnknown) as exc:
                 status = exc.http_status
                 if exc.code in AUTH_CODES or status is None or not 400 <= status < 500:
@@ -376,10 +403,20 @@ class MexcExchange(VenueConnector):
                     exc.code,
                     " from now on" if self._one_symbol_reads else " this time",
                 )
-        rows: list[Any] = []
-        for part in await _gather_all(self._read_symbol(s, priority) for s in symbols):
-            rows.extend(part)
-        return rows
+            else:
+                shown = {str(row["symbol"]) for row in found} & set(listed)
+                if len(shown) > self._list_answers:
+                    self._list_answers = len(shown)
+                    log.info(
+                        "openOrders of %d symbols answered each account=%s",
+                        len(shown),
+                        self.account,
+                    )
+                trusted = len(listed) <= self._list_answers
+                listed = [] if trusted else [s for s in listed if s not in shown]
+        for part in await _gather_all(self._read_symbol(s, priority) for s in listed + alone):
+            found.extend(part)
+        return found
 
     async def _read_symbol(
         self, symbol: str, priority: Priority, *, listed: bool = True
@@ -395,14 +432,18 @@ class MexcExchange(VenueConnector):
         except (Fatal, OutcomeUnknown) as exc:
             if listed and exc.code in _BAD_SYMBOL_CODES and symbol in self.known_symbols:
                 log.warning(
-                    "openOrders symbol=%s refused as a bad symbol account=%s code=%s: "
-                    "no longer a known symbol",
+                    "openOrders symbol=%s refused as a bad symbol account=%s code=%s: read "
+                    "alone from now on, and no account-wide read proves flat while it fails",
                     symbol,
                     self.account,
                     exc.code,
                 )
                 self.known_symbols.discard(symbol)
+                self._unreadable.add(symbol)
             raise
+        if listed and symbol in self._unreadable:
+            self._unreadable.discard(symbol)
+            self.known_symbols.add(symbol)
         return _rows(answer, self.account)
 
     # -- cancels --------------------------------------------------------------------------------
