@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from killswitch.events import EventSink, EventType, make_event
 from killswitch.exchanges.base import (
     ClockSkew,
+    DeadMansSwitchState,
     Exchange,
     Fatal,
     IpBanned,
@@ -294,12 +295,16 @@ async def check_dms(exchange: Exchange, timeout_s: int) -> Check:
 
     Only preflight runs this, and only where no daemon answers on the control socket (the
     daemon keeps its own timer armed; closing it would leave the account unprotected)."""
+    armed: DeadMansSwitchState | None = None
+    refused: Exception | None = None
     try:
         armed = await exchange.arm_dead_mans_switch(timeout_s)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001
-        return Check("dms", False, f"dead-man's switch: {reason_for(exc)}")
+        refused = exc
+    # Closed again whatever the arm answered: an answer we could not read may have armed it
+    # (review 43: BingX's 2026 answer has no status), and closing a closed timer costs nothing.
     try:
         await exchange.disarm_dead_mans_switch()
     except asyncio.CancelledError:
@@ -308,9 +313,13 @@ async def check_dms(exchange: Exchange, timeout_s: int) -> Check:
         return Check(
             "dms",
             False,
-            f"dead-man's switch armed but not closed again ({reason_for(exc)}): the venue "
-            f"cancels every order in {timeout_s} s unless the daemon pushes it out",
+            f"dead-man's switch {'armed' if refused is None else 'may be armed'} but not closed "
+            f"again ({reason_for(exc)}): the venue cancels every order in {timeout_s} s unless "
+            "the daemon pushes it out",
         )
+    if armed is None:
+        assert refused is not None
+        return Check("dms", False, f"dead-man's switch: {reason_for(refused)}")
     if not armed.active:
         return Check("dms", False, "dead-man's switch: the venue did not arm it")
     return Check("dms", True, f"answers (armed for {timeout_s} s, then closed)")

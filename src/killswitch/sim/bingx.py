@@ -175,6 +175,9 @@ class BingxBehaviour:
     # What an open order's status reads: NEW as the docs' tables say, or WORKING (the docs'
     # own stream demo; BingX.Net maps it to open since April 2026).
     open_status: str = "NEW"
+    # cancelAllAfter's answer: docs-v3's (triggerTime in s, status, note) or the 2026
+    # reference's (triggerTime in ms alone, 0 once closed).
+    dms_answer: str = "status"
 
     CHOICES: ClassVar[dict[str, tuple[object, ...]]] = {
         "cancel_all_covers_oco": (False, True),
@@ -190,6 +193,7 @@ class BingxBehaviour:
         "ban_form": ("epoch", "plain"),
         "open_orders_show_legs": (False, True),
         "open_status": ("NEW", "WORKING"),
+        "dms_answer": ("status", "trigger_ms"),
     }
 
     def __post_init__(self) -> None:
@@ -232,6 +236,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         ban_form="plain",
         open_orders_show_legs=False,
         open_status="WORKING",
+        dms_answer="trigger_ms",
     ),
     # Every open question answered the easiest way.
     "most_permissive": BingxBehaviour(
@@ -248,6 +253,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         ban_form="epoch",
         open_orders_show_legs=True,
         open_status="NEW",
+        dms_answer="status",
     ),
 }
 
@@ -1064,6 +1070,8 @@ class BingxSim(SimVenue):
                 dms.timer.cancel()
                 dms.timer = None
             dms.trigger_time_s = 0
+            if self.behaviour.dms_answer == "trigger_ms":
+                return {"triggerTime": 0}
             return {"triggerTime": 0, "status": "CLOSED", "note": "closed successfully"}
         raw = p.get("timeOut", "")
         if not raw.lstrip("-").isdigit():
@@ -1077,6 +1085,8 @@ class BingxSim(SimVenue):
         loop = asyncio.get_running_loop()
         dms.trigger_time_s = int(time.time() + delay_s)
         dms.timer = loop.call_later(delay_s, self._fire_dead_mans_switch, account.name)
+        if self.behaviour.dms_answer == "trigger_ms":
+            return {"triggerTime": int((time.time() + delay_s) * 1000)}
         return {
             "triggerTime": dms.trigger_time_s,
             "status": "ACTIVATED",

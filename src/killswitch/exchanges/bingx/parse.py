@@ -414,9 +414,16 @@ def dead_mans_switch_state(data: Any, venue: str, account: str) -> DeadMansSwitc
         raise OutcomeUnknown("cancelAllAfter answer is not an object", venue=venue)
     status = str(data.get("status", ""))
     if status == "ACTIVATED":
-        return DeadMansSwitchState(active=True, trigger_time_s=int(data.get("triggerTime", 0)))
+        return DeadMansSwitchState(active=True, trigger_time_s=_epoch_s(data.get("triggerTime")))
     if status == "CLOSED":
         return DeadMansSwitchState(active=False)
+    if not status and "triggerTime" in data:
+        # The 2026 reference's answer: `triggerTime` alone, in ms, 0 once closed (review 43);
+        # docs-v3's gives seconds and a status. Either unit reads.
+        trigger_s = _epoch_s(data["triggerTime"])
+        if trigger_s is None:
+            raise OutcomeUnknown("cancelAllAfter triggerTime unreadable", venue=venue)
+        return DeadMansSwitchState(active=trigger_s > 0, trigger_time_s=trigger_s or None)
     # FAILED: refused, e.g. while a fired switch is still cancelling [BX-DOC].
     raise Transient(
         f"cancelAllAfter {status or 'no status'}: {data.get('note', '')}",
@@ -424,3 +431,12 @@ def dead_mans_switch_state(data: Any, venue: str, account: str) -> DeadMansSwitc
         account=account,
         endpoint=f"POST {CANCEL_ALL_AFTER}",
     )
+
+
+def _epoch_s(value: Any) -> int | None:
+    """An epoch in seconds from seconds or milliseconds (a number or its text); None if not one."""
+    try:
+        t = int(value)
+    except (TypeError, ValueError):
+        return None
+    return t // 1000 if t > 10**11 else t
