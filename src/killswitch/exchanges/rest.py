@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 import orjson
+from websockets.exceptions import InvalidStatus
 
 from killswitch.exchanges.base import (
     ClockSkew,
@@ -322,6 +323,27 @@ class SignedRest:
         self.charges.observe(raw.headers)
         answer = self.wire.decode(raw.status, raw.body)
         return self.read(answer, f"{method} {path}", path, raw.headers)
+
+    def connect_failed(self, exc: BaseException, endpoint: str) -> VenueError:
+        """A websocket connect that failed, as the error to raise. A handshake the venue
+        refused with an HTTP answer (a 429 for too many connection attempts, a 418 ban, a
+        5xx) is classified like a REST answer, so its wait is told to the budgets shared
+        behind the IP and the reconnect waits it out (review 42); anything else (refused,
+        reset, timed out) is `Transient`."""
+        if isinstance(exc, InvalidStatus):
+            response = exc.response
+            answer = self.wire.decode(response.status_code, bytes(response.body or b""))
+            try:
+                # websockets' Headers map names case-insensitively, as Retry-After is read
+                self.read(answer, endpoint, "", response.headers)
+            except VenueError as error:
+                return error
+        return Transient(
+            f"{endpoint} connect failed: {type(exc).__name__}",
+            venue=self.venue,
+            account=self.account,
+            endpoint=endpoint,
+        )
 
     def read(
         self,

@@ -199,7 +199,8 @@ class SimVenue(ABC):
         }
         self.request_log.append(entry)
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await handler(request)
+            refusal = self.turned_away(request, account, time.monotonic())
+            return refusal if refusal is not None else await handler(request)
         delay = self.faults.latency_s(account_name, path)
         if delay:
             await asyncio.sleep(delay)
@@ -245,19 +246,10 @@ class SimVenue(ABC):
     ) -> tuple[dict[str, int], web.Response | None]:
         """Bans, weight windows and 429 storms. Returns the weight used and a refusal if any."""
         now = time.monotonic()
+        refusal = self.turned_away(request, account, now)
+        if refusal is not None:
+            return {}, refusal
         tracker = self.ban_tracker(self.client_id(request))
-        verdict = tracker.check(now)
-        if verdict is not None:
-            return {}, self._refuse(verdict, request)
-        storm = self.faults.draw(
-            FaultKind.RATE_LIMIT, account.name if account else None, request.path
-        )
-        if storm is not None:
-            self.counters["faults rate_limit"] += 1
-            tracker.limited(now, storm.retry_after_s)
-            return {}, self._refuse(
-                Verdict(ok=False, used=0, retry_after_s=storm.retry_after_s), request
-            )
         used: dict[str, int] = {}
         for bucket, weight in self.weight(request, account):
             verdict = self.spend(bucket, weight, now)
@@ -266,6 +258,25 @@ class SimVenue(ABC):
                 tracker.limited(now, verdict.retry_after_s)
                 return used, self._refuse(verdict, request)
         return used, None
+
+    def turned_away(
+        self, request: web.Request, account: SimAccount | None, now: float
+    ) -> web.Response | None:
+        """A ban, a client ignoring a Retry-After, or a 429 storm: the refusal, before any
+        weight is spent. Websocket handshakes meet it too: a venue that bans an IP refuses
+        its connections as well (Binance answers the handshake 429/418)."""
+        tracker = self.ban_tracker(self.client_id(request))
+        verdict = tracker.check(now)
+        if verdict is None:
+            storm = self.faults.draw(
+                FaultKind.RATE_LIMIT, account.name if account else None, request.path
+            )
+            if storm is None:
+                return None
+            self.counters["faults rate_limit"] += 1
+            tracker.limited(now, storm.retry_after_s)
+            verdict = Verdict(ok=False, used=0, retry_after_s=storm.retry_after_s)
+        return self._refuse(verdict, request)
 
     def _refuse(self, verdict: Verdict, request: web.Request) -> web.Response:
         self.counters["http 418" if verdict.banned else "http 429"] += 1

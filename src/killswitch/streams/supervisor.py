@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from killswitch.exchanges.base import Exchange, Priority, VenueError
+from killswitch.exchanges.base import Exchange, Priority, RateLimited, VenueError
 from killswitch.model import (
     AccountRef,
     ListEvent,
@@ -66,6 +66,13 @@ class _End:
 
     reason: str
     at_once: bool = False  # reconnect without a backoff delay (an explicit resync)
+    wait_s: float = 0.0  # the venue said how long to stay away (a 429/418, e.g. on connect)
+
+
+def _ended_by(exc: VenueError) -> _End:
+    """The end a venue's error makes: a throttle or a ban is waited out before reconnecting."""
+    wait_s = exc.retry_after_s if isinstance(exc, RateLimited) else 0.0
+    return _End(f"{exc.kind}: {exc.msg}", wait_s=wait_s)
 
 
 async def _first_of(*tasks: asyncio.Future[Any]) -> None:
@@ -165,7 +172,7 @@ class StreamSupervisor:
                     ceiling = min(self.backoff_max_s, self.backoff_initial_s * 2.0**failures)
                     delay = self._rng.uniform(0.0, ceiling)
                     failures += 1
-                await self._backoff(delay)
+                await self._backoff(max(delay, end.wait_s))
         finally:
             self._running = False
             self._live.clear()
@@ -278,7 +285,7 @@ class StreamSupervisor:
         except asyncio.CancelledError:
             raise
         except VenueError as exc:
-            return _End(f"{exc.kind}: {exc.msg}")
+            return _ended_by(exc)
         except TimeoutError:
             return _End(f"snapshot timed out after {self.snapshot_timeout_s}s")
         except Exception as exc:  # a connector bug must not kill supervision
@@ -411,7 +418,7 @@ class StreamSupervisor:
         except asyncio.CancelledError:
             raise
         except VenueError as exc:
-            end = _End(f"{exc.kind}: {exc.msg}")
+            end = _ended_by(exc)
         except Exception as exc:  # reported as the connection's end
             log.exception("user stream iterator failed account=%s", self.ref)
             end = _End(f"unexpected {type(exc).__name__}")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import WebSocketException
 
 from killswitch.exchanges.base import (
     AlreadyGone,
@@ -219,7 +220,10 @@ class BinanceExchange(VenueConnector):
 
     async def _open_session(self) -> WsApiSession:
         await self.budget.acquire(2, Priority.BACKGROUND)  # a connection costs 2 weight
-        ws = await _connect(self.ws_url, self.timeout_s, self._api_key)
+        try:
+            ws = await _connect(self.ws_url, self.timeout_s, self._api_key)
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise self.rest.connect_failed(exc, "ws-api") from exc
         session = WsApiSession(ws)
         if self._ed_key is not None:
             try:
@@ -445,7 +449,12 @@ class BinanceExchange(VenueConnector):
         stops on `eventStreamTerminated`, `serverShutdown`, or before the 24 h limit.
         """
         return stream.user_stream(
-            self.ws_url, self.timeout_s, self.budget, self.account, self._subscribe_stream
+            self.ws_url,
+            self.timeout_s,
+            self.budget,
+            self.account,
+            self._subscribe_stream,
+            self.rest.connect_failed,
         )
 
     async def _subscribe_stream(self, ws: ClientConnection) -> None:

@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from killswitch.exchanges.base import (
     OutcomeUnknown,
+    RateLimited,
     VenueError,
 )
 from killswitch.exchanges.binance.parse import VENUE
@@ -164,7 +165,9 @@ async def keep_session(
                 exc,
                 backoff,
             )
-            await asyncio.sleep(backoff)
+            # A throttle or a ban (say, on the handshake) is waited out: the venue said so.
+            wait_s = exc.retry_after_s if isinstance(exc, RateLimited) else 0.0
+            await asyncio.sleep(max(backoff, wait_s))
             backoff = min(backoff * 2, MAX_BACKOFF_S)
             continue
         except Exception:

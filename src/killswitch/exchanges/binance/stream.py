@@ -16,7 +16,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from killswitch.exchanges.base import Transient
+from killswitch.exchanges.base import Transient, VenueError
 from killswitch.exchanges.binance.parse import VENUE, parse_frame
 from killswitch.exchanges.binance.session import _connect
 from killswitch.exchanges.budget import Priority, RateBudget
@@ -37,6 +37,7 @@ async def user_stream(
     budget: RateBudget,
     account: str,
     subscribe: Callable[[ClientConnection], Awaitable[None]],
+    connect_failed: Callable[[BaseException, str], VenueError],
 ) -> AsyncGenerator[StreamEvent, None]:
     """Subscribe one user-data stream on its own ws-api connection and yield its events.
 
@@ -48,12 +49,7 @@ async def user_stream(
     try:
         ws = await _connect(ws_url, timeout_s)
     except (OSError, TimeoutError, WebSocketException) as exc:
-        raise Transient(
-            f"user stream connect failed: {type(exc).__name__}",
-            venue=VENUE,
-            account=account,
-            endpoint="ws user stream",
-        ) from exc
+        raise connect_failed(exc, "ws user stream") from exc
     try:
         await subscribe(ws)
         yield StreamSubscribed()

@@ -461,7 +461,10 @@ class BingxExchange(VenueConnector):
         how long a throttle or a ban holds them, and whether our IP is banned (a 418)."""
         sliding = [*self.budgets.values(), *dict.fromkeys(self.ip_budgets.values())]
         now = sliding[0].clock()
-        blocked = max(0.0, *(b.blocked_until - now for b in sliding))
+        group = self.group_budget  # every request's (a throttle of no one API blocks it)
+        blocked = max(
+            0.0, group.blocked_until - group.clock(), *(b.blocked_until - now for b in sliding)
+        )
         banned_s = self.charges.banned_for()
         used = max(b.in_window() / b.limit for b in sliding)
         return {

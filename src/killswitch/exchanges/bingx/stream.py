@@ -23,6 +23,7 @@ from killswitch.exchanges.bingx.parse import decode_frame, is_text_ping, stream_
 from killswitch.exchanges.bingx.rest import Host
 from killswitch.exchanges.bingx.venue import EXECUTION_REPORT
 from killswitch.exchanges.budget import Priority
+from killswitch.exchanges.rest import SignedRest
 from killswitch.model import (
     StreamEvent,
     StreamSubscribed,
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 class StreamHost(Host, Protocol):
     """What the user-data stream uses of the connector (`BingxExchange`)."""
 
+    rest: SignedRest
     timeout_s: float
     heartbeat_timeout_s: float
     listen_key_refresh_s: float
@@ -43,6 +45,15 @@ class StreamHost(Host, Protocol):
     async def create_listen_key(self, *, priority: Priority = Priority.BACKGROUND) -> str: ...
     async def extend_listen_key(self, key: str) -> bool: ...
     def _order_events(self, data: dict[str, Any]) -> list[StreamEvent]: ...
+
+
+LISTEN_KEY_EXPIRED = "listenKeyExpired"
+KEEPALIVE_RETRY_S = 60.0
+
+
+def _event_of(msg: dict[str, Any]) -> object:
+    data = msg.get("data")
+    return data.get("e") if isinstance(data, dict) else None
 
 
 def stream_lost(ex: Host, what: str) -> Transient:
@@ -63,7 +74,7 @@ async def stream_events(ex: StreamHost) -> AsyncIterator[StreamEvent]:
             compression=None,
         )
     except (OSError, TimeoutError, WebSocketException) as exc:
-        raise stream_lost(ex, f"stream connect failed: {type(exc).__name__}") from exc
+        raise ex.rest.connect_failed(exc, "ws /market") from exc
     expired = asyncio.Event()
     keepalive = asyncio.create_task(
         keep_listen_key(ex, key, ws, expired), name=f"bingx-listenkey-{ex.account}"
@@ -132,6 +143,12 @@ async def frames(
             except ConnectionClosed:
                 continue  # the next recv() reports the close
             continue
+        if LISTEN_KEY_EXPIRED in (msg.get("e"), msg.get("dataType"), _event_of(msg)):
+            # The key ran out while the socket stays open (api-ai-skills websocket.md: the
+            # connection receives `listenKeyExpired`): no order event comes after it.
+            expired.set()
+            yield StreamTerminated("listenKey expired")
+            return
         if msg.get("dataType") == EXECUTION_REPORT and isinstance(msg.get("data"), dict):
             for event in ex._order_events(msg["data"]):
                 yield event
@@ -162,15 +179,20 @@ async def key_alive(ex: StreamHost, key: str) -> bool:
 async def keep_listen_key(
     ex: StreamHost, key: str, ws: ClientConnection, expired: asyncio.Event
 ) -> None:
-    """Extend the key every `listen_key_refresh_s`; close the stream once it is gone."""
+    """Extend the key every `listen_key_refresh_s`; close the stream once it is gone. A
+    failed extension is tried again within `KEEPALIVE_RETRY_S`, not a whole interval later
+    (the key lives 60 min; one failure must not let it run out)."""
+    wait_s = ex.listen_key_refresh_s
     while True:
-        await asyncio.sleep(ex.listen_key_refresh_s)
+        await asyncio.sleep(wait_s)
+        wait_s = ex.listen_key_refresh_s
         try:
             alive = await ex.extend_listen_key(key)
         except asyncio.CancelledError:
             raise
         except VenueError as exc:
             log.warning("bingx listenKey keep-alive failed account=%s error=%s", ex.account, exc)
+            wait_s = min(wait_s, KEEPALIVE_RETRY_S)
             continue
         if not alive:
             log.warning("bingx listenKey expired account=%s", ex.account)

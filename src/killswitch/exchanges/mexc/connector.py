@@ -577,12 +577,7 @@ class MexcExchange(VenueConnector):
                 compression=None,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            raise Transient(
-                f"stream connect failed: {type(exc).__name__}",
-                venue=VENUE,
-                account=self.account,
-                endpoint="ws",
-            ) from exc
+            raise self.rest.connect_failed(exc, "ws") from exc
         self._streams[ws] = key
         try:
             with contextlib.suppress(ConnectionClosed):
