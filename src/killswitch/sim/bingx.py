@@ -178,6 +178,9 @@ class BingxBehaviour:
     # cancelAllAfter's answer: docs-v3's (triggerTime in s, status, note) or the 2026
     # reference's (triggerTime in ms alone, 0 once closed).
     dms_answer: str = "status"
+    # When a listenKey runs out under an open stream: the socket is closed, or it is told
+    # `listenKeyExpired` and left open with no more events (api-ai-skills websocket.md).
+    key_expiry: str = "close"
 
     CHOICES: ClassVar[dict[str, tuple[object, ...]]] = {
         "cancel_all_covers_oco": (False, True),
@@ -194,6 +197,7 @@ class BingxBehaviour:
         "open_orders_show_legs": (False, True),
         "open_status": ("NEW", "WORKING"),
         "dms_answer": ("status", "trigger_ms"),
+        "key_expiry": ("close", "push"),
     }
 
     def __post_init__(self) -> None:
@@ -237,6 +241,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         open_orders_show_legs=False,
         open_status="WORKING",
         dms_answer="trigger_ms",
+        key_expiry="push",
     ),
     # Every open question answered the easiest way.
     "most_permissive": BingxBehaviour(
@@ -254,6 +259,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         open_orders_show_legs=True,
         open_status="NEW",
         dms_answer="status",
+        key_expiry="close",
     ),
 }
 
@@ -326,6 +332,7 @@ class _Stream:
     topics: set[str] = field(default_factory=set)
     unanswered: dict[str, float] = field(default_factory=dict)
     text_pings: int = 0
+    key_expired: bool = False  # told `listenKeyExpired`, left open, fed nothing more
 
 
 @dataclass(slots=True)
@@ -1355,7 +1362,13 @@ class BingxSim(SimVenue):
         if entry is None:
             return
         for stream in list(self._streams.get(entry.account, ())):
-            if stream.listen_key == key:
+            if stream.listen_key != key or stream.key_expired:
+                continue
+            if self.behaviour.key_expiry == "push":
+                stream.key_expired = True
+                told = {"e": "listenKeyExpired", "E": int(time.time() * 1000), "listenKey": key}
+                stream.queue.put_nowait(gzip.compress(orjson.dumps(told), compresslevel=1, mtime=0))
+            else:
                 self.spawn(self._close(stream, 1000, "listenKey expired"))
 
     # -- the user-data stream --------------------------------------------------------------
@@ -1394,7 +1407,7 @@ class BingxSim(SimVenue):
             mtime=0,
         )
         for stream in streams:
-            if EXECUTION_REPORT in stream.topics:
+            if EXECUTION_REPORT in stream.topics and not stream.key_expired:
                 stream.queue.put_nowait(frame)
 
     async def _market_ws(self, request: web.Request) -> web.StreamResponse:
@@ -1485,10 +1498,11 @@ class BingxSim(SimVenue):
         while True:
             await asyncio.sleep(interval)
             key = self._listen_keys.get(stream.listen_key)
-            if key is None or key.expires_at <= time.monotonic():
+            if not stream.key_expired and (key is None or key.expires_at <= time.monotonic()):
                 self._expire_key(stream.listen_key)
-                await self._close(stream, 1000, "listenKey expired")
-                return
+                if not stream.key_expired:  # closed, not told and left open
+                    await self._close(stream, 1000, "listenKey expired")
+                    return
             if len(stream.unanswered) + stream.text_pings >= self.max_missed_pongs:
                 self.counters["streams dropped for missed pongs"] += 1
                 await self._close(stream, 1000, "pong timeout")
