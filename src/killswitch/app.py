@@ -24,6 +24,7 @@ from killswitch.daemon import CriticalTasks, Daemon
 from killswitch.events import EventType, FanOut, make_event
 from killswitch.exchanges.base import Exchange
 from killswitch.exchanges.bingx import BingxExchange
+from killswitch.exchanges.budget import set_fleet
 from killswitch.exchanges.connector import VenueConnector
 from killswitch.exchanges.factory import build_exchange
 from killswitch.handlers.control import ControlServer
@@ -146,6 +147,7 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
     )
     accounts: list[Account] = []
     trackers: list[OrderTracker] = []
+    set_fleet(settings.limits.daemons)  # before any budget is made
     for account_settings in settings.accounts:
         ref = AccountRef(account_settings.venue, account_settings.name)
         exchange = connector(account_settings, state_dir=settings.state_dir)

@@ -300,6 +300,23 @@ class RuleSettings(BaseModel):
         return self
 
 
+class LimitsSettings(BaseModel):
+    """The venues' limits this daemon shares with others."""
+
+    model_config = _SECTION
+
+    # Daemons that spend the same venue limits at once: this one, its replicas (the same
+    # accounts), and any daemon sending from the same IP (shards). Each plans for 1/daemons
+    # of every rate limit and error allowance, per IP and per account.
+    daemons: int = Field(default=1, ge=1, le=16)
+
+
+# BingX: 60 websockets per IP (§3.4); its cancelAllAfter, 2/s per IP, re-armed 3 times per
+# timeout per account: at most this many re-arms per second across the daemons of an IP.
+BINGX_STREAMS_PER_IP = 60
+BINGX_REARMS_PER_S = 1.5
+
+
 class ReadinessSettings(BaseModel):
     """How often the daemon checks each account's readiness (`killswitch.readiness`)."""
 
@@ -365,6 +382,7 @@ class Settings(BaseSettings):
     heartbeats: list[HeartbeatSettings] = []
     rules: list[RuleSettings] = []
     readiness: ReadinessSettings = ReadinessSettings()
+    limits: LimitsSettings = LimitsSettings()
     control: ControlSettings = ControlSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -409,9 +427,30 @@ class Settings(BaseSettings):
                 f"{where}.{m.field}: {m.message} (configured: {configured})"
                 for m in unmatched(scope.to_scope(), refs)
             ]
+        problems += self._venue_limit_problems()
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _venue_limit_problems(self) -> list[str]:
+        """Configurations no daemon can hold within BingX's per-IP limits (review 46)."""
+        daemons = self.limits.daemons
+        bingx = [a for a in self.accounts if a.venue == "bingx"]
+        problems = []
+        if len(bingx) * daemons > BINGX_STREAMS_PER_IP:
+            problems.append(
+                f"accounts: {len(bingx)} bingx accounts x limits.daemons {daemons} need more "
+                f"than the {BINGX_STREAMS_PER_IP} websockets BingX allows per IP"
+            )
+        rearms = daemons * sum(3 / a.dead_mans_switch_s for a in bingx if a.dead_mans_switch_s)
+        if rearms > BINGX_REARMS_PER_S:
+            problems.append(
+                f"accounts: bingx dead_mans_switch_s re-arms {rearms:.2f} times a second "
+                f"(3 per timeout per account, x limits.daemons {daemons}), more than the "
+                f"{BINGX_REARMS_PER_S}/s its per-IP limit of 2/s leaves: timers would fire on "
+                "healthy accounts; raise the timeouts or switch some off"
+            )
+        return problems
 
     def secret_values(self) -> list[str]:
         """Return every configured secret in clear, for the log redaction filter."""

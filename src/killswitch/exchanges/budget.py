@@ -24,7 +24,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar, cast
 
 from killswitch.exchanges.base import Priority as Priority
@@ -33,6 +33,35 @@ from killswitch.exchanges.base import RateLimits
 # `RateBudget.headroom_known`: the share of a kill's cap that may be used for a burst to skip
 # the probe. Half leaves the rest of the world the other half to spend before our burst lands.
 HEADROOM_SHARE = 0.5
+
+# How many daemons spend the same venue limits at once (`limits.daemons`: replicas acting on
+# the same accounts, daemons sending from one IP). Each plans for its share of every limit:
+# budgets and error allowances made after `set_fleet` are cut to 1/n (review 46: two daemons
+# behind one IP each spent the whole per-IP limit, and earned 100410s and a 418).
+_fleet = 1
+
+
+def set_fleet(daemons: int) -> None:
+    """Set how many daemons share the venues' limits (from the settings, before connectors)."""
+    global _fleet
+    if daemons < 1:
+        raise ValueError(f"daemons must be >= 1, not {daemons}")
+    _fleet = daemons
+
+
+def fleet() -> int:
+    return _fleet
+
+
+def _our_share(limits: RateLimits) -> RateLimits:
+    if _fleet == 1:
+        return limits
+    per_s = limits.max_requests_per_s
+    return replace(
+        limits,
+        weight_per_window=max(1, limits.weight_per_window // _fleet),
+        max_requests_per_s=None if per_s is None else per_s / _fleet,
+    )
 
 
 @dataclass(slots=True)
@@ -71,10 +100,13 @@ class RateBudget:
     _per_s: _Window = field(init=False)
     _flying_weight: float = 0.0  # taken and not landed
     _flying: int = 0
+    venue_limit: int = field(init=False, default=0)
     heard_at: float = -math.inf  # `clock` time the venue last told us what is used
     asked_at: float = -math.inf  # `clock` time someone last asked it (`due_for_news`)
 
     def __post_init__(self) -> None:
+        self.venue_limit = self.limits.weight_per_window  # the venue's, for its own counts
+        self.limits = _our_share(self.limits)
         self._weight = _Window(self.limits.window_s)
         self._per_s = _Window(1.0)
 
@@ -150,7 +182,7 @@ class RateBudget:
 
     def observe_remaining(self, remaining: int) -> None:
         """The venue says this many requests remain in the current window."""
-        self.observe_used(self.limits.weight_per_window - remaining)
+        self.observe_used(self.venue_limit - remaining)
 
     def block(self, seconds: float, *, banned: bool = False) -> None:
         """A 429 or 418: send nothing for `seconds`."""
@@ -191,8 +223,10 @@ class SlidingBudget:
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, not {limit}")
-        self.limit = limit
-        self.window_s = window_s
+        # Our share: `limit // n` a window (so n daemons' bursts together stay within it);
+        # where that is none, one per as many windows as it takes.
+        self.limit = max(1, limit // _fleet)
+        self.window_s = window_s * (1 if limit >= _fleet else math.ceil(_fleet / limit))
         self.margin_s = margin_s
         self.background_share = background_share
         self.name = name
@@ -356,7 +390,8 @@ class ErrorCounter:
         clock: Callable[[], float] = time.monotonic,
         shared: ErrorCounter | None = None,
     ) -> None:
-        self.limit = limit
+        # our share of the allowance, still above the reserve kept back
+        self.limit = max(reserve + 1, limit // _fleet)
         self.window_s = window_s
         self.reserve = reserve
         self.clock = clock

@@ -91,7 +91,7 @@ class Engine:
         )
         self._stop_event = asyncio.Event()
         self._ends = KillEnds(journal, self._stop_event, run)
-        self._dms = DeadMansSwitches(emit=self._emit, healthy=healthy, sleep=sleep)
+        self._dms = DeadMansSwitches(emit=self._emit, healthy=healthy, sleep=sleep, rng=self._rng)
         self._sweeps = SweepsDue(self.accounts, self._latches, self._running)
         # Held from deciding a latch change until it is journaled and applied: a reset names
         # exactly the latches it releases, and a kill journaled meanwhile is never among them.

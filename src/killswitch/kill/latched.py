@@ -11,6 +11,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
@@ -212,10 +213,18 @@ class StreamCancels:
 class DeadMansSwitches:
     """Keep each account's venue-side cancel-all timer armed while the daemon is healthy."""
 
-    def __init__(self, *, emit: Emit, healthy: Callable[[], bool], sleep: Sleep) -> None:
+    def __init__(
+        self,
+        *,
+        emit: Emit,
+        healthy: Callable[[], bool],
+        sleep: Sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         self._emit = emit
         self._healthy = healthy
         self._sleep = sleep
+        self._rng = rng or random.Random()
         self.state: dict[AccountRef, str] = {}
 
     async def keep(self, account: Account) -> None:
@@ -250,7 +259,9 @@ class DeadMansSwitches:
                 log.warning("dead man's switch left to expire: daemon unhealthy account=%s", ref)
                 self.state[ref] = "expiring"
                 self._emit(EventType.DMS, account=str(ref), armed=False, reason="unhealthy")
-            await self._sleep(timeout_s / 3)
+            # A fifth of jitter: replicas (and accounts) re-arming in step would spend the
+            # venue's 1/s per account and 2/s per IP together (review 46).
+            await self._sleep(timeout_s / 3 * self._rng.uniform(0.8, 1.0))
 
 
 class SweepsDue:
