@@ -335,7 +335,7 @@ class SignedRest:
             answer = self.wire.decode(response.status_code, bytes(response.body or b""))
             try:
                 # websockets' Headers map names case-insensitively, as Retry-After is read
-                self.read(answer, endpoint, "", response.headers)
+                self.read(answer, endpoint, _handshake(endpoint), response.headers)
             except VenueError as error:
                 return error
         return Transient(
@@ -344,6 +344,11 @@ class SignedRest:
             account=self.account,
             endpoint=endpoint,
         )
+
+    def connected(self, endpoint: str) -> None:
+        """A websocket handshake succeeded: its refusals no longer count as repeats (a wait
+        naming no end doubles only while the venue keeps refusing; review 47)."""
+        self.charges.settle(_handshake(endpoint), Answer(101), None, None)
 
     def read(
         self,
@@ -399,3 +404,8 @@ class SignedRest:
                 answer.msg[:120],
             )
         raise error
+
+
+def _handshake(endpoint: str) -> str:
+    """The path a websocket's handshakes are counted under, apart from every REST path."""
+    return f"handshake {endpoint}"

@@ -224,6 +224,7 @@ class BinanceExchange(VenueConnector):
             ws = await _connect(self.ws_url, self.timeout_s, self._api_key)
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise self.rest.connect_failed(exc, "ws-api") from exc
+        self.rest.connected("ws-api")
         session = WsApiSession(ws)
         if self._ed_key is not None:
             try:
@@ -454,7 +455,7 @@ class BinanceExchange(VenueConnector):
             self.budget,
             self.account,
             self._subscribe_stream,
-            self.rest.connect_failed,
+            self.rest,
         )
 
     async def _subscribe_stream(self, ws: ClientConnection) -> None:

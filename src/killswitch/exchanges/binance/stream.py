@@ -16,10 +16,11 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from killswitch.exchanges.base import Transient, VenueError
+from killswitch.exchanges.base import Transient
 from killswitch.exchanges.binance.parse import VENUE, parse_frame
 from killswitch.exchanges.binance.session import _connect
 from killswitch.exchanges.budget import Priority, RateBudget
+from killswitch.exchanges.rest import SignedRest
 from killswitch.model import (
     StreamEvent,
     StreamSubscribed,
@@ -37,7 +38,7 @@ async def user_stream(
     budget: RateBudget,
     account: str,
     subscribe: Callable[[ClientConnection], Awaitable[None]],
-    connect_failed: Callable[[BaseException, str], VenueError],
+    rest: SignedRest,  # how a refused handshake is read and told to the budgets
 ) -> AsyncGenerator[StreamEvent, None]:
     """Subscribe one user-data stream on its own ws-api connection and yield its events.
 
@@ -49,7 +50,8 @@ async def user_stream(
     try:
         ws = await _connect(ws_url, timeout_s)
     except (OSError, TimeoutError, WebSocketException) as exc:
-        raise connect_failed(exc, "ws user stream") from exc
+        raise rest.connect_failed(exc, "ws user stream") from exc
+    rest.connected("ws user stream")
     try:
         await subscribe(ws)
         yield StreamSubscribed()

@@ -75,6 +75,7 @@ async def stream_events(ex: StreamHost) -> AsyncIterator[StreamEvent]:
         )
     except (OSError, TimeoutError, WebSocketException) as exc:
         raise ex.rest.connect_failed(exc, "ws /market") from exc
+    ex.rest.connected("ws /market")
     expired = asyncio.Event()
     keepalive = asyncio.create_task(
         keep_listen_key(ex, key, ws, expired), name=f"bingx-listenkey-{ex.account}"

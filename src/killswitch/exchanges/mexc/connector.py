@@ -578,6 +578,7 @@ class MexcExchange(VenueConnector):
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             raise self.rest.connect_failed(exc, "ws") from exc
+        self.rest.connected("ws")
         self._streams[ws] = key
         try:
             with contextlib.suppress(ConnectionClosed):
