@@ -174,14 +174,18 @@ async def test_snapshot_equals_the_sims_book_with_string_ids(
     assert abs(snapshot.server_time_ms - time.time() * 1000) < 5_000
 
 
-async def test_snapshot_of_many_symbols_reads_five_per_request(
+async def test_snapshot_of_many_symbols_reads_five_per_request_once_a_list_answered_each(
     started: tuple[MexcSim, MexcExchange],
 ) -> None:
     sim, exchange = started
     sim.seed(sim.accounts["acct0"], [OrderSpec(s) for s in SYMBOLS])
     snapshot = await exchange.snapshot(SYMBOLS[:6])
     assert {o.symbol for o in snapshot.orders} == set(SYMBOLS[:6])
-    assert requests(sim, "GET /api/v3/openOrders") == 2
+    # one per request, and a probe list of five beside them (review 42: only a changelog says
+    # a list answers each symbol it names); it did, so lists of five are trusted from now on
+    assert requests(sim, "GET /api/v3/openOrders") == 7
+    await exchange.snapshot(SYMBOLS[:6])
+    assert requests(sim, "GET /api/v3/openOrders") == 9
 
 
 async def test_snapshot_falls_back_to_known_symbols_when_a_symbol_is_required() -> None:
@@ -195,9 +199,11 @@ async def test_snapshot_falls_back_to_known_symbols_when_a_symbol_is_required() 
         assert {o.symbol for o in snapshot.orders} == set(SYMBOLS[:6])
         assert not snapshot.complete
         assert exchange.capabilities.open_orders_without_symbol is False
-        assert requests(sim, "GET /api/v3/openOrders") == 3  # refused, then 5 + 1 symbols
+        # refused, then one per symbol and a probe list beside them (review 42)
+        assert requests(sim, "GET /api/v3/openOrders") == 8
         await exchange.snapshot()
-        assert requests(sim, "GET /api/v3/openOrders") == 5  # no second attempt without symbol
+        # no second attempt without symbol; 5 + 1 symbols, the probe's lesson
+        assert requests(sim, "GET /api/v3/openOrders") == 10
         assert (await exchange.snapshot(SYMBOLS)).complete  # every symbol asked for was read
 
 

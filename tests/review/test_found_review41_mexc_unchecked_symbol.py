@@ -99,33 +99,37 @@ async def test_account_wide_kill_ends_flat_with_an_order_open_on_a_known_symbol(
         )
 
 
-async def test_a_known_symbol_mexc_calls_bad_is_read_alone_and_proves_nothing_while_unread(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("listed", [False, True])
+async def test_a_known_symbol_mexc_calls_bad_is_dropped_if_delisted_else_holds_proof_back(
+    monkeypatch: pytest.MonkeyPatch, listed: bool
 ) -> None:
+    """Gone from `exchangeInfo` (delisted: no order can be open there), the symbol is dropped
+    and holds nothing back (review 47: it failed every later kill). Still listed (a symbol
+    MEXC's API does not serve), it is read alone, and no account-wide read proves flat while
+    it cannot be read (review 42: an order placed there elsewhere may be open)."""
     original = MexcSim._open_orders
 
-    async def delisted(
+    async def refused(
         self: MexcSim, request: web.Request, account: Any, params: dict[str, str]
     ) -> web.Response:
         if "GONEUSDT" in params.get("symbol", ""):
             raise sim_mexc.MexcError(10007, "bad symbol")
         return await original(self, request, account, params)
 
-    monkeypatch.setattr(MexcSim, "_open_orders", delisted)
-    async with mexc_sim(accounts=1, symbols=SYMBOLS[:3]) as (sim, connect):
+    monkeypatch.setattr(MexcSim, "_open_orders", refused)
+    symbols = [*SYMBOLS[:3], "GONEUSDT"] if listed else SYMBOLS[:3]
+    async with mexc_sim(accounts=1, symbols=symbols) as (sim, connect):
         exchange = connect("acct0", symbols_hint=[*SYMBOLS[:3], "GONEUSDT"])
         await exchange.start()
         sim.book(sim.accounts["acct0"]).place(OrderSpec("C001USDT"))
-        first = await exchange.snapshot()
-        # GONEUSDT could not be read: no proof this time (never "nothing open there")...
-        assert [o.symbol for o in first.orders] == ["C001USDT"]
-        assert not first.complete
-        assert "GONEUSDT" not in exchange.known_symbols
-        # ...nor the next time (review 42: an order placed there elsewhere may be open, and the
-        # read without a symbol may leave it out): it is read alone, never in a list.
-        second = await exchange.snapshot()
-        assert [o.symbol for o in second.orders] == ["C001USDT"]
-        assert not second.complete
-        # A kill naming it is never flat by it: the read of it fails.
-        with pytest.raises(VenueError):
-            await exchange.snapshot(["GONEUSDT"])
+        for _ in range(2):
+            snap = await exchange.snapshot()
+            assert [o.symbol for o in snap.orders] == ["C001USDT"]
+            assert snap.complete is not listed
+            assert "GONEUSDT" not in exchange.known_symbols
+        if listed:
+            # A kill naming it is never flat by it: the read of it fails.
+            with pytest.raises(VenueError):
+                await exchange.snapshot(["GONEUSDT"])
+        else:
+            assert (await exchange.snapshot(["GONEUSDT"])).complete

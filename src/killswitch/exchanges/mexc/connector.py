@@ -45,7 +45,6 @@ from killswitch.exchanges.budget import Priority, shared_item
 from killswitch.exchanges.connector import ConnectorArgs, VenueConnector
 from killswitch.exchanges.dialect import MEXC
 from killswitch.exchanges.mexc.parse import (
-    AUTH_CODES,
     INVALID_LISTEN_KEY,
     LISTEN_KEY_GONE,
     MAX_SYMBOLS_PER_CALL,
@@ -61,6 +60,7 @@ from killswitch.exchanges.mexc.parse import (
     order_from_row,
     rest_answer,
 )
+from killswitch.exchanges.mexc.reads import OpenOrderReads, with_checks
 from killswitch.exchanges.rest import EndpointCharges, Wire
 from killswitch.exchanges.signing import mexc_query, mexc_signed_query
 from killswitch.exchanges.spot_v3 import text_id, trading_permissions
@@ -106,55 +106,7 @@ WIRE = Wire(
 )
 
 
-# Missing-parameter codes: MEXC's (700004, "Mandatory parameter '...' was not sent") and the
-# Binance one MEXC's table copies (-1102).
-MISSING_PARAM_CODES = frozenset({700004, -1102})
-# An order this much younger than a read may have been placed between it and its check.
-_PLACED_MEANWHILE_MS = 2_000
-# Requests a read without a symbol's check may add: a kill's read checks every known symbol, up
-# to `_KILL_CHECK_READS` requests (120 weight of the endpoint's 500 per 10 s; review 40: one
-# request per known symbol, unbounded, was a burst past it); past that it proves nothing flat
-# (review 41: a read that checked some known symbols proved flat over an order on another). A
-# background read (a stream reconcile) checks `_CHECK_READS`, the known symbols in turn.
-_CHECK_READS = 2
-_KILL_CHECK_READS = 40
-# What MEXC says of a symbol it does not take: a list of several, under the read's own table.
-_BAD_SYMBOL_CODES = frozenset({10007, 30014, 30021, -1121, -1100})
-_MISSING_WORDS = ("mandatory", "required", "must be sent", "not sent", "empty")
-
-
-def symbol_required(exc: VenueError) -> bool:
-    """Does this refusal say, in the venue's words, that `symbol` must be sent?"""
-    msg = exc.msg.lower()
-    if "symbol" not in msg:
-        return False
-    return exc.code in MISSING_PARAM_CODES or any(word in msg for word in _MISSING_WORDS)
-
-
-# -- the connector ------------------------------------------------------------------------------
-def _with_checks(rows: list[Any], checked: list[Any], read_at: int) -> tuple[list[Any], list[Any]]:
-    """The rows of a read without a symbol with those its check by symbol found that it did not
-    show; and the orders it left out that are older than both reads (one placed meanwhile
-    proves nothing): while there is one, the read was not whole."""
-    shown = _keys(rows)
-    left_out = []
-    for row in checked:
-        if _key(row) not in shown:
-            rows.append(row)
-            if int(row.get("time") or 0) < read_at - _PLACED_MEANWHILE_MS:
-                left_out.append(row)
-    return rows, left_out
-
-
-def _key(row: Any) -> tuple[str, str]:
-    return str(row["symbol"]), text_id(row["orderId"])
-
-
-def _keys(rows: list[Any]) -> set[tuple[str, str]]:
-    return {_key(row) for row in rows}
-
-
-class MexcExchange(VenueConnector):
+class MexcExchange(OpenOrderReads, VenueConnector):
     """One MEXC spot account."""
 
     venue = VENUE
@@ -189,22 +141,7 @@ class MexcExchange(VenueConnector):
         )
         sign = partial(mexc_signed_query, self._secret)
         self.rest = self._signed_rest(WIRE, self.endpoint_budgets, sign)
-        self.known_symbols: set[str] = set(symbols_hint)
-        # The read without a symbol is not used once MEXC refused it as "symbol mandatory", or
-        # was caught answering a subset (reference §2.3: unverified that it answers every one).
-        self._no_symbol_refused = False
-        self._one_symbol_reads = False  # set when a read of several symbols is refused
-        # The most symbols one read of several showed orders on: a list that long or shorter
-        # answers each symbol it names. A longer one may answer fewer (reference §2.3: the
-        # read's table takes one symbol; say, only the first), so the symbols it showed
-        # nothing on are read by name as well (review 42).
-        self._list_answers = 1
-        # Known symbols MEXC refused by name as bad (delisted, or not served by its API): no
-        # longer in a list of several (one would fail the list), read alone by every kill's
-        # check; while one stays unread, no account-wide read proves flat (review 42: an order
-        # placed elsewhere may sit there).
-        self._unreadable: set[str] = set()
-        self._check_from = 0  # where the next check of the read without a symbol starts
+        self._init_reads(symbols_hint)
         self._listen_key: str | None = None
         self._lost_keys: set[str] = set()
         self._streams: dict[ClientConnection, str] = {}
@@ -257,7 +194,7 @@ class MexcExchange(VenueConnector):
             elif isinstance(whole, BaseException):
                 raise whole
             else:
-                rows, left_out = _with_checks(_rows(whole, self.account), checked, read_at)
+                rows, left_out = with_checks(_rows(whole, self.account), checked, read_at)
                 if left_out:
                     complete = False  # proves nothing flat; and if it is its rule, never again
                     await self._confirm_subset(left_out, priority)
@@ -270,181 +207,11 @@ class MexcExchange(VenueConnector):
             wanted = list(
                 dict.fromkeys(symbols if symbols is not None else sorted(self.known_symbols))
             )
-            rows = []
-            for part in await _gather_all(
-                self._read_symbols(chunk, priority) for chunk in _chunks(wanted)
-            ):
-                rows.extend(part)
+            rows = await self._read_symbols(wanted, priority, probe=wanted)
         orders = tuple(order_from_row(row) for row in rows)
         self.known_symbols.update(o.symbol for o in orders)
+        self._busy = sorted({o.symbol for o in orders})
         return Snapshot(orders=orders, lists=(), server_time_ms=read_at, complete=complete)
-
-    async def _read_every_symbol(self, priority: Priority) -> tuple[object, list[Any], bool]:
-        """`openOrders` without a symbol, and beside it (the same round) the symbols we know of
-        read by name, as many as the priority allows (see `_CHECK_READS`), in turn: whether the
-        call without a symbol answers every symbol is unverified (reference §2.3). Returns its
-        answer (or error), the rows of the check, and whether the check read every known
-        symbol and every part of it answered."""
-        known = sorted(self.known_symbols)
-        reads = _KILL_CHECK_READS if priority is Priority.KILL else _CHECK_READS
-        unread = sorted(self._unreadable)
-        retried = unread[:reads]
-        reads -= len(retried)
-        if self._one_symbol_reads:
-            take = reads
-        elif self._list_answers >= MAX_SYMBOLS_PER_CALL:
-            take = reads * MAX_SYMBOLS_PER_CALL
-        else:
-            # a list of five may cost six requests (the list, then up to five by name)
-            take = reads * MAX_SYMBOLS_PER_CALL // (MAX_SYMBOLS_PER_CALL + 1)
-        take = min(len(known), take)
-        start = self._check_from % len(known) if known else 0
-        chosen = (known[start:] + known[:start])[:take]
-        self._check_from = start + take
-        chunks = _chunks(chosen) if take >= MAX_SYMBOLS_PER_CALL else [[s] for s in chosen]
-        whole, *checks = await asyncio.gather(
-            self.rest.request("GET", "/api/v3/openOrders", weight=3, priority=priority),
-            *(self._read_symbols(chunk, priority) for chunk in chunks),
-            *(self._read_symbol(symbol, priority) for symbol in retried),
-            return_exceptions=True,
-        )
-        for outcome in (whole, *checks):
-            if isinstance(outcome, asyncio.CancelledError):
-                raise outcome
-        rows: list[Any] = []
-        answered = take == len(known) and len(retried) == len(unread)
-        for outcome in checks:
-            if isinstance(outcome, VenueError):
-                log.info("openOrders check failed account=%s error=%s", self.account, outcome)
-                answered = False
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                rows.extend(outcome)
-        return whole, rows, answered
-
-    def _refused(self, exc: Fatal | OutcomeUnknown) -> None:
-        """Raise `exc` unless it is a refusal of the read without a symbol (a 4xx that is not
-        about the key): then the known symbols are read this time. Only the venue's own "symbol
-        is mandatory" is its rule, remembered; any other (a proxy's 404, a passing 400) may be
-        gone next time. A 5xx, a timeout or an unreadable answer proves nothing."""
-        status = exc.http_status
-        refused = status is not None and 400 <= status < 500
-        if exc.code in AUTH_CODES or not refused:
-            raise exc
-        if symbol_required(exc):
-            self._no_symbol_refused = True
-            self.capabilities = replace(self.capabilities, open_orders_without_symbol=False)
-        log.warning(
-            "openOrders without symbol refused account=%s code=%s%s: reading known symbols",
-            self.account,
-            exc.code,
-            " (symbol required)" if self._no_symbol_refused else "",
-        )
-
-    async def _confirm_subset(self, left_out: list[Any], priority: Priority) -> None:
-        """A read without a symbol left out orders its check showed open: read it again, then
-        those symbols by name. An order still open then was open while the second read was
-        answered (an order never reopens): it too left it out, and it is never used again. A
-        race (an order cancelled or filled between the first two reads) confirms nothing."""
-        try:
-            again = _keys(
-                _rows(
-                    await self.rest.request(
-                        "GET", "/api/v3/openOrders", weight=3, priority=priority
-                    ),
-                    self.account,
-                )
-            )
-            symbols = sorted({str(row["symbol"]) for row in left_out})
-            still = _keys(
-                [
-                    r
-                    for part in await _gather_all(self._read_symbol(s, priority) for s in symbols)
-                    for r in part
-                ]
-            )
-        except VenueError as exc:
-            log.info("openOrders subset check failed account=%s error=%s", self.account, exc)
-            return
-        if any(_key(row) in still and _key(row) not in again for row in left_out):
-            self._no_symbol_refused = True
-            self.capabilities = replace(self.capabilities, open_orders_without_symbol=False)
-            log.warning(
-                "openOrders without symbol answers a subset account=%s: reading known symbols "
-                "from now on, and an account-wide read proves nothing flat",
-                self.account,
-            )
-
-    async def _read_symbols(self, symbols: Sequence[str], priority: Priority) -> list[Any]:
-        """The open orders of up to five symbols. The read's table takes one symbol; only a
-        changelog says five, comma-separated (reference §2.3), so a list is trusted for every
-        symbol it names only when one as long showed orders on each of its symbols; else the
-        symbols it showed nothing on are read by name too. A list refused as a bad request is
-        that rule: read one symbol per request from then on (the same weight each). A symbol
-        MEXC called bad is read alone, never in a list (it would fail the list)."""
-        found: list[Any] = []
-        alone = [s for s in symbols if s in self._unreadable]
-        listed = [s for s in symbols if s not in self._unreadable]
-        if len(listed) > 1 and not self._one_symbol_reads:
-            try:
-                found = await self._read_symbol(",".join(listed), priority, listed=False)
-            except (Fatal, OutcomeUnknown) as exc:
-                status = exc.http_status
-                if exc.code in AUTH_CODES or status is None or not 400 <= status < 500:
-                    raise
-                # Only the venue's own "bad symbol" is its rule, remembered; any other 4xx (a
-                # proxy's 404, a passing 400) reads one symbol per request this time only.
-                if exc.code in _BAD_SYMBOL_CODES:
-                    self._one_symbol_reads = True
-                log.warning(
-                    "openOrders of several symbols refused account=%s code=%s: one per request%s",
-                    self.account,
-                    exc.code,
-                    " from now on" if self._one_symbol_reads else " this time",
-                )
-            else:
-                shown = {str(row["symbol"]) for row in found} & set(listed)
-                if len(shown) > self._list_answers:
-                    self._list_answers = len(shown)
-                    log.info(
-                        "openOrders of %d symbols answered each account=%s",
-                        len(shown),
-                        self.account,
-                    )
-                trusted = len(listed) <= self._list_answers
-                listed = [] if trusted else [s for s in listed if s not in shown]
-        for part in await _gather_all(self._read_symbol(s, priority) for s in listed + alone):
-            found.extend(part)
-        return found
-
-    async def _read_symbol(
-        self, symbol: str, priority: Priority, *, listed: bool = True
-    ) -> list[Any]:
-        """One symbol's open orders (or a comma list's, `listed=False`). A single symbol MEXC
-        calls bad (delisted, or one its API does not serve) is no longer a known symbol, so it
-        cannot fail every later read; this read still fails: a symbol it could not read is
-        never taken as one with nothing open."""
-        try:
-            answer = await self.rest.request(
-                "GET", "/api/v3/openOrders", [("symbol", symbol)], weight=3, priority=priority
-            )
-        except (Fatal, OutcomeUnknown) as exc:
-            if listed and exc.code in _BAD_SYMBOL_CODES and symbol in self.known_symbols:
-                log.warning(
-                    "openOrders symbol=%s refused as a bad symbol account=%s code=%s: read "
-                    "alone from now on, and no account-wide read proves flat while it fails",
-                    symbol,
-                    self.account,
-                    exc.code,
-                )
-                self.known_symbols.discard(symbol)
-                self._unreadable.add(symbol)
-            raise
-        if listed and symbol in self._unreadable:
-            self._unreadable.discard(symbol)
-            self.known_symbols.add(symbol)
-        return _rows(answer, self.account)
 
     # -- cancels --------------------------------------------------------------------------------
     @malformed_is_unknown
