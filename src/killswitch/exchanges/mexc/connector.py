@@ -97,6 +97,8 @@ MEXC_CAPABILITIES = Capabilities(
 )
 
 
+USER_DATA_STREAM = "/api/v3/userDataStream"
+
 WIRE = Wire(
     MEXC,
     key_header="X-MEXC-APIKEY",
@@ -143,6 +145,7 @@ class MexcExchange(OpenOrderReads, VenueConnector):
         self.rest = self._signed_rest(WIRE, self.endpoint_budgets, sign)
         self._init_reads(symbols_hint)
         self._listen_key: str | None = None
+        self._unsure_since: set[str] | None = None  # the keys before a create gone unanswered
         self._lost_keys: set[str] = set()
         self._streams: dict[ClientConnection, str] = {}
         self._keepalive_task: asyncio.Task[None] | None = None
@@ -286,11 +289,46 @@ class MexcExchange(OpenOrderReads, VenueConnector):
     # -- listenKey ----------------------------------------------------------------------------
     async def _ensure_listen_key(self) -> str:
         if self._listen_key is None:
-            data = await self.rest.request("POST", "/api/v3/userDataStream", priority=Priority.KILL)
-            self._listen_key = str(data["listenKey"])
+            self._listen_key = await self._create_listen_key()
         if self._keepalive_task is None or self._keepalive_task.done():
             self._keepalive_task = self._spawn(self._keep_listen_key_alive())
         return self._listen_key
+
+    async def _create_listen_key(self) -> str:
+        """A listenKey for the stream. A create whose answer was lost (a 5xx, a timeout) may
+        have made one: the valid keys are listed before and after it, and a new one is taken
+        up, so that a storm cannot leak keys into the UID's 60 (review 46; other clients of
+        the UID hold keys too, so none is ever deleted but ours)."""
+        now = await self._valid_listen_keys()
+        if self._unsure_since is not None:
+            # an earlier create's answer was lost and so was the listing after it
+            made, self._unsure_since = now - self._unsure_since, None
+            if made:
+                return self._taken_up(made)
+        try:
+            data = await self.rest.request("POST", USER_DATA_STREAM, priority=Priority.KILL)
+        except (OutcomeUnknown, Transient):
+            self._unsure_since = now
+            made = (await self._valid_listen_keys()) - now
+            self._unsure_since = None
+            if not made:
+                raise
+            return self._taken_up(made)
+        return str(data["listenKey"])
+
+    def _taken_up(self, made: set[str]) -> str:
+        log.warning(
+            "listenKey create unanswered account=%s: taking up the key it made", self.account
+        )
+        return sorted(made)[0]
+
+    async def _valid_listen_keys(self) -> set[str]:
+        """The UID's valid listenKeys (`GET`: `{"listenKey": [...]}`)."""
+        data = await self.rest.request("GET", USER_DATA_STREAM, priority=Priority.KILL)
+        keys = data.get("listenKey") if isinstance(data, dict) else None
+        if not isinstance(keys, list):
+            raise OutcomeUnknown("listenKey list unreadable", venue=VENUE, account=self.account)
+        return {str(k) for k in keys}
 
     async def _delete_listen_key(self, key: str) -> None:
         await self.rest.request("DELETE", "/api/v3/userDataStream", [("listenKey", key)])
