@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,8 @@ from killswitch.kill.engine import Engine
 from killswitch.model import AccountRef
 from killswitch.sim.bingx import BingxSim
 from killswitch.sim.venue import SimAccount, VenueSettings
+from killswitch.streams.supervisor import StreamSupervisor
+from killswitch.streams.tracker import OrderTracker
 from tests.fixtures.answers import AnswerOverrides, install
 from tests.fixtures.bingx import ACCOUNT_KEYS, SETTINGS_FIELDS, account_keys, bx_call
 
@@ -90,3 +93,43 @@ def without_client_ids(method: Any) -> Any:
         return body
 
     return answer
+
+
+# A latched engine's quick settings: short deadline and quiet window, no sweeps (the stream must
+# do what a latch promises).
+STREAMED = EngineConfig(
+    deadline_s=3.0,
+    retry_initial_s=0.02,
+    retry_max_s=0.2,
+    quiet_window_s=0.2,
+    sweep_interval_s=3600.0,
+)
+
+
+@asynccontextmanager
+async def streamed_engine(
+    tmp_path: Path, **options: Any
+) -> AsyncIterator[tuple[BingxSim, Engine, OrderTracker]]:
+    """A BingX sim (`options` as for `bingx_with_answers`), and an engine over `bx0` whose
+    tracker a live stream supervisor feeds; stopped on exit."""
+    async with bingx_with_answers(**options) as (sim, exchange, _):
+        ref = AccountRef("bingx", "bx0")
+        tracker = OrderTracker(ref)
+        engine = Engine(
+            [Account(ref, exchange, tracker=tracker)],
+            Journal(tmp_path / "j.jsonl"),
+            STREAMED,
+            rng=random.Random(1),
+        )
+        await engine.start()
+        supervisor = StreamSupervisor(
+            exchange, tracker, on_event=engine.on_stream_event, reconcile_interval_s=None
+        )
+        task = asyncio.create_task(supervisor.run())
+        try:
+            assert await supervisor.wait_live(10)
+            yield sim, engine, tracker
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await engine.stop(grace_s=1.0)

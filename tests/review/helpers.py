@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from killswitch.model import ExecType, OrderEvent, Snapshot
+from killswitch.exchanges.base import Exchange
+from killswitch.journal import Journal
+from killswitch.kill.config import Account
+from killswitch.kill.record import KillState
+from killswitch.model import AccountRef, ExecType, Mode, OrderEvent, Scope, Snapshot, Trigger
 from tests.fakes import FakeExchange
+from tests.unit.test_engine import QUICK
 
 
 class ReadsFake(FakeExchange):
@@ -55,3 +62,34 @@ def new_order(venue: FakeExchange, order_id: str) -> OrderEvent:
     """The stream event of an order `venue` holds open: it was just placed."""
     order = venue.book.orders[order_id]
     return OrderEvent(order.symbol, order_id, order.client_order_id, ExecType.NEW, "NEW", True, 0)
+
+
+async def kill_states(
+    tmp_path: Path,
+    exchange: Exchange,
+    symbols: Sequence[str],
+    scopes: Sequence[Scope],
+) -> list[KillState]:
+    """Run one kill per scope, one after another, on an engine over `exchange`'s one account
+    (configured with `symbols`); the state each ended in."""
+    from killswitch.kill.engine import Engine
+
+    ref = AccountRef(exchange.venue, getattr(exchange, "account", "acct0"))
+    engine = Engine(
+        [Account(ref, exchange, symbols=tuple(symbols))],
+        Journal(tmp_path / "journal.jsonl"),
+        QUICK,
+        rng=random.Random(7),
+    )
+    await engine.start()
+    states = []
+    try:
+        for n, scope in enumerate(scopes, 1):
+            await engine.submit(Trigger(f"k{n}", "test", Mode.KILL, "dd", scope))
+            kill = engine.kill_for(f"k{n}")
+            assert kill is not None
+            await kill.finished.wait()
+            states.append(kill.state)
+    finally:
+        await engine.stop()
+    return states

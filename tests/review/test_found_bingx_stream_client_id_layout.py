@@ -12,34 +12,18 @@ The client id is now the first non-empty value of `C` and `c`; the sim serves th
 
 from __future__ import annotations
 
-import asyncio
-import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from killswitch.exchanges.bingx import parse_execution_report
-from killswitch.journal import Journal
-from killswitch.kill.config import Account, EngineConfig
-from killswitch.kill.engine import Engine
 from killswitch.kill.record import KillState
-from killswitch.model import AccountRef, Mode, Scope, Trigger
+from killswitch.model import Mode, Scope, Trigger
 from killswitch.sim.bingx import BingxSim
-from killswitch.streams.supervisor import StreamSupervisor
-from killswitch.streams.tracker import OrderTracker
 from tests.conftest import eventually
-from tests.review.bingx_rig import bingx_with_answers, place, without_client_ids
+from tests.review.bingx_rig import place, streamed_engine, without_client_ids
 
-CONFIG = EngineConfig(
-    deadline_s=3.0,
-    retry_initial_s=0.02,
-    retry_max_s=0.2,
-    quiet_window_s=0.2,
-    sweep_interval_s=3600.0,
-)
 PREFIX = Scope.of(client_order_id_prefix="strat7_")
 
 
@@ -49,33 +33,6 @@ def documented_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(BingxSim, "_open_orders", without_client_ids(BingxSim._open_orders))
 
 
-@asynccontextmanager
-async def _streamed_engine(
-    tmp_path: Path,
-) -> AsyncIterator[tuple[BingxSim, Engine, OrderTracker]]:
-    async with bingx_with_answers(client_id_field="c+C") as (sim, exchange, _):
-        ref = AccountRef("bingx", "bx0")
-        tracker = OrderTracker(ref)
-        engine = Engine(
-            [Account(ref, exchange, tracker=tracker)],
-            Journal(tmp_path / "j.jsonl"),
-            CONFIG,
-            rng=random.Random(1),
-        )
-        await engine.start()
-        supervisor = StreamSupervisor(
-            exchange, tracker, on_event=engine.on_stream_event, reconcile_interval_s=None
-        )
-        task = asyncio.create_task(supervisor.run())
-        try:
-            assert await supervisor.wait_live(10)
-            yield sim, engine, tracker
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await engine.stop(grace_s=1.0)
-
-
 def _open(sim: BingxSim) -> set[str]:
     return {o.order_id for o in sim.book(sim.accounts["bx0"]).open_orders()}
 
@@ -83,7 +40,7 @@ def _open(sim: BingxSim) -> set[str]:
 async def test_a_prefix_kill_cancels_an_order_whose_event_has_an_empty_capital_c(
     tmp_path: Path, documented_rows: None
 ) -> None:
-    async with _streamed_engine(tmp_path) as (sim, engine, tracker):
+    async with streamed_engine(tmp_path, client_id_field="c+C") as (sim, engine, tracker):
         mine = await place(sim, "BTC-USDT", "strat7_a1")
         theirs = await place(sim, "BTC-USDT", "other_b1")
         await eventually(lambda: ("BTC-USDT", mine) in tracker)
@@ -98,7 +55,7 @@ async def test_a_prefix_kill_cancels_an_order_whose_event_has_an_empty_capital_c
 async def test_a_latched_prefix_cancels_a_new_prefixed_order_shown_on_the_stream(
     tmp_path: Path, documented_rows: None
 ) -> None:
-    async with _streamed_engine(tmp_path) as (sim, engine, _):
+    async with streamed_engine(tmp_path, client_id_field="c+C") as (sim, engine, _):
         await engine.submit(Trigger("t-latch", "test", Mode.KILL, "r", PREFIX))
         kill = engine.kill_for("t-latch")
         assert kill is not None

@@ -6,8 +6,6 @@ only on a status known to end it."""
 
 from __future__ import annotations
 
-import asyncio
-import random
 from pathlib import Path
 
 import pytest
@@ -16,14 +14,9 @@ from killswitch.exchanges import mexc_proto as pb
 from killswitch.exchanges.binance.parse import execution_report_event
 from killswitch.exchanges.bingx import parse_execution_report
 from killswitch.exchanges.mexc.parse import decode_push
-from killswitch.journal import Journal
-from killswitch.kill.config import Account, EngineConfig
-from killswitch.kill.engine import Engine
-from killswitch.model import AccountRef, Mode, OrderEvent, Scope, Trigger
-from killswitch.streams.supervisor import StreamSupervisor
-from killswitch.streams.tracker import OrderTracker
+from killswitch.model import Mode, OrderEvent, Scope, Trigger
 from tests.conftest import eventually
-from tests.review.bingx_rig import bingx_with_answers, place
+from tests.review.bingx_rig import place, streamed_engine
 
 # The docs' own dataUpdateDemo (docs-v3, 订单更新推送), with status WORKING.
 DEMO = {
@@ -77,40 +70,15 @@ def test_a_mexc_status_int_not_known_to_end_an_order_reads_open() -> None:
 async def test_a_latched_scope_cancels_a_new_order_whose_status_reads_working(
     tmp_path: Path,
 ) -> None:
-    config = EngineConfig(
-        deadline_s=3.0,
-        retry_initial_s=0.02,
-        retry_max_s=0.2,
-        quiet_window_s=0.2,
-        sweep_interval_s=3600.0,  # the sweeper would catch it late: the stream must
-    )
-    async with bingx_with_answers(open_status="WORKING") as (sim, exchange, _):
-        ref = AccountRef("bingx", "bx0")
-        tracker = OrderTracker(ref)
-        engine = Engine(
-            [Account(ref, exchange, tracker=tracker)],
-            Journal(tmp_path / "j.jsonl"),
-            config,
-            rng=random.Random(1),
-        )
-        await engine.start()
-        supervisor = StreamSupervisor(
-            exchange, tracker, on_event=engine.on_stream_event, reconcile_interval_s=None
-        )
-        task = asyncio.create_task(supervisor.run())
-        try:
-            assert await supervisor.wait_live(10)
-            await engine.submit(Trigger("t-latch", "test", Mode.KILL, "r", Scope.of()))
-            kill = engine.kill_for("t-latch")
-            assert kill is not None
-            await kill.finished.wait()
-            late = await place(sim, "BTC-USDT", "late1")
+    # no sweeps: the stream must cancel it
+    async with streamed_engine(tmp_path, open_status="WORKING") as (sim, engine, _):
+        await engine.submit(Trigger("t-latch", "test", Mode.KILL, "r", Scope.of()))
+        kill = engine.kill_for("t-latch")
+        assert kill is not None
+        await kill.finished.wait()
+        late = await place(sim, "BTC-USDT", "late1")
 
-            def still_open() -> set[str]:
-                return {o.order_id for o in sim.book(sim.accounts["bx0"]).open_orders()}
+        def still_open() -> set[str]:
+            return {o.order_id for o in sim.book(sim.accounts["bx0"]).open_orders()}
 
-            await eventually(lambda: late not in still_open())
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await engine.stop(grace_s=1.0)
+        await eventually(lambda: late not in still_open())

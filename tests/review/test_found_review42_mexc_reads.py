@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,16 +23,13 @@ import orjson
 import pytest
 from aiohttp import web
 
-from killswitch.journal import Journal
-from killswitch.kill.config import Account
-from killswitch.kill.engine import Engine
 from killswitch.kill.record import KillState
-from killswitch.model import AccountRef, Mode, Scope, Trigger
+from killswitch.model import Scope
 from killswitch.sim import mexc as sim_mexc
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.mexc import MexcSim
 from tests.fixtures.mexc import mexc_sim
-from tests.unit.test_engine import QUICK
+from tests.review.helpers import kill_states
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 GONE = "GONEUSDT"
@@ -109,28 +105,15 @@ async def test_a_kill_by_symbols_is_not_flat_while_a_list_answered_for_its_first
         book = sim.book(sim.accounts["acct0"])
         book.place(OrderSpec("BTCUSDT"))
         eth = book.place(OrderSpec("ETHUSDT"))
-        engine = Engine(
-            [Account(AccountRef("mexc", "acct0"), exchange, symbols=tuple(SYMBOLS))],
-            Journal(tmp_path / "journal.jsonl"),
-            QUICK,
-            rng=random.Random(7),
+        (state,) = await kill_states(
+            tmp_path, exchange, SYMBOLS, [Scope.of(["mexc"], symbols=SYMBOLS)]
         )
-        await engine.start()
-        try:
-            await engine.submit(
-                Trigger("k1", "test", Mode.KILL, "dd", Scope.of(["mexc"], symbols=SYMBOLS))
-            )
-            kill = engine.kill_for("k1")
-            assert kill is not None
-            await kill.finished.wait()
-        finally:
-            await engine.stop()
         open_now = {o.order_id for o in book.open_orders()}
-        assert eth.order_id not in open_now or kill.state not in (
+        assert eth.order_id not in open_now or state not in (
             KillState.FLAT,
             KillState.CONFIRMED,
-        ), f"kill {kill.state.value} with {eth.order_id} open on ETHUSDT"
-        assert kill.state is KillState.CONFIRMED
+        ), f"kill {state.value} with {eth.order_id} open on ETHUSDT"
+        assert state is KillState.CONFIRMED
         assert not open_now
 
 
@@ -164,23 +147,8 @@ async def test_no_kill_proves_flat_while_a_known_symbol_mexc_calls_bad_cannot_be
         book = sim.book(sim.accounts["acct0"])
         book.place(OrderSpec("BTCUSDT"))
         stuck = book.place(OrderSpec(GONE))  # placed elsewhere; the API does not serve it
-        engine = Engine(
-            [Account(AccountRef("mexc", "acct0"), exchange, symbols=("BTCUSDT",))],
-            Journal(tmp_path / "journal.jsonl"),
-            QUICK,
-            rng=random.Random(7),
-        )
-        await engine.start()
-        states = []
-        try:
-            for n in (1, 2):
-                await engine.submit(Trigger(f"k{n}", "test", Mode.KILL, "dd", Scope.of(["mexc"])))
-                kill = engine.kill_for(f"k{n}")
-                assert kill is not None
-                await kill.finished.wait()
-                states.append(kill.state)
-        finally:
-            await engine.stop()
+        scope = Scope.of(["mexc"])
+        states = await kill_states(tmp_path, exchange, ["BTCUSDT"], [scope, scope])
         assert any(o.order_id == stuck.order_id for o in book.open_orders())
         assert KillState.FLAT not in states
         assert KillState.CONFIRMED not in states

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,12 @@ import orjson
 import pytest
 from aiohttp import web
 
-from killswitch.journal import Journal
-from killswitch.kill.config import Account
-from killswitch.kill.engine import Engine
 from killswitch.kill.record import KillState
-from killswitch.model import AccountRef, Mode, Scope, Trigger
+from killswitch.model import Scope
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.mexc import MexcSim
 from tests.fixtures.mexc import mexc_sim
-from tests.unit.test_engine import QUICK
+from tests.review.helpers import kill_states
 
 MANY = [f"C{i:03d}USDT" for i in range(40)]  # a desk quoting 40 MEXC pairs
 
@@ -44,23 +40,10 @@ async def test_an_account_wide_kill_on_forty_symbols_proves_flat_and_earns_no_42
         book = sim.book(sim.accounts["acct0"])
         book.place(OrderSpec("C000USDT"))
         book.place(OrderSpec("C017USDT"))
-        engine = Engine(
-            [Account(AccountRef("mexc", "acct0"), exchange, symbols=tuple(MANY))],
-            Journal(tmp_path / "journal.jsonl"),
-            QUICK,
-            rng=random.Random(7),
-        )
-        await engine.start()
-        try:
-            await engine.submit(Trigger("k1", "test", Mode.KILL, "dd", Scope.of(["mexc"])))
-            kill = engine.kill_for("k1")
-            assert kill is not None
-            await kill.finished.wait()
-        finally:
-            await engine.stop()
+        (state,) = await kill_states(tmp_path, exchange, MANY, [Scope.of(["mexc"])])
         assert not [k for k in sim.counters if "429" in k or "418" in k]
         assert not book.open_orders()
-        assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
+        assert state in (KillState.FLAT, KillState.CONFIRMED)
 
 
 SOME = [f"S{i}XUSDT" for i in range(9)] + ["ZZZUSDT"]
