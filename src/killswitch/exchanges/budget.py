@@ -69,6 +69,7 @@ class _Window:
     size_s: float
     start: float = 0.0
     used: float = 0.0
+    before: float = 0.0  # what the window just before this one used (0 after a gap)
 
     def roll(self, now: float, carry: float = 0.0) -> None:
         """Move on to the window holding `now`; a new one starts at `carry` (requests in
@@ -76,6 +77,8 @@ class _Window:
         steps back over a boundary keeps the later window and its count."""
         start = math.floor(now / self.size_s) * self.size_s
         if start > self.start:
+            adjacent = start - self.start <= self.size_s * 1.5
+            self.before = self.used if adjacent else 0.0
             self.start = start
             self.used = carry
 
@@ -128,7 +131,12 @@ class RateBudget:
         if now < self.blocked_until:
             return self.blocked_until - now
         self._roll(now)
-        if self._weight.used + weight > self.cap(priority):
+        used = self._weight.used
+        if not self.limits.windows_aligned:
+            # The venue's windows may start anywhere in ours: one of its may cover the end of
+            # our last window and the start of this one, so both together stay under the cap.
+            used += self._weight.before
+        if used + weight > self.cap(priority):
             return self._weight.resets_in(now) + 0.001
         rps = self.limits.max_requests_per_s
         if rps is not None and self._per_s.used + 1 > rps:
@@ -157,10 +165,12 @@ class RateBudget:
         self._flying = max(0, self._flying - 1)
 
     def observe_used(self, used: int) -> None:
-        """The venue says this much weight is used in the current window."""
+        """The venue says this much weight is used in the current window: of its whole limit,
+        the other daemons' shares (`set_fleet`) are theirs to spend, ours is what is left."""
         now = self.clock()
         self._roll(now)
-        self._weight.used = max(self._weight.used, float(used))
+        others = self.venue_limit - self.limits.weight_per_window
+        self._weight.used = max(self._weight.used, float(used - others))
         self.heard_at = now
 
     def headroom_known(self, within_s: float, share: float = HEADROOM_SHARE) -> bool:

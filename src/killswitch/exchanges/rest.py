@@ -226,9 +226,9 @@ class EndpointCharges(FixedWindowCharges):
         """The least headroom among the endpoints used so far (0..1), and how long every
         endpoint is blocked after a 429/418."""
         blocked = max(0.0, self.blocked_until - self.clock())
-        used = max((b.used for b in self.budgets.values()), default=0.0)
+        shares = [b.used / b.limits.weight_per_window for b in self.budgets.values()]
         return {
-            "headroom": max(0.0, 1.0 - used / float(self.limits.weight_per_window)),
+            "headroom": max(0.0, 1.0 - max(shares, default=0.0)),
             "blocked_s": blocked,
             "banned": self.banned,
         }

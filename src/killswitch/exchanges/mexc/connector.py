@@ -60,7 +60,7 @@ from killswitch.exchanges.mexc.parse import (
     order_from_row,
     rest_answer,
 )
-from killswitch.exchanges.mexc.reads import OpenOrderReads, with_checks
+from killswitch.exchanges.mexc.reads import BAD_SYMBOL_CODES, OpenOrderReads, with_checks
 from killswitch.exchanges.rest import EndpointCharges, Wire
 from killswitch.exchanges.signing import mexc_query, mexc_signed_query
 from killswitch.exchanges.spot_v3 import text_id, trading_permissions
@@ -74,7 +74,10 @@ from killswitch.model import (
 log = logging.getLogger(__name__)
 
 
-# Per endpoint: 500 weight per 10 s [MX-DOC "LIMITS"]. Weights: cancels 1, openOrders 3.
+# Per endpoint: 500 weight per 10 s [MX-DOC "LIMITS"]. Weights: cancels 1, openOrders 3. Where
+# MEXC's 10 s windows start is not said: any two adjacent windows of ours stay under the cap
+# together (review 48: reads at the cap of each of two adjacent windows of ours landed in one
+# of MEXC's, 429s).
 MEXC_RATE_LIMITS = RateLimits(
     weight_per_window=500,
     window_s=10.0,
@@ -82,6 +85,7 @@ MEXC_RATE_LIMITS = RateLimits(
     snapshot_weight=3,
     snapshot_symbol_weight=3,
     list_snapshot_weight=0,
+    windows_aligned=False,
 )
 
 MEXC_CAPABILITIES = Capabilities(
@@ -146,6 +150,7 @@ class MexcExchange(OpenOrderReads, VenueConnector):
         self._init_reads(symbols_hint)
         self._listen_key: str | None = None
         self._unsure_since: set[str] | None = None  # the keys before a create gone unanswered
+        self._taken_keys: set[str] = set()  # keys taken up, never deleted by us
         self._lost_keys: set[str] = set()
         self._streams: dict[ClientConnection, str] = {}
         self._keepalive_task: asyncio.Task[None] | None = None
@@ -171,7 +176,7 @@ class MexcExchange(OpenOrderReads, VenueConnector):
         for ws in list(self._streams):
             await ws.close()
         key, self._listen_key = self._listen_key, None
-        if key is not None and self._started:
+        if key is not None and self._started and key not in self._taken_keys:
             try:
                 await asyncio.wait_for(self._delete_listen_key(key), timeout=1.0)
             except asyncio.CancelledError:
@@ -210,6 +215,11 @@ class MexcExchange(OpenOrderReads, VenueConnector):
             wanted = list(
                 dict.fromkeys(symbols if symbols is not None else sorted(self.known_symbols))
             )
+            # A delisted symbol cannot be read: a read naming it proves nothing (review 48).
+            gone = [s for s in wanted if s in self._delisted_symbols]
+            if gone:
+                complete = False
+                wanted = [s for s in wanted if s not in gone]
             rows = await self._read_symbols(wanted, priority, probe=wanted)
         orders = tuple(order_from_row(row) for row in rows)
         self.known_symbols.update(o.symbol for o in orders)
@@ -231,13 +241,23 @@ class MexcExchange(OpenOrderReads, VenueConnector):
         return CancelAck(cancelled=tuple(i for ack in acks for i in ack.cancelled))
 
     async def _cancel_chunk(self, symbols: Sequence[str], priority: Priority) -> CancelAck:
-        self.known_symbols.update(symbols)
+        self.known_symbols.update(s for s in symbols if s not in self._delisted_symbols)
         try:
             rows = await self.rest.request(
                 "DELETE", "/api/v3/openOrders", [("symbol", ",".join(symbols))], priority=priority
             )
         except AlreadyGone:
             return CancelAck()  # nothing open there: an empty ack, not an error
+        except (Fatal, OutcomeUnknown) as exc:
+            if exc.code not in BAD_SYMBOL_CODES:
+                raise
+            # One symbol MEXC calls bad (delisted, say) must not stop the others' cancels
+            # (review 48): each alone; the bad one cancels nothing, and no read proves it flat.
+            if len(symbols) == 1:
+                await self.symbol_refused(symbols[0], priority)
+                return CancelAck()
+            acks = await _gather_all(self._cancel_chunk([s], priority) for s in symbols)
+            return CancelAck(cancelled=tuple(i for ack in acks for i in ack.cancelled))
         return CancelAck(
             cancelled=tuple(
                 (str(row.get("symbol") or symbols[0]), text_id(row["orderId"]))
@@ -317,10 +337,21 @@ class MexcExchange(OpenOrderReads, VenueConnector):
         return str(data["listenKey"])
 
     def _taken_up(self, made: set[str]) -> str:
+        """The one key that appeared; several: another client of the UID made one too, so
+        which is ours is unknown: none is taken (review 48). A key taken up is never deleted
+        by us: it may be another client's after all."""
+        if len(made) != 1:
+            raise OutcomeUnknown(
+                "listenKey create unanswered, and more than one key appeared",
+                venue=VENUE,
+                account=self.account,
+            )
+        (key,) = made
         log.warning(
             "listenKey create unanswered account=%s: taking up the key it made", self.account
         )
-        return sorted(made)[0]
+        self._taken_keys.add(key)
+        return key
 
     async def _valid_listen_keys(self) -> set[str]:
         """The UID's valid listenKeys (`GET`: `{"listenKey": [...]}`)."""

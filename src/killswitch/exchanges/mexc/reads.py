@@ -5,13 +5,14 @@ reading: the read without a symbol (tried first; checked against the known symbo
 name; retired when refused as "symbol mandatory" or caught answering a subset), and a list of
 up to five comma-separated symbols (only a changelog promises it). A list is trusted for each
 symbol it names only up to the length one was seen to answer: a probe list (beside one-symbol
-reads, or first when they would be many) that showed orders on two or more of its symbols
-answers at least as far as the last of them (one symbol's orders prove nothing: a list might
-answer its first or its last symbol only). A list
+reads, or first when they would be many) that showed orders on each of its first two or more
+symbols answers at least that far (one symbol's orders prove nothing: a list might answer its
+first or its last symbol only). A list
 refused as a bad symbol (when no symbol in it is itself refused), or answering a symbol it did
 not name, is never sent again. A known symbol MEXC calls bad is looked up in `exchangeInfo`:
-gone from it, no order can be open there and it is dropped; listed, it is read alone from then
-on, and no account-wide read proves flat while it cannot be read.
+gone from it (delisted), account-wide reads no longer check it, and a read naming it is never
+complete; listed, it is read alone from then on, and no account-wide read proves flat while it
+cannot be read.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ _PLACED_MEANWHILE_MS = 2_000
 _CHECK_READS = 2
 _KILL_CHECK_READS = 40
 # What MEXC says of a symbol it does not take.
-_BAD_SYMBOL_CODES = frozenset({10007, 30014, 30021, -1121, -1100})
+BAD_SYMBOL_CODES = frozenset({10007, 30014, 30021, -1121, -1100})
 _MISSING_WORDS = ("mandatory", "required", "must be sent", "not sent", "empty")
 
 
@@ -108,6 +109,7 @@ class OpenOrderReads:
         self._unreadable: set[str] = set()  # known symbols MEXC refused by name, still listed
         self._busy: list[str] = []  # symbols the last read showed orders on: what a probe reads
         self._refused_list: set[str] = set()  # the list whose refusal made reads one per request
+        self._delisted_symbols: set[str] = set()  # refused, and not in exchangeInfo
         self._check_from = 0  # where the next check of the read without a symbol starts
 
     async def _read_every_symbol(self, priority: Priority) -> tuple[object, list[Any], bool]:
@@ -284,7 +286,8 @@ class OpenOrderReads:
         """A list refused as a bad symbol is the read's rule, unless a symbol of it is itself
         one MEXC refuses: then that symbol, read alone from now on, explains it (also when a
         read by name finds it out later: `_read_symbol`)."""
-        if refused.bad_symbol and not self._unreadable & set(chunk) and not self._one_symbol_reads:
+        explained = (self._unreadable | self._delisted_symbols) & set(chunk)
+        if refused.bad_symbol and not explained and not self._one_symbol_reads:
             self._one_symbol_reads = True
             self._refused_list = set(chunk)
             log.warning(
@@ -302,7 +305,7 @@ class OpenOrderReads:
         except (Fatal, OutcomeUnknown) as exc:
             if not _refusal(exc):
                 raise
-            raise _ListRefused(exc.code in _BAD_SYMBOL_CODES) from exc
+            raise _ListRefused(exc.code in BAD_SYMBOL_CODES) from exc
         rows = _rows(answer, self.account)
         strays = {str(row["symbol"]) for row in rows} - set(chunk)
         if strays:
@@ -316,13 +319,16 @@ class OpenOrderReads:
         return rows
 
     def _learn(self, pick: list[str], answer: list[Any]) -> None:
-        """A list that showed orders on two or more of its symbols answers (at least) as far as
-        the last of them: lists that long are trusted. One symbol's orders teach nothing: a
-        reading where a list answers one symbol of it (the first, or the last) shows that too."""
+        """A list that showed orders on each of its first two or more symbols answers (at least)
+        that far: lists that long are trusted. One symbol's orders teach nothing: a reading
+        where a list answers one symbol of it (the first, or the last) shows that too; and a
+        gap (orders on its first and last only) could hide a reading that skips symbols."""
         shown = {str(row["symbol"]) for row in answer}
-        if len(shown) < 2:
+        answered = 0  # its first symbols, each with an order: no gap a reading could hide in
+        while answered < len(pick) and pick[answered] in shown:
+            answered += 1
+        if answered < 2:
             return
-        answered = max(i + 1 for i, s in enumerate(pick) if s in shown)
         if answered > self._list_answers:
             self._list_answers = answered
             log.info(
@@ -330,44 +336,50 @@ class OpenOrderReads:
             )
 
     async def _read_symbol(self, symbol: str, priority: Priority) -> list[Any]:
-        """One symbol's open orders. A known symbol MEXC calls bad is looked up: gone from its
-        `exchangeInfo`, it holds no order (dropped, read as empty); listed, it is unreadable and
-        this read fails: a symbol it could not read is never taken as one with nothing open."""
+        """One symbol's open orders; a read MEXC refuses as a bad symbol fails (see
+        `symbol_refused`): a symbol it could not read is never taken as one with nothing open."""
         try:
             answer = await self.rest.request(
                 "GET", OPEN_ORDERS, [("symbol", symbol)], weight=3, priority=priority
             )
         except (Fatal, OutcomeUnknown) as exc:
-            if exc.code not in _BAD_SYMBOL_CODES:
-                raise
-            if await self._delisted(symbol, priority):
-                log.warning(
-                    "openOrders symbol=%s refused and not in exchangeInfo account=%s: "
-                    "delisted, no order can be open there",
-                    symbol,
-                    self.account,
-                )
-                self.known_symbols.discard(symbol)
-                self._unreadable.discard(symbol)
-                return []
-            if symbol not in self._unreadable:
-                log.warning(
-                    "openOrders symbol=%s refused as a bad symbol account=%s code=%s: read "
-                    "alone from now on; no account-wide read proves flat while it fails",
-                    symbol,
-                    self.account,
-                    exc.code,
-                )
-            self.known_symbols.discard(symbol)
-            self._unreadable.add(symbol)
-            if symbol in self._refused_list:
-                self._one_symbol_reads = False  # the list was refused for this symbol
-                self._refused_list = set()
+            if exc.code in BAD_SYMBOL_CODES:
+                await self.symbol_refused(symbol, priority)
             raise
         if symbol in self._unreadable:
             self._unreadable.discard(symbol)
             self.known_symbols.add(symbol)
         return _rows(answer, self.account)
+
+    async def symbol_refused(self, symbol: str, priority: Priority) -> None:
+        """MEXC refused `symbol` as a bad symbol. Gone from its `exchangeInfo` (delisted), it is
+        no longer checked by account-wide reads, and a read naming it is never complete;
+        listed (a symbol its API does not serve), it is read alone from now on, and no
+        account-wide read proves flat while it cannot be read. Either way it explains a list
+        refused for it."""
+        self.known_symbols.discard(symbol)
+        if symbol in self._refused_list:
+            self._one_symbol_reads = False  # the list was refused for this symbol
+            self._refused_list = set()
+        if await self._delisted(symbol, priority):
+            if symbol not in self._delisted_symbols:
+                log.warning(
+                    "openOrders symbol=%s refused and not in exchangeInfo account=%s: "
+                    "delisted, no longer checked",
+                    symbol,
+                    self.account,
+                )
+            self._unreadable.discard(symbol)
+            self._delisted_symbols.add(symbol)
+            return
+        if symbol not in self._unreadable:
+            log.warning(
+                "openOrders symbol=%s refused as a bad symbol account=%s: read alone from now "
+                "on; no account-wide read proves flat while it fails",
+                symbol,
+                self.account,
+            )
+        self._unreadable.add(symbol)
 
     async def _delisted(self, symbol: str, priority: Priority) -> bool:
         """True when MEXC's `exchangeInfo` says it has no such symbol (refused by name, or a
@@ -382,7 +394,7 @@ class OpenOrderReads:
                 priority=priority,
             )
         except (Fatal, OutcomeUnknown) as exc:
-            return _refusal(exc) and exc.code in _BAD_SYMBOL_CODES
+            return _refusal(exc) and exc.code in BAD_SYMBOL_CODES
         except VenueError:
             return False
         listed = info.get("symbols") if isinstance(info, dict) else None
