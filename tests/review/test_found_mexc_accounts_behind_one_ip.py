@@ -32,9 +32,7 @@ from tests.fixtures.mexc import account_settings, mexc_sim
 ACCOUNTS = 6
 SYMBOLS = [f"C{i:03d}USDT" for i in range(100)]
 CONFIG = EngineConfig(
-    # 600 symbol reads of weight 3, twice, within any 10 s of MEXC's at most 450 (review 48: its
-    # windows may start anywhere in ours): about 30 s; the deadline leaves room for a busy host
-    deadline_s=60.0,
+    deadline_s=30.0,
     retry_initial_s=0.05,
     retry_max_s=0.5,
     quiet_window_s=0.2,

@@ -47,10 +47,10 @@ def two_daemons() -> Iterator[None]:
 def test_each_budget_and_allowance_is_cut_to_this_daemons_share() -> None:
     budget = RateBudget(RateLimits(weight_per_window=6000, window_s=60.0))
     assert budget.limits.weight_per_window == 3000
-    budget.observe_remaining(5000)  # the venue's count is of its own, whole limit: 1000 used,
-    assert budget.used == 0  # within the other daemon's share (review 48)
-    budget.observe_remaining(2000)  # 4000 used: 1000 past the other's share are ours
-    assert budget.used == 1000
+    budget.observe_remaining(5000)  # the venue's count is of the whole IP: 1000 used, shared
+    assert budget.used == 500  # out, so the two daemons' additions stay within it (review 49)
+    budget.observe_remaining(2000)
+    assert budget.used == 2000
     assert SlidingBudget(2, 1.0).rate_per_s < 1.0
     assert ErrorCounter(20, 480.0, reserve=4).limit == 10
 

@@ -159,18 +159,84 @@ async def test_mexc_headroom_is_of_this_daemons_share() -> None:
         set_fleet(1)
 
 
-async def test_where_the_venue_windows_start_is_unknown_two_of_ours_stay_under_the_cap() -> None:
+async def test_where_venue_windows_start_is_unknown_a_request_counts_a_window_after_it_lands() -> (
+    None
+):
     """Review 48: reads at the cap of each of two adjacent windows of ours landed in one of
-    MEXC's (its windows may start anywhere in ours): 429s."""
+    MEXC's (its windows may start anywhere in ours): 429s. Review 49: two windows' worth of
+    caution halved a kill's throughput, and a step of the venue clock's estimate undid it."""
     from killswitch.exchanges.budget import RateBudget
     from killswitch.exchanges.mexc.connector import MEXC_RATE_LIMITS
 
     now = [1000.0]
-    budget = RateBudget(MEXC_RATE_LIMITS, clock=lambda: now[0])
-    await budget.acquire(450, Priority.KILL)
-    now[0] = 1009.9  # late in our window
-    assert budget.delay_for(3, Priority.KILL) > 0
-    now[0] = 1010.1  # early in the next: a window of MEXC's may hold both
-    assert budget.delay_for(3, Priority.KILL) > 0
-    now[0] = 1020.1
+    budget = RateBudget(MEXC_RATE_LIMITS, clock=lambda: 5e9, mono=lambda: now[0])
+    await budget.acquire(300, Priority.KILL, in_flight=True)
+    now[0] = 1003.0
+    budget.landed(300)  # it may have arrived at any time until now
+    await budget.acquire(150, Priority.KILL, in_flight=True)
+    now[0] = 1004.0
+    budget.landed(150)
+    assert budget.delay_for(3, Priority.KILL) == pytest.approx(9.101, abs=0.01)
+    now[0] = 1013.2  # the first 300 no longer count in any window
     assert budget.delay_for(3, Priority.KILL) == 0
+    await budget.acquire(297, Priority.KILL, in_flight=True)
+    assert budget.delay_for(9, Priority.KILL) > 0  # 150 + 297 + 9 > 450
+
+
+async def test_a_delisted_symbol_listed_again_is_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 49: a symbol found delisted stayed so for the daemon's life, its orders unread
+    once MEXC listed it again. exchangeInfo is asked again, at most once a minute."""
+    from killswitch.exchanges.mexc import reads
+
+    refuse = {"on": True}
+    read = MexcSim._open_orders
+
+    async def maybe_refused(
+        self: MexcSim, request: web.Request, account: Any, params: dict[str, str]
+    ) -> web.Response:
+        if refuse["on"] and GONE in params.get("symbol", ""):
+            raise sim_mexc.MexcError(10007, "bad symbol")
+        return await read(self, request, account, params)
+
+    monkeypatch.setattr(MexcSim, "_open_orders", maybe_refused)
+    monkeypatch.setattr(reads, "_RELIST_CHECK_S", 0.0)
+    async with mexc_sim(accounts=1, symbols=LIVE) as (sim, connect):
+        exchange = connect("acct0", symbols_hint=[GONE])
+        await exchange.start()
+        with pytest.raises(VenueError):
+            await exchange.snapshot([GONE])
+        assert not (await exchange.snapshot([GONE])).complete
+        refuse["on"] = False
+        sim.known_symbols.add(GONE)  # listed again
+        order = sim.book(sim.accounts["acct0"]).place(OrderSpec(GONE))
+        snap = await exchange.snapshot([GONE])
+        assert snap.complete
+        assert order.order_id in {o.order_id for o in snap.orders}
+
+
+async def test_an_unanswered_create_while_another_client_makes_a_key_takes_one_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 49: with two keys new (ours, and a bot's of the UID) none was taken up, and each
+    reconnect of a 5xx storm made another: the leak of review 46 back."""
+    original = MexcSim._create_listen_key
+    creates = {"n": 0}
+
+    async def ours_lost_and_a_bots_made(
+        self: MexcSim, request: web.Request, account: Any, params: dict[str, str]
+    ) -> web.Response:
+        creates["n"] += 1
+        await original(self, request, account, params)  # ours, made...
+        key = secrets.token_hex(32)  # ...and a bot's, meanwhile
+        self.listen_keys[key] = ListenKey(key, account.name, time.monotonic() + 3600)
+        return web.json_response({"code": 503, "msg": "busy"}, status=503)
+
+    monkeypatch.setattr(MexcSim, "_create_listen_key", ours_lost_and_a_bots_made)
+    async with mexc_sim(accounts=1) as (_, connect):
+        exchange = connect("acct0")
+        await exchange.start()
+        await exchange._ensure_listen_key()
+        assert creates["n"] == 1
+        await exchange.close()

@@ -166,8 +166,8 @@ class RateLimits:
     kill_headroom: float = 0.1
     background_share: float = 0.5
     max_requests_per_s: float | None = None  # a per-endpoint/UID cap on top of weight
-    # False where the venue does not say where its windows start (MEXC): then two adjacent
-    # windows of ours together stay under the cap, so no window of the venue's can pass it.
+    # False where the venue does not say where its windows start (MEXC): then a request counts
+    # for a whole window after it lands, so no window of the venue's can pass the cap.
     windows_aligned: bool = True
 
 

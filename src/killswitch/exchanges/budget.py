@@ -33,6 +33,8 @@ from killswitch.exchanges.base import RateLimits
 # `RateBudget.headroom_known`: the share of a kill's cap that may be used for a burst to skip
 # the probe. Half leaves the rest of the world the other half to spend before our burst lands.
 HEADROOM_SHARE = 0.5
+# How much longer than the venue's window a request counts in a sliding budget.
+_SLIDE_MARGIN_S = 0.1
 
 # How many daemons spend the same venue limits at once (`limits.daemons`: replicas acting on
 # the same accounts, daemons sending from one IP). Each plans for its share of every limit:
@@ -69,7 +71,6 @@ class _Window:
     size_s: float
     start: float = 0.0
     used: float = 0.0
-    before: float = 0.0  # what the window just before this one used (0 after a gap)
 
     def roll(self, now: float, carry: float = 0.0) -> None:
         """Move on to the window holding `now`; a new one starts at `carry` (requests in
@@ -77,8 +78,6 @@ class _Window:
         steps back over a boundary keeps the later window and its count."""
         start = math.floor(now / self.size_s) * self.size_s
         if start > self.start:
-            adjacent = start - self.start <= self.size_s * 1.5
-            self.before = self.used if adjacent else 0.0
             self.start = start
             self.used = carry
 
@@ -104,11 +103,20 @@ class RateBudget:
     _flying_weight: float = 0.0  # taken and not landed
     _flying: int = 0
     venue_limit: int = field(init=False, default=0)
+    fleet: int = field(init=False, default=1)  # daemons sharing the limit when it was made
+    # Where the venue does not say where its windows start (`windows_aligned` False), a
+    # request counts from when it is taken until a window after it lands, on this clock (a
+    # step of the venue clock's estimate cannot shorten it): no window of the venue's, wherever
+    # it starts, holds more than the cap (review 48/49: fixed windows of ours could put two
+    # caps' worth in one of MEXC's; two windows' worth of caution halved a kill's throughput).
+    mono: Callable[[], float] = time.monotonic
+    _slide: list[tuple[float, float]] = field(init=False, default_factory=list)
     heard_at: float = -math.inf  # `clock` time the venue last told us what is used
     asked_at: float = -math.inf  # `clock` time someone last asked it (`due_for_news`)
 
     def __post_init__(self) -> None:
         self.venue_limit = self.limits.weight_per_window  # the venue's, for its own counts
+        self.fleet = _fleet
         self.limits = _our_share(self.limits)
         self._weight = _Window(self.limits.window_s)
         self._per_s = _Window(1.0)
@@ -131,12 +139,10 @@ class RateBudget:
         if now < self.blocked_until:
             return self.blocked_until - now
         self._roll(now)
-        used = self._weight.used
+        cap = self.cap(priority)
         if not self.limits.windows_aligned:
-            # The venue's windows may start anywhere in ours: one of its may cover the end of
-            # our last window and the start of this one, so both together stay under the cap.
-            used += self._weight.before
-        if used + weight > self.cap(priority):
+            return self._slide_delay(weight, cap)
+        if self._weight.used + weight > cap:
             return self._weight.resets_in(now) + 0.001
         rps = self.limits.max_requests_per_s
         if rps is not None and self._per_s.used + 1 > rps:
@@ -156,6 +162,8 @@ class RateBudget:
         if in_flight:
             self._flying_weight += weight
             self._flying += 1
+        elif not self.limits.windows_aligned:
+            self._slide.append((self.mono() + self.limits.window_s + _SLIDE_MARGIN_S, weight))
 
     def landed(self, weight: int) -> None:
         """A request acquired `in_flight` is answered, failed or given up. The window rolls
@@ -163,14 +171,35 @@ class RateBudget:
         self._roll(self.clock())
         self._flying_weight = max(0.0, self._flying_weight - weight)
         self._flying = max(0, self._flying - 1)
+        if not self.limits.windows_aligned:
+            # it may have arrived any time until now: it counts a window past that
+            self._slide.append((self.mono() + self.limits.window_s + _SLIDE_MARGIN_S, weight))
+
+    def _slide_used(self) -> float:
+        now = self.mono()
+        self._slide = [stamp for stamp in self._slide if stamp[0] > now]
+        return self._flying_weight + sum(w for _, w in self._slide)
+
+    def _slide_delay(self, weight: int, cap: float) -> float:
+        """Seconds until `weight` more fits in any window of the venue's; 0 when it does."""
+        over = self._slide_used() + weight - cap
+        if over <= 0:
+            return 0.0
+        now = self.mono()
+        for expires, w in sorted(self._slide):
+            over -= w
+            if over <= 0:
+                return expires - now + 0.001
+        return 0.05  # what is in flight must land first
 
     def observe_used(self, used: int) -> None:
         """The venue says this much weight is used in the current window: of its whole limit,
         the other daemons' shares (`set_fleet`) are theirs to spend, ours is what is left."""
         now = self.clock()
         self._roll(now)
-        others = self.venue_limit - self.limits.weight_per_window
-        self._weight.used = max(self._weight.used, float(used - others))
+        # what the venue counts for the whole IP, shared out: the daemons' additions then stay
+        # within the limit together, whoever spent the rest (review 49)
+        self._weight.used = max(self._weight.used, float(used) / self.fleet)
         self.heard_at = now
 
     def headroom_known(self, within_s: float, share: float = HEADROOM_SHARE) -> bool:
@@ -202,6 +231,8 @@ class RateBudget:
     @property
     def used(self) -> float:
         self._roll(self.clock())
+        if not self.limits.windows_aligned:
+            return self._slide_used()
         return self._weight.used
 
 

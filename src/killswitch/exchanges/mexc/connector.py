@@ -75,9 +75,8 @@ log = logging.getLogger(__name__)
 
 
 # Per endpoint: 500 weight per 10 s [MX-DOC "LIMITS"]. Weights: cancels 1, openOrders 3. Where
-# MEXC's 10 s windows start is not said: any two adjacent windows of ours stay under the cap
-# together (review 48: reads at the cap of each of two adjacent windows of ours landed in one
-# of MEXC's, 429s).
+# MEXC's 10 s windows start is not said: its budgets slide (`RateBudget`; review 48: reads at
+# the cap of each of two adjacent fixed windows of ours landed in one of MEXC's, 429s).
 MEXC_RATE_LIMITS = RateLimits(
     weight_per_window=500,
     window_s=10.0,
@@ -215,8 +214,9 @@ class MexcExchange(OpenOrderReads, VenueConnector):
             wanted = list(
                 dict.fromkeys(symbols if symbols is not None else sorted(self.known_symbols))
             )
-            # A delisted symbol cannot be read: a read naming it proves nothing (review 48).
-            gone = [s for s in wanted if s in self._delisted_symbols]
+            # A delisted symbol cannot be read: a read naming it proves nothing (review 48),
+            # until exchangeInfo lists it again (looked up once a minute at most; review 49).
+            gone = [s for s in wanted if await self._still_delisted(s, priority)]
             if gone:
                 complete = False
                 wanted = [s for s in wanted if s not in gone]
@@ -337,16 +337,10 @@ class MexcExchange(OpenOrderReads, VenueConnector):
         return str(data["listenKey"])
 
     def _taken_up(self, made: set[str]) -> str:
-        """The one key that appeared; several: another client of the UID made one too, so
-        which is ours is unknown: none is taken (review 48). A key taken up is never deleted
-        by us: it may be another client's after all."""
-        if len(made) != 1:
-            raise OutcomeUnknown(
-                "listenKey create unanswered, and more than one key appeared",
-                venue=VENUE,
-                account=self.account,
-            )
-        (key,) = made
+        """One of the keys that appeared (any serves the UID's stream; another client of the
+        UID may have made one too). A key taken up is never deleted by us: it may be another
+        client's (review 48); taking one even when several appeared stops the leak (review 49)."""
+        key = sorted(made)[0]
         log.warning(
             "listenKey create unanswered account=%s: taking up the key it made", self.account
         )

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -46,6 +48,8 @@ _CHECK_READS = 2
 _KILL_CHECK_READS = 40
 # What MEXC says of a symbol it does not take.
 BAD_SYMBOL_CODES = frozenset({10007, 30014, 30021, -1121, -1100})
+# How often `exchangeInfo` is asked again whether a delisted symbol is listed again.
+_RELIST_CHECK_S = 60.0
 _MISSING_WORDS = ("mandatory", "required", "must be sent", "not sent", "empty")
 
 
@@ -110,6 +114,7 @@ class OpenOrderReads:
         self._busy: list[str] = []  # symbols the last read showed orders on: what a probe reads
         self._refused_list: set[str] = set()  # the list whose refusal made reads one per request
         self._delisted_symbols: set[str] = set()  # refused, and not in exchangeInfo
+        self._delisted_asked: dict[str, float] = {}  # when exchangeInfo was last asked of one
         self._check_from = 0  # where the next check of the read without a symbol starts
 
     async def _read_every_symbol(self, priority: Priority) -> tuple[object, list[Any], bool]:
@@ -371,6 +376,7 @@ class OpenOrderReads:
                 )
             self._unreadable.discard(symbol)
             self._delisted_symbols.add(symbol)
+            self._delisted_asked[symbol] = time.monotonic()
             return
         if symbol not in self._unreadable:
             log.warning(
@@ -380,6 +386,22 @@ class OpenOrderReads:
                 self.account,
             )
         self._unreadable.add(symbol)
+
+    async def _still_delisted(self, symbol: str, priority: Priority) -> bool:
+        """Is `symbol` one found delisted, and not listed again since? `exchangeInfo` is asked
+        again at most once a minute per symbol; listed again, it is read as any other."""
+        if symbol not in self._delisted_symbols:
+            return False
+        now = time.monotonic()
+        if now - self._delisted_asked.get(symbol, -math.inf) < _RELIST_CHECK_S:
+            return True
+        self._delisted_asked[symbol] = now
+        if await self._delisted(symbol, priority):
+            return True
+        log.warning("symbol=%s listed again account=%s", symbol, self.account)
+        self._delisted_symbols.discard(symbol)
+        self.known_symbols.add(symbol)
+        return False
 
     async def _delisted(self, symbol: str, priority: Priority) -> bool:
         """True when MEXC's `exchangeInfo` says it has no such symbol (refused by name, or a
