@@ -240,3 +240,79 @@ async def test_an_unanswered_create_while_another_client_makes_a_key_takes_one_u
         await exchange._ensure_listen_key()
         assert creates["n"] == 1
         await exchange.close()
+
+
+async def test_a_relisting_check_that_cannot_tell_keeps_the_symbol_delisted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 50: an exchangeInfo answer that could not tell (a 503) was read as "listed
+    again": the symbol was read, refused (Fatal), and a kill's account was stopped."""
+    from killswitch.exchanges.mexc import reads
+
+    _delisted(monkeypatch)
+    info = MexcSim._exchange_info
+    fail = {"on": False}
+
+    async def flaky_info(self: MexcSim, request: web.Request) -> web.Response:
+        if fail["on"]:
+            return web.json_response({"code": 503, "msg": "busy"}, status=503)
+        return await info(self, request)
+
+    monkeypatch.setattr(MexcSim, "_exchange_info", flaky_info)
+    async with mexc_sim(accounts=1, symbols=LIVE) as (_, connect):
+        exchange = connect("acct0", symbols_hint=[GONE])
+        await exchange.start()
+        with pytest.raises(VenueError):
+            await exchange.snapshot([GONE])
+        monkeypatch.setattr(reads, "_RELIST_CHECK_S", 0.0)
+        fail["on"] = True
+        assert not (await exchange.snapshot([GONE])).complete
+        assert GONE in exchange._delisted_symbols
+
+
+async def test_relisting_checks_go_together_not_one_after_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 50: due checks ran in series on the kill's path: six slow ones took six times
+    as long before any read was sent."""
+    import asyncio
+
+    from killswitch.exchanges.mexc import reads
+
+    gone = [f"GONE{i}USDT" for i in range(6)]
+    info = MexcSim._exchange_info
+    flying = {"now": 0, "most": 0}
+
+    async def slow_info(self: MexcSim, request: web.Request) -> web.Response:
+        flying["now"] += 1
+        flying["most"] = max(flying["most"], flying["now"])
+        await asyncio.sleep(0.2)
+        flying["now"] -= 1
+        return await info(self, request)
+
+    monkeypatch.setattr(MexcSim, "_exchange_info", slow_info)
+    monkeypatch.setattr(reads, "_RELIST_CHECK_S", 0.0)
+    async with mexc_sim(accounts=1, symbols=LIVE) as (_, connect):
+        exchange = connect("acct0")
+        await exchange.start()
+        exchange._delisted_symbols.update(gone)
+        assert not (await exchange.snapshot(gone)).complete
+        assert flying["most"] == len(gone)  # all asked at once
+
+
+async def test_a_request_never_answered_counts_as_if_it_arrived_as_late_as_it_may() -> None:
+    """Review 50: a MEXC request that got no answer may still reach the venue: it counted only
+    a window past our giving up."""
+    from killswitch.exchanges.mexc.connector import MEXC_RATE_LIMITS
+    from killswitch.exchanges.rest import UNANSWERED_LATE_S, EndpointCharges
+
+    now = [100.0]
+    charges = EndpointCharges(MEXC_RATE_LIMITS, clock=lambda: 5e9)
+    budget = charges.budget("GET /api/v3/openOrders")
+    budget.mono = lambda: now[0]
+    await charges.acquire("GET", "/api/v3/openOrders", 450, Priority.KILL)
+    charges.landed("GET", "/api/v3/openOrders", 450, answered=False)
+    now[0] += 10.2  # a window past giving up: it may have arrived since
+    assert budget.delay_for(3, Priority.KILL) > 0
+    now[0] += UNANSWERED_LATE_S
+    assert budget.delay_for(3, Priority.KILL) == 0

@@ -165,15 +165,17 @@ class RateBudget:
         elif not self.limits.windows_aligned:
             self._slide.append((self.mono() + self.limits.window_s + _SLIDE_MARGIN_S, weight))
 
-    def landed(self, weight: int) -> None:
-        """A request acquired `in_flight` is answered, failed or given up. The window rolls
-        first: a window that began while it was on its way counts it."""
+    def landed(self, weight: int, *, late_s: float = 0.0) -> None:
+        """A request acquired `in_flight` is answered, failed or given up (then it may still
+        arrive `late_s` from now). The window rolls first: a window that began while it was on
+        its way counts it."""
         self._roll(self.clock())
         self._flying_weight = max(0.0, self._flying_weight - weight)
         self._flying = max(0, self._flying - 1)
         if not self.limits.windows_aligned:
-            # it may have arrived any time until now: it counts a window past that
-            self._slide.append((self.mono() + self.limits.window_s + _SLIDE_MARGIN_S, weight))
+            # it may have arrived any time until now (+ late_s): it counts a window past that
+            expires = self.mono() + late_s + self.limits.window_s + _SLIDE_MARGIN_S
+            self._slide.append((expires, weight))
 
     def _slide_used(self) -> float:
         now = self.mono()

@@ -210,7 +210,9 @@ class EndpointCharges(FixedWindowCharges):
         await self.budget(f"{method} {path}").acquire(weight, priority, in_flight=True)
 
     def landed(self, method: str, path: str, weight: int, *, answered: bool) -> None:
-        self.budget(f"{method} {path}").landed(weight)
+        # one that got no answer may still reach the venue, until its recvWindow is past
+        late_s = 0.0 if answered else UNANSWERED_LATE_S
+        self.budget(f"{method} {path}").landed(weight, late_s=late_s)
 
     def observe(self, headers: Headers) -> None:
         pass  # MEXC sends no used-weight header
@@ -232,6 +234,11 @@ class EndpointCharges(FixedWindowCharges):
             "blocked_s": blocked,
             "banned": self.banned,
         }
+
+
+# A request sent and never answered may still reach the venue: as late as its recvWindow lets
+# the venue take it (5 s by default), counted as if it arrived then (review 50).
+UNANSWERED_LATE_S = 5.0
 
 
 class SignedRest:

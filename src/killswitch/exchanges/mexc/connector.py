@@ -216,7 +216,8 @@ class MexcExchange(OpenOrderReads, VenueConnector):
             )
             # A delisted symbol cannot be read: a read naming it proves nothing (review 48),
             # until exchangeInfo lists it again (looked up once a minute at most; review 49).
-            gone = [s for s in wanted if await self._still_delisted(s, priority)]
+            delisted = await asyncio.gather(*(self._still_delisted(s, priority) for s in wanted))
+            gone = [s for s, off in zip(wanted, delisted, strict=True) if off]
             if gone:
                 complete = False
                 wanted = [s for s in wanted if s not in gone]

@@ -396,16 +396,16 @@ class OpenOrderReads:
         if now - self._delisted_asked.get(symbol, -math.inf) < _RELIST_CHECK_S:
             return True
         self._delisted_asked[symbol] = now
-        if await self._delisted(symbol, priority):
-            return True
+        if await self._delisted(symbol, priority) is not False:
+            return True  # still delisted, or could not tell (review 50): ask again later
         log.warning("symbol=%s listed again account=%s", symbol, self.account)
         self._delisted_symbols.discard(symbol)
         self.known_symbols.add(symbol)
         return False
 
-    async def _delisted(self, symbol: str, priority: Priority) -> bool:
+    async def _delisted(self, symbol: str, priority: Priority) -> bool | None:
         """True when MEXC's `exchangeInfo` says it has no such symbol (refused by name, or a
-        list without it); False when it lists it or could not tell."""
+        list without it); False when it lists it; None when it could not tell."""
         try:
             info = await self.rest.request(
                 "GET",
@@ -416,10 +416,10 @@ class OpenOrderReads:
                 priority=priority,
             )
         except (Fatal, OutcomeUnknown) as exc:
-            return _refusal(exc) and exc.code in BAD_SYMBOL_CODES
+            return True if _refusal(exc) and exc.code in BAD_SYMBOL_CODES else None
         except VenueError:
-            return False
+            return None
         listed = info.get("symbols") if isinstance(info, dict) else None
         if not isinstance(listed, list):
-            return False
+            return None
         return all(isinstance(s, dict) and s.get("symbol") != symbol for s in listed)
