@@ -125,6 +125,17 @@ async def test_a_probe_with_orders_on_its_first_and_last_symbols_only_teaches_no
         assert hidden.order_id in {o.order_id for o in snap.orders}
 
 
+def _busy() -> web.Response:
+    return web.json_response({"code": 503, "msg": "busy"}, status=503)
+
+
+def _a_bots_key(sim: MexcSim, account: str) -> str:
+    """A listenKey another client of the UID makes."""
+    key = secrets.token_hex(32)
+    sim.listen_keys[key] = ListenKey(key, account, time.monotonic() + 3600)
+    return key
+
+
 async def test_a_listen_key_taken_up_is_never_deleted_by_us(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -133,10 +144,8 @@ async def test_a_listen_key_taken_up_is_never_deleted_by_us(
     async def a_bot_creates_one_and_ours_is_lost(
         self: MexcSim, request: web.Request, account: Any, params: dict[str, str]
     ) -> web.Response:
-        key = secrets.token_hex(32)
-        self.listen_keys[key] = ListenKey(key, account.name, time.monotonic() + 3600)
-        made_by_bot.append(key)
-        return web.json_response({"code": 503, "msg": "busy"}, status=503)
+        made_by_bot.append(_a_bots_key(self, account.name))
+        return _busy()
 
     monkeypatch.setattr(MexcSim, "_create_listen_key", a_bot_creates_one_and_ours_is_lost)
     async with mexc_sim(accounts=1) as (sim, connect):
@@ -229,9 +238,8 @@ async def test_an_unanswered_create_while_another_client_makes_a_key_takes_one_u
     ) -> web.Response:
         creates["n"] += 1
         await original(self, request, account, params)  # ours, made...
-        key = secrets.token_hex(32)  # ...and a bot's, meanwhile
-        self.listen_keys[key] = ListenKey(key, account.name, time.monotonic() + 3600)
-        return web.json_response({"code": 503, "msg": "busy"}, status=503)
+        _a_bots_key(self, account.name)  # ...and a bot's, meanwhile
+        return _busy()
 
     monkeypatch.setattr(MexcSim, "_create_listen_key", ours_lost_and_a_bots_made)
     async with mexc_sim(accounts=1) as (_, connect):
