@@ -112,6 +112,16 @@ class Fatal(VenueError):
     """Bad key, signature, permission or request: retrying cannot help."""
 
 
+# What the venues say of a symbol they do not take (Binance -1121 "Invalid symbol."; MEXC's
+# codes): a refusal of that request, not of the account.
+BAD_SYMBOL_CODES = frozenset({-1121, -1100, 10007, 30014, 30021})
+
+
+def refuses_symbol(exc: VenueError) -> bool:
+    """Is `exc` a venue saying a symbol it was sent is not one it takes?"""
+    return isinstance(exc, Fatal | OutcomeUnknown) and exc.code in BAD_SYMBOL_CODES
+
+
 # What reading a venue answer of the wrong shape raises: a missing field, a wrong type.
 MALFORMED_ANSWER: tuple[type[Exception], ...] = (
     KeyError,

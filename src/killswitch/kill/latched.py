@@ -88,6 +88,11 @@ class StreamCancels:
                 list_client_order_id=event.list_client_order_id,
                 order_ids=event.order_ids,
             )
+            for kill in self._running:
+                if kill.scope.covers_account(ref) and kill.scope.covers_list(order_list):
+                    # a new list in scope (its legs may carry ids of the venue's own, out of a
+                    # prefix scope): not quiet (review 51)
+                    kill.new_orders_seen += 1
             scope = next(
                 (
                     s

@@ -33,6 +33,7 @@ from killswitch.exchanges.base import (
     OutcomeUnknown,
     RateLimited,
     VenueError,
+    refuses_symbol,
 )
 from killswitch.kill.calls import BatchPartial, send_request
 from killswitch.kill.client_ids import fill_client_ids
@@ -219,8 +220,26 @@ class Waves:
                 requests=len(requests),
             )
         outcomes = await asyncio.gather(*(self._send(kill, account, result, r) for r in requests))
-        for outcome in outcomes:
-            if isinstance(outcome.error, Fatal):
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if request.symbols and outcome.error is not None and refuses_symbol(outcome.error):
+                # A symbol the venue does not take (a typo, a delisted pair) fails its own
+                # request, never the account's kill (review 51): its other requests go on, and
+                # the verification read decides.
+                log.error(
+                    "kill request refused a symbol kill_id=%s account=%s symbols=%s error=%s",
+                    kill.id,
+                    account.ref,
+                    ",".join(request.symbols),
+                    outcome.error,
+                )
+                self._run.emit(
+                    EventType.ALARM,
+                    kill_id=kill.id,
+                    account=str(account.ref),
+                    symbols=list(request.symbols),
+                    error=outcome.error.to_json(),
+                )
+            elif isinstance(outcome.error, Fatal):
                 raise _AccountStopped(outcome.error)
 
     async def _read(

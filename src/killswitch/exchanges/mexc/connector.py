@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from killswitch.exchanges import mexc_proto as pb
 from killswitch.exchanges.base import (
+    BAD_SYMBOL_CODES,
     AlreadyGone,
     CancelAck,
     Capabilities,
@@ -60,7 +61,7 @@ from killswitch.exchanges.mexc.parse import (
     order_from_row,
     rest_answer,
 )
-from killswitch.exchanges.mexc.reads import BAD_SYMBOL_CODES, OpenOrderReads, with_checks
+from killswitch.exchanges.mexc.reads import OpenOrderReads, with_checks
 from killswitch.exchanges.rest import EndpointCharges, Wire
 from killswitch.exchanges.signing import mexc_query, mexc_signed_query
 from killswitch.exchanges.spot_v3 import text_id, trading_permissions

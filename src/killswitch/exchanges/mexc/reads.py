@@ -25,7 +25,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from killswitch.exchanges.base import Capabilities, Fatal, OutcomeUnknown, VenueError
+from killswitch.exchanges.base import (
+    BAD_SYMBOL_CODES,
+    Capabilities,
+    Fatal,
+    OutcomeUnknown,
+    VenueError,
+)
 from killswitch.exchanges.budget import Priority
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.mexc.parse import AUTH_CODES, MAX_SYMBOLS_PER_CALL, _rows
@@ -47,7 +53,6 @@ _PLACED_MEANWHILE_MS = 2_000
 _CHECK_READS = 2
 _KILL_CHECK_READS = 40
 # What MEXC says of a symbol it does not take.
-BAD_SYMBOL_CODES = frozenset({10007, 30014, 30021, -1121, -1100})
 # How often `exchangeInfo` is asked again whether a delisted symbol is listed again.
 _RELIST_CHECK_S = 60.0
 _MISSING_WORDS = ("mandatory", "required", "must be sent", "not sent", "empty")
