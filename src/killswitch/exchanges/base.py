@@ -113,13 +113,17 @@ class Fatal(VenueError):
 
 
 # What the venues say of a symbol they do not take (Binance -1121 "Invalid symbol."; MEXC's
-# codes): a refusal of that request, not of the account.
-BAD_SYMBOL_CODES = frozenset({-1121, -1100, 10007, 30014, 30021})
+# codes; BingX 100204 "symbol not found", 100490 "symbol offline"): a refusal of that request,
+# not of the account.
+BAD_SYMBOL_CODES = frozenset({-1121, -1100, 10007, 30014, 30021, 100204, 100490})
 
 
 def refuses_symbol(exc: VenueError) -> bool:
-    """Is `exc` a venue saying a symbol it was sent is not one it takes?"""
-    return isinstance(exc, Fatal | OutcomeUnknown) and exc.code in BAD_SYMBOL_CODES
+    """Is `exc` a venue refusing (Fatal) a symbol it was sent? -1100 ("illegal characters")
+    counts only when it names the symbol: it may be about an id."""
+    if not isinstance(exc, Fatal) or exc.code not in BAD_SYMBOL_CODES:
+        return False
+    return exc.code != -1100 or "symbol" in exc.msg.lower()
 
 
 # What reading a venue answer of the wrong shape raises: a missing field, a wrong type.

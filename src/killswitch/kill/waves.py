@@ -65,6 +65,8 @@ class Waves:
         self.config = config
         self._run = run
         self._gates: dict[AccountRef, Gate] = {}
+        # Per kill and account: the symbols the venue refused, and how (see `wave`).
+        self._refused: dict[tuple[str, AccountRef], dict[str, VenueError]] = {}
 
     async def run_account(self, kill: Kill, account: Account, *, fast: bool) -> None:
         result = kill.accounts[account.ref]
@@ -102,6 +104,7 @@ class Waves:
             result.still_open = Snapshot(orders=left, complete=False)
         if result.state is not AccountState.FLAT and account.not_ready is not None:
             result.not_ready = account.not_ready()
+        self._refused.pop((kill.id, account.ref), None)
 
     async def _account_waves(
         self, kill: Kill, account: Account, result: AccountResult, *, fast: bool
@@ -209,6 +212,17 @@ class Waves:
         requests: Sequence[CancelRequest],
         wave: int,
     ) -> None:
+        # (a stream cancel is one request, alarmed at most once per order per deadline_s)
+        streamed = kill.kind is KillKind.STREAM
+        refused = {} if streamed else self._refused.setdefault((kill.id, account.ref), {})
+        if refused:
+            # A request naming only symbols the venue refused is not sent again (review 52: it
+            # was, every wave, with an alarm, until the deadline). When nothing else is left
+            # to send, what is open sits where the venue will not act: the account stops.
+            left = [r for r in requests if not (r.symbols and set(r.symbols) <= refused.keys())]
+            if requests and not left:
+                raise _AccountStopped(next(iter(refused.values())))
+            requests = left
         if not requests:
             return
         if kill.kind is not KillKind.STREAM:
@@ -225,6 +239,7 @@ class Waves:
                 # A symbol the venue does not take (a typo, a delisted pair) fails its own
                 # request, never the account's kill (review 51): its other requests go on, and
                 # the verification read decides.
+                refused.update(dict.fromkeys(request.symbols, outcome.error))
                 log.error(
                     "kill request refused a symbol kill_id=%s account=%s symbols=%s error=%s",
                     kill.id,
