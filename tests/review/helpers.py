@@ -6,6 +6,9 @@ import asyncio
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from killswitch.exchanges.base import Exchange
 from killswitch.journal import Journal
@@ -93,3 +96,25 @@ async def kill_states(
     finally:
         await engine.stop()
     return states
+
+
+def mexc_no_symbol_read(shown: Callable[[list[Any]], list[Any]]) -> Any:
+    """A `MexcSim._open_orders` whose read without a symbol answers `shown(rows)` (a subset,
+    say: §2.3 leaves it unverified that it answers every symbol); reads by name are exact."""
+    from aiohttp import web
+
+    from killswitch.sim.mexc import MexcSim
+
+    original = MexcSim._open_orders
+
+    async def answer(
+        self: MexcSim, request: web.Request, account: Any, params: dict[str, str]
+    ) -> web.Response:
+        response = await original(self, request, account, params)
+        if params.get("symbol"):
+            return response
+        assert isinstance(response.body, bytes)
+        rows = orjson.loads(response.body)
+        return web.json_response(shown(rows), dumps=lambda o: orjson.dumps(o).decode())
+
+    return answer

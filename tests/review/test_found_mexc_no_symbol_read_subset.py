@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from aiohttp import web
 
@@ -32,26 +31,14 @@ from killswitch.sim import mexc as sim_mexc
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.mexc import MexcSim
 from tests.fixtures.mexc import mexc_sim
+from tests.review.helpers import mexc_no_symbol_read
 from tests.unit.test_engine import QUICK
 
 Shown = Callable[[list[Any]], list[Any]]
 
 
 def _no_symbol_answers(shown: Shown) -> Any:
-    original = MexcSim._open_orders
-
-    async def answer(
-        self: MexcSim, request: web.Request, account: Any, params: dict[str, str]
-    ) -> web.Response:
-        response = await original(self, request, account, params)
-        if params.get("symbol"):
-            return response
-        assert isinstance(response, web.Response)
-        assert response.body is not None
-        rows = orjson.loads(response.body)  # type: ignore[arg-type]
-        return web.json_response(shown(rows), dumps=lambda o: orjson.dumps(o).decode())
-
-    return answer
+    return mexc_no_symbol_read(shown)
 
 
 async def _kill_both_symbols(tmp_path: Path, exchange: Any, scope: Scope) -> Any:

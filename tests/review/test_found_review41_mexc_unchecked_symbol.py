@@ -6,44 +6,27 @@ MEXC calls bad is dropped from the known ones instead of holding every read back
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from aiohttp import web
 
 from killswitch.exchanges.base import VenueError
-from killswitch.journal import Journal
-from killswitch.kill.config import Account
-from killswitch.kill.engine import Engine
 from killswitch.kill.record import KillState
-from killswitch.model import AccountRef, Mode, Scope, Trigger
+from killswitch.model import Scope
 from killswitch.sim import mexc as sim_mexc
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.mexc import MexcSim
 from tests.fixtures.mexc import mexc_sim
-from tests.unit.test_engine import QUICK
+from tests.review.helpers import kill_states, mexc_no_symbol_read
 
 OPEN_ORDERS = "/api/v3/openOrders"
 SYMBOLS = [f"C{i:03d}USDT" for i in range(40)]
 
 
 def _subset(shown_symbols: set[str]) -> Any:
-    original = MexcSim._open_orders
-
-    async def answer(
-        self: MexcSim, request: web.Request, account: Any, params: dict[str, str]
-    ) -> web.Response:
-        response = await original(self, request, account, params)
-        if params.get("symbol"):
-            return response
-        rows = orjson.loads(response.body)  # type: ignore[arg-type]
-        rows = [r for r in rows if r["symbol"] in shown_symbols]
-        return web.json_response(rows, dumps=lambda o: orjson.dumps(o).decode())
-
-    return answer
+    return mexc_no_symbol_read(lambda rows: [r for r in rows if r["symbol"] in shown_symbols])
 
 
 async def test_snapshot_proves_flat_over_an_old_order_on_a_known_unchecked_symbol(
@@ -79,23 +62,10 @@ async def test_account_wide_kill_ends_flat_with_an_order_open_on_a_known_symbol(
         book.place(OrderSpec("BTCUSDT"))
         hidden = book.place(OrderSpec("C039USDT"))
         hidden.time_ms -= 60_000
-        engine = Engine(
-            [Account(AccountRef("mexc", "acct0"), exchange, symbols=("BTCUSDT",))],
-            Journal(tmp_path / "journal.jsonl"),
-            QUICK,
-            rng=random.Random(7),
-        )
-        await engine.start()
-        try:
-            await engine.submit(Trigger("k1", "test", Mode.KILL, "drawdown", Scope.of(["mexc"])))
-            kill = engine.kill_for("k1")
-            assert kill is not None
-            await kill.finished.wait()
-        finally:
-            await engine.stop()
+        (state,) = await kill_states(tmp_path, exchange, ["BTCUSDT"], [Scope.of(["mexc"])])
         still_open = any(o.order_id == hidden.order_id for o in book.open_orders())
-        assert not (still_open and kill.state in (KillState.FLAT, KillState.CONFIRMED)), (
-            f"kill {kill.state} with C039USDT order {hidden.order_id} open"
+        assert not (still_open and state in (KillState.FLAT, KillState.CONFIRMED)), (
+            f"kill {state} with C039USDT order {hidden.order_id} open"
         )
 
 

@@ -217,8 +217,9 @@ class MexcExchange(OpenOrderReads, VenueConnector):
             )
             # A delisted symbol cannot be read: a read naming it proves nothing (review 48),
             # until exchangeInfo lists it again (looked up once a minute at most; review 49).
-            delisted = await asyncio.gather(*(self._still_delisted(s, priority) for s in wanted))
-            gone = [s for s, off in zip(wanted, delisted, strict=True) if off]
+            named = [s for s in wanted if s in self._delisted_symbols]  # none, nearly always
+            delisted = await asyncio.gather(*(self._still_delisted(s, priority) for s in named))
+            gone = [s for s, off in zip(named, delisted, strict=True) if off]
             if gone:
                 complete = False
                 wanted = [s for s in wanted if s not in gone]
