@@ -13,8 +13,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from killswitch.exchanges.signing import binance_ed25519_private_key
 from killswitch.settings import AccountSettings
-from killswitch.sim.rogue import KEY_HEADERS, PLACE_PATHS, load_ed25519_private_key, signed_query
+from killswitch.sim.rogue import KEY_HEADERS, PLACE_PATHS, signed_query
 
 
 class DrillRefused(Exception):
@@ -56,7 +57,7 @@ class VenueClient:
         self._secret = account.api_secret.get_secret_value()
         self._ed25519 = None
         if account.key_type == "ed25519":
-            self._ed25519 = load_ed25519_private_key(self._secret)
+            self._ed25519 = binance_ed25519_private_key(self._secret)
 
     async def _get(self, path: str, params: Sequence[tuple[str, str]]) -> Any:
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params)

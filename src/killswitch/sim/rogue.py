@@ -31,8 +31,9 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from yarl import URL
+
+from killswitch.exchanges.signing import binance_ed25519_private_key
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,6 @@ def _quote(value: str) -> str:
 
 def _hmac_hex(secret: str, payload: str) -> str:
     return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-
-
-def load_ed25519_private_key(secret: str) -> Ed25519PrivateKey:
-    """An Ed25519 private key from PEM (PKCS#8) or base64 of its raw 32 bytes."""
-    text = secret.strip()
-    if text.startswith("-----BEGIN"):
-        key = load_pem_private_key(text.encode(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError("the PEM key is not an Ed25519 private key")
-        return key
-    return Ed25519PrivateKey.from_private_bytes(base64.b64decode(text, validate=True))
 
 
 class RogueBot:
@@ -97,7 +87,7 @@ class RogueBot:
         self.url = rest_url.rstrip("/") + PLACE_PATHS[venue]
         self.api_key = api_key
         self._secret = api_secret
-        self._ed25519 = load_ed25519_private_key(api_secret) if key_type == "ed25519" else None
+        self._ed25519 = binance_ed25519_private_key(api_secret) if key_type == "ed25519" else None
         self.symbols = list(symbols)
         self.interval_s = 1.0 / rate_per_s
         # A per-bot tag keeps client ids unique across bots and runs; BingX allows [A-Za-z0-9_].
