@@ -342,9 +342,11 @@ class EngineService:
         # latched kill resumes (the latch replicator's read of the cluster's resets).
         self.before_resume = before_resume
         self._stopped = asyncio.Event()
+        self._entered = False  # the engine's start began: kills may be resuming
         self._started = False
 
     async def start(self) -> None:
+        self._entered = True
         await self.engine.start(before_resume=self.before_resume)
         self._started = True
 
@@ -355,7 +357,9 @@ class EngineService:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        if self._started:
+        # A stop during the start (kills resuming before READY) stops the engine too: its
+        # kills end aborted, to resume at the next start, not run on against closed venues.
+        if self._entered:
             await self.engine.stop(self.grace_s)
         self.audit.close()
 

@@ -40,7 +40,8 @@ from killswitch.drill.demo import (
     sim_toml,
     write_credentials,
 )
-from killswitch.journal import replay
+from killswitch.journal import Journal, replay
+from killswitch.model import Mode, Scope, Trigger
 from killswitch.sim.faults import Fault
 from killswitch.sim.server import SimCluster
 from killswitch.sinks.audit import read_audit
@@ -162,7 +163,7 @@ class Site:
 
 
 @contextlib.asynccontextmanager
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
+async def site(tmp_path: Path, grace_period_s: float = 10.0) -> AsyncIterator[Site]:
     accounts = drill_accounts(WORKLOAD.accounts_per_venue)
     cluster = SimCluster.from_toml(sim_toml(accounts, WORKLOAD), "<crash drill>")
     await cluster.start()
@@ -174,7 +175,12 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
                 s.socket,
                 accounts,
                 cluster,
-                engine={"deadline_s": 60.0, "quiet_window_s": 0.3, "sweep_interval_s": 3600.0},
+                engine={
+                    "deadline_s": 60.0,
+                    "quiet_window_s": 0.3,
+                    "sweep_interval_s": 3600.0,
+                    "grace_period_s": grace_period_s,
+                },
             )
         )
         write_credentials(s.credentials, accounts)
@@ -286,3 +292,48 @@ async def test_sigkill_at_a_random_point_of_a_kill_then_restart_ends_flat_latche
         assert all(n == 0 for n in s.open_orders().values()), (plan, s.open_orders())
         # Only the final line of a journal may be torn by a SIGKILL, and replay says so.
         assert final.records >= len(accepted)
+
+
+async def test_a_stop_while_a_cancel_resumes_at_start_leaves_it_to_resume_next_time(
+    tmp_path: Path,
+) -> None:
+    """Review 53: a SIGTERM while a one-shot cancel resumed before READY stopped the venues
+    under it (the engine, whose start had not finished, was not stopped): its next request
+    failed on a closed session, the kill ended `failed` in the journal, and the next start did
+    not resume it. A graceful stop must never be worse than a crash."""
+    async with site(tmp_path, grace_period_s=1.0) as s:
+        assert s.open_orders()["binance/mm-1"] > 0
+        (tmp_path / "state").mkdir(parents=True, exist_ok=True)
+        journal = Journal(s.journal)
+        journal.open()
+        cancel = Trigger(
+            "c1", "control", Mode.CANCEL, "one shot", Scope.of(["binance"]), actor="ops"
+        )
+        journal.append("trigger", trigger=cancel.to_json())  # a crash left it unfinished
+        journal.close()
+        binance = s.cluster.venues["binance"]
+        refusals = 10**6
+        faults = [
+            Fault.from_json(
+                {"kind": "error_before", "endpoint": e, "http_status": 503, "count": refusals}
+            )
+            for e in ("openOrders.cancelAll", "/api/v3/openOrders")
+        ]
+        for fault in faults:
+            binance.faults.add(fault)
+        async with s.daemon() as (proc, notify):
+            # The resumed cancel's first cancels were refused: it is retrying, before READY.
+            await eventually(lambda: any(f.count != refusals for f in faults), timeout_s=30.0)
+            assert "READY=1" not in notify.lines  # still resuming
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 30)
+        state, _ = replay(s.journal)
+        assert "c1" in state.unfinished, (state.last_kill, s.log())
+        binance.faults.clear()
+        async with s.daemon() as (proc, notify):
+            assert await notify.wait_for("READY=1", 60), s.log()
+            assert s.audit_types().count("resumed") == 2
+            assert s.open_orders()["binance/mm-1"] == 0
+        final, _ = replay(s.journal)
+        assert not final.unfinished
+        assert not final.latched
