@@ -3,9 +3,10 @@
 Records (`kind`): `trigger` (the full trigger, written before any request goes out), `latch`
 (a scope is HALTED), `reset` (the latches it names released, with who and why), `account_flat`
 (an account a one-shot cancel proved flat), `kill_done` (a kill's summary), and `seen` (trigger
-and reset ids carried over by compaction). `replay` rebuilds the state a restart needs: latched
-scopes, seen trigger and reset ids, unfinished triggers (with the accounts a cancel already
-proved flat) and the last kill.
+and reset ids, and the trigger ids resets released, carried over by compaction). `replay`
+rebuilds the state a restart needs: latched scopes, seen trigger and reset ids, the trigger ids
+resets released, unfinished triggers (with the accounts a cancel already proved flat) and the
+last kill.
 
 The journal always reads back, whatever the disk did to the last append:
 

@@ -27,6 +27,11 @@ class JournalState:
     unfinished: set[str] = field(default_factory=set)  # triggers without kill_done
     # Ids of resets applied (Kafka's), oldest first: their own namespace, apart from triggers'.
     reset_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # Trigger ids a journaled reset released (and nothing latched since), oldest first. A seen
+    # id that is neither latched nor here was not released by a reset this journal holds (a
+    # cancel, or a kill whose records the disk lost): the latch replicator never announces it
+    # as reset (kafka/replicas.py).
+    released: OrderedDict[str, None] = field(default_factory=OrderedDict)
     # Unfinished one-shot cancels: the accounts ("venue/account") already proved flat. A cancel
     # resumed after a restart leaves them alone: it never touches what was placed after that.
     flat_accounts: dict[str, list[str]] = field(default_factory=dict)
@@ -64,21 +69,24 @@ class JournalState:
                 # The intent to kill is the latch: a crash before the `latch` record must
                 # not come back unlatched.
                 self.latches[trigger.id] = trigger.scope
+                self.released.pop(trigger.id, None)
         elif kind == "latch":
             trigger_id = str(record["trigger_id"])
             scope = record["scope"]
             if not isinstance(scope, dict):
                 raise TypeError("latch record without a scope object")
             self.latches[trigger_id] = Scope.from_json(scope)
+            self.released.pop(trigger_id, None)
         elif kind == "reset":
             # A reset releases exactly the latches it names (older records without the list
             # released everything), and aborts their kills: a restart must not resume them.
             named = _released_ids(record)
-            gone = set(self.latches) if named is None else named & set(self.latches)
+            gone = [t for t in self.latches if named is None or t in named]
             for trigger_id in gone:
                 del self.latches[trigger_id]
+                remember_newest(self.released, trigger_id, seen_limit)
             self.unfinished -= {
-                t for t in self.unfinished if t in gone and self.triggers[t].mode is Mode.KILL
+                t for t in gone if t in self.unfinished and self.triggers[t].mode is Mode.KILL
             }
             self.last_reset = record
             if isinstance(record.get("id"), str):  # a reset by id (Kafka): a re-read is a no-op
@@ -101,13 +109,18 @@ class JournalState:
             ids = record.get("ids") or []
             if not isinstance(ids, list):
                 raise TypeError("seen record without an id list")
-            for trigger_id in ids:
-                self._see(str(trigger_id), seen_limit)
             resets = record.get("resets") or []
             if not isinstance(resets, list):
                 raise TypeError("seen record with a reset id field that is not a list")
+            released = record.get("released") or []
+            if not isinstance(released, list):
+                raise TypeError("seen record with a released id field that is not a list")
+            for trigger_id in ids:
+                self._see(str(trigger_id), seen_limit)
             for reset_id in resets:
                 remember_newest(self.reset_ids, str(reset_id), seen_limit)
+            for trigger_id in released:
+                remember_newest(self.released, str(trigger_id), seen_limit)
         else:
             log.warning("journal record of unknown kind=%s ignored", kind)
         self.records += 1
@@ -138,10 +151,12 @@ def _snapshot(
     """The records that rebuild `state`; `first` after the ids, the last reset and the last
     kill, which are replayed for their record alone: they release or finish nothing after them."""
     records: list[dict[str, object]] = []
-    if state.seen or state.reset_ids:
+    if state.seen or state.reset_ids or state.released:
         seen: dict[str, object] = {"kind": "seen", "ts_ms": now_ms, "ids": list(state.seen)}
         if state.reset_ids:
             seen["resets"] = list(state.reset_ids)
+        if state.released:
+            seen["released"] = list(state.released)
         records.append(seen)
     if state.last_reset is not None:
         records.append(state.last_reset)

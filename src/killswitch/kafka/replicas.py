@@ -24,10 +24,14 @@ killed again. Unread within the same bound, every latch resumes and an alarm say
 
 A reset made here reaches the topic even if this replica stopped or crashed before publishing
 it: a graceful stop publishes what waits (for at most `stop_flush_s`), and after a restart the
-journal says it. A cluster latch this replica's engine answers DUPLICATE to and does not hold
-was released here by a reset the topic lacks; once that stays so for `reset_settle_s` (an
-input may be journaling the same trigger id right now: seen before it is held), a reset naming
-exactly those ids is published. Never one it had not seen: a newer kill has a new id.
+journal says it. A cluster latch this replica's engine answers DUPLICATE to and does not hold,
+and that a reset record in its journal released (`JournalState.released`), was released here
+by a reset the topic lacks; once that stays so for `reset_settle_s` (an input may be journaling
+the same trigger id right now: seen before it is held), a reset naming exactly those ids is
+published. Never one it had not seen: a newer kill has a new id. Never one no journaled reset
+released: a journal the disk damaged can keep a trigger id (its compacted `seen` record) and
+lose the records that latched it; that kill was not reset, so nothing is announced (the peers
+keep it latched), and an alarm (`latch_not_held`) says this replica does not hold it.
 
 The alert consumer asks `released_in_cluster` before it acts on a kill or cancel its engine
 has no record of: an alert whose id a reset on the topic released (latched and reset on a peer
@@ -58,7 +62,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import EventRecord, EventType, make_event
-from killswitch.journal import UNREADABLE_PREFIX
+from killswitch.journal import UNREADABLE_PREFIX, JournalState
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kafka.latch_log import LatchLog, remember
 from killswitch.kill.port import EnginePort
@@ -83,6 +87,17 @@ ReplicaEngine = EnginePort  # what the replicator needs of the engine
 def held_latches(engine: ReplicaEngine) -> list[str]:
     """Return the trigger ids whose latches the engine holds."""
     return list(engine.latches())
+
+
+def released_by_reset(engine: ReplicaEngine, trigger_id: str) -> bool:
+    """Whether a reset record in the engine's journal released `trigger_id` (and nothing
+    latched it since). The engine's journal state says (`engine.journal.state`); an engine
+    that keeps none (a test double keeping its journal in a list) is taken at its word: an id
+    it has seen and does not hold was released."""
+    state = getattr(getattr(engine, "journal", None), "state", None)
+    if not isinstance(state, JournalState):
+        return True
+    return trigger_id in state.released and trigger_id not in state.latches
 
 
 class LatchReplicator(EngineFeed):
@@ -129,6 +144,9 @@ class LatchReplicator(EngineFeed):
         # Cluster latches released here (DUPLICATE, not held) that the topic still shows
         # latched: id -> when first noticed. Announced as a reset once settled.
         self._unannounced: dict[str, float] = {}
+        # Cluster latches seen here, not held, and released by no reset journaled here (a
+        # damaged journal): never announced as reset; alarmed once each.
+        self._not_held: OrderedDict[str, None] = OrderedDict()
         self._outbox: deque[tuple[bytes, bytes | None]] = deque()
         self._position = 0  # next offset to read
         self._skipped_at_resume = False  # `before_resume` could not read the topic
@@ -524,8 +542,12 @@ class LatchReplicator(EngineFeed):
             result = await self._engine_call(
                 trigger_id, functools.partial(self.engine.submit, trigger)
             )
-            if result is SubmitResult.DUPLICATE and trigger_id not in self.engine.latches():
+            if result is not SubmitResult.DUPLICATE or trigger_id in self.engine.latches():
+                continue
+            if released_by_reset(self.engine, trigger_id):
                 released.append(trigger_id)
+            else:
+                self._unreleased_not_held(trigger_id)
         if not released:
             return
         log.warning(
@@ -539,6 +561,30 @@ class LatchReplicator(EngineFeed):
             origin="journal",
         )
         self.announced_resets += 1
+
+    def _unreleased_not_held(self, trigger_id: str) -> None:
+        """A cluster latch this replica has seen and does not hold, though no reset in its
+        journal released it: the journal lost the records that latched it (damage). Nobody
+        reset it, so no reset is announced (the peers keep it); the engine answers DUPLICATE
+        to its id, so it is not latched here again either: an alarm says so, once per id."""
+        if trigger_id in self._not_held:
+            return
+        remember(self._not_held, trigger_id)
+        log.error(
+            "cluster latch not held here and not announced as reset: no reset in this "
+            "replica's journal released it (a damaged journal lost its records?) trigger_id=%s",
+            trigger_id,
+        )
+        self.engine.events.emit(
+            make_event(
+                EventType.ALARM,
+                account="latch_topic",
+                kind="latch_not_held",
+                error="a cluster latch seen here is not held and no reset journaled here "
+                "released it: not announced as reset",
+                trigger_ids=[trigger_id],
+            )
+        )
 
     async def _engine_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Retry an engine call until it is journaled; a peer's latch is never dropped."""
