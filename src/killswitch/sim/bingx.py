@@ -12,6 +12,9 @@ Facts from `reference/exchange-apis.md` §3 [BX-DOC]. Each question the sources 
 * `oco_page_unit`: what `pageSize` counts in the `ocoOrders` shape: lists (`"lists"`), or legs
   (`"legs"`, as in the flat shape), the page's legs then grouped by list: a full page of 100
   legs is 50 lists. No source says which; the flat shape always counts legs.
+* `oco_page_cap`: the most items a page of `oco/openOrderList` serves whatever `pageSize` asks
+  (None: as asked). The docs give `pageSize` no maximum: a venue may serve fewer than asked
+  without saying so, and a full page then looks short.
 * `limits`: `"strict"` (cancel 5/s; cancelOrders, cancelOpenOrders, oco/cancel 2/s; per IP and
   API 3/s on trade endpoints, 2/s on the others) or `"docs_v3"` (10/s nearly everywhere).
 * `heartbeat`: JSON `{"ping","time"}` -> `{"pong","time"}`, or text `Ping` -> `Pong`.
@@ -164,6 +167,9 @@ class BingxBehaviour:
     leg_id_cancels_list: bool = True
     oco_list_shape: str = "legs"  # legs | ocoOrders
     oco_page_unit: str = "lists"  # lists | legs (what pageSize counts in the ocoOrders shape)
+    # The most items one page of oco/openOrderList serves, whatever pageSize asks (the docs
+    # give pageSize no maximum): None, as asked; or a cap the venue applies silently.
+    oco_page_cap: int | None = None
     limits: str = "strict"  # strict | docs_v3
     heartbeat: str = "json"  # json | text
     client_id_field: str = "C"  # C | c | none | c+C
@@ -187,6 +193,7 @@ class BingxBehaviour:
         "leg_id_cancels_list": (False, True),
         "oco_list_shape": ("legs", "ocoOrders"),
         "oco_page_unit": ("lists", "legs"),
+        "oco_page_cap": (None, 10),
         "limits": ("strict", "docs_v3"),
         "heartbeat": ("json", "text"),
         "client_id_field": ("C", "c", "none", "c+C"),
@@ -231,6 +238,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         leg_id_cancels_list=False,
         oco_list_shape="ocoOrders",
         oco_page_unit="legs",
+        oco_page_cap=10,
         limits="strict",
         heartbeat="text",
         client_id_field="none",
@@ -249,6 +257,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         leg_id_cancels_list=True,
         oco_list_shape="legs",
         oco_page_unit="lists",
+        oco_page_cap=None,
         limits="docs_v3",
         heartbeat="json",
         client_id_field="C",
@@ -1175,6 +1184,8 @@ class BingxSim(SimVenue):
             raise BxError(100400, "pageIndex and pageSize must be integers") from None
         if page < 1 or size < 1:
             raise BxError(100400, "pageIndex and pageSize must be > 0")
+        if self.behaviour.oco_page_cap is not None:
+            size = min(size, self.behaviour.oco_page_cap)
         book = self.book(account)
         start = (page - 1) * size
         by_lists = self.behaviour.oco_page_unit == "lists"

@@ -52,6 +52,7 @@ class ListsHost(RestHost, Protocol):
     _list_cancels: int
     _list_cancels_at_send: int
     _oco_read: tuple[float, list[_OcoList], bool] | None
+    _oco_page_most: tuple[int, int]  # the most lists and items one page has shown
 
     @property
     def learned(self) -> LearnedPaths: ...
@@ -103,8 +104,10 @@ async def _read_page(ex: ListsHost, read: _Pass, priority: Priority) -> None:
         else:  # a list's legs split over two pages of legs
             read.lists[oco_list.list_id] = replace(prior, legs=prior.legs + oco_list.legs)
     read.pages.append(page.items)
-    if not page.full(OCO_PAGE_SIZE):
+    most = ex._oco_page_most
+    if not page.full(OCO_PAGE_SIZE, most):
         read.ended = True
+    ex._oco_page_most = (max(most[0], page.lists_shown), max(most[1], len(page.items)))
 
 
 async def _read_on(ex: ListsHost, read: _Pass, priority: Priority) -> bool:
@@ -156,8 +159,14 @@ async def open_oco_lists(ex: ListsHost, priority: Priority) -> tuple[list[_OcoLi
     lists of the last full read. Lists placed during a read may be missing from it, as from
     any one-page answer: a list that was open before the read began is never.
 
-    Costs: a one-page read (the common case, and every final check of a kill that left
-    fewer than 50 lists) is one request, as before; an m-page read of a quiet book m + (m-1)
+    The page size S is what the venue serves, which may be less than we ask (`OcoPage.full`):
+    the proof holds for any S the venue keeps, and a page is called short only when it is
+    short of every page size the venue could be keeping.
+
+    Costs: an empty first page (every final check of a kill that left no list) is one
+    request, as is a first page shorter than the most a page of the account ever showed; a
+    first page as long as that may be a capped one, and costs the next page (empty) and a
+    read of page 1 that vouches for it: three. An m-page read of a quiet book costs m + (m-1)
     or fewer. What we cancelled ourselves is not excused from the check: a cancel answered
     during the read may have moved the pages as much as any other.
     """

@@ -268,11 +268,19 @@ class OcoPage:
     lists_shown: int
     shape: str
 
-    def full(self, page_size: int) -> bool:
+    def full(self, page_size: int, most: tuple[int, int]) -> bool:
         """May more follow? No source says what `pageSize` counts once the answer is grouped
         by list (§3.3, §3.7): lists, or legs as in the flat shape (a full page of 100 legs is
-        50 lists). A page is short only when it is short in both."""
-        return self.lists_shown >= page_size or len(self.items) >= page_size
+        50 lists). A page is short only when it is short in both.
+
+        Nor do the docs give `pageSize` a maximum: a venue may serve fewer than asked without
+        saying so, and its full page then looks short. `most` is the most lists and items an
+        earlier page of the account showed: the venue serves at least that many when more
+        exist, so a page is short only below those too. An empty page always ends a read."""
+        if not self.items and not self.lists_shown:
+            return False
+        lists_cap, items_cap = min(page_size, most[0]), min(page_size, most[1])
+        return self.lists_shown >= lists_cap or len(self.items) >= items_cap
 
 
 def parse_oco_page(data: Any) -> OcoPage:

@@ -1,0 +1,59 @@
+"""Review 54: BingX answers the docs leave open, read the hard way.
+
+1. `oco/openOrderList` under a page size the venue caps silently. The docs make `pageSize`
+   required and give it no maximum (reference §3.3): a venue serving at most N lists a page,
+   whatever is asked, answers a full page that looks short. The connector called a read of
+   one short page complete, and with `open_orders_show_legs=False` (§3.7) the lists past it
+   were nowhere: a kill scoped to their symbol reported flat with one open.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from killswitch.kill.record import KillState
+from killswitch.model import Mode, Scope, Trigger
+from killswitch.sim.book import OrderSpec
+from tests.review.bingx_rig import bingx_engine, bingx_with_answers
+from tests.unit.test_engine import QUICK
+
+CAP = 10  # what the venue serves per page, whatever pageSize asks
+
+
+def oco_legs(symbol: str) -> list[OrderSpec]:
+    return [
+        OrderSpec(symbol, "SELL", "LIMIT", Decimal("200"), Decimal("1")),
+        OrderSpec(
+            symbol, "SELL", "TAKE_STOP_LIMIT", Decimal("50"), Decimal("1"), stop_price=Decimal("51")
+        ),
+    ]
+
+
+@pytest.mark.parametrize("shape", ["ocoOrders", "legs"])
+async def test_a_list_past_a_silently_capped_page_is_read_and_cancelled(
+    tmp_path: Path, shape: str
+) -> None:
+    async with bingx_with_answers(
+        oco_list_shape=shape, open_orders_show_legs=False, oco_page_cap=CAP
+    ) as (sim, exchange, _):
+        book = sim.book(sim.accounts["bx0"])
+        per_page = CAP if shape == "ocoOrders" else CAP // 2  # lists a capped page shows
+        for _ in range(per_page):
+            book.place_list(oco_legs("ETH-USDT"))
+        btc = book.place_list(oco_legs("BTC-USDT")).list_id
+
+        snapshot = await exchange.snapshot()
+        assert btc in {x.list_id for x in snapshot.lists} or not snapshot.complete
+
+        async with bingx_engine(exchange, tmp_path / "journal.jsonl", QUICK, seed=7) as engine:
+            scope = Scope.of(venues=["bingx"], symbols=["BTC-USDT"])
+            await engine.submit(Trigger("k1", "test", Mode.KILL, "desk breach", scope))
+            kill = engine.kill_for("k1")
+            assert kill is not None
+            await kill.done.wait()
+            assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
+            assert btc not in book.lists  # cancelled, not missed
+            assert len(book.open_lists()) == per_page  # out of scope: untouched
