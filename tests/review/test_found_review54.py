@@ -57,3 +57,37 @@ async def test_a_list_past_a_silently_capped_page_is_read_and_cancelled(
             assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
             assert btc not in book.lists  # cancelled, not missed
             assert len(book.open_lists()) == per_page  # out of scope: untouched
+
+
+async def test_a_read_answered_no_data_reads_empty_and_the_kill_ends_flat(tmp_path: Path) -> None:
+    """2. docs-v3 lists `100204 No data` among the codes "thrown from every interface": a
+    venue may answer an empty read with it. It was a refusal (Fatal) on every read, so every
+    kill of an account with nothing left (or no OCO list) stopped, failed, with its orders
+    gone. A 100204 naming a symbol without saying "no data" stays a refusal."""
+    async with bingx_with_answers(empty_read="no_data") as (sim, exchange, _):
+        book = sim.book(sim.accounts["bx0"])
+        for _ in range(3):
+            book.place(OrderSpec("ETH-USDT", "SELL", "LIMIT", Decimal("200"), Decimal("1")))
+        async with bingx_engine(exchange, tmp_path / "journal.jsonl", QUICK, seed=7) as engine:
+            await engine.submit(Trigger("k1", "test", Mode.KILL, "breach", Scope.of(["bingx"])))
+            kill = engine.kill_for("k1")
+            assert kill is not None
+            await kill.done.wait()
+            assert kill.state in (KillState.FLAT, KillState.CONFIRMED), kill.accounts
+            assert not book.open_orders(None)
+        for symbols in (None, ["ETH-USDT"]):
+            snapshot = await exchange.snapshot(symbols)
+            assert snapshot.complete
+            assert not snapshot.orders
+            assert not snapshot.lists
+
+
+def test_only_a_read_naming_no_symbol_or_saying_no_data_found_nothing() -> None:
+    from killswitch.exchanges.base import Fatal, OutcomeUnknown
+    from killswitch.exchanges.bingx.errors import read_found_nothing
+
+    assert read_found_nothing(Fatal("No data", code=100204), "ETH-USDT")
+    assert read_found_nothing(Fatal("symbol not found", code=100204), None)
+    assert not read_found_nothing(Fatal("symbol not found", code=100204), "ETH-USDT")
+    assert not read_found_nothing(Fatal("No data", code=100400), None)
+    assert not read_found_nothing(OutcomeUnknown("No data", code=100204), None)

@@ -15,6 +15,9 @@ Facts from `reference/exchange-apis.md` §3 [BX-DOC]. Each question the sources 
 * `oco_page_cap`: the most items a page of `oco/openOrderList` serves whatever `pageSize` asks
   (None: as asked). The docs give `pageSize` no maximum: a venue may serve fewer than asked
   without saying so, and a full page then looks short.
+* `empty_read`: what a read with nothing to show answers: an empty list (`"empty"`), or
+  `100204 "No data"` (`"no_data"`), among docs-v3's codes that "may be thrown from every
+  interface".
 * `limits`: `"strict"` (cancel 5/s; cancelOrders, cancelOpenOrders, oco/cancel 2/s; per IP and
   API 3/s on trade endpoints, 2/s on the others) or `"docs_v3"` (10/s nearly everywhere).
 * `heartbeat`: JSON `{"ping","time"}` -> `{"pong","time"}`, or text `Ping` -> `Pong`.
@@ -170,6 +173,8 @@ class BingxBehaviour:
     # The most items one page of oco/openOrderList serves, whatever pageSize asks (the docs
     # give pageSize no maximum): None, as asked; or a cap the venue applies silently.
     oco_page_cap: int | None = None
+    # A read with nothing to show: an empty answer, or the docs' common code 100204 "No data".
+    empty_read: str = "empty"
     limits: str = "strict"  # strict | docs_v3
     heartbeat: str = "json"  # json | text
     client_id_field: str = "C"  # C | c | none | c+C
@@ -194,6 +199,7 @@ class BingxBehaviour:
         "oco_list_shape": ("legs", "ocoOrders"),
         "oco_page_unit": ("lists", "legs"),
         "oco_page_cap": (None, 10),
+        "empty_read": ("empty", "no_data"),
         "limits": ("strict", "docs_v3"),
         "heartbeat": ("json", "text"),
         "client_id_field": ("C", "c", "none", "c+C"),
@@ -239,6 +245,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         oco_list_shape="ocoOrders",
         oco_page_unit="legs",
         oco_page_cap=10,
+        empty_read="no_data",
         limits="strict",
         heartbeat="text",
         client_id_field="none",
@@ -258,6 +265,7 @@ VARIANTS: dict[str, BingxBehaviour] = {
         oco_list_shape="legs",
         oco_page_unit="lists",
         oco_page_cap=None,
+        empty_read="empty",
         limits="docs_v3",
         heartbeat="json",
         client_id_field="C",
@@ -1177,6 +1185,13 @@ class BingxSim(SimVenue):
         return {"orderId": order.order_id, "clientOrderId": order.client_order_id}
 
     def _oco_open_order_list(self, account: SimAccount, p: dict[str, str]) -> Any:
+        page = self._oco_page(account, p)
+        items = page["ocoOrders"] if isinstance(page, dict) else page
+        if not items and self.behaviour.empty_read == "no_data":
+            raise BxError(100204, "No data")
+        return page
+
+    def _oco_page(self, account: SimAccount, p: dict[str, str]) -> Any:
         self._required(p, "pageIndex", "pageSize")
         try:
             page, size = int(p["pageIndex"]), int(p["pageSize"])
@@ -1243,6 +1258,8 @@ class BingxSim(SimVenue):
         orders = self.book(account).open_orders(symbols)
         if not self.behaviour.open_orders_show_legs:
             orders = [o for o in orders if o.list_id is None]
+        if not orders and self.behaviour.empty_read == "no_data":
+            raise BxError(100204, "No data")
         return {"orders": [self.order_json(o) for o in orders[:2000]]}
 
     def _query(self, account: SimAccount, p: dict[str, str]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import re
 import time
 
 from killswitch.exchanges import dialect
-from killswitch.exchanges.base import VenueError
+from killswitch.exchanges.base import Fatal, VenueError
 
 # Batch `fails[].error` texts that mean the order is not open any more.
 GONE_FRAGMENTS = (
@@ -65,3 +65,17 @@ def fail_is_gone(error: str) -> bool:
     """True when a batch cancel's `fails[].error` says the order is no longer open."""
     lowered = error.lower().replace(" ", "")
     return any(fragment.replace(" ", "") in lowered for fragment in GONE_FRAGMENTS)
+
+
+# "No data" (docs-v3's common codes: "Errors may be thrown from every interface"); the same
+# code answers "symbol not found" (reference §3.5).
+NO_DATA = 100204
+
+
+def read_found_nothing(exc: VenueError, symbol: str | None) -> bool:
+    """Does a read's refusal `exc` say there is nothing to read? A 100204 on a read naming no
+    symbol (there is no symbol to be not found), or one whose text says "no data". A 100204
+    naming a symbol otherwise stays a refusal of that symbol: never read as "nothing open"."""
+    if not isinstance(exc, Fatal) or exc.code != NO_DATA:
+        return False
+    return symbol is None or "no data" in exc.msg.lower()

@@ -14,8 +14,10 @@ from typing import Any, Protocol
 from killswitch.exchanges.base import (
     MALFORMED_ANSWER,
     AlreadyGone,
+    Fatal,
     OutcomeUnknown,
 )
+from killswitch.exchanges.bingx.errors import read_found_nothing
 from killswitch.exchanges.bingx.parse import (
     _OcoList,
     order_id_str,
@@ -94,6 +96,12 @@ async def _read_page(ex: ListsHost, read: _Pass, priority: Priority) -> None:
         )
     except AlreadyGone as exc:
         raise OutcomeUnknown(exc.msg, venue=ex.venue, account=ex.account) from exc
+    except Fatal as exc:
+        if not read_found_nothing(exc, None):
+            raise
+        read.pages.append(())  # "No data": an empty page
+        read.ended = True
+        return
     page = parse_oco_page(data)
     if ex.learned.oco_list_shape != page.shape:
         ex.learned.learn("oco_list_shape", page.shape)

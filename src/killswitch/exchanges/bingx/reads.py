@@ -9,9 +9,11 @@ from typing import Any, Protocol
 
 from killswitch.exchanges.base import (
     AlreadyGone,
+    Fatal,
     OutcomeUnknown,
     VenueError,
 )
+from killswitch.exchanges.bingx.errors import read_found_nothing
 from killswitch.exchanges.bingx.parse import _gather, _items
 from killswitch.exchanges.bingx.rest import RestHost
 from killswitch.exchanges.bingx.venue import (
@@ -93,4 +95,8 @@ async def open_orders(
         data = await ex.rest.request("GET", OPEN_ORDERS, params, priority=priority)
     except AlreadyGone as exc:  # a read has nothing to be "gone": we cannot read this
         raise OutcomeUnknown(exc.msg, venue=ex.venue, account=ex.account) from exc
+    except Fatal as exc:
+        if read_found_nothing(exc, symbol or None):
+            return []
+        raise
     return _items(data, "orders", read=True)
