@@ -296,7 +296,7 @@ class ControlServer:
         kill = self.engine.kill_for(request.trigger_id)
         if kill is None:
             raise ControlError("no such trigger")
-        return await _wait(kill, request.until, request.timeout_s)
+        return await _wait(kill, request.until, request.timeout_s, self._follow(request.trigger_id))
 
     async def _fire(self, request: FireRequest, peer: str) -> dict[str, object]:
         scope = request.to_scope()
@@ -347,13 +347,20 @@ class ControlServer:
             # Nothing to wait on (the daemon no longer holds the kill this id started).
             answer.update(ok=request.wait is None, outcome="unknown", timed_out=False)
         elif request.wait is not None:
-            answer.update(await _wait(kill, request.wait, request.timeout_s))
+            answer.update(
+                await _wait(kill, request.wait, request.timeout_s, self._follow(trigger.id))
+            )
             warning = self._nothing_of(scope, kill)
             if warning:
                 answer["warning"] = warning
         else:
             answer.update(outcome=kill.state.value, timed_out=False)
         return answer
+
+    def _follow(self, trigger_id: str) -> Callable[[], Kill | None]:
+        """The kill acting on `trigger_id` now (a reset of a trigger it had joined ends a
+        kill and relaunches the rest at their own scopes)."""
+        return lambda: self.engine.kill_for(trigger_id)
 
     def _nothing_of(self, scope: Scope, kill: Kill) -> str:
         """A word for the operator when a kill by symbol found nothing of symbols no account in
@@ -377,13 +384,21 @@ class ControlServer:
         )
 
 
-async def _wait(kill: Kill, until: str, timeout_s: float) -> dict[str, object]:
-    """Wait for `kill` to be done (or confirmed); `ok` only when it is flat or confirmed."""
-    event = kill.done if until == "done" else kill.finished
+async def _wait(
+    kill: Kill, until: str, timeout_s: float, now: Callable[[], Kill | None]
+) -> dict[str, object]:
+    """Wait for the trigger's kill to be done (or confirmed); `ok` only when it is flat or
+    confirmed. A kill ended because a reset released another trigger it had joined is
+    followed to the kill `now` says acts on the trigger (review 55: it answered "aborted")."""
     timed_out = False
     try:
         async with asyncio.timeout(timeout_s):
-            await event.wait()
+            while True:
+                await (kill.done if until == "done" else kill.finished).wait()
+                successor = now() if kill.narrowed else None
+                if successor is None or successor is kill:
+                    break
+                kill = successor
     except TimeoutError:
         timed_out = True
     return {
