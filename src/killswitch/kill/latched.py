@@ -35,6 +35,8 @@ from killswitch.model import (
 
 log = logging.getLogger(__name__)
 
+MAX_STREAM_BATCHES = 3  # stream-cancel batches in flight per account (`StreamCancels._start_drain`)
+
 
 class StreamCancels:
     """Cancel, by id, every new open order or list a stream shows inside a latched scope."""
@@ -59,8 +61,17 @@ class StreamCancels:
         self._ids = ids
         self._stream_pending: dict[AccountRef, dict[str, Order | OrderList]] = {}
         self._stream_recent: dict[AccountRef, dict[str, float]] = {}
-        self.tasks: dict[AccountRef, asyncio.Task[None]] = {}
-        self._batches: dict[AccountRef, list[Order | OrderList]] = {}  # each drain's batch
+        # Each account's drains, each with the batch it is sending (None: not run yet; it will
+        # take everything pending that no other batch holds).
+        self._drains: dict[
+            AccountRef, dict[asyncio.Task[None], list[Order | OrderList] | None]
+        ] = {}
+        self._drain_ids = itertools.count(1)
+
+    @property
+    def tasks(self) -> dict[str, asyncio.Task[None]]:
+        """Every stream-cancel drain in flight, by task name (for the engine's stop and idle)."""
+        return {t.get_name(): t for drains in self._drains.values() for t in drains}
 
     def on_event(self, ref: AccountRef, event: OrderEvent | ListEvent) -> None:
         """A stream saw an order change: cancel new open orders in a latched scope at once."""
@@ -114,28 +125,59 @@ class StreamCancels:
             for old in [k for k, t in recent.items() if now - t >= self.config.deadline_s]:
                 del recent[old]
         self._stream_pending.setdefault(ref, {})[key] = item
-        if ref not in self.tasks:
-            self._start_drain(account)
+        self._start_drain(account)
 
     def _start_drain(self, account: Account) -> None:
-        task = asyncio.get_running_loop().create_task(self._drain_stream(account))
-        self.tasks[account.ref] = task
-        task.add_done_callback(functools.partial(self._stream_done, account.ref))
+        """Start a drain for what is pending, unless one that has not run yet will take it, or
+        the account has `MAX_STREAM_BATCHES` drains (then the first to end its batch takes it).
+
+        A batch runs until every request in it is answered or out of time: a cancel the venue
+        keeps failing is retried until the stream kill's deadline (`deadline_s`). An order the
+        stream shows meanwhile goes at once in a batch of its own (review 55: it waited behind
+        the failing one for up to `deadline_s`). The cap bounds what stream cancels retrying
+        on a failing venue take from the account's budget, which the kill's waves and sweeps
+        share: every request still passes the account's gate and the connector's budget, but
+        each stuck batch re-reads and re-sends until its deadline, so many of them would crowd
+        out the sweep. Three lanes let new orders through while one or two symbols fail; when
+        the whole account fails, more lanes would only mean more retries."""
+        ref = account.ref
+        drains = self._drains.get(ref, {})
+        if len(drains) >= MAX_STREAM_BATCHES or any(b is None for b in drains.values()):
+            return
+        held = self._held(ref, None)
+        pending = self._stream_pending.get(ref, {})
+        if not any(_holds(item).isdisjoint(held) for item in pending.values()):
+            return  # all in flight: each batch takes what it held back when it ends
+        name = f"stream cancels {ref} #{next(self._drain_ids)}"
+        task = asyncio.get_running_loop().create_task(self._drain_stream(account), name=name)
+        self._drains.setdefault(ref, {})[task] = None
+        task.add_done_callback(functools.partial(self._stream_done, ref))
 
     def released(self) -> None:
         """A reset released latches. A stream cancel may be waiting at the account's gate,
         for its venue budget, or to be sent again after an unknown outcome: every drain stops
         now, before it sends for a released latch, and what a latch still covers of its batch
         is drained again."""
-        for ref, task in list(self.tasks.items()):
-            del self.tasks[ref]
-            task.cancel()
+        for ref, drains in list(self._drains.items()):
+            del self._drains[ref]
             pending = self._stream_pending.setdefault(ref, {})
-            for item in self._batches.pop(ref, []):
-                if self._latched(ref, item):
-                    pending.setdefault(_key(item), item)
+            for task, batch in drains.items():
+                task.cancel()
+                for item in batch or ():
+                    if self._latched(ref, item):
+                        pending.setdefault(_key(item), item)
             if pending:
                 self._start_drain(self.accounts[ref])
+
+    def _held(self, ref: AccountRef, besides: asyncio.Task[None] | None) -> set[str]:
+        """What the account's batches (but `besides`'s) are cancelling: never sent twice at
+        once."""
+        held: set[str] = set()
+        for task, batch in self._drains.get(ref, {}).items():
+            if task is not besides:
+                for item in batch or ():
+                    held |= _holds(item)
+        return held
 
     def _latch_covering(self, ref: AccountRef, event: OrderEvent) -> Scope | None:
         for scope in self._latches.values():
@@ -155,29 +197,36 @@ class StreamCancels:
 
     async def _drain_stream(self, account: Account) -> None:
         ref = account.ref
+        task = asyncio.current_task()
+        assert task is not None
         try:
-            await self._drain_batches(account)
+            await self._drain_batches(account, task)
         finally:
-            # Gone from `tasks` before any other code runs: an event from now on starts a new
-            # drain (the done callback would come a loop turn later, and strand it).
-            if self.tasks.get(ref) is asyncio.current_task():
-                del self.tasks[ref]
-                self._batches.pop(ref, None)
+            # Gone from the drains before any other code runs: an event from now on starts a
+            # new drain (the done callback would come a loop turn later, and strand it).
+            self._forget(ref, task)
 
-    async def _drain_batches(self, account: Account) -> None:
+    async def _drain_batches(self, account: Account, task: asyncio.Task[None]) -> None:
         ref = account.ref
         pending = self._stream_pending.setdefault(ref, {})
-        while pending:
+        while (drains := self._drains.get(ref)) is not None and task in drains:
             # Only what a latch still covers: a reset may have come while the last batch ran.
-            items = [i for i in pending.values() if self._latched(ref, i)]
-            pending.clear()
+            # What another batch is cancelling stays pending: that batch takes it when it ends.
+            held = self._held(ref, task)
+            items: list[Order | OrderList] = []
+            for key, item in list(pending.items()):
+                if not self._latched(ref, item):
+                    del pending[key]
+                elif _holds(item).isdisjoint(held):
+                    del pending[key]
+                    items.append(item)
             if not items:
                 break
-            self._batches[ref] = items
+            drains[task] = items
             now = self._clock()
             # Cancel exactly what the stream showed, by id: a cancel-all here could race a
             # wave and costs more than the few orders a stream burst brings. Every item was
-            # matched against a latch when it was queued, and a reset stops the drain
+            # matched against a latch when it was queued, and a reset stops the drains
             # (`released`). The empty prefix covers every item, of whichever
             # latch: the planner cancels by id, and a re-read after an unknown outcome keeps
             # each of them in view.
@@ -207,10 +256,18 @@ class StreamCancels:
                 raise
             except _AccountStopped as stop:
                 self._waves.alarm(kill, ref, stop.error)
+            # Sent: next, what this batch held back and what came while every lane was busy.
+            drains[task] = []
+
+    def _forget(self, ref: AccountRef, task: asyncio.Task[None]) -> None:
+        drains = self._drains.get(ref)
+        if drains is not None:
+            drains.pop(task, None)
+            if not drains:
+                del self._drains[ref]
 
     def _stream_done(self, ref: AccountRef, task: asyncio.Task[None]) -> None:
-        if self.tasks.get(ref) is task:
-            del self.tasks[ref]
+        self._forget(ref, task)
         if not task.cancelled() and task.exception() is not None:
             log.error("stream cancel task died account=%s error=%r", ref, task.exception())
 
@@ -315,6 +372,15 @@ def _widest(scopes: Iterable[Scope]) -> list[Scope]:
     """Drop every scope another one contains."""
     unique = list(dict.fromkeys(scopes))
     return [s for s in unique if not any(o is not s and o.contains(s) and o != s for o in unique)]
+
+
+def _holds(item: Order | OrderList) -> set[str]:
+    """The keys a cancel of `item` may cancel: an order, its list; a list, its legs."""
+    if isinstance(item, Order):
+        if item.list_id is None:
+            return {_key(item)}
+        return {_key(item), f"l:{item.symbol}:{item.list_id}"}
+    return {_key(item), *(f"o:{item.symbol}:{leg}" for leg in item.order_ids)}
 
 
 def _key(item: Order | OrderList) -> str:
