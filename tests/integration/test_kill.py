@@ -151,9 +151,7 @@ async def test_scoped_kill_of_one_account_symbol_and_prefix_leaves_the_rest_unto
 async def test_a_kill_whose_deadline_passes_reports_exactly_what_is_still_open(
     tmp_path: Path,
 ) -> None:
-    # 4 s: BingX's two accounts share 2 OCO list reads a second per IP, and a list read whose
-    # first page is as long as any the account has shown costs three (the venue may cap pages).
-    config = EngineConfig(deadline_s=4.0, retry_initial_s=0.05, retry_max_s=0.3, quiet_window_s=0.2)
+    config = EngineConfig(deadline_s=2.0, retry_initial_s=0.05, retry_max_s=0.3, quiet_window_s=0.2)
     async with kill_rig(tmp_path, config=config) as rig:
         for endpoint in ("/openApi/spot/v1/trade/cancel*", "/openApi/spot/v1/oco/cancel"):
             rig.fault(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 
 from killswitch.model import (
@@ -178,11 +178,16 @@ class OrderTracker:
         executed = old.executed_qty
         if event.exec_type is ExecType.TRADE:
             executed = _add_qty(executed, event.last_qty)
+        # On Binance a cancel's `c` is the cancel request's id; keep the order's own. An
+        # amended order (REPLACED) carries its new id: a prefix scope must see that one
+        # (review 59: a kill by the old prefix cancelled an order amended out of it).
+        amended = event.exec_type is ExecType.REPLACED and bool(event.client_order_id)
         self._orders[key] = Order(
             symbol=old.symbol,
             order_id=order_id,
-            # On Binance a cancel's `c` is the cancel request's id; keep the order's own.
-            client_order_id=old.client_order_id or event.client_order_id,
+            client_order_id=(
+                event.client_order_id if amended else old.client_order_id or event.client_order_id
+            ),
             side=event.side or old.side,
             order_type=event.order_type or old.order_type,
             price=event.price,
@@ -192,6 +197,9 @@ class OrderTracker:
             list_id=list_id if list_id is not None else old.list_id,
             time_ms=old.time_ms,
         )
+        list_key = self._list_of_leg.get(key)
+        if amended and list_key is not None and (held := self._lists.get(list_key)):
+            self._put_list(replace(held, client_order_ids=self._leg_client_ids(held)))
 
     def _apply_list(self, event: ListEvent) -> None:
         list_id = event.list_id
@@ -203,15 +211,25 @@ class OrderTracker:
             self.stale_events += 1
             return
         old = self._lists.get(key)
-        self._put_list(
-            OrderList(
-                symbol=event.symbol,
-                list_id=list_id,
-                list_client_order_id=event.list_client_order_id,
-                order_ids=event.order_ids or (old.order_ids if old else ()),
-                client_order_ids=old.client_order_ids if old else (),
-                contingency_type=old.contingency_type if old else "OCO",
-            )
+        order_list = OrderList(
+            symbol=event.symbol,
+            list_id=list_id,
+            list_client_order_id=event.list_client_order_id,
+            order_ids=event.order_ids or (old.order_ids if old else ()),
+            client_order_ids=old.client_order_ids if old else (),
+            contingency_type=old.contingency_type if old else "OCO",
+        )
+        self._put_list(replace(order_list, client_order_ids=self._leg_client_ids(order_list)))
+
+    def _leg_client_ids(self, order_list: OrderList) -> tuple[str, ...]:
+        """The list's legs' client ids as the stream last showed them (an amend changes a
+        leg's), else as the list had them."""
+        had = order_list.client_order_ids
+        if len(had) != len(order_list.order_ids):
+            return had
+        return tuple(
+            leg.client_order_id if (leg := self._orders.get((order_list.symbol, oid))) else cid
+            for oid, cid in zip(order_list.order_ids, had, strict=True)
         )
 
     # -- bookkeeping -----------------------------------------------------------------------
