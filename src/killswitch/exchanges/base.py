@@ -112,10 +112,14 @@ class Fatal(VenueError):
     """Bad key, signature, permission or request: retrying cannot help."""
 
 
-# What the venues say of a symbol they do not take (Binance -1121 "Invalid symbol."; MEXC's
-# codes; BingX 100204 "symbol not found", 100490 "symbol offline"): a refusal of that request,
-# not of the account.
-BAD_SYMBOL_CODES = frozenset({-1121, -1100, 10007, 30014, 30021, 100204, 100490})
+# What the venues say of a symbol they do not take (Binance -1121 "Invalid symbol."; MEXC
+# 10007 "bad symbol", 30014 "invalid symbol", 30021 "invalid symbol", 30000 "suspended
+# transaction for the symbol", 30016 "trading disabled", 30020 "no permission for the symbol",
+# 730001 "Pair not found"; BingX 100204 "symbol not found", 100490 "symbol offline"): a refusal
+# of that request, not of the account.
+BAD_SYMBOL_CODES = frozenset(
+    {-1121, -1100, 10007, 30000, 30014, 30016, 30020, 30021, 730001, 100204, 100490}
+)
 
 
 def refuses_symbol(exc: VenueError) -> bool:

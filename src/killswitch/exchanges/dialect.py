@@ -306,6 +306,11 @@ MEXC = Dialect(
             10007: Fatal,
             30014: Fatal,
             30021: Fatal,
+            # a symbol the venue will not trade now: refused for that symbol (BAD_SYMBOL_CODES)
+            30000: Fatal,  # suspended transaction for the symbol
+            30016: Fatal,  # trading disabled
+            30020: Fatal,  # no permission for the symbol
+            730001: Fatal,  # Pair not found
             30026: Fatal,
             30029: Fatal,
             33333: Fatal,
