@@ -33,7 +33,9 @@ class ReadsFake(FakeExchange):
         self.release = asyncio.Event()
         self.rewrite: Callable[[int, Sequence[str] | None, Snapshot], Snapshot] | None = None
 
-    async def snapshot(self, symbols: Sequence[str] | None = None) -> Snapshot:
+    async def snapshot(
+        self, symbols: Sequence[str] | None = None, *, priority: object = None
+    ) -> Snapshot:
         self.reads += 1
         n = self.reads
         if self.hold_from is not None and n >= self.hold_from:

@@ -462,14 +462,27 @@ class ErrorCounter:
     def near(self, path: str) -> bool:
         return self.count(path) >= self.limit - self.reserve
 
-    def clear_in_s(self, path: str) -> float:
-        """Seconds until `path` is back under its reserve, in every count that decides."""
-        shared = 0.0 if self.shared is None else self.shared.clear_in_s(path)
+    def clear_in_s(self, path: str, below: int | None = None) -> float:
+        """Seconds until `path` is back under `below` errors (its reserve when not given), in
+        every count that decides."""
+        below = self.limit - self.reserve if below is None else max(1, below)
+        shared = 0.0 if self.shared is None else self.shared.clear_in_s(path, below)
         errors = self._errors.get(path)
-        if not errors or self._own_count(path) < self.limit - self.reserve:
+        if not errors or self._own_count(path) < below:
             return shared
-        oldest_needed = errors[len(errors) - (self.limit - self.reserve)]
+        oldest_needed = errors[len(errors) - below]
         return max(shared, oldest_needed + self.window_s - self.clock())
+
+    def hold_s(self, path: str, priority: Priority) -> float:
+        """Seconds a request on `path` waits, so that an error it may earn cannot lock the
+        API (0: none). A kill's may spend the allowance but its last; a background one
+        (reconcile, latched sweep) only its first half, which keeps the rest for kills: on a
+        venue that answers an empty read with an error code, periodic reads of an idle account
+        would otherwise spend it all."""
+        held_at = self.limit - 1 if priority is Priority.KILL else self.limit // 2
+        if self.count(path) < held_at:
+            return 0.0
+        return max(1.0, self.clear_in_s(path, held_at))
 
 
 _SHARED: dict[tuple[str, str], object] = {}

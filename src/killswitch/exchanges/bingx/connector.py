@@ -145,7 +145,8 @@ class BingxExchange(VenueConnector):
         self._list_cancels = 0  # list cancels sent (oco/cancel, leg ids in a batch)
         self._oco_read_lock = asyncio.Lock()
         self._oco_read: tuple[float, list[_OcoList], bool] | None = None
-        self._oco_page_most = (0, 0)  # the most lists and items one oco page has shown
+        # By shape: the most lists and items one oco/openOrderList page has shown.
+        self._oco_page_most: dict[str, tuple[int, int]] = {}
         self._list_cancels_at_send = 0
 
     @property

@@ -54,7 +54,7 @@ class ListsHost(RestHost, Protocol):
     _list_cancels: int
     _list_cancels_at_send: int
     _oco_read: tuple[float, list[_OcoList], bool] | None
-    _oco_page_most: tuple[int, int]  # the most lists and items one page has shown
+    _oco_page_most: dict[str, tuple[int, int]]  # by shape: most lists, items a page showed
 
     @property
     def learned(self) -> LearnedPaths: ...
@@ -112,10 +112,12 @@ async def _read_page(ex: ListsHost, read: _Pass, priority: Priority) -> None:
         else:  # a list's legs split over two pages of legs
             read.lists[oco_list.list_id] = replace(prior, legs=prior.legs + oco_list.legs)
     read.pages.append(page.items)
-    most = ex._oco_page_most
+    # What a page shows of one shape says nothing of the other's unit (lists or legs).
+    most = ex._oco_page_most.get(page.shape, (0, 0))
     if not page.full(OCO_PAGE_SIZE, most):
         read.ended = True
-    ex._oco_page_most = (max(most[0], page.lists_shown), max(most[1], len(page.items)))
+    seen = (max(most[0], page.lists_shown), max(most[1], len(page.items)))
+    ex._oco_page_most[page.shape] = seen
 
 
 async def _read_on(ex: ListsHost, read: _Pass, priority: Priority) -> bool:
@@ -168,15 +170,15 @@ async def open_oco_lists(ex: ListsHost, priority: Priority) -> tuple[list[_OcoLi
     any one-page answer: a list that was open before the read began is never.
 
     The page size S is what the venue serves, which may be less than we ask (`OcoPage.full`):
-    the proof holds for any S the venue keeps, and a page is called short only when it is
-    short of every page size the venue could be keeping.
+    the proof holds for any S the venue keeps (of at least `MIN_OCO_PAGE` items), and a page
+    is called short only when it is short of every page size the venue could be keeping.
 
-    Costs: an empty first page (every final check of a kill that left no list) is one
-    request, as is a first page shorter than the most a page of the account ever showed; a
-    first page as long as that may be a capped one, and costs the next page (empty) and a
-    read of page 1 that vouches for it: three. An m-page read of a quiet book costs m + (m-1)
-    or fewer. What we cancelled ourselves is not excused from the check: a cancel answered
-    during the read may have moved the pages as much as any other.
+    Costs: a first page under `MIN_OCO_PAGE` items, or shorter than the most a page of the
+    account has shown, is one request (every final check of a kill that left no list, and
+    accounts with a few lists); one as long as that may be a capped one, and costs the next
+    page and a read of page 1 that vouches for it: three. An m-page read of a quiet book
+    costs m + (m-1) or fewer. What we cancelled ourselves is not excused from the check: a
+    cancel answered during the read may have moved the pages as much as any other.
     """
     read = _Pass()
     for passes in range(1, OCO_MAX_PASSES + 1):

@@ -255,6 +255,11 @@ def _leg_order(leg: dict[str, Any], list_id: str, symbol: str | None = None) -> 
     )
 
 
+# The fewest items a page of `oco/openOrderList` is taken to serve when more exist, whatever
+# `pageSize` asks (the docs give it no maximum): below it, a short page ends a read at once.
+MIN_OCO_PAGE = 10
+
+
 @dataclass(frozen=True, slots=True)
 class OcoPage:
     """One page of `oco/openOrderList`: its open lists, and what took a place on it.
@@ -274,12 +279,15 @@ class OcoPage:
         50 lists). A page is short only when it is short in both.
 
         Nor do the docs give `pageSize` a maximum: a venue may serve fewer than asked without
-        saying so, and its full page then looks short. `most` is the most lists and items an
-        earlier page of the account showed: the venue serves at least that many when more
-        exist, so a page is short only below those too. An empty page always ends a read."""
+        saying so, and its full page then looks short. A page is short only below what the
+        venue surely serves: `most`, the most lists and items a page of this shape has shown
+        the account (it serves that many when more exist), and at least `MIN_OCO_PAGE` (the
+        one assumption: no venue pages by fewer, whatever is asked). An empty page always
+        ends a read."""
         if not self.items and not self.lists_shown:
             return False
-        lists_cap, items_cap = min(page_size, most[0]), min(page_size, most[1])
+        lists_cap = min(page_size, max(MIN_OCO_PAGE, most[0]))
+        items_cap = min(page_size, max(MIN_OCO_PAGE, most[1]))
         return self.lists_shown >= lists_cap or len(self.items) >= items_cap
 
 

@@ -185,11 +185,13 @@ class BingxCharges:
                 account=self.account,
                 endpoint=f"{method} {path}",
             )
-        if self.errors.count(path) >= ERROR_LOCK_COUNT - 1:
-            # One more error would lock this API for minutes: do not send what may earn it.
+        hold_s = self.errors.hold_s(path, priority)
+        if hold_s > 0:
+            # One more error would lock this API for minutes (or, for a background request,
+            # spend what kills need): do not send what may earn it.
             raise RateLimited(
                 "error-count lock ahead: holding this API",
-                retry_after_s=max(1.0, self.errors.clear_in_s(path)),
+                retry_after_s=hold_s,
                 venue=WIRE.dialect.venue,
                 account=self.account,
                 endpoint=f"{method} {path}",
@@ -225,6 +227,8 @@ class BingxCharges:
         elif isinstance(error, RateLimited):
             self.throttled(error, path, answer.msg, header_wait(headers))
         elif answer.code not in (None, 0):
+            # Every error code, "No data" on an empty read too: the venue's lock names codes
+            # ("over 20 error code:... requests"), and none is documented as exempt.
             self.errors.record(path)
 
     def banned(self, error: IpBanned, msg: str, headers: Headers | None) -> None:
