@@ -240,6 +240,22 @@ def header_wait(headers: Mapping[str, str] | None, now_ms: float | None = None) 
 # -- the venues -------------------------------------------------------------------------------
 # Binance [BN-ERR, reference §1.6]. -2011 CANCEL_REJECTED means "gone" or "refused": only the
 # message tells, and a message not listed is not guessed at (the unknown rule: re-read).
+#
+# "Rest API trading is not enabled." / "WebSocket API trading is not enabled." (errors.md, for
+# -1010, -2010 and -2011): the server the request reached takes no TRADE requests (cancels are
+# TRADE) by that route. Refused, not executed, and no retry on that route changes it: Fatal.
+# The connector sends such a request by its other route at once, and stops sending trading
+# requests by the refusing one; only when both refuse does the Fatal stand. So does -1020
+# UNSUPPORTED_OPERATION ("This operation is not supported.") from the ws-api.
+_TRADING_OFF_CODES = (-1010, -2010, -2011)
+BINANCE_REST_TRADING_OFF = tuple(
+    MessageRule(code, "Rest API trading is not enabled.", Fatal) for code in _TRADING_OFF_CODES
+)
+BINANCE_WS_TRADING_OFF = tuple(
+    MessageRule(code, "WebSocket API trading is not enabled.", Fatal) for code in _TRADING_OFF_CODES
+)
+BINANCE_UNSUPPORTED = -1020  # UNSUPPORTED_OPERATION
+
 BINANCE = Dialect(
     venue="binance",
     codes=MappingProxyType(
@@ -253,6 +269,7 @@ BINANCE = Dialect(
             -1008: Transient,  # SERVER_BUSY
             -1015: RateLimited,  # TOO_MANY_ORDERS
             -1016: Fatal,  # SERVICE_SHUTTING_DOWN: this service is no longer available
+            BINANCE_UNSUPPORTED: Fatal,  # "This operation is not supported.": never executed
             -1021: ClockSkew,  # INVALID_TIMESTAMP
             -1022: Fatal,  # INVALID_SIGNATURE
             -1099: Fatal,  # not found, authenticated, or authorized
@@ -271,6 +288,8 @@ BINANCE = Dialect(
         MessageRule(-2011, "This account may not place or cancel orders.", Fatal),
         MessageRule(-2011, "This action is disabled on this account.", Fatal),
         MessageRule(-2011, "Market is closed.", Transient),  # still live; may open again
+        *BINANCE_REST_TRADING_OFF,
+        *BINANCE_WS_TRADING_OFF,
     ),
     message_codes=frozenset({-2011}),
     code_ranges=((-1199, -1100, Fatal),),  # 11xx: request issues [BN-ERR]

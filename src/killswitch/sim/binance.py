@@ -22,6 +22,10 @@ in the sim TOML) picks it, and the connector must be right under each:
 * `empty_cancel_all`: `DELETE /api/v3/openOrders` on a symbol with nothing open answers -2011
   "Unknown order sent." (`"unknown_order"`, community reports; the default) or an empty array
   (`"empty_list"`; the docs say nothing).
+* `rest_trading`, `ws_trading`: `"enabled"` (the default) or `"disabled"`, a server that takes
+  no TRADE requests by that route and refuses them with "Rest API trading is not enabled." /
+  "WebSocket API trading is not enabled." (errors.md; -2010 for a new order, -2011 for a
+  cancel). Reads still work.
 """
 
 from __future__ import annotations
@@ -138,6 +142,18 @@ UNKNOWN_ORDER = "Unknown order sent."
 # list that is not open (§1.6). `list_unknown_message` switches it for the older reading.
 UNKNOWN_ORDER_LIST = "Unknown order list sent."
 FIRST_ORDER_ID = 12_510_053_279
+# TRADE endpoints, by their ws-api names: a server "not configured to allow access to TRADE
+# endpoints" refuses these alone [BN-ERR, "Rest API trading is not enabled." / "WebSocket API
+# trading is not enabled."]; the `rest_trading` and `ws_trading` switches play such a server.
+TRADE_METHODS = frozenset(
+    {
+        "order.place",
+        "order.cancel",
+        "openOrders.cancelAll",
+        "orderList.place.oco",
+        "orderList.cancel",
+    }
+)
 
 
 class BnError(Exception):
@@ -155,6 +171,13 @@ class BnError(Exception):
         if self.data is not None:
             body["data"] = self.data
         return body
+
+
+def _trading_off(route: str, method: str) -> BnError:
+    """A TRADE request on a server that takes none by this route: -2010 for a new order,
+    -2011 for a cancel (errors.md lists the message under both)."""
+    code = -2010 if ".place" in method else -2011
+    return BnError(400, code, f"{route} trading is not enabled.")
 
 
 def _missing(name: str) -> BnError:
@@ -248,11 +271,16 @@ class BinanceSim(SimVenue):
         max_connection_s: float = MAX_CONNECTION_S,
         list_unknown_message: str = UNKNOWN_ORDER_LIST,
         empty_cancel_all: str = "unknown_order",
+        rest_trading: str = "enabled",
+        ws_trading: str = "enabled",
     ):
         if empty_cancel_all not in ("unknown_order", "empty_list"):
             raise ValueError(
                 f"empty_cancel_all must be unknown_order or empty_list, not {empty_cancel_all!r}"
             )
+        for name, value in (("rest_trading", rest_trading), ("ws_trading", ws_trading)):
+            if value not in ("enabled", "disabled"):
+                raise ValueError(f"{name} must be enabled or disabled, not {value!r}")
         # The base constructor mints books and routes, so the counters must exist first.
         # Binance numbers orders per symbol [§1.6]: every symbol has its own counter, all
         # starting at the same value, so orders on two symbols meet the same id.
@@ -266,6 +294,8 @@ class BinanceSim(SimVenue):
         self.max_connection_s = max_connection_s
         self.list_unknown_message = list_unknown_message
         self.empty_cancel_all = empty_cancel_all
+        self.rest_trading = rest_trading
+        self.ws_trading = ws_trading
         super().__init__(settings)
         scale = settings.rate_limit_scale
         self.weight_limit = max(1, int(WEIGHT_PER_MINUTE * scale))
@@ -315,8 +345,8 @@ class BinanceSim(SimVenue):
         r.add_get("/api/v3/ping", self._public(dict))
         r.add_get("/api/v3/time", self._server_time)
         r.add_get("/api/v3/exchangeInfo", self._exchange_info)
-        for method, path, _, op in self._order_ops():
-            r.add_route(method, path, self._signed(op))
+        for method, path, ws, op in self._order_ops():
+            r.add_route(method, path, self._signed(op, ws if ws in TRADE_METHODS else None))
         # Readiness (issue 14): what a key may do, and a book a live drill prices from.
         r.add_get("/api/v3/account", self._signed(self.op_account))
         r.add_get("/api/v3/ticker/bookTicker", self._book_ticker)
@@ -351,10 +381,14 @@ class BinanceSim(SimVenue):
         account = self.account_for_key(request.headers.get(self.key_header))
         return json_response({"serverTime": self.now_ms(account.name if account else None)})
 
-    def _signed(self, op: Op) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _signed(
+        self, op: Op, trade: str | None = None
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             try:
                 account, params = await self._rest_auth(request)
+                if trade is not None and self.rest_trading == "disabled":
+                    raise _trading_off("Rest API", trade)
                 ctx = Ctx(account, params)
                 response = json_response(op(ctx))
             except BnError as exc:
@@ -1140,6 +1174,8 @@ class BinanceSim(SimVenue):
             raise BnError(400, -1016, "This service is no longer available.")
         op = self._ws_ops[method]
         account = self._ws_auth(conn, params, ad_hoc_only=False)
+        if method in TRADE_METHODS and self.ws_trading == "disabled":
+            raise _trading_off("WebSocket API", method)
         ctx = Ctx(account, {k: _ws_str(v) for k, v in params.items()})
         return op(ctx), ctx.orders_count
 

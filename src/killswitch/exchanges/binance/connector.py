@@ -7,6 +7,12 @@ each request ad hoc. While the session is down (not yet open, dropped, `serverSh
 same request goes over REST. A request sent on the session and not answered within the timeout
 is `OutcomeUnknown`; one that could not be sent goes over REST instead.
 
+A server may take no TRADE requests (cancels) by one route: "WebSocket API trading is not
+enabled." / "Rest API trading is not enabled." [BN-ERR], or -1020 "This operation is not
+supported." from the ws-api. Such a request was refused, not executed: it goes by the other
+route at once, and the session sends no more of what it refused (reads keep using it). Only
+when both routes refuse does the refusal stand, as `Fatal`.
+
 The user-data stream is in `stream`, a separate connection per `user_stream()` call.
 """
 
@@ -57,7 +63,13 @@ from killswitch.exchanges.binance.session import (
 )
 from killswitch.exchanges.budget import Priority, RateBudget, shared_item
 from killswitch.exchanges.connector import ConnectorArgs, VenueConnector
-from killswitch.exchanges.dialect import BINANCE
+from killswitch.exchanges.dialect import (
+    BINANCE,
+    BINANCE_REST_TRADING_OFF,
+    BINANCE_UNSUPPORTED,
+    BINANCE_WS_TRADING_OFF,
+    MessageRule,
+)
 from killswitch.exchanges.rest import Answer, WeightCharges, Wire
 from killswitch.exchanges.signing import (
     binance_ed25519_private_key,
@@ -117,13 +129,28 @@ class _Endpoint:
     ws_method: str
     method: str
     path: str
+    trade: bool = False  # a TRADE endpoint: a server may refuse these by one route
 
 
 OPEN_ORDERS = _Endpoint("openOrders.status", "GET", "/api/v3/openOrders")
 OPEN_ORDER_LISTS = _Endpoint("openOrderLists.status", "GET", "/api/v3/openOrderList")
-CANCEL_ALL = _Endpoint("openOrders.cancelAll", "DELETE", "/api/v3/openOrders")
-CANCEL_ORDER = _Endpoint("order.cancel", "DELETE", "/api/v3/order")
-CANCEL_ORDER_LIST = _Endpoint("orderList.cancel", "DELETE", "/api/v3/orderList")
+CANCEL_ALL = _Endpoint("openOrders.cancelAll", "DELETE", "/api/v3/openOrders", trade=True)
+CANCEL_ORDER = _Endpoint("order.cancel", "DELETE", "/api/v3/order", trade=True)
+CANCEL_ORDER_LIST = _Endpoint("orderList.cancel", "DELETE", "/api/v3/orderList", trade=True)
+TRADE_WS_METHODS = frozenset(e.ws_method for e in (CANCEL_ALL, CANCEL_ORDER, CANCEL_ORDER_LIST))
+
+
+class _RouteRefused(Exception):
+    """The ws-api session refused a request by its route, not executed: send it over REST."""
+
+    def __init__(self, error: VenueError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _matches(rules: Sequence[MessageRule], error: VenueError) -> bool:
+    code = error.code if isinstance(error.code, int) else None
+    return any(rule.matches(code, error.msg) for rule in rules)
 
 
 class BinanceExchange(VenueConnector):
@@ -165,6 +192,8 @@ class BinanceExchange(VenueConnector):
         self.ws_url = ws_api_url(self._ws_url)
         self.session: WsApiSession | None = None
         self._session_ready = asyncio.Event()
+        self._next_session = asyncio.Event()  # set (and replaced) when a session is installed
+        self._rest_trading_told = False  # "Rest API trading is not enabled." logged once
 
     # -- lifecycle -------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -215,6 +244,8 @@ class BinanceExchange(VenueConnector):
     async def _install_session(self, fresh: WsApiSession) -> None:
         old, self.session = self.session, fresh
         self._session_ready.set()
+        installed, self._next_session = self._next_session, asyncio.Event()
+        installed.set()
         if old is not None:
             await old.close()
 
@@ -310,29 +341,137 @@ class BinanceExchange(VenueConnector):
     ) -> Any:
         """One signed request: on the ws-api session when it is up, else over REST.
 
-        A `ClockSkew` answer resyncs the clock once and retries at once.
+        A `ClockSkew` answer resyncs the clock once and retries at once. A request one route
+        refused (trading not enabled there, or not supported) goes by the other at once,
+        paid for again: the venue counted the refused one.
         """
 
         async def attempt() -> Any:
-            # In flight until it lands: over the ws-api here, over REST in `rest.send`.
+            # In flight until it lands: over the ws-api in `_ws_send`, over REST in `rest.send`.
             await self.budget.acquire(weight, priority, in_flight=True)
-            session = self.session
-            if session is not None and session.up:
+            session = self._ws_route(endpoint)
+            if session is not None:
                 try:
-                    frame = await session.call(
-                        endpoint.ws_method, self._ws_params(params, session), self.timeout_s
-                    )
+                    return await self._ws_send(session, endpoint, params, weight)
                 except _NotSent:
                     log.info("binance ws-api down, using REST account=%s", self.account)
-                except BaseException:
-                    self.budget.landed(weight)
+                except _RouteRefused:
+                    await self.budget.acquire(weight, priority, in_flight=True)
+            try:
+                return await self.rest.send(endpoint.method, endpoint.path, params, weight=weight)
+            except Fatal as exc:
+                if not endpoint.trade or not _matches(BINANCE_REST_TRADING_OFF, exc):
                     raise
-                else:
-                    self.budget.landed(weight)
-                    return self._ws_result(frame, endpoint.ws_method)
-            return await self.rest.send(endpoint.method, endpoint.path, params, weight=weight)
+                return await self._rest_refused(endpoint, params, weight, priority, exc)
 
         return await self.rest.resyncing(attempt)
+
+    def _ws_route(self, endpoint: _Endpoint) -> WsApiSession | None:
+        """The session to send `endpoint` on: up, and not refusing it."""
+        session = self.session
+        if session is None or not session.up or endpoint.ws_method in session.refused:
+            return None
+        return session
+
+    async def _ws_send(
+        self,
+        session: WsApiSession,
+        endpoint: _Endpoint,
+        params: Sequence[tuple[str, str]],
+        weight: int,
+    ) -> Any:
+        """Send one request, its `weight` acquired in flight, on `session` and read the answer.
+
+        `_NotSent` leaves the weight in flight (REST sends the request on); otherwise it has
+        landed. `_RouteRefused`: the session's server refused the request by its route; the
+        session refuses it (with "trading is not enabled", every TRADE request) from now on.
+        """
+        try:
+            frame = await session.call(
+                endpoint.ws_method, self._ws_params(params, session), self.timeout_s
+            )
+        except _NotSent:
+            raise
+        except BaseException:
+            self.budget.landed(weight)
+            raise
+        self.budget.landed(weight)
+        try:
+            return self._ws_result(frame, endpoint.ws_method)
+        except Fatal as exc:
+            if _matches(BINANCE_WS_TRADING_OFF, exc):
+                refused = {*TRADE_WS_METHODS, endpoint.ws_method}
+            elif exc.code == BINANCE_UNSUPPORTED:
+                refused = {endpoint.ws_method}
+            else:
+                raise
+            if not refused <= session.refused.keys():
+                session.refused.update(dict.fromkeys(refused, exc.msg))
+                log.warning(
+                    "binance ws-api session refuses %s; they go over REST while it lasts"
+                    " account=%s error=%s",
+                    ",".join(sorted(refused)),
+                    self.account,
+                    exc,
+                )
+            raise _RouteRefused(exc) from exc
+
+    async def _rest_refused(
+        self,
+        endpoint: _Endpoint,
+        params: Sequence[tuple[str, str]],
+        weight: int,
+        priority: Priority,
+        refusal: Fatal,
+    ) -> Any:
+        """REST answered "Rest API trading is not enabled.": send the request on the ws-api
+        session (waiting up to the timeout for one coming up), or let the refusal stand."""
+        if not self._rest_trading_told:
+            self._rest_trading_told = True
+            log.warning(
+                "binance REST refuses trading; cancels need the ws-api account=%s error=%s",
+                self.account,
+                refusal,
+            )
+        session = await self._session_soon()
+        ws_refusal = None if session is None else session.refused.get(endpoint.ws_method)
+        if session is not None and ws_refusal is None:
+            await self.budget.acquire(weight, priority, in_flight=True)
+            try:
+                return await self._ws_send(session, endpoint, params, weight)
+            except _NotSent:
+                self.budget.landed(weight)
+            except _RouteRefused as exc:
+                ws_refusal = exc.error.msg
+        if ws_refusal is not None:
+            refusal = Fatal(
+                f"{refusal.msg} ws-api: {ws_refusal}",
+                venue=VENUE,
+                account=self.account,
+                http_status=refusal.http_status,
+                code=refusal.code,
+                endpoint=f"{refusal.endpoint}, ws {endpoint.ws_method}",
+            )
+        log.error(
+            "binance refuses trading by REST and no ws-api session takes it account=%s error=%s",
+            self.account,
+            refusal,
+        )
+        raise refusal
+
+    async def _session_soon(self) -> WsApiSession | None:
+        """The ws-api session, once up: while the keeper brings one up, up to the timeout."""
+        if not self.use_ws_api:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    installed = self._next_session
+                    session = self.session
+                    if session is not None and session.up:
+                        return session
+                    await installed.wait()
+        return None
 
     def _ws_params(
         self, params: Sequence[tuple[str, str]], session: WsApiSession

@@ -43,6 +43,9 @@ class WsApiSession:
         self.ws = ws
         self.logged_on = False
         self.draining = False  # serverShutdown seen: finish in-flight work, take no more
+        # Methods this session's server refused by its route ("WebSocket API trading is not
+        # enabled.", -1020), with its words: they go over REST while this session lasts.
+        self.refused: dict[str, str] = {}
         self.opened_at = asyncio.get_running_loop().time()
         self.closed = asyncio.Event()
         self.lost = asyncio.Event()  # closed or draining: time for a new session
