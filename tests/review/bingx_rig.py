@@ -15,13 +15,15 @@ from killswitch.exchanges.bingx import BingxExchange
 from killswitch.journal import Journal
 from killswitch.kill.config import Account, EngineConfig
 from killswitch.kill.engine import Engine
-from killswitch.model import AccountRef
+from killswitch.kill.record import Kill
+from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sim.bingx import BingxSim
 from killswitch.sim.venue import SimAccount, VenueSettings
 from killswitch.streams.supervisor import StreamSupervisor
 from killswitch.streams.tracker import OrderTracker
 from tests.fixtures.answers import AnswerOverrides, install
 from tests.fixtures.bingx import ACCOUNT_KEYS, SETTINGS_FIELDS, account_keys, bx_call
+from tests.unit.test_engine import QUICK
 
 SPOT = "/openApi/spot/v1"
 
@@ -133,3 +135,14 @@ async def streamed_engine(
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await engine.stop(grace_s=1.0)
+
+
+async def bingx_kill(exchange: BingxExchange, journal: Path, scope: Scope) -> Kill:
+    """Run one kill of `scope` over the BingX account `bx0` to its end (confirmed or
+    failed); the ended kill."""
+    async with bingx_engine(exchange, journal, QUICK, seed=7) as engine:
+        await engine.submit(Trigger("k1", "test", Mode.KILL, "review", scope))
+        kill = engine.kill_for("k1")
+        assert kill is not None
+        await kill.finished.wait()
+        return kill

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from killswitch.kill.record import KillState
-from killswitch.model import Mode, Scope, Trigger
+from killswitch.model import Scope
 from killswitch.sim.book import OrderSpec
-from tests.review.bingx_rig import bingx_engine, bingx_with_answers
-from tests.unit.test_engine import QUICK
+from tests.review.bingx_rig import bingx_kill, bingx_with_answers
 
 CAP = 10  # what the venue serves per page, whatever pageSize asks
 
@@ -48,15 +47,11 @@ async def test_a_list_past_a_silently_capped_page_is_read_and_cancelled(
         snapshot = await exchange.snapshot()
         assert btc in {x.list_id for x in snapshot.lists} or not snapshot.complete
 
-        async with bingx_engine(exchange, tmp_path / "journal.jsonl", QUICK, seed=7) as engine:
-            scope = Scope.of(venues=["bingx"], symbols=["BTC-USDT"])
-            await engine.submit(Trigger("k1", "test", Mode.KILL, "desk breach", scope))
-            kill = engine.kill_for("k1")
-            assert kill is not None
-            await kill.done.wait()
-            assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
-            assert btc not in book.lists  # cancelled, not missed
-            assert len(book.open_lists()) == per_page  # out of scope: untouched
+        scope = Scope.of(venues=["bingx"], symbols=["BTC-USDT"])
+        kill = await bingx_kill(exchange, tmp_path / "journal.jsonl", scope)
+        assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
+        assert btc not in book.lists  # cancelled, not missed
+        assert len(book.open_lists()) == per_page  # out of scope: untouched
 
 
 async def test_a_read_answered_no_data_reads_empty_and_the_kill_ends_flat(tmp_path: Path) -> None:
@@ -68,13 +63,9 @@ async def test_a_read_answered_no_data_reads_empty_and_the_kill_ends_flat(tmp_pa
         book = sim.book(sim.accounts["bx0"])
         for _ in range(3):
             book.place(OrderSpec("ETH-USDT", "SELL", "LIMIT", Decimal("200"), Decimal("1")))
-        async with bingx_engine(exchange, tmp_path / "journal.jsonl", QUICK, seed=7) as engine:
-            await engine.submit(Trigger("k1", "test", Mode.KILL, "breach", Scope.of(["bingx"])))
-            kill = engine.kill_for("k1")
-            assert kill is not None
-            await kill.done.wait()
-            assert kill.state in (KillState.FLAT, KillState.CONFIRMED), kill.accounts
-            assert not book.open_orders(None)
+        kill = await bingx_kill(exchange, tmp_path / "journal.jsonl", Scope.of(["bingx"]))
+        assert kill.state in (KillState.FLAT, KillState.CONFIRMED), kill.accounts
+        assert not book.open_orders(None)
         for symbols in (None, ["ETH-USDT"]):
             snapshot = await exchange.snapshot(symbols)
             assert snapshot.complete

@@ -22,11 +22,10 @@ from killswitch.exchanges.base import Priority, RateLimited
 from killswitch.exchanges.bingx.parse import MIN_OCO_PAGE
 from killswitch.exchanges.bingx.venue import ERROR_LOCK_COUNT, OCO_OPEN_LIST, OPEN_ORDERS
 from killswitch.kill.record import KillState
-from killswitch.model import Mode, Scope, Trigger
+from killswitch.model import Scope
 from killswitch.sim.book import OrderSpec
-from tests.review.bingx_rig import bingx_engine, bingx_with_answers
+from tests.review.bingx_rig import bingx_kill, bingx_with_answers
 from tests.review.test_found_review54 import oco_legs
-from tests.unit.test_engine import QUICK
 
 
 async def test_background_reads_answered_no_data_leave_the_error_allowance_to_kills(
@@ -46,12 +45,8 @@ async def test_background_reads_answered_no_data_leave_the_error_allowance_to_ki
             assert exchange.errors.count(path) <= ERROR_LOCK_COUNT // 2
         book = sim.book(sim.accounts["bx0"])
         book.place(OrderSpec("ETH-USDT", "SELL", "LIMIT", Decimal("200"), Decimal("1")))
-        async with bingx_engine(exchange, tmp_path / "journal.jsonl", QUICK, seed=7) as engine:
-            await engine.submit(Trigger("k1", "test", Mode.KILL, "breach", Scope.of(["bingx"])))
-            kill = engine.kill_for("k1")
-            assert kill is not None
-            await kill.done.wait()
-            assert kill.state in (KillState.FLAT, KillState.CONFIRMED), kill.accounts
+        kill = await bingx_kill(exchange, tmp_path / "journal.jsonl", Scope.of(["bingx"]))
+        assert kill.state in (KillState.FLAT, KillState.CONFIRMED), kill.accounts
         assert not book.open_orders(None)
 
 
@@ -90,11 +85,7 @@ async def test_what_pages_of_one_shape_showed_says_nothing_of_the_other(tmp_path
         sim.set_behaviour(
             sim.behaviour.with_changes(oco_list_shape="ocoOrders", oco_page_cap=MIN_OCO_PAGE)
         )
-        async with bingx_engine(exchange, tmp_path / "journal.jsonl", QUICK, seed=7) as engine:
-            scope = Scope.of(venues=["bingx"], symbols=["BTC-USDT"])
-            await engine.submit(Trigger("k1", "test", Mode.KILL, "desk breach", scope))
-            kill = engine.kill_for("k1")
-            assert kill is not None
-            await kill.done.wait()
-            assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
-            assert btc not in book.lists  # cancelled, not missed
+        scope = Scope.of(venues=["bingx"], symbols=["BTC-USDT"])
+        kill = await bingx_kill(exchange, tmp_path / "journal.jsonl", scope)
+        assert kill.state in (KillState.FLAT, KillState.CONFIRMED)
+        assert btc not in book.lists  # cancelled, not missed
