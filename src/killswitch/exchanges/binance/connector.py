@@ -42,6 +42,7 @@ from killswitch.exchanges.base import (
     Fatal,
     OutcomeUnknown,
     RateLimits,
+    Transient,
     VenueError,
     malformed_is_unknown,
 )
@@ -425,7 +426,10 @@ class BinanceExchange(VenueConnector):
         refusal: Fatal,
     ) -> Any:
         """REST answered "Rest API trading is not enabled.": send the request on the ws-api
-        session (waiting up to the timeout for one coming up), or let the refusal stand."""
+        session (waiting up to the timeout for one coming up). The refusal stands (Fatal)
+        only when the ws-api refuses it too, or there is none; a session merely down (coming
+        back, or lost under the send) makes it a `Transient`: the engine retries until its
+        deadline (review 63: an account was stopped while its ws-api reconnected)."""
         if not self._rest_trading_told:
             self._rest_trading_told = True
             log.warning(
@@ -443,6 +447,15 @@ class BinanceExchange(VenueConnector):
                 self.budget.landed(weight)
             except _RouteRefused as exc:
                 ws_refusal = exc.error.msg
+        if ws_refusal is None and self.use_ws_api:
+            raise Transient(
+                f"{refusal.msg} ws-api: no session up",
+                venue=VENUE,
+                account=self.account,
+                http_status=refusal.http_status,
+                code=refusal.code,
+                endpoint=f"{refusal.endpoint}, ws {endpoint.ws_method}",
+            ) from refusal
         if ws_refusal is not None:
             refusal = Fatal(
                 f"{refusal.msg} ws-api: {ws_refusal}",
