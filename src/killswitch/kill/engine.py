@@ -189,12 +189,15 @@ class Engine:
             await asyncio.wait(list(self._accepting.values()))
         if self._resets.in_flight:
             await asyncio.wait(list(self._resets.in_flight))
-        running = [k.task for k in self._running if k.task is not None]
-        running += list(self._streams.tasks.values())
-        if running:
-            _, pending = await asyncio.wait(running, timeout=grace_s)
+        # Until the grace ends: a stream may show an order meanwhile, and its cancel starts a
+        # drain of its own (review 63: stop returned with it running).
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + grace_s
+        while running := [t for t in self._in_flight() if not t.done()]:
+            _, pending = await asyncio.wait(running, timeout=max(0.0, ends - loop.time()))
             if pending:
                 log.warning("stop cancelled kills in flight count=%d", len(pending))
+                self._streams.closed = True  # the grace is over: no new stream cancels
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending)
@@ -207,12 +210,13 @@ class Engine:
 
     async def wait_idle(self) -> None:
         """Wait until no kill, sweep or stream cancel is in flight (for tests and drains)."""
-        while True:
-            busy = [k.task for k in self._running if k.task is not None]
-            busy += list(self._streams.tasks.values())
-            if not busy:
-                return
+        while busy := self._in_flight():
             await asyncio.wait(busy)
+
+    def _in_flight(self) -> list[asyncio.Task[None]]:
+        """Every kill, sweep and stream cancel running now."""
+        running = [k.task for k in self._running if k.task is not None]
+        return running + list(self._streams.tasks.values())
 
     # -- the public API -------------------------------------------------------------------------
     async def submit(self, trigger: Trigger) -> SubmitResult:

@@ -67,6 +67,7 @@ class StreamCancels:
             AccountRef, dict[asyncio.Task[None], list[Order | OrderList] | None]
         ] = {}
         self._drain_ids = itertools.count(1)
+        self.closed = False  # the engine's stop grace is over: no drain starts
 
     @property
     def tasks(self) -> dict[str, asyncio.Task[None]]:
@@ -142,7 +143,9 @@ class StreamCancels:
         the whole account fails, more lanes would only mean more retries."""
         ref = account.ref
         drains = self._drains.get(ref, {})
-        if len(drains) >= MAX_STREAM_BATCHES or any(b is None for b in drains.values()):
+        if self.closed or len(drains) >= MAX_STREAM_BATCHES:
+            return
+        if any(b is None for b in drains.values()):
             return
         held = self._held(ref, None)
         pending = self._stream_pending.get(ref, {})
