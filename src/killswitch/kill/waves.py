@@ -31,7 +31,6 @@ from killswitch.exchanges.base import (
     Fatal,
     IpBanned,
     OutcomeUnknown,
-    Priority,
     RateLimited,
     VenueError,
     refuses_symbol,
@@ -298,7 +297,7 @@ class Waves:
         symbols = self._snapshot_symbols(kill.scope, account, result)
         try:
             async with asyncio.timeout(_LAST_LOOK_S):
-                snap = await account.exchange.snapshot(symbols, priority=_reads(kill))
+                snap = await account.exchange.snapshot(symbols)
         except (VenueError, TimeoutError) as exc:
             log.warning("last look failed kill_id=%s account=%s: %s", kill.id, account.ref, exc)
             return replace(known, complete=False)
@@ -312,9 +311,7 @@ class Waves:
         self, kill: Kill, account: Account, result: AccountResult, symbols: list[str] | None
     ) -> Snapshot:
         async def once() -> Snapshot:
-            return await self.gate(account).run(
-                lambda: account.exchange.snapshot(symbols, priority=_reads(kill))
-            )
+            return await self.gate(account).run(lambda: account.exchange.snapshot(symbols))
 
         return await self._retrying(kill, result, once)
 
@@ -436,9 +433,7 @@ class Waves:
             symbols = self._snapshot_symbols(kill.scope, account, result)
         snap = in_scope(
             kill.scope,
-            await self.gate(account).run(
-                lambda: account.exchange.snapshot(symbols, priority=_reads(kill))
-            ),
+            await self.gate(account).run(lambda: account.exchange.snapshot(symbols)),
         )
         open_keys = {o.key for o in snap.orders}
         gone = coverage(request, result.known) - open_keys - result.cancelled
@@ -552,12 +547,6 @@ async def _together(*aws: Awaitable[None]) -> None:
 def _names_scope(scope: Scope, symbols: Sequence[str]) -> bool:
     """True when `symbols` are every symbol the scope can cover (it names them all)."""
     return bool(scope.symbols) and {canonical_symbol(s) for s in symbols} >= scope.symbols
-
-
-def _reads(kill: Kill) -> Priority:
-    """A latched sweep's reads are background reads: they yield the budgets (and BingX's
-    error allowance, which an empty read may spend) to kills."""
-    return Priority.BACKGROUND if kill.kind is KillKind.SWEEP else Priority.KILL
 
 
 def _only(snapshot: Snapshot, keys: set[OrderKey], list_ids: set[str]) -> Snapshot:

@@ -240,10 +240,16 @@ class MexcExchange(OpenOrderReads, VenueConnector):
         wanted = list(dict.fromkeys(symbols))
         if not wanted:
             return CancelAck()
-        acks = await _gather_all(self._cancel_chunk(chunk, priority) for chunk in _chunks(wanted))
+        # One request: a refusal of what it names is the request's (`_cancel_chunk`).
+        alone = len(wanted) <= MAX_SYMBOLS_PER_CALL
+        acks = await _gather_all(
+            self._cancel_chunk(chunk, priority, alone=alone) for chunk in _chunks(wanted)
+        )
         return CancelAck(cancelled=tuple(i for ack in acks for i in ack.cancelled))
 
-    async def _cancel_chunk(self, symbols: Sequence[str], priority: Priority) -> CancelAck:
+    async def _cancel_chunk(
+        self, symbols: Sequence[str], priority: Priority, *, alone: bool = False
+    ) -> CancelAck:
         self.known_symbols.update(s for s in symbols if s not in self._delisted_symbols)
         try:
             rows = await self.rest.request(
@@ -256,11 +262,26 @@ class MexcExchange(OpenOrderReads, VenueConnector):
                 raise
             # One symbol MEXC calls bad (delisted, say) must not stop the others' cancels
             # (review 48): each alone; the bad one cancels nothing, and no read proves it flat.
+            # A cancel of that one symbol alone is refused as the venue said (review 62): the
+            # kill alarms, does not send it again, and stops when nothing else is left.
             if len(symbols) == 1:
                 await self.symbol_refused(symbols[0], priority)
+                if alone and isinstance(exc, Fatal):
+                    raise
                 return CancelAck()
-            acks = await _gather_all(self._cancel_chunk([s], priority) for s in symbols)
-            return CancelAck(cancelled=tuple(i for ack in acks for i in ack.cancelled))
+            each = await asyncio.gather(
+                *(self._cancel_chunk([s], priority, alone=True) for s in symbols),
+                return_exceptions=True,
+            )
+            refusals = [e for e in each if isinstance(e, Fatal) and e.code in BAD_SYMBOL_CODES]
+            failed = [e for e in each if isinstance(e, BaseException) and e not in refusals]
+            if failed:
+                raise failed[0] from exc
+            if alone and len(refusals) == len(symbols):
+                raise refusals[0] from exc  # every symbol it names is refused: so is the request
+            return CancelAck(
+                cancelled=tuple(i for a in each if isinstance(a, CancelAck) for i in a.cancelled)
+            )
         return CancelAck(
             cancelled=tuple(
                 (str(row.get("symbol") or symbols[0]), text_id(row["orderId"]))
