@@ -528,11 +528,11 @@ class Engine:
                 kill.deadline = max(kill.deadline, self._clock() + self.config.deadline_s / 2)
             # One more look at the venues: consecutive empty snapshots, not our own word. A
             # look that found something to cancel (an order no stream showed) is not quiet.
-            cancelled = _cancelled(kill)
+            cancelled = kill.cancelled()
             await self._to_done(kill, accounts, again=True)
             if kill.state is not KillState.FLAT:
                 return
-            if _cancelled(kill) != cancelled:
+            if kill.cancelled() != cancelled:
                 quiet = False
                 kill.deadline = max(kill.deadline, self._clock() + self.config.deadline_s / 2)
             if quiet and kill.new_orders_seen == seen:
@@ -597,8 +597,3 @@ class Engine:
         record = make_event(event_type, **fields)
         self.events.emit(record)
         return record
-
-
-def _cancelled(kill: Kill) -> int:
-    """Orders and lists the kill has seen cancelled, over its accounts."""
-    return sum(len(r.cancelled) + len(r.lists_cancelled) for r in kill.accounts.values())

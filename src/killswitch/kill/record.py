@@ -138,6 +138,10 @@ class Kill:
             return 0
         return first.created_ms or first.received_ms
 
+    def cancelled(self) -> int:
+        """Orders and lists the kill has seen cancelled, over its accounts."""
+        return sum(len(r.cancelled) + len(r.lists_cancelled) for r in self.accounts.values())
+
     def summary(self) -> dict[str, object]:
         if self.final is not None:
             return self.final
