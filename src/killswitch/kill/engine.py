@@ -201,6 +201,7 @@ class Engine:
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending)
+        self._streams.closed = True  # streams outlive the engine: none starts now (review 64)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

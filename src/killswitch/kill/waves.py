@@ -238,20 +238,21 @@ class Waves:
             if request.symbols and outcome.error is not None and refuses_symbol(outcome.error):
                 # A symbol the venue does not take (a typo, a delisted pair) fails its own
                 # request, never the account's kill (review 51): its other requests go on, and
-                # the verification read decides.
-                refused.update(dict.fromkeys(request.symbols, outcome.error))
+                # the verification read decides. The symbols refused are those of the request
+                # sent, which a re-read may have narrowed (review 64).
+                refused.update(dict.fromkeys(outcome.sent_symbols, outcome.error))
                 log.error(
                     "kill request refused a symbol kill_id=%s account=%s symbols=%s error=%s",
                     kill.id,
                     account.ref,
-                    ",".join(request.symbols),
+                    ",".join(outcome.sent_symbols),
                     outcome.error,
                 )
                 self._run.emit(
                     EventType.ALARM,
                     kill_id=kill.id,
                     account=str(account.ref),
-                    symbols=list(request.symbols),
+                    symbols=list(outcome.sent_symbols),
                     error=outcome.error.to_json(),
                 )
             elif isinstance(outcome.error, Fatal):
@@ -400,7 +401,9 @@ class Waves:
         except AlreadyGone:
             outcome = _Outcome("gone", cancelled, attempts)
         except VenueError as exc:
-            outcome = _Outcome(exc.kind, cancelled, attempts, exc)
+            # What was refused is what was sent: a re-read may have narrowed the request.
+            sent = current.symbols if current is not None else request.symbols
+            outcome = _Outcome(exc.kind, cancelled, attempts, exc, sent)
         if outcome.result in ("ok", "gone", "verified") and kill.first_cancel_ms is None:
             kill.first_cancel_ms = (self._run.clock() - kill.started) * 1000
         if outcome.result in ("ok", "gone", "verified") and result.first_cancel_ms is None:
@@ -521,6 +524,7 @@ class _Outcome:
     cancelled: int = 0
     attempts: int = 0
     error: VenueError | None = None
+    sent_symbols: tuple[str, ...] = ()  # an error's: the symbols of the request it answered
 
 
 def _retriable(exc: BaseException) -> bool:

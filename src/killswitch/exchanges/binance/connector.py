@@ -164,6 +164,7 @@ class BinanceExchange(TwoRoutes, VenueConnector):
         self._session_ready = asyncio.Event()
         self._next_session = asyncio.Event()  # set (and replaced) when a session is installed
         self._rest_trading_told = False  # "Rest API trading is not enabled." logged once
+        self._ws_refusals: dict[str, str] = {}  # ws-api method -> a session's refusal of it
 
     # -- lifecycle -------------------------------------------------------------------------
     async def _open(self) -> None:

@@ -76,6 +76,7 @@ class TwoRoutes:
     use_ws_api: bool
     _next_session: asyncio.Event
     _rest_trading_told: bool
+    _ws_refusals: dict[str, str]  # ws-api method -> the last session's refusal of it
     _ws_signed: Callable[[dict[str, Any]], dict[str, Any]]
 
     def _ws_result(self, frame: dict[str, Any], method: str) -> Any:
@@ -176,7 +177,7 @@ class TwoRoutes:
             raise
         self.budget.landed(weight)
         try:
-            return self._ws_result(frame, endpoint.ws_method)
+            result = self._ws_result(frame, endpoint.ws_method)
         except Fatal as exc:
             if _matches(BINANCE_WS_TRADING_OFF, exc):
                 refused = {*TRADE_WS_METHODS, endpoint.ws_method}
@@ -184,6 +185,7 @@ class TwoRoutes:
                 refused = {endpoint.ws_method}
             else:
                 raise
+            self._ws_refusals.update(dict.fromkeys(refused, exc.msg))
             if not refused <= session.refused.keys():
                 session.refused.update(dict.fromkeys(refused, exc.msg))
                 log.warning(
@@ -194,6 +196,8 @@ class TwoRoutes:
                     exc,
                 )
             raise _RouteRefused(exc) from exc
+        self._ws_refusals.pop(endpoint.ws_method, None)  # taken: a refusal is past
+        return result
 
     async def _rest_refused(
         self,
@@ -225,6 +229,9 @@ class TwoRoutes:
                 self.budget.landed(weight)
             except _RouteRefused as exc:
                 ws_refusal = exc.error.msg
+        if ws_refusal is None and session is None:
+            # No session up: what the last one said of this request stands (review 64).
+            ws_refusal = self._ws_refusals.get(endpoint.ws_method)
         if ws_refusal is None and self.use_ws_api:
             raise Transient(
                 f"{refusal.msg} ws-api: no session up",
