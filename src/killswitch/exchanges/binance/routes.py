@@ -232,24 +232,20 @@ class TwoRoutes:
         if ws_refusal is None and session is None:
             # No session up: what the last one said of this request stands (review 64).
             ws_refusal = self._ws_refusals.get(endpoint.ws_method)
-        if ws_refusal is None and self.use_ws_api:
-            raise Transient(
-                f"{refusal.msg} ws-api: no session up",
-                venue=VENUE,
-                account=self.account,
-                http_status=refusal.http_status,
-                code=refusal.code,
-                endpoint=f"{refusal.endpoint}, ws {endpoint.ws_method}",
-            ) from refusal
-        if ws_refusal is not None:
-            refusal = Fatal(
-                f"{refusal.msg} ws-api: {ws_refusal}",
+        if ws_refusal is not None or self.use_ws_api:
+            # Both routes named: refused by both (Fatal), or the ws-api down (Transient).
+            kind = Transient if ws_refusal is None else Fatal
+            both = kind(
+                f"{refusal.msg} ws-api: {ws_refusal or 'no session up'}",
                 venue=VENUE,
                 account=self.account,
                 http_status=refusal.http_status,
                 code=refusal.code,
                 endpoint=f"{refusal.endpoint}, ws {endpoint.ws_method}",
             )
+            if isinstance(both, Transient):
+                raise both from refusal
+            refusal = both
         log.error(
             "binance refuses trading by REST and no ws-api session takes it account=%s error=%s",
             self.account,
