@@ -164,7 +164,8 @@ class BinanceExchange(TwoRoutes, VenueConnector):
         self._session_ready = asyncio.Event()
         self._next_session = asyncio.Event()  # set (and replaced) when a session is installed
         self._rest_trading_told = False  # "Rest API trading is not enabled." logged once
-        self._ws_refusals: dict[str, str] = {}  # ws-api method -> a session's refusal of it
+        # ws-api method -> the current (or last, while none is up) session's refusal of it
+        self._ws_refusals: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -214,6 +215,9 @@ class BinanceExchange(TwoRoutes, VenueConnector):
 
     async def _install_session(self, fresh: WsApiSession) -> None:
         old, self.session = self.session, fresh
+        # What the last session refused, a new one is asked afresh (review 65: a refusal
+        # remembered for good stopped an account while a new session reconnected).
+        self._ws_refusals.clear()
         self._session_ready.set()
         installed, self._next_session = self._next_session, asyncio.Event()
         installed.set()
