@@ -10,10 +10,11 @@ from typing import Any
 
 import orjson
 
+from killswitch.events import EventSink
 from killswitch.exchanges.base import Exchange
 from killswitch.journal import Journal
 from killswitch.kill.config import Account
-from killswitch.kill.record import KillState
+from killswitch.kill.record import Kill, KillState
 from killswitch.model import AccountRef, ExecType, Mode, OrderEvent, Scope, Snapshot, Trigger
 from tests.fakes import FakeExchange
 from tests.unit.test_engine import QUICK
@@ -69,14 +70,15 @@ def new_order(venue: FakeExchange, order_id: str) -> OrderEvent:
     return OrderEvent(order.symbol, order_id, order.client_order_id, ExecType.NEW, "NEW", True, 0)
 
 
-async def kill_states(
+async def run_kills(
     tmp_path: Path,
     exchange: Exchange,
     symbols: Sequence[str],
     scopes: Sequence[Scope],
-) -> list[KillState]:
-    """Run one kill per scope, one after another, on an engine over `exchange`'s one account
-    (configured with `symbols`); the state each ended in."""
+    events: EventSink | None = None,
+) -> list[Kill]:
+    """Run one kill per scope, one after another, to its end, on an engine over `exchange`'s
+    one account (configured with `symbols`, events also to `events`); the ended kills."""
     from killswitch.kill.engine import Engine
 
     ref = AccountRef(exchange.venue, getattr(exchange, "account", "acct0"))
@@ -86,18 +88,30 @@ async def kill_states(
         QUICK,
         rng=random.Random(7),
     )
+    if events is not None:
+        engine.events.add(events)
     await engine.start()
-    states = []
+    kills = []
     try:
         for n, scope in enumerate(scopes, 1):
             await engine.submit(Trigger(f"k{n}", "test", Mode.KILL, "dd", scope))
             kill = engine.kill_for(f"k{n}")
             assert kill is not None
             await kill.finished.wait()
-            states.append(kill.state)
+            kills.append(kill)
     finally:
         await engine.stop()
-    return states
+    return kills
+
+
+async def kill_states(
+    tmp_path: Path,
+    exchange: Exchange,
+    symbols: Sequence[str],
+    scopes: Sequence[Scope],
+) -> list[KillState]:
+    """The state each of `run_kills`'s kills ended in."""
+    return [k.state for k in await run_kills(tmp_path, exchange, symbols, scopes)]
 
 
 def mexc_no_symbol_read(shown: Callable[[list[Any]], list[Any]]) -> Any:

@@ -85,6 +85,20 @@ def rest_cancels(venue: BinanceVenue) -> int:
     )
 
 
+def ws_api_unreachable(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The ws-api host refuses connections until the event returned is set."""
+    reachable = asyncio.Event()
+    real = connector_module._connect
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        if not reachable.is_set():
+            raise OSError("connection refused")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(connector_module, "_connect", connect)
+    return reachable
+
+
 @contextlib.asynccontextmanager
 async def engine_for(
     tmp_path: Path, exchange: BinanceExchange, config: EngineConfig = QUICK
@@ -259,15 +273,7 @@ async def test_rest_refusing_trading_while_the_ws_api_is_down_waits_for_it(
         seed(venue)
         exchange = await venue.connect("acct0", timeout_s=0.5)
         assert exchange.session is not None
-        reachable = asyncio.Event()
-        real = connector_module._connect
-
-        async def connect(*args: Any, **kwargs: Any) -> Any:
-            if not reachable.is_set():
-                raise OSError("connection refused")
-            return await real(*args, **kwargs)
-
-        monkeypatch.setattr(connector_module, "_connect", connect)
+        reachable = ws_api_unreachable(monkeypatch)
         await exchange.session.close()  # the connection drops; the host stays unreachable
         config = replace(QUICK, deadline_s=30.0)
         async with engine_for(tmp_path, exchange, config) as engine:

@@ -31,8 +31,7 @@ from killswitch.sim.book import OrderSpec
 from killswitch.sim.mexc import MexcSim
 from tests.fakes import EventLog
 from tests.fixtures.mexc import mexc_sim
-from tests.review.helpers import mexc_no_symbol_read
-from tests.unit.test_engine import QUICK
+from tests.review.helpers import mexc_no_symbol_read, run_kills
 
 REF = AccountRef("mexc", "acct0")
 
@@ -103,21 +102,7 @@ async def test_a_mexc_symbol_refused_alone_alarms_and_stops_the_account(
         for symbol in symbols:
             book.place(OrderSpec(symbol))
         log = EventLog()
-        engine = Engine(
-            [Account(REF, exchange, symbols=tuple(symbols))],
-            Journal(tmp_path / "journal.jsonl"),
-            QUICK,
-            rng=random.Random(7),
-        )
-        engine.events.add(log)
-        await engine.start()
-        try:
-            await engine.submit(Trigger("k1", "test", Mode.KILL, "dd", Scope.of(["mexc"])))
-            kill = engine.kill_for("k1")
-            assert kill is not None
-            await kill.done.wait()
-        finally:
-            await engine.stop()
+        (kill,) = await run_kills(tmp_path, exchange, symbols, [Scope.of(["mexc"])], log)
         assert kill.state is KillState.FAILED
         assert kill.accounts[REF].state is AccountState.STOPPED
         assert log.of("alarm")

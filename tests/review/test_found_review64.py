@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,6 @@ import pytest
 from aiohttp import web
 
 from killswitch.exchanges.base import Fatal
-from killswitch.journal import Journal
-from killswitch.kill.config import Account
-from killswitch.kill.engine import Engine
 from killswitch.kill.record import AccountState
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.sim import mexc as sim_mexc
@@ -34,12 +30,12 @@ from killswitch.sim.mexc import MexcSim
 from tests.fakes import EventLog
 from tests.fixtures.binance import binance_venue
 from tests.fixtures.mexc import mexc_sim
-from tests.review.helpers import new_order
+from tests.review.helpers import new_order, run_kills
 from tests.review.test_found_review59_ws_trading import QUICK as BINANCE_QUICK
 from tests.review.test_found_review59_ws_trading import (
-    connector_module,
     engine_for,
     seed,
+    ws_api_unreachable,
 )
 from tests.review.test_found_review63 import HeldBySymbol
 from tests.unit.test_engine import QUICK, finished, kill_trigger, make_rig
@@ -92,21 +88,7 @@ async def test_a_refusal_of_a_narrowed_mexc_cancel_names_only_what_was_sent(
         state["book"] = book
         book.place(OrderSpec("XXUSDT"))
         log = EventLog()
-        engine = Engine(
-            [Account(REF, exchange, symbols=tuple(symbols))],
-            Journal(tmp_path / "journal.jsonl"),
-            QUICK,
-            rng=random.Random(7),
-        )
-        engine.events.add(log)
-        await engine.start()
-        try:
-            await engine.submit(Trigger("k1", "test", Mode.KILL, "dd", Scope.of(["mexc"])))
-            kill = engine.kill_for("k1")
-            assert kill is not None
-            await kill.done.wait()
-        finally:
-            await engine.stop()
+        (kill,) = await run_kills(tmp_path, exchange, symbols, [Scope.of(["mexc"])], log)
         left = sorted(o.symbol for o in book.open_orders())
         assert kill.accounts[REF].state is AccountState.STOPPED
         assert left == ["XXUSDT"], "AA's order was never sent a cancel"
@@ -122,10 +104,7 @@ async def test_both_binance_routes_refused_stops_the_account_after_the_session_d
         with pytest.raises(Fatal):  # both routes refuse: known
             await exchange.cancel_order("ETHUSDT", "e1")
 
-        async def connect(*args: Any, **kwargs: Any) -> Any:
-            raise OSError("connection refused")
-
-        monkeypatch.setattr(connector_module, "_connect", connect)
+        ws_api_unreachable(monkeypatch)  # for good
         assert exchange.session is not None
         await exchange.session.close()  # the session drops, the host stays unreachable
         config = replace(BINANCE_QUICK, deadline_s=6.0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,11 +19,11 @@ from tests.conftest import eventually
 from tests.fixtures.binance import binance_venue
 from tests.review.test_found_review59_ws_trading import (
     QUICK,
-    connector_module,
     engine_for,
     open_book,
     rest_cancels,
     seed,
+    ws_api_unreachable,
 )
 
 
@@ -45,15 +44,7 @@ async def test_a_ws_api_refusal_is_not_held_against_a_new_session(
             lambda: exchange.session not in (None, old) and exchange.session.up,  # type: ignore[union-attr]
             timeout_s=10.0,
         )
-        reachable = asyncio.Event()
-        real = connector_module._connect
-
-        async def connect(*args: Any, **kwargs: Any) -> Any:
-            if not reachable.is_set():
-                raise OSError("connection refused")
-            return await real(*args, **kwargs)
-
-        monkeypatch.setattr(connector_module, "_connect", connect)
+        reachable = ws_api_unreachable(monkeypatch)
         assert exchange.session is not None
         await exchange.session.close()  # the new session drops; its host is unreachable
         refused_before = rest_cancels(venue)
