@@ -62,7 +62,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import EventRecord, EventType, make_event
-from killswitch.journal import UNREADABLE_PREFIX, JournalState
+from killswitch.journal import UNREADABLE_PREFIX
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kafka.latch_log import LatchLog, remember
 from killswitch.kill.port import EnginePort
@@ -87,17 +87,6 @@ ReplicaEngine = EnginePort  # what the replicator needs of the engine
 def held_latches(engine: ReplicaEngine) -> list[str]:
     """Return the trigger ids whose latches the engine holds."""
     return list(engine.latches())
-
-
-def released_by_reset(engine: ReplicaEngine, trigger_id: str) -> bool:
-    """Whether a reset record in the engine's journal released `trigger_id` (and nothing
-    latched it since). The engine's journal state says (`engine.journal.state`); an engine
-    that keeps none (a test double keeping its journal in a list) is taken at its word: an id
-    it has seen and does not hold was released."""
-    state = getattr(getattr(engine, "journal", None), "state", None)
-    if not isinstance(state, JournalState):
-        return True
-    return trigger_id in state.released and trigger_id not in state.latches
 
 
 class LatchReplicator(EngineFeed):
@@ -544,7 +533,7 @@ class LatchReplicator(EngineFeed):
             )
             if result is not SubmitResult.DUPLICATE or trigger_id in self.engine.latches():
                 continue
-            if released_by_reset(self.engine, trigger_id):
+            if self.engine.released_by_reset(trigger_id):
                 released.append(trigger_id)
             else:
                 self._unreleased_not_held(trigger_id)

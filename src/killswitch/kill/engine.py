@@ -214,10 +214,8 @@ class Engine:
         while busy := self._in_flight():
             await asyncio.wait(busy)
 
-    def _in_flight(self) -> list[asyncio.Task[None]]:
-        """Every kill, sweep and stream cancel running now."""
-        running = [k.task for k in self._running if k.task is not None]
-        return running + list(self._streams.tasks.values())
+    def _in_flight(self) -> list[asyncio.Task[None]]:  # kills, sweeps, stream cancels
+        return [k.task for k in self._running if k.task] + list(self._streams.tasks.values())
 
     # -- the public API -------------------------------------------------------------------------
     async def submit(self, trigger: Trigger) -> SubmitResult:
@@ -340,6 +338,10 @@ class Engine:
     def reset_applied(self, reset_id: str) -> bool:
         """Whether a reset of this id was journaled (ids of resets are apart from triggers')."""
         return reset_id in self._resets.applied
+
+    def released_by_reset(self, trigger_id: str) -> bool:
+        """Whether a journaled reset released this trigger's latch (none latched it since)."""
+        return trigger_id in self.journal.state.released and trigger_id not in self._latches
 
     def kill_for(self, trigger_id: str) -> Kill | None:
         """The kill a trigger started or joined."""

@@ -50,6 +50,11 @@ class EnginePort(Protocol):
         """Whether a reset of this id was journaled (ids of resets are apart from triggers')."""
         ...
 
+    def released_by_reset(self, trigger_id: str) -> bool:
+        """Whether a journaled reset released this trigger's latch, and nothing latched it
+        since (a seen id the journal shows neither latched nor released was lost to damage)."""
+        ...
+
     def status(self) -> dict[str, object]:
         """What `killswitch status` shows."""
         ...
