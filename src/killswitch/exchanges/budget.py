@@ -475,10 +475,10 @@ class ErrorCounter:
 
     def hold_s(self, path: str, priority: Priority) -> float:
         """Seconds a request on `path` waits, so that an error it may earn cannot lock the
-        API (0: none). A kill's may spend the allowance but its last; a background one
-        (reconcile, latched sweep) only its first half, which keeps the rest for kills: on a
-        venue that answers an empty read with an error code, periodic reads of an idle account
-        would otherwise spend it all."""
+        API (0: none). A kill's (latched sweeps included) may spend the allowance but its
+        last; a background one (reconcile) only its first half, which keeps the rest for kills:
+        on a venue that answers an empty read with an error code, periodic reads of an idle
+        account would otherwise spend it all."""
         held_at = self.limit - 1 if priority is Priority.KILL else self.limit // 2
         if self.count(path) < held_at:
             return 0.0
