@@ -159,6 +159,15 @@ def format_status(status: dict[str, Any]) -> str:
     for kill in running:
         lines.append("")
         lines.append(f"running: {kill['kill_id']} ({kill['kind']}) state {kill['state']}")
+    failed = [k for k in status.get("failed_kills") or [] if isinstance(k, dict)]
+    if failed:
+        lines.append("")
+        lines.append(
+            f"UNRESOLVED: {len(failed)} kill(s) ended FAILED and no later kill proved their scope "
+            "flat (nor a reset released them): orders may still be open"
+        )
+        for kill in failed:
+            lines.append("  " + format_kill(kill).replace("\n", "\n  "))
     last = status.get("last_kill")
     lines.append("")
     if isinstance(last, dict):

@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 
 DEFAULT_SEEN_LIMIT = 100_000
+FAILED_KEPT = 20  # failed kills kept until resolved (`JournalState.failed`), newest
 UNREADABLE_PREFIX = "journal-unreadable-"  # the id prefix of a fail-safe trigger
 
 
@@ -36,6 +37,11 @@ class JournalState:
     # resumed after a restart leaves them alone: it never touches what was placed after that.
     flat_accounts: dict[str, list[str]] = field(default_factory=dict)
     last_kill: dict[str, object] | None = None
+    # Kills that ended failed and are not resolved yet (kill id -> its `kill_done` record), oldest
+    # first: resolved when a later kill over a scope containing theirs ends flat or confirmed,
+    # or when resets released every trigger of theirs (review 67: `status` showed only the last
+    # kill, so a failed cancel vanished behind the next kill's flat).
+    failed: OrderedDict[str, dict[str, object]] = field(default_factory=OrderedDict)
     last_reset: dict[str, object] | None = None
     records: int = 0
     torn_tail: bool = False
@@ -88,6 +94,7 @@ class JournalState:
             self.unfinished -= {
                 t for t in gone if t in self.unfinished and self.triggers[t].mode is Mode.KILL
             }
+            self._release_failed(set(gone))
             self.last_reset = record
             if isinstance(record.get("id"), str):  # a reset by id (Kafka): a re-read is a no-op
                 remember_newest(self.reset_ids, str(record["id"]), seen_limit)
@@ -104,6 +111,7 @@ class JournalState:
             self.unfinished.discard(trigger_id)
             self.flat_accounts.pop(trigger_id, None)
             self.last_kill = record
+            self._resolve_failed(record)
             self._forget_finished()
         elif kind == "seen":
             ids = record.get("ids") or []
@@ -124,6 +132,39 @@ class JournalState:
         else:
             log.warning("journal record of unknown kind=%s ignored", kind)
         self.records += 1
+
+    def _resolve_failed(self, record: dict[str, object]) -> None:
+        """Fold a kill's end into `failed`: a failed kill is added; a flat or confirmed one
+        resolves every failed kill whose scope its own contains (its flat proves theirs)."""
+        summary = record.get("summary")
+        if not isinstance(summary, dict) or not isinstance(summary.get("kill_id"), str):
+            return
+        kill_id = str(summary["kill_id"])
+        if record.get("state") == "failed":
+            if kill_id not in self.failed:
+                unreleased = record.get("unreleased", _trigger_ids(summary))
+                self.failed[kill_id] = {**record, "unreleased": unreleased}
+                while len(self.failed) > FAILED_KEPT:
+                    self.failed.popitem(last=False)
+            return
+        if record.get("state") not in ("flat", "confirmed"):
+            return
+        scope = _scope_of(summary)
+        if scope is None:
+            return
+        for failed_id, failed in list(self.failed.items()):
+            theirs = _scope_of(failed.get("summary"))
+            if failed_id == kill_id or (theirs is not None and scope.contains(theirs)):
+                del self.failed[failed_id]
+
+    def _release_failed(self, released: set[str]) -> None:
+        """A failed kill whose every trigger a reset released is resolved (the operator's)."""
+        for failed_id, failed in list(self.failed.items()):
+            left = [t for t in _as_list(failed.get("unreleased")) if t not in released]
+            if left:
+                failed["unreleased"] = left
+            else:
+                del self.failed[failed_id]
 
     def _see(self, trigger_id: str, limit: int) -> None:
         remember_newest(self.seen, trigger_id, limit)
@@ -160,6 +201,7 @@ def _snapshot(
         records.append(seen)
     if state.last_reset is not None:
         records.append(state.last_reset)
+    records += state.failed.values()  # before the last kill: it may have resolved none of them
     if state.last_kill is not None:
         records.append(state.last_kill)
     records += [{"kind": k, "ts_ms": now_ms, **f} for k, f in first]
@@ -182,6 +224,24 @@ def _snapshot(
             for a in accounts
         ]
     return records
+
+
+def _trigger_ids(summary: dict[str, object]) -> list[str]:
+    return [str(t) for t in _as_list(summary.get("trigger_ids"))]
+
+
+def _as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list) else []
+
+
+def _scope_of(summary: object) -> Scope | None:
+    """The scope a kill summary names, or None when it names none readable."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("scope"), dict):
+        return None
+    try:
+        return Scope.from_json(summary["scope"])
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 def _released_ids(record: dict[str, object]) -> set[str] | None:

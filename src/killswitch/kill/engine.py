@@ -362,6 +362,9 @@ class Engine:
             "latches": [{"trigger_id": t, "scope": s.to_json()} for t, s in self._latches.items()],
             "running": [k.summary() for k in self._running if k.kind is not KillKind.STREAM],
             "last_kill": self.last_kill,
+            # Kills that ended failed and that neither a later flat kill over their scope nor
+            # a reset of their latches resolved (the journal's word, kept across restarts).
+            "failed_kills": [f.get("summary", f) for f in self.journal.state.failed.values()],
             "accounts": accounts,
         }
 

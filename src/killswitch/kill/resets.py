@@ -89,7 +89,9 @@ class Resets:
         if names:
             self._streams.released()
         log.warning("reset actor=%s origin=%s reason=%r released=%s", actor, origin, reason, names)
-        self._emit(EventType.RESET, actor=actor, reason=reason, origin=origin, released=released)
+        self._emit(
+            EventType.RESET, actor=actor, reason=reason, origin=origin, released=released, **by_id
+        )
         return bool(names)
 
     def _end_released(self, wanted: set[str]) -> None:

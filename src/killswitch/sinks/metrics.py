@@ -45,7 +45,12 @@ class Metrics:
             "killswitch_time_to_first_cancel_seconds",
             "From the kill's start to the first acknowledged cancel.",
         )
-        self.kills = counter("killswitch_kills", "Kills by result.", ["result"])
+        self.kills = counter(
+            "killswitch_kills",
+            "Kills by result: `flat` counts every kill proved flat, `confirmed` those of them "
+            "also confirmed, `failed` kills and sweeps that ended failed, `aborted` the rest.",
+            ["result"],
+        )
         self.requests = counter(
             "killswitch_cancel_requests",
             "Cancel requests by account, kind and result.",
@@ -119,6 +124,13 @@ class _StatusCollector(Collector):
         state = summary.get("state") if isinstance(summary, dict) else None
         failed.add_metric([], 1.0 if state == "failed" else 0.0)
         yield failed
+        unresolved = GaugeMetricFamily(
+            "killswitch_failed_kills",
+            "Kills that ended failed and that no later flat kill over their scope, nor a reset "
+            "of their latches, resolved: alert on > 0.",
+        )
+        unresolved.add_metric([], float(len(status.get("failed_kills") or [])))  # type: ignore[arg-type]
+        yield unresolved
         orders = GaugeMetricFamily(
             "killswitch_open_orders",
             "Open orders the tracker holds; absent while it is not trusted (never read whole, "
