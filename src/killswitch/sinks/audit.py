@@ -6,6 +6,9 @@ trigger, its result, a reset, an alarm). The fsync runs on a thread of its own, 
 event loop: the kill's path never waits for the audit disk (the journal, fsynced before
 anything is acknowledged, is what the kill's promises rest on). `close` waits for it. Records
 carry no secrets: the engine never puts one in an event.
+
+A line torn by a power cut (or a short write on a full disk) is left as it is, and the next
+record starts on a line of its own: `read_audit` skips the torn line and nothing after it.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class AuditLog:
         self._fsync = fsync
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # A torn last line: the next record would be glued onto it and lost with it.
+        self._torn = not _ends_a_line(path)
         self._lock = threading.Lock()  # the fd is closed only between fsyncs
         self._due = threading.Event()  # a record that must be fsynced was written
         self._closing = False
@@ -65,11 +70,19 @@ class AuditLog:
         if fd is None:
             return
         line = orjson.dumps(event, default=str) + b"\n"
+        if self._torn:
+            line = b"\n" + line
         try:
-            os.write(fd, line)
+            written = os.write(fd, line)
         except OSError as exc:
             self.failures += 1
             log.error("audit log write failed path=%s error=%s", self.path, exc)
+            return
+        # A short write (a full disk) tears the line; the next one must not be glued onto it.
+        self._torn = written < len(line)
+        if self._torn:
+            self.failures += 1
+            log.error("audit log write cut short path=%s written=%d", self.path, written)
             return
         self.written += 1
         if event.get("type") in self.fsync_types:
@@ -105,6 +118,15 @@ class AuditLog:
             if fd is not None:
                 self._sync(fd)
                 os.close(fd)
+
+
+def _ends_a_line(path: Path) -> bool:
+    """True when `path` is empty or its last byte ends a line."""
+    with path.open("rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return True
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
 
 
 def read_audit(path: Path) -> list[EventRecord]:
