@@ -1,14 +1,18 @@
 """Event records: what the engine tells the audit log, the Kafka events topic and metrics.
 
 One JSON object per step of a kill (triggered, wave, outcome, flat, confirmed, failed, reset,
-...). Every record carries `type`, `seq` (per process, increasing), `ts_ms` (wall clock) and
-`mono_ms` (monotonic, for durations). Sinks must not block the engine: `emit` is synchronous and
-cheap; a sink that does I/O queues the record and drains it elsewhere.
+...). Every record carries `type`, `life` (a random id drawn once per process: one life of the
+daemon), `seq` (1, 2, 3, ... within that life), `ts_ms` (wall clock) and `mono_ms` (monotonic,
+for durations). `seq` starts again at 1 in every process, so a record is named by
+(`life`, `seq`) together; `seq` orders records within a life only (lives are ordered by
+`ts_ms`). Sinks must not block the engine: `emit` is synchronous and cheap; a sink that does I/O
+queues the record and drains it elsewhere.
 """
 
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from collections.abc import Iterable
 from enum import StrEnum
@@ -54,13 +58,17 @@ class EventType(StrEnum):
     ALERT_REJECTED = "alert_rejected"
 
 
+# Drawn once per process: `seq` restarts at 1 in every life, and the same daemon (the same
+# Kafka key) lives many times, so (life, seq) is what names a record.
+LIFE = secrets.token_hex(8)
 _seq = itertools.count(1)
 
 
 def make_event(event_type: EventType, **fields: object) -> EventRecord:
-    """Build an event record stamped with sequence, wall and monotonic times."""
+    """Build an event record stamped with this life's id, its sequence, wall and monotonic times."""
     return {
         "type": event_type,
+        "life": LIFE,
         "seq": next(_seq),
         "ts_ms": int(time.time() * 1000),
         "mono_ms": round(time.monotonic() * 1000, 3),
