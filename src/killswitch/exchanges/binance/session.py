@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +22,7 @@ from killswitch.exchanges.base import (
     VenueError,
 )
 from killswitch.exchanges.binance.parse import VENUE
+from killswitch.exchanges.budget import fleet
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,10 @@ SESSION_MAX_AGE_S = 23.5 * 3600
 MIN_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 30.0
 STABLE_SESSION_S = 5.0
+# At most 300 connection attempts per 5 min per IP [BN-WS "Connection limits"], ws-api
+# sessions and user streams alike; we keep a fifth of it for whatever else shares the IP.
+CONNECT_ATTEMPTS = 240
+CONNECT_WINDOW_S = 300.0
 
 
 class _NotSent(Exception):
@@ -134,7 +141,68 @@ def ws_api_url(ws_url: str) -> str:
     return ws_url
 
 
-async def _connect(url: str, timeout_s: float, api_key: str = "") -> ClientConnection:
+class ConnectAttempts:
+    """At most `limit` (split over `limits.daemons`) connection attempts in any `window_s`: a
+    sliding window, so no fixed window the venue may count in holds more either. Without it,
+    a flapping network made every session and stream of every account reconnect every few
+    seconds (backoffs reset once a connection had lasted 5 or 10 s): 25 accounts went far
+    past Binance's 300 attempts per 5 min per IP (review 66)."""
+
+    def __init__(
+        self,
+        limit: int = CONNECT_ATTEMPTS,
+        window_s: float = CONNECT_WINDOW_S,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._sleep = sleep
+        self._times: deque[float] = deque()
+        self.waited = 0  # attempts that had to wait for the window (for tests and logs)
+
+    async def acquire(self, what: str) -> None:
+        """Wait until one more attempt fits the window, and count it."""
+        warned = False
+        while True:
+            now = self._clock()
+            while self._times and self._times[0] <= now - self.window_s:
+                self._times.popleft()
+            if len(self._times) < max(1, self.limit // fleet()):
+                self._times.append(now)
+                return
+            wait_s = self._times[0] + self.window_s - now
+            if not warned:
+                warned = True
+                self.waited += 1
+                log.warning(
+                    "binance connection attempts at the per-IP limit; %s waits wait_s=%.1f",
+                    what,
+                    wait_s,
+                )
+            await self._sleep(wait_s)
+
+
+_ATTEMPTS: dict[str, ConnectAttempts] = {}
+
+
+def connect_attempts(url: str) -> ConnectAttempts:
+    """The connection-attempt window of the endpoint `url` names: our connections all go to
+    one ws-api host (sessions and user streams alike), so this is the IP's window, shared by
+    every account of this process."""
+    host = urlsplit(url).netloc or url
+    attempts = _ATTEMPTS.get(host)
+    if attempts is None:
+        attempts = _ATTEMPTS[host] = ConnectAttempts()
+    return attempts
+
+
+async def _connect(
+    url: str, timeout_s: float, api_key: str = "", *, what: str = "ws-api session"
+) -> ClientConnection:
+    await connect_attempts(url).acquire(what)
     # No proxy from the environment and no compression: nothing slow on the kill path. The
     # key header, as on REST, names whose connection it is to a venue that counts weight per
     # client (the simulator counts loopback clients by key); Binance counts it per IP anyway.
