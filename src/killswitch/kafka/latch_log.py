@@ -1,6 +1,15 @@
 """The latch topic's records, folded in offset order into the cluster's latch (`LatchLog`), and
 what a replica must do to agree with it (`Decision`). Pure data: the replicator
 (`kafka.replicas`) reads and writes the topic.
+
+With `kafka.alert_hmac_key` configured, only records signed with it as alerts are (header
+`x-signature`, hex HMAC-SHA256 of the value bytes) are folded in: anyone who can write to the
+topic could otherwise release a latch, or fire a kill on every replica. An unsigned or badly
+signed record is counted and raises `Unauthenticated`; that includes the unsigned history
+written before the key was configured (nothing on the topic can tell it from a forgery).
+Tombstones have no value to sign and then carry no authority either: the signed reset
+published just before them has already released their ids, and they remain only so that
+compaction drops the released latch records.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from killswitch.handlers.alerts import Headers, Unauthenticated, verify_signature
 from killswitch.journal import remember_newest
 from killswitch.model import Trigger
 
@@ -31,15 +41,30 @@ class LatchLog:
     last_reset: dict[str, Any] | None = None
     records: int = 0
     invalid: int = 0
+    unauthenticated: int = 0  # records the key does not sign: folded in nowhere
+    # `kafka.alert_hmac_key`: None folds every record in (no key, unauthenticated, as alerts).
+    hmac_key: bytes | None = field(default=None, repr=False)
 
-    def apply(self, key: bytes | None, value: bytes | None) -> dict[str, Any] | None:
-        """Fold one record in; return it decoded (None for a tombstone or an invalid record)."""
+    def apply(
+        self, key: bytes | None, value: bytes | None, headers: Headers = ()
+    ) -> dict[str, Any] | None:
+        """Fold one record in; return it decoded (None for a tombstone or an invalid record).
+
+        Raise `Unauthenticated` (counted, folded in nowhere) when a key is configured and
+        does not sign the record's value.
+        """
         self.records += 1
         name = (key or b"").decode(errors="replace")
         if value is None:
-            if name.startswith("latch/"):
+            if self.hmac_key is None and name.startswith("latch/"):
                 self.latched.pop(name.removeprefix("latch/"), None)
             return None
+        if self.hmac_key is not None:
+            try:
+                verify_signature(value, headers, self.hmac_key)
+            except Unauthenticated:
+                self.unauthenticated += 1
+                raise
         try:
             record = _decode(value)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

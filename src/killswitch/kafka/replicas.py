@@ -41,6 +41,14 @@ and the consumer acts on the kill (fail-safe) with an alarm; the sync that follo
 here, as it would any latch a reset named, and the latch it queued for the topic meanwhile is
 not published (the cluster released it; publishing it would latch the peers again).
 
+With `kafka.alert_hmac_key` configured, every record published here is signed as alerts are
+(header `x-signature`), and a record read that the key does not sign (unsigned, badly signed,
+or written before the key was configured) is ignored for latching, releasing and firing alike:
+counted (`LatchLog.unauthenticated`), logged and raised as an alarm
+(`latch_record_unauthenticated`) naming its offset, never its content; the replicator reads on.
+A latch this replica holds that the topic shows only unsigned is published again, signed (it
+is one the log has never seen); a reset the topic shows only unsigned releases nothing here.
+
 A peer's latch whose scope covers no account configured here (another shard's accounts, on a
 shared latch topic) is not submitted: logged at info and counted in `refused_latches`. One
 that covers some configured account is applied whole, as an alert would be.
@@ -62,6 +70,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import EventRecord, EventType, make_event
+from killswitch.handlers.alerts import SIGNATURE_HEADER, Unauthenticated, signature
 from killswitch.journal import UNREADABLE_PREFIX
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kafka.latch_log import LatchLog, remember
@@ -117,7 +126,9 @@ class LatchReplicator(EngineFeed):
         self.tp = TopicPartition(self.topic, 0)
         self.sync_timeout_s = sync_timeout_s
         self.poll_timeout_ms = poll_timeout_ms
-        self.log = LatchLog()
+        key = settings.alert_hmac_key
+        self._hmac_key = key.get_secret_value().encode() if key is not None else None
+        self.log = LatchLog(hmac_key=self._hmac_key)
         self.synced = False
         self.published = 0
         self.applied_latches = 0
@@ -325,6 +336,8 @@ class LatchReplicator(EngineFeed):
             if self.refused_latches
             else ""
         )
+        if self.log.unauthenticated:
+            refused += f", {self.log.unauthenticated} unsigned or badly signed records ignored"
         return (
             f"synced={self.synced}, {len(self.log.latched)} cluster latches{refused}, "
             f"peers: {','.join(peers) or 'none seen'}"
@@ -432,11 +445,51 @@ class LatchReplicator(EngineFeed):
         consumer = self._consumer
         assert consumer is not None
         batch = await consumer.getmany(self.tp, timeout_ms=self.poll_timeout_ms)
-        for record in batch.get(self.tp, []):
-            self._position = record.offset + 1
-            decoded = self.log.apply(record.key, record.value)
-            if apply and decoded is not None and decoded.get("origin") != self.replica_id:
-                await self._apply(decoded)
+        refused: list[tuple[int, str]] = []  # (offset, why) of the records the key does not sign
+        try:
+            for record in batch.get(self.tp, []):
+                self._position = record.offset + 1
+                # the headers only matter to a key (they hold its signature)
+                headers = record.headers if self._hmac_key is not None else ()
+                try:
+                    decoded = self.log.apply(record.key, record.value, headers)
+                except Unauthenticated as exc:
+                    refused.append((record.offset, exc.kind))
+                    continue
+                if apply and decoded is not None and decoded.get("origin") != self.replica_id:
+                    await self._apply(decoded)
+        finally:
+            if refused:
+                self._unauthenticated(refused)
+
+    def _unauthenticated(self, refused: list[tuple[int, str]]) -> None:
+        """Say that records the key does not sign were ignored (an alarm, one per batch read):
+        by offset and kind only, never their content (an attacker's text)."""
+        offsets = [offset for offset, _ in refused]
+        kinds = sorted({kind for _, kind in refused})
+        log.error(
+            "latch records not signed with kafka.alert_hmac_key ignored (forged, or written "
+            "before the key was configured) count=%d kinds=%s first_offset=%d last_offset=%d "
+            "total=%d",
+            len(refused),
+            ",".join(kinds),
+            offsets[0],
+            offsets[-1],
+            self.log.unauthenticated,
+        )
+        self.engine.events.emit(
+            make_event(
+                EventType.ALARM,
+                account="latch_topic",
+                kind="latch_record_unauthenticated",
+                error=f"{len(refused)} latch topic record(s) not signed with "
+                "kafka.alert_hmac_key ignored: nothing latched, released or fired by them",
+                reasons=kinds,
+                offsets=offsets[:20],
+                count=len(refused),
+                total=self.log.unauthenticated,
+            )
+        )
 
     async def _apply(self, record: dict[str, Any]) -> None:
         if record["type"] == "latch":
@@ -590,12 +643,10 @@ class LatchReplicator(EngineFeed):
         assert producer is not None
         while self._outbox:
             key, value = self._outbox[0]
-            await producer.send_and_wait(
-                self.topic,
-                value,
-                key=key,
-                partition=0,
-                headers=[(ORIGIN_HEADER, self.replica_id.encode())],
-            )
+            headers = [(ORIGIN_HEADER, self.replica_id.encode())]
+            if self._hmac_key is not None and value is not None:
+                # signed as alerts are; a tombstone has no value, and no authority (latch_log)
+                headers.append((SIGNATURE_HEADER, signature(self._hmac_key, value).encode()))
+            await producer.send_and_wait(self.topic, value, key=key, partition=0, headers=headers)
             self._outbox.popleft()
             self.published += 1
