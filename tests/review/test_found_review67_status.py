@@ -9,18 +9,25 @@ its own ends flat, or resets release every trigger of it.
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+from killswitch.exchanges.base import Fatal
 from killswitch.journal import Journal
+from killswitch.kill.record import KillState
 from killswitch.model import Mode, Scope, Trigger
 from killswitch.sim.faults import Fault, FaultKind
 from tests.conftest import eventually
+from tests.fakes import FakeExchange, ScriptedFault
 from tests.fixtures.kafka import KafkaBroker, kafka_broker
 from tests.fixtures.kafka_daemon import REPO, Daemon, kafka_drill
+from tests.review.helpers import run_kills
 
 __all__ = ["kafka_broker"]
 
@@ -132,3 +139,22 @@ def test_resets_resolve_a_failed_kill_only_once_every_trigger_of_it_is_released(
     again.append("reset", actor="op", reason="r", origin="local", released=[{"trigger_id": "k2"}])
     assert not again.state.failed
     again.close()
+
+
+async def test_a_failed_kill_logs_counts_not_every_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review 69: the `kill failed` log line held every order left open (1.2 MB for 7,000);
+    the event and the audit log name them, the log line counts them."""
+    venue = FakeExchange()
+    ids = venue.place("BTCUSDT", "x-", n=50)
+    venue.faults.append(ScriptedFault("cancel_all", Fatal("refused", venue="binance"), times=1000))
+    venue.faults.append(
+        ScriptedFault("cancel_order", Fatal("refused", venue="binance"), times=1000)
+    )
+    with caplog.at_level(logging.ERROR):
+        kills = await run_kills(tmp_path, venue, ["BTCUSDT"], [Scope()])
+    assert kills[0].state is KillState.FAILED
+    line = next(r.getMessage() for r in caplog.records if "kill failed" in r.getMessage())
+    assert "50 orders, 0 lists" in line
+    assert not any(order_id in line for order_id in ids)

@@ -96,7 +96,7 @@ class KafkaCollector(Collector):
             yield buffered
             for name, text in (
                 ("sent", "Event records acknowledged by the broker."),
-                ("dropped", "Event records dropped from a full buffer."),
+                ("dropped", "Event records dropped: from a full buffer, or never deliverable."),
             ):
                 counter = CounterMetricFamily(f"killswitch_kafka_events_{name}", text)
                 counter.add_metric([], _num(snap.get(name)))
