@@ -6,6 +6,7 @@ Error tree (classified from the venue's raw code and message through a table per
      +-- AlreadyGone                unknown order, already filled/cancelled: success for a kill
      +-- RateLimited(retry_after_s) 429 / venue throttle code: wait, then retry
      |    +-- IpBanned              418: stop all traffic to that host until it expires
+     |    +-- AllowanceHeld         held by us, never sent: an error answer could lock the API
      +-- ClockSkew                  -1021 / 700003 / 100421: resync server time, retry at once
      +-- OutcomeUnknown             sent, no answer (5xx, timeout, -1007, 101500): re-read state
      +-- Transient                  never sent or refused for now (disconnect, busy): backoff
@@ -88,6 +89,12 @@ class RateLimited(VenueError):
 
 class IpBanned(RateLimited):
     """HTTP 418: the host is banned until `retry_after_s` passes. Send nothing to it."""
+
+
+class AllowanceHeld(RateLimited):
+    """Not sent: one more error answer could lock the API (BingX's error allowance), or would
+    spend what kills keep back. Nothing reached the venue; `retry_after_s` is how long the
+    allowance holds it."""
 
 
 class ClockSkew(VenueError):

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TypeVar, cast
 
@@ -422,6 +424,11 @@ class ErrorCounter:
     route that cannot add one (a batch cancel answers a gone id inside a success), or waits.
     Whose count it is the venue does not say: with `shared` (the count of every account behind
     our IP) each error counts in both, and the larger count decides.
+
+    With `set_fleet(n)`, `limit` is this daemon's share, `limit // n` (at least one): the
+    daemons' counts together never pass the venue's allowance (review 66: a share floored at
+    `reserve + 1` let six daemons spend 24 of 20). `reserve` then only makes cancels take the
+    route that cannot add an error sooner; what a request may spend is `hold_s`'s.
     """
 
     def __init__(
@@ -433,8 +440,8 @@ class ErrorCounter:
         clock: Callable[[], float] = time.monotonic,
         shared: ErrorCounter | None = None,
     ) -> None:
-        # our share of the allowance, still above the reserve kept back
-        self.limit = max(reserve + 1, limit // _fleet)
+        # our share of the allowance: the fleet's shares add up to at most the venue's
+        self.limit = max(1, limit // _fleet)
         self.window_s = window_s
         self.reserve = reserve
         self.clock = clock
@@ -475,14 +482,38 @@ class ErrorCounter:
 
     def hold_s(self, path: str, priority: Priority) -> float:
         """Seconds a request on `path` waits, so that an error it may earn cannot lock the
-        API (0: none). A kill's (latched sweeps included) may spend the allowance but its
-        last; a background one (reconcile) only its first half, which keeps the rest for kills:
-        on a venue that answers an empty read with an error code, periodic reads of an idle
-        account would otherwise spend it all."""
-        held_at = self.limit - 1 if priority is Priority.KILL else self.limit // 2
+        API (0: none). A kill's may spend the allowance but its last (a share of one: that
+        one); a background one (a reconcile) and a latched sweep's read (`keeping_kill_reserve`)
+        only its first half, which keeps the rest for kills: on a venue that answers an empty
+        read with an error code, periodic reads of an idle account would otherwise spend it
+        all (review 66: sweeps of a flat account read as kills spent it to its last, and a
+        one-shot cancel's verification read was then held until its deadline)."""
+        kill = priority is Priority.KILL and not _KEEP_KILL_RESERVE.get()
+        held_at = max(1, self.limit - 1 if kill else self.limit // 2)
         if self.count(path) < held_at:
             return 0.0
         return max(1.0, self.clear_in_s(path, held_at))
+
+
+# Set while a latched sweep reads (`keeping_kill_reserve`): its requests may spend an error
+# allowance only as a background read does. A context variable, not a priority: a sweep's reads
+# keep a kill's shape everywhere else (review 62: a MEXC read at background priority checks
+# only two known symbols by name).
+_KEEP_KILL_RESERVE: ContextVar[bool] = ContextVar("keep_kill_reserve", default=False)
+
+
+@contextlib.contextmanager
+def keeping_kill_reserve(keep: bool = True) -> Iterator[None]:
+    """Requests sent inside (by this task, and tasks it starts) leave what error allowances
+    keep for kills alone, whatever their priority; `keep` False changes nothing."""
+    if not keep:
+        yield
+        return
+    token = _KEEP_KILL_RESERVE.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_KILL_RESERVE.reset(token)
 
 
 _SHARED: dict[tuple[str, str], object] = {}

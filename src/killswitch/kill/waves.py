@@ -25,6 +25,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from killswitch.events import EventType
 from killswitch.exchanges.base import (
+    AllowanceHeld,
     AlreadyGone,
     CancelAck,
     ClockSkew,
@@ -35,6 +36,7 @@ from killswitch.exchanges.base import (
     VenueError,
     refuses_symbol,
 )
+from killswitch.exchanges.budget import keeping_kill_reserve
 from killswitch.kill.calls import BatchPartial, send_request
 from killswitch.kill.client_ids import fill_client_ids
 from killswitch.kill.config import Account, EngineConfig, Runtime
@@ -54,6 +56,9 @@ log = logging.getLogger(__name__)
 
 _GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own clock
 _LAST_LOOK_S = 5.0  # the one read of a stopped account, for its report
+# Holds of an account's sweeps this close together are one spell, alarmed once: longer than
+# BingX's error window (480 s), after which an allowance a hold waited for is whole again.
+_HELD_SPELL_S = 600.0
 
 T = TypeVar("T")
 
@@ -67,13 +72,19 @@ class Waves:
         self._gates: dict[AccountRef, Gate] = {}
         # Per kill and account: the symbols the venue refused, and how (see `wave`).
         self._refused: dict[tuple[str, AccountRef], dict[str, VenueError]] = {}
+        # Per kill and account: the timeout that cuts a hung account off past its deadline.
+        self._guards: dict[tuple[str, AccountRef], asyncio.Timeout] = {}
+        # Accounts whose latched sweeps an error allowance holds, and when one last was
+        # (alarmed once a spell, `_sweep_read`).
+        self._sweeps_held: dict[AccountRef, float] = {}
 
     async def run_account(self, kill: Kill, account: Account, *, fast: bool) -> None:
         result = kill.accounts[account.ref]
         result.state = AccountState.RUNNING
         guard_s = max(0.0, kill.deadline - self._run.clock()) + _GUARD_S
         try:
-            async with asyncio.timeout(guard_s):
+            async with asyncio.timeout(guard_s) as guard:
+                self._guards[(kill.id, account.ref)] = guard
                 await self._account_waves(kill, account, result, fast=fast)
         except asyncio.CancelledError:
             raise
@@ -105,6 +116,7 @@ class Waves:
         if result.state is not AccountState.FLAT and account.not_ready is not None:
             result.not_ready = account.not_ready()
         self._refused.pop((kill.id, account.ref), None)
+        self._guards.pop((kill.id, account.ref), None)
 
     async def _account_waves(
         self, kill: Kill, account: Account, result: AccountResult, *, fast: bool
@@ -314,7 +326,66 @@ class Waves:
         async def once() -> Snapshot:
             return await self.gate(account).run(lambda: account.exchange.snapshot(symbols))
 
+        if kill.kind is KillKind.SWEEP:
+            return await self._retrying(kill, result, lambda: self._sweep_read(kill, account, once))
         return await self._retrying(kill, result, once)
+
+    async def _sweep_read(
+        self, kill: Kill, account: Account, read: Callable[[], Awaitable[Snapshot]]
+    ) -> Snapshot:
+        """A latched sweep's read: a kill's read in every way but one, it leaves what an error
+        allowance keeps for kills alone (review 66: sweeps of a flat BingX account, each
+        answered "No data", spent it to its last). Held there, the sweep waits the hold out,
+        its deadline moved on by the wait: it neither fails nor spins, and no other sweep of
+        the account starts meanwhile. The first hold is alarmed: until it ends, an order in
+        the latch that no stream shows is cancelled then, not within `sweep_interval_s`."""
+        held = False
+        while True:
+            try:
+                with keeping_kill_reserve():
+                    snap = await read()
+            except AllowanceHeld as exc:
+                held = True
+                self._sweep_held(kill, account.ref, exc)
+                self._extend(kill, account.ref, exc.retry_after_s)
+                await self._run.sleep(exc.retry_after_s)
+                continue
+            last = self._sweeps_held.get(account.ref)
+            if not held and last is not None and self._run.clock() - last > _HELD_SPELL_S:
+                del self._sweeps_held[account.ref]
+                log.warning("latched sweeps no longer held account=%s", account.ref)
+            return snap
+
+    def _sweep_held(self, kill: Kill, ref: AccountRef, exc: AllowanceHeld) -> None:
+        now = self._run.clock()
+        last = self._sweeps_held.get(ref)
+        self._sweeps_held[ref] = now
+        if last is not None and now - last <= _HELD_SPELL_S:
+            return  # the same spell: once an allowance holds sweeps, most are held a while
+        log.error(
+            "latched sweep held account=%s kill_id=%s held_s=%.1f: the venue's error allowance "
+            "is kept for kills; an order no stream shows is swept when the hold ends, not "
+            "within sweep_interval_s",
+            ref,
+            kill.id,
+            exc.retry_after_s,
+        )
+        self._run.emit(
+            EventType.ALARM,
+            kill_id=kill.id,
+            account=str(ref),
+            sweep="held",
+            held_s=round(exc.retry_after_s, 3),
+            error=exc.to_json(),
+        )
+
+    def _extend(self, kill: Kill, ref: AccountRef, wait_s: float) -> None:
+        """Move a sweep's deadline (and its account's guard) on by a hold of `wait_s`."""
+        kill.deadline = max(kill.deadline, self._run.clock() + wait_s + self.config.deadline_s)
+        guard = self._guards.get((kill.id, ref))
+        if guard is not None:
+            left_s = kill.deadline - self._run.clock() + _GUARD_S
+            guard.reschedule(asyncio.get_running_loop().time() + left_s)
 
     def _known_symbols(self, scope: Scope, account: Account, result: AccountResult) -> list[str]:
         """Every symbol in scope we know the venue's name of: configured, tracked, seen."""

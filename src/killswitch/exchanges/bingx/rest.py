@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from killswitch.exchanges.base import (
+    AllowanceHeld,
     IpBanned,
     RateLimited,
     VenueError,
@@ -189,7 +190,7 @@ class BingxCharges:
         if hold_s > 0:
             # One more error would lock this API for minutes (or, for a background request,
             # spend what kills need): do not send what may earn it.
-            raise RateLimited(
+            raise AllowanceHeld(
                 "error-count lock ahead: holding this API",
                 retry_after_s=hold_s,
                 venue=WIRE.dialect.venue,
