@@ -13,6 +13,11 @@ at most N in any second, whatever its window alignment and however long requests
 arrive. The per-IP ones are shared by every connector of the process through `shared_budget`
 (accounts behind one IP take turns), and an `ErrorCounter` keeps each API clear of a lock for
 too many error answers.
+
+What the venues still hold against us outlives the process (a restart within MEXC's 10 s
+window, a 418, a BingX error lock): `persist_to` keeps every budget's charges still inside their
+window, its blocks and bans with their wall-clock end, and the error counts with their times, in
+one small file, and seeds the budgets made after it from what the last life left there.
 """
 
 from __future__ import annotations
@@ -21,16 +26,24 @@ import asyncio
 import bisect
 import contextlib
 import itertools
+import logging
 import math
+import os
+import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import TypeVar, cast
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
+
+import orjson
 
 from killswitch.exchanges.base import Priority as Priority
 from killswitch.exchanges.base import RateLimits
+
+log = logging.getLogger(__name__)
 
 # `RateBudget.headroom_known`: the share of a kill's cap that may be used for a burst to skip
 # the probe. Half leaves the rest of the world the other half to spend before our burst lands.
@@ -166,6 +179,7 @@ class RateBudget:
             self._flying += 1
         elif not self.limits.windows_aligned:
             self._slide.append((self.mono() + self.limits.window_s + _SLIDE_MARGIN_S, weight))
+        note_limits()
 
     def landed(self, weight: int, *, late_s: float = 0.0) -> None:
         """A request acquired `in_flight` is answered, failed or given up (then it may still
@@ -178,6 +192,7 @@ class RateBudget:
             # it may have arrived any time until now (+ late_s): it counts a window past that
             expires = self.mono() + late_s + self.limits.window_s + _SLIDE_MARGIN_S
             self._slide.append((expires, weight))
+        note_limits()
 
     def _slide_used(self) -> float:
         now = self.mono()
@@ -205,6 +220,7 @@ class RateBudget:
         # within the limit together, whoever spent the rest (review 49)
         self._weight.used = max(self._weight.used, float(used) / self.fleet)
         self.heard_at = now
+        note_limits()
 
     def headroom_known(self, within_s: float, share: float = HEADROOM_SHARE) -> bool:
         """The venue said, at most `within_s` ago, that at most `share` of what a kill may
@@ -231,6 +247,7 @@ class RateBudget:
         """A 429 or 418: send nothing for `seconds`."""
         self.blocked_until = max(self.blocked_until, self.clock() + max(0.0, seconds))
         self.banned = self.banned or banned
+        note_limits(urgent=True)
 
     @property
     def used(self) -> float:
@@ -238,6 +255,59 @@ class RateBudget:
         if not self.limits.windows_aligned:
             return self._slide_used()
         return self._weight.used
+
+    def limits_state(self, wall: WallClock) -> dict[str, Any] | None:
+        """What the venue still counts against us (`Persistent`): the block, and the charges
+        of the window (or, sliding, those not yet out of it); None when nothing."""
+        now = self.clock()
+        self._roll(now)
+        state: dict[str, Any] = {}
+        until = 0.0
+        if self.blocked_until > now:
+            until = state["blocked_until"] = wall.out(self.blocked_until, self.clock)
+            state["banned"] = self.banned
+        if self.limits.windows_aligned:
+            if self._weight.used > 0:
+                start = self._weight.start
+                state["window"] = [wall.out(start, self.clock), self._weight.used]
+                until = max(until, wall.out(start + self._weight.size_s, self.clock))
+        else:
+            mono = self.mono()
+            slide = [[wall.out(e, self.mono), w] for e, w in self._slide if e > mono]
+            if self._flying_weight > 0:
+                # on its way: it may arrive as late as its recvWindow lets it, and counts a
+                # window past that
+                ends = mono + _IN_FLIGHT_LATE_S + self.limits.window_s + _SLIDE_MARGIN_S
+                slide.append([wall.out(ends, self.mono), self._flying_weight])
+            if slide:
+                state["slide"] = slide
+                until = max(until, *(e for e, _ in slide))
+        if not state:
+            return None
+        state["until"] = until
+        return state
+
+    def seed_limits(self, state: Mapping[str, Any], wall: WallClock) -> None:
+        """Take in what a `limits_state` of the last life says the venue still counts."""
+        now = self.clock()
+        blocked = state.get("blocked_until")
+        if blocked is not None and wall.back(float(blocked), self.clock) > now:
+            self.blocked_until = max(self.blocked_until, wall.back(float(blocked), self.clock))
+            self.banned = self.banned or bool(state.get("banned"))
+        window = state.get("window")
+        if window is not None and self.limits.windows_aligned:
+            size = self._weight.size_s
+            start = wall.back(float(window[0]), self.clock)
+            # the same window of the venue's (a start read back within a clock's error of it)
+            if round(start / size) == math.floor(now / size):
+                self._weight.start = math.floor(now / size) * size
+                self._weight.used = max(self._weight.used, float(window[1]))
+        if not self.limits.windows_aligned:
+            mono = self.mono()
+            for ends, weight in state.get("slide", ()):
+                expires = wall.back(float(ends), self.mono)
+                if expires > mono:
+                    self._slide.append((expires, float(weight)))
 
 
 class SlidingBudget:
@@ -332,6 +402,7 @@ class SlidingBudget:
         self.sent += 1
         self._serial += 1
         self._served[owner] = self._serial
+        note_limits()
 
     def landed(self, late_s: float = 0.0) -> None:
         """A request taken earlier is answered, failed or given up: it counts `span_s` more.
@@ -341,6 +412,7 @@ class SlidingBudget:
         if self._flying > 0:
             self._flying -= 1
             bisect.insort(self._stamps, self.clock() + max(0.0, late_s))
+            note_limits()
 
     def try_take(self, priority: Priority = Priority.KILL, owner: str = "") -> bool:
         """Spend a slot now if one is free."""
@@ -372,10 +444,38 @@ class SlidingBudget:
     def block(self, seconds: float) -> None:
         """Send nothing for `seconds` (a venue-disabled period or a backoff)."""
         self.blocked_until = max(self.blocked_until, self.clock() + max(0.0, seconds))
+        note_limits(urgent=True)
 
     def in_window(self) -> int:
         now = self.clock()
         return sum(1 for t in self._stamps if t > now - self.span_s) + self._flying
+
+    def limits_state(self, wall: WallClock) -> dict[str, Any] | None:
+        """The block, and the requests still counted (`Persistent`); None when nothing."""
+        now = self.clock()
+        state: dict[str, Any] = {}
+        until = 0.0
+        if self.blocked_until > now:
+            until = state["blocked_until"] = wall.out(self.blocked_until, self.clock)
+        stamps = [wall.out(t, self.clock) for t in self._stamps if t > now - self.span_s]
+        stamps += [wall.now] * self._flying  # on their way: they count from now
+        if stamps:
+            state["stamps"] = stamps
+            until = max(until, max(stamps) + self.span_s)
+        if not state:
+            return None
+        state["until"] = until
+        return state
+
+    def seed_limits(self, state: Mapping[str, Any], wall: WallClock) -> None:
+        now = self.clock()
+        blocked = state.get("blocked_until")
+        if blocked is not None:
+            self.blocked_until = max(self.blocked_until, wall.back(float(blocked), self.clock))
+        for stamp in state.get("stamps", ()):
+            counts_from = wall.back(float(stamp), self.clock)
+            if counts_from > now - self.span_s:
+                bisect.insort(self._stamps, counts_from)
 
 
 FAIR_POLL_S = 0.002  # how soon a waiter that let another owner go first looks again
@@ -452,6 +552,7 @@ class ErrorCounter:
         self._errors.setdefault(path, deque()).append(self.clock())
         if self.shared is not None:
             self.shared.record(path)
+        note_limits(urgent=True)  # rare, and each one is what a lock is counted from
 
     def count(self, path: str) -> int:
         own = self._own_count(path)
@@ -494,6 +595,28 @@ class ErrorCounter:
             return 0.0
         return max(1.0, self.clear_in_s(path, held_at))
 
+    def limits_state(self, wall: WallClock) -> dict[str, Any] | None:
+        """The error answers still inside the window, by path (`Persistent`)."""
+        now = self.clock()
+        errors = {
+            path: [wall.out(t, self.clock) for t in times if t > now - self.window_s]
+            for path, times in self._errors.items()
+        }
+        errors = {path: times for path, times in errors.items() if times}
+        if not errors:
+            return None
+        return {"errors": errors, "until": max(map(max, errors.values())) + self.window_s}
+
+    def seed_limits(self, state: Mapping[str, Any], wall: WallClock) -> None:
+        now = self.clock()
+        for path, times in dict(state["errors"]).items():
+            local = [wall.back(float(t), self.clock) for t in times]
+            kept = [
+                *self._errors.get(str(path), ()),
+                *(t for t in local if t > now - self.window_s),
+            ]
+            self._errors[str(path)] = deque(sorted(kept))
+
 
 # Set while a latched sweep reads (`keeping_kill_reserve`): its requests may spend an error
 # allowance only as a background read does. A context variable, not a priority: a sweep's reads
@@ -529,6 +652,8 @@ def shared_item(scope: str, name: str, make: Callable[[], T]) -> T:
     item = _SHARED.get(key)
     if item is None:
         item = _SHARED[key] = make()
+        if isinstance(item, Persistent):
+            persisted(scope, name, item)
     return cast(T, item)
 
 
@@ -579,3 +704,241 @@ def release_shared(scope: str) -> None:
     _USERS.pop(scope, None)
     for key in [k for k in _SHARED if k[0] == scope]:
         del _SHARED[key]
+    if _STORE is not None:
+        _STORE.retire(scope)  # what the scope's budgets hold, kept for the next life
+
+
+# -- what outlives the process ------------------------------------------------------------------
+
+# A request on its way when the process ends may still reach the venue as late as its
+# recvWindow lets it (5 s by default; `rest.UNANSWERED_LATE_S`).
+_IN_FLIGHT_LATE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class WallClock:
+    """Times on the clocks of this process (monotonic, a venue clock's estimate) as wall-clock
+    times and back, at one instant `now` (wall seconds): only wall time outlives a process."""
+
+    now: float
+
+    def out(self, t: float, clock: Callable[[], float]) -> float:
+        """`t`, a time on `clock`, as a wall-clock time."""
+        return self.now + (t - clock())
+
+    def back(self, wall: float, clock: Callable[[], float]) -> float:
+        """`wall`, a wall-clock time, as a time on `clock`."""
+        return clock() + (wall - self.now)
+
+
+@runtime_checkable
+class Persistent(Protocol):
+    """What a venue may still hold against us, saved and seeded across restarts."""
+
+    def limits_state(self, wall: WallClock) -> dict[str, Any] | None:
+        """What is still in force, times as wall-clock times, with `until` (wall seconds) when
+        none of it is any more; None when nothing is."""
+
+    def seed_limits(self, state: Mapping[str, Any], wall: WallClock) -> None:
+        """Take in a `limits_state` of the last life (what is past its window is dropped)."""
+
+
+_SEED_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+class LimitsFile:
+    """One file holding what every persistent budget of the process still holds: written
+    atomically (a temp file, fsync, rename) off the event loop, at once after a block, a ban
+    or an error answer, else at most once every `every_s` while charges change; and when a
+    scope's last user goes, synchronously (that is a close, never a kill's path)."""
+
+    def __init__(
+        self, path: Path, *, wall: Callable[[], float] = time.time, every_s: float = 1.0
+    ) -> None:
+        self.path = path
+        self.wall = wall
+        self.every_s = every_s
+        self._kept = self._load()  # (scope, name) -> state: not claimed yet, or retired
+        self._live: dict[tuple[str, str], Persistent] = {}
+        self._dirty = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._write_lock = threading.Lock()
+        self._serial = 0
+        self._written = 0
+        self._failed = False
+
+    def _load(self) -> dict[tuple[str, str], dict[str, Any]]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            log.warning("venue limits file missing path=%s: starting fresh", self.path)
+            return {}
+        except OSError as exc:
+            log.warning(
+                "venue limits file unreadable path=%s error=%s: starting fresh", self.path, exc
+            )
+            return {}
+        try:
+            doc = orjson.loads(raw)
+            kept: dict[tuple[str, str], dict[str, Any]] = {}
+            now = self.wall()
+            for entry in doc["entries"]:
+                state = dict(entry["state"])
+                if float(state["until"]) > now:
+                    kept[(str(entry["scope"]), str(entry["name"]))] = state
+        except (orjson.JSONDecodeError, *_SEED_ERRORS) as exc:
+            log.warning(
+                "venue limits file corrupt path=%s error=%r: starting fresh", self.path, exc
+            )
+            return {}
+        return kept
+
+    def claim(self, scope: str, name: str, item: Persistent) -> None:
+        """Seed `item` from what the last life left under (`scope`, `name`); keep it saved."""
+        key = (scope, name)
+        state = self._kept.pop(key, None)
+        if state is not None:
+            try:
+                item.seed_limits(state, WallClock(self.wall()))
+            except _SEED_ERRORS as exc:
+                log.warning(
+                    "venue limits entry unreadable scope=%s name=%s error=%r: fresh",
+                    scope,
+                    name,
+                    exc,
+                )
+            else:
+                left_s = float(state["until"]) - self.wall()
+                log.warning(
+                    "venue limits carried over from before the restart scope=%s name=%s "
+                    "in_force_s=%.1f blocked=%s",
+                    scope,
+                    name,
+                    left_s,
+                    "blocked_until" in state,
+                )
+        self._live[key] = item
+
+    def retire(self, scope: str) -> None:
+        """`scope`'s last user is gone: keep what its items hold, and write now."""
+        wall = WallClock(self.wall())
+        for key in [k for k in self._live if k[0] == scope]:
+            state = self._live.pop(key).limits_state(wall)
+            if state is not None:
+                self._kept[key] = state
+        self.write_now()
+        if not self._live and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def changed(self, *, urgent: bool) -> None:
+        """Something changed: written within `every_s`, or at once if `urgent`."""
+        if self._task is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop: written when its scope closes
+            # the events belong to the writer's loop: made with it
+            self._dirty, self._urgent = asyncio.Event(), asyncio.Event()
+            self._task = loop.create_task(self._flush(), name="venue limits file")
+        self._dirty.set()
+        if urgent:
+            self._urgent.set()
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = -math.inf
+        while True:
+            await self._dirty.wait()
+            wait_s = last + self.every_s - loop.time()
+            if wait_s > 0 and not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self._urgent.wait()
+            self._dirty.clear()
+            self._urgent.clear()
+            serial, data = self._encode()
+            await asyncio.to_thread(self._write, serial, data)
+            last = loop.time()
+
+    def _encode(self) -> tuple[int, bytes]:
+        wall = WallClock(self.wall())
+        self._kept = {k: v for k, v in self._kept.items() if float(v["until"]) > wall.now}
+        entries = [{"scope": k[0], "name": k[1], "state": v} for k, v in self._kept.items()]
+        for (scope, name), item in self._live.items():
+            state = item.limits_state(wall)
+            if state is not None:
+                entries.append({"scope": scope, "name": name, "state": state})
+        self._serial += 1
+        return self._serial, orjson.dumps(
+            {"version": 1, "written_at": wall.now, "entries": entries}
+        )
+
+    def write_now(self) -> None:
+        """Write what is held now, on this thread."""
+        self._write(*self._encode())
+
+    def _write(self, serial: int, data: bytes) -> None:
+        with self._write_lock:
+            if serial <= self._written:
+                return  # a later state is on disk already
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            try:
+                with open(tmp, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                if not self._failed:
+                    log.warning("venue limits file not written path=%s error=%s", self.path, exc)
+                self._failed = True
+                return
+            self._failed = False
+            self._written = serial
+
+    def close(self) -> None:
+        """Write what is held now, and stop the background writer."""
+        self.write_now()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+_STORE: LimitsFile | None = None
+
+
+def persist_to(
+    path: Path, *, wall: Callable[[], float] = time.time, every_s: float = 1.0
+) -> LimitsFile:
+    """Keep what the venues hold against us in `path` across restarts, and seed the budgets
+    made from now on from what the last life left there (call once at start, before any
+    connector is made). A missing or unreadable file starts fresh, with a warning."""
+    global _STORE
+    if _STORE is not None:
+        _STORE.close()
+    _STORE = LimitsFile(path, wall=wall, every_s=every_s)
+    return _STORE
+
+
+def stop_persisting() -> None:
+    """Write what is held now, and keep nothing more (tests: the end of a process's life)."""
+    global _STORE
+    store, _STORE = _STORE, None
+    if store is not None:
+        store.close()
+
+
+def persisted(scope: str, name: str, item: T) -> T:
+    """`item` (a `Persistent` budget of `scope`, named `name` within it), seeded from what the
+    last life left, and saved from now on while `scope` has users."""
+    if _STORE is not None and isinstance(item, Persistent):
+        _STORE.claim(scope, name, item)
+    return item
+
+
+def note_limits(*, urgent: bool = False) -> None:
+    """A budget's charges changed (`urgent`: a block, a ban, an error answer)."""
+    if _STORE is not None:
+        _STORE.changed(urgent=urgent)

@@ -40,7 +40,7 @@ from killswitch.exchanges.base import (
     Transient,
     VenueError,
 )
-from killswitch.exchanges.budget import Priority, RateBudget
+from killswitch.exchanges.budget import Priority, RateBudget, WallClock, note_limits
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.dialect import MAX_WAIT_S, Dialect, classify, header_wait
 from killswitch.exchanges.http import RestTransport
@@ -223,6 +223,49 @@ class EndpointCharges(FixedWindowCharges):
         self.banned = self.banned or banned
         for budget in self.budgets.values():
             budget.block(seconds, banned=banned)
+        note_limits(urgent=True)
+
+    def limits_state(self, wall: WallClock) -> dict[str, Any] | None:
+        """What MEXC still holds against our IP (`budget.Persistent`): each endpoint's charges
+        still inside its window, the block or ban with its end, and the throttles in a row
+        (a wait naming no end doubles while they go on)."""
+        now = self.clock()
+        state: dict[str, Any] = {}
+        until = 0.0
+        endpoints = {}
+        for endpoint, budget in self.budgets.items():
+            held = budget.limits_state(wall)
+            if held is not None:
+                endpoints[endpoint] = held
+                until = max(until, float(held["until"]))
+        if endpoints:
+            state["endpoints"] = endpoints
+        if self.blocked_until > now:
+            until = max(until, wall.out(self.blocked_until, self.clock))
+            state["blocked_until"] = wall.out(self.blocked_until, self.clock)
+            state["banned"] = self.banned
+        repeats_until = wall.out(self.blocked_until + self.throttle_max_s, self.clock)
+        if self.repeats and repeats_until > wall.now:
+            state["repeats"] = dict(self.repeats)
+            until = max(until, repeats_until)
+        if not state:
+            return None
+        state["until"] = until
+        return state
+
+    def seed_limits(self, state: Mapping[str, Any], wall: WallClock) -> None:
+        """Take in a `limits_state` of the last life: a ban still in force holds every
+        endpoint, those made later too."""
+        blocked = state.get("blocked_until")
+        if blocked is not None:
+            ends = wall.back(float(blocked), self.clock)
+            if ends > self.clock():
+                self.blocked_until = max(self.blocked_until, ends)
+                self.banned = self.banned or bool(state.get("banned"))
+        for endpoint, held in dict(state.get("endpoints", {})).items():
+            self.budget(str(endpoint)).seed_limits(held, wall)
+        for path, repeats in dict(state.get("repeats", {})).items():
+            self.repeats[str(path)] = max(self.repeats.get(str(path), 0), int(repeats))
 
     def headroom(self) -> dict[str, object]:
         """The least headroom among the endpoints used so far (0..1), and how long every

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from killswitch.exchanges.base import (
     AllowanceHeld,
@@ -48,7 +48,10 @@ from killswitch.exchanges.budget import (
     Priority,
     RateBudget,
     SlidingBudget,
+    WallClock,
     acquire_all,
+    note_limits,
+    persisted,
     shared_budget,
     shared_item,
 )
@@ -88,9 +91,20 @@ class IpBan:
 
     until: float = 0.0
     guesses: int = 0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.until - now)
+
+    def limits_state(self, wall: WallClock) -> dict[str, Any] | None:
+        """The ban while in force (`budget.Persistent`): a restart never sends into it."""
+        if self.until <= self.clock():
+            return None
+        return {"until": wall.out(self.until, self.clock), "guesses": self.guesses}
+
+    def seed_limits(self, state: Mapping[str, Any], wall: WallClock) -> None:
+        self.until = max(self.until, wall.back(float(state["until"]), self.clock))
+        self.guesses = max(self.guesses, int(state.get("guesses", 0)))
 
 
 class BingxCharges:
@@ -113,10 +127,20 @@ class BingxCharges:
         group_clock = budget_clock or (lambda: venue_clock.now_ms() / 1000.0)
         clock = budget_clock or time.monotonic
         sleep = budget_sleep or asyncio.sleep
-        self.group_budget = RateBudget(GROUP_LIMITS, clock=group_clock, sleep=sleep)
+        # What the venue holds against this account (per UID) outlives a restart, as what it
+        # holds against our IP does (`budget.persist_to`), keyed by the IP's scope.
+        self.group_budget = persisted(
+            ip_scope,
+            f"account {account} group",
+            RateBudget(GROUP_LIMITS, clock=group_clock, sleep=sleep),
+        )
         self.budgets: dict[str, SlidingBudget] = {
-            path: SlidingBudget(
-                rps, margin_s=BUDGET_MARGIN_S, name=f"uid {path}", clock=clock, sleep=sleep
+            path: persisted(
+                ip_scope,
+                f"account {account} uid {path}",
+                SlidingBudget(
+                    rps, margin_s=BUDGET_MARGIN_S, name=f"uid {path}", clock=clock, sleep=sleep
+                ),
             )
             for path, rps in ENDPOINT_RPS.items()
         }
@@ -157,13 +181,15 @@ class BingxCharges:
             "bingx errors",
             lambda: ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock),
         )
-        self.errors = ErrorCounter(
-            ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock, shared=ip_errors
+        self.errors = persisted(
+            ip_scope,
+            f"account {account} errors",
+            ErrorCounter(ERROR_LOCK_COUNT, ERROR_LOCK_WINDOW_S, clock=clock, shared=ip_errors),
         )
         self.rng = rng
         self.backoffs: dict[str, int] = {}  # path -> 100410s without an epoch in a row
         self.budget_clock = clock
-        self.ban: IpBan = shared_item(ip_scope, "bingx ip ban", IpBan)
+        self.ban: IpBan = shared_item(ip_scope, "bingx ip ban", lambda: IpBan(clock=clock))
 
     def path_budgets(self, path: str) -> list[SlidingBudget]:
         budgets = [b for b in (self.budgets.get(path), self.ip_budgets.get(path)) if b is not None]
@@ -246,6 +272,7 @@ class BingxCharges:
         elif header_wait(headers) is None:
             error.retry_after_s += EPOCH_MARGIN_S + self.clock.last_rtt_ms / 1000.0
         self.ban.until = max(self.ban.until, now + error.retry_after_s)
+        note_limits(urgent=True)
         self.group_budget.block(error.retry_after_s, banned=True)
         for budget in {*self.budgets.values(), *self.ip_budgets.values()}:
             budget.block(error.retry_after_s)
