@@ -216,6 +216,10 @@ class KafkaSettings(BaseModel):
     alert_hmac_key: SecretStr | None = None
     allow_reset: bool = False
     alert_ttl_ms: int | None = Field(default=None, gt=0)
+    # A start with no committed offset (a new group, or offsets the broker expired or lost):
+    # alerts up to this old when the daemon started are read, older ones are history and
+    # never replayed into kills (kafka/alerts.py says how the start is found).
+    start_max_age_ms: int = Field(default=600_000, ge=0)
     event_buffer: int = Field(default=10000, gt=0)
     # Replicas: share the latch over `latch_topic`. Each replica needs its own `group_id`;
     # `replica_id` names it in latch records and keys its events (default group_id@hostname).

@@ -23,11 +23,37 @@ and the replicator releases it once it reads the reset.
 
 Each daemon is its own consumer group and assigns itself every partition of the alerts topic
 (no group membership): every replica sees every alert, start-up needs no rebalance, and the
-committed offsets still live in Kafka. A group's first start pins its position at the first
-record produced since the consumer started (history is not replayed into kills; an alert
-published before the first connect, while the broker or the topic was not there yet, is not
-skipped); a later reconnect that finds no committed offset (the broker lost them) reads from
-the beginning, where duplicates are harmless.
+committed offsets still live in Kafka. Kafka expires such a group's offsets
+`offsets.retention.minutes` (7 days by default) after its last commit, and alerts may not come
+for weeks: each connect commits every partition's position again, and so does the loop every
+`offset_refresh_s` (an hour) with no alert in between. Both re-commit only offsets committed
+before (or decided at the connect): never past a record not done.
+
+Where each partition starts, decided at every connect (`_start`), and logged at warning with
+the offsets whenever it is not simply the committed offset:
+
+- the broker's committed offset;
+- else, in this process's life, the position it committed last (the broker expired or lost the
+  group's offsets while the daemon ran): never the beginning (history), never the end (skips);
+- else, a start without offsets (a new group, or the offsets expired while the daemon was down
+  longer than the retention: Kafka does not tell the two apart): the alerts at most
+  `kafka.start_max_age_ms` (ten minutes) older than the consumer's first connect attempt are
+  read, older ones are history and are not replayed into kills. An alert published while the
+  daemon was starting or down, or while the broker or the topic was not there yet, is inside
+  the bound and acted on; the week-old drill is not. The start comes from the broker's time
+  index (`offsets_for_times`); as brokers differ there (Tansu indexes append time, not the
+  record's stamp) and a record's stamp is its send, not its alert's `ts`, the records already
+  in the log at the decision that are stamped, or whose authenticated alert is dated, before
+  the bound are passed over as they are read (`history_skipped`, no dead letter). Every record
+  appended after the decision is read whatever its dates. Such a start is committed only once
+  nothing before it is left to pass over: a crash before that decides again, never from a
+  commit of history;
+- a position below the log start (records deleted by retention before they were read): the log
+  start, the oldest unread alerts; past the log end (the log was truncated or recreated): as a
+  start without offsets.
+
+A fetch out of range (`auto_offset_reset="none"`) is a reconnect, decided by these rules: the
+consumer never jumps to either end of the log by itself.
 
 The broker going away never stops the daemon: the loop keeps probing, reports `disconnected`
 in `status()`, reconnects with backoff and resumes from the committed offsets.
@@ -94,6 +120,7 @@ class ConsumerStats:
     dead_letter_lost: int = 0
     commits: int = 0
     commit_failures: int = 0
+    history_skipped: int = 0  # records older than a start without offsets, not replayed
     connects: int = 0
     disconnects: int = 0
     engine_failures: int = 0
@@ -147,6 +174,7 @@ class KafkaAlertConsumer(EngineFeed):
         dead_letter_pending_limit: int = 2_000,
         io_timeout_s: float = 10.0,
         stop_wait_s: float = 5.0,
+        offset_refresh_s: float = 3600.0,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -163,20 +191,23 @@ class KafkaAlertConsumer(EngineFeed):
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.io_timeout_s = io_timeout_s
         self.stop_wait_s = stop_wait_s  # on stop, for dead letters in flight
+        self.offset_refresh_s = offset_refresh_s  # keeps the group's offsets from expiring
         key = settings.alert_hmac_key
         self._hmac_key = key.get_secret_value().encode() if key is not None else None
         self.stats = ConsumerStats()
         self.acted_on = ActedOn(engine, cluster, self.stats, self._emit)
         self.stalled = ""  # why the consumer is stuck on one record, if it is
         self._partitions: list[TopicPartition] = []
-        self._first_connect = True
-        self._started_ms = 0  # wall ms when the consumer started: where a first connect begins
+        self._started_ms = 0  # wall ms of the first connect attempt: a start without offsets
         self._done: dict[TopicPartition, int] = {}  # next offset past the processed records
-        self._committed: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}  # what this process knows is committed
+        self._history: dict[TopicPartition, _History] = {}  # where history is passed over
+        self._refresh_at = 0.0  # clock time of the next commit that keeps the offsets alive
         self.letters = DeadLetters(settings, self.stats, pending_limit=dead_letter_pending_limit)
         self._last_probe = 0.0
         self._event_gate = _RateGate(10.0, clock)
-        # Called with the offsets just before they are committed; a test seam for crash tests.
+        # Called with the offsets just before records are committed as done (not before the
+        # commits that only keep them alive); a test seam for crash tests.
         self.before_commit: Callable[[dict[TopicPartition, int]], Any] | None = None
 
     # -- Service ----------------------------------------------------------------------------
@@ -224,7 +255,7 @@ class KafkaAlertConsumer(EngineFeed):
 
     async def _connect(self) -> None:
         if not self._started_ms:
-            self._started_ms = self._wall_ms()  # the first attempt: from here nothing is skipped
+            self._started_ms = self._wall_ms()  # the first attempt: a start without offsets
         settings = self.settings
         producer = new_producer(
             settings, linger_ms=5, request_timeout_ms=int(self.io_timeout_s * 1000)
@@ -237,9 +268,9 @@ class KafkaAlertConsumer(EngineFeed):
             group_id=settings.group_id,
             client_id=f"killswitch-{settings.group_id}",
             enable_auto_commit=False,
-            # first start: do not replay history into kills; reconnect: the broker lost our
-            # offsets, so what the topic holds now is newer than what we saw
-            auto_offset_reset="latest" if self._first_connect else "earliest",
+            # never jump to an end of the log by itself: an out-of-range fetch is a broker
+            # error, and the reconnect decides where to go (`_start`)
+            auto_offset_reset="none",
             max_poll_records=self.max_records,
             # a broker that does not answer a waiting fetch when data arrives (Tansu) adds up
             # to this much latency to every alert; Kafka answers at once either way
@@ -252,48 +283,112 @@ class KafkaAlertConsumer(EngineFeed):
             raise _TopicMissing(f"topic {settings.alerts_topic} does not exist")
         tps = [TopicPartition(settings.alerts_topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
-        pin: dict[TopicPartition, int] = {}
+        # The ends are read before the lookups by time: a record appended in between is past
+        # its partition's end, and read (taking the end after the lookup skipped one: a flaky
+        # test of the topic an alert creates showed it under load).
+        ends = await consumer.end_offsets(tps)
+        begins = await consumer.beginning_offsets(tps)
+        positions: dict[TopicPartition, int] = {}
+        history: dict[TopicPartition, _History] = {}
         for tp in tps:
-            committed = await consumer.committed(tp)
-            if committed is None:
-                pin[tp] = await self._start_position(consumer, tp)
+            known = self._committed.get(tp)
+            start, window = await self._start(consumer, tp, known, begins[tp], ends[tp])
+            consumer.seek(tp, start)
+            if window is None:
+                positions[tp] = start
             else:
-                self._committed[tp] = committed
-        if pin:
-            await consumer.commit(pin)
-            self._committed.update(pin)
-            log.info("kafka alerts position pinned offsets=%s", _fmt(pin))
+                history[tp] = window
+        if positions:
+            # Committed again at every connect, unchanged or not: it keeps them from expiring.
+            await consumer.commit(positions)
+        self._committed = positions
+        self._history = history
+        self._refresh_at = self._clock() + self.offset_refresh_s
         self._partitions = tps
         self._done = {}
-        self._first_connect = False
         self._last_probe = self._clock()
 
-    async def _start_position(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
-        """Where a partition with no committed offset starts. On this life's first connect: at
-        the first record produced since the consumer started: history is not replayed into
-        kills, and what was published while the broker or the topic was not there yet (the
-        risk engine's first alert may create it) is not skipped. On a later connect (the
-        broker lost our offsets): the beginning (`auto_offset_reset`)."""
-        if not self._first_connect:
-            return int(await consumer.position(tp))
-        # The end is read before the lookup by time: a record appended between the two is
-        # past it, and read (taking the end after the lookup skipped one: a flaky test of the
-        # topic an alert creates showed it under load).
-        end = int((await consumer.end_offsets([tp]))[tp])
+    async def _start(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        known: int | None,
+        begin: int,
+        end: int,
+    ) -> tuple[int, _History | None]:
+        """Where a partition starts: its committed offset; else the position this process
+        committed last; else a start without offsets (`_start_without_offsets`). A position
+        below the log start moves up to it; one past the log end starts without offsets."""
+        committed = await consumer.committed(tp)
+        position = committed
+        if committed is None and known is not None:
+            log.warning(
+                "kafka alerts committed offset missing, resuming at this process's position "
+                "partition=%d offset=%d log_start=%d log_end=%d",
+                tp.partition,
+                known,
+                begin,
+                end,
+            )
+            position = known
+        if position is None:
+            return await self._start_without_offsets(consumer, tp, begin, end)
+        if position < begin:
+            log.warning(
+                "kafka alerts records deleted before they were read, starting at the log start "
+                "partition=%d position=%d log_start=%d log_end=%d",
+                tp.partition,
+                position,
+                begin,
+                end,
+            )
+            return begin, None
+        if position > end:
+            log.warning(
+                "kafka alerts position past the log end (log truncated or recreated) "
+                "partition=%d position=%d log_start=%d log_end=%d",
+                tp.partition,
+                position,
+                begin,
+                end,
+            )
+            return await self._start_without_offsets(consumer, tp, begin, end)
+        return position, None
+
+    async def _start_without_offsets(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, begin: int, end: int
+    ) -> tuple[int, _History | None]:
+        """Start at the first record stamped at most `start_max_age_ms` before the consumer
+        first tried to connect; records already in the log (before `end`) stamped earlier are
+        passed over as history (`_History`), whatever the broker's time index said."""
+        max_age_ms = self.settings.start_max_age_ms
+        floor_ms = self._started_ms - max_age_ms
         try:
-            found = await consumer.offsets_for_times({tp: self._started_ms})
+            found = await consumer.offsets_for_times({tp: floor_ms})
         except UnsupportedVersionError as exc:
-            # A broker that cannot look up offsets by time: the end, as before.
+            # No time index: read the log from its start and pass over the old records.
             log.warning("kafka alerts offsets by time failed partition=%s error=%r", tp, exc)
-            found = {}
-        hit = found.get(tp)
-        if hit is None or hit.timestamp < self._started_ms or hit.offset > end:
-            # Nothing produced since the start before the end: the end. (Tansu answers a time
-            # past its last record with offset 0 and timestamp -1 rather than none.)
-            consumer.seek(tp, end)
-            return end
-        consumer.seek(tp, hit.offset)
-        return int(hit.offset)
+            start = begin
+        else:
+            hit = found.get(tp)
+            if hit is None or hit.timestamp < 0:
+                # Nothing stamped since the floor: the end. (Tansu answers a time past its last
+                # record with offset 0 and timestamp -1 rather than none.)
+                start = end
+            else:
+                start = max(begin, min(int(hit.offset), end))
+        log.warning(
+            "kafka alerts no committed offset, start decided partition=%d start=%d "
+            "log_start=%d log_end=%d floor_ms=%d start_max_age_ms=%d (records before the log "
+            "end stamped or dated before floor_ms are history, not replayed; all others are read)",
+            tp.partition,
+            start,
+            begin,
+            end,
+            floor_ms,
+            max_age_ms,
+        )
+        return start, _History(end=end, floor_ms=floor_ms) if start < end else None
 
     def _on_connected(self) -> None:
         self.stats.connects += 1
@@ -351,30 +446,74 @@ class KafkaAlertConsumer(EngineFeed):
         )
         for tp, records in batch.items():
             for record in records:
-                await self._process(tp, record)
+                window = self._window(tp, record.offset) if self._history else None
+                if window is not None and 0 <= record.timestamp < window.floor_ms:
+                    self._pass_over(window, tp, record.offset)  # not even parsed
+                else:
+                    await self._process(tp, record, history=window)
                 self._done[tp] = record.offset + 1
                 if self._stopping.is_set():
                     break
             if self._stopping.is_set():
                 break
+        if self._history and not self._stopping.is_set():
+            await self._close_history(consumer)
         await self.letters.settle()
         await self._commit()
+        if self._clock() >= self._refresh_at:
+            await self._refresh()
         if self._clock() - self._last_probe >= self.probe_interval_s:
             self._last_probe = self._clock()
             await self._probe()
 
-    async def _process(self, tp: TopicPartition, record: Record) -> None:
+    def _window(self, tp: TopicPartition, offset: int) -> _History | None:
+        """The history window of a start without offsets that holds this record, if any."""
+        window = self._history.get(tp)
+        return window if window is not None and offset < window.end else None
+
+    def _pass_over(self, window: _History, tp: TopicPartition, offset: int) -> None:
+        """Count a record of a history window older than its floor: it is not replayed."""
+        window.skipped += 1
+        self.stats.history_skipped += 1
+        log.debug(
+            "alert record older than the start not replayed partition=%d offset=%d",
+            tp.partition,
+            offset,
+        )
+
+    async def _close_history(self, consumer: AIOKafkaConsumer) -> None:
+        """End the history windows read to their end: from there on, the partition commits."""
+        for tp, window in list(self._history.items()):
+            # the position, not the last record: the log may end in records never returned
+            # (transaction markers, compacted away)
+            if await consumer.position(tp) >= window.end:
+                del self._history[tp]
+                log.info(
+                    "kafka alerts history passed over partition=%d skipped=%d log_end=%d",
+                    tp.partition,
+                    window.skipped,
+                    window.end,
+                )
+
+    async def _process(
+        self, tp: TopicPartition, record: Record, *, history: _History | None = None
+    ) -> None:
         """Act on one record; a record that cannot be handled is dead-lettered, never fatal.
 
         Everything up to the engine call is guarded: a rejection, and equally an error of ours
         on a record nobody foresaw, dead-letters the record with its error and the consumer
         goes on (DESIGN "Alerts"). The engine call itself is retried until journaled
-        (`_engine_call`): a kill is never skipped for a full disk.
+        (`_engine_call`): a kill is never skipped for a full disk. In a `history` window, an
+        alert dated before its floor is passed over, like a record stamped before it.
         """
         self.stats.consumed += 1
         now_ms = self._wall_ms()
         try:
-            work = self._accept(record, now_ms)
+            work = self._accept(record, now_ms, history=history)
+        except _OlderThanStart:
+            assert history is not None
+            self._pass_over(history, tp, record.offset)
+            return
         except AlertRejected as exc:
             await self._reject(tp, record, exc)
             return
@@ -396,10 +535,15 @@ class KafkaAlertConsumer(EngineFeed):
         elif work is not None:
             await self._reset(work, now_ms)
 
-    def _accept(self, record: Record, now_ms: int) -> Trigger | Alert | None:
+    def _accept(
+        self, record: Record, now_ms: int, *, history: _History | None = None
+    ) -> Trigger | Alert | None:
         """Authenticate, validate and apply the policy; return what the engine must see (the
-        trigger of a kill or cancel, a reset alert), None when it is done here (a heartbeat)."""
+        trigger of a kill or cancel, a reset alert), None when it is done here (a heartbeat).
+        Raise `_OlderThanStart` for an alert of a `history` window dated before its floor."""
         alert = parse_alert(record.value, record.headers, hmac_key=self._hmac_key)
+        if history is not None and alert.ts < history.floor_ms:
+            raise _OlderThanStart
         if self.acted_on(alert, now_ms):
             return None
         unknown = check_policy(
@@ -544,6 +688,8 @@ class KafkaAlertConsumer(EngineFeed):
         """Offsets safe to commit now: past processed records, before the first pending letter."""
         offsets: dict[TopicPartition, int] = {}
         for tp, done in self._done.items():
+            if tp in self._history:
+                continue  # a start without offsets is committed once its history is read
             pending = self.letters.first_pending(tp)
             offset = done if pending is None else min(done, pending)
             if offset > self._committed.get(tp, -1):
@@ -572,6 +718,26 @@ class KafkaAlertConsumer(EngineFeed):
         self.stats.commits += 1
         self._committed.update(offsets)
 
+    async def _refresh(self) -> None:
+        """Commit the committed offsets again: Kafka expires a group's offsets a retention
+        period after its last commit, and a quiet week must not look like a new group."""
+        self._refresh_at = self._clock() + self.offset_refresh_s
+        consumer = self._consumer
+        offsets = dict(self._committed)
+        if consumer is None or not offsets:
+            return
+        try:
+            async with asyncio.timeout(self.io_timeout_s):
+                await consumer.commit(offsets)
+        except asyncio.CancelledError:
+            raise
+        except BROKER_ERRORS as exc:
+            self.stats.commit_failures += 1
+            self._refresh_at = self._clock() + min(self.offset_refresh_s, _REFRESH_RETRY_S)
+            log.warning("offsets refresh failed offsets=%s error=%s", _fmt(offsets), exc)
+            return
+        log.debug("offsets refreshed offsets=%s", _fmt(offsets))
+
     def _emit(self, event_type: EventType, **fields: object) -> None:
         self.engine.events.emit(make_event(event_type, input="kafka", **fields))
 
@@ -583,6 +749,23 @@ def _scope_text(trigger: Trigger) -> str:
 def _issued_ms(alert: Alert, now_ms: int) -> int:
     """When a reset was issued, as far as we can vouch: not after its `ts`, nor after now."""
     return min(alert.ts, now_ms)
+
+
+@dataclass(slots=True)
+class _History:
+    """A start without offsets: records before `end` stamped or dated (an alert's `ts`)
+    before `floor_ms` are history."""
+
+    end: int
+    floor_ms: int
+    skipped: int = 0
+
+
+_REFRESH_RETRY_S = 60.0  # after a failed refresh: the retention is days, not minutes
+
+
+class _OlderThanStart(Exception):
+    """An alert of a start without offsets older than its floor: history, not replayed."""
 
 
 class _TopicMissing(Exception):
