@@ -170,7 +170,9 @@ async def test_an_id_reused_for_another_scope_is_dead_lettered_and_committed(
 async def test_alerts_published_before_a_groups_first_start_are_not_replayed(
     kafka_broker: KafkaBroker,
 ) -> None:
-    settings = await kafka_settings(kafka_broker)
+    # No age bound: only what was produced after the consumer started is read (review 67's
+    # `start_max_age_ms`, by default ten minutes, is tested in test_found_review67_offsets).
+    settings = await kafka_settings(kafka_broker, start_max_age_ms=0)
     async with producer(kafka_broker.bootstrap) as prod:
         await prod.send_and_wait(settings.alerts_topic, alert("old-kill"))
         # A first start begins at the records produced since it started: one stamped in the
@@ -552,7 +554,7 @@ async def test_an_alert_published_before_the_first_connect_after_the_start_is_ac
     was down at the start) pinned its position at the end as of that connect: the kill was
     skipped, with no dead letter and no event. A first connect starts at the first record
     produced since the consumer started; history from before it is still not replayed."""
-    settings = await kafka_settings(proxied_broker)
+    settings = await kafka_settings(proxied_broker, start_max_age_ms=0)  # (see above)
     async with producer(proxied_broker.bootstrap) as prod:
         await prod.send_and_wait(settings.alerts_topic, alert("before-start"))
     await asyncio.sleep(0.2)  # clear of the boundary instant (see the first-start test)
