@@ -34,16 +34,18 @@ def build_exchange(
     *,
     use_ws_api: bool = True,
     learned_path: Path | None = None,
+    listen_key_path: Path | None = None,
     symbols: Sequence[str] = (),
     **args: Unpack[ConnectorArgs],
 ) -> Exchange:
     """Construct the connector for `venue` from what every connector takes (`ConnectorArgs`).
     `use_ws_api` is Binance's (REST only when False); `learned_path` is where BingX keeps what
-    it learned of the account (§3.7); `symbols`, the account's configured ones, are what MEXC
-    checks its read without a symbol against (§2.3)."""
+    it learned of the account (§3.7); `listen_key_path` is where MEXC keeps the listenKey it
+    made, for the next process to reuse (§2.4: 60 per UID); `symbols`, the account's configured
+    ones, are what MEXC checks its read without a symbol against (§2.3)."""
     cls = connector_class(venue)
     if cls is BinanceExchange:
         return BinanceExchange(**args, use_ws_api=use_ws_api)
     if cls is BingxExchange:
         return BingxExchange(**args, learned_path=learned_path)
-    return MexcExchange(**args, symbols_hint=symbols)
+    return MexcExchange(**args, symbols_hint=symbols, listen_key_path=listen_key_path)

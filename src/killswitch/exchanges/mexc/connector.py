@@ -4,7 +4,9 @@ Venue facts (`exchange-apis.md` §2): HMAC-SHA256 over the query string followed
 every endpoint has its own budget of 500 weight per 10 s; `DELETE /api/v3/openOrders` cancels
 up to 5 comma-separated symbols including OCO legs; there is no batch cancel by ids, no
 order-list endpoint and no dead-man's switch. The user stream needs a listenKey (60 min,
-extended every 30 min) and pushes `PushDataV3ApiWrapper` protobuf frames.
+extended every 30 min) and pushes `PushDataV3ApiWrapper` protobuf frames. A UID holds at most
+60 listenKeys: given a `listen_key_path`, the key made is remembered there and reused by the
+next process while MEXC still lists it, so that a crash loop does not leak one key per life.
 
 Unverified in the docs, handled both ways: `GET /api/v3/openOrders` without a symbol. The
 connector asks without one first; if MEXC refuses, it reads the symbols it knows (configured
@@ -17,10 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Unpack
 
@@ -75,6 +81,22 @@ from killswitch.model import (
 log = logging.getLogger(__name__)
 
 
+class _HideListenKey(logging.Filter):
+    """Keep the listenKey, a credential-like secret, out of websockets' debug lines: it logs
+    the request line, and MEXC takes the key in the URL's query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "listenKey=" in text:
+            record.msg, record.args = _KEY_IN_URL.sub("listenKey=<hidden>", text), None
+        return True
+
+
+_KEY_IN_URL = re.compile(r"listenKey=[^&\s]*")
+WS_LOG = logging.getLogger("websockets.client.mexc")  # configured as websockets' own logs
+WS_LOG.addFilter(_HideListenKey())
+
+
 # Per endpoint: 500 weight per 10 s [MX-DOC "LIMITS"]. Weights: cancels 1, openOrders 3. Where
 # MEXC's 10 s windows start is not said: its budgets slide (`RateBudget`; review 48: reads at
 # the cap of each of two adjacent fixed windows of ours landed in one of MEXC's, 429s).
@@ -102,6 +124,7 @@ MEXC_CAPABILITIES = Capabilities(
 
 
 USER_DATA_STREAM = "/api/v3/userDataStream"
+MAX_LISTEN_KEYS = 60  # per UID [MX-DOC "Websocket User Data Streams"]
 
 WIRE = Wire(
     MEXC,
@@ -110,6 +133,98 @@ WIRE = Wire(
     decode=rest_answer,
     headers=MappingProxyType({"Content-Type": "application/json"}),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RememberedKey:
+    """A listenKey this account's connector holds. `ours`: made by our create, so ours to
+    delete; a key taken up after a lost answer may be another client's (`_taken_up`)."""
+
+    key: str = field(repr=False)  # a credential-like secret: never in logs or messages
+    ours: bool
+
+
+class ListenKeyFile:
+    """Where an account's listenKey outlives the process (review 66): a small JSON file, mode
+    0600, replaced atomically. A missing file is no key; an unreadable one is said (WARNING)
+    and read as no key; a failed write is said and costs only the reuse."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self, account: str) -> RememberedKey | None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning(
+                "listenKey file unreadable account=%s path=%s error=%s: starting fresh",
+                account,
+                self.path,
+                type(exc).__name__,
+            )
+            return None
+        remembered = _parse_remembered(text)
+        if remembered is None:
+            log.warning(
+                "listenKey file corrupt account=%s path=%s: starting fresh", account, self.path
+            )
+        return remembered
+
+    def save(self, remembered: RememberedKey, account: str) -> None:
+        body = json.dumps({"listen_key": remembered.key, "ours": remembered.ours})
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_private(tmp, body.encode())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning(
+                "listenKey file not saved account=%s path=%s error=%s: a crash now leaks the key",
+                account,
+                self.path,
+                type(exc).__name__,
+            )
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def forget(self, account: str) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning(
+                "listenKey file not removed account=%s path=%s error=%s",
+                account,
+                self.path,
+                type(exc).__name__,
+            )
+
+
+def _parse_remembered(text: str) -> RememberedKey | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    key, ours = data.get("listen_key"), data.get("ours")
+    # MEXC's keys are hex: anything else in the file would go into a URL as it is.
+    if not isinstance(key, str) or not key.isascii() or not key.isalnum() or len(key) > 256:
+        return None
+    if not isinstance(ours, bool):
+        return None
+    return RememberedKey(key, ours=ours)
+
+
+def _write_private(path: Path, body: bytes) -> None:
+    """Write `body` to `path`, readable by us alone, and flush it to the disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        os.fchmod(fd, 0o600)  # a temp file left by a crash keeps its mode otherwise
+        file.write(body)
+        file.flush()
+        os.fsync(fd)
 
 
 class MexcExchange(OpenOrderReads, VenueConnector):
@@ -124,6 +239,7 @@ class MexcExchange(OpenOrderReads, VenueConnector):
         symbols_hint: Sequence[str] = (),
         rate_limits: RateLimits = MEXC_RATE_LIMITS,
         listen_key_keepalive_s: float = 1800.0,
+        listen_key_path: Path | None = None,
         stream_ping_interval_s: float = 20.0,
         stream_pong_timeout_s: float = 10.0,
         budget_clock: Callable[[], float] | None = None,  # the venue's clock by default
@@ -154,6 +270,9 @@ class MexcExchange(OpenOrderReads, VenueConnector):
         self._lost_keys: set[str] = set()
         self._streams: dict[ClientConnection, str] = {}
         self._keepalive_task: asyncio.Task[None] | None = None
+        self._key_file = None if listen_key_path is None else ListenKeyFile(listen_key_path)
+        self._remembered = None if self._key_file is None else self._key_file.load(self.account)
+        self._keys_exhausted = False  # the UID's 60 keys are all others': said once, at ERROR
 
     # -- lifecycle ------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -175,14 +294,22 @@ class MexcExchange(OpenOrderReads, VenueConnector):
         """Close the streams and drop the listenKey."""
         for ws in list(self._streams):
             await ws.close()
+        # Also after a failed start: the stream may have made a key since (review 66).
         key, self._listen_key = self._listen_key, None
-        if key is not None and self._started and key not in self._taken_keys:
+        if key is not None and key not in self._taken_keys:
             try:
                 await asyncio.wait_for(self._delete_listen_key(key), timeout=1.0)
             except asyncio.CancelledError:
                 raise
+            except Fatal as exc:
+                if exc.code != LISTEN_KEY_GONE:
+                    log.info("listenKey delete failed account=%s error=%s", self.account, exc)
+                    return
             except (VenueError, TimeoutError) as exc:
+                # Still remembered: the next run reuses it if MEXC still lists it.
                 log.info("listenKey delete failed account=%s error=%s", self.account, exc)
+                return
+            self._forget(key)
 
     # -- reads ----------------------------------------------------------------------------------
     @malformed_is_unknown
@@ -342,23 +469,74 @@ class MexcExchange(OpenOrderReads, VenueConnector):
         """A listenKey for the stream. A create whose answer was lost (a 5xx, a timeout) may
         have made one: the valid keys are listed before and after it, and a new one is taken
         up, so that a storm cannot leak keys into the UID's 60 (review 46; other clients of
-        the UID hold keys too, so none is ever deleted but ours)."""
+        the UID hold keys too, so none is ever deleted but ours). The key an earlier run
+        remembered is reused while MEXC lists it: a crash loop leaks no key (review 66)."""
         now = await self._valid_listen_keys()
         if self._unsure_since is not None:
             # an earlier create's answer was lost and so was the listing after it
             made, self._unsure_since = now - self._unsure_since, None
             if made:
                 return self._taken_up(made)
+        reused = await self._reuse_remembered(now)
+        if reused is not None:
+            return reused
         try:
             data = await self.rest.request("POST", USER_DATA_STREAM, priority=Priority.KILL)
-        except (OutcomeUnknown, Transient):
+        except (OutcomeUnknown, Transient) as exc:
             self._unsure_since = now
             made = (await self._valid_listen_keys()) - now
             self._unsure_since = None
-            if not made:
+            if made:
+                return self._taken_up(made)
+            if len(now) < MAX_LISTEN_KEYS:
                 raise
-            return self._taken_up(made)
-        return str(data["listenKey"])
+            raise self._no_key_left(len(now), exc) from exc
+        except Fatal as exc:
+            if len(now) < MAX_LISTEN_KEYS:
+                raise
+            raise self._no_key_left(len(now), exc) from exc
+        if self._keys_exhausted:
+            self._keys_exhausted = False
+            log.warning("listenKey made again account=%s: the UID had a key free", self.account)
+        key = str(data["listenKey"])
+        self._remember(key, ours=True)
+        return key
+
+    async def _reuse_remembered(self, valid: set[str]) -> str | None:
+        """The key an earlier run of this account made, kept alive, if MEXC still lists it."""
+        remembered = self._remembered
+        if remembered is None:
+            return None
+        if remembered.key not in valid:
+            self._remembered = None
+            log.info("listenKey of an earlier run is gone account=%s: making one", self.account)
+            return None
+        try:
+            await self.rest.request(
+                "PUT", USER_DATA_STREAM, [("listenKey", remembered.key)], priority=Priority.KILL
+            )
+        except Fatal as exc:
+            if exc.code != LISTEN_KEY_GONE:
+                raise
+            self._remembered = None
+            log.info("listenKey of an earlier run expired account=%s: making one", self.account)
+            return None
+        if not remembered.ours:
+            self._taken_keys.add(remembered.key)
+        log.info("listenKey of an earlier run reused account=%s", self.account)
+        return remembered.key
+
+    def _no_key_left(self, held: int, exc: VenueError) -> Fatal:
+        """The UID's keys are all taken, none by us: the stream waits until one is freed."""
+        what = (
+            f"listenKey create refused: the UID holds {held} valid listenKeys (MEXC allows "
+            f"{MAX_LISTEN_KEYS} per UID), none of them ours; no user stream until one expires "
+            f"(60 min after its last keepalive) or its client deletes it ({exc.code}: {exc.msg})"
+        )
+        if not self._keys_exhausted:
+            self._keys_exhausted = True
+            log.error("%s account=%s", what, self.account)
+        return Fatal(what, venue=VENUE, account=self.account, code=exc.code, endpoint=exc.endpoint)
 
     def _taken_up(self, made: set[str]) -> str:
         """One of the keys that appeared (any serves the UID's stream; another client of the
@@ -369,7 +547,19 @@ class MexcExchange(OpenOrderReads, VenueConnector):
             "listenKey create unanswered account=%s: taking up the key it made", self.account
         )
         self._taken_keys.add(key)
+        self._remember(key, ours=False)
         return key
+
+    def _remember(self, key: str, *, ours: bool) -> None:
+        self._remembered = RememberedKey(key, ours=ours)
+        if self._key_file is not None:
+            self._key_file.save(self._remembered, self.account)
+
+    def _forget(self, key: str) -> None:
+        if self._remembered is not None and self._remembered.key == key:
+            self._remembered = None
+            if self._key_file is not None:
+                self._key_file.forget(self.account)
 
     async def _valid_listen_keys(self) -> set[str]:
         """The UID's valid listenKeys (`GET`: `{"listenKey": [...]}`)."""
@@ -429,6 +619,7 @@ class MexcExchange(OpenOrderReads, VenueConnector):
                 close_timeout=1.0,
                 max_size=2**20,
                 compression=None,
+                logger=WS_LOG,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             raise self.rest.connect_failed(exc, "ws") from exc
