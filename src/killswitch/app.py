@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec
 
+from killswitch.backoff import Backoff, wait_or_stop
 from killswitch.daemon import CriticalTasks, Daemon
 from killswitch.events import EventType, FanOut, make_event
-from killswitch.exchanges.base import Exchange
+from killswitch.exchanges.base import Exchange, RateLimited
 from killswitch.exchanges.bingx import BingxExchange
-from killswitch.exchanges.budget import set_fleet
+from killswitch.exchanges.budget import persist_to, set_fleet
 from killswitch.exchanges.connector import VenueConnector
 from killswitch.exchanges.factory import build_exchange
 from killswitch.handlers.control import ControlServer
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from killswitch.sinks.metrics import Metrics
 
 log = logging.getLogger(__name__)
+START_TIMEOUT_S = 30.0  # a venue's start, under the unit's TimeoutStartSec=90s
 
 P = ParamSpec("P")
 
@@ -148,6 +150,9 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
     accounts: list[Account] = []
     trackers: list[OrderTracker] = []
     set_fleet(settings.limits.daemons)  # before any budget is made
+    # What the venues hold against us (charges in their windows, bans, BingX error counts)
+    # outlives a restart: before any connector is made (review 66).
+    persist_to(settings.state_dir / "venue-limits.json")
     for account_settings in settings.accounts:
         ref = AccountRef(account_settings.venue, account_settings.name)
         exchange = connector(account_settings, state_dir=settings.state_dir)
@@ -226,10 +231,13 @@ def engine_config(e: EngineSettings) -> EngineConfig:
 
 def connector(account: AccountSettings, *, state_dir: Path | None = None) -> Exchange:
     """Build one account's connector from its settings (secrets unwrapped only here). With a
-    `state_dir`, what the connector learns of the venue is kept there across restarts."""
-    learned_path = None
+    `state_dir`, what the connector learns of the venue (BingX) and the listenKey it made (MEXC:
+    reused by the next process, so that restarts do not use up the UID's 60) are kept there."""
+    learned_path = listen_key_path = None
     if state_dir is not None and account.venue == "bingx":
         learned_path = state_dir / f"learned-{account.venue}-{account.name}.json"
+    if state_dir is not None and account.venue == "mexc":
+        listen_key_path = state_dir / f"listen-key-{account.venue}-{account.name}.json"
     return build_exchange(
         account.venue,
         account=account.name,
@@ -241,6 +249,7 @@ def connector(account: AccountSettings, *, state_dir: Path | None = None) -> Exc
         timeout_s=account.timeout_s,
         recv_window_ms=account.recv_window_ms,
         learned_path=learned_path,
+        listen_key_path=listen_key_path,
         symbols=account.symbols,
     )
 
@@ -270,6 +279,8 @@ class VenueService:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     failed_starts: dict[str, str] = field(default_factory=dict)
+    retry_backoff: Callable[[], Backoff] = lambda: Backoff(initial_s=1.0, max_s=60.0)
+    _retries: list[asyncio.Task[None]] = field(default_factory=list)
 
     def add(self, exchange: Exchange, supervisor: StreamSupervisor) -> None:
         self.exchanges.append(exchange)
@@ -277,19 +288,48 @@ class VenueService:
 
     async def start(self) -> None:
         """Open sessions and sync clocks. A venue that fails to start is logged, not fatal:
-        the other venues must stay killable, and its connector retries on first use."""
+        the other venues must stay killable, and its start is retried in the background until
+        it succeeds (review 66: it never was, though this said so; a Binance account whose
+        first time read got a 429 ran without its ws-api session and clock keeper for good)."""
 
         async def one(exchange: Exchange) -> None:
             try:
-                await exchange.start()
+                # A ban remembered from the last life makes a start wait in the budget: bound
+                # it (under systemd's TimeoutStartSec) and retry in the background instead.
+                async with asyncio.timeout(START_TIMEOUT_S):
+                    await exchange.start()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one venue down must not stop the daemon
                 label = f"{exchange.venue}/{exchange.account}"
                 self.failed_starts[label] = type(exc).__name__
                 log.error("venue start failed account=%s error=%s", label, exc)
+                retry = self._retry_start(exchange, label, exc)
+                self._retries.append(asyncio.create_task(retry, name=f"start {label}"))
 
         await asyncio.gather(*(one(e) for e in self.exchanges))
+
+    async def _retry_start(self, exchange: Exchange, label: str, error: Exception) -> None:
+        backoff = self.retry_backoff()
+        while True:
+            wait_s = backoff.next_delay()
+            if isinstance(error, RateLimited):
+                wait_s = max(wait_s, error.retry_after_s)  # the venue said how long
+            await wait_or_stop(self._stopped, wait_s)
+            if self._stopped.is_set():
+                return
+            try:
+                await exchange.start()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - logged, and tried again
+                error = exc
+                self.failed_starts[label] = type(exc).__name__
+                log.warning("venue start failed again account=%s error=%s", label, exc)
+                continue
+            self.failed_starts.pop(label, None)
+            log.warning("venue started on a retry account=%s", label)
+            return
 
     async def run(self) -> None:
         self._tasks = [
@@ -299,9 +339,9 @@ class VenueService:
 
     async def stop(self) -> None:
         self._stopped.set()
-        for task in self._tasks:
+        for task in [*self._retries, *self._tasks]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._retries, *self._tasks]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for exchange in self.exchanges:
