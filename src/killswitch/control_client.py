@@ -168,6 +168,11 @@ def format_status(status: dict[str, Any]) -> str:
         )
         for kill in failed:
             lines.append("  " + format_kill(kill).replace("\n", "\n  "))
+    dropped = status.get("failed_kills_dropped") or 0
+    if dropped:
+        lines.append(
+            f"  and {dropped} older failed kill(s) no longer listed here: see the audit log"
+        )
     last = status.get("last_kill")
     lines.append("")
     if isinstance(last, dict):

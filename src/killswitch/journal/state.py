@@ -42,6 +42,7 @@ class JournalState:
     # or when resets released every trigger of theirs (review 67: `status` showed only the last
     # kill, so a failed cancel vanished behind the next kill's flat).
     failed: OrderedDict[str, dict[str, object]] = field(default_factory=OrderedDict)
+    failed_dropped: int = 0  # unresolved failed kills pushed out by newer ones (this life)
     last_reset: dict[str, object] | None = None
     records: int = 0
     torn_tail: bool = False
@@ -135,7 +136,10 @@ class JournalState:
 
     def _resolve_failed(self, record: dict[str, object]) -> None:
         """Fold a kill's end into `failed`: a failed kill is added; a flat or confirmed one
-        resolves every failed kill whose scope its own contains (its flat proves theirs)."""
+        resolves every failed kill whose scope its own contains and that had ended when it
+        was launched (review 74: a kill running since before proved an account flat before
+        the failed one left orders open there). A resumed kill, whose accounts an earlier life
+        may have proved flat, resolves none."""
         summary = record.get("summary")
         if not isinstance(summary, dict) or not isinstance(summary.get("kill_id"), str):
             return
@@ -146,15 +150,20 @@ class JournalState:
                 self.failed[kill_id] = {**record, "unreleased": unreleased}
                 while len(self.failed) > FAILED_KEPT:
                     self.failed.popitem(last=False)
+                    self.failed_dropped += 1
             return
-        if record.get("state") not in ("flat", "confirmed"):
+        if record.get("state") not in ("flat", "confirmed") or summary.get("kind") != "trigger":
             return
         scope = _scope_of(summary)
-        if scope is None:
+        started = _ms(summary.get("started_ms"))
+        if scope is None or started is None:
             return
         for failed_id, failed in list(self.failed.items()):
             theirs = _scope_of(failed.get("summary"))
-            if failed_id == kill_id or (theirs is not None and scope.contains(theirs)):
+            ended = _ms(_as_dict(failed.get("summary")).get("ended_ms"))
+            if theirs is None or ended is None or started < ended:
+                continue
+            if scope.contains(theirs):
                 del self.failed[failed_id]
 
     def _release_failed(self, released: set[str]) -> None:
@@ -232,6 +241,15 @@ def _trigger_ids(summary: dict[str, object]) -> list[str]:
 
 def _as_list(value: object) -> list[object]:
     return list(value) if isinstance(value, list) else []
+
+
+def _as_dict(value: object) -> dict[str, object]:
+    return value if isinstance(value, dict) else {}
+
+
+def _ms(value: object) -> int | None:
+    """A positive wall-clock time in ms, or None (a record from before it was kept)."""
+    return int(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _scope_of(summary: object) -> Scope | None:

@@ -365,6 +365,7 @@ class Engine:
             # Kills that ended failed and that neither a later flat kill over their scope nor
             # a reset of their latches resolved (the journal's word, kept across restarts).
             "failed_kills": [f.get("summary", f) for f in self.journal.state.failed.values()],
+            "failed_kills_dropped": self.journal.state.failed_dropped,
             "accounts": accounts,
         }
 
@@ -412,6 +413,7 @@ class Engine:
             now + self.config.deadline_s,
         )
         kill.flat_before = flat_before
+        kill.started_ms = self._wall_ms()
         if trigger is not None:
             self.kills[trigger.id] = kill
         self._running.add(kill)
@@ -451,6 +453,7 @@ class Engine:
             raise
         finally:
             kill.done.set()
+            kill.ended_ms = self._wall_ms()
             try:
                 await self._record_done(kill)
             finally:

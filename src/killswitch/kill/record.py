@@ -115,6 +115,10 @@ class Kill:
     time_to_flat_ms: float | None = None
     new_orders_seen: int = 0
     joins: int = 0  # triggers that joined after it started (each one bumps it)
+    # Wall clock (ms) at its launch and at its end: a failed kill is resolved only by a flat
+    # kill launched after it ended (journal/state.py `JournalState.failed`).
+    started_ms: int = 0
+    ended_ms: int = 0
     # Set by a reset that released every trigger of this kill: a cancellation after it is
     # the kill's end. Any other cancellation (a shutdown) interrupts it, and the next life
     # of the daemon resumes it from the journal, as it would after a crash.
@@ -152,6 +156,8 @@ class Kill:
             "mode": self.mode.value,
             "scope": self.scope.to_json(),
             "state": self.state.value,
+            "started_ms": self.started_ms,
+            "ended_ms": self.ended_ms,
             "time_to_first_cancel_ms": self.first_cancel_ms,
             "time_to_flat_ms": self.time_to_flat_ms,
             "local_time_to_flat_ms": self.local_flat_ms,

@@ -129,7 +129,13 @@ class _StatusCollector(Collector):
             "Kills that ended failed and that no later flat kill over their scope, nor a reset "
             "of their latches, resolved: alert on > 0.",
         )
-        unresolved.add_metric([], float(len(status.get("failed_kills") or [])))  # type: ignore[arg-type]
+        listed = status.get("failed_kills")
+        dropped = status.get("failed_kills_dropped")
+        unresolved.add_metric(
+            [],
+            float(len(listed) if isinstance(listed, list) else 0)
+            + float(dropped if isinstance(dropped, int) else 0),
+        )
         yield unresolved
         orders = GaugeMetricFamily(
             "killswitch_open_orders",
