@@ -94,6 +94,12 @@ class KafkaCollector(Collector):
             )
             buffered.add_metric([], _num(snap.get("buffered")))
             yield buffered
+            stuck = GaugeMetricFamily(
+                "killswitch_kafka_events_stuck",
+                "1 while the broker is reachable but takes none of the event records sent.",
+            )
+            stuck.add_metric([], 1.0 if snap.get("stuck") is True else 0.0)
+            yield stuck
             for name, text in (
                 ("sent", "Event records acknowledged by the broker."),
                 ("dropped", "Event records dropped: from a full buffer, or never deliverable."),
