@@ -303,7 +303,7 @@ class VenueService:
             except Exception as exc:  # noqa: BLE001 - one venue down must not stop the daemon
                 label = f"{exchange.venue}/{exchange.account}"
                 self.failed_starts[label] = type(exc).__name__
-                log.error("venue start failed account=%s error=%s", label, exc)
+                log.error("venue start failed account=%s error=%s", label, str(exc) or repr(exc))
                 retry = self._retry_start(exchange, label, exc)
                 self._retries.append(asyncio.create_task(retry, name=f"start {label}"))
 
@@ -325,7 +325,9 @@ class VenueService:
             except Exception as exc:  # noqa: BLE001 - logged, and tried again
                 error = exc
                 self.failed_starts[label] = type(exc).__name__
-                log.warning("venue start failed again account=%s error=%s", label, exc)
+                log.warning(
+                    "venue start failed again account=%s error=%s", label, str(exc) or repr(exc)
+                )
                 continue
             self.failed_starts.pop(label, None)
             log.warning("venue started on a retry account=%s", label)

@@ -155,7 +155,14 @@ class VenueConnector(ABC):
         if self._closed:
             raise RuntimeError(f"{type(self).__name__} is closed")
         await self.transport.start()
-        await self._open()
+        try:
+            await self._open()
+        except BaseException:
+            # A start that failed (or was cut short by its caller's timeout) leaves nothing
+            # running: a retried start would otherwise add a second session keeper, and the
+            # two replaced each other's sessions for the connector's life (review 73).
+            await self._cancel_tasks()
+            raise
         self._started = True
         self._spawn(
             self.clock.keep_synced(
@@ -169,16 +176,19 @@ class VenueConnector(ABC):
         if self._closed:
             return
         self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await self._cancel_tasks()
         try:
             await self._shut()
         finally:
             release_shared(self.ip_scope)
         await self.transport.close()
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def __aenter__(self) -> Self:
         await self.start()
