@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 from killswitch.control_client import ControlUnreachable, request, socket_path
+from killswitch.exchanges.budget import persist_to
 from killswitch.model import AccountRef
 from killswitch.readiness import (
     CHECKS,
@@ -66,7 +67,10 @@ def _daemon_dms(config: Path | None, settings: Settings) -> dict[str, str] | Non
 async def run_preflight(
     settings: Settings, *, timeout_s: float = 15.0, daemon_dms: dict[str, str] | None = None
 ) -> list[AccountReadiness]:
-    """Check every account in parallel; return the results in config order."""
+    """Check every account in parallel; return the results in config order. What the
+    daemon keeps of the venues' limits (a ban in force, charges in their window) holds the
+    checks too: they never send into a ban (review 73)."""
+    persist_to(settings.state_dir / "venue-limits.json", read_only=True)
     return list(
         await asyncio.gather(
             *(preflight_account(a, timeout_s=timeout_s, daemon_dms=daemon_dms)

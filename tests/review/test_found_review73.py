@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 import killswitch.app as app
 from killswitch.app import VenueService
 from killswitch.backoff import Backoff
+from killswitch.exchanges import budget
+from killswitch.exchanges.base import IpBanned
 from killswitch.exchanges.binance import session as binance_session
 from killswitch.exchanges.binance.connector import BinanceExchange
+from killswitch.preflight import run_preflight
+from killswitch.settings import Settings
+from killswitch.sim.bingx import ENDPOINT_LIMITS
+from killswitch.sim.ratelimit import BanTracker
 from tests.conftest import eventually
 from tests.fixtures.binance import binance_venue
+from tests.fixtures.bingx import ACCOUNT_KEYS
+from tests.review.test_found_review66_restart import bingx, bingx_sim, new_life
 
 
 def _keepers(exchange: BinanceExchange) -> int:
@@ -54,3 +63,53 @@ async def test_a_start_cut_short_and_retried_keeps_one_session(
             assert exchange.session is session
         finally:
             await service.stop()
+
+
+async def test_preflight_never_sends_into_a_ban_the_daemon_keeps(tmp_path: Path) -> None:
+    """`killswitch preflight` (what `status` sends an operator to for a NOT READY account)
+    built connectors that read nothing of `venue-limits.json`: it sent into a ban the daemon
+    had written there. It now seeds from the file, and never writes it."""
+    path = tmp_path / "venue-limits.json"
+    sim = bingx_sim()
+    await sim.start()
+    try:
+        new_life(path)  # the daemon's life
+        exchange = bingx(sim)
+        await exchange.start()
+        ban = BanTracker()
+        ban.banned_until = time.monotonic() + 300
+        key, secret = ACCOUNT_KEYS["bx0"]
+        for client in (key, *(f"{key} {p}" for p in ENDPOINT_LIMITS)):
+            sim.bans[client] = ban
+        with pytest.raises(IpBanned):
+            await exchange.snapshot()
+        await exchange.close()
+        budget.stop_persisting()
+        kept = path.read_bytes()
+        budget._SHARED.clear()  # the operator's preflight: a process of its own
+        budget._USERS.clear()
+        before = dict(sim.counters)
+        settings = Settings(
+            state_dir=tmp_path,
+            accounts=[
+                {
+                    "venue": "bingx",
+                    "name": "bx0",
+                    "rest_url": sim.base_url,
+                    "ws_url": f"{sim.ws_url}/market",
+                    "api_key": key,
+                    "api_secret": secret,
+                    "timeout_s": 2.0,
+                }
+            ],
+            control={"socket_path": tmp_path / "control.sock"},
+        )
+        (result,) = await run_preflight(settings, timeout_s=5.0, daemon_dms={})
+        sent = {k: v - before.get(k, 0) for k, v in sim.counters.items() if v != before.get(k, 0)}
+        assert sent == {}
+        assert not result.ready
+        assert "banned" in (result.reason or "").lower()
+        assert path.read_bytes() == kept  # the daemon's file is the daemon's
+    finally:
+        budget.stop_persisting()
+        await sim.stop()

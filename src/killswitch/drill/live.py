@@ -48,6 +48,7 @@ from killswitch.drill.venue import (
     round_to,
 )
 from killswitch.exchanges.base import Exchange, OutcomeUnknown, RateLimited, Transient
+from killswitch.exchanges.budget import persist_to
 from killswitch.model import AccountRef, Order
 from killswitch.settings import AccountSettings, Settings
 
@@ -168,6 +169,8 @@ class Drill:
         from killswitch.app import connector
 
         await self.check_ready()
+        # A ban the daemon keeps in its state dir holds the drill too (review 73).
+        persist_to(self.settings.state_dir / "venue-limits.json", read_only=True)
         exchange = connector(self.account)
         report = self.report
         placed = False

@@ -753,11 +753,18 @@ class LimitsFile:
     scope's last user goes, synchronously (that is a close, never a kill's path)."""
 
     def __init__(
-        self, path: Path, *, wall: Callable[[], float] = time.time, every_s: float = 1.0
+        self,
+        path: Path,
+        *,
+        wall: Callable[[], float] = time.time,
+        every_s: float = 1.0,
+        read_only: bool = False,
     ) -> None:
         self.path = path
         self.wall = wall
         self.every_s = every_s
+        # Seeds budgets, never writes (a command beside the daemon: the daemon's file is its)
+        self.read_only = read_only
         self._kept = self._load()  # (scope, name) -> state: not claimed yet, or retired
         self._live: dict[tuple[str, str], Persistent] = {}
         self._dirty = asyncio.Event()
@@ -772,7 +779,8 @@ class LimitsFile:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            log.warning("venue limits file missing path=%s: starting fresh", self.path)
+            if not self.read_only:  # a command beside the daemon: nothing kept is normal
+                log.warning("venue limits file missing path=%s: starting fresh", self.path)
             return {}
         except OSError as exc:
             log.warning(
@@ -880,6 +888,8 @@ class LimitsFile:
         self._write(*self._encode())
 
     def _write(self, serial: int, data: bytes) -> None:
+        if self.read_only:
+            return
         with self._write_lock:
             if serial <= self._written:
                 return  # a later state is on disk already
@@ -910,15 +920,21 @@ _STORE: LimitsFile | None = None
 
 
 def persist_to(
-    path: Path, *, wall: Callable[[], float] = time.time, every_s: float = 1.0
+    path: Path,
+    *,
+    wall: Callable[[], float] = time.time,
+    every_s: float = 1.0,
+    read_only: bool = False,
 ) -> LimitsFile:
     """Keep what the venues hold against us in `path` across restarts, and seed the budgets
     made from now on from what the last life left there (call once at start, before any
-    connector is made). A missing or unreadable file starts fresh, with a warning."""
+    connector is made). A missing or unreadable file starts fresh, with a warning.
+    `read_only`: seed from it, never write it (`preflight`, the live drill: review 73, they
+    sent into a ban the daemon had written there)."""
     global _STORE
     if _STORE is not None:
         _STORE.close()
-    _STORE = LimitsFile(path, wall=wall, every_s=every_s)
+    _STORE = LimitsFile(path, wall=wall, every_s=every_s, read_only=read_only)
     return _STORE
 
 
