@@ -12,6 +12,8 @@ import asyncio
 import random
 from pathlib import Path
 
+from killswitch.app import build_services
+from killswitch.daemon import CriticalTasks
 from killswitch.exchanges.base import Fatal
 from killswitch.journal import Journal
 from killswitch.kill.config import Account
@@ -20,7 +22,18 @@ from killswitch.kill.record import AccountState, KillState
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from tests.conftest import eventually
 from tests.fakes import FakeExchange
+from tests.fixtures.binance import binance_venue
+from tests.fixtures.kafka import KafkaBroker, kafka_broker, read_topic
+from tests.integration.test_kafka_replica_restart import end_offset, engine_of, new_topics, running
+from tests.review.test_found_review67_latch_auth import (
+    keyed_settings,
+    kill,
+    publish_latch_records,
+    replicator_of,
+)
 from tests.unit.test_engine import QUICK
+
+__all__ = ["kafka_broker"]
 
 A = AccountRef("binance", "a")
 
@@ -84,3 +97,44 @@ def test_a_failed_kill_pushed_out_of_the_list_is_still_counted(tmp_path: Path) -
     assert len(journal.state.failed) == FAILED_KEPT
     assert journal.state.failed_dropped == 1
     journal.close()
+
+
+async def test_a_replayed_signed_latch_record_fires_nothing_on_a_new_replica(
+    tmp_path: Path, kafka_broker: KafkaBroker
+) -> None:
+    """Review 74: the signature covers the value only, so a genuine signed latch record copied
+    onto the topic again verified, and a replica that had never seen it (a new one, or one with
+    an empty journal) fired the kill the operator had reset. A trigger id a reset on the topic
+    released is never latched again from it."""
+    bootstrap = kafka_broker.bootstrap
+    topics = await new_topics(bootstrap)
+    async with binance_venue() as venue:
+        a_services = build_services(
+            keyed_settings(tmp_path / "a", venue, bootstrap, topics, "a"), CriticalTasks()
+        )
+        async with running(a_services):
+            a = engine_of(a_services)
+            await a.submit(kill("k1"))
+            await a.wait_idle()
+            assert await a.reset(actor="ops", reason="all clear")
+            await eventually(lambda: replicator_of(a_services).published >= 3, timeout_s=30)
+        end = await end_offset(bootstrap, topics["latch_topic"])
+        records = await read_topic(bootstrap, topics["latch_topic"], count=end)
+        (genuine,) = [r for r in records if r.key == b"latch/k1" and r.value is not None]
+        await publish_latch_records(  # the same signed record, written again
+            bootstrap,
+            topics["latch_topic"],
+            [(genuine.key, genuine.value)],
+            headers=[list(genuine.headers)],
+        )
+        await venue.place("acct0", "BTCUSDT")  # trading again after the reset
+        book = venue.sim.book(venue.sim.accounts["acct0"])
+        c_services = build_services(
+            keyed_settings(tmp_path / "c", venue, bootstrap, topics, "c"), CriticalTasks()
+        )
+        async with running(c_services):
+            c = engine_of(c_services)
+            await c.wait_idle()
+            assert "k1" not in c.latches()
+            assert len(book.orders) == 1
+            assert replicator_of(c_services).log.stale == 1

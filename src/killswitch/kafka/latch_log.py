@@ -9,7 +9,9 @@ signed record is counted and raises `Unauthenticated`; that includes the unsigne
 written before the key was configured (nothing on the topic can tell it from a forgery).
 Tombstones have no value to sign and then carry no authority either: the signed reset
 published just before them has already released their ids, and they remain only so that
-compaction drops the released latch records.
+compaction drops the released latch records. A trigger id a reset on the topic released is
+never latched again from it: a signed latch record written to the topic again (a replay) is
+ignored like a late copy.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class LatchLog:
     records: int = 0
     invalid: int = 0
     unauthenticated: int = 0  # records the key does not sign: folded in nowhere
+    stale: int = 0  # latch records of ids a reset on the topic released: folded in nowhere
     # `kafka.alert_hmac_key`: None folds every record in (no key, unauthenticated, as alerts).
     hmac_key: bytes | None = field(default=None, repr=False)
 
@@ -73,6 +76,18 @@ class LatchLog:
             return None
         if record["type"] == "latch":
             trigger_id = str(record["trigger"]["id"])
+            if trigger_id in self.released:
+                # A reset on the topic released it: trigger ids are never latched twice (an
+                # engine answers a seen id as a duplicate), so this is a copy written again
+                # (review 74: a signed record replayed to the topic fired the reset kill on a
+                # replica that had never seen it) or a peer's late copy. Folded in nowhere.
+                self.stale += 1
+                log.warning(
+                    "latch record for a trigger a reset on the topic released, ignored "
+                    "trigger_id=%s",
+                    trigger_id,
+                )
+                return None
             self.latched[trigger_id] = record["trigger"]
             self.origins[trigger_id] = str(record.get("origin", ""))
             self.peers.add(self.origins[trigger_id])
