@@ -113,3 +113,21 @@ async def test_preflight_never_sends_into_a_ban_the_daemon_keeps(tmp_path: Path)
     finally:
         budget.stop_persisting()
         await sim.stop()
+
+
+async def test_a_read_held_by_an_error_allowance_leaves_the_gate_open() -> None:
+    """Review 73: a read the BingX error allowance held (`AllowanceHeld`, nothing sent) put
+    the account's gate in careful mode, one request at a time for `careful_s`: now routine
+    with latched sweeps held at half the allowance, it slowed the next kill's cancels."""
+    from killswitch.exchanges.base import AllowanceHeld
+    from killswitch.kill.config import EngineConfig
+    from killswitch.kill.gate import Gate
+
+    gate = Gate(EngineConfig(probe_first=True), lambda: 120.0, lambda: True)
+
+    async def held() -> None:
+        raise AllowanceHeld("error allowance", retry_after_s=30.0)
+
+    with pytest.raises(AllowanceHeld):
+        await gate.run(held)
+    assert gate.mode == "open"

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from killswitch.exchanges.base import RateLimited, VenueError
+from killswitch.exchanges.base import AllowanceHeld, RateLimited, VenueError
 from killswitch.kill.config import Clock, EngineConfig
 
 T = TypeVar("T")
@@ -64,6 +64,8 @@ class Gate:
         self._in_flight += 1
         try:
             result = await call()
+        except AllowanceHeld:
+            raise  # held on our side (an error allowance): the venue saw nothing, throttles nothing
         except RateLimited:
             self._limited_at = self._clock()
             raise

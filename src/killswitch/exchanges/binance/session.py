@@ -37,6 +37,7 @@ STABLE_SESSION_S = 5.0
 # sessions and user streams alike; we keep a fifth of it for whatever else shares the IP.
 CONNECT_ATTEMPTS = 240
 CONNECT_WINDOW_S = 300.0
+STREAM_SHARE = 0.75  # of the window, for user streams: the rest is the ws-api sessions' alone
 
 
 class _NotSent(Exception):
@@ -163,14 +164,16 @@ class ConnectAttempts:
         self._times: deque[float] = deque()
         self.waited = 0  # attempts that had to wait for the window (for tests and logs)
 
-    async def acquire(self, what: str) -> None:
-        """Wait until one more attempt fits the window, and count it."""
+    async def acquire(self, what: str, *, share: float = 1.0) -> None:
+        """Wait until one more attempt fits `share` of the window, and count it. User streams
+        take at most `STREAM_SHARE` of it: flapping streams never use up what the kill's
+        ws-api sessions need (review 73)."""
         warned = False
         while True:
             now = self._clock()
             while self._times and self._times[0] <= now - self.window_s:
                 self._times.popleft()
-            if len(self._times) < max(1, self.limit // fleet()):
+            if len(self._times) < max(1, int(self.limit * share) // fleet()):
                 self._times.append(now)
                 return
             wait_s = self._times[0] + self.window_s - now
@@ -200,9 +203,13 @@ def connect_attempts(url: str) -> ConnectAttempts:
 
 
 async def _connect(
-    url: str, timeout_s: float, api_key: str = "", *, what: str = "ws-api session"
+    url: str, timeout_s: float, api_key: str = "", *, stream: bool = False
 ) -> ClientConnection:
-    await connect_attempts(url).acquire(what)
+    attempts = connect_attempts(url)
+    if stream:
+        await attempts.acquire("ws user stream", share=STREAM_SHARE)
+    else:
+        await attempts.acquire("ws-api session")
     # No proxy from the environment and no compression: nothing slow on the kill path. The
     # key header, as on REST, names whose connection it is to a venue that counts weight per
     # client (the simulator counts loopback clients by key); Binance counts it per IP anyway.

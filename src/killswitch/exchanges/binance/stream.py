@@ -48,7 +48,7 @@ async def user_stream(
     """
     await budget.acquire(4, Priority.BACKGROUND)  # connect 2 + subscribe 2
     try:
-        ws = await _connect(ws_url, timeout_s, what="ws user stream")
+        ws = await _connect(ws_url, timeout_s, stream=True)
     except (OSError, TimeoutError, WebSocketException) as exc:
         raise rest.connect_failed(exc, "ws user stream") from exc
     rest.connected("ws user stream")
