@@ -131,3 +131,26 @@ async def test_a_read_held_by_an_error_allowance_leaves_the_gate_open() -> None:
     with pytest.raises(AllowanceHeld):
         await gate.run(held)
     assert gate.mode == "open"
+
+
+def test_more_daemons_than_bingx_s_error_allowance_can_share_are_refused() -> None:
+    """Review 73: with `limits.daemons` 7 each daemon's share of BingX's 20 error answers was
+    2; a kill whose verification and confirming reads were both answered 'No data' held past
+    its deadline and ended failed though it had emptied the account. Six still share it."""
+    bingx = {"venue": "bingx", "name": "bx0", "api_key": "k" * 20, "api_secret": "s" * 20}
+
+    def settings(daemons: int) -> Settings:
+        return Settings.model_validate(
+            {"accounts": [bingx], "limits": {"daemons": daemons}, "state_dir": "/tmp/x"}
+        )
+
+    assert settings(6).limits.daemons == 6
+    with pytest.raises(ValueError, match="at most 6 daemons may share BingX accounts"):
+        settings(7)
+    binance = {**bingx, "venue": "binance"}
+    assert (
+        Settings.model_validate(  # no BingX account: no BingX allowance to share
+            {"accounts": [binance], "limits": {"daemons": 7}, "state_dir": "/tmp/x"}
+        ).limits.daemons
+        == 7
+    )
