@@ -705,18 +705,25 @@ class KafkaAlertConsumer(EngineFeed):
             hook = self.before_commit(offsets)
             if asyncio.iscoroutine(hook):
                 await hook
+        if not await self._send_commit(consumer, offsets, "commit"):
+            return  # cumulative: the next commit covers these offsets too
+        self.stats.commits += 1
+        self._committed.update(offsets)
+
+    async def _send_commit(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], what: str
+    ) -> bool:
+        """Commit `offsets`, within `io_timeout_s`; False (counted, logged) if it failed."""
         try:
             async with asyncio.timeout(self.io_timeout_s):
                 await consumer.commit(offsets)
         except asyncio.CancelledError:
             raise
         except BROKER_ERRORS as exc:
-            # cumulative: the next commit covers these offsets too
             self.stats.commit_failures += 1
-            log.warning("commit failed offsets=%s error=%s", _fmt(offsets), exc)
-            return
-        self.stats.commits += 1
-        self._committed.update(offsets)
+            log.warning("%s failed offsets=%s error=%s", what, _fmt(offsets), exc)
+            return False
+        return True
 
     async def _refresh(self) -> None:
         """Commit the committed offsets again: Kafka expires a group's offsets a retention
@@ -726,15 +733,8 @@ class KafkaAlertConsumer(EngineFeed):
         offsets = dict(self._committed)
         if consumer is None or not offsets:
             return
-        try:
-            async with asyncio.timeout(self.io_timeout_s):
-                await consumer.commit(offsets)
-        except asyncio.CancelledError:
-            raise
-        except BROKER_ERRORS as exc:
-            self.stats.commit_failures += 1
+        if not await self._send_commit(consumer, offsets, "offsets refresh"):
             self._refresh_at = self._clock() + min(self.offset_refresh_s, _REFRESH_RETRY_S)
-            log.warning("offsets refresh failed offsets=%s error=%s", _fmt(offsets), exc)
             return
         log.debug("offsets refreshed offsets=%s", _fmt(offsets))
 
