@@ -96,10 +96,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(autouse=True)
 def _venue_limits_kept_per_test() -> Any:
-    """A test that builds the daemon's parts points `budget.persist_to` at its own state dir:
+    """A test that builds the daemon's parts points `limits_file.persist_to` at its own state dir:
     end it with the test, or a later test's simulator on a reused port would be seeded with
     this one's charges and bans."""
     yield
-    from killswitch.exchanges.budget import stop_persisting
+    from killswitch.exchanges.limits_file import stop_persisting
 
     stop_persisting()

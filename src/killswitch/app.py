@@ -25,9 +25,10 @@ from killswitch.daemon import CriticalTasks, Daemon
 from killswitch.events import EventType, FanOut, make_event
 from killswitch.exchanges.base import Exchange, RateLimited
 from killswitch.exchanges.bingx import BingxExchange
-from killswitch.exchanges.budget import persist_to, set_fleet
+from killswitch.exchanges.budget import set_fleet
 from killswitch.exchanges.connector import VenueConnector
 from killswitch.exchanges.factory import build_exchange
+from killswitch.exchanges.limits_file import persist_to
 from killswitch.handlers.control import ControlServer
 from killswitch.handlers.heartbeat import HeartbeatWatch
 from killswitch.handlers.rules import RiskRules

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from killswitch.control_client import ControlUnreachable, request, socket_path
-from killswitch.exchanges.budget import persist_to
+from killswitch.exchanges.limits_file import persist_to
 from killswitch.model import AccountRef
 from killswitch.readiness import (
     CHECKS,

@@ -4,7 +4,7 @@ Budgets, bans, blocks and BingX's error counts lived in memory only, and systemd
 daemon 3 s after it ends. A life that spent most of MEXC's 500 weight per 10 s on one endpoint
 was followed by one sending as if fresh (three 429s, then 93 418s); a BingX 418 or error count
 was forgotten, and the next life sent into the ban or spent the allowance a second time.
-`budget.persist_to` now keeps them in a file and seeds the next life's budgets from it.
+`limits_file.persist_to` now keeps them in a file and seeds the next life's budgets from it.
 
 Each life here is a process of its own: its connectors closed (the last user of the IP's scope
 drops every shared budget, as a process that ends does) and the file read again.
@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from killswitch.exchanges import budget
+from killswitch.exchanges import budget, limits_file
 from killswitch.exchanges.base import IpBanned, Priority, RateLimited
 from killswitch.exchanges.bingx import BingxExchange
 from killswitch.exchanges.bingx.venue import ERROR_LOCK_COUNT, OPEN_ORDERS
@@ -39,14 +39,14 @@ from tests.review.test_found_review66_sweeps import held_by_us
 def limits_path(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "venue-limits.json"
     yield path
-    budget.stop_persisting()
+    limits_file.stop_persisting()
 
 
 def new_life(path: Path) -> None:
     """What a new process starts with: nothing shared, and the file read again."""
-    budget.stop_persisting()
+    limits_file.stop_persisting()
     assert not budget._SHARED, "a connector of the last life is still open"
-    budget.persist_to(path)
+    limits_file.persist_to(path)
 
 
 def throttled(counters: dict[str, int]) -> dict[str, int]:
@@ -190,7 +190,7 @@ async def test_an_unreadable_limits_file_starts_fresh_with_a_warning(
     sim = bingx_sim()
     await sim.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="killswitch.exchanges.budget"):
+        with caplog.at_level(logging.WARNING, logger="killswitch.exchanges.limits_file"):
             new_life(limits_path)
         assert any("corrupt" in r.getMessage() for r in caplog.records)
         exchange = bingx(sim)

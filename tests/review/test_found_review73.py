@@ -16,7 +16,7 @@ import pytest
 import killswitch.app as app
 from killswitch.app import VenueService
 from killswitch.backoff import Backoff
-from killswitch.exchanges import budget
+from killswitch.exchanges import budget, limits_file
 from killswitch.exchanges.base import IpBanned
 from killswitch.exchanges.binance import session as binance_session
 from killswitch.exchanges.binance.connector import BinanceExchange
@@ -84,7 +84,7 @@ async def test_preflight_never_sends_into_a_ban_the_daemon_keeps(tmp_path: Path)
         with pytest.raises(IpBanned):
             await exchange.snapshot()
         await exchange.close()
-        budget.stop_persisting()
+        limits_file.stop_persisting()
         kept = path.read_bytes()
         budget._SHARED.clear()  # the operator's preflight: a process of its own
         budget._USERS.clear()
@@ -111,7 +111,7 @@ async def test_preflight_never_sends_into_a_ban_the_daemon_keeps(tmp_path: Path)
         assert "banned" in (result.reason or "").lower()
         assert path.read_bytes() == kept  # the daemon's file is the daemon's
     finally:
-        budget.stop_persisting()
+        limits_file.stop_persisting()
         await sim.stop()
 
 

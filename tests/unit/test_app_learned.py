@@ -41,8 +41,8 @@ def test_the_daemon_keeps_what_the_venues_hold_against_it_in_the_state_dir(
     tmp_path: Path,
 ) -> None:
     """Review 66: budgets, bans and BingX error counts lived in memory only; the daemon's
-    parts now keep them in `state_dir/venue-limits.json` (see `budget.persist_to`)."""
-    from killswitch.exchanges import budget
+    parts now keep them in `state_dir/venue-limits.json` (see `limits_file.persist_to`)."""
+    from killswitch.exchanges import limits_file
 
     settings = Settings(
         state_dir=tmp_path,
@@ -50,6 +50,6 @@ def test_the_daemon_keeps_what_the_venues_hold_against_it_in_the_state_dir(
         control={"socket_path": tmp_path / "control.sock"},
     )
     build_parts(settings)
-    store = budget._STORE
+    store = limits_file._STORE
     assert store is not None
     assert store.path == tmp_path / "venue-limits.json"

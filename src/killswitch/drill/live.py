@@ -48,7 +48,7 @@ from killswitch.drill.venue import (
     round_to,
 )
 from killswitch.exchanges.base import Exchange, OutcomeUnknown, RateLimited, Transient
-from killswitch.exchanges.budget import persist_to
+from killswitch.exchanges.limits_file import persist_to
 from killswitch.model import AccountRef, Order
 from killswitch.settings import AccountSettings, Settings
 

@@ -15,9 +15,8 @@ arrive. The per-IP ones are shared by every connector of the process through `sh
 too many error answers.
 
 What the venues still hold against us outlives the process (a restart within MEXC's 10 s
-window, a 418, a BingX error lock): `persist_to` keeps every budget's charges still inside their
-window, its blocks and bans with their wall-clock end, and the error counts with their times, in
-one small file, and seeds the budgets made after it from what the last life left there.
+window, a 418, a BingX error lock): every budget here is `Persistent`, kept and seeded by
+`exchanges.limits_file`.
 """
 
 from __future__ import annotations
@@ -28,20 +27,22 @@ import contextlib
 import itertools
 import logging
 import math
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast, runtime_checkable
-
-import orjson
+from typing import Any, TypeVar, cast
 
 from killswitch.exchanges.base import Priority as Priority
 from killswitch.exchanges.base import RateLimits
+from killswitch.exchanges.limits_file import (
+    Persistent,
+    WallClock,
+    note_limits,
+    persisted,
+    retire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -704,8 +705,7 @@ def release_shared(scope: str) -> None:
     _USERS.pop(scope, None)
     for key in [k for k in _SHARED if k[0] == scope]:
         del _SHARED[key]
-    if _STORE is not None:
-        _STORE.retire(scope)  # what the scope's budgets hold, kept for the next life
+    retire(scope)  # what the scope's budgets hold, kept for the next life
 
 
 # -- what outlives the process ------------------------------------------------------------------
@@ -713,248 +713,3 @@ def release_shared(scope: str) -> None:
 # A request on its way when the process ends may still reach the venue as late as its
 # recvWindow lets it (5 s by default; `rest.UNANSWERED_LATE_S`).
 _IN_FLIGHT_LATE_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class WallClock:
-    """Times on the clocks of this process (monotonic, a venue clock's estimate) as wall-clock
-    times and back, at one instant `now` (wall seconds): only wall time outlives a process."""
-
-    now: float
-
-    def out(self, t: float, clock: Callable[[], float]) -> float:
-        """`t`, a time on `clock`, as a wall-clock time."""
-        return self.now + (t - clock())
-
-    def back(self, wall: float, clock: Callable[[], float]) -> float:
-        """`wall`, a wall-clock time, as a time on `clock`."""
-        return clock() + (wall - self.now)
-
-
-@runtime_checkable
-class Persistent(Protocol):
-    """What a venue may still hold against us, saved and seeded across restarts."""
-
-    def limits_state(self, wall: WallClock) -> dict[str, Any] | None:
-        """What is still in force, times as wall-clock times, with `until` (wall seconds) when
-        none of it is any more; None when nothing is."""
-
-    def seed_limits(self, state: Mapping[str, Any], wall: WallClock) -> None:
-        """Take in a `limits_state` of the last life (what is past its window is dropped)."""
-
-
-_SEED_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
-
-
-class LimitsFile:
-    """One file holding what every persistent budget of the process still holds: written
-    atomically (a temp file, fsync, rename) off the event loop, at once after a block, a ban
-    or an error answer, else at most once every `every_s` while charges change; and when a
-    scope's last user goes, synchronously (that is a close, never a kill's path)."""
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        wall: Callable[[], float] = time.time,
-        every_s: float = 1.0,
-        read_only: bool = False,
-    ) -> None:
-        self.path = path
-        self.wall = wall
-        self.every_s = every_s
-        # Seeds budgets, never writes (a command beside the daemon: the daemon's file is its)
-        self.read_only = read_only
-        self._kept = self._load()  # (scope, name) -> state: not claimed yet, or retired
-        self._live: dict[tuple[str, str], Persistent] = {}
-        self._dirty = asyncio.Event()
-        self._urgent = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._write_lock = threading.Lock()
-        self._serial = 0
-        self._written = 0
-        self._failed = False
-
-    def _load(self) -> dict[tuple[str, str], dict[str, Any]]:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            if not self.read_only:  # a command beside the daemon: nothing kept is normal
-                log.warning("venue limits file missing path=%s: starting fresh", self.path)
-            return {}
-        except OSError as exc:
-            log.warning(
-                "venue limits file unreadable path=%s error=%s: starting fresh", self.path, exc
-            )
-            return {}
-        try:
-            doc = orjson.loads(raw)
-            kept: dict[tuple[str, str], dict[str, Any]] = {}
-            now = self.wall()
-            for entry in doc["entries"]:
-                state = dict(entry["state"])
-                if float(state["until"]) > now:
-                    kept[(str(entry["scope"]), str(entry["name"]))] = state
-        except (orjson.JSONDecodeError, *_SEED_ERRORS) as exc:
-            log.warning(
-                "venue limits file corrupt path=%s error=%r: starting fresh", self.path, exc
-            )
-            return {}
-        return kept
-
-    def claim(self, scope: str, name: str, item: Persistent) -> None:
-        """Seed `item` from what the last life left under (`scope`, `name`); keep it saved."""
-        key = (scope, name)
-        state = self._kept.pop(key, None)
-        if state is not None:
-            try:
-                item.seed_limits(state, WallClock(self.wall()))
-            except _SEED_ERRORS as exc:
-                log.warning(
-                    "venue limits entry unreadable scope=%s name=%s error=%r: fresh",
-                    scope,
-                    name,
-                    exc,
-                )
-            else:
-                left_s = float(state["until"]) - self.wall()
-                log.warning(
-                    "venue limits carried over from before the restart scope=%s name=%s "
-                    "in_force_s=%.1f blocked=%s",
-                    scope,
-                    name,
-                    left_s,
-                    "blocked_until" in state,
-                )
-        self._live[key] = item
-
-    def retire(self, scope: str) -> None:
-        """`scope`'s last user is gone: keep what its items hold, and write now."""
-        wall = WallClock(self.wall())
-        for key in [k for k in self._live if k[0] == scope]:
-            state = self._live.pop(key).limits_state(wall)
-            if state is not None:
-                self._kept[key] = state
-        self.write_now()
-        if not self._live and self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    def changed(self, *, urgent: bool) -> None:
-        """Something changed: written within `every_s`, or at once if `urgent`."""
-        if self._task is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return  # no loop: written when its scope closes
-            # the events belong to the writer's loop: made with it
-            self._dirty, self._urgent = asyncio.Event(), asyncio.Event()
-            self._task = loop.create_task(self._flush(), name="venue limits file")
-        self._dirty.set()
-        if urgent:
-            self._urgent.set()
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = -math.inf
-        while True:
-            await self._dirty.wait()
-            wait_s = last + self.every_s - loop.time()
-            if wait_s > 0 and not self._urgent.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait_s):
-                        await self._urgent.wait()
-            self._dirty.clear()
-            self._urgent.clear()
-            serial, data = self._encode()
-            await asyncio.to_thread(self._write, serial, data)
-            last = loop.time()
-
-    def _encode(self) -> tuple[int, bytes]:
-        wall = WallClock(self.wall())
-        self._kept = {k: v for k, v in self._kept.items() if float(v["until"]) > wall.now}
-        entries = [{"scope": k[0], "name": k[1], "state": v} for k, v in self._kept.items()]
-        for (scope, name), item in self._live.items():
-            state = item.limits_state(wall)
-            if state is not None:
-                entries.append({"scope": scope, "name": name, "state": state})
-        self._serial += 1
-        return self._serial, orjson.dumps(
-            {"version": 1, "written_at": wall.now, "entries": entries}
-        )
-
-    def write_now(self) -> None:
-        """Write what is held now, on this thread."""
-        self._write(*self._encode())
-
-    def _write(self, serial: int, data: bytes) -> None:
-        if self.read_only:
-            return
-        with self._write_lock:
-            if serial <= self._written:
-                return  # a later state is on disk already
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            try:
-                with open(tmp, "wb") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, self.path)
-            except OSError as exc:
-                if not self._failed:
-                    log.warning("venue limits file not written path=%s error=%s", self.path, exc)
-                self._failed = True
-                return
-            self._failed = False
-            self._written = serial
-
-    def close(self) -> None:
-        """Write what is held now, and stop the background writer."""
-        self.write_now()
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-
-_STORE: LimitsFile | None = None
-
-
-def persist_to(
-    path: Path,
-    *,
-    wall: Callable[[], float] = time.time,
-    every_s: float = 1.0,
-    read_only: bool = False,
-) -> LimitsFile:
-    """Keep what the venues hold against us in `path` across restarts, and seed the budgets
-    made from now on from what the last life left there (call once at start, before any
-    connector is made). A missing or unreadable file starts fresh, with a warning.
-    `read_only`: seed from it, never write it (`preflight`, the live drill: review 73, they
-    sent into a ban the daemon had written there)."""
-    global _STORE
-    if _STORE is not None:
-        _STORE.close()
-    _STORE = LimitsFile(path, wall=wall, every_s=every_s, read_only=read_only)
-    return _STORE
-
-
-def stop_persisting() -> None:
-    """Write what is held now, and keep nothing more (tests: the end of a process's life)."""
-    global _STORE
-    store, _STORE = _STORE, None
-    if store is not None:
-        store.close()
-
-
-def persisted(scope: str, name: str, item: T) -> T:
-    """`item` (a `Persistent` budget of `scope`, named `name` within it), seeded from what the
-    last life left, and saved from now on while `scope` has users."""
-    if _STORE is not None and isinstance(item, Persistent):
-        _STORE.claim(scope, name, item)
-    return item
-
-
-def note_limits(*, urgent: bool = False) -> None:
-    """A budget's charges changed (`urgent`: a block, a ban, an error answer)."""
-    if _STORE is not None:
-        _STORE.changed(urgent=urgent)

@@ -40,10 +40,11 @@ from killswitch.exchanges.base import (
     Transient,
     VenueError,
 )
-from killswitch.exchanges.budget import Priority, RateBudget, WallClock, note_limits
+from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.dialect import MAX_WAIT_S, Dialect, classify, header_wait
 from killswitch.exchanges.http import RestTransport
+from killswitch.exchanges.limits_file import WallClock, note_limits
 
 log = logging.getLogger(__name__)
 

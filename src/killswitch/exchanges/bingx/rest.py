@@ -48,15 +48,13 @@ from killswitch.exchanges.budget import (
     Priority,
     RateBudget,
     SlidingBudget,
-    WallClock,
     acquire_all,
-    note_limits,
-    persisted,
     shared_budget,
     shared_item,
 )
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.dialect import BINGX, header_wait
+from killswitch.exchanges.limits_file import WallClock, note_limits, persisted
 from killswitch.exchanges.rest import Answer, Headers, Params, SignedRest, Wire
 from killswitch.exchanges.signing import bingx_query, bingx_signed_query
 
