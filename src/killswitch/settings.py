@@ -319,7 +319,9 @@ class LimitsSettings(BaseModel):
 # timeout per account: at most this many re-arms per second across the daemons of an IP.
 BINGX_STREAMS_PER_IP = 60
 BINGX_ERROR_ALLOWANCE = 20  # error answers per API per 8 min before a lock (budget.ErrorCounter)
-BINGX_KILL_ERRORS = 3  # what one daemon's kill may need of it: verify, confirm, one to spare
+# The share of it one daemon needs: a kill may spend its share but one, after latched sweeps
+# spent half of it, and needs 2 (its verification and confirming reads, each maybe "No data").
+BINGX_SHARE_NEEDED = 5
 BINGX_REARMS_PER_S = 1.5
 
 
@@ -448,15 +450,15 @@ class Settings(BaseSettings):
                 f"accounts: {len(bingx)} bingx accounts x limits.daemons {daemons} need more "
                 f"than the {BINGX_STREAMS_PER_IP} websockets BingX allows per IP"
             )
-        if bingx and BINGX_ERROR_ALLOWANCE // daemons < BINGX_KILL_ERRORS:
+        if bingx and BINGX_ERROR_ALLOWANCE // daemons < BINGX_SHARE_NEEDED:
             problems.append(
                 f"limits.daemons: {daemons} daemons leave each "
                 f"{BINGX_ERROR_ALLOWANCE // daemons} of the {BINGX_ERROR_ALLOWANCE} error "
-                "answers BingX allows an API per 8 minutes before it locks it; a kill needs "
-                f"{BINGX_KILL_ERRORS} (its verification and confirming reads may each be "
-                "answered 'No data', exchange-apis.md §3.7): at most "
-                f"{BINGX_ERROR_ALLOWANCE // BINGX_KILL_ERRORS} daemons may share BingX accounts "
-                "(review 73: with 7, a kill that emptied an account ended failed)"
+                "answers BingX allows an API per 8 minutes before it locks it; each needs "
+                f"{BINGX_SHARE_NEEDED} (latched sweeps may spend half, and a kill's verification "
+                "and confirming reads may each be answered 'No data', exchange-apis.md §3.7): "
+                f"at most {BINGX_ERROR_ALLOWANCE // BINGX_SHARE_NEEDED} daemons may share BingX "
+                "accounts (reviews 73, 75: with more, a kill that emptied an account ended failed)"
             )
         rearms = daemons * sum(3 / a.dead_mans_switch_s for a in bingx if a.dead_mans_switch_s)
         if rearms > BINGX_REARMS_PER_S:

@@ -168,9 +168,10 @@ class Drill:
     async def run(self) -> DrillReport:
         from killswitch.app import connector
 
-        await self.check_ready()
-        # A ban the daemon keeps in its state dir holds the drill too (review 73).
+        # A ban the daemon keeps in its state dir holds the drill too, its readiness check
+        # included (reviews 73, 75).
         persist_to(self.settings.state_dir / "venue-limits.json", read_only=True)
+        await self.check_ready()
         exchange = connector(self.account)
         report = self.report
         placed = False

@@ -155,13 +155,15 @@ class VenueConnector(ABC):
         if self._closed:
             raise RuntimeError(f"{type(self).__name__} is closed")
         await self.transport.start()
+        before = set(self._tasks)
         try:
             await self._open()
         except BaseException:
-            # A start that failed (or was cut short by its caller's timeout) leaves nothing
-            # running: a retried start would otherwise add a second session keeper, and the
-            # two replaced each other's sessions for the connector's life (review 73).
-            await self._cancel_tasks()
+            # A start that failed (or was cut short by its caller's timeout) leaves nothing it
+            # spawned running: a retried start would otherwise add a second session keeper, and
+            # the two replaced each other's sessions for the connector's life (review 73).
+            # What others spawned meanwhile (a stream's listenKey keepalive) stays (review 75).
+            await self._cancel_tasks(self._tasks - before)
             raise
         self._started = True
         self._spawn(
@@ -176,15 +178,15 @@ class VenueConnector(ABC):
         if self._closed:
             return
         self._closed = True
-        await self._cancel_tasks()
+        await self._cancel_tasks(self._tasks)
         try:
             await self._shut()
         finally:
             release_shared(self.ip_scope)
         await self.transport.close()
 
-    async def _cancel_tasks(self) -> None:
-        tasks = list(self._tasks)
+    async def _cancel_tasks(self, which: set[asyncio.Task[None]]) -> None:
+        tasks = list(which)
         for task in tasks:
             task.cancel()
         if tasks:

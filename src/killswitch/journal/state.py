@@ -108,11 +108,15 @@ class JournalState:
                 if account not in done:
                     done.append(account)
         elif kind == "kill_done":
+            compacted = record.get("compacted") is True
+            if compacted:  # the marker is compaction's, not the record's
+                record = {k: v for k, v in record.items() if k != "compacted"}
             trigger_id = str(record["trigger_id"])
             self.unfinished.discard(trigger_id)
             self.flat_accounts.pop(trigger_id, None)
             self.last_kill = record
-            self._resolve_failed(record)
+            if not compacted:  # compaction writes the unresolved failed kills apart
+                self._resolve_failed(record)
             self._forget_finished()
         elif kind == "seen":
             ids = record.get("ids") or []
@@ -160,8 +164,10 @@ class JournalState:
             return
         for failed_id, failed in list(self.failed.items()):
             theirs = _scope_of(failed.get("summary"))
-            ended = _ms(_as_dict(failed.get("summary")).get("ended_ms"))
-            if theirs is None or ended is None or started < ended:
+            # A failure journaled before kills carried `ended_ms` ended before any kill that
+            # carries `started_ms` was launched (review 75: it could never be resolved).
+            ended = _ms(_as_dict(failed.get("summary")).get("ended_ms")) or 0
+            if theirs is None or started < ended:
                 continue
             if scope.contains(theirs):
                 del self.failed[failed_id]
@@ -212,7 +218,9 @@ def _snapshot(
         records.append(state.last_reset)
     records += state.failed.values()  # before the last kill: it may have resolved none of them
     if state.last_kill is not None:
-        records.append(state.last_kill)
+        # replayed for the record alone: a failed last kill a reset resolved must not come
+        # back (review 75); the unresolved ones are written above
+        records.append({**state.last_kill, "compacted": True})
     records += [{"kind": k, "ts_ms": now_ms, **f} for k, f in first]
     for trigger_id, trigger in state.triggers.items():
         record: dict[str, object] = {

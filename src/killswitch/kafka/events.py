@@ -22,9 +22,9 @@ reader gets there, and how to put it back in order:
   record (`kind: "event_not_sent"`, `record_type`, `record_seq`) sent after it: a gap in `seq`
   is either that or a full buffer (`dropped`). It is never retried, so it never holds up the
   records behind it.
-- `healthy()` is false while the producer is stuck: records wait and the last few sends all
-  failed on a producer that had connected (a broker that cannot be reached is an outage,
-  reported in `status()`, not a reason to restart).
+- A stuck producer (records wait and the last few sends all failed on a producer that had
+  connected) is said in `status()` and the `killswitch_kafka_events_stuck` gauge; `healthy()`
+  stays true: the watchdog would restart the kill switch, and its kills, over its events.
 """
 
 from __future__ import annotations

@@ -91,7 +91,6 @@ class LatchLog:
             self.latched[trigger_id] = record["trigger"]
             self.origins[trigger_id] = str(record.get("origin", ""))
             self.peers.add(self.origins[trigger_id])
-            self.released.pop(trigger_id, None)
         else:
             self.peers.add(str(record.get("origin", "")))
             for trigger_id in (str(i) for i in record.get("released") or []):
