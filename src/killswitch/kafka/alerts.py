@@ -71,7 +71,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import UnsupportedVersionError
 
 from killswitch.backoff import Backoff, until_journaled
 from killswitch.events import EventType, make_event
@@ -84,6 +83,7 @@ from killswitch.handlers.alerts import (
     parse_alert,
 )
 from killswitch.kafka.acted_on import ActedOn, ClusterLatch, same_alert
+from killswitch.kafka.alert_start import History, start_of
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kafka.dead_letters import DeadLetters, Record
 from killswitch.kill.port import EnginePort, latest_latch_ms
@@ -201,7 +201,7 @@ class KafkaAlertConsumer(EngineFeed):
         self._started_ms = 0  # wall ms of the first connect attempt: a start without offsets
         self._done: dict[TopicPartition, int] = {}  # next offset past the processed records
         self._committed: dict[TopicPartition, int] = {}  # what this process knows is committed
-        self._history: dict[TopicPartition, _History] = {}  # where history is passed over
+        self._history: dict[TopicPartition, History] = {}  # where history is passed over
         self._refresh_at = 0.0  # clock time of the next commit that keeps the offsets alive
         self.letters = DeadLetters(settings, self.stats, pending_limit=dead_letter_pending_limit)
         self._last_probe = 0.0
@@ -289,10 +289,11 @@ class KafkaAlertConsumer(EngineFeed):
         ends = await consumer.end_offsets(tps)
         begins = await consumer.beginning_offsets(tps)
         positions: dict[TopicPartition, int] = {}
-        history: dict[TopicPartition, _History] = {}
+        history: dict[TopicPartition, History] = {}
         for tp in tps:
             known = self._committed.get(tp)
-            start, window = await self._start(consumer, tp, known, begins[tp], ends[tp])
+            floor_ms = self._started_ms - self.settings.start_max_age_ms
+            start, window = await start_of(consumer, tp, known, begins[tp], ends[tp], floor_ms)
             consumer.seek(tp, start)
             if window is None:
                 positions[tp] = start
@@ -307,88 +308,6 @@ class KafkaAlertConsumer(EngineFeed):
         self._partitions = tps
         self._done = {}
         self._last_probe = self._clock()
-
-    async def _start(
-        self,
-        consumer: AIOKafkaConsumer,
-        tp: TopicPartition,
-        known: int | None,
-        begin: int,
-        end: int,
-    ) -> tuple[int, _History | None]:
-        """Where a partition starts: its committed offset; else the position this process
-        committed last; else a start without offsets (`_start_without_offsets`). A position
-        below the log start moves up to it; one past the log end starts without offsets."""
-        committed = await consumer.committed(tp)
-        position = committed
-        if committed is None and known is not None:
-            log.warning(
-                "kafka alerts committed offset missing, resuming at this process's position "
-                "partition=%d offset=%d log_start=%d log_end=%d",
-                tp.partition,
-                known,
-                begin,
-                end,
-            )
-            position = known
-        if position is None:
-            return await self._start_without_offsets(consumer, tp, begin, end)
-        if position < begin:
-            log.warning(
-                "kafka alerts records deleted before they were read, starting at the log start "
-                "partition=%d position=%d log_start=%d log_end=%d",
-                tp.partition,
-                position,
-                begin,
-                end,
-            )
-            return begin, None
-        if position > end:
-            log.warning(
-                "kafka alerts position past the log end (log truncated or recreated) "
-                "partition=%d position=%d log_start=%d log_end=%d",
-                tp.partition,
-                position,
-                begin,
-                end,
-            )
-            return await self._start_without_offsets(consumer, tp, begin, end)
-        return position, None
-
-    async def _start_without_offsets(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, begin: int, end: int
-    ) -> tuple[int, _History | None]:
-        """Start at the first record stamped at most `start_max_age_ms` before the consumer
-        first tried to connect; records already in the log (before `end`) stamped earlier are
-        passed over as history (`_History`), whatever the broker's time index said."""
-        max_age_ms = self.settings.start_max_age_ms
-        floor_ms = self._started_ms - max_age_ms
-        try:
-            found = await consumer.offsets_for_times({tp: floor_ms})
-        except UnsupportedVersionError as exc:
-            # No time index: read the log from its start and pass over the old records.
-            log.warning("kafka alerts offsets by time failed partition=%s error=%r", tp, exc)
-            start = begin
-        else:
-            hit = found.get(tp)
-            if hit is None or hit.timestamp < 0:
-                # Nothing stamped since the floor: the end. (Tansu answers a time past its last
-                # record with offset 0 and timestamp -1 rather than none.)
-                start = end
-            else:
-                start = max(begin, min(int(hit.offset), end))
-        log.warning(
-            "kafka alerts no committed offset, start decided partition=%d start=%d "
-            "log_start=%d log_end=%d floor_ms=%d start_max_age_ms=%d (records before the log "
-            "end stamped or dated before floor_ms are history, not replayed; all others are read)",
-            tp.partition,
-            start,
-            begin,
-            end,
-            floor_ms,
-            max_age_ms,
-        )
-        return start, _History(end=end, floor_ms=floor_ms) if start < end else None
 
     def _on_connected(self) -> None:
         self.stats.connects += 1
@@ -466,12 +385,12 @@ class KafkaAlertConsumer(EngineFeed):
             self._last_probe = self._clock()
             await self._probe()
 
-    def _window(self, tp: TopicPartition, offset: int) -> _History | None:
+    def _window(self, tp: TopicPartition, offset: int) -> History | None:
         """The history window of a start without offsets that holds this record, if any."""
         window = self._history.get(tp)
         return window if window is not None and offset < window.end else None
 
-    def _pass_over(self, window: _History, tp: TopicPartition, offset: int) -> None:
+    def _pass_over(self, window: History, tp: TopicPartition, offset: int) -> None:
         """Count a record of a history window older than its floor: it is not replayed."""
         window.skipped += 1
         self.stats.history_skipped += 1
@@ -496,7 +415,7 @@ class KafkaAlertConsumer(EngineFeed):
                 )
 
     async def _process(
-        self, tp: TopicPartition, record: Record, *, history: _History | None = None
+        self, tp: TopicPartition, record: Record, *, history: History | None = None
     ) -> None:
         """Act on one record; a record that cannot be handled is dead-lettered, never fatal.
 
@@ -536,7 +455,7 @@ class KafkaAlertConsumer(EngineFeed):
             await self._reset(work, now_ms)
 
     def _accept(
-        self, record: Record, now_ms: int, *, history: _History | None = None
+        self, record: Record, now_ms: int, *, history: History | None = None
     ) -> Trigger | Alert | None:
         """Authenticate, validate and apply the policy; return what the engine must see (the
         trigger of a kill or cancel, a reset alert), None when it is done here (a heartbeat).
@@ -749,16 +668,6 @@ def _scope_text(trigger: Trigger) -> str:
 def _issued_ms(alert: Alert, now_ms: int) -> int:
     """When a reset was issued, as far as we can vouch: not after its `ts`, nor after now."""
     return min(alert.ts, now_ms)
-
-
-@dataclass(slots=True)
-class _History:
-    """A start without offsets: records before `end` stamped or dated (an alert's `ts`)
-    before `floor_ms` are history."""
-
-    end: int
-    floor_ms: int
-    skipped: int = 0
 
 
 _REFRESH_RETRY_S = 60.0  # after a failed refresh: the retention is days, not minutes
