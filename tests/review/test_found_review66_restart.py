@@ -190,7 +190,7 @@ async def test_an_unreadable_limits_file_starts_fresh_with_a_warning(
     sim = bingx_sim()
     await sim.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="killswitch.exchanges.limits_file"):
+        with caplog.at_level(logging.WARNING, logger="killswitch.exchanges.budget"):
             new_life(limits_path)
         assert any("corrupt" in r.getMessage() for r in caplog.records)
         exchange = bingx(sim)

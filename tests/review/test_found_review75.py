@@ -154,3 +154,50 @@ def test_failed_kills_pushed_out_of_the_list_do_not_hold_the_gauge() -> None:
         m for m in _StatusCollector(lambda: status).collect() if m.name.endswith("failed_kills")
     ]
     assert gauge.samples[0].value == 0.0
+
+
+async def test_a_keepalive_spawned_while_a_failing_start_runs_survives_it() -> None:
+    """Review 76: the start cancelled what was spawned *while* it ran, so a listenKey
+    keepalive the stream made during a retried start's `_open` died with it."""
+    async with mexc_sim(listen_key_ttl_s=60.0) as (sim, connect):
+        sim.faults.add(Fault(FaultKind.ERROR_BEFORE, endpoint="/api/v3/time", http_status=503))
+        key_fault = sim.faults.add(
+            Fault(FaultKind.ERROR_BEFORE, endpoint="/api/v3/userDataStream", http_status=503)
+        )
+        exchange = connect("acct0", listen_key_keepalive_s=1.0)
+        in_open, release = asyncio.Event(), asyncio.Event()
+        real_open = exchange._open
+
+        async def slow_open() -> None:  # a slow /api/v3/time
+            in_open.set()
+            await release.wait()
+            await real_open()
+
+        exchange._open = slow_open  # type: ignore[method-assign]
+        supervisor = StreamSupervisor(
+            exchange,
+            OrderTracker(AccountRef("mexc", "acct0")),
+            reconcile_interval_s=None,
+            backoff_initial_s=0.1,
+            backoff_max_s=0.2,
+        )
+        release.set()
+        service = VenueService(retry_backoff=lambda: Backoff(initial_s=1.0, max_s=1.0))
+        service.add(exchange, supervisor)
+        await service.start()
+        assert service.failed_starts
+        release.clear()
+        in_open.clear()
+        run = asyncio.create_task(service.run())
+        try:
+            await asyncio.wait_for(in_open.wait(), 10)  # a retried start is inside `_open`
+            sim.faults.remove(key_fault.id)  # the stream now makes its key
+            await eventually(lambda: exchange._keepalive_task is not None, timeout_s=10)
+            keepalive = exchange._keepalive_task
+            assert keepalive is not None
+            release.set()  # the `_open` goes on, and fails
+            await asyncio.sleep(0.5)
+            assert not keepalive.done()
+        finally:
+            await service.stop()
+            run.cancel()

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextvars import ContextVar
 from typing import Any, ClassVar, Required, Self, TypedDict
 from urllib.parse import urlsplit
 
@@ -29,6 +30,10 @@ from killswitch.exchanges.rest import Charges, Params, SignedRest, Wire
 from killswitch.model import Order, OrderKey
 
 log = logging.getLogger(__name__)
+
+# The tasks a connector's `start` spawns, directly or through what it spawned: cancelled when
+# it fails. A context variable, so what other tasks spawn meanwhile is never among them.
+_STARTING: ContextVar[set[asyncio.Task[None]] | None] = ContextVar("starting", default=None)
 
 
 class ConnectorArgs(TypedDict, total=False):
@@ -155,16 +160,20 @@ class VenueConnector(ABC):
         if self._closed:
             raise RuntimeError(f"{type(self).__name__} is closed")
         await self.transport.start()
-        before = set(self._tasks)
+        spawned: set[asyncio.Task[None]] = set()
+        token = _STARTING.set(spawned)
         try:
             await self._open()
         except BaseException:
             # A start that failed (or was cut short by its caller's timeout) leaves nothing it
             # spawned running: a retried start would otherwise add a second session keeper, and
             # the two replaced each other's sessions for the connector's life (review 73).
-            # What others spawned meanwhile (a stream's listenKey keepalive) stays (review 75).
-            await self._cancel_tasks(self._tasks - before)
+            # What others spawned meanwhile, even while it ran (a stream's listenKey
+            # keepalive), stays (reviews 75, 76).
+            await self._cancel_tasks(spawned)
             raise
+        finally:
+            _STARTING.reset(token)
         self._started = True
         self._spawn(
             self.clock.keep_synced(
@@ -203,6 +212,9 @@ class VenueConnector(ABC):
         self, coro: Coroutine[Any, Any, None], *, name: str | None = None
     ) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
+        starting = _STARTING.get()
+        if starting is not None:  # spawned by a start (or by what it spawned)
+            starting.add(task)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

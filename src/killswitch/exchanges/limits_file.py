@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("killswitch.exchanges.budget")  # logged under its name, as before
 
 T = TypeVar("T")
 

@@ -227,7 +227,7 @@ class EndpointCharges(FixedWindowCharges):
         note_limits(urgent=True)
 
     def limits_state(self, wall: WallClock) -> dict[str, Any] | None:
-        """What MEXC still holds against our IP (`budget.Persistent`): each endpoint's charges
+        """What MEXC still holds against our IP (`limits_file.Persistent`): each endpoint's charges
         still inside its window, the block or ban with its end, and the throttles in a row
         (a wait naming no end doubles while they go on)."""
         now = self.clock()

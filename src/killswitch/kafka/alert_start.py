@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import UnsupportedVersionError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("killswitch.kafka.alerts")  # logged under its name, as before
 
 
 @dataclass(slots=True)

@@ -95,7 +95,7 @@ class IpBan:
         return max(0.0, self.until - now)
 
     def limits_state(self, wall: WallClock) -> dict[str, Any] | None:
-        """The ban while in force (`budget.Persistent`): a restart never sends into it."""
+        """The ban while in force (`limits_file.Persistent`): a restart never sends into it."""
         if self.until <= self.clock():
             return None
         return {"until": wall.out(self.until, self.clock), "guesses": self.guesses}
@@ -126,7 +126,7 @@ class BingxCharges:
         clock = budget_clock or time.monotonic
         sleep = budget_sleep or asyncio.sleep
         # What the venue holds against this account (per UID) outlives a restart, as what it
-        # holds against our IP does (`budget.persist_to`), keyed by the IP's scope.
+        # holds against our IP does (`limits_file.persist_to`), keyed by the IP's scope.
         self.group_budget = persisted(
             ip_scope,
             f"account {account} group",

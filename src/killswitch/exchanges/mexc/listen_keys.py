@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("killswitch.exchanges.mexc.connector")  # as before the move
 
 
 class _HideListenKey(logging.Filter):
