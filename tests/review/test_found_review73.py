@@ -22,7 +22,7 @@ from killswitch.exchanges.binance import session as binance_session
 from killswitch.exchanges.binance.connector import BinanceExchange
 from killswitch.preflight import run_preflight
 from killswitch.settings import Settings
-from killswitch.sim.bingx import ENDPOINT_LIMITS
+from killswitch.sim.bingx import ENDPOINT_LIMITS, BingxSim
 from killswitch.sim.ratelimit import BanTracker
 from tests.conftest import eventually
 from tests.fixtures.binance import binance_venue
@@ -65,6 +65,25 @@ async def test_a_start_cut_short_and_retried_keeps_one_session(
             await service.stop()
 
 
+async def remember_a_bingx_ban(sim: BingxSim, path: Path) -> None:
+    """A daemon's life that earns a BingX ban and keeps it in `path`, then ends; what is
+    shared per IP goes with it, as a process of its own that comes after would not have it."""
+    new_life(path)
+    exchange = bingx(sim)
+    await exchange.start()
+    ban = BanTracker()
+    ban.banned_until = time.monotonic() + 300
+    key = ACCOUNT_KEYS["bx0"][0]
+    for client in (key, *(f"{key} {p}" for p in ENDPOINT_LIMITS)):
+        sim.bans[client] = ban
+    with pytest.raises(IpBanned):
+        await exchange.snapshot()
+    await exchange.close()
+    limits_file.stop_persisting()
+    budget._SHARED.clear()
+    budget._USERS.clear()
+
+
 async def test_preflight_never_sends_into_a_ban_the_daemon_keeps(tmp_path: Path) -> None:
     """`killswitch preflight` (what `status` sends an operator to for a NOT READY account)
     built connectors that read nothing of `venue-limits.json`: it sent into a ban the daemon
@@ -73,21 +92,9 @@ async def test_preflight_never_sends_into_a_ban_the_daemon_keeps(tmp_path: Path)
     sim = bingx_sim()
     await sim.start()
     try:
-        new_life(path)  # the daemon's life
-        exchange = bingx(sim)
-        await exchange.start()
-        ban = BanTracker()
-        ban.banned_until = time.monotonic() + 300
+        await remember_a_bingx_ban(sim, path)
         key, secret = ACCOUNT_KEYS["bx0"]
-        for client in (key, *(f"{key} {p}" for p in ENDPOINT_LIMITS)):
-            sim.bans[client] = ban
-        with pytest.raises(IpBanned):
-            await exchange.snapshot()
-        await exchange.close()
-        limits_file.stop_persisting()
         kept = path.read_bytes()
-        budget._SHARED.clear()  # the operator's preflight: a process of its own
-        budget._USERS.clear()
         before = dict(sim.counters)
         settings = Settings(
             state_dir=tmp_path,

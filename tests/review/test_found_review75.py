@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -11,21 +10,19 @@ import pytest
 from killswitch.app import VenueService
 from killswitch.backoff import Backoff
 from killswitch.drill.live import Drill, DrillRefused
-from killswitch.exchanges import budget, limits_file
-from killswitch.exchanges.base import IpBanned
+from killswitch.exchanges import limits_file
 from killswitch.journal import Journal
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.settings import Settings
-from killswitch.sim.bingx import ENDPOINT_LIMITS
 from killswitch.sim.faults import Fault, FaultKind
-from killswitch.sim.ratelimit import BanTracker
 from killswitch.sinks.metrics import _StatusCollector
 from killswitch.streams.supervisor import StreamSupervisor
 from killswitch.streams.tracker import OrderTracker
 from tests.conftest import eventually
 from tests.fixtures.bingx import ACCOUNT_KEYS
 from tests.fixtures.mexc import mexc_sim
-from tests.review.test_found_review66_restart import bingx, bingx_sim, new_life
+from tests.review.test_found_review66_restart import bingx_sim
+from tests.review.test_found_review73 import remember_a_bingx_ban
 
 
 async def test_the_live_drill_s_readiness_check_never_sends_into_a_remembered_ban(
@@ -36,20 +33,8 @@ async def test_the_live_drill_s_readiness_check_never_sends_into_a_remembered_ba
     sim = bingx_sim()
     await sim.start()
     try:
-        new_life(tmp_path / "venue-limits.json")  # the daemon's life
-        exchange = bingx(sim)
-        await exchange.start()
-        ban = BanTracker()
-        ban.banned_until = time.monotonic() + 300
+        await remember_a_bingx_ban(sim, tmp_path / "venue-limits.json")
         key, secret = ACCOUNT_KEYS["bx0"]
-        for client in (key, *(f"{key} {p}" for p in ENDPOINT_LIMITS)):
-            sim.bans[client] = ban
-        with pytest.raises(IpBanned):
-            await exchange.snapshot()
-        await exchange.close()
-        limits_file.stop_persisting()  # the daemon is gone
-        budget._SHARED.clear()  # the operator's drill: a process of its own
-        budget._USERS.clear()
         before = dict(sim.counters)
         account = {
             "venue": "bingx",
