@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,6 +13,7 @@ from killswitch.app import VenueService
 from killswitch.backoff import Backoff
 from killswitch.drill.live import Drill, DrillRefused
 from killswitch.exchanges import limits_file
+from killswitch.exchanges.connector import VenueConnector
 from killswitch.journal import Journal
 from killswitch.model import AccountRef, Mode, Scope, Trigger
 from killswitch.settings import Settings
@@ -186,3 +189,39 @@ async def test_a_keepalive_spawned_while_a_failing_start_runs_survives_it() -> N
         finally:
             await service.stop()
             run.cancel()
+
+
+class _Starting:
+    """Just what `VenueConnector.start` and `_spawn` use (review 77's rig)."""
+
+    start = VenueConnector.start
+    _spawn = VenueConnector._spawn
+    _cancel_tasks = VenueConnector._cancel_tasks
+
+    def __init__(self, open_: Callable[[], Awaitable[None]]) -> None:
+        self._started = self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.transport = SimpleNamespace(start=lambda: asyncio.sleep(0))
+        self._open = open_
+
+
+async def test_a_failed_start_never_cancels_another_connector_s_task() -> None:
+    """Review 77 (latent): the start's mark was inherited by any task made inside it, so a
+    task there that spawned on *another* connector had that task cancelled with the start."""
+    forever = asyncio.Event()
+    other = _Starting(lambda: asyncio.sleep(0))
+
+    async def failing_open() -> None:
+        async def child() -> None:
+            other._spawn(forever.wait(), name="other's")  # type: ignore[arg-type]
+
+        await asyncio.create_task(child())
+        raise RuntimeError("the start fails")
+
+    starting = _Starting(failing_open)
+    with pytest.raises(RuntimeError):
+        await starting.start()  # type: ignore[arg-type]
+    (task,) = other._tasks
+    await asyncio.sleep(0)
+    assert not task.done()
+    task.cancel()

@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 
 # The tasks a connector's `start` spawns, directly or through what it spawned: cancelled when
 # it fails. A context variable, so what other tasks spawn meanwhile is never among them.
-_STARTING: ContextVar[set[asyncio.Task[None]] | None] = ContextVar("starting", default=None)
+# Keyed by the connector, so another connector's task spawned from inside it is never among
+# them; a task leaves its set when it ends (review 77).
+_STARTING: ContextVar[tuple[object, set[asyncio.Task[None]]] | None] = ContextVar(
+    "starting", default=None
+)
 
 
 class ConnectorArgs(TypedDict, total=False):
@@ -161,7 +165,7 @@ class VenueConnector(ABC):
             raise RuntimeError(f"{type(self).__name__} is closed")
         await self.transport.start()
         spawned: set[asyncio.Task[None]] = set()
-        token = _STARTING.set(spawned)
+        token = _STARTING.set((self, spawned))
         try:
             await self._open()
         except BaseException:
@@ -213,8 +217,9 @@ class VenueConnector(ABC):
     ) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         starting = _STARTING.get()
-        if starting is not None:  # spawned by a start (or by what it spawned)
-            starting.add(task)
+        if starting is not None and starting[0] is self:  # by its start, or what that spawned
+            starting[1].add(task)
+            task.add_done_callback(starting[1].discard)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
