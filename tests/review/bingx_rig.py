@@ -28,6 +28,21 @@ from tests.unit.test_engine import QUICK
 SPOT = "/openApi/spot/v1"
 
 
+def bx0_exchange(sim: BingxSim, **options: Any) -> BingxExchange:
+    """A connector for the sim's account `bx0` (not started); `options` go to it."""
+    api_key, secret = ACCOUNT_KEYS["bx0"]
+    return BingxExchange(
+        account="bx0",
+        api_key=api_key,
+        api_secret=secret,
+        rest_url=sim.base_url,
+        ws_url=f"{sim.ws_url}/market",
+        timeout_s=2.0,
+        warm_connections=1,
+        **options,
+    )
+
+
 @asynccontextmanager
 async def bingx_with_answers(
     **options: Any,
@@ -38,16 +53,7 @@ async def bingx_with_answers(
     sim = BingxSim(VenueSettings(accounts=accounts, **settings_kw), **sim_kw)
     overrides = install(sim)
     await sim.start()
-    api_key, secret = ACCOUNT_KEYS["bx0"]
-    exchange = BingxExchange(
-        account="bx0",
-        api_key=api_key,
-        api_secret=secret,
-        rest_url=sim.base_url,
-        ws_url=f"{sim.ws_url}/market",
-        timeout_s=2.0,
-        warm_connections=1,
-    )
+    exchange = bx0_exchange(sim)
     try:
         await exchange.start()
         yield sim, exchange, overrides

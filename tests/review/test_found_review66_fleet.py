@@ -21,7 +21,8 @@ from killswitch.sim.bingx import BingxSim
 from killswitch.sim.venue import SimAccount, VenueSettings
 from tests.fakes import FakeClock
 from tests.fixtures.answers import install
-from tests.fixtures.bingx import ACCOUNT_KEYS, account_keys
+from tests.fixtures.bingx import account_keys
+from tests.review.bingx_rig import bx0_exchange
 from tests.review.test_found_review66_sweeps import held_by_us, sim_time_follows
 
 
@@ -52,18 +53,7 @@ async def test_replicas_together_stay_within_bingx_s_error_allowance(
         for _ in range(daemons):
             budget._SHARED.clear()  # each replica is a process of its own
             budget._USERS.clear()
-            api_key, secret = ACCOUNT_KEYS["bx0"]
-            replica = BingxExchange(
-                account="bx0",
-                api_key=api_key,
-                api_secret=secret,
-                rest_url=sim.base_url,
-                ws_url=f"{sim.ws_url}/market",
-                timeout_s=2.0,
-                warm_connections=1,
-                budget_clock=fake.clock,
-                budget_sleep=fake.sleep,
-            )
+            replica = bx0_exchange(sim, budget_clock=fake.clock, budget_sleep=fake.sleep)
             replica.clock.wall = venue_wall
             await replica.start()
             replicas.append(replica)

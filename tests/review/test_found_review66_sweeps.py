@@ -36,7 +36,8 @@ from killswitch.sim.book import OrderSpec
 from killswitch.sim.venue import SimAccount, VenueSettings
 from tests.fakes import EventLog, FakeClock
 from tests.fixtures.answers import install
-from tests.fixtures.bingx import ACCOUNT_KEYS, account_keys
+from tests.fixtures.bingx import account_keys
+from tests.review.bingx_rig import bx0_exchange
 
 CONFIG = EngineConfig(
     deadline_s=5.0,
@@ -78,18 +79,7 @@ async def latched_engine(
     sim = BingxSim(VenueSettings(accounts=accounts), empty_read="no_data")
     install(sim)
     await sim.start()
-    api_key, secret = ACCOUNT_KEYS["bx0"]
-    exchange = BingxExchange(
-        account="bx0",
-        api_key=api_key,
-        api_secret=secret,
-        rest_url=sim.base_url,
-        ws_url=f"{sim.ws_url}/market",
-        timeout_s=2.0,
-        warm_connections=1,
-        budget_clock=fake.clock,
-        budget_sleep=fake.sleep,
-    )
+    exchange = bx0_exchange(sim, budget_clock=fake.clock, budget_sleep=fake.sleep)
     exchange.clock.wall = venue_wall  # the sim's clock, as a synced one reads it
     engine = Engine(
         [Account(AccountRef("bingx", "bx0"), exchange)],

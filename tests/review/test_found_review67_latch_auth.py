@@ -144,6 +144,14 @@ def assert_no_content_and_no_secret(events: EventList, caplog: pytest.LogCapture
     assert FORGER not in caplog.text
 
 
+def observed(settings: Settings) -> tuple[list[Service], EventList]:
+    """The daemon's services for `settings`, and every event its engine emits."""
+    services = build_services(settings, CriticalTasks())
+    events = EventList()
+    engine_of(services).events.add(events)
+    return services, events
+
+
 async def test_an_unsigned_reset_on_the_latch_topic_releases_nothing_and_raises_an_alarm(
     tmp_path: Path, kafka_broker: KafkaBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -152,9 +160,7 @@ async def test_an_unsigned_reset_on_the_latch_topic_releases_nothing_and_raises_
     topics = await new_topics(bootstrap)
     async with binance_venue() as venue:
         settings = keyed_settings(tmp_path, venue, bootstrap, topics, "a")
-        services = build_services(settings, CriticalTasks())
-        events = EventList()
-        engine_of(services).events.add(events)
+        services, events = observed(settings)
         async with running(services):
             engine = engine_of(services)
             replicator = replicator_of(services)
@@ -193,9 +199,7 @@ async def test_an_unsigned_or_badly_signed_latch_on_the_latch_topic_fires_no_kil
     forged = latch_value("k-borrowed")
     async with binance_venue() as venue:
         settings = keyed_settings(tmp_path, venue, bootstrap, topics, "b")
-        services = build_services(settings, CriticalTasks())
-        events = EventList()
-        engine_of(services).events.add(events)
+        services, events = observed(settings)
         async with running(services):
             engine = engine_of(services)
             await venue.place("acct0", "BTCUSDT")
@@ -239,9 +243,7 @@ async def test_a_badly_signed_reset_on_the_latch_topic_releases_nothing(
     topics = await new_topics(bootstrap)
     async with binance_venue() as venue:
         settings = keyed_settings(tmp_path, venue, bootstrap, topics, "a")
-        services = build_services(settings, CriticalTasks())
-        events = EventList()
-        engine_of(services).events.add(events)
+        services, events = observed(settings)
         async with running(services):
             engine = engine_of(services)
             await engine.submit(kill("k1"))
@@ -273,15 +275,12 @@ async def test_signed_peer_latches_and_resets_still_replicate_both_ways(
     bootstrap = kafka_broker.bootstrap
     topics = await new_topics(bootstrap)
     async with binance_venue() as venue:
-        a_services = build_services(
-            keyed_settings(tmp_path / "a", venue, bootstrap, topics, "a"), CriticalTasks()
+        a_services, a_events = observed(
+            keyed_settings(tmp_path / "a", venue, bootstrap, topics, "a")
         )
-        b_services = build_services(
-            keyed_settings(tmp_path / "b", venue, bootstrap, topics, "b"), CriticalTasks()
+        b_services, b_events = observed(
+            keyed_settings(tmp_path / "b", venue, bootstrap, topics, "b")
         )
-        a_events, b_events = EventList(), EventList()
-        engine_of(a_services).events.add(a_events)
-        engine_of(b_services).events.add(b_events)
         async with running(a_services), running(b_services):
             a: Engine = engine_of(a_services)
             b: Engine = engine_of(b_services)
@@ -337,9 +336,7 @@ async def test_unsigned_history_from_before_the_key_releases_nothing_at_a_restar
     async with binance_venue() as venue:
         settings = keyed_settings(tmp_path, venue, bootstrap, topics, "b")
         latched_in_the_last_life(settings.state_dir, kill("k1"))
-        services = build_services(settings, CriticalTasks())
-        events = EventList()
-        engine_of(services).events.add(events)
+        services, events = observed(settings)
         async with running(services):
             engine = engine_of(services)
             replicator = replicator_of(services)
