@@ -10,7 +10,6 @@ nothing from reports unhealthy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 from collections.abc import AsyncIterator
@@ -44,6 +43,7 @@ from tests.fixtures.kafka import (
     running,
     unique_name,
 )
+from tests.integration.test_kafka_events import running as running_sink
 from tests.unit.test_engine import QUICK
 
 __all__ = ["kafka_broker"]
@@ -57,17 +57,6 @@ async def events_settings(bootstrap: str) -> KafkaSettings:
     settings = KafkaSettings(bootstrap_servers=bootstrap, events_topic=unique_name("events"))
     await create_topics(bootstrap, settings.events_topic)
     return settings
-
-
-@contextlib.asynccontextmanager
-async def running_sink(sink: KafkaEventSink) -> AsyncIterator[asyncio.Task[None]]:
-    await sink.start()
-    task = asyncio.create_task(sink.run())
-    try:
-        yield task
-    finally:
-        await sink.stop()
-        await asyncio.wait_for(task, 30)
 
 
 async def delivered(sink: KafkaEventSink, bootstrap: str) -> list[dict[str, Any]]:
