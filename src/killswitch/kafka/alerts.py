@@ -9,10 +9,8 @@ replay: another alert) is dead-lettered as `id_conflict` and logged at warning. 
 on before is a duplicate before the age and freshness rules are asked (no dead letter says "not
 acted on" of what was): a kill or cancel whose id the engine journaled (`accepted`; compared
 with the trigger where the engine still holds it), a reset whose id it journaled
-(`reset_applied`), in this life or an earlier one. A reset the engine has no id of releases
-only latches received before it was issued (the earlier of its `ts` and its receipt; a `ts`
-more than a second ahead of our clock is refused), and is refused as stale when a latch held
-now was received after that.
+(`reset_applied`), in this life or an earlier one. What a record becomes, and the rules of a
+reset the engine has no id of, are in `kafka.alert_intake`.
 
 With replicas sharing the latch, a kill or cancel the engine has no record of is asked of the
 cluster too (`cluster.released_in_cluster`): one a reset on another replica released (it was
@@ -65,28 +63,23 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from killswitch.backoff import Backoff, until_journaled
+from killswitch.backoff import Backoff
 from killswitch.events import EventType, make_event
 from killswitch.handlers.alerts import (
-    Alert,
-    AlertAction,
     AlertRejected,
-    RefusedAlert,
-    check_policy,
-    parse_alert,
 )
-from killswitch.kafka.acted_on import ActedOn, ClusterLatch, same_alert
+from killswitch.kafka.acted_on import ActedOn, ClusterLatch
+from killswitch.kafka.alert_intake import AlertIntake, HeartbeatListener, OlderThanStart
 from killswitch.kafka.alert_start import History, start_of
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kafka.dead_letters import DeadLetters, Record
-from killswitch.kill.port import EnginePort, latest_latch_ms
+from killswitch.kill.port import EnginePort
 from killswitch.model import AccountRef, Trigger
 
 if TYPE_CHECKING:
@@ -94,15 +87,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 AlertEngine = EnginePort  # what the consumer needs of the engine
-
-
-class HeartbeatListener(Protocol):
-    """Where heartbeat alerts go (`handlers.heartbeat.HeartbeatWatch`)."""
-
-    def beat(self, source: str, ts_ms: int) -> bool: ...
 
 
 @dataclass
@@ -181,8 +167,6 @@ class KafkaAlertConsumer(EngineFeed):
         super().__init__(settings, engine, backoff=backoff, clock=clock, wall_ms=wall_ms)
         self.what = "kafka alerts"
         self.reconnect_errors = RECONNECT_ERRORS
-        self.accounts = list(accounts) if accounts is not None else None
-        self.heartbeats = heartbeats
         self.cluster = cluster  # the latch shared with other replicas, if any
         self.start_timeout_s = start_timeout_s
         self.probe_interval_s = probe_interval_s
@@ -192,11 +176,18 @@ class KafkaAlertConsumer(EngineFeed):
         self.io_timeout_s = io_timeout_s
         self.stop_wait_s = stop_wait_s  # on stop, for dead letters in flight
         self.offset_refresh_s = offset_refresh_s  # keeps the group's offsets from expiring
-        key = settings.alert_hmac_key
-        self._hmac_key = key.get_secret_value().encode() if key is not None else None
         self.stats = ConsumerStats()
         self.acted_on = ActedOn(engine, cluster, self.stats, self._emit)
-        self.stalled = ""  # why the consumer is stuck on one record, if it is
+        self.intake = AlertIntake(
+            settings,
+            engine,
+            self.acted_on,
+            self.stats,
+            self._emit,
+            self._stopping,
+            accounts=accounts,
+            heartbeats=heartbeats,
+        )
         self._partitions: list[TopicPartition] = []
         self._started_ms = 0  # wall ms of the first connect attempt: a start without offsets
         self._done: dict[TopicPartition, int] = {}  # next offset past the processed records
@@ -217,6 +208,11 @@ class KafkaAlertConsumer(EngineFeed):
 
     async def _at_stop(self) -> None:
         await self._last_commit()
+
+    @property
+    def stalled(self) -> str:
+        """Why the consumer is stuck on one record (an engine call not journaled), if it is."""
+        return self.intake.stalled
 
     def status(self) -> str:
         """Say whether alerts can arrive, and what went wrong if not."""
@@ -422,14 +418,14 @@ class KafkaAlertConsumer(EngineFeed):
         Everything up to the engine call is guarded: a rejection, and equally an error of ours
         on a record nobody foresaw, dead-letters the record with its error and the consumer
         goes on (DESIGN "Alerts"). The engine call itself is retried until journaled
-        (`_engine_call`): a kill is never skipped for a full disk. In a `history` window, an
-        alert dated before its floor is passed over, like a record stamped before it.
+        (`AlertIntake.engine_call`): a kill is never skipped for a full disk. In a `history`
+        window, an alert dated before its floor is passed over, like a record stamped before it.
         """
         self.stats.consumed += 1
         now_ms = self._wall_ms()
         try:
-            work = self._accept(record, now_ms, history=history)
-        except _OlderThanStart:
+            work = self.intake.accept(record, now_ms, history=history)
+        except OlderThanStart:
             assert history is not None
             self._pass_over(history, tp, record.offset)
             return
@@ -448,135 +444,11 @@ class KafkaAlertConsumer(EngineFeed):
             await self._reject(tp, record, error)
             return
         if isinstance(work, Trigger):
-            conflict = await self._submit(work)
+            conflict = await self.intake.submit(work)
             if conflict is not None:
                 await self._reject(tp, record, conflict)
         elif work is not None:
-            await self._reset(work, now_ms)
-
-    def _accept(
-        self, record: Record, now_ms: int, *, history: History | None = None
-    ) -> Trigger | Alert | None:
-        """Authenticate, validate and apply the policy; return what the engine must see (the
-        trigger of a kill or cancel, a reset alert), None when it is done here (a heartbeat).
-        Raise `_OlderThanStart` for an alert of a `history` window dated before its floor."""
-        alert = parse_alert(record.value, record.headers, hmac_key=self._hmac_key)
-        if history is not None and alert.ts < history.floor_ms:
-            raise _OlderThanStart
-        if self.acted_on(alert, now_ms):
-            return None
-        unknown = check_policy(
-            alert,
-            now_ms=now_ms,
-            ttl_ms=self.settings.alert_ttl_ms,
-            allow_reset=self.settings.allow_reset,
-            accounts=self.accounts,
-        )
-        if alert.action is AlertAction.RESET:
-            self._check_reset_is_fresh(alert, now_ms)
-        if unknown:
-            log.warning("alert names unknown accounts alert_id=%s accounts=%s", alert.id, unknown)
-            self._emit(EventType.ALERT_UNKNOWN_ACCOUNTS, alert_id=alert.id, accounts=unknown)
-        if alert.action is AlertAction.HEARTBEAT:
-            self.stats.heartbeats += 1
-            if self.heartbeats is None or not self.heartbeats.beat(alert.source, alert.ts):
-                log.debug("heartbeat from an unwatched source source=%s", alert.source)
-            return None
-        if alert.action is AlertAction.RESET:
-            return alert
-        return alert.to_trigger(received_ms=now_ms)
-
-    async def _submit(self, trigger: Trigger) -> AlertRejected | None:
-        """Hand the trigger to the engine; return the rejection of an id reused for another
-        alert (the engine answered DUPLICATE, but for another scope or mode)."""
-        self.acted_on.alarm_if_cluster_unknown(trigger)
-        result = await self._engine_call(f"alert {trigger.id}", lambda: self.engine.submit(trigger))
-        if result != "duplicate":
-            self.stats.triggers += 1
-            return None
-        earlier = self.engine.trigger(trigger.id)
-        if earlier is None:
-            # the engine no longer holds the trigger this id started: nothing to compare with
-            self.stats.duplicates += 1
-            log.info("duplicate alert ignored alert_id=%s (earlier one no longer held)", trigger.id)
-            return None
-        if same_alert(earlier, trigger):
-            self.stats.duplicates += 1
-            log.info("duplicate alert ignored alert_id=%s", trigger.id)
-            return None
-        # Same id, other content: acting on it is impossible (the id is taken), and dropping it
-        # quietly would hide a scope nobody killed. Dead-lettered, named, at warning.
-        log.warning(
-            "alert id already used for another alert, not acted on alert_id=%s "
-            "mode=%s scope=%s earlier_mode=%s earlier_scope=%s",
-            trigger.id,
-            trigger.mode.value,
-            trigger.scope.to_json(),
-            earlier.mode.value,
-            earlier.scope.to_json(),
-        )
-        return RefusedAlert(
-            f"id {trigger.id} was already used for another alert "
-            f"({earlier.mode.value} of {_scope_text(earlier)}, from {earlier.source}); "
-            f"this {trigger.mode.value} of {_scope_text(trigger)} was not acted on: "
-            "send it again with a new id",
-            kind="id_conflict",
-        )
-
-    async def _engine_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run an engine call until it succeeds: an alert is never skipped for a journal error.
-        When the daemon stops first, the record stays uncommitted and comes back."""
-
-        def failed(exc: BaseException) -> None:
-            self.stats.engine_failures += 1
-            self.stalled = f"{what} not journaled: {type(exc).__name__}: {exc}"[:300]
-
-        result = await until_journaled(what, call, self._stopping, on_failure=failed)
-        self.stalled = ""
-        return result
-
-    def _check_reset_is_fresh(self, alert: Alert, now_ms: int) -> None:
-        # A reset the engine has no id of (a re-read past the journal's ids, or one held up in
-        # the topic) must not release a kill latched after it was issued.
-        issued = _issued_ms(alert, now_ms)
-        newest = latest_latch_ms(self.engine, self._releasable(alert))
-        if newest is not None and issued < newest:
-            raise RefusedAlert(
-                f"reset issued at {issued} is older than a latch received at {newest}",
-                kind="stale_reset",
-            )
-
-    def _releasable(self, alert: Alert) -> list[str] | None:
-        """The latches a reset may release: with a scope, those wholly inside it (a latch wider
-        than it, over every account say, is not its to lift); without, all (None). Decided from
-        the scopes alone, never from this daemon's accounts: replicas or shards configured with
-        other accounts must release the same latches (review 40: a shard holding only MEXC
-        accounts took an unscoped latch for one "inside" a reset naming mexc, and its release
-        record lifted that latch over Binance on its peer)."""
-        scope = alert.scope.to_scope()
-        if scope.is_everything:
-            return None
-        return [t for t, s in self.engine.latches().items() if s.within(scope)]
-
-    async def _reset(self, alert: Alert, now_ms: int) -> None:
-        self.stats.resets += 1
-        only = self._releasable(alert)
-        released = await self._engine_call(
-            f"reset {alert.id}",
-            # Only latches received before the reset was issued: a kill latched while this
-            # record waited is not the reset's to release. Issued is the earlier of its `ts`
-            # and now: a `ts` ahead of our clock (skew, within the tolerance `check_policy`
-            # allows) would, on a re-read of the record, release kills latched after it.
-            lambda: self.engine.reset(
-                actor=f"kafka:{alert.source}",
-                reason=alert.reason or alert.id,
-                origin="kafka",
-                only=only,
-                latched_before_ms=_issued_ms(alert, now_ms),
-                reset_id=alert.id,
-            ),
-        )
-        log.warning("reset from kafka alert_id=%s released=%s", alert.id, released)
+            await self.intake.reset(work, now_ms)
 
     # -- dead letters -----------------------------------------------------------------------
 
@@ -661,20 +533,7 @@ class KafkaAlertConsumer(EngineFeed):
         self.engine.events.emit(make_event(event_type, input="kafka", **fields))
 
 
-def _scope_text(trigger: Trigger) -> str:
-    return orjson.dumps(trigger.scope.to_json()).decode()
-
-
-def _issued_ms(alert: Alert, now_ms: int) -> int:
-    """When a reset was issued, as far as we can vouch: not after its `ts`, nor after now."""
-    return min(alert.ts, now_ms)
-
-
 _REFRESH_RETRY_S = 60.0  # after a failed refresh: the retention is days, not minutes
-
-
-class _OlderThanStart(Exception):
-    """An alert of a start without offsets older than its floor: history, not replayed."""
 
 
 class _TopicMissing(Exception):
