@@ -21,14 +21,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
-
 from killswitch.events import EventType
 from killswitch.exchanges.base import (
-    AllowanceHeld,
     AlreadyGone,
     CancelAck,
-    ClockSkew,
     Fatal,
     IpBanned,
     OutcomeUnknown,
@@ -36,7 +32,6 @@ from killswitch.exchanges.base import (
     VenueError,
     refuses_symbol,
 )
-from killswitch.exchanges.budget import keeping_kill_reserve
 from killswitch.kill.calls import BatchPartial, send_request
 from killswitch.kill.client_ids import fill_client_ids
 from killswitch.kill.config import Account, EngineConfig, Runtime
@@ -50,15 +45,14 @@ from killswitch.kill.planner import (
     still_to_send,
 )
 from killswitch.kill.record import AccountResult, AccountState, Kill, KillKind
+from killswitch.kill.retries import retrying
+from killswitch.kill.sweep_holds import HeldSweeps
 from killswitch.model import AccountRef, Mode, OrderKey, Scope, Snapshot, canonical_symbol
 
 log = logging.getLogger(__name__)
 
 _GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own clock
 _LAST_LOOK_S = 5.0  # the one read of a stopped account, for its report
-# Holds of an account's sweeps this close together are one spell, alarmed once: longer than
-# BingX's error window (480 s), after which an allowance a hold waited for is whole again.
-_HELD_SPELL_S = 600.0
 
 T = TypeVar("T")
 
@@ -74,9 +68,7 @@ class Waves:
         self._refused: dict[tuple[str, AccountRef], dict[str, VenueError]] = {}
         # Per kill and account: the timeout that cuts a hung account off past its deadline.
         self._guards: dict[tuple[str, AccountRef], asyncio.Timeout] = {}
-        # Accounts whose latched sweeps an error allowance holds, and when one last was
-        # (alarmed once a spell, `_sweep_read`).
-        self._sweeps_held: dict[AccountRef, float] = {}
+        self._held_sweeps = HeldSweeps(run, self._extend)
 
     async def run_account(self, kill: Kill, account: Account, *, fast: bool) -> None:
         result = kill.accounts[account.ref]
@@ -281,7 +273,7 @@ class Waves:
         """
         symbols = self._snapshot_symbols(kill.scope, account, result)
         try:
-            snap = await self._read_symbols(kill, account, result, symbols)
+            snap = await self._read_symbols(kill, account, symbols)
             if symbols is not None and not _names_scope(kill.scope, symbols):
                 # Read symbol by symbol, over the symbols we know of: an order on any other
                 # symbol in scope would be missed, so the read proves nothing flat.
@@ -289,7 +281,7 @@ class Waves:
             if symbols is None and not snap.complete:
                 known = self._known_symbols(kill.scope, account, result)
                 if known:
-                    each = await self._read_symbols(kill, account, result, known)
+                    each = await self._read_symbols(kill, account, known)
                     snap = snap.merged(each)
             snap = await fill_client_ids(kill.scope, snap, account)
         except Fatal as exc:
@@ -321,63 +313,16 @@ class Waves:
         return seen if seen.complete else seen.merged(replace(known, complete=False))
 
     async def _read_symbols(
-        self, kill: Kill, account: Account, result: AccountResult, symbols: list[str] | None
+        self, kill: Kill, account: Account, symbols: list[str] | None
     ) -> Snapshot:
         async def once() -> Snapshot:
             return await self.gate(account).run(lambda: account.exchange.snapshot(symbols))
 
         if kill.kind is KillKind.SWEEP:
-            return await self._retrying(kill, result, lambda: self._sweep_read(kill, account, once))
-        return await self._retrying(kill, result, once)
-
-    async def _sweep_read(
-        self, kill: Kill, account: Account, read: Callable[[], Awaitable[Snapshot]]
-    ) -> Snapshot:
-        """A latched sweep's read: a kill's read in every way but one, it leaves what an error
-        allowance keeps for kills alone (review 66: sweeps of a flat BingX account, each
-        answered "No data", spent it to its last). Held there, the sweep waits the hold out,
-        its deadline moved on by the wait: it neither fails nor spins, and no other sweep of
-        the account starts meanwhile. The first hold is alarmed: until it ends, an order in
-        the latch that no stream shows is cancelled then, not within `sweep_interval_s`."""
-        held = False
-        while True:
-            try:
-                with keeping_kill_reserve():
-                    snap = await read()
-            except AllowanceHeld as exc:
-                held = True
-                self._sweep_held(kill, account.ref, exc)
-                self._extend(kill, account.ref, exc.retry_after_s)
-                await self._run.sleep(exc.retry_after_s)
-                continue
-            last = self._sweeps_held.get(account.ref)
-            if not held and last is not None and self._run.clock() - last > _HELD_SPELL_S:
-                del self._sweeps_held[account.ref]
-                log.warning("latched sweeps no longer held account=%s", account.ref)
-            return snap
-
-    def _sweep_held(self, kill: Kill, ref: AccountRef, exc: AllowanceHeld) -> None:
-        now = self._run.clock()
-        last = self._sweeps_held.get(ref)
-        self._sweeps_held[ref] = now
-        if last is not None and now - last <= _HELD_SPELL_S:
-            return  # the same spell: once an allowance holds sweeps, most are held a while
-        log.error(
-            "latched sweep held account=%s kill_id=%s held_s=%.1f: the venue's error allowance "
-            "is kept for kills; an order no stream shows is swept when the hold ends, not "
-            "within sweep_interval_s",
-            ref,
-            kill.id,
-            exc.retry_after_s,
-        )
-        self._run.emit(
-            EventType.ALARM,
-            kill_id=kill.id,
-            account=str(ref),
-            sweep="held",
-            held_s=round(exc.retry_after_s, 3),
-            error=exc.to_json(),
-        )
+            return await self._retrying(
+                kill, lambda: self._held_sweeps.read(kill, account.ref, once)
+            )
+        return await self._retrying(kill, once)
 
     def _extend(self, kill: Kill, ref: AccountRef, wait_s: float) -> None:
         """Move a sweep's deadline (and its account's guard) on by a hold of `wait_s`."""
@@ -467,7 +412,7 @@ class Waves:
 
         outcome: _Outcome
         try:
-            await self._retrying(kill, result, once)
+            await self._retrying(kill, once)
             outcome = _Outcome("verified" if verified else "ok", cancelled, attempts)
         except AlreadyGone:
             outcome = _Outcome("gone", cancelled, attempts)
@@ -520,49 +465,8 @@ class Waves:
         result.lists_cancelled.update(ack.lists_cancelled)
         return len(fresh)
 
-    async def _retrying(
-        self, kill: Kill, result: AccountResult, fn: Callable[[], Awaitable[T]]
-    ) -> T:
-        skew_streak = 0
-
-        def wait(state: RetryCallState) -> float:
-            nonlocal skew_streak
-            assert state.outcome is not None
-            exc = state.outcome.exception()
-            remaining = max(0.0, kill.deadline - self._run.clock())
-            if isinstance(exc, ClockSkew) and skew_streak < self.config.clock_skew_retries:
-                skew_streak += 1
-                return 0.0
-            if isinstance(exc, RateLimited):
-                # The connector's budget blocks for the same period; sleeping it here as well
-                # costs nothing (the two waits overlap) and holds even for a connector that
-                # did not block.
-                return min(exc.retry_after_s, remaining)
-            cap = min(
-                self.config.retry_max_s,
-                self.config.retry_initial_s * 2 ** (state.attempt_number - 1),
-            )
-            return min(self._run.rng.uniform(0.0, cap), remaining)
-
-        def stop(state: RetryCallState) -> bool:
-            assert state.outcome is not None
-            exc = state.outcome.exception()
-            remaining = kill.deadline - self._run.clock()
-            if remaining <= 0:
-                return True
-            return isinstance(exc, IpBanned) and exc.retry_after_s >= remaining
-
-        retrying = AsyncRetrying(
-            sleep=self._run.sleep,
-            stop=stop,
-            wait=wait,
-            retry=retry_if_exception(_retriable),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await fn()
-        raise AssertionError("unreachable: tenacity reraises the last error")
+    async def _retrying(self, kill: Kill, fn: Callable[[], Awaitable[T]]) -> T:
+        return await retrying(kill, self.config, self._run, fn)
 
     def gate(self, account: Account) -> Gate:
         gate = self._gates.get(account.ref)
@@ -596,10 +500,6 @@ class _Outcome:
     attempts: int = 0
     error: VenueError | None = None
     sent_symbols: tuple[str, ...] = ()  # an error's: the symbols of the request it answered
-
-
-def _retriable(exc: BaseException) -> bool:
-    return isinstance(exc, VenueError) and exc.retriable
 
 
 async def _together(*aws: Awaitable[None]) -> None:
