@@ -35,11 +35,11 @@ from killswitch.kill.record import (
     KillKind,
     KillState,
     SubmitResult,
-    open_json,
 )
 from killswitch.kill.resets import Resets
+from killswitch.kill.verdicts import Verdicts
 from killswitch.kill.waves import Waves
-from killswitch.model import AccountRef, ListEvent, Mode, OrderEvent, Scope, Snapshot, Trigger
+from killswitch.model import AccountRef, ListEvent, Mode, OrderEvent, Scope, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,10 @@ class Engine:
         self._ends = KillEnds(journal, self._stop_event, run)
         self._dms = DeadMansSwitches(emit=self._emit, healthy=healthy, sleep=sleep, rng=self._rng)
         self._sweeps = SweepsDue(self.accounts, self._latches, self._running)
+        self._last_sweep: dict[AccountRef, str] = {}  # how each account's last sweep ended
+        self._verdicts = Verdicts(
+            self.config, run, self._wall_ms, self._run_account, self._last_sweep
+        )
         # Held from deciding a latch change until it is journaled and applied: a reset names
         # exactly the latches it releases, and a kill journaled meanwhile is never among them.
         self._latch_lock = asyncio.Lock()
@@ -107,7 +111,6 @@ class Engine:
             emit=self._emit,
         )
         self.last_kill: dict[str, object] | None = None
-        self._last_sweep: dict[AccountRef, str] = {}  # how each account's last sweep ended
         self._started = False
         self._stopping = False
 
@@ -436,7 +439,7 @@ class Engine:
         if kill.kind is not KillKind.SWEEP:
             log.warning("kill start kill_id=%s accounts=%d", kill.id, len(accounts))
         try:
-            await self._to_done(kill, accounts)
+            await self._verdicts.reach(kill, accounts)
             kill.done.set()
             # A one-shot cancel ends at its flat snapshot: a confirmation re-check would
             # cancel orders placed after it.
@@ -445,7 +448,7 @@ class Engine:
                 and kill.kind is not KillKind.SWEEP
                 and kill.mode is Mode.KILL
             ):
-                await self._confirm(kill, accounts)
+                await self._verdicts.confirm(kill, accounts)
         except asyncio.CancelledError:
             kill.state = KillState.ABORTED
             why = "reset" if kill.released else "narrowed" if kill.narrowed else "shutdown"
@@ -467,64 +470,7 @@ class Engine:
                     result.known.clear()
                 self._forget_old_kills()
 
-    async def _to_done(
-        self, kill: Kill, accounts: Sequence[Account], *, again: bool = False
-    ) -> None:
-        """Run every account to flat or failure; `again` re-verifies a kill already flat."""
-        if not accounts:
-            # Nothing was checked, so nothing is proved: a kill of nothing is not flat.
-            log.error("kill has no configured account in scope kill_id=%s", kill.id)
-            kill.state = KillState.FAILED
-            self._emit(
-                EventType.FAILED,
-                still_open={},
-                error={"kind": "no_account_in_scope"},
-                **kill.summary(),
-            )
-            return
-        fast = kill.kind is not KillKind.SWEEP and not again
-        todo = [a for a in accounts if a.ref not in kill.flat_before]
-        await asyncio.gather(*(self._run_account(kill, a, fast=fast) for a in todo))
-        results = list(kill.accounts.values())
-        if kill.kind is KillKind.SWEEP:  # for status: an account's last sweep, flat or not
-            self._last_sweep.update({r.ref: r.state.value for r in results})
-        if all(r.state is AccountState.FLAT for r in results):
-            kill.state = KillState.FLAT
-            if again:
-                return
-            kill.local_flat_ms = (self._clock() - kill.started) * 1000
-            if kill.origin_ms:
-                kill.time_to_flat_ms = float(self._wall_ms() - kill.origin_ms)
-            else:
-                kill.time_to_flat_ms = kill.local_flat_ms
-            kill.flat.set()
-            if kill.kind is KillKind.SWEEP:
-                self._emit(EventType.SWEEP, kill_id=kill.id, result="flat", **kill.sweep_counts())
-            else:
-                log.warning(
-                    "kill flat kill_id=%s time_to_flat_ms=%s", kill.id, kill.time_to_flat_ms
-                )
-                self._emit(EventType.FLAT, **kill.summary())
-            return
-        kill.state = KillState.FAILED
-        open_now = {
-            str(r.ref): {**open_json(r.still_open or Snapshot()), "verified": r.verified}
-            for r in results
-            if r.state is not AccountState.FLAT
-        }
-        # Counts only: the event and the audit log name every order (review 67: one line of
-        # 1.2 MB for 7,000 orders left open).
-        left = {
-            str(r.ref): f"{len(seen.orders)} orders, {len(seen.lists)} lists"
-            + ("" if r.verified else " (unverified)")
-            for r in results
-            if r.state is not AccountState.FLAT
-            for seen in [r.still_open or Snapshot()]
-        }
-        log.error("kill failed kill_id=%s kind=%s open=%s", kill.id, kill.kind, left)
-        self._emit(EventType.FAILED, still_open=open_now, **kill.summary())
-
-    async def _run_account(self, kill: Kill, account: Account, *, fast: bool) -> None:
+    async def _run_account(self, kill: Kill, account: Account, fast: bool) -> None:
         await self._waves.run_account(kill, account, fast=fast)
         if (
             kill.mode is Mode.CANCEL
@@ -532,39 +478,6 @@ class Engine:
             and kill.accounts[account.ref].state is AccountState.FLAT
         ):
             await self._ends.account_flat(kill, account.ref)  # before anything reports it
-
-    async def _confirm(self, kill: Kill, accounts: Sequence[Account]) -> None:
-        """Flat, then still flat after a quiet window with no new order on the streams."""
-        window = self.config.quiet_window_s
-        give_up = kill.deadline + window
-        while True:
-            seen = kill.new_orders_seen
-            await self._sleep(window)
-            quiet = kill.new_orders_seen == seen
-            if not quiet:
-                # Orders arrived during the window: give their waves time of their own.
-                kill.deadline = max(kill.deadline, self._clock() + self.config.deadline_s / 2)
-            # One more look at the venues: consecutive empty snapshots, not our own word. A
-            # look that found something to cancel (an order no stream showed) is not quiet.
-            cancelled = kill.cancelled()
-            await self._to_done(kill, accounts, again=True)
-            if kill.state is not KillState.FLAT:
-                return
-            if kill.cancelled() != cancelled:
-                quiet = False
-                kill.deadline = max(kill.deadline, self._clock() + self.config.deadline_s / 2)
-            if quiet and kill.new_orders_seen == seen:
-                kill.state = KillState.CONFIRMED
-                log.warning("kill confirmed kill_id=%s", kill.id)
-                self._emit(
-                    EventType.CONFIRMED, kill_id=kill.id, time_to_flat_ms=kill.time_to_flat_ms
-                )
-                return
-            if self._clock() >= give_up:
-                self._emit(
-                    EventType.UNCONFIRMED, kill_id=kill.id, reason="new orders kept arriving"
-                )
-                return
 
     async def _record_done(self, kill: Kill) -> None:
         summary = await self._ends.done(kill)
