@@ -43,7 +43,7 @@ from killswitch.exchanges.base import (
     RateLimited,
     VenueError,
 )
-from killswitch.exchanges.budget import SlidingBudget
+from killswitch.exchanges.sliding_budget import SlidingBudget
 from killswitch.model import AccountRef, StreamSubscribed
 
 if TYPE_CHECKING:

@@ -19,7 +19,8 @@ import pytest
 
 from killswitch.exchanges.base import RateLimits
 from killswitch.exchanges.bingx import BingxExchange
-from killswitch.exchanges.budget import ErrorCounter, RateBudget, SlidingBudget, set_fleet
+from killswitch.exchanges.budget import ErrorCounter, RateBudget, set_fleet
+from killswitch.exchanges.sliding_budget import SlidingBudget
 from killswitch.journal import Journal
 from killswitch.kill.config import Account, EngineConfig
 from killswitch.kill.engine import Engine

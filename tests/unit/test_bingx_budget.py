@@ -10,15 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.exchanges.budget import (
-    ErrorCounter,
-    Priority,
-    SlidingBudget,
-    acquire_all,
-    release_shared,
-    shared_budget,
-    use_shared,
-)
+from killswitch.exchanges.budget import ErrorCounter, Priority, release_shared, use_shared
+from killswitch.exchanges.sliding_budget import SlidingBudget, acquire_all, shared_budget
 from tests.fakes import FakeClock
 
 

@@ -43,20 +43,13 @@ from killswitch.exchanges.bingx.venue import (
     IP_RPS,
     UNANSWERED_HOLD_S,
 )
-from killswitch.exchanges.budget import (
-    ErrorCounter,
-    Priority,
-    RateBudget,
-    SlidingBudget,
-    acquire_all,
-    shared_budget,
-    shared_item,
-)
+from killswitch.exchanges.budget import ErrorCounter, Priority, RateBudget, shared_item
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.dialect import BINGX, header_wait
 from killswitch.exchanges.limits_file import WallClock, note_limits, persisted
 from killswitch.exchanges.rest import Answer, Headers, Params, SignedRest, Wire
 from killswitch.exchanges.signing import bingx_query, bingx_signed_query
+from killswitch.exchanges.sliding_budget import SlidingBudget, acquire_all, shared_budget
 
 WIRE = Wire(
     BINGX, key_header="X-BX-APIKEY", query=bingx_query, decode=rest_answer, wait_in_text=text_wait
