@@ -45,6 +45,7 @@ from tests.fixtures.kafka import create_topics, producer, running_tansu, unique_
 from tests.fixtures.kafka_daemon import toml_table  # noqa: E402
 
 from killswitch.app import build_parts, input_services  # noqa: E402
+from killswitch.config import load_settings  # noqa: E402
 from killswitch.daemon import CriticalTasks  # noqa: E402
 from killswitch.drill.demo import Workload, daemon_toml, drill_accounts, sim_toml  # noqa: E402
 from killswitch.events import EventRecord  # noqa: E402
@@ -53,7 +54,7 @@ from killswitch.journal import Journal  # noqa: E402
 from killswitch.kafka.alerts import KafkaAlertConsumer  # noqa: E402
 from killswitch.kill.config import EngineConfig  # noqa: E402
 from killswitch.kill.engine import Engine  # noqa: E402
-from killswitch.settings import HeartbeatSettings, KafkaSettings, load_settings  # noqa: E402
+from killswitch.settings import HeartbeatSettings, KafkaSettings  # noqa: E402
 from killswitch.sim.book import OrderSpec  # noqa: E402
 from killswitch.sim.server import SimCluster  # noqa: E402
 

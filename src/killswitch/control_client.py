@@ -14,8 +14,9 @@ from typing import Any
 
 import orjson
 
+from killswitch.config import config_path
 from killswitch.model import json_object
-from killswitch.settings import ControlSettings, config_path
+from killswitch.settings import ControlSettings
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -11,16 +11,16 @@ Sources, highest priority first:
 `accounts` is a list in TOML; the other two sources address one account by venue and name
 (`accounts__<venue>__<name>__<field>`) and are overlaid on the matching list entry
 (`killswitch.settings_sources`), so keys never need to sit in the TOML file. A variable naming
-a field that does not exist fails the start (a typo would otherwise be ignored silently).
+a field that does not exist fails the start (a typo would otherwise be ignored silently):
+`killswitch.config` finds the file, checks the variables and loads.
 """
 
 from __future__ import annotations
 
 import base64
 import contextvars
-import os
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +29,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -40,7 +39,6 @@ from pydantic_settings import (
     NestedSecretsSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -54,12 +52,8 @@ from killswitch.model import (
 )
 from killswitch.settings_sources import AccountOverlay
 
-DEFAULT_CONFIG_PATH = Path("/etc/killswitch/killswitch.toml")
 ENV_PREFIX = "KILLSWITCH_"
-CONFIG_ENV = "KILLSWITCH_CONFIG"
 CREDENTIALS_PREFIX = "killswitch_"
-# Variables under this prefix belong to the test suite (e.g. KILLSWITCH_TEST_KAFKA), not the daemon.
-TEST_ENV_PREFIX = "KILLSWITCH_TEST_"
 
 Venue = Literal["binance", "mexc", "bingx"]
 TriggerMode = Literal["kill", "cancel"]
@@ -70,10 +64,15 @@ DEFAULT_URLS: dict[str, tuple[str, str]] = {
     "bingx": ("https://open-api.bingx.com", "wss://open-api-ws.bingx.com/market"),
 }
 
-_SECTION = ConfigDict(frozen=True, extra="forbid")
+
+class Section(BaseModel):
+    """A section of the configuration: frozen, and a key it does not know is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
 
 # A validation error about some items of a list: `ctx["items"]` holds (index, message) pairs,
-# and `describe_validation_error` gives each item its own line, `field[index]: message`.
+# and `config.describe_validation_error` gives each item its own line, `field[index]: message`.
 ITEM_ERRORS = "item_errors"
 
 
@@ -112,10 +111,8 @@ class ScopeSettings(BaseModel):
         return Scope.of(self.venues, self.accounts, self.symbols, self.client_order_id_prefix)
 
 
-class AccountSettings(BaseModel):
+class AccountSettings(Section):
     """One exchange account the daemon can cancel on."""
-
-    model_config = _SECTION
 
     venue: Venue
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -194,10 +191,8 @@ def _ed25519_key_form(secret: SecretStr) -> bool:
         return False
 
 
-class KafkaSettings(BaseModel):
+class KafkaSettings(Section):
     """The alert bus: where alerts come from and where events go."""
-
-    model_config = _SECTION
 
     enabled: bool = True
     bootstrap_servers: str = "localhost:9092"
@@ -237,10 +232,8 @@ class KafkaSettings(BaseModel):
         return self
 
 
-class EngineSettings(BaseModel):
+class EngineSettings(Section):
     """How hard and how long a kill tries."""
-
-    model_config = _SECTION
 
     deadline_s: float = Field(default=30.0, gt=0)
     retry_initial_s: float = Field(default=0.05, gt=0)
@@ -257,20 +250,16 @@ class EngineSettings(BaseModel):
         return self
 
 
-class StreamSettings(BaseModel):
+class StreamSettings(Section):
     """User-data stream upkeep."""
-
-    model_config = _SECTION
 
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     backoff_initial_s: float = Field(default=0.2, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
 
 
-class HeartbeatSettings(BaseModel):
+class HeartbeatSettings(Section):
     """A producer whose silence for `timeout_s` triggers a kill or cancel."""
-
-    model_config = _SECTION
 
     source: str = Field(min_length=1)
     timeout_s: float = Field(gt=0)
@@ -278,15 +267,13 @@ class HeartbeatSettings(BaseModel):
     scope: ScopeSettings = ScopeSettings()
 
 
-class RuleSettings(BaseModel):
+class RuleSettings(Section):
     """A local risk rule evaluated on one account's user-data stream.
 
     `limit` is in the rule's unit: `fill_notional` quote currency filled per `window_s`;
     `order_rate` new orders per second, averaged over `window_s`; `stream_down` seconds the
     stream may stay not live (and, with `silent_s`, seconds it may stay live without an event).
     """
-
-    model_config = _SECTION
 
     kind: Literal["fill_notional", "order_rate", "stream_down"]
     venue: Venue
@@ -304,10 +291,8 @@ class RuleSettings(BaseModel):
         return self
 
 
-class LimitsSettings(BaseModel):
+class LimitsSettings(Section):
     """The venues' limits this daemon shares with others."""
-
-    model_config = _SECTION
 
     # Daemons that spend the same venue limits at once: this one, its replicas (the same
     # accounts), and any daemon sending from the same IP (shards). Each plans for 1/daemons
@@ -325,38 +310,30 @@ BINGX_SHARE_NEEDED = 5
 BINGX_REARMS_PER_S = 1.5
 
 
-class ReadinessSettings(BaseModel):
+class ReadinessSettings(Section):
     """How often the daemon checks each account's readiness (`killswitch.readiness`)."""
-
-    model_config = _SECTION
 
     interval_s: float = Field(default=300.0, gt=0)
     timeout_s: float = Field(default=15.0, gt=0)
     stream_grace_s: float = Field(default=60.0, ge=0)
 
 
-class ControlSettings(BaseModel):
+class ControlSettings(Section):
     """The local operator socket."""
-
-    model_config = _SECTION
 
     socket_path: Path = Path("/run/killswitch/control.sock")
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(Section):
     """The Prometheus endpoint (off by default)."""
-
-    model_config = _SECTION
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)
 
 
-class LoggingSettings(BaseModel):
+class LoggingSettings(Section):
     """Log level and line format (`auto`: JSON unless stdout is a terminal)."""
-
-    model_config = _SECTION
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     format: Literal["auto", "json", "text"] = "auto"
@@ -412,6 +389,15 @@ class Settings(BaseSettings):
         )
         toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file.get())
         return (init_settings, AccountOverlay(settings_cls, [env_settings, credentials, toml]))
+
+    @classmethod
+    def from_sources(cls, toml_file: Path | None, secrets_dir: str | None) -> Settings:
+        """Read the environment, the credentials in `secrets_dir` and `toml_file` (None: none)."""
+        token = _config_file.set(toml_file)
+        try:
+            return cls(_secrets_dir=secrets_dir)
+        finally:
+            _config_file.reset(token)
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -496,119 +482,3 @@ def _secrets_in(value: object) -> Iterator[SecretStr]:
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _secrets_in(item)
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; `errors` holds one line per problem, naming the field."""
-
-    def __init__(self, errors: Sequence[str]) -> None:
-        super().__init__("; ".join(errors))
-        self.errors = list(errors)
-
-
-def config_path(explicit: Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
-    """Return the config file to read: `--config`, else `$KILLSWITCH_CONFIG`, else the default."""
-    env = os.environ if environ is None else environ
-    if explicit is not None:
-        return explicit
-    if env.get(CONFIG_ENV):
-        return Path(env[CONFIG_ENV])
-    return DEFAULT_CONFIG_PATH
-
-
-def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Return the `KILLSWITCH_*` variables that name no setting."""
-    env = os.environ if environ is None else environ
-    unknown = []
-    for var in sorted(env):
-        upper = var.upper()
-        if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
-            continue
-        if upper.startswith(TEST_ENV_PREFIX):
-            continue
-        if not _names_a_setting(upper[len(ENV_PREFIX) :].lower().split("__")):
-            unknown.append(var)
-    return unknown
-
-
-def _names_a_setting(path: list[str]) -> bool:
-    head, *rest = path
-    field = Settings.model_fields.get(head)
-    if field is None:
-        return False
-    if head == "accounts":
-        # KILLSWITCH_ACCOUNTS (a JSON list) or KILLSWITCH_ACCOUNTS__<venue>__<name>__<field>
-        return not rest or (
-            len(rest) == 3 and rest[0] in VENUES and rest[2] in AccountSettings.model_fields
-        )
-    model = field.annotation
-    for name in rest:
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return False
-        sub = model.model_fields.get(name)
-        if sub is None:
-            return False
-        model = sub.annotation
-    return True
-
-
-def load_settings(
-    path: Path | None = None, *, environ: Mapping[str, str] | None = None
-) -> Settings:
-    """Load, merge and validate the configuration; raise `ConfigError` naming each bad field.
-
-    `environ` defaults to the process environment; the environment sources of pydantic-settings
-    always read `os.environ`, so a different mapping only changes which file and credentials
-    directory are used and which variables are checked.
-    """
-    env = os.environ if environ is None else environ
-    explicit = path is not None or bool(env.get(CONFIG_ENV))
-    file = config_path(path, env)
-    errors = [f"{var}: unknown setting (no such field)" for var in unknown_env_vars(env)]
-    if explicit and not file.is_file():
-        errors.append(f"config: no such file {file}")
-    if errors:
-        raise ConfigError(errors)
-    credentials_dir = env.get("CREDENTIALS_DIRECTORY") or None
-    token = _config_file.set(file if file.is_file() else None)
-    try:
-        return Settings(_secrets_dir=credentials_dir)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
-    except (SettingsError, ValueError, OSError) as exc:
-        # TOML syntax errors and unreadable credential directories land here.
-        raise ConfigError([f"config: {exc}"]) from None
-    finally:
-        _config_file.reset(token)
-
-
-def describe_validation_error(exc: ValidationError) -> list[str]:
-    """Return one line per error, `dotted.field: message`, never echoing the input value."""
-    lines = []
-    for err in exc.errors(include_input=False, include_url=False):
-        loc = dotted_path(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if not loc:
-            # Cross-field checks on the whole config name their field, one problem a line.
-            lines.extend(msg.splitlines())
-            continue
-        if err["type"] == ITEM_ERRORS:
-            lines.extend(f"{loc}[{i}]: {message}" for i, message in err["ctx"]["items"])
-            continue
-        if err["type"] == "missing":
-            msg = "required, not set"
-        elif err["type"] == "extra_forbidden":
-            msg = "unknown setting (no such field)"
-        lines.append(f"{loc}: {msg}")
-    return lines
-
-
-def dotted_path(loc: Sequence[int | str]) -> str:
-    """`('venues', 'binance', 'accounts', 0)` -> `venues.binance.accounts[0]`."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out

@@ -14,8 +14,8 @@ from typing import Any
 from prometheus_client import generate_latest
 
 from killswitch.app import MetricsService, build_services
+from killswitch.config import load_settings
 from killswitch.daemon import CriticalTasks
-from killswitch.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "contrib" / "prometheus" / "alerts.yml"

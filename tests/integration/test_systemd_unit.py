@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from killswitch.config import load_settings
 from killswitch.handlers.control import SOCKET_MODE
-from killswitch.settings import ControlSettings, EngineSettings, Settings, load_settings
+from killswitch.settings import ControlSettings, EngineSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "killswitch.service"

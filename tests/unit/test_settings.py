@@ -9,15 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from killswitch.cli import main, to_toml
-from killswitch.settings import (
-    DEFAULT_URLS,
-    ConfigError,
-    KafkaSettings,
-    ScopeSettings,
-    Settings,
-    load_settings,
-    unknown_env_vars,
-)
+from killswitch.config import ConfigError, load_settings, unknown_env_vars
+from killswitch.settings import DEFAULT_URLS, KafkaSettings, ScopeSettings, Settings
 
 BASE = """
 [[accounts]]

@@ -21,9 +21,10 @@ from typing import Any
 from killswitch import __version__
 from killswitch.cli import alert, control, demo, drill, preflight, sim
 from killswitch.cli.parsers import Command, load_or_report
+from killswitch.config import ConfigError, config_path, load_settings
 from killswitch.daemon import EXIT_CONFIG
 from killswitch.logs import setup_logging
-from killswitch.settings import ConfigError, Settings, config_path, load_settings
+from killswitch.settings import Settings
 from killswitch.sim.cli import add_config_and_log_level
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
-from killswitch.settings import ConfigError, Settings, load_settings
+from killswitch.config import ConfigError, load_settings
+from killswitch.settings import Settings
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 

@@ -9,6 +9,7 @@ import sys
 import orjson
 
 from killswitch.cli.parsers import Command, add_daemon_paths, load_or_report
+from killswitch.config import config_path
 from killswitch.logs import setup_logging
 from killswitch.preflight import (
     EXIT_CODES_HELP,
@@ -20,7 +21,6 @@ from killswitch.preflight import (
     run_preflight,
 )
 from killswitch.readiness import redact
-from killswitch.settings import config_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -43,7 +43,7 @@ from pydantic import (
     model_validator,
 )
 
-from killswitch.settings import dotted_path
+from killswitch.config import dotted_path
 from killswitch.sim.book import OrderSpec
 from killswitch.sim.faults import FaultSpec
 from killswitch.sim.venue import SimAccount, SimVenue, VenueSettings, generate_workload
