@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 HEADROOM_SHARE = 0.5
 # How much longer than the venue's window a request counts in a sliding budget.
 _SLIDE_MARGIN_S = 0.1
+# A request held until others on their way are answered asks again this much later.
+_PENDING_WAIT_S = 1.0
 
 # How many daemons spend the same venue limits at once (`limits.daemons`: replicas acting on
 # the same accounts, daemons sending from one IP). Each plans for its share of every limit:
@@ -317,6 +319,11 @@ class ErrorCounter:
     daemons' counts together never pass the venue's allowance (review 66: a share floored at
     `reserve + 1` let six daemons spend 24 of 20). `reserve` then only makes cancels take the
     route that cannot add an error sooner; what a request may spend is `hold_s`'s.
+
+    A request on its way (`begin` to `end`: charged, waiting for its slot, or sent and not yet
+    answered) counts as an error it may earn: a wave sends its requests at once, and counting
+    only answers already back let 26 single cancels of gone orders pass the checks at a count of
+    0 and earn the lock (review 78).
     """
 
     def __init__(
@@ -335,6 +342,24 @@ class ErrorCounter:
         self.clock = clock
         self.shared = shared
         self._errors: dict[str, deque[float]] = {}
+        self._pending: dict[str, int] = {}  # requests on their way, by path
+
+    def begin(self, path: str) -> None:
+        """A request on `path` is on its way: until `end`, it counts as an error it may earn."""
+        self._pending[path] = self._pending.get(path, 0) + 1
+        if self.shared is not None:
+            self.shared.begin(path)
+
+    def end(self, path: str) -> None:
+        """The request `begin` counted is answered (its error, if any, `record`ed first), failed
+        or never sent."""
+        left = self._pending.get(path, 0) - 1
+        if left > 0:
+            self._pending[path] = left
+        else:
+            self._pending.pop(path, None)
+        if self.shared is not None:
+            self.shared.end(path)
 
     def record(self, path: str) -> None:
         self._errors.setdefault(path, deque()).append(self.clock())
@@ -343,7 +368,8 @@ class ErrorCounter:
         note_limits(urgent=True)  # rare, and each one is what a lock is counted from
 
     def count(self, path: str) -> int:
-        own = self._own_count(path)
+        """Errors in the window and requests on their way, in the count that decides."""
+        own = self._own_count(path) + self._pending.get(path, 0)
         return own if self.shared is None else max(own, self.shared.count(path))
 
     def _own_count(self, path: str) -> int:
@@ -364,6 +390,10 @@ class ErrorCounter:
         below = self.limit - self.reserve if below is None else max(1, below)
         shared = 0.0 if self.shared is None else self.shared.clear_in_s(path, below)
         errors = self._errors.get(path)
+        # Requests on their way leave room only once answered: the caller waits and asks again.
+        below -= self._pending.get(path, 0)
+        if below <= 0:
+            return max(shared, _PENDING_WAIT_S)
         if not errors or self._own_count(path) < below:
             return shared
         oldest_needed = errors[len(errors) - below]

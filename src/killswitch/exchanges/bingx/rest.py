@@ -33,6 +33,7 @@ from killswitch.exchanges.bingx.venue import (
     BUDGET_MARGIN_S,
     ENDPOINT_RPS,
     EPOCH_MARGIN_S,
+    ERROR_ANSWER_PATHS,
     ERROR_LOCK_COUNT,
     ERROR_LOCK_WINDOW_S,
     GROUP_LIMITS,
@@ -214,14 +215,30 @@ class BingxCharges:
                 account=self.account,
                 endpoint=f"{method} {path}",
             )
-        await self.group_budget.acquire(1, priority, in_flight=True)
+        # On its way from here: it counts as the error it may earn until it lands (review 78:
+        # a wave's requests all passed the check above before any was answered).
+        self._begin(path)
+        try:
+            await self.group_budget.acquire(1, priority, in_flight=True)
+        except BaseException:
+            self._end(path)  # never sent
+            raise
         budgets = self.path_budgets(path)
         if budgets:
             try:
                 await acquire_all(budgets, priority, self.account)
             except BaseException:
                 self.group_budget.landed(1)  # never sent
+                self._end(path)
                 raise
+
+    def _begin(self, path: str) -> None:
+        if path in ERROR_ANSWER_PATHS:
+            self.errors.begin(path)
+
+    def _end(self, path: str) -> None:
+        if path in ERROR_ANSWER_PATHS:
+            self.errors.end(path)
 
     def observe(self, headers: Headers) -> None:
         """No header is read: the sliding budgets keep their own count."""
@@ -230,6 +247,8 @@ class BingxCharges:
         """The per-second budgets count the request until a span after its answer; one
         that got none, as if it arrived `UNANSWERED_HOLD_S` later."""
         self.group_budget.landed(1)
+        # Its error, if any, is recorded by `settle` before the loop runs anything else.
+        self._end(path)
         late_s = 0.0 if answered else UNANSWERED_HOLD_S
         for budget in self.path_budgets(path):
             budget.landed(late_s)

@@ -64,6 +64,13 @@ BAN_MAX_S = 3600.0
 # The error lock: more than 20 answers with an error code on one API in 480 s [§3.5].
 ERROR_LOCK_COUNT = 20
 ERROR_LOCK_WINDOW_S = 480.0
+# The APIs whose ordinary answers to a kill include error codes ("order not exist" to a cancel
+# or a query of an order already gone, "No data" to an empty read): a request on its way there
+# counts as the error it may earn until it is answered (review 78: a wave's single cancels all
+# passed the count before any was answered, and earned the lock).
+ERROR_ANSWER_PATHS = frozenset(
+    {CANCEL, CANCEL_ORDERS, CANCEL_OPEN_ORDERS, OPEN_ORDERS, QUERY, OCO_CANCEL, OCO_OPEN_LIST}
+)
 
 # Requests per second per UID and API [reference §3.2/§3.3, corrected 2026-12-06]. openOrders
 # and query have no stricter figure than docs-v3's 10/s; the listenKey calls are 2/s per UID

@@ -1,0 +1,57 @@
+"""Review 78: a wave of single BingX cancels earned the venue's error lock on `trade/cancel`.
+
+BingX locks an API of an account after more than 20 error answers in 480 s (reference §3.5),
+and an order already gone answers an error (80016). The connector's checks of the allowance
+(`ErrorCounter.near` choosing the batch route, `hold_s` holding a request) counted only answers
+already back, and a wave sends its requests at once: 26 single cancels of orders the bot had
+just cancelled itself all passed the checks at a count of 0, then were answered "gone" one by
+one, 26 errors of 20, and the lock held `trade/cancel` for minutes. Requests on their way now
+count as errors they may earn, from the moment they are charged until they are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from killswitch.exchanges.base import AlreadyGone, CancelAck, RateLimited
+from killswitch.exchanges.bingx.venue import CANCEL, ERROR_LOCK_COUNT
+from killswitch.sim.bingx import BingxSim
+from killswitch.sim.venue import SimAccount, VenueSettings
+from tests.fakes import FakeClock
+from tests.fixtures.answers import install
+from tests.fixtures.bingx import account_keys
+from tests.review.bingx_rig import bx0_exchange, place
+from tests.review.test_found_review66_sweeps import held_by_us
+
+SYMBOLS = [f"C{chr(65 + i)}-USDT" for i in range(26)]
+
+
+async def test_a_wave_of_single_cancels_of_gone_orders_never_earns_bingx_s_error_lock() -> None:
+    # The connector's budgets wait on a clock that moves when they wait (26 cancels at BingX's
+    # per-second limits would take seconds), and the sim's limits are out of the way: its
+    # error lock is not.
+    fake = FakeClock(1000.0)
+    accounts = [SimAccount(name=n, api_key=k, secret=s) for n, k, s in (account_keys(0),)]
+    sim = BingxSim(VenueSettings(accounts=accounts, symbols=SYMBOLS, rate_limit_scale=50))
+    install(sim)
+    await sim.start()
+    exchange = bx0_exchange(sim, budget_clock=fake.clock, budget_sleep=fake.sleep)
+    try:
+        await exchange.start()
+        orders = [(symbol, await place(sim, symbol, f"strat7_{symbol[:2]}")) for symbol in SYMBOLS]
+        # The strategy's bot cancels its own orders on the same alert: every id is gone.
+        sim.book(sim.accounts["bx0"]).cancel_symbols(SYMBOLS)
+        answers = await asyncio.gather(
+            *(exchange.cancel_order(symbol, order_id) for symbol, order_id in orders),
+            return_exceptions=True,
+        )
+    finally:
+        await exchange.close()
+        await sim.stop()
+    for answer in answers:
+        # gone, or held by the connector (nothing sent): never the venue's lock
+        assert isinstance(answer, AlreadyGone | CancelAck) or (
+            isinstance(answer, RateLimited) and held_by_us(answer)
+        ), answer
+    assert sim.earned_throttles() == {}
+    assert exchange.errors.count(CANCEL) < ERROR_LOCK_COUNT
