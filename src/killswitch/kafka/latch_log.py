@@ -1,6 +1,7 @@
 """The latch topic's records, folded in offset order into the cluster's latch (`LatchLog`), and
 what a replica must do to agree with it (`Decision`). Pure data: the replicator
-(`kafka.replicas`) reads and writes the topic.
+(`kafka.replicas`) reads and writes the topic, and the reconciler (`kafka.reconciler`) makes the
+engine agree with it.
 
 With `kafka.alert_hmac_key` configured, only records signed with it as alerts are (header
 `x-signature`, hex HMAC-SHA256 of the value bytes) are folded in: anyone who can write to the

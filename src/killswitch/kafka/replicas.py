@@ -24,14 +24,7 @@ killed again. Unread within the same bound, every latch resumes and an alarm say
 
 A reset made here reaches the topic even if this replica stopped or crashed before publishing
 it: a graceful stop publishes what waits (for at most `stop_flush_s`), and after a restart the
-journal says it. A cluster latch this replica's engine answers DUPLICATE to and does not hold,
-and that a reset record in its journal released (`JournalState.released`), was released here
-by a reset the topic lacks; once that stays so for `reset_settle_s` (an input may be journaling
-the same trigger id right now: seen before it is held), a reset naming exactly those ids is
-published. Never one it had not seen: a newer kill has a new id. Never one no journaled reset
-released: a journal the disk damaged can keep a trigger id (its compacted `seen` record) and
-lose the records that latched it; that kill was not reset, so nothing is announced (the peers
-keep it latched), and an alarm (`latch_not_held`) says this replica does not hold it.
+journal says it (`kafka.reconciler` announces it once settled).
 
 The alert consumer asks `released_in_cluster` before it acts on a kill or cancel its engine
 has no record of: an alert whose id a reset on the topic released (latched and reset on a peer
@@ -50,52 +43,41 @@ A latch this replica holds that the topic shows only unsigned is published again
 is one the log has never seen); a reset the topic shows only unsigned releases nothing here.
 
 A peer's latch whose scope covers no account configured here (another shard's accounts, on a
-shared latch topic) is not submitted: logged at info and counted in `refused_latches`. One
-that covers some configured account is applied whole, as an alert would be.
+shared latch topic) is not submitted (`kafka.reconciler`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from killswitch.backoff import Backoff, until_journaled
+from killswitch.backoff import Backoff
 from killswitch.events import EventRecord, EventType, make_event
 from killswitch.handlers.alerts import SIGNATURE_HEADER, Unauthenticated, signature
-from killswitch.journal import UNREADABLE_PREFIX
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
-from killswitch.kafka.latch_log import LatchLog, remember
+from killswitch.kafka.latch_log import LatchLog
+from killswitch.kafka.reconciler import REPLICA_ORIGIN, LatchReconciler, held_latches
 from killswitch.kill.port import EnginePort
-from killswitch.kill.record import SubmitResult
-from killswitch.model import AccountRef, Mode, Trigger
+from killswitch.model import AccountRef, Mode
 
 if TYPE_CHECKING:
     from killswitch.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-REPLICA_ORIGIN = "replica:"
 TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 ORIGIN_HEADER = "x-origin"
 
 
 ReplicaEngine = EnginePort  # what the replicator needs of the engine
-
-
-def held_latches(engine: ReplicaEngine) -> list[str]:
-    """Return the trigger ids whose latches the engine holds."""
-    return list(engine.latches())
 
 
 class LatchReplicator(EngineFeed):
@@ -135,18 +117,20 @@ class LatchReplicator(EngineFeed):
         self.applied_resets = 0
         self.announced_resets = 0  # resets made here that the topic lacked, published late
         self.refused_latches = 0  # peer latches over no account configured here, by id
-        # The accounts configured here (`app` gives them); None: no check (tests of other parts).
-        self._accounts: list[AccountRef] | None = list(accounts) if accounts is not None else None
-        self._refused: OrderedDict[str, None] = OrderedDict()
-        self.reset_settle_s = reset_settle_s
         self.stop_flush_s = stop_flush_s
-        self._applied: OrderedDict[str, None] = OrderedDict()  # ids submitted from the topic
-        # Cluster latches released here (DUPLICATE, not held) that the topic still shows
-        # latched: id -> when first noticed. Announced as a reset once settled.
-        self._unannounced: dict[str, float] = {}
-        # Cluster latches seen here, not held, and released by no reset journaled here (a
-        # damaged journal): never announced as reset; alarmed once each.
-        self._not_held: OrderedDict[str, None] = OrderedDict()
+        # What the records read do to the engine; it counts in the four counters above.
+        self.reconciler = LatchReconciler(
+            engine,
+            self.log,
+            self,
+            self._stopping,
+            replica_id=self.replica_id,
+            queue_latch=self._queue_latch,
+            queue_reset=self._queue_reset,
+            accounts=accounts,
+            reset_settle_s=reset_settle_s,
+            clock=clock,
+        )
         self._outbox: deque[tuple[bytes, bytes | None]] = deque()
         self._position = 0  # next offset to read
         self._skipped_at_resume = False  # `before_resume` could not read the topic
@@ -173,9 +157,9 @@ class LatchReplicator(EngineFeed):
             if not isinstance(trigger, dict) or trigger.get("mode") != Mode.KILL.value:
                 return
             trigger_id = str(trigger.get("id"))
-            # accepted here: it was being journaled, not released (see `_announce_resets`)
-            self._unannounced.pop(trigger_id, None)
-            if trigger_id in self._applied or trigger_id in self.log.latched:
+            # accepted here: it was being journaled, not released (see `announce_resets`)
+            self.reconciler.unannounced.pop(trigger_id, None)
+            if trigger_id in self.reconciler.applied or trigger_id in self.log.latched:
                 return  # it came from the topic, or a peer published it already
             self._queue_latch(trigger)
         elif kind == EventType.RESET:
@@ -255,7 +239,7 @@ class LatchReplicator(EngineFeed):
         if not release:
             return
         try:
-            await self._reset_from_log(release)()
+            await self.reconciler.reset_from_log(release)()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - kept latched; start()'s reconcile retries
@@ -491,150 +475,16 @@ class LatchReplicator(EngineFeed):
             )
         )
 
+    # -- applying: what the records read do to the engine (kafka/reconciler.py) --------------
+
     async def _apply(self, record: dict[str, Any]) -> None:
-        if record["type"] == "latch":
-            trigger = Trigger.from_json(record["trigger"])
-            if not self._in_scope(trigger, record.get("origin")):
-                return
-            result = await self._submit_peer_latch(trigger)
-            log.warning(
-                "latch from replica applied origin=%s trigger_id=%s result=%s",
-                record.get("origin"),
-                trigger.id,
-                result,
-            )
-        else:
-            await self._reconcile(reset_record=record)
+        await self.reconciler.apply(record)
 
-    async def _reconcile(self, reset_record: dict[str, Any] | None = None) -> None:
-        decision = self.log.decide(held_latches(self.engine))
-        for trigger_json in decision.submit:
-            trigger = Trigger.from_json(trigger_json)
-            if self._in_scope(trigger, self.log.origins.get(trigger.id)):
-                await self._submit_peer_latch(trigger)
-        for trigger_id in decision.publish:
-            if trigger_id.startswith(UNREADABLE_PREFIX):
-                continue  # this replica's own disk trouble: its fail-safe latch stays local
-            known = self._known_trigger(trigger_id)
-            if known is not None:
-                self._queue_latch(known)
-        if decision.release:
-            await self._engine_call("reset", self._reset_from_log(decision.release, reset_record))
-            self.applied_resets += 1
-
-    def _reset_from_log(
-        self, release: list[str], reset_record: dict[str, Any] | None = None
-    ) -> Callable[[], Awaitable[bool]]:
-        """The engine call releasing exactly the latches the topic released: never one a
-        reconcile just applied, nor one the resetting replica had not heard of."""
-        record = reset_record or self.log.last_reset or {}
-        origin = record.get("origin", "log")
-        return functools.partial(
-            self.engine.reset,
-            actor=str(record.get("actor") or f"replica {origin}"),
-            reason=str(record.get("reason") or "reset on another replica"),
-            origin=f"{REPLICA_ORIGIN}{origin}",
-            only=release,
-        )
-
-    def _in_scope(self, trigger: Trigger, origin: object) -> bool:
-        """Whether a peer's latch covers an account configured here. A scope that names none
-        is refused wherever it comes from (it would latch nothing here, fail its kill with
-        `no_account_in_scope` and hold until reset): not submitted, logged once, counted."""
-        accounts = self._accounts
-        if accounts is None or any(trigger.scope.covers_account(a) for a in accounts):
-            return True
-        if trigger.id not in self._refused:
-            remember(self._refused, trigger.id)
-            self.refused_latches += 1
-            log.info(
-                "latch from replica not applied: its scope covers no account configured here "
-                "origin=%s trigger_id=%s scope=%s",
-                origin,
-                trigger.id,
-                trigger.scope.to_json(),
-            )
-        return False
-
-    async def _submit_peer_latch(self, trigger: Trigger) -> SubmitResult:
-        """Submit a cluster latch to the engine as the same trigger."""
-        remember(self._applied, trigger.id)
-        result = await self._engine_call(trigger.id, functools.partial(self.engine.submit, trigger))
-        self.applied_latches += 1
-        if result is SubmitResult.DUPLICATE and trigger.id not in self.engine.latches():
-            # Seen here and not held: released by a reset here that the topic lacks (made
-            # before a stop or a crash), or being journaled by another input right now.
-            self._unannounced.setdefault(trigger.id, self._clock())
-        return result
+    async def _reconcile(self) -> None:
+        await self.reconciler.reconcile()
 
     async def _step_resets(self) -> None:
-        """Announce the resets made here that the topic lacks, once settled: exactly the
-        cluster latches still latched on the topic that the engine has seen and does not hold."""
-        now = self._clock()
-        due = [t for t, since in self._unannounced.items() if now - since >= self.reset_settle_s]
-        released: list[str] = []
-        for trigger_id in due:
-            del self._unannounced[trigger_id]
-            trigger_json = self.log.latched.get(trigger_id)
-            if trigger_json is None or trigger_id in self.engine.latches():
-                continue  # the topic shows it released by now, or it is latched here
-            trigger = Trigger.from_json(trigger_json)
-            # Ask again: a journal write that failed meanwhile forgot the id (ACCEPTED now).
-            remember(self._applied, trigger_id)
-            result = await self._engine_call(
-                trigger_id, functools.partial(self.engine.submit, trigger)
-            )
-            if result is not SubmitResult.DUPLICATE or trigger_id in self.engine.latches():
-                continue
-            if self.engine.released_by_reset(trigger_id):
-                released.append(trigger_id)
-            else:
-                self._unreleased_not_held(trigger_id)
-        if not released:
-            return
-        log.warning(
-            "reset made here announced late (it had not reached the latch topic) released=%s",
-            released,
-        )
-        self._queue_reset(
-            released,
-            actor=f"replica {self.replica_id}",
-            reason="reset on this replica before it could announce it (from its journal)",
-            origin="journal",
-        )
-        self.announced_resets += 1
-
-    def _unreleased_not_held(self, trigger_id: str) -> None:
-        """A cluster latch this replica has seen and does not hold, though no reset in its
-        journal released it: the journal lost the records that latched it (damage). Nobody
-        reset it, so no reset is announced (the peers keep it); the engine answers DUPLICATE
-        to its id, so it is not latched here again either: an alarm says so, once per id."""
-        if trigger_id in self._not_held:
-            return
-        remember(self._not_held, trigger_id)
-        log.error(
-            "cluster latch not held here and not announced as reset: no reset in this "
-            "replica's journal released it (a damaged journal lost its records?) trigger_id=%s",
-            trigger_id,
-        )
-        self.engine.events.emit(
-            make_event(
-                EventType.ALARM,
-                account="latch_topic",
-                kind="latch_not_held",
-                error="a cluster latch seen here is not held and no reset journaled here "
-                "released it: not announced as reset",
-                trigger_ids=[trigger_id],
-            )
-        )
-
-    async def _engine_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry an engine call until it is journaled; a peer's latch is never dropped."""
-        return await until_journaled(f"latch from the topic {what}", call, self._stopping)
-
-    def _known_trigger(self, trigger_id: str) -> dict[str, Any] | None:
-        trigger = self.engine.trigger(trigger_id)
-        return trigger.to_json() if trigger is not None else None
+        await self.reconciler.announce_resets()
 
     # -- writing -----------------------------------------------------------------------------
 
