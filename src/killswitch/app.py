@@ -39,7 +39,8 @@ from killswitch.kafka.replicas import LatchReplicator
 from killswitch.kill.config import Account, EngineConfig
 from killswitch.kill.engine import Engine
 from killswitch.model import AccountRef
-from killswitch.readiness import ReadinessService, Target
+from killswitch.readiness.checks import Target
+from killswitch.readiness.service import ReadinessService
 from killswitch.sinks.audit import AuditLog
 from killswitch.sinks.kafka_metrics import KafkaCollector
 from killswitch.streams.supervisor import EventCallback, StateCallback, StreamSupervisor

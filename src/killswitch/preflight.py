@@ -20,7 +20,7 @@ from pathlib import Path
 from killswitch.control_client import ControlUnreachable, request, socket_path
 from killswitch.exchanges.limits_file import persist_to
 from killswitch.model import AccountRef
-from killswitch.readiness import (
+from killswitch.readiness.checks import (
     CHECKS,
     AccountReadiness,
     Check,

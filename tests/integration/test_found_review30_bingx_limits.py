@@ -23,7 +23,7 @@ import pytest
 
 from killswitch.exchanges.base import IpBanned
 from killswitch.exchanges.bingx.venue import CANCEL, SYMBOLS, USER_DATA_STREAM
-from killswitch.readiness import check_rate
+from killswitch.readiness.checks import check_rate
 from killswitch.sim.bingx import VARIANTS
 from tests.fakes import FakeClock
 from tests.fixtures.bingx import bingx_venue, bx_call

@@ -19,7 +19,8 @@ import pytest
 from killswitch.drill.demo import NotifySocket, killswitch_command
 from killswitch.events import EventRecord
 from killswitch.model import AccountRef
-from killswitch.readiness import ReadinessService, Target
+from killswitch.readiness.checks import Target
+from killswitch.readiness.service import ReadinessService
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sinks.audit import read_audit
 from tests.conftest import eventually, free_port

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from killswitch.exchanges.bingx.parse import dead_mans_switch_state
-from killswitch.readiness import check_dms
+from killswitch.readiness.checks import check_dms
 from tests.review.bingx_rig import bingx_with_answers, place
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from killswitch.exchanges.base import Exchange
 from killswitch.model import AccountRef
-from killswitch.readiness import headroom
+from killswitch.readiness.checks import headroom
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.venue import SimVenue
 from killswitch.streams.supervisor import StreamSupervisor

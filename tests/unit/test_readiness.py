@@ -13,10 +13,9 @@ from killswitch.events import EventRecord
 from killswitch.exchanges.base import ClockSkew, Fatal, IpBanned, RateLimited, Transient
 from killswitch.exchanges.factory import build_exchange
 from killswitch.model import AccountRef
-from killswitch.readiness import (
+from killswitch.readiness.checks import (
     AccountReadiness,
     Check,
-    ReadinessService,
     Target,
     check_clock,
     check_rate,
@@ -24,6 +23,7 @@ from killswitch.readiness import (
     reason_for,
     redact,
 )
+from killswitch.readiness.service import ReadinessService
 from tests.conftest import eventually
 from tests.fakes import FakeExchange
 
@@ -237,7 +237,7 @@ async def test_a_server_time_read_that_waited_says_unknown_not_skewed(
     """A read queued 10 s behind a shared per-IP budget knows the offset only to +/- 5 s: the
     clock check says unknown (the account stays ready), not "clock skew 5 s"."""
     now = [1_000_000.0]
-    monkeypatch.setattr("killswitch.readiness.time.time", lambda: now[0])
+    monkeypatch.setattr("killswitch.readiness.checks.time.time", lambda: now[0])
 
     class Queued(FakeExchange):
         async def server_time_ms(self) -> int:

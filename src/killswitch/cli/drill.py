@@ -20,7 +20,7 @@ from killswitch.drill.live import (
 )
 from killswitch.drill.venue import DrillFailed, DrillRefused
 from killswitch.logs import setup_logging
-from killswitch.readiness import redact
+from killswitch.readiness.checks import redact
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

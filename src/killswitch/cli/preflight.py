@@ -20,7 +20,7 @@ from killswitch.preflight import (
     render,
     run_preflight,
 )
-from killswitch.readiness import redact
+from killswitch.readiness.checks import redact
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
