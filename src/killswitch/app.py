@@ -95,7 +95,7 @@ def input_services(settings: Settings, parts: Parts) -> list[Service]:
         services.append(replicator)
     services.append(sink)
     # A kill a peer latched and reset while this replica was down is not killed again.
-    consumer = KafkaAlertConsumer(kafka, engine, accounts=refs, cluster=replicator)
+    watch = None
     if settings.heartbeats:
         watch = HeartbeatWatch(
             settings.heartbeats,
@@ -103,8 +103,10 @@ def input_services(settings: Settings, parts: Parts) -> list[Service]:
             hearing=lambda: consumer.connected,
             emit=parts.events.emit,
         )
-        consumer.heartbeats = watch
         services.append(watch)
+    consumer = KafkaAlertConsumer(
+        kafka, engine, accounts=refs, cluster=replicator, heartbeats=watch
+    )
     services.append(consumer)
     if parts.metrics is not None:
         parts.metrics.registry.register(KafkaCollector(consumer, sink, replicator))

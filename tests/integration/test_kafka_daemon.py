@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 
@@ -195,6 +196,32 @@ async def test_a_silent_heartbeat_fires_its_scope_and_only_its_scope(
         ("heartbeat", "bot-7", "kill")
     ]
     assert triggers[0]["scope"]["venues"] == ["mexc"]
+
+
+async def test_a_producer_that_keeps_beating_fires_nothing(
+    tmp_path: Path, kafka_broker: KafkaBroker
+) -> None:
+    # The daemon's heartbeat watch must hear the beats the alerts input reads (a refactor once
+    # left them on an attribute nothing read: every watch fired at its timeout, beating or not).
+    async with kafka_drill(tmp_path, kafka_broker.bootstrap) as d:
+        watch = {
+            "source": "bot-7",
+            "timeout_s": 3.0,
+            "mode": "kill",
+            "scope": {"venues": ["mexc"], "accounts": ["mm-1"]},
+        }
+        config = d.config("a", heartbeats=[watch])
+        async with d.daemon("a", config) as daemon:
+            await daemon.ready()
+            await d.wait_live(daemon)
+            for beat in range(16):  # 8 s of beats, every half second: past two timeouts
+                await d.publish(alert(f"hb-{beat}", action="heartbeat", source="bot-7"))
+                await asyncio.sleep(0.5)
+            silent = [r for r in daemon.audit() if r["type"] == "heartbeat_silent"]
+        triggers = [r for r in daemon.journal_records() if r["kind"] == "trigger"]
+    assert silent == []
+    assert triggers == []
+    assert all(n > 0 for n in d.open_orders().values())
 
 
 async def test_a_fill_notional_rule_fires_on_the_accounts_stream_and_kills_that_account(

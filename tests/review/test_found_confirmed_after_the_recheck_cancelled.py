@@ -1,6 +1,7 @@
-"""Review: `Verdicts.confirm` (kill/verdicts.py) re-checks from the venue after the quiet window. When that read
-found a new order in scope (placed during the window, shown on no stream: the stream is down),
-the re-check cancelled it, ended flat, and the kill was reported CONFIRMED, though the account
+"""Review: `Verdicts.confirm` (kill/verdicts.py) re-checks from the venue after the quiet
+window. When that read found a new order in scope (placed during the window, shown on no stream:
+the stream is down), the re-check cancelled it, ended flat, and the kill was reported CONFIRMED,
+though the account
 was not "still flat after a quiet window" (DESIGN, the kill's step 4). A re-check that cancels
 anything is not quiet now: another window follows.
 """
