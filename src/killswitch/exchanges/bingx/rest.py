@@ -194,27 +194,17 @@ class BingxCharges:
         return self.ban.remaining(self.budget_clock())
 
     async def acquire(self, method: str, path: str, weight: int, priority: Priority) -> None:
+        endpoint = f"{method} {path}"
         banned_s = self.banned_for()
         if banned_s > 0:
             # "Stop requests and wait": nothing goes to a banned IP, from any account.
-            raise IpBanned(
-                "IP banned: holding every request",
-                retry_after_s=banned_s,
-                venue=WIRE.dialect.venue,
-                account=self.account,
-                endpoint=f"{method} {path}",
-            )
+            raise self._held(IpBanned, "IP banned: holding every request", banned_s, endpoint)
         hold_s = self.errors.hold_s(path, priority)
         if hold_s > 0:
             # One more error would lock this API for minutes (or, for a background request,
             # spend what kills need): do not send what may earn it.
-            raise AllowanceHeld(
-                "error-count lock ahead: holding this API",
-                retry_after_s=hold_s,
-                venue=WIRE.dialect.venue,
-                account=self.account,
-                endpoint=f"{method} {path}",
-            )
+            msg = "error-count lock ahead: holding this API"
+            raise self._held(AllowanceHeld, msg, hold_s, endpoint)
         # On its way from here: it counts as the error it may earn until it lands (review 78:
         # a wave's requests all passed the check above before any was answered).
         self._begin(path)
@@ -231,6 +221,16 @@ class BingxCharges:
                 self.group_budget.landed(1)  # never sent
                 self._end(path)
                 raise
+
+    def _held(self, kind: type[RateLimited], msg: str, wait_s: float, endpoint: str) -> RateLimited:
+        """A request we hold ourselves (nothing sent), as the error its caller waits out."""
+        return kind(
+            msg,
+            retry_after_s=wait_s,
+            venue=WIRE.dialect.venue,
+            account=self.account,
+            endpoint=endpoint,
+        )
 
     def _begin(self, path: str) -> None:
         if path in ERROR_ANSWER_PATHS:
