@@ -114,6 +114,7 @@ def test_a_failed_kill_from_before_kills_carried_times_is_resolved_by_a_later_fl
     journal = Journal(tmp_path / "journal.jsonl")
     journal.open()
     _failed(journal, "old")  # journaled before `ended_ms` was kept
+    journal.record_trigger(Trigger("new", "test", Mode.CANCEL, "r", Scope()))  # after it
     flat = {"kill_id": "new", "kind": "trigger", "scope": Scope().to_json(), "started_ms": 5}
     journal.append("kill_done", trigger_id="new", state="flat", summary=flat)
     assert not journal.state.failed

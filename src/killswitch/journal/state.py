@@ -31,7 +31,7 @@ class JournalState:
     # Trigger ids a journaled reset released (and nothing latched since), oldest first. A seen
     # id that is neither latched nor here was not released by a reset this journal holds (a
     # cancel, or a kill whose records the disk lost): the latch replicator never announces it
-    # as reset (kafka/replicas.py).
+    # as reset (kafka/reconciler.py).
     released: OrderedDict[str, None] = field(default_factory=OrderedDict)
     # Unfinished one-shot cancels: the accounts ("venue/account") already proved flat. A cancel
     # resumed after a restart leaves them alone: it never touches what was placed after that.
@@ -43,6 +43,11 @@ class JournalState:
     # kill, so a failed cancel vanished behind the next kill's flat).
     failed: OrderedDict[str, dict[str, object]] = field(default_factory=OrderedDict)
     failed_dropped: int = 0  # unresolved failed kills pushed out by newer ones (this life)
+    # Per unfinished trigger: the failed kills that had ended when it was journaled, the only
+    # ones its kill's flat end may resolve. Decided by the journal's order, never by wall
+    # clocks (review 79: a clock stepped back made a later kill look launched before the
+    # failure it followed, and a flat kill resolved nothing).
+    resolvable: dict[str, list[str]] = field(default_factory=dict)
     last_reset: dict[str, object] | None = None
     records: int = 0
     torn_tail: bool = False
@@ -72,6 +77,10 @@ class JournalState:
             # Compaction marks a kill that ended but is still latched: it is not resumed.
             if record.get("finished") is not True:
                 self.unfinished.add(trigger.id)
+                # A compacted record says which failures had ended when it was first journaled.
+                given = record.get("resolves")
+                ended = _as_list(given) if isinstance(given, list) else list(self.failed)
+                self.resolvable[trigger.id] = [str(f) for f in ended if str(f) in self.failed]
             if trigger.mode is Mode.KILL:
                 # The intent to kill is the latch: a crash before the `latch` record must
                 # not come back unlatched.
@@ -140,10 +149,10 @@ class JournalState:
 
     def _resolve_failed(self, record: dict[str, object]) -> None:
         """Fold a kill's end into `failed`: a failed kill is added; a flat or confirmed one
-        resolves every failed kill whose scope its own contains and that had ended when it
-        was launched (review 74: a kill running since before proved an account flat before
-        the failed one left orders open there). A resumed kill, whose accounts an earlier life
-        may have proved flat, resolves none."""
+        resolves every failed kill whose scope its own contains and that had ended when its
+        trigger was journaled (review 74: a kill running since before proved an account flat
+        before the failed one left orders open there). A resumed kill, whose accounts an
+        earlier life may have proved flat, resolves none."""
         summary = record.get("summary")
         if not isinstance(summary, dict) or not isinstance(summary.get("kill_id"), str):
             return
@@ -159,17 +168,11 @@ class JournalState:
         if record.get("state") not in ("flat", "confirmed") or summary.get("kind") != "trigger":
             return
         scope = _scope_of(summary)
-        started = _ms(summary.get("started_ms"))
-        if scope is None or started is None:
+        if scope is None:
             return
-        for failed_id, failed in list(self.failed.items()):
-            theirs = _scope_of(failed.get("summary"))
-            # A failure journaled before kills carried `ended_ms` ended before any kill that
-            # carries `started_ms` was launched (review 75: it could never be resolved).
-            ended = _ms(_as_dict(failed.get("summary")).get("ended_ms")) or 0
-            if theirs is None or started < ended:
-                continue
-            if scope.contains(theirs):
+        for failed_id in self.resolvable.get(kill_id, ()):
+            theirs = _scope_of(self.failed.get(failed_id, {}).get("summary"))
+            if theirs is not None and scope.contains(theirs):
                 del self.failed[failed_id]
 
     def _release_failed(self, released: set[str]) -> None:
@@ -190,6 +193,8 @@ class JournalState:
             del self.triggers[trigger_id]
         for trigger_id in [t for t in self.flat_accounts if t not in self.unfinished]:
             del self.flat_accounts[trigger_id]
+        for trigger_id in [t for t in self.resolvable if t not in self.unfinished]:
+            del self.resolvable[trigger_id]
 
 
 def remember_newest(ids: OrderedDict[str, None], one: str, limit: int) -> None:
@@ -230,6 +235,8 @@ def _snapshot(
         }
         if trigger_id not in state.unfinished:
             record["finished"] = True
+        else:
+            record["resolves"] = list(state.resolvable.get(trigger_id, ()))
         records.append(record)
     for trigger_id, scope in state.latches.items():
         records.append(
@@ -249,15 +256,6 @@ def _trigger_ids(summary: dict[str, object]) -> list[str]:
 
 def _as_list(value: object) -> list[object]:
     return list(value) if isinstance(value, list) else []
-
-
-def _as_dict(value: object) -> dict[str, object]:
-    return value if isinstance(value, dict) else {}
-
-
-def _ms(value: object) -> int | None:
-    """A positive wall-clock time in ms, or None (a record from before it was kept)."""
-    return int(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _scope_of(summary: object) -> Scope | None:
