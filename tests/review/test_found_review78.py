@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import asyncio
 
-from killswitch.exchanges.base import AlreadyGone, CancelAck, RateLimited
+import pytest
+
+from killswitch.exchanges.base import AlreadyGone, CancelAck, OutcomeUnknown, RateLimited
 from killswitch.exchanges.bingx.venue import CANCEL, ERROR_LOCK_COUNT
+from killswitch.exchanges.budget import Priority
 from killswitch.sim.bingx import BingxSim
+from killswitch.sim.book import OrderSpec
+from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.venue import SimAccount, VenueSettings
 from tests.fakes import FakeClock
 from tests.fixtures.answers import install
@@ -55,3 +60,42 @@ async def test_a_wave_of_single_cancels_of_gone_orders_never_earns_bingx_s_error
         ), answer
     assert sim.earned_throttles() == {}
     assert exchange.errors.count(CANCEL) < ERROR_LOCK_COUNT
+
+
+async def test_a_read_of_more_orders_than_one_page_completes() -> None:
+    accounts = [SimAccount(name=n, api_key=k, secret=s) for n, k, s in (account_keys(0),)]
+    sim = BingxSim(VenueSettings(accounts=accounts, symbols=SYMBOLS[:25], rate_limit_scale=50))
+    install(sim)
+    await sim.start()
+    book = sim.book(sim.accounts["bx0"])
+    for symbol in SYMBOLS[:25]:  # 2,025 open orders: past the 2,000 one read answers
+        for i in range(81):
+            book.place(OrderSpec(symbol, client_order_id=f"bot_{symbol[:2]}_{i}"), publish=False)
+    fake = FakeClock(1000.0)  # 25 reads at 2/s per IP take seconds: the budgets' clock is fake
+    exchange = bx0_exchange(sim, budget_clock=fake.clock, budget_sleep=fake.sleep)
+    try:
+        await exchange.start()
+        snapshot = await exchange.snapshot(priority=Priority.KILL)
+    finally:
+        await exchange.close()
+        await sim.stop()
+    assert snapshot.complete
+    assert len(snapshot.orders) == 2025
+
+
+async def test_a_cancel_that_got_no_answer_counts_as_an_error_it_may_have_earned() -> None:
+    accounts = [SimAccount(name=n, api_key=k, secret=s) for n, k, s in (account_keys(0),)]
+    sim = BingxSim(VenueSettings(accounts=accounts, symbols=SYMBOLS, rate_limit_scale=50))
+    install(sim)
+    await sim.start()
+    exchange = bx0_exchange(sim)
+    try:
+        await exchange.start()
+        order_id = await place(sim, SYMBOLS[0])
+        sim.faults.add(Fault(FaultKind.STALL, endpoint=CANCEL, stall_s=4.0, count=1))
+        with pytest.raises(OutcomeUnknown):
+            await exchange.cancel_order(SYMBOLS[0], order_id)
+        assert exchange.errors.count(CANCEL) == 1
+    finally:
+        await exchange.close()
+        await sim.stop()

@@ -343,6 +343,7 @@ class ErrorCounter:
         self.shared = shared
         self._errors: dict[str, deque[float]] = {}
         self._pending: dict[str, int] = {}  # requests on their way, by path
+        self._ended: asyncio.Event | None = None  # set (and dropped) when one of them ends
 
     def begin(self, path: str) -> None:
         """A request on `path` is on its way: until `end`, it counts as an error it may earn."""
@@ -358,8 +359,26 @@ class ErrorCounter:
             self._pending[path] = left
         else:
             self._pending.pop(path, None)
+        if self._ended is not None:
+            self._ended.set()
+            self._ended = None
         if self.shared is not None:
             self.shared.end(path)
+
+    def held_by_pending(self, path: str, priority: Priority) -> bool:
+        """Whether `hold_s` holds `path` only for requests on their way: the errors answered
+        alone leave room, and the hold ends when enough of them land without one."""
+        landed = self._own_count(path)
+        if self.shared is not None:
+            landed = max(landed, self.shared._own_count(path))
+        return landed < self._held_at(priority)
+
+    async def one_ends(self) -> None:
+        """Wait until a request on its way (behind our IP, where the count is shared) ends."""
+        counter = self.shared if self.shared is not None else self
+        if counter._ended is None:
+            counter._ended = asyncio.Event()
+        await counter._ended.wait()
 
     def record(self, path: str) -> None:
         self._errors.setdefault(path, deque()).append(self.clock())
@@ -407,11 +426,14 @@ class ErrorCounter:
         read with an error code, periodic reads of an idle account would otherwise spend it
         all (review 66: sweeps of a flat account read as kills spent it to its last, and a
         one-shot cancel's verification read was then held until its deadline)."""
-        kill = priority is Priority.KILL and not _KEEP_KILL_RESERVE.get()
-        held_at = max(1, self.limit - 1 if kill else self.limit // 2)
+        held_at = self._held_at(priority)
         if self.count(path) < held_at:
             return 0.0
         return max(1.0, self.clear_in_s(path, held_at))
+
+    def _held_at(self, priority: Priority) -> int:
+        kill = priority is Priority.KILL and not _KEEP_KILL_RESERVE.get()
+        return max(1, self.limit - 1 if kill else self.limit // 2)
 
     def limits_state(self, wall: WallClock) -> dict[str, Any] | None:
         """The error answers still inside the window, by path (`Persistent`)."""

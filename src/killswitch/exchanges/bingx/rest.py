@@ -195,16 +195,22 @@ class BingxCharges:
 
     async def acquire(self, method: str, path: str, weight: int, priority: Priority) -> None:
         endpoint = f"{method} {path}"
-        banned_s = self.banned_for()
-        if banned_s > 0:
-            # "Stop requests and wait": nothing goes to a banned IP, from any account.
-            raise self._held(IpBanned, "IP banned: holding every request", banned_s, endpoint)
-        hold_s = self.errors.hold_s(path, priority)
-        if hold_s > 0:
-            # One more error would lock this API for minutes (or, for a background request,
-            # spend what kills need): do not send what may earn it.
-            msg = "error-count lock ahead: holding this API"
-            raise self._held(AllowanceHeld, msg, hold_s, endpoint)
+        while True:
+            banned_s = self.banned_for()
+            if banned_s > 0:
+                # "Stop requests and wait": nothing goes to a banned IP, from any account.
+                raise self._held(IpBanned, "IP banned: holding every request", banned_s, endpoint)
+            hold_s = self.errors.hold_s(path, priority)
+            if hold_s <= 0:
+                break
+            if not self.errors.held_by_pending(path, priority):
+                # One more error would lock this API for minutes (or, for a background
+                # request, spend what kills need): do not send what may earn it.
+                msg = "error-count lock ahead: holding this API"
+                raise self._held(AllowanceHeld, msg, hold_s, endpoint)
+            # Only requests on their way hold it: wait for one to land and ask again (review
+            # 80: a capped read's 30 per-symbol reads, successes all, failed held).
+            await self.errors.one_ends()
         # On its way from here: it counts as the error it may earn until it lands (review 78:
         # a wave's requests all passed the check above before any was answered).
         self._begin(path)
@@ -247,6 +253,10 @@ class BingxCharges:
         """The per-second budgets count the request until a span after its answer; one
         that got none, as if it arrived `UNANSWERED_HOLD_S` later."""
         self.group_budget.landed(1)
+        if not answered and path in ERROR_ANSWER_PATHS:
+            # The venue may have answered it with an error we never saw, and counts it: so do
+            # we (review 80).
+            self.errors.record(path)
         # Its error, if any, is recorded by `settle` before the loop runs anything else.
         self._end(path)
         late_s = 0.0 if answered else UNANSWERED_HOLD_S
