@@ -108,9 +108,26 @@ def exit_code(answer: dict[str, Any]) -> int:
 # -- commands -------------------------------------------------------------------------------------
 
 
+# Free space in the state directory below which `status` warns (the journal compacts at 8 MiB,
+# and a compaction writes a copy beside it).
+LOW_FREE_BYTES = 64 * 2**20
+
+
 def format_status(status: dict[str, Any]) -> str:
     """Render `Engine.status()` as a table a person can read at 3 a.m."""
     lines: list[str] = []
+    failing = status.get("journal_failing")
+    if failing:
+        lines.append(
+            f"JOURNAL UNWRITABLE ({failing}): no kill can be accepted until it writes again; "
+            "free space in the state directory"
+        )
+    free = status.get("journal_free_bytes")
+    if isinstance(free, int) and free < LOW_FREE_BYTES:
+        lines.append(
+            f"state directory low on space: {free // 2**20} MiB free; the journal needs room "
+            "to accept kills"
+        )
     latches = status.get("latches") or []
     if status.get("latched"):
         lines.append(f"LATCHED: {len(latches)} latch(es); new orders in scope are cancelled")

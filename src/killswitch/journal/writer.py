@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import threading
 import time
 from datetime import UTC, datetime
@@ -57,6 +58,10 @@ class Journal:
         self._dir_unsynced = False  # the journal's name in its directory is not yet durable
         self._compact_at = compact_bytes  # raised after a failed compaction, so not every append
         self._io = threading.Lock()  # one writer at a time, whichever thread it runs on
+        # Why the last append failed (its error's kind and text), until one succeeds: while
+        # set, no trigger can be accepted, and `status` says so (review 79: a full disk
+        # refused every kill while the daemon said it was armed and ready).
+        self.failing = ""
         self._lock = asyncio.Lock()  # async appends queue here, held until their write is done
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -128,7 +133,22 @@ class Journal:
         if len(records) > MAX_APPEND_RECORDS:
             raise ValueError(f"{len(records)} records in one append, at most {MAX_APPEND_RECORDS}")
         with self._io:
-            return self._append(records)
+            try:
+                written = self._append(records)
+            except OSError as exc:
+                self.failing = f"{type(exc).__name__}: {exc.strerror or exc}"
+                raise
+            if self.failing:
+                log.warning("journal writable again path=%s", self.path)
+                self.failing = ""
+            return written
+
+    def free_bytes(self) -> int | None:
+        """Free space where the journal lives (None when it cannot be read)."""
+        try:
+            return shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return None
 
     async def append_async(self, kind: str, **fields: object) -> dict[str, object]:
         """`append` on a worker thread, one at a time, so a slow disk never stalls the loop."""

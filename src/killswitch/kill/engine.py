@@ -113,6 +113,7 @@ class Engine:
         self.last_kill: dict[str, object] | None = None
         self._started = False
         self._stopping = False
+        self._journal_alarmed = False  # since the journal last took a trigger
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, before_resume: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -254,7 +255,12 @@ class Engine:
             records.append(("latch", {"trigger_id": trigger.id, "scope": trigger.scope.to_json()}))
         async with self._latch_lock:
             # Not journaled: nothing changes, and a retry of this trigger is not a duplicate.
-            await self.journal.append_many_async(records)
+            try:
+                await self.journal.append_many_async(records)
+            except OSError as exc:
+                self._refused_unjournaled(trigger, exc)
+                raise
+            self._journal_alarmed = False
             remember_newest(self._seen, trigger.id, self.journal.seen_limit)
             if trigger.mode is Mode.KILL:
                 self._latches[trigger.id] = trigger.scope
@@ -279,6 +285,24 @@ class Engine:
         else:
             self._launch(trigger, trigger.scope, kind=KillKind.TRIGGER)
         return SubmitResult.ACCEPTED
+
+    def _refused_unjournaled(self, trigger: Trigger, exc: OSError) -> None:
+        """A trigger the journal cannot take is refused (its caller retries or is told): the
+        first of a spell raises an alarm, so the operator knows kills cannot be accepted."""
+        if self._journal_alarmed:
+            return
+        self._journal_alarmed = True
+        log.error(
+            "journal cannot take triggers: kills are refused until it can trigger_id=%s error=%s",
+            trigger.id,
+            self.journal.failing or exc,
+        )
+        self._emit(
+            EventType.ALARM,
+            account="journal",
+            trigger_id=trigger.id,
+            error=self.journal.failing or type(exc).__name__,
+        )
 
     async def reset(
         self,
@@ -369,6 +393,9 @@ class Engine:
             # a reset of their latches resolved (the journal's word, kept across restarts).
             "failed_kills": [f.get("summary", f) for f in self.journal.state.failed.values()],
             "failed_kills_dropped": self.journal.state.failed_dropped,
+            # Why the journal refuses writes (no trigger can be accepted meanwhile), if it does.
+            "journal_failing": self.journal.failing or None,
+            "journal_free_bytes": self.journal.free_bytes(),
             "accounts": accounts,
         }
 

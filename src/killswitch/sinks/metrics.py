@@ -134,6 +134,21 @@ class _StatusCollector(Collector):
         listed = status.get("failed_kills")
         unresolved.add_metric([], float(len(listed) if isinstance(listed, list) else 0))
         yield unresolved
+        writable = GaugeMetricFamily(
+            "killswitch_journal_writable",
+            "0 while the journal refuses writes (a full or failing disk): no kill can be "
+            "accepted until it writes again.",
+        )
+        writable.add_metric([], 0.0 if status.get("journal_failing") else 1.0)
+        yield writable
+        free = status.get("journal_free_bytes")
+        if isinstance(free, int):
+            space = GaugeMetricFamily(
+                "killswitch_state_dir_free_bytes",
+                "Free bytes where the journal lives: it needs room to accept kills.",
+            )
+            space.add_metric([], float(free))
+            yield space
         orders = GaugeMetricFamily(
             "killswitch_open_orders",
             "Open orders the tracker holds; absent while it is not trusted (never read whole, "
