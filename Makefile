@@ -64,7 +64,7 @@ test: setup
 # The edit-run loop: lint, types and the unit and contract tests, without subprocesses, the
 # broker, the chaos trials or the model checker (`make test` runs all of it).
 test-fast: lint typecheck
-	$(BIN)/python -m pytest -q -m "not slow and not kafka" tests/unit tests/integration/test_contract.py
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal -m "not slow and not kafka" tests/unit tests/integration/test_contract.py
 
 demo: setup
 	$(BIN)/killswitch demo
