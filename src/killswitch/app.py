@@ -13,7 +13,6 @@ latch reset on a peer while this daemon was down is released, not killed again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec
 
 from killswitch.backoff import Backoff, wait_or_stop
+from killswitch.config import ConfigError
 from killswitch.daemon import CriticalTasks, Daemon
 from killswitch.events import EventType, FanOut, make_event
 from killswitch.exchanges.base import Exchange, RateLimited
@@ -43,6 +43,7 @@ from killswitch.readiness.checks import Target
 from killswitch.readiness.service import ReadinessService
 from killswitch.sinks.audit import AuditLog
 from killswitch.sinks.kafka_metrics import KafkaCollector
+from killswitch.state_lock import StateDirLock, StateDirUnavailable
 from killswitch.streams.supervisor import EventCallback, StateCallback, StreamSupervisor
 from killswitch.streams.tracker import OrderTracker
 
@@ -170,7 +171,7 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
                 tracker=trackers[-1],
                 dead_mans_switch_s=account_settings.dead_mans_switch_s,
                 stream_state=readiness.stream_state(ref),
-                not_ready=readiness.not_ready(ref),
+                not_ready=_first_reason(venues.start_failure, readiness.not_ready(ref), ref),
                 learned=_learned(exchange, ref, events),
                 headroom_known=(
                     exchange.headroom_known if isinstance(exchange, VenueConnector) else None
@@ -220,6 +221,16 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
             parts.metrics, settings.metrics.host, settings.metrics.port
         )
     return parts
+
+
+def _first_reason(
+    start_failure: Callable[[AccountRef], str | None],
+    not_ready: Callable[[], str | None],
+    ref: AccountRef,
+) -> Callable[[], str | None]:
+    """The account's not-ready reason for status: a start still failing (review 79: shown
+    nowhere), else the readiness checks' reason."""
+    return lambda: start_failure(ref) or not_ready()
 
 
 def engine_config(e: EngineSettings) -> EngineConfig:
@@ -345,11 +356,23 @@ class VenueService:
 
     async def stop(self) -> None:
         self._stopped.set()
-        for task in [*self._retries, *self._tasks]:
+        tasks = [*self._retries, *self._tasks]
+        for task in tasks:
             task.cancel()
-        for task in [*self._retries, *self._tasks]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        try:
+            # `asyncio.wait`, not `await task`: what a task ended with is not raised here (it
+            # would skip the closes below), and a cancel aimed at this stop is not swallowed.
+            if tasks:
+                await asyncio.wait(tasks)
+            for task in tasks:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error(
+                        "venue task failed task=%s", task.get_name(), exc_info=task.exception()
+                    )
+        finally:
+            await self._close_exchanges()
+
+    async def _close_exchanges(self) -> None:
         for exchange in self.exchanges:
             try:
                 await exchange.close()
@@ -364,8 +387,17 @@ class VenueService:
         return all(not t.done() for t in self._tasks)
 
     def status(self) -> str:
-        states = [f"{s.ref}={s.state.value}" for s in self.supervisors]
+        states = []
+        for supervisor in self.supervisors:
+            state = f"{supervisor.ref}={supervisor.state.value}"
+            error = self.failed_starts.get(str(supervisor.ref))
+            states.append(state if error is None else f"{state} (start failing: {error})")
         return " ".join(states) or "no accounts"
+
+    def start_failure(self, ref: AccountRef) -> str | None:
+        """Why the account's connector has not started yet (its start is being retried)."""
+        error = self.failed_starts.get(str(ref))
+        return None if error is None else f"venue start failed ({error}), retrying"
 
 
 class EngineService:
@@ -461,5 +493,13 @@ async def async_run(settings: Settings) -> int:
 
 
 def run(settings: Settings) -> int:
-    """Serve the daemon in a fresh event loop; return the exit code."""
-    return asyncio.run(async_run(settings))
+    """Hold the state_dir, then serve the daemon in a fresh event loop; return the exit code.
+    Raise `ConfigError` when the state_dir cannot be held (another daemon holds it: review 79,
+    two daemons on one journal each compacted away the other's latches)."""
+    lock = StateDirLock(settings.state_dir)
+    try:
+        lock.acquire()  # before anything in the state_dir is read or written
+    except StateDirUnavailable as exc:
+        raise ConfigError([str(exc)]) from None
+    with lock:
+        return asyncio.run(async_run(settings))

@@ -85,9 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
-        for line in exc.errors:
-            log.error("config error: %s", line)
-        return EXIT_CONFIG
+        return _refused(exc)
     configure_logging(args, settings)
     log.info(
         "killswitch starting version=%s config=%s accounts=%s",
@@ -95,7 +93,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config_path(args.config),
         ",".join(a.label for a in settings.accounts),
     )
-    return app.run(settings)
+    try:
+        return app.run(settings)
+    except ConfigError as exc:  # its state_dir is another daemon's
+        return _refused(exc)
+
+
+def _refused(exc: ConfigError) -> int:
+    for line in exc.errors:
+        log.error("config error: %s", line)
+    return EXIT_CONFIG
 
 
 RUN = Command("run", _cmd_run, add_config_arguments, help="run the daemon (what systemd starts)")

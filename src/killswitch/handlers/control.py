@@ -62,6 +62,7 @@ MAX_LINE = 64 * 1024
 DEFAULT_WAIT_S = 120.0
 MAX_WAIT_S = 24 * 3600.0
 SOCKET_MODE = 0o660
+PROBE_TIMEOUT_S = 2.0  # whether a daemon listens on an existing socket file
 
 _REQUEST = ConfigDict(frozen=True, extra="forbid", strict=True, str_strip_whitespace=True)
 
@@ -178,11 +179,13 @@ class ControlServer:
         self._server: asyncio.Server | None = None
         self._stopped = asyncio.Event()
         self._clients: set[asyncio.Task[Any]] = set()
+        self._bound: tuple[int, int] | None = None  # (device, inode) of the socket we bound
         self.requests = 0
 
     # -- service ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Bind the socket with mode 0660 (a stale socket file from a crash is replaced).
+        """Bind the socket with mode 0660 (a stale socket file from a crash is replaced; one
+        another daemon listens on is not: the start fails).
 
         The socket's group is the daemon's group (under systemd, `Group=killswitch`): its
         members may connect. The umask is set so the socket is never wider, not even between
@@ -192,6 +195,9 @@ class ControlServer:
         if self.path.exists() or self.path.is_symlink():
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise ControlError(f"{self.path} exists and is not a socket")
+            # Review 79: a second daemon unlinked a running one's socket and bound its own,
+            # leaving the first unreachable by fire, status and reset.
+            await _refuse_if_listening(self.path)
             self.path.unlink()
         old_umask = os.umask(0o777 & ~SOCKET_MODE)
         try:
@@ -201,6 +207,7 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, SOCKET_MODE)
+        self._bound = _identity(self.path)
         log.info("control socket listening path=%s mode=%o", self.path, SOCKET_MODE)
 
     async def run(self) -> None:
@@ -216,8 +223,10 @@ class ControlServer:
             task.cancel()
         if self._clients:
             await asyncio.wait(self._clients, timeout=2.0)
+        # Only the socket this server bound: never one another process bound there since.
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            if _identity(self.path) == self._bound:
+                self.path.unlink()
 
     def healthy(self) -> bool:
         return self._server is not None and self._server.is_serving()
@@ -407,6 +416,36 @@ async def _wait(
         "timed_out": timed_out,
         "kill": kill.summary(),
     }
+
+
+async def _refuse_if_listening(path: Path) -> None:
+    """Raise `ControlError` unless the socket file at `path` is stale (nothing accepts a
+    connection on it: connection refused, as after a crash) or gone."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            _, writer = await asyncio.open_unix_connection(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return
+    except TimeoutError:
+        pass  # it is there, too busy to accept at once
+    except OSError as exc:
+        raise ControlError(
+            f"{path}: cannot tell whether another daemon listens there ({exc.strerror or exc}); "
+            "not replacing it"
+        ) from None
+    else:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    raise ControlError(
+        f"{path}: another daemon is listening there; not taking its control socket "
+        "(stop that daemon, or give this one a control.socket_path of its own)"
+    )
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = path.lstat()
+    return st.st_dev, st.st_ino
 
 
 def _refusal(error: str) -> dict[str, object]:
