@@ -286,21 +286,22 @@ class RateBudget:
         """Take in what a `limits_state` of the last life says the venue still counts."""
         now = self.clock()
         blocked = state.get("blocked_until")
-        if blocked is not None and wall.back(float(blocked), self.clock) > now:
-            self.blocked_until = max(self.blocked_until, wall.back(float(blocked), self.clock))
+        ends = None if blocked is None else wall.ends(float(blocked), self.clock)
+        if ends is not None and ends > now:
+            self.blocked_until = max(self.blocked_until, ends)
             self.banned = self.banned or bool(state.get("banned"))
         window = state.get("window")
         if window is not None and self.limits.windows_aligned:
             size = self._weight.size_s
-            start = wall.back(float(window[0]), self.clock)
+            start = wall.happened(float(window[0]), self.clock)
             # the same window of the venue's (a start read back within a clock's error of it)
             if round(start / size) == math.floor(now / size):
                 self._weight.start = math.floor(now / size) * size
                 self._weight.used = max(self._weight.used, float(window[1]))
         if not self.limits.windows_aligned:
             mono = self.mono()
-            for ends, weight in state.get("slide", ()):
-                expires = wall.back(float(ends), self.mono)
+            for counted_until, weight in state.get("slide", ()):
+                expires = wall.ends(float(counted_until), self.mono)
                 if expires > mono:
                     self._slide.append((expires, float(weight)))
 
@@ -450,7 +451,7 @@ class ErrorCounter:
     def seed_limits(self, state: Mapping[str, Any], wall: WallClock) -> None:
         now = self.clock()
         for path, times in dict(state["errors"]).items():
-            local = [wall.back(float(t), self.clock) for t in times]
+            local = [wall.happened(float(t), self.clock) for t in times]
             kept = [
                 *self._errors.get(str(path), ()),
                 *(t for t in local if t > now - self.window_s),

@@ -6,6 +6,14 @@ their window, its blocks and bans with their wall-clock end, and the error count
 times (`Persistent`, implemented by the budgets of `exchanges.budget` and `exchanges.rest`), and
 seeds the budgets made after it from what the last life left there. Commands that run beside
 the daemon (preflight, the live drill) read it and never write it.
+
+Wall time is all that outlives a process, and the wall clock may have moved across the restart.
+Every time read back is taken relative to when it was written (`WallClock`): a wait runs no
+longer than it had left then (and never past `MAX_WAIT_S`, the longest any venue's answer can
+hold us), less the time since; a charge or an error answer is as old as it was then, plus the
+time since. A clock that went back holds nothing longer than the venue said (review 79: set back
+30 days, it kept a 60 s throttle for 30 days); one that went forward forgets early, which only a
+clock counting across boots could tell (the time since then reads longer than it was).
 """
 
 from __future__ import annotations
@@ -24,25 +32,63 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
+from killswitch.exchanges.dialect import MAX_WAIT_S
+
 log = logging.getLogger("killswitch.exchanges.budget")  # logged under its name, as before
 
 T = TypeVar("T")
 
 
+def left_s(until: float, written_at: float, now: float) -> float:
+    """Seconds a wait to end at `until` (wall), written at `written_at`, has left at `now`: what
+    it had left when written (at most `MAX_WAIT_S`), less the time since; never negative."""
+    return max(0.0, min(until - written_at, MAX_WAIT_S) - max(0.0, now - written_at))
+
+
 @dataclass(frozen=True, slots=True)
 class WallClock:
     """Times on the clocks of this process (monotonic, a venue clock's estimate) as wall-clock
-    times and back, at one instant `now` (wall seconds): only wall time outlives a process."""
+    times and back, at one instant `now` (wall seconds): only wall time outlives a process.
+
+    Times read back are taken relative to `written_at`, when they were written (None: now),
+    after taking `shift_s` off them: how far ahead of this life's wall clock the clock that
+    wrote them ran (the module docstring)."""
 
     now: float
+    written_at: float | None = None
+    shift_s: float = 0.0
 
     def out(self, t: float, clock: Callable[[], float]) -> float:
         """`t`, a time on `clock`, as a wall-clock time."""
         return self.now + (t - clock())
 
-    def back(self, wall: float, clock: Callable[[], float]) -> float:
-        """`wall`, a wall-clock time, as a time on `clock`."""
-        return clock() + (wall - self.now)
+    def ends(self, wall: float, clock: Callable[[], float]) -> float:
+        """`wall`, the end of a wait as written, as a time on `clock` (`left_s`)."""
+        written = self.now if self.written_at is None else self.written_at
+        return clock() + left_s(wall - self.shift_s, written, self.now)
+
+    def happened(self, wall: float, clock: Callable[[], float]) -> float:
+        """`wall`, the time of a charge or an error answer as written, as a time on `clock`:
+        as long ago as it was when written (never after it), plus the time since."""
+        written = self.now if self.written_at is None else self.written_at
+        age = max(0.0, written - (wall - self.shift_s)) + max(0.0, self.now - written)
+        return clock() - age
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A state not claimed by a budget of this life (or retired), and the times to read it by:
+    when it was written and how far ahead its times run (both on this life's wall clock)."""
+
+    state: dict[str, Any]
+    written_at: float
+    shift_s: float = 0.0
+
+    def in_force_s(self, now: float) -> float:
+        return left_s(float(self.state["until"]) - self.shift_s, self.written_at, now)
+
+    def wall(self, now: float) -> WallClock:
+        return WallClock(now, written_at=self.written_at, shift_s=self.shift_s)
 
 
 @runtime_checkable
@@ -54,7 +100,9 @@ class Persistent(Protocol):
         none of it is any more; None when nothing is."""
 
     def seed_limits(self, state: Mapping[str, Any], wall: WallClock) -> None:
-        """Take in a `limits_state` of the last life (what is past its window is dropped)."""
+        """Take in a `limits_state` of the last life (what is past its window is dropped): its
+        waits' ends read by `wall.ends`, the times of its charges and errors by
+        `wall.happened`, never `wall.now` against a time as written."""
 
 
 _SEED_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
@@ -79,7 +127,7 @@ class LimitsFile:
         self.every_s = every_s
         # Seeds budgets, never writes (a command beside the daemon: the daemon's file is its)
         self.read_only = read_only
-        self._kept = self._load()  # (scope, name) -> state: not claimed yet, or retired
+        self._kept = self._load()  # (scope, name) -> not claimed yet, or retired
         self._live: dict[tuple[str, str], Persistent] = {}
         self._dirty = asyncio.Event()
         self._urgent = asyncio.Event()
@@ -89,7 +137,7 @@ class LimitsFile:
         self._written = 0
         self._failed = False
 
-    def _load(self) -> dict[tuple[str, str], dict[str, Any]]:
+    def _load(self) -> dict[tuple[str, str], _Kept]:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -103,12 +151,28 @@ class LimitsFile:
             return {}
         try:
             doc = orjson.loads(raw)
-            kept: dict[tuple[str, str], dict[str, Any]] = {}
+            kept: dict[tuple[str, str], _Kept] = {}
             now = self.wall()
+            written_at = float(doc.get("written_at", now))
+            # Written ahead of now: the wall clock went back. Its times are read as if this
+            # life's clock had run on from the write (`shift_s`), no time having passed since.
+            ahead_s = max(0.0, written_at - now)
+            if ahead_s > 0:
+                log.warning(
+                    "venue limits file written ahead of now path=%s ahead_s=%.1f: the wall "
+                    "clock went back; remembered limits bounded by what was written",
+                    self.path,
+                    ahead_s,
+                )
             for entry in doc["entries"]:
-                state = dict(entry["state"])
-                if float(state["until"]) > now:
-                    kept[(str(entry["scope"]), str(entry["name"]))] = state
+                # An entry carried over unclaimed keeps its own write time and shift.
+                item = _Kept(
+                    dict(entry["state"]),
+                    float(entry.get("written_at", written_at)) - ahead_s,
+                    float(entry.get("shift_s", 0.0)) + ahead_s,
+                )
+                if item.in_force_s(now) > 0:
+                    kept[(str(entry["scope"]), str(entry["name"]))] = item
         except (orjson.JSONDecodeError, *_SEED_ERRORS) as exc:
             log.warning(
                 "venue limits file corrupt path=%s error=%r: starting fresh", self.path, exc
@@ -119,10 +183,11 @@ class LimitsFile:
     def claim(self, scope: str, name: str, item: Persistent) -> None:
         """Seed `item` from what the last life left under (`scope`, `name`); keep it saved."""
         key = (scope, name)
-        state = self._kept.pop(key, None)
-        if state is not None:
+        kept = self._kept.pop(key, None)
+        if kept is not None:
+            now = self.wall()
             try:
-                item.seed_limits(state, WallClock(self.wall()))
+                item.seed_limits(kept.state, kept.wall(now))
             except _SEED_ERRORS as exc:
                 log.warning(
                     "venue limits entry unreadable scope=%s name=%s error=%r: fresh",
@@ -131,14 +196,13 @@ class LimitsFile:
                     exc,
                 )
             else:
-                left_s = float(state["until"]) - self.wall()
                 log.warning(
                     "venue limits carried over from before the restart scope=%s name=%s "
                     "in_force_s=%.1f blocked=%s",
                     scope,
                     name,
-                    left_s,
-                    "blocked_until" in state,
+                    kept.in_force_s(now),
+                    "blocked_until" in kept.state,
                 )
         self._live[key] = item
 
@@ -148,7 +212,7 @@ class LimitsFile:
         for key in [k for k in self._live if k[0] == scope]:
             state = self._live.pop(key).limits_state(wall)
             if state is not None:
-                self._kept[key] = state
+                self._kept[key] = _Kept(state, wall.now)
         self.write_now()
         if not self._live and self._task is not None:
             self._task.cancel()
@@ -186,8 +250,17 @@ class LimitsFile:
 
     def _encode(self) -> tuple[int, bytes]:
         wall = WallClock(self.wall())
-        self._kept = {k: v for k, v in self._kept.items() if float(v["until"]) > wall.now}
-        entries = [{"scope": k[0], "name": k[1], "state": v} for k, v in self._kept.items()]
+        self._kept = {k: v for k, v in self._kept.items() if v.in_force_s(wall.now) > 0}
+        entries: list[dict[str, Any]] = [
+            {
+                "scope": k[0],
+                "name": k[1],
+                "state": v.state,
+                "written_at": v.written_at,
+                "shift_s": v.shift_s,
+            }
+            for k, v in self._kept.items()
+        ]
         for (scope, name), item in self._live.items():
             state = item.limits_state(wall)
             if state is not None:

@@ -259,7 +259,7 @@ class EndpointCharges(FixedWindowCharges):
         endpoint, those made later too."""
         blocked = state.get("blocked_until")
         if blocked is not None:
-            ends = wall.back(float(blocked), self.clock)
+            ends = wall.ends(float(blocked), self.clock)
             if ends > self.clock():
                 self.blocked_until = max(self.blocked_until, ends)
                 self.banned = self.banned or bool(state.get("banned"))

@@ -183,9 +183,9 @@ class SlidingBudget:
         now = self.clock()
         blocked = state.get("blocked_until")
         if blocked is not None:
-            self.blocked_until = max(self.blocked_until, wall.back(float(blocked), self.clock))
+            self.blocked_until = max(self.blocked_until, wall.ends(float(blocked), self.clock))
         for stamp in state.get("stamps", ()):
-            counts_from = wall.back(float(stamp), self.clock)
+            counts_from = wall.happened(float(stamp), self.clock)
             if counts_from > now - self.span_s:
                 bisect.insort(self._stamps, counts_from)
 

@@ -95,7 +95,7 @@ class IpBan:
         return {"until": wall.out(self.until, self.clock), "guesses": self.guesses}
 
     def seed_limits(self, state: Mapping[str, Any], wall: WallClock) -> None:
-        self.until = max(self.until, wall.back(float(state["until"]), self.clock))
+        self.until = max(self.until, wall.ends(float(state["until"]), self.clock))
         self.guesses = max(self.guesses, int(state.get("guesses", 0)))
 
 
