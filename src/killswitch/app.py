@@ -445,9 +445,12 @@ class EngineService:
         return self._started and self.engine.healthy()
 
     def status(self) -> str:
+        failing = self.engine.journal.failing
+        # A journal that refuses writes refuses every kill: said before anything else.
+        refusing = f"JOURNAL UNWRITABLE, kills refused ({failing}); " if failing else ""
         if not self.engine.latched():
-            return "armed, not latched"
-        return f"LATCHED ({len(self.engine.latch_scopes())})"
+            return f"{refusing}armed, not latched"
+        return f"{refusing}LATCHED ({len(self.engine.latch_scopes())})"
 
 
 class MetricsService:

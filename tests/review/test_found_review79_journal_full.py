@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from killswitch.app import EngineService
 from killswitch.control_client import format_status
 from killswitch.journal import Journal
 from killswitch.journal.writer import FileOps
@@ -24,6 +25,7 @@ from killswitch.kill.config import Account
 from killswitch.kill.engine import Engine
 from killswitch.kill.record import SubmitResult
 from killswitch.model import AccountRef
+from killswitch.sinks.audit import AuditLog
 from killswitch.sinks.metrics import _StatusCollector
 from tests.fakes import EventLog, FakeClock, FakeExchange
 from tests.unit.test_engine import QUICK, kill_trigger
@@ -81,6 +83,11 @@ async def test_a_journal_that_refuses_writes_is_said_until_it_writes_again(
         assert "No space left on device" in str(status["journal_failing"])
         assert _gauge(status, "killswitch_journal_writable") == 0.0
         assert "JOURNAL UNWRITABLE" in format_status(status)
+        assert (
+            EngineService(engine, AuditLog(tmp_path / "audit.jsonl"), grace_s=1.0)
+            .status()
+            .startswith("JOURNAL UNWRITABLE, kills refused (OSError: No space left on device)")
+        )
         assert not engine.latched()
         disk.full = False
         assert await engine.submit(kill_trigger("t1")) is SubmitResult.ACCEPTED
