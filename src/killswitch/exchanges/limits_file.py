@@ -3,8 +3,9 @@
 A restart within MEXC's 10 s window, a 418, a BingX error lock: the venue still counts them
 when the next life of the daemon starts. `persist_to` keeps every budget's charges still inside
 their window, its blocks and bans with their wall-clock end, and the error counts with their
-times (`Persistent`, implemented by the budgets of `exchanges.budget` and `exchanges.rest`), and
-seeds the budgets made after it from what the last life left there. Commands that run beside
+times (`Persistent`, implemented by the budgets of `exchanges.budget`, `exchanges.sliding_budget`,
+`exchanges.rest` and BingX's IP ban), and seeds the budgets made after it from what the last life
+left there. Commands that run beside
 the daemon (preflight, the live drill) read it and never write it.
 
 Wall time is all that outlives a process, and the wall clock may have moved across the restart.
