@@ -253,12 +253,14 @@ class BingxCharges:
         """The per-second budgets count the request until a span after its answer; one
         that got none, as if it arrived `UNANSWERED_HOLD_S` later."""
         self.group_budget.landed(1)
-        if not answered and path in ERROR_ANSWER_PATHS:
-            # The venue may have answered it with an error we never saw, and counts it: so do
-            # we (review 80).
-            self.errors.record(path)
-        # Its error, if any, is recorded by `settle` before the loop runs anything else.
-        self._end(path)
+        if answered:
+            # Its error, if any, is recorded by `settle` before the loop runs anything else.
+            self._end(path)
+        elif path in ERROR_ANSWER_PATHS:
+            # Given up without an answer, it may still reach the venue and earn an error there
+            # (review 80): it counts as on its way while it may arrive. Never as an error: a
+            # network blip would then hold kills for minutes (review 81).
+            asyncio.get_running_loop().call_later(UNANSWERED_HOLD_S, self._end, path)
         late_s = 0.0 if answered else UNANSWERED_HOLD_S
         for budget in self.path_budgets(path):
             budget.landed(late_s)
