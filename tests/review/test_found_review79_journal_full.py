@@ -102,3 +102,38 @@ def test_status_warns_of_a_state_directory_low_on_space() -> None:
     status = {"journal_failing": None, "journal_free_bytes": 5 * 2**20, "accounts": []}
     assert "low on space: 5 MiB free" in format_status(status)
     assert _gauge(status, "killswitch_state_dir_free_bytes") == 5 * 2**20
+
+
+async def test_each_spell_of_a_journal_refusing_writes_is_alarmed(tmp_path: Path) -> None:
+    """Review 81: a spell ended by another write (a reset's) was never cleared for the alarm,
+    and the next spell went unsaid."""
+    disk = FullDisk()
+    venue = FakeExchange("binance", "mm-1")
+    clock = FakeClock()
+    events = EventLog()
+    engine = Engine(
+        [Account(AccountRef("binance", "mm-1"), venue)],
+        Journal(tmp_path / "journal.jsonl", ops=disk),
+        QUICK,
+        sleep=clock.sleep,
+        clock=clock,
+        rng=random.Random(7),
+    )
+    engine.events.add(events)
+    await engine.start()
+    try:
+        await engine.submit(kill_trigger("k0"))
+        disk.full = True
+        with pytest.raises(OSError, match="No space left"):
+            await engine.submit(kill_trigger("t1"))
+        disk.full = False
+        assert await engine.reset(actor="op", reason="done")  # a write ends the spell
+        assert engine.status()["journal_failing"] is None
+        disk.full = True
+        with pytest.raises(OSError, match="No space left"):
+            await engine.submit(kill_trigger("t2"))
+        alarms = [e for e in events.of("alarm") if e.get("account") == "journal"]
+        assert [a["trigger_id"] for a in alarms] == ["t1", "t2"]
+    finally:
+        disk.full = False
+        await engine.stop()

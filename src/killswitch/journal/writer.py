@@ -62,6 +62,7 @@ class Journal:
         # set, no trigger can be accepted, and `status` says so (review 79: a full disk
         # refused every kill while the daemon said it was armed and ready).
         self.failing = ""
+        self.failing_spells = 0  # how many times it began to fail (each spell is alarmed once)
         self._lock = asyncio.Lock()  # async appends queue here, held until their write is done
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -136,6 +137,8 @@ class Journal:
             try:
                 written = self._append(records)
             except OSError as exc:
+                if not self.failing:
+                    self.failing_spells += 1
                 self.failing = f"{type(exc).__name__}: {exc.strerror or exc}"
                 raise
             if self.failing:

@@ -113,7 +113,7 @@ class Engine:
         self.last_kill: dict[str, object] | None = None
         self._started = False
         self._stopping = False
-        self._journal_alarmed = False  # since the journal last took a trigger
+        self._journal_alarmed = 0  # the journal's failing spell last alarmed
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, before_resume: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -260,7 +260,6 @@ class Engine:
             except OSError as exc:
                 self._refused_unjournaled(trigger, exc)
                 raise
-            self._journal_alarmed = False
             remember_newest(self._seen, trigger.id, self.journal.seen_limit)
             if trigger.mode is Mode.KILL:
                 self._latches[trigger.id] = trigger.scope
@@ -289,9 +288,10 @@ class Engine:
     def _refused_unjournaled(self, trigger: Trigger, exc: OSError) -> None:
         """A trigger the journal cannot take is refused (its caller retries or is told): the
         first of a spell raises an alarm, so the operator knows kills cannot be accepted."""
-        if self._journal_alarmed:
-            return
-        self._journal_alarmed = True
+        if self._journal_alarmed == self.journal.failing_spells:
+            return  # this spell was alarmed (review 81: one ended by a reset's write was never
+            # cleared here, and the next went unsaid)
+        self._journal_alarmed = self.journal.failing_spells
         log.error(
             "journal cannot take triggers: kills are refused until it can trigger_id=%s error=%s",
             trigger.id,
