@@ -213,11 +213,11 @@ class FakeExchange:
             raise Fatal("cancel-all needs a symbol on this venue", venue=self.venue)
         if symbols is not None and len(symbols) > self.capabilities.cancel_all_max_symbols:
             raise Fatal("too many symbols for one cancel-all", venue=self.venue)
-        lists_before = {x.list_id for x in self.book.open_lists(symbols)}
+        lists_before = {(x.symbol, x.list_id) for x in self.book.open_lists(symbols)}
         gone = self.book.cancel_symbols(
             symbols, include_lists=self.capabilities.cancel_all_covers_lists
         )
-        lists_after = {x.list_id for x in self.book.open_lists(symbols)}
+        lists_after = {(x.symbol, x.list_id) for x in self.book.open_lists(symbols)}
         if fault is not None:
             raise fault.error
         self._log_result(f"cancelled={len(gone)}")
@@ -266,7 +266,8 @@ class FakeExchange:
         if fault is not None:
             raise fault.error
         return CancelAck(
-            cancelled=tuple((o.symbol, o.order_id) for o in gone), lists_cancelled=(list_id,)
+            cancelled=tuple((o.symbol, o.order_id) for o in gone),
+            lists_cancelled=((symbol, list_id),),
         )
 
     async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:

@@ -54,6 +54,10 @@ class AccountRef:
 OrderKey = tuple[str, str]
 """(symbol, order id): an order's identity. Binance numbers orders per symbol [BN-REST §1.6]."""
 
+ListKey = tuple[str, str]
+"""(symbol, list id): an order list's identity. Whether Binance numbers lists per symbol, as
+it numbers orders, its docs leave open (its list cancel names the symbol): so never an id alone."""
+
 # The client id of an order, or an order list, whose read did not show it (BingX's documented
 # openOrders row has no `clientOrderID`; its stream's `C` is undocumented; the flat-legs shape of
 # `oco/openOrderList` has no list client id). Whether a client-id prefix covers it cannot be
@@ -94,6 +98,10 @@ class OrderList:
     client_order_ids: tuple[str, ...] = ()
     contingency_type: str = "OCO"
 
+    @property
+    def key(self) -> ListKey:
+        return (self.symbol, self.list_id)
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -126,7 +134,7 @@ class Snapshot:
     def merged(self, other: Snapshot) -> Snapshot:
         """Both reads' orders and lists, once each; complete only if both were."""
         orders = {o.key: o for o in (*self.orders, *other.orders)}
-        lists = {x.list_id: x for x in (*self.lists, *other.lists)}
+        lists = {x.key: x for x in (*self.lists, *other.lists)}
         return Snapshot(
             orders=tuple(orders.values()),
             lists=tuple(lists.values()),

@@ -166,7 +166,7 @@ async def test_cancel_order_list_cancels_every_leg(venue: BinanceVenue) -> None:
     exchange = await venue.connect("acct0")
     (lst,) = venue.sim.book(venue.sim.accounts["acct0"]).open_lists()
     ack = await exchange.cancel_order_list("ETHUSDT", lst.list_id)
-    assert ack.lists_cancelled == (lst.list_id,)
+    assert ack.lists_cancelled == (("ETHUSDT", lst.list_id),)
     assert set(ack.cancelled) == {("ETHUSDT", oid) for oid in lst.order_ids}
     with pytest.raises(AlreadyGone):
         await exchange.cancel_order_list("ETHUSDT", lst.list_id)

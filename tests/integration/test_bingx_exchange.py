@@ -245,7 +245,7 @@ async def test_an_oco_list_is_cancelled_whole_and_then_is_already_gone(
         list_id = await place_oco(session, sim)
         other = await place(session, sim, "ETH-USDT")
         ack = await exchange.cancel_order_list("ETH-USDT", list_id)
-        assert ack.lists_cancelled == (list_id,)
+        assert ack.lists_cancelled == (("ETH-USDT", list_id),)
         assert len(ack.cancelled) == 2
         assert open_ids(sim) == {other}
         with pytest.raises(AlreadyGone):

@@ -441,13 +441,15 @@ class ModelConnector:
         acc = self.va
         wanted = acc.symbols if symbols is None else tuple(s for s in symbols if s in acc.books)
         cancelled: list[OrderKey] = []
-        lists: list[str] = []
+        lists: list[tuple[str, str]] = []
         for symbol in wanted:
             book = acc.books[symbol]
             before = {x.list_id for x in book.open_lists()}
             gone = book.cancel_symbols(None, include_lists=caps.cancel_all_covers_lists)
             cancelled.extend((o.symbol, o.order_id) for o in gone)
-            lists.extend(sorted(before - {x.list_id for x in book.open_lists()}))
+            lists.extend(
+                (symbol, i) for i in sorted(before - {x.list_id for x in book.open_lists()})
+            )
         if fault is not None:
             raise fault.error(acc.ref)
         return CancelAck(cancelled=_acked(cancelled), lists_cancelled=tuple(lists))
@@ -502,7 +504,8 @@ class ModelConnector:
         if fault is not None:
             raise fault.error(self.va.ref)
         return CancelAck(
-            cancelled=_acked([(o.symbol, o.order_id) for o in gone]), lists_cancelled=(list_id,)
+            cancelled=_acked([(o.symbol, o.order_id) for o in gone]),
+            lists_cancelled=((symbol, list_id),),
         )
 
     async def arm_dead_mans_switch(self, timeout_s: int) -> DeadMansSwitchState:

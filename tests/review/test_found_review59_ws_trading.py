@@ -183,7 +183,7 @@ async def test_each_ws_api_cancel_refused_goes_over_rest_at_once(method: str) ->
             assert ack.cancelled
         else:
             ack = await exchange.cancel_order_list("ETHUSDT", lst.list_id)
-            assert ack.lists_cancelled == (lst.list_id,)
+            assert ack.lists_cancelled == (("ETHUSDT", lst.list_id),)
         assert counted(venue, "ws", WS_TRADES) == 1
         assert exchange.session is not None
         assert exchange.session.up

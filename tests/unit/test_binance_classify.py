@@ -178,7 +178,7 @@ def test_a_cancel_all_answer_mixes_orders_and_lists() -> None:
     ]
     ack = cancel_ack(answer, "BTCUSDT")
     keys = (("BTCUSDT", "11"), ("BTCUSDT", "20"), ("BTCUSDT", "21"))
-    assert (ack.cancelled, ack.lists_cancelled) == (keys, ("1929",))
+    assert (ack.cancelled, ack.lists_cancelled) == (keys, (("BTCUSDT", "1929"),))
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from killswitch.model import Order, OrderKey, Snapshot, StreamEvent
+from killswitch.model import ListKey, Order, OrderKey, Snapshot, StreamEvent
 
 
 class VenueError(Exception):
@@ -213,10 +213,11 @@ class Capabilities:
 
 @dataclass(frozen=True, slots=True)
 class CancelAck:
-    """What a cancel request acknowledged: the (symbol, order id) keys the venue reported."""
+    """What a cancel request acknowledged: the (symbol, order id) keys the venue reported, and
+    the (symbol, list id) keys of the whole lists that went."""
 
     cancelled: tuple[OrderKey, ...] = ()
-    lists_cancelled: tuple[str, ...] = ()
+    lists_cancelled: tuple[ListKey, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

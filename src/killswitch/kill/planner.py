@@ -38,7 +38,15 @@ from dataclasses import dataclass, replace
 
 from killswitch.exchanges.base import Capabilities
 from killswitch.exchanges.paths import PathCapabilities
-from killswitch.model import UNREAD_CLIENT_ID, Order, OrderKey, OrderList, Scope, Snapshot
+from killswitch.model import (
+    UNREAD_CLIENT_ID,
+    ListKey,
+    Order,
+    OrderKey,
+    OrderList,
+    Scope,
+    Snapshot,
+)
 
 
 class RequestKind(enum.StrEnum):
@@ -138,12 +146,8 @@ def _timed_by_symbol(
 ) -> list[CancelRequest]:
     account_wide_sent = any(r.kind is RequestKind.CANCEL_ALL_ACCOUNT for r in sent)
     in_scope_lists = [lst for lst in lists if scope.covers_list(lst)]
-    list_ids = {lst.list_id for lst in in_scope_lists}
-    plain = [
-        o
-        for o in orders
-        if scope.covers_order(o) and (o.list_id is None or o.list_id not in list_ids)
-    ]
+    list_keys = {lst.key for lst in in_scope_lists}
+    plain = [o for o in orders if scope.covers_order(o) and _list_of(o) not in list_keys]
     coverage = caps.lists_coverage if caps.has_order_lists else True
     requests: list[CancelRequest] = []
     lists_by_cancel_all = False
@@ -196,13 +200,13 @@ def _timed_by_id(
     sent: Sequence[CancelRequest],
 ) -> list[CancelRequest]:
     in_scope_lists = [lst for lst in lists if caps.has_order_lists and scope.covers_list(lst)]
-    list_ids = {lst.list_id for lst in in_scope_lists}
+    list_keys = {lst.key for lst in in_scope_lists}
     keys_sent = _keys_sent(sent)
     by_symbol: dict[str, list[str]] = {}
     for order in orders:
         if not scope.covers_order(order) or order.key in keys_sent:
             continue
-        if order.list_id is not None and order.list_id in list_ids:
+        if _list_of(order) in list_keys:
             continue  # its list is cancelled as a whole, below
         by_symbol.setdefault(order.symbol, []).append(order.order_id)
     requests = _assign(sorted(by_symbol), by_symbol, set(), caps, whole_allowed=False)
@@ -276,13 +280,12 @@ def _list_requests(
     error answer for a list already gone), and by `oco/cancel` side by side where that ends
     sooner: the two have budgets of their own. Only `oco/cancel` once the account showed that
     leg ids are refused. `planned` are this plan's other requests (they load the same kinds)."""
-    lists_sent = {r.list_id for r in sent if r.kind is RequestKind.CANCEL_LIST}
+    lists_sent = _lists_sent(sent)
     keys_sent = _keys_sent(sent)
     todo = [
         lst
-        for lst in sorted(lists, key=lambda x: (x.symbol, x.list_id))
-        if lst.list_id not in lists_sent
-        and not {(lst.symbol, i) for i in lst.order_ids} <= keys_sent
+        for lst in sorted(lists, key=lambda x: x.key)
+        if lst.key not in lists_sent and not {(lst.symbol, i) for i in lst.order_ids} <= keys_sent
     ]
     if not todo:
         return []
@@ -372,7 +375,7 @@ def _plan_by_symbol(
 ) -> list[CancelRequest]:
     account_wide_sent = any(r.kind is RequestKind.CANCEL_ALL_ACCOUNT for r in sent)
     covered = {s for r in sent if r.kind is RequestKind.CANCEL_ALL for s in r.symbols}
-    lists_sent = {r.list_id for r in sent if r.kind is RequestKind.CANCEL_LIST}
+    lists_sent = _lists_sent(sent)
     requests: list[CancelRequest] = []
     if not scope.symbols and caps.cancel_all_without_symbol:
         if not account_wide_sent:
@@ -389,8 +392,8 @@ def _plan_by_symbol(
     if caps.has_order_lists and not caps.cancel_all_covers_lists:
         requests.extend(
             CancelRequest(RequestKind.CANCEL_LIST, symbols=(lst.symbol,), list_id=lst.list_id)
-            for lst in sorted(lists, key=lambda x: (x.symbol, x.list_id))
-            if scope.covers_list(lst) and lst.list_id not in lists_sent
+            for lst in sorted(lists, key=lambda x: x.key)
+            if scope.covers_list(lst) and lst.key not in lists_sent
         )
     return requests
 
@@ -403,15 +406,15 @@ def _plan_by_id(
     sent: Sequence[CancelRequest],
 ) -> list[CancelRequest]:
     keys_sent = _keys_sent(sent)
-    lists_sent = {r.list_id for r in sent if r.kind is RequestKind.CANCEL_LIST}
+    lists_sent = _lists_sent(sent)
     requests: list[CancelRequest] = []
-    list_ids: set[str] = set()
+    list_keys: set[ListKey] = set()
     if caps.has_order_lists:
-        for lst in sorted(lists, key=lambda x: (x.symbol, x.list_id)):
+        for lst in sorted(lists, key=lambda x: x.key):
             if not scope.covers_list(lst):
                 continue
-            list_ids.add(lst.list_id)
-            if lst.list_id not in lists_sent:
+            list_keys.add(lst.key)
+            if lst.key not in lists_sent:
                 requests.append(
                     CancelRequest(
                         RequestKind.CANCEL_LIST, symbols=(lst.symbol,), list_id=lst.list_id
@@ -421,7 +424,7 @@ def _plan_by_id(
     for order in orders:
         if not scope.covers_order(order) or order.key in keys_sent:
             continue
-        if order.list_id is not None and order.list_id in list_ids:
+        if _list_of(order) in list_keys:
             continue  # its list is cancelled as a whole
         by_symbol.setdefault(order.symbol, []).append(order.order_id)
     for symbol in sorted(by_symbol):
@@ -442,6 +445,24 @@ def _keys_sent(sent: Sequence[CancelRequest]) -> set[OrderKey]:
     return {(r.symbols[0], i) for r in sent if r.symbols for i in r.order_ids}
 
 
+def _list_key(request: CancelRequest) -> ListKey | None:
+    """The (symbol, list id) a list cancel names; None for any other request."""
+    if request.kind is not RequestKind.CANCEL_LIST or request.list_id is None:
+        return None
+    return (request.symbols[0] if request.symbols else "", request.list_id)
+
+
+def _lists_sent(sent: Sequence[CancelRequest]) -> set[ListKey]:
+    """The (symbol, list id) of every list a list cancel already covers."""
+    return {key for key in map(_list_key, sent) if key is not None}
+
+
+def _list_of(order: Order) -> ListKey | None:
+    """The (symbol, list id) of the list `order` is a leg of, if any: a list is known by its
+    symbol and id, since Binance may number lists per symbol, as it numbers orders."""
+    return None if order.list_id is None else (order.symbol, order.list_id)
+
+
 def _unique_orders(orders: Iterable[Order]) -> list[Order]:
     # By (symbol, id): Binance numbers orders per symbol, so an id alone is not an order.
     # The first source wins, but a client id one source did not read another may show.
@@ -456,9 +477,9 @@ def _unique_orders(orders: Iterable[Order]) -> list[Order]:
 
 
 def _unique_lists(lists: Iterable[OrderList]) -> list[OrderList]:
-    seen: dict[tuple[str, str], OrderList] = {}
+    seen: dict[ListKey, OrderList] = {}
     for lst in lists:
-        seen.setdefault((lst.symbol, lst.list_id), lst)
+        seen.setdefault(lst.key, lst)
     return list(seen.values())
 
 
@@ -493,7 +514,8 @@ def coverage(request: CancelRequest, known: Mapping[OrderKey, Order]) -> set[Ord
         return {o.key for o in known.values() if o.symbol in wanted}
     if request.kind is RequestKind.CANCEL_ALL_ACCOUNT:
         return set(known)
-    return {o.key for o in known.values() if o.list_id == request.list_id}
+    wanted_list = _list_key(request)
+    return {o.key for o in known.values() if _list_of(o) == wanted_list}
 
 
 def still_to_send(
@@ -512,7 +534,7 @@ def still_to_send(
         rest = [o for o in snapshot.orders if covers_lists or o.list_id is None]
         return request if rest else None
     if kind is RequestKind.CANCEL_LIST:
-        return request if request.list_id in {x.list_id for x in snapshot.lists} else None
+        return request if _list_key(request) in {x.key for x in snapshot.lists} else None
     symbol = request.symbols[0] if request.symbols else ""
     ids = tuple(i for i in request.order_ids if (symbol, i) in open_keys)
     if not ids:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from killswitch.model import (
     AccountRef,
+    ListKey,
     Mode,
     Order,
     OrderKey,
@@ -65,7 +66,7 @@ class AccountResult:
     rate_limited: int = 0
     waves: int = 0
     cancelled: set[OrderKey] = field(default_factory=set)
-    lists_cancelled: set[str] = field(default_factory=set)
+    lists_cancelled: set[ListKey] = field(default_factory=set)
     still_open: Snapshot | None = None
     verified: bool = False
     error: dict[str, object] | None = None

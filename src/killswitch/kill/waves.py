@@ -47,7 +47,15 @@ from killswitch.kill.planner import (
 from killswitch.kill.record import AccountResult, AccountState, Kill, KillKind
 from killswitch.kill.retries import retrying
 from killswitch.kill.sweep_holds import HeldSweeps
-from killswitch.model import AccountRef, Mode, OrderKey, Scope, Snapshot, canonical_symbol
+from killswitch.model import (
+    AccountRef,
+    ListKey,
+    Mode,
+    OrderKey,
+    Scope,
+    Snapshot,
+    canonical_symbol,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +161,8 @@ class Waves:
             seen = {o.key for o in snapshot.orders} | result.cancelled
             seen |= {o.key for o in (tracked or Snapshot()).orders}
             result.orders_before = len(seen)
-            lists = {x.list_id for x in snapshot.lists} | result.lists_cancelled
-            lists |= {x.list_id for x in (tracked or Snapshot()).lists}
+            lists = {x.key for x in snapshot.lists} | result.lists_cancelled
+            lists |= {x.key for x in (tracked or Snapshot()).lists}
             result.lists_before = len(lists)
         if first or extra:
             result.waves = wave_no
@@ -162,12 +170,13 @@ class Waves:
         # first look are not its business, and its later waves cancel by id only.
         targets: set[OrderKey] | None = None
         widen = False
-        target_lists: set[str] = set()
+        target_lists: set[ListKey] = set()
         if kill.mode is Mode.CANCEL:
             targets = set(result.known) | result.cancelled
             widen = not snapshot.complete
-            target_lists = {x.list_id for x in snapshot.lists} | result.lists_cancelled
-            target_lists |= {x.list_id for x in (tracked or Snapshot()).lists}
+            # Lists by (symbol, id): Binance may number lists per symbol, as it numbers orders.
+            target_lists = {x.key for x in snapshot.lists} | result.lists_cancelled
+            target_lists |= {x.key for x in (tracked or Snapshot()).lists}
             scope = Scope(client_order_id_prefix="")  # matches every item: plans by id
         # The snapshot already is the verification when every request of the wave was
         # acknowledged before it was read: nothing was sent, or only the probe, which went alone.
@@ -182,7 +191,7 @@ class Waves:
                     # The first look may have been cut short: until a complete read, what a
                     # read shows in scope was open since (or before) the trigger.
                     targets |= {o.key for o in verify.orders}
-                    target_lists |= {x.list_id for x in verify.lists}
+                    target_lists |= {x.key for x in verify.lists}
                     widen = not verify.complete
                 verify = _only(verify, targets, target_lists)
             result.still_open = verify
@@ -524,11 +533,11 @@ def _names_scope(scope: Scope, symbols: Sequence[str]) -> bool:
     return bool(scope.symbols) and {canonical_symbol(s) for s in symbols} >= scope.symbols
 
 
-def _only(snapshot: Snapshot, keys: set[OrderKey], list_ids: set[str]) -> Snapshot:
+def _only(snapshot: Snapshot, keys: set[OrderKey], list_keys: set[ListKey]) -> Snapshot:
     """The part of `snapshot` made of the given orders and lists."""
     return Snapshot(
         orders=tuple(o for o in snapshot.orders if o.key in keys),
-        lists=tuple(x for x in snapshot.lists if x.list_id in list_ids),
+        lists=tuple(x for x in snapshot.lists if x.key in list_keys),
         server_time_ms=snapshot.server_time_ms,
         complete=snapshot.complete,
         undecided=snapshot.undecided,

@@ -18,6 +18,7 @@ from killswitch.exchanges.rest import Answer, load_json
 from killswitch.model import (
     ExecType,
     ListEvent,
+    ListKey,
     OrderEvent,
     OrderKey,
     OrderList,
@@ -102,12 +103,14 @@ def cancel_ack(result: Any, symbol: str) -> CancelAck:
     """What a cancel answer on `symbol` says went: orders and whole lists, mixed [BN-REST]."""
     items = result if isinstance(result, list) else [result]
     cancelled: list[OrderKey] = []
-    lists: list[str] = []
+    lists: list[ListKey] = []
     for item in items:
         if not isinstance(item, dict):
             continue
         if "orderReports" in item or "orders" in item:
-            lists.append(str(item["orderListId"]))
+            # A list is known by its symbol and id: the docs leave open whether list ids, like
+            # order ids, are numbered per symbol. The answer names the list's symbol.
+            lists.append((str(item.get("symbol") or symbol), str(item["orderListId"])))
             reports = item.get("orderReports") or item.get("orders") or ()
             cancelled.extend((symbol, str(r["orderId"])) for r in reports)
         elif "orderId" in item:

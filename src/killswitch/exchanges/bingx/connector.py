@@ -74,6 +74,7 @@ from killswitch.exchanges.paths import (
 )
 from killswitch.model import (
     UNREAD_CLIENT_ID,
+    ListKey,
     Order,
     OrderKey,
     Snapshot,
@@ -307,8 +308,19 @@ class BingxExchange(VenueConnector):
                 [self._cancel_open_orders(s, priority) for s in dict.fromkeys(symbols)]
             )
         keys = tuple(k for ack in acks for k in ack)
-        lists = tuple(dict.fromkeys(self._leg_list[k[1]] for k in keys if k[1] in self._leg_list))
+        lists = tuple(
+            dict.fromkeys(
+                self._list_key(self._leg_list[leg], symbol)
+                for symbol, leg in keys
+                if leg in self._leg_list
+            )
+        )
         return CancelAck(cancelled=keys, lists_cancelled=lists)
+
+    def _list_key(self, list_id: str, symbol: str) -> ListKey:
+        """The (symbol, list id) of a list, its symbol as the list read named it (`symbol`
+        where no read has shown it)."""
+        return (self._list_symbol.get(list_id, symbol), list_id)
 
     async def _cancel_open_orders(self, symbol: str | None, priority: Priority) -> list[OrderKey]:
         params = [("symbol", symbol)] if symbol else []
@@ -352,7 +364,8 @@ class BingxExchange(VenueConnector):
             if not rescued:
                 raise
             return CancelAck(
-                cancelled=tuple((symbol, leg) for leg in rescued[1]), lists_cancelled=rescued[0]
+                cancelled=tuple((symbol, leg) for leg in rescued[1]),
+                lists_cancelled=tuple(self._list_key(x, symbol) for x in rescued[0]),
             )
         list_id = self._leg_list.get(order_id)
         if list_id is None:
@@ -360,7 +373,10 @@ class BingxExchange(VenueConnector):
         self.learned.learn("leg_id_cancels_list", True)  # it took a leg's id
         # The list went with its leg, and so did its other legs.
         legs = self._list_legs.get(list_id) or (order_id,)
-        return CancelAck(cancelled=tuple((symbol, leg) for leg in legs), lists_cancelled=(list_id,))
+        return CancelAck(
+            cancelled=tuple((symbol, leg) for leg in legs),
+            lists_cancelled=(self._list_key(list_id, symbol),),
+        )
 
     @malformed_is_unknown
     async def cancel_orders(
@@ -437,10 +453,12 @@ class BingxExchange(VenueConnector):
                 raise result.failed[0][1]
             return CancelAck(
                 cancelled=tuple((symbol, leg) for leg in result.cancelled + result.gone),
-                lists_cancelled=(list_id,),
+                lists_cancelled=((symbol, list_id),),
             )
         await oco_cancel(self, legs[0], priority)
-        return CancelAck(cancelled=tuple((symbol, leg) for leg in legs), lists_cancelled=(list_id,))
+        return CancelAck(
+            cancelled=tuple((symbol, leg) for leg in legs), lists_cancelled=((symbol, list_id),)
+        )
 
     # -- readiness -----------------------------------------------------------------------------
     @malformed_is_unknown
