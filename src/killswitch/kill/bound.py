@@ -273,7 +273,7 @@ def loads_of(
                 venue=venue,
                 symbols=len({symbol for symbol, _ in rows}),
                 orders=len(rows),
-                lists=len({list_id for _, list_id in lists}),
+                lists=len(lists),  # a list is its symbol and id: ids may be per symbol
                 lists_by_symbol=tuple(sorted(by_symbol.values(), reverse=True)),
             )
         )
