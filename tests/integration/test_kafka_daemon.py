@@ -171,17 +171,21 @@ async def test_an_unsigned_alert_is_rejected_when_a_key_is_set_and_a_signed_one_
     assert [r["trigger"]["id"] for r in journal if r["kind"] == "trigger"] == ["signed-kill"]
 
 
+def _bot7_watch(*, timeout_s: float) -> dict[str, object]:
+    """A heartbeat watch of the producer bot-7, killing mexc/mm-1 when it falls silent."""
+    return {
+        "source": "bot-7",
+        "timeout_s": timeout_s,
+        "mode": "kill",
+        "scope": {"venues": ["mexc"], "accounts": ["mm-1"]},
+    }
+
+
 async def test_a_silent_heartbeat_fires_its_scope_and_only_its_scope(
     tmp_path: Path, kafka_broker: KafkaBroker
 ) -> None:
     async with kafka_drill(tmp_path, kafka_broker.bootstrap) as d:
-        watch = {
-            "source": "bot-7",
-            "timeout_s": 1.5,
-            "mode": "kill",
-            "scope": {"venues": ["mexc"], "accounts": ["mm-1"]},
-        }
-        config = d.config("a", heartbeats=[watch])
+        config = d.config("a", heartbeats=[_bot7_watch(timeout_s=1.5)])
         async with d.daemon("a", config) as daemon:
             await daemon.ready()
             await d.wait_live(daemon)
@@ -204,13 +208,7 @@ async def test_a_producer_that_keeps_beating_fires_nothing(
     # The daemon's heartbeat watch must hear the beats the alerts input reads (a refactor once
     # left them on an attribute nothing read: every watch fired at its timeout, beating or not).
     async with kafka_drill(tmp_path, kafka_broker.bootstrap) as d:
-        watch = {
-            "source": "bot-7",
-            "timeout_s": 3.0,
-            "mode": "kill",
-            "scope": {"venues": ["mexc"], "accounts": ["mm-1"]},
-        }
-        config = d.config("a", heartbeats=[watch])
+        config = d.config("a", heartbeats=[_bot7_watch(timeout_s=3.0)])
         async with d.daemon("a", config) as daemon:
             await daemon.ready()
             await d.wait_live(daemon)

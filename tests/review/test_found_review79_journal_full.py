@@ -42,6 +42,22 @@ class FullDisk(FileOps):  # type: ignore[misc]
         return int(super().write(fd, data))
 
 
+def _engine(tmp_path: Path, disk: FullDisk, venue: FakeExchange) -> tuple[Engine, EventLog]:
+    """An engine over one Binance account whose journal writes go through `disk`."""
+    clock = FakeClock()
+    events = EventLog()
+    engine = Engine(
+        [Account(AccountRef("binance", "mm-1"), venue)],
+        Journal(tmp_path / "journal.jsonl", ops=disk),
+        QUICK,
+        sleep=clock.sleep,
+        clock=clock,
+        rng=random.Random(7),
+    )
+    engine.events.add(events)
+    return engine, events
+
+
 def _gauge(status: dict[str, object], name: str) -> float | None:
     for metric in _StatusCollector(lambda: status).collect():
         if metric.name == name:
@@ -55,17 +71,7 @@ async def test_a_journal_that_refuses_writes_is_said_until_it_writes_again(
     disk = FullDisk()
     venue = FakeExchange("binance", "mm-1")
     venue.place("BTCUSDT", "desk1-", n=2)
-    clock = FakeClock()
-    events = EventLog()
-    engine = Engine(
-        [Account(AccountRef("binance", "mm-1"), venue)],
-        Journal(tmp_path / "journal.jsonl", ops=disk),
-        QUICK,
-        sleep=clock.sleep,
-        clock=clock,
-        rng=random.Random(7),
-    )
-    engine.events.add(events)
+    engine, events = _engine(tmp_path, disk, venue)
     await engine.start()
     try:
         status = engine.status()
@@ -109,17 +115,7 @@ async def test_each_spell_of_a_journal_refusing_writes_is_alarmed(tmp_path: Path
     and the next spell went unsaid."""
     disk = FullDisk()
     venue = FakeExchange("binance", "mm-1")
-    clock = FakeClock()
-    events = EventLog()
-    engine = Engine(
-        [Account(AccountRef("binance", "mm-1"), venue)],
-        Journal(tmp_path / "journal.jsonl", ops=disk),
-        QUICK,
-        sleep=clock.sleep,
-        clock=clock,
-        rng=random.Random(7),
-    )
-    engine.events.add(events)
+    engine, events = _engine(tmp_path, disk, venue)
     await engine.start()
     try:
         await engine.submit(kill_trigger("k0"))
