@@ -102,12 +102,39 @@ async def test_a_cancel_that_got_no_answer_counts_while_it_may_arrive_never_as_a
     try:
         await exchange.start()
         order_id = await place(sim, SYMBOLS[0])
-        sim.faults.add(Fault(FaultKind.STALL, endpoint=CANCEL, stall_s=4.0, count=1))
+        # no answer at all: held past our timeout (2 s) and the late read (5 s more)
+        sim.faults.add(Fault(FaultKind.STALL, endpoint=CANCEL, stall_s=8.0, count=1))
         with pytest.raises(OutcomeUnknown):
             await exchange.cancel_order(SYMBOLS[0], order_id)
         assert exchange.errors.count(CANCEL) == 1  # on its way, as far as we know
-        await eventually(lambda: exchange.errors.count(CANCEL) == 0, timeout_s=5)
+        await eventually(lambda: exchange.errors.count(CANCEL) == 0, timeout_s=15)
         assert exchange.errors.limits_state(WallClock(time.time())) is None  # no error kept
     finally:
         await exchange.close()
         await sim.stop()
+
+
+async def test_answers_that_come_after_our_timeout_still_count_toward_the_error_lock() -> None:
+    """Review 83: an unanswered request was forgotten once it could no longer arrive, but the
+    common case is an answer that comes late: the venue took the request, answered "gone",
+    and counts that error for 480 s. The answer is now read past the caller's timeout, for the
+    counts alone."""
+    accounts = [SimAccount(name=n, api_key=k, secret=s) for n, k, s in (account_keys(0),)]
+    sim = BingxSim(VenueSettings(accounts=accounts, symbols=SYMBOLS, rate_limit_scale=50))
+    install(sim)
+    await sim.start()
+    exchange = bx0_exchange(sim)  # a 2 s timeout: the venue answers cancels 2.5 s late
+    sim.faults.add(Fault(FaultKind.LATENCY, endpoint=CANCEL, latency_ms=2500.0))
+    try:
+        await exchange.start()
+        for wave in range(2):  # two waves of single cancels of orders already gone: 22 > 20
+            await asyncio.gather(
+                *(exchange.cancel_order(SYMBOLS[0], f"{wave}{i:03}") for i in range(11)),
+                return_exceptions=True,
+            )
+            # until none of them is on its way any more (answered late, or given up for good)
+            await eventually(lambda: not exchange.errors._pending.get(CANCEL), timeout_s=15)
+    finally:
+        await exchange.close()
+        await sim.stop()
+    assert sim.earned_throttles() == {}

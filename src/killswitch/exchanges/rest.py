@@ -43,7 +43,7 @@ from killswitch.exchanges.base import (
 from killswitch.exchanges.budget import Priority, RateBudget
 from killswitch.exchanges.clock import ServerClock
 from killswitch.exchanges.dialect import MAX_WAIT_S, Dialect, classify, header_wait
-from killswitch.exchanges.http import RestTransport
+from killswitch.exchanges.http import RawResponse, RestTransport
 from killswitch.exchanges.limits_file import WallClock, note_limits
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,10 @@ class Wire:
     # Seconds to wait that an error's text names, read on the venue's clock (BingX's epoch).
     wait_in_text: Callable[[str, float], float | None] = no_wait_in_text
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # How much longer than the caller waits an answer is still read, for the budgets alone
+    # (`SignedRest.send`): where an answer the caller gave up on still counts at the venue
+    # (BingX's error lock, review 83). 0: none is.
+    late_answer_s: float = 0.0
 
 
 class Charges(Protocol):
@@ -354,6 +358,7 @@ class SignedRest:
         """Sign and send one request its budgets have paid for (`weight`), and read the
         answer; the budgets hear when it has landed, whatever the outcome."""
         answered = True  # or never sent: nothing is on its way
+        late = _Late()  # set when the caller gave up and the answer is still read (`_late`)
         try:
             if signed:
                 stamp = [
@@ -364,16 +369,76 @@ class SignedRest:
             else:
                 query = self.wire.query(params)
             answered = False
-            raw = await self.transport.request(method, path, query=query, headers=self._headers)
+            if self.wire.late_answer_s > 0:
+                raw = await self._read_late(method, path, weight, query, late)
+            else:
+                raw = await self.transport.request(method, path, query=query, headers=self._headers)
             answered = True
         except Transient:
             answered = True
             raise
         finally:
-            self.charges.landed(method, path, weight, answered=answered)
+            if not late.reading:
+                self.charges.landed(method, path, weight, answered=answered)
         self.charges.observe(raw.headers)
         answer = self.wire.decode(raw.status, raw.body)
         return self.read(answer, f"{method} {path}", path, raw.headers)
+
+    async def _read_late(
+        self, method: str, path: str, weight: int, query: str, late: _Late
+    ) -> RawResponse:
+        """The answer, within the transport's timeout; past it (or when the caller is
+        cancelled) the caller gets `OutcomeUnknown` and the answer is still read for up to
+        `late_answer_s` more, and told to the budgets when it comes (`_late`): the venue may
+        have taken the request and counted an error we would otherwise never see (review 83:
+        answers 0.5 s later than our timeout earned BingX's error lock)."""
+        total = self.transport.timeout.total or 5.0
+        reading = asyncio.ensure_future(
+            self.transport.request(
+                method,
+                path,
+                query=query,
+                headers=self._headers,
+                timeout_s=total + self.wire.late_answer_s,
+            )
+        )
+        try:
+            return await asyncio.wait_for(asyncio.shield(reading), total)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            late.reading = True
+            reading.add_done_callback(lambda done: self._late(method, path, weight, done))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise OutcomeUnknown(
+                "no answer: TimeoutError",
+                venue=self.venue,
+                account=self.account,
+                endpoint=f"{method} {path}",
+            ) from None
+
+    def _late(
+        self, method: str, path: str, weight: int, reading: asyncio.Future[RawResponse]
+    ) -> None:
+        """An answer the caller gave up on, or its failure: the budgets hear it as any other
+        (its error, if any, counted); nothing else does."""
+        raw = None if reading.cancelled() or reading.exception() is not None else reading.result()
+        self.charges.landed(method, path, weight, answered=raw is not None)
+        if raw is None:
+            return
+        self.charges.observe(raw.headers)
+        try:
+            self.read(self.wire.decode(raw.status, raw.body), f"{method} {path}", path, raw.headers)
+        except VenueError as exc:
+            log.info(
+                "late answer venue=%s account=%s endpoint=%s %s error=%s",
+                self.venue,
+                self.account,
+                f"{method} {path}",
+                "counted",
+                exc,
+            )
+        except Exception:  # a late answer must never end the daemon
+            log.exception("late answer could not be read endpoint=%s %s", method, path)
 
     def connect_failed(self, exc: BaseException, endpoint: str) -> VenueError:
         """A websocket connect that failed, as the error to raise. A handshake the venue
@@ -460,3 +525,9 @@ class SignedRest:
 def _handshake(endpoint: str) -> str:
     """The path a websocket's handshakes are counted under, apart from every REST path."""
     return f"handshake {endpoint}"
+
+
+class _Late:
+    """Whether the caller gave up on a request whose answer is still read (`_read_late`)."""
+
+    reading = False

@@ -53,7 +53,14 @@ from killswitch.exchanges.signing import bingx_query, bingx_signed_query
 from killswitch.exchanges.sliding_budget import SlidingBudget, acquire_all, shared_budget
 
 WIRE = Wire(
-    BINGX, key_header="X-BX-APIKEY", query=bingx_query, decode=rest_answer, wait_in_text=text_wait
+    BINGX,
+    key_header="X-BX-APIKEY",
+    query=bingx_query,
+    decode=rest_answer,
+    wait_in_text=text_wait,
+    # An answer we gave up on still counts toward the error lock: read it as long as the venue
+    # may still take the request (its recvWindow), for the error counts (review 83).
+    late_answer_s=UNANSWERED_HOLD_S,
 )
 
 
