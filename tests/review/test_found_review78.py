@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, cast
 
 import pytest
+from aiohttp import web
 
 from killswitch.exchanges.base import AlreadyGone, CancelAck, OutcomeUnknown, RateLimited
 from killswitch.exchanges.bingx import rest as bingx_rest
@@ -138,3 +140,61 @@ async def test_answers_that_come_after_our_timeout_still_count_toward_the_error_
         await exchange.close()
         await sim.stop()
     assert sim.earned_throttles() == {}
+
+
+async def test_a_request_waiting_for_a_connection_is_never_sent_after_its_caller_gave_up() -> None:
+    """Review 84: the late read of e5c9d1f gave the whole request the longer timeout, connect
+    included: a request waiting for a connection (a slow connect, a full pool) was sent seconds
+    after its caller gave up, past its recvWindow, and earned an error ("timestamp mismatch")
+    toward the lock. A connection not had within the connect timeout still fails the request
+    unsent."""
+    accounts = [SimAccount(name=n, api_key=k, secret=s) for n, k, s in (account_keys(0),)]
+    sim = BingxSim(VenueSettings(accounts=accounts, symbols=SYMBOLS, rate_limit_scale=50))
+    install(sim)
+    await sim.start()
+    exchange = bx0_exchange(sim)  # a 2 s timeout, a 2 s connect timeout
+    exchange.transport.pool_size = 1  # one connection: the second request waits for it
+    try:
+        await exchange.start()
+        sim.faults.add(Fault(FaultKind.STALL, endpoint=CANCEL, stall_s=5.6, count=1))
+        await asyncio.gather(
+            exchange.cancel_order(SYMBOLS[0], "111"),
+            exchange.cancel_order(SYMBOLS[0], "222"),
+            return_exceptions=True,
+        )
+        await eventually(lambda: not exchange.errors._pending.get(CANCEL), timeout_s=20)
+    finally:
+        await exchange.close()
+        await sim.stop()
+    assert not sim.counters.get("timestamp_failures")
+
+
+async def test_a_late_answer_that_says_the_clock_is_off_resyncs_it() -> None:
+    """Review 84: a late "timestamp mismatch" was counted, but the next request went out on the
+    same clock and earned another before anything resynced it."""
+    answered: list[None] = []
+
+    @web.middleware
+    async def late_skew(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == CANCEL and not answered:
+            answered.append(None)
+            await asyncio.sleep(2.5)  # past the connector's 2 s timeout
+            body = {"code": 100421, "msg": "Null timestamp or timestamp mismatch"}
+            return web.json_response(body)
+        return cast(web.StreamResponse, await handler(request))
+
+    accounts = [SimAccount(name=n, api_key=k, secret=s) for n, k, s in (account_keys(0),)]
+    sim = BingxSim(VenueSettings(accounts=accounts, symbols=SYMBOLS, rate_limit_scale=50))
+    install(sim)
+    sim.app.middlewares.insert(0, late_skew)
+    await sim.start()
+    exchange = bx0_exchange(sim)
+    try:
+        await exchange.start()
+        synced = exchange.clock.synced_at
+        with pytest.raises(OutcomeUnknown):
+            await exchange.cancel_order(SYMBOLS[0], "123")
+        await eventually(lambda: exchange.clock.synced_at != synced, timeout_s=10)
+    finally:
+        await exchange.close()
+        await sim.stop()

@@ -88,7 +88,16 @@ class RestTransport:
         if query:
             url = f"{url}?{query}"
         endpoint = f"{method} {path}"
-        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
+        # A longer total keeps the pool's connect timeouts: a connect that hangs fails as soon.
+        timeout = (
+            aiohttp.ClientTimeout(
+                total=timeout_s,
+                connect=self.timeout.connect,
+                sock_connect=self.timeout.sock_connect,
+            )
+            if timeout_s is not None
+            else None
+        )
         try:
             async with self.session.request(
                 method,

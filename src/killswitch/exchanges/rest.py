@@ -314,6 +314,7 @@ class SignedRest:
         self.recv_window_ms = recv_window_ms
         self._sign = sign  # stamped params -> the query to send, signature included
         self._resync = resync
+        self._late_resync: asyncio.Task[None] | None = None  # one at a time (`_late`)
         self._headers = {wire.key_header: api_key, **wire.headers}
 
     def __repr__(self) -> str:
@@ -437,8 +438,28 @@ class SignedRest:
                 "counted",
                 exc,
             )
+            if isinstance(exc, ClockSkew) and (
+                self._late_resync is None or self._late_resync.done()
+            ):
+                # as a caller would have: the next request must not earn another (review 84)
+                self._late_resync = asyncio.get_running_loop().create_task(
+                    self._resync_quietly(), name=f"late resync {self.venue}/{self.account}"
+                )
         except Exception:  # a late answer must never end the daemon
             log.exception("late answer could not be read endpoint=%s %s", method, path)
+
+    async def _resync_quietly(self) -> None:
+        """Resync the clock after a late answer said it was off; a failure is logged (the next
+        request's own ClockSkew resyncs again)."""
+        try:
+            await self._resync()
+        except VenueError as exc:
+            log.warning(
+                "clock resync after a late answer failed venue=%s account=%s error=%s",
+                self.venue,
+                self.account,
+                exc,
+            )
 
     def connect_failed(self, exc: BaseException, endpoint: str) -> VenueError:
         """A websocket connect that failed, as the error to raise. A handshake the venue
