@@ -538,7 +538,7 @@ class KillHistory(RuleBasedStateMachine):
             state = entry.get("state")
             still = entry.get("still_open") or {}
             named = {(str(o["symbol"]), str(o["order_id"])) for o in still.get("orders", [])}
-            lists = {str(x["list_id"]) for x in still.get("lists", [])}
+            lists = {(str(x["symbol"]), str(x["list_id"])) for x in still.get("lists", [])}
             for fact in facts:
                 for order in acc.open_facts():
                     if order.placed_seq >= fact.submitted_seq:
@@ -555,7 +555,7 @@ class KillHistory(RuleBasedStateMachine):
                         event.get("type") == "failed"
                         and entry.get("verified")
                         and order.key not in named
-                        and order.list_id not in lists
+                        and order.list_key not in lists
                     ):
                         self.violation(
                             "failed names what is still open",

@@ -53,6 +53,7 @@ from killswitch.model import (
 from killswitch.sim.book import BookEvent, BookEventKind, OrderSpec, SimBook, UnknownOrder
 
 OrderKey = tuple[str, str]
+ListKey = tuple[str, str]  # (symbol, list id), as an order is (symbol, order id)
 
 # Acks name (symbol, id) keys since orders are keyed by both; an older engine wants bare ids.
 KEYED_ACKS = hasattr(killswitch.model, "OrderKey")
@@ -86,6 +87,12 @@ class OrderFact:
     @property
     def key(self) -> OrderKey:
         return (self.symbol, self.order_id)
+
+    @property
+    def list_key(self) -> ListKey | None:
+        """The order's list, as the venue knows it: by symbol and id (ids may repeat across
+        symbols where the venue numbers per symbol)."""
+        return None if self.list_id is None else (self.symbol, self.list_id)
 
     @property
     def is_open(self) -> bool:
@@ -145,7 +152,8 @@ class VenueAccount:
         self.faults: list[Fault] = []
         self.faults_fired = 0
         self.facts: dict[OrderKey, OrderFact] = {}
-        self.list_facts: dict[str, tuple[str, str, tuple[str, ...]]] = {}  # id -> sym, cid, legs
+        # (symbol, list id) -> list client id, leg client ids
+        self.list_facts: dict[ListKey, tuple[str, tuple[str, ...]]] = {}
         self.stream_epoch = 0  # bumped whenever the stream may have lost events
         self.stream_silent = False
         self.seq: Callable[[], int] = lambda: 0
@@ -156,12 +164,15 @@ class VenueAccount:
         self.ids_per_symbol = ids_per_symbol
         # The next order id per symbol (one shared counter unless the venue numbers per symbol).
         self._next_id = dict.fromkeys(self.symbols, 1000)
-        lists = itertools.count(1)
+        # Order lists likewise: numbered per symbol where orders are, so two symbols' books
+        # hold lists of the same id; one shared counter otherwise.
+        shared = itertools.count(1)
         self.books: dict[str, SimBook] = {}
         for symbol in self.symbols:
+            lists = itertools.count(1) if ids_per_symbol else shared
             book = SimBook(
                 new_order_id=lambda symbol=symbol: self._mint(symbol),  # type: ignore[misc]
-                new_list_id=lambda: str(next(lists)),
+                new_list_id=lambda lists=lists: str(next(lists)),  # type: ignore[misc]
                 now_ms=clock,
             )
             book.subscribe(self._on_book)
@@ -250,13 +261,13 @@ class VenueAccount:
         if event.kind is BookEventKind.LIST_STATUS:
             lst = event.order_list
             assert lst is not None
-            if lst.list_id not in self.list_facts:
+            if (lst.symbol, lst.list_id) not in self.list_facts:
                 legs = tuple(
                     o.client_order_id
                     for oid in lst.order_ids
                     if (o := self.books[lst.symbol].get(oid)) is not None
                 )
-                self.list_facts[lst.list_id] = (lst.symbol, lst.list_client_order_id, legs)
+                self.list_facts[(lst.symbol, lst.list_id)] = (lst.list_client_order_id, legs)
                 for oid in lst.order_ids:
                     fact = self.facts[(lst.symbol, oid)]
                     fact.list_client_order_id = lst.list_client_order_id
