@@ -353,6 +353,10 @@ class BingxExchange(VenueConnector):
                     "order not open", venue=self.venue, account=self.account, endpoint=CANCEL
                 )
             return CancelAck(cancelled=((symbol, order_id),))
+        # The leg's list as it was when the cancel went: the stream may show the list gone
+        # (with its leg) and forget it before the answer comes.
+        sent_list = self._leg_list.get(order_id)
+        sent_legs = self._list_legs.get(sent_list, ()) if sent_list is not None else ()
         try:
             await self.rest.request(
                 "POST", CANCEL, [("orderId", order_id), ("symbol", symbol)], priority=priority
@@ -367,12 +371,12 @@ class BingxExchange(VenueConnector):
                 cancelled=tuple((symbol, leg) for leg in rescued[1]),
                 lists_cancelled=tuple(self._list_key(x, symbol) for x in rescued[0]),
             )
-        list_id = self._leg_list.get(order_id)
+        list_id = self._leg_list.get(order_id, sent_list)
         if list_id is None:
             return CancelAck(cancelled=((symbol, order_id),))
         self.learned.learn("leg_id_cancels_list", True)  # it took a leg's id
         # The list went with its leg, and so did its other legs.
-        legs = self._list_legs.get(list_id) or (order_id,)
+        legs = self._list_legs.get(list_id) or sent_legs or (order_id,)
         return CancelAck(
             cancelled=tuple((symbol, leg) for leg in legs),
             lists_cancelled=(self._list_key(list_id, symbol),),
