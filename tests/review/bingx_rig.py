@@ -32,14 +32,16 @@ def bx0_exchange(sim: BingxSim, **options: Any) -> BingxExchange:
     """A connector for the sim's account `bx0` (not started); `options` go to it."""
     api_key, secret = ACCOUNT_KEYS["bx0"]
     return BingxExchange(
-        account="bx0",
-        api_key=api_key,
-        api_secret=secret,
-        rest_url=sim.base_url,
-        ws_url=f"{sim.ws_url}/market",
-        timeout_s=2.0,
-        warm_connections=1,
-        **options,
+        **{
+            "account": "bx0",
+            "api_key": api_key,
+            "api_secret": secret,
+            "rest_url": sim.base_url,
+            "ws_url": f"{sim.ws_url}/market",
+            "timeout_s": 2.0,
+            "warm_connections": 1,
+            **options,
+        }
     )
 
 

@@ -18,7 +18,13 @@ from typing import Any, cast
 import pytest
 from aiohttp import web
 
-from killswitch.exchanges.base import AlreadyGone, CancelAck, OutcomeUnknown, RateLimited
+from killswitch.exchanges.base import (
+    AlreadyGone,
+    CancelAck,
+    OutcomeUnknown,
+    RateLimited,
+    Transient,
+)
 from killswitch.exchanges.bingx import rest as bingx_rest
 from killswitch.exchanges.bingx.venue import CANCEL, ERROR_LOCK_COUNT
 from killswitch.exchanges.budget import Priority
@@ -152,12 +158,12 @@ async def test_a_request_waiting_for_a_connection_is_never_sent_after_its_caller
     sim = BingxSim(VenueSettings(accounts=accounts, symbols=SYMBOLS, rate_limit_scale=50))
     install(sim)
     await sim.start()
-    exchange = bx0_exchange(sim)  # a 2 s timeout, a 2 s connect timeout
+    exchange = bx0_exchange(sim, timeout_s=4.0)  # and a 2 s connect timeout
     exchange.transport.pool_size = 1  # one connection: the second request waits for it
     try:
         await exchange.start()
         sim.faults.add(Fault(FaultKind.STALL, endpoint=CANCEL, stall_s=5.6, count=1))
-        await asyncio.gather(
+        answers = await asyncio.gather(
             exchange.cancel_order(SYMBOLS[0], "111"),
             exchange.cancel_order(SYMBOLS[0], "222"),
             return_exceptions=True,
@@ -167,34 +173,90 @@ async def test_a_request_waiting_for_a_connection_is_never_sent_after_its_caller
         await exchange.close()
         await sim.stop()
     assert not sim.counters.get("timestamp_failures")
+    # never sent, and said so: a retry may go at once, nothing to re-read first (review 85)
+    assert any(isinstance(a, Transient) for a in answers), answers
 
 
-async def test_a_late_answer_that_says_the_clock_is_off_resyncs_it() -> None:
-    """Review 84: a late "timestamp mismatch" was counted, but the next request went out on the
-    same clock and earned another before anything resynced it."""
-    answered: list[None] = []
+def _late_skews(times: int, step_s: float = 0.0) -> Any:
+    """A middleware answering the first `times` cancels "timestamp mismatch", 2.5 s late, each
+    `step_s` later than the one before."""
+    left = [times]
 
     @web.middleware
     async def late_skew(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path == CANCEL and not answered:
-            answered.append(None)
-            await asyncio.sleep(2.5)  # past the connector's 2 s timeout
+        if request.path == CANCEL and left[0] > 0:
+            left[0] -= 1
+            await asyncio.sleep(2.5 + step_s * (times - left[0] - 1))  # past our 2 s timeout
             body = {"code": 100421, "msg": "Null timestamp or timestamp mismatch"}
             return web.json_response(body)
         return cast(web.StreamResponse, await handler(request))
 
+    return late_skew
+
+
+async def test_late_answers_that_say_the_clock_is_off_resync_it_once() -> None:
+    """Review 84: a late "timestamp mismatch" was counted, but the next request went out on the
+    same clock and earned another before anything resynced it. Review 85: each late one then
+    started a resync of its own, at kill priority; one resync since the requests were signed
+    answers them all, in the background."""
     accounts = [SimAccount(name=n, api_key=k, secret=s) for n, k, s in (account_keys(0),)]
     sim = BingxSim(VenueSettings(accounts=accounts, symbols=SYMBOLS, rate_limit_scale=50))
     install(sim)
-    sim.app.middlewares.insert(0, late_skew)
+    # answered 2.5, 3.0 and 3.5 s late: a resync after the first ends before the others come
+    sim.app.middlewares.insert(0, _late_skews(3, step_s=0.5))
     await sim.start()
     exchange = bx0_exchange(sim)
     try:
         await exchange.start()
         synced = exchange.clock.synced_at
-        with pytest.raises(OutcomeUnknown):
-            await exchange.cancel_order(SYMBOLS[0], "123")
+        sent = time.time()
+        answers = await asyncio.gather(  # three at once: BingX's 3/s per IP on cancels
+            *(exchange.cancel_order(SYMBOLS[0], f"{i}") for i in range(3)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(a, OutcomeUnknown) for a in answers), answers
         await eventually(lambda: exchange.clock.synced_at != synced, timeout_s=10)
+        await eventually(lambda: not exchange.errors._pending.get(CANCEL), timeout_s=10)
+        # the server-time reads after the late answers came (2.5 s after they were sent)
+        resyncs = [e for e in sim.request_log if e["path"].endswith("/time") and e["t"] > sent + 2]
     finally:
         await exchange.close()
         await sim.stop()
+    assert len(resyncs) == 1
+
+
+async def test_a_late_resync_is_the_connector_s_and_ends_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 85: the resync a late answer started was nobody's task: it outlived close() and
+    sent on a closed transport ('Task exception was never retrieved')."""
+    accounts = [SimAccount(name=n, api_key=k, secret=s) for n, k, s in (account_keys(0),)]
+    sim = BingxSim(VenueSettings(accounts=accounts, symbols=SYMBOLS, rate_limit_scale=50))
+    install(sim)
+    sim.app.middlewares.insert(0, _late_skews(1))
+    await sim.start()
+    exchange = bx0_exchange(sim)
+    resyncing = asyncio.Event()
+    lost: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: lost.append(context))
+    try:
+        await exchange.start()
+
+        async def slow_sync(priority: Any) -> float:
+            resyncing.set()
+            await asyncio.sleep(30)
+            return 0.0
+
+        monkeypatch.setattr(exchange, "sync_clock", slow_sync)
+        with pytest.raises(OutcomeUnknown):
+            await exchange.cancel_order(SYMBOLS[0], "1")
+        await asyncio.wait_for(resyncing.wait(), 10)
+        await exchange.close()
+        await asyncio.sleep(0.1)
+        assert not [t for t in asyncio.all_tasks() if "late resync" in t.get_name()]
+    finally:
+        loop.set_exception_handler(None)
+        await exchange.close()
+        await sim.stop()
+    assert lost == []

@@ -124,6 +124,7 @@ class VenueConnector(ABC):
         self.clock_refresh_s = clock_refresh_s
         self.recv_window_ms = recv_window_ms
         self._tasks: set[asyncio.Task[None]] = set()
+        self._late_sync: asyncio.Task[None] | None = None  # `_late_skew`'s, one at a time
         self._started = False
         self._closed = False
         # The venue counts its limits per IP: every account to this venue in the process
@@ -143,7 +144,7 @@ class VenueConnector(ABC):
         self, wire: Wire, charges: Charges, sign: Callable[[Params], str]
     ) -> SignedRest:
         """This account's signed REST path, with the venue's wire, budgets and signer."""
-        return SignedRest(
+        rest = SignedRest(
             wire,
             self.transport,
             charges,
@@ -153,6 +154,38 @@ class VenueConnector(ABC):
             clock=self.clock,
             recv_window_ms=self.recv_window_ms,
             resync=lambda: self.resync_clock(),  # looked up at each resync, never bound early
+        )
+        rest.on_late_skew = self._late_skew
+        return rest
+
+    def _late_skew(self, signed_at: float) -> None:
+        """A late answer said the clock was off when a request was signed (`signed_at`, on the
+        clock's wall): resync in the background, one at a time, unless a sync since did, and
+        as the connector's own task, cancelled at close (review 85)."""
+        if self._closed or self.clock.synced_at >= signed_at:
+            return
+        if self._late_sync is not None and not self._late_sync.done():
+            return
+        self._late_sync = self._spawn(
+            self._late_resync(), name=f"late resync {self.venue}/{self.account}"
+        )
+
+    async def _late_resync(self) -> None:
+        # In the background: a kill's own ClockSkew resyncs at its priority.
+        try:
+            offset = await self.sync_clock(Priority.BACKGROUND)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure: keep the offset; a kill resyncs
+            log.warning(
+                "clock resync after a late answer failed venue=%s account=%s error=%s",
+                self.venue,
+                self.account,
+                exc,
+            )
+            return
+        log.info(
+            "clock synced venue=%s account=%s offset_ms=%.1f", self.venue, self.account, offset
         )
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -112,6 +112,11 @@ class RestTransport:
             raise self._failed(
                 Transient, f"connect failed: {type(exc).__name__}", endpoint
             ) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            # no connection in time (a slow connect, a full pool): nothing was sent (review 85)
+            raise self._failed(
+                Transient, f"connect failed: {type(exc).__name__}", endpoint
+            ) from exc
         except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             raise self._failed(
                 OutcomeUnknown, f"no answer: {type(exc).__name__}", endpoint

@@ -314,7 +314,9 @@ class SignedRest:
         self.recv_window_ms = recv_window_ms
         self._sign = sign  # stamped params -> the query to send, signature included
         self._resync = resync
-        self._late_resync: asyncio.Task[None] | None = None  # one at a time (`_late`)
+        # Told when a late answer says the clock was off (with when the request was signed,
+        # on the clock's wall): the connector resyncs in the background (`_late`).
+        self.on_late_skew: Callable[[float], None] | None = None
         self._headers = {wire.key_header: api_key, **wire.headers}
 
     def __repr__(self) -> str:
@@ -403,11 +405,14 @@ class SignedRest:
                 timeout_s=total + self.wire.late_answer_s,
             )
         )
+        signed_at = self.clock.wall()
         try:
             return await asyncio.wait_for(asyncio.shield(reading), total)
         except (TimeoutError, asyncio.CancelledError) as exc:
             late.reading = True
-            reading.add_done_callback(lambda done: self._late(method, path, weight, done))
+            reading.add_done_callback(
+                lambda done: self._late(method, path, weight, done, signed_at)
+            )
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise OutcomeUnknown(
@@ -418,12 +423,19 @@ class SignedRest:
             ) from None
 
     def _late(
-        self, method: str, path: str, weight: int, reading: asyncio.Future[RawResponse]
+        self,
+        method: str,
+        path: str,
+        weight: int,
+        reading: asyncio.Future[RawResponse],
+        signed_at: float,
     ) -> None:
         """An answer the caller gave up on, or its failure: the budgets hear it as any other
-        (its error, if any, counted); nothing else does."""
+        (its error, if any, counted); nothing else does. Either way it has landed: past the
+        late read the venue takes the request no more, and a closed connection carries
+        nothing later (review 85: held as unanswered on top, it counted for 15 s)."""
         raw = None if reading.cancelled() or reading.exception() is not None else reading.result()
-        self.charges.landed(method, path, weight, answered=raw is not None)
+        self.charges.landed(method, path, weight, answered=True)
         if raw is None:
             return
         self.charges.observe(raw.headers)
@@ -438,28 +450,11 @@ class SignedRest:
                 "counted",
                 exc,
             )
-            if isinstance(exc, ClockSkew) and (
-                self._late_resync is None or self._late_resync.done()
-            ):
+            if isinstance(exc, ClockSkew) and self.on_late_skew is not None:
                 # as a caller would have: the next request must not earn another (review 84)
-                self._late_resync = asyncio.get_running_loop().create_task(
-                    self._resync_quietly(), name=f"late resync {self.venue}/{self.account}"
-                )
+                self.on_late_skew(signed_at)
         except Exception:  # a late answer must never end the daemon
             log.exception("late answer could not be read endpoint=%s %s", method, path)
-
-    async def _resync_quietly(self) -> None:
-        """Resync the clock after a late answer said it was off; a failure is logged (the next
-        request's own ClockSkew resyncs again)."""
-        try:
-            await self._resync()
-        except VenueError as exc:
-            log.warning(
-                "clock resync after a late answer failed venue=%s account=%s error=%s",
-                self.venue,
-                self.account,
-                exc,
-            )
 
     def connect_failed(self, exc: BaseException, endpoint: str) -> VenueError:
         """A websocket connect that failed, as the error to raise. A handshake the venue
