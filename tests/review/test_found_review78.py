@@ -260,3 +260,32 @@ async def test_a_late_resync_is_the_connector_s_and_ends_with_it(
         await exchange.close()
         await sim.stop()
     assert lost == []
+
+
+async def test_a_late_skew_resyncs_though_the_wall_clock_stepped_back_since_the_last_sync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 86: "a sync since the request was signed" was told by wall times: with the wall
+    clock stepped back after a sync (what makes requests skewed), a late skew looked answered
+    by that older sync and nothing resynced."""
+    accounts = [SimAccount(name=n, api_key=k, secret=s) for n, k, s in (account_keys(0),)]
+    sim = BingxSim(VenueSettings(accounts=accounts, symbols=SYMBOLS))
+    exchange = bx0_exchange(sim)  # never started: only its clock and its late resync are used
+    wall = [100.0]
+    exchange.clock.wall = lambda: wall[0]
+
+    async def server_time() -> int:
+        return 100_000
+
+    await exchange.clock.sync(server_time)  # synced at 100 s
+    wall[0] = 98.0  # stepped back 2 s
+    resynced = asyncio.Event()
+
+    async def sync_clock(priority: Any) -> float:
+        resynced.set()
+        return 0.0
+
+    monkeypatch.setattr(exchange, "sync_clock", sync_clock)
+    exchange._late_skew(exchange.clock.syncs)  # a request signed now, answered late: skewed
+    await asyncio.wait_for(resynced.wait(), 5)
+    await exchange.close()

@@ -21,6 +21,7 @@ class ServerClock:
     offset_ms: float = 0.0
     last_rtt_ms: float = 0.0
     synced_at: float = 0.0
+    syncs: int = 0  # syncs done: "a sync since" is told by this, never by a wall clock
 
     def now_ms(self) -> int:
         return int(self.wall() * 1000 + self.offset_ms)
@@ -44,6 +45,7 @@ class ServerClock:
         self.last_rtt_ms = (t1 - t0) * 1000
         self.offset_ms = server_ms - (t0 + t1) / 2 * 1000
         self.synced_at = t1
+        self.syncs += 1
         return self.offset_ms
 
     async def keep_synced(

@@ -158,11 +158,12 @@ class VenueConnector(ABC):
         rest.on_late_skew = self._late_skew
         return rest
 
-    def _late_skew(self, signed_at: float) -> None:
-        """A late answer said the clock was off when a request was signed (`signed_at`, on the
-        clock's wall): resync in the background, one at a time, unless a sync since did, and
-        as the connector's own task, cancelled at close (review 85)."""
-        if self._closed or self.clock.synced_at >= signed_at:
+    def _late_skew(self, syncs: int) -> None:
+        """A late answer said the clock was off when a request was signed (`syncs`: the clock's
+        sync count then): resync in the background, one at a time, unless a sync since did
+        (counted, not timed: a wall clock stepped back would hide one, review 86), and as the
+        connector's own task, cancelled at close (review 85)."""
+        if self._closed or self.clock.syncs > syncs:
             return
         if self._late_sync is not None and not self._late_sync.done():
             return

@@ -314,9 +314,9 @@ class SignedRest:
         self.recv_window_ms = recv_window_ms
         self._sign = sign  # stamped params -> the query to send, signature included
         self._resync = resync
-        # Told when a late answer says the clock was off (with when the request was signed,
-        # on the clock's wall): the connector resyncs in the background (`_late`).
-        self.on_late_skew: Callable[[float], None] | None = None
+        # Told when a late answer says the clock was off (with the clock's sync count when the
+        # request was signed): the connector resyncs in the background (`_late`).
+        self.on_late_skew: Callable[[int], None] | None = None
         self._headers = {wire.key_header: api_key, **wire.headers}
 
     def __repr__(self) -> str:
@@ -405,14 +405,12 @@ class SignedRest:
                 timeout_s=total + self.wire.late_answer_s,
             )
         )
-        signed_at = self.clock.wall()
+        syncs = self.clock.syncs  # as signed: a sync after it answers a late ClockSkew
         try:
             return await asyncio.wait_for(asyncio.shield(reading), total)
         except (TimeoutError, asyncio.CancelledError) as exc:
             late.reading = True
-            reading.add_done_callback(
-                lambda done: self._late(method, path, weight, done, signed_at)
-            )
+            reading.add_done_callback(lambda done: self._late(method, path, weight, done, syncs))
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise OutcomeUnknown(
@@ -428,7 +426,7 @@ class SignedRest:
         path: str,
         weight: int,
         reading: asyncio.Future[RawResponse],
-        signed_at: float,
+        syncs: int,
     ) -> None:
         """An answer the caller gave up on, or its failure: the budgets hear it as any other
         (its error, if any, counted); nothing else does. Either way it has landed: past the
@@ -452,7 +450,7 @@ class SignedRest:
             )
             if isinstance(exc, ClockSkew) and self.on_late_skew is not None:
                 # as a caller would have: the next request must not earn another (review 84)
-                self.on_late_skew(signed_at)
+                self.on_late_skew(syncs)
         except Exception:  # a late answer must never end the daemon
             log.exception("late answer could not be read endpoint=%s %s", method, path)
 
