@@ -406,19 +406,24 @@ class SignedRest:
             )
         )
         syncs = self.clock.syncs  # as signed: a sync after it answers a late ClockSkew
+        # `asyncio.wait`, not `wait_for`: 3.11's wait_for loses a cancel that comes with the
+        # answer, and a keeper loop cancelled at stop then ran on (a stop that hung).
         try:
-            return await asyncio.wait_for(asyncio.shield(reading), total)
-        except (TimeoutError, asyncio.CancelledError) as exc:
+            done, _ = await asyncio.wait({reading}, timeout=total)
+        except asyncio.CancelledError:
             late.reading = True
-            reading.add_done_callback(lambda done: self._late(method, path, weight, done, syncs))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise OutcomeUnknown(
-                "no answer: TimeoutError",
-                venue=self.venue,
-                account=self.account,
-                endpoint=f"{method} {path}",
-            ) from None
+            reading.add_done_callback(lambda ended: self._late(method, path, weight, ended, syncs))
+            raise
+        if done:
+            return reading.result()
+        late.reading = True
+        reading.add_done_callback(lambda ended: self._late(method, path, weight, ended, syncs))
+        raise OutcomeUnknown(
+            "no answer: TimeoutError",
+            venue=self.venue,
+            account=self.account,
+            endpoint=f"{method} {path}",
+        )
 
     def _late(
         self,
