@@ -18,6 +18,7 @@ from typing import Any, cast
 import pytest
 from aiohttp import web
 
+from killswitch.exchanges import rest as rest_module
 from killswitch.exchanges.base import (
     AlreadyGone,
     CancelAck,
@@ -289,3 +290,23 @@ async def test_a_late_skew_resyncs_though_the_wall_clock_stepped_back_since_the_
     exchange._late_skew(exchange.clock.syncs)  # a request signed now, answered late: skewed
     await asyncio.wait_for(resynced.wait(), 5)
     await exchange.close()
+
+
+async def test_a_cancel_that_comes_with_the_answer_still_cancels_the_late_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fresh-clone run hung at a kill rig's stop: the late read waited with 3.11's wait_for,
+    which loses a cancel that comes in the same step as the answer, so a dead-man's-switch
+    keeper cancelled at stop ran on."""
+    accounts = [SimAccount(name=n, api_key=k, secret=s) for n, k, s in (account_keys(0),)]
+    exchange = bx0_exchange(BingxSim(VenueSettings(accounts=accounts, symbols=SYMBOLS)))
+    answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    monkeypatch.setattr(exchange.transport, "request", lambda *args, **kwargs: answer)
+    reading = asyncio.ensure_future(
+        exchange.rest._read_late("POST", CANCEL, 1, "", rest_module._Late())
+    )
+    await asyncio.sleep(0)  # waiting for the answer
+    answer.set_result(object())
+    reading.cancel()  # in the same step
+    with pytest.raises(asyncio.CancelledError):
+        await reading
