@@ -84,6 +84,25 @@ async def remember_a_bingx_ban(sim: BingxSim, path: Path) -> None:
     budget._USERS.clear()
 
 
+def bx0_settings(sim: BingxSim, state_dir: Path) -> Settings:
+    """Settings with the sim's BingX account `bx0` alone, state in `state_dir`."""
+    key, secret = ACCOUNT_KEYS["bx0"]
+    account = {
+        "venue": "bingx",
+        "name": "bx0",
+        "rest_url": sim.base_url,
+        "ws_url": f"{sim.ws_url}/market",
+        "api_key": key,
+        "api_secret": secret,
+        "timeout_s": 2.0,
+    }
+    return Settings(
+        state_dir=state_dir,
+        accounts=[account],
+        control={"socket_path": state_dir / "control.sock"},
+    )
+
+
 async def test_preflight_never_sends_into_a_ban_the_daemon_keeps(tmp_path: Path) -> None:
     """`killswitch preflight` (what `status` sends an operator to for a NOT READY account)
     built connectors that read nothing of `venue-limits.json`: it sent into a ban the daemon
@@ -93,24 +112,9 @@ async def test_preflight_never_sends_into_a_ban_the_daemon_keeps(tmp_path: Path)
     await sim.start()
     try:
         await remember_a_bingx_ban(sim, path)
-        key, secret = ACCOUNT_KEYS["bx0"]
         kept = path.read_bytes()
         before = dict(sim.counters)
-        settings = Settings(
-            state_dir=tmp_path,
-            accounts=[
-                {
-                    "venue": "bingx",
-                    "name": "bx0",
-                    "rest_url": sim.base_url,
-                    "ws_url": f"{sim.ws_url}/market",
-                    "api_key": key,
-                    "api_secret": secret,
-                    "timeout_s": 2.0,
-                }
-            ],
-            control={"socket_path": tmp_path / "control.sock"},
-        )
+        settings = bx0_settings(sim, tmp_path)
         (result,) = await run_preflight(settings, timeout_s=5.0, daemon_dms={})
         sent = {k: v - before.get(k, 0) for k, v in sim.counters.items() if v != before.get(k, 0)}
         assert sent == {}

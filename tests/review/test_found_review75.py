@@ -16,16 +16,14 @@ from killswitch.exchanges import limits_file
 from killswitch.exchanges.connector import VenueConnector
 from killswitch.journal import Journal
 from killswitch.model import AccountRef, Mode, Scope, Trigger
-from killswitch.settings import Settings
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sinks.metrics import _StatusCollector
 from killswitch.streams.supervisor import StreamSupervisor
 from killswitch.streams.tracker import OrderTracker
 from tests.conftest import eventually
-from tests.fixtures.bingx import ACCOUNT_KEYS
 from tests.fixtures.mexc import mexc_sim
 from tests.review.test_found_review66_restart import bingx_sim
-from tests.review.test_found_review73 import remember_a_bingx_ban
+from tests.review.test_found_review73 import bx0_settings, remember_a_bingx_ban
 
 
 async def test_the_live_drill_s_readiness_check_never_sends_into_a_remembered_ban(
@@ -37,22 +35,8 @@ async def test_the_live_drill_s_readiness_check_never_sends_into_a_remembered_ba
     await sim.start()
     try:
         await remember_a_bingx_ban(sim, tmp_path / "venue-limits.json")
-        key, secret = ACCOUNT_KEYS["bx0"]
         before = dict(sim.counters)
-        account = {
-            "venue": "bingx",
-            "name": "bx0",
-            "rest_url": sim.base_url,
-            "ws_url": f"{sim.ws_url}/market",
-            "api_key": key,
-            "api_secret": secret,
-            "timeout_s": 2.0,
-        }
-        settings = Settings(
-            state_dir=tmp_path,
-            accounts=[account],
-            control={"socket_path": tmp_path / "control.sock"},
-        )
+        settings = bx0_settings(sim, tmp_path)
         drill = Drill(
             settings,
             settings.accounts[0],

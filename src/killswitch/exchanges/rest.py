@@ -446,11 +446,11 @@ class SignedRest:
             self.read(self.wire.decode(raw.status, raw.body), f"{method} {path}", path, raw.headers)
         except VenueError as exc:
             log.info(
-                "late answer venue=%s account=%s endpoint=%s %s error=%s",
+                "late answer counted venue=%s account=%s endpoint=%s %s error=%s",
                 self.venue,
                 self.account,
-                f"{method} {path}",
-                "counted",
+                method,
+                path,
                 exc,
             )
             if isinstance(exc, ClockSkew) and self.on_late_skew is not None:
