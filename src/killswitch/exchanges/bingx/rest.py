@@ -299,12 +299,17 @@ class BingxCharges:
             doublings = min(30, self.ban.guesses - 1)
             error.retry_after_s = min(BAN_MAX_S, BAN_MIN_S * 2**doublings)
         elif header_wait(headers) is None:
-            error.retry_after_s += EPOCH_MARGIN_S + self.clock.last_rtt_ms / 1000.0
+            error.retry_after_s += self.epoch_margin_s()
         self.ban.until = max(self.ban.until, now + error.retry_after_s)
         note_limits(urgent=True)
         self.group_budget.block(error.retry_after_s, banned=True)
         for budget in {*self.budgets.values(), *self.ip_budgets.values()}:
             budget.block(error.retry_after_s)
+
+    def epoch_margin_s(self) -> float:
+        """How long after an epoch the venue named to wait: our clock's error is up to its
+        round trip, never less than none (review 87: a wall step gave a negative one)."""
+        return EPOCH_MARGIN_S + max(0.0, self.clock.last_rtt_ms) / 1000.0
 
     def throttled(self, error: RateLimited, path: str, msg: str, header: float | None) -> None:
         """A 100410 (or 429/403): hold this API, on our UID budget and the shared IP one,
@@ -318,7 +323,7 @@ class BingxCharges:
             error.retry_after_s = base * (1.0 + 0.25 * self.rng.random())
         elif header is None:
             # An epoch read on our estimate of the venue's clock: leave room for its error.
-            error.retry_after_s += EPOCH_MARGIN_S + self.clock.last_rtt_ms / 1000.0
+            error.retry_after_s += self.epoch_margin_s()
         budgets = self.path_budgets(path)
         for budget in budgets:
             budget.block(error.retry_after_s)
