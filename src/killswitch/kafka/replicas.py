@@ -22,6 +22,12 @@ One restarting latched reads it first in the engine's start, before the journal'
 kills resume (`before_resume`): a latch a peer reset while it was down is released, never
 killed again. Unread within the same bound, every latch resumes and an alarm says so.
 
+A kill fired on the control socket is answered only once its latch record is on the topic
+(`latch_published`: published at once, acknowledged by the broker with acks=all), or, after
+`sync_timeout_s`, with why it is not: until then only this host holds it, and a replica that
+died right after answering "accepted" would take the kill with it. `latch_status` names the
+latches held here that the topic is not known to hold (`killswitch status`).
+
 A reset made here reaches the topic even if this replica stopped or crashed before publishing
 it: a graceful stop publishes what waits (for at most `stop_flush_s`), and after a restart the
 journal says it (`kafka.reconciler` announces it once settled).
@@ -51,7 +57,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +69,7 @@ from killswitch.backoff import Backoff
 from killswitch.events import EventRecord, EventType, make_event
 from killswitch.handlers.alerts import SIGNATURE_HEADER, Unauthenticated, signature
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
-from killswitch.kafka.latch_log import LatchLog
+from killswitch.kafka.latch_log import LatchLog, remember
 from killswitch.kafka.reconciler import REPLICA_ORIGIN, LatchReconciler, held_latches
 from killswitch.kill.port import EnginePort
 from killswitch.model import AccountRef, Mode
@@ -132,6 +138,11 @@ class LatchReplicator(EngineFeed):
             clock=clock,
         )
         self._outbox: deque[tuple[bytes, bytes | None]] = deque()
+        self._sending = asyncio.Lock()  # one drain of the outbox at a time, in its order
+        # Latch records the broker acknowledged (until a tombstone for them is), by trigger id,
+        # and the fires waiting for theirs: resolved with None once acknowledged, else why not.
+        self._acked: OrderedDict[str, None] = OrderedDict()
+        self._latch_waits: dict[str, asyncio.Future[str | None]] = {}
         self._position = 0  # next offset to read
         self._skipped_at_resume = False  # `before_resume` could not read the topic
 
@@ -146,6 +157,81 @@ class LatchReplicator(EngineFeed):
 
     def _released(self, trigger_id: str) -> bool:
         return trigger_id in self.log.released and trigger_id not in self.log.latched
+
+    # -- what the control socket asks --------------------------------------------------------
+
+    @property
+    def publish_timeout_s(self) -> float:
+        """How long a fire waits for its latch record to be on the topic."""
+        return self.sync_timeout_s
+
+    async def latch_published(self, trigger_id: str, timeout_s: float) -> str | None:
+        """Wait until the latch record of `trigger_id` is on the topic, acknowledged by the
+        broker (acks=all), publishing what waits at once rather than at the next poll; return
+        None once it is, else (after at most `timeout_s`) why it is not."""
+        if self._on_topic(trigger_id):
+            return None
+        if not self._queued(trigger_id):
+            return "no latch record of it is on its way to the latch topic"
+        waiter = self._latch_waits.get(trigger_id)
+        if waiter is None or waiter.done():
+            waiter = asyncio.get_running_loop().create_future()
+            self._latch_waits[trigger_id] = waiter
+        failed = ""
+        try:
+            async with asyncio.timeout(timeout_s):
+                failed = await self._publish_now()
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            pass
+        if self._on_topic(trigger_id):  # acknowledged as the time ran out
+            return None
+        if not self.connected:
+            why = f"latch topic not connected: {self.last_error or 'connecting'}"
+        elif not self.synced:
+            why = "the latch topic is not read yet"
+        else:
+            why = failed or "no acknowledgement"
+        return f"not on the latch topic after {timeout_s:g}s ({why})"
+
+    def latch_status(self) -> dict[str, object]:
+        """The latches held here that the topic is not known to hold (only this host has
+        them), and whether the topic is read and reachable."""
+        return {
+            "topic": self.topic,
+            "connected": self.connected,
+            "synced": self.synced,
+            "error": self.last_error or None,
+            "not_on_topic": self._not_on_topic(),
+        }
+
+    def _on_topic(self, trigger_id: str) -> bool:
+        return trigger_id in self._acked or trigger_id in self.log.latched
+
+    def _queued(self, trigger_id: str) -> bool:
+        key = f"latch/{trigger_id}".encode()
+        return any(k == key and v is not None for k, v in self._outbox)
+
+    def _not_on_topic(self) -> list[str]:
+        return [t for t in held_latches(self.engine) if not self._on_topic(t)]
+
+    async def _publish_now(self) -> str:
+        """Publish the outbox from the caller's task (the loop would at its next step); a
+        broker error is the loop's to act on (it reconnects): returned, and the caller waits
+        on."""
+        if not (self.connected and self.synced):
+            return ""  # the loop publishes once connected and the topic is read
+        try:
+            await self._publish()
+        except BROKER_ERRORS as exc:
+            log.warning("latch record not published at once, the loop retries error=%s", exc)
+            return f"{type(exc).__name__}: {exc}"[:300]
+        return ""
+
+    def _settle_waits(self, trigger_id: str, why: str | None) -> None:
+        waiter = self._latch_waits.pop(trigger_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(why)
 
     # -- EventSink: what our engine did ------------------------------------------------------
 
@@ -293,6 +379,8 @@ class LatchReplicator(EngineFeed):
                 raise
             except BROKER_ERRORS as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        for trigger_id in list(self._latch_waits):
+            self._settle_waits(trigger_id, "the replicator stopped before publishing it")
         if not self._outbox:
             return
         log.warning(
@@ -322,6 +410,9 @@ class LatchReplicator(EngineFeed):
         )
         if self.log.unauthenticated:
             refused += f", {self.log.unauthenticated} unsigned or badly signed records ignored"
+        local = self._not_on_topic()
+        if local:
+            refused += f", {len(local)} latches held here NOT on the topic"
         return (
             f"synced={self.synced}, {len(self.log.latched)} cluster latches{refused}, "
             f"peers: {','.join(peers) or 'none seen'}"
@@ -406,6 +497,7 @@ class LatchReplicator(EngineFeed):
                 trigger_id = name.removeprefix("latch/")
                 if self._released(trigger_id):
                     dropped.append(trigger_id)
+                    self._settle_waits(trigger_id, "a reset on the latch topic released it")
                     continue
             kept.append((key, value))
         if not dropped:
@@ -489,14 +581,31 @@ class LatchReplicator(EngineFeed):
     # -- writing -----------------------------------------------------------------------------
 
     async def _publish(self) -> None:
-        producer = self._producer
-        assert producer is not None
-        while self._outbox:
-            key, value = self._outbox[0]
-            headers = [(ORIGIN_HEADER, self.replica_id.encode())]
-            if self._hmac_key is not None and value is not None:
-                # signed as alerts are; a tombstone has no value, and no authority (latch_log)
-                headers.append((SIGNATURE_HEADER, signature(self._hmac_key, value).encode()))
-            await producer.send_and_wait(self.topic, value, key=key, partition=0, headers=headers)
-            self._outbox.popleft()
-            self.published += 1
+        """Send the outbox in order, each record acknowledged before the next (acks=all)."""
+        async with self._sending:
+            while self._outbox:
+                producer = self._producer
+                if producer is None:
+                    return  # torn down while waiting for the lock: the loop publishes later
+                key, value = self._outbox[0]
+                headers = [(ORIGIN_HEADER, self.replica_id.encode())]
+                if self._hmac_key is not None and value is not None:
+                    # signed as alerts are; a tombstone has no value, and no authority
+                    headers.append((SIGNATURE_HEADER, signature(self._hmac_key, value).encode()))
+                await producer.send_and_wait(
+                    self.topic, value, key=key, partition=0, headers=headers
+                )
+                self._outbox.popleft()
+                self.published += 1
+                self._acknowledged(key, value)
+
+    def _acknowledged(self, key: bytes, value: bytes | None) -> None:
+        name = key.decode(errors="replace")
+        if not name.startswith("latch/"):
+            return
+        trigger_id = name.removeprefix("latch/")
+        if value is None:
+            self._acked.pop(trigger_id, None)  # released: compaction drops it
+            return
+        remember(self._acked, trigger_id)
+        self._settle_waits(trigger_id, None)
