@@ -26,6 +26,14 @@ the kill's state when the answer was written (`running`, `flat`, `confirmed`, `f
 ended first. `ok` on a fire that waited (and on a wait) is true only when the kill is flat or
 confirmed and the wait did not time out.
 
+With the latch shared between replicas (`kafka.share_latch`), a kill fire's answer also says
+whether its latch is on the latch topic: `"replicated": true` once the broker acknowledged its
+record (acks=all), else, after the replicator's bound, `"replicated": false` and
+`"not_replicated"` saying why. Until then only this host holds the kill: an "accepted" must not
+let an operator believe another replica would carry it on if this one died (review 88). The
+kill itself starts at once; only the answer waits. Without a shared latch (and for
+`cancel_only`, which latches nothing) the answer carries neither field.
+
 The actor of a fire or reset is the peer's user as the kernel reports it (SO_PEERCRED), never
 what the client claims; a claimed name is recorded next to it. A fire whose scope names a venue
 or account that selects no configured account is refused: an operator's typo must not become a
@@ -46,7 +54,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
@@ -69,6 +77,19 @@ _REQUEST = ConfigDict(frozen=True, extra="forbid", strict=True, str_strip_whites
 
 class ControlError(Exception):
     """A request the control socket refuses; the message goes back to the client."""
+
+
+@runtime_checkable
+class LatchShare(Protocol):
+    """The latch shared with other replicas (`kafka.replicas.LatchReplicator`), as a fire and
+    a status ask it."""
+
+    @property
+    def publish_timeout_s(self) -> float: ...
+
+    async def latch_published(self, trigger_id: str, timeout_s: float) -> str | None: ...
+
+    def latch_status(self) -> dict[str, object]: ...
 
 
 class FireRequest(AlertScope):
@@ -172,10 +193,12 @@ class ControlServer:
         path: Path,
         *,
         readiness: Callable[[], dict[str, dict[str, object]]] | None = None,
+        latch_share: LatchShare | None = None,
     ) -> None:
         self.engine = engine
         self.path = path
         self.readiness = readiness
+        self._latch_share = latch_share
         self._server: asyncio.Server | None = None
         self._stopped = asyncio.Event()
         self._clients: set[asyncio.Task[Any]] = set()
@@ -234,6 +257,15 @@ class ControlServer:
     def status(self) -> str:
         return "listening" if self.healthy() else "closed"
 
+    def latch_share(self) -> LatchShare | None:
+        """The shared latch, if this daemon shares it: given, or the engine's event sink that
+        is one (the replicator joins the engine's events after this server is built)."""
+        if self._latch_share is None:
+            self._latch_share = next(
+                (s for s in self.engine.events.sinks if isinstance(s, LatchShare)), None
+            )
+        return self._latch_share
+
     # -- protocol -------------------------------------------------------------------------------
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -279,6 +311,9 @@ class ControlServer:
             status = self.engine.status()
             if self.readiness is not None:
                 status["readiness"] = self.readiness()
+            share = self.latch_share()
+            if share is not None:
+                status["latch_topic"] = share.latch_status()
             return {"ok": True, "status": status}
         if isinstance(request, FireRequest):
             return await self._fire(request, peer)
@@ -352,17 +387,39 @@ class ControlServer:
                     f"({'a different scope or mode' if earlier else 'no longer known'}); "
                     "nothing was fired: use a new id"
                 )
-        if kill is None:
-            # Nothing to wait on (the daemon no longer holds the kill this id started).
-            answer.update(ok=request.wait is None, outcome="unknown", timed_out=False)
-        elif request.wait is not None:
-            answer.update(
-                await _wait(kill, request.wait, request.timeout_s, self._follow(trigger.id))
-            )
-            warning = self._nothing_of(scope, kill)
-            if warning:
-                answer["warning"] = warning
-        else:
+        share = self.latch_share() if trigger.mode is Mode.KILL else None
+        # The kill runs already; its latch record is published alongside the wait for it.
+        replicating = (
+            asyncio.ensure_future(share.latch_published(trigger.id, share.publish_timeout_s))
+            if share is not None
+            else None
+        )
+        try:
+            if kill is None:
+                # Nothing to wait on (the daemon no longer holds the kill this id started).
+                answer.update(ok=request.wait is None, outcome="unknown", timed_out=False)
+            elif request.wait is not None:
+                answer.update(
+                    await _wait(kill, request.wait, request.timeout_s, self._follow(trigger.id))
+                )
+                warning = self._nothing_of(scope, kill)
+                if warning:
+                    answer["warning"] = warning
+            if replicating is not None:
+                not_replicated = await replicating
+                answer["replicated"] = not_replicated is None
+                if not_replicated is not None:
+                    answer["not_replicated"] = not_replicated
+                    log.error(
+                        "kill accepted here but its latch is NOT on the latch topic: only this "
+                        "replica holds it trigger_id=%s why=%s",
+                        trigger.id,
+                        not_replicated,
+                    )
+        finally:
+            if replicating is not None and not replicating.done():
+                replicating.cancel()
+        if kill is not None and request.wait is None:
             answer.update(outcome=kill.state.value, timed_out=False)
         return answer
 
