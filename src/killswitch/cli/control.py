@@ -25,6 +25,21 @@ from killswitch.control_client import (
     socket_path,
 )
 
+# A kill accepted and running (or flat) here whose latch is not on the latch topic yet: only
+# this host holds it (review 88). Above the other codes: scripts test for 0, 1-4 as before.
+EXIT_NOT_REPLICATED = 5
+FIRE_EXIT_CODES_HELP = (
+    EXIT_CODES_HELP
+    + """\
+  5  not replicated: the kill was accepted and runs here (or is flat here), but
+     with replicas sharing the latch its record is not on the latch topic yet:
+     if this host dies now, no other replica knows of the kill
+"""
+)
+# How much longer than its own wait a fire's answer may take: with a shared latch the daemon
+# answers once the latch record is on the topic, or after the replicator's bound (10 s).
+REPLICATION_ALLOWANCE_S = 20.0
+
 
 def add_fire_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `killswitch fire`'s arguments."""
@@ -92,10 +107,14 @@ def cmd_fire(args: argparse.Namespace) -> int:
     }
     if not args.no_wait:
         payload |= {"wait": "done", "timeout_s": args.timeout}
-    answer = _call(args, payload, timeout_s=(10.0 if args.no_wait else args.timeout + 10.0))
+    answer = _call(
+        args,
+        payload,
+        timeout_s=(0.0 if args.no_wait else args.timeout) + 10.0 + REPLICATION_ALLOWANCE_S,
+    )
     if answer is None:
         return EXIT_UNREACHABLE
-    code = exit_code(answer)
+    code = exit_code(answer)  # the kill's; a latch only this host holds is said apart
     if args.json:
         sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
     elif "trigger_id" not in answer:
@@ -111,6 +130,13 @@ def cmd_fire(args: argparse.Namespace) -> int:
             sys.stdout.write(format_kill(kill) + "\n")
         if answer.get("warning"):
             sys.stderr.write(f"killswitch fire: warning: {answer['warning']}\n")
+        if answer.get("replicated") is False:
+            sys.stderr.write(
+                "killswitch fire: warning: NOT REPLICATED: the kill runs on this daemon, but "
+                f"its latch is not on the latch topic ({answer.get('not_replicated')}); if "
+                "this host dies now, no other replica knows of it. `killswitch status` lists "
+                "it until it is published; fire on another replica too to be sure\n"
+            )
     if code == EXIT_RUNNING and not args.json:
         waited = "not waited for (--no-wait)" if args.no_wait else f"not flat after {args.timeout}s"
         sys.stderr.write(
@@ -118,6 +144,15 @@ def cmd_fire(args: argparse.Namespace) -> int:
         )
     elif code == EXIT_FAILED and "trigger_id" in answer and not args.json:
         sys.stderr.write(f"killswitch fire: NOT flat: the kill is {answer.get('outcome')}\n")
+    return fire_exit_code(answer)
+
+
+def fire_exit_code(answer: dict[str, Any]) -> int:
+    """`exit_code`, except 5 for a kill accepted (running or flat) whose latch is not on the
+    shared latch topic: a failure or a refusal says more, and keeps its code."""
+    code = exit_code(answer)
+    if answer.get("replicated") is False and code in (EXIT_OK, EXIT_RUNNING):
+        return EXIT_NOT_REPLICATED
     return code
 
 
@@ -133,7 +168,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stderr.write(f"killswitch status: {answer.get('error')}\n")
     else:
         sys.stdout.write(format_status(answer["status"]))
+        sys.stdout.write(_latch_topic_lines(answer["status"].get("latch_topic")))
     return EXIT_OK if answer.get("ok") else EXIT_FAILED
+
+
+def _latch_topic_lines(topic: object) -> str:
+    """The latches only this replica holds (not on the shared latch topic), if any."""
+    if not isinstance(topic, dict):
+        return ""  # the latch is not shared
+    missing = topic.get("not_on_topic") or []
+    if not missing:
+        return ""
+    if not topic.get("connected"):
+        why = f"latch topic not connected: {topic.get('error') or 'connecting'}"
+    elif not topic.get("synced"):
+        why = "latch topic not read yet"
+    else:
+        why = "not published yet"
+    return (
+        f"\nNOT REPLICATED: {len(missing)} latch(es) held here are not on the latch topic "
+        f"({why}): if this host dies, no other replica knows of them\n"
+        + "".join(f"  {trigger_id}\n" for trigger_id in missing)
+    )
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
@@ -162,7 +218,7 @@ COMMANDS = (
         help="cancel now and latch (a kill) over the control socket",
         description="Cancel every open order in scope now and latch the scope (a kill), or "
         "cancel once (--cancel-only), then wait until the venues show nothing open.",
-        epilog=EXIT_CODES_HELP,
+        epilog=FIRE_EXIT_CODES_HELP,
     ),
     Command(
         "status",
