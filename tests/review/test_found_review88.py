@@ -1,0 +1,143 @@
+"""Review 88: a socket fire on a replica sharing the latch was answered "accepted" while its
+latch record only waited in the replicator's outbox; the replica SIGKILLed right after the
+answer took the kill with it (no other replica ever heard of it). A fire now answers once its
+latch record is on the topic (`replicated`), or says plainly that it is not (exit 5).
+
+Real parts: a Tansu broker, daemons run as systemd runs them, the simulated venues, the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from killswitch.cli.control import EXIT_NOT_REPLICATED, fire_exit_code
+from killswitch.control_client import EXIT_FAILED, EXIT_OK, EXIT_RUNNING
+from killswitch.sim.faults import Fault
+from killswitch.sim.venue import SimVenue
+from tests.conftest import eventually
+from tests.fixtures.kafka import KafkaBroker, ProxiedBroker, kafka_broker, proxied_broker
+from tests.fixtures.kafka_daemon import Daemon, KafkaDrill, kafka_drill
+
+__all__ = ["kafka_broker", "proxied_broker"]
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+CANCELS = ("/openApi/spot/v1/trade/cancel*", "/openApi/spot/v1/oco/cancel")
+
+
+def bingx_refuses_cancels(d: KafkaDrill) -> SimVenue:
+    """Keep the kill running: BingX answers every cancel 503 until the faults are cleared."""
+    bingx = d.sim("bingx")
+    for endpoint in CANCELS:
+        bingx.faults.add(
+            Fault.from_json({"kind": "error_before", "endpoint": endpoint, "http_status": 503})
+        )
+    return bingx
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "killswitch"
+    return subprocess.run(
+        [str(script), *args], capture_output=True, text=True, timeout=90, check=False
+    )
+
+
+async def latched(daemon: Daemon, trigger_id: str) -> bool:
+    status = await daemon.status()
+    return any(latch["trigger_id"] == trigger_id for latch in status["latches"])
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        (
+            {"ok": True, "outcome": "running", "timed_out": False, "replicated": False},
+            EXIT_NOT_REPLICATED,
+        ),
+        (
+            {"ok": True, "outcome": "flat", "timed_out": False, "replicated": False},
+            EXIT_NOT_REPLICATED,
+        ),
+        ({"ok": True, "outcome": "flat", "timed_out": False, "replicated": True}, EXIT_OK),
+        ({"ok": True, "outcome": "running", "timed_out": False, "replicated": True}, EXIT_RUNNING),
+        # a failed kill says more than where its latch is
+        ({"ok": False, "outcome": "failed", "timed_out": False, "replicated": False}, EXIT_FAILED),
+        # no shared latch: no field, the codes of before
+        ({"ok": True, "outcome": "flat", "timed_out": False}, EXIT_OK),
+    ],
+)
+def test_fire_exits_5_for_an_accepted_kill_whose_latch_only_this_host_holds(
+    answer: dict[str, object], code: int
+) -> None:
+    assert fire_exit_code(answer) == code
+
+
+async def test_a_replica_killed_right_after_answering_a_fire_leaves_the_kill_to_its_peer(
+    tmp_path: Path, kafka_broker: KafkaBroker
+) -> None:
+    async with (
+        kafka_drill(tmp_path, kafka_broker.bootstrap) as d,
+        d.daemon("a") as a,
+        d.daemon("b") as b,
+    ):
+        await asyncio.gather(a.ready(), b.ready())
+        await asyncio.gather(d.wait_live(a), d.wait_live(b))
+        bingx = bingx_refuses_cancels(d)
+        answer = await a.ask({"op": "fire", "reason": "socket fire on a", "actor": "r88"})
+        # The host is gone for good right after the operator was told "accepted".
+        a.proc.send_signal(signal.SIGKILL)
+        await a.proc.wait()
+        assert answer["result"] == "accepted"
+        trigger_id = answer["trigger_id"]
+        bingx.faults.clear()
+        await eventually(lambda: latched(b, trigger_id), timeout_s=20, interval_s=0.2)
+        await eventually(d.flat, timeout_s=60)
+        assert answer["replicated"] is True
+        assert "not_replicated" not in answer
+        # Only b was left to act, and it acted on a's trigger, by a's id.
+        triggers = [r["trigger"]["id"] for r in b.journal_records() if r["kind"] == "trigger"]
+        assert triggers == [trigger_id]
+
+
+async def test_a_fire_whose_latch_cannot_reach_the_topic_runs_and_says_it_is_not_replicated(
+    tmp_path: Path, proxied_broker: ProxiedBroker
+) -> None:
+    async with kafka_drill(tmp_path, proxied_broker.bootstrap) as d, d.daemon("a") as a:
+        await a.ready()
+        await d.wait_live(a)
+        await proxied_broker.cut()
+        fired = await asyncio.to_thread(
+            cli, "fire", "--socket", str(a.socket), "--reason", "broker away", "--no-wait"
+        )
+        assert fired.returncode == 5, (fired.stdout, fired.stderr)
+        assert "accepted trigger" in fired.stdout
+        assert "NOT REPLICATED" in fired.stderr
+        trigger_id = fired.stdout.split()[2]
+        # The kill did not wait for the broker: it ran while the answer waited (10 s).
+        assert d.flat()
+        status = await asyncio.to_thread(cli, "status", "--socket", str(a.socket))
+        assert status.returncode == 0, status.stderr
+        assert "NOT REPLICATED: 1 latch(es)" in status.stdout
+        assert trigger_id in status.stdout.split("NOT REPLICATED")[1]
+
+        await proxied_broker.restore()
+
+        async def published() -> bool:
+            topic: dict[str, Any] = (await a.status())["latch_topic"]
+            return topic["synced"] and not topic["not_on_topic"]
+
+        await eventually(published, timeout_s=60, interval_s=0.2)
+        # A fire once the broker is back is answered replicated, and exits by its kill.
+        again = await asyncio.to_thread(
+            cli, "fire", "--socket", str(a.socket), "--reason", "broker back", "--json"
+        )
+        assert again.returncode == 0, (again.stdout, again.stderr)
+        assert orjson.loads(again.stdout)["replicated"] is True
