@@ -1,12 +1,16 @@
-"""Review 87: a server-time sync across a wall-clock step.
+"""Review 87: a server-time sync across a wall-clock step, and a request the closing pool cancelled.
 
-`ServerClock.sync` timed its read on the wall clock alone and took any sample. NTP stepping the
-wall clock back 12 s while a sync was on its way gave an offset wrong by half the step (6 s,
+F1. `ServerClock.sync` timed its read on the wall clock alone and took any sample. NTP stepping
+the wall clock back 12 s while a sync was on its way gave an offset wrong by half the step (6 s,
 past BingX's 5 s recvWindow), and the sync still counted: a late "timestamp mismatch" from a
 request signed meanwhile looked answered by it and nothing resynced. A sync is now timed on a
 steady clock too; a sample the wall stepped during is discarded, never counted, and read again;
 when every sample was stepped the sync raises `ClockStepped` (a `Transient`) and its caller
 retries. The round trip in BingX's epoch margin is never negative.
+
+F2. Closing a connector makes aiohttp cancel the requests waiting for a pool slot: their caller,
+which nobody cancelled, ended "cancelled" instead of hearing a failure. It now hears `Transient`
+(never sent), on the late-read path (BingX) and the plain one (Binance) alike.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from typing import Any
 import pytest
 
 from killswitch.exchanges.base import IpBanned, RateLimited, Transient
+from killswitch.exchanges.bingx.connector import BingxExchange
 from killswitch.exchanges.bingx.rest import BingxCharges
 from killswitch.exchanges.bingx.venue import CANCEL, EPOCH_MARGIN_S
 from killswitch.exchanges.clock import ClockStepped, ServerClock
 from killswitch.sim.bingx import BingxSim
+from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.venue import SimAccount, VenueSettings
 from tests.conftest import eventually
 from tests.fixtures.answers import install
+from tests.fixtures.binance import binance_venue
 from tests.fixtures.bingx import account_keys
 from tests.review.bingx_rig import bx0_exchange
 
@@ -203,3 +210,60 @@ async def test_an_epoch_wait_is_never_shortened_by_a_negative_round_trip(banned:
         error = RateLimited(msg, retry_after_s=wait_s)
         charges.throttled(error, CANCEL, msg, None)
     assert error.retry_after_s >= wait_s + EPOCH_MARGIN_S
+
+
+async def _close_while_one_waits_for_the_pool(
+    call: Callable[[str], Awaitable[Any]], close: Callable[[], Awaitable[None]]
+) -> tuple[Any, asyncio.Task[Any], asyncio.Task[Any]]:
+    """One call holding the pool's only connection, one waiting for it and one cancelled by
+    its caller while waiting; then `close` (the pool's close cancels the waits)."""
+    first = asyncio.create_task(call("111"))
+    await asyncio.sleep(0.3)
+    waiting = asyncio.create_task(call("222"))
+    cancelled = asyncio.create_task(call("333"))
+    await asyncio.sleep(0.3)  # both wait for the connection (the connect timeout is 2 s)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    await close()
+    _, answer = await asyncio.gather(first, waiting, return_exceptions=True)
+    return answer, waiting, cancelled
+
+
+def _never_sent(answer: Any) -> bool:
+    return isinstance(answer, Transient) and "pool closed" in answer.msg
+
+
+async def test_a_bingx_request_the_closing_pool_cancelled_fails_never_sent() -> None:
+    sim = _sim()
+    await sim.start()
+    exchange: BingxExchange = bx0_exchange(sim, timeout_s=4.0)
+    exchange.transport.pool_size = 1
+    try:
+        await exchange.start()
+        sim.faults.add(Fault(FaultKind.STALL, endpoint=CANCEL, stall_s=5.6, count=1))
+        answer, waiting, cancelled = await _close_while_one_waits_for_the_pool(
+            lambda order_id: exchange.cancel_order(SYMBOLS[0], order_id),
+            exchange.transport.close,
+        )
+        assert not waiting.cancelled()
+        assert _never_sent(answer), answer
+        assert cancelled.cancelled()  # a cancel meant for the caller stays one
+        await eventually(lambda: not exchange.errors._pending.get(CANCEL), timeout_s=10)
+    finally:
+        await exchange.close()
+        await sim.stop()
+
+
+async def test_a_binance_request_the_closing_pool_cancelled_fails_never_sent() -> None:
+    async with binance_venue() as venue:
+        exchange = venue.exchange("acct0", use_ws_api=False, timeout_s=4.0)
+        exchange.transport.pool_size = 1
+        await exchange.start()
+        venue.sim.faults.add(Fault(FaultKind.STALL, endpoint="/api/v3/order", stall_s=5.6, count=1))
+        answer, waiting, cancelled = await _close_while_one_waits_for_the_pool(
+            lambda order_id: exchange.cancel_order("BTCUSDT", order_id),
+            exchange.transport.close,
+        )
+        assert not waiting.cancelled()
+        assert _never_sent(answer), answer
+        assert cancelled.cancelled()

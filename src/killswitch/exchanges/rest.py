@@ -375,7 +375,7 @@ class SignedRest:
             if self.wire.late_answer_s > 0:
                 raw = await self._read_late(method, path, weight, query, late)
             else:
-                raw = await self.transport.request(method, path, query=query, headers=self._headers)
+                raw = await self._read(method, path, query)
             answered = True
         except Transient:
             answered = True
@@ -386,6 +386,15 @@ class SignedRest:
         self.charges.observe(raw.headers)
         answer = self.wire.decode(raw.status, raw.body)
         return self.read(answer, f"{method} {path}", path, raw.headers)
+
+    async def _read(self, method: str, path: str, query: str) -> RawResponse:
+        """The answer, within the transport's timeout."""
+        try:
+            return await self.transport.request(method, path, query=query, headers=self._headers)
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise
+            raise self._pool_closed(method, path) from exc
 
     async def _read_late(
         self, method: str, path: str, weight: int, query: str, late: _Late
@@ -415,11 +424,24 @@ class SignedRest:
             reading.add_done_callback(lambda ended: self._late(method, path, weight, ended, syncs))
             raise
         if done:
+            if reading.cancelled() and not _cancelling():
+                raise self._pool_closed(method, path)
             return reading.result()
         late.reading = True
         reading.add_done_callback(lambda ended: self._late(method, path, weight, ended, syncs))
         raise OutcomeUnknown(
             "no answer: TimeoutError",
+            venue=self.venue,
+            account=self.account,
+            endpoint=f"{method} {path}",
+        )
+
+    def _pool_closed(self, method: str, path: str) -> Transient:
+        """A request whose wait for a connection the closing pool cancelled, though nobody
+        cancelled its caller: it was never sent, and the caller hears a failure, not a
+        cancel of its own (review 87)."""
+        return Transient(
+            "never sent: the connection pool closed",
             venue=self.venue,
             account=self.account,
             endpoint=f"{method} {path}",
@@ -539,6 +561,13 @@ class SignedRest:
                 answer.msg[:120],
             )
         raise error
+
+
+def _cancelling() -> bool:
+    """True while the current task is being cancelled: a cancel meant for it, not one that
+    aiohttp's closing pool gave a request waiting for a connection."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _handshake(endpoint: str) -> str:
