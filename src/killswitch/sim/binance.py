@@ -1027,8 +1027,18 @@ class BinanceSim(SimVenue):
             return
         delay = self.faults.latency_s(name, method)
         stall = self.faults.draw(FaultKind.STALL, name, method)
+        # The venue acts half a round trip after the request left, and its answer leaves one
+        # round trip after, its own work inside it (as for REST, `SimVenue._middleware`).
         dispatch = functools.partial(
-            self._ws_dispatch, conn, req_id, method, params, account, used, entry
+            self._ws_dispatch,
+            conn,
+            req_id,
+            method,
+            params,
+            account,
+            used,
+            entry,
+            answer_at=time.monotonic() + delay,
         )
         if delay or stall is not None:
             self.spawn(self._ws_delayed(delay, stall, dispatch))
@@ -1039,7 +1049,7 @@ class BinanceSim(SimVenue):
         self, delay: float, stall: Fault | None, dispatch: Callable[[], None]
     ) -> None:
         if delay:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay / 2)
         if stall is not None:
             # Hold the request past the client's timeout, then drop it unanswered.
             self.counters["faults stall"] += 1
@@ -1094,35 +1104,48 @@ class BinanceSim(SimVenue):
         account: SimAccount | None,
         used: int,
         entry: dict[str, Any] | None = None,
+        *,
+        answer_at: float = 0.0,
     ) -> None:
         """Answer one request; `entry` (its request log entry) is stamped `start` now and
-        `answered` when its answer is on the wire."""
+        `answered` when its answer is on the wire, at `answer_at` (monotonic) or now."""
         if conn.closed:
             return
+        send = functools.partial(self._ws_answer, conn, answer_at)
         if entry is not None:
             entry["start"] = time.monotonic()
         name = account.name if account else None
         before = self.faults.draw(FaultKind.ERROR_BEFORE, name, method)
         if before is not None:
             self.counters["faults error_before"] += 1
-            conn.send(_ws_error(req_id, _server_error(before.http_status)), entry)
+            send(_ws_error(req_id, _server_error(before.http_status)), entry)
             return
         orders: tuple[int, int] | None = None
         try:
             result, orders = self._ws_call(conn, method, params)
         except BnError as exc:
-            conn.send(_ws_error(req_id, exc, self._rate_limits(conn, used, params)), entry)
+            send(_ws_error(req_id, exc, self._rate_limits(conn, used, params)), entry)
             return
         after = self.faults.draw(FaultKind.ERROR_AFTER, name, method)
         if after is not None:
             self.counters["faults error_after"] += 1
-            conn.send(_ws_error(req_id, _server_error(after.http_status)), entry)
+            send(_ws_error(req_id, _server_error(after.http_status)), entry)
             return
         frame: dict[str, Any] = {"id": req_id, "status": 200, "result": result}
         limits = self._rate_limits(conn, used, params, orders)
         if limits is not None:
             frame["rateLimits"] = limits
-        conn.send(frame, entry)
+        send(frame, entry)
+
+    @staticmethod
+    def _ws_answer(
+        conn: WsConn, answer_at: float, frame: dict[str, Any], entry: dict[str, Any] | None
+    ) -> None:
+        left = answer_at - time.monotonic()
+        if left > 0:
+            asyncio.get_running_loop().call_later(left, conn.send, frame, entry)
+        else:
+            conn.send(frame, entry)
 
     def _ws_call(
         self, conn: WsConn, method: str, params: dict[str, Any]

@@ -149,6 +149,8 @@ class VenueConfig(_Section):
     dialect: str | None = None  # binance | mexc | bingx | package.module:Class
     host: str | None = None  # default: the file's `host`
     port: int = Field(0, ge=0, le=65535)
+    # A request's round trip: the venue acts on it half way (its pushes leave then), and its
+    # answer leaves a whole one after it came, the venue's own work inside it.
     latency_ms: float = Field(0.0, ge=0.0)
     jitter_ms: float = Field(0.0, ge=0.0)
     rate_limit_scale: float = Field(1.0, gt=0.0)

@@ -4,8 +4,9 @@ A dialect (`sim/binance.py`, `sim/mexc.py`, `sim/bingx.py`) subclasses `SimVenue
 routes and websocket handlers, and renders bodies in its venue's words. This base does what is
 the same everywhere, in one middleware, in this order for every venue request:
 
-    log + count -> latency -> stall -> 418/429 (bans, weight windows, storms) -> 5xx before
-    -> the dialect's handler -> 5xx after (applied, outcome unknown) -> rate-limit headers
+    log + count -> half the latency -> stall -> 418/429 (bans, weight windows, storms)
+    -> 5xx before -> the dialect's handler -> 5xx after (applied, outcome unknown)
+    -> rate-limit headers -> the rest of the latency (the venue's own work inside the round trip)
 
 Admin routes live under `/_sim/` and are never rate limited or faulted.
 """
@@ -202,8 +203,30 @@ class SimVenue(ABC):
             refusal = self.turned_away(request, account, time.monotonic())
             return refusal if refusal is not None else await handler(request)
         delay = self.faults.latency_s(account_name, path)
+        answer_at = time.monotonic() + delay
         if delay:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay / 2)  # the request's way to the venue
+        response = await self._serve(request, handler, account, path, entry)
+        # The answer's way back: it leaves one round trip after the request came, the venue's
+        # own work inside it (a venue serves its clients on many machines at once; this one
+        # process serves them one after another, which must not lengthen the round trip).
+        left = answer_at - time.monotonic()
+        if left > 0:
+            await asyncio.sleep(left)
+        # aiohttp writes the answer as this returns, in the same step of the event loop
+        entry["answered"] = time.monotonic()
+        return response
+
+    async def _serve(
+        self,
+        request: web.Request,
+        handler: Handler,
+        account: SimAccount | None,
+        path: str,
+        entry: dict[str, Any],
+    ) -> web.StreamResponse:
+        """A request at the venue, half a round trip after it was sent: its pushes leave now."""
+        account_name = account.name if account else None
         stall = self.faults.draw(FaultKind.STALL, account_name, path)
         if stall is not None:
             self.counters["faults stall"] += 1
@@ -223,8 +246,6 @@ class SimVenue(ABC):
             self.counters["faults error_after"] += 1
             return self.server_error(after.http_status, request)
         self.decorate(response, request, used)
-        # aiohttp writes the answer as this returns, in the same step of the event loop
-        entry["answered"] = time.monotonic()
         return response
 
     def ban_tracker(self, client: str) -> BanTracker:
