@@ -405,8 +405,15 @@ class ControlServer:
                 warning = self._nothing_of(scope, kill)
                 if warning:
                     answer["warning"] = warning
-            if replicating is not None:
+            if share is not None and replicating is not None:
                 not_replicated = await replicating
+                # A kill's wait that outlasted the bound: published since, maybe.
+                if (
+                    not_replicated is not None
+                    and request.wait is not None
+                    and await share.latch_published(trigger.id, 0.0) is None
+                ):
+                    not_replicated = None
                 answer["replicated"] = not_replicated is None
                 if not_replicated is not None:
                     answer["not_replicated"] = not_replicated
