@@ -20,9 +20,15 @@ import pytest
 
 from killswitch.cli.control import EXIT_NOT_REPLICATED, fire_exit_code
 from killswitch.control_client import EXIT_FAILED, EXIT_OK, EXIT_RUNNING
+from killswitch.handlers.control import ControlServer
+from killswitch.journal import Journal
+from killswitch.kill.config import Account, EngineConfig
+from killswitch.kill.engine import Engine
+from killswitch.model import AccountRef
 from killswitch.sim.faults import Fault
 from killswitch.sim.venue import SimVenue
 from tests.conftest import eventually
+from tests.fakes import FakeExchange
 from tests.fixtures.kafka import KafkaBroker, ProxiedBroker, kafka_broker, proxied_broker
 from tests.fixtures.kafka_daemon import Daemon, KafkaDrill, kafka_drill
 
@@ -141,3 +147,62 @@ async def test_a_fire_whose_latch_cannot_reach_the_topic_runs_and_says_it_is_not
         )
         assert again.returncode == 0, (again.stdout, again.stderr)
         assert orjson.loads(again.stdout)["replicated"] is True
+
+
+class LateShare:
+    """A shared latch whose topic takes the record only after the bounded wait ended."""
+
+    publish_timeout_s = 0.05
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.calls: list[tuple[str, float, bool]] = []  # (id, bound, kill started by then)
+        self.back = False  # the broker is back: a second look finds the record on the topic
+
+    async def latch_published(self, trigger_id: str, timeout_s: float) -> str | None:
+        self.calls.append((trigger_id, timeout_s, self.engine.kill_for(trigger_id) is not None))
+        if self.back and timeout_s == 0.0:
+            return None
+        return "not on the latch topic after 0.05s (broker away)"
+
+    def latch_status(self) -> dict[str, object]:
+        return {"not_on_topic": list(self.engine.latches())}
+
+
+async def test_a_fire_answer_says_replicated_as_it_is_when_written(tmp_path: Path) -> None:
+    exchange = FakeExchange("binance", "mm-1")
+    exchange.place("BTCUSDT", "s7-", n=2)
+    engine = Engine(
+        [Account(AccountRef("binance", "mm-1"), exchange)],
+        Journal(tmp_path / "journal.jsonl"),
+        EngineConfig(quiet_window_s=0.01, sweep_interval_s=3600),
+    )
+    await engine.start()
+    share = LateShare(engine)
+    server = ControlServer(engine, tmp_path / "control.sock", latch_share=share)
+    try:
+        # Not on the topic within the bound: accepted, the kill runs, and the answer says so.
+        first = await server.handle_line(orjson.dumps({"op": "fire", "reason": "r"}), "op")
+        assert first["result"] == "accepted"
+        assert first["replicated"] is False
+        assert "broker away" in str(first["not_replicated"])
+        assert share.calls == [(first["trigger_id"], 0.05, True)]  # the kill started first
+        status = await server.handle_line(b'{"op": "status"}', "op")
+        latch_topic = status["status"]["latch_topic"]  # type: ignore[index]
+        assert latch_topic == {"not_on_topic": [first["trigger_id"]]}
+        # A fire that waits for its kill asks again at the end: on the topic by then.
+        share.calls.clear()
+        share.back = True
+        fire = {"op": "fire", "reason": "r", "wait": "done", "timeout_s": 30}
+        second = await server.handle_line(orjson.dumps(fire), "op")
+        assert second["ok"] is True
+        assert second["replicated"] is True
+        assert "not_replicated" not in second
+        assert [bound for _, bound, _ in share.calls] == [0.05, 0.0]
+        # cancel_only latches nothing: nothing to replicate, no field
+        once = await server.handle_line(
+            orjson.dumps({"op": "fire", "reason": "r", "cancel_only": True}), "op"
+        )
+        assert "replicated" not in once
+    finally:
+        await engine.stop()
