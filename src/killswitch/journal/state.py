@@ -46,7 +46,8 @@ class JournalState:
     # Per unfinished trigger: the failed kills that had ended when it was journaled, the only
     # ones its kill's flat end may resolve. Decided by the journal's order, never by wall
     # clocks (review 79: a clock stepped back made a later kill look launched before the
-    # failure it followed, and a flat kill resolved nothing).
+    # failure it followed, and a flat kill resolved nothing). A failure that leaves `failed`,
+    # or ends again under the same kill id, leaves every list (review 88).
     resolvable: dict[str, list[str]] = field(default_factory=dict)
     last_reset: dict[str, object] | None = None
     records: int = 0
@@ -148,7 +149,8 @@ class JournalState:
         self.records += 1
 
     def _resolve_failed(self, record: dict[str, object]) -> None:
-        """Fold a kill's end into `failed`: a failed kill is added; a flat or confirmed one
+        """Fold a kill's end into `failed`: a failed kill is added (newest, in place of an
+        earlier failure of its kill id); a flat or confirmed one
         resolves every failed kill whose scope its own contains and that had ended when its
         trigger was journaled (review 74: a kill running since before proved an account flat
         before the failed one left orders open there). A resumed kill, whose accounts an
@@ -158,22 +160,29 @@ class JournalState:
             return
         kill_id = str(summary["kill_id"])
         if record.get("state") == "failed":
-            if kill_id not in self.failed:
-                unreleased = record.get("unreleased", _trigger_ids(summary))
-                self.failed[kill_id] = {**record, "unreleased": unreleased}
-                while len(self.failed) > FAILED_KEPT:
-                    self.failed.popitem(last=False)
-                    self.failed_dropped += 1
+            held = self.failed.get(kill_id)
+            if held is not None and held.get("summary") == summary:
+                return  # the same end: a kill journals it once per trigger, with one summary
+            # A new failure, though the kill id may be an old one's (a kill resumed after a
+            # restart, or relaunched by a reset that narrowed it): it ended now, so no trigger
+            # journaled before may resolve it (review 88: an older flat end cleared it).
+            if held is not None:
+                self._drop_failed(kill_id)
+            unreleased = record.get("unreleased", _trigger_ids(summary))
+            self.failed[kill_id] = {**record, "unreleased": unreleased}
+            while len(self.failed) > FAILED_KEPT:
+                self._drop_failed(next(iter(self.failed)))
+                self.failed_dropped += 1
             return
         if record.get("state") not in ("flat", "confirmed") or summary.get("kind") != "trigger":
             return
         scope = _scope_of(summary)
         if scope is None:
             return
-        for failed_id in self.resolvable.get(kill_id, ()):
+        for failed_id in list(self.resolvable.get(kill_id, ())):
             theirs = _scope_of(self.failed.get(failed_id, {}).get("summary"))
             if theirs is not None and scope.contains(theirs):
-                del self.failed[failed_id]
+                self._drop_failed(failed_id)
 
     def _release_failed(self, released: set[str]) -> None:
         """A failed kill whose every trigger a reset released is resolved (the operator's)."""
@@ -182,7 +191,16 @@ class JournalState:
             if left:
                 failed["unreleased"] = left
             else:
-                del self.failed[failed_id]
+                self._drop_failed(failed_id)
+
+    def _drop_failed(self, failed_id: str) -> None:
+        """Forget a failure (resolved, released, pushed out or ended again) on every trigger's
+        list too, as compaction does: if that kill id fails again, the new failure ends after
+        those triggers were journaled, and they must not resolve it (review 88)."""
+        del self.failed[failed_id]
+        for failures in self.resolvable.values():
+            if failed_id in failures:
+                failures.remove(failed_id)
 
     def _see(self, trigger_id: str, limit: int) -> None:
         remember_newest(self.seen, trigger_id, limit)
