@@ -47,6 +47,11 @@ from killswitch.streams.tracker import Divergence, OrderTracker
 
 log = logging.getLogger(__name__)
 
+# A burst of stream events is handled in slices of at most this long, each followed by a
+# yield to the loop: a kill's acknowledgements and next requests wait at most one slice, and a
+# burst does not pay a loop iteration (two task steps) for every event.
+SLICE_S = 0.0005
+
 EventCallback = Callable[[AccountRef, OrderEvent | ListEvent], None]
 StateCallback = Callable[[AccountRef, "StreamState", str], None]
 
@@ -385,8 +390,13 @@ class StreamSupervisor:
     async def _consume(self, inbox: asyncio.Queue[StreamEvent | _End]) -> _End:
         tracker = self.tracker
         clock = self._clock
+        sliced = time.perf_counter()
         while True:
-            item = await inbox.get()
+            if inbox.empty():
+                item = await inbox.get()
+                sliced = time.perf_counter()
+            else:
+                item = inbox.get_nowait()
             kind = type(item)
             if kind is OrderEvent or kind is ListEvent:
                 tracker.apply(item)  # type: ignore[arg-type]
@@ -396,8 +406,9 @@ class StreamSupervisor:
                         recorded.append(item)  # type: ignore[arg-type]
                 if self.on_event is not None:
                     self._notify(item)  # type: ignore[arg-type]
-                if not inbox.empty():
+                if not inbox.empty() and time.perf_counter() - sliced >= SLICE_S:
                     await asyncio.sleep(0)  # a burst never holds the loop: see `_pump`
+                    sliced = time.perf_counter()
             elif kind is _End:
                 return item  # type: ignore[return-value]
             elif kind is StreamSubscribed:
@@ -407,13 +418,16 @@ class StreamSupervisor:
 
     async def _pump(self, stream: AsyncIterator[StreamEvent]) -> None:
         # A kill's cancels come back as a burst of stream events on every account at once.
-        # Frames already buffered are read without a suspension, so each item yields to the
-        # loop: the kill's acknowledgements and next requests go first, and this work fills
-        # the round trip they wait on instead of delaying them.
+        # Frames already buffered are read without a suspension, so the burst yields to the
+        # loop after each slice (`SLICE_S`): the kill's acknowledgements and next requests go
+        # first, and this work fills the round trip they wait on instead of delaying them.
         try:
+            sliced = time.perf_counter()
             async for item in stream:
                 self._post(item)
-                await asyncio.sleep(0)
+                if time.perf_counter() - sliced >= SLICE_S:
+                    await asyncio.sleep(0)
+                    sliced = time.perf_counter()
             end = _End("stream ended")
         except asyncio.CancelledError:
             raise
