@@ -31,8 +31,10 @@ whether its latch is on the latch topic: `"replicated": true` once the broker ac
 record (acks=all), else, after the replicator's bound, `"replicated": false` and
 `"not_replicated"` saying why. Until then only this host holds the kill: an "accepted" must not
 let an operator believe another replica would carry it on if this one died (review 88). The
-kill itself starts at once; only the answer waits. Without a shared latch (and for
-`cancel_only`, which latches nothing) the answer carries neither field.
+kill itself starts at once; only the answer waits. Without a shared latch, for `cancel_only`
+(which latches nothing), and for a fire whose trigger holds no latch here (a duplicate of an id
+a reset released, or one released before the answer was written: no latch is held anywhere)
+the answer carries neither field (review 89).
 
 The actor of a fire or reset is the peer's user as the kernel reports it (SO_PEERCRED), never
 what the client claims; a claimed name is recorded next to it. A fire whose scope names a venue
@@ -387,7 +389,10 @@ class ControlServer:
                     f"({'a different scope or mode' if earlier else 'no longer known'}); "
                     "nothing was fired: use a new id"
                 )
-        share = self.latch_share() if trigger.mode is Mode.KILL else None
+        # Only a latch held here has a record to replicate: a duplicate of an id a reset
+        # released holds none anywhere (review 89: it answered "only this replica holds it").
+        held = trigger.mode is Mode.KILL and trigger.id in self.engine.latches()
+        share = self.latch_share() if held else None
         # The kill runs already; its latch record is published alongside the wait for it.
         replicating = (
             asyncio.ensure_future(share.latch_published(trigger.id, share.publish_timeout_s))
@@ -407,22 +412,16 @@ class ControlServer:
                     answer["warning"] = warning
             if share is not None and replicating is not None:
                 not_replicated = await replicating
-                # A kill's wait that outlasted the bound: published since, maybe.
+                # A kill's wait that outlasted the bound: published since, maybe (a look only).
                 if (
                     not_replicated is not None
                     and request.wait is not None
                     and await share.latch_published(trigger.id, 0.0) is None
                 ):
                     not_replicated = None
-                answer["replicated"] = not_replicated is None
-                if not_replicated is not None:
-                    answer["not_replicated"] = not_replicated
-                    log.error(
-                        "kill accepted here but its latch is NOT on the latch topic: only this "
-                        "replica holds it trigger_id=%s why=%s",
-                        trigger.id,
-                        not_replicated,
-                    )
+                # A latch released while the answer waited has nothing left to replicate.
+                if trigger.id in self.engine.latches():
+                    _say_replicated(answer, trigger.id, not_replicated)
         finally:
             if replicating is not None and not replicating.done():
                 replicating.cancel()
@@ -455,6 +454,20 @@ class ControlServer:
             f"nothing was open on {', '.join(unknown)} on any account in scope, and no account "
             "in scope is configured with it: is the symbol right?"
         )
+
+
+def _say_replicated(answer: dict[str, object], trigger_id: str, not_replicated: str | None) -> None:
+    """Say in a fire's answer whether its latch is on the latch topic, and log it when not."""
+    answer["replicated"] = not_replicated is None
+    if not_replicated is None:
+        return
+    answer["not_replicated"] = not_replicated
+    log.error(
+        "kill accepted here but its latch is NOT on the latch topic: only this replica holds it "
+        "trigger_id=%s why=%s",
+        trigger_id,
+        not_replicated,
+    )
 
 
 async def _wait(

@@ -23,10 +23,15 @@ kills resume (`before_resume`): a latch a peer reset while it was down is releas
 killed again. Unread within the same bound, every latch resumes and an alarm says so.
 
 A kill fired on the control socket is answered only once its latch record is on the topic
-(`latch_published`: published at once, acknowledged by the broker with acks=all), or, after
-`sync_timeout_s`, with why it is not: until then only this host holds it, and a replica that
-died right after answering "accepted" would take the kill with it. `latch_status` names the
-latches held here that the topic is not known to hold (`killswitch status`).
+(`latch_published`: acknowledged by the broker with acks=all), or, after `sync_timeout_s`, with
+why it is not: until then only this host holds it, and a replica that died right after
+answering "accepted" would take the kill with it. Only the replicator's loop sends the outbox
+(a fire wakes it, so the record leaves at once rather than after the poll); a fire only waits.
+A send cut short by a fire's deadline would still reach the topic (aiokafka keeps what it
+queued) while the outbox kept the record, and the next drain would write it again (review 89).
+An acknowledged latch record whose id the topic shows released (a reset read, from any
+replica) is not on the topic for this purpose: the replicas ignore it. `latch_status` names
+the latches held here that the topic is not known to hold (`killswitch status`).
 
 A reset made here reaches the topic even if this replica stopped or crashed before publishing
 it: a graceful stop publishes what waits (for at most `stop_flush_s`), and after a restart the
@@ -139,6 +144,8 @@ class LatchReplicator(EngineFeed):
         )
         self._outbox: deque[tuple[bytes, bytes | None]] = deque()
         self._sending = asyncio.Lock()  # one drain of the outbox at a time, in its order
+        # A fire waits for its latch record: the loop's poll ends early and the outbox is sent.
+        self._publish_soon = asyncio.Event()
         # Latch records the broker acknowledged (until a tombstone for them is), by trigger id,
         # and the fires waiting for theirs: resolved with None once acknowledged, else why not.
         self._acked: OrderedDict[str, None] = OrderedDict()
@@ -167,31 +174,40 @@ class LatchReplicator(EngineFeed):
 
     async def latch_published(self, trigger_id: str, timeout_s: float) -> str | None:
         """Wait until the latch record of `trigger_id` is on the topic, acknowledged by the
-        broker (acks=all), publishing what waits at once rather than at the next poll; return
-        None once it is, else (after at most `timeout_s`) why it is not."""
+        broker (acks=all), waking the loop to send what waits at once; return None once it is,
+        else (after at most `timeout_s`) why it is not. Never sends from the caller's task;
+        a `timeout_s` of 0 only looks (it neither waits nor wakes anything)."""
         if self._on_topic(trigger_id):
             return None
+        if self._released(trigger_id):
+            return "a reset on the latch topic released it"
         if not self._queued(trigger_id):
             return "no latch record of it is on its way to the latch topic"
-        waiter = self._latch_waits.get(trigger_id)
-        if waiter is None or waiter.done():
-            waiter = asyncio.get_running_loop().create_future()
-            self._latch_waits[trigger_id] = waiter
-        failed = ""
-        try:
-            async with asyncio.timeout(timeout_s):
-                failed = await self._publish_now()
-                return await asyncio.shield(waiter)
-        except TimeoutError:
-            pass
+        settled: str | None = None
+        if timeout_s > 0:
+            waiter = self._latch_waits.get(trigger_id)
+            if waiter is None or waiter.done():
+                waiter = asyncio.get_running_loop().create_future()
+                self._latch_waits[trigger_id] = waiter
+            self._publish_soon.set()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    # shielded: a caller's deadline or cancel leaves the waiter to the others
+                    settled = await asyncio.shield(waiter)
+            except TimeoutError:
+                pass
         if self._on_topic(trigger_id):  # acknowledged as the time ran out
             return None
-        if not self.connected:
+        if self._released(trigger_id):
+            why = "a reset on the latch topic released it"
+        elif settled is not None:
+            why = settled
+        elif not self.connected:
             why = f"latch topic not connected: {self.last_error or 'connecting'}"
         elif not self.synced:
             why = "the latch topic is not read yet"
         else:
-            why = failed or "no acknowledgement"
+            why = "no acknowledgement"
         return f"not on the latch topic after {timeout_s:g}s ({why})"
 
     def latch_status(self) -> dict[str, object]:
@@ -206,6 +222,10 @@ class LatchReplicator(EngineFeed):
         }
 
     def _on_topic(self, trigger_id: str) -> bool:
+        # A reset read names it (a peer's or ours): the replicas ignore its latch record since,
+        # and this replica's acknowledgement of one no longer says the cluster holds it.
+        if self._released(trigger_id):
+            return False
         return trigger_id in self._acked or trigger_id in self.log.latched
 
     def _queued(self, trigger_id: str) -> bool:
@@ -214,19 +234,6 @@ class LatchReplicator(EngineFeed):
 
     def _not_on_topic(self) -> list[str]:
         return [t for t in held_latches(self.engine) if not self._on_topic(t)]
-
-    async def _publish_now(self) -> str:
-        """Publish the outbox from the caller's task (the loop would at its next step); a
-        broker error is the loop's to act on (it reconnects): returned, and the caller waits
-        on."""
-        if not (self.connected and self.synced):
-            return ""  # the loop publishes once connected and the topic is read
-        try:
-            await self._publish()
-        except BROKER_ERRORS as exc:
-            log.warning("latch record not published at once, the loop retries error=%s", exc)
-            return f"{type(exc).__name__}: {exc}"[:300]
-        return ""
 
     def _settle_waits(self, trigger_id: str, why: str | None) -> None:
         waiter = self._latch_waits.pop(trigger_id, None)
@@ -364,8 +371,9 @@ class LatchReplicator(EngineFeed):
         if not self.synced:
             await self._sync()
         await self._step_resets()
+        self._publish_soon.clear()  # what the fires waiting now want is sent next
         await self._publish()
-        await self._poll()
+        await self._poll(wake=self._publish_soon)
 
     async def _at_stop(self) -> None:
         """Publish what waits in the outbox, for at most `stop_flush_s`: a reset or a kill made
@@ -517,10 +525,10 @@ class LatchReplicator(EngineFeed):
         while self._position < end:
             await self._poll(apply=False)
 
-    async def _poll(self, *, apply: bool = True) -> None:
+    async def _poll(self, *, apply: bool = True, wake: asyncio.Event | None = None) -> None:
         consumer = self._consumer
         assert consumer is not None
-        batch = await consumer.getmany(self.tp, timeout_ms=self.poll_timeout_ms)
+        batch = await _get_many(consumer, self.tp, self.poll_timeout_ms, wake)
         refused: list[tuple[int, str]] = []  # (offset, why) of the records the key does not sign
         try:
             for record in batch.get(self.tp, []):
@@ -609,3 +617,24 @@ class LatchReplicator(EngineFeed):
             return
         remember(self._acked, trigger_id)
         self._settle_waits(trigger_id, None)
+
+
+async def _get_many(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, timeout_ms: int, wake: asyncio.Event | None
+) -> dict[TopicPartition, list[Any]]:
+    """`consumer.getmany`, ended early (with nothing) once `wake` is set. A fetch cancelled
+    before it returned loses nothing: aiokafka hands records over only when it returns."""
+    if wake is None:
+        batch: dict[TopicPartition, list[Any]] = await consumer.getmany(tp, timeout_ms=timeout_ms)
+        return batch
+    if wake.is_set():
+        return {}
+    fetch = asyncio.ensure_future(consumer.getmany(tp, timeout_ms=timeout_ms))
+    woken = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({fetch, woken}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        fetch.cancel()  # a no-op once it returned
+        await asyncio.wait({fetch, woken})
+    return {} if fetch.cancelled() else fetch.result()
