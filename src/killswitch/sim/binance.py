@@ -55,7 +55,16 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from killswitch.sim.book import BookEvent, BookEventKind, OrderSpec, SimBook, SimOrder, SimOrderList
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.ratelimit import Verdict, WeightWindow
-from killswitch.sim.venue import SimAccount, SimVenue, VenueSettings, json_response
+from killswitch.sim.venue import (
+    PUSH_DUE,
+    Due,
+    SimAccount,
+    SimVenue,
+    VenueSettings,
+    json_response,
+    pushed,
+    when_due,
+)
 
 log = logging.getLogger(__name__)
 
@@ -238,15 +247,15 @@ class WsConn:
     signers: set[str] = field(default_factory=set)  # accounts whose key came on this connection
     sub_ids: itertools.count[int] = field(default_factory=itertools.count)
     # frames to send, each with the request log entry it answers (stamped `answered` once sent)
-    out: asyncio.Queue[tuple[str, dict[str, Any] | None] | None] = field(
-        default_factory=asyncio.Queue
-    )
+    out: asyncio.Queue[
+        tuple[str, dict[str, Any] | None] | Due[tuple[str, dict[str, Any] | None]] | None
+    ] = field(default_factory=asyncio.Queue)
     last_pong: float = 0.0
     closed: bool = False
 
     def send(self, frame: dict[str, Any], entry: dict[str, Any] | None = None) -> None:
         if not self.closed:
-            self.out.put_nowait((orjson.dumps(frame).decode(), entry))
+            self.out.put_nowait(pushed((orjson.dumps(frame).decode(), entry)))
 
     def accounts(self) -> set[str]:
         names = {sub.account.name for sub in self.subs.values()} | self.signers
@@ -944,9 +953,10 @@ class BinanceSim(SimVenue):
 
     async def _ws_writer(self, conn: WsConn) -> None:
         while True:
-            item = await conn.out.get()
-            if item is None:
+            queued = await conn.out.get()
+            if queued is None:
                 break
+            item = await when_due(queued)
             if conn.ws.closed:
                 return
             frame, entry = item
@@ -1111,6 +1121,23 @@ class BinanceSim(SimVenue):
         `answered` when its answer is on the wire, at `answer_at` (monotonic) or now."""
         if conn.closed:
             return
+        due = PUSH_DUE.set(answer_at)  # what the request's handling pushes travels back
+        try:
+            self._ws_handle(conn, req_id, method, params, account, used, entry, answer_at)
+        finally:
+            PUSH_DUE.reset(due)
+
+    def _ws_handle(
+        self,
+        conn: WsConn,
+        req_id: Any,
+        method: str,
+        params: dict[str, Any],
+        account: SimAccount | None,
+        used: int,
+        entry: dict[str, Any] | None,
+        answer_at: float,
+    ) -> None:
         send = functools.partial(self._ws_answer, conn, answer_at)
         if entry is not None:
             entry["start"] = time.monotonic()

@@ -78,7 +78,15 @@ from aiohttp import WSMsgType, web
 from killswitch.sim.book import BookEvent, BookEventKind, OrderSpec, SimBook, SimOrder
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.ratelimit import Verdict, WeightWindow
-from killswitch.sim.venue import SimAccount, SimVenue, VenueSettings, json_response
+from killswitch.sim.venue import (
+    Due,
+    SimAccount,
+    SimVenue,
+    VenueSettings,
+    json_response,
+    pushed,
+    when_due,
+)
 
 SPOT = "/openApi/spot/v1"
 USER_DATA_STREAM = "/openApi/user/auth/userDataStream"
@@ -345,7 +353,7 @@ class _Stream:
     listen_key: str
     ws: web.WebSocketResponse
     transport: asyncio.BaseTransport | None
-    queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[bytes | Due[bytes] | None] = field(default_factory=asyncio.Queue)
     topics: set[str] = field(default_factory=set)
     unanswered: dict[str, float] = field(default_factory=dict)
     text_pings: int = 0
@@ -1436,7 +1444,7 @@ class BingxSim(SimVenue):
         )
         for stream in streams:
             if EXECUTION_REPORT in stream.topics and not stream.key_expired:
-                stream.queue.put_nowait(frame)
+                stream.queue.put_nowait(pushed(frame))
 
     async def _market_ws(self, request: web.Request) -> web.StreamResponse:
         key = request.query.get("listenKey", "")
@@ -1513,8 +1521,11 @@ class BingxSim(SimVenue):
 
     async def _write(self, stream: _Stream) -> None:
         while True:
-            frame = await stream.queue.get()
-            if frame is None or stream.ws.closed:
+            queued = await stream.queue.get()
+            if queued is None:
+                return
+            frame = await when_due(queued)
+            if stream.ws.closed:
                 return
             try:
                 await stream.ws.send_bytes(frame)

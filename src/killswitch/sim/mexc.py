@@ -50,7 +50,16 @@ from killswitch.sim.book import (
 )
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.sim.ratelimit import Verdict, WeightWindow
-from killswitch.sim.venue import Handler, SimAccount, SimVenue, VenueSettings, json_response
+from killswitch.sim.venue import (
+    Due,
+    Handler,
+    SimAccount,
+    SimVenue,
+    VenueSettings,
+    json_response,
+    pushed,
+    when_due,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +150,9 @@ class StreamConn:
     ws: web.WebSocketResponse
     account: SimAccount
     listen_key: str
-    queue: asyncio.Queue[bytes | str | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[bytes | str | Due[bytes | str] | None] = field(
+        default_factory=asyncio.Queue
+    )
     channels: set[str] = field(default_factory=set)
     last_traffic: float = field(default_factory=time.monotonic)
     opened: float = field(default_factory=time.monotonic)
@@ -741,9 +752,10 @@ class MexcSim(SimVenue):
     async def _ws_writer(self, conn: StreamConn) -> None:
         ws = conn.ws
         while True:
-            item = await conn.queue.get()
-            if item is None:
+            queued = await conn.queue.get()
+            if queued is None:
                 break
+            item: bytes | str = await when_due(queued)
             try:
                 if isinstance(item, bytes):
                     await ws.send_bytes(item)
@@ -819,9 +831,9 @@ class MexcSim(SimVenue):
         )
         for conn in targets:
             if pb.ORDERS_CHANNEL in conn.channels:
-                conn.queue.put_nowait(orders_frame)
+                conn.queue.put_nowait(pushed(orders_frame))
             if deals_frame is not None and pb.DEALS_CHANNEL in conn.channels:
-                conn.queue.put_nowait(deals_frame)
+                conn.queue.put_nowait(pushed(deals_frame))
 
 
 # -- rendering ------------------------------------------------------------------------------

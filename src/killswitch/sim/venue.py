@@ -20,9 +20,10 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 from aiohttp import web
@@ -32,6 +33,38 @@ from killswitch.sim.faults import Fault, FaultKind, FaultSet
 from killswitch.sim.ratelimit import BanTracker, Verdict
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
+
+# When what a request's handler pushes may reach its client (monotonic): the venue acts on a
+# request half a round trip after it came, and a push travels the other half back, as the
+# answer does (review 90: sent at once, pushes came half a round trip before any real one can).
+PUSH_DUE: ContextVar[float] = ContextVar("killswitch_sim_push_due", default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Due(Generic[T]):
+    """A frame on a websocket's queue that leaves at `at` (monotonic), not before."""
+
+    item: T
+    at: float
+
+
+def pushed(item: T) -> T | Due[T]:
+    """`item` for a websocket's queue, held until the push due now (`PUSH_DUE`) if any."""
+    at = PUSH_DUE.get()
+    return Due(item, at) if at > time.monotonic() else item
+
+
+async def when_due(item: T | Due[T]) -> T:
+    """The frame of a queued item, once it may leave: the queue's order is the wire's, so a
+    frame behind a held one waits for it, as on one TCP connection."""
+    if not isinstance(item, Due):
+        return item
+    left = item.at - time.monotonic()
+    if left > 0:
+        await asyncio.sleep(left)
+    return item.item
+
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +239,11 @@ class SimVenue(ABC):
         answer_at = time.monotonic() + delay
         if delay:
             await asyncio.sleep(delay / 2)  # the request's way to the venue
-        response = await self._serve(request, handler, account, path, entry)
+        due = PUSH_DUE.set(answer_at)
+        try:
+            response = await self._serve(request, handler, account, path, entry)
+        finally:
+            PUSH_DUE.reset(due)
         # The answer's way back: it leaves one round trip after the request came, the venue's
         # own work inside it (a venue serves its clients on many machines at once; this one
         # process serves them one after another, which must not lengthen the round trip).
@@ -225,7 +262,8 @@ class SimVenue(ABC):
         path: str,
         entry: dict[str, Any],
     ) -> web.StreamResponse:
-        """A request at the venue, half a round trip after it was sent: its pushes leave now."""
+        """A request at the venue, half a round trip after it was sent (its pushes are held
+        until they would reach the client: `PUSH_DUE`)."""
         account_name = account.name if account else None
         stall = self.faults.draw(FaultKind.STALL, account_name, path)
         if stall is not None:
