@@ -213,3 +213,19 @@ async def test_a_retried_fire_of_a_released_latch_says_nothing_of_replication(
         assert not [r for r in caplog.records if "NOT on the latch topic" in r.getMessage()]
     finally:
         await engine.stop()
+
+
+async def test_a_fire_after_the_replicator_stopped_is_told_at_once(
+    latch_settings: KafkaSettings,
+) -> None:
+    # Review 90: the control server stops after the replicator; a fire between the two got a
+    # waiter nobody settles and waited its whole bound (10 s in the daemon) to be told so.
+    engine = FakeEngine()
+    rep = replicator(latch_settings, "replica-a", engine)
+    async with running(rep):
+        await engine.submit(kill("k-1"))
+        assert await rep.latch_published("k-1", 10.0) is None
+    await engine.submit(kill("k-2"))  # its latch record waits in the outbox, never sent
+    why = await asyncio.wait_for(rep.latch_published("k-2", 60.0), 30.0)
+    assert why is not None
+    assert "the replicator stopped before publishing it" in why

@@ -150,6 +150,7 @@ class LatchReplicator(EngineFeed):
         # and the fires waiting for theirs: resolved with None once acknowledged, else why not.
         self._acked: OrderedDict[str, None] = OrderedDict()
         self._latch_waits: dict[str, asyncio.Future[str | None]] = {}
+        self._stopped = False  # `_at_stop` ran: nothing settles a fire's wait any more
         self._position = 0  # next offset to read
         self._skipped_at_resume = False  # `before_resume` could not read the topic
 
@@ -184,7 +185,10 @@ class LatchReplicator(EngineFeed):
         if not self._queued(trigger_id):
             return "no latch record of it is on its way to the latch topic"
         settled: str | None = None
-        if timeout_s > 0:
+        if self._stopped:
+            # (review 90: a fire between this stop and the control server's waited its bound)
+            settled = "the replicator stopped before publishing it"
+        elif timeout_s > 0:
             waiter = self._latch_waits.get(trigger_id)
             if waiter is None or waiter.done():
                 waiter = asyncio.get_running_loop().create_future()
@@ -387,6 +391,7 @@ class LatchReplicator(EngineFeed):
                 raise
             except BROKER_ERRORS as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self._stopped = True
         for trigger_id in list(self._latch_waits):
             self._settle_waits(trigger_id, "the replicator stopped before publishing it")
         if not self._outbox:
