@@ -3,10 +3,10 @@
 Records (`kind`): `trigger` (the full trigger, written before any request goes out), `latch`
 (a scope is HALTED), `reset` (the latches it names released, with who and why), `account_flat`
 (an account a one-shot cancel proved flat), `kill_done` (a kill's summary), and `seen` (trigger
-and reset ids, and the trigger ids resets released, carried over by compaction). `replay`
-rebuilds the state a restart needs: latched scopes, seen trigger and reset ids, the trigger ids
-resets released, unfinished triggers (with the accounts a cancel already proved flat), the
-last kill, and the failed kills no later flat kill or reset resolved.
+and reset ids, the trigger ids resets released, and the failed ends settled, carried over by
+compaction). `replay` rebuilds the state a restart needs: latched scopes, seen trigger and reset
+ids, the trigger ids resets released, unfinished triggers (with the accounts a cancel already
+proved flat), the last kill, and the failed kills no later flat kill or reset resolved.
 
 The journal always reads back, whatever the disk did to the last append:
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 from killswitch.model import Mode, Scope, Trigger
 
@@ -15,6 +18,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SEEN_LIMIT = 100_000
 FAILED_KEPT = 20  # failed kills kept until resolved (`JournalState.failed`), newest
+# Failed ends that left `failed` remembered (`JournalState.settled`), newest: far more than a
+# reset or a flat kill can settle while one joined kill writes its `kill_done` records.
+SETTLED_KEPT = 100
 UNREADABLE_PREFIX = "journal-unreadable-"  # the id prefix of a fail-safe trigger
 
 
@@ -43,6 +49,11 @@ class JournalState:
     # kill, so a failed cancel vanished behind the next kill's flat).
     failed: OrderedDict[str, dict[str, object]] = field(default_factory=OrderedDict)
     failed_dropped: int = 0  # unresolved failed kills pushed out by newer ones (this life)
+    # The failed ends that left `failed` (resolved, released, pushed out or ended again), as
+    # `_end_key`s, oldest first: a joined kill journals its end once per trigger, one record
+    # after another, and a reset or a flat kill journaled between them settles it; the records
+    # after must not bring it back (review 90).
+    settled: OrderedDict[str, None] = field(default_factory=OrderedDict)
     # Per unfinished trigger: the failed kills that had ended when it was journaled, the only
     # ones its kill's flat end may resolve. Decided by the journal's order, never by wall
     # clocks (review 79: a clock stepped back made a later kill look launched before the
@@ -138,19 +149,25 @@ class JournalState:
             released = record.get("released") or []
             if not isinstance(released, list):
                 raise TypeError("seen record with a released id field that is not a list")
+            settled = record.get("settled") or []
+            if not isinstance(settled, list):
+                raise TypeError("seen record with a settled end field that is not a list")
             for trigger_id in ids:
                 self._see(str(trigger_id), seen_limit)
             for reset_id in resets:
                 remember_newest(self.reset_ids, str(reset_id), seen_limit)
             for trigger_id in released:
                 remember_newest(self.released, str(trigger_id), seen_limit)
+            for end in settled:
+                remember_newest(self.settled, str(end), SETTLED_KEPT)
         else:
             log.warning("journal record of unknown kind=%s ignored", kind)
         self.records += 1
 
     def _resolve_failed(self, record: dict[str, object]) -> None:
         """Fold a kill's end into `failed`: a failed kill is added (newest, in place of an
-        earlier failure of its kill id); a flat or confirmed one
+        earlier failure of its kill id), unless that end settled already or resets released
+        all its triggers; a flat or confirmed one
         resolves every failed kill whose scope its own contains and that had ended when its
         trigger was journaled (review 74: a kill running since before proved an account flat
         before the failed one left orders open there). A resumed kill, whose accounts an
@@ -163,12 +180,19 @@ class JournalState:
             held = self.failed.get(kill_id)
             if held is not None and held.get("summary") == summary:
                 return  # the same end: a kill journals it once per trigger, with one summary
+            end = _end_key(summary)
+            if end in self.settled:
+                return  # the same end, settled between two of its records (review 90)
+            named = _as_list(record.get("unreleased", _trigger_ids(summary)))
+            unreleased = [t for t in named if str(t) not in self.released]
             # A new failure, though the kill id may be an old one's (a kill resumed after a
             # restart, or relaunched by a reset that narrowed it): it ended now, so no trigger
             # journaled before may resolve it (review 88: an older flat end cleared it).
             if held is not None:
                 self._drop_failed(kill_id)
-            unreleased = record.get("unreleased", _trigger_ids(summary))
+            if named and not unreleased:  # released already: resolved as a reset's would be
+                remember_newest(self.settled, end, SETTLED_KEPT)
+                return
             self.failed[kill_id] = {**record, "unreleased": unreleased}
             while len(self.failed) > FAILED_KEPT:
                 self._drop_failed(next(iter(self.failed)))
@@ -196,7 +220,11 @@ class JournalState:
     def _drop_failed(self, failed_id: str) -> None:
         """Forget a failure (resolved, released, pushed out or ended again) on every trigger's
         list too, as compaction does: if that kill id fails again, the new failure ends after
-        those triggers were journaled, and they must not resolve it (review 88)."""
+        those triggers were journaled, and they must not resolve it (review 88). Its end is
+        settled: a later record of it is no new failure (review 90)."""
+        summary = self.failed[failed_id].get("summary")
+        if isinstance(summary, dict):
+            remember_newest(self.settled, _end_key(summary), SETTLED_KEPT)
         del self.failed[failed_id]
         for failures in self.resolvable.values():
             if failed_id in failures:
@@ -230,12 +258,14 @@ def _snapshot(
     """The records that rebuild `state`; `first` after the ids, the last reset and the last
     kill, which are replayed for their record alone: they release or finish nothing after them."""
     records: list[dict[str, object]] = []
-    if state.seen or state.reset_ids or state.released:
+    if state.seen or state.reset_ids or state.released or state.settled:
         seen: dict[str, object] = {"kind": "seen", "ts_ms": now_ms, "ids": list(state.seen)}
         if state.reset_ids:
             seen["resets"] = list(state.reset_ids)
         if state.released:
             seen["released"] = list(state.released)
+        if state.settled:
+            seen["settled"] = list(state.settled)
         records.append(seen)
     if state.last_reset is not None:
         records.append(state.last_reset)
@@ -266,6 +296,13 @@ def _snapshot(
             for a in accounts
         ]
     return records
+
+
+def _end_key(summary: dict[str, object]) -> str:
+    """One end of one kill: its kill id and a digest of its summary, which the kill writes
+    once and journals once per trigger (the same digest as written and as read back)."""
+    digest = hashlib.sha256(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f"{summary.get('kill_id')}/{digest[:24]}"
 
 
 def _trigger_ids(summary: dict[str, object]) -> list[str]:
