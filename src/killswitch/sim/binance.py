@@ -1121,23 +1121,6 @@ class BinanceSim(SimVenue):
         `answered` when its answer is on the wire, at `answer_at` (monotonic) or now."""
         if conn.closed:
             return
-        due = PUSH_DUE.set(answer_at)  # what the request's handling pushes travels back
-        try:
-            self._ws_handle(conn, req_id, method, params, account, used, entry, answer_at)
-        finally:
-            PUSH_DUE.reset(due)
-
-    def _ws_handle(
-        self,
-        conn: WsConn,
-        req_id: Any,
-        method: str,
-        params: dict[str, Any],
-        account: SimAccount | None,
-        used: int,
-        entry: dict[str, Any] | None,
-        answer_at: float,
-    ) -> None:
         send = functools.partial(self._ws_answer, conn, answer_at)
         if entry is not None:
             entry["start"] = time.monotonic()
@@ -1148,11 +1131,14 @@ class BinanceSim(SimVenue):
             send(_ws_error(req_id, _server_error(before.http_status)), entry)
             return
         orders: tuple[int, int] | None = None
+        due = PUSH_DUE.set(answer_at)  # what the request's handling pushes travels back
         try:
             result, orders = self._ws_call(conn, method, params)
         except BnError as exc:
             send(_ws_error(req_id, exc, self._rate_limits(conn, used, params)), entry)
             return
+        finally:
+            PUSH_DUE.reset(due)
         after = self.faults.draw(FaultKind.ERROR_AFTER, name, method)
         if after is not None:
             self.counters["faults error_after"] += 1
