@@ -206,3 +206,63 @@ async def test_a_fire_answer_says_replicated_as_it_is_when_written(tmp_path: Pat
         assert "replicated" not in once
     finally:
         await engine.stop()
+
+
+class SlowShare:
+    """A shared latch whose broker is away: the wait for the record lasts until `give_up`."""
+
+    publish_timeout_s = 30.0
+
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+        self.give_up = asyncio.Event()
+
+    async def latch_published(self, trigger_id: str, timeout_s: float) -> str | None:
+        if timeout_s == 0.0:
+            return "not on the latch topic after 0s (broker away)"
+        self.waiting.set()
+        await self.give_up.wait()
+        return "not on the latch topic after 30s (broker away)"
+
+    def latch_status(self) -> dict[str, object]:
+        return {}
+
+
+async def test_a_fire_answer_written_after_the_replication_wait_says_the_kill_s_state_then(
+    tmp_path: Path,
+) -> None:
+    # Review 92: `--timeout 2` with the broker down answered "running" (exit 5) 10 s later,
+    # though the kill had ended failed 5 s before: its state was read when the kill's wait
+    # ended, and the answer was written after the wait for the latch record.
+    exchange = FakeExchange("binance", "mm-1")
+    exchange.place("BTCUSDT", "s7-", n=2)
+    gate = asyncio.Event()
+    for method in ("cancel_all", "cancel_orders", "cancel_order", "snapshot"):
+        exchange.hold(method, gate)
+    engine = Engine(
+        [Account(AccountRef("binance", "mm-1"), exchange)],
+        Journal(tmp_path / "journal.jsonl"),
+        EngineConfig(quiet_window_s=0.01, sweep_interval_s=3600),
+    )
+    await engine.start()
+    share = SlowShare()
+    server = ControlServer(engine, tmp_path / "control.sock", latch_share=share)
+    try:
+        fire = {"op": "fire", "reason": "r", "wait": "done", "timeout_s": 0.2}
+        answering = asyncio.ensure_future(server.handle_line(orjson.dumps(fire), "op"))
+        await share.waiting.wait()
+        await asyncio.sleep(0.4)  # the kill's wait has timed out: the answer waits on the share
+        assert not answering.done()
+        assert not any(k.done.is_set() for k in engine.kills.values())
+        gate.set()  # the kill goes on, and ends flat while the answer still waits
+        await eventually(lambda: any(k.done.is_set() for k in engine.kills.values()), timeout_s=10)
+        share.give_up.set()
+        answer = await answering
+        assert answer["replicated"] is False
+        assert answer["outcome"] == "flat"  # before: "running", with timed_out true
+        assert answer["timed_out"] is False
+        assert answer["ok"] is True
+    finally:
+        gate.set()
+        share.give_up.set()
+        await engine.stop()

@@ -48,7 +48,10 @@ def add_fire_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", required=True, help="why (goes to the audit log)")
     parser.add_argument("--cancel-only", action="store_true", help="cancel once, do not latch")
     parser.add_argument(
-        "--no-wait", action="store_true", help="return once the kill is accepted (exit 4)"
+        "--no-wait",
+        action="store_true",
+        help="return once the kill is accepted (exit 4; with a shared latch, once its latch "
+        "record is on the latch topic or after up to 10 s more: exit 5 if it is not)",
     )
     parser.add_argument(
         "--timeout", type=_positive, default=120.0, help="seconds to wait for flat (default 120)"

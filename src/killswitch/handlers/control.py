@@ -422,6 +422,11 @@ class ControlServer:
                 # A latch released while the answer waited has nothing left to replicate.
                 if trigger.id in self.engine.latches():
                     _say_replicated(answer, trigger.id, not_replicated)
+                if kill is not None and request.wait is not None and answer.get("timed_out"):
+                    # The kill's wait ended before the wait for its record: say its state as
+                    # the answer is written (review 92: "running" and exit 5 for a kill that
+                    # had failed meanwhile). A look only: it waits for nothing more.
+                    answer.update(await _wait(kill, request.wait, 0.0, self._follow(trigger.id)))
         finally:
             if replicating is not None and not replicating.done():
                 replicating.cancel()
