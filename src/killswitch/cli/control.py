@@ -134,9 +134,11 @@ def cmd_fire(args: argparse.Namespace) -> int:
         if answer.get("warning"):
             sys.stderr.write(f"killswitch fire: warning: {answer['warning']}\n")
         if answer.get("replicated") is False:
+            # (review 92: the daemon's reason opens with what this line says already)
+            why = str(answer.get("not_replicated")).removeprefix("not on the latch topic ")
             sys.stderr.write(
                 "killswitch fire: warning: NOT REPLICATED: the kill runs on this daemon, but "
-                f"its latch is not on the latch topic ({answer.get('not_replicated')}); if "
+                f"its latch is not on the latch topic ({why}); if "
                 "this host dies now, no other replica knows of it. `killswitch status` lists "
                 "it until it is published; fire on another replica too to be sure\n"
             )

@@ -33,6 +33,14 @@ T = TypeVar("T")
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
 
 
+def broker_error(exc: BaseException) -> str:
+    """What a broker error says, named once: aiokafka's messages often open with their class's
+    name already (review 92: "KafkaConnectionError: KafkaConnectionError: Unable to ...")."""
+    name, text = type(exc).__name__, str(exc)
+    said = text if text.startswith(name) else f"{name}: {text}" if text else name
+    return said[:300]
+
+
 def client_options(settings: KafkaSettings) -> dict[str, Any]:
     """Return the connection and security options every aiokafka client of ours uses."""
     options: dict[str, Any] = {
@@ -212,7 +220,7 @@ class ReconnectingClient:
     async def _disconnect(self, exc: BaseException) -> None:
         was_connected = self.connected
         self.connected = False
-        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.last_error = broker_error(exc)
         self.disconnects += 1
         self._on_disconnected(was_connected)
         await self._teardown()

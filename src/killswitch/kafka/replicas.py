@@ -73,7 +73,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from killswitch.backoff import Backoff
 from killswitch.events import EventRecord, EventType, make_event
 from killswitch.handlers.alerts import SIGNATURE_HEADER, Unauthenticated, signature
-from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
+from killswitch.kafka.client import (
+    BROKER_ERRORS,
+    EngineFeed,
+    broker_error,
+    client_options,
+    new_producer,
+)
 from killswitch.kafka.latch_log import LatchLog, remember
 from killswitch.kafka.reconciler import REPLICA_ORIGIN, LatchReconciler, held_latches
 from killswitch.kill.port import EnginePort
@@ -390,7 +396,7 @@ class LatchReplicator(EngineFeed):
             except asyncio.CancelledError:
                 raise
             except BROKER_ERRORS as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.last_error = broker_error(exc)
         self._stopped = True
         for trigger_id in list(self._latch_waits):
             self._settle_waits(trigger_id, "the replicator stopped before publishing it")
