@@ -266,3 +266,37 @@ async def test_a_fire_answer_written_after_the_replication_wait_says_the_kill_s_
         gate.set()
         share.give_up.set()
         await engine.stop()
+
+
+async def test_the_second_look_also_warns_of_a_symbol_no_account_trades(tmp_path: Path) -> None:
+    # Review 93: the warning for a mistyped symbol (review 39) came from the first look only.
+    exchange = FakeExchange("binance", "mm-1")
+    exchange.place("BTCUSDT", "s7-", n=2)
+    gate = asyncio.Event()
+    for method in ("cancel_all", "cancel_orders", "cancel_order", "snapshot"):
+        exchange.hold(method, gate)
+    engine = Engine(
+        [Account(AccountRef("binance", "mm-1"), exchange, symbols=("BTCUSDT",))],
+        Journal(tmp_path / "journal.jsonl"),
+        EngineConfig(quiet_window_s=0.01, sweep_interval_s=3600),
+    )
+    await engine.start()
+    share = SlowShare()
+    server = ControlServer(engine, tmp_path / "control.sock", latch_share=share)
+    try:
+        fire = {"op": "fire", "reason": "r", "wait": "done", "timeout_s": 0.2}
+        fire["symbols"] = ["BTCUSTD"]
+        answering = asyncio.ensure_future(server.handle_line(orjson.dumps(fire), "op"))
+        await share.waiting.wait()
+        await asyncio.sleep(0.4)
+        assert not any(k.done.is_set() for k in engine.kills.values())
+        gate.set()
+        await eventually(lambda: any(k.done.is_set() for k in engine.kills.values()), timeout_s=10)
+        share.give_up.set()
+        answer = await answering
+        assert answer["outcome"] == "flat"
+        assert "BTCUSTD" in str(answer.get("warning"))
+    finally:
+        gate.set()
+        share.give_up.set()
+        await engine.stop()

@@ -427,6 +427,9 @@ class ControlServer:
                     # the answer is written (review 92: "running" and exit 5 for a kill that
                     # had failed meanwhile). A look only: it waits for nothing more.
                     answer.update(await _wait(kill, request.wait, 0.0, self._follow(trigger.id)))
+                    warning = self._nothing_of(scope, kill)  # (review 93: not the first look's)
+                    if warning:
+                        answer["warning"] = warning
         finally:
             if replicating is not None and not replicating.done():
                 replicating.cancel()
