@@ -130,7 +130,11 @@ def format_status(status: dict[str, Any]) -> str:
         )
     latches = status.get("latches") or []
     if status.get("latched"):
-        lines.append(f"LATCHED: {len(latches)} latch(es); new orders in scope are cancelled")
+        # (review 92: the NOT REPLICATED list comes last, after any unresolved kills: say it here)
+        topic = status.get("latch_topic")
+        alone = len(topic.get("not_on_topic") or []) if isinstance(topic, dict) else 0
+        note = f", {alone} NOT REPLICATED (listed below)" if alone else ""
+        lines.append(f"LATCHED: {len(latches)} latch(es){note}; new orders in scope are cancelled")
         for latch in latches:
             lines.append(f"  {latch['trigger_id']}: {describe_scope(latch['scope'])}")
     else:
