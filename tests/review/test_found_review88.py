@@ -228,48 +228,9 @@ class SlowShare:
         return {}
 
 
-async def test_a_fire_answer_written_after_the_replication_wait_says_the_kill_s_state_then(
-    tmp_path: Path,
-) -> None:
-    # Review 92: `--timeout 2` with the broker down answered "running" (exit 5) 10 s later,
-    # though the kill had ended failed 5 s before: its state was read when the kill's wait
-    # ended, and the answer was written after the wait for the latch record.
-    exchange = FakeExchange("binance", "mm-1")
-    exchange.place("BTCUSDT", "s7-", n=2)
-    gate = asyncio.Event()
-    for method in ("cancel_all", "cancel_orders", "cancel_order", "snapshot"):
-        exchange.hold(method, gate)
-    engine = Engine(
-        [Account(AccountRef("binance", "mm-1"), exchange)],
-        Journal(tmp_path / "journal.jsonl"),
-        EngineConfig(quiet_window_s=0.01, sweep_interval_s=3600),
-    )
-    await engine.start()
-    share = SlowShare()
-    server = ControlServer(engine, tmp_path / "control.sock", latch_share=share)
-    try:
-        fire = {"op": "fire", "reason": "r", "wait": "done", "timeout_s": 0.2}
-        answering = asyncio.ensure_future(server.handle_line(orjson.dumps(fire), "op"))
-        await share.waiting.wait()
-        await asyncio.sleep(0.4)  # the kill's wait has timed out: the answer waits on the share
-        assert not answering.done()
-        assert not any(k.done.is_set() for k in engine.kills.values())
-        gate.set()  # the kill goes on, and ends flat while the answer still waits
-        await eventually(lambda: any(k.done.is_set() for k in engine.kills.values()), timeout_s=10)
-        share.give_up.set()
-        answer = await answering
-        assert answer["replicated"] is False
-        assert answer["outcome"] == "flat"  # before: "running", with timed_out true
-        assert answer["timed_out"] is False
-        assert answer["ok"] is True
-    finally:
-        gate.set()
-        share.give_up.set()
-        await engine.stop()
-
-
-async def test_the_second_look_also_warns_of_a_symbol_no_account_trades(tmp_path: Path) -> None:
-    # Review 93: the warning for a mistyped symbol (review 39) came from the first look only.
+async def answer_after_the_replication_wait(tmp_path: Path, **scope: object) -> dict[str, Any]:
+    """A fire waiting 0.2 s for its kill, the broker away: the kill's wait times out, the kill
+    ends flat while the answer still waits for the latch record, then the answer is written."""
     exchange = FakeExchange("binance", "mm-1")
     exchange.place("BTCUSDT", "s7-", n=2)
     gate = asyncio.Event()
@@ -284,19 +245,37 @@ async def test_the_second_look_also_warns_of_a_symbol_no_account_trades(tmp_path
     share = SlowShare()
     server = ControlServer(engine, tmp_path / "control.sock", latch_share=share)
     try:
-        fire = {"op": "fire", "reason": "r", "wait": "done", "timeout_s": 0.2}
-        fire["symbols"] = ["BTCUSTD"]
+        fire = {"op": "fire", "reason": "r", "wait": "done", "timeout_s": 0.2, **scope}
         answering = asyncio.ensure_future(server.handle_line(orjson.dumps(fire), "op"))
         await share.waiting.wait()
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.4)  # the kill's wait has timed out: the answer waits on the share
+        assert not answering.done()
         assert not any(k.done.is_set() for k in engine.kills.values())
-        gate.set()
+        gate.set()  # the kill goes on, and ends flat while the answer still waits
         await eventually(lambda: any(k.done.is_set() for k in engine.kills.values()), timeout_s=10)
         share.give_up.set()
-        answer = await answering
-        assert answer["outcome"] == "flat"
-        assert "BTCUSTD" in str(answer.get("warning"))
+        return await answering
     finally:
         gate.set()
         share.give_up.set()
         await engine.stop()
+
+
+async def test_a_fire_answer_written_after_the_replication_wait_says_the_kill_s_state_then(
+    tmp_path: Path,
+) -> None:
+    # Review 92: `--timeout 2` with the broker down answered "running" (exit 5) 10 s later,
+    # though the kill had ended failed 5 s before: its state was read when the kill's wait
+    # ended, and the answer was written after the wait for the latch record.
+    answer = await answer_after_the_replication_wait(tmp_path)
+    assert answer["replicated"] is False
+    assert answer["outcome"] == "flat"  # before: "running", with timed_out true
+    assert answer["timed_out"] is False
+    assert answer["ok"] is True
+
+
+async def test_the_second_look_also_warns_of_a_symbol_no_account_trades(tmp_path: Path) -> None:
+    # Review 93: the warning for a mistyped symbol (review 39) came from the first look only.
+    answer = await answer_after_the_replication_wait(tmp_path, symbols=["BTCUSTD"])
+    assert answer["outcome"] == "flat"
+    assert "BTCUSTD" in str(answer.get("warning"))
