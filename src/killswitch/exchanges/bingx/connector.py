@@ -440,8 +440,9 @@ class BingxExchange(VenueConnector):
         """
         legs = self._list_legs.get(list_id)
         if legs is None:
+            started = time.monotonic()
             lists, complete = await open_oco_lists(self, priority)
-            index_lists(self, lists, complete, time.monotonic())
+            index_lists(self, lists, complete, started)
             legs = self._list_legs.get(list_id)
         if not legs:
             raise AlreadyGone(

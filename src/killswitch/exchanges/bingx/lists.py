@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -87,6 +88,7 @@ class _Pass:
 
 async def _read_page(ex: ListsHost, read: _Pass, priority: Priority) -> None:
     page_index = len(read.pages) + 1
+    asked = time.monotonic()
     try:
         data = await ex.rest.request(
             "GET",
@@ -112,6 +114,7 @@ async def _read_page(ex: ListsHost, read: _Pass, priority: Priority) -> None:
         else:  # a list's legs split over two pages of legs
             read.lists[oco_list.list_id] = replace(prior, legs=prior.legs + oco_list.legs)
     read.pages.append(page.items)
+    saw_open_after_cancel_all(ex, ((x.list_id, placed_ms(x)) for x in page.lists), asked)
     # What a page shows of one shape says nothing of the other's unit (lists or legs).
     most = ex._oco_page_most.get(page.shape, (0, 0))
     if not page.full(OCO_PAGE_SIZE, most):
@@ -209,12 +212,42 @@ async def open_oco_lists(ex: ListsHost, priority: Priority) -> tuple[list[_OcoLi
     return list(read.lists.values()), False
 
 
+def placed_ms(oco_list: _OcoList) -> int:
+    """When `oco_list` was placed (venue ms; 0 when no leg says)."""
+    return min((leg.time_ms for leg in oco_list.legs if leg.time_ms > 0), default=0)
+
+
+def saw_open_after_cancel_all(
+    ex: ListsHost, lists: Iterable[tuple[str, int]], asked: float
+) -> None:
+    """Learn from lists (id, when placed) the venue showed open to a request asked for at
+    `asked` (monotonic): one open before the last cancel-all reached the venue, shown open
+    by a request asked for after its acknowledgement (so served after it), was not covered.
+
+    Every answer of the venue counts (a page of any read, an `oco/cancel` that found its
+    list open), not only reads begun after the acknowledgement: a kill that cancels its
+    lists during its first look's read, or by `oco/cancel` before any read begins, would
+    otherwise never learn it (a later read finds nothing open)."""
+    acked = ex._cancel_all_acked
+    if acked is None or asked <= acked[0]:
+        return
+    _, sent_ms, before = acked
+    # A list placed after the cancel-all reached the venue but stamped before `sent_ms`
+    # by our clock's error would be misread as a survivor: keep that error out. (A wrong
+    # "not covered" costs list requests, never correctness.)
+    margin_ms = max(CLOCK_MARGIN_MS, ex.clock.last_rtt_ms)
+    if any(lid in before or 0 < when < sent_ms - margin_ms for lid, when in lists):
+        ex.learned.learn("cancel_all_covers_lists", False)
+        ex._cancel_all_acked = None
+
+
 def index_lists(ex: ListsHost, lists: list[_OcoList], complete: bool, started: float) -> None:
-    """Keep the leg <-> list maps, and learn from lists a cancel-all left behind."""
+    """Keep the leg <-> list maps; and learn that a cancel-all covers lists from a complete
+    read begun (at `started`, monotonic, before its first page was asked for) after it was
+    acknowledged that shows no list open before it, when we sent no list cancel since.
+    (Lists it left behind are learned from each answer: `saw_open_after_cancel_all`.)"""
     list_legs = {x.list_id: tuple(leg.order_id for leg in x.legs) for x in lists}
-    placed = {
-        x.list_id: min((leg.time_ms for leg in x.legs if leg.time_ms > 0), default=0) for x in lists
-    }
+    placed = {x.list_id: placed_ms(x) for x in lists}
     if complete:
         # Every complete OCO read lists all open lists: it replaces what we knew.
         ex._list_legs = list_legs
@@ -229,19 +262,8 @@ def index_lists(ex: ListsHost, lists: list[_OcoList], complete: bool, started: f
     acked = ex._cancel_all_acked
     if acked is None or started <= acked[0]:
         return
-    _, sent_ms, before = acked
-    # A list placed after the cancel-all reached the venue but stamped before `sent_ms`
-    # by our clock's error would be misread as a survivor: keep that error out. (A wrong
-    # "not covered" costs list requests, never correctness.)
-    margin_ms = max(CLOCK_MARGIN_MS, ex.clock.last_rtt_ms)
-    # Placed before the cancel-all reached the venue (with a margin for our clock's
-    # error), or seen open before it: still open now means it was not covered.
-    survivors = [
-        lid for lid, when in placed.items() if lid in before or 0 < when < sent_ms - margin_ms
-    ]
-    if survivors:
-        ex.learned.learn("cancel_all_covers_lists", False)
-    elif (
+    before = acked[2]
+    if (
         before
         and complete
         and not (before & set(list_legs))
@@ -309,7 +331,12 @@ async def settle_legs(
 
 async def oco_cancel(ex: ListsHost, leg_id: str, priority: Priority) -> None:
     ex._list_cancels += 1
+    asked = time.monotonic()
     await ex.rest.request("POST", OCO_CANCEL, [("orderId", leg_id)], priority=priority)
+    # Cancelled: it was open when the venue took this (a list already gone is an error).
+    list_id = ex._leg_list.get(leg_id)
+    if list_id is not None:
+        saw_open_after_cancel_all(ex, [(list_id, ex._list_time.get(list_id, 0))], asked)
 
 
 def forget_list(ex: ListsHost, list_id: str) -> None:
