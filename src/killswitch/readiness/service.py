@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 from killswitch.events import EventSink, EventType, make_event
 from killswitch.model import AccountRef
@@ -40,6 +40,7 @@ class _Watched:
     reported: str | None = "unchecked"  # the reason last announced (None: ready)
 
 
+@dataclass(eq=False)
 class ReadinessService:
     """The checks in the daemon: at start, then every `interval_s`; a daemon `Service`.
 
@@ -49,31 +50,20 @@ class ReadinessService:
     becomes unready or its reason changes, an `account_ready` event when it is ready again.
     """
 
-    name = "readiness"
-
-    def __init__(
-        self,
-        events: EventSink,
-        *,
-        interval_s: float = DEFAULT_INTERVAL_S,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        stream_grace_s: float = DEFAULT_STREAM_GRACE_S,
-        start_wait_s: float = DEFAULT_START_WAIT_S,
-        tick_s: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.events = events
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
-        self.stream_grace_s = stream_grace_s
-        self.start_wait_s = start_wait_s
-        self._first: asyncio.Task[None] | None = None
-        self.tick_s = tick_s
-        self.clock = clock
-        self.rounds = 0
-        self._watched: dict[AccountRef, _Watched] = {}
-        self._stopped = asyncio.Event()
-        self._recheck = asyncio.Event()
+    events: EventSink
+    _: KW_ONLY
+    interval_s: float = DEFAULT_INTERVAL_S
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    stream_grace_s: float = DEFAULT_STREAM_GRACE_S
+    start_wait_s: float = DEFAULT_START_WAIT_S
+    tick_s: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    name: str = field(default="readiness", init=False)
+    rounds: int = field(default=0, init=False)
+    _first: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _watched: dict[AccountRef, _Watched] = field(default_factory=dict, init=False, repr=False)
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _recheck: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
     def add(self, target: Target, *, watch_stream: bool = False) -> None:
         """Check `target`; with `watch_stream`, also its stream (fed through `on_state`)."""
