@@ -176,6 +176,9 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
                 headroom_known=(
                     exchange.headroom_known if isinstance(exchange, VenueConnector) else None
                 ),
+                first_look_fits=(
+                    exchange.first_look_fits if isinstance(exchange, VenueConnector) else None
+                ),
             )
         )
     engine = Engine(

@@ -347,12 +347,23 @@ class KillHistory(RuleBasedStateMachine):
         accounts: list[Account] = []
         trackers: list[tuple[ModelConnector, OrderTracker]] = []
         self.connectors = []
+        # Whether a first look fits the venue's budget, drawn per kill account (seeded per
+        # life): kills sent from the tracker alone, the verification read the first to look.
+        looks = random.Random(life)
         for ref, acc in self.venues.items():
             conn = ModelConnector(acc)
             self.connectors.append(conn)
             tracker = OrderTracker(ref, now=self.loop.time)
             trackers.append((conn, tracker))
-            accounts.append(Account(ref, conn, symbols=acc.symbols, tracker=tracker))
+            accounts.append(
+                Account(
+                    ref,
+                    conn,
+                    symbols=acc.symbols,
+                    tracker=tracker,
+                    first_look_fits=lambda _symbols: looks.random() < 0.5,
+                )
+            )
         engine = Engine(
             accounts,
             self.journal,

@@ -311,6 +311,14 @@ class VenueConnector(ABC):
         venue that reports what is used (Binance's weight) can say."""
         return False
 
+    def first_look_fits(self, symbols: Sequence[str] | None) -> bool:
+        """May a kill's first look (a read of `symbols`, None: all, sent beside its first
+        cancels) spend the budget now? Its verification read after the cancels finds what the
+        tracker missed too, a round later; where reads and cancels share a scarce budget, the
+        verification must not wait behind looks. True here: a read costs little of this
+        venue's budget."""
+        return True
+
     # -- cancels ---------------------------------------------------------------------------
     @abstractmethod
     async def cancel_order(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,6 +68,10 @@ class Account:
     # True while the venue itself said, moments ago, that the account's limits have ample room:
     # a kill's first burst needs no probe (`kill.gate`). None: never known, probe after quiet.
     headroom_known: Callable[[], bool] | None = None
+    # Whether a kill's first look (a read of the symbols given, None: all, beside its first
+    # cancels) may spend the venue's budget now, or should leave it to the verification read
+    # after them (`VenueConnector.first_look_fits`). None: always look.
+    first_look_fits: Callable[[Sequence[str] | None], bool] | None = None
 
     def status(self, dead_mans_switch: str, last_sweep: str) -> dict[str, object]:
         """What `killswitch status` shows of the account."""

@@ -117,6 +117,8 @@ USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 # The used-weight count the venue sends back with every answer is this IP's whole use, others'
 # included: while it is this fresh and low, a kill's first burst needs no probe (`kill.gate`).
 HEADROOM_FRESH_S = 5.0
+# The share of a kill's weight cap a first look may fill the IP's minute to (`first_look_fits`).
+FIRST_LOOK_SHARE = 0.5
 # When no answer has brought the count for this long, a ws-api `ping` (weight 1, the IP's
 # count in its `rateLimits`) asks for it: one per IP, whatever the number of accounts behind
 # it, about 30 of the minute's 6000. It also finds a dead session before a kill does.
@@ -192,6 +194,22 @@ class BinanceExchange(TwoRoutes, VenueConnector):
     def headroom_known(self) -> bool:
         """True while the IP's used weight, as the venue last said it, is fresh and low."""
         return self.budget.headroom_known(HEADROOM_FRESH_S)
+
+    def first_look_fits(self, symbols: Sequence[str] | None) -> bool:
+        """A kill's first look spends the IP's weight only while the minute stays at most
+        half used after it (`FIRST_LOOK_SHARE`): the rest is kept for the cancels and the
+        verification reads of every account behind this IP. (At 22 accounts, all-orders reads
+        at 80 each at start-up, as first looks and as verifications passed a kill's share of
+        the minute together, and the proof waited up to 60 s for the next minute.)"""
+        weight = RATE_LIMITS.list_snapshot_weight + (
+            RATE_LIMITS.snapshot_weight
+            if symbols is None
+            else RATE_LIMITS.snapshot_symbol_weight * len(set(symbols))
+        )
+        budget = self.budget
+        if budget.delay_for(weight, Priority.KILL) > 0:
+            return False
+        return budget.used + weight <= budget.cap(Priority.KILL) * FIRST_LOOK_SHARE
 
     async def _keep_fresh(self, every_s: float) -> None:
         """Ask for the IP's used weight (a ws-api `ping`) whenever nobody behind this IP has
