@@ -140,26 +140,24 @@ class JournalState:
                 self._resolve_failed(record)
             self._forget_finished()
         elif kind == "seen":
-            ids = record.get("ids") or []
-            if not isinstance(ids, list):
-                raise TypeError("seen record without an id list")
-            resets = record.get("resets") or []
-            if not isinstance(resets, list):
-                raise TypeError("seen record with a reset id field that is not a list")
-            released = record.get("released") or []
-            if not isinstance(released, list):
-                raise TypeError("seen record with a released id field that is not a list")
-            settled = record.get("settled") or []
-            if not isinstance(settled, list):
-                raise TypeError("seen record with a settled end field that is not a list")
+            ids = _listed(record, "ids", "seen record without an id list")
+            resets = _listed(
+                record, "resets", "seen record with a reset id field that is not a list"
+            )
+            released = _listed(
+                record, "released", "seen record with a released id field that is not a list"
+            )
+            settled = _listed(
+                record, "settled", "seen record with a settled end field that is not a list"
+            )
             for trigger_id in ids:
-                self._see(str(trigger_id), seen_limit)
+                self._see(trigger_id, seen_limit)
             for reset_id in resets:
-                remember_newest(self.reset_ids, str(reset_id), seen_limit)
+                remember_newest(self.reset_ids, reset_id, seen_limit)
             for trigger_id in released:
-                remember_newest(self.released, str(trigger_id), seen_limit)
+                remember_newest(self.released, trigger_id, seen_limit)
             for end in settled:
-                remember_newest(self.settled, str(end), SETTLED_KEPT)
+                remember_newest(self.settled, end, SETTLED_KEPT)
         else:
             log.warning("journal record of unknown kind=%s ignored", kind)
         self.records += 1
@@ -311,6 +309,14 @@ def _trigger_ids(summary: dict[str, object]) -> list[str]:
 
 def _as_list(value: object) -> list[object]:
     return list(value) if isinstance(value, list) else []
+
+
+def _listed(record: dict[str, object], key: str, error: str) -> list[str]:
+    """The ids listed at `key` (none when absent); `TypeError(error)` when it is not a list."""
+    value = record.get(key) or []
+    if not isinstance(value, list):
+        raise TypeError(error)
+    return [str(v) for v in value]
 
 
 def _scope_of(summary: object) -> Scope | None:
