@@ -1028,3 +1028,28 @@ async def test_the_admin_api_reads_and_switches_the_behaviour(
         assert "heartbeat" in refused["error"]
         status, _ = await admin(session, sim, "POST", "behaviour", {"no_such_switch": True})
         assert status == 400
+
+
+def test_most_permissive_answers_every_open_question_the_easiest_way() -> None:
+    # Spelled as the defaults but two: a default changed to a harder answer must change it too.
+    from killswitch.sim.bingx import VARIANTS
+
+    assert VARIANTS["most_permissive"].to_json() == {
+        "cancel_all_covers_oco": True,
+        "leg_id_cancels_list": True,
+        "oco_list_shape": "legs",
+        "oco_page_unit": "lists",
+        "oco_page_cap": None,
+        "empty_read": "empty",
+        "limits": "docs_v3",
+        "heartbeat": "json",
+        "client_id_field": "C",
+        "recv_window_max_ms": 60_000,
+        "gone_style": "codes",
+        "throttle_form": "epoch",
+        "ban_form": "epoch",
+        "open_orders_show_legs": True,
+        "open_status": "NEW",
+        "dms_answer": "status",
+        "key_expiry": "close",
+    }

@@ -266,26 +266,9 @@ VARIANTS: dict[str, BingxBehaviour] = {
         dms_answer="trigger_ms",
         key_expiry="push",
     ),
-    # Every open question answered the easiest way.
-    "most_permissive": BingxBehaviour(
-        cancel_all_covers_oco=True,
-        leg_id_cancels_list=True,
-        oco_list_shape="legs",
-        oco_page_unit="lists",
-        oco_page_cap=None,
-        empty_read="empty",
-        limits="docs_v3",
-        heartbeat="json",
-        client_id_field="C",
-        recv_window_max_ms=60_000,
-        gone_style="codes",
-        throttle_form="epoch",
-        ban_form="epoch",
-        open_orders_show_legs=True,
-        open_status="NEW",
-        dms_answer="status",
-        key_expiry="close",
-    ),
+    # Every open question answered the easiest way: the defaults, but for the two switches
+    # whose default is the harder answer.
+    "most_permissive": BingxBehaviour(cancel_all_covers_oco=True, limits="docs_v3"),
 }
 
 
