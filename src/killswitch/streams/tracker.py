@@ -147,13 +147,8 @@ class OrderTracker:
             self._apply_list(event)  # type: ignore[arg-type]
 
     def _apply_order(self, event: OrderEvent) -> None:
-        order_id = event.order_id
-        key = (event.symbol, order_id)
-        if not event.is_open:
-            self._close(key)
-            return
-        if key in self._closed:
-            self.stale_events += 1
+        key = (event.symbol, event.order_id)
+        if self._ends_here(event.is_open, key, self._closed, self._close):
             return
         old = self._orders.get(key)
         list_id = event.list_id if event.list_id not in _NO_LIST else None
@@ -161,7 +156,7 @@ class OrderTracker:
             self._add(
                 Order(
                     symbol=event.symbol,
-                    order_id=order_id,
+                    order_id=event.order_id,
                     client_order_id=event.client_order_id,
                     side=event.side,
                     order_type=event.order_type,
@@ -184,7 +179,7 @@ class OrderTracker:
         amended = event.exec_type is ExecType.REPLACED and bool(event.client_order_id)
         self._orders[key] = Order(
             symbol=old.symbol,
-            order_id=order_id,
+            order_id=event.order_id,
             client_order_id=(
                 event.client_order_id if amended else old.client_order_id or event.client_order_id
             ),
@@ -202,24 +197,36 @@ class OrderTracker:
             self._put_list(replace(held, client_order_ids=self._leg_client_ids(held)))
 
     def _apply_list(self, event: ListEvent) -> None:
-        list_id = event.list_id
-        key = (event.symbol, list_id)
-        if not event.is_open:
-            self._close_list(key)
-            return
-        if key in self._closed_lists:
-            self.stale_events += 1
+        key = (event.symbol, event.list_id)
+        if self._ends_here(event.is_open, key, self._closed_lists, self._close_list):
             return
         old = self._lists.get(key)
         order_list = OrderList(
             symbol=event.symbol,
-            list_id=list_id,
+            list_id=event.list_id,
             list_client_order_id=event.list_client_order_id,
             order_ids=event.order_ids or (old.order_ids if old else ()),
             client_order_ids=old.client_order_ids if old else (),
             contingency_type=old.contingency_type if old else "OCO",
         )
         self._put_list(replace(order_list, client_order_ids=self._leg_client_ids(order_list)))
+
+    def _ends_here(
+        self,
+        is_open: bool,
+        key: OrderKey | ListKey,
+        closed: OrderedDict[OrderKey | ListKey, None],
+        close: Callable[[OrderKey | ListKey], None],
+    ) -> bool:
+        """Whether an event for `key` (an order's or a list's) ends here: one that closes it
+        (closed now), or one that opens it after it closed (stale: nothing closed reopens)."""
+        if not is_open:
+            close(key)
+            return True
+        if key in closed:
+            self.stale_events += 1
+            return True
+        return False
 
     def _leg_client_ids(self, order_list: OrderList) -> tuple[str, ...]:
         """The list's legs' client ids as the stream last showed them (an amend changes a
@@ -242,10 +249,7 @@ class OrderTracker:
             self._counts[order.symbol] = self._counts.get(order.symbol, 0) + 1
 
     def _close(self, key: OrderKey) -> None:
-        closed = self._closed
-        closed[key] = None
-        if len(closed) > self._closed_memory:
-            closed.popitem(last=False)
+        self._remember_closed(self._closed, key)
         old = self._orders.pop(key, None)
         if old is None:
             return
@@ -263,6 +267,14 @@ class OrderTracker:
             legs = self._lists[list_key].order_ids
             if not any((symbol, leg) in self._orders for leg in legs):
                 self._close_list(list_key)
+
+    def _remember_closed(
+        self, closed: OrderedDict[OrderKey | ListKey, None], key: OrderKey | ListKey
+    ) -> None:
+        """Remember `key` (an order's or a list's) closed; the oldest beyond the memory goes."""
+        closed[key] = None
+        if len(closed) > self._closed_memory:
+            closed.popitem(last=False)
 
     def _put_list(self, order_list: OrderList) -> None:
         symbol = order_list.symbol
@@ -288,10 +300,7 @@ class OrderTracker:
             del self._list_symbols[symbol]
 
     def _close_list(self, key: ListKey) -> None:
-        closed = self._closed_lists
-        closed[key] = None
-        if len(closed) > self._closed_memory:
-            closed.popitem(last=False)
+        self._remember_closed(self._closed_lists, key)
         old = self._lists.pop(key, None)
         if old is not None:
             self._drop_list(old)
