@@ -27,6 +27,13 @@ from killswitch.exchanges.base import Capabilities
 
 log = logging.getLogger(__name__)
 
+# The answers an account learns (`LearnedPaths`' fields), each with the values it may take.
+ANSWERS: dict[str, tuple[bool | str, ...]] = {
+    "cancel_all_covers_lists": (True, False),
+    "leg_id_cancels_list": (True, False),
+    "oco_list_shape": ("legs", "ocoOrders"),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class KindRate:
@@ -88,12 +95,8 @@ class LearnedPaths:
         return True
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "cancel_all_covers_lists": self.cancel_all_covers_lists,
-            "leg_id_cancels_list": self.leg_id_cancels_list,
-            "oco_list_shape": self.oco_list_shape,
-            "learned_at_ms": dict(self.learned_at_ms),
-        }
+        answers: dict[str, object] = {name: getattr(self, name) for name in ANSWERS}
+        return answers | {"learned_at_ms": dict(self.learned_at_ms)}
 
     def save(self) -> None:
         if self.path is None:
@@ -120,11 +123,11 @@ class LearnedPaths:
             return learned
         if not isinstance(data, dict):
             return learned
-        for name in ("cancel_all_covers_lists", "leg_id_cancels_list"):
-            if isinstance(data.get(name), bool):
-                setattr(learned, name, data[name])
-        if data.get("oco_list_shape") in ("legs", "ocoOrders"):
-            learned.oco_list_shape = data["oco_list_shape"]
+        for name, values in ANSWERS.items():
+            value = data.get(name)
+            # The type first: a saved 1 is not a learned True (1 == True).
+            if type(value) in (bool, str) and value in values:
+                setattr(learned, name, value)
         stamps = data.get("learned_at_ms")
         if isinstance(stamps, dict):
             learned.learned_at_ms = {
