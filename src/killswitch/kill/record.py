@@ -59,14 +59,15 @@ class AccountResult:
 
     ref: AccountRef
     state: AccountState = AccountState.RUNNING
+    # In the order `to_json` reports them: what was open, what was cancelled, what it took.
     orders_before: int = 0
     lists_before: int = 0
+    cancelled: set[OrderKey] = field(default_factory=set)
+    lists_cancelled: set[ListKey] = field(default_factory=set)
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
     waves: int = 0
-    cancelled: set[OrderKey] = field(default_factory=set)
-    lists_cancelled: set[ListKey] = field(default_factory=set)
     still_open: Snapshot | None = None
     verified: bool = False
     error: dict[str, object] | None = None
