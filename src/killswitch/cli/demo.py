@@ -20,7 +20,9 @@ from killswitch.drill.demo import BASES, DrillError, Workload, render, run_drill
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `killswitch demo`'s arguments."""
     parser.add_argument("--accounts", type=int, default=2, help="accounts per venue")
-    parser.add_argument("--symbols", type=int, default=12, help="symbols per venue (max 12)")
+    parser.add_argument(
+        "--symbols", type=int, default=len(BASES), help=f"symbols per venue (max {len(BASES)})"
+    )
     parser.add_argument("--orders-per-symbol", type=int, default=8)
     parser.add_argument("--latency-ms", type=float, default=30.0, help="simulated round trip")
     parser.add_argument("--rogue-rate", type=float, default=5.0, help="rogue orders per second")

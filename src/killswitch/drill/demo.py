@@ -59,7 +59,7 @@ class Workload:
     """How much to seed and how slow the network is."""
 
     accounts_per_venue: int = 2
-    symbols_per_venue: int = 12
+    symbols_per_venue: int = len(BASES)  # every one
     orders_per_symbol: int = 8
     list_fraction: float = 0.25
     latency_ms: float = 30.0
