@@ -20,10 +20,13 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from killswitch.exchanges.binance import BinanceExchange
+from killswitch.exchanges.binance.connector import FIRST_LOOK_SHARE
+from killswitch.exchanges.budget import Priority
 from killswitch.journal import Journal
 from killswitch.kill.config import Account
 from killswitch.kill.engine import Engine
@@ -39,30 +42,57 @@ from tests.fixtures.kill import FAST
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
 
 
+@dataclass
+class Rig:
+    venue: BinanceVenue
+    exchanges: list[BinanceExchange]
+    trackers: list[OrderTracker]
+    engine: Engine
+
+    @property
+    def exchange(self) -> BinanceExchange:
+        return self.exchanges[0]
+
+    @property
+    def tracker(self) -> OrderTracker:
+        return self.trackers[0]
+
+
 @contextlib.asynccontextmanager
-async def rig(
-    tmp_path: Path,
-) -> AsyncIterator[tuple[BinanceVenue, BinanceExchange, OrderTracker, Engine]]:
-    async with binance_venue(1) as venue:
-        exchange = await venue.connect("acct0", use_ws_api=False)
-        ref = AccountRef("binance", "acct0")
-        tracker = OrderTracker(ref)
-        # Wired as the daemon wires it (app.build_parts).
-        account = Account(ref, exchange, tracker=tracker, first_look_fits=exchange.first_look_fits)
-        engine = Engine([account], Journal(tmp_path / "journal.jsonl"), FAST, rng=random.Random(3))
-        supervisor = StreamSupervisor(
-            exchange, tracker, on_event=engine.on_stream_event, reconcile_interval_s=None
-        )
-        task = asyncio.create_task(supervisor.run())
+async def rig(tmp_path: Path, accounts: int = 1) -> AsyncIterator[Rig]:
+    """`accounts` Binance accounts behind one IP (one simulator host): one weight budget."""
+    async with binance_venue(accounts) as venue:
+        exchanges: list[BinanceExchange] = []
+        trackers: list[OrderTracker] = []
+        wired: list[Account] = []
+        for name in venue.accounts:
+            exchange = await venue.connect(name, use_ws_api=False)
+            ref = AccountRef("binance", name)
+            tracker = OrderTracker(ref)
+            exchanges.append(exchange)
+            trackers.append(tracker)
+            # Wired as the daemon wires it (app.build_parts).
+            wired.append(
+                Account(ref, exchange, tracker=tracker, first_look_fits=exchange.first_look_fits)
+            )
+        engine = Engine(wired, Journal(tmp_path / "journal.jsonl"), FAST, rng=random.Random(3))
+        supervisors = [
+            StreamSupervisor(ex, tr, on_event=engine.on_stream_event, reconcile_interval_s=None)
+            for ex, tr in zip(exchanges, trackers, strict=True)
+        ]
+        tasks = [asyncio.create_task(sup.run()) for sup in supervisors]
         try:
-            assert await supervisor.wait_live(20.0)
+            for sup in supervisors:
+                assert await sup.wait_live(20.0)
             await engine.start()
-            yield venue, exchange, tracker, engine
+            yield Rig(venue, exchanges, trackers, engine)
         finally:
             await engine.stop(grace_s=1.0)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 async def others_spent(venue: BinanceVenue, exchange: BinanceExchange, weight: int) -> None:
@@ -109,7 +139,8 @@ async def kill(engine: Engine, trigger_id: str) -> Kill:
 async def test_a_kill_leaves_its_first_look_to_the_verification_when_the_minute_is_half_used(
     tmp_path: Path,
 ) -> None:
-    async with rig(tmp_path) as (venue, exchange, tracker, engine):
+    async with rig(tmp_path) as r:
+        venue, exchange, tracker, engine = r.venue, r.exchange, r.tracker, r.engine
         for symbol in SYMBOLS:
             for _ in range(3):
                 await venue.place("acct0", symbol)
@@ -129,7 +160,8 @@ async def test_a_kill_leaves_its_first_look_to_the_verification_when_the_minute_
 async def test_an_order_the_tracker_missed_is_still_found_and_cancelled_without_a_first_look(
     tmp_path: Path,
 ) -> None:
-    async with rig(tmp_path) as (venue, exchange, tracker, engine):
+    async with rig(tmp_path) as r:
+        venue, exchange, tracker, engine = r.venue, r.exchange, r.tracker, r.engine
         for symbol in SYMBOLS[:2]:
             await venue.place("acct0", symbol)
         await eventually(lambda: len(tracker.open_orders()) == 2)
@@ -152,7 +184,8 @@ async def test_an_order_the_tracker_missed_is_still_found_and_cancelled_without_
 
 
 async def test_a_kill_still_looks_first_while_the_minute_has_room(tmp_path: Path) -> None:
-    async with rig(tmp_path) as (venue, exchange, tracker, engine):
+    async with rig(tmp_path) as r:
+        venue, exchange, tracker, engine = r.venue, r.exchange, r.tracker, r.engine
         for symbol in SYMBOLS:
             await venue.place("acct0", symbol)
         await eventually(lambda: len(tracker.open_orders()) == 3)
@@ -161,3 +194,22 @@ async def test_a_kill_still_looks_first_while_the_minute_has_room(tmp_path: Path
         k = await kill(engine, "room")
         assert k.flat.is_set(), k.state
         assert len(all_orders_reads(venue, since)) == 2, "a first look, then the verification"
+
+
+async def test_the_accounts_of_one_ip_share_the_room_for_first_looks(tmp_path: Path) -> None:
+    # Review of 1c85520 (bench at 64 accounts): every account of a kill decides before any
+    # of their reads is sent; each saw the same room and all looked.
+    async with rig(tmp_path, accounts=6) as r:
+        for name in r.venue.accounts:
+            for symbol in SYMBOLS:
+                await r.venue.place(name, symbol)
+        await eventually(lambda: all(len(t.open_orders()) == 3 for t in r.trackers))
+        await others_spent(r.venue, r.exchange, 2_250)
+        used = r.exchange.budget.used
+        room = int((r.exchange.budget.cap(Priority.KILL) * FIRST_LOOK_SHARE - used) // 86)
+        assert 0 < room < 6, (used, room)
+        since = time.time()
+        k = await kill(r.engine, "shared-room")
+        assert k.flat.is_set(), k.state
+        looks = len(all_orders_reads(r.venue, since)) - 6  # one verification each
+        assert 0 < looks <= room, (looks, room)

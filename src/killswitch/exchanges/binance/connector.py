@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import logging
 import random
+import time
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Unpack
@@ -119,6 +120,9 @@ USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 HEADROOM_FRESH_S = 5.0
 # The share of a kill's weight cap a first look may fill the IP's minute to (`first_look_fits`).
 FIRST_LOOK_SHARE = 0.5
+# How long a first look decided counts before its read is sure to be counted by the budget
+# (it is sent at once, so a read counted twice for this long only makes later looks rarer).
+LOOK_DECIDED_S = 1.0
 # When no answer has brought the count for this long, a ws-api `ping` (weight 1, the IP's
 # count in its `rateLimits`) asks for it: one per IP, whatever the number of accounts behind
 # it, about 30 of the minute's 6000. It also finds a dead session before a kill does.
@@ -158,6 +162,11 @@ class BinanceExchange(TwoRoutes, VenueConnector):
                 "binance weight",
                 lambda: RateBudget(RATE_LIMITS, clock=self.venue_seconds),
             )
+        )
+        # First looks decided behind this IP, (monotonic until, weight): counted until their
+        # reads surely are in the budget (`first_look_fits`).
+        self._looks: list[tuple[float, int]] = shared_item(
+            self.ip_scope, "binance first looks", list
         )
         charges = WeightCharges(self.budget, USED_WEIGHT_HEADER)
         self.rest = self._signed_rest(WIRE, charges, partial(binance_signed_query, self._sign))
@@ -209,7 +218,17 @@ class BinanceExchange(TwoRoutes, VenueConnector):
         budget = self.budget
         if budget.delay_for(weight, Priority.KILL) > 0:
             return False
-        return budget.used + weight <= budget.cap(Priority.KILL) * FIRST_LOOK_SHARE
+        # The accounts of a kill decide at once, before any of their reads is sent: each
+        # counts the looks decided before it (review of 1c85520: 22 accounts each saw the
+        # same room, all looked, and the proof waited for the next minute again).
+        now = time.monotonic()
+        looks = self._looks
+        looks[:] = [(until, w) for until, w in looks if until > now]
+        decided = sum(w for _, w in looks)
+        if budget.used + decided + weight > budget.cap(Priority.KILL) * FIRST_LOOK_SHARE:
+            return False
+        looks.append((now + LOOK_DECIDED_S, weight))
+        return True
 
     async def _keep_fresh(self, every_s: float) -> None:
         """Ask for the IP's used weight (a ws-api `ping`) whenever nobody behind this IP has
