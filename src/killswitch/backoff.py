@@ -35,11 +35,12 @@ class Backoff:
         self.attempt = 0
 
 
-async def wait_or_stop(stopping: asyncio.Event, delay_s: float) -> None:
-    """Sleep `delay_s`, or less if `stopping` is set meanwhile."""
+async def wait_or_stop(stopping: asyncio.Event, delay_s: float) -> bool:
+    """Sleep `delay_s`, or less if `stopping` is set meanwhile; say whether it is set."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(delay_s):
             await stopping.wait()
+    return stopping.is_set()
 
 
 class Stopping(Exception):

@@ -206,10 +206,8 @@ class ReconnectingClient:
         self._on_connected()
 
     async def _reconnect(self) -> None:
-        if self.disconnects:
-            await wait_or_stop(self._stopping, self.backoff.next_delay())
-            if self._stopping.is_set():
-                return
+        if self.disconnects and await wait_or_stop(self._stopping, self.backoff.next_delay()):
+            return
         try:
             await self._open()
         except asyncio.CancelledError:
