@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from killswitch.events import EventType
@@ -35,20 +36,14 @@ class _Counts(Protocol):
     duplicates: int
 
 
+@dataclass(eq=False)
 class ActedOn:
     """The duplicate rules over the engine's journaled ids and the cluster's latch."""
 
-    def __init__(
-        self,
-        engine: EnginePort,
-        cluster: ClusterLatch | None,
-        stats: _Counts,
-        emit: Callable[..., None],
-    ) -> None:
-        self.engine = engine
-        self.cluster = cluster
-        self.stats = stats
-        self._emit = emit
+    engine: EnginePort
+    cluster: ClusterLatch | None
+    stats: _Counts
+    emit: Callable[..., None]
 
     def __call__(self, alert: Alert, now_ms: int) -> bool:
         """Whether `alert` is a re-read (a crash before its commit, offsets lost) of one acted
@@ -63,7 +58,7 @@ class ActedOn:
                 return False
             self.stats.duplicates += 1
             log.info("duplicate reset ignored alert_id=%s (applied before)", alert.id)
-            self._emit(EventType.DUPLICATE, reset_id=alert.id, source="kafka")
+            self.emit(EventType.DUPLICATE, reset_id=alert.id, source="kafka")
             return True
         if alert.action not in (AlertAction.KILL, AlertAction.CANCEL):
             return False
@@ -76,7 +71,7 @@ class ActedOn:
                 return False
             self.stats.duplicates += 1
             log.info("duplicate alert ignored alert_id=%s (acted on before)", trigger.id)
-            self._emit(
+            self.emit(
                 EventType.DUPLICATE, trigger_id=trigger.id, source=trigger.source, compared=True
             )
             return True
@@ -97,9 +92,7 @@ class ActedOn:
             "mode not compared)",
             trigger.id,
         )
-        self._emit(
-            EventType.DUPLICATE, trigger_id=trigger.id, source=trigger.source, compared=False
-        )
+        self.emit(EventType.DUPLICATE, trigger_id=trigger.id, source=trigger.source, compared=False)
         return True
 
     def _released_in_cluster(self, trigger: Trigger) -> bool:
@@ -115,7 +108,7 @@ class ActedOn:
             "(latched and reset in the cluster before this replica read it)",
             trigger.id,
         )
-        self._emit(
+        self.emit(
             EventType.DUPLICATE,
             trigger_id=trigger.id,
             source=trigger.source,
@@ -141,7 +134,7 @@ class ActedOn:
             trigger.id,
             error,
         )
-        self._emit(
+        self.emit(
             EventType.ALARM,
             account="latch_topic",
             kind="latch_unread_at_kill",
