@@ -6,7 +6,7 @@ at once, so they reached the client half a round trip after the request left and
 trip before its answer; on a network they travel the other half back too, and come with the
 answer. A bench or a test then saw stream events earlier than a venue can deliver them.
 
-Now a push caused by a request leaves when its answer does (`sim.venue.PUSH_DUE`), on every
+Now a push caused by a request leaves when its answer does (`sim.frames.PUSH_DUE`), on every
 venue's stream, behind whatever its connection sent before.
 
 The assertion is a lower bound on a delay the simulator adds (a busy machine only delays the

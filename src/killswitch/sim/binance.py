@@ -54,17 +54,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from killswitch.sim.book import BookEvent, BookEventKind, OrderSpec, SimBook, SimOrder, SimOrderList
 from killswitch.sim.faults import Fault, FaultKind
+from killswitch.sim.frames import PUSH_DUE, Due, next_frame, pushed
 from killswitch.sim.ratelimit import Verdict, WeightWindow
-from killswitch.sim.venue import (
-    PUSH_DUE,
-    Due,
-    SimAccount,
-    SimVenue,
-    VenueSettings,
-    json_response,
-    pushed,
-    when_due,
-)
+from killswitch.sim.venue import SimAccount, SimVenue, VenueSettings, json_response
 
 log = logging.getLogger(__name__)
 
@@ -952,11 +944,7 @@ class BinanceSim(SimVenue):
         conn.subs.clear()
 
     async def _ws_writer(self, conn: WsConn) -> None:
-        while True:
-            queued = await conn.out.get()
-            if queued is None:
-                break
-            item = await when_due(queued)
+        while (item := await next_frame(conn.out)) is not None:
             if conn.ws.closed:
                 return
             frame, entry = item

@@ -77,16 +77,9 @@ from aiohttp import WSMsgType, web
 
 from killswitch.sim.book import BookEvent, BookEventKind, OrderSpec, SimBook, SimOrder
 from killswitch.sim.faults import Fault, FaultKind
+from killswitch.sim.frames import Due, next_frame, pushed
 from killswitch.sim.ratelimit import Verdict, WeightWindow
-from killswitch.sim.venue import (
-    Due,
-    SimAccount,
-    SimVenue,
-    VenueSettings,
-    json_response,
-    pushed,
-    when_due,
-)
+from killswitch.sim.venue import SimAccount, SimVenue, VenueSettings, json_response
 
 SPOT = "/openApi/spot/v1"
 USER_DATA_STREAM = "/openApi/user/auth/userDataStream"
@@ -1503,11 +1496,7 @@ class BingxSim(SimVenue):
         stream.queue.put_nowait(gzip.compress(orjson.dumps(reply), compresslevel=1, mtime=0))
 
     async def _write(self, stream: _Stream) -> None:
-        while True:
-            queued = await stream.queue.get()
-            if queued is None:
-                return
-            frame = await when_due(queued)
+        while (frame := await next_frame(stream.queue)) is not None:
             if stream.ws.closed:
                 return
             try:

@@ -49,17 +49,9 @@ from killswitch.sim.book import (
     UnknownOrder,
 )
 from killswitch.sim.faults import Fault, FaultKind
+from killswitch.sim.frames import Due, next_frame, pushed
 from killswitch.sim.ratelimit import Verdict, WeightWindow
-from killswitch.sim.venue import (
-    Due,
-    Handler,
-    SimAccount,
-    SimVenue,
-    VenueSettings,
-    json_response,
-    pushed,
-    when_due,
-)
+from killswitch.sim.venue import Handler, SimAccount, SimVenue, VenueSettings, json_response
 
 log = logging.getLogger(__name__)
 
@@ -751,11 +743,7 @@ class MexcSim(SimVenue):
 
     async def _ws_writer(self, conn: StreamConn) -> None:
         ws = conn.ws
-        while True:
-            queued = await conn.queue.get()
-            if queued is None:
-                break
-            item: bytes | str = await when_due(queued)
+        while (item := await next_frame(conn.queue)) is not None:
             try:
                 if isinstance(item, bytes):
                     await ws.send_bytes(item)

@@ -20,51 +20,19 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from killswitch.sim.book import OrderSpec, SimBook, UnknownOrder
 from killswitch.sim.faults import Fault, FaultKind, FaultSet
+from killswitch.sim.frames import PUSH_DUE
 from killswitch.sim.ratelimit import BanTracker, Verdict
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-T = TypeVar("T")
-
-# When what a request's handler pushes may reach its client (monotonic): the venue acts on a
-# request half a round trip after it came, and a push travels the other half back, as the
-# answer does (review 90: sent at once, pushes came half a round trip before any real one can).
-PUSH_DUE: ContextVar[float] = ContextVar("killswitch_sim_push_due", default=0.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Due(Generic[T]):
-    """A frame on a websocket's queue that leaves at `at` (monotonic), not before."""
-
-    item: T
-    at: float
-
-
-def pushed(item: T) -> T | Due[T]:
-    """`item` for a websocket's queue, held until the push due now (`PUSH_DUE`) if any."""
-    at = PUSH_DUE.get()
-    return Due(item, at) if at > time.monotonic() else item
-
-
-async def when_due(item: T | Due[T]) -> T:
-    """The frame of a queued item, once it may leave: the queue's order is the wire's, so a
-    frame behind a held one waits for it, as on one TCP connection."""
-    if not isinstance(item, Due):
-        return item
-    left = item.at - time.monotonic()
-    if left > 0:
-        await asyncio.sleep(left)
-    return item.item
-
 
 log = logging.getLogger(__name__)
 
