@@ -160,6 +160,11 @@ SYMBOL = re.compile(r"^[A-Z0-9]+-[A-Z0-9]+$")
 CANCEL_RESTRICTIONS = frozenset(OPEN_STATUSES)
 
 TIMESTAMP_MSG = "Null timestamp or timestamp mismatch"
+LISTEN_KEY_TTL_S = 3600.0  # a listenKey is valid for 1 h unless extended [§3.4]
+# More answers than this with one error code on one API inside the window lock that API ("over
+# 20 error code:100202 requests within 480000 ms for this api" [§3.5]).
+ERROR_LOCK_COUNT = 20
+ERROR_LOCK_WINDOW_S = 480.0
 CHINA_TZ = timezone(timedelta(hours=8))
 
 
@@ -360,11 +365,11 @@ class BingxSim(SimVenue):
         settings: VenueSettings,
         *,
         variant: str | None = None,
-        listen_key_ttl_s: float = 3600.0,
+        listen_key_ttl_s: float = LISTEN_KEY_TTL_S,
         max_missed_pongs: int = 3,
         rate_limit_penalty_s: float = 1.0,
-        error_lock_count: int = 20,
-        error_lock_window_s: float = 480.0,
+        error_lock_count: int = ERROR_LOCK_COUNT,
+        error_lock_window_s: float = ERROR_LOCK_WINDOW_S,
         order_retry_after: bool = True,
         dead_mans_switch_time_scale: float = 1.0,
         dead_mans_switch_batch: int = 200,
