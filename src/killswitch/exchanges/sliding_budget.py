@@ -17,7 +17,7 @@ import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from killswitch.exchanges.base import Priority
 from killswitch.exchanges.budget import fleet, shared_item, state_until
@@ -227,29 +227,18 @@ async def acquire_all(
             budget.done_waiting(call)
 
 
+class BudgetOptions(TypedDict, total=False):
+    """`SlidingBudget`'s keyword options, with its defaults, for `shared_budget` to pass on."""
+
+    margin_s: float
+    background_share: float
+    clock: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+
+
 def shared_budget(
-    scope: str,
-    name: str,
-    limit: int,
-    window_s: float = 1.0,
-    *,
-    margin_s: float = 0.1,
-    background_share: float = 0.5,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    scope: str, name: str, limit: int, window_s: float = 1.0, **options: Unpack[BudgetOptions]
 ) -> SlidingBudget:
     """The one sliding budget named `name` for `scope` (`shared_item`). The first caller's
     limit, clock and sleep win."""
-    return shared_item(
-        scope,
-        name,
-        lambda: SlidingBudget(
-            limit,
-            window_s,
-            margin_s=margin_s,
-            background_share=background_share,
-            name=name,
-            clock=clock,
-            sleep=sleep,
-        ),
-    )
+    return shared_item(scope, name, lambda: SlidingBudget(limit, window_s, name=name, **options))
