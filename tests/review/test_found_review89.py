@@ -186,7 +186,7 @@ async def test_a_retried_fire_of_a_released_latch_says_nothing_of_replication(
     engine.events.add(rep)
     peer_engine = FakeEngine()
     peer = replicator(latch_settings, "replica-b", peer_engine)
-    server = ControlServer(engine, tmp_path / "control.sock")
+    server = ControlServer(engine, tmp_path / "control.sock", latch_share=rep)
     fire = orjson.dumps({"op": "fire", "reason": "r", "id": "X", "wait": "done"})
     try:
         async with running(rep, peer):

@@ -56,7 +56,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
@@ -81,7 +81,6 @@ class ControlError(Exception):
     """A request the control socket refuses; the message goes back to the client."""
 
 
-@runtime_checkable
 class LatchShare(Protocol):
     """The latch shared with other replicas (`kafka.replicas.LatchReplicator`), as a fire and
     a status ask it."""
@@ -185,7 +184,12 @@ def describe_request_errors(exc: ValidationError) -> str:
 
 
 class ControlServer:
-    """Serve the control socket at `path` for `engine` (a daemon `Service`)."""
+    """Serve the control socket at `path` for `engine` (a daemon `Service`).
+
+    `latch_share` is the replicator when the daemon shares its latch (`kafka.share_latch`),
+    given by whoever builds the daemon (`app.build_parts`); None: fires and status say nothing
+    of replication.
+    """
 
     name = "control"
 
@@ -200,7 +204,7 @@ class ControlServer:
         self.engine = engine
         self.path = path
         self.readiness = readiness
-        self._latch_share = latch_share
+        self.latch_share = latch_share
         self._server: asyncio.Server | None = None
         self._stopped = asyncio.Event()
         self._clients: set[asyncio.Task[Any]] = set()
@@ -259,15 +263,6 @@ class ControlServer:
     def status(self) -> str:
         return "listening" if self.healthy() else "closed"
 
-    def latch_share(self) -> LatchShare | None:
-        """The shared latch, if this daemon shares it: given, or the engine's event sink that
-        is one (the replicator joins the engine's events after this server is built)."""
-        if self._latch_share is None:
-            self._latch_share = next(
-                (s for s in self.engine.events.sinks if isinstance(s, LatchShare)), None
-            )
-        return self._latch_share
-
     # -- protocol -------------------------------------------------------------------------------
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -313,7 +308,7 @@ class ControlServer:
             status = self.engine.status()
             if self.readiness is not None:
                 status["readiness"] = self.readiness()
-            share = self.latch_share()
+            share = self.latch_share
             if share is not None:
                 status["latch_topic"] = share.latch_status()
             return {"ok": True, "status": status}
@@ -392,7 +387,7 @@ class ControlServer:
         # Only a latch held here has a record to replicate: a duplicate of an id a reset
         # released holds none anywhere (review 89: it answered "only this replica holds it").
         held = trigger.mode is Mode.KILL and trigger.id in self.engine.latches()
-        share = self.latch_share() if held else None
+        share = self.latch_share if held else None
         # The kill runs already; its latch record is published alongside the wait for it.
         replicating = (
             asyncio.ensure_future(share.latch_published(trigger.id, share.publish_timeout_s))
