@@ -751,3 +751,18 @@ async def test_a_tracker_failure_at_a_connections_end_does_not_end_supervision(
     assert h.task is not None
     done, _ = await asyncio.wait({h.task}, timeout=1.0)
     assert not done, f"run() ended: {h.task.exception() if done else None!r}"
+
+
+async def test_a_reconcile_that_times_out_says_so(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Bench at 64 accounts: a background read waiting for the venue's budget timed out, and
+    # the warning read "stream reconcile failed account=... error=" (a TimeoutError's text is
+    # empty): a failure reported without its reason.
+    h = make(reconcile_interval_s=0.05, snapshot_timeout_s=0.1)
+    h.start()
+    assert await h.supervisor.wait_live(5)
+    h.exchange.snapshot_gate = asyncio.Event()  # the next read never answers
+    with caplog.at_level("WARNING", logger="killswitch.streams.supervisor"):
+        await eventually(lambda: "stream reconcile failed" in caplog.text)
+    assert "error=timed out after 0.1s" in caplog.text

@@ -292,7 +292,7 @@ class StreamSupervisor:
         except VenueError as exc:
             return _ended_by(exc)
         except TimeoutError:
-            return _End(f"snapshot timed out after {self.snapshot_timeout_s}s")
+            return _End(f"snapshot {self._timed_out()}")
         except Exception as exc:  # a connector bug must not kill supervision
             log.exception("stream supervisor error account=%s", self.ref)
             return _End(f"unexpected {type(exc).__name__}")
@@ -457,6 +457,9 @@ class StreamSupervisor:
             return
         inbox.put_nowait(item)
 
+    def _timed_out(self) -> str:
+        return f"timed out after {self.snapshot_timeout_s}s"
+
     async def _read_snapshot(self, *, background: bool) -> Snapshot:
         priority = Priority.BACKGROUND if background else Priority.KILL
         async with asyncio.timeout(self.snapshot_timeout_s):
@@ -472,7 +475,9 @@ class StreamSupervisor:
             except asyncio.CancelledError:
                 raise
             except (VenueError, TimeoutError) as exc:
-                log.warning("stream reconcile failed account=%s error=%s", self.ref, exc)
+                # (a TimeoutError's own text is empty)
+                error = exc if isinstance(exc, VenueError) else self._timed_out()
+                log.warning("stream reconcile failed account=%s error=%s", self.ref, error)
                 continue
             except Exception:  # a failed check is not a broken stream
                 log.exception("stream reconcile failed account=%s", self.ref)
