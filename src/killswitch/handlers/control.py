@@ -55,6 +55,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -183,6 +184,7 @@ def describe_request_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+@dataclass(eq=False)
 class ControlServer:
     """Serve the control socket at `path` for `engine` (a daemon `Service`).
 
@@ -191,25 +193,18 @@ class ControlServer:
     of replication.
     """
 
-    name = "control"
-
-    def __init__(
-        self,
-        engine: Engine,
-        path: Path,
-        *,
-        readiness: Callable[[], dict[str, dict[str, object]]] | None = None,
-        latch_share: LatchShare | None = None,
-    ) -> None:
-        self.engine = engine
-        self.path = path
-        self.readiness = readiness
-        self.latch_share = latch_share
-        self._server: asyncio.Server | None = None
-        self._stopped = asyncio.Event()
-        self._clients: set[asyncio.Task[Any]] = set()
-        self._bound: tuple[int, int] | None = None  # (device, inode) of the socket we bound
-        self.requests = 0
+    engine: Engine
+    path: Path
+    _: KW_ONLY
+    readiness: Callable[[], dict[str, dict[str, object]]] | None = None
+    latch_share: LatchShare | None = None
+    name: str = field(default="control", init=False)
+    requests: int = field(default=0, init=False)
+    _server: asyncio.Server | None = field(default=None, init=False, repr=False)
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _clients: set[asyncio.Task[Any]] = field(default_factory=set, init=False, repr=False)
+    # (device, inode) of the socket we bound
+    _bound: tuple[int, int] | None = field(default=None, init=False, repr=False)
 
     # -- service ------------------------------------------------------------------------------
     async def start(self) -> None:
