@@ -86,9 +86,8 @@ def input_services(settings: Settings, parts: Parts) -> list[Service]:
     replica = kafka.replica_name()
     sink = KafkaEventSink(kafka, key=replica)
     parts.events.add(sink)
-    replicator = None
-    if kafka.share_latch:
-        replicator = LatchReplicator(kafka, engine, replica_id=replica, accounts=refs)
+    replicator = parts.replicator
+    if replicator is not None:
         parts.events.add(replicator)
         # Read before the journal's latched kills resume (in the engine's start): a latch a
         # peer reset while this replica was down is released, not killed again.
@@ -138,6 +137,7 @@ class Parts:
     control: ControlServer
     readiness: ReadinessService
     rules: RiskRules | None = None
+    replicator: LatchReplicator | None = None  # with a shared latch (Kafka's `share_latch`)
     metrics: Metrics | None = None
     metrics_service: MetricsService | None = None
 
@@ -189,6 +189,11 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
         spawn=critical.spawn if critical is not None else None,
     )
     rules = RiskRules(settings.rules, engine.submit, emit=events.emit) if settings.rules else None
+    kafka = settings.kafka
+    replicator = None
+    if kafka.enabled and kafka.share_latch:
+        refs = [AccountRef(a.venue, a.name) for a in settings.accounts]
+        replicator = LatchReplicator(kafka, engine, replica_id=kafka.replica_name(), accounts=refs)
     on_event: EventCallback = engine.on_stream_event
     on_state: StateCallback = readiness.on_state
     if rules is not None:
@@ -211,9 +216,15 @@ def build_parts(settings: Settings, critical: CriticalTasks | None = None) -> Pa
         engine=engine,
         venues=venues,
         engine_service=EngineService(engine, audit, grace_s=settings.engine.grace_period_s),
-        control=ControlServer(engine, settings.control.socket_path, readiness=readiness.results),
+        control=ControlServer(
+            engine,
+            settings.control.socket_path,
+            readiness=readiness.results,
+            latch_share=replicator,
+        ),
         readiness=readiness,
         rules=rules,
+        replicator=replicator,
     )
     if settings.metrics.enabled:
         from killswitch.sinks.metrics import Metrics
