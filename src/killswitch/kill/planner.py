@@ -518,6 +518,14 @@ def coverage(request: CancelRequest, known: Mapping[OrderKey, Order]) -> set[Ord
     return {o.key for o in known.values() if _list_of(o) == wanted_list}
 
 
+def lists_by_their_own(caps: Capabilities) -> Capabilities:
+    """`caps` with no cancel-all believed to cover order lists: each list is cancelled by a
+    request of its own."""
+    if isinstance(caps, PathCapabilities):
+        return replace(caps, cancel_all_covers_lists=False, lists_coverage=False)
+    return replace(caps, cancel_all_covers_lists=False)
+
+
 def still_to_send(
     request: CancelRequest, snapshot: Snapshot, caps: Capabilities
 ) -> CancelRequest | None:

@@ -25,6 +25,7 @@ from killswitch.events import EventType
 from killswitch.exchanges.base import (
     AlreadyGone,
     CancelAck,
+    Capabilities,
     Fatal,
     IpBanned,
     OutcomeUnknown,
@@ -41,6 +42,7 @@ from killswitch.kill.planner import (
     biggest_first,
     coverage,
     in_scope,
+    lists_by_their_own,
     plan,
     still_to_send,
 )
@@ -63,6 +65,15 @@ _GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own
 _LAST_LOOK_S = 5.0  # the one read of a stopped account, for its report
 
 T = TypeVar("T")
+
+
+def _caps_for_what_is_left(account: Account, left: Snapshot) -> Capabilities:
+    """What the venue has taught us so far (a lesson may come during a kill); and lists a
+    read shows after a wave get requests of their own, whatever a cancel-all is believed to
+    cover (review 94: a "covers lists" learned in error sent only cancel-alls, wave after
+    wave, and left every list open until the deadline)."""
+    caps = account.exchange.capabilities
+    return lists_by_their_own(caps) if left.lists else caps
 
 
 class Waves:
@@ -198,7 +209,7 @@ class Waves:
                     result.flat_ms = (self._run.clock() - kill.started) * 1000
                 return
             self._check_deadline(kill)
-            requests = plan(scope, None, verify, (), caps)
+            requests = plan(scope, None, verify, (), _caps_for_what_is_left(account, verify))
             verify = None
             if not requests:
                 # A read that may have been cut short showed nothing to cancel: it proves

@@ -30,6 +30,7 @@ from killswitch.exchanges.bingx.lists import (
     oco_cancel,
     open_oco_lists,
     order_events,
+    saw_open_after_cancel_all,
     settle_legs,
 )
 from killswitch.exchanges.bingx.parse import (
@@ -57,6 +58,7 @@ from killswitch.exchanges.bingx.venue import (
     CANCEL_ORDERS,
     CAPABILITIES,
     CLIENT_ID_QUERIES,
+    CLOCK_MARGIN_MS,
     OCO_CANCEL,
     QUERY,
     RECV_WINDOW_MAX_MS,
@@ -143,12 +145,10 @@ class BingxExchange(VenueConnector):
         self._cancel_all_acked: tuple[float, int, frozenset[str]] | None = None
         self._list_time: dict[str, int] = {}  # OCO list id -> when placed (venue ms)
         self._venue_symbols = shared_item(self.ip_scope, "bingx symbols", SymbolList)
-        self._list_cancels = 0  # list cancels sent (oco/cancel, leg ids in a batch)
         self._oco_read_lock = asyncio.Lock()
         self._oco_read: tuple[float, list[_OcoList], bool] | None = None
         # By shape: the most lists and items one oco/openOrderList page has shown.
         self._oco_page_most: dict[str, tuple[int, int]] = {}
-        self._list_cancels_at_send = 0
 
     @property
     def capabilities(self) -> PathCapabilities:
@@ -219,7 +219,6 @@ class BingxExchange(VenueConnector):
         within `MAX_SYMBOL_READS`. Such a snapshot lists what is open, never proves flat.
         """
         read_at = self.clock.now_ms()
-        started = time.monotonic()
         wanted = None if symbols is None else list(dict.fromkeys(symbols))
         oco_task = asyncio.ensure_future(open_oco_lists(self, priority))
         try:
@@ -230,7 +229,7 @@ class BingxExchange(VenueConnector):
         if isinstance(oco, BaseException):
             raise oco
         oco_lists, oco_complete = oco
-        index_lists(self, oco_lists, oco_complete, started)
+        index_lists(self, oco_lists, oco_complete)
         orders, lists = snapshot_parts(rows, oco_lists, wanted)
         return Snapshot(
             tuple(orders.values()),
@@ -291,28 +290,34 @@ class BingxExchange(VenueConnector):
     ) -> CancelAck:
         """`cancelOpenOrders`: no symbol cancels every order; else one call per symbol.
 
-        Whether it also cancels OCO legs is learned: legs in its answer say yes; a list that
-        was open when it was acknowledged and is still open in a later read says no.
+        Whether it also cancels OCO legs is learned: legs in its answer say yes; a list open
+        before it acted that the venue shows open after its acknowledgement says no
+        (`lists.saw_open_after_cancel_all`). Nothing else says yes: lists gone from a later
+        read may have been filled, or cancelled by requests of ours on their way.
         """
+        # Looked up before it is sent: a leg's stream event may forget its list first.
+        leg_list = dict(self._leg_list)
         if symbols is None:
             before = frozenset(self._list_legs)
             sent_ms = self.clock.now_ms()
-            self._list_cancels_at_send = self._list_cancels
-            acks = [await self._cancel_open_orders(None, priority)]
-            self._cancel_all_acked = (time.monotonic(), sent_ms, before)
-            legs = {key[1] for key in acks[0]} & set(self._leg_list)
-            if legs:
+            cancelled, acted_ms = await self._cancel_open_orders(None, priority)
+            acks = [cancelled]
+            if not acted_ms:
+                # No venue time in the answer: when we sent it, less our clock's error (a list
+                # placed after it reached the venue must not be taken for a survivor).
+                acted_ms = int(sent_ms - max(CLOCK_MARGIN_MS, self.clock.last_rtt_ms))
+            self._cancel_all_acked = (time.monotonic(), acted_ms, before)
+            if any(leg in leg_list for _, leg in cancelled):
                 self.learned.learn("cancel_all_covers_lists", True)
         else:
-            acks = await _gather(
+            answers = await _gather(
                 [self._cancel_open_orders(s, priority) for s in dict.fromkeys(symbols)]
             )
+            acks = [cancelled for cancelled, _ in answers]
         keys = tuple(k for ack in acks for k in ack)
         lists = tuple(
             dict.fromkeys(
-                self._list_key(self._leg_list[leg], symbol)
-                for symbol, leg in keys
-                if leg in self._leg_list
+                self._list_key(leg_list[leg], symbol) for symbol, leg in keys if leg in leg_list
             )
         )
         return CancelAck(cancelled=keys, lists_cancelled=lists)
@@ -322,16 +327,20 @@ class BingxExchange(VenueConnector):
         where no read has shown it)."""
         return (self._list_symbol.get(list_id, symbol), list_id)
 
-    async def _cancel_open_orders(self, symbol: str | None, priority: Priority) -> list[OrderKey]:
+    async def _cancel_open_orders(
+        self, symbol: str | None, priority: Priority
+    ) -> tuple[list[OrderKey], int]:
+        """The orders `cancelOpenOrders` cancelled, and the earliest venue time (ms) its rows
+        give for it (their `updateTime`; 0 when none does)."""
         params = [("symbol", symbol)] if symbol else []
         try:
             data = await self.rest.request("POST", CANCEL_OPEN_ORDERS, params, priority=priority)
         except AlreadyGone:
-            return []  # nothing open on that symbol is not an error
-        return [
-            (str(o.get("symbol") or symbol or ""), order_id_str(o["orderId"]))
-            for o in _items(data, "orders")
-        ]
+            return [], 0  # nothing open on that symbol is not an error
+        rows = _items(data, "orders")
+        keys = [(str(o.get("symbol") or symbol or ""), order_id_str(o["orderId"])) for o in rows]
+        times = [t for o in rows if isinstance(t := o.get("updateTime"), int) and t > 0]
+        return keys, min(times, default=0)
 
     @malformed_is_unknown
     async def cancel_order(
@@ -357,6 +366,8 @@ class BingxExchange(VenueConnector):
         # (with its leg) and forget it before the answer comes.
         sent_list = self._leg_list.get(order_id)
         sent_legs = self._list_legs.get(sent_list, ()) if sent_list is not None else ()
+        placed = self._list_time.get(sent_list, 0) if sent_list is not None else 0
+        asked = time.monotonic()
         try:
             await self.rest.request(
                 "POST", CANCEL, [("orderId", order_id), ("symbol", symbol)], priority=priority
@@ -375,6 +386,8 @@ class BingxExchange(VenueConnector):
         if list_id is None:
             return CancelAck(cancelled=((symbol, order_id),))
         self.learned.learn("leg_id_cancels_list", True)  # it took a leg's id
+        if sent_list is not None:  # its leg was open when the venue took this
+            saw_open_after_cancel_all(self, [(sent_list, placed)], asked)
         # The list went with its leg, and so did its other legs.
         legs = self._list_legs.get(list_id) or sent_legs or (order_id,)
         return CancelAck(
@@ -419,15 +432,21 @@ class BingxExchange(VenueConnector):
     async def _cancel_chunk(
         self, symbol: str, chunk: Sequence[str], priority: Priority
     ) -> BatchResult:
-        if any(i in self._leg_list for i in chunk):
-            self._list_cancels += 1
+        # Looked up before it is sent: a leg's stream event may forget its list first.
+        legs = {i: lid for i in chunk if (lid := self._leg_list.get(i)) is not None}
+        placed = {lid: self._list_time.get(lid, 0) for lid in legs.values()}
+        asked = time.monotonic()
         data = await self.rest.request(
             "POST",
             CANCEL_ORDERS,
             [("orderIds", ",".join(chunk)), ("process", "1"), ("symbol", symbol)],
             priority=priority,
         )
-        return batch_result(data, chunk, self.venue, self.account)
+        result = batch_result(data, chunk, self.venue, self.account)
+        # A leg it cancelled was open when the venue took this.
+        shown = {legs[i] for i in result.cancelled if i in legs}
+        saw_open_after_cancel_all(self, [(lid, placed[lid]) for lid in shown], asked)
+        return result
 
     @malformed_is_unknown
     async def cancel_order_list(
@@ -440,9 +459,8 @@ class BingxExchange(VenueConnector):
         """
         legs = self._list_legs.get(list_id)
         if legs is None:
-            started = time.monotonic()
             lists, complete = await open_oco_lists(self, priority)
-            index_lists(self, lists, complete, started)
+            index_lists(self, lists, complete)
             legs = self._list_legs.get(list_id)
         if not legs:
             raise AlreadyGone(

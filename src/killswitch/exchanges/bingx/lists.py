@@ -28,7 +28,6 @@ from killswitch.exchanges.bingx.parse import (
 from killswitch.exchanges.bingx.rest import RestHost
 from killswitch.exchanges.bingx.stream import stream_lost
 from killswitch.exchanges.bingx.venue import (
-    CLOCK_MARGIN_MS,
     OCO_CANCEL,
     OCO_MAX_PAGES,
     OCO_OPEN_LIST,
@@ -51,9 +50,9 @@ class ListsHost(RestHost, Protocol):
     _leg_list: dict[str, str]  # leg order id -> OCO list id
     _list_symbol: dict[str, str]  # OCO list id -> symbol
     _list_time: dict[str, int]  # OCO list id -> when placed (venue ms)
+    # The last account-wide cancel-all: (monotonic when acknowledged, venue ms before which a
+    # list placed was open when it acted, lists known open before it was sent).
     _cancel_all_acked: tuple[float, int, frozenset[str]] | None
-    _list_cancels: int
-    _list_cancels_at_send: int
     _oco_read: tuple[float, list[_OcoList], bool] | None
     _oco_page_most: dict[str, tuple[int, int]]  # by shape: most lists, items a page showed
 
@@ -221,31 +220,23 @@ def saw_open_after_cancel_all(
     ex: ListsHost, lists: Iterable[tuple[str, int]], asked: float
 ) -> None:
     """Learn from lists (id, when placed) the venue showed open to a request asked for at
-    `asked` (monotonic): one open before the last cancel-all reached the venue, shown open
-    by a request asked for after its acknowledgement (so served after it), was not covered.
+    `asked` (monotonic): one open before the last cancel-all acted (known open before it was
+    sent, or placed before the venue time it acted at), shown open by a request asked for
+    after its acknowledgement (so served after it), was not covered by it.
 
-    Every answer of the venue counts (a page of any read, an `oco/cancel` that found its
-    list open), not only reads begun after the acknowledgement: a kill that cancels its
-    lists during its first look's read, or by `oco/cancel` before any read begins, would
-    otherwise never learn it (a later read finds nothing open)."""
+    Every answer counts: a page of any read, an `oco/cancel` or a batch that found a list's
+    leg open. Lists never reopen, so the record stays good until the next cancel-all (and
+    corrects a "covers" learned in error)."""
     acked = ex._cancel_all_acked
     if acked is None or asked <= acked[0]:
         return
-    _, sent_ms, before = acked
-    # A list placed after the cancel-all reached the venue but stamped before `sent_ms`
-    # by our clock's error would be misread as a survivor: keep that error out. (A wrong
-    # "not covered" costs list requests, never correctness.)
-    margin_ms = max(CLOCK_MARGIN_MS, ex.clock.last_rtt_ms)
-    if any(lid in before or 0 < when < sent_ms - margin_ms for lid, when in lists):
+    _, acted_ms, before = acked
+    if any(lid in before or 0 < when < acted_ms for lid, when in lists):
         ex.learned.learn("cancel_all_covers_lists", False)
-        ex._cancel_all_acked = None
 
 
-def index_lists(ex: ListsHost, lists: list[_OcoList], complete: bool, started: float) -> None:
-    """Keep the leg <-> list maps; and learn that a cancel-all covers lists from a complete
-    read begun (at `started`, monotonic, before its first page was asked for) after it was
-    acknowledged that shows no list open before it, when we sent no list cancel since.
-    (Lists it left behind are learned from each answer: `saw_open_after_cancel_all`.)"""
+def index_lists(ex: ListsHost, lists: list[_OcoList], complete: bool) -> None:
+    """Keep the leg <-> list maps from a read of the lists (`complete`: of all of them)."""
     list_legs = {x.list_id: tuple(leg.order_id for leg in x.legs) for x in lists}
     placed = {x.list_id: placed_ms(x) for x in lists}
     if complete:
@@ -259,19 +250,6 @@ def index_lists(ex: ListsHost, lists: list[_OcoList], complete: bool, started: f
         ex._leg_list.update({leg: lid for lid, legs in list_legs.items() for leg in legs})
         ex._list_symbol.update({x.list_id: x.symbol for x in lists})
         ex._list_time.update(placed)
-    acked = ex._cancel_all_acked
-    if acked is None or started <= acked[0]:
-        return
-    before = acked[2]
-    if (
-        before
-        and complete
-        and not (before & set(list_legs))
-        and ex._list_cancels_at_send == ex._list_cancels
-    ):
-        # Every list open before it is gone, and we sent no list cancel since.
-        ex.learned.learn("cancel_all_covers_lists", True)
-    ex._cancel_all_acked = None
 
 
 def may_be_refused_leg(ex: ListsHost, order_id: str) -> bool:
@@ -292,7 +270,7 @@ async def lists_read_after(
             return cached[1], cached[2]
         started = time.monotonic()
         lists, complete = await open_oco_lists(ex, priority)
-        index_lists(ex, lists, complete, started)
+        index_lists(ex, lists, complete)
         ex._oco_read = (started, lists, complete)
         return lists, complete
 
@@ -330,13 +308,14 @@ async def settle_legs(
 
 
 async def oco_cancel(ex: ListsHost, leg_id: str, priority: Priority) -> None:
-    ex._list_cancels += 1
+    # Looked up before it is sent: the leg's stream event may forget its list first.
+    list_id = ex._leg_list.get(leg_id)
+    placed = ex._list_time.get(list_id, 0) if list_id is not None else 0
     asked = time.monotonic()
     await ex.rest.request("POST", OCO_CANCEL, [("orderId", leg_id)], priority=priority)
     # Cancelled: it was open when the venue took this (a list already gone is an error).
-    list_id = ex._leg_list.get(leg_id)
     if list_id is not None:
-        saw_open_after_cancel_all(ex, [(list_id, ex._list_time.get(list_id, 0))], asked)
+        saw_open_after_cancel_all(ex, [(list_id, placed)], asked)
 
 
 def forget_list(ex: ListsHost, list_id: str) -> None:
