@@ -2,7 +2,8 @@
 then verified from the venue, until the account is flat, stopped or out of time.
 
     wave 1   plan from the tracker and configured symbols and send at once, while a venue
-             snapshot is read; then cover what only the snapshot shows
+             snapshot is read (unless the venue's budget has no room for it and every
+             cancel is answered OK at its first try); then cover what only the snapshot shows
     verify   a complete snapshot in scope; anything left starts another wave
     ...      until flat (a complete, empty read), a Fatal answer, or the deadline
 
@@ -150,24 +151,22 @@ class Waves:
         # Triggers that joined the kill by the time a read was sent: a read sent before a
         # join may have been served before the joiner's trigger, so it proves nothing for it.
         read_joins = kill.joins
-        if rest and self._look_later(kill, account, result, tracked):
-            # The verification read after the cancels finds what the tracker missed, a round
-            # later; the budget it needs is not spent on a first look beside them.
-            await self.wave(kill, account, result, rest, wave_no)
-            snapshot, extra = Snapshot(complete=False), list[CancelRequest]()
-        else:
-            snapshot, extra = await self._look_beside(
-                kill, account, result, tracked, (rest, first, wave_no)
-            )
+        looked_later = bool(rest) and self._look_later(kill, account, result, tracked)
+        snapshot, extra = await self._first_look(
+            kill, account, result, tracked, (rest, first, wave_no), later=looked_later
+        )
+        # What was open before (counted once the first read that shows it is in).
+        before: tuple[set[OrderKey], set[ListKey]] | None = None
         if result.waves == 0:
             # What was open at the first look: the snapshot may have been read after the
             # first cancels landed, so their acknowledgements count too.
             seen = {o.key for o in snapshot.orders} | result.cancelled
             seen |= {o.key for o in (tracked or Snapshot()).orders}
-            result.orders_before = len(seen)
             lists = {x.key for x in snapshot.lists} | result.lists_cancelled
             lists |= {x.key for x in (tracked or Snapshot()).lists}
-            result.lists_before = len(lists)
+            result.orders_before, result.lists_before = len(seen), len(lists)
+            if not snapshot.complete:
+                before = (seen, lists)  # and what the verification read finds
         if first or extra:
             result.waves = wave_no
         # A one-shot cancel is about what was open when it looked: orders placed after its
@@ -198,6 +197,13 @@ class Waves:
                     target_lists |= {x.key for x in verify.lists}
                     widen = not verify.complete
                 verify = _only(verify, targets, target_lists)
+            if before is not None:
+                # Still open after the first wave: open before it too (review 96: a kill
+                # without its first look reported only what the tracker knew as "before").
+                seen = before[0] | {o.key for o in verify.orders}
+                lists = before[1] | {x.key for x in verify.lists}
+                result.orders_before, result.lists_before = len(seen), len(lists)
+                before = None
             result.still_open = verify
             result.verified = verify.complete
             if verify.proves_flat and kill.joins != read_joins:
@@ -241,19 +247,49 @@ class Waves:
         )
         return True
 
-    async def _look_beside(
+    async def _first_look(
         self,
         kill: Kill,
         account: Account,
         result: AccountResult,
         tracked: Snapshot | None,
         wave: tuple[list[CancelRequest], list[CancelRequest], int],
+        *,
+        later: bool,
     ) -> tuple[Snapshot, list[CancelRequest]]:
         """Send the first wave's `rest` with a first look beside it, and what the look adds
-        (planned beside `first`) as soon as it is read: the look, and what it added."""
+        (planned beside `first`) as soon as it is read: the look, and what it added.
+
+        `later`: no look beside the cancels (`_look_later`), unless one of them fails its
+        first try: its retries may take until the deadline, and what only a read shows must
+        not wait for them (review 96), so the look goes then, beside the retries. Without a
+        look: an empty, incomplete snapshot (the verification read is the first look)."""
         rest, first, wave_no = wave
+        tried = asyncio.Event()
+        failed: list[bool] = []
+
+        def first_tries(ok: bool) -> None:
+            failed.append(not ok)
+            tried.set()
+
+        wave1 = asyncio.ensure_future(
+            self.wave(kill, account, result, rest, wave_no, first_tries=first_tries)
+        )
+        if later:
+            waiter = asyncio.ensure_future(tried.wait())
+            try:
+                await asyncio.wait({wave1, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                wave1.cancel()
+                with contextlib.suppress(asyncio.CancelledError, _AccountStopped):
+                    await wave1
+                raise
+            finally:
+                waiter.cancel()
+            if wave1.done() or not any(failed):
+                await wave1  # (its errors are the caller's)
+                return Snapshot(complete=False), []
         snap_task = asyncio.ensure_future(self._read(kill, account, result, tracked))
-        wave1 = asyncio.ensure_future(self.wave(kill, account, result, rest, wave_no))
         try:
             snapshot = await snap_task
         except asyncio.CancelledError:
@@ -278,7 +314,11 @@ class Waves:
         result: AccountResult,
         requests: Sequence[CancelRequest],
         wave: int,
+        *,
+        first_tries: Callable[[bool], None] | None = None,
     ) -> None:
+        """Send `requests` at once, each with its retries. `first_tries` is told once every
+        request's first try has ended, and whether all of them were answered OK."""
         # (a stream cancel is one request, alarmed at most once per order per deadline_s)
         streamed = kill.kind is KillKind.STREAM
         refused = {} if streamed else self._refused.setdefault((kill.id, account.ref), {})
@@ -300,7 +340,18 @@ class Waves:
                 wave=wave,
                 requests=len(requests),
             )
-        outcomes = await asyncio.gather(*(self._send(kill, account, result, r) for r in requests))
+        on_first = None
+        if first_tries is not None:
+            tries: list[bool] = []
+
+            def on_first(ok: bool) -> None:
+                tries.append(ok)
+                if len(tries) == len(requests):
+                    first_tries(all(tries))
+
+        outcomes = await asyncio.gather(
+            *(self._send(kill, account, result, r, on_first) for r in requests)
+        )
         for request, outcome in zip(requests, outcomes, strict=True):
             if request.symbols and outcome.error is not None and refuses_symbol(outcome.error):
                 # A symbol the venue does not take (a typo, a delisted pair) fails its own
@@ -426,9 +477,15 @@ class Waves:
             raise _DeadlinePassed
 
     async def _send(
-        self, kill: Kill, account: Account, result: AccountResult, request: CancelRequest
+        self,
+        kill: Kill,
+        account: Account,
+        result: AccountResult,
+        request: CancelRequest,
+        on_first: Callable[[bool], None] | None = None,
     ) -> _Outcome:
-        """Send one planned request with retries; return its outcome (never raises VenueError)."""
+        """Send one planned request with retries; return its outcome (never raises VenueError).
+        `on_first` is told how its first try ended (answered OK, or not)."""
         started = self._run.clock()
         attempts = 0
         current: CancelRequest | None = request
@@ -473,9 +530,25 @@ class Waves:
             cancelled += self._count(result, ack)
             return ack
 
+        async def tried() -> CancelAck | None:
+            nonlocal on_first
+            told, on_first = on_first, None
+            if told is None:
+                return await once()
+            try:
+                ack = await once()
+            except AlreadyGone:
+                told(True)  # done: nothing to retry
+                raise
+            except BaseException:
+                told(False)
+                raise
+            told(True)
+            return ack
+
         outcome: _Outcome
         try:
-            await self._retrying(kill, once)
+            await self._retrying(kill, tried)
             outcome = _Outcome("verified" if verified else "ok", cancelled, attempts)
         except AlreadyGone:
             outcome = _Outcome("gone", cancelled, attempts)
