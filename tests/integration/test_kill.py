@@ -227,7 +227,7 @@ async def test_a_latched_restart_sweeps_what_appeared_while_down_before_start_re
 
 @pytest.mark.slow
 async def test_bingx_dead_mans_switch_is_kept_armed_while_running_and_fires_when_we_are_gone(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with kill_rig(tmp_path, supervise=False, dead_mans_switch_s={"bingx/mm-1": 10}) as rig:
         sim = rig.sim("bingx")
@@ -238,7 +238,14 @@ async def test_bingx_dead_mans_switch_is_kept_armed_while_running_and_fires_when
         assert rig.open_orders("bingx/mm-1") > 0
         assert rig.engine.status()["accounts"]  # type: ignore[truthy-bool]
 
-        await rig.engine.stop()  # the daemon is gone: nobody re-arms
+        with caplog.at_level("WARNING", logger="killswitch.kill.latched"):
+            await rig.engine.stop()  # the daemon is gone: nobody re-arms
+        # ...and it says so as it goes (review 95: a stop flattened the account silently).
+        said = [r.getMessage() for r in caplog.records if "left armed" in r.getMessage()]
+        assert said == [
+            "dead man's switch left armed account=bingx/mm-1: the venue cancels every order "
+            "on the account within 10 s unless a daemon re-arms it"
+        ]
         await eventually(lambda: sim.counters["dead_mans_switch fired"] == 1, timeout_s=20)
         await eventually(lambda: rig.open_orders("bingx/mm-1") == 0, timeout_s=10)
         assert rig.open_orders("bingx/mm-2") > 0  # its switch was never armed

@@ -211,6 +211,7 @@ class Engine:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._dms.left_armed(self.accounts.values())
         self.journal.close()
 
     async def wait_idle(self) -> None:

@@ -328,6 +328,18 @@ class DeadMansSwitches:
             # venue's 1/s per account and 2/s per IP together (review 46).
             await self._sleep(timeout_s / 3 * self._rng.uniform(0.8, 1.0))
 
+    def left_armed(self, accounts: Iterable[Account]) -> None:
+        """At a stop: say which switches are left to fire (review 95: a graceful stop flattened
+        an account with no kill, and nothing said it would)."""
+        for account in accounts:
+            if self.state.get(account.ref) in ("armed", "failed"):
+                log.warning(
+                    "dead man's switch left armed account=%s: the venue cancels every order on "
+                    "the account within %d s unless a daemon re-arms it",
+                    account.ref,
+                    account.dead_mans_switch_s,
+                )
+
 
 class SweepsDue:
     """Which sweeps are due: each latched scope on each account it covers, one per account,
