@@ -64,6 +64,9 @@ it numbers orders, its docs leave open (its list cancel names the symbol): so ne
 # told: no legal client id starts with "<", so no prefix matches it by accident, and
 # `Scope.undecided` names it. A read holding one on a symbol in scope proves nothing flat.
 UNREAD_CLIENT_ID = "<unread>"
+# A client id a read did not show, of a kind the venue allows only digits in (BingX's OCO list
+# ids, "only supports numeric strings"): no prefix with another character covers it.
+UNREAD_DIGITS_ID = "<unread digits>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +294,10 @@ class Scope:
             return False
         if isinstance(item, OrderList):
             ids = (item.list_client_order_id, *item.client_order_ids)
-            return UNREAD_CLIENT_ID in ids and not self.covers_list(item)
+            # (review 95: a BingX list read in the flat shape, its legs' ids all shown, was
+            # undecided for every prefix, and no prefix kill there ever ended flat)
+            unread = UNREAD_CLIENT_ID in ids or (UNREAD_DIGITS_ID in ids and prefix.isdigit())
+            return unread and not self.covers_list(item)
         return item.client_order_id == UNREAD_CLIENT_ID and not self.covers_order(item)
 
     def covers_list(self, order_list: OrderList) -> bool:

@@ -54,3 +54,49 @@ async def test_a_prefix_kill_is_not_flat_while_an_oco_list_of_that_prefix_is_ope
             assert not (kill.state in (KillState.FLAT, KillState.CONFIRMED) and book.lists), (
                 f"kill {kill.state} with OCO list 770001 open"
             )
+
+
+async def test_a_prefix_no_bingx_list_id_can_start_with_decides_such_lists_out_of_scope(
+    tmp_path: Path,
+) -> None:
+    # Review 95: BingX takes only digits for an OCO list's client id (and its legs'): a prefix
+    # with another character ("ksdrill_", "strat7_") can match no list the flat shape shows,
+    # yet every such list was undecided, and a prefix kill (the live drill's) never ended flat
+    # while one was open on a symbol in scope.
+    async with bingx_venue(accounts=1, oco_list_shape="legs") as (sim, make):
+        exchange = make("bx0")
+        await exchange.start()
+        oco = {
+            "symbol": "ETH-USDT",
+            "side": "SELL",
+            "quantity": "1",
+            "limitPrice": "200",
+            "orderPrice": "50",
+            "triggerPrice": "51",
+            "listClientOrderId": "770002",
+            "aboveClientOrderId": "11",
+            "belowClientOrderId": "12",
+        }
+        ours = {
+            "symbol": "ETH-USDT",
+            "side": "BUY",
+            "type": "LIMIT",
+            "price": "100",
+            "quantity": "1",
+            "newClientOrderId": "strat7_1",
+        }
+        async with aiohttp.ClientSession() as session:
+            _, _, body = await bx_call(session, sim, "POST", f"{SPOT}/oco/order", oco)
+            assert body["code"] == 0, body
+            _, _, body = await bx_call(session, sim, "POST", f"{SPOT}/trade/order", ours)
+            assert body["code"] == 0, body
+        book = sim.book(sim.accounts["bx0"])
+        async with bingx_engine(exchange, tmp_path / "journal.jsonl", QUICK, seed=7) as engine:
+            scope = Scope.of(venues=["bingx"], client_order_id_prefix="strat7_")
+            await engine.submit(Trigger("k2", "test", Mode.KILL, "desk 7 breach", scope))
+            kill = engine.kill_for("k2")
+            assert kill is not None
+            await kill.done.wait()
+            assert kill.state in (KillState.FLAT, KillState.CONFIRMED), kill.state
+            assert len(book.lists) == 1, "the list is out of scope: left working"
+            assert [o.client_order_id for o in book.open_orders()] == ["11", "12"]

@@ -29,6 +29,7 @@ from killswitch.exchanges.bingx.venue import (
 from killswitch.exchanges.rest import Answer, load_json
 from killswitch.model import (
     UNREAD_CLIENT_ID,
+    UNREAD_DIGITS_ID,
     ExecType,
     Order,
     OrderEvent,
@@ -309,9 +310,10 @@ def parse_oco_page(data: Any) -> OcoPage:
             order = _leg_order(leg, list_id)
             grouped.setdefault(list_id, []).append(order)
             symbols.setdefault(list_id, order.symbol)
-        # This shape has no list client id: say so, never "" (a list with none).
+        # This shape has no list client id: say so, never "" (a list with none). BingX takes
+        # only digits for one ("only supports numeric strings", oco/order).
         lists = [
-            _OcoList(lid, symbols[lid], tuple(legs), UNREAD_CLIENT_ID)
+            _OcoList(lid, symbols[lid], tuple(legs), UNREAD_DIGITS_ID)
             for lid, legs in grouped.items()
         ]
         items = tuple(leg.order_id for x in lists for leg in x.legs)
