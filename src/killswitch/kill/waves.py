@@ -19,22 +19,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import TypeVar
+from dataclasses import replace
 
 from killswitch.events import EventType
 from killswitch.exchanges.base import (
-    AlreadyGone,
-    CancelAck,
     Capabilities,
     Fatal,
-    IpBanned,
-    OutcomeUnknown,
-    RateLimited,
     VenueError,
     refuses_symbol,
 )
-from killswitch.kill.calls import BatchPartial, send_request
 from killswitch.kill.client_ids import fill_client_ids
 from killswitch.kill.config import Account, EngineConfig, Runtime
 from killswitch.kill.gate import Gate
@@ -48,7 +41,7 @@ from killswitch.kill.planner import (
     still_to_send,
 )
 from killswitch.kill.record import AccountResult, AccountState, Kill, KillKind
-from killswitch.kill.retries import retrying
+from killswitch.kill.sends import Sends
 from killswitch.kill.sweep_holds import HeldSweeps
 from killswitch.model import (
     AccountRef,
@@ -64,8 +57,6 @@ log = logging.getLogger(__name__)
 
 _GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own clock
 _LAST_LOOK_S = 5.0  # the one read of a stopped account, for its report
-
-T = TypeVar("T")
 
 
 def _caps_for_what_is_left(account: Account, left: Snapshot) -> Capabilities:
@@ -89,6 +80,7 @@ class Waves:
         # Per kill and account: the timeout that cuts a hung account off past its deadline.
         self._guards: dict[tuple[str, AccountRef], asyncio.Timeout] = {}
         self._held_sweeps = HeldSweeps(run, self._extend)
+        self._sends = Sends(config, run, self.gate, self._narrow)
 
     async def run_account(self, kill: Kill, account: Account, *, fast: bool) -> None:
         result = kill.accounts[account.ref]
@@ -350,7 +342,7 @@ class Waves:
                     first_tries(all(tries))
 
         outcomes = await asyncio.gather(
-            *(self._send(kill, account, result, r, on_first) for r in requests)
+            *(self._sends.send(kill, account, result, r, on_first) for r in requests)
         )
         for request, outcome in zip(requests, outcomes, strict=True):
             if request.symbols and outcome.error is not None and refuses_symbol(outcome.error):
@@ -433,10 +425,10 @@ class Waves:
             return await self.gate(account).run(lambda: account.exchange.snapshot(symbols))
 
         if kill.kind is KillKind.SWEEP:
-            return await self._retrying(
+            return await self._sends.retrying(
                 kill, lambda: self._held_sweeps.read(kill, account.ref, once)
             )
-        return await self._retrying(kill, once)
+        return await self._sends.retrying(kill, once)
 
     def _extend(self, kill: Kill, ref: AccountRef, wait_s: float) -> None:
         """Move a sweep's deadline (and its account's guard) on by a hold of `wait_s`."""
@@ -476,107 +468,6 @@ class Waves:
         if self._run.clock() >= kill.deadline:
             raise _DeadlinePassed
 
-    async def _send(
-        self,
-        kill: Kill,
-        account: Account,
-        result: AccountResult,
-        request: CancelRequest,
-        on_first: Callable[[bool], None] | None = None,
-    ) -> _Outcome:
-        """Send one planned request with retries; return its outcome (never raises VenueError).
-        `on_first` is told how its first try ended (answered OK, or not)."""
-        started = self._run.clock()
-        attempts = 0
-        current: CancelRequest | None = request
-        reread = False
-        cancelled = 0
-        limited = 0
-        verified = False
-
-        async def once() -> CancelAck | None:
-            nonlocal attempts, current, reread, cancelled, verified, limited
-            attempts += 1
-            if attempts > 1:
-                result.retries += 1
-            if reread:
-                assert current is not None
-                current, gone = await self._narrow(kill, account, result, current)
-                cancelled += gone
-                reread = False
-                if current is None:
-                    verified = True
-                    return None
-            assert current is not None
-            result.requests += 1
-            try:
-                request_now = current
-                ack = await self.gate(account).run(
-                    lambda: send_request(account.exchange, request_now)
-                )
-            except OutcomeUnknown:
-                reread = True
-                raise
-            except RateLimited as exc:
-                result.rate_limited += 1
-                limited += 1
-                if isinstance(exc, IpBanned):
-                    self.alarm(kill, account.ref, exc)
-                raise
-            except BatchPartial as partial:
-                cancelled += self._count(result, partial.ack)
-                current = partial.rest
-                raise partial.error from None
-            cancelled += self._count(result, ack)
-            return ack
-
-        async def tried() -> CancelAck | None:
-            nonlocal on_first
-            told, on_first = on_first, None
-            if told is None:
-                return await once()
-            try:
-                ack = await once()
-            except AlreadyGone:
-                told(True)  # done: nothing to retry
-                raise
-            except BaseException:
-                told(False)
-                raise
-            told(True)
-            return ack
-
-        outcome: _Outcome
-        try:
-            await self._retrying(kill, tried)
-            outcome = _Outcome("verified" if verified else "ok", cancelled, attempts)
-        except AlreadyGone:
-            outcome = _Outcome("gone", cancelled, attempts)
-        except VenueError as exc:
-            # What was refused is what was sent: a re-read may have narrowed the request.
-            sent = current.symbols if current is not None else request.symbols
-            outcome = _Outcome(exc.kind, cancelled, attempts, exc, sent)
-        if outcome.result in ("ok", "gone", "verified") and kill.first_cancel_ms is None:
-            kill.first_cancel_ms = (self._run.clock() - kill.started) * 1000
-        if outcome.result in ("ok", "gone", "verified") and result.first_cancel_ms is None:
-            result.first_cancel_ms = (self._run.clock() - kill.started) * 1000
-        self._run.emit(
-            EventType.OUTCOME,
-            kill_id=kill.id,
-            account=str(account.ref),
-            venue=account.ref.venue,
-            request=request.kind.value,
-            symbols=list(request.symbols),
-            ids=len(request.order_ids),
-            result=outcome.result,
-            cancelled=outcome.cancelled,
-            attempts=outcome.attempts,
-            rate_limited=limited,
-            duration_ms=round((self._run.clock() - started) * 1000, 3),
-            error=outcome.error.to_json() if outcome.error is not None else None,
-        )
-        return outcome
-
     async def _narrow(
         self, kill: Kill, account: Account, result: AccountResult, request: CancelRequest
     ) -> tuple[CancelRequest | None, int]:
@@ -595,15 +486,6 @@ class Waves:
         result.cancelled.update(gone)
         return still_to_send(request, snap, caps), len(gone)
 
-    def _count(self, result: AccountResult, ack: CancelAck) -> int:
-        fresh = [i for i in ack.cancelled if i not in result.cancelled]
-        result.cancelled.update(ack.cancelled)
-        result.lists_cancelled.update(ack.lists_cancelled)
-        return len(fresh)
-
-    async def _retrying(self, kill: Kill, fn: Callable[[], Awaitable[T]]) -> T:
-        return await retrying(kill, self.config, self._run, fn)
-
     def gate(self, account: Account) -> Gate:
         gate = self._gates.get(account.ref)
         if gate is None:
@@ -613,8 +495,7 @@ class Waves:
         return gate
 
     def alarm(self, kill: Kill, ref: AccountRef, error: VenueError) -> None:
-        log.error("kill account stopped kill_id=%s account=%s error=%s", kill.id, ref, error)
-        self._run.emit(EventType.ALARM, kill_id=kill.id, account=str(ref), error=error.to_json())
+        self._sends.alarm(kill, ref, error)
 
 
 class _AccountStopped(Exception):
@@ -627,15 +508,6 @@ class _AccountStopped(Exception):
 
 class _DeadlinePassed(Exception):
     """The kill's deadline passed for this account."""
-
-
-@dataclass(slots=True)
-class _Outcome:
-    result: str  # ok | gone | verified | <error kind>
-    cancelled: int = 0
-    attempts: int = 0
-    error: VenueError | None = None
-    sent_symbols: tuple[str, ...] = ()  # an error's: the symbols of the request it answered
 
 
 async def _together(*aws: Awaitable[None]) -> None:
