@@ -68,7 +68,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from killswitch.backoff import Backoff
 from killswitch.events import EventRecord, EventType, make_event
@@ -81,6 +80,7 @@ from killswitch.kafka.client import (
     new_producer,
 )
 from killswitch.kafka.latch_log import LatchLog, remember
+from killswitch.kafka.latch_topic import ensure_compacted_topic, get_many
 from killswitch.kafka.reconciler import REPLICA_ORIGIN, LatchReconciler, held_latches
 from killswitch.kill.port import EnginePort
 from killswitch.model import AccountRef, Mode
@@ -90,7 +90,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 ORIGIN_HEADER = "x-origin"
 
 
@@ -440,7 +439,7 @@ class LatchReplicator(EngineFeed):
     # -- connection --------------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        await self._ensure_topic()
+        await ensure_compacted_topic(self.settings, self.topic)
         producer = new_producer(self.settings)
         self._producer = producer
         await producer.start()
@@ -460,35 +459,6 @@ class LatchReplicator(EngineFeed):
         else:
             await consumer.seek_to_beginning(self.tp)
         log.info("latch topic connected topic=%s replica=%s", self.topic, self.replica_id)
-
-    async def _ensure_topic(self) -> None:
-        """Create the compacted latch topic if it is missing (best effort: it may be made by
-        an operator, who may have denied us the right; producing to it then says why)."""
-        admin = AIOKafkaAdminClient(**client_options(self.settings))
-        try:
-            await admin.start()
-            if self.topic in await admin.list_topics():
-                return
-            brokers = (await admin.describe_cluster()).get("brokers") or [None]
-            topic = NewTopic(
-                self.topic,
-                num_partitions=1,
-                replication_factor=min(3, len(brokers)),
-                topic_configs={"cleanup.policy": "compact"},
-            )
-            response = await admin.create_topics([topic])
-            for error in response.topic_errors:
-                code = error[1]
-                if code == 0:
-                    log.info("latch topic created topic=%s", self.topic)
-                elif code != TOPIC_ALREADY_EXISTS:
-                    log.warning("latch topic not created topic=%s error=%s", self.topic, error)
-        except asyncio.CancelledError:
-            raise
-        except BROKER_ERRORS as exc:
-            log.warning("latch topic check failed topic=%s error=%s", self.topic, exc)
-        finally:
-            await admin.close()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -539,7 +509,7 @@ class LatchReplicator(EngineFeed):
     async def _poll(self, *, apply: bool = True, wake: asyncio.Event | None = None) -> None:
         consumer = self._consumer
         assert consumer is not None
-        batch = await _get_many(consumer, self.tp, self.poll_timeout_ms, wake)
+        batch = await get_many(consumer, self.tp, self.poll_timeout_ms, wake)
         refused: list[tuple[int, str]] = []  # (offset, why) of the records the key does not sign
         try:
             for record in batch.get(self.tp, []):
@@ -628,24 +598,3 @@ class LatchReplicator(EngineFeed):
             return
         remember(self._acked, trigger_id)
         self._settle_waits(trigger_id, None)
-
-
-async def _get_many(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, timeout_ms: int, wake: asyncio.Event | None
-) -> dict[TopicPartition, list[Any]]:
-    """`consumer.getmany`, ended early (with nothing) once `wake` is set. A fetch cancelled
-    before it returned loses nothing: aiokafka hands records over only when it returns."""
-    if wake is None:
-        batch: dict[TopicPartition, list[Any]] = await consumer.getmany(tp, timeout_ms=timeout_ms)
-        return batch
-    if wake.is_set():
-        return {}
-    fetch = asyncio.ensure_future(consumer.getmany(tp, timeout_ms=timeout_ms))
-    woken = asyncio.ensure_future(wake.wait())
-    try:
-        await asyncio.wait({fetch, woken}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        woken.cancel()
-        fetch.cancel()  # a no-op once it returned
-        await asyncio.wait({fetch, woken})
-    return {} if fetch.cancelled() else fetch.result()
