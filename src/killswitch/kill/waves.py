@@ -59,13 +59,15 @@ _GUARD_S = 5.0  # past its deadline, a hung request is cut off by the loop's own
 _LAST_LOOK_S = 5.0  # the one read of a stopped account, for its report
 
 
-def _caps_for_what_is_left(account: Account, left: Snapshot) -> Capabilities:
-    """What the venue has taught us so far (a lesson may come during a kill); and lists a
-    read shows after a wave get requests of their own, whatever a cancel-all is believed to
-    cover (review 94: a "covers lists" learned in error sent only cancel-alls, wave after
-    wave, and left every list open until the deadline)."""
+def _caps_for_what_is_left(account: Account, survived: bool) -> Capabilities:
+    """What the venue has taught us so far (a lesson may come during a kill); and, when a
+    list survived a whole wave (shown before it and after it), lists get requests of their
+    own whatever a cancel-all is believed to cover (review 94: a "covers lists" learned in
+    error sent only cancel-alls, wave after wave, until the deadline). Not for lists new
+    since (review 97: on a venue whose cancel-all does cover them, their own requests race
+    it, each loser an error toward BingX's lock)."""
     caps = account.exchange.capabilities
-    return lists_by_their_own(caps) if left.lists else caps
+    return lists_by_their_own(caps) if survived else caps
 
 
 class Waves:
@@ -176,6 +178,9 @@ class Waves:
         # The snapshot already is the verification when every request of the wave was
         # acknowledged before it was read: nothing was sent, or only the probe, which went alone.
         verify: Snapshot | None = snapshot if not rest and not extra else None
+        # Lists known open before the wave now on its way was sent (the first look went beside
+        # it: what it showed may have come after its cancel-all).
+        shown = {x.key for x in (tracked or Snapshot()).lists}
         idle = 0
         while True:
             if verify is None:
@@ -207,7 +212,10 @@ class Waves:
                     result.flat_ms = (self._run.clock() - kill.started) * 1000
                 return
             self._check_deadline(kill)
-            requests = plan(scope, None, verify, (), _caps_for_what_is_left(account, verify))
+            left = {x.key for x in verify.lists}
+            caps = _caps_for_what_is_left(account, bool(left & shown))
+            shown = left
+            requests = plan(scope, None, verify, (), caps)
             verify = None
             if not requests:
                 # A read that may have been cut short showed nothing to cancel: it proves

@@ -139,9 +139,9 @@ class BingxExchange(VenueConnector):
         self._leg_list: dict[str, str] = {}  # leg order id -> OCO list id
         self._client_ids: dict[OrderKey, str] = {}  # what `client_ids` learned
         self._list_symbol: dict[str, str] = {}  # OCO list id -> symbol
-        # A cancel-all without symbol: when it was acknowledged (monotonic), when it was sent
-        # (venue ms), and the lists a read had shown open before it. A later read that still
-        # shows a list placed before it says the cancel-all does not cover OCO legs.
+        # The last cancel-all without symbol: when it was acknowledged (monotonic), the venue
+        # ms before which a list placed was open when it acted, and the lists a read had shown
+        # open before it was sent (`lists.saw_open_after_cancel_all`).
         self._cancel_all_acked: tuple[float, int, frozenset[str]] | None = None
         self._list_time: dict[str, int] = {}  # OCO list id -> when placed (venue ms)
         self._venue_symbols = shared_item(self.ip_scope, "bingx symbols", SymbolList)
@@ -307,13 +307,15 @@ class BingxExchange(VenueConnector):
                 # placed after it reached the venue must not be taken for a survivor).
                 acted_ms = int(sent_ms - max(CLOCK_MARGIN_MS, self.clock.last_rtt_ms))
             self._cancel_all_acked = (time.monotonic(), acted_ms, before)
-            if any(leg in leg_list for _, leg in cancelled):
+            if any(leg in leg_list or leg in self._leg_list for _, leg in cancelled):
                 self.learned.learn("cancel_all_covers_lists", True)
         else:
             answers = await _gather(
                 [self._cancel_open_orders(s, priority) for s in dict.fromkeys(symbols)]
             )
             acks = [cancelled for cancelled, _ in answers]
+        # ...and what a read indexed while it was on its way (review 97).
+        leg_list = {**self._leg_list, **leg_list}
         keys = tuple(k for ack in acks for k in ack)
         lists = tuple(
             dict.fromkeys(
