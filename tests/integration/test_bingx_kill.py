@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -65,8 +66,9 @@ class BxRig:
 
 
 @contextlib.asynccontextmanager
-async def bx_rig(tmp_path: Path, variant: str) -> AsyncIterator[BxRig]:
-    async with bingx_venue(accounts=1, variant=variant) as (sim, make):
+async def bx_rig(tmp_path: Path, variant: str, **options: Any) -> AsyncIterator[BxRig]:
+    """The engine over one BingX account `bx0` with a live stream (`options`: the sim's)."""
+    async with bingx_venue(accounts=1, variant=variant, **options) as (sim, make):
         exchange = make("bx0", learned_path=tmp_path / "learned-bx0.json")
         await exchange.start()
         ref = AccountRef("bingx", "bx0")

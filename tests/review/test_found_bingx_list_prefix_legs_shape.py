@@ -17,11 +17,34 @@ import aiohttp
 
 from killswitch.kill.record import KillState
 from killswitch.model import Mode, Scope, Trigger
+from killswitch.sim.bingx import BingxSim
 from tests.fixtures.bingx import bingx_venue, bx_call
 from tests.review.bingx_rig import bingx_engine
 from tests.unit.test_engine import QUICK
 
 SPOT = "/openApi/spot/v1"
+
+
+def oco(list_client_id: str, *, above: str = "", below: str = "") -> dict[str, str]:
+    """`oco/order`'s parameters: an OCO on ETH-USDT with these client ids (BingX's: digits)."""
+    params = {
+        "symbol": "ETH-USDT",
+        "side": "SELL",
+        "quantity": "1",
+        "limitPrice": "200",
+        "orderPrice": "50",
+        "triggerPrice": "51",
+        "listClientOrderId": list_client_id,
+        "aboveClientOrderId": above,
+        "belowClientOrderId": below,
+    }
+    return {k: v for k, v in params.items() if v}
+
+
+async def post(sim: BingxSim, path: str, params: dict[str, str]) -> None:
+    async with aiohttp.ClientSession() as session:
+        _, _, body = await bx_call(session, sim, "POST", f"{SPOT}/{path}", params)
+    assert body["code"] == 0, body
 
 
 async def test_a_prefix_kill_is_not_flat_while_an_oco_list_of_that_prefix_is_open(
@@ -30,18 +53,7 @@ async def test_a_prefix_kill_is_not_flat_while_an_oco_list_of_that_prefix_is_ope
     async with bingx_venue(accounts=1, oco_list_shape="legs") as (sim, make):
         exchange = make("bx0")
         await exchange.start()
-        params = {
-            "symbol": "ETH-USDT",
-            "side": "SELL",
-            "quantity": "1",
-            "limitPrice": "200",
-            "orderPrice": "50",
-            "triggerPrice": "51",
-            "listClientOrderId": "770001",
-        }
-        async with aiohttp.ClientSession() as session:
-            _, _, body = await bx_call(session, sim, "POST", f"{SPOT}/oco/order", params)
-        assert body["code"] == 0, body
+        await post(sim, "oco/order", oco("770001"))
         book = sim.book(sim.accounts["bx0"])
         assert len(book.lists) == 1
 
@@ -66,30 +78,9 @@ async def test_a_prefix_no_bingx_list_id_can_start_with_decides_such_lists_out_o
     async with bingx_venue(accounts=1, oco_list_shape="legs") as (sim, make):
         exchange = make("bx0")
         await exchange.start()
-        oco = {
-            "symbol": "ETH-USDT",
-            "side": "SELL",
-            "quantity": "1",
-            "limitPrice": "200",
-            "orderPrice": "50",
-            "triggerPrice": "51",
-            "listClientOrderId": "770002",
-            "aboveClientOrderId": "11",
-            "belowClientOrderId": "12",
-        }
-        ours = {
-            "symbol": "ETH-USDT",
-            "side": "BUY",
-            "type": "LIMIT",
-            "price": "100",
-            "quantity": "1",
-            "newClientOrderId": "strat7_1",
-        }
-        async with aiohttp.ClientSession() as session:
-            _, _, body = await bx_call(session, sim, "POST", f"{SPOT}/oco/order", oco)
-            assert body["code"] == 0, body
-            _, _, body = await bx_call(session, sim, "POST", f"{SPOT}/trade/order", ours)
-            assert body["code"] == 0, body
+        await post(sim, "oco/order", oco("770002", above="11", below="12"))
+        ours = {"symbol": "ETH-USDT", "side": "BUY", "type": "LIMIT", "price": "100"}
+        await post(sim, "trade/order", {**ours, "quantity": "1", "newClientOrderId": "strat7_1"})
         book = sim.book(sim.accounts["bx0"])
         async with bingx_engine(exchange, tmp_path / "journal.jsonl", QUICK, seed=7) as engine:
             scope = Scope.of(venues=["bingx"], client_order_id_prefix="strat7_")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,14 @@ from typing import Any
 import aiohttp
 
 from killswitch.exchanges.bingx import BingxExchange
-from killswitch.journal import Journal
-from killswitch.kill.config import Account, EngineConfig
-from killswitch.kill.engine import Engine
+from killswitch.kill.config import EngineConfig
 from killswitch.model import AccountRef, Mode, Scope, Trigger
+from killswitch.sim.bingx import BingxSim
 from killswitch.sim.faults import Fault, FaultKind
 from killswitch.streams.supervisor import StreamSupervisor
 from killswitch.streams.tracker import OrderTracker
-from tests.fakes import EventLog
 from tests.fixtures.bingx import bingx_venue
-from tests.integration.test_bingx_kill import CONFIG, BxRig, kill, seed_lists
+from tests.integration.test_bingx_kill import bx_rig, kill, seed_lists
 from tests.review.bingx_rig import bingx_engine
 from tests.review.test_found_bingx_cancel_all_lesson import (
     CANCEL_ALL,
@@ -63,39 +60,14 @@ def covers(ex: BingxExchange) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def rig(
-    tmp_path: Path, learned: dict[str, Any] | None = None, **sim: Any
-) -> AsyncIterator[BxRig]:
-    """The engine over a strictest BingX account with a live stream (`sim`: its options)."""
-    path = tmp_path / "learned-bx0.json"
-    if learned is not None:
-        path.write_text(json.dumps(learned))
-    async with bingx_venue(accounts=1, variant="strictest", **sim) as (venue, make):
-        exchange = make("bx0", learned_path=path)
+async def three_lists(**options: Any) -> AsyncIterator[tuple[BingxSim, BingxExchange]]:
+    """A strictest BingX sim (`options`: its switches and faults) with 3 OCO lists open on
+    `bx0`, and a started connector for it."""
+    async with bingx_venue(accounts=1, variant="strictest", **options) as (sim, make):
+        sim.seed(sim.accounts["bx0"], [], [oco_legs(i) for i in range(3)])
+        exchange = make("bx0")
         await exchange.start()
-        ref = AccountRef("bingx", "bx0")
-        tracker = OrderTracker(ref)
-        engine = Engine(
-            [Account(ref, exchange, tracker=tracker)],
-            Journal(tmp_path / "journal.jsonl"),
-            CONFIG,
-            rng=random.Random(7),
-        )
-        log = EventLog()
-        engine.events.add(log)
-        supervisor = StreamSupervisor(
-            exchange, tracker, on_event=engine.on_stream_event, reconcile_interval_s=None
-        )
-        task = asyncio.create_task(supervisor.run())
-        try:
-            assert await supervisor.wait_live(20.0)
-            await engine.start()
-            yield BxRig(venue, exchange, engine, tracker, log)
-        finally:
-            await engine.stop(grace_s=1.0)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        yield sim, exchange
 
 
 async def test_a_kill_that_believes_cancel_all_covers_lists_in_error_still_ends_flat(
@@ -127,10 +99,7 @@ async def test_a_kill_that_believes_cancel_all_covers_lists_in_error_still_ends_
 
 async def test_lists_gone_by_our_own_cancels_on_their_way_teach_no_covers() -> None:
     slow = Fault(FaultKind.LATENCY, endpoint=OCO_CANCEL, latency_ms=300.0)
-    async with bingx_venue(accounts=1, variant="strictest", faults=[slow]) as (sim, make):
-        sim.seed(sim.accounts["bx0"], [], [oco_legs(i) for i in range(3)])
-        ex = make("bx0")
-        await ex.start()
+    async with three_lists(faults=[slow]) as (sim, ex):
         snap = await ex.snapshot()
         cancels = [
             asyncio.create_task(ex.cancel_order_list(x.symbol, x.list_id)) for x in snap.lists
@@ -145,13 +114,7 @@ async def test_lists_gone_by_our_own_cancels_on_their_way_teach_no_covers() -> N
 
 
 async def test_a_second_cancel_all_or_a_fill_teach_no_covers() -> None:
-    async with bingx_venue(accounts=1, variant="strictest", leg_id_cancels_list=True) as (
-        sim,
-        make,
-    ):
-        sim.seed(sim.accounts["bx0"], [], [oco_legs(i) for i in range(3)])
-        ex = make("bx0")
-        await ex.start()
+    async with three_lists(leg_id_cancels_list=True) as (sim, ex):
         snap = await ex.snapshot()
         await ex.cancel_all(None)
         book = sim.book(sim.accounts["bx0"])
@@ -167,13 +130,7 @@ async def test_a_second_cancel_all_or_a_fill_teach_no_covers() -> None:
 
 
 async def test_leg_id_batches_that_find_lists_open_teach_does_not_cover() -> None:
-    async with bingx_venue(accounts=1, variant="strictest", leg_id_cancels_list=True) as (
-        sim,
-        make,
-    ):
-        sim.seed(sim.accounts["bx0"], [], [oco_legs(i) for i in range(3)])
-        ex = make("bx0")
-        await ex.start()
+    async with three_lists(leg_id_cancels_list=True) as (sim, ex):
         snap = await ex.snapshot()
         await ex.cancel_all(None)
         reads = len(log_of(sim, LIST_READ))
@@ -186,10 +143,7 @@ async def test_leg_id_batches_that_find_lists_open_teach_does_not_cover() -> Non
 
 async def test_an_oco_cancel_answered_after_its_leg_s_stream_event_teaches_it() -> None:
     slow = Fault(FaultKind.LATENCY, endpoint=OCO_CANCEL, latency_ms=50.0)
-    async with bingx_venue(accounts=1, variant="strictest", faults=[slow]) as (sim, make):
-        sim.seed(sim.accounts["bx0"], [], [oco_legs(i) for i in range(3)])
-        ex = make("bx0")
-        await ex.start()
+    async with three_lists(faults=[slow]) as (_, ex):
         tracker = OrderTracker(AccountRef("bingx", "bx0"))
         supervisor = StreamSupervisor(ex, tracker, reconcile_interval_s=None)
         task = asyncio.create_task(supervisor.run())
@@ -212,7 +166,7 @@ async def test_lists_younger_than_a_slow_clock_sync_are_still_known_survivors(
     # The margin for our clock's error is the last sync's round trip (400 ms here), longer
     # than the lists' age at the kill; no read saw them before the cancel-all.
     slow_time = Fault(FaultKind.LATENCY, endpoint=f"{SPOT}/server/time", latency_ms=400.0)
-    async with rig(tmp_path, faults=[slow_time]) as r:
+    async with bx_rig(tmp_path, "strictest", faults=[slow_time]) as r:
         assert r.exchange.clock.last_rtt_ms >= 400
         async with aiohttp.ClientSession() as session:
             await seed_lists(r, session, 6)
