@@ -67,6 +67,7 @@ UNREAD_CLIENT_ID = "<unread>"
 # A client id a read did not show, of a kind the venue allows only digits in (BingX's OCO list
 # ids, "only supports numeric strings"): no prefix with another character covers it.
 UNREAD_DIGITS_ID = "<unread digits>"
+UNREAD_IDS = frozenset((UNREAD_CLIENT_ID, UNREAD_DIGITS_ID))
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +280,12 @@ class Scope:
         return not self.symbols or canonical_symbol(symbol) in self.symbols
 
     def covers_client_id(self, client_order_id: str) -> bool:
+        """Whether the prefix covers this client id; an id a read did not show is covered
+        only by no prefix (review 99: the prefix "<" matched the unread markers)."""
         prefix = self.client_order_id_prefix
-        return prefix is None or client_order_id.startswith(prefix)
+        if prefix is None:
+            return True
+        return client_order_id not in UNREAD_IDS and client_order_id.startswith(prefix)
 
     def covers_order(self, order: Order | OrderEvent) -> bool:
         return self.covers_symbol(order.symbol) and self.covers_client_id(order.client_order_id)
@@ -306,9 +311,8 @@ class Scope:
         prefix = self.client_order_id_prefix
         if prefix is None:
             return True
-        return order_list.list_client_order_id.startswith(prefix) or any(
-            c.startswith(prefix) for c in order_list.client_order_ids
-        )
+        ids = (order_list.list_client_order_id, *order_list.client_order_ids)
+        return any(self.covers_client_id(c) for c in ids)
 
     def contains(self, other: Scope) -> bool:
         """True when every order `other` covers is also covered by this scope."""

@@ -244,7 +244,7 @@ async def test_bingx_dead_mans_switch_is_kept_armed_while_running_and_fires_when
         said = [r.getMessage() for r in caplog.records if "left armed" in r.getMessage()]
         assert said == [
             "dead man's switch left armed account=bingx/mm-1: the venue cancels every order "
-            "on the account within 10 s unless a daemon re-arms it"
+            "on the account within 10 s of its last arm unless a daemon re-arms it"
         ]
         await eventually(lambda: sim.counters["dead_mans_switch fired"] == 1, timeout_s=20)
         await eventually(lambda: rig.open_orders("bingx/mm-1") == 0, timeout_s=10)

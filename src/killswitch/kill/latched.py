@@ -291,6 +291,7 @@ class DeadMansSwitches:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self.state: dict[AccountRef, str] = {}
+        self.armed_s: dict[AccountRef, int] = {}  # accounts armed at least once: the timeout
 
     async def keep(self, account: Account) -> None:
         """Arm the account's switch every third of its timeout while healthy; else let it lapse."""
@@ -320,6 +321,10 @@ class DeadMansSwitches:
                             EventType.DMS, account=str(ref), armed=state.active, timeout_s=timeout_s
                         )
                     self.state[ref] = "armed" if state.active else "off"
+                    if state.active:
+                        self.armed_s[ref] = timeout_s
+                    else:
+                        self.armed_s.pop(ref, None)
             elif self.state.get(ref) == "armed":
                 log.warning("dead man's switch left to expire: daemon unhealthy account=%s", ref)
                 self.state[ref] = "expiring"
@@ -330,14 +335,16 @@ class DeadMansSwitches:
 
     def left_armed(self, accounts: Iterable[Account]) -> None:
         """At a stop: say which switches are left to fire (review 95: a graceful stop flattened
-        an account with no kill, and nothing said it would)."""
+        an account with no kill, and nothing said it would): each armed once, whatever came
+        since (an arm that failed after may have landed; one left to expire still fires)."""
         for account in accounts:
-            if self.state.get(account.ref) in ("armed", "failed"):
+            timeout_s = self.armed_s.get(account.ref)
+            if timeout_s is not None:
                 log.warning(
                     "dead man's switch left armed account=%s: the venue cancels every order on "
-                    "the account within %d s unless a daemon re-arms it",
+                    "the account within %d s of its last arm unless a daemon re-arms it",
                     account.ref,
-                    account.dead_mans_switch_s,
+                    timeout_s,
                 )
 
 
