@@ -281,9 +281,9 @@ class Scope:
 
     def covers_client_id(self, client_order_id: str) -> bool:
         """Whether the prefix covers this client id; an id a read did not show is covered
-        only by no prefix (review 99: the prefix "<" matched the unread markers)."""
+        only by no prefix or the empty one (review 99: "<" matched the unread markers)."""
         prefix = self.client_order_id_prefix
-        if prefix is None:
+        if not prefix:  # none, or "" (every id: a one-shot's scope by id)
             return True
         return client_order_id not in UNREAD_IDS and client_order_id.startswith(prefix)
 
