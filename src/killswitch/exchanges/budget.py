@@ -124,6 +124,8 @@ class RateBudget:
     # caps' worth in one of MEXC's; two windows' worth of caution halved a kill's throughput).
     mono: Callable[[], float] = time.monotonic
     _slide: list[tuple[float, float]] = field(init=False, default_factory=list)
+    # Weight promised to requests that may be left out (`spare`): (mono until, weight).
+    _promised: list[tuple[float, float]] = field(init=False, default_factory=list)
     heard_at: float = -math.inf  # `clock` time the venue last told us what is used
     asked_at: float = -math.inf  # `clock` time someone last asked it (`due_for_news`)
 
@@ -219,6 +221,22 @@ class RateBudget:
         self._weight.used = max(self._weight.used, float(used) / self.fleet)
         self.heard_at = now
         note_limits()
+
+    def spare(self, weight: int, share: float, hold_s: float) -> bool:
+        """May a request that can be left out (a kill's first look) take `weight` now? Only
+        while it fits and, with what is used and what was promised to other such requests in
+        the last `hold_s` (decided at once, before any of them is sent), at most `share` of a
+        kill's cap is taken; its weight is then promised for `hold_s` (counted twice once sent:
+        that only makes later ones rarer)."""
+        if self.delay_for(weight, Priority.KILL) > 0:
+            return False
+        now = self.mono()
+        self._promised = [(until, w) for until, w in self._promised if until > now]
+        promised = sum(w for _, w in self._promised)
+        if self.used + promised + weight > self.cap(Priority.KILL) * share:
+            return False
+        self._promised.append((now + hold_s, weight))
+        return True
 
     def headroom_known(self, within_s: float, share: float = HEADROOM_SHARE) -> bool:
         """The venue said, at most `within_s` ago, that at most `share` of what a kill may

@@ -273,7 +273,9 @@ class Waves:
             tried.set()
 
         wave1 = asyncio.ensure_future(
-            self.wave(kill, account, result, rest, wave_no, first_tries=first_tries)
+            self.wave(
+                kill, account, result, rest, wave_no, first_tries=first_tries if later else None
+            )
         )
         if later:
             waiter = asyncio.ensure_future(tried.wait())

@@ -23,7 +23,6 @@ import contextlib
 import itertools
 import logging
 import random
-import time
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Unpack
@@ -163,11 +162,6 @@ class BinanceExchange(TwoRoutes, VenueConnector):
                 lambda: RateBudget(RATE_LIMITS, clock=self.venue_seconds),
             )
         )
-        # First looks decided behind this IP, (monotonic until, weight): counted until their
-        # reads surely are in the budget (`first_look_fits`).
-        self._looks: list[tuple[float, int]] = shared_item(
-            self.ip_scope, "binance first looks", list
-        )
         charges = WeightCharges(self.budget, USED_WEIGHT_HEADER)
         self.rest = self._signed_rest(WIRE, charges, partial(binance_signed_query, self._sign))
         self.ws_url = ws_api_url(self._ws_url)
@@ -215,20 +209,10 @@ class BinanceExchange(TwoRoutes, VenueConnector):
             if symbols is None
             else RATE_LIMITS.snapshot_symbol_weight * len(set(symbols))
         )
-        budget = self.budget
-        if budget.delay_for(weight, Priority.KILL) > 0:
-            return False
         # The accounts of a kill decide at once, before any of their reads is sent: each
         # counts the looks decided before it (review of 1c85520: 22 accounts each saw the
         # same room, all looked, and the proof waited for the next minute again).
-        now = time.monotonic()
-        looks = self._looks
-        looks[:] = [(until, w) for until, w in looks if until > now]
-        decided = sum(w for _, w in looks)
-        if budget.used + decided + weight > budget.cap(Priority.KILL) * FIRST_LOOK_SHARE:
-            return False
-        looks.append((now + LOOK_DECIDED_S, weight))
-        return True
+        return self.budget.spare(weight, FIRST_LOOK_SHARE, LOOK_DECIDED_S)
 
     async def _keep_fresh(self, every_s: float) -> None:
         """Ask for the IP's used weight (a ws-api `ping`) whenever nobody behind this IP has

@@ -314,13 +314,11 @@ class BingxExchange(VenueConnector):
                 [self._cancel_open_orders(s, priority) for s in dict.fromkeys(symbols)]
             )
             acks = [cancelled for cancelled, _ in answers]
-        # ...and what a read indexed while it was on its way (review 97).
-        leg_list = {**self._leg_list, **leg_list}
         keys = tuple(k for ack in acks for k in ack)
+        # ...or what a read indexed while it was on its way (review 97).
+        owners = ((symbol, leg_list.get(leg) or self._leg_list.get(leg)) for symbol, leg in keys)
         lists = tuple(
-            dict.fromkeys(
-                self._list_key(leg_list[leg], symbol) for symbol, leg in keys if leg in leg_list
-            )
+            dict.fromkeys(self._list_key(lid, symbol) for symbol, lid in owners if lid is not None)
         )
         return CancelAck(cancelled=keys, lists_cancelled=lists)
 
