@@ -22,6 +22,7 @@ from killswitch.exchanges.base import (
     VenueError,
 )
 from killswitch.exchanges.budget import Priority
+from killswitch.lane import lane
 from killswitch.model import (
     AccountRef,
     ExecType,
@@ -34,6 +35,7 @@ from killswitch.model import (
     StreamSubscribed,
     StreamTerminated,
 )
+from killswitch.streams import supervisor as supervisor_module
 from killswitch.streams.supervisor import StreamState, StreamSupervisor, _End
 from killswitch.streams.tracker import OrderTracker
 from tests.conftest import eventually
@@ -699,6 +701,78 @@ async def test_a_burst_of_stream_events_never_holds_the_loop(make: Make) -> None
     await asyncio.wait_for(meanwhile(), timeout=10)
     assert any(0 < n < 200 for n in seen), seen
     assert h.tracked_ids() == {str(i) for i in range(200)}
+
+
+async def test_a_burst_of_stream_events_waits_for_the_kills_own_steps(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The burst comes with the kill's acknowledgements, and each acknowledgement reaches its
+    wave through a chain of task steps: the chain goes first, not one step per slice of every
+    stream (before the lane, a slice of each ready stream task ran before each step). With
+    slices of one event, none is handled before the chain is done."""
+    monkeypatch.setattr(lane(), "max_wait_s", 60.0)
+    monkeypatch.setattr(supervisor_module, "SLICE_S", 0.0)
+    h = make()
+    h.start()
+    assert await h.supervisor.wait_live(5)
+    h.exchange.held = []
+    for i in range(200):
+        h.exchange.place(str(i))
+    handled_when_done: list[int] = []
+
+    async def chain() -> None:
+        for _ in range(30):
+            await asyncio.sleep(0)
+        handled_when_done.append(len(h.events))
+
+    with lane().first():  # a kill runs
+        h.exchange.release_held()
+        await asyncio.wait_for(chain(), timeout=10)
+    assert handled_when_done == [0]
+    for _ in range(1000):
+        if len(h.events) == 200:
+            break
+        await asyncio.sleep(0.001)
+    assert h.tracked_ids() == {str(i) for i in range(200)}
+
+
+async def test_what_the_stream_gave_reaches_the_tracker_when_stopped_while_waiting_a_turn(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pump or consumer stopped while waiting its turn holds an event it took: the event still
+    reaches the tracker and the engine, in order, ahead of what is left in the inbox."""
+    monkeypatch.setattr(lane(), "max_wait_s", 60.0)
+    monkeypatch.setattr(supervisor_module, "SLICE_S", 0.0)
+    h = make()
+    h.start()
+    assert await h.supervisor.wait_live(5)
+    h.exchange.held = []
+    for i in range(50):
+        h.exchange.place(str(i))
+    stop = asyncio.Event()
+
+    async def busy() -> None:  # the loop is never idle: every turn waits
+        while not stop.is_set():
+            await asyncio.sleep(0)
+
+    spinner = asyncio.create_task(busy())
+    with lane().first():  # a kill runs
+        h.exchange.release_held()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert h.events == []  # all of it waits for a turn
+        assert h.task is not None
+        h.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await h.task
+    h.task = None
+    stop.set()
+    await spinner
+    conn = h.exchange.connections[0]
+    taken = 50 - conn.queue.qsize()
+    assert taken >= 1
+    assert [e.order_id for e in h.events] == [str(i) for i in range(taken)]
+    assert h.tracked_ids() == {str(i) for i in range(taken)}
 
 
 async def test_a_snapshot_read_cancelled_from_inside_is_a_connection_end_not_the_end(

@@ -34,6 +34,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import orjson
 
 from killswitch.exchanges.dialect import MAX_WAIT_S
+from killswitch.lane import lane
 
 log = logging.getLogger("killswitch.exchanges.budget")  # logged under its name, as before
 
@@ -243,6 +244,7 @@ class LimitsFile:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait_s):
                         await self._urgent.wait()
+            await lane().turn()  # after a kill's own next steps: see `killswitch.lane`
             self._dirty.clear()
             self._urgent.clear()
             serial, data = self._encode()

@@ -80,6 +80,7 @@ from killswitch.kafka.alert_start import History, start_of
 from killswitch.kafka.client import BROKER_ERRORS, EngineFeed, client_options, new_producer
 from killswitch.kafka.dead_letters import DeadLetters, Record
 from killswitch.kill.port import EnginePort
+from killswitch.lane import lane
 from killswitch.model import AccountRef, Trigger
 
 if TYPE_CHECKING:
@@ -492,6 +493,9 @@ class KafkaAlertConsumer(EngineFeed):
         offsets = self.commit_offsets()
         if consumer is None or not offsets:
             return
+        # The records are journaled: their commit goes after the kill's own next steps (the
+        # first cancels of the kill they started, see `killswitch.lane`).
+        await lane().turn()
         if self.before_commit is not None:
             hook = self.before_commit(offsets)
             if asyncio.iscoroutine(hook):

@@ -50,6 +50,7 @@ from killswitch.kafka.client import (
     new_producer,
     stop_client,
 )
+from killswitch.lane import lane
 
 if TYPE_CHECKING:
     from killswitch.settings import KafkaSettings
@@ -181,6 +182,7 @@ class KafkaEventSink(ReconnectingClient):
                 async with asyncio.timeout(5.0):
                     await self._work.wait()
             return
+        await lane().turn()  # after a kill's own next steps: see `killswitch.lane`
         await self._send_batch()
 
     def _wake(self) -> None:

@@ -39,6 +39,7 @@ from killswitch.kill.record import (
 from killswitch.kill.resets import Resets
 from killswitch.kill.verdicts import Verdicts
 from killswitch.kill.waves import Waves
+from killswitch.lane import lane
 from killswitch.model import AccountRef, ListEvent, Mode, OrderEvent, Scope, Trigger
 
 log = logging.getLogger(__name__)
@@ -467,7 +468,8 @@ class Engine:
         if kill.kind is not KillKind.SWEEP:
             log.warning("kill start kill_id=%s accounts=%d", kill.id, len(accounts))
         try:
-            await self._verdicts.reach(kill, accounts)
+            with lane().first():  # background work waits for the kill's own next steps
+                await self._verdicts.reach(kill, accounts)
             kill.done.set()
             # A one-shot cancel ends at its flat snapshot: a confirmation re-check would
             # cancel orders placed after it.

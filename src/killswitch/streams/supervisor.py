@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from killswitch.exchanges.base import Exchange, Priority, RateLimited, VenueError
+from killswitch.lane import lane
 from killswitch.model import (
     AccountRef,
     ListEvent,
@@ -47,9 +48,9 @@ from killswitch.streams.tracker import Divergence, OrderTracker
 
 log = logging.getLogger(__name__)
 
-# A burst of stream events is handled in slices of at most this long, each followed by a
-# yield to the loop: a kill's acknowledgements and next requests wait at most one slice, and a
-# burst does not pay a loop iteration (two task steps) for every event.
+# Stream events are handled in slices of about this long, each a turn in the loop's `Lane`
+# (while a kill runs: when nothing else is ready): a kill's acknowledgements and next requests
+# wait at most one slice, and a burst does not pay a loop iteration for every event.
 SLICE_S = 0.0005
 
 EventCallback = Callable[[AccountRef, OrderEvent | ListEvent], None]
@@ -379,6 +380,13 @@ class StreamSupervisor:
                 self._apply(item)
                 self._notify(item)
 
+    def _held_at_stop(self, item: StreamEvent | _End) -> None:
+        """An item taken from the inbox when the supervisor was stopped: the tracker and the
+        engine get it, ahead of what `_drain` finds left in the inbox."""
+        if isinstance(item, OrderEvent | ListEvent):
+            self._apply(item)
+            self._notify(item)
+
     def _apply(self, event: OrderEvent | ListEvent) -> None:
         """Apply at a connection's end: a failure is logged, never raised out of `run()` (the
         connection is down, and the tracker is distrusted until the next snapshot)."""
@@ -390,13 +398,18 @@ class StreamSupervisor:
     async def _consume(self, inbox: asyncio.Queue[StreamEvent | _End]) -> _End:
         tracker = self.tracker
         clock = self._clock
-        sliced = time.perf_counter()
+        turns = lane()
+        sliced = -SLICE_S
         while True:
-            if inbox.empty():
-                item = await inbox.get()
+            item = inbox.get_nowait() if not inbox.empty() else await inbox.get()
+            if time.perf_counter() - sliced >= SLICE_S:
+                # A slice at a time, each a turn in the loop's lane: see `killswitch.lane`.
+                try:
+                    await turns.turn()
+                except asyncio.CancelledError:
+                    self._held_at_stop(item)
+                    raise
                 sliced = time.perf_counter()
-            else:
-                item = inbox.get_nowait()
             kind = type(item)
             if kind is OrderEvent or kind is ListEvent:
                 tracker.apply(item)  # type: ignore[arg-type]
@@ -406,9 +419,6 @@ class StreamSupervisor:
                         recorded.append(item)  # type: ignore[arg-type]
                 if self.on_event is not None:
                     self._notify(item)  # type: ignore[arg-type]
-                if not inbox.empty() and time.perf_counter() - sliced >= SLICE_S:
-                    await asyncio.sleep(0)  # a burst never holds the loop: see `_pump`
-                    sliced = time.perf_counter()
             elif kind is _End:
                 return item  # type: ignore[return-value]
             elif kind is StreamSubscribed:
@@ -417,17 +427,23 @@ class StreamSupervisor:
                 return _End(f"terminated: {item.reason}")  # type: ignore[union-attr]
 
     async def _pump(self, stream: AsyncIterator[StreamEvent]) -> None:
-        # A kill's cancels come back as a burst of stream events on every account at once.
-        # Frames already buffered are read without a suspension, so the burst yields to the
-        # loop after each slice (`SLICE_S`): the kill's acknowledgements and next requests go
+        # A kill's cancels come back as a burst of stream events on every account at once,
+        # with its acknowledgements. Frames already buffered are read without a suspension, so
+        # the burst is handled in slices (`SLICE_S`), each, while a kill runs, when nothing
+        # else is ready (`killswitch.lane`): the kill's acknowledgements and next requests go
         # first, and this work fills the round trip they wait on instead of delaying them.
+        turns = lane()
         try:
-            sliced = time.perf_counter()
+            sliced = -SLICE_S
             async for item in stream:
-                self._post(item)
                 if time.perf_counter() - sliced >= SLICE_S:
-                    await asyncio.sleep(0)
+                    try:
+                        await turns.turn()
+                    except asyncio.CancelledError:
+                        self._post(item)  # what the stream gave is real: drained at the end
+                        raise
                     sliced = time.perf_counter()
+                self._post(item)
             end = _End("stream ended")
         except asyncio.CancelledError:
             raise

@@ -1,0 +1,139 @@
+"""The loop's lane for background work (`killswitch.lane`): a turn comes when nothing else is
+ready, never later than its bound, one per loop iteration, in the order asked, and a cancelled
+turn holds nobody up."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from killswitch.lane import Lane, lane
+
+
+async def _hops(n: int, done: list[str], name: str) -> None:
+    """A chain of `n` task steps (a kill's acknowledgement on its way to the wave)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+    done.append(name)
+
+
+async def test_a_turn_waits_for_every_other_ready_step() -> None:
+    turns = Lane(asyncio.get_running_loop(), max_wait_s=60.0)
+    order: list[str] = []
+
+    async def background() -> None:
+        await turns.turn()
+        order.append("background")
+
+    with turns.first():
+        chain = asyncio.create_task(_hops(50, order, "chain"))
+        waiting = asyncio.create_task(background())
+        await asyncio.wait_for(asyncio.gather(chain, waiting), timeout=10)
+    assert order == ["chain", "background"]
+    assert turns.deferred >= 49
+
+
+async def test_a_turn_comes_within_its_bound_on_a_loop_that_is_never_idle() -> None:
+    turns = Lane(asyncio.get_running_loop(), max_wait_s=0.001)
+    stop = asyncio.Event()
+
+    async def busy() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0)
+
+    spinner = asyncio.create_task(busy())
+    try:
+        with turns.first():
+            for _ in range(3):
+                await asyncio.wait_for(turns.turn(), timeout=10)
+    finally:
+        stop.set()
+        await spinner
+    assert turns.deferred > 0
+
+
+async def test_turns_come_in_the_order_asked() -> None:
+    turns = Lane(asyncio.get_running_loop(), max_wait_s=60.0)
+    got: list[int] = []
+
+    async def background(i: int) -> None:
+        await turns.turn()
+        got.append(i)
+
+    await asyncio.wait_for(asyncio.gather(*(background(i) for i in range(5))), timeout=10)
+    assert got == [0, 1, 2, 3, 4]
+
+
+async def test_waited_out_every_waiting_turn_comes_at_once() -> None:
+    """On a loop that is never idle, the bound gives every waiter its slice in one iteration:
+    the background work's share grows with how much of it waits (review of the lane: one slice
+    per bound starved a busy account's tracker)."""
+    turns = Lane(asyncio.get_running_loop(), max_wait_s=0.001)
+    stop = asyncio.Event()
+    iteration = 0
+
+    async def busy() -> None:
+        nonlocal iteration
+        while not stop.is_set():
+            iteration += 1
+            await asyncio.sleep(0)
+
+    got: list[int] = []
+
+    async def background() -> None:
+        await turns.turn()
+        got.append(iteration)
+
+    spinner = asyncio.create_task(busy())
+    try:
+        with turns.first():
+            await asyncio.wait_for(asyncio.gather(*(background() for _ in range(5))), timeout=10)
+    finally:
+        stop.set()
+        await spinner
+    assert len(got) == 5
+    assert len(set(got)) == 1, got
+
+
+async def test_a_cancelled_turn_is_skipped_and_the_next_one_still_comes() -> None:
+    turns = Lane(asyncio.get_running_loop(), max_wait_s=60.0)
+    first = asyncio.create_task(turns.turn())
+    second = asyncio.create_task(turns.turn())
+    await asyncio.sleep(0)  # both are waiting
+    first.cancel()
+    await asyncio.wait_for(second, timeout=10)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    # and the lane is idle again: a new turn is served
+    await asyncio.wait_for(turns.turn(), timeout=10)
+
+
+async def test_without_a_ready_queue_to_look_at_a_turn_comes_at_the_next_iteration() -> None:
+    turns = Lane(asyncio.get_running_loop(), max_wait_s=60.0)
+    turns._ready = None  # a loop that does not keep one (not CPython's)
+    order: list[str] = []
+    with turns.first():
+        chain = asyncio.create_task(_hops(50, order, "chain"))
+        await asyncio.wait_for(turns.turn(), timeout=10)
+        order.append("turn")
+        await chain
+    assert order == ["turn", "chain"]
+
+
+async def test_with_no_kill_running_a_turn_is_a_plain_yield() -> None:
+    """Outside a kill the stream work keeps its old pace, a slice per loop iteration (the lane
+    at first made every slice wait behind any ready work: a busy account's tracker fell behind
+    its stream and the watchdog called it a gap)."""
+    turns = Lane(asyncio.get_running_loop(), max_wait_s=60.0)
+    order: list[str] = []
+    chain = asyncio.create_task(_hops(50, order, "chain"))
+    await asyncio.wait_for(turns.turn(), timeout=10)
+    order.append("turn")
+    await chain
+    assert order == ["turn", "chain"]
+    assert turns.deferred == 0
+
+
+async def test_one_lane_per_loop() -> None:
+    assert lane() is lane()
