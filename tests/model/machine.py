@@ -267,6 +267,9 @@ class KillHistory(RuleBasedStateMachine):
         self.path = self.dir / "journal.jsonl"
         self.seq = 0
         self.violations: list[str] = []
+        # Cancels made while a covering trigger's submit had not returned yet: judged once it has
+        # (the engine launches a kill before `submit` returns, and may cancel before it does).
+        self.judge_later: list[OrderFact] = []
         self.history: list[str] = []
         self.events: list[dict[str, object]] = []
         self.triggers: dict[str, TriggerFact] = {}
@@ -578,6 +581,12 @@ class KillHistory(RuleBasedStateMachine):
         """The engine cancelled `order`: was it in an active scope?"""
         now = order.closed_seq
         assert now is not None
+        if any(
+            f.status == "pending" and f.submitted_seq <= now and covers(f.trigger.scope, order)
+            for f in self.triggers.values()
+        ):
+            self.judge_later.append(order)  # a covering trigger's submit is still on its way
+            return
         covering = [
             f
             for f in self.triggers.values()
@@ -733,6 +742,18 @@ class KillHistory(RuleBasedStateMachine):
         )
 
     async def _submit(self, trigger: Trigger) -> None:
+        try:
+            await self._submit_once(trigger)
+        finally:
+            self.judge_settled()
+
+    def judge_settled(self) -> None:
+        """Judge the cancels that waited for a submit to return (`judge_later`)."""
+        waiting, self.judge_later = self.judge_later, []
+        for order in waiting:
+            self.judge_cancel(order)
+
+    async def _submit_once(self, trigger: Trigger) -> None:
         assert self.engine is not None
         known = self.triggers.get(trigger.id)
         was_accepted = known is not None and known.status in ("accepted", "maybe")
@@ -1069,6 +1090,7 @@ class KillHistory(RuleBasedStateMachine):
             if fact.status == "pending":
                 fact.status = "refused"
             self.history.append(f"    submit {trigger.id} refused while stopping: {exc!r}")
+            self.judge_settled()
 
     @precondition(lambda self: self.up)
     @rule(torn=st.booleans())

@@ -351,9 +351,12 @@ class Waves:
                 if len(tries) == len(requests):
                     first_tries(all(tries))
 
-        outcomes = await asyncio.gather(
-            *(self._sends.send(kill, account, result, r, on_first) for r in requests)
-        )
+        if len(requests) == 1:  # (no task of its own: its answer reaches the wave a step sooner)
+            outcomes = [await self._sends.send(kill, account, result, requests[0], on_first)]
+        else:
+            outcomes = await asyncio.gather(
+                *(self._sends.send(kill, account, result, r, on_first) for r in requests)
+            )
         for request, outcome in zip(requests, outcomes, strict=True):
             if request.symbols and outcome.error is not None and refuses_symbol(outcome.error):
                 # A symbol the venue does not take (a typo, a delisted pair) fails its own
