@@ -104,7 +104,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def _venue_limits_kept_per_test() -> Any:
     """A test that builds the daemon's parts points `limits_file.persist_to` at its own state dir:
     end it with the test, or a later test's simulator on a reused port would be seeded with
-    this one's charges and bans."""
+    this one's charges and bans. And each test starts with nothing shared per IP: a connector
+    an earlier test built and never closed (test_factory's) is not this test's (review 73/75's
+    "a connector of the last life is still open" failed after tests/unit in one process)."""
+    from killswitch.exchanges import budget
+
+    budget._SHARED.clear()
+    budget._USERS.clear()
     yield
     from killswitch.exchanges.limits_file import stop_persisting
 
