@@ -8,15 +8,16 @@ task that is ready used to spend its slice of pushes first. Three accounts' pump
 consumers, half a millisecond each, made each step of that chain wait up to 3 ms, and the
 verification read waited 10 to 20 ms behind work nothing was waiting for.
 
-Stream tasks now take turns here, a slice each. While a kill runs (`Lane.first`), a slice
-runs when no other callback is ready (the kill's next step, a Kafka alert, a timer), and past
-`MAX_WAIT_S` every waiting slice runs (a loop that is never idle still leaves the stream work a
-share that grows with how much of it waits). With no kill running, a turn comes at the next
-loop iteration, as a plain yield did: a busy account's tracker keeps up with its stream (the
-lane at first deferred every slice, and the contract suite's busy BingX account fell 300 ms
-behind). The Kafka event publisher, the alert consumer's offset commits and the venue limits
-file take turns too. Every order of events stays as it was: the lane only decides when a
-slice runs, not what it does, and each account's events are handled in the order they came.
+Stream tasks now take turns here, a slice each. While a kill runs (a trigger's or a one-shot's;
+a sweep is background work itself: `Lane.first`), a slice runs when no other callback is ready
+(the kill's next step, a Kafka alert, a timer), and past `MAX_WAIT_S` every waiting slice runs
+(a loop that is never idle still leaves the stream work a share that grows with how much of it
+waits). With no kill running, every turn asked for comes at the next loop iteration, as a
+plain yield did: a busy account's tracker keeps up with its stream (the lane at first deferred
+every slice, and the contract suite's busy BingX account fell 300 ms behind). The Kafka event
+publisher, the alert consumer's offset commits and the venue limits file take turns too. The
+lane only decides when a slice runs, not what it does: each account's events are handled in
+the order they came.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ _lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Lane] = weakref.Wea
 
 
 class Lane:
-    """Turns for background work on one loop, one slice per loop iteration at most."""
+    """Turns for background work on one loop: while a kill runs, one slice per loop iteration
+    at most, behind the loop's other ready work."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_wait_s: float = MAX_WAIT_S) -> None:
-        self._loop = loop
+        # (no reference to the loop itself: `_lanes` would keep every loop alive)
         self.max_wait_s = max_wait_s
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._ticking = False
@@ -50,8 +52,8 @@ class Lane:
 
     @contextlib.contextmanager
     def first(self) -> Iterator[None]:
-        """While this is entered (a kill runs), turns wait behind other ready work; else a turn
-        comes at the next loop iteration, as a plain yield would."""
+        """While this is entered (a kill runs), turns wait behind other ready work; else every
+        turn asked for comes at the next loop iteration, as a plain yield would."""
         self._hot += 1
         try:
             yield
@@ -61,35 +63,38 @@ class Lane:
     async def turn(self) -> None:
         """Return at the next loop iteration; while a kill runs, once the loop has nothing
         else ready (or `max_wait_s` has passed)."""
-        waiter: asyncio.Future[None] = self._loop.create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         if not self._ticking:
             self._ticking = True
-            self._loop.call_soon(self._tick)
+            loop.call_soon(self._tick, loop)
         await waiter
 
-    def _tick(self) -> None:
-        now = self._loop.time()
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         waiters = self._waiters
-        turns = 1
-        if self._hot and self._ready:  # a kill runs and other callbacks are ready: they go first
-            if self._waiting_since is None:
-                self._waiting_since = now
-            if now - self._waiting_since < self.max_wait_s:
-                self.deferred += 1
-                self._loop.call_soon(self._tick)
-                return
-            # Waited out: every waiter gets its slice now, so that on a loop that is never
-            # idle the stream work still gets a share that grows with how much of it waits.
-            turns = len(waiters)
+        turns = len(waiters)  # no kill running: every turn asked for, as a yield each
+        if self._hot:
+            turns = 1  # a kill runs: one slice an iteration, when nothing else is ready
+            if self._ready:
+                now = loop.time()
+                if self._waiting_since is None:
+                    self._waiting_since = now
+                if now - self._waiting_since < self.max_wait_s:
+                    self.deferred += 1
+                    loop.call_soon(self._tick, loop)
+                    return
+                # Waited out: every waiter gets its slice now, so that on a loop that is never
+                # idle the stream work still gets a share that grows with how much of it waits.
+                turns = len(waiters)
         self._waiting_since = None
         while waiters and turns > 0:
             waiter = waiters.popleft()
             if not waiter.done():  # (a cancelled task's turn is skipped)
                 waiter.set_result(None)
-                turns -= 1
+            turns -= 1
         if waiters:
-            self._loop.call_soon(self._tick)  # the next turn, an iteration later at the soonest
+            loop.call_soon(self._tick, loop)  # the next turn, an iteration later at the soonest
         else:
             self._ticking = False
 

@@ -23,6 +23,7 @@ from killswitch.kill import waves
 from killswitch.kill.config import Account, EngineConfig
 from killswitch.kill.engine import Engine
 from killswitch.kill.record import KillState, SubmitResult
+from killswitch.lane import lane
 from killswitch.model import AccountRef, ExecType, Mode, OrderEvent, Scope, Trigger
 from tests.conftest import eventually
 from tests.fakes import (
@@ -471,6 +472,28 @@ async def test_periodic_sweep_cancels_what_appeared_without_a_stream_event(rig: 
     assert len(sweeps) == 1
     assert not mexc.book.orders
     assert rig.log.of("sweep")
+
+
+async def test_a_kill_runs_with_background_work_behind_it_and_a_sweep_does_not(rig: Rig) -> None:
+    """A trigger's kill takes the loop's lane first (stream slices and event batches wait for
+    its ready steps); a sweep, periodic and possibly held for minutes by a ban, does not
+    (review 100: every sweep deferred the streams)."""
+    mexc = rig.venues["mexc"]
+    seen: list[int] = []
+    mexc.before_call.append(
+        lambda method, args: seen.append(lane()._hot) if method.startswith("cancel") else None
+    )
+    mexc.place("BTCUSDT", n=1)
+    await rig.engine.submit(kill_trigger(venues=["mexc"]))
+    await finished(rig)
+    assert seen
+    assert set(seen) == {1}
+    seen.clear()
+    mexc.place("ZZZUSDT", n=2)
+    await rig.engine.sweep()
+    assert seen
+    assert set(seen) == {0}
+    assert lane()._hot == 0
 
 
 async def test_trusted_tracker_starts_the_first_wave_before_the_snapshot_returns(

@@ -775,6 +775,45 @@ async def test_what_the_stream_gave_reaches_the_tracker_when_stopped_while_waiti
     assert h.tracked_ids() == {str(i) for i in range(taken)}
 
 
+async def test_an_event_the_consumer_holds_at_stop_comes_before_those_left_in_the_inbox(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer, stopped while it waits its turn holding an event with more behind it in
+    the inbox: every event reaches the tracker and the engine, in order (review 100)."""
+    monkeypatch.setattr(lane(), "max_wait_s", 60.0)
+    monkeypatch.setattr(supervisor_module, "SLICE_S", 1000.0)  # the pump: one turn, then none
+    h = make()
+    h.start()
+    assert await h.supervisor.wait_live(5)
+    h.exchange.held = []
+    for i in range(50):
+        h.exchange.place(str(i))
+    stop = asyncio.Event()
+
+    async def busy() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0)
+
+    spinner = asyncio.create_task(busy())
+    with lane().first():
+        h.exchange.release_held()
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert h.events == []
+        inbox = h.supervisor._inbox
+        assert inbox is not None
+        assert inbox.qsize() == 49  # the consumer holds "0"
+        assert h.task is not None
+        h.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await h.task
+    h.task = None
+    stop.set()
+    await spinner
+    assert [e.order_id for e in h.events] == [str(i) for i in range(50)]
+    assert h.tracked_ids() == {str(i) for i in range(50)}
+
+
 async def test_a_snapshot_read_cancelled_from_inside_is_a_connection_end_not_the_end(
     make: Make,
 ) -> None:

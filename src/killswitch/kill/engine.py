@@ -468,7 +468,9 @@ class Engine:
         if kill.kind is not KillKind.SWEEP:
             log.warning("kill start kill_id=%s accounts=%d", kill.id, len(accounts))
         try:
-            with lane().first():  # background work waits for the kill's own next steps
+            # Background work waits for the kill's own next steps; a sweep (periodic, and held
+            # for minutes by a venue's ban) is background work itself.
+            with lane().first() if kill.kind is not KillKind.SWEEP else contextlib.nullcontext():
                 await self._verdicts.reach(kill, accounts)
             kill.done.set()
             # A one-shot cancel ends at its flat snapshot: a confirmation re-check would

@@ -436,14 +436,10 @@ class StreamSupervisor:
         try:
             sliced = -SLICE_S
             async for item in stream:
+                self._post(item)  # (posted before any wait: a pump never holds an event)
                 if time.perf_counter() - sliced >= SLICE_S:
-                    try:
-                        await turns.turn()
-                    except asyncio.CancelledError:
-                        self._post(item)  # what the stream gave is real: drained at the end
-                        raise
+                    await turns.turn()  # before the next frame is read and decoded
                     sliced = time.perf_counter()
-                self._post(item)
             end = _End("stream ended")
         except asyncio.CancelledError:
             raise
