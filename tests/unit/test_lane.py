@@ -67,35 +67,41 @@ async def test_turns_come_in_the_order_asked() -> None:
     assert got == [0, 1, 2, 3, 4]
 
 
-async def test_waited_out_every_waiting_turn_comes_at_once() -> None:
-    """On a loop that is never idle, the bound gives every waiter its slice in one iteration:
-    the background work's share grows with how much of it waits (review of the lane: one slice
-    per bound starved a busy account's tracker)."""
-    turns = Lane(asyncio.get_running_loop(), max_wait_s=0.001)
-    stop = asyncio.Event()
-    iteration = 0
+class _StubLoop:
+    """What `Lane._tick` uses of a loop, with its clock and ready queue in the test's hands."""
 
-    async def busy() -> None:
-        nonlocal iteration
-        while not stop.is_set():
-            iteration += 1
-            await asyncio.sleep(0)
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._ready: list[object] = []
+        self.scheduled: list[object] = []
 
-    got: list[int] = []
+    def time(self) -> float:
+        return self.now
 
-    async def background() -> None:
-        await turns.turn()
-        got.append(iteration)
+    def call_soon(self, callback: object, *args: object) -> None:
+        self.scheduled.append(callback)
 
-    spinner = asyncio.create_task(busy())
-    try:
-        with turns.first():
-            await asyncio.wait_for(asyncio.gather(*(background() for _ in range(5))), timeout=10)
-    finally:
-        stop.set()
-        await spinner
-    assert len(got) == 5
-    assert len(set(got)) == 1, got
+
+async def test_every_turn_comes_within_its_bound_of_being_asked() -> None:
+    """While a kill runs, a turn asked for `max_wait_s` ago comes now, whatever came between
+    (review 101: the bound was timed from the last turn given, so one idle iteration in each
+    2 ms let one waiter through at a time, and the thirtieth waited 46 ms)."""
+    stub = _StubLoop()
+    turns = Lane(stub, max_wait_s=0.002)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    waiters = [loop.create_future() for _ in range(30)]
+    turns._waiters.extend((w, 0.0) for w in waiters)
+    with turns.first():
+        stub.now = 0.0015  # an idle moment: one turn
+        turns._tick(stub)  # type: ignore[arg-type]
+        assert sum(w.done() for w in waiters) == 1
+        stub.now = 0.0019
+        stub._ready.append("busy")  # busy, and not yet due: none
+        turns._tick(stub)  # type: ignore[arg-type]
+        assert sum(w.done() for w in waiters) == 1
+        stub.now = 0.0021  # busy, and due: every one of them
+        turns._tick(stub)  # type: ignore[arg-type]
+        assert all(w.done() for w in waiters)
 
 
 async def test_a_cancelled_turn_is_skipped_and_the_next_one_still_comes() -> None:
