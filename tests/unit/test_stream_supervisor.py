@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -681,15 +682,48 @@ async def test_cancelling_run_closes_the_stream_and_run_refuses_to_start_twice(
     assert not await h.supervisor.wait_live(0.01)
 
 
-async def test_a_burst_of_stream_events_never_holds_the_loop(make: Make) -> None:
-    """A kill's cancels come back as a burst on every stream at once: other tasks (the kill's
-    acknowledgements, its next requests) run between the events, not after the whole burst."""
+async def _live_with_held(make: Make, n: int) -> Harness:
+    """A LIVE supervisor whose venue holds back the pushes of `n` new orders until released."""
     h = make()
     h.start()
     assert await h.supervisor.wait_live(5)
     h.exchange.held = []
-    for i in range(200):
+    for i in range(n):
         h.exchange.place(str(i))
+    return h
+
+
+@contextlib.asynccontextmanager
+async def _a_kill_on_a_loop_never_idle() -> AsyncIterator[None]:
+    """A kill runs (`Lane.first`) and another task is always ready: every turn waits."""
+    stop = asyncio.Event()
+
+    async def busy() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0)
+
+    spinner = asyncio.create_task(busy())
+    try:
+        with lane().first():
+            yield
+    finally:
+        stop.set()
+        await spinner
+
+
+async def _stopped(h: Harness) -> None:
+    """Cancel the supervisor's run and wait for it to end."""
+    assert h.task is not None
+    h.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await h.task
+    h.task = None
+
+
+async def test_a_burst_of_stream_events_never_holds_the_loop(make: Make) -> None:
+    """A kill's cancels come back as a burst on every stream at once: other tasks (the kill's
+    acknowledgements, its next requests) run between the events, not after the whole burst."""
+    h = await _live_with_held(make, 200)
     seen: list[int] = []
 
     async def meanwhile() -> None:
@@ -712,12 +746,7 @@ async def test_a_burst_of_stream_events_waits_for_the_kills_own_steps(
     slices of one event, none is handled before the chain is done."""
     monkeypatch.setattr(lane(), "max_wait_s", 60.0)
     monkeypatch.setattr(supervisor_module, "SLICE_S", 0.0)
-    h = make()
-    h.start()
-    assert await h.supervisor.wait_live(5)
-    h.exchange.held = []
-    for i in range(200):
-        h.exchange.place(str(i))
+    h = await _live_with_held(make, 200)
     handled_when_done: list[int] = []
 
     async def chain() -> None:
@@ -743,31 +772,13 @@ async def test_what_the_stream_gave_reaches_the_tracker_when_stopped_while_waiti
     reaches the tracker and the engine, in order, ahead of what is left in the inbox."""
     monkeypatch.setattr(lane(), "max_wait_s", 60.0)
     monkeypatch.setattr(supervisor_module, "SLICE_S", 0.0)
-    h = make()
-    h.start()
-    assert await h.supervisor.wait_live(5)
-    h.exchange.held = []
-    for i in range(50):
-        h.exchange.place(str(i))
-    stop = asyncio.Event()
-
-    async def busy() -> None:  # the loop is never idle: every turn waits
-        while not stop.is_set():
-            await asyncio.sleep(0)
-
-    spinner = asyncio.create_task(busy())
-    with lane().first():  # a kill runs
+    h = await _live_with_held(make, 50)
+    async with _a_kill_on_a_loop_never_idle():
         h.exchange.release_held()
         for _ in range(20):
             await asyncio.sleep(0)
         assert h.events == []  # all of it waits for a turn
-        assert h.task is not None
-        h.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await h.task
-    h.task = None
-    stop.set()
-    await spinner
+        await _stopped(h)
     conn = h.exchange.connections[0]
     taken = 50 - conn.queue.qsize()
     assert taken >= 1
@@ -782,20 +793,8 @@ async def test_an_event_the_consumer_holds_at_stop_comes_before_those_left_in_th
     the inbox: every event reaches the tracker and the engine, in order (review 100)."""
     monkeypatch.setattr(lane(), "max_wait_s", 60.0)
     monkeypatch.setattr(supervisor_module, "SLICE_S", 1000.0)  # the pump: one turn, then none
-    h = make()
-    h.start()
-    assert await h.supervisor.wait_live(5)
-    h.exchange.held = []
-    for i in range(50):
-        h.exchange.place(str(i))
-    stop = asyncio.Event()
-
-    async def busy() -> None:
-        while not stop.is_set():
-            await asyncio.sleep(0)
-
-    spinner = asyncio.create_task(busy())
-    with lane().first():
+    h = await _live_with_held(make, 50)
+    async with _a_kill_on_a_loop_never_idle():
         h.exchange.release_held()
         for _ in range(50):
             await asyncio.sleep(0)
@@ -803,13 +802,7 @@ async def test_an_event_the_consumer_holds_at_stop_comes_before_those_left_in_th
         inbox = h.supervisor._inbox
         assert inbox is not None
         assert inbox.qsize() == 49  # the consumer holds "0"
-        assert h.task is not None
-        h.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await h.task
-    h.task = None
-    stop.set()
-    await spinner
+        await _stopped(h)
     assert [e.order_id for e in h.events] == [str(i) for i in range(50)]
     assert h.tracked_ids() == {str(i) for i in range(50)}
 
