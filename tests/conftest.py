@@ -7,10 +7,11 @@ in `tests/fixtures/` or a suite's own conftest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -39,6 +40,23 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s: {check!r}")
         await asyncio.sleep(interval_s)
+
+
+@contextlib.asynccontextmanager
+async def never_idle() -> AsyncIterator[None]:
+    """Another task is ready at every loop iteration while this is entered."""
+    stop = asyncio.Event()
+
+    async def busy() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0)
+
+    spinner = asyncio.create_task(busy())
+    try:
+        yield
+    finally:
+        stop.set()
+        await spinner
 
 
 def free_port() -> int:

@@ -32,7 +32,7 @@ from killswitch.model import (
 from killswitch.sim.bingx import BingxSim
 from tests.conftest import eventually
 from tests.fakes import FakeClock
-from tests.fixtures.bingx import ExchangeFactory, bingx_venue, bx_call
+from tests.fixtures.bingx import ExchangeFactory, bingx_venue, bx_call, oco_params
 from tests.fixtures.sim import admin
 
 SPOT = "/openApi/spot/v1"
@@ -73,15 +73,7 @@ async def place(
 
 
 async def place_oco(session: aiohttp.ClientSession, sim: BingxSim, symbol: str = "ETH-USDT") -> str:
-    params = {
-        "symbol": symbol,
-        "side": "SELL",
-        "quantity": "1",
-        "limitPrice": "200",
-        "orderPrice": "50",
-        "triggerPrice": "51",
-    }
-    _, _, body = await bx_call(session, sim, "POST", f"{SPOT}/oco/order", params)
+    _, _, body = await bx_call(session, sim, "POST", f"{SPOT}/oco/order", oco_params(symbol))
     assert body["code"] == 0, body
     return str(body["data"][0]["orderListId"])
 

@@ -16,7 +16,7 @@ import pytest
 
 from killswitch.sim.bingx import BingxSim
 from tests.conftest import eventually
-from tests.fixtures.bingx import ACCOUNT_KEYS, bingx_venue, bx_call, bx_signed_query
+from tests.fixtures.bingx import ACCOUNT_KEYS, bingx_venue, bx_call, bx_signed_query, oco_params
 from tests.fixtures.sim import admin
 
 SPOT = "/openApi/spot/v1"
@@ -51,15 +51,7 @@ async def place(
 
 
 async def place_oco(session: aiohttp.ClientSession, sim: BingxSim, **kw: str) -> list[Any]:
-    params = {
-        "symbol": "ETH-USDT",
-        "side": "SELL",
-        "quantity": "1",
-        "limitPrice": "200",
-        "orderPrice": "50",
-        "triggerPrice": "51",
-    }
-    status, _, body = await bx_call(session, sim, "POST", OCO_ORDER, {**params, **kw})
+    status, _, body = await bx_call(session, sim, "POST", OCO_ORDER, oco_params(**kw))
     assert (status, body["code"]) == (200, 0), body
     return body["data"]  # type: ignore[no-any-return]
 
@@ -348,15 +340,7 @@ async def test_oco_client_ids_must_be_numeric(session: aiohttp.ClientSession) ->
             sim,
             "POST",
             OCO_ORDER,
-            {
-                "symbol": "ETH-USDT",
-                "side": "SELL",
-                "quantity": "1",
-                "limitPrice": "200",
-                "orderPrice": "50",
-                "triggerPrice": "51",
-                "listClientOrderId": "abc",
-            },
+            oco_params(listClientOrderId="abc"),
         )
         assert (status, body["code"]) == (200, 100400)
 

@@ -1159,6 +1159,11 @@ class KillHistory(RuleBasedStateMachine):
     def quiesce(self) -> None:
         """Heal the world, let the engine finish, sweep, and check what must hold at rest."""
         self.note("quiesce")
+        if self.judge_later:  # every submit has returned by now: none may be left unjudged
+            self.violation(
+                "scope is respected",
+                f"cancels never judged: {[o.describe() for o in self.judge_later]}",
+            )
         for acc in self.venues.values():
             acc.heal()
             acc.set_silent(False)

@@ -18,7 +18,7 @@ import aiohttp
 from killswitch.kill.record import KillState
 from killswitch.model import Mode, Scope, Trigger
 from killswitch.sim.bingx import BingxSim
-from tests.fixtures.bingx import bingx_venue, bx_call
+from tests.fixtures.bingx import bingx_venue, bx_call, oco_params
 from tests.review.bingx_rig import bingx_engine
 from tests.unit.test_engine import QUICK
 
@@ -27,18 +27,12 @@ SPOT = "/openApi/spot/v1"
 
 def oco(list_client_id: str, *, above: str = "", below: str = "") -> dict[str, str]:
     """`oco/order`'s parameters: an OCO on ETH-USDT with these client ids (BingX's: digits)."""
-    params = {
-        "symbol": "ETH-USDT",
-        "side": "SELL",
-        "quantity": "1",
-        "limitPrice": "200",
-        "orderPrice": "50",
-        "triggerPrice": "51",
+    ids = {
         "listClientOrderId": list_client_id,
         "aboveClientOrderId": above,
         "belowClientOrderId": below,
     }
-    return {k: v for k, v in params.items() if v}
+    return oco_params(**{k: v for k, v in ids.items() if v})
 
 
 async def post(sim: BingxSim, path: str, params: dict[str, str]) -> None:

@@ -20,7 +20,7 @@ import aiohttp
 
 from killswitch.model import Mode, Scope, Trigger
 from tests.conftest import eventually
-from tests.fixtures.bingx import bx_call
+from tests.fixtures.bingx import bx_call, oco_params
 from tests.integration.test_bingx_kill import bx_rig
 
 SPOT = "/openApi/spot/v1"
@@ -35,15 +35,7 @@ async def test_an_oco_placed_while_latched_is_cancelled_when_the_stream_shows_it
         assert kill is not None
         await kill.finished.wait()
 
-        params = {
-            "symbol": "ETH-USDT",
-            "side": "SELL",
-            "quantity": "1",
-            "limitPrice": "200",
-            "orderPrice": "50",
-            "triggerPrice": "51",
-        }
-        _, _, body = await bx_call(session, rig.sim, "POST", f"{SPOT}/oco/order", params)
+        _, _, body = await bx_call(session, rig.sim, "POST", f"{SPOT}/oco/order", oco_params())
         assert body["code"] == 0, body
         await eventually(lambda: rig.log.of("stream_cancel"))
         await rig.engine.wait_idle()

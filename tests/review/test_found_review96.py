@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from killswitch.exchanges.base import Transient
-from killswitch.kill.record import KillState
+from killswitch.kill.record import Kill, KillState
 from killswitch.model import Snapshot
 from tests.fakes import FakeExchange, StaticTracker
 from tests.unit.test_engine import Rig, kill_trigger, make_rig
@@ -49,14 +49,20 @@ def btc_fails(venue: FakeExchange, times: int) -> None:
     venue.fail("cancel_all", busy, times=times, when=lambda args: args[0] == ("BTCUSDT",))
 
 
+async def finished_kill(rig: Rig) -> Kill:
+    """Fire the kill `t1` over everything and wait for its end."""
+    await rig.engine.submit(kill_trigger())
+    kill = rig.engine.kill_for("t1")
+    assert kill is not None
+    await kill.finished.wait()
+    return kill
+
+
 @LOOKS
 async def test_orders_before_counts_what_the_tracker_missed(tmp_path: Path, fits: bool) -> None:
     rig, venue = await tracked_rig(tmp_path, fits)
     try:
-        await rig.engine.submit(kill_trigger())
-        kill = rig.engine.kill_for("t1")
-        assert kill is not None
-        await kill.finished.wait()
+        kill = await finished_kill(rig)
         assert kill.state is KillState.CONFIRMED, kill.state
         assert not venue.open_keys()
         (result,) = kill.accounts.values()
@@ -72,10 +78,7 @@ async def test_a_tracked_cancel_failing_until_the_deadline_holds_no_missed_order
     rig, venue = await tracked_rig(tmp_path, fits)
     btc_fails(venue, 10_000)
     try:
-        await rig.engine.submit(kill_trigger())
-        kill = rig.engine.kill_for("t1")
-        assert kill is not None
-        await kill.finished.wait()
+        await finished_kill(rig)
         left = sorted(s for s, _ in venue.open_keys())
         assert left == ["BTCUSDT"] * 3, f"orders the tracker missed left open: {left}"
     finally:
@@ -89,10 +92,7 @@ async def test_the_look_goes_before_the_first_wave_s_retries_end(
     rig, venue = await tracked_rig(tmp_path, fits)
     btc_fails(venue, 4)
     try:
-        await rig.engine.submit(kill_trigger())
-        kill = rig.engine.kill_for("t1")
-        assert kill is not None
-        await kill.finished.wait()
+        await finished_kill(rig)
         calls = [(c.method, c.args[0] if c.args else None, c.result) for c in venue.calls]
         look = next(i for i, c in enumerate(calls) if c[0] == "snapshot")
         btc_done = calls.index(("cancel_all", ("BTCUSDT",), "cancelled=3"))

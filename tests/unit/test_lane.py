@@ -11,6 +11,7 @@ import weakref
 import pytest
 
 from killswitch.lane import Lane, lane
+from tests.conftest import never_idle
 
 
 async def _hops(n: int, done: list[str], name: str) -> None:
@@ -38,20 +39,10 @@ async def test_a_turn_waits_for_every_other_ready_step() -> None:
 
 async def test_a_turn_comes_within_its_bound_on_a_loop_that_is_never_idle() -> None:
     turns = Lane(asyncio.get_running_loop(), max_wait_s=0.001)
-    stop = asyncio.Event()
-
-    async def busy() -> None:
-        while not stop.is_set():
-            await asyncio.sleep(0)
-
-    spinner = asyncio.create_task(busy())
-    try:
+    async with never_idle():
         with turns.first():
             for _ in range(3):
                 await asyncio.wait_for(turns.turn(), timeout=10)
-    finally:
-        stop.set()
-        await spinner
     assert turns.deferred > 0
 
 

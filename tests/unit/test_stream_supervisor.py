@@ -39,7 +39,7 @@ from killswitch.model import (
 from killswitch.streams import supervisor as supervisor_module
 from killswitch.streams.supervisor import StreamState, StreamSupervisor, _End
 from killswitch.streams.tracker import OrderTracker
-from tests.conftest import eventually
+from tests.conftest import eventually, never_idle
 
 _CLOSE = object()
 
@@ -696,19 +696,9 @@ async def _live_with_held(make: Make, n: int) -> Harness:
 @contextlib.asynccontextmanager
 async def _a_kill_on_a_loop_never_idle() -> AsyncIterator[None]:
     """A kill runs (`Lane.first`) and another task is always ready: every turn waits."""
-    stop = asyncio.Event()
-
-    async def busy() -> None:
-        while not stop.is_set():
-            await asyncio.sleep(0)
-
-    spinner = asyncio.create_task(busy())
-    try:
+    async with never_idle():
         with lane().first():
             yield
-    finally:
-        stop.set()
-        await spinner
 
 
 async def _stopped(h: Harness) -> None:

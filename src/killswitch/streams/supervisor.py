@@ -375,14 +375,11 @@ class StreamSupervisor:
         for event in unapplied:
             self._apply(event)
         while not inbox.empty():
-            item = inbox.get_nowait()
-            if isinstance(item, OrderEvent | ListEvent):
-                self._apply(item)
-                self._notify(item)
+            self._left_at_end(inbox.get_nowait())
 
-    def _held_at_stop(self, item: StreamEvent | _End) -> None:
-        """An item taken from the inbox when the supervisor was stopped: the tracker and the
-        engine get it, ahead of what `_drain` finds left in the inbox."""
+    def _left_at_end(self, item: StreamEvent | _End) -> None:
+        """An item left in the inbox at a connection's end (`_drain`), or held by the consumer
+        when it was stopped (ahead of those): the tracker and the engine get it."""
         if isinstance(item, OrderEvent | ListEvent):
             self._apply(item)
             self._notify(item)
@@ -407,7 +404,7 @@ class StreamSupervisor:
                 try:
                     await turns.turn()
                 except asyncio.CancelledError:
-                    self._held_at_stop(item)
+                    self._left_at_end(item)
                     raise
                 sliced = time.perf_counter()
             kind = type(item)
