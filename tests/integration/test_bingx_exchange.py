@@ -433,7 +433,7 @@ async def test_a_418_stops_all_traffic_until_the_ban_expires(
 
 
 async def test_a_stall_past_the_timeout_is_outcome_unknown(session: aiohttp.ClientSession) -> None:
-    async with started(ex_timeout_s=0.3) as (sim, exchange, _):
+    async with started(ex_timeout_s=1.0) as (sim, exchange, _):
         order_id = await place(session, sim)
         await admin(
             session, sim, "POST", "faults", {"kind": "stall", "endpoint": CANCEL, "stall_s": 5}
